@@ -1,0 +1,312 @@
+//! Directory ingest: a walk that records every entry's metadata, and
+//! content-defined chunks (FastCDC) for file data, so an insertion moves
+//! chunk boundaries only locally. Files whose size, mtime and inode match
+//! the parent snapshot are not read again.
+
+use crate::Progress;
+use cairn_vault::entropy::shannon_entropy;
+use cairn_vault::error::{Error, Result};
+use cairn_vault::hash::BLOCK_SIZE;
+use cairn_vault::pack::PackWriter;
+use cairn_vault::tree::{Entry, EntryKind, FileChunk, Tree};
+use cairn_vault::{Metrics, Vault};
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, Metadata};
+use std::io::BufReader;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// What the walk found, before any file is read.
+struct Found {
+    abs: PathBuf,
+    entry: Entry,
+}
+
+fn kind_of(md: &Metadata) -> EntryKind {
+    let ft = md.file_type();
+    if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_char_device() {
+        EntryKind::CharDevice
+    } else if ft.is_block_device() {
+        EntryKind::BlockDevice
+    } else if ft.is_socket() {
+        EntryKind::Socket
+    } else {
+        EntryKind::File
+    }
+}
+
+fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return vec![];
+    };
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
+        .filter_map(|n| {
+            let v = xattr::get(path, &n).ok().flatten()?;
+            Some((n.as_bytes().to_vec(), v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Walks `root` without following symlinks; entries come out sorted by
+/// path bytes. Unreadable entries are skipped with a warning.
+fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
+    let mut out = Vec::new();
+    let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                warnings.push(format!("{}: {e} (skipped)", dir.display()));
+                continue;
+            }
+        };
+        for de in rd {
+            let de = match de {
+                Ok(d) => d,
+                Err(e) => {
+                    warnings.push(format!("{}: {e} (skipped)", dir.display()));
+                    continue;
+                }
+            };
+            let abs = de.path();
+            let md = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) => {
+                    warnings.push(format!("{}: {e} (skipped)", abs.display()));
+                    continue;
+                }
+            };
+            let mut path = rel.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(de.file_name().as_bytes());
+            let kind = kind_of(&md);
+            let link_target = if kind == EntryKind::Symlink {
+                match fs::read_link(&abs) {
+                    Ok(t) => Some(t.as_os_str().as_bytes().to_vec()),
+                    Err(e) => {
+                        warnings.push(format!("{}: {e} (skipped)", abs.display()));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let entry = Entry {
+                path: path.clone(),
+                kind,
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                size: if kind == EntryKind::File { md.len() } else { 0 },
+                inode: md.ino(),
+                rdev: md.rdev(),
+                link_target,
+                hardlink_to: None,
+                xattrs: read_xattrs(&abs),
+                chunks: vec![],
+                blocks: vec![],
+            };
+            if kind == EntryKind::Dir {
+                stack.push((abs.clone(), path));
+            }
+            out.push(Found { abs, entry });
+        }
+    }
+    out.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    out
+}
+
+#[derive(Default)]
+struct FileResult {
+    chunks: Vec<FileChunk>,
+    blocks: Vec<[u8; 16]>,
+    read: u64,
+    changed: u64,
+    new_entropy: cairn_vault::entropy::EntropyHistogram,
+}
+
+fn read_file(
+    vault: &Vault,
+    writer: &PackWriter,
+    path: &Path,
+    parent_blocks: &HashSet<[u8; 16]>,
+    progress: &Progress,
+) -> std::io::Result<FileResult> {
+    let c = vault.config();
+    let f = File::open(path)?;
+    let cdc = fastcdc::v2020::StreamCDC::new(
+        BufReader::with_capacity(1 << 20, f),
+        c.cdc_min as usize,
+        c.cdc_avg as usize,
+        c.cdc_max as usize,
+    );
+    let mut r = FileResult::default();
+    for chunk in cdc {
+        let chunk = chunk.map_err(std::io::Error::from)?;
+        let data = &chunk.data;
+        let (id, digests) = vault.hasher().digest_chunk(data);
+        let mut esum = 0.0f32;
+        let mut measured = 0;
+        for (block, d) in data.chunks(BLOCK_SIZE).zip(&digests) {
+            if !parent_blocks.contains(d) {
+                let e = shannon_entropy(block);
+                r.changed += block.len() as u64;
+                r.new_entropy.add(e, block.len() as u64);
+                esum += e;
+                measured += 1;
+            }
+        }
+        let entropy = (measured == digests.len() && measured > 0).then(|| esum / measured as f32);
+        writer
+            .add(id, data, entropy)
+            .map_err(std::io::Error::other)?;
+        r.read += data.len() as u64;
+        progress.add(data.len() as u64);
+        r.chunks.push(FileChunk {
+            id,
+            len: data.len() as u32,
+        });
+        r.blocks.extend_from_slice(&digests);
+    }
+    Ok(r)
+}
+
+pub fn ingest(
+    vault: &Vault,
+    root: &Path,
+    parent: Option<&Tree>,
+    progress: &Progress,
+    warnings: &mut Vec<String>,
+) -> Result<(Tree, Metrics)> {
+    let mut found = walk(root, warnings);
+    let parent_by_path: HashMap<&[u8], &Entry> = parent
+        .map(|t| t.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
+        .unwrap_or_default();
+
+    // Hard links: the first name holds the content, later names point to it.
+    let mut first_name: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let mut m = Metrics::default();
+    let mut to_read = Vec::new();
+    for (i, f) in found.iter_mut().enumerate() {
+        let e = &mut f.entry;
+        if e.kind != EntryKind::File {
+            continue;
+        }
+        m.files += 1;
+        m.logical_size += e.size;
+        let md = fs::symlink_metadata(&f.abs).ok();
+        if let Some(md) = &md
+            && md.nlink() > 1
+        {
+            let key = (md.dev(), md.ino());
+            if let Some(first) = first_name.get(&key) {
+                e.hardlink_to = Some(first.clone());
+                continue;
+            }
+            first_name.insert(key, e.path.clone());
+        }
+        match parent_by_path.get(e.path.as_slice()) {
+            Some(p)
+                if p.kind == EntryKind::File
+                    && p.hardlink_to.is_none()
+                    && p.size == e.size
+                    && p.mtime_ns == e.mtime_ns
+                    && p.inode == e.inode
+                    && p.chunks.iter().all(|c| vault.has_chunk(&c.id)) =>
+            {
+                e.chunks = p.chunks.clone();
+                e.blocks = p.blocks.clone();
+                m.files_unchanged += 1;
+            }
+            _ => to_read.push(i),
+        }
+    }
+    progress.set_total(to_read.iter().map(|&i| found[i].entry.size).sum());
+
+    let writer = PackWriter::new(vault);
+    let results: Vec<(usize, std::io::Result<FileResult>)> = to_read
+        .par_iter()
+        .map(|&i| {
+            let f = &found[i];
+            let parent_blocks: HashSet<[u8; 16]> = parent_by_path
+                .get(f.entry.path.as_slice())
+                .map(|p| p.blocks.iter().copied().collect())
+                .unwrap_or_default();
+            (
+                i,
+                read_file(vault, &writer, &f.abs, &parent_blocks, progress),
+            )
+        })
+        .collect();
+    for (i, r) in results {
+        let shown = found[i].abs.display().to_string();
+        let e = &mut found[i].entry;
+        match r {
+            Ok(r) => {
+                if r.read != e.size {
+                    warnings.push(format!(
+                        "{}: changed size while being read ({} → {} bytes); stored as read",
+                        shown, e.size, r.read
+                    ));
+                    m.logical_size = m.logical_size - e.size + r.read;
+                    e.size = r.read;
+                }
+                m.bytes_read += r.read;
+                m.changed_bytes += r.changed;
+                m.entropy_histogram.merge(&r.new_entropy);
+                e.chunks = r.chunks;
+                e.blocks = r.blocks;
+            }
+            Err(err) => {
+                if err.kind() == std::io::ErrorKind::StorageFull
+                    || err.kind() == std::io::ErrorKind::Other
+                {
+                    // Vault trouble (disk full while storing), not a file's.
+                    return Err(Error::io(format!("backing up {shown}"), err));
+                }
+                warnings.push(format!("{shown}: {err} (stored empty)"));
+                e.size = 0;
+            }
+        }
+    }
+    writer.finish()?;
+    // Deleted files count as changed bytes: they are gone from the source.
+    if let Some(p) = parent {
+        let now: HashSet<&[u8]> = found.iter().map(|f| f.entry.path.as_slice()).collect();
+        m.changed_bytes += p
+            .entries
+            .iter()
+            .filter(|e| {
+                e.kind == EntryKind::File
+                    && e.hardlink_to.is_none()
+                    && !now.contains(e.path.as_slice())
+            })
+            .map(|e| e.size)
+            .sum::<u64>();
+    }
+    m.chunks = found.iter().map(|f| f.entry.chunks.len() as u64).sum();
+    m.new_chunks = writer.new_chunks.load(std::sync::atomic::Ordering::Relaxed);
+    m.new_bytes = writer.raw_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    m.new_bytes_stored = writer
+        .stored_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Ok((
+        Tree {
+            entries: found.into_iter().map(|f| f.entry).collect(),
+        },
+        m,
+    ))
+}

@@ -1,0 +1,167 @@
+//! What can be backed up: disks (raw image files, block devices, qcow2
+//! images, all seen as the guest's disk) and directories.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+/// `[start, end)` of a disk that holds data (everything else is a hole).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A disk as the guest sees it. `read_at` must be callable from several
+/// threads at once.
+pub trait DiskReader: Send + Sync {
+    fn size(&self) -> u64;
+    fn format(&self) -> &'static str;
+    /// Fills `buf` exactly (zeros past the end).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Where the data is, when the source can tell (`None`: assume all).
+    fn data_ranges(&self) -> io::Result<Option<Vec<DataRange>>>;
+    /// The size now, to notice a source that changed during the backup.
+    fn current_size(&self) -> io::Result<u64> {
+        Ok(self.size())
+    }
+}
+
+pub struct RawDisk {
+    file: File,
+    size: u64,
+    block_device: bool,
+}
+
+impl RawDisk {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let block_device = file.metadata()?.file_type().is_block_device();
+        let size = device_or_file_size(&file)?;
+        Ok(RawDisk {
+            file,
+            size,
+            block_device,
+        })
+    }
+}
+
+fn device_or_file_size(file: &File) -> io::Result<u64> {
+    let md = file.metadata()?;
+    if md.file_type().is_block_device() {
+        // The length of a block device is where seeking to the end lands.
+        let end = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(file), 0, libc::SEEK_END) };
+        if end < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(end as u64)
+    } else {
+        Ok(md.len())
+    }
+}
+
+impl DiskReader for RawDisk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn format(&self) -> &'static str {
+        if self.block_device {
+            "block-device"
+        } else {
+            "raw"
+        }
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let avail = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let mut done = 0;
+        while done < avail {
+            match self
+                .file
+                .read_at(&mut buf[done..avail], offset + done as u64)
+            {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source became shorter during the backup",
+                    ));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf[avail..].fill(0);
+        Ok(())
+    }
+
+    /// Holes from SEEK_DATA/SEEK_HOLE; block devices and filesystems
+    /// without them report everything as data.
+    fn data_ranges(&self) -> io::Result<Option<Vec<DataRange>>> {
+        if self.block_device {
+            return Ok(None);
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        let mut out = Vec::new();
+        let mut pos: i64 = 0;
+        let size = self.size as i64;
+        while pos < size {
+            let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+            if data < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    break; // no data after pos
+                }
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    return Ok(None); // not supported here
+                }
+                return Err(e);
+            }
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let end = (hole as u64).min(self.size);
+            if end > data as u64 {
+                out.push(DataRange {
+                    start: data as u64,
+                    end,
+                });
+            }
+            pos = hole;
+        }
+        Ok(Some(out))
+    }
+
+    fn current_size(&self) -> io::Result<u64> {
+        device_or_file_size(&self.file)
+    }
+}
+
+pub enum Source {
+    Disk(Box<dyn DiskReader>),
+    Directory(PathBuf),
+}
+
+/// Opens a source and tells which kind it is (qcow2 by its magic bytes).
+pub fn open(path: &Path) -> io::Result<Source> {
+    let md = std::fs::metadata(path)?;
+    if md.is_dir() {
+        std::fs::read_dir(path)?; // fail now if unreadable
+        return Ok(Source::Directory(path.to_path_buf()));
+    }
+    if !(md.is_file() || md.file_type().is_block_device()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a disk image, block device or directory",
+        ));
+    }
+    let f = File::open(path)?;
+    let mut magic = [0u8; 4];
+    if md.is_file() && f.read_at(&mut magic, 0)? == 4 && &magic == crate::qcow2::MAGIC {
+        return Ok(Source::Disk(Box::new(crate::qcow2::Qcow2::open(path)?)));
+    }
+    Ok(Source::Disk(Box::new(RawDisk::open(path)?)))
+}

@@ -1,0 +1,7 @@
+//! Cairn's way back: restoring snapshots.
+
+pub mod disk;
+pub mod tree;
+
+pub use disk::{DiskRestoreOptions, DiskRestoreReport, restore_disk};
+pub use tree::{TreeRestoreOptions, TreeRestoreReport, restore_tree};

@@ -1,0 +1,216 @@
+//! Where objects are stored. The vault speaks to storage only through
+//! [`Backend`], so a local directory and an object store look the same.
+//!
+//! The contract: `put` is put-if-absent and atomic (a reader sees the whole
+//! object or none of it, and an existing object is never replaced); nothing
+//! else writes objects.
+
+use crate::error::{IoContext, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub trait Backend: Send + Sync {
+    /// Stores `data` under `name` unless an object of that name exists.
+    /// Returns false when it already existed (content addressing makes
+    /// that harmless: same name, same content).
+    fn put(&self, name: &str, data: &[u8]) -> Result<bool>;
+    fn get(&self, name: &str) -> Result<Vec<u8>>;
+    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Names of the objects under `dir` (recursively), relative to the root.
+    fn list(&self, dir: &str) -> Result<Vec<String>>;
+    fn exists(&self, name: &str) -> Result<bool>;
+    fn size(&self, name: &str) -> Result<u64>;
+    /// When the object was written.
+    fn modified(&self, name: &str) -> Result<std::time::SystemTime>;
+    /// Removes an object. Callers check retention first; the local backend
+    /// has no retention of its own.
+    fn delete(&self, name: &str) -> Result<()>;
+    fn describe(&self) -> String;
+}
+
+/// A vault in a local directory. Objects are written to `tmp/`, fsynced,
+/// made read-only and linked into place (link fails if the name exists,
+/// which gives put-if-absent), then the directory is fsynced.
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn tmp_path(&self) -> Result<PathBuf> {
+        let r: [u8; 8] = crate::crypto::random_array()?;
+        Ok(self
+            .root
+            .join("tmp")
+            .join(format!("{}-{}", std::process::id(), hex::encode(r))))
+    }
+
+    /// Removes temporary files left by processes that no longer run (a
+    /// backup killed mid-write leaves at most one).
+    pub fn clean_stale_tmp(&self) {
+        let Ok(rd) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
+            if let Some(pid) = pid {
+                // kill(pid, 0) fails with ESRCH when no such process exists.
+                let alive = unsafe { libc::kill(pid, 0) } == 0
+                    || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+                if !alive {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, name: &str, data: &[u8]) -> Result<bool> {
+        let dest = self.path(name);
+        if dest.exists() {
+            return Ok(false);
+        }
+        let parent = dest.parent().expect("object names have a parent");
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        let tmp = self.tmp_path()?;
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(crate::Error::io(
+                format!("writing {name} to {}", self.root.display()),
+                e,
+            ));
+        }
+        let linked = fs::hard_link(&tmp, &dest);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                sync_dir(parent).ctx(|| format!("syncing {}", parent.display()))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(crate::Error::io(format!("storing {name}"), e)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        fs::read(self.path(name)).ctx(|| format!("reading {name}"))
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let f = File::open(self.path(name)).ctx(|| format!("opening {name}"))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset)
+            .ctx(|| format!("reading {len} bytes at {offset} of {name}"))?;
+        Ok(buf)
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let base = self.path(dir);
+        if !base.exists() {
+            return Ok(out);
+        }
+        let mut stack = vec![base];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).ctx(|| format!("listing {}", d.display()))? {
+                let e = e.ctx(|| format!("listing {}", d.display()))?;
+                let p = e.path();
+                if e.file_type()
+                    .ctx(|| format!("stat {}", p.display()))?
+                    .is_dir()
+                {
+                    stack.push(p);
+                } else if let Ok(rel) = p.strip_prefix(&self.root) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        Ok(self.path(name).exists())
+    }
+
+    fn size(&self, name: &str) -> Result<u64> {
+        Ok(fs::metadata(self.path(name))
+            .ctx(|| format!("stat {name}"))?
+            .len())
+    }
+
+    fn modified(&self, name: &str) -> Result<std::time::SystemTime> {
+        fs::metadata(self.path(name)).and_then(|m| m.modified()).ctx(|| format!("stat {name}"))
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let p = self.path(name);
+        // Objects are read-only; the directory's permission governs unlink.
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(crate::Error::io(format!("deleting {name}"), e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+/// Mutable markers (pins) are the one thing that may be removed and
+/// re-created; they are still written atomically.
+pub fn set_mode_readonly(path: &Path) -> io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o444))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_is_atomic_put_if_absent_and_read_only() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("tmp")).unwrap();
+        let b = LocalBackend::new(d.path());
+        assert!(b.put("a/b/obj", b"one").unwrap());
+        assert!(!b.put("a/b/obj", b"two").unwrap());
+        assert_eq!(b.get("a/b/obj").unwrap(), b"one");
+        assert_eq!(b.get_range("a/b/obj", 1, 2).unwrap(), b"ne");
+        let mode = fs::metadata(d.path().join("a/b/obj"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o222, 0, "objects are written read-only");
+        assert_eq!(b.list("a").unwrap(), vec!["a/b/obj".to_string()]);
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,83 @@
+//! How plaintext becomes a stored object: frame (compressed or raw), then
+//! seal. High-entropy data is stored raw, since zstd would spend time and
+//! win nothing.
+
+use crate::crypto::Cipher;
+use crate::entropy::shannon_entropy;
+use crate::error::{Error, Result};
+
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+
+/// Above this many bits per byte, data is treated as incompressible.
+pub const INCOMPRESSIBLE_ENTROPY: f32 = 7.6;
+
+/// Frames `data`, compressing it unless it looks incompressible or does not
+/// shrink. `entropy` may be given when already known.
+pub fn frame(data: &[u8], level: i32, entropy: Option<f32>) -> Result<Vec<u8>> {
+    let e = entropy.unwrap_or_else(|| shannon_entropy(sample(data)));
+    if e < INCOMPRESSIBLE_ENTROPY && data.len() > 64 {
+        let bound = zstd::zstd_safe::compress_bound(data.len());
+        let mut out = Vec::with_capacity(bound + 1);
+        out.push(ZSTD);
+        out.resize(bound + 1, 0);
+        let n = zstd::bulk::compress_to_buffer(data, &mut out[1..], level)
+            .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
+        out.truncate(n + 1);
+        if out.len() < data.len() * 31 / 32 {
+            return Ok(out);
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+/// Undoes [`frame`]; refuses to produce more than `max_len` bytes so that a
+/// crafted object cannot exhaust memory.
+pub fn unframe(framed: &[u8], max_len: usize) -> std::result::Result<Vec<u8>, String> {
+    match framed.first() {
+        Some(&RAW) if framed.len() - 1 <= max_len => Ok(framed[1..].to_vec()),
+        Some(&RAW) => Err("raw object larger than allowed".into()),
+        Some(&ZSTD) => {
+            zstd::bulk::decompress(&framed[1..], max_len).map_err(|e| format!("zstd: {e}"))
+        }
+        _ => Err("unknown frame type".into()),
+    }
+}
+
+pub fn seal(cipher: &Cipher, data: &[u8], level: i32, entropy: Option<f32>) -> Result<Vec<u8>> {
+    cipher.seal(&frame(data, level, entropy)?)
+}
+
+pub fn open(cipher: &Cipher, name: &str, sealed: &[u8], max_len: usize) -> Result<Vec<u8>> {
+    let framed = cipher.open(sealed).map_err(|r| Error::damaged(name, r))?;
+    unframe(&framed, max_len).map_err(|r| Error::damaged(name, r))
+}
+
+/// Entropy of a large buffer estimated from spread-out slices of it.
+fn sample(data: &[u8]) -> &[u8] {
+    &data[..data.len().min(64 * 1024)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_data_shrinks_and_random_data_stays_raw() {
+        let text = b"the quick brown fox jumps over the lazy dog ".repeat(1000);
+        let f = frame(&text, 3, None).unwrap();
+        assert_eq!(f[0], ZSTD);
+        assert!(f.len() < text.len() / 10);
+        assert_eq!(unframe(&f, text.len()).unwrap(), text);
+        assert!(unframe(&f, text.len() - 1).is_err());
+
+        let mut rnd = vec![0u8; 100_000];
+        getrandom::fill(&mut rnd).unwrap();
+        let f = frame(&rnd, 3, None).unwrap();
+        assert_eq!(f[0], RAW);
+        assert_eq!(unframe(&f, rnd.len()).unwrap(), rnd);
+    }
+}

@@ -1,0 +1,55 @@
+use std::io;
+use std::path::PathBuf;
+
+/// An object that failed a check: (object name, why).
+pub type Problem = (String, String);
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors say what went wrong and, where there is one, what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}: not a Cairn vault (no config found); create one with `cairn init --vault {0}`", .path.display())]
+    NotAVault { path: PathBuf },
+    #[error("{0}: a vault already exists here", .path.display())]
+    AlreadyAVault { path: PathBuf },
+    #[error("wrong password: none of the vault's keys opens with it")]
+    WrongPassword,
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("damaged object {name}: {reason}")]
+    Damaged { name: String, reason: String },
+    #[error("no snapshot matches {0:?} (see `cairn snapshots`)")]
+    SnapshotNotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the thing that was being done, so a message
+    /// such as "disk full" says where.
+    pub fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn damaged(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Damaged {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Adds "what was being done" to an `io::Result`.
+pub trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(what(), e))
+    }
+}

@@ -1,0 +1,253 @@
+//! Forgetting snapshots and reclaiming space, within the rules of an
+//! immutable vault: nothing is deleted before its retention ends, a pinned
+//! snapshot is never forgotten, and a pack goes only when no snapshot
+//! refers to any chunk in it.
+
+use crate::error::{Error, Result};
+use crate::hash::ChunkId;
+use crate::index::{index_object, pack_object};
+use crate::snapshot::{Snapshot, SourceKind};
+use crate::vault::Vault;
+use chrono::{DateTime, Datelike, Duration, Utc};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+
+/// Names the period a time falls in (hour, day, week…).
+type BucketFn = fn(&DateTime<Utc>) -> String;
+
+#[derive(Clone, Debug, Default)]
+pub struct KeepPolicy {
+    pub last: Option<usize>,
+    pub within: Option<Duration>,
+    pub hourly: Option<usize>,
+    pub daily: Option<usize>,
+    pub weekly: Option<usize>,
+    pub monthly: Option<usize>,
+    pub yearly: Option<usize>,
+}
+
+impl KeepPolicy {
+    pub fn is_empty(&self) -> bool {
+        self.last.is_none()
+            && self.within.is_none()
+            && self.hourly.is_none()
+            && self.daily.is_none()
+            && self.weekly.is_none()
+            && self.monthly.is_none()
+            && self.yearly.is_none()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub name: String,
+    pub time: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ForgetReport {
+    pub kept: Vec<Decision>,
+    pub forgotten: Vec<Decision>,
+    /// Would be forgotten, but their retention has not ended.
+    pub retained: Vec<Decision>,
+}
+
+/// Which snapshots of each name the policy keeps, and why.
+pub fn plan(
+    snapshots: &[Snapshot],
+    policy: &KeepPolicy,
+    pinned: &HashSet<String>,
+) -> Vec<(Snapshot, Vec<String>)> {
+    let mut by_name: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
+    for s in snapshots {
+        by_name.entry(&s.name).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    for (_, mut group) in by_name {
+        group.sort_by_key(|s| std::cmp::Reverse(s.time)); // newest first
+        let newest = group[0].time;
+        let mut reasons: Vec<Vec<String>> = vec![Vec::new(); group.len()];
+        for (i, s) in group.iter().enumerate() {
+            if pinned.contains(&s.id.0) {
+                reasons[i].push("pinned".into());
+            }
+            if policy.last.is_some_and(|n| i < n) {
+                reasons[i].push("last".into());
+            }
+            if policy.within.is_some_and(|d| s.time >= newest - d) {
+                reasons[i].push("within".into());
+            }
+        }
+        let buckets: [(&str, Option<usize>, BucketFn); 5] = [
+            ("hourly", policy.hourly, |t| {
+                t.format("%Y-%m-%d %H").to_string()
+            }),
+            ("daily", policy.daily, |t| t.format("%Y-%m-%d").to_string()),
+            ("weekly", policy.weekly, |t| {
+                format!("{}-{}", t.iso_week().year(), t.iso_week().week())
+            }),
+            ("monthly", policy.monthly, |t| t.format("%Y-%m").to_string()),
+            ("yearly", policy.yearly, |t| t.format("%Y").to_string()),
+        ];
+        for (label, n, bucket) in buckets {
+            let Some(n) = n else { continue };
+            let mut seen = HashSet::new();
+            for (i, s) in group.iter().enumerate() {
+                if seen.len() >= n {
+                    break;
+                }
+                if seen.insert(bucket(&s.time)) {
+                    reasons[i].push(label.into());
+                }
+            }
+        }
+        out.extend(group.into_iter().cloned().zip(reasons));
+    }
+    out
+}
+
+fn decision(s: &Snapshot, reasons: Vec<String>) -> Decision {
+    Decision {
+        id: s.id.0.clone(),
+        name: s.name.clone(),
+        time: s.time.to_rfc3339(),
+        reasons,
+    }
+}
+
+/// Applies `policy` to the snapshots (of `names`, or all), deleting the
+/// manifests it does not keep and whose retention has ended.
+pub fn forget(
+    vault: &Vault,
+    names: &[String],
+    policy: &KeepPolicy,
+    dry_run: bool,
+) -> Result<ForgetReport> {
+    if policy.is_empty() {
+        return Err(Error::Invalid(
+            "give at least one --keep-* option (forgetting everything is not a policy)".into(),
+        ));
+    }
+    let _lock = crate::lock::VaultLock::exclusive(vault.root())?;
+    let (all, _) = vault.snapshots()?;
+    let chosen: Vec<Snapshot> = all
+        .into_iter()
+        .filter(|s| names.is_empty() || names.contains(&s.name))
+        .collect();
+    let pinned: HashSet<String> = vault.pins()?.into_iter().map(|p| p.0).collect();
+    let now = Utc::now();
+    let mut report = ForgetReport::default();
+    for (s, reasons) in plan(&chosen, policy, &pinned) {
+        if !reasons.is_empty() {
+            report.kept.push(decision(&s, reasons));
+        } else if s.retain_until > now {
+            report.retained.push(decision(
+                &s,
+                vec![format!("retained until {}", s.retain_until.to_rfc3339())],
+            ));
+        } else {
+            if !dry_run {
+                vault.backend().delete(&Snapshot::object_name(&s.id))?;
+            }
+            report.forgotten.push(decision(&s, vec![]));
+        }
+    }
+    Ok(report)
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub packs_deleted: usize,
+    pub bytes_deleted: u64,
+    pub maps_deleted: usize,
+    /// Unreferenced packs kept because their retention has not ended.
+    pub packs_retained: usize,
+    pub bytes_retained: u64,
+    /// Packs kept because a snapshot still uses some of their chunks.
+    pub packs_in_use: usize,
+}
+
+/// Deletes packs and maps that no snapshot refers to and whose retention
+/// has ended. Refuses to run when any manifest is unreadable, since it may
+/// refer to anything.
+pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
+    let _lock = crate::lock::VaultLock::exclusive(vault.root())?;
+    vault.load_index()?;
+    let (snapshots, unreadable) = vault.snapshots()?;
+    if let Some((name, why)) = unreadable.first() {
+        return Err(Error::Invalid(format!(
+            "prune stopped: {name} is unreadable ({why}); run `cairn verify` first"
+        )));
+    }
+    let mut used: HashSet<ChunkId> = HashSet::new();
+    let mut used_maps: HashSet<String> = HashSet::new();
+    for s in &snapshots {
+        used_maps.insert(s.content.clone());
+        match s.source.kind {
+            SourceKind::Disk => used.extend(vault.read_disk_map(s)?.chunks.into_iter().flatten()),
+            SourceKind::Directory => used.extend(
+                vault
+                    .read_tree(s)?
+                    .entries
+                    .into_iter()
+                    .flat_map(|e| e.chunks.into_iter().map(|c| c.id)),
+            ),
+        }
+    }
+    let now = Utc::now().timestamp();
+    let mut report = PruneReport::default();
+    let index_names = vault.backend().list("index")?;
+    let mut indexed_packs = HashSet::new();
+    for name in index_names {
+        let idx = vault.read_pack_index(&name)?;
+        indexed_packs.insert(pack_object(&idx.pack));
+        let size = vault.backend().size(&pack_object(&idx.pack)).unwrap_or(0);
+        if idx.entries.iter().any(|e| used.contains(&e.id)) {
+            report.packs_in_use += 1;
+        } else if idx.retain_until > now {
+            report.packs_retained += 1;
+            report.bytes_retained += size;
+        } else {
+            if !dry_run {
+                // Index first: a crash in between leaves an unindexed pack
+                // (harmless), never an index that points at nothing.
+                vault.backend().delete(&index_object(&idx.pack))?;
+                vault.backend().delete(&pack_object(&idx.pack))?;
+            }
+            report.packs_deleted += 1;
+            report.bytes_deleted += size;
+        }
+    }
+    // Packs whose index was never written (a backup killed in between):
+    // nothing can refer to them.
+    let retention = std::time::Duration::from_secs(vault.config().retention_secs);
+    for name in vault.backend().list("packs")? {
+        if indexed_packs.contains(&name) {
+            continue;
+        }
+        let written = vault.backend().modified(&name)?;
+        if written.elapsed().unwrap_or_default() >= retention {
+            report.bytes_deleted += vault.backend().size(&name).unwrap_or(0);
+            if !dry_run {
+                vault.backend().delete(&name)?;
+            }
+            report.packs_deleted += 1;
+        } else {
+            report.packs_retained += 1;
+        }
+    }
+    for name in vault.backend().list("maps")? {
+        if !used_maps.contains(&name) {
+            if !dry_run {
+                vault.backend().delete(&name)?;
+            }
+            report.maps_deleted += 1;
+        }
+    }
+    if !dry_run {
+        vault.load_index()?;
+    }
+    Ok(report)
+}

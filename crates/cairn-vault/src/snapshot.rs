@@ -1,0 +1,219 @@
+//! Snapshot manifests: what was backed up, when, from where, what it
+//! contains (a disk map or a file tree) and what ingest measured.
+
+use crate::entropy::EntropyHistogram;
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SnapshotId(pub String);
+
+impl SnapshotId {
+    pub fn generate() -> Result<Self> {
+        Ok(SnapshotId(
+            hex::encode(crate::crypto::random_array::<32>()?),
+        ))
+    }
+
+    pub fn short(&self) -> &str {
+        &self.0[..8.min(self.0.len())]
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SnapshotId({})", self.short())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A disk: raw image, block device or qcow2 (stored as its guest view).
+    Disk,
+    Directory,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub kind: SourceKind,
+    /// "raw", "block-device", "qcow2" or "directory".
+    pub format: String,
+    pub path: String,
+    pub host: String,
+}
+
+/// What ingest measured while the data was in memory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Size of the disk, or sum of file sizes.
+    pub logical_size: u64,
+    pub bytes_read: u64,
+    /// Bytes that differ from the parent, counted in 64 KiB blocks.
+    pub changed_bytes: u64,
+    /// Plaintext bytes of chunks the vault did not have.
+    pub new_bytes: u64,
+    /// What those chunks took in the vault after compression and sealing.
+    pub new_bytes_stored: u64,
+    /// `new_bytes / new_bytes_stored` (1.0 when nothing was new).
+    pub compression_ratio: f64,
+    /// Changed bytes by entropy (bits per byte, buckets 0..8).
+    pub entropy_histogram: EntropyHistogram,
+    /// Bytes that are holes or all zeros.
+    pub zero_bytes: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub duration_secs: f64,
+    /// Directory sources: files, and how many were unchanged by metadata.
+    #[serde(default)]
+    pub files: u64,
+    #[serde(default)]
+    pub files_unchanged: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub name: String,
+    pub time: DateTime<Utc>,
+    pub parent: Option<SnapshotId>,
+    pub source: SourceInfo,
+    /// Object name of the disk map or tree (`maps/..`).
+    pub content: String,
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The manifest may not be deleted before this time.
+    pub retain_until: DateTime<Utc>,
+    /// When the manifest was written (real time, unlike `time`, which
+    /// `--time` may set).
+    pub written: DateTime<Utc>,
+    pub cairn_version: String,
+}
+
+impl Snapshot {
+    pub fn object_name(id: &SnapshotId) -> String {
+        format!("snapshots/{}", id.0)
+    }
+
+    /// Changed bytes per hour since the parent, when there is one.
+    pub fn change_rate(&self, parent_time: Option<DateTime<Utc>>) -> Option<f64> {
+        let hours = (self.time - parent_time?).num_milliseconds() as f64 / 3_600_000.0;
+        (hours > 0.0).then(|| self.metrics.changed_bytes as f64 / hours)
+    }
+}
+
+/// Picks one snapshot from a spec: `NAME@latest`, `NAME@-N` (N before the
+/// latest), `NAME@<id prefix>`, `NAME` (latest) or a bare id prefix.
+/// `snapshots` must be sorted by time.
+pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
+    let not_found = || Error::SnapshotNotFound(spec.to_string());
+    let (name, sel) = match spec.rsplit_once('@') {
+        Some((n, s)) => (Some(n), s),
+        None => {
+            if snapshots.iter().any(|s| s.name == spec) {
+                (Some(spec), "latest")
+            } else {
+                (None, spec)
+            }
+        }
+    };
+    let of_name: Vec<&Snapshot> = snapshots
+        .iter()
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .collect();
+    if let Some(n) = name
+        && of_name.is_empty()
+    {
+        return Err(Error::SnapshotNotFound(format!(
+            "{spec} (no snapshots named {n:?})"
+        )));
+    }
+    if sel == "latest" {
+        return of_name.last().copied().ok_or_else(not_found);
+    }
+    if let Some(back) = sel.strip_prefix('-') {
+        let n: usize = back
+            .parse()
+            .map_err(|_| Error::Invalid(format!("{spec}: expected NAME@-N with N a number")))?;
+        return of_name
+            .len()
+            .checked_sub(1 + n)
+            .map(|i| of_name[i])
+            .ok_or_else(|| {
+                Error::SnapshotNotFound(format!("{spec} (only {} snapshots)", of_name.len()))
+            });
+    }
+    if sel.is_empty() || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!(
+            "{spec}: expected NAME@latest, NAME@-N or NAME@<id prefix>"
+        )));
+    }
+    let sel = sel.to_ascii_lowercase();
+    let hits: Vec<&Snapshot> = of_name
+        .into_iter()
+        .filter(|s| s.id.0.starts_with(&sel))
+        .collect();
+    match hits.len() {
+        0 => Err(not_found()),
+        1 => Ok(hits[0]),
+        n => Err(Error::Invalid(format!(
+            "{spec}: {n} snapshots start with {sel}; give more of the id"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(name: &str, id: &str, hour: u32) -> Snapshot {
+        Snapshot {
+            id: SnapshotId(id.into()),
+            name: name.into(),
+            time: format!("2026-01-01T{hour:02}:00:00Z").parse().unwrap(),
+            parent: None,
+            source: SourceInfo {
+                kind: SourceKind::Disk,
+                format: "raw".into(),
+                path: "x".into(),
+                host: "h".into(),
+            },
+            content: String::new(),
+            metrics: Metrics::default(),
+            tags: vec![],
+            retain_until: Utc::now(),
+            written: Utc::now(),
+            cairn_version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn specs_resolve_like_the_docs_say() {
+        let s = vec![
+            snap("vm", "aa11", 1),
+            snap("web", "aa22", 2),
+            snap("vm", "bb33", 3),
+            snap("vm", "cc44", 4),
+        ];
+        assert_eq!(resolve(&s, "vm@latest").unwrap().id.0, "cc44");
+        assert_eq!(resolve(&s, "vm").unwrap().id.0, "cc44");
+        assert_eq!(resolve(&s, "vm@-1").unwrap().id.0, "bb33");
+        assert_eq!(resolve(&s, "vm@-2").unwrap().id.0, "aa11");
+        assert!(resolve(&s, "vm@-3").is_err());
+        assert_eq!(resolve(&s, "vm@bb").unwrap().id.0, "bb33");
+        assert_eq!(resolve(&s, "aa2").unwrap().id.0, "aa22");
+        assert!(resolve(&s, "aa").is_err(), "ambiguous prefix");
+        assert!(resolve(&s, "vm@aa2").is_err(), "id of another name");
+        assert!(resolve(&s, "nope@latest").is_err());
+        assert!(resolve(&s, "vm@zz").is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! Opening, creating and reading a vault.
+//!
+//! Layout (every object but `config`, `keys/*` and `pins/*` is sealed):
+//! ```text
+//! config                  chunking, pack size, retention (JSON)
+//! keys/<id>               master key wrapped by a passphrase (JSON)
+//! packs/<xx>/<pack>       sealed chunks, concatenated
+//! index/<pack>            where each chunk of that pack is
+//! maps/<xx>/<object>      disk maps and trees, content-addressed
+//! snapshots/<id>          manifests
+//! pins/<id>               pinned snapshots (never forgotten)
+//! locks/, tmp/            coordination and atomic writes
+//! ```
+
+use crate::backend::{Backend, LocalBackend};
+use crate::codec;
+use crate::crypto::{Cipher, KeyFile, MasterKey, random_array};
+use crate::diskmap::DiskMap;
+use crate::error::{Error, IoContext, Problem, Result};
+use crate::hash::{ChunkId, Hasher};
+use crate::index::{ChunkIndex, PackIndex, index_object, pack_object};
+use crate::snapshot::{Snapshot, SnapshotId};
+use crate::tree::Tree;
+use chrono::{DateTime, Duration, Utc};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+pub const FORMAT_VERSION: u32 = 1;
+/// Objects larger than this are refused when read (a tree of a few million
+/// files fits).
+const MAX_OBJECT: usize = 1 << 30;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    pub version: u32,
+    pub id: String,
+    pub created: DateTime<Utc>,
+    /// Fixed chunk size for disks (a multiple of 64 KiB).
+    pub disk_chunk_size: u32,
+    /// FastCDC bounds for files.
+    pub cdc_min: u32,
+    pub cdc_avg: u32,
+    pub cdc_max: u32,
+    pub pack_size: u32,
+    pub compression_level: i32,
+    /// How long every object is kept at least, from when it is written.
+    pub retention_secs: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub disk_chunk_size: u32,
+    pub pack_size: u32,
+    pub compression_level: i32,
+    pub retention_secs: u64,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            disk_chunk_size: 256 * 1024,
+            pack_size: 16 << 20,
+            compression_level: 3,
+            retention_secs: 30 * 86400,
+        }
+    }
+}
+
+pub struct Vault {
+    root: PathBuf,
+    backend: Box<dyn Backend>,
+    config: Config,
+    cipher: Cipher,
+    hasher: Hasher,
+    index: RwLock<ChunkIndex>,
+}
+
+const DIRS: &[&str] = &[
+    "keys",
+    "packs",
+    "index",
+    "maps",
+    "snapshots",
+    "pins",
+    "locks",
+    "tmp",
+];
+
+impl Vault {
+    pub fn init(root: &Path, password: &[u8], opts: &InitOptions) -> Result<Vault> {
+        if root.join("config").exists() {
+            return Err(Error::AlreadyAVault { path: root.into() });
+        }
+        if opts.disk_chunk_size == 0
+            || !(opts.disk_chunk_size as usize).is_multiple_of(crate::BLOCK_SIZE)
+        {
+            return Err(Error::Invalid(
+                "the disk chunk size must be a multiple of 64 KiB".into(),
+            ));
+        }
+        if password.is_empty() {
+            return Err(Error::Invalid("refusing an empty password".into()));
+        }
+        for d in DIRS {
+            std::fs::create_dir_all(root.join(d))
+                .ctx(|| format!("creating {}", root.join(d).display()))?;
+        }
+        let backend = LocalBackend::new(root);
+        let master = MasterKey::generate()?;
+        let key = KeyFile::wrap(password, &master)?;
+        let key_id = hex::encode(random_array::<16>()?);
+        backend.put(
+            &format!("keys/{key_id}"),
+            &serde_json::to_vec_pretty(&key).expect("json"),
+        )?;
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: hex::encode(random_array::<16>()?),
+            created: Utc::now(),
+            disk_chunk_size: opts.disk_chunk_size,
+            cdc_min: 64 * 1024,
+            cdc_avg: 256 * 1024,
+            cdc_max: 1024 * 1024,
+            pack_size: opts.pack_size,
+            compression_level: opts.compression_level,
+            retention_secs: opts.retention_secs,
+        };
+        // The config goes last: a directory without it is not a vault, so a
+        // failed init leaves nothing that looks like one.
+        backend.put("config", &serde_json::to_vec_pretty(&config).expect("json"))?;
+        Ok(Self::assemble(root, Box::new(backend), config, master))
+    }
+
+    pub fn open(root: &Path, password: &[u8]) -> Result<Vault> {
+        let backend = LocalBackend::new(root);
+        if !root.join("config").is_file() {
+            return Err(Error::NotAVault { path: root.into() });
+        }
+        let config: Config = serde_json::from_slice(&backend.get("config")?)
+            .map_err(|e| Error::damaged("config", e.to_string()))?;
+        if config.version != FORMAT_VERSION {
+            return Err(Error::Invalid(format!(
+                "vault format {} is not supported by this cairn (format {FORMAT_VERSION})",
+                config.version
+            )));
+        }
+        let mut master = None;
+        for name in backend.list("keys")? {
+            let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?)
+                .map_err(|e| Error::damaged(&name, e.to_string()))?;
+            if let Some(m) = kf.unwrap_key(password)? {
+                master = Some(m);
+                break;
+            }
+        }
+        let master = master.ok_or(Error::WrongPassword)?;
+        backend.clean_stale_tmp();
+        let vault = Self::assemble(root, Box::new(backend), config, master);
+        vault.load_index()?;
+        Ok(vault)
+    }
+
+    fn assemble(
+        root: &Path,
+        backend: Box<dyn Backend>,
+        config: Config,
+        master: MasterKey,
+    ) -> Vault {
+        Vault {
+            root: root.into(),
+            backend,
+            config,
+            cipher: Cipher::new(&master.encryption),
+            hasher: Hasher::new(&master.id),
+            index: RwLock::new(ChunkIndex::default()),
+        }
+    }
+
+    /// Reads every index object (in parallel: a vault has many).
+    pub fn load_index(&self) -> Result<()> {
+        let names = self.backend.list("index")?;
+        let loaded: Vec<std::result::Result<PackIndex, (String, String)>> = names
+            .par_iter()
+            .map(|n| {
+                self.read_pack_index(n)
+                    .map_err(|e| (n.clone(), e.to_string()))
+            })
+            .collect();
+        let mut idx = ChunkIndex::default();
+        for l in loaded {
+            match l {
+                Ok(p) => idx.add(&p),
+                Err(d) => idx.damaged.push(d),
+            }
+        }
+        *self.index.write().unwrap() = idx;
+        Ok(())
+    }
+
+    pub fn read_pack_index(&self, name: &str) -> Result<PackIndex> {
+        let bytes = self.read_object(name)?;
+        let idx: PackIndex =
+            postcard::from_bytes(&bytes).map_err(|e| Error::damaged(name, e.to_string()))?;
+        if index_object(&idx.pack) != name {
+            return Err(Error::damaged(name, "index names another pack"));
+        }
+        Ok(idx)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn cipher(&self) -> &Cipher {
+        &self.cipher
+    }
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, ChunkIndex> {
+        self.index.read().unwrap()
+    }
+
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.index.read().unwrap().contains(id)
+    }
+
+    pub(crate) fn add_index(&self, idx: &PackIndex) {
+        self.index.write().unwrap().add(idx);
+    }
+
+    pub fn retain_until_from_now(&self) -> DateTime<Utc> {
+        Utc::now() + Duration::seconds(self.config.retention_secs.min(i64::MAX as u64 / 2) as i64)
+    }
+
+    /// Reads and decrypts one chunk.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let (loc, pack) = {
+            let idx = self.index.read().unwrap();
+            let (loc, pack) = idx.get(id).ok_or_else(|| {
+                Error::damaged(format!("chunk {}", id.hex()), "not in any index (missing)")
+            })?;
+            (loc, pack.id.clone())
+        };
+        let name = pack_object(&pack);
+        let sealed = self
+            .backend
+            .get_range(&name, loc.offset as u64, loc.len as usize)?;
+        let data = codec::open(&self.cipher, &name, &sealed, loc.raw_len as usize)?;
+        if data.len() != loc.raw_len as usize {
+            return Err(Error::damaged(
+                &name,
+                format!("chunk {} has the wrong length", id.hex()),
+            ));
+        }
+        Ok(data)
+    }
+
+    pub fn read_object(&self, name: &str) -> Result<Vec<u8>> {
+        codec::open(&self.cipher, name, &self.backend.get(name)?, MAX_OBJECT)
+    }
+
+    /// Stores a disk map or tree, content-addressed; returns its name.
+    pub fn write_content<T: Serialize>(&self, value: &T) -> Result<String> {
+        let bytes =
+            postcard::to_stdvec(value).map_err(|e| Error::Invalid(format!("serializing: {e}")))?;
+        let id = self.hasher.object_id(&bytes);
+        let name = format!("maps/{}/{}", &id[..2], id);
+        if !self.backend.exists(&name)? {
+            self.backend.put(
+                &name,
+                &codec::seal(&self.cipher, &bytes, self.config.compression_level, None)?,
+            )?;
+        }
+        Ok(name)
+    }
+
+    pub fn read_disk_map(&self, snap: &Snapshot) -> Result<DiskMap> {
+        let bytes = self.read_object(&snap.content)?;
+        let map: DiskMap = postcard::from_bytes(&bytes)
+            .map_err(|e| Error::damaged(&snap.content, e.to_string()))?;
+        map.validate()
+            .map_err(|r| Error::damaged(&snap.content, r))?;
+        Ok(map)
+    }
+
+    pub fn read_tree(&self, snap: &Snapshot) -> Result<Tree> {
+        let bytes = self.read_object(&snap.content)?;
+        postcard::from_bytes(&bytes).map_err(|e| Error::damaged(&snap.content, e.to_string()))
+    }
+
+    pub fn write_snapshot(&self, snap: &Snapshot) -> Result<()> {
+        let json = serde_json::to_vec(snap).expect("json");
+        self.backend.put(
+            &Snapshot::object_name(&snap.id),
+            &codec::seal(&self.cipher, &json, 3, None)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn read_snapshot(&self, name: &str) -> Result<Snapshot> {
+        let bytes = self.read_object(name)?;
+        let snap: Snapshot =
+            serde_json::from_slice(&bytes).map_err(|e| Error::damaged(name, e.to_string()))?;
+        if Snapshot::object_name(&snap.id) != name {
+            return Err(Error::damaged(name, "manifest names another snapshot"));
+        }
+        Ok(snap)
+    }
+
+    /// All readable snapshots sorted by time, and the manifests that could
+    /// not be read.
+    pub fn snapshots(&self) -> Result<(Vec<Snapshot>, Vec<Problem>)> {
+        let names = self.backend.list("snapshots")?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for n in names {
+            match self.read_snapshot(&n) {
+                Ok(s) => good.push(s),
+                Err(e) => bad.push((n, e.to_string())),
+            }
+        }
+        good.sort_by(|a, b| a.time.cmp(&b.time).then(a.written.cmp(&b.written)));
+        Ok((good, bad))
+    }
+
+    pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
+        let (all, _) = self.snapshots()?;
+        crate::snapshot::resolve(&all, spec).cloned()
+    }
+
+    pub fn pins(&self) -> Result<BTreeSet<SnapshotId>> {
+        Ok(self
+            .backend
+            .list("pins")?
+            .into_iter()
+            .filter_map(|n| n.strip_prefix("pins/").map(|s| SnapshotId(s.to_string())))
+            .collect())
+    }
+
+    pub fn pin(&self, id: &SnapshotId) -> Result<()> {
+        self.backend.put(&format!("pins/{}", id.0), b"")?;
+        Ok(())
+    }
+
+    pub fn unpin(&self, id: &SnapshotId) -> Result<()> {
+        self.backend.delete(&format!("pins/{}", id.0))
+    }
+}

@@ -1,0 +1,581 @@
+//! The `cairn` command: parse, call a library, print.
+
+mod util;
+
+use anyhow::{Context, Result, bail};
+use cairn_ingest::{BackupOptions, Progress};
+use cairn_recover::{DiskRestoreOptions, TreeRestoreOptions};
+use cairn_vault::prune::KeepPolicy;
+use cairn_vault::{InitOptions, Snapshot, SnapshotDisk, SourceKind, Vault};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use util::{Bar, bytes, parse_duration, password};
+
+/// Exit code for "something was found" (damage, an anomaly, a hit).
+const FOUND: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Ransomware recovery: immutable snapshots of VM disks and file trees, and the way back"
+)]
+struct Cli {
+    /// The vault directory.
+    #[arg(long, env = "CAIRN_VAULT", global = true)]
+    vault: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new vault.
+    Init {
+        /// Minimum time every object is kept, e.g. 30d (nothing is deleted sooner).
+        #[arg(long, default_value = "30d")]
+        retention: String,
+        /// Fixed chunk size for disks, in KiB (a multiple of 64).
+        #[arg(long, default_value_t = 256)]
+        disk_chunk_kib: u32,
+        /// Target size of pack objects, in MiB.
+        #[arg(long, default_value_t = 16)]
+        pack_mib: u32,
+        /// zstd level for compressible data.
+        #[arg(long, default_value_t = 3)]
+        compression_level: i32,
+    },
+    /// Back up a disk image, block device, qcow2 image or directory.
+    Backup {
+        source: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// When the data is from (RFC 3339); default now.
+        #[arg(long)]
+        time: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// List snapshots.
+    Snapshots { name: Option<String> },
+    /// Restore a snapshot: a disk to a file or block device, a directory to a directory.
+    Restore {
+        /// NAME@latest, NAME@-N or NAME@<id prefix>.
+        snapshot: String,
+        #[arg(long)]
+        to: PathBuf,
+        /// Replace an existing file or restore into a non-empty directory.
+        #[arg(long)]
+        overwrite: bool,
+        /// Read a restored disk back and compare it with the snapshot.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Check the vault; with --read-data decrypt and re-hash every chunk.
+    Verify {
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Forget snapshots that a keep policy does not keep (never pinned ones,
+    /// never before their retention ends).
+    Forget {
+        /// Only these snapshot names (default: all).
+        names: Vec<String>,
+        #[arg(long)]
+        keep_last: Option<usize>,
+        /// Keep everything this close to the newest snapshot, e.g. 7d.
+        #[arg(long)]
+        keep_within: Option<String>,
+        #[arg(long)]
+        keep_hourly: Option<usize>,
+        #[arg(long)]
+        keep_daily: Option<usize>,
+        #[arg(long)]
+        keep_weekly: Option<usize>,
+        #[arg(long)]
+        keep_monthly: Option<usize>,
+        #[arg(long)]
+        keep_yearly: Option<usize>,
+        #[arg(long)]
+        dry_run: bool,
+        /// Prune right after.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Delete data no snapshot uses, once its retention has ended.
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Pin a snapshot: it is never forgotten.
+    Pin { snapshot: String },
+    /// Unpin a snapshot.
+    Unpin { snapshot: String },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn vault_path(cli: &Cli) -> Result<PathBuf> {
+    cli.vault
+        .clone()
+        .context("no vault given: pass --vault DIR or set CAIRN_VAULT")
+}
+
+fn open(cli: &Cli) -> Result<Arc<Vault>> {
+    let path = vault_path(cli)?;
+    if !path.join("config").is_file() {
+        // Say so before asking for a password.
+        return Err(cairn_vault::Error::NotAVault { path }.into());
+    }
+    Ok(Arc::new(Vault::open(&path, &password(false)?)?))
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Init {
+            retention,
+            disk_chunk_kib,
+            pack_mib,
+            compression_level,
+        } => {
+            let path = vault_path(&cli)?;
+            let opts = InitOptions {
+                disk_chunk_size: disk_chunk_kib
+                    .checked_mul(1024)
+                    .context("chunk size too large")?,
+                pack_size: pack_mib
+                    .checked_mul(1 << 20)
+                    .context("pack size too large")?,
+                compression_level: *compression_level,
+                retention_secs: parse_duration(retention)?.num_seconds().max(0) as u64,
+            };
+            if path.join("config").exists() {
+                return Err(cairn_vault::Error::AlreadyAVault { path }.into());
+            }
+            let v = Vault::init(&path, &password(true)?, &opts)?;
+            if cli.json {
+                print_json(v.config());
+            } else {
+                println!("created vault {} at {}", v.config().id, path.display());
+            }
+            Ok(0)
+        }
+        Command::Backup {
+            source,
+            name,
+            time,
+            tags,
+        } => backup(&cli, source, name, *time, tags),
+        Command::Snapshots { name } => snapshots(&cli, name.as_deref()),
+        Command::Restore {
+            snapshot,
+            to,
+            overwrite,
+            verify,
+        } => restore(&cli, snapshot, to, *overwrite, *verify),
+        Command::Verify { read_data } => verify(&cli, *read_data),
+        Command::Forget {
+            names,
+            keep_last,
+            keep_within,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+            prune,
+        } => {
+            let vault = open(&cli)?;
+            let policy = KeepPolicy {
+                last: *keep_last,
+                within: keep_within.as_deref().map(parse_duration).transpose()?,
+                hourly: *keep_hourly,
+                daily: *keep_daily,
+                weekly: *keep_weekly,
+                monthly: *keep_monthly,
+                yearly: *keep_yearly,
+            };
+            let r = cairn_vault::prune::forget(&vault, names, &policy, *dry_run)?;
+            let pr = if *prune && !*dry_run {
+                Some(cairn_vault::prune::prune(&vault, false)?)
+            } else {
+                None
+            };
+            if cli.json {
+                print_json(&json!({"forget": r, "prune": pr}));
+            } else {
+                let verb = if *dry_run { "would forget" } else { "forgot" };
+                for d in &r.kept {
+                    println!(
+                        "keep    {} {} {} ({})",
+                        &d.id[..8],
+                        d.name,
+                        d.time,
+                        d.reasons.join(", ")
+                    );
+                }
+                for d in &r.retained {
+                    println!(
+                        "retain  {} {} {} ({})",
+                        &d.id[..8],
+                        d.name,
+                        d.time,
+                        d.reasons.join(", ")
+                    );
+                }
+                for d in &r.forgotten {
+                    println!("forget  {} {} {}", &d.id[..8], d.name, d.time);
+                }
+                println!(
+                    "{verb} {} snapshot(s); kept {}; {} still under retention",
+                    r.forgotten.len(),
+                    r.kept.len(),
+                    r.retained.len()
+                );
+                if let Some(p) = pr {
+                    print_prune(&p, false);
+                }
+            }
+            Ok(0)
+        }
+        Command::Prune { dry_run } => {
+            let vault = open(&cli)?;
+            let r = cairn_vault::prune::prune(&vault, *dry_run)?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                print_prune(&r, *dry_run);
+            }
+            Ok(0)
+        }
+        Command::Pin { snapshot } | Command::Unpin { snapshot } => {
+            let vault = open(&cli)?;
+            let s = vault.resolve(snapshot)?;
+            let pin = matches!(cli.command, Command::Pin { .. });
+            if pin {
+                vault.pin(&s.id)?;
+            } else {
+                vault.unpin(&s.id)?;
+            }
+            if cli.json {
+                print_json(&json!({"id": s.id, "name": s.name, "pinned": pin}));
+            } else {
+                println!(
+                    "{} {}@{}",
+                    if pin { "pinned" } else { "unpinned" },
+                    s.name,
+                    s.id.short()
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn print_prune(r: &cairn_vault::prune::PruneReport, dry_run: bool) {
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{verb} {} pack(s) ({}) and {} map(s); {} unused pack(s) ({}) kept until their retention ends; {} pack(s) in use",
+        r.packs_deleted,
+        bytes(r.bytes_deleted),
+        r.maps_deleted,
+        r.packs_retained,
+        bytes(r.bytes_retained),
+        r.packs_in_use
+    );
+}
+
+fn snapshot_json(
+    s: &Snapshot,
+    parent_time: Option<chrono::DateTime<chrono::Utc>>,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("json");
+    let m = &s.metrics;
+    let obj = v.as_object_mut().expect("object");
+    obj.insert("short_id".into(), json!(s.id.short()));
+    obj.insert("size".into(), json!(m.logical_size));
+    obj.insert("changed_bytes".into(), json!(m.changed_bytes));
+    obj.insert("new_bytes_stored".into(), json!(m.new_bytes_stored));
+    obj.insert(
+        "change_rate_bytes_per_hour".into(),
+        json!(s.change_rate(parent_time)),
+    );
+    v
+}
+
+fn backup(
+    cli: &Cli,
+    source: &Path,
+    name: &str,
+    time: Option<chrono::DateTime<chrono::Utc>>,
+    tags: &[String],
+) -> Result<u8> {
+    let vault = open(cli)?;
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(progress.clone(), "backup", cli.quiet || cli.json);
+    let out = cairn_ingest::backup(
+        &vault,
+        source,
+        &BackupOptions {
+            name: name.to_string(),
+            time,
+            tags: tags.to_vec(),
+        },
+        &progress,
+    );
+    drop(bar);
+    let out = out?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    let s = &out.snapshot;
+    let m = &s.metrics;
+    if cli.json {
+        let mut v = snapshot_json(s, out.parent.as_ref().map(|p| p.time));
+        v.as_object_mut()
+            .expect("object")
+            .insert("warnings".into(), json!(out.warnings));
+        print_json(&v);
+    } else {
+        println!(
+            "snapshot {}@{} saved{}",
+            s.name,
+            s.id.short(),
+            out.parent
+                .as_ref()
+                .map(|p| format!(" (parent {})", p.id.short()))
+                .unwrap_or_default()
+        );
+        println!(
+            "  {} {} {}: {} read, {} changed, {} new stored (compression {:.2}x), {} zero, {:.2}s",
+            bytes(m.logical_size),
+            s.source.format,
+            s.source.path,
+            bytes(m.bytes_read),
+            bytes(m.changed_bytes),
+            bytes(m.new_bytes_stored),
+            m.compression_ratio,
+            bytes(m.zero_bytes),
+            m.duration_secs
+        );
+    }
+    Ok(0)
+}
+
+fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
+    let vault = open(cli)?;
+    let (all, bad) = vault.snapshots()?;
+    for (n, why) in &bad {
+        eprintln!("warning: {n} unreadable: {why}");
+    }
+    let times: std::collections::HashMap<_, _> =
+        all.iter().map(|s| (s.id.clone(), s.time)).collect();
+    let pins = vault.pins()?;
+    let shown: Vec<&Snapshot> = all
+        .iter()
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .collect();
+    if cli.json {
+        let v: Vec<_> = shown
+            .iter()
+            .map(|s| {
+                let mut v = snapshot_json(s, s.parent.as_ref().and_then(|p| times.get(p).copied()));
+                v.as_object_mut()
+                    .expect("object")
+                    .insert("pinned".into(), json!(pins.contains(&s.id)));
+                v
+            })
+            .collect();
+        print_json(&v);
+        return Ok(0);
+    }
+    println!(
+        "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  tags",
+        "id", "name", "time", "kind", "size", "changed", "rate/h", "new stored"
+    );
+    for s in shown {
+        let rate = s
+            .change_rate(s.parent.as_ref().and_then(|p| times.get(p).copied()))
+            .map(|r| bytes(r as u64))
+            .unwrap_or_else(|| "-".into());
+        let mut tags = s.tags.clone();
+        if pins.contains(&s.id) {
+            tags.insert(0, "pinned".into());
+        }
+        println!(
+            "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {}",
+            s.id.short(),
+            s.name,
+            s.time.format("%Y-%m-%d %H:%M:%S"),
+            match s.source.kind {
+                SourceKind::Disk => s.source.format.as_str(),
+                SourceKind::Directory => "dir",
+            },
+            bytes(s.metrics.logical_size),
+            bytes(s.metrics.changed_bytes),
+            rate,
+            bytes(s.metrics.new_bytes_stored),
+            tags.join(",")
+        );
+    }
+    Ok(0)
+}
+
+fn restore(cli: &Cli, spec: &str, to: &Path, overwrite: bool, verify: bool) -> Result<u8> {
+    let vault = open(cli)?;
+    let snap = vault.resolve(spec)?;
+    let progress = Arc::new(Progress::default());
+    progress.set_total(snap.metrics.logical_size);
+    let bar = Bar::start(progress.clone(), "restore", cli.quiet || cli.json);
+    let tick = |n: u64| progress.add(n);
+    match snap.source.kind {
+        SourceKind::Disk => {
+            let disk = SnapshotDisk::open(vault.clone(), &snap, 4)?;
+            let r = cairn_recover::restore_disk(
+                &disk,
+                to,
+                &DiskRestoreOptions { overwrite, verify },
+                &tick,
+            );
+            drop(bar);
+            let r = r?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "restored {}@{} to {}: {} written, {} left as holes{}, {:.2}s",
+                    snap.name,
+                    snap.id.short(),
+                    to.display(),
+                    bytes(r.bytes_written),
+                    bytes(r.zero_bytes),
+                    if r.verified { ", verified" } else { "" },
+                    r.duration_secs
+                );
+            }
+        }
+        SourceKind::Directory => {
+            if verify {
+                bail!("--verify applies to disk restores");
+            }
+            let tree = vault.read_tree(&snap)?;
+            let r = cairn_recover::restore_tree(
+                &vault,
+                &tree,
+                to,
+                &TreeRestoreOptions { overwrite },
+                &tick,
+            );
+            drop(bar);
+            let r = r?;
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "restored {}@{} to {}: {} files, {} dirs, {} symlinks, {} hard links, {}",
+                    snap.name,
+                    snap.id.short(),
+                    to.display(),
+                    r.files,
+                    r.dirs,
+                    r.symlinks,
+                    r.hardlinks,
+                    bytes(r.bytes_written)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn verify(cli: &Cli, read_data: bool) -> Result<u8> {
+    let vault = open(cli)?;
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(
+        progress.clone(),
+        "verify",
+        cli.quiet || cli.json || !read_data,
+    );
+    let p = progress.clone();
+    let r = cairn_vault::verify::verify(&vault, read_data, &move |done, total| {
+        p.set_total(total);
+        p.done.store(done, std::sync::atomic::Ordering::Relaxed);
+    });
+    drop(bar);
+    let r = r?;
+    if cli.json {
+        print_json(&r);
+    } else {
+        for d in &r.damaged_snapshots {
+            println!(
+                "DAMAGED snapshot {}@{} ({}): {}",
+                d.name,
+                &d.id[..8.min(d.id.len())],
+                d.time,
+                d.reasons.join("; ")
+            );
+        }
+        for (o, why) in &r.damaged_objects {
+            println!("damaged object {o}: {why}");
+        }
+        println!(
+            "{} snapshots, {} packs{}: {}",
+            r.snapshots,
+            r.packs,
+            if read_data {
+                format!(
+                    ", {} chunks ({}) decrypted and checked",
+                    r.chunks_checked,
+                    bytes(r.bytes_checked)
+                )
+            } else {
+                String::new()
+            },
+            if r.ok() {
+                "no damage found"
+            } else {
+                "DAMAGE FOUND"
+            }
+        );
+        if r.unindexed_packs > 0 {
+            println!(
+                "{} unindexed pack(s) from interrupted backups (unused; prune removes them)",
+                r.unindexed_packs
+            );
+        }
+    }
+    Ok(if r.ok() { 0 } else { FOUND })
+}

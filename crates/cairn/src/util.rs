@@ -1,0 +1,149 @@
+//! Small pieces the commands share: secrets, sizes, durations, progress.
+
+use anyhow::{Context, Result, bail};
+use cairn_ingest::Progress;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// The vault secret: `CAIRN_PASSWORD_FILE`, then `CAIRN_PASSWORD`, then a
+/// prompt on the terminal.
+pub fn password(confirm: bool) -> Result<Vec<u8>> {
+    if let Ok(path) = std::env::var("CAIRN_PASSWORD_FILE") {
+        let s =
+            std::fs::read(&path).with_context(|| format!("reading CAIRN_PASSWORD_FILE {path}"))?;
+        let s = s.strip_suffix(b"\n").unwrap_or(&s);
+        return Ok(s.strip_suffix(b"\r").unwrap_or(s).to_vec());
+    }
+    if let Ok(p) = std::env::var("CAIRN_PASSWORD") {
+        return Ok(p.into_bytes());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no password: set CAIRN_PASSWORD_FILE or CAIRN_PASSWORD, or run on a terminal");
+    }
+    let p = rpassword::prompt_password("vault password: ")?;
+    if confirm && rpassword::prompt_password("again: ")? != p {
+        bail!("the passwords differ");
+    }
+    Ok(p.into_bytes())
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `30d`, `12h`, `2w`, `1y6m`… (s, m = minutes, h, d, w, y = 365 days).
+pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
+    let mut total = 0i64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num
+            .parse()
+            .with_context(|| format!("{s:?}: expected a number before {c:?}"))?;
+        num.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            'y' => 365 * 86400,
+            _ => bail!("{s:?}: unknown unit {c:?} (use s, m, h, d, w or y)"),
+        };
+        total = total
+            .checked_add(n.checked_mul(unit).context("duration too long")?)
+            .context("duration too long")?;
+    }
+    if !num.is_empty() {
+        bail!("{s:?}: give a unit after {num} (for example {num}d)");
+    }
+    if s.is_empty() {
+        bail!("empty duration");
+    }
+    Ok(chrono::Duration::seconds(total))
+}
+
+/// Draws a bar for `progress` on a terminal, nothing otherwise.
+pub struct Bar {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bar {
+    pub fn start(progress: Arc<Progress>, label: &'static str, quiet: bool) -> Bar {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if quiet || !std::io::stderr().is_terminal() {
+            return Bar { stop, handle: None };
+        }
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let pb = ProgressBar::new(0);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            pb.set_message(label);
+            while !s.load(Ordering::Relaxed) {
+                pb.set_length(progress.total.load(Ordering::Relaxed));
+                pb.set_position(progress.done.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            pb.finish_and_clear();
+        });
+        Bar {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").unwrap().num_seconds(), 30 * 86400);
+        assert_eq!(parse_duration("1d12h").unwrap().num_seconds(), 36 * 3600);
+        assert_eq!(parse_duration("0s").unwrap().num_seconds(), 0);
+        assert!(parse_duration("12").is_err());
+        assert!(parse_duration("3q").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(bytes(10), "10 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+}
