@@ -4,7 +4,7 @@
 
 use cairn_vault::Vault;
 use cairn_vault::error::{Error, IoContext, Result};
-use cairn_vault::hash::is_zero;
+use cairn_vault::hash::{BLOCK_SIZE, is_zero};
 use cairn_vault::tree::{Entry, EntryKind, Tree};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -173,10 +173,12 @@ fn write_file(vault: &Vault, e: &Entry, p: &Path, progress: &(dyn Fn(u64) + Sync
         if data.len() != c.len as usize {
             return Err(Error::damaged(format!("chunk {}", c.id), "wrong length"));
         }
-        // Zero chunks stay holes.
-        if !is_zero(&data) {
-            f.write_all_at(&data, offset)
-                .ctx(|| format!("writing {}", p.display()))?;
+        // Zero blocks stay holes (the file is sized at the end).
+        for (i, block) in data.chunks(BLOCK_SIZE).enumerate() {
+            if !is_zero(block) {
+                f.write_all_at(block, offset + (i * BLOCK_SIZE) as u64)
+                    .ctx(|| format!("writing {}", p.display()))?;
+            }
         }
         offset += data.len() as u64;
         progress(data.len() as u64);

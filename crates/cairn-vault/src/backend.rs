@@ -168,7 +168,9 @@ impl Backend for LocalBackend {
     }
 
     fn modified(&self, name: &str) -> Result<std::time::SystemTime> {
-        fs::metadata(self.path(name)).and_then(|m| m.modified()).ctx(|| format!("stat {name}"))
+        fs::metadata(self.path(name))
+            .and_then(|m| m.modified())
+            .ctx(|| format!("stat {name}"))
     }
 
     fn delete(&self, name: &str) -> Result<()> {

@@ -1,0 +1,106 @@
+//! The ingest pipeline and the BlockSource it feeds, driven as a library.
+
+use cairn_ingest::{BackupOptions, Progress, backup};
+use cairn_vault::{BlockSource, InitOptions, SnapshotDisk, Vault};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn vault(dir: &std::path::Path) -> Arc<Vault> {
+    Arc::new(Vault::init(&dir.join("vault"), b"pw", &InitOptions::default()).unwrap())
+}
+
+#[test]
+fn a_source_that_grows_during_backup_is_refused_and_no_snapshot_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path());
+    let img = dir.path().join("live.img");
+    std::fs::write(&img, noise(96 << 20, 1)).unwrap();
+    let progress = Arc::new(Progress::default());
+    let (p, path) = (progress.clone(), img.clone());
+    let writer = std::thread::spawn(move || {
+        while p.done.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[1u8; 4096]).unwrap();
+    });
+    let opts = BackupOptions {
+        name: "live".into(),
+        ..Default::default()
+    };
+    let err = backup(&v, &img, &opts, &progress)
+        .err()
+        .expect("the backup must fail");
+    writer.join().unwrap();
+    assert!(
+        err.to_string().contains("changed size during the backup"),
+        "{err}"
+    );
+    assert!(v.snapshots().unwrap().0.is_empty());
+}
+
+#[test]
+fn block_source_reads_any_range_and_reports_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path());
+    let img = dir.path().join("d.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(10 << 20).unwrap();
+    f.write_all_at(&noise(1 << 20, 2), 0).unwrap();
+    f.write_all_at(&noise(300_000, 3), 6 << 20).unwrap();
+    drop(f);
+    let out = backup(
+        &v,
+        &img,
+        &BackupOptions {
+            name: "d".into(),
+            ..Default::default()
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 4).unwrap();
+    let want = std::fs::read(&img).unwrap();
+    assert_eq!(disk.size(), want.len() as u64);
+    let mut seed = 7u64;
+    for _ in 0..200 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (seed >> 20) % (want.len() as u64);
+        let len = ((seed >> 8) % 700_000) as usize;
+        let mut buf = vec![0xAAu8; len];
+        let n = disk.read_at(off, &mut buf).unwrap();
+        let end = (off as usize + len).min(want.len());
+        assert_eq!(n, end - off as usize);
+        assert_eq!(&buf[..n], &want[off as usize..end], "at {off}+{len}");
+    }
+    let mut past = [0u8; 10];
+    assert_eq!(disk.read_at(20 << 20, &mut past).unwrap(), 0);
+    // Data at 0..1 MiB and around 6 MiB; the rest are holes.
+    let ext = disk.extents(0, disk.size());
+    let data: Vec<(u64, u64)> = ext
+        .iter()
+        .filter(|e| !e.zero)
+        .map(|e| (e.offset, e.len))
+        .collect();
+    assert_eq!(data, vec![(0, 1 << 20), (6 << 20, 512 << 10)], "{ext:?}");
+    assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 10 << 20);
+}

@@ -1,0 +1,210 @@
+//! Helpers for tests that drive the real `cairn` binary against real disk
+//! images made with the real tools (sgdisk, mkfs.ext4, debugfs, qemu-img).
+#![allow(dead_code)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub vault: PathBuf,
+}
+
+impl Env {
+    /// A fresh vault with the given retention (e.g. "30d", "0s") and extra
+    /// init options.
+    pub fn new(retention: &str, extra: &[&str]) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault");
+        let env = Env { dir, vault };
+        let mut args = vec!["init", "--retention", retention];
+        args.extend_from_slice(extra);
+        env.ok(&args);
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env("CAIRN_VAULT", &self.vault)
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env_remove("CAIRN_PASSWORD_FILE");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs cairn, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed ({:?}):\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    pub fn backup(&self, source: &Path, name: &str, time: &str) -> serde_json::Value {
+        self.json(&[
+            "backup",
+            source.to_str().unwrap(),
+            "--name",
+            name,
+            "--time",
+            time,
+        ])
+    }
+}
+
+/// Runs a tool and asserts it succeeded.
+pub fn sh(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {prog} (is it installed? .ci/run installs it): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Text-like, compressible bytes.
+pub fn text(len: usize, seed: u64) -> Vec<u8> {
+    let words = [
+        "invoice",
+        "customer",
+        "total",
+        "the",
+        "quarterly",
+        "report",
+        "server",
+        "backup",
+        "ledger",
+        "2026",
+    ];
+    let n = noise(len / 4 + 1, seed);
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0;
+    while out.len() < len {
+        out.extend_from_slice(words[n[i % n.len()] as usize % words.len()].as_bytes());
+        out.push(if i % 12 == 11 { b'\n' } else { b' ' });
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Fills a directory with a small "guest" tree: documents, code, media.
+pub fn populate(root: &Path) {
+    std::fs::create_dir_all(root.join("home/alice/docs")).unwrap();
+    std::fs::create_dir_all(root.join("home/alice/media")).unwrap();
+    std::fs::create_dir_all(root.join("srv/app/src")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            root.join(format!("home/alice/docs/report-{i}.txt")),
+            text(20_000 + i * 3000, i as u64),
+        )
+        .unwrap();
+    }
+    for i in 0..10 {
+        std::fs::write(
+            root.join(format!("srv/app/src/mod{i}.rs")),
+            text(8_000, 100 + i as u64),
+        )
+        .unwrap();
+    }
+    std::fs::write(root.join("home/alice/media/video.mp4"), noise(3 << 20, 7)).unwrap();
+    std::fs::write(root.join("etc/hostname"), "guest\n").unwrap();
+}
+
+/// A GPT disk of `size_mib` with one ext4 partition (from 1 MiB) built
+/// from `content` with `mkfs.ext4 -d`, without root or mounting.
+pub fn gpt_ext4_image(path: &Path, content: &Path, size_mib: u64) {
+    sh(
+        "truncate",
+        &["-s", &format!("{size_mib}M"), path.to_str().unwrap()],
+    );
+    sh(
+        "sgdisk",
+        &["-n", "1:2048:0", "-t", "1:8300", path.to_str().unwrap()],
+    );
+    assert!(
+        sh("sgdisk", &["-p", path.to_str().unwrap()]).contains("8300"),
+        "sgdisk made no partition"
+    );
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            content.to_str().unwrap(),
+            "-E",
+            "offset=1048576",
+            path.to_str().unwrap(),
+            &format!("{}M", size_mib - 2),
+        ],
+    );
+}
+
+/// Runs a debugfs write command on the ext4 partition of a gpt_ext4_image.
+pub fn debugfs_w(image: &Path, cmd: &str) {
+    sh(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            cmd,
+            &format!("{}?offset=1048576", image.display()),
+        ],
+    );
+}
+
+/// Overwrites bytes in place (like a guest writing to its disk).
+pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, offset).unwrap();
+}
+
+pub fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+pub fn same_bytes(a: &Path, b: &Path) -> bool {
+    Command::new("cmp").args([a, b]).status().unwrap().success()
+}

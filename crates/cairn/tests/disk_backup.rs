@@ -1,0 +1,222 @@
+//! The story of a VM disk: backed up on three days with edits in between,
+//! every snapshot restores byte for byte, holes stay holes.
+
+mod common;
+use common::*;
+
+#[test]
+fn gpt_ext4_disk_over_three_days_restores_byte_identical_and_sparse() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    populate(&content);
+    let disk = env.path("vm.img");
+    gpt_ext4_image(&disk, &content, 64);
+    let mut copies = Vec::new();
+
+    let day1 = env.backup(&disk, "vm", "2026-03-01T02:00:00Z");
+    assert_eq!(day1["name"], "vm");
+    assert!(day1["parent"].is_null());
+    let m = &day1["metrics"];
+    assert_eq!(m["logical_size"], 64 << 20);
+    assert!(
+        m["zero_bytes"].as_u64().unwrap() > 40 << 20,
+        "most of a fresh disk is holes: {m}"
+    );
+    assert!(
+        m["bytes_read"].as_u64().unwrap() < 24 << 20,
+        "holes are not read: {m}"
+    );
+    assert!(
+        m["compression_ratio"].as_f64().unwrap() > 1.2,
+        "text compresses: {m}"
+    );
+    std::fs::copy(&disk, env.path("day1.img")).unwrap();
+    copies.push(env.path("day1.img"));
+
+    // Day 2: a user edits documents inside the guest.
+    std::fs::write(env.path("new.txt"), text(50_000, 99)).unwrap();
+    debugfs_w(
+        &disk,
+        &format!(
+            "write {} home/alice/docs/new.txt",
+            env.path("new.txt").display()
+        ),
+    );
+    debugfs_w(&disk, "rm home/alice/docs/report-3.txt");
+    let day2 = env.backup(&disk, "vm", "2026-03-02T02:00:00Z");
+    assert_eq!(day2["parent"], day1["id"]);
+    let changed = day2["metrics"]["changed_bytes"].as_u64().unwrap();
+    assert!(
+        changed > 0 && changed < 2 << 20,
+        "a small edit is a small change: {changed}"
+    );
+    assert!(day2["change_rate_bytes_per_hour"].as_f64().unwrap() > 0.0);
+    std::fs::copy(&disk, env.path("day2.img")).unwrap();
+    copies.push(env.path("day2.img"));
+
+    // Day 3: 3 blocks of 64 KiB are overwritten in place with noise.
+    for (i, off) in [10u64 << 20, 20 << 20, 30 << 20].iter().enumerate() {
+        write_at(&disk, *off, &noise(64 * 1024, i as u64));
+    }
+    let day3 = env.backup(&disk, "vm", "2026-03-03T02:00:00Z");
+    let m3 = &day3["metrics"];
+    assert_eq!(
+        m3["changed_bytes"],
+        3 * 64 * 1024,
+        "change is counted at 64 KiB grain: {m3}"
+    );
+    let hist: Vec<u64> = m3["entropy_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        hist[7],
+        3 * 64 * 1024,
+        "noise lands in the top entropy bucket: {hist:?}"
+    );
+    assert!(
+        m3["new_bytes_stored"].as_u64().unwrap() < 2 << 20,
+        "only changed chunks are stored: {m3}"
+    );
+    copies.push(disk.clone());
+
+    let list = env.json(&["snapshots"]);
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    let listing = env.ok(&["snapshots", "vm"]);
+    assert!(listing.contains(&day3["short_id"].as_str().unwrap().to_string()));
+
+    for (spec, want) in [
+        ("vm@-2", &copies[0]),
+        ("vm@-1", &copies[1]),
+        ("vm@latest", &copies[2]),
+    ] {
+        let out = env.path(&format!("restored-{spec}.img"));
+        env.ok(&["restore", spec, "--to", out.to_str().unwrap(), "--verify"]);
+        assert!(
+            same_bytes(want, &out),
+            "{spec} differs from the disk it was taken of"
+        );
+        let (a, b) = (allocated(want), allocated(&out));
+        assert!(
+            b <= a + (1 << 20),
+            "{spec}: restore not sparse ({b} allocated vs source {a})"
+        );
+    }
+    // By id prefix too.
+    let id = day2["id"].as_str().unwrap();
+    let out = env.path("by-id.img");
+    env.ok(&[
+        "restore",
+        &format!("vm@{}", &id[..10]),
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(same_bytes(&copies[1], &out));
+    // An existing target is not overwritten silently.
+    let again = env.run(&["restore", "vm@latest", "--to", out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+
+    let v = env.json(&["verify", "--read-data"]);
+    assert_eq!(v["damaged_snapshots"].as_array().unwrap().len(), 0, "{v}");
+    assert!(v["chunks_checked"].as_u64().unwrap() > 10);
+}
+
+#[test]
+fn qcow2_restores_to_the_same_bytes_as_its_raw_twin() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    populate(&content);
+    let raw = env.path("vm.img");
+    gpt_ext4_image(&raw, &content, 48);
+    write_at(&raw, 40 << 20, &vec![0u8; 1 << 20]); // explicit zeros
+    let plain = env.path("vm.qcow2");
+    let compressed = env.path("vm-c.qcow2");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            plain.to_str().unwrap(),
+        ],
+    );
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            compressed.to_str().unwrap(),
+        ],
+    );
+
+    let r = env.backup(&raw, "raw", "2026-03-01T00:00:00Z");
+    for (q, name) in [(&plain, "q"), (&compressed, "qc")] {
+        let s = env.backup(q, name, "2026-03-01T00:00:00Z");
+        assert_eq!(s["source"]["format"], "qcow2");
+        assert_eq!(s["metrics"]["logical_size"], 48 << 20);
+        assert_eq!(
+            s["metrics"]["new_bytes_stored"], 0,
+            "same guest data as the raw image: all chunks known"
+        );
+        assert_eq!(s["metrics"]["zero_bytes"], r["metrics"]["zero_bytes"]);
+        let out = env.path(&format!("{name}.restored.img"));
+        env.ok(&[
+            "restore",
+            &format!("{name}@latest"),
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            same_bytes(&raw, &out),
+            "{name}: guest view differs from the raw twin"
+        );
+    }
+}
+
+#[test]
+fn qcow2_with_a_backing_file_is_read_through_the_chain() {
+    let env = Env::new("30d", &[]);
+    let base = env.path("base.img");
+    std::fs::write(&base, noise(8 << 20, 1)).unwrap();
+    let overlay = env.path("overlay.qcow2");
+    sh(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.img",
+            "-F",
+            "raw",
+            overlay.to_str().unwrap(),
+        ],
+    );
+    sh(
+        "qemu-io",
+        &["-c", "write -P 0x5a 1M 64k", overlay.to_str().unwrap()],
+    );
+    let flat = env.path("flat.img");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            overlay.to_str().unwrap(),
+            flat.to_str().unwrap(),
+        ],
+    );
+    env.backup(&overlay, "chain", "2026-03-01T00:00:00Z");
+    let out = env.path("out.img");
+    env.ok(&["restore", "chain@latest", "--to", out.to_str().unwrap()]);
+    assert!(same_bytes(&flat, &out));
+}

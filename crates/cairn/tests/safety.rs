@@ -1,0 +1,358 @@
+//! What an operator gets when things go wrong: clear errors, a vault that
+//! always verifies, nothing deleted before its time.
+
+mod common;
+use common::*;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error_and_exit_1() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("d.img");
+    std::fs::write(&img, text(1 << 20, 1)).unwrap();
+
+    let wrong = env
+        .cmd()
+        .env("CAIRN_PASSWORD", "nope")
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        stderr(&wrong).contains("wrong password"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    let not_vault = env
+        .cmd()
+        .env("CAIRN_VAULT", env.path("nowhere"))
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(not_vault.status.code(), Some(1));
+    assert!(
+        stderr(&not_vault).contains("not a Cairn vault"),
+        "{}",
+        stderr(&not_vault)
+    );
+
+    let missing = env.run(&[
+        "backup",
+        env.path("missing.img").to_str().unwrap(),
+        "--name",
+        "x",
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("cannot read source"),
+        "{}",
+        stderr(&missing)
+    );
+    assert_eq!(stderr(&missing).lines().count(), 1);
+
+    let bad_ref = env.run(&[
+        "restore",
+        "ghost@latest",
+        "--to",
+        env.path("x").to_str().unwrap(),
+    ]);
+    assert_eq!(bad_ref.status.code(), Some(1));
+    assert!(
+        stderr(&bad_ref).contains("no snapshot"),
+        "{}",
+        stderr(&bad_ref)
+    );
+
+    let usage = env.run(&["backup"]);
+    assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
+
+    let pwfile = env.path("pw");
+    std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+    let via_file = env
+        .cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .env("CAIRN_PASSWORD_FILE", &pwfile)
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert!(via_file.status.success(), "{}", stderr(&via_file));
+
+    // Nothing above changed the vault.
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
+    assert!(
+        std::fs::read_dir(env.vault.join("packs"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn kill_9_mid_backup_leaves_a_vault_that_verifies_and_the_next_run_reuses_it() {
+    let env = Env::new("30d", &["--pack-mib", "1"]);
+    let img = env.path("big.img");
+    std::fs::write(&img, noise(160 << 20, 3)).unwrap();
+    let mut child = env
+        .cmd()
+        .args(["backup", img.to_str().unwrap(), "--name", "big"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let packs = |env: &Env| -> usize { walk_count(&env.vault.join("index")) };
+    let start = Instant::now();
+    while packs(&env) < 8 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the backup should have been killed mid-way; make the image larger"
+    );
+    let written_before = packs(&env);
+    assert!(written_before >= 8);
+
+    let v = env.json(&["verify", "--read-data"]);
+    assert_eq!(v["damaged_objects"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["damaged_snapshots"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
+
+    let s = env.json(&["backup", img.to_str().unwrap(), "--name", "big"]);
+    let stored = s["metrics"]["new_bytes_stored"].as_u64().unwrap();
+    assert!(
+        stored < (160 << 20) - (written_before as u64 - 1) * (1 << 20),
+        "the second run reused the packs written before the kill ({stored} bytes stored anew)"
+    );
+    let out = env.path("out.img");
+    env.ok(&["restore", "big@latest", "--to", out.to_str().unwrap()]);
+    assert!(same_bytes(&img, &out));
+    let v = env.json(&["verify", "--read-data"]);
+    assert_eq!(v["damaged_snapshots"].as_array().unwrap().len(), 0, "{v}");
+}
+
+fn walk_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_flipped_byte_in_a_pack_is_found_and_the_snapshot_named() {
+    let env = Env::new("30d", &[]);
+    let a = env.path("a.img");
+    let b = env.path("b.img");
+    std::fs::write(&a, text(4 << 20, 1)).unwrap();
+    std::fs::write(&b, noise(4 << 20, 2)).unwrap();
+    env.backup(&a, "alpha", "2026-03-01T00:00:00Z");
+    let sb = env.backup(&b, "beta", "2026-03-01T00:00:00Z");
+    assert_eq!(env.run(&["verify", "--read-data"]).status.code(), Some(0));
+
+    // Flip one byte in the middle of beta's pack (the one with noise).
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(env.vault.join("packs")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            packs.push(f.unwrap().path());
+        }
+    }
+    // Noise does not compress, so beta's pack is the largest.
+    let target = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    assert!(std::fs::metadata(target).unwrap().len() >= 4 << 20);
+    let mut data = std::fs::read(target).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+    std::fs::set_permissions(target, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(target, &data).unwrap();
+
+    // The structure check cannot see inside chunks...
+    assert_eq!(env.run(&["verify"]).status.code(), Some(0));
+    // ...reading the data does.
+    let out = env.run(&["verify", "--read-data"]);
+    assert_eq!(out.status.code(), Some(3), "damage exits 3");
+    let text_out = String::from_utf8_lossy(&out.stdout);
+    let short = &sb["id"].as_str().unwrap()[..8];
+    assert!(
+        text_out.contains(&format!("beta@{short}")),
+        "names the damaged snapshot:\n{text_out}"
+    );
+    assert!(!text_out.contains("alpha@"), "alpha is intact:\n{text_out}");
+}
+
+#[test]
+fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
+    // Under retention: forget and prune delete nothing.
+    let env = Env::new("30d", &[]);
+    let img = env.path("d.img");
+    for day in 1..=3 {
+        std::fs::write(&img, noise(2 << 20, day)).unwrap();
+        env.backup(&img, "vm", &format!("2026-03-0{day}T00:00:00Z"));
+    }
+    let f = env.json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(f["forget"]["forgotten"].as_array().unwrap().len(), 0);
+    assert_eq!(f["forget"]["retained"].as_array().unwrap().len(), 2);
+    assert_eq!(f["prune"]["packs_deleted"], 0);
+    let p = env.json(&["prune"]);
+    assert_eq!(p["packs_deleted"], 0);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3);
+    assert_eq!(env.run(&["verify", "--read-data"]).status.code(), Some(0));
+
+    // Retention over: forget keeps the policy's and the pinned snapshots,
+    // prune frees what nothing refers to, and what is left restores.
+    let env = Env::new("0s", &[]);
+    let mut ids = Vec::new();
+    for day in 1..=4 {
+        std::fs::write(&img, noise(2 << 20, 10 + day)).unwrap();
+        ids.push(
+            env.backup(&img, "vm", &format!("2026-03-0{day}T00:00:00Z"))["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    std::fs::copy(&img, env.path("day4.img")).unwrap();
+    env.ok(&["pin", &format!("vm@{}", &ids[0][..8])]);
+    let dry = env.json(&["forget", "--keep-last", "1", "--dry-run"]);
+    assert_eq!(dry["forget"]["forgotten"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        env.json(&["snapshots"]).as_array().unwrap().len(),
+        4,
+        "dry run changes nothing"
+    );
+    let f = env.json(&["forget", "--keep-last", "1", "--prune"]);
+    let kept: Vec<&str> = f["forget"]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert!(kept.contains(&ids[0].as_str()), "pinned snapshot kept");
+    assert!(kept.contains(&ids[3].as_str()), "latest kept");
+    assert_eq!(f["prune"]["packs_deleted"].as_u64().unwrap(), 2, "{f}");
+    let left = env.json(&["snapshots"]);
+    assert_eq!(left.as_array().unwrap().len(), 2);
+    assert!(left.as_array().unwrap().iter().any(|s| s["pinned"] == true));
+    let out = env.path("r.img");
+    env.ok(&["restore", "vm@latest", "--to", out.to_str().unwrap()]);
+    assert!(same_bytes(&env.path("day4.img"), &out));
+    assert_eq!(env.run(&["verify", "--read-data"]).status.code(), Some(0));
+    let no_policy = env.run(&["forget"]);
+    assert_eq!(no_policy.status.code(), Some(1));
+}
+
+#[test]
+fn two_backups_of_different_sources_run_at_once() {
+    let env = Env::new("30d", &[]);
+    let a = env.path("a.img");
+    let b = env.path("b.img");
+    std::fs::write(&a, noise(24 << 20, 1)).unwrap();
+    std::fs::write(&b, text(24 << 20, 2)).unwrap();
+    let spawn = |p: &std::path::Path, n: &str| {
+        env.cmd()
+            .args(["backup", p.to_str().unwrap(), "--name", n, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ca, cb) = (spawn(&a, "a"), spawn(&b, "b"));
+    let (oa, ob) = (
+        ca.wait_with_output().unwrap(),
+        cb.wait_with_output().unwrap(),
+    );
+    assert!(oa.status.success(), "{}", stderr(&oa));
+    assert!(ob.status.success(), "{}", stderr(&ob));
+    for (img, n) in [(&a, "a"), (&b, "b")] {
+        let out = env.path(&format!("{n}.out"));
+        env.ok(&[
+            "restore",
+            &format!("{n}@latest"),
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        assert!(same_bytes(img, &out));
+    }
+    assert_eq!(env.run(&["verify", "--read-data"]).status.code(), Some(0));
+}
+
+#[test]
+fn disk_full_while_writing_fails_cleanly_and_the_vault_still_verifies() {
+    // A small tmpfs stands in for a full disk; mounting needs root.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to mount a small tmpfs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=6m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ],
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let vault = mnt.join("vault");
+    let cairn = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .env("CAIRN_VAULT", &vault)
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(cairn(&["init", "--pack-mib", "1"]).status.success());
+    let small = dir.path().join("small.img");
+    std::fs::write(&small, noise(1 << 20, 1)).unwrap();
+    assert!(
+        cairn(&["backup", small.to_str().unwrap(), "--name", "small"])
+            .status
+            .success()
+    );
+    let big = dir.path().join("big.img");
+    std::fs::write(&big, noise(16 << 20, 2)).unwrap();
+    let out = cairn(&["backup", big.to_str().unwrap(), "--name", "big"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("No space left") || err.contains("space"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let v = cairn(&["verify", "--read-data", "--json"]);
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&cairn(&["snapshots", "--json"]).stdout).unwrap();
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        1,
+        "no snapshot of the failed backup"
+    );
+    assert_eq!(
+        std::fs::read_dir(vault.join("tmp")).unwrap().count(),
+        0,
+        "no temp files left"
+    );
+}
