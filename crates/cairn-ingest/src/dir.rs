@@ -4,7 +4,7 @@
 //! the parent snapshot are not read again.
 
 use crate::Progress;
-use cairn_vault::entropy::shannon_entropy;
+use cairn_vault::entropy::sampled_entropy;
 use cairn_vault::error::{Error, Result};
 use cairn_vault::hash::BLOCK_SIZE;
 use cairn_vault::pack::PackWriter;
@@ -162,7 +162,7 @@ fn read_file(
         let mut measured = 0;
         for (block, d) in data.chunks(BLOCK_SIZE).zip(&digests) {
             if !parent_blocks.contains(d) {
-                let e = shannon_entropy(block);
+                let e = sampled_entropy(block);
                 r.changed += block.len() as u64;
                 r.new_entropy.add(e, block.len() as u64);
                 esum += e;

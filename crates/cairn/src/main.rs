@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         pack_mib: u32,
         /// zstd level for compressible data.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 1)]
         compression_level: i32,
     },
     /// Back up a disk image, block device, qcow2 image or directory.

@@ -1,0 +1,38 @@
+use std::fmt;
+
+/// What went wrong reading a guest disk. Messages name the partition and
+/// the structure, since the disk may be damaged or crafted.
+#[derive(Debug)]
+pub enum GuestError {
+    /// On-disk data that is inconsistent or out of bounds.
+    Corrupt(String),
+    /// Valid, but a feature this reader does not handle.
+    Unsupported(String),
+    NotFound(String),
+    Io(std::io::Error),
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestError::Corrupt(s) => write!(f, "damaged or crafted filesystem: {s}"),
+            GuestError::Unsupported(s) => write!(f, "not supported yet: {s}"),
+            GuestError::NotFound(s) => write!(f, "no such file or directory: {s}"),
+            GuestError::Io(e) => write!(f, "reading the disk: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for GuestError {}
+
+impl From<std::io::Error> for GuestError {
+    fn from(e: std::io::Error) -> Self {
+        GuestError::Io(e)
+    }
+}
+
+pub type Result<T, E = GuestError> = std::result::Result<T, E>;
+
+pub(crate) fn corrupt<T>(what: impl Into<String>) -> Result<T> {
+    Err(GuestError::Corrupt(what.into()))
+}

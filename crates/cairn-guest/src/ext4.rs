@@ -1,0 +1,565 @@
+//! A read-only ext2/3/4 reader written for Cairn.
+//!
+//! Why not `ext4-view`: it hides inode numbers (the stable file id that
+//! hard-link and rename detection need) and where a file's blocks lie on
+//! the disk (which lets `diff` see in-place changes from the vault's block
+//! digests without reading the file). Everything read from the disk is
+//! bounded before use: the disk may come from a compromised guest.
+//!
+//! Not handled (reported by name): meta_bg, encryption, compression,
+//! inline data larger than the inode, and the journal is not replayed (a
+//! crash-consistent snapshot shows the state of the last checkpoint).
+
+use crate::error::{GuestError, Result, corrupt};
+use crate::io::Slice;
+use crate::model::{FileEntry, FileKind, Filesystem, join};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+const MAGIC: u16 = 0xEF53;
+const ROOT_INO: u32 = 2;
+const INCOMPAT_FILETYPE: u32 = 0x2;
+const INCOMPAT_RECOVER: u32 = 0x4;
+const INCOMPAT_META_BG: u32 = 0x10;
+const INCOMPAT_EXTENTS: u32 = 0x40;
+const INCOMPAT_64BIT: u32 = 0x80;
+const INCOMPAT_MMP: u32 = 0x100;
+const INCOMPAT_FLEX_BG: u32 = 0x200;
+const INCOMPAT_EA_INODE: u32 = 0x400;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+const INCOMPAT_LARGEDIR: u32 = 0x4000;
+const INCOMPAT_INLINE_DATA: u32 = 0x8000;
+const SUPPORTED_INCOMPAT: u32 = INCOMPAT_FILETYPE
+    | INCOMPAT_RECOVER
+    | INCOMPAT_EXTENTS
+    | INCOMPAT_64BIT
+    | INCOMPAT_MMP
+    | INCOMPAT_FLEX_BG
+    | INCOMPAT_EA_INODE
+    | INCOMPAT_CSUM_SEED
+    | INCOMPAT_LARGEDIR
+    | INCOMPAT_INLINE_DATA;
+const FLAG_EXTENTS: u32 = 0x80000;
+const FLAG_INLINE_DATA: u32 = 0x1000_0000;
+const EXTENT_MAGIC: u16 = 0xF30A;
+/// Limits that keep a crafted filesystem from exhausting memory or time.
+const MAX_DIR_BYTES: u64 = 256 << 20;
+const MAX_DEPTH: usize = 2048;
+const MAX_ENTRIES: usize = 20_000_000;
+const MAX_EXTENT_NODES: usize = 1 << 20;
+
+fn u16le(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32le(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// A run of a file: `len` blocks from logical block `logical` lie at
+/// physical block `physical`; uninitialised runs read as zeros.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    logical: u64,
+    physical: u64,
+    len: u64,
+    init: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Inode {
+    ino: u32,
+    mode: u16,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime_ns: i64,
+    flags: u32,
+    block: [u8; 60],
+}
+
+impl Inode {
+    fn kind(&self) -> FileKind {
+        match self.mode & 0xF000 {
+            0x8000 => FileKind::File,
+            0x4000 => FileKind::Dir,
+            0xA000 => FileKind::Symlink,
+            _ => FileKind::Other,
+        }
+    }
+}
+
+pub struct Ext4 {
+    slice: Slice,
+    block_size: u64,
+    blocks_count: u64,
+    inodes_count: u32,
+    inodes_per_group: u32,
+    inode_size: u64,
+    incompat: u32,
+    inode_tables: Vec<u64>,
+    name: &'static str,
+    runs_cache: Mutex<HashMap<u32, Arc<Vec<Run>>>>,
+}
+
+/// True when the slice starts like an ext2/3/4 filesystem.
+pub fn probe(sb: &[u8]) -> bool {
+    sb.len() >= 0x3A && u16le(sb, 0x38) == MAGIC
+}
+
+impl Ext4 {
+    pub fn open(slice: Slice) -> Result<Self> {
+        let sb = slice.read_vec(1024, 1024)?;
+        if u16le(&sb, 0x38) != MAGIC {
+            return corrupt("ext superblock magic missing");
+        }
+        let log = u32le(&sb, 0x18);
+        if log > 6 {
+            return corrupt(format!("ext superblock: block size 2^{}", log + 10));
+        }
+        let block_size = 1024u64 << log;
+        let first_data_block = u32le(&sb, 0x14) as u64;
+        let blocks_per_group = u32le(&sb, 0x20) as u64;
+        let inodes_per_group = u32le(&sb, 0x28);
+        let inodes_count = u32le(&sb, 0x0);
+        let rev = u32le(&sb, 0x4C);
+        let inode_size = if rev >= 1 { u16le(&sb, 0x58) as u64 } else { 128 };
+        let compat = u32le(&sb, 0x5C);
+        let incompat = u32le(&sb, 0x60);
+        let bit64 = incompat & INCOMPAT_64BIT != 0;
+        let blocks_count = u32le(&sb, 0x4) as u64 | if bit64 { (u32le(&sb, 0x150) as u64) << 32 } else { 0 };
+        if incompat & INCOMPAT_META_BG != 0 {
+            return Err(GuestError::Unsupported("ext4 with meta_bg".into()));
+        }
+        if incompat & !SUPPORTED_INCOMPAT != 0 {
+            return Err(GuestError::Unsupported(format!(
+                "ext4 features {:#x} (encryption, compression or journal device)",
+                incompat & !SUPPORTED_INCOMPAT
+            )));
+        }
+        if blocks_per_group == 0 || inodes_per_group == 0 || !(128..=block_size).contains(&inode_size) || !inode_size.is_power_of_two() {
+            return corrupt("ext superblock: zero group sizes or bad inode size");
+        }
+        if blocks_count.saturating_mul(block_size) > slice.len.saturating_add(block_size * blocks_per_group) {
+            return corrupt(format!(
+                "ext superblock claims {} blocks of {block_size} bytes, more than the partition holds",
+                blocks_count
+            ));
+        }
+        let groups = blocks_count.saturating_sub(first_data_block).div_ceil(blocks_per_group);
+        if groups == 0 || groups > (1 << 24) || groups * inodes_per_group as u64 > u32::MAX as u64 + inodes_per_group as u64 {
+            return corrupt("ext superblock: group count out of range");
+        }
+        let desc_size = if bit64 { u16le(&sb, 0xFE) as u64 } else { 32 };
+        if !(32..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
+            return corrupt(format!("ext superblock: descriptor size {desc_size}"));
+        }
+        let gdt = slice.read_vec((first_data_block + 1) * block_size, (groups * desc_size) as usize)?;
+        let inode_tables = gdt
+            .chunks_exact(desc_size as usize)
+            .map(|d| u32le(d, 0x8) as u64 | if desc_size >= 64 { (u32le(d, 0x28) as u64) << 32 } else { 0 })
+            .collect();
+        let name = if incompat & (INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG) != 0 {
+            "ext4"
+        } else if compat & 0x4 != 0 {
+            "ext3"
+        } else {
+            "ext2"
+        };
+        Ok(Ext4 {
+            slice,
+            block_size,
+            blocks_count,
+            inodes_count,
+            inodes_per_group,
+            inode_size,
+            incompat,
+            inode_tables,
+            name,
+            runs_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// True when the journal holds changes not yet written back.
+    pub fn needs_recovery(&self) -> bool {
+        self.incompat & INCOMPAT_RECOVER != 0
+    }
+
+    fn inode(&self, ino: u32) -> Result<Inode> {
+        if ino == 0 || ino > self.inodes_count {
+            return corrupt(format!("ext4: inode number {ino} out of range"));
+        }
+        let group = ((ino - 1) / self.inodes_per_group) as usize;
+        let index = ((ino - 1) % self.inodes_per_group) as u64;
+        let table = *self
+            .inode_tables
+            .get(group)
+            .ok_or_else(|| GuestError::Corrupt(format!("ext4: inode {ino} in missing group {group}")))?;
+        let b = self
+            .slice
+            .read_vec(table * self.block_size + index * self.inode_size, self.inode_size as usize)
+            .map_err(|e| GuestError::Corrupt(format!("ext4: inode {ino}: {e}")))?;
+        let mode = u16le(&b, 0);
+        let uid = u16le(&b, 0x2) as u32 | (u16le(&b, 0x78) as u32) << 16;
+        let gid = u16le(&b, 0x18) as u32 | (u16le(&b, 0x7A) as u32) << 16;
+        let size = u32le(&b, 0x4) as u64 | (u32le(&b, 0x6C) as u64) << 32;
+        let mut secs = u32le(&b, 0x10) as i32 as i64;
+        let mut nsec = 0i64;
+        if self.inode_size > 128 {
+            let extra = u16le(&b, 0x80) as u64;
+            if 128 + extra >= 0x8C && 0x8C <= self.inode_size {
+                let x = u32le(&b, 0x88);
+                secs += ((x & 3) as i64) << 32;
+                nsec = (x >> 2) as i64;
+            }
+        }
+        let mut block = [0u8; 60];
+        block.copy_from_slice(&b[0x28..0x28 + 60]);
+        Ok(Inode {
+            ino,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime_ns: secs * 1_000_000_000 + nsec.min(999_999_999),
+            flags: u32le(&b, 0x20),
+            block,
+        })
+    }
+
+    fn block_ok(&self, physical: u64, len: u64) -> bool {
+        physical.checked_add(len).is_some_and(|end| end <= self.blocks_count)
+    }
+
+    /// The block runs of an inode's content, cached for repeated reads.
+    fn runs(&self, ino: &Inode) -> Result<Arc<Vec<Run>>> {
+        if let Some(r) = self.runs_cache.lock().unwrap().get(&ino.ino) {
+            return Ok(r.clone());
+        }
+        let max_blocks = ino.size.div_ceil(self.block_size);
+        let mut runs = Vec::new();
+        if ino.flags & FLAG_INLINE_DATA != 0 {
+            // Content lives in the inode itself; no blocks.
+        } else if ino.flags & FLAG_EXTENTS != 0 {
+            let mut budget = MAX_EXTENT_NODES;
+            self.extent_node(ino.ino, &ino.block, 6, &mut runs, &mut budget)?;
+            runs.sort_by_key(|r| r.logical);
+        } else {
+            self.block_map(ino, max_blocks, &mut runs)?;
+        }
+        let runs = Arc::new(runs);
+        let mut cache = self.runs_cache.lock().unwrap();
+        if cache.len() > 256 {
+            cache.clear();
+        }
+        cache.insert(ino.ino, runs.clone());
+        Ok(runs)
+    }
+
+    fn extent_node(&self, ino: u32, node: &[u8], max_depth: u16, out: &mut Vec<Run>, budget: &mut usize) -> Result<()> {
+        if node.len() < 12 || u16le(node, 0) != EXTENT_MAGIC {
+            return corrupt(format!("ext4 inode {ino}: extent header missing"));
+        }
+        let entries = u16le(node, 2) as usize;
+        let depth = u16le(node, 6);
+        if depth >= max_depth || 12 + entries * 12 > node.len() {
+            return corrupt(format!("ext4 inode {ino}: extent tree too deep or overfull"));
+        }
+        if *budget < entries {
+            return corrupt(format!("ext4 inode {ino}: extent tree too large (loop?)"));
+        }
+        *budget -= entries;
+        for i in 0..entries {
+            let e = &node[12 + i * 12..24 + i * 12];
+            if depth == 0 {
+                let raw_len = u16le(e, 4) as u64;
+                let (len, init) = if raw_len > 32768 { (raw_len - 32768, false) } else { (raw_len, true) };
+                let physical = (u16le(e, 6) as u64) << 32 | u32le(e, 8) as u64;
+                if !self.block_ok(physical, len) {
+                    return corrupt(format!("ext4 inode {ino}: extent points past the filesystem"));
+                }
+                out.push(Run {
+                    logical: u32le(e, 0) as u64,
+                    physical,
+                    len,
+                    init,
+                });
+            } else {
+                let child = (u16le(e, 8) as u64) << 32 | u32le(e, 4) as u64;
+                if !self.block_ok(child, 1) {
+                    return corrupt(format!("ext4 inode {ino}: extent index points past the filesystem"));
+                }
+                let block = self.slice.read_vec(child * self.block_size, self.block_size as usize)?;
+                self.extent_node(ino, &block, depth, out, budget)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// ext2/3 block maps: 12 direct pointers, then single, double and triple
+    /// indirect blocks. Only as many blocks as the size needs are followed.
+    fn block_map(&self, ino: &Inode, max_blocks: u64, out: &mut Vec<Run>) -> Result<()> {
+        let per = self.block_size / 4;
+        let mut logical = 0u64;
+        let mut push = |out: &mut Vec<Run>, logical: u64, physical: u32| -> Result<()> {
+            if physical == 0 {
+                return Ok(()); // a hole
+            }
+            if !self.block_ok(physical as u64, 1) {
+                return corrupt(format!("ext inode {}: block pointer past the filesystem", ino.ino));
+            }
+            match out.last_mut() {
+                Some(r) if r.logical + r.len == logical && r.physical + r.len == physical as u64 => r.len += 1,
+                _ => out.push(Run {
+                    logical,
+                    physical: physical as u64,
+                    len: 1,
+                    init: true,
+                }),
+            }
+            Ok(())
+        };
+        for i in 0..12 {
+            if logical >= max_blocks {
+                return Ok(());
+            }
+            push(out, logical, u32le(&ino.block, i * 4))?;
+            logical += 1;
+        }
+        for (level, slot) in [(1u32, 12usize), (2, 13), (3, 14)] {
+            if logical >= max_blocks {
+                return Ok(());
+            }
+            let span = per.pow(level);
+            let root = u32le(&ino.block, slot * 4);
+            if root == 0 {
+                logical += span;
+                continue;
+            }
+            self.indirect(ino.ino, root, level, &mut logical, max_blocks, out, &mut push)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn indirect(
+        &self,
+        ino: u32,
+        block: u32,
+        level: u32,
+        logical: &mut u64,
+        max_blocks: u64,
+        out: &mut Vec<Run>,
+        push: &mut impl FnMut(&mut Vec<Run>, u64, u32) -> Result<()>,
+    ) -> Result<()> {
+        let per = self.block_size / 4;
+        if !self.block_ok(block as u64, 1) {
+            return corrupt(format!("ext inode {ino}: indirect block past the filesystem"));
+        }
+        let data = self.slice.read_vec(block as u64 * self.block_size, self.block_size as usize)?;
+        for i in 0..per as usize {
+            if *logical >= max_blocks {
+                return Ok(());
+            }
+            let p = u32le(&data, i * 4);
+            if level == 1 {
+                push(out, *logical, p)?;
+                *logical += 1;
+            } else if p == 0 {
+                *logical += per.pow(level - 1);
+            } else {
+                self.indirect(ino, p, level - 1, logical, max_blocks, out, push)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_inode_at(&self, ino: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset >= ino.size {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(ino.size - offset) as usize;
+        if ino.flags & FLAG_INLINE_DATA != 0 || (ino.kind() == FileKind::Symlink && ino.size < 60 && ino.flags & FLAG_EXTENTS == 0 && self.runs(ino)?.is_empty()) {
+            if ino.size > 60 {
+                return Err(GuestError::Unsupported(format!("ext4 inode {}: inline data beyond the inode", ino.ino)));
+            }
+            buf[..len].copy_from_slice(&ino.block[offset as usize..offset as usize + len]);
+            return Ok(len);
+        }
+        let runs = self.runs(ino)?;
+        let bs = self.block_size;
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            let lblock = pos / bs;
+            let within = pos % bs;
+            let i = runs.partition_point(|r| r.logical + r.len <= lblock);
+            let (n, src) = match runs.get(i) {
+                Some(r) if r.logical <= lblock => {
+                    let avail = (r.logical + r.len - lblock) * bs - within;
+                    let n = (avail.min((len - done) as u64)) as usize;
+                    (n, r.init.then(|| (r.physical + lblock - r.logical) * bs + within))
+                }
+                Some(r) => (((r.logical - lblock) * bs - within).min((len - done) as u64) as usize, None),
+                None => (len - done, None),
+            };
+            match src {
+                Some(at) => self.slice.read_exact_at(at, &mut buf[done..done + n])?,
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+
+    /// (name, inode) pairs of a directory, without "." and "..".
+    fn dir_entries(&self, dir: &Inode) -> Result<Vec<(Vec<u8>, u32)>> {
+        if dir.kind() != FileKind::Dir {
+            return Err(GuestError::NotFound(format!("inode {} is not a directory", dir.ino)));
+        }
+        if dir.size > MAX_DIR_BYTES {
+            return corrupt(format!("ext4 directory inode {}: {} bytes", dir.ino, dir.size));
+        }
+        let mut out = Vec::new();
+        if dir.flags & FLAG_INLINE_DATA != 0 {
+            // 4 bytes of parent inode, then entries in the rest of i_block.
+            parse_dirents(dir.ino, &dir.block[4..], self.incompat & INCOMPAT_FILETYPE != 0, &mut out)?;
+            return Ok(out);
+        }
+        let mut data = vec![0u8; dir.size as usize];
+        self.read_inode_at(dir, 0, &mut data)?;
+        for block in data.chunks(self.block_size as usize) {
+            parse_dirents(dir.ino, block, self.incompat & INCOMPAT_FILETYPE != 0, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn entry(&self, path: Vec<u8>, ino: &Inode) -> Result<FileEntry> {
+        let kind = ino.kind();
+        let link_target = if kind == FileKind::Symlink {
+            let mut t = vec![0u8; ino.size.min(4096) as usize];
+            let n = self.read_inode_at(ino, 0, &mut t)?;
+            t.truncate(n);
+            Some(t)
+        } else {
+            None
+        };
+        let extents = if kind == FileKind::File && ino.flags & FLAG_INLINE_DATA == 0 {
+            let bs = self.block_size;
+            Some(
+                self.runs(ino)?
+                    .iter()
+                    .filter(|r| r.init)
+                    .map(|r| (self.slice.disk_offset(r.physical * bs), r.len * bs))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        Ok(FileEntry {
+            path,
+            kind,
+            size: if kind == FileKind::Dir { 0 } else { ino.size },
+            mode: Some(ino.mode as u32),
+            uid: Some(ino.uid),
+            gid: Some(ino.gid),
+            mtime_ns: ino.mtime_ns,
+            file_id: Some(ino.ino as u64),
+            link_target,
+            extents,
+            content_key: None,
+        })
+    }
+
+    fn resolve(&self, path: &[u8]) -> Result<Inode> {
+        let mut ino = self.inode(ROOT_INO)?;
+        if path.is_empty() {
+            return Ok(ino);
+        }
+        for comp in path.split(|&b| b == b'/') {
+            let entries = self.dir_entries(&ino)?;
+            let Some((_, child)) = entries.into_iter().find(|(n, _)| n == comp) else {
+                return Err(GuestError::NotFound(format!("/{}", String::from_utf8_lossy(path))));
+            };
+            ino = self.inode(child)?;
+        }
+        Ok(ino)
+    }
+}
+
+fn parse_dirents(dir: u32, block: &[u8], filetype: bool, out: &mut Vec<(Vec<u8>, u32)>) -> Result<()> {
+    let mut at = 0usize;
+    while at + 8 <= block.len() {
+        let ino = u32le(block, at);
+        let rec_len = u16le(block, at + 4) as usize;
+        let name_len = if filetype { block[at + 6] as usize } else { u16le(block, at + 6) as usize };
+        if rec_len < 8 || at + rec_len > block.len() || name_len + 8 > rec_len {
+            return corrupt(format!("ext4 directory inode {dir}: bad entry at byte {at}"));
+        }
+        let name = &block[at + 8..at + 8 + name_len];
+        if ino != 0 && name != b"." && name != b".." && !name.is_empty() && !name.contains(&b'/') && !name.contains(&0) {
+            out.push((name.to_vec(), ino));
+        }
+        at += rec_len;
+    }
+    Ok(())
+}
+
+impl Filesystem for Ext4 {
+    fn kind(&self) -> String {
+        self.name.to_string()
+    }
+
+    fn walk(&self) -> Result<Vec<FileEntry>> {
+        let mut out = Vec::new();
+        let mut seen_dirs = HashSet::new();
+        let root = self.inode(ROOT_INO)?;
+        seen_dirs.insert(ROOT_INO);
+        let mut stack = vec![(Vec::new(), root, 0usize)];
+        while let Some((path, dir, depth)) = stack.pop() {
+            for (name, ino) in self.dir_entries(&dir)? {
+                let child = self.inode(ino)?;
+                let p = join(&path, &name);
+                let e = self.entry(p.clone(), &child)?;
+                if e.kind == FileKind::Dir {
+                    if depth >= MAX_DEPTH {
+                        return corrupt(format!("ext4: directories nested deeper than {MAX_DEPTH}"));
+                    }
+                    if seen_dirs.insert(ino) {
+                        stack.push((p, child, depth + 1));
+                    } else {
+                        return corrupt(format!("ext4: directory inode {ino} appears twice (loop)"));
+                    }
+                }
+                out.push(e);
+                if out.len() > MAX_ENTRIES {
+                    return corrupt("ext4: more entries than any real filesystem");
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn lookup(&self, path: &[u8]) -> Result<FileEntry> {
+        let ino = self.resolve(path)?;
+        self.entry(path.to_vec(), &ino)
+    }
+
+    fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
+        let dir = self.resolve(path)?;
+        let mut out = Vec::new();
+        for (name, ino) in self.dir_entries(&dir)? {
+            out.push(self.entry(join(path, &name), &self.inode(ino)?)?);
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let ino = entry
+            .file_id
+            .ok_or_else(|| GuestError::NotFound(entry.display_path()))?;
+        let ino = self.inode(u32::try_from(ino).map_err(|_| GuestError::NotFound(entry.display_path()))?)?;
+        self.read_inode_at(&ino, offset, buf)
+    }
+}

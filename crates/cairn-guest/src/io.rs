@@ -1,0 +1,107 @@
+//! Reading a window of a disk (a partition) through `BlockSource`, and the
+//! `Read + Seek` (+ refused `Write`) adapter that crate readers need.
+
+use cairn_vault::BlockSource;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+/// A partition: `len` bytes of `disk` from `start`.
+#[derive(Clone)]
+pub struct Slice {
+    pub disk: Arc<dyn BlockSource>,
+    pub start: u64,
+    pub len: u64,
+}
+
+impl Slice {
+    pub fn new(disk: Arc<dyn BlockSource>, start: u64, len: u64) -> Self {
+        Slice { disk, start, len }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset` within the slice.
+    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read of {} bytes at {offset} is past the end of the partition ({} bytes)", buf.len(), self.len),
+            ));
+        }
+        self.disk.read_exact_at(self.start + offset, buf)
+    }
+
+    pub fn read_vec(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.read_exact_at(offset, &mut v)?;
+        Ok(v)
+    }
+
+    /// Offset on the whole disk of a byte of this slice.
+    pub fn disk_offset(&self, offset: u64) -> u64 {
+        self.start + offset
+    }
+}
+
+/// `Read + Seek` over a slice for readers built on std I/O. Writes fail:
+/// the vault is never written through a guest reader.
+pub struct SliceReader {
+    slice: Slice,
+    pos: u64,
+}
+
+impl SliceReader {
+    pub fn new(slice: Slice) -> Self {
+        SliceReader { slice, pos: 0 }
+    }
+}
+
+impl Read for SliceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.slice.len {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.slice.len - self.pos) as usize;
+        self.slice.read_exact_at(self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for SliceReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.slice.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
+    }
+}
+
+impl Write for SliceReader {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "snapshots are read-only"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A disk held in memory, for tests and fuzzing.
+pub struct MemDisk(pub Vec<u8>);
+
+impl BlockSource for MemDisk {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(src) = self.0.get(offset.min(self.0.len() as u64) as usize..) else { return Ok(0) };
+        let n = src.len().min(buf.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        Ok(n)
+    }
+    fn extents(&self, offset: u64, len: u64) -> Vec<cairn_vault::Extent> {
+        vec![cairn_vault::Extent { offset, len: len.min(self.size().saturating_sub(offset)), zero: false }]
+    }
+}

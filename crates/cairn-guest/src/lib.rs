@@ -1,0 +1,1 @@
+pub mod error; pub mod io; pub mod model; pub mod ext4;

@@ -1,0 +1,104 @@
+//! One file-tree model for every filesystem and for directory snapshots,
+//! so that listing, diff, scanning and per-file restore work the same on a
+//! disk image and on a file-tree backup.
+
+use crate::error::Result;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileEntry {
+    /// Path from the root, `/`-separated, no leading slash (root is empty).
+    /// Raw bytes: names need not be UTF-8.
+    #[serde(serialize_with = "lossy")]
+    pub path: Vec<u8>,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits and owner, where the filesystem has them.
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Stable id within one filesystem (inode, MFT record number), if any.
+    pub file_id: Option<u64>,
+    #[serde(serialize_with = "lossy_opt")]
+    pub link_target: Option<Vec<u8>>,
+    /// Where the content lies on the disk, as (disk offset, length) runs,
+    /// when the reader knows; lets diff see in-place changes from the
+    /// vault's block digests without reading the file.
+    #[serde(skip)]
+    pub extents: Option<Vec<(u64, u64)>>,
+    /// For directory snapshots: a digest of the chunk list, so equal
+    /// content is seen without reading it.
+    #[serde(skip)]
+    pub content_key: Option<[u8; 32]>,
+}
+
+fn lossy<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(v))
+}
+
+fn lossy_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&String::from_utf8_lossy(v)),
+        None => s.serialize_none(),
+    }
+}
+
+impl FileEntry {
+    pub fn name(&self) -> &[u8] {
+        self.path.rsplit(|&b| b == b'/').next().unwrap_or(&self.path)
+    }
+
+    pub fn display_path(&self) -> String {
+        format!("/{}", String::from_utf8_lossy(&self.path))
+    }
+}
+
+/// A read-only filesystem (or a directory snapshot) seen as files.
+pub trait Filesystem: Send + Sync {
+    /// "ext4", "ntfs", "fat32", "directory"…
+    fn kind(&self) -> String;
+    /// Every entry under the root, sorted by path, root excluded.
+    fn walk(&self) -> Result<Vec<FileEntry>>;
+    /// The entry at `path` (no leading slash; empty for the root).
+    fn lookup(&self, path: &[u8]) -> Result<FileEntry>;
+    /// The entries of one directory, sorted by name.
+    fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>>;
+    /// Reads file content at `offset`; returns bytes read (0 at the end).
+    fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize>;
+}
+
+/// Joins a parent path and a name.
+pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(parent.len() + name.len() + 1);
+    p.extend_from_slice(parent);
+    if !parent.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// Normalises a user-given guest path: strips slashes at both ends,
+/// refuses `.` and `..` components.
+pub fn normalize(path: &str) -> Result<Vec<u8>> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(crate::error::GuestError::NotFound(format!("{path} (.. is not allowed)"))),
+            c => out.push(c),
+        }
+    }
+    Ok(out.join("/").into_bytes())
+}
