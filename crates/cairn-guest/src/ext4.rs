@@ -122,11 +122,20 @@ impl Ext4 {
         let inodes_per_group = u32le(&sb, 0x28);
         let inodes_count = u32le(&sb, 0x0);
         let rev = u32le(&sb, 0x4C);
-        let inode_size = if rev >= 1 { u16le(&sb, 0x58) as u64 } else { 128 };
+        let inode_size = if rev >= 1 {
+            u16le(&sb, 0x58) as u64
+        } else {
+            128
+        };
         let compat = u32le(&sb, 0x5C);
         let incompat = u32le(&sb, 0x60);
         let bit64 = incompat & INCOMPAT_64BIT != 0;
-        let blocks_count = u32le(&sb, 0x4) as u64 | if bit64 { (u32le(&sb, 0x150) as u64) << 32 } else { 0 };
+        let blocks_count = u32le(&sb, 0x4) as u64
+            | if bit64 {
+                (u32le(&sb, 0x150) as u64) << 32
+            } else {
+                0
+            };
         if incompat & INCOMPAT_META_BG != 0 {
             return Err(GuestError::Unsupported("ext4 with meta_bg".into()));
         }
@@ -136,27 +145,48 @@ impl Ext4 {
                 incompat & !SUPPORTED_INCOMPAT
             )));
         }
-        if blocks_per_group == 0 || inodes_per_group == 0 || !(128..=block_size).contains(&inode_size) || !inode_size.is_power_of_two() {
+        if blocks_per_group == 0
+            || inodes_per_group == 0
+            || !(128..=block_size).contains(&inode_size)
+            || !inode_size.is_power_of_two()
+        {
             return corrupt("ext superblock: zero group sizes or bad inode size");
         }
-        if blocks_count.saturating_mul(block_size) > slice.len.saturating_add(block_size * blocks_per_group) {
+        if blocks_count.saturating_mul(block_size)
+            > slice.len.saturating_add(block_size * blocks_per_group)
+        {
             return corrupt(format!(
                 "ext superblock claims {} blocks of {block_size} bytes, more than the partition holds",
                 blocks_count
             ));
         }
-        let groups = blocks_count.saturating_sub(first_data_block).div_ceil(blocks_per_group);
-        if groups == 0 || groups > (1 << 24) || groups * inodes_per_group as u64 > u32::MAX as u64 + inodes_per_group as u64 {
+        let groups = blocks_count
+            .saturating_sub(first_data_block)
+            .div_ceil(blocks_per_group);
+        if groups == 0
+            || groups > (1 << 24)
+            || groups * inodes_per_group as u64 > u32::MAX as u64 + inodes_per_group as u64
+        {
             return corrupt("ext superblock: group count out of range");
         }
         let desc_size = if bit64 { u16le(&sb, 0xFE) as u64 } else { 32 };
         if !(32..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
             return corrupt(format!("ext superblock: descriptor size {desc_size}"));
         }
-        let gdt = slice.read_vec((first_data_block + 1) * block_size, (groups * desc_size) as usize)?;
+        let gdt = slice.read_vec(
+            (first_data_block + 1) * block_size,
+            (groups * desc_size) as usize,
+        )?;
         let inode_tables = gdt
             .chunks_exact(desc_size as usize)
-            .map(|d| u32le(d, 0x8) as u64 | if desc_size >= 64 { (u32le(d, 0x28) as u64) << 32 } else { 0 })
+            .map(|d| {
+                u32le(d, 0x8) as u64
+                    | if desc_size >= 64 {
+                        (u32le(d, 0x28) as u64) << 32
+                    } else {
+                        0
+                    }
+            })
             .collect();
         let name = if incompat & (INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG) != 0 {
             "ext4"
@@ -190,13 +220,15 @@ impl Ext4 {
         }
         let group = ((ino - 1) / self.inodes_per_group) as usize;
         let index = ((ino - 1) % self.inodes_per_group) as u64;
-        let table = *self
-            .inode_tables
-            .get(group)
-            .ok_or_else(|| GuestError::Corrupt(format!("ext4: inode {ino} in missing group {group}")))?;
+        let table = *self.inode_tables.get(group).ok_or_else(|| {
+            GuestError::Corrupt(format!("ext4: inode {ino} in missing group {group}"))
+        })?;
         let b = self
             .slice
-            .read_vec(table * self.block_size + index * self.inode_size, self.inode_size as usize)
+            .read_vec(
+                table * self.block_size + index * self.inode_size,
+                self.inode_size as usize,
+            )
             .map_err(|e| GuestError::Corrupt(format!("ext4: inode {ino}: {e}")))?;
         let mode = u16le(&b, 0);
         let uid = u16le(&b, 0x2) as u32 | (u16le(&b, 0x78) as u32) << 16;
@@ -227,7 +259,9 @@ impl Ext4 {
     }
 
     fn block_ok(&self, physical: u64, len: u64) -> bool {
-        physical.checked_add(len).is_some_and(|end| end <= self.blocks_count)
+        physical
+            .checked_add(len)
+            .is_some_and(|end| end <= self.blocks_count)
     }
 
     /// The block runs of an inode's content, cached for repeated reads.
@@ -237,7 +271,7 @@ impl Ext4 {
         }
         let max_blocks = ino.size.div_ceil(self.block_size);
         let mut runs = Vec::new();
-        if ino.flags & FLAG_INLINE_DATA != 0 {
+        if ino.flags & FLAG_INLINE_DATA != 0 || is_fast_symlink(ino) {
             // Content lives in the inode itself; no blocks.
         } else if ino.flags & FLAG_EXTENTS != 0 {
             let mut budget = MAX_EXTENT_NODES;
@@ -255,14 +289,23 @@ impl Ext4 {
         Ok(runs)
     }
 
-    fn extent_node(&self, ino: u32, node: &[u8], max_depth: u16, out: &mut Vec<Run>, budget: &mut usize) -> Result<()> {
+    fn extent_node(
+        &self,
+        ino: u32,
+        node: &[u8],
+        max_depth: u16,
+        out: &mut Vec<Run>,
+        budget: &mut usize,
+    ) -> Result<()> {
         if node.len() < 12 || u16le(node, 0) != EXTENT_MAGIC {
             return corrupt(format!("ext4 inode {ino}: extent header missing"));
         }
         let entries = u16le(node, 2) as usize;
         let depth = u16le(node, 6);
         if depth >= max_depth || 12 + entries * 12 > node.len() {
-            return corrupt(format!("ext4 inode {ino}: extent tree too deep or overfull"));
+            return corrupt(format!(
+                "ext4 inode {ino}: extent tree too deep or overfull"
+            ));
         }
         if *budget < entries {
             return corrupt(format!("ext4 inode {ino}: extent tree too large (loop?)"));
@@ -272,10 +315,16 @@ impl Ext4 {
             let e = &node[12 + i * 12..24 + i * 12];
             if depth == 0 {
                 let raw_len = u16le(e, 4) as u64;
-                let (len, init) = if raw_len > 32768 { (raw_len - 32768, false) } else { (raw_len, true) };
+                let (len, init) = if raw_len > 32768 {
+                    (raw_len - 32768, false)
+                } else {
+                    (raw_len, true)
+                };
                 let physical = (u16le(e, 6) as u64) << 32 | u32le(e, 8) as u64;
                 if !self.block_ok(physical, len) {
-                    return corrupt(format!("ext4 inode {ino}: extent points past the filesystem"));
+                    return corrupt(format!(
+                        "ext4 inode {ino}: extent points past the filesystem"
+                    ));
                 }
                 out.push(Run {
                     logical: u32le(e, 0) as u64,
@@ -286,9 +335,13 @@ impl Ext4 {
             } else {
                 let child = (u16le(e, 8) as u64) << 32 | u32le(e, 4) as u64;
                 if !self.block_ok(child, 1) {
-                    return corrupt(format!("ext4 inode {ino}: extent index points past the filesystem"));
+                    return corrupt(format!(
+                        "ext4 inode {ino}: extent index points past the filesystem"
+                    ));
                 }
-                let block = self.slice.read_vec(child * self.block_size, self.block_size as usize)?;
+                let block = self
+                    .slice
+                    .read_vec(child * self.block_size, self.block_size as usize)?;
                 self.extent_node(ino, &block, depth, out, budget)?;
             }
         }
@@ -305,10 +358,17 @@ impl Ext4 {
                 return Ok(()); // a hole
             }
             if !self.block_ok(physical as u64, 1) {
-                return corrupt(format!("ext inode {}: block pointer past the filesystem", ino.ino));
+                return corrupt(format!(
+                    "ext inode {}: block pointer past the filesystem",
+                    ino.ino
+                ));
             }
             match out.last_mut() {
-                Some(r) if r.logical + r.len == logical && r.physical + r.len == physical as u64 => r.len += 1,
+                Some(r)
+                    if r.logical + r.len == logical && r.physical + r.len == physical as u64 =>
+                {
+                    r.len += 1
+                }
                 _ => out.push(Run {
                     logical,
                     physical: physical as u64,
@@ -335,7 +395,15 @@ impl Ext4 {
                 logical += span;
                 continue;
             }
-            self.indirect(ino.ino, root, level, &mut logical, max_blocks, out, &mut push)?;
+            self.indirect(
+                ino.ino,
+                root,
+                level,
+                &mut logical,
+                max_blocks,
+                out,
+                &mut push,
+            )?;
         }
         Ok(())
     }
@@ -353,9 +421,13 @@ impl Ext4 {
     ) -> Result<()> {
         let per = self.block_size / 4;
         if !self.block_ok(block as u64, 1) {
-            return corrupt(format!("ext inode {ino}: indirect block past the filesystem"));
+            return corrupt(format!(
+                "ext inode {ino}: indirect block past the filesystem"
+            ));
         }
-        let data = self.slice.read_vec(block as u64 * self.block_size, self.block_size as usize)?;
+        let data = self
+            .slice
+            .read_vec(block as u64 * self.block_size, self.block_size as usize)?;
         for i in 0..per as usize {
             if *logical >= max_blocks {
                 return Ok(());
@@ -378,9 +450,12 @@ impl Ext4 {
             return Ok(0);
         }
         let len = (buf.len() as u64).min(ino.size - offset) as usize;
-        if ino.flags & FLAG_INLINE_DATA != 0 || (ino.kind() == FileKind::Symlink && ino.size < 60 && ino.flags & FLAG_EXTENTS == 0 && self.runs(ino)?.is_empty()) {
+        if ino.flags & FLAG_INLINE_DATA != 0 || is_fast_symlink(ino) {
             if ino.size > 60 {
-                return Err(GuestError::Unsupported(format!("ext4 inode {}: inline data beyond the inode", ino.ino)));
+                return Err(GuestError::Unsupported(format!(
+                    "ext4 inode {}: inline data beyond the inode",
+                    ino.ino
+                )));
             }
             buf[..len].copy_from_slice(&ino.block[offset as usize..offset as usize + len]);
             return Ok(len);
@@ -397,9 +472,16 @@ impl Ext4 {
                 Some(r) if r.logical <= lblock => {
                     let avail = (r.logical + r.len - lblock) * bs - within;
                     let n = (avail.min((len - done) as u64)) as usize;
-                    (n, r.init.then(|| (r.physical + lblock - r.logical) * bs + within))
+                    (
+                        n,
+                        r.init
+                            .then(|| (r.physical + lblock - r.logical) * bs + within),
+                    )
                 }
-                Some(r) => (((r.logical - lblock) * bs - within).min((len - done) as u64) as usize, None),
+                Some(r) => (
+                    ((r.logical - lblock) * bs - within).min((len - done) as u64) as usize,
+                    None,
+                ),
                 None => (len - done, None),
             };
             match src {
@@ -414,21 +496,37 @@ impl Ext4 {
     /// (name, inode) pairs of a directory, without "." and "..".
     fn dir_entries(&self, dir: &Inode) -> Result<Vec<(Vec<u8>, u32)>> {
         if dir.kind() != FileKind::Dir {
-            return Err(GuestError::NotFound(format!("inode {} is not a directory", dir.ino)));
+            return Err(GuestError::NotFound(format!(
+                "inode {} is not a directory",
+                dir.ino
+            )));
         }
         if dir.size > MAX_DIR_BYTES {
-            return corrupt(format!("ext4 directory inode {}: {} bytes", dir.ino, dir.size));
+            return corrupt(format!(
+                "ext4 directory inode {}: {} bytes",
+                dir.ino, dir.size
+            ));
         }
         let mut out = Vec::new();
         if dir.flags & FLAG_INLINE_DATA != 0 {
             // 4 bytes of parent inode, then entries in the rest of i_block.
-            parse_dirents(dir.ino, &dir.block[4..], self.incompat & INCOMPAT_FILETYPE != 0, &mut out)?;
+            parse_dirents(
+                dir.ino,
+                &dir.block[4..],
+                self.incompat & INCOMPAT_FILETYPE != 0,
+                &mut out,
+            )?;
             return Ok(out);
         }
         let mut data = vec![0u8; dir.size as usize];
         self.read_inode_at(dir, 0, &mut data)?;
         for block in data.chunks(self.block_size as usize) {
-            parse_dirents(dir.ino, block, self.incompat & INCOMPAT_FILETYPE != 0, &mut out)?;
+            parse_dirents(
+                dir.ino,
+                block,
+                self.incompat & INCOMPAT_FILETYPE != 0,
+                &mut out,
+            )?;
         }
         Ok(out)
     }
@@ -478,7 +576,10 @@ impl Ext4 {
         for comp in path.split(|&b| b == b'/') {
             let entries = self.dir_entries(&ino)?;
             let Some((_, child)) = entries.into_iter().find(|(n, _)| n == comp) else {
-                return Err(GuestError::NotFound(format!("/{}", String::from_utf8_lossy(path))));
+                return Err(GuestError::NotFound(format!(
+                    "/{}",
+                    String::from_utf8_lossy(path)
+                )));
             };
             ino = self.inode(child)?;
         }
@@ -486,17 +587,40 @@ impl Ext4 {
     }
 }
 
-fn parse_dirents(dir: u32, block: &[u8], filetype: bool, out: &mut Vec<(Vec<u8>, u32)>) -> Result<()> {
+/// A symlink whose target (under 60 bytes) is stored in the inode's block
+/// array instead of a data block.
+fn is_fast_symlink(ino: &Inode) -> bool {
+    ino.kind() == FileKind::Symlink && ino.size < 60 && ino.flags & FLAG_EXTENTS == 0
+}
+
+fn parse_dirents(
+    dir: u32,
+    block: &[u8],
+    filetype: bool,
+    out: &mut Vec<(Vec<u8>, u32)>,
+) -> Result<()> {
     let mut at = 0usize;
     while at + 8 <= block.len() {
         let ino = u32le(block, at);
         let rec_len = u16le(block, at + 4) as usize;
-        let name_len = if filetype { block[at + 6] as usize } else { u16le(block, at + 6) as usize };
+        let name_len = if filetype {
+            block[at + 6] as usize
+        } else {
+            u16le(block, at + 6) as usize
+        };
         if rec_len < 8 || at + rec_len > block.len() || name_len + 8 > rec_len {
-            return corrupt(format!("ext4 directory inode {dir}: bad entry at byte {at}"));
+            return corrupt(format!(
+                "ext4 directory inode {dir}: bad entry at byte {at}"
+            ));
         }
         let name = &block[at + 8..at + 8 + name_len];
-        if ino != 0 && name != b"." && name != b".." && !name.is_empty() && !name.contains(&b'/') && !name.contains(&0) {
+        if ino != 0
+            && name != b"."
+            && name != b".."
+            && !name.is_empty()
+            && !name.contains(&b'/')
+            && !name.contains(&0)
+        {
             out.push((name.to_vec(), ino));
         }
         at += rec_len;
@@ -522,12 +646,16 @@ impl Filesystem for Ext4 {
                 let e = self.entry(p.clone(), &child)?;
                 if e.kind == FileKind::Dir {
                     if depth >= MAX_DEPTH {
-                        return corrupt(format!("ext4: directories nested deeper than {MAX_DEPTH}"));
+                        return corrupt(format!(
+                            "ext4: directories nested deeper than {MAX_DEPTH}"
+                        ));
                     }
                     if seen_dirs.insert(ino) {
                         stack.push((p, child, depth + 1));
                     } else {
-                        return corrupt(format!("ext4: directory inode {ino} appears twice (loop)"));
+                        return corrupt(format!(
+                            "ext4: directory inode {ino} appears twice (loop)"
+                        ));
                     }
                 }
                 out.push(e);
@@ -559,7 +687,8 @@ impl Filesystem for Ext4 {
         let ino = entry
             .file_id
             .ok_or_else(|| GuestError::NotFound(entry.display_path()))?;
-        let ino = self.inode(u32::try_from(ino).map_err(|_| GuestError::NotFound(entry.display_path()))?)?;
+        let ino = self
+            .inode(u32::try_from(ino).map_err(|_| GuestError::NotFound(entry.display_path()))?)?;
         self.read_inode_at(&ino, offset, buf)
     }
 }

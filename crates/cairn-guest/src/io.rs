@@ -24,7 +24,11 @@ impl Slice {
         if end.is_none_or(|e| e > self.len) {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("read of {} bytes at {offset} is past the end of the partition ({} bytes)", buf.len(), self.len),
+                format!(
+                    "read of {} bytes at {offset} is past the end of the partition ({} bytes)",
+                    buf.len(),
+                    self.len
+                ),
             ));
         }
         self.disk.read_exact_at(self.start + offset, buf)
@@ -74,14 +78,18 @@ impl Seek for SliceReader {
             SeekFrom::End(d) => self.slice.len.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        self.pos = new
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         Ok(self.pos)
     }
 }
 
 impl Write for SliceReader {
     fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(io::ErrorKind::PermissionDenied, "snapshots are read-only"))
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "snapshots are read-only",
+        ))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -96,12 +104,18 @@ impl BlockSource for MemDisk {
         self.0.len() as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(src) = self.0.get(offset.min(self.0.len() as u64) as usize..) else { return Ok(0) };
+        let Some(src) = self.0.get(offset.min(self.0.len() as u64) as usize..) else {
+            return Ok(0);
+        };
         let n = src.len().min(buf.len());
         buf[..n].copy_from_slice(&src[..n]);
         Ok(n)
     }
     fn extents(&self, offset: u64, len: u64) -> Vec<cairn_vault::Extent> {
-        vec![cairn_vault::Extent { offset, len: len.min(self.size().saturating_sub(offset)), zero: false }]
+        vec![cairn_vault::Extent {
+            offset,
+            len: len.min(self.size().saturating_sub(offset)),
+            zero: false,
+        }]
     }
 }

@@ -1,1 +1,149 @@
-pub mod error; pub mod io; pub mod model; pub mod ext4;
+//! Cairn's guest layer: the files inside a disk snapshot, read straight
+//! from the vault through `BlockSource`, with no restore and no kernel
+//! mount; and the same view of directory snapshots.
+//!
+//! Everything here parses attacker-controlled bytes: readers bound every
+//! size before allocating, detect loops, and report damage as errors that
+//! name the partition and the structure.
+
+pub mod check;
+pub mod diff;
+pub mod error;
+pub mod ext4;
+pub mod fat;
+pub mod io;
+pub mod model;
+pub mod ntfs;
+pub mod partition;
+pub mod tree_fs;
+
+pub use error::{GuestError, Result};
+pub use model::{FileEntry, FileKind, Filesystem};
+pub use partition::Partition;
+
+use cairn_vault::BlockSource;
+use std::sync::Arc;
+
+/// Picks a partition: the one asked for, or the largest readable one.
+pub fn choose(parts: &[Partition], requested: Option<u32>) -> Result<&Partition> {
+    if let Some(n) = requested {
+        let p = parts.iter().find(|p| p.number == n).ok_or_else(|| {
+            GuestError::NotFound(format!("partition {n} (the disk has {})", numbers(parts)))
+        })?;
+        if !p.readable {
+            return Err(GuestError::Unsupported(format!(
+                "partition {n}: {}, not readable yet",
+                p.filesystem
+            )));
+        }
+        return Ok(p);
+    }
+    parts
+        .iter()
+        .filter(|p| p.readable)
+        .max_by_key(|p| p.size)
+        .ok_or_else(|| {
+            let what: Vec<String> = parts
+                .iter()
+                .map(|p| format!("partition {}: {}", p.number, p.filesystem))
+                .collect();
+            GuestError::Unsupported(format!(
+                "no readable filesystem on this disk ({})",
+                if what.is_empty() {
+                    "no partitions".into()
+                } else {
+                    what.join(", ")
+                }
+            ))
+        })
+}
+
+fn numbers(parts: &[Partition]) -> String {
+    if parts.is_empty() {
+        return "none".into();
+    }
+    parts
+        .iter()
+        .map(|p| p.number.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Opens the filesystem of a partition. Errors from it name the partition.
+pub fn open_fs(disk: Arc<dyn BlockSource>, p: &Partition) -> Result<Box<dyn Filesystem>> {
+    let slice = io::Slice::new(disk, p.start, p.size);
+    let label = format!("partition {} ({})", p.number, p.filesystem);
+    let inner: Box<dyn Filesystem> = match p.filesystem.as_str() {
+        "ext2" | "ext3" | "ext4" => {
+            Box::new(ext4::Ext4::open(slice).map_err(|e| labeled(&label, e))?)
+        }
+        "ntfs" => Box::new(ntfs::NtfsFs::open(slice).map_err(|e| labeled(&label, e))?),
+        "fat12" | "fat16" | "fat32" => {
+            Box::new(fat::Fat::open(slice).map_err(|e| labeled(&label, e))?)
+        }
+        other => {
+            return Err(GuestError::Unsupported(format!(
+                "partition {}: {other}, not readable yet",
+                p.number
+            )));
+        }
+    };
+    Ok(Box::new(Labeled { inner, label }))
+}
+
+fn labeled(label: &str, e: GuestError) -> GuestError {
+    match e {
+        GuestError::Corrupt(m) => GuestError::Corrupt(format!("{label}: {m}")),
+        GuestError::Unsupported(m) => GuestError::Unsupported(format!("{label}: {m}")),
+        GuestError::Io(e) => GuestError::Io(std::io::Error::new(e.kind(), format!("{label}: {e}"))),
+        other => other,
+    }
+}
+
+/// A filesystem whose errors say which partition they come from.
+struct Labeled {
+    inner: Box<dyn Filesystem>,
+    label: String,
+}
+
+impl Filesystem for Labeled {
+    fn kind(&self) -> String {
+        self.inner.kind()
+    }
+    fn walk(&self) -> Result<Vec<FileEntry>> {
+        self.inner.walk().map_err(|e| labeled(&self.label, e))
+    }
+    fn lookup(&self, path: &[u8]) -> Result<FileEntry> {
+        self.inner.lookup(path).map_err(|e| labeled(&self.label, e))
+    }
+    fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
+        self.inner
+            .read_dir(path)
+            .map_err(|e| labeled(&self.label, e))
+    }
+    fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.inner
+            .read_at(entry, offset, buf)
+            .map_err(|e| labeled(&self.label, e))
+    }
+}
+
+/// Reads a whole file into memory, refusing more than `limit` bytes.
+pub fn read_all(fs: &dyn Filesystem, e: &FileEntry, limit: u64) -> Result<Vec<u8>> {
+    if e.size > limit {
+        return Err(GuestError::Unsupported(format!(
+            "{} is larger than {limit} bytes",
+            e.display_path()
+        )));
+    }
+    let mut buf = vec![0u8; e.size as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        match fs.read_at(e, done as u64, &mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}

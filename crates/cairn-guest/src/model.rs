@@ -56,7 +56,10 @@ fn lossy_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S
 
 impl FileEntry {
     pub fn name(&self) -> &[u8] {
-        self.path.rsplit(|&b| b == b'/').next().unwrap_or(&self.path)
+        self.path
+            .rsplit(|&b| b == b'/')
+            .next()
+            .unwrap_or(&self.path)
     }
 
     pub fn display_path(&self) -> String {
@@ -96,7 +99,11 @@ pub fn normalize(path: &str) -> Result<Vec<u8>> {
     for c in path.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err(crate::error::GuestError::NotFound(format!("{path} (.. is not allowed)"))),
+            ".." => {
+                return Err(crate::error::GuestError::NotFound(format!(
+                    "{path} (.. is not allowed)"
+                )));
+            }
             c => out.push(c),
         }
     }

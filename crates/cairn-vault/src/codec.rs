@@ -35,7 +35,10 @@ pub fn frame(data: &[u8], level: i32, entropy: Option<f32>) -> Result<Vec<u8>> {
                 if c.as_ref().is_none_or(|(l, _)| *l != level) {
                     *c = Some((level, zstd::bulk::Compressor::new(level)?));
                 }
-                c.as_mut().expect("set above").1.compress_to_buffer(data, &mut out[1..])
+                c.as_mut()
+                    .expect("set above")
+                    .1
+                    .compress_to_buffer(data, &mut out[1..])
             })
             .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
         out.truncate(n + 1);

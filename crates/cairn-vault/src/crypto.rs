@@ -95,7 +95,9 @@ impl Cipher {
             return Err("unknown seal version");
         }
         let salt = &sealed[1..1 + SALT_LEN];
-        let nonce: [u8; NONCE_LEN] = sealed[1 + SALT_LEN..HEADER_LEN].try_into().expect("length checked");
+        let nonce: [u8; NONCE_LEN] = sealed[1 + SALT_LEN..HEADER_LEN]
+            .try_into()
+            .expect("length checked");
         self.object_cipher(salt)
             .decrypt(&Nonce::from(nonce), &sealed[HEADER_LEN..])
             .map_err(|_| "authentication failed (changed, truncated or wrong key)")

@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-
 /// Entropy estimated from a quarter of the data (4 KiB of every 16 KiB):
 /// within a few hundredths of a bit of the exact value on real blocks, at
 /// a quarter of the cost. Ingest measures every block it stores with it.

@@ -1,5 +1,6 @@
 //! The `cairn` command: parse, call a library, print.
 
+mod guest_cmds;
 mod util;
 
 use anyhow::{Context, Result, bail};
@@ -67,10 +68,14 @@ enum Command {
     },
     /// List snapshots.
     Snapshots { name: Option<String> },
-    /// Restore a snapshot: a disk to a file or block device, a directory to a directory.
+    /// Restore a snapshot: a disk to a file or block device, a directory to a
+    /// directory; with NAME@SNAP:/path, just those files.
     Restore {
-        /// NAME@latest, NAME@-N or NAME@<id prefix>.
+        /// NAME@latest, NAME@-N or NAME@<id prefix>, optionally :/path.
         snapshot: String,
+        /// Partition to read files from (default: the largest readable).
+        #[arg(long)]
+        partition: Option<u32>,
         #[arg(long)]
         to: PathBuf,
         /// Replace an existing file or restore into a non-empty directory.
@@ -115,6 +120,33 @@ enum Command {
     Prune {
         #[arg(long)]
         dry_run: bool,
+    },
+    /// List the partitions of a disk snapshot and their filesystems.
+    Partitions { snapshot: String },
+    /// List files in a snapshot: NAME@SNAP:/path.
+    Ls {
+        path: String,
+        /// Long listing: mode, owner, size, mtime.
+        #[arg(short = 'l')]
+        long: bool,
+        /// Everything below the path.
+        #[arg(short = 'R')]
+        recursive: bool,
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Print a file from a snapshot: NAME@SNAP:/path/file.
+    Cat {
+        path: String,
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Files added, deleted, modified and renamed between two snapshots.
+    Diff {
+        old: String,
+        new: String,
+        #[arg(long)]
+        partition: Option<u32>,
     },
     /// Pin a snapshot: it is never forgotten.
     Pin { snapshot: String },
@@ -198,10 +230,39 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Snapshots { name } => snapshots(&cli, name.as_deref()),
         Command::Restore {
             snapshot,
+            partition,
             to,
             overwrite,
             verify,
-        } => restore(&cli, snapshot, to, *overwrite, *verify),
+        } => {
+            if snapshot.contains(':') {
+                if *overwrite || *verify {
+                    bail!("--overwrite and --verify apply to whole-snapshot restores");
+                }
+                let vault = open(&cli)?;
+                guest_cmds::restore_files(&vault, snapshot, to, *partition, cli.json)
+            } else {
+                if partition.is_some() {
+                    bail!("--partition applies to file restores (NAME@SNAP:/path)");
+                }
+                restore(&cli, snapshot, to, *overwrite, *verify)
+            }
+        }
+        Command::Partitions { snapshot } => {
+            guest_cmds::partitions(&open(&cli)?, snapshot, cli.json)
+        }
+        Command::Ls {
+            path,
+            long,
+            recursive,
+            partition,
+        } => guest_cmds::ls(&open(&cli)?, path, *long, *recursive, *partition, cli.json),
+        Command::Cat { path, partition } => guest_cmds::cat(&open(&cli)?, path, *partition),
+        Command::Diff {
+            old,
+            new,
+            partition,
+        } => guest_cmds::diff(&open(&cli)?, old, new, *partition, cli.json),
         Command::Verify { read_data } => verify(&cli, *read_data),
         Command::Forget {
             names,

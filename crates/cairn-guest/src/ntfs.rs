@@ -1,0 +1,233 @@
+//! NTFS through the `ntfs` crate: names, sizes, times and MFT record
+//! numbers (the stable file id) of every file, and file content.
+
+use crate::error::{GuestError, Result, corrupt};
+use crate::io::{Slice, SliceReader};
+use crate::model::{FileEntry, FileKind, Filesystem, join};
+use ntfs::structured_values::NtfsFileNamespace;
+use ntfs::{Ntfs, NtfsFile, NtfsReadSeek};
+use std::collections::HashSet;
+use std::io::SeekFrom;
+use std::sync::Mutex;
+
+const ROOT_RECORD: u64 = 5;
+/// Records below this are NTFS's own metadata files ($MFT, $LogFile…).
+const FIRST_USER_RECORD: u64 = 16;
+const MAX_ENTRIES: usize = 20_000_000;
+const MAX_DEPTH: usize = 1024;
+/// 100 ns ticks between 1601-01-01 and 1970-01-01.
+const NT_EPOCH_OFFSET: i64 = 116_444_736_000_000_000;
+
+pub struct NtfsFs {
+    ntfs: Ntfs,
+    reader: Mutex<SliceReader>,
+}
+
+fn err(what: &str, e: ntfs::NtfsError) -> GuestError {
+    GuestError::Corrupt(format!("ntfs: {what}: {e}"))
+}
+
+impl NtfsFs {
+    pub fn open(slice: Slice) -> Result<Self> {
+        let mut r = SliceReader::new(slice);
+        let mut ntfs = Ntfs::new(&mut r).map_err(|e| err("boot sector", e))?;
+        ntfs.read_upcase_table(&mut r)
+            .map_err(|e| err("$UpCase", e))?;
+        Ok(NtfsFs {
+            ntfs,
+            reader: Mutex::new(r),
+        })
+    }
+
+    fn entry(&self, r: &mut SliceReader, path: Vec<u8>, file: &NtfsFile) -> Result<FileEntry> {
+        let kind = if file.is_directory() {
+            FileKind::Dir
+        } else {
+            FileKind::File
+        };
+        let size = if kind == FileKind::File {
+            match file.data(r, "") {
+                Some(item) => {
+                    let item = item.map_err(|e| err("$DATA", e))?;
+                    let attr = item.to_attribute().map_err(|e| err("$DATA", e))?;
+                    attr.value(r).map_err(|e| err("$DATA", e))?.len()
+                }
+                None => 0,
+            }
+        } else {
+            0
+        };
+        let info = file.info().map_err(|e| err("$STANDARD_INFORMATION", e))?;
+        let ticks = info.modification_time().nt_timestamp() as i64;
+        Ok(FileEntry {
+            path,
+            kind,
+            size,
+            mode: None,
+            uid: None,
+            gid: None,
+            mtime_ns: (ticks - NT_EPOCH_OFFSET).saturating_mul(100),
+            file_id: Some(file.file_record_number()),
+            link_target: None,
+            extents: None,
+            content_key: None,
+        })
+    }
+
+    /// Children of directory record `dir`: (entry, record number).
+    fn list(&self, r: &mut SliceReader, dir: u64, path: &[u8]) -> Result<Vec<(FileEntry, u64)>> {
+        let file = self
+            .ntfs
+            .file(r, dir)
+            .map_err(|e| err("directory record", e))?;
+        if !file.is_directory() {
+            return Err(GuestError::NotFound(format!(
+                "/{} is not a directory",
+                String::from_utf8_lossy(path)
+            )));
+        }
+        let index = file
+            .directory_index(r)
+            .map_err(|e| err("directory index", e))?;
+        let mut entries = index.entries();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        while let Some(e) = entries.next(r) {
+            let e = e.map_err(|e| err("directory entry", e))?;
+            let Some(key) = e.key() else { continue };
+            let key = key.map_err(|e| err("file name", e))?;
+            if key.namespace() == NtfsFileNamespace::Dos {
+                continue; // the 8.3 alias of a name listed anyway
+            }
+            let rec = e.file_reference().file_record_number();
+            let name = key.name().to_string_lossy();
+            if rec < FIRST_USER_RECORD
+                || name == "."
+                || name.contains('/')
+                || name.contains('\0')
+                || !seen.insert(name.clone())
+            {
+                continue;
+            }
+            if out.len() > MAX_ENTRIES {
+                return corrupt("ntfs: more directory entries than any real volume");
+            }
+            let child = e
+                .to_file(&self.ntfs, r)
+                .map_err(|e| err("file record", e))?;
+            out.push((self.entry(r, join(path, name.as_bytes()), &child)?, rec));
+        }
+        Ok(out)
+    }
+
+    fn record_of(&self, r: &mut SliceReader, path: &[u8]) -> Result<(u64, Option<FileEntry>)> {
+        let mut rec = ROOT_RECORD;
+        let mut found = None;
+        let mut at: Vec<u8> = Vec::new();
+        if path.is_empty() {
+            return Ok((rec, None));
+        }
+        for comp in path.split(|&b| b == b'/') {
+            let children = self.list(r, rec, &at)?;
+            let Some((e, child)) = children
+                .into_iter()
+                .find(|(e, _)| e.name().eq_ignore_ascii_case(comp))
+            else {
+                return Err(GuestError::NotFound(format!(
+                    "/{}",
+                    String::from_utf8_lossy(path)
+                )));
+            };
+            rec = child;
+            at = e.path.clone();
+            found = Some(e);
+        }
+        Ok((rec, found))
+    }
+}
+
+impl Filesystem for NtfsFs {
+    fn kind(&self) -> String {
+        "ntfs".into()
+    }
+
+    fn walk(&self) -> Result<Vec<FileEntry>> {
+        let mut r = self.reader.lock().unwrap();
+        let mut out = Vec::new();
+        let mut seen = HashSet::from([ROOT_RECORD]);
+        let mut stack = vec![(ROOT_RECORD, Vec::new(), 0usize)];
+        while let Some((dir, path, depth)) = stack.pop() {
+            for (e, rec) in self.list(&mut r, dir, &path)? {
+                if e.kind == FileKind::Dir {
+                    if depth >= MAX_DEPTH || !seen.insert(rec) {
+                        return corrupt(format!(
+                            "ntfs: directory record {rec} loops or nests too deep"
+                        ));
+                    }
+                    stack.push((rec, e.path.clone(), depth + 1));
+                }
+                out.push(e);
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn lookup(&self, path: &[u8]) -> Result<FileEntry> {
+        let mut r = self.reader.lock().unwrap();
+        match self.record_of(&mut r, path)? {
+            (_, Some(e)) => Ok(e),
+            (rec, None) => {
+                let f = self.ntfs.file(&mut *r, rec).map_err(|e| err("root", e))?;
+                self.entry(&mut r, Vec::new(), &f)
+            }
+        }
+    }
+
+    fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
+        let mut r = self.reader.lock().unwrap();
+        let (rec, _) = self.record_of(&mut r, path)?;
+        let mut out: Vec<FileEntry> = self
+            .list(&mut r, rec, path)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let rec = entry
+            .file_id
+            .ok_or_else(|| GuestError::NotFound(entry.display_path()))?;
+        let mut r = self.reader.lock().unwrap();
+        let file = self
+            .ntfs
+            .file(&mut *r, rec)
+            .map_err(|e| err("file record", e))?;
+        let Some(item) = file.data(&mut *r, "") else {
+            return Ok(0);
+        };
+        let item = item.map_err(|e| err("$DATA", e))?;
+        let attr = item.to_attribute().map_err(|e| err("$DATA", e))?;
+        let mut value = attr.value(&mut *r).map_err(|e| err("$DATA", e))?;
+        if offset >= value.len() {
+            return Ok(0);
+        }
+        value
+            .seek(&mut *r, SeekFrom::Start(offset))
+            .map_err(|e| err("seeking $DATA", e))?;
+        let want = (buf.len() as u64).min(value.len() - offset) as usize;
+        let mut done = 0;
+        while done < want {
+            match value
+                .read(&mut *r, &mut buf[done..want])
+                .map_err(|e| err("reading $DATA", e))?
+            {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+}

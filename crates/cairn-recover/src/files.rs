@@ -1,0 +1,185 @@
+//! File-level restore out of any snapshot's filesystem (a disk's guest
+//! filesystem or a directory snapshot). The filesystem may be an
+//! attacker's: every path is checked, nothing is written outside the
+//! target, symlinks are created last so no write can pass through one, and
+//! a bad entry is skipped and listed rather than stopping the restore.
+
+use crate::tree::safe_join;
+use cairn_guest::{FileEntry, FileKind, Filesystem};
+use cairn_vault::error::{Error, IoContext, Result};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+const MAX_DEPTH: usize = 4096;
+
+#[derive(Debug, Default, Serialize)]
+pub struct FilesRestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes_written: u64,
+    /// Entries not restored, with why (unsafe names, unreadable content).
+    pub skipped: Vec<String>,
+}
+
+fn guest(e: cairn_guest::GuestError) -> Error {
+    Error::Invalid(e.to_string())
+}
+
+/// Everything under `root` (itself included when it is a file), found
+/// with `read_dir` so only that subtree is read.
+fn collect(fs: &dyn Filesystem, root: &FileEntry) -> Result<Vec<FileEntry>> {
+    if root.kind != FileKind::Dir {
+        return Ok(vec![root.clone()]);
+    }
+    // The directory itself comes first, so its metadata is restored too.
+    let mut out = if root.path.is_empty() {
+        vec![]
+    } else {
+        vec![root.clone()]
+    };
+    let mut seen = HashSet::new();
+    let mut stack = vec![(root.path.clone(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        for e in fs.read_dir(&dir).map_err(guest)? {
+            if e.kind == FileKind::Dir {
+                let fresh = e.file_id.is_none_or(|id| seen.insert(id));
+                if depth < MAX_DEPTH && fresh {
+                    stack.push((e.path.clone(), depth + 1));
+                }
+            }
+            out.push(e);
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+pub fn restore_files(
+    fs: &dyn Filesystem,
+    root: &FileEntry,
+    target: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<FilesRestoreReport> {
+    if target.exists()
+        && fs::read_dir(target)
+            .ctx(|| format!("reading {}", target.display()))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::Invalid(format!(
+            "{} is not empty; restore into a new or empty directory",
+            target.display()
+        )));
+    }
+    fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
+    let entries = collect(fs, root)?;
+    // Paths relative to the parent of `root`, so restoring /home/alice
+    // gives TARGET/alice/…
+    let base_len = root
+        .path
+        .iter()
+        .rposition(|&b| b == b'/')
+        .map_or(0, |i| i + 1);
+    let mut report = FilesRestoreReport::default();
+    let mut links = Vec::new();
+    let mut dirs = Vec::new();
+    for e in &entries {
+        let rel = &e.path[base_len.min(e.path.len())..];
+        let Some(dest) = safe_join(target, rel) else {
+            report
+                .skipped
+                .push(format!("{}: unsafe name, not restored", e.display_path()));
+            continue;
+        };
+        match e.kind {
+            FileKind::Dir => match fs::create_dir_all(&dest) {
+                Ok(()) => {
+                    report.dirs += 1;
+                    dirs.push((e, dest));
+                }
+                Err(err) => report.skipped.push(format!("{}: {err}", e.display_path())),
+            },
+            FileKind::File => match write_file(fs, e, &dest, progress) {
+                Ok(n) => {
+                    report.files += 1;
+                    report.bytes_written += n;
+                    set_meta(e, &dest);
+                }
+                Err(err) => report.skipped.push(format!("{}: {err}", e.display_path())),
+            },
+            FileKind::Symlink => links.push((e, dest)),
+            FileKind::Other => report
+                .skipped
+                .push(format!("{}: special file, not restored", e.display_path())),
+        }
+    }
+    for (e, dest) in links {
+        let t = e.link_target.clone().unwrap_or_default();
+        match std::os::unix::fs::symlink(OsStr::from_bytes(&t), &dest) {
+            Ok(()) => report.symlinks += 1,
+            Err(err) => report.skipped.push(format!("{}: {err}", e.display_path())),
+        }
+    }
+    for (e, dest) in dirs.iter().rev() {
+        set_meta(e, dest);
+    }
+    Ok(report)
+}
+
+fn write_file(
+    fs: &dyn Filesystem,
+    e: &FileEntry,
+    dest: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<u64> {
+    // O_NOFOLLOW: never write through a symlink, even one planted earlier.
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(dest)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < e.size {
+        let n = fs
+            .read_at(e, off, &mut buf)
+            .map_err(std::io::Error::other)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            f.write_all_at(&buf[..n], off)?;
+        }
+        off += n as u64;
+        progress(n as u64);
+    }
+    f.set_len(off)?;
+    Ok(off)
+}
+
+fn set_meta(e: &FileEntry, dest: &Path) {
+    if let (Some(uid), Some(gid)) = (e.uid, e.gid) {
+        let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
+    }
+    let mode = e.mode.map_or(
+        if e.kind == FileKind::Dir {
+            0o755
+        } else {
+            0o644
+        },
+        |m| m & 0o7777,
+    );
+    let _ = fs::set_permissions(dest, fs::Permissions::from_mode(mode));
+    let t = filetime::FileTime::from_unix_time(
+        e.mtime_ns.div_euclid(1_000_000_000),
+        e.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    let _ = filetime::set_file_mtime(dest, t);
+}

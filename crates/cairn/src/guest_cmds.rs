@@ -1,0 +1,298 @@
+//! Commands that look inside snapshots: partitions, ls, cat, diff, and
+//! file-level restore.
+
+use crate::util::bytes;
+use anyhow::{Context, Result, bail};
+use cairn_guest::check::{DiskCheck, TreeCheck};
+use cairn_guest::tree_fs::TreeFs;
+use cairn_guest::{FileEntry, FileKind, Filesystem};
+use cairn_vault::{BlockSource, Snapshot, SnapshotDisk, SourceKind, Vault};
+use std::io::Write;
+use std::sync::Arc;
+
+/// Decoded chunks kept per open disk: filesystem metadata is read again
+/// and again (64 MiB at the default chunk size).
+const GUEST_CACHE_CHUNKS: usize = 256;
+
+/// `NAME@SNAP:/path` → (`NAME@SNAP`, `/path`); the path defaults to `/`.
+pub fn split_spec(spec: &str) -> (&str, &str) {
+    match spec.split_once(':') {
+        Some((s, p)) => (s, if p.is_empty() { "/" } else { p }),
+        None => (spec, "/"),
+    }
+}
+
+/// A snapshot opened for looking at files.
+pub struct Opened {
+    pub snapshot: Snapshot,
+    pub fs: Box<dyn Filesystem>,
+    pub disk: Option<SnapshotDisk>,
+}
+
+pub fn open_snapshot(vault: &Arc<Vault>, spec: &str, partition: Option<u32>) -> Result<Opened> {
+    let snapshot = vault.resolve(spec)?;
+    match snapshot.source.kind {
+        SourceKind::Directory => {
+            if partition.is_some() {
+                bail!("{spec} is a directory snapshot: it has no partitions");
+            }
+            let tree = vault.read_tree(&snapshot)?;
+            Ok(Opened {
+                snapshot,
+                fs: Box::new(TreeFs::new(vault.clone(), tree)),
+                disk: None,
+            })
+        }
+        SourceKind::Disk => {
+            let disk = Arc::new(SnapshotDisk::open(
+                vault.clone(),
+                &snapshot,
+                GUEST_CACHE_CHUNKS,
+            )?);
+            let as_source: Arc<dyn BlockSource> = disk.clone();
+            let parts = cairn_guest::partition::partitions(&as_source)?;
+            let p = cairn_guest::choose(&parts, partition)?;
+            let fs = cairn_guest::open_fs(as_source, p)?;
+            let disk = Arc::try_unwrap(disk).ok();
+            Ok(Opened { snapshot, fs, disk })
+        }
+    }
+}
+
+pub fn partitions(vault: &Arc<Vault>, spec: &str, json: bool) -> Result<u8> {
+    let snap = vault.resolve(spec)?;
+    let disk: Arc<dyn BlockSource> = Arc::new(SnapshotDisk::open(
+        vault.clone(),
+        &snap,
+        GUEST_CACHE_CHUNKS,
+    )?);
+    let parts = cairn_guest::partition::partitions(&disk)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&parts)?);
+        return Ok(0);
+    }
+    println!(
+        "{:>3}  {:>12} {:>10}  {:<6} {:<8} {:<22} label",
+        "#", "start", "size", "table", "fs", "type"
+    );
+    for p in &parts {
+        println!(
+            "{:>3}  {:>12} {:>10}  {:<6} {:<8} {:<22} {}{}",
+            p.number,
+            p.start,
+            bytes(p.size),
+            p.scheme,
+            p.filesystem,
+            p.type_name,
+            p.label,
+            if p.readable {
+                ""
+            } else {
+                "  (not readable yet)"
+            }
+        );
+    }
+    Ok(0)
+}
+
+fn long_line(e: &FileEntry) -> String {
+    let kind = match e.kind {
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        FileKind::File => '-',
+        FileKind::Other => '?',
+    };
+    let mode = e
+        .mode
+        .map(|m| format!("{:04o}", m & 0o7777))
+        .unwrap_or_else(|| "----".into());
+    let owner = match (e.uid, e.gid) {
+        (Some(u), Some(g)) => format!("{u}:{g}"),
+        _ => "-".into(),
+    };
+    let time = chrono::DateTime::from_timestamp(e.mtime_ns.div_euclid(1_000_000_000), 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default();
+    let link = e
+        .link_target
+        .as_ref()
+        .map(|t| format!(" -> {}", String::from_utf8_lossy(t)))
+        .unwrap_or_default();
+    format!(
+        "{kind}{mode} {owner:>11} {:>12} {time} {}{link}",
+        e.size,
+        e.display_path()
+    )
+}
+
+pub fn ls(
+    vault: &Arc<Vault>,
+    spec: &str,
+    long: bool,
+    recursive: bool,
+    partition: Option<u32>,
+    json: bool,
+) -> Result<u8> {
+    let (snap, path) = split_spec(spec);
+    let o = open_snapshot(vault, snap, partition)?;
+    let path = cairn_guest::model::normalize(path)?;
+    let top = o.fs.lookup(&path)?;
+    let entries: Vec<FileEntry> = if top.kind != FileKind::Dir {
+        vec![top]
+    } else if recursive && path.is_empty() {
+        o.fs.walk()?
+    } else if recursive {
+        let prefix = [path.as_slice(), b"/"].concat();
+        let mut all = Vec::new();
+        let mut stack = vec![path.clone()];
+        while let Some(d) = stack.pop() {
+            for e in o.fs.read_dir(&d)? {
+                if e.kind == FileKind::Dir && e.path.starts_with(&prefix) && all.len() < 50_000_000
+                {
+                    stack.push(e.path.clone());
+                }
+                all.push(e);
+            }
+        }
+        all.sort_by(|a, b| a.path.cmp(&b.path));
+        all
+    } else {
+        o.fs.read_dir(&path)?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(0);
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for e in &entries {
+        if long {
+            writeln!(out, "{}", long_line(e))?;
+        } else if recursive {
+            writeln!(out, "{}", e.display_path())?;
+        } else {
+            let slash = if e.kind == FileKind::Dir { "/" } else { "" };
+            writeln!(out, "{}{slash}", String::from_utf8_lossy(e.name()))?;
+        }
+    }
+    Ok(0)
+}
+
+pub fn cat(vault: &Arc<Vault>, spec: &str, partition: Option<u32>) -> Result<u8> {
+    let (snap, path) = split_spec(spec);
+    let o = open_snapshot(vault, snap, partition)?;
+    let e = o.fs.lookup(&cairn_guest::model::normalize(path)?)?;
+    if e.kind != FileKind::File {
+        bail!("{} is not a regular file", e.display_path());
+    }
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = o.fs.read_at(&e, off, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).context("writing to stdout")?;
+        off += n as u64;
+    }
+    Ok(0)
+}
+
+pub fn diff(
+    vault: &Arc<Vault>,
+    a: &str,
+    b: &str,
+    partition: Option<u32>,
+    json: bool,
+) -> Result<u8> {
+    let old = open_snapshot(vault, a, partition)?;
+    let new = open_snapshot(vault, b, partition)?;
+    if old.snapshot.source.kind != new.snapshot.source.kind {
+        bail!(
+            "{a} and {b} are of different kinds (a disk and a directory); diff compares like with like"
+        );
+    }
+    let (ow, nw) = (old.fs.walk()?, new.fs.walk()?);
+    let d = match (&old.disk, &new.disk) {
+        (Some(od), Some(nd)) => cairn_guest::diff::diff(
+            &ow,
+            &nw,
+            &mut DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd),
+        ),
+        _ => cairn_guest::diff::diff(&ow, &nw, &mut TreeCheck),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(0);
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for x in &d.added {
+        writeln!(out, "+ {} ({})", x.path, bytes(x.size))?;
+    }
+    for x in &d.deleted {
+        writeln!(out, "- {} ({})", x.path, bytes(x.size))?;
+    }
+    for x in &d.modified {
+        writeln!(
+            out,
+            "M {} ({} -> {})",
+            x.path,
+            bytes(x.old_size),
+            bytes(x.new_size)
+        )?;
+    }
+    for x in &d.renamed {
+        writeln!(
+            out,
+            "R {} -> {}{}",
+            x.from,
+            x.to,
+            if x.modified { " (and modified)" } else { "" }
+        )?;
+    }
+    writeln!(
+        out,
+        "{} added, {} deleted, {} modified, {} renamed",
+        d.added.len(),
+        d.deleted.len(),
+        d.modified.len(),
+        d.renamed.len()
+    )?;
+    Ok(0)
+}
+
+pub fn restore_files(
+    vault: &Arc<Vault>,
+    spec: &str,
+    to: &std::path::Path,
+    partition: Option<u32>,
+    json: bool,
+) -> Result<u8> {
+    let (snap, path) = split_spec(spec);
+    let o = open_snapshot(vault, snap, partition)?;
+    let root = o.fs.lookup(&cairn_guest::model::normalize(path)?)?;
+    let r = cairn_recover::restore_files(o.fs.as_ref(), &root, to, &|_| {})?;
+    for s in &r.skipped {
+        eprintln!("skipped: {s}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "restored {}:{} to {}: {} files, {} dirs, {} symlinks, {}{}",
+            snap,
+            path,
+            to.display(),
+            r.files,
+            r.dirs,
+            r.symlinks,
+            bytes(r.bytes_written),
+            if r.skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; {} skipped (listed above)", r.skipped.len())
+            }
+        );
+    }
+    Ok(0)
+}
