@@ -26,7 +26,7 @@ pub fn split_spec(spec: &str) -> (&str, &str) {
 pub struct Opened {
     pub snapshot: Snapshot,
     pub fs: Box<dyn Filesystem>,
-    pub disk: Option<SnapshotDisk>,
+    pub disk: Option<Arc<SnapshotDisk>>,
 }
 
 pub fn open_snapshot(vault: &Arc<Vault>, spec: &str, partition: Option<u32>) -> Result<Opened> {
@@ -53,8 +53,11 @@ pub fn open_snapshot(vault: &Arc<Vault>, spec: &str, partition: Option<u32>) -> 
             let parts = cairn_guest::partition::partitions(&as_source)?;
             let p = cairn_guest::choose(&parts, partition)?;
             let fs = cairn_guest::open_fs(as_source, p)?;
-            let disk = Arc::try_unwrap(disk).ok();
-            Ok(Opened { snapshot, fs, disk })
+            Ok(Opened {
+                snapshot,
+                fs,
+                disk: Some(disk),
+            })
         }
     }
 }

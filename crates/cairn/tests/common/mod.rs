@@ -151,8 +151,9 @@ pub fn populate(root: &Path) {
     std::fs::write(root.join("etc/hostname"), "guest\n").unwrap();
 }
 
-/// A GPT disk of `size_mib` with one ext4 partition (from 1 MiB) built
-/// from `content` with `mkfs.ext4 -d`, without root or mounting.
+/// A GPT disk of `size_mib` with one ext4 partition (from 1 MiB, 4 KiB
+/// blocks) built from `content` with `mkfs.ext4 -d`, without root or
+/// mounting.
 pub fn gpt_ext4_image(path: &Path, content: &Path, size_mib: u64) {
     sh(
         "truncate",
@@ -171,6 +172,8 @@ pub fn gpt_ext4_image(path: &Path, content: &Path, size_mib: u64) {
         &[
             "-q",
             "-F",
+            "-b",
+            "4096",
             "-d",
             content.to_str().unwrap(),
             "-E",

@@ -1,0 +1,635 @@
+//! Reading the files inside disk snapshots, straight from the vault: ext4,
+//! ext2, NTFS and FAT in GPT and MBR (with logical partitions) and on a
+//! bare disk, compared with the ground truth the test put in.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// What a listing must show for each path: kind, size, symlink target.
+type Truth = BTreeMap<String, (String, u64, Option<String>)>;
+
+fn truth(root: &Path) -> Truth {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = format!("/{}", p.strip_prefix(root).unwrap().to_string_lossy());
+            let v = if md.file_type().is_symlink() {
+                (
+                    "symlink".into(),
+                    md.len(),
+                    Some(
+                        std::fs::read_link(&p)
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    ),
+                )
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                ("dir".into(), 0, None)
+            } else {
+                ("file".into(), md.len(), None)
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+fn listing(v: &Value) -> Truth {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                format!("/{}", e["path"].as_str().unwrap()),
+                (
+                    e["kind"].as_str().unwrap().to_string(),
+                    e["size"].as_u64().unwrap(),
+                    e["link_target"].as_str().map(String::from),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A tree with the things filesystems get wrong: depth, odd names, many
+/// extents, sparse data, both kinds of symlink, hard links.
+fn linux_tree(root: &Path) {
+    populate(root);
+    let mut deep = root.join("deep");
+    for i in 0..40 {
+        deep = deep.join(format!("level{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom.txt"), "at the bottom\n").unwrap();
+    std::fs::write(root.join("résumé – final.txt"), "non-ascii name\n").unwrap();
+    std::fs::write(root.join("日本語のファイル.txt"), text(5000, 3)).unwrap();
+    std::fs::write(root.join("empty"), "").unwrap();
+    // Many islands of data: many extents (an extent tree deeper than the inode).
+    let f = std::fs::File::create(root.join("islands.bin")).unwrap();
+    for i in 0..300u64 {
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&noise(4096, i), i * 64 * 1024).unwrap();
+    }
+    drop(f);
+    std::os::unix::fs::symlink("home/alice/docs/report-1.txt", root.join("short-link")).unwrap();
+    let long = format!("{}/target.txt", "very-long-directory-name".repeat(5));
+    std::os::unix::fs::symlink(&long, root.join("long-link")).unwrap();
+    std::fs::hard_link(
+        root.join("etc/hostname"),
+        root.join("etc/hostname.hardlink"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.join("etc/hostname"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+}
+
+/// A tree FAT and NTFS can hold (no links), with long names and nesting.
+fn plain_tree(root: &Path, nested: bool) {
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::write(root.join("Quarterly Report 2026.docx"), text(40_000, 11)).unwrap();
+    std::fs::write(root.join("photo.jpg"), noise(2 << 20, 12)).unwrap();
+    std::fs::write(root.join("ÄÖÜ notes.txt"), "umlauts\n").unwrap();
+    std::fs::write(root.join("tiny.txt"), "x").unwrap();
+    if nested {
+        std::fs::create_dir_all(root.join("Projects/Cairn/src")).unwrap();
+        std::fs::write(root.join("Projects/Cairn/src/main.rs"), text(9000, 13)).unwrap();
+        std::fs::write(
+            root.join("Projects/a much longer file name than 8.3.txt"),
+            "lfn\n",
+        )
+        .unwrap();
+    }
+}
+
+fn mkfs(kind: &str, content: &Path, img: &Path, size_mib: u64) {
+    let p = img.to_str().unwrap();
+    sh("truncate", &["-s", &format!("{size_mib}M"), p]);
+    match kind {
+        "ext4" => {
+            sh(
+                "mkfs.ext4",
+                &["-q", "-F", "-d", content.to_str().unwrap(), p],
+            );
+        }
+        "ext2" => {
+            sh(
+                "mkfs.ext2",
+                &["-q", "-F", "-b", "1024", "-d", content.to_str().unwrap(), p],
+            );
+        }
+        "fat32" | "fat16" => {
+            sh(
+                "mkfs.vfat",
+                &["-F", if kind == "fat32" { "32" } else { "16" }, p],
+            );
+            copy_into_fat(content, img, "");
+        }
+        "ntfs" => {
+            sh("mkntfs", &["-F", "-Q", "-q", p]);
+            for e in std::fs::read_dir(content).unwrap() {
+                let e = e.unwrap().path();
+                if e.is_file() {
+                    let name = format!("/{}", e.file_name().unwrap().to_string_lossy());
+                    sh("ntfscp", &["-q", p, e.to_str().unwrap(), &name]);
+                }
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn copy_into_fat(dir: &Path, img: &Path, at: &str) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap().path();
+        let name = format!("{at}/{}", e.file_name().unwrap().to_string_lossy());
+        if e.is_dir() {
+            sh("mmd", &["-i", img.to_str().unwrap(), &format!("::{name}")]);
+            copy_into_fat(&e, img, &name);
+        } else {
+            sh(
+                "mcopy",
+                &[
+                    "-m",
+                    "-i",
+                    img.to_str().unwrap(),
+                    e.to_str().unwrap(),
+                    &format!("::{name}"),
+                ],
+            );
+        }
+    }
+}
+
+/// Writes `part` into `disk` at byte `offset`.
+fn place(disk: &Path, part: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let data = std::fs::read(part).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(&data, offset).unwrap();
+}
+
+fn sizes_mib(parts: &[u64]) -> u64 {
+    parts.iter().sum::<u64>() + 4
+}
+
+fn gpt_disk(disk: &Path, parts: &[(&Path, u64, &str)]) {
+    sh(
+        "truncate",
+        &[
+            "-s",
+            &format!(
+                "{}M",
+                sizes_mib(&parts.iter().map(|p| p.1).collect::<Vec<_>>())
+            ),
+            disk.to_str().unwrap(),
+        ],
+    );
+    let mut start = 2048u64;
+    for (i, (img, mib, code)) in parts.iter().enumerate() {
+        let end = start + mib * 2048 - 1;
+        sh(
+            "sgdisk",
+            &[
+                "-n",
+                &format!("{}:{start}:{end}", i + 1),
+                "-t",
+                &format!("{}:{code}", i + 1),
+                disk.to_str().unwrap(),
+            ],
+        );
+        place(disk, img, start * 512);
+        start = end + 1;
+    }
+}
+
+/// An MBR disk: one primary partition, then an extended partition holding
+/// the rest as logical partitions (numbered from 5).
+fn mbr_disk(disk: &Path, primary: (&Path, u64, &str), logical: &[(&Path, u64, &str)]) -> Vec<u64> {
+    let total = sizes_mib(
+        &std::iter::once(primary.1)
+            .chain(logical.iter().map(|p| p.1 + 1))
+            .collect::<Vec<_>>(),
+    );
+    sh(
+        "truncate",
+        &["-s", &format!("{total}M"), disk.to_str().unwrap()],
+    );
+    let mut script = format!(
+        "label: dos\nsize={}MiB, type={}\ntype=5\n",
+        primary.1, primary.2
+    );
+    for (_, mib, ty) in logical {
+        script.push_str(&format!("size={mib}MiB, type={ty}\n"));
+    }
+    let mut child = std::process::Command::new("sfdisk")
+        .args(["-q", disk.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let json: Value =
+        serde_json::from_str(&sh("sfdisk", &["--json", disk.to_str().unwrap()])).unwrap();
+    let starts: Vec<u64> = json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["start"].as_u64().unwrap() * 512)
+        .collect();
+    assert_eq!(starts.len(), 2 + logical.len(), "{json}");
+    place(disk, primary.0, starts[0]);
+    for (i, (img, _, _)) in logical.iter().enumerate() {
+        place(disk, img, starts[2 + i]);
+    }
+    starts
+}
+
+fn restore_and_compare(env: &Env, spec: &str, part: &str, want: &Path, dest: &str) {
+    let out = env.path(dest);
+    env.ok(&[
+        "restore",
+        &format!("{spec}:/"),
+        "--to",
+        out.to_str().unwrap(),
+        "--partition",
+        part,
+    ]);
+    for (path, (kind, size, _)) in truth(want) {
+        let got = out.join(path.trim_start_matches('/'));
+        let md = std::fs::symlink_metadata(&got)
+            .unwrap_or_else(|_| panic!("{path} missing after restore"));
+        if kind == "file" {
+            assert_eq!(md.len(), size, "{path}");
+            assert!(
+                same_bytes(&want.join(path.trim_start_matches('/')), &got),
+                "{path} content differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn ext4_and_fat32_in_gpt_read_like_the_trees_they_were_made_from() {
+    let env = Env::new("30d", &[]);
+    let (lt, ft) = (env.path("linux"), env.path("fat"));
+    linux_tree(&lt);
+    plain_tree(&ft, true);
+    let (ext, fat) = (env.path("p1.img"), env.path("p2.img"));
+    mkfs("ext4", &lt, &ext, 48);
+    mkfs("fat32", &ft, &fat, 40);
+    let disk = env.path("disk.img");
+    gpt_disk(&disk, &[(&ext, 48, "8300"), (&fat, 40, "0700")]);
+    env.backup(&disk, "vm", "2026-03-01T00:00:00Z");
+
+    let parts = env.json(&["partitions", "vm@latest"]);
+    let fs: Vec<&str> = parts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["filesystem"].as_str().unwrap())
+        .collect();
+    assert_eq!(fs, vec!["ext4", "fat32"], "{parts}");
+    assert_eq!(parts[0]["scheme"], "gpt");
+
+    // Default partition: the largest readable one (ext4).
+    let got = listing(&env.json(&["ls", "-R", "vm@latest"]));
+    let mut want = truth(&lt);
+    want.insert("/lost+found".into(), ("dir".into(), 0, None));
+    assert_eq!(got, want);
+    let l = env.json(&["ls", "-l", "vm@latest:/etc"]);
+    let hostname = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "etc/hostname")
+        .unwrap();
+    assert_eq!(hostname["mode"].as_u64().unwrap() & 0o7777, 0o640);
+    let md = std::fs::metadata(lt.join("etc/hostname")).unwrap();
+    assert_eq!(
+        hostname["mtime_ns"].as_i64().unwrap() / 1_000_000_000,
+        md.mtime()
+    );
+    let link = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "etc/hostname.hardlink")
+        .unwrap();
+    assert_eq!(
+        link["file_id"], hostname["file_id"],
+        "hard links share the inode"
+    );
+
+    assert_eq!(env.ok(&["cat", "vm@latest:/deep/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9/level10/level11/level12/level13/level14/level15/level16/level17/level18/level19/level20/level21/level22/level23/level24/level25/level26/level27/level28/level29/level30/level31/level32/level33/level34/level35/level36/level37/level38/level39/bottom.txt"]), "at the bottom\n");
+    let islands = env
+        .cmd()
+        .args(["cat", "vm@latest:/islands.bin"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        islands,
+        std::fs::read(lt.join("islands.bin")).unwrap(),
+        "a file of 300 extents reads back"
+    );
+    restore_and_compare(&env, "vm@latest", "1", &lt, "out-ext4");
+
+    let got = listing(&env.json(&["ls", "-R", "vm@latest", "--partition", "2"]));
+    assert_eq!(got, truth(&ft));
+    restore_and_compare(&env, "vm@latest", "2", &ft, "out-fat");
+    assert_eq!(
+        env.ok(&[
+            "cat",
+            "vm@latest:/Projects/a much longer file name than 8.3.txt",
+            "--partition",
+            "2"
+        ]),
+        "lfn\n"
+    );
+}
+
+#[test]
+fn ntfs_ext2_and_fat16_in_mbr_logical_partitions() {
+    let env = Env::new("30d", &[]);
+    let (nt, e2, f16) = (env.path("nt"), env.path("e2"), env.path("f16"));
+    plain_tree(&nt, false);
+    std::fs::write(nt.join("big.bin"), noise(5 << 20, 21)).unwrap();
+    linux_tree(&e2);
+    std::fs::write(e2.join("indirect.bin"), noise(3 << 20, 22)).unwrap(); // double-indirect with 1 KiB blocks
+    plain_tree(&f16, true);
+    let (a, b, c) = (env.path("nt.img"), env.path("e2.img"), env.path("f16.img"));
+    mkfs("ntfs", &nt, &a, 24);
+    mkfs("ext2", &e2, &b, 40);
+    mkfs("fat16", &f16, &c, 24);
+    let disk = env.path("mbr.img");
+    mbr_disk(&disk, (&a, 24, "7"), &[(&b, 40, "83"), (&c, 24, "e")]);
+    env.backup(&disk, "win", "2026-03-01T00:00:00Z");
+
+    let parts = env.json(&["partitions", "win@latest"]);
+    let got: Vec<(u64, &str)> = parts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["number"].as_u64().unwrap(),
+                p["filesystem"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(1, "ntfs"), (5, "ext2"), (6, "fat16")], "{parts}");
+
+    assert_eq!(
+        listing(&env.json(&["ls", "-R", "win@latest", "--partition", "1"])),
+        truth(&nt)
+    );
+    restore_and_compare(&env, "win@latest", "1", &nt, "out-ntfs");
+    let ntfs_ls = env.json(&["ls", "win@latest:/", "--partition", "1"]);
+    assert!(
+        ntfs_ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["file_id"].as_u64().unwrap() >= 16),
+        "MFT record numbers as ids"
+    );
+
+    let mut want = truth(&e2);
+    want.insert("/lost+found".into(), ("dir".into(), 0, None));
+    assert_eq!(
+        listing(&env.json(&["ls", "-R", "win@latest", "--partition", "5"])),
+        want
+    );
+    restore_and_compare(&env, "win@latest", "5", &e2, "out-ext2");
+
+    assert_eq!(
+        listing(&env.json(&["ls", "-R", "win@latest", "--partition", "6"])),
+        truth(&f16)
+    );
+    restore_and_compare(&env, "win@latest", "6", &f16, "out-fat16");
+}
+
+#[test]
+fn a_filesystem_on_the_bare_disk_and_unreadable_ones_named() {
+    let env = Env::new("30d", &[]);
+    let t = env.path("t");
+    plain_tree(&t, true);
+    let bare = env.path("bare.img");
+    mkfs("ext4", &t, &bare, 16);
+    env.backup(&bare, "bare", "2026-03-01T00:00:00Z");
+    let parts = env.json(&["partitions", "bare@latest"]);
+    assert_eq!(parts[0]["number"], 0);
+    assert_eq!(parts[0]["scheme"], "none");
+    let mut want = truth(&t);
+    want.insert("/lost+found".into(), ("dir".into(), 0, None));
+    assert_eq!(listing(&env.json(&["ls", "-R", "bare@latest"])), want);
+
+    // A GPT disk with an XFS superblock and an empty partition.
+    let disk = env.path("x.img");
+    let xfs = env.path("xfs.part");
+    let mut head = vec![0u8; 1 << 20];
+    head[..4].copy_from_slice(b"XFSB");
+    std::fs::write(&xfs, &head).unwrap();
+    let empty = env.path("empty.part");
+    std::fs::write(&empty, vec![0u8; 1 << 20]).unwrap();
+    gpt_disk(&disk, &[(&xfs, 2, "8300"), (&empty, 2, "8300")]);
+    env.backup(&disk, "x", "2026-03-01T00:00:00Z");
+    let out = env.run(&["ls", "x@latest:/", "--partition", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("partition 1: xfs, not readable yet"));
+    let out = env.run(&["ls", "x@latest:/"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no readable filesystem") && err.contains("partition 2: unknown"),
+        "{err}"
+    );
+}
+
+fn set<'a>(v: &'a Value, key: &str, field: &str) -> Vec<&'a str> {
+    let mut out: Vec<&str> = v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn diff_of_two_disk_snapshots_reports_exactly_the_edits() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    populate(&content);
+    let disk = env.path("vm.img");
+    gpt_ext4_image(&disk, &content, 48);
+    env.backup(&disk, "vm", "2026-03-01T00:00:00Z");
+
+    std::fs::write(env.path("new.txt"), text(12_345, 5)).unwrap();
+    debugfs_w(
+        &disk,
+        &format!(
+            "write {} home/alice/docs/added.txt",
+            env.path("new.txt").display()
+        ),
+    );
+    debugfs_w(&disk, "rm home/alice/docs/report-4.txt");
+    // A rename keeps the inode: link under the new name, unlink the old.
+    debugfs_w(
+        &disk,
+        "ln home/alice/docs/report-5.txt home/alice/report-5-moved.txt",
+    );
+    debugfs_w(&disk, "unlink home/alice/docs/report-5.txt");
+    // Rewrite a file: delete and write it again with new content.
+    std::fs::write(env.path("mod.txt"), text(33_000, 77)).unwrap();
+    debugfs_w(&disk, "rm srv/app/src/mod3.rs");
+    debugfs_w(
+        &disk,
+        &format!(
+            "write {} srv/app/src/mod3.rs",
+            env.path("mod.txt").display()
+        ),
+    );
+    // A stealthy in-place change: same size, same mtime, new bytes.
+    let blocks = sh(
+        "debugfs",
+        &[
+            "-R",
+            "blocks home/alice/docs/report-9.txt",
+            &format!("{}?offset=1048576", disk.display()),
+        ],
+    );
+    let first: u64 = blocks.split_whitespace().next().unwrap().parse().unwrap();
+    write_at(&disk, (1 << 20) + first * 4096 + 100, b"ENCRYPTED");
+    env.backup(&disk, "vm", "2026-03-02T00:00:00Z");
+
+    let d = env.json(&["diff", "vm@-1", "vm@latest"]);
+    assert_eq!(
+        set(&d, "added", "path"),
+        vec!["/home/alice/docs/added.txt"],
+        "{d}"
+    );
+    assert_eq!(
+        set(&d, "deleted", "path"),
+        vec!["/home/alice/docs/report-4.txt"],
+        "{d}"
+    );
+    assert_eq!(
+        set(&d, "modified", "path"),
+        vec!["/home/alice/docs/report-9.txt", "/srv/app/src/mod3.rs"],
+        "{d}"
+    );
+    assert_eq!(
+        set(&d, "renamed", "from"),
+        vec!["/home/alice/docs/report-5.txt"],
+        "{d}"
+    );
+    assert_eq!(
+        set(&d, "renamed", "to"),
+        vec!["/home/alice/report-5-moved.txt"],
+        "{d}"
+    );
+    let m = d["modified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["path"] == "/srv/app/src/mod3.rs")
+        .unwrap();
+    assert_eq!(m["new_size"], 33_000);
+    assert_eq!(d["added"][0]["size"], 12_345);
+    let text_out = env.ok(&["diff", "vm@-1", "vm@latest"]);
+    assert!(
+        text_out.contains("1 added, 1 deleted, 2 modified, 1 renamed"),
+        "{text_out}"
+    );
+    let same = env.json(&["diff", "vm@latest", "vm@latest"]);
+    for k in ["added", "deleted", "modified", "renamed"] {
+        assert!(same[k].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn diff_of_two_directory_snapshots_and_file_restore_from_one() {
+    let env = Env::new("30d", &[]);
+    let src: PathBuf = env.path("share");
+    populate(&src);
+    env.backup(&src, "share", "2026-03-01T00:00:00Z");
+    std::fs::write(src.join("home/alice/docs/new.txt"), "new\n").unwrap();
+    std::fs::remove_file(src.join("home/alice/docs/report-4.txt")).unwrap();
+    std::fs::rename(
+        src.join("home/alice/docs/report-5.txt"),
+        src.join("home/alice/report-5.txt.locked"),
+    )
+    .unwrap();
+    std::fs::write(src.join("srv/app/src/mod2.rs"), text(8_000, 999)).unwrap();
+    env.backup(&src, "share", "2026-03-02T00:00:00Z");
+    let d = env.json(&["diff", "share@-1", "share@latest"]);
+    assert_eq!(
+        set(&d, "added", "path"),
+        vec!["/home/alice/docs/new.txt"],
+        "{d}"
+    );
+    assert_eq!(
+        set(&d, "deleted", "path"),
+        vec!["/home/alice/docs/report-4.txt"],
+        "{d}"
+    );
+    assert_eq!(
+        set(&d, "modified", "path"),
+        vec!["/srv/app/src/mod2.rs"],
+        "{d}"
+    );
+    assert_eq!(
+        set(&d, "renamed", "to"),
+        vec!["/home/alice/report-5.txt.locked"],
+        "{d}"
+    );
+
+    let out = env.path("docs-back");
+    env.ok(&[
+        "restore",
+        "share@-1:/home/alice/docs",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_dir(out.join("docs")).unwrap().count(), 20);
+    assert_eq!(
+        std::fs::read(out.join("docs/report-4.txt")).unwrap(),
+        text(20_000 + 4 * 3000, 4),
+        "deleted file back"
+    );
+    assert_eq!(
+        std::fs::read(out.join("docs/report-5.txt")).unwrap(),
+        text(20_000 + 5 * 3000, 5)
+    );
+    let refused = env.run(&[
+        "restore",
+        "share@-1:/home/alice/docs",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a non-empty target is refused"
+    );
+}
