@@ -43,7 +43,7 @@ const FLAG_EXTENTS: u32 = 0x80000;
 const FLAG_INLINE_DATA: u32 = 0x1000_0000;
 const EXTENT_MAGIC: u16 = 0xF30A;
 /// Limits that keep a crafted filesystem from exhausting memory or time.
-const MAX_DIR_BYTES: u64 = 256 << 20;
+const MAX_DIR_BYTES: u64 = 64 << 20;
 const MAX_DEPTH: usize = 2048;
 const MAX_ENTRIES: usize = 20_000_000;
 const MAX_EXTENT_NODES: usize = 1 << 20;
@@ -152,9 +152,12 @@ impl Ext4 {
         {
             return corrupt("ext superblock: zero group sizes or bad inode size");
         }
-        if blocks_count.saturating_mul(block_size)
-            > slice.len.saturating_add(block_size * blocks_per_group)
-        {
+        if blocks_per_group > 8 * block_size || inodes_per_group as u64 > 8 * block_size {
+            return corrupt(
+                "ext superblock: more blocks or inodes per group than a bitmap block can track",
+            );
+        }
+        if blocks_count.saturating_mul(block_size) > slice.len.saturating_add(block_size) {
             return corrupt(format!(
                 "ext superblock claims {} blocks of {block_size} bytes, more than the partition holds",
                 blocks_count
@@ -172,6 +175,9 @@ impl Ext4 {
         let desc_size = if bit64 { u16le(&sb, 0xFE) as u64 } else { 32 };
         if !(32..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
             return corrupt(format!("ext superblock: descriptor size {desc_size}"));
+        }
+        if groups * desc_size > 64 << 20 {
+            return corrupt("ext: group descriptor table larger than 64 MiB");
         }
         let gdt = slice.read_vec(
             (first_data_block + 1) * block_size,
@@ -223,12 +229,15 @@ impl Ext4 {
         let table = *self.inode_tables.get(group).ok_or_else(|| {
             GuestError::Corrupt(format!("ext4: inode {ino} in missing group {group}"))
         })?;
+        let at = table
+            .checked_mul(self.block_size)
+            .and_then(|t| t.checked_add(index * self.inode_size))
+            .ok_or_else(|| {
+                GuestError::Corrupt(format!("ext4: inode table of group {group} out of range"))
+            })?;
         let b = self
             .slice
-            .read_vec(
-                table * self.block_size + index * self.inode_size,
-                self.inode_size as usize,
-            )
+            .read_vec(at, self.inode_size as usize)
             .map_err(|e| GuestError::Corrupt(format!("ext4: inode {ino}: {e}")))?;
         let mode = u16le(&b, 0);
         let uid = u16le(&b, 0x2) as u32 | (u16le(&b, 0x78) as u32) << 16;
@@ -252,7 +261,9 @@ impl Ext4 {
             uid,
             gid,
             size,
-            mtime_ns: secs * 1_000_000_000 + nsec.min(999_999_999),
+            mtime_ns: secs
+                .saturating_mul(1_000_000_000)
+                .saturating_add(nsec.min(999_999_999)),
             flags: u32le(&b, 0x20),
             block,
         })

@@ -51,17 +51,38 @@ impl Slice {
 pub struct SliceReader {
     slice: Slice,
     pos: u64,
+    zero_padded: bool,
 }
 
 impl SliceReader {
     pub fn new(slice: Slice) -> Self {
-        SliceReader { slice, pos: 0 }
+        SliceReader {
+            slice,
+            pos: 0,
+            zero_padded: false,
+        }
+    }
+
+    /// Reads past the end return zeros instead of end-of-file. For readers
+    /// (the `ntfs` crate) that treat an I/O error in the middle of a record
+    /// as impossible and panic: zeros fail their checks as ordinary errors.
+    pub fn zero_padded(slice: Slice) -> Self {
+        SliceReader {
+            slice,
+            pos: 0,
+            zero_padded: true,
+        }
     }
 }
 
 impl Read for SliceReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.slice.len {
+            if self.zero_padded && !buf.is_empty() {
+                buf.fill(0);
+                self.pos = self.pos.saturating_add(buf.len() as u64);
+                return Ok(buf.len());
+            }
             return Ok(0);
         }
         let n = (buf.len() as u64).min(self.slice.len - self.pos) as usize;

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod error;
 pub mod ext4;
 pub mod fat;
+pub mod fuzzing;
 pub mod io;
 pub mod model;
 pub mod ntfs;
@@ -73,18 +74,31 @@ fn numbers(parts: &[Partition]) -> String {
 pub fn open_fs(disk: Arc<dyn BlockSource>, p: &Partition) -> Result<Box<dyn Filesystem>> {
     let slice = io::Slice::new(disk, p.start, p.size);
     let label = format!("partition {} ({})", p.number, p.filesystem);
-    let inner: Box<dyn Filesystem> = match p.filesystem.as_str() {
-        "ext2" | "ext3" | "ext4" => {
-            Box::new(ext4::Ext4::open(slice).map_err(|e| labeled(&label, e))?)
-        }
-        "ntfs" => Box::new(ntfs::NtfsFs::open(slice).map_err(|e| labeled(&label, e))?),
-        "fat12" | "fat16" | "fat32" => {
-            Box::new(fat::Fat::open(slice).map_err(|e| labeled(&label, e))?)
-        }
-        other => {
+    let kind = p.filesystem.clone();
+    let open = move || -> Result<Box<dyn Filesystem>> {
+        Ok(match kind.as_str() {
+            "ext2" | "ext3" | "ext4" => Box::new(ext4::Ext4::open(slice)?),
+            "ntfs" => Box::new(ntfs::NtfsFs::open(slice)?),
+            "fat12" | "fat16" | "fat32" => Box::new(fat::Fat::open(slice)?),
+            other => {
+                return Err(GuestError::Unsupported(format!(
+                    "{other}, not readable yet"
+                )));
+            }
+        })
+    };
+    let inner = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
+        Ok(Ok(fs)) => fs,
+        Ok(Err(GuestError::Unsupported(m))) if m.ends_with("not readable yet") => {
             return Err(GuestError::Unsupported(format!(
-                "partition {}: {other}, not readable yet",
+                "partition {}: {m}",
                 p.number
+            )));
+        }
+        Ok(Err(e)) => return Err(labeled(&label, e)),
+        Err(_) => {
+            return Err(GuestError::Corrupt(format!(
+                "{label}: the reader failed on damaged structures"
             )));
         }
     };

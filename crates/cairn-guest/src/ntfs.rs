@@ -29,7 +29,7 @@ fn err(what: &str, e: ntfs::NtfsError) -> GuestError {
 
 impl NtfsFs {
     pub fn open(slice: Slice) -> Result<Self> {
-        let mut r = SliceReader::new(slice);
+        let mut r = SliceReader::zero_padded(slice);
         let mut ntfs = Ntfs::new(&mut r).map_err(|e| err("boot sector", e))?;
         ntfs.read_upcase_table(&mut r)
             .map_err(|e| err("$UpCase", e))?;
@@ -66,7 +66,7 @@ impl NtfsFs {
             mode: None,
             uid: None,
             gid: None,
-            mtime_ns: (ticks - NT_EPOCH_OFFSET).saturating_mul(100),
+            mtime_ns: ticks.saturating_sub(NT_EPOCH_OFFSET).saturating_mul(100),
             file_id: Some(file.file_record_number()),
             link_target: None,
             extents: None,
