@@ -1,7 +1,7 @@
 #![no_main]
-//! See cairn_guest::fuzzing: the fat parser on arbitrary bytes.
+//! See cairn_guest::fuzzing: the fat reader on arbitrary partition bytes.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    cairn_guest::fuzzing::filesystem("fat", data);
+fuzz_target!(init: cairn_guest::fuzzing::abort_only_on_own_panics(), |data: &[u8]| {
+    cairn_guest::fuzzing::filesystem("fat16", data);
 });

@@ -114,7 +114,7 @@ impl Ext4 {
         }
         let log = u32le(&sb, 0x18);
         if log > 6 {
-            return corrupt(format!("ext superblock: block size 2^{}", log + 10));
+            return corrupt(format!("ext superblock: block size 2^(10 + {log})"));
         }
         let block_size = 1024u64 << log;
         let first_data_block = u32le(&sb, 0x14) as u64;

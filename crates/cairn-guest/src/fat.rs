@@ -153,7 +153,7 @@ impl Filesystem for Fat {
     }
 
     fn walk(&self) -> Result<Vec<FileEntry>> {
-        let fs = self.fs.lock().unwrap();
+        let fs = self.fs.lock().unwrap_or_else(|p| p.into_inner());
         let root = fs.root_dir();
         let mut out = Vec::new();
         let mut count = 0;
@@ -199,7 +199,7 @@ impl Filesystem for Fat {
             Some(i) => (&path[..i], &path[i + 1..]),
             None => (&path[..0], path),
         };
-        let fs = self.fs.lock().unwrap();
+        let fs = self.fs.lock().unwrap_or_else(|p| p.into_inner());
         let root = fs.root_dir();
         let dir = if parent.is_empty() {
             root
@@ -216,7 +216,7 @@ impl Filesystem for Fat {
     }
 
     fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
-        let fs = self.fs.lock().unwrap();
+        let fs = self.fs.lock().unwrap_or_else(|p| p.into_inner());
         let root = fs.root_dir();
         let dir = if path.is_empty() {
             root
@@ -237,7 +237,7 @@ impl Filesystem for Fat {
         if offset >= entry.size {
             return Ok(0);
         }
-        let fs = self.fs.lock().unwrap();
+        let fs = self.fs.lock().unwrap_or_else(|p| p.into_inner());
         let mut f = fs
             .root_dir()
             .open_file(path_str(&entry.path)?)

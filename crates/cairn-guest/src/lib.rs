@@ -120,25 +120,36 @@ struct Labeled {
     label: String,
 }
 
+impl Labeled {
+    /// Runs a reader call. A panic inside a third-party reader on crafted
+    /// input becomes an error naming the partition, not a crash of the
+    /// whole command.
+    fn guard<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => r.map_err(|e| labeled(&self.label, e)),
+            Err(_) => Err(GuestError::Corrupt(format!(
+                "{}: the reader failed on damaged structures",
+                self.label
+            ))),
+        }
+    }
+}
+
 impl Filesystem for Labeled {
     fn kind(&self) -> String {
         self.inner.kind()
     }
     fn walk(&self) -> Result<Vec<FileEntry>> {
-        self.inner.walk().map_err(|e| labeled(&self.label, e))
+        self.guard(|| self.inner.walk())
     }
     fn lookup(&self, path: &[u8]) -> Result<FileEntry> {
-        self.inner.lookup(path).map_err(|e| labeled(&self.label, e))
+        self.guard(|| self.inner.lookup(path))
     }
     fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
-        self.inner
-            .read_dir(path)
-            .map_err(|e| labeled(&self.label, e))
+        self.guard(|| self.inner.read_dir(path))
     }
     fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.inner
-            .read_at(entry, offset, buf)
-            .map_err(|e| labeled(&self.label, e))
+        self.guard(|| self.inner.read_at(entry, offset, buf))
     }
 }
 

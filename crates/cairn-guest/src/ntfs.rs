@@ -152,7 +152,7 @@ impl Filesystem for NtfsFs {
     }
 
     fn walk(&self) -> Result<Vec<FileEntry>> {
-        let mut r = self.reader.lock().unwrap();
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut seen = HashSet::from([ROOT_RECORD]);
         let mut stack = vec![(ROOT_RECORD, Vec::new(), 0usize)];
@@ -174,7 +174,7 @@ impl Filesystem for NtfsFs {
     }
 
     fn lookup(&self, path: &[u8]) -> Result<FileEntry> {
-        let mut r = self.reader.lock().unwrap();
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         match self.record_of(&mut r, path)? {
             (_, Some(e)) => Ok(e),
             (rec, None) => {
@@ -185,7 +185,7 @@ impl Filesystem for NtfsFs {
     }
 
     fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
-        let mut r = self.reader.lock().unwrap();
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let (rec, _) = self.record_of(&mut r, path)?;
         let mut out: Vec<FileEntry> = self
             .list(&mut r, rec, path)?
@@ -200,7 +200,7 @@ impl Filesystem for NtfsFs {
         let rec = entry
             .file_id
             .ok_or_else(|| GuestError::NotFound(entry.display_path()))?;
-        let mut r = self.reader.lock().unwrap();
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let file = self
             .ntfs
             .file(&mut *r, rec)
