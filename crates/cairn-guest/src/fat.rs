@@ -181,19 +181,7 @@ impl Filesystem for Fat {
 
     fn lookup(&self, path: &[u8]) -> Result<FileEntry> {
         if path.is_empty() {
-            return Ok(FileEntry {
-                path: vec![],
-                kind: FileKind::Dir,
-                size: 0,
-                mode: None,
-                uid: None,
-                gid: None,
-                mtime_ns: 0,
-                file_id: None,
-                link_target: None,
-                extents: None,
-                content_key: None,
-            });
+            return Ok(FileEntry::root());
         }
         let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => (&path[..i], &path[i + 1..]),

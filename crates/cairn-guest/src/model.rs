@@ -55,6 +55,23 @@ fn lossy_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S
 }
 
 impl FileEntry {
+    /// The root directory, for filesystems that record nothing about it.
+    pub fn root() -> Self {
+        FileEntry {
+            path: vec![],
+            kind: FileKind::Dir,
+            size: 0,
+            mode: None,
+            uid: None,
+            gid: None,
+            mtime_ns: 0,
+            file_id: None,
+            link_target: None,
+            extents: None,
+            content_key: None,
+        }
+    }
+
     pub fn name(&self) -> &[u8] {
         self.path
             .rsplit(|&b| b == b'/')

@@ -67,19 +67,7 @@ impl Filesystem for TreeFs {
 
     fn lookup(&self, path: &[u8]) -> Result<FileEntry> {
         if path.is_empty() {
-            return Ok(FileEntry {
-                path: vec![],
-                kind: FileKind::Dir,
-                size: 0,
-                mode: None,
-                uid: None,
-                gid: None,
-                mtime_ns: 0,
-                file_id: None,
-                link_target: None,
-                extents: None,
-                content_key: None,
-            });
+            return Ok(FileEntry::root());
         }
         self.tree
             .find(path)

@@ -236,21 +236,22 @@ pub fn ingest(
     }
     progress.set_total(to_read.iter().map(|&i| found[i].entry.size).sum());
 
-    let writer = PackWriter::new(vault);
-    let results: Vec<(usize, std::io::Result<FileResult>)> = to_read
-        .par_iter()
-        .map(|&i| {
-            let f = &found[i];
-            let parent_blocks: HashSet<[u8; 16]> = parent_by_path
-                .get(f.entry.path.as_slice())
-                .map(|p| p.blocks.iter().copied().collect())
-                .unwrap_or_default();
-            (
-                i,
-                read_file(vault, &writer, &f.abs, &parent_blocks, progress),
-            )
-        })
-        .collect();
+    let (results, stats) = PackWriter::run(vault, |writer| {
+        Ok(to_read
+            .par_iter()
+            .map(|&i| {
+                let f = &found[i];
+                let parent_blocks: HashSet<[u8; 16]> = parent_by_path
+                    .get(f.entry.path.as_slice())
+                    .map(|p| p.blocks.iter().copied().collect())
+                    .unwrap_or_default();
+                (
+                    i,
+                    read_file(vault, writer, &f.abs, &parent_blocks, progress),
+                )
+            })
+            .collect::<Vec<(usize, std::io::Result<FileResult>)>>())
+    })?;
     for (i, r) in results {
         let shown = found[i].abs.display().to_string();
         let e = &mut found[i].entry;
@@ -282,7 +283,6 @@ pub fn ingest(
             }
         }
     }
-    writer.finish()?;
     // Deleted files count as changed bytes: they are gone from the source.
     if let Some(p) = parent {
         let now: HashSet<&[u8]> = found.iter().map(|f| f.entry.path.as_slice()).collect();
@@ -298,11 +298,9 @@ pub fn ingest(
             .sum::<u64>();
     }
     m.chunks = found.iter().map(|f| f.entry.chunks.len() as u64).sum();
-    m.new_chunks = writer.new_chunks.load(std::sync::atomic::Ordering::Relaxed);
-    m.new_bytes = writer.raw_bytes.load(std::sync::atomic::Ordering::Relaxed);
-    m.new_bytes_stored = writer
-        .stored_bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
+    m.new_chunks = stats.new_chunks;
+    m.new_bytes = stats.new_bytes;
+    m.new_bytes_stored = stats.new_bytes_stored;
     Ok((
         Tree {
             entries: found.into_iter().map(|f| f.entry).collect(),

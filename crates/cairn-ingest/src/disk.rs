@@ -40,34 +40,35 @@ pub fn ingest(
     let ranges = src
         .data_ranges()
         .map_err(|e| Error::io("finding the data in the source", e))?;
-    let writer = PackWriter::new(vault);
     let bpc = map.blocks_per_chunk();
     let n = map.chunks.len();
     progress.set_total(size);
 
-    let results: Vec<Result<ChunkResult>> = (0..n)
-        .into_par_iter()
-        .with_min_len(16)
-        .map_init(
-            || vec![0u8; cs as usize],
-            |buf, i| {
-                let (start, len) = map.chunk_range(i);
-                let parent_blocks = parent.and_then(|p| p.blocks.get(i * bpc..)).unwrap_or(&[]);
-                let r = chunk(
-                    vault,
-                    src,
-                    &writer,
-                    &ranges,
-                    start,
-                    &mut buf[..len],
-                    parent_blocks,
-                    parent.is_some(),
-                );
-                progress.add(len as u64);
-                r
-            },
-        )
-        .collect();
+    let (results, stats) = PackWriter::run(vault, |writer| {
+        Ok((0..n)
+            .into_par_iter()
+            .with_min_len(16)
+            .map_init(
+                || vec![0u8; cs as usize],
+                |buf, i| {
+                    let (start, len) = map.chunk_range(i);
+                    let parent_blocks = parent.and_then(|p| p.blocks.get(i * bpc..)).unwrap_or(&[]);
+                    let r = chunk(
+                        vault,
+                        src,
+                        writer,
+                        &ranges,
+                        start,
+                        &mut buf[..len],
+                        parent_blocks,
+                        parent.is_some(),
+                    );
+                    progress.add(len as u64);
+                    r
+                },
+            )
+            .collect::<Vec<Result<ChunkResult>>>())
+    })?;
 
     let mut m = Metrics {
         logical_size: size,
@@ -90,13 +91,10 @@ pub fn ingest(
         // blocks that vanished count too.
         m.changed_bytes += p.size.saturating_sub(size);
     }
-    writer.finish()?;
     m.chunks = n as u64;
-    m.new_chunks = writer.new_chunks.load(std::sync::atomic::Ordering::Relaxed);
-    m.new_bytes = writer.raw_bytes.load(std::sync::atomic::Ordering::Relaxed);
-    m.new_bytes_stored = writer
-        .stored_bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
+    m.new_chunks = stats.new_chunks;
+    m.new_bytes = stats.new_bytes;
+    m.new_bytes_stored = stats.new_bytes_stored;
     Ok((map, m))
 }
 

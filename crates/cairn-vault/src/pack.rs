@@ -1,5 +1,8 @@
 //! Groups new chunks into pack objects of tens of MiB, so that storage sees
-//! few large writes, and writes each pack's index after it.
+//! few large writes, and writes each pack's index after it. Full packs are
+//! written by a thread of their own, so the workers that hash, compress
+//! and encrypt never wait on storage (at most one full pack waits in line,
+//! which bounds memory).
 
 use crate::codec;
 use crate::crypto::random_array;
@@ -10,6 +13,7 @@ use crate::vault::Vault;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 #[derive(Default)]
 struct OpenPack {
@@ -17,10 +21,21 @@ struct OpenPack {
     entries: Vec<IndexEntry>,
 }
 
+/// What one backup added to the vault.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteStats {
+    pub new_chunks: u64,
+    /// Plaintext bytes of the new chunks.
+    pub new_bytes: u64,
+    /// What they take in the vault, compressed and sealed.
+    pub new_bytes_stored: u64,
+}
+
 /// Shared by the worker threads of one backup.
 pub struct PackWriter<'v> {
     vault: &'v Vault,
     open: Mutex<OpenPack>,
+    full: Mutex<Option<SyncSender<OpenPack>>>,
     in_flight: Mutex<HashSet<ChunkId>>,
     /// Bytes of new data stored (sealed) and their plaintext size.
     pub stored_bytes: AtomicU64,
@@ -29,15 +44,42 @@ pub struct PackWriter<'v> {
 }
 
 impl<'v> PackWriter<'v> {
-    pub fn new(vault: &'v Vault) -> Self {
-        PackWriter {
-            vault,
-            open: Mutex::new(OpenPack::default()),
-            in_flight: Mutex::new(HashSet::new()),
-            stored_bytes: AtomicU64::new(0),
-            raw_bytes: AtomicU64::new(0),
-            new_chunks: AtomicU64::new(0),
-        }
+    /// Runs `body` with a pack writer, then writes what is left and waits
+    /// for every pack to be stored. A storage error (disk full) is the
+    /// error returned, even when `body` failed because of it.
+    pub fn run<T>(
+        vault: &'v Vault,
+        body: impl FnOnce(&PackWriter<'v>) -> Result<T>,
+    ) -> Result<(T, WriteStats)> {
+        std::thread::scope(|s| {
+            let (tx, rx) = sync_channel::<OpenPack>(1);
+            let storer = s.spawn(move || -> Result<()> {
+                for pack in rx {
+                    write_pack(vault, pack)?;
+                }
+                Ok(())
+            });
+            let writer = PackWriter {
+                vault,
+                open: Mutex::new(OpenPack::default()),
+                full: Mutex::new(Some(tx)),
+                in_flight: Mutex::new(HashSet::new()),
+                stored_bytes: AtomicU64::new(0),
+                raw_bytes: AtomicU64::new(0),
+                new_chunks: AtomicU64::new(0),
+            };
+            let out = body(&writer);
+            let last = writer.finish();
+            let stats = WriteStats {
+                new_chunks: writer.new_chunks.load(Ordering::Relaxed),
+                new_bytes: writer.raw_bytes.load(Ordering::Relaxed),
+                new_bytes_stored: writer.stored_bytes.load(Ordering::Relaxed),
+            };
+            drop(writer);
+            storer.join().expect("the pack storing thread panicked")?;
+            last?;
+            Ok((out?, stats))
+        })
     }
 
     /// True when the vault (or this backup) has the chunk already.
@@ -75,7 +117,7 @@ impl<'v> PackWriter<'v> {
             }
         };
         if let Some(pack) = full {
-            self.write_pack(pack)?;
+            self.send(pack)?;
         }
         self.stored_bytes.fetch_add(stored, Ordering::Relaxed);
         self.raw_bytes
@@ -84,28 +126,39 @@ impl<'v> PackWriter<'v> {
         Ok(Some(stored))
     }
 
-    /// Writes the pack in progress. Call before writing anything that
-    /// refers to the chunks added.
-    pub fn finish(&self) -> Result<()> {
-        let pack = std::mem::take(&mut *self.open.lock().unwrap());
-        if !pack.entries.is_empty() {
-            self.write_pack(pack)?;
+    fn send(&self, pack: OpenPack) -> Result<()> {
+        let tx = self.full.lock().unwrap().clone();
+        match tx {
+            Some(tx) if tx.send(pack).is_ok() => Ok(()),
+            // The storing thread stopped: its error is what `run` returns.
+            _ => Err(crate::Error::Invalid("storing packs failed".into())),
         }
-        Ok(())
     }
 
-    fn write_pack(&self, pack: OpenPack) -> Result<()> {
-        let id = hex::encode(random_array::<32>()?);
-        self.vault.backend().put(&pack_object(&id), &pack.buf)?;
-        let index = PackIndex {
-            pack: id.clone(),
-            retain_until: self.vault.retain_until_from_now().timestamp(),
-            entries: pack.entries,
+    /// Queues the pack in progress and closes the queue.
+    fn finish(&self) -> Result<()> {
+        let pack = std::mem::take(&mut *self.open.lock().unwrap());
+        let r = if pack.entries.is_empty() {
+            Ok(())
+        } else {
+            self.send(pack)
         };
-        let bytes = postcard::to_stdvec(&index).expect("index serializes");
-        let sealed = codec::seal(self.vault.cipher(), &bytes, 3, None)?;
-        self.vault.backend().put(&index_object(&id), &sealed)?;
-        self.vault.add_index(&index);
-        Ok(())
+        self.full.lock().unwrap().take();
+        r
     }
+}
+
+fn write_pack(vault: &Vault, pack: OpenPack) -> Result<()> {
+    let id = hex::encode(random_array::<32>()?);
+    vault.backend().put(&pack_object(&id), &pack.buf)?;
+    let index = PackIndex {
+        pack: id.clone(),
+        retain_until: vault.retain_until_from_now().timestamp(),
+        entries: pack.entries,
+    };
+    let bytes = postcard::to_stdvec(&index).expect("index serializes");
+    let sealed = codec::seal(vault.cipher(), &bytes, 3, None)?;
+    vault.backend().put(&index_object(&id), &sealed)?;
+    vault.add_index(&index);
+    Ok(())
 }
