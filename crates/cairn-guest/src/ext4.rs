@@ -576,6 +576,7 @@ impl Ext4 {
             link_target,
             extents,
             content_key: None,
+            unsafe_name: false,
         })
     }
 
@@ -629,8 +630,7 @@ fn parse_dirents(
             && name != b"."
             && name != b".."
             && !name.is_empty()
-            && !name.contains(&b'/')
-            && !name.contains(&0)
+
         {
             out.push((name.to_vec(), ino));
         }
@@ -654,8 +654,9 @@ impl Filesystem for Ext4 {
             for (name, ino) in self.dir_entries(&dir)? {
                 let child = self.inode(ino)?;
                 let p = join(&path, &name);
-                let e = self.entry(p.clone(), &child)?;
-                if e.kind == FileKind::Dir {
+                let mut e = self.entry(p.clone(), &child)?;
+                e.unsafe_name = crate::model::is_unsafe_name(&name);
+                if e.kind == FileKind::Dir && !e.unsafe_name {
                     if depth >= MAX_DEPTH {
                         return corrupt(format!(
                             "ext4: directories nested deeper than {MAX_DEPTH}"
@@ -688,7 +689,9 @@ impl Filesystem for Ext4 {
         let dir = self.resolve(path)?;
         let mut out = Vec::new();
         for (name, ino) in self.dir_entries(&dir)? {
-            out.push(self.entry(join(path, &name), &self.inode(ino)?)?);
+            let mut e = self.entry(join(path, &name), &self.inode(ino)?)?;
+            e.unsafe_name = crate::model::is_unsafe_name(&name);
+            out.push(e);
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)

@@ -115,6 +115,7 @@ impl Fat {
             link_target: None,
             extents: None,
             content_key: None,
+            unsafe_name: false,
         }
     }
 
@@ -127,7 +128,7 @@ impl Fat {
         for e in dir.iter() {
             let e = e.map_err(|e| io_err("reading a directory", e))?;
             let name = e.file_name();
-            if name == "." || name == ".." || name.is_empty() || name.contains('\0') {
+            if name == "." || name == ".." || name.is_empty() {
                 continue;
             }
             *count += 1;
@@ -135,8 +136,11 @@ impl Fat {
                 return corrupt("fat: more directory entries than any real volume (a loop?)");
             }
             let p = join(path, name.as_bytes());
-            let sub = e.is_dir().then(|| String::from_utf8_lossy(&p).into_owned());
-            out.push((Self::entry(p, &e), sub));
+            let unsafe_name = crate::model::is_unsafe_name(name.as_bytes());
+            let sub = (e.is_dir() && !unsafe_name).then(|| String::from_utf8_lossy(&p).into_owned());
+            let mut entry = Self::entry(p, &e);
+            entry.unsafe_name = unsafe_name;
+            out.push((entry, sub));
         }
         Ok(out)
     }

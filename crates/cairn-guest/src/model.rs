@@ -41,6 +41,10 @@ pub struct FileEntry {
     /// content is seen without reading it.
     #[serde(skip)]
     pub content_key: Option<[u8; 32]>,
+    /// The name holds a `/` or NUL byte: never valid, so the path is
+    /// ambiguous. Listed, never descended into, and never restored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unsafe_name: bool,
 }
 
 fn lossy<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -69,6 +73,7 @@ impl FileEntry {
             link_target: None,
             extents: None,
             content_key: None,
+            unsafe_name: false,
         }
     }
 
@@ -96,6 +101,11 @@ pub trait Filesystem: Send + Sync {
     fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>>;
     /// Reads file content at `offset`; returns bytes read (0 at the end).
     fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize>;
+}
+
+/// A name no real filesystem allows: it would escape or confuse a path.
+pub fn is_unsafe_name(name: &[u8]) -> bool {
+    name.contains(&b'/') || name.contains(&0)
 }
 
 /// Joins a parent path and a name.

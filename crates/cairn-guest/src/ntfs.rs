@@ -71,6 +71,7 @@ impl NtfsFs {
             link_target: None,
             extents: None,
             content_key: None,
+            unsafe_name: false,
         })
     }
 
@@ -103,8 +104,7 @@ impl NtfsFs {
             let name = key.name().to_string_lossy();
             if rec < FIRST_USER_RECORD
                 || name == "."
-                || name.contains('/')
-                || name.contains('\0')
+
                 || !seen.insert(name.clone())
             {
                 continue;
@@ -115,7 +115,9 @@ impl NtfsFs {
             let child = e
                 .to_file(&self.ntfs, r)
                 .map_err(|e| err("file record", e))?;
-            out.push((self.entry(r, join(path, name.as_bytes()), &child)?, rec));
+            let mut entry = self.entry(r, join(path, name.as_bytes()), &child)?;
+            entry.unsafe_name = crate::model::is_unsafe_name(name.as_bytes());
+            out.push((entry, rec));
         }
         Ok(out)
     }
@@ -158,7 +160,7 @@ impl Filesystem for NtfsFs {
         let mut stack = vec![(ROOT_RECORD, Vec::new(), 0usize)];
         while let Some((dir, path, depth)) = stack.pop() {
             for (e, rec) in self.list(&mut r, dir, &path)? {
-                if e.kind == FileKind::Dir {
+                if e.kind == FileKind::Dir && !e.unsafe_name {
                     if depth >= MAX_DEPTH || !seen.insert(rec) {
                         return corrupt(format!(
                             "ntfs: directory record {rec} loops or nests too deep"

@@ -44,6 +44,7 @@ impl TreeFs {
             link_target: e.link_target.clone(),
             extents: None,
             content_key,
+            unsafe_name: false,
         }
     }
 

@@ -47,7 +47,7 @@ fn collect(fs: &dyn Filesystem, root: &FileEntry) -> Result<Vec<FileEntry>> {
     let mut stack = vec![(root.path.clone(), 0usize)];
     while let Some((dir, depth)) = stack.pop() {
         for e in fs.read_dir(&dir).map_err(guest)? {
-            if e.kind == FileKind::Dir {
+            if e.kind == FileKind::Dir && !e.unsafe_name {
                 let fresh = e.file_id.is_none_or(|id| seen.insert(id));
                 if depth < MAX_DEPTH && fresh {
                     stack.push((e.path.clone(), depth + 1));
@@ -91,7 +91,8 @@ pub fn restore_files(
     let mut dirs = Vec::new();
     for e in &entries {
         let rel = &e.path[base_len.min(e.path.len())..];
-        let Some(dest) = safe_join(target, rel) else {
+        let dest = if e.unsafe_name { None } else { safe_join(target, rel) };
+        let Some(dest) = dest else {
             report
                 .skipped
                 .push(format!("{}: unsafe name, not restored", e.display_path()));

@@ -633,3 +633,33 @@ fn diff_of_two_directory_snapshots_and_file_restore_from_one() {
         "a non-empty target is refused"
     );
 }
+
+#[test]
+fn a_crafted_name_that_would_escape_is_listed_and_never_restored() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    std::fs::create_dir_all(content.join("docs")).unwrap();
+    std::fs::write(content.join("docs/..Xescaped"), "written outside the target\n").unwrap();
+    std::fs::write(content.join("docs/fine.txt"), "fine\n").unwrap();
+    let disk = env.path("evil.img");
+    mkfs("ext4", &content, &disk, 8);
+    // What a hostile guest can do to its own disk: a directory entry named
+    // "../escaped" (no real filesystem allows '/' in a name).
+    let mut img = std::fs::read(&disk).unwrap();
+    let at = img.windows(10).position(|w| w == b"..Xescaped").expect("name in the image");
+    img[at + 2] = b'/';
+    std::fs::write(&disk, &img).unwrap();
+    env.backup(&disk, "evil", "2026-03-01T00:00:00Z");
+
+    let ls = env.json(&["ls", "evil@latest:/docs"]);
+    let bad = ls.as_array().unwrap().iter().find(|e| e["path"] == "docs/../escaped").expect("listed");
+    assert_eq!(bad["unsafe_name"], true);
+
+    let target = env.path("restore-here");
+    let out = env.run(&["restore", "evil@latest:/docs", "--to", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/docs/../escaped: unsafe name, not restored"), "{err}");
+    assert!(!env.path("escaped").exists() && !target.join("escaped").exists(), "nothing written outside");
+    assert_eq!(std::fs::read_to_string(target.join("docs/fine.txt")).unwrap(), "fine\n");
+}
