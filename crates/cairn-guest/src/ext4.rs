@@ -626,12 +626,7 @@ fn parse_dirents(
             ));
         }
         let name = &block[at + 8..at + 8 + name_len];
-        if ino != 0
-            && name != b"."
-            && name != b".."
-            && !name.is_empty()
-
-        {
+        if ino != 0 && name != b"." && name != b".." && !name.is_empty() {
             out.push((name.to_vec(), ino));
         }
         at += rec_len;

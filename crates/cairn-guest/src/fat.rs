@@ -137,7 +137,8 @@ impl Fat {
             }
             let p = join(path, name.as_bytes());
             let unsafe_name = crate::model::is_unsafe_name(name.as_bytes());
-            let sub = (e.is_dir() && !unsafe_name).then(|| String::from_utf8_lossy(&p).into_owned());
+            let sub =
+                (e.is_dir() && !unsafe_name).then(|| String::from_utf8_lossy(&p).into_owned());
             let mut entry = Self::entry(p, &e);
             entry.unsafe_name = unsafe_name;
             out.push((entry, sub));

@@ -102,11 +102,7 @@ impl NtfsFs {
             }
             let rec = e.file_reference().file_record_number();
             let name = key.name().to_string_lossy();
-            if rec < FIRST_USER_RECORD
-                || name == "."
-
-                || !seen.insert(name.clone())
-            {
+            if rec < FIRST_USER_RECORD || name == "." || !seen.insert(name.clone()) {
                 continue;
             }
             if out.len() > MAX_ENTRIES {

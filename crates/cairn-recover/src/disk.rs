@@ -174,7 +174,12 @@ pub fn restore_disk(
 fn start_writeback(file: &File, offset: u64, len: usize) {
     use std::os::fd::AsRawFd;
     unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 

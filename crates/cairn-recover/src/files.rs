@@ -91,7 +91,11 @@ pub fn restore_files(
     let mut dirs = Vec::new();
     for e in &entries {
         let rel = &e.path[base_len.min(e.path.len())..];
-        let dest = if e.unsafe_name { None } else { safe_join(target, rel) };
+        let dest = if e.unsafe_name {
+            None
+        } else {
+            safe_join(target, rel)
+        };
         let Some(dest) = dest else {
             report
                 .skipped

@@ -21,12 +21,18 @@ pub const INCOMPRESSIBLE_ENTROPY: f32 = 7.6;
 /// Frames `data`, compressing it unless it looks incompressible or does not
 /// shrink. `entropy` may be given when already known.
 pub fn frame(data: &[u8], level: i32, entropy: Option<f32>) -> Result<Vec<u8>> {
+    frame_after(0, data, level, entropy)
+}
+
+/// [`frame`], with `room` bytes left free at the front of the result.
+fn frame_after(room: usize, data: &[u8], level: i32, entropy: Option<f32>) -> Result<Vec<u8>> {
     let e = entropy.unwrap_or_else(|| sampled_entropy(data));
     if e < INCOMPRESSIBLE_ENTROPY && data.len() > 64 {
         let bound = zstd::zstd_safe::compress_bound(data.len());
-        let mut out = Vec::with_capacity(bound + 1);
+        let mut out = Vec::with_capacity(room + bound + 1 + crate::crypto::SEAL_OVERHEAD);
+        out.resize(room, 0);
         out.push(ZSTD);
-        out.resize(bound + 1, 0);
+        out.resize(room + bound + 1, 0);
         // One compression context per thread, kept: setting one up costs
         // more than compressing a small chunk.
         let n = COMPRESSOR
@@ -38,15 +44,16 @@ pub fn frame(data: &[u8], level: i32, entropy: Option<f32>) -> Result<Vec<u8>> {
                 c.as_mut()
                     .expect("set above")
                     .1
-                    .compress_to_buffer(data, &mut out[1..])
+                    .compress_to_buffer(data, &mut out[room + 1..])
             })
             .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
-        out.truncate(n + 1);
-        if out.len() < data.len() * 31 / 32 {
+        out.truncate(room + n + 1);
+        if n + 1 < data.len() * 31 / 32 {
             return Ok(out);
         }
     }
-    let mut out = Vec::with_capacity(data.len() + 1);
+    let mut out = Vec::with_capacity(room + data.len() + 1 + crate::crypto::SEAL_OVERHEAD);
+    out.resize(room, 0);
     out.push(RAW);
     out.extend_from_slice(data);
     Ok(out)
@@ -58,15 +65,20 @@ pub fn unframe(framed: &[u8], max_len: usize) -> std::result::Result<Vec<u8>, St
     match framed.first() {
         Some(&RAW) if framed.len() - 1 <= max_len => Ok(framed[1..].to_vec()),
         Some(&RAW) => Err("raw object larger than allowed".into()),
-        Some(&ZSTD) => {
-            zstd::bulk::decompress(&framed[1..], max_len).map_err(|e| format!("zstd: {e}"))
-        }
+        Some(&ZSTD) => DECOMPRESSOR
+            .with(|d| d.borrow_mut().decompress(&framed[1..], max_len))
+            .map_err(|e| format!("zstd: {e}")),
         _ => Err("unknown frame type".into()),
     }
 }
 
 pub fn seal(cipher: &Cipher, data: &[u8], level: i32, entropy: Option<f32>) -> Result<Vec<u8>> {
-    cipher.seal(&frame(data, level, entropy)?)
+    cipher.seal_in_place(frame_after(
+        crate::crypto::HEADER_LEN,
+        data,
+        level,
+        entropy,
+    )?)
 }
 
 pub fn open(cipher: &Cipher, name: &str, sealed: &[u8], max_len: usize) -> Result<Vec<u8>> {

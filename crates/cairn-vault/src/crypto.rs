@@ -8,14 +8,15 @@
 //! object, so nonces never repeat under one key in practice.
 
 use crate::error::{Error, Result};
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 
 const SEAL_VERSION: u8 = 1;
 const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
-const HEADER_LEN: usize = 1 + SALT_LEN + NONCE_LEN;
+/// Room a buffer needs at its front for [`Cipher::seal_in_place`].
+pub const HEADER_LEN: usize = 1 + SALT_LEN + NONCE_LEN;
 /// Bytes a sealed object has beyond its plaintext.
 pub const SEAL_OVERHEAD: usize = HEADER_LEN + 16;
 
@@ -71,18 +72,28 @@ impl Cipher {
 
     /// `[version][salt][nonce][ciphertext + tag]`
     pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+        buf.resize(HEADER_LEN, 0);
+        buf.extend_from_slice(plaintext);
+        self.seal_in_place(buf)
+    }
+
+    /// Seals `buf[HEADER_LEN..]` where it lies: the first `HEADER_LEN`
+    /// bytes are room for the header. Saves a copy of every chunk.
+    pub fn seal_in_place(&self, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+        if buf.len() < HEADER_LEN {
+            return Err(Error::Invalid("no room for the seal header".into()));
+        }
         let header: [u8; SALT_LEN + NONCE_LEN] = random_array()?;
-        let (salt, nonce) = header.split_at(SALT_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split");
-        let ct = self
-            .object_cipher(salt)
-            .encrypt(&Nonce::from(nonce), plaintext)
+        let nonce: [u8; NONCE_LEN] = header[SALT_LEN..].try_into().expect("split");
+        buf[0] = SEAL_VERSION;
+        buf[1..HEADER_LEN].copy_from_slice(&header);
+        let tag = self
+            .object_cipher(&header[..SALT_LEN])
+            .encrypt_inout_detached(&Nonce::from(nonce), b"", (&mut buf[HEADER_LEN..]).into())
             .map_err(|_| Error::Invalid("encryption failed".into()))?;
-        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
-        out.push(SEAL_VERSION);
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&ct);
-        Ok(out)
+        buf.extend_from_slice(&tag);
+        Ok(buf)
     }
 
     /// Fails (without saying more) when the data was not sealed by this key

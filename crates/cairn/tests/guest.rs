@@ -639,27 +639,111 @@ fn a_crafted_name_that_would_escape_is_listed_and_never_restored() {
     let env = Env::new("30d", &[]);
     let content = env.path("content");
     std::fs::create_dir_all(content.join("docs")).unwrap();
-    std::fs::write(content.join("docs/..Xescaped"), "written outside the target\n").unwrap();
+    std::fs::write(
+        content.join("docs/..Xescaped"),
+        "written outside the target\n",
+    )
+    .unwrap();
     std::fs::write(content.join("docs/fine.txt"), "fine\n").unwrap();
     let disk = env.path("evil.img");
     mkfs("ext4", &content, &disk, 8);
     // What a hostile guest can do to its own disk: a directory entry named
     // "../escaped" (no real filesystem allows '/' in a name).
     let mut img = std::fs::read(&disk).unwrap();
-    let at = img.windows(10).position(|w| w == b"..Xescaped").expect("name in the image");
+    let at = img
+        .windows(10)
+        .position(|w| w == b"..Xescaped")
+        .expect("name in the image");
     img[at + 2] = b'/';
     std::fs::write(&disk, &img).unwrap();
     env.backup(&disk, "evil", "2026-03-01T00:00:00Z");
 
     let ls = env.json(&["ls", "evil@latest:/docs"]);
-    let bad = ls.as_array().unwrap().iter().find(|e| e["path"] == "docs/../escaped").expect("listed");
+    let bad = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "docs/../escaped")
+        .expect("listed");
     assert_eq!(bad["unsafe_name"], true);
 
     let target = env.path("restore-here");
-    let out = env.run(&["restore", "evil@latest:/docs", "--to", target.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env.run(&[
+        "restore",
+        "evil@latest:/docs",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/docs/../escaped: unsafe name, not restored"), "{err}");
-    assert!(!env.path("escaped").exists() && !target.join("escaped").exists(), "nothing written outside");
-    assert_eq!(std::fs::read_to_string(target.join("docs/fine.txt")).unwrap(), "fine\n");
+    assert!(
+        err.contains("/docs/../escaped: unsafe name, not restored"),
+        "{err}"
+    );
+    assert!(
+        !env.path("escaped").exists() && !target.join("escaped").exists(),
+        "nothing written outside"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("docs/fine.txt")).unwrap(),
+        "fine\n"
+    );
+}
+
+#[test]
+fn the_same_filesystems_in_the_other_tables() {
+    // NTFS and ext2 in GPT; FAT32 primary and ext4 logical in MBR.
+    let env = Env::new("30d", &[]);
+    let (nt, e2, f32t, e4) = (
+        env.path("nt"),
+        env.path("e2"),
+        env.path("f32"),
+        env.path("e4"),
+    );
+    plain_tree(&nt, false);
+    linux_tree(&e2);
+    plain_tree(&f32t, true);
+    linux_tree(&e4);
+    let imgs: Vec<PathBuf> = ["nt.img", "e2.img", "f32.img", "e4.img"]
+        .iter()
+        .map(|n| env.path(n))
+        .collect();
+    mkfs("ntfs", &nt, &imgs[0], 16);
+    mkfs("ext2", &e2, &imgs[1], 40);
+    mkfs("fat32", &f32t, &imgs[2], 40);
+    mkfs("ext4", &e4, &imgs[3], 40);
+    let gpt = env.path("gpt.img");
+    gpt_disk(&gpt, &[(&imgs[0], 16, "0700"), (&imgs[1], 40, "8300")]);
+    let mbr = env.path("mbr.img");
+    mbr_disk(&mbr, (&imgs[2], 40, "c"), &[(&imgs[3], 40, "83")]);
+    env.backup(&gpt, "g", "2026-03-01T00:00:00Z");
+    env.backup(&mbr, "m", "2026-03-01T00:00:00Z");
+
+    let with_lost_found = |t: Truth| {
+        let mut t = t;
+        t.insert("/lost+found".into(), ("dir".into(), 0, None));
+        t
+    };
+    assert_eq!(
+        listing(&env.json(&["ls", "-R", "g@latest", "--partition", "1"])),
+        truth(&nt)
+    );
+    assert_eq!(
+        listing(&env.json(&["ls", "-R", "g@latest", "--partition", "2"])),
+        with_lost_found(truth(&e2))
+    );
+    assert_eq!(
+        listing(&env.json(&["ls", "-R", "m@latest", "--partition", "1"])),
+        truth(&f32t)
+    );
+    assert_eq!(
+        listing(&env.json(&["ls", "-R", "m@latest", "--partition", "5"])),
+        with_lost_found(truth(&e4))
+    );
+    restore_and_compare(&env, "g@latest", "1", &nt, "g1");
+    restore_and_compare(&env, "m@latest", "5", &e4, "m5");
 }
