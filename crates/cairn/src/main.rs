@@ -1,5 +1,6 @@
 //! The `cairn` command: parse, call a library, print.
 
+mod export_cmd;
 mod guest_cmds;
 mod util;
 
@@ -148,6 +149,23 @@ enum Command {
         #[arg(long)]
         partition: Option<u32>,
     },
+    /// Serve snapshots as NBD block devices (QEMU boots them directly);
+    /// prints the nbd:// URL first, then serves until stopped.
+    Export {
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1:10809")]
+        listen: String,
+        /// Export name (default NAME-ID).
+        #[arg(long)]
+        name: Option<String>,
+        /// Accept writes, into --overlay (never into the vault).
+        #[arg(long)]
+        writable: bool,
+        /// Copy-on-write overlay file; kept across restarts.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+    },
     /// Pin a snapshot: it is never forgotten.
     Pin { snapshot: String },
     /// Unpin a snapshot.
@@ -258,6 +276,20 @@ fn run(cli: Cli) -> Result<u8> {
             partition,
         } => guest_cmds::ls(&open(&cli)?, path, *long, *recursive, *partition, cli.json),
         Command::Cat { path, partition } => guest_cmds::cat(&open(&cli)?, path, *partition),
+        Command::Export {
+            snapshots,
+            listen,
+            name,
+            writable,
+            overlay,
+        } => export_cmd::export(
+            &open(&cli)?,
+            snapshots,
+            listen,
+            name.as_deref(),
+            overlay.as_deref(),
+            *writable,
+        ),
         Command::Diff {
             old,
             new,

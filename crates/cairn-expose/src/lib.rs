@@ -1,0 +1,9 @@
+//! Instant recovery: snapshots served as block devices over NBD, straight
+//! from the vault, with writes going to a copy-on-write overlay and never
+//! to the vault.
+
+pub mod nbd;
+pub mod overlay;
+
+pub use nbd::{Export, serve};
+pub use overlay::{Overlay, OverlayDisk};

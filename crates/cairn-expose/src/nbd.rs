@@ -1,0 +1,456 @@
+//! An NBD server (fixed newstyle handshake, structured replies, the
+//! `base:allocation` meta context) written for Cairn: no crate does
+//! these well. One task per client; a client that breaks the protocol
+//! loses its connection, with a log line, and nobody else notices.
+
+use crate::overlay::OverlayDisk;
+use cairn_vault::BlockSource;
+use std::io;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const CLIENT_NO_ZEROES: u32 = 2;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+const OPT_LIST_META_CONTEXT: u32 = 9;
+const OPT_SET_META_CONTEXT: u32 = 10;
+
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_META_CONTEXT: u32 = 4;
+const REP_ERR_UNSUP: u32 = 0x8000_0001;
+const REP_ERR_INVALID: u32 = 0x8000_0003;
+const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
+
+const INFO_EXPORT: u16 = 0;
+const INFO_BLOCK_SIZE: u16 = 3;
+
+const TF_HAS_FLAGS: u16 = 1 << 0;
+const TF_READ_ONLY: u16 = 1 << 1;
+const TF_SEND_FLUSH: u16 = 1 << 2;
+const TF_SEND_TRIM: u16 = 1 << 5;
+const TF_SEND_WRITE_ZEROES: u16 = 1 << 6;
+const TF_CAN_MULTI_CONN: u16 = 1 << 8;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_CACHE: u16 = 5;
+const CMD_WRITE_ZEROES: u16 = 6;
+const CMD_BLOCK_STATUS: u16 = 7;
+
+const REPLY_FLAG_DONE: u16 = 1;
+const REPLY_TYPE_NONE: u16 = 0;
+const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+const REPLY_TYPE_ERROR: u16 = 32769;
+
+const EPERM: u32 = 1;
+const EIO: u32 = 5;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+const STATE_HOLE: u32 = 1;
+const STATE_ZERO: u32 = 2;
+const META_CONTEXT: &str = "base:allocation";
+const META_ID: u32 = 1;
+/// Largest request served; larger ones are refused (clients split).
+const MAX_REQUEST: u32 = 32 << 20;
+
+/// One disk offered under a name.
+pub struct Export {
+    pub name: String,
+    pub disk: Arc<OverlayDisk>,
+    pub description: String,
+}
+
+impl Export {
+    fn writable(&self) -> bool {
+        self.disk.overlay.is_some()
+    }
+}
+
+/// Serves `exports` to every client that connects, until the task is
+/// dropped.
+pub async fn serve(listener: TcpListener, exports: Arc<Vec<Export>>) -> io::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let exports = exports.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client(stream, &exports).await {
+                tracing::warn!("nbd client {peer}: {e}; connection closed");
+            }
+        });
+    }
+}
+
+struct Conn {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    structured: bool,
+    meta: bool,
+}
+
+fn proto(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+impl Conn {
+    async fn opt_reply(&mut self, opt: u32, ty: u32, data: &[u8]) -> io::Result<()> {
+        self.w.write_u64(REPLY_MAGIC).await?;
+        self.w.write_u32(opt).await?;
+        self.w.write_u32(ty).await?;
+        self.w.write_u32(data.len() as u32).await?;
+        self.w.write_all(data).await?;
+        self.w.flush().await
+    }
+}
+
+async fn client(stream: TcpStream, exports: &[Export]) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let mut c = Conn {
+        r: BufReader::new(r),
+        w: BufWriter::with_capacity(1 << 20, w),
+        structured: false,
+        meta: false,
+    };
+    c.w.write_u64(NBDMAGIC).await?;
+    c.w.write_u64(IHAVEOPT).await?;
+    c.w.write_u16(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).await?;
+    c.w.flush().await?;
+    let client_flags = c.r.read_u32().await?;
+    let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+    let export = loop {
+        if c.r.read_u64().await? != IHAVEOPT {
+            return Err(proto("bad option magic"));
+        }
+        let opt = c.r.read_u32().await?;
+        let len = c.r.read_u32().await?;
+        if len > 64 * 1024 {
+            return Err(proto("option data too long"));
+        }
+        let mut data = vec![0u8; len as usize];
+        c.r.read_exact(&mut data).await?;
+        match opt {
+            OPT_EXPORT_NAME => {
+                let name = String::from_utf8_lossy(&data).into_owned();
+                let Some(e) = find(exports, &name) else {
+                    return Err(proto(format!("no export named {name:?}")));
+                };
+                c.w.write_u64(e.disk.size()).await?;
+                c.w.write_u16(flags(e)).await?;
+                if !no_zeroes {
+                    c.w.write_all(&[0u8; 124]).await?;
+                }
+                c.w.flush().await?;
+                break e;
+            }
+            OPT_ABORT => {
+                c.opt_reply(opt, REP_ACK, &[]).await?;
+                return Ok(());
+            }
+            OPT_LIST => {
+                for e in exports {
+                    let mut d = (e.name.len() as u32).to_be_bytes().to_vec();
+                    d.extend_from_slice(e.name.as_bytes());
+                    d.extend_from_slice(e.description.as_bytes());
+                    c.opt_reply(opt, REP_SERVER, &d).await?;
+                }
+                c.opt_reply(opt, REP_ACK, &[]).await?;
+            }
+            OPT_STRUCTURED_REPLY => {
+                c.structured = true;
+                c.opt_reply(opt, REP_ACK, &[]).await?;
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                let Some((_, queries)) = parse_meta_request(&data) else {
+                    c.opt_reply(opt, REP_ERR_INVALID, b"malformed meta context request")
+                        .await?;
+                    continue;
+                };
+                if opt == OPT_SET_META_CONTEXT && !c.structured {
+                    c.opt_reply(opt, REP_ERR_INVALID, b"structured replies first")
+                        .await?;
+                    continue;
+                }
+                let wanted = queries.is_empty() && opt == OPT_LIST_META_CONTEXT
+                    || queries.iter().any(|q| {
+                        q == META_CONTEXT || (opt == OPT_LIST_META_CONTEXT && q == "base:")
+                    });
+                if opt == OPT_SET_META_CONTEXT {
+                    c.meta = queries.iter().any(|q| q == META_CONTEXT);
+                }
+                if wanted {
+                    let mut d = META_ID.to_be_bytes().to_vec();
+                    d.extend_from_slice(META_CONTEXT.as_bytes());
+                    c.opt_reply(opt, REP_META_CONTEXT, &d).await?;
+                }
+                c.opt_reply(opt, REP_ACK, &[]).await?;
+            }
+            OPT_INFO | OPT_GO => {
+                let Some(name) = parse_info_request(&data) else {
+                    c.opt_reply(opt, REP_ERR_INVALID, b"malformed request")
+                        .await?;
+                    continue;
+                };
+                let Some(e) = find(exports, &name) else {
+                    c.opt_reply(
+                        opt,
+                        REP_ERR_UNKNOWN,
+                        format!("no export named {name:?}").as_bytes(),
+                    )
+                    .await?;
+                    continue;
+                };
+                let mut d = INFO_EXPORT.to_be_bytes().to_vec();
+                d.extend_from_slice(&e.disk.size().to_be_bytes());
+                d.extend_from_slice(&flags(e).to_be_bytes());
+                c.opt_reply(opt, REP_INFO, &d).await?;
+                let mut b = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                for v in [1u32, 4096, MAX_REQUEST] {
+                    b.extend_from_slice(&v.to_be_bytes());
+                }
+                c.opt_reply(opt, REP_INFO, &b).await?;
+                c.opt_reply(opt, REP_ACK, &[]).await?;
+                if opt == OPT_GO {
+                    break e;
+                }
+            }
+            _ => {
+                c.opt_reply(opt, REP_ERR_UNSUP, b"unsupported option")
+                    .await?
+            }
+        }
+    };
+    transmission(&mut c, export).await
+}
+
+fn find<'a>(exports: &'a [Export], name: &str) -> Option<&'a Export> {
+    // The empty name is the default export: the first one.
+    if name.is_empty() {
+        return exports.first();
+    }
+    exports.iter().find(|e| e.name == name)
+}
+
+fn flags(e: &Export) -> u16 {
+    let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_CAN_MULTI_CONN;
+    if e.writable() {
+        f |= TF_SEND_TRIM | TF_SEND_WRITE_ZEROES;
+    } else {
+        f |= TF_READ_ONLY;
+    }
+    f
+}
+
+fn parse_info_request(d: &[u8]) -> Option<String> {
+    let n = u32::from_be_bytes(d.get(..4)?.try_into().ok()?) as usize;
+    let name = d.get(4..4 + n)?;
+    let k = u16::from_be_bytes(d.get(4 + n..6 + n)?.try_into().ok()?) as usize;
+    d.get(6 + n..6 + n + 2 * k)?;
+    Some(String::from_utf8_lossy(name).into_owned())
+}
+
+fn parse_meta_request(d: &[u8]) -> Option<(String, Vec<String>)> {
+    let n = u32::from_be_bytes(d.get(..4)?.try_into().ok()?) as usize;
+    let name = String::from_utf8_lossy(d.get(4..4 + n)?).into_owned();
+    let count = u32::from_be_bytes(d.get(4 + n..8 + n)?.try_into().ok()?) as usize;
+    let mut at = 8 + n;
+    let mut queries = Vec::new();
+    for _ in 0..count.min(256) {
+        let l = u32::from_be_bytes(d.get(at..at + 4)?.try_into().ok()?) as usize;
+        queries.push(String::from_utf8_lossy(d.get(at + 4..at + 4 + l)?).into_owned());
+        at += 4 + l;
+    }
+    Some((name, queries))
+}
+
+async fn transmission(c: &mut Conn, e: &Export) -> io::Result<()> {
+    let size = e.disk.size();
+    loop {
+        let magic = match c.r.read_u32().await {
+            Ok(m) => m,
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        if magic != REQUEST_MAGIC {
+            return Err(proto("bad request magic"));
+        }
+        let _flags = c.r.read_u16().await?;
+        let ty = c.r.read_u16().await?;
+        let cookie = c.r.read_u64().await?;
+        let offset = c.r.read_u64().await?;
+        let len = c.r.read_u32().await?;
+        let in_range = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= size);
+        match ty {
+            CMD_DISC => return Ok(()),
+            CMD_READ => {
+                if !in_range || len > MAX_REQUEST {
+                    reply_error(c, cookie, EINVAL).await?;
+                    continue;
+                }
+                let disk = e.disk.clone();
+                let data = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    disk.read_exact_at(offset, &mut buf).map(|_| buf)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                match data {
+                    Ok(buf) => {
+                        if c.structured {
+                            c.w.write_u32(STRUCTURED_REPLY_MAGIC).await?;
+                            c.w.write_u16(REPLY_FLAG_DONE).await?;
+                            c.w.write_u16(REPLY_TYPE_OFFSET_DATA).await?;
+                            c.w.write_u64(cookie).await?;
+                            c.w.write_u32(8 + len).await?;
+                            c.w.write_u64(offset).await?;
+                        } else {
+                            c.w.write_u32(SIMPLE_REPLY_MAGIC).await?;
+                            c.w.write_u32(0).await?;
+                            c.w.write_u64(cookie).await?;
+                        }
+                        c.w.write_all(&buf).await?;
+                        c.w.flush().await?;
+                    }
+                    Err(err) => {
+                        tracing::error!("reading the snapshot at {offset}: {err}");
+                        reply_error(c, cookie, EIO).await?;
+                    }
+                }
+            }
+            CMD_WRITE => {
+                if len > MAX_REQUEST {
+                    return Err(proto("write larger than the maximum request"));
+                }
+                let mut data = vec![0u8; len as usize];
+                c.r.read_exact(&mut data).await?;
+                let code = write(e, offset, in_range, data).await;
+                reply_status(c, cookie, code).await?;
+            }
+            CMD_WRITE_ZEROES | CMD_TRIM => {
+                // Both leave zeros in the overlay (a trim may do so).
+                let code = if !e.writable() || !in_range || len > MAX_REQUEST {
+                    if !e.writable() { EPERM } else { EINVAL }
+                } else {
+                    write(e, offset, in_range, vec![0u8; len as usize]).await
+                };
+                reply_status(c, cookie, code).await?;
+            }
+            CMD_FLUSH => {
+                let code = match &e.disk.overlay {
+                    Some(o) => {
+                        let o = o.clone();
+                        match tokio::task::spawn_blocking(move || o.flush()).await {
+                            Ok(Ok(())) => 0,
+                            _ => EIO,
+                        }
+                    }
+                    None => 0,
+                };
+                reply_status(c, cookie, code).await?;
+            }
+            CMD_CACHE => reply_status(c, cookie, 0).await?,
+            CMD_BLOCK_STATUS => {
+                if !c.meta || !c.structured {
+                    reply_error(c, cookie, EINVAL).await?;
+                    continue;
+                }
+                if !in_range || len == 0 {
+                    reply_error(c, cookie, EINVAL).await?;
+                    continue;
+                }
+                let mut payload = META_ID.to_be_bytes().to_vec();
+                for x in e.disk.extents(offset, len as u64).iter().take(4096) {
+                    let state = if x.zero { STATE_HOLE | STATE_ZERO } else { 0 };
+                    payload.extend_from_slice(
+                        &(x.len.min(u32::MAX as u64 & !4095) as u32).to_be_bytes(),
+                    );
+                    payload.extend_from_slice(&state.to_be_bytes());
+                }
+                c.w.write_u32(STRUCTURED_REPLY_MAGIC).await?;
+                c.w.write_u16(REPLY_FLAG_DONE).await?;
+                c.w.write_u16(REPLY_TYPE_BLOCK_STATUS).await?;
+                c.w.write_u64(cookie).await?;
+                c.w.write_u32(payload.len() as u32).await?;
+                c.w.write_all(&payload).await?;
+                c.w.flush().await?;
+            }
+            _ => reply_error(c, cookie, EINVAL).await?,
+        }
+    }
+}
+
+async fn write(e: &Export, offset: u64, in_range: bool, data: Vec<u8>) -> u32 {
+    let Some(o) = e.disk.overlay.clone() else {
+        return EPERM;
+    };
+    if !in_range {
+        return ENOSPC;
+    }
+    let base = e.disk.base.clone();
+    match tokio::task::spawn_blocking(move || o.write_at(base.as_ref(), offset, &data)).await {
+        Ok(Ok(())) => 0,
+        Ok(Err(err)) => {
+            tracing::error!("writing the overlay at {offset}: {err}");
+            EIO
+        }
+        Err(_) => EIO,
+    }
+}
+
+async fn reply_status(c: &mut Conn, cookie: u64, code: u32) -> io::Result<()> {
+    if code != 0 {
+        return reply_error(c, cookie, code).await;
+    }
+    if c.structured {
+        c.w.write_u32(STRUCTURED_REPLY_MAGIC).await?;
+        c.w.write_u16(REPLY_FLAG_DONE).await?;
+        c.w.write_u16(REPLY_TYPE_NONE).await?;
+        c.w.write_u64(cookie).await?;
+        c.w.write_u32(0).await?;
+    } else {
+        c.w.write_u32(SIMPLE_REPLY_MAGIC).await?;
+        c.w.write_u32(0).await?;
+        c.w.write_u64(cookie).await?;
+    }
+    c.w.flush().await
+}
+
+async fn reply_error(c: &mut Conn, cookie: u64, code: u32) -> io::Result<()> {
+    if c.structured {
+        c.w.write_u32(STRUCTURED_REPLY_MAGIC).await?;
+        c.w.write_u16(REPLY_FLAG_DONE).await?;
+        c.w.write_u16(REPLY_TYPE_ERROR).await?;
+        c.w.write_u64(cookie).await?;
+        c.w.write_u32(6).await?;
+        c.w.write_u32(code).await?;
+        c.w.write_u16(0).await?;
+    } else {
+        c.w.write_u32(SIMPLE_REPLY_MAGIC).await?;
+        c.w.write_u32(code).await?;
+        c.w.write_u64(cookie).await?;
+    }
+    c.w.flush().await
+}

@@ -1,0 +1,225 @@
+//! A copy-on-write overlay kept in a sparse local file the size of the
+//! disk. A 4 KiB grain that was written is allocated in the file; one never
+//! written is a hole there. The file is its own record of what was
+//! written, so the overlay survives a restart with nothing else to save.
+
+use cairn_vault::{BlockSource, Extent};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+pub const GRAIN: u64 = 4096;
+
+pub struct Overlay {
+    file: File,
+    size: u64,
+    /// One bit per grain: written to the overlay.
+    written: RwLock<Vec<u64>>,
+    /// Writes that cover part of a grain read, merge and write it back.
+    write_lock: Mutex<()>,
+}
+
+impl Overlay {
+    /// Opens (or creates) the overlay of a disk of `size` bytes.
+    pub fn open(path: &Path, size: u64) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            file.set_len(size)?;
+        } else if len != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is an overlay of a {len}-byte disk, not of this {size}-byte one",
+                    path.display()
+                ),
+            ));
+        }
+        let grains = size.div_ceil(GRAIN) as usize;
+        let mut bits = vec![0u64; grains.div_ceil(64)];
+        for (start, end) in data_ranges(&file, size)? {
+            for g in start / GRAIN..end.div_ceil(GRAIN) {
+                bits[(g / 64) as usize] |= 1 << (g % 64);
+            }
+        }
+        Ok(Overlay {
+            file,
+            size,
+            written: RwLock::new(bits),
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn is_written(bits: &[u64], grain: u64) -> bool {
+        bits[(grain / 64) as usize] & (1 << (grain % 64)) != 0
+    }
+
+    /// Bytes written so far (whole grains).
+    pub fn written_bytes(&self) -> u64 {
+        self.written
+            .read()
+            .unwrap()
+            .iter()
+            .map(|w| w.count_ones() as u64)
+            .sum::<u64>()
+            * GRAIN
+    }
+
+    /// Reads through the overlay: written grains from the file, the rest
+    /// from `base`.
+    pub fn read_at(&self, base: &dyn BlockSource, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let bits = self.written.read().unwrap();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let grain = pos / GRAIN;
+            let written = Self::is_written(&bits, grain);
+            // Extend over grains in the same state.
+            let mut end = (grain + 1) * GRAIN;
+            while end < offset + buf.len() as u64 && Self::is_written(&bits, end / GRAIN) == written
+            {
+                end += GRAIN;
+            }
+            let n = ((end - pos) as usize).min(buf.len() - done);
+            if written {
+                self.file.read_exact_at(&mut buf[done..done + n], pos)?;
+            } else {
+                base.read_exact_at(pos, &mut buf[done..done + n])?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes to the overlay only; partial grains are completed from what
+    /// the disk shows there now.
+    pub fn write_at(&self, base: &dyn BlockSource, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past the end of the disk",
+            ));
+        }
+        let _guard = self.write_lock.lock().unwrap();
+        let first = offset / GRAIN;
+        let last = (offset + data.len() as u64).div_ceil(GRAIN);
+        let start = first * GRAIN;
+        let end = (last * GRAIN).min(self.size);
+        let mut whole = vec![0u8; (end - start) as usize];
+        // Only the edge grains need what was there before.
+        for g in [first, last - 1] {
+            let (gs, ge) = (g * GRAIN, ((g + 1) * GRAIN).min(self.size));
+            if gs < offset || ge > offset + data.len() as u64 {
+                let at = (gs - start) as usize;
+                self.read_at(base, gs, &mut whole[at..at + (ge - gs) as usize])?;
+            }
+        }
+        whole[(offset - start) as usize..(offset - start) as usize + data.len()]
+            .copy_from_slice(data);
+        self.file.write_all_at(&whole, start)?;
+        let mut bits = self.written.write().unwrap();
+        for g in first..last {
+            bits[(g / 64) as usize] |= 1 << (g % 64);
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    while (pos as u64) < size {
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        out.push((data as u64, (hole as u64).min(size)));
+        pos = hole;
+    }
+    Ok(out)
+}
+
+/// A snapshot seen through an optional overlay: what an export serves.
+pub struct OverlayDisk {
+    pub base: Arc<dyn BlockSource>,
+    pub overlay: Option<Arc<Overlay>>,
+}
+
+impl BlockSource for OverlayDisk {
+    fn size(&self) -> u64 {
+        self.base.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(size - offset) as usize;
+        match &self.overlay {
+            Some(o) => o.read_at(self.base.as_ref(), offset, &mut buf[..n])?,
+            None => self.base.read_exact_at(offset, &mut buf[..n])?,
+        }
+        Ok(n)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Vec<Extent> {
+        let base = self.base.extents(offset, len);
+        let Some(o) = &self.overlay else { return base };
+        // Written grains are data, whatever the base holds there.
+        let bits = o.written.read().unwrap();
+        let mut out: Vec<Extent> = Vec::new();
+        for e in base {
+            if !e.zero {
+                match out.last_mut() {
+                    Some(l) if !l.zero && l.offset + l.len == e.offset => l.len += e.len,
+                    _ => out.push(e),
+                }
+                continue;
+            }
+            let mut pos = e.offset;
+            while pos < e.offset + e.len {
+                let g_end = ((pos / GRAIN + 1) * GRAIN).min(e.offset + e.len);
+                let zero = e.zero && !Overlay::is_written(&bits, pos / GRAIN);
+                match out.last_mut() {
+                    Some(l) if l.zero == zero && l.offset + l.len == pos => l.len += g_end - pos,
+                    _ => out.push(Extent {
+                        offset: pos,
+                        len: g_end - pos,
+                        zero,
+                    }),
+                }
+                pos = g_end;
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,239 @@
+//! Instant recovery over NBD with real clients: qemu-img, qemu-io, nbdinfo.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cairn export` on a free port and returns the URL it prints first.
+fn export(env: &Env, args: &[&str]) -> Served {
+    let mut child = env
+        .cmd()
+        .arg("export")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("nbd://127.0.0.1:"),
+        "first line is the URL: {line:?}"
+    );
+    Served {
+        child,
+        url: line.trim().to_string(),
+    }
+}
+
+fn disk(env: &Env) -> std::path::PathBuf {
+    let content = env.path("content");
+    populate(&content);
+    let img = env.path("vm.img");
+    gpt_ext4_image(&img, &content, 48);
+    env.backup(&img, "vm", "2026-03-01T00:00:00Z");
+    img
+}
+
+#[test]
+fn qemu_reads_the_snapshot_over_nbd_and_sees_its_holes() {
+    let env = Env::new("30d", &[]);
+    let img = disk(&env);
+    let s = export(&env, &["vm@latest", "--name", "vm"]);
+    assert!(s.url.ends_with("/vm"));
+    assert!(
+        sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                &s.url,
+                img.to_str().unwrap()
+            ]
+        )
+        .contains("identical")
+    );
+    let map = sh("nbdinfo", &["--map", &s.url]);
+    let holes: u64 = map
+        .lines()
+        .filter(|l| l.contains("hole"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        holes > 30 << 20,
+        "most of the fresh disk is reported as holes:\n{map}"
+    );
+    let info = sh("nbdinfo", &[&s.url]);
+    assert!(
+        info.contains("is_read_only: true") && info.contains("base:allocation"),
+        "{info}"
+    );
+    // Two clients at once.
+    let a = Command::new("qemu-img")
+        .args([
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            &s.url,
+            img.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    let b = Command::new("qemu-img")
+        .args([
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            &s.url,
+            img.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    for mut c in [a, b] {
+        assert!(c.wait().unwrap().success());
+    }
+    // A read-only export refuses writes.
+    let w = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x11 0 4k", &s.url])
+        .output()
+        .unwrap();
+    assert!(
+        !w.status.success()
+            || String::from_utf8_lossy(&w.stderr).contains("ermission")
+            || String::from_utf8_lossy(&w.stdout).contains("ermission")
+    );
+}
+
+#[test]
+fn writes_go_to_the_overlay_survive_a_restart_and_never_touch_the_vault() {
+    let env = Env::new("30d", &[]);
+    let img = disk(&env);
+    let overlay = env.path("overlay.img");
+    let o = overlay.to_str().unwrap();
+    {
+        let s = export(&env, &["vm@latest", "--writable", "--overlay", o]);
+        sh(
+            "qemu-io",
+            &["-f", "raw", "-c", "write -P 0xab 1000000 70000", &s.url],
+        );
+        sh("qemu-io", &["-f", "raw", "-c", "write -z 8M 1M", &s.url]);
+        let r = sh(
+            "qemu-io",
+            &["-f", "raw", "-c", "read -P 0xab 1000000 70000", &s.url],
+        );
+        assert!(!r.contains("Pattern verification failed"), "{r}");
+    }
+    // A new export on the same overlay sees the writes.
+    let s = export(&env, &["vm@latest", "--writable", "--overlay", o]);
+    let r = sh(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0xab 1000000 70000",
+            "-c",
+            "read -P 0 8M 1M",
+            &s.url,
+        ],
+    );
+    assert!(!r.contains("Pattern verification failed"), "{r}");
+    // Around the write, the snapshot's own bytes.
+    let mut want = std::fs::read(&img).unwrap();
+    want[1_000_000..1_070_000].fill(0xab);
+    want[8 << 20..9 << 20].fill(0);
+    let expected = env.path("expected.img");
+    std::fs::write(&expected, &want).unwrap();
+    assert!(
+        sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                &s.url,
+                expected.to_str().unwrap()
+            ]
+        )
+        .contains("identical")
+    );
+    assert!(
+        allocated(&overlay) < 2 << 20,
+        "the overlay holds only what was written"
+    );
+    drop(s);
+    // The vault is untouched.
+    let v = env.json(&["verify", "--read-data"]);
+    assert_eq!(v["damaged_snapshots"].as_array().unwrap().len(), 0);
+    let out = env.path("restored.img");
+    env.ok(&["restore", "vm@latest", "--to", out.to_str().unwrap()]);
+    assert!(same_bytes(&img, &out));
+}
+
+#[test]
+fn a_client_that_breaks_the_protocol_loses_only_its_connection() {
+    let env = Env::new("30d", &[]);
+    let img = disk(&env);
+    let s = export(&env, &["vm@latest", "--name", "vm"]);
+    let addr = s
+        .url
+        .trim_start_matches("nbd://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    for junk in [&b"GARBAGE!"[..], &[0xffu8; 4096][..], b""] {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        let _ = c.write_all(junk);
+        drop(c);
+    }
+    assert!(
+        sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                &s.url,
+                img.to_str().unwrap()
+            ]
+        )
+        .contains("identical")
+    );
+    let missing = Command::new("nbdinfo")
+        .arg(format!("nbd://{addr}/nope"))
+        .output()
+        .unwrap();
+    assert!(
+        !missing.status.success(),
+        "an unknown export name is refused"
+    );
+    assert!(sh("nbdinfo", &["--list", &format!("nbd://{addr}")]).contains("export=\"vm\""));
+}
