@@ -284,122 +284,202 @@ fn parse_meta_request(d: &[u8]) -> Option<(String, Vec<String>)> {
     Some((name, queries))
 }
 
+/// Reads run concurrently (up to this many per client), each replying
+/// when done: NBD matches replies to requests by cookie.
+const READS_IN_FLIGHT: usize = 8;
+
+/// Encodes a reply: structured or simple, data or error.
+struct Reply {
+    structured: bool,
+    cookie: u64,
+}
+
+impl Reply {
+    fn status(&self, code: u32) -> Vec<u8> {
+        let mut v = Vec::with_capacity(32);
+        if self.structured {
+            v.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+            v.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+            if code == 0 {
+                v.extend_from_slice(&REPLY_TYPE_NONE.to_be_bytes());
+                v.extend_from_slice(&self.cookie.to_be_bytes());
+                v.extend_from_slice(&0u32.to_be_bytes());
+            } else {
+                v.extend_from_slice(&REPLY_TYPE_ERROR.to_be_bytes());
+                v.extend_from_slice(&self.cookie.to_be_bytes());
+                v.extend_from_slice(&6u32.to_be_bytes());
+                v.extend_from_slice(&code.to_be_bytes());
+                v.extend_from_slice(&0u16.to_be_bytes());
+            }
+        } else {
+            v.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            v.extend_from_slice(&code.to_be_bytes());
+            v.extend_from_slice(&self.cookie.to_be_bytes());
+        }
+        v
+    }
+
+    /// A read reply with room for `len` bytes of data at the end, so the
+    /// data is read straight into the buffer that is sent.
+    fn data_header(&self, offset: u64, len: u32) -> Vec<u8> {
+        let mut v = Vec::with_capacity(32 + len as usize);
+        if self.structured {
+            v.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+            v.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+            v.extend_from_slice(&REPLY_TYPE_OFFSET_DATA.to_be_bytes());
+            v.extend_from_slice(&self.cookie.to_be_bytes());
+            v.extend_from_slice(&(8 + len).to_be_bytes());
+            v.extend_from_slice(&offset.to_be_bytes());
+        } else {
+            v.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            v.extend_from_slice(&0u32.to_be_bytes());
+            v.extend_from_slice(&self.cookie.to_be_bytes());
+        }
+        v
+    }
+
+    fn block_status(&self, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20 + payload.len());
+        v.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        v.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+        v.extend_from_slice(&REPLY_TYPE_BLOCK_STATUS.to_be_bytes());
+        v.extend_from_slice(&self.cookie.to_be_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+}
+
 async fn transmission(c: &mut Conn, e: &Export) -> io::Result<()> {
     let size = e.disk.size();
-    loop {
-        let magic = match c.r.read_u32().await {
-            Ok(m) => m,
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(err) => return Err(err),
-        };
-        if magic != REQUEST_MAGIC {
-            return Err(proto("bad request magic"));
+    // Replies go through one writer task, in whatever order they finish.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READS_IN_FLIGHT * 2);
+    let slots = Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT));
+    let w = &mut c.w;
+    let writer = async move {
+        while let Some(buf) = rx.recv().await {
+            w.write_all(&buf).await?;
+            if rx.is_empty() {
+                w.flush().await?;
+            }
         }
-        let _flags = c.r.read_u16().await?;
-        let ty = c.r.read_u16().await?;
-        let cookie = c.r.read_u64().await?;
-        let offset = c.r.read_u64().await?;
-        let len = c.r.read_u32().await?;
-        let in_range = offset
-            .checked_add(len as u64)
-            .is_some_and(|end| end <= size);
-        match ty {
-            CMD_DISC => return Ok(()),
-            CMD_READ => {
-                if !in_range || len > MAX_REQUEST {
-                    reply_error(c, cookie, EINVAL).await?;
-                    continue;
+        w.flush().await
+    };
+    let r = &mut c.r;
+    let (structured, meta) = (c.structured, c.meta);
+    let reader = async move {
+        loop {
+            let magic = match r.read_u32().await {
+                Ok(m) => m,
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(err) => return Err(err),
+            };
+            if magic != REQUEST_MAGIC {
+                return Err(proto("bad request magic"));
+            }
+            let _flags = r.read_u16().await?;
+            let ty = r.read_u16().await?;
+            let cookie = r.read_u64().await?;
+            let offset = r.read_u64().await?;
+            let len = r.read_u32().await?;
+            let reply = Reply { structured, cookie };
+            let in_range = offset
+                .checked_add(len as u64)
+                .is_some_and(|end| end <= size);
+            let send = |buf: Vec<u8>| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(buf)
+                        .await
+                        .map_err(|_| proto("reply writer stopped"))
                 }
-                let disk = e.disk.clone();
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; len as usize];
-                    disk.read_exact_at(offset, &mut buf).map(|_| buf)
-                })
-                .await
-                .map_err(io::Error::other)?;
-                match data {
-                    Ok(buf) => {
-                        if c.structured {
-                            c.w.write_u32(STRUCTURED_REPLY_MAGIC).await?;
-                            c.w.write_u16(REPLY_FLAG_DONE).await?;
-                            c.w.write_u16(REPLY_TYPE_OFFSET_DATA).await?;
-                            c.w.write_u64(cookie).await?;
-                            c.w.write_u32(8 + len).await?;
-                            c.w.write_u64(offset).await?;
-                        } else {
-                            c.w.write_u32(SIMPLE_REPLY_MAGIC).await?;
-                            c.w.write_u32(0).await?;
-                            c.w.write_u64(cookie).await?;
+            };
+            match ty {
+                CMD_DISC => return Ok(()),
+                CMD_READ => {
+                    if !in_range || len > MAX_REQUEST {
+                        send(reply.status(EINVAL)).await?;
+                        continue;
+                    }
+                    let permit = slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(io::Error::other)?;
+                    let (disk, tx) = (e.disk.clone(), tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let mut buf = reply.data_header(offset, len);
+                        let at = buf.len();
+                        buf.resize(at + len as usize, 0);
+                        let out = match disk.read_exact_at(offset, &mut buf[at..]) {
+                            Ok(()) => buf,
+                            Err(err) => {
+                                tracing::error!("reading the snapshot at {offset}: {err}");
+                                reply.status(EIO)
+                            }
+                        };
+                        let _ = tx.blocking_send(out);
+                        drop(permit);
+                    });
+                }
+                CMD_WRITE => {
+                    if len > MAX_REQUEST {
+                        return Err(proto("write larger than the maximum request"));
+                    }
+                    let mut data = vec![0u8; len as usize];
+                    r.read_exact(&mut data).await?;
+                    send(reply.status(write(e, offset, in_range, data).await)).await?;
+                }
+                CMD_WRITE_ZEROES | CMD_TRIM => {
+                    // Both leave zeros in the overlay (a trim may do so).
+                    let code = if !e.writable() {
+                        EPERM
+                    } else if !in_range || len > MAX_REQUEST {
+                        EINVAL
+                    } else {
+                        write(e, offset, in_range, vec![0u8; len as usize]).await
+                    };
+                    send(reply.status(code)).await?;
+                }
+                CMD_FLUSH => {
+                    // Writes are done before the next request is read, so
+                    // everything acknowledged so far is in the overlay.
+                    let code = match &e.disk.overlay {
+                        Some(o) => {
+                            let o = o.clone();
+                            match tokio::task::spawn_blocking(move || o.flush()).await {
+                                Ok(Ok(())) => 0,
+                                _ => EIO,
+                            }
                         }
-                        c.w.write_all(&buf).await?;
-                        c.w.flush().await?;
+                        None => 0,
+                    };
+                    send(reply.status(code)).await?;
+                }
+                CMD_CACHE => send(reply.status(0)).await?,
+                CMD_BLOCK_STATUS => {
+                    if !meta || !structured || !in_range || len == 0 {
+                        send(reply.status(EINVAL)).await?;
+                        continue;
                     }
-                    Err(err) => {
-                        tracing::error!("reading the snapshot at {offset}: {err}");
-                        reply_error(c, cookie, EIO).await?;
+                    let mut payload = META_ID.to_be_bytes().to_vec();
+                    for x in e.disk.extents(offset, len as u64).iter().take(4096) {
+                        let state = if x.zero { STATE_HOLE | STATE_ZERO } else { 0 };
+                        payload.extend_from_slice(
+                            &(x.len.min(u32::MAX as u64 & !4095) as u32).to_be_bytes(),
+                        );
+                        payload.extend_from_slice(&state.to_be_bytes());
                     }
+                    send(reply.block_status(&payload)).await?;
                 }
+                _ => send(reply.status(EINVAL)).await?,
             }
-            CMD_WRITE => {
-                if len > MAX_REQUEST {
-                    return Err(proto("write larger than the maximum request"));
-                }
-                let mut data = vec![0u8; len as usize];
-                c.r.read_exact(&mut data).await?;
-                let code = write(e, offset, in_range, data).await;
-                reply_status(c, cookie, code).await?;
-            }
-            CMD_WRITE_ZEROES | CMD_TRIM => {
-                // Both leave zeros in the overlay (a trim may do so).
-                let code = if !e.writable() || !in_range || len > MAX_REQUEST {
-                    if !e.writable() { EPERM } else { EINVAL }
-                } else {
-                    write(e, offset, in_range, vec![0u8; len as usize]).await
-                };
-                reply_status(c, cookie, code).await?;
-            }
-            CMD_FLUSH => {
-                let code = match &e.disk.overlay {
-                    Some(o) => {
-                        let o = o.clone();
-                        match tokio::task::spawn_blocking(move || o.flush()).await {
-                            Ok(Ok(())) => 0,
-                            _ => EIO,
-                        }
-                    }
-                    None => 0,
-                };
-                reply_status(c, cookie, code).await?;
-            }
-            CMD_CACHE => reply_status(c, cookie, 0).await?,
-            CMD_BLOCK_STATUS => {
-                if !c.meta || !c.structured {
-                    reply_error(c, cookie, EINVAL).await?;
-                    continue;
-                }
-                if !in_range || len == 0 {
-                    reply_error(c, cookie, EINVAL).await?;
-                    continue;
-                }
-                let mut payload = META_ID.to_be_bytes().to_vec();
-                for x in e.disk.extents(offset, len as u64).iter().take(4096) {
-                    let state = if x.zero { STATE_HOLE | STATE_ZERO } else { 0 };
-                    payload.extend_from_slice(
-                        &(x.len.min(u32::MAX as u64 & !4095) as u32).to_be_bytes(),
-                    );
-                    payload.extend_from_slice(&state.to_be_bytes());
-                }
-                c.w.write_u32(STRUCTURED_REPLY_MAGIC).await?;
-                c.w.write_u16(REPLY_FLAG_DONE).await?;
-                c.w.write_u16(REPLY_TYPE_BLOCK_STATUS).await?;
-                c.w.write_u64(cookie).await?;
-                c.w.write_u32(payload.len() as u32).await?;
-                c.w.write_all(&payload).await?;
-                c.w.flush().await?;
-            }
-            _ => reply_error(c, cookie, EINVAL).await?,
         }
-    }
+    };
+    // The reader ends (disconnect or error); then the writer drains what
+    // the reads still in flight send.
+    let (read_result, write_result) = tokio::join!(reader, writer);
+    read_result.and(write_result)
 }
 
 async fn write(e: &Export, offset: u64, in_range: bool, data: Vec<u8>) -> u32 {
@@ -418,39 +498,4 @@ async fn write(e: &Export, offset: u64, in_range: bool, data: Vec<u8>) -> u32 {
         }
         Err(_) => EIO,
     }
-}
-
-async fn reply_status(c: &mut Conn, cookie: u64, code: u32) -> io::Result<()> {
-    if code != 0 {
-        return reply_error(c, cookie, code).await;
-    }
-    if c.structured {
-        c.w.write_u32(STRUCTURED_REPLY_MAGIC).await?;
-        c.w.write_u16(REPLY_FLAG_DONE).await?;
-        c.w.write_u16(REPLY_TYPE_NONE).await?;
-        c.w.write_u64(cookie).await?;
-        c.w.write_u32(0).await?;
-    } else {
-        c.w.write_u32(SIMPLE_REPLY_MAGIC).await?;
-        c.w.write_u32(0).await?;
-        c.w.write_u64(cookie).await?;
-    }
-    c.w.flush().await
-}
-
-async fn reply_error(c: &mut Conn, cookie: u64, code: u32) -> io::Result<()> {
-    if c.structured {
-        c.w.write_u32(STRUCTURED_REPLY_MAGIC).await?;
-        c.w.write_u16(REPLY_FLAG_DONE).await?;
-        c.w.write_u16(REPLY_TYPE_ERROR).await?;
-        c.w.write_u64(cookie).await?;
-        c.w.write_u32(6).await?;
-        c.w.write_u32(code).await?;
-        c.w.write_u16(0).await?;
-    } else {
-        c.w.write_u32(SIMPLE_REPLY_MAGIC).await?;
-        c.w.write_u32(code).await?;
-        c.w.write_u64(cookie).await?;
-    }
-    c.w.flush().await
 }
