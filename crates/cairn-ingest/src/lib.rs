@@ -64,29 +64,74 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Result<BackupOutcome> {
-    if opts.name.is_empty()
-        || opts.name.contains('@')
-        || opts.name.contains(':')
-        || opts.name.contains('/')
-    {
-        return Err(Error::Invalid(format!(
-            "snapshot name {:?} must be non-empty, without '@', ':' or '/'",
-            opts.name
-        )));
-    }
-    let started = Instant::now();
+    check_name(&opts.name)?;
     let src = source::open(source)
         .map_err(|e| Error::io(format!("cannot read source {}", source.display()), e))?;
+    let label = std::fs::canonicalize(source)
+        .unwrap_or_else(|_| source.to_path_buf())
+        .display()
+        .to_string();
+    store(vault, src, &label, opts, None, progress)
+}
+
+/// Saves a snapshot's disk as seen through a recovery overlay as a new
+/// snapshot that records which one it was derived from. Only chunks the
+/// vault lacks are stored.
+pub fn commit(
+    vault: &Vault,
+    disk: std::sync::Arc<dyn cairn_vault::BlockSource>,
+    base: &Snapshot,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
+    check_name(&opts.name)?;
+    let reader = source::BlockSourceDisk {
+        inner: disk,
+        format: "overlay",
+    };
+    let label = format!("{}@{} + overlay", base.name, base.id.short());
+    store(
+        vault,
+        source::Source::Disk(Box::new(reader)),
+        &label,
+        opts,
+        Some(base),
+        progress,
+    )
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('@') || name.contains(':') || name.contains('/') {
+        return Err(Error::Invalid(format!(
+            "snapshot name {name:?} must be non-empty, without '@', ':' or '/'"
+        )));
+    }
+    Ok(())
+}
+
+fn store(
+    vault: &Vault,
+    src: source::Source,
+    label: &str,
+    opts: &BackupOptions,
+    derived_from: Option<&Snapshot>,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
     let _lock = VaultLock::shared(vault.root())?;
     let kind = match src {
         source::Source::Disk(_) => SourceKind::Disk,
         source::Source::Directory(_) => SourceKind::Directory,
     };
-    let (all, _) = vault.snapshots()?;
-    let parent = all
-        .into_iter()
-        .rev()
-        .find(|s| s.name == opts.name && s.source.kind == kind);
+    let parent = match derived_from {
+        Some(base) => Some(base.clone()),
+        None => {
+            let (all, _) = vault.snapshots()?;
+            all.into_iter()
+                .rev()
+                .find(|s| s.name == opts.name && s.source.kind == kind)
+        }
+    };
     let mut warnings = Vec::new();
 
     let (content, mut metrics, format, size) = match src {
@@ -97,14 +142,13 @@ pub fn backup(
             };
             let (map, metrics) =
                 disk::ingest(vault, reader.as_ref(), parent_map.as_ref(), progress)?;
-            let now = reader.current_size().map_err(|e| {
-                Error::io(format!("re-reading the size of {}", source.display()), e)
-            })?;
+            let now = reader
+                .current_size()
+                .map_err(|e| Error::io(format!("re-reading the size of {label}"), e))?;
             if now != map.size {
                 return Err(Error::Invalid(format!(
-                    "{} changed size during the backup ({} → {now} bytes); no snapshot was written. \
+                    "{label} changed size during the backup ({} → {now} bytes); no snapshot was written. \
                      Back up a stable copy (a VM snapshot or an LVM snapshot) instead",
-                    source.display(),
                     map.size
                 )));
             }
@@ -142,10 +186,7 @@ pub fn backup(
         source: SourceInfo {
             kind,
             format: format.to_string(),
-            path: std::fs::canonicalize(source)
-                .unwrap_or_else(|_| source.to_path_buf())
-                .display()
-                .to_string(),
+            path: label.to_string(),
             host: hostname(),
         },
         content,
@@ -154,6 +195,7 @@ pub fn backup(
         retain_until: vault.retain_until_from_now(),
         written: now,
         cairn_version: env!("CARGO_PKG_VERSION").to_string(),
+        derived_from: derived_from.map(|b| b.id.clone()),
     };
     vault.write_snapshot(&snapshot)?;
     Ok(BackupOutcome {

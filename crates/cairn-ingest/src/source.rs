@@ -140,6 +140,43 @@ impl DiskReader for RawDisk {
     }
 }
 
+/// Any `BlockSource` (a snapshot seen through a recovery overlay, say) as
+/// a disk to back up.
+pub struct BlockSourceDisk {
+    pub inner: std::sync::Arc<dyn cairn_vault::BlockSource>,
+    pub format: &'static str,
+}
+
+impl DiskReader for BlockSourceDisk {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn format(&self) -> &'static str {
+        self.format
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let n = self.inner.read_at(offset, buf)?;
+        buf[n..].fill(0);
+        Ok(())
+    }
+
+    fn data_ranges(&self) -> io::Result<Option<Vec<DataRange>>> {
+        Ok(Some(
+            self.inner
+                .extents(0, self.inner.size())
+                .into_iter()
+                .filter(|e| !e.zero)
+                .map(|e| DataRange {
+                    start: e.offset,
+                    end: e.offset + e.len,
+                })
+                .collect(),
+        ))
+    }
+}
+
 pub enum Source {
     Disk(Box<dyn DiskReader>),
     Directory(PathBuf),

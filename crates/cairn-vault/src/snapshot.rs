@@ -97,6 +97,10 @@ pub struct Snapshot {
     /// `--time` may set).
     pub written: DateTime<Utc>,
     pub cairn_version: String,
+    /// Set by `cairn commit`: the snapshot this one was made from (its disk
+    /// plus the writes of a recovery overlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<SnapshotId>,
 }
 
 impl Snapshot {
@@ -193,6 +197,7 @@ mod tests {
             retain_until: Utc::now(),
             written: Utc::now(),
             cairn_version: "0".into(),
+            derived_from: None,
         }
     }
 

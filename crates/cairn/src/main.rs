@@ -166,6 +166,16 @@ enum Command {
         #[arg(long)]
         overlay: Option<PathBuf>,
     },
+    /// Save a snapshot plus the writes in its recovery overlay as a new
+    /// snapshot derived from it (the remediated state).
+    Commit {
+        snapshot: String,
+        #[arg(long)]
+        overlay: PathBuf,
+        /// Name of the new snapshot (default: the base's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Pin a snapshot: it is never forgotten.
     Pin { snapshot: String },
     /// Unpin a snapshot.
@@ -290,6 +300,11 @@ fn run(cli: Cli) -> Result<u8> {
             overlay.as_deref(),
             *writable,
         ),
+        Command::Commit {
+            snapshot,
+            overlay,
+            name,
+        } => commit(&cli, snapshot, overlay, name.as_deref()),
         Command::Diff {
             old,
             new,
@@ -447,7 +462,41 @@ fn backup(
         &progress,
     );
     drop(bar);
-    let out = out?;
+    print_backup(cli, &out?);
+    Ok(0)
+}
+
+fn commit(cli: &Cli, spec: &str, overlay: &Path, name: Option<&str>) -> Result<u8> {
+    let vault = open(cli)?;
+    let base = vault.resolve(spec)?;
+    if !overlay.is_file() {
+        bail!(
+            "{}: no such overlay (it is made by `cairn export --writable --overlay`)",
+            overlay.display()
+        );
+    }
+    let disk: Arc<dyn cairn_vault::BlockSource> =
+        Arc::new(SnapshotDisk::open(vault.clone(), &base, 64)?);
+    let ovl = cairn_expose::Overlay::open(overlay, disk.size())
+        .with_context(|| format!("opening the overlay {}", overlay.display()))?;
+    let view = Arc::new(cairn_expose::OverlayDisk {
+        base: disk,
+        overlay: Some(Arc::new(ovl)),
+    });
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(progress.clone(), "commit", cli.quiet || cli.json);
+    let opts = BackupOptions {
+        name: name.unwrap_or(&base.name).to_string(),
+        time: None,
+        tags: vec![],
+    };
+    let out = cairn_ingest::commit(&vault, view, &base, &opts, &progress);
+    drop(bar);
+    print_backup(cli, &out?);
+    Ok(0)
+}
+
+fn print_backup(cli: &Cli, out: &cairn_ingest::BackupOutcome) {
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
@@ -482,7 +531,6 @@ fn backup(
             m.duration_secs
         );
     }
-    Ok(0)
 }
 
 fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {

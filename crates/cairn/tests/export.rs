@@ -235,3 +235,65 @@ fn a_client_that_breaks_the_protocol_loses_only_its_connection() {
     );
     assert!(sh("nbdinfo", &["--list", &format!("nbd://{addr}")]).contains("export=\"vm\""));
 }
+
+#[test]
+fn commit_saves_base_plus_overlay_as_a_derived_snapshot() {
+    let env = Env::new("30d", &[]);
+    let img = disk(&env);
+    let base = env.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let overlay = env.path("fix.ovl");
+    {
+        let s = export(
+            &env,
+            &[
+                "vm@latest",
+                "--writable",
+                "--overlay",
+                overlay.to_str().unwrap(),
+            ],
+        );
+        sh(
+            "qemu-io",
+            &["-f", "raw", "-c", "write -P 0x5c 3M 100k", &s.url],
+        );
+    }
+    let c = env.json(&[
+        "commit",
+        "vm@latest",
+        "--overlay",
+        overlay.to_str().unwrap(),
+        "--name",
+        "vm-fixed",
+    ]);
+    assert_eq!(c["derived_from"], base.as_str());
+    assert_eq!(c["parent"], base.as_str());
+    assert_eq!(c["name"], "vm-fixed");
+    assert!(
+        c["metrics"]["new_bytes_stored"].as_u64().unwrap() < 1 << 20,
+        "deduplicated against the base: {c}"
+    );
+    assert_eq!(
+        c["metrics"]["changed_bytes"].as_u64().unwrap(),
+        2 * 64 * 1024,
+        "100 KiB at 3 MiB touches two 64 KiB blocks: {c}"
+    );
+    let mut want = std::fs::read(&img).unwrap();
+    want[3 << 20..(3 << 20) + 100 * 1024].fill(0x5c);
+    let out = env.path("fixed.img");
+    env.ok(&["restore", "vm-fixed@latest", "--to", out.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        want,
+        "restore gives base + writes"
+    );
+    let missing = env.run(&[
+        "commit",
+        "vm@latest",
+        "--overlay",
+        env.path("nope.ovl").to_str().unwrap(),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+}
