@@ -2,6 +2,7 @@
 
 mod export_cmd;
 mod guest_cmds;
+mod mount_cmd;
 mod util;
 
 use anyhow::{Context, Result, bail};
@@ -166,6 +167,16 @@ enum Command {
         #[arg(long)]
         overlay: Option<PathBuf>,
     },
+    /// Mount a snapshot read-only with FUSE: the guest's files, or with
+    /// --disk the raw disk as disk.img. Runs until stopped.
+    Mount {
+        snapshot: String,
+        mountpoint: PathBuf,
+        #[arg(long)]
+        disk: bool,
+        #[arg(long)]
+        partition: Option<u32>,
+    },
     /// Save a snapshot plus the writes in its recovery overlay as a new
     /// snapshot derived from it (the remediated state).
     Commit {
@@ -300,6 +311,12 @@ fn run(cli: Cli) -> Result<u8> {
             overlay.as_deref(),
             *writable,
         ),
+        Command::Mount {
+            snapshot,
+            mountpoint,
+            disk,
+            partition,
+        } => mount_cmd::mount(&open(&cli)?, snapshot, mountpoint, *disk, *partition),
         Command::Commit {
             snapshot,
             overlay,

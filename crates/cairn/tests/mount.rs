@@ -1,0 +1,99 @@
+//! FUSE mounts of snapshots: the guest's files, and the raw disk.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+struct Mounted {
+    child: Child,
+    at: std::path::PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-q"])
+            .arg(&self.at)
+            .status();
+    }
+}
+
+fn mount(env: &Env, args: &[&str], at: &std::path::Path) -> Mounted {
+    std::fs::create_dir_all(at).unwrap();
+    let mut child = env
+        .cmd()
+        .arg("mount")
+        .args(args)
+        .arg(at)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        at.to_str().unwrap(),
+        "mount prints the mount point once mounted"
+    );
+    Mounted {
+        child,
+        at: at.to_path_buf(),
+    }
+}
+
+#[test]
+fn the_guest_files_and_the_raw_disk_mount_read_only() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    populate(&content);
+    std::os::unix::fs::symlink("etc/hostname", content.join("link")).unwrap();
+    let img = env.path("vm.img");
+    gpt_ext4_image(&img, &content, 48);
+    env.backup(&img, "vm", "2026-03-01T00:00:00Z");
+
+    {
+        let m = mount(&env, &["vm@latest"], &env.path("files"));
+        for rel in [
+            "home/alice/docs/report-7.txt",
+            "home/alice/media/video.mp4",
+            "etc/hostname",
+        ] {
+            assert!(same_bytes(&content.join(rel), &m.at.join(rel)), "{rel}");
+        }
+        assert_eq!(
+            std::fs::read_link(m.at.join("link"))
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "etc/hostname"
+        );
+        let names: Vec<String> = std::fs::read_dir(m.at.join("srv/app/src"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 10);
+        assert!(
+            std::fs::write(m.at.join("etc/new"), "x").is_err(),
+            "read-only"
+        );
+    }
+    {
+        let m = mount(&env, &["vm@latest", "--disk"], &env.path("disk"));
+        assert!(same_bytes(&img, &m.at.join("disk.img")));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        std::fs::read_dir(env.path("files"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "unmounted when stopped"
+    );
+}
