@@ -6,7 +6,6 @@
 use cairn_vault::{BlockSource, Extent};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -45,7 +44,16 @@ impl Overlay {
         }
         let grains = size.div_ceil(GRAIN) as usize;
         let mut bits = vec![0u64; grains.div_ceil(64)];
-        for (start, end) in data_ranges(&file, size)? {
+        let ranges = cairn_vault::sparse::data_ranges(&file, size)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{}: its filesystem cannot report holes, which the overlay needs",
+                    path.display()
+                ),
+            )
+        })?;
+        for (start, end) in ranges {
             for g in start / GRAIN..end.div_ceil(GRAIN) {
                 bits[(g / 64) as usize] |= 1 << (g % 64);
             }
@@ -142,29 +150,6 @@ impl Overlay {
     pub fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
-}
-
-fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos: i64 = 0;
-    while (pos as u64) < size {
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(e);
-        }
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        out.push((data as u64, (hole as u64).min(size)));
-        pos = hole;
-    }
-    Ok(out)
 }
 
 /// A snapshot seen through an optional overlay: what an export serves.

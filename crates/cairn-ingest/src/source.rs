@@ -103,36 +103,13 @@ impl DiskReader for RawDisk {
         if self.block_device {
             return Ok(None);
         }
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
-        let mut out = Vec::new();
-        let mut pos: i64 = 0;
-        let size = self.size as i64;
-        while pos < size {
-            let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-            if data < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENXIO) {
-                    break; // no data after pos
-                }
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    return Ok(None); // not supported here
-                }
-                return Err(e);
-            }
-            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-            if hole < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let end = (hole as u64).min(self.size);
-            if end > data as u64 {
-                out.push(DataRange {
-                    start: data as u64,
-                    end,
-                });
-            }
-            pos = hole;
-        }
-        Ok(Some(out))
+        Ok(
+            cairn_vault::sparse::data_ranges(&self.file, self.size)?.map(|r| {
+                r.into_iter()
+                    .map(|(start, end)| DataRange { start, end })
+                    .collect()
+            }),
+        )
     }
 
     fn current_size(&self) -> io::Result<u64> {

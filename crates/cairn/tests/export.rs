@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 
 struct Served {
@@ -19,27 +19,18 @@ impl Drop for Served {
 
 /// Starts `cairn export` on a free port and returns the URL it prints first.
 fn export(env: &Env, args: &[&str]) -> Served {
-    let mut child = env
-        .cmd()
-        .arg("export")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("nbd://127.0.0.1:"),
-        "first line is the URL: {line:?}"
+    let (child, url) = spawn_ready(
+        env.cmd()
+            .arg("export")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(Stdio::null()),
     );
-    Served {
-        child,
-        url: line.trim().to_string(),
-    }
+    assert!(
+        url.starts_with("nbd://127.0.0.1:"),
+        "first line is the URL: {url:?}"
+    );
+    Served { child, url }
 }
 
 fn disk(env: &Env) -> std::path::PathBuf {

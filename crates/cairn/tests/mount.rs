@@ -2,7 +2,6 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -24,21 +23,15 @@ impl Drop for Mounted {
 
 fn mount(env: &Env, args: &[&str], at: &std::path::Path) -> Mounted {
     std::fs::create_dir_all(at).unwrap();
-    let mut child = env
-        .cmd()
-        .arg("mount")
-        .args(args)
-        .arg(at)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (child, line) = spawn_ready(
+        env.cmd()
+            .arg("mount")
+            .args(args)
+            .arg(at)
+            .stderr(Stdio::inherit()),
+    );
     assert_eq!(
-        line.trim(),
+        line,
         at.to_str().unwrap(),
         "mount prints the mount point once mounted"
     );

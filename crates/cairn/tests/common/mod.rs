@@ -208,6 +208,18 @@ pub fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
 }
 
+/// Starts a long-running command (export, mount) and returns it with the
+/// first line it prints, which it prints once it is ready.
+pub fn spawn_ready(cmd: &mut Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_string())
+}
+
 pub fn same_bytes(a: &Path, b: &Path) -> bool {
     Command::new("cmp").args([a, b]).status().unwrap().success()
 }
