@@ -230,7 +230,32 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("json"));
 }
 
+/// Commands that read snapshot data hold the vault's lock shared while
+/// they run, so a prune (which holds it exclusively) cannot delete data
+/// under an export, a mount or a restore.
+fn reading_lock(cli: &Cli) -> Result<Option<cairn_vault::lock::VaultLock>> {
+    let reads = matches!(
+        cli.command,
+        Command::Restore { .. }
+            | Command::Verify { .. }
+            | Command::Partitions { .. }
+            | Command::Ls { .. }
+            | Command::Cat { .. }
+            | Command::Diff { .. }
+            | Command::Export { .. }
+            | Command::Mount { .. }
+            | Command::Commit { .. }
+    );
+    match vault_path(cli) {
+        Ok(path) if reads && path.join("config").is_file() => {
+            Ok(Some(cairn_vault::lock::VaultLock::shared(&path)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn run(cli: Cli) -> Result<u8> {
+    let _reading = reading_lock(&cli)?;
     match &cli.command {
         Command::Init {
             retention,

@@ -288,3 +288,39 @@ fn commit_saves_base_plus_overlay_as_a_derived_snapshot() {
     ]);
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[test]
+fn prune_waits_while_a_snapshot_is_exported() {
+    let env = Env::new("0s", &[]);
+    let img = disk(&env);
+    let s = export(&env, &["vm@latest", "--name", "vm"]);
+    let mut prune = env
+        .cmd()
+        .args(["prune", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        prune.try_wait().unwrap().is_none(),
+        "prune must wait for the export to end"
+    );
+    assert!(
+        sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                &s.url,
+                img.to_str().unwrap()
+            ]
+        )
+        .contains("identical")
+    );
+    drop(s);
+    let out = prune.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
