@@ -1,5 +1,6 @@
 //! The `cairn` command: parse, call a library, print.
 
+mod boot_cmd;
 mod export_cmd;
 mod guest_cmds;
 mod mount_cmd;
@@ -177,6 +178,37 @@ enum Command {
         #[arg(long)]
         partition: Option<u32>,
     },
+    /// Boot a snapshot in an isolated QEMU (no network by default) and say
+    /// whether it booted: exit 0 booted, 3 failed.
+    Boot {
+        snapshot: String,
+        /// Keep the guest's writes here (default: a temporary overlay).
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        #[arg(long, default_value = "console=ttyS0")]
+        append: String,
+        #[arg(long, default_value = "512M")]
+        memory: String,
+        /// none: no network device; restricted: user networking with no
+        /// route out (only forwarded ports reach the guest).
+        #[arg(long, default_value = "none")]
+        network: String,
+        /// Console text that means the boot worked.
+        #[arg(long)]
+        expect: Option<String>,
+        /// Guest TCP port that answers when the boot worked.
+        #[arg(long)]
+        probe: Option<u16>,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Where to keep the serial console log.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
     /// Save a snapshot plus the writes in its recovery overlay as a new
     /// snapshot derived from it (the remediated state).
     Commit {
@@ -244,6 +276,7 @@ fn reading_lock(cli: &Cli) -> Result<Option<cairn_vault::lock::VaultLock>> {
             | Command::Diff { .. }
             | Command::Export { .. }
             | Command::Mount { .. }
+            | Command::Boot { .. }
             | Command::Commit { .. }
     );
     match vault_path(cli) {
@@ -342,6 +375,35 @@ fn run(cli: Cli) -> Result<u8> {
             disk,
             partition,
         } => mount_cmd::mount(&open(&cli)?, snapshot, mountpoint, *disk, *partition),
+        Command::Boot {
+            snapshot,
+            overlay,
+            kernel,
+            initrd,
+            append,
+            memory,
+            network,
+            expect,
+            probe,
+            timeout,
+            log,
+        } => boot_cmd::boot(
+            &open(&cli)?,
+            snapshot,
+            &boot_cmd::BootOptions {
+                overlay: overlay.clone(),
+                kernel: kernel.clone(),
+                initrd: initrd.clone(),
+                append: append.clone(),
+                memory: memory.clone(),
+                network: network.clone(),
+                expect: expect.clone(),
+                probe: *probe,
+                timeout: *timeout,
+                log: log.clone(),
+            },
+            cli.json,
+        ),
         Command::Commit {
             snapshot,
             overlay,
