@@ -77,9 +77,29 @@ fn start_qemu(
     Ok((child, rx))
 }
 
+/// True when the guest's service answers through the forwarded port.
+/// Connecting is not enough: QEMU's user network accepts on the host side
+/// before the guest listens. The service must send something, on its own
+/// (SSH, SMTP…) or in reply to an HTTP HEAD request.
 fn probe_port(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))
-        .is_ok()
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(300),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => return true,
+        Ok(_) => return false, // closed: nobody behind the forward
+        Err(_) => {}
+    }
+    if s.write_all(b"HEAD / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    matches!(s.read(&mut buf), Ok(n) if n > 0)
 }
 
 pub fn boot(vault: &Arc<Vault>, spec: &str, o: &BootOptions, json: bool) -> Result<u8> {

@@ -72,6 +72,34 @@ fn a_snapshot_boots_in_isolation_and_the_console_decides() {
         String::from_utf8_lossy(&bad.stdout)
     );
     assert!(String::from_utf8_lossy(&bad.stdout).contains("failed"));
+    // Restricted networking: no route out, but a forwarded guest port that
+    // answers is a good boot.
+    let log2 = env.path("console2.log");
+    let served = env.json(&[
+        "boot",
+        "vm@latest",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--append",
+        "console=ttyS0 cairn.serve=8080",
+        "--network",
+        "restricted",
+        "--probe",
+        "8080",
+        "--timeout",
+        "120",
+        "--log",
+        log2.to_str().unwrap(),
+    ]);
+    assert_eq!(served["result"], "booted", "{served}");
+    assert!(served["reason"].as_str().unwrap().contains("8080"));
+    assert!(
+        std::fs::read_to_string(&log2)
+            .unwrap()
+            .contains("CAIRN-SERVING: 8080")
+    );
     assert_eq!(
         env.run(&["verify", "--read-data"]).status.code(),
         Some(0),
