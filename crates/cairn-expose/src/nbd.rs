@@ -321,8 +321,9 @@ impl Reply {
 
     /// A read reply with room for `len` bytes of data at the end, so the
     /// data is read straight into the buffer that is sent.
-    fn data_header(&self, offset: u64, len: u32) -> Vec<u8> {
-        let mut v = Vec::with_capacity(32 + len as usize);
+    fn data_header(&self, mut v: Vec<u8>, offset: u64, len: u32) -> Vec<u8> {
+        v.clear();
+        v.reserve(32 + len as usize);
         if self.structured {
             v.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
             v.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
@@ -355,12 +356,20 @@ async fn transmission(c: &mut Conn, e: &Export) -> io::Result<()> {
     // Replies go through one writer task, in whatever order they finish.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READS_IN_FLIGHT * 2);
     let slots = Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT));
+    // Read buffers go back here once sent, so steady reading allocates
+    // nothing per request.
+    let pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
     let w = &mut c.w;
+    let returned = pool.clone();
     let writer = async move {
         while let Some(buf) = rx.recv().await {
             w.write_all(&buf).await?;
             if rx.is_empty() {
                 w.flush().await?;
+            }
+            let mut p = returned.lock().unwrap();
+            if p.len() < READS_IN_FLIGHT && buf.capacity() <= 4 << 20 {
+                p.push(buf);
             }
         }
         w.flush().await
@@ -407,8 +416,9 @@ async fn transmission(c: &mut Conn, e: &Export) -> io::Result<()> {
                         .await
                         .map_err(io::Error::other)?;
                     let (disk, tx) = (e.disk.clone(), tx.clone());
+                    let spare = pool.lock().unwrap().pop().unwrap_or_default();
                     tokio::task::spawn_blocking(move || {
-                        let mut buf = reply.data_header(offset, len);
+                        let mut buf = reply.data_header(spare, offset, len);
                         let at = buf.len();
                         buf.resize(at + len as usize, 0);
                         let out = match disk.read_exact_at(offset, &mut buf[at..]) {
