@@ -52,6 +52,7 @@ pub struct SnapshotDisk {
     /// Where the last read ended: a read starting there is sequential.
     next_offset: AtomicU64,
     cache_chunks: usize,
+    read_ahead: bool,
 }
 
 impl SnapshotDisk {
@@ -73,7 +74,15 @@ impl SnapshotDisk {
             )),
             next_offset: AtomicU64::new(u64::MAX),
             cache_chunks: cache_chunks.max(1),
+            read_ahead: true,
         })
+    }
+
+    /// For servers whose clients already keep several reads in flight
+    /// (NBD): parallel read-ahead would only compete with them.
+    pub fn without_read_ahead(mut self) -> Self {
+        self.read_ahead = false;
+        self
     }
 
     pub fn map(&self) -> &DiskMap {
@@ -153,7 +162,7 @@ impl BlockSource for SnapshotDisk {
             (offset / cs) as usize,
             ((offset + len as u64 - 1) / cs) as usize,
         );
-        if last > first || sequential {
+        if self.read_ahead && (last > first || sequential) {
             self.prefetch(first, last + if sequential { READ_AHEAD } else { 0 });
         }
         let mut done = 0usize;

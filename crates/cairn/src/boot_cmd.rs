@@ -117,7 +117,8 @@ pub fn boot(vault: &Arc<Vault>, spec: &str, o: &BootOptions, json: bool) -> Resu
         bail!("--network is none or restricted");
     }
     let snap = vault.resolve(spec)?;
-    let disk: Arc<dyn BlockSource> = Arc::new(SnapshotDisk::open(vault.clone(), &snap, 256)?);
+    let disk: Arc<dyn BlockSource> =
+        Arc::new(SnapshotDisk::open(vault.clone(), &snap, 256)?.without_read_ahead());
     let tmp = tempfile::tempdir()?;
     let overlay_path = o
         .overlay

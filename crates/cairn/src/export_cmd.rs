@@ -29,11 +29,10 @@ pub fn export(
     let mut exports = Vec::new();
     for spec in specs {
         let snap = vault.resolve(spec)?;
-        let disk: Arc<dyn BlockSource> = Arc::new(SnapshotDisk::open(
-            vault.clone(),
-            &snap,
-            EXPORT_CACHE_CHUNKS,
-        )?);
+        // NBD clients keep several reads in flight: no read-ahead.
+        let disk: Arc<dyn BlockSource> = Arc::new(
+            SnapshotDisk::open(vault.clone(), &snap, EXPORT_CACHE_CHUNKS)?.without_read_ahead(),
+        );
         let overlay = match overlay {
             Some(p) => Some(Arc::new(
                 Overlay::open(p, disk.size())
