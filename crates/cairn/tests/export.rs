@@ -33,6 +33,23 @@ fn export(env: &Env, args: &[&str]) -> Served {
     Served { child, url }
 }
 
+/// What `qemu-img compare` says of an NBD export and an image file.
+fn nbd_equals(url: &str, img: &std::path::Path) -> bool {
+    sh(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            url,
+            img.to_str().unwrap(),
+        ],
+    )
+    .contains("identical")
+}
+
 fn disk(env: &Env) -> std::path::PathBuf {
     let content = env.path("content");
     populate(&content);
@@ -48,21 +65,7 @@ fn qemu_reads_the_snapshot_over_nbd_and_sees_its_holes() {
     let img = disk(&env);
     let s = export(&env, &["vm@latest", "--name", "vm"]);
     assert!(s.url.ends_with("/vm"));
-    assert!(
-        sh(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "raw",
-                &s.url,
-                img.to_str().unwrap()
-            ]
-        )
-        .contains("identical")
-    );
+    assert!(nbd_equals(&s.url, &img));
     let map = sh("nbdinfo", &["--map", &s.url]);
     let holes: u64 = map
         .lines()
@@ -79,30 +82,21 @@ fn qemu_reads_the_snapshot_over_nbd_and_sees_its_holes() {
         "{info}"
     );
     // Two clients at once.
-    let a = Command::new("qemu-img")
-        .args([
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &s.url,
-            img.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
-    let b = Command::new("qemu-img")
-        .args([
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &s.url,
-            img.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
+    let compare = || {
+        Command::new("qemu-img")
+            .args([
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                &s.url,
+                img.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (compare(), compare());
     for mut c in [a, b] {
         assert!(c.wait().unwrap().success());
     }
@@ -156,21 +150,7 @@ fn writes_go_to_the_overlay_survive_a_restart_and_never_touch_the_vault() {
     want[8 << 20..9 << 20].fill(0);
     let expected = env.path("expected.img");
     std::fs::write(&expected, &want).unwrap();
-    assert!(
-        sh(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "raw",
-                &s.url,
-                expected.to_str().unwrap()
-            ]
-        )
-        .contains("identical")
-    );
+    assert!(nbd_equals(&s.url, &expected));
     assert!(
         allocated(&overlay) < 2 << 20,
         "the overlay holds only what was written"
@@ -201,21 +181,7 @@ fn a_client_that_breaks_the_protocol_loses_only_its_connection() {
         let _ = c.write_all(junk);
         drop(c);
     }
-    assert!(
-        sh(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "raw",
-                &s.url,
-                img.to_str().unwrap()
-            ]
-        )
-        .contains("identical")
-    );
+    assert!(nbd_equals(&s.url, &img));
     let missing = Command::new("nbdinfo")
         .arg(format!("nbd://{addr}/nope"))
         .output()
@@ -305,21 +271,7 @@ fn prune_waits_while_a_snapshot_is_exported() {
         prune.try_wait().unwrap().is_none(),
         "prune must wait for the export to end"
     );
-    assert!(
-        sh(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "raw",
-                &s.url,
-                img.to_str().unwrap()
-            ]
-        )
-        .contains("identical")
-    );
+    assert!(nbd_equals(&s.url, &img));
     drop(s);
     let out = prune.wait_with_output().unwrap();
     assert!(out.status.success());
