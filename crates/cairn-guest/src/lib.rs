@@ -153,6 +153,32 @@ impl Filesystem for Labeled {
     }
 }
 
+/// Deepest directory nesting `walk_under` follows.
+const MAX_WALK_DEPTH: usize = 4096;
+
+/// Every entry below the directory `root` (not `root` itself), found with
+/// `read_dir` so that only that subtree is read; sorted by path. Does not
+/// descend into entries with unsafe names, into a directory seen before
+/// (a loop), or deeper than `MAX_WALK_DEPTH`.
+pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<Vec<FileEntry>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(root.path.clone(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        for e in fs.read_dir(&dir)? {
+            if e.kind == FileKind::Dir && !e.unsafe_name {
+                let fresh = e.file_id.is_none_or(|id| seen.insert(id));
+                if depth < MAX_WALK_DEPTH && fresh {
+                    stack.push((e.path.clone(), depth + 1));
+                }
+            }
+            out.push(e);
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
 /// Reads a whole file into memory, refusing more than `limit` bytes.
 pub fn read_all(fs: &dyn Filesystem, e: &FileEntry, limit: u64) -> Result<Vec<u8>> {
     if e.size > limit {

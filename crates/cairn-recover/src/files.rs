@@ -8,14 +8,11 @@ use crate::tree::safe_join;
 use cairn_guest::{FileEntry, FileKind, Filesystem};
 use cairn_vault::error::{Error, IoContext, Result};
 use serde::Serialize;
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-
-const MAX_DEPTH: usize = 4096;
 
 #[derive(Debug, Default, Serialize)]
 pub struct FilesRestoreReport {
@@ -31,32 +28,17 @@ fn guest(e: cairn_guest::GuestError) -> Error {
     Error::Invalid(e.to_string())
 }
 
-/// Everything under `root` (itself included when it is a file), found
-/// with `read_dir` so only that subtree is read.
+/// Everything to restore: `root` itself, then (for a directory) all below.
 fn collect(fs: &dyn Filesystem, root: &FileEntry) -> Result<Vec<FileEntry>> {
-    if root.kind != FileKind::Dir {
-        return Ok(vec![root.clone()]);
-    }
     // The directory itself comes first, so its metadata is restored too.
     let mut out = if root.path.is_empty() {
         vec![]
     } else {
         vec![root.clone()]
     };
-    let mut seen = HashSet::new();
-    let mut stack = vec![(root.path.clone(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
-        for e in fs.read_dir(&dir).map_err(guest)? {
-            if e.kind == FileKind::Dir && !e.unsafe_name {
-                let fresh = e.file_id.is_none_or(|id| seen.insert(id));
-                if depth < MAX_DEPTH && fresh {
-                    stack.push((e.path.clone(), depth + 1));
-                }
-            }
-            out.push(e);
-        }
+    if root.kind == FileKind::Dir {
+        out.extend(cairn_guest::walk_under(fs, root).map_err(guest)?);
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 

@@ -145,20 +145,7 @@ pub fn ls(
     } else if recursive && path.is_empty() {
         o.fs.walk()?
     } else if recursive {
-        let prefix = [path.as_slice(), b"/"].concat();
-        let mut all = Vec::new();
-        let mut stack = vec![path.clone()];
-        while let Some(d) = stack.pop() {
-            for e in o.fs.read_dir(&d)? {
-                if e.kind == FileKind::Dir && e.path.starts_with(&prefix) && all.len() < 50_000_000
-                {
-                    stack.push(e.path.clone());
-                }
-                all.push(e);
-            }
-        }
-        all.sort_by(|a, b| a.path.cmp(&b.path));
-        all
+        cairn_guest::walk_under(o.fs.as_ref(), &top)?
     } else {
         o.fs.read_dir(&path)?
     };
