@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 struct Found {
     abs: PathBuf,
     entry: Entry,
+    /// (device, inode) when the file has more than one name.
+    hard_link: Option<(u64, u64)>,
 }
 
 fn kind_of(md: &Metadata) -> EntryKind {
@@ -122,7 +124,13 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
             if kind == EntryKind::Dir {
                 stack.push((abs.clone(), path));
             }
-            out.push(Found { abs, entry });
+            let hard_link =
+                (kind == EntryKind::File && md.nlink() > 1).then(|| (md.dev(), md.ino()));
+            out.push(Found {
+                abs,
+                entry,
+                hard_link,
+            });
         }
     }
     out.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
@@ -207,11 +215,7 @@ pub fn ingest(
         }
         m.files += 1;
         m.logical_size += e.size;
-        let md = fs::symlink_metadata(&f.abs).ok();
-        if let Some(md) = &md
-            && md.nlink() > 1
-        {
-            let key = (md.dev(), md.ino());
+        if let Some(key) = f.hard_link {
             if let Some(first) = first_name.get(&key) {
                 e.hardlink_to = Some(first.clone());
                 continue;
