@@ -3,7 +3,7 @@
 //! written is a hole there. The file is its own record of what was
 //! written, so the overlay survives a restart with nothing else to save.
 
-use cairn_vault::{BlockSource, Extent};
+use cairn_vault::{BlockSource, Extent, push_extent};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -184,24 +184,21 @@ impl BlockSource for OverlayDisk {
         let mut out: Vec<Extent> = Vec::new();
         for e in base {
             if !e.zero {
-                match out.last_mut() {
-                    Some(l) if !l.zero && l.offset + l.len == e.offset => l.len += e.len,
-                    _ => out.push(e),
-                }
+                push_extent(&mut out, e);
                 continue;
             }
             let mut pos = e.offset;
             while pos < e.offset + e.len {
                 let g_end = ((pos / GRAIN + 1) * GRAIN).min(e.offset + e.len);
                 let zero = e.zero && !Overlay::is_written(&bits, pos / GRAIN);
-                match out.last_mut() {
-                    Some(l) if l.zero == zero && l.offset + l.len == pos => l.len += g_end - pos,
-                    _ => out.push(Extent {
+                push_extent(
+                    &mut out,
+                    Extent {
                         offset: pos,
                         len: g_end - pos,
                         zero,
-                    }),
-                }
+                    },
+                );
                 pos = g_end;
             }
         }

@@ -22,6 +22,15 @@ pub struct Extent {
     pub zero: bool,
 }
 
+/// Appends `e`, merging it into the last extent when they touch and are
+/// of the same kind, so lists of extents stay as short as possible.
+pub fn push_extent(out: &mut Vec<Extent>, e: Extent) {
+    match out.last_mut() {
+        Some(l) if l.zero == e.zero && l.offset + l.len == e.offset => l.len += e.len,
+        _ => out.push(e),
+    }
+}
+
 /// A disk that can be read at any offset.
 pub trait BlockSource: Send + Sync {
     fn size(&self) -> u64;
@@ -189,14 +198,14 @@ impl BlockSource for SnapshotDisk {
             let i = (pos / cs) as usize;
             let chunk_end = ((i as u64 + 1) * cs).min(end);
             let zero = self.map.chunks[i].is_none();
-            match out.last_mut() {
-                Some(last) if last.zero == zero => last.len += chunk_end - pos,
-                _ => out.push(Extent {
+            push_extent(
+                &mut out,
+                Extent {
                     offset: pos,
                     len: chunk_end - pos,
                     zero,
-                }),
-            }
+                },
+            );
             pos = chunk_end;
         }
         out

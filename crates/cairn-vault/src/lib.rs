@@ -23,7 +23,7 @@ pub mod tree;
 pub mod vault;
 pub mod verify;
 
-pub use blocksource::{BlockSource, Extent, SnapshotDisk};
+pub use blocksource::{BlockSource, Extent, SnapshotDisk, push_extent};
 pub use error::{Error, Result};
 pub use hash::{BLOCK_SIZE, BlockDigest, ChunkId, ZERO_BLOCK};
 pub use snapshot::{Metrics, Snapshot, SnapshotId, SourceKind};
