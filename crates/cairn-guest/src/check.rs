@@ -18,6 +18,9 @@ pub struct DiskCheck<'a> {
     pub new_fs: &'a dyn Filesystem,
     pub old_disk: &'a SnapshotDisk,
     pub new_disk: &'a SnapshotDisk,
+    /// What the new snapshot's bytes are read through (the disk itself, or
+    /// a faster source-backed view of it).
+    new_reader: Option<&'a dyn BlockSource>,
     digests: HashMap<(bool, Vec<u8>), Option<[u8; 32]>>,
 }
 
@@ -33,8 +36,16 @@ impl<'a> DiskCheck<'a> {
             new_fs,
             old_disk,
             new_disk,
+            new_reader: None,
             digests: HashMap::new(),
         }
+    }
+
+    /// Reads the new snapshot's bytes through `reader` (which must show
+    /// the same disk as `new_disk`).
+    pub fn reading_new_through(mut self, reader: &'a dyn BlockSource) -> Self {
+        self.new_reader = Some(reader);
+        self
     }
 
     fn blocks_equal(&self, offset: u64, len: u64) -> bool {
@@ -53,7 +64,10 @@ impl<'a> DiskCheck<'a> {
             let n = ((end - pos) as usize).min(x.len());
             let (ra, rb) = (
                 self.old_disk.read_exact_at(pos, &mut x[..n]),
-                self.new_disk.read_exact_at(pos, &mut y[..n]),
+                match self.new_reader {
+                    Some(r) => r.read_exact_at(pos, &mut y[..n]),
+                    None => self.new_disk.read_exact_at(pos, &mut y[..n]),
+                },
             );
             if ra.is_err() || rb.is_err() || x[..n] != y[..n] {
                 return false;

@@ -9,7 +9,12 @@ pub enum GuestError {
     /// Valid, but a feature this reader does not handle.
     Unsupported(String),
     NotFound(String),
+    /// A request that does not fit the snapshot (e.g. a partition of a
+    /// directory snapshot).
+    Invalid(String),
     Io(std::io::Error),
+    /// Reading the snapshot from the vault failed.
+    Vault(cairn_vault::Error),
 }
 
 impl fmt::Display for GuestError {
@@ -18,7 +23,9 @@ impl fmt::Display for GuestError {
             GuestError::Corrupt(s) => write!(f, "damaged or crafted filesystem: {s}"),
             GuestError::Unsupported(s) => write!(f, "not supported yet: {s}"),
             GuestError::NotFound(s) => write!(f, "no such file or directory: {s}"),
+            GuestError::Invalid(s) => f.write_str(s),
             GuestError::Io(e) => write!(f, "reading the disk: {e}"),
+            GuestError::Vault(e) => write!(f, "{e}"),
         }
     }
 }
@@ -28,6 +35,12 @@ impl std::error::Error for GuestError {}
 impl From<std::io::Error> for GuestError {
     fn from(e: std::io::Error) -> Self {
         GuestError::Io(e)
+    }
+}
+
+impl From<cairn_vault::Error> for GuestError {
+    fn from(e: cairn_vault::Error) -> Self {
+        GuestError::Vault(e)
     }
 }
 

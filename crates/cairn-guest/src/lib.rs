@@ -15,11 +15,13 @@ pub mod fuzzing;
 pub mod io;
 pub mod model;
 pub mod ntfs;
+pub mod open;
 pub mod partition;
 pub mod tree_fs;
 
 pub use error::{GuestError, Result};
 pub use model::{FileEntry, FileKind, Filesystem};
+pub use open::{Opened, open_snapshot};
 pub use partition::Partition;
 
 use cairn_vault::BlockSource;

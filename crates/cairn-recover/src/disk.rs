@@ -41,31 +41,62 @@ enum Target {
     },
 }
 
+/// Opens a block device for writing a snapshot of `size` bytes: O_EXCL
+/// fails while it is mounted or otherwise in use.
+fn open_device(path: &Path, size: u64, write: bool) -> Result<File> {
+    let file = OpenOptions::new()
+        .write(write)
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+        .ctx(|| {
+            format!(
+                "{} is in use (mounted?) or cannot be opened",
+                path.display()
+            )
+        })?;
+    let dev_size =
+        unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&file), 0, libc::SEEK_END) };
+    if dev_size < 0 || (dev_size as u64) < size {
+        return Err(Error::Invalid(format!(
+            "{} holds {dev_size} bytes; the snapshot needs {size}: the target is too small",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Opens an existing disk image or block device to bring it to a snapshot
+/// of `size` bytes in place: (file, is a device, its current size).
+pub(crate) fn open_existing(path: &Path, size: u64, write: bool) -> Result<(File, bool, u64)> {
+    let md = fs::metadata(path).ctx(|| {
+        format!(
+            "{}: a delta restore needs an existing disk image or device (restore without --delta creates one)",
+            path.display()
+        )
+    })?;
+    if md.file_type().is_block_device() {
+        return Ok((open_device(path, size, write)?, true, size));
+    }
+    if !md.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} is neither a disk image file nor a block device",
+            path.display()
+        )));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    Ok((file, false, md.len()))
+}
+
 fn open_target(path: &Path, size: u64, opts: &DiskRestoreOptions) -> Result<Target> {
     match fs::metadata(path) {
-        Ok(md) if md.file_type().is_block_device() => {
-            // O_EXCL on a block device fails while it is mounted or in use.
-            let file = OpenOptions::new()
-                .write(true)
-                .read(true)
-                .custom_flags(libc::O_EXCL)
-                .open(path)
-                .ctx(|| {
-                    format!(
-                        "{} is in use or cannot be opened for writing",
-                        path.display()
-                    )
-                })?;
-            let dev_size =
-                unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&file), 0, libc::SEEK_END) };
-            if dev_size < 0 || (dev_size as u64) < size {
-                return Err(Error::Invalid(format!(
-                    "{} holds {dev_size} bytes; the snapshot needs {size}",
-                    path.display()
-                )));
-            }
-            Ok(Target::Device { file })
-        }
+        Ok(md) if md.file_type().is_block_device() => Ok(Target::Device {
+            file: open_device(path, size, true)?,
+        }),
         Ok(md) if md.is_dir() => Err(Error::Invalid(format!(
             "{} is a directory; give the path of the disk image to create",
             path.display()
@@ -185,7 +216,7 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
 
 /// Re-reads the target and compares each chunk's block digests with the
 /// snapshot's.
-fn verify_target(disk: &SnapshotDisk, file: &File) -> Result<()> {
+pub(crate) fn verify_target(disk: &SnapshotDisk, file: &File) -> Result<()> {
     let map = disk.map();
     let hasher = disk.vault().hasher();
     let bpc = map.blocks_per_chunk();

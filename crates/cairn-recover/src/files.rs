@@ -119,7 +119,7 @@ pub fn restore_files(
     Ok(report)
 }
 
-fn write_file(
+pub(crate) fn write_file(
     fs: &dyn Filesystem,
     e: &FileEntry,
     dest: &Path,
@@ -151,7 +151,7 @@ fn write_file(
     Ok(off)
 }
 
-fn set_meta(e: &FileEntry, dest: &Path) {
+pub(crate) fn set_meta(e: &FileEntry, dest: &Path) {
     if let (Some(uid), Some(gid)) = (e.uid, e.gid) {
         let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
     }

@@ -1,9 +1,12 @@
 //! Cairn's way back: restoring snapshots.
 
+pub mod delta;
 pub mod disk;
 pub mod files;
+pub mod rollback;
 pub mod tree;
 
+pub use delta::{DeltaOptions, DeltaReport, restore_delta};
 pub use disk::{DiskRestoreOptions, DiskRestoreReport, restore_disk};
 pub use files::{FilesRestoreReport, restore_files};
 pub use tree::{TreeRestoreOptions, TreeRestoreReport, restore_tree};

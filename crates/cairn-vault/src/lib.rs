@@ -18,6 +18,7 @@ pub mod lock;
 pub mod pack;
 pub mod prune;
 pub mod snapshot;
+pub mod source_backed;
 pub mod sparse;
 pub mod tree;
 pub mod vault;

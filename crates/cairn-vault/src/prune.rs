@@ -162,6 +162,8 @@ pub struct PruneReport {
     pub packs_deleted: usize,
     pub bytes_deleted: u64,
     pub maps_deleted: usize,
+    /// Derived records (insight) of snapshots that are gone.
+    pub records_deleted: usize,
     /// Unreferenced packs kept because their retention has not ended.
     pub packs_retained: usize,
     pub bytes_retained: u64,
@@ -244,6 +246,19 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
                 vault.backend().delete(&name)?;
             }
             report.maps_deleted += 1;
+        }
+    }
+    // Derived records are named after their snapshot (`insight/v1/<id>`,
+    // `insight/v1/<id>.files`) and go when it goes.
+    let ids: HashSet<&str> = snapshots.iter().map(|s| s.id.0.as_str()).collect();
+    for name in vault.backend().list("insight")? {
+        let file = name.rsplit('/').next().unwrap_or(&name);
+        let id = file.split('.').next().unwrap_or(file);
+        if !ids.contains(id) {
+            if !dry_run {
+                vault.backend().delete(&name)?;
+            }
+            report.records_deleted += 1;
         }
     }
     if !dry_run {

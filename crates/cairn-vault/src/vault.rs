@@ -285,6 +285,13 @@ impl Vault {
         Ok(name)
     }
 
+    /// Stores a small sealed object under `name`, write-once; false when
+    /// it already existed.
+    pub fn put_sealed(&self, name: &str, plaintext: &[u8]) -> Result<bool> {
+        self.backend
+            .put(name, &codec::seal(&self.cipher, plaintext, 3, None)?)
+    }
+
     pub fn read_disk_map(&self, snap: &Snapshot) -> Result<DiskMap> {
         let bytes = self.read_object(&snap.content)?;
         let map: DiskMap = postcard::from_bytes(&bytes)

@@ -4,15 +4,11 @@
 use crate::util::bytes;
 use anyhow::{Context, Result, bail};
 use cairn_guest::check::{DiskCheck, TreeCheck};
-use cairn_guest::tree_fs::TreeFs;
-use cairn_guest::{FileEntry, FileKind, Filesystem};
-use cairn_vault::{BlockSource, Snapshot, SnapshotDisk, SourceKind, Vault};
+use cairn_guest::open::GUEST_CACHE_CHUNKS;
+use cairn_guest::{FileEntry, FileKind, Opened};
+use cairn_vault::{BlockSource, SnapshotDisk, Vault};
 use std::io::Write;
 use std::sync::Arc;
-
-/// Decoded chunks kept per open disk: filesystem metadata is read again
-/// and again (64 MiB at the default chunk size).
-const GUEST_CACHE_CHUNKS: usize = 256;
 
 /// `NAME@SNAP:/path` → (`NAME@SNAP`, `/path`); the path defaults to `/`.
 pub fn split_spec(spec: &str) -> (&str, &str) {
@@ -22,44 +18,9 @@ pub fn split_spec(spec: &str) -> (&str, &str) {
     }
 }
 
-/// A snapshot opened for looking at files.
-pub struct Opened {
-    pub snapshot: Snapshot,
-    pub fs: Box<dyn Filesystem>,
-    pub disk: Option<Arc<SnapshotDisk>>,
-}
-
 pub fn open_snapshot(vault: &Arc<Vault>, spec: &str, partition: Option<u32>) -> Result<Opened> {
     let snapshot = vault.resolve(spec)?;
-    match snapshot.source.kind {
-        SourceKind::Directory => {
-            if partition.is_some() {
-                bail!("{spec} is a directory snapshot: it has no partitions");
-            }
-            let tree = vault.read_tree(&snapshot)?;
-            Ok(Opened {
-                snapshot,
-                fs: Box::new(TreeFs::new(vault.clone(), tree)),
-                disk: None,
-            })
-        }
-        SourceKind::Disk => {
-            let disk = Arc::new(SnapshotDisk::open(
-                vault.clone(),
-                &snapshot,
-                GUEST_CACHE_CHUNKS,
-            )?);
-            let as_source: Arc<dyn BlockSource> = disk.clone();
-            let parts = cairn_guest::partition::partitions(&as_source)?;
-            let p = cairn_guest::choose(&parts, partition)?;
-            let fs = cairn_guest::open_fs(as_source, p)?;
-            Ok(Opened {
-                snapshot,
-                fs,
-                disk: Some(disk),
-            })
-        }
-    }
+    Ok(cairn_guest::open_snapshot(vault, snapshot, partition)?)
 }
 
 pub fn partitions(vault: &Arc<Vault>, spec: &str, json: bool) -> Result<u8> {

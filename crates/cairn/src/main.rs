@@ -3,6 +3,7 @@
 mod boot_cmd;
 mod export_cmd;
 mod guest_cmds;
+mod insight_cmd;
 mod mount_cmd;
 mod util;
 
@@ -87,6 +88,41 @@ enum Command {
         /// Read a restored disk back and compare it with the snapshot.
         #[arg(long)]
         verify: bool,
+        /// Bring an existing disk image or device to the snapshot by
+        /// writing only the blocks that differ.
+        #[arg(long)]
+        delta: bool,
+        /// With --delta: compare and report, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Least-data-loss rollback: the newest snapshot, with every file the
+    /// attack damaged taken from before the damage and every file it
+    /// created left out; writes a provenance manifest.
+    Rollback {
+        name: String,
+        /// Write the rolled-back tree into this new or empty directory.
+        #[arg(
+            long,
+            conflicts_with = "in_place",
+            required_unless_present = "in_place"
+        )]
+        to_dir: Option<PathBuf>,
+        /// Repair a directory source where it lives: only damaged files
+        /// are replaced, attack-created ones removed.
+        #[arg(long)]
+        in_place: Option<PathBuf>,
+        /// Count damage from this snapshot on (default: after the clean point).
+        #[arg(long)]
+        since: Option<String>,
+        /// Partition of a disk snapshot (default: the largest readable).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Where to write the provenance manifest (default: beside the target).
+        #[arg(long)]
+        provenance: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check the vault; with --read-data decrypt and re-hash every chunk.
     Verify {
@@ -145,6 +181,14 @@ enum Command {
         partition: Option<u32>,
     },
     /// Files added, deleted, modified and renamed between two snapshots.
+    /// Change rate, entropy, file signals, score and verdict of every
+    /// snapshot of a source, and the last clean point.
+    Timeline {
+        name: String,
+        /// Also draw the timeline as an SVG chart.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     Diff {
         old: String,
         new: String,
@@ -269,11 +313,13 @@ fn reading_lock(cli: &Cli) -> Result<Option<cairn_vault::lock::VaultLock>> {
     let reads = matches!(
         cli.command,
         Command::Restore { .. }
+            | Command::Rollback { .. }
             | Command::Verify { .. }
             | Command::Partitions { .. }
             | Command::Ls { .. }
             | Command::Cat { .. }
             | Command::Diff { .. }
+            | Command::Timeline { .. }
             | Command::Export { .. }
             | Command::Mount { .. }
             | Command::Boot { .. }
@@ -331,7 +377,20 @@ fn run(cli: Cli) -> Result<u8> {
             to,
             overwrite,
             verify,
+            delta,
+            dry_run,
         } => {
+            if *dry_run && !*delta {
+                bail!("--dry-run applies to --delta restores");
+            }
+            if *delta {
+                if snapshot.contains(':') || partition.is_some() || *overwrite {
+                    bail!(
+                        "--delta restores a whole disk snapshot over an existing disk (no :/path, --partition or --overwrite)"
+                    );
+                }
+                return restore_delta(&cli, snapshot, to, *verify, *dry_run);
+            }
             if snapshot.contains(':') {
                 if *overwrite || *verify {
                     bail!("--overwrite and --verify apply to whole-snapshot restores");
@@ -414,6 +473,30 @@ fn run(cli: Cli) -> Result<u8> {
             new,
             partition,
         } => guest_cmds::diff(&open(&cli)?, old, new, *partition, cli.json),
+        Command::Rollback {
+            name,
+            to_dir,
+            in_place,
+            since,
+            partition,
+            provenance,
+            dry_run,
+        } => insight_cmd::rollback(
+            &open(&cli)?,
+            name,
+            insight_cmd::RollbackTarget {
+                to_dir: to_dir.as_deref(),
+                in_place: in_place.as_deref(),
+            },
+            since.as_deref(),
+            *partition,
+            provenance.as_deref(),
+            *dry_run,
+            cli.json,
+        ),
+        Command::Timeline { name, svg } => {
+            insight_cmd::timeline(&open(&cli)?, name, svg.as_deref(), cli.json, cli.quiet)
+        }
         Command::Verify { read_data } => verify(&cli, *read_data),
         Command::Forget {
             names,
@@ -517,10 +600,11 @@ fn run(cli: Cli) -> Result<u8> {
 fn print_prune(r: &cairn_vault::prune::PruneReport, dry_run: bool) {
     let verb = if dry_run { "would delete" } else { "deleted" };
     println!(
-        "{verb} {} pack(s) ({}) and {} map(s); {} unused pack(s) ({}) kept until their retention ends; {} pack(s) in use",
+        "{verb} {} pack(s) ({}), {} map(s) and {} record(s) of forgotten snapshots; {} unused pack(s) ({}) kept until their retention ends; {} pack(s) in use",
         r.packs_deleted,
         bytes(r.bytes_deleted),
         r.maps_deleted,
+        r.records_deleted,
         r.packs_retained,
         bytes(r.bytes_retained),
         r.packs_in_use
@@ -566,8 +650,21 @@ fn backup(
         &progress,
     );
     drop(bar);
-    print_backup(cli, &out?);
-    Ok(0)
+    let out = out?;
+    // Score the new snapshot; a failure here must not hide that the
+    // backup itself succeeded.
+    let insight = cairn_insight::assess_latest(&vault, name, Some(source));
+    match &insight {
+        Ok(o) => print_backup(cli, &out, Some(insight_cmd::outcome_json(o))),
+        Err(_) => print_backup(cli, &out, None),
+    }
+    match insight {
+        Ok(o) => Ok(insight_cmd::report(&o, cli.json)),
+        Err(e) => {
+            eprintln!("warning: the snapshot was saved, but insight could not score it: {e}");
+            Ok(0)
+        }
+    }
 }
 
 fn commit(cli: &Cli, spec: &str, overlay: &Path, name: Option<&str>) -> Result<u8> {
@@ -596,11 +693,11 @@ fn commit(cli: &Cli, spec: &str, overlay: &Path, name: Option<&str>) -> Result<u
     };
     let out = cairn_ingest::commit(&vault, view, &base, &opts, &progress);
     drop(bar);
-    print_backup(cli, &out?);
+    print_backup(cli, &out?, None);
     Ok(0)
 }
 
-fn print_backup(cli: &Cli, out: &cairn_ingest::BackupOutcome) {
+fn print_backup(cli: &Cli, out: &cairn_ingest::BackupOutcome, insight: Option<serde_json::Value>) {
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
@@ -611,6 +708,11 @@ fn print_backup(cli: &Cli, out: &cairn_ingest::BackupOutcome) {
         v.as_object_mut()
             .expect("object")
             .insert("warnings".into(), json!(out.warnings));
+        if let Some(i) = insight {
+            v.as_object_mut()
+                .expect("object")
+                .insert("insight".into(), i);
+        }
         print_json(&v);
     } else {
         println!(
@@ -691,6 +793,48 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
             rate,
             bytes(s.metrics.new_bytes_stored),
             tags.join(",")
+        );
+    }
+    Ok(0)
+}
+
+fn restore_delta(cli: &Cli, spec: &str, to: &Path, verify: bool, dry_run: bool) -> Result<u8> {
+    let vault = open(cli)?;
+    let snap = vault.resolve(spec)?;
+    if snap.source.kind != SourceKind::Disk {
+        bail!(
+            "{spec} is a directory snapshot; --delta restores disks (for directories see `cairn rollback --in-place`)"
+        );
+    }
+    let progress = Arc::new(Progress::default());
+    progress.set_total(snap.metrics.logical_size);
+    let bar = Bar::start(progress.clone(), "compare", cli.quiet || cli.json);
+    let tick = |n: u64| progress.add(n);
+    let disk = SnapshotDisk::open(vault.clone(), &snap, 4)?;
+    let r = cairn_recover::restore_delta(
+        &disk,
+        to,
+        &cairn_recover::DeltaOptions { dry_run, verify },
+        &tick,
+    );
+    drop(bar);
+    let r = r?;
+    if cli.json {
+        print_json(&r);
+    } else {
+        println!(
+            "{} {}@{} onto {}: compared {}, {} {} block(s) ({}, {} zeroed){}, {:.2}s",
+            if dry_run { "would restore" } else { "restored" },
+            snap.name,
+            snap.id.short(),
+            to.display(),
+            bytes(r.bytes_compared),
+            if dry_run { "would write" } else { "wrote" },
+            r.blocks_written,
+            bytes(r.bytes_written),
+            r.blocks_zeroed,
+            if r.verified { ", verified" } else { "" },
+            r.duration_secs
         );
     }
     Ok(0)

@@ -223,3 +223,32 @@ pub fn spawn_ready(cmd: &mut Command) -> (std::process::Child, String) {
 pub fn same_bytes(a: &Path, b: &Path) -> bool {
     Command::new("cmp").args([a, b]).status().unwrap().success()
 }
+
+/// The 4 KiB blocks of a file in the ext4 partition of a gpt_ext4_image,
+/// as byte offsets in the image (debugfs `blocks`).
+pub fn file_offsets(image: &Path, path: &str) -> Vec<u64> {
+    sh(
+        "debugfs",
+        &[
+            "-R",
+            &format!("blocks {path}"),
+            &format!("{}?offset=1048576", image.display()),
+        ],
+    )
+    .split_whitespace()
+    .filter_map(|b| b.parse::<u64>().ok())
+    .map(|b| 1_048_576 + b * 4096)
+    .collect()
+}
+
+/// Rewrites a file where it lies on the disk (same inode, size, mtime),
+/// the way in-place encryption does.
+pub fn overwrite_file_in_place(image: &Path, path: &str, data: &[u8]) {
+    for (i, off) in file_offsets(image, path).into_iter().enumerate() {
+        let piece = &data[(i * 4096).min(data.len())..((i + 1) * 4096).min(data.len())];
+        if piece.is_empty() {
+            break;
+        }
+        write_at(image, off, piece);
+    }
+}

@@ -1,0 +1,487 @@
+//! What a file's bytes are: its type by magic bytes and by extension, and
+//! whether its structure holds together. Encryption — even intermittent or
+//! head-only — breaks the structure of typed files, while whole-file
+//! entropy may barely move.
+//!
+//! Everything here reads a bounded sample of a file (its head and tail,
+//! plus a few bytes at offsets the format names), never the whole file.
+
+/// A file type, as far as insight cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Zip,
+    Pdf,
+    Jpeg,
+    Png,
+    Sqlite,
+    Gzip,
+    /// Other compressed or packed formats recognised by magic only.
+    Packed,
+    /// Audio, video and images other than JPEG and PNG, by magic only.
+    Media,
+    Elf,
+    Text,
+}
+
+impl Kind {
+    /// Formats whose content is compressed or encrypted by design: high
+    /// entropy in them is normal.
+    pub fn dense(self) -> bool {
+        matches!(
+            self,
+            Kind::Zip
+                | Kind::Jpeg
+                | Kind::Png
+                | Kind::Gzip
+                | Kind::Packed
+                | Kind::Media
+                | Kind::Pdf
+        )
+    }
+}
+
+/// The file's extension, lowercased, without the dot (`""` when none).
+pub fn extension(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    match name.rfind('.') {
+        Some(i) if i > 0 && i + 1 < name.len() => name[i + 1..].to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
+/// The type a file of this extension should have, for extensions we know.
+pub fn kind_for_extension(ext: &str) -> Option<Kind> {
+    Some(match ext {
+        "zip" | "docx" | "docm" | "xlsx" | "xlsm" | "pptx" | "odt" | "ods" | "odp" | "jar"
+        | "apk" | "epub" => Kind::Zip,
+        "pdf" => Kind::Pdf,
+        "jpg" | "jpeg" => Kind::Jpeg,
+        "png" => Kind::Png,
+        "sqlite" | "sqlite3" => Kind::Sqlite,
+        "gz" | "tgz" => Kind::Gzip,
+        "xz" | "bz2" | "zst" | "7z" | "rar" | "deb" | "rpm" | "cab" => Kind::Packed,
+        "mp4" | "m4a" | "m4v" | "mov" | "heic" | "gif" | "mp3" | "webp" | "wav" | "flac"
+        | "ogg" | "mkv" | "webm" | "avi" => Kind::Media,
+        "txt" | "csv" | "tsv" | "md" | "log" | "json" | "xml" | "html" | "htm" | "py" | "c"
+        | "h" | "rs" | "js" | "ts" | "css" | "conf" | "cfg" | "ini" | "yaml" | "yml" | "sh"
+        | "sql" | "tex" | "eml" | "toml" | "go" | "java" | "php" | "rb" | "pl" => Kind::Text,
+        _ => return None,
+    })
+}
+
+/// The type the first bytes announce, if any.
+pub fn sniff(head: &[u8]) -> Option<Kind> {
+    let starts = |m: &[u8]| head.starts_with(m);
+    let at = |off: usize, m: &[u8]| head.len() >= off + m.len() && &head[off..off + m.len()] == m;
+    Some(if starts(b"PK\x03\x04") || starts(b"PK\x05\x06") {
+        Kind::Zip
+    } else if head[..head.len().min(1024)]
+        .windows(5)
+        .any(|w| w == b"%PDF-")
+    {
+        Kind::Pdf
+    } else if starts(&[0xff, 0xd8, 0xff]) {
+        Kind::Jpeg
+    } else if starts(b"\x89PNG\r\n\x1a\n") {
+        Kind::Png
+    } else if starts(b"SQLite format 3\0") {
+        Kind::Sqlite
+    } else if starts(&[0x1f, 0x8b]) {
+        Kind::Gzip
+    } else if starts(b"\x7fELF") {
+        Kind::Elf
+    } else if starts(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || starts(b"BZh")
+        || starts(&[0x28, 0xb5, 0x2f, 0xfd])
+        || starts(&[b'7', b'z', 0xbc, 0xaf, 0x27, 0x1c])
+        || starts(b"Rar!")
+        || starts(b"!<arch>\n")
+        || starts(&[0xed, 0xab, 0xee, 0xdb])
+        || starts(b"MSCF")
+        || starts(b"PACK")
+        || starts(b"hsqs")
+        || starts(b"LUKS\xba\xbe")
+        || starts(b"-----BEGIN PGP")
+    {
+        Kind::Packed
+    } else if at(4, b"ftyp")
+        || starts(b"GIF8")
+        || starts(b"ID3")
+        || (starts(b"RIFF") && (at(8, b"WEBP") || at(8, b"WAVE") || at(8, b"AVI ")))
+        || starts(b"fLaC")
+        || starts(b"OggS")
+        || starts(&[0x1a, 0x45, 0xdf, 0xa3])
+    {
+        Kind::Media
+    } else if !head.is_empty() && text_share(&head[..head.len().min(4096)]) >= 0.95 {
+        Kind::Text
+    } else {
+        return None;
+    })
+}
+
+/// Share of bytes that belong to text: printable characters, tab, newline
+/// and carriage return, in valid UTF-8. Random bytes are almost never
+/// valid UTF-8 for long, so encrypted spans drag this far down.
+pub fn text_share(data: &[u8]) -> f64 {
+    if data.is_empty() {
+        return 1.0;
+    }
+    let mut good = 0usize;
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        if b < 0x80 {
+            // ASCII, the common case, without decoding.
+            good += (b >= 0x20 && b != 0x7f || matches!(b, b'\t' | b'\n' | b'\r' | 0x0c)) as usize;
+            i += 1;
+            continue;
+        }
+        let len = match b {
+            0xc2..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf4 => 4,
+            _ => 1,
+        };
+        match data
+            .get(i..i + len)
+            .and_then(|c| std::str::from_utf8(c).ok())
+        {
+            Some(c) if len > 1 && !c.chars().all(char::is_control) => {
+                good += len;
+                i += len;
+            }
+            _ => i += 1,
+        }
+    }
+    good as f64 / data.len() as f64
+}
+
+/// A bounded view of one file.
+pub struct Sample<'a> {
+    /// The first bytes (up to a limit).
+    pub head: &'a [u8],
+    /// The last bytes (may overlap the head for small files).
+    pub tail: &'a [u8],
+    pub size: u64,
+}
+
+/// Reads `buf.len()` bytes at `offset` of the file; false when it cannot.
+pub type ReadAt<'a> = dyn FnMut(u64, &mut [u8]) -> bool + 'a;
+
+/// Whether the sample holds together as `kind`; `Err` says what broke.
+/// Kinds known by magic only pass when the magic is there.
+pub fn check_structure(kind: Kind, s: &Sample, read_at: &mut ReadAt) -> Result<(), String> {
+    match kind {
+        Kind::Zip => check_zip(s, read_at),
+        Kind::Pdf => check_pdf(s),
+        Kind::Jpeg => check_jpeg(s),
+        Kind::Png => check_png(s),
+        Kind::Sqlite => check_sqlite(s),
+        Kind::Text => {
+            let share = text_share(&s.head[..s.head.len().min(64 << 10)]);
+            if share < 0.85 {
+                Err(format!(
+                    "a text file holding binary data ({:.0}% text)",
+                    share * 100.0
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Kind::Gzip | Kind::Packed | Kind::Media | Kind::Elf => {
+            if sniff(s.head) == Some(kind) {
+                Ok(())
+            } else {
+                Err("its magic bytes are gone".into())
+            }
+        }
+    }
+}
+
+fn le16(b: &[u8], at: usize) -> u64 {
+    u16::from_le_bytes([b[at], b[at + 1]]) as u64
+}
+fn le32(b: &[u8], at: usize) -> u64 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as u64
+}
+fn be16(b: &[u8], at: usize) -> usize {
+    u16::from_be_bytes([b[at], b[at + 1]]) as usize
+}
+fn be32(b: &[u8], at: usize) -> u64 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as u64
+}
+
+/// ZIP (and OOXML, ODF, JAR…): a local header first, an end-of-central-
+/// directory record at the end whose central directory lies inside the
+/// file and starts with its own signature.
+fn check_zip(s: &Sample, read_at: &mut ReadAt) -> Result<(), String> {
+    if !(s.head.starts_with(b"PK\x03\x04") || s.head.starts_with(b"PK\x05\x06")) {
+        return Err("no ZIP header".into());
+    }
+    let t = s.tail;
+    let eocd = (0..t.len().saturating_sub(21))
+        .rev()
+        .find(|&i| &t[i..i + 4] == b"PK\x05\x06")
+        .ok_or("no ZIP end record")?;
+    let cd_size = le32(t, eocd + 12);
+    let cd_offset = le32(t, eocd + 16);
+    let eocd_at = s.size - t.len() as u64 + eocd as u64;
+    if cd_offset == 0xffff_ffff {
+        return Ok(()); // ZIP64: the real offsets are elsewhere
+    }
+    if cd_offset + cd_size > eocd_at {
+        return Err("ZIP central directory out of bounds".into());
+    }
+    if cd_size > 0 {
+        let mut sig = [0u8; 4];
+        if !read_at(cd_offset, &mut sig) || &sig != b"PK\x01\x02" {
+            return Err("ZIP central directory damaged".into());
+        }
+    }
+    let entries = le16(t, eocd + 10);
+    if entries > 0 && cd_size < entries * 46 {
+        return Err("ZIP central directory too small for its entries".into());
+    }
+    Ok(())
+}
+
+fn check_pdf(s: &Sample) -> Result<(), String> {
+    if sniff(s.head) != Some(Kind::Pdf) {
+        return Err("no PDF header".into());
+    }
+    let tail = &s.tail[s.tail.len().saturating_sub(2048)..];
+    if !tail.windows(5).any(|w| w == b"%%EOF") {
+        return Err("no PDF end marker".into());
+    }
+    Ok(())
+}
+
+/// JPEG: the segment chain from the start must be well formed up to the
+/// start of scan (or the end of the sample), and the image must end with
+/// an end-of-image marker.
+fn check_jpeg(s: &Sample) -> Result<(), String> {
+    let h = s.head;
+    if !h.starts_with(&[0xff, 0xd8, 0xff]) {
+        return Err("no JPEG header".into());
+    }
+    let mut i = 2;
+    while i + 4 <= h.len() {
+        if h[i] != 0xff {
+            return Err(format!("JPEG segment chain broken at byte {i}"));
+        }
+        let m = h[i + 1];
+        match m {
+            0xda => break, // start of scan: entropy-coded data follows
+            0xd0..=0xd7 | 0x01 | 0xff => i += if m == 0xff { 1 } else { 2 },
+            0xd8 | 0xd9 => return Err(format!("JPEG marker out of place at byte {i}")),
+            _ => {
+                let len = be16(h, i + 2);
+                if len < 2 {
+                    return Err(format!("JPEG segment of length {len} at byte {i}"));
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    let tail = &s.tail[s.tail.len().saturating_sub(4096)..];
+    if !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
+        return Err("no JPEG end-of-image marker".into());
+    }
+    Ok(())
+}
+
+/// PNG: every chunk in the sample has a sane length, a letter type and a
+/// matching CRC; the file ends with IEND.
+fn check_png(s: &Sample) -> Result<(), String> {
+    let h = s.head;
+    if !h.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Err("no PNG signature".into());
+    }
+    let mut i = 8usize;
+    let mut seen = 0;
+    while i + 12 <= h.len() {
+        let len = be32(h, i);
+        let ty = &h[i + 4..i + 8];
+        if len > 0x7fff_ffff || !ty.iter().all(u8::is_ascii_alphabetic) {
+            return Err(format!("PNG chunk header damaged at byte {i}"));
+        }
+        let end = i + 12 + len as usize;
+        if end > h.len() {
+            break; // runs past the sample
+        }
+        let crc = crc32fast::hash(&h[i + 4..end - 4]) as u64;
+        if crc != be32(h, end - 4) {
+            return Err(format!(
+                "PNG chunk {} fails its CRC",
+                String::from_utf8_lossy(ty)
+            ));
+        }
+        seen += 1;
+        if ty == b"IEND" {
+            return Ok(());
+        }
+        i = end;
+    }
+    if seen == 0 {
+        return Err("no complete PNG chunk".into());
+    }
+    let tail = &s.tail[s.tail.len().saturating_sub(12)..];
+    if tail.len() < 12 || &tail[4..8] != b"IEND" {
+        return Err("no PNG end chunk".into());
+    }
+    Ok(())
+}
+
+/// SQLite: the database header's fixed fields and the first page's b-tree
+/// type.
+fn check_sqlite(s: &Sample) -> Result<(), String> {
+    let h = s.head;
+    if h.len() < 108 || !h.starts_with(b"SQLite format 3\0") {
+        return Err("no SQLite header".into());
+    }
+    let page = match be16(h, 16) {
+        1 => 65536,
+        p if p >= 512 && p.is_power_of_two() => p as u64,
+        p => return Err(format!("SQLite page size {p} is invalid")),
+    };
+    if !(1..=2).contains(&h[18]) || !(1..=2).contains(&h[19]) || h[21..24] != [64, 32, 32] {
+        return Err("SQLite header fields damaged".into());
+    }
+    if !s.size.is_multiple_of(page) {
+        return Err("SQLite file is not a whole number of pages".into());
+    }
+    if !matches!(h[100], 0x05 | 0x0d) {
+        return Err("SQLite schema page damaged".into());
+    }
+    Ok(())
+}
+
+/// Everything insight parses from a file's bytes, on arbitrary input (the
+/// fuzz target runs this): no panic, no unbounded allocation.
+pub fn fuzz_one(data: &[u8]) {
+    let half = data.len() / 2;
+    let sample = Sample {
+        head: &data[..half],
+        tail: &data[half..],
+        size: data.len() as u64,
+    };
+    let mut read_at = |off: u64, buf: &mut [u8]| {
+        let Some(end) = off
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= data.len() as u64)
+        else {
+            return false;
+        };
+        buf.copy_from_slice(&data[off as usize..end as usize]);
+        true
+    };
+    let _ = sniff(data);
+    let _ = text_share(data);
+    for k in [
+        Kind::Zip,
+        Kind::Pdf,
+        Kind::Jpeg,
+        Kind::Png,
+        Kind::Sqlite,
+        Kind::Gzip,
+        Kind::Packed,
+        Kind::Media,
+        Kind::Elf,
+        Kind::Text,
+    ] {
+        let _ = check_structure(k, &sample, &mut read_at);
+    }
+    let _ = crate::notes::looks_like_note("README.txt", data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(kind: Kind, data: &[u8]) -> Result<(), String> {
+        let s = Sample {
+            head: data,
+            tail: data,
+            size: data.len() as u64,
+        };
+        let mut read = |off: u64, buf: &mut [u8]| {
+            let off = off as usize;
+            if off + buf.len() > data.len() {
+                return false;
+            }
+            buf.copy_from_slice(&data[off..off + buf.len()]);
+            true
+        };
+        check_structure(kind, &s, &mut read)
+    }
+
+    fn png() -> Vec<u8> {
+        let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (ty, data) in [
+            (&b"IHDR"[..], &[0u8, 0, 0, 1, 0, 0, 0, 1, 8, 0, 0, 0, 0][..]),
+            (b"IEND", &[]),
+        ] {
+            v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let mut body = ty.to_vec();
+            body.extend_from_slice(data);
+            v.extend_from_slice(&body);
+            v.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn a_valid_png_passes_and_a_flipped_byte_fails() {
+        let mut p = png();
+        assert_eq!(check(Kind::Png, &p), Ok(()));
+        p[20] ^= 0x55;
+        assert!(check(Kind::Png, &p).is_err());
+    }
+
+    #[test]
+    fn text_with_every_other_16_bytes_encrypted_is_not_text() {
+        let text: Vec<u8> = b"Quarterly report: revenue grew in all regions. "
+            .iter()
+            .cycle()
+            .take(8192)
+            .copied()
+            .collect();
+        assert!(text_share(&text) > 0.99);
+        let mut x = text.clone();
+        let mut seed = 7u32;
+        for (i, b) in x.iter_mut().enumerate() {
+            if (i / 16) % 2 == 1 {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *b = (seed >> 16) as u8;
+            }
+        }
+        assert!(text_share(&x) < 0.85, "{}", text_share(&x));
+        assert!(check(Kind::Text, &x).is_err());
+    }
+
+    #[test]
+    fn extensions_and_magic() {
+        assert_eq!(extension("a/b/Report.DOCX"), "docx");
+        assert_eq!(extension("a/.bashrc"), "");
+        assert_eq!(extension("x.tar.gz"), "gz");
+        assert_eq!(kind_for_extension("docx"), Some(Kind::Zip));
+        assert_eq!(sniff(b"\x7fELF\x02\x01"), Some(Kind::Elf));
+        assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]), Some(Kind::Gzip));
+        assert_eq!(sniff(&[0x00, 0x9f, 0x31, 0xee]), None);
+    }
+
+    #[test]
+    fn sqlite_header_checks() {
+        let mut db = vec![0u8; 4096];
+        db[..16].copy_from_slice(b"SQLite format 3\0");
+        db[16..18].copy_from_slice(&1024u16.to_be_bytes());
+        db[18] = 1;
+        db[19] = 1;
+        db[21..24].copy_from_slice(&[64, 32, 32]);
+        db[100] = 0x0d;
+        assert_eq!(check(Kind::Sqlite, &db), Ok(()));
+        db[100] = 0x77;
+        assert!(check(Kind::Sqlite, &db).is_err());
+    }
+}

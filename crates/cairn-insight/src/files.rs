@@ -1,0 +1,604 @@
+//! File-level signals of one snapshot against its parent: what the diff
+//! says (added, modified, deleted, renamed) and what the changed files'
+//! bytes say (encrypted in place, broken structure, zeroed, ransom notes,
+//! files renamed to one new extension).
+//!
+//! A modified file is compared with its previous version position by
+//! position: the bytes that changed are what an attack wrote. Their
+//! entropy against the entropy of the bytes they replaced catches
+//! encryption even when only the head of a file or one span in three is
+//! encrypted — whole-file entropy would barely move.
+
+use crate::content::{self, Kind, Sample};
+use crate::notes;
+use cairn_guest::diff::Diff;
+use cairn_guest::{FileEntry, FileKind, Filesystem};
+use cairn_vault::SnapshotDisk;
+use cairn_vault::hash::BLOCK_SIZE;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// How much of each version of a modified file is compared: enough for
+/// the entropy of what changed, in every file.
+const COMPARE_BYTES: u64 = 256 << 10;
+/// How much of the head of a new file is sampled.
+const HEAD_BYTES: u64 = 256 << 10;
+/// Head and tail read to check a file's structure.
+const SAMPLE_BYTES: u64 = 64 << 10;
+const TAIL_BYTES: u64 = 64 << 10;
+/// Total bytes read for analysis per snapshot; files beyond are counted
+/// as not analysed.
+const BUDGET_BYTES: u64 = 2 << 30;
+/// Fewer changed bytes than this say nothing about their entropy.
+const MIN_CHANGED: u64 = 256;
+/// Entropy is measured in windows of this size.
+const WINDOW: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Damage {
+    /// Changed in place with high-entropy bytes over low-entropy ones.
+    EncryptedInPlace,
+    /// A typed file whose structure no longer holds.
+    BrokenStructure,
+    /// Overwritten with zeros.
+    Zeroed,
+    /// A new file of high entropy and no known type (often the encrypted
+    /// copy of a deleted original).
+    EncryptedNew,
+    RansomNote,
+}
+
+impl Damage {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Damage::EncryptedInPlace => "encrypted in place",
+            Damage::BrokenStructure => "structure broken",
+            Damage::Zeroed => "zeroed",
+            Damage::EncryptedNew => "new encrypted-looking file",
+            Damage::RansomNote => "ransom note",
+        }
+    }
+}
+
+/// One damaged or attack-created file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Path in this snapshot (`/`-rooted).
+    pub path: String,
+    pub damage: Damage,
+    pub detail: String,
+    /// The file this one replaced (renamed from, or the deleted original of
+    /// an encrypted copy), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtensionCount {
+    pub extension: String,
+    pub files: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileSignals {
+    /// Regular files in the snapshot.
+    pub files: u64,
+    pub added: u64,
+    pub modified: u64,
+    pub deleted: u64,
+    pub renamed: u64,
+    pub analysed_files: u64,
+    pub analysed_bytes: u64,
+    /// Changed files left out because the read budget ran out.
+    pub unanalysed_files: u64,
+    pub findings: Vec<Finding>,
+    /// Files renamed (or replaced by a copy) with one new extension added,
+    /// grouped by that extension — excluding real archives (`.gz` of a log).
+    pub extension_churn: Vec<ExtensionCount>,
+    /// Extensions no file had in the parent, with how many new files have them.
+    pub new_extensions: Vec<ExtensionCount>,
+    /// The most folders one ransom note's text was dropped in.
+    pub note_copies: u64,
+    /// Changed files whose high entropy their type explains (archives,
+    /// media, compressed files that check out).
+    pub dense_ok_files: u64,
+    /// Hashes of paths that changed or went away, so damage found earlier
+    /// can be seen as repaired.
+    pub touched: Vec<u64>,
+}
+
+impl FileSignals {
+    pub fn count(&self, d: Damage) -> u64 {
+        self.findings.iter().filter(|f| f.damage == d).count() as u64
+    }
+}
+
+/// A short, stable hash of a path (for `touched`).
+pub fn path_hash(path: &str) -> u64 {
+    let h = blake3::hash(path.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// One side of the comparison.
+pub struct Side<'a> {
+    pub fs: &'a dyn Filesystem,
+    pub entries: &'a [FileEntry],
+    /// The disk under `fs`, for disk snapshots: its 64 KiB block digests
+    /// say which parts of a file changed in place without reading it.
+    pub disk: Option<&'a SnapshotDisk>,
+}
+
+struct Reader {
+    spent: u64,
+}
+
+impl Reader {
+    /// Reads up to `len` bytes at `offset`, short at the end of the file;
+    /// `None` when the budget is spent or the read fails.
+    fn read(
+        &mut self,
+        fs: &dyn Filesystem,
+        e: &FileEntry,
+        offset: u64,
+        len: u64,
+    ) -> Option<Vec<u8>> {
+        let len = len.min(e.size.saturating_sub(offset));
+        if self.spent + len > BUDGET_BYTES {
+            return None;
+        }
+        self.spent += len;
+        let mut buf = vec![0u8; len as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match fs.read_at(e, offset + done as u64, &mut buf[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(_) => return None,
+            }
+        }
+        buf.truncate(done);
+        Some(buf)
+    }
+
+    /// Head and tail of a file.
+    fn sample(
+        &mut self,
+        fs: &dyn Filesystem,
+        e: &FileEntry,
+        head: u64,
+    ) -> Option<(Vec<u8>, Vec<u8>)> {
+        let h = self.read(fs, e, 0, head)?;
+        let t = if e.size <= h.len() as u64 {
+            h[h.len().saturating_sub(TAIL_BYTES as usize)..].to_vec()
+        } else {
+            let from = e.size.saturating_sub(TAIL_BYTES);
+            self.read(fs, e, from, TAIL_BYTES)?
+        };
+        Some((h, t))
+    }
+}
+
+/// Byte histogram for entropy of scattered bytes.
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    n: u64,
+}
+
+impl Histogram {
+    fn add(&mut self, b: u8) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; 256];
+        }
+        self.counts[b as usize] += 1;
+        self.n += 1;
+    }
+    fn entropy(&self) -> f64 {
+        let n = self.n as f64;
+        self.counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = c as f64 / n;
+                -p * p.log2()
+            })
+            .sum()
+    }
+}
+
+/// The entropy `n` random bytes would show, less a margin: small samples
+/// of ciphertext measure below 8 bits per byte.
+fn encrypted_threshold(n: u64) -> f64 {
+    (8.0 - 184.0 / n as f64 - 0.4).max(6.5)
+}
+
+fn window_entropy(data: &[u8]) -> Vec<f64> {
+    data.chunks(WINDOW)
+        .filter(|w| w.len() >= 512)
+        .map(|w| cairn_vault::entropy::shannon_entropy(w) as f64)
+        .collect()
+}
+
+fn structure(
+    kind: Kind,
+    fs: &dyn Filesystem,
+    e: &FileEntry,
+    head: &[u8],
+    tail: &[u8],
+) -> Result<(), String> {
+    let sample = Sample {
+        head,
+        tail,
+        size: e.size,
+    };
+    let mut read_at = |off: u64, buf: &mut [u8]| {
+        off.checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= e.size)
+            && fs.read_at(e, off, buf).is_ok_and(|n| n == buf.len())
+    };
+    content::check_structure(kind, &sample, &mut read_at)
+}
+
+/// The type a file should have: what its old content announced, else its
+/// extension.
+fn expected_kind(path: &str, head: &[u8]) -> Option<Kind> {
+    content::sniff(head).or_else(|| content::kind_for_extension(&content::extension(path)))
+}
+
+struct Analysis<'a> {
+    old: &'a Side<'a>,
+    new: &'a Side<'a>,
+    reader: Reader,
+    out: FileSignals,
+    /// Ransom note texts: hash → folders they were found in.
+    note_dirs: HashMap<[u8; 32], HashSet<String>>,
+}
+
+impl Analysis<'_> {
+    /// The parts of a file to compare between versions: where its content
+    /// stayed in place, only the 64 KiB blocks whose digests differ; else
+    /// its head. File-relative (offset, length) runs, at most
+    /// `COMPARE_BYTES` in all.
+    fn compare_ranges(&self, o: &FileEntry, n: &FileEntry) -> Vec<(u64, u64)> {
+        let same_place = matches!((&o.extents, &n.extents), (Some(a), Some(b)) if a == b);
+        let (Some(od), Some(nd), true) = (self.old.disk, self.new.disk, same_place) else {
+            return vec![(0, n.size.min(COMPARE_BYTES))];
+        };
+        let (a, b) = (&od.map().blocks, &nd.map().blocks);
+        let bs = BLOCK_SIZE as u64;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut file_off = 0u64;
+        let mut total = 0u64;
+        for &(disk_off, len) in n.extents.as_deref().unwrap_or_default() {
+            let mut pos = disk_off;
+            let end = disk_off + len;
+            while pos < end && total < COMPARE_BYTES {
+                let blk = (pos / bs) as usize;
+                let upto = ((blk as u64 + 1) * bs).min(end);
+                if a.get(blk) != b.get(blk) || a.get(blk).is_none() {
+                    let (start, l) = (file_off + (pos - disk_off), upto - pos);
+                    match out.last_mut() {
+                        Some(last) if last.0 + last.1 == start => last.1 += l,
+                        _ => out.push((start, l)),
+                    }
+                    total += l;
+                }
+                pos = upto;
+            }
+            file_off += len;
+        }
+        out
+    }
+
+    /// A file changed in place (same path or renamed with its inode).
+    fn modified(&mut self, path: &str, o: &FileEntry, n: &FileEntry, origin: Option<String>) {
+        let (old_fs, new_fs) = (self.old.fs, self.new.fs);
+        let Some((nh, nt)) = self.reader.sample(new_fs, n, SAMPLE_BYTES) else {
+            self.out.unanalysed_files += 1;
+            return;
+        };
+        let mut was_bytes = Vec::new();
+        let mut now_bytes = Vec::new();
+        for (off, len) in self.compare_ranges(o, n) {
+            match (
+                self.reader.read(old_fs, o, off, len),
+                self.reader.read(new_fs, n, off, len),
+            ) {
+                (Some(a), Some(b)) => {
+                    was_bytes.extend_from_slice(&a);
+                    now_bytes.extend_from_slice(&b);
+                }
+                _ => {
+                    self.out.unanalysed_files += 1;
+                    return;
+                }
+            }
+        }
+        self.out.analysed_files += 1;
+        self.out.analysed_bytes += (was_bytes.len() + now_bytes.len()) as u64;
+
+        let (mut was, mut now) = (Histogram::default(), Histogram::default());
+        let mut zeros = 0u64;
+        for (&a, &b) in was_bytes.iter().zip(&now_bytes) {
+            if a != b {
+                was.add(a);
+                now.add(b);
+                zeros += (b == 0) as u64;
+            }
+        }
+        let changed = now.n;
+        let (wo, wn) = (window_entropy(&was_bytes), window_entropy(&now_bytes));
+        let jumped = wo.iter().zip(&wn).filter(|(a, b)| **b - **a >= 1.5).count();
+        let new_kind = content::sniff(&nh);
+        let dense_ok =
+            new_kind.is_some_and(|k| k.dense() && structure(k, new_fs, n, &nh, &nt).is_ok());
+        if dense_ok {
+            self.out.dense_ok_files += 1;
+        }
+        let finding = |damage, detail: String| Finding {
+            path: path.to_string(),
+            damage,
+            detail,
+            origin: origin.clone(),
+        };
+        if changed >= MIN_CHANGED && zeros as f64 >= 0.9 * changed as f64 {
+            self.out.findings.push(finding(
+                Damage::Zeroed,
+                format!("{} overwritten with zeros", human(zeros)),
+            ));
+            return;
+        }
+        let (e_was, e_now) = (was.entropy(), now.entropy());
+        if changed >= MIN_CHANGED
+            && e_now >= encrypted_threshold(changed)
+            && e_now - e_was >= 1.0
+            && !dense_ok
+        {
+            self.out.findings.push(finding(
+                Damage::EncryptedInPlace,
+                format!(
+                    "{} of {} rewritten at {:.2} bits/byte (was {:.2}); {} of {} windows jumped",
+                    human(changed),
+                    human(n.size),
+                    e_now,
+                    e_was,
+                    jumped,
+                    wn.len()
+                ),
+            ));
+            return;
+        }
+        // Structure: only when the new version does not check out as what
+        // it claims (or as any type) is the old version read to see what
+        // it was.
+        let by_ext = content::kind_for_extension(&content::extension(path));
+        let claimed = by_ext.or(new_kind);
+        if claimed.is_some_and(|k| structure(k, new_fs, n, &nh, &nt).is_ok()) {
+            return;
+        }
+        let Some((oh, ot)) = self.reader.sample(old_fs, o, SAMPLE_BYTES) else {
+            return;
+        };
+        let kind = expected_kind(path, &oh);
+        // A file that became another valid type (a script replaced by a
+        // binary in an upgrade) is not broken.
+        let other_valid_type = new_kind
+            .is_some_and(|nk| Some(nk) != kind && structure(nk, new_fs, n, &nh, &nt).is_ok());
+        if let Some(k) = kind
+            && !other_valid_type
+            && structure(k, old_fs, o, &oh, &ot).is_ok()
+            && let Err(why) = structure(k, new_fs, n, &nh, &nt)
+        {
+            self.out.findings.push(finding(
+                Damage::BrokenStructure,
+                format!("was a valid {k:?} file; now {why}"),
+            ));
+        }
+    }
+
+    /// A file that is new at this path.
+    fn added(&mut self, path: &str, n: &FileEntry) {
+        let fs = self.new.fs;
+        let name = path.rsplit('/').next().unwrap_or(path).to_string();
+        let Some((head, tail)) = self.reader.sample(fs, n, HEAD_BYTES) else {
+            self.out.unanalysed_files += 1;
+            return;
+        };
+        self.out.analysed_files += 1;
+        self.out.analysed_bytes += head.len() as u64;
+        let finding = |damage, detail: String| Finding {
+            path: path.to_string(),
+            damage,
+            detail,
+            origin: None,
+        };
+        if n.size <= notes::MAX_NOTE_BYTES
+            && content::text_share(&head) >= 0.9
+            && let Some(why) = notes::looks_like_note(&name, &head)
+        {
+            let dir = path
+                .rsplit_once('/')
+                .map(|(d, _)| d)
+                .unwrap_or("")
+                .to_string();
+            self.note_dirs
+                .entry(*blake3::hash(&head).as_bytes())
+                .or_default()
+                .insert(dir);
+            self.out.findings.push(finding(Damage::RansomNote, why));
+            return;
+        }
+        let ext = content::extension(path);
+        let magic = content::sniff(&head);
+        if let Some(k) = magic
+            && k.dense()
+            && structure(k, fs, n, &head, &tail).is_ok()
+        {
+            self.out.dense_ok_files += 1;
+        }
+        if let Some(k) = content::kind_for_extension(&ext) {
+            if let Err(why) = structure(k, fs, n, &head, &tail) {
+                self.out.findings.push(finding(
+                    Damage::BrokenStructure,
+                    format!("not a valid .{ext} file: {why}"),
+                ));
+            }
+            return;
+        }
+        if magic.is_none() && head.len() >= 1024 {
+            let w = window_entropy(&head);
+            let high = w.iter().filter(|&&e| e >= 7.2).count();
+            let whole = cairn_vault::entropy::shannon_entropy(&head) as f64;
+            if whole >= encrypted_threshold(head.len() as u64) && high * 10 >= w.len() * 9 {
+                self.out.findings.push(finding(
+                    Damage::EncryptedNew,
+                    format!("{:.2} bits/byte and no known file type", whole),
+                ));
+            }
+        }
+    }
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// The file-level signals of `new` against `old`, given their diff.
+pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
+    let key = |e: &FileEntry| e.display_path();
+    let old_by: HashMap<String, &FileEntry> = old.entries.iter().map(|e| (key(e), e)).collect();
+    let new_by: HashMap<String, &FileEntry> = new.entries.iter().map(|e| (key(e), e)).collect();
+    let is_file = |e: &&FileEntry| e.kind == FileKind::File;
+    let mut a = Analysis {
+        old,
+        new,
+        reader: Reader { spent: 0 },
+        out: FileSignals {
+            files: new.entries.iter().filter(is_file).count() as u64,
+            added: d.added.len() as u64,
+            modified: d.modified.len() as u64,
+            deleted: d.deleted.len() as u64,
+            renamed: d.renamed.len() as u64,
+            ..Default::default()
+        },
+        note_dirs: HashMap::new(),
+    };
+
+    for m in &d.modified {
+        if let (Some(o), Some(n)) = (old_by.get(&m.path), new_by.get(&m.path))
+            && o.kind == FileKind::File
+        {
+            a.modified(&m.path, o, n, None);
+        }
+    }
+    for r in &d.renamed {
+        if let (Some(o), Some(n)) = (old_by.get(&r.from), new_by.get(&r.to))
+            && o.kind == FileKind::File
+            && r.modified
+        {
+            a.modified(&r.to, o, n, Some(r.from.clone()));
+        }
+    }
+    for x in &d.added {
+        if let Some(n) = new_by.get(&x.path).filter(|e| e.kind == FileKind::File) {
+            a.added(&x.path, n);
+        }
+    }
+    a.out.note_copies = a
+        .note_dirs
+        .values()
+        .map(|d| d.len() as u64)
+        .max()
+        .unwrap_or(0);
+
+    // Encrypted copies name their originals: "x.docx" → "x.docx.locked".
+    let deleted: HashSet<&str> = d.deleted.iter().map(|x| x.path.as_str()).collect();
+    let origin_of = |p: &str| -> Option<String> {
+        let name_at = p.rfind('/').map(|i| i + 1).unwrap_or(0);
+        p.match_indices('.')
+            .map(|(i, _)| i)
+            .filter(|&i| i > name_at)
+            .find(|&i| deleted.contains(&p[..i]))
+            .map(|i| p[..i].to_string())
+    };
+    let damaged: HashSet<String> = a.out.findings.iter().map(|f| f.path.clone()).collect();
+    let mut churn: BTreeMap<String, u64> = BTreeMap::new();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for x in &d.added {
+        if let Some(o) = origin_of(&x.path) {
+            pairs.push((o, x.path.clone()));
+        }
+    }
+    for r in &d.renamed {
+        if r.to.len() > r.from.len()
+            && r.to.starts_with(&r.from)
+            && r.to.as_bytes()[r.from.len()] == b'.'
+        {
+            pairs.push((r.from.clone(), r.to.clone()));
+        }
+    }
+    for (from, to) in pairs {
+        let ext = content::extension(&to);
+        let genuine_archive = content::kind_for_extension(&ext).is_some() && !damaged.contains(&to);
+        if !genuine_archive {
+            *churn.entry(ext).or_default() += 1;
+        }
+        if let Some(f) = a
+            .out
+            .findings
+            .iter_mut()
+            .find(|f| f.path == to && f.origin.is_none())
+        {
+            f.origin = Some(from);
+        }
+    }
+    a.out.extension_churn = sorted_counts(churn);
+
+    let old_exts: HashSet<String> = old
+        .entries
+        .iter()
+        .filter(is_file)
+        .map(|e| content::extension(&key(e)))
+        .collect();
+    let mut fresh: BTreeMap<String, u64> = BTreeMap::new();
+    for x in &d.added {
+        let ext = content::extension(&x.path);
+        if !ext.is_empty() && !old_exts.contains(&ext) {
+            *fresh.entry(ext).or_default() += 1;
+        }
+    }
+    a.out.new_extensions = sorted_counts(fresh);
+
+    let mut touched: Vec<u64> = d
+        .modified
+        .iter()
+        .map(|m| path_hash(&m.path))
+        .chain(d.deleted.iter().map(|x| path_hash(&x.path)))
+        .chain(d.renamed.iter().map(|r| path_hash(&r.from)))
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    a.out.touched = touched;
+    a.out
+}
+
+fn sorted_counts(m: BTreeMap<String, u64>) -> Vec<ExtensionCount> {
+    let mut v: Vec<ExtensionCount> = m
+        .into_iter()
+        .map(|(extension, files)| ExtensionCount { extension, files })
+        .collect();
+    v.sort_by(|a, b| b.files.cmp(&a.files).then(a.extension.cmp(&b.extension)));
+    v
+}

@@ -1,0 +1,246 @@
+//! Cairn's snapshot insight: for every snapshot, how much changed and how
+//! that change looks — from ingest metrics and from the files inside — a
+//! score with reasons, a verdict, and the clean point to recover from.
+//!
+//! Facts per snapshot (`signals`) are computed once and stored beside the
+//! snapshot as `insight/v<N>/<snapshot id>` (write-once, like everything
+//! in the vault; the manifest itself never changes). Scores depend on
+//! history, so they are replayed in time order whenever a timeline is
+//! asked for — cheap, as the facts are stored.
+
+pub mod content;
+pub mod filelist;
+pub mod files;
+pub mod notes;
+pub mod score;
+pub mod signals;
+pub mod svg;
+
+pub use files::{Damage, FileSignals, Finding};
+pub use score::{Assessment, CleanPoint, Verdict};
+pub use signals::Signals;
+
+use cairn_vault::{Snapshot, SnapshotId, Vault};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub type Result<T> = std::result::Result<T, cairn_vault::Error>;
+
+/// What is stored per snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub signals: Signals,
+    /// The assessment made when the record was written (with the history
+    /// known then).
+    pub assessment: Assessment,
+}
+
+pub fn record_name(id: &SnapshotId) -> String {
+    format!("insight/v{}/{}", signals::SIGNALS_VERSION, id.0)
+}
+
+/// The stored record of a snapshot, if there is a readable one.
+pub fn load(vault: &Vault, id: &SnapshotId) -> Option<Record> {
+    let name = record_name(id);
+    if !vault.backend().exists(&name).ok()? {
+        return None;
+    }
+    let bytes = vault.read_object(&name).ok()?;
+    let r: Record = serde_json::from_slice(&bytes).ok()?;
+    (r.signals.snapshot == *id && r.signals.version == signals::SIGNALS_VERSION).then_some(r)
+}
+
+fn store(vault: &Vault, r: &Record) -> Result<()> {
+    let json = serde_json::to_vec(r).expect("json");
+    vault.put_sealed(&record_name(&r.signals.snapshot), &json)?;
+    Ok(())
+}
+
+/// One snapshot on the timeline.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub snapshot: Snapshot,
+    pub signals: Signals,
+    pub assessment: Assessment,
+}
+
+#[derive(Clone, Debug)]
+pub struct Timeline {
+    pub name: String,
+    pub entries: Vec<Entry>,
+    pub clean_point: Option<CleanPoint>,
+}
+
+impl Timeline {
+    pub fn last_clean(&self) -> Option<&Entry> {
+        self.clean_point.as_ref().map(|c| &self.entries[c.index])
+    }
+
+    /// The JSON scripts read (the shape `cairn timeline --json` prints).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let snaps: Vec<serde_json::Value> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let f = e.signals.files.clone().unwrap_or_default();
+                json!({
+                    "id": e.snapshot.id.0,
+                    "time": e.snapshot.time,
+                    "changed_bytes": e.signals.changed_bytes,
+                    "change_rate": e.signals.change_rate,
+                    "entropy": (e.signals.entropy * 100.0).round() / 100.0,
+                    "high_entropy_share": (e.signals.high_entropy_share * 1000.0).round() / 1000.0,
+                    "files": {
+                        "added": f.added,
+                        "modified": f.modified,
+                        "deleted": f.deleted,
+                        "renamed": f.renamed,
+                    },
+                    "score": e.assessment.score,
+                    "verdict": e.assessment.verdict,
+                    "reasons": e.assessment.reasons,
+                    "findings": f.findings,
+                    "accumulated_damage": e.assessment.accumulated_damage,
+                    "filesystem_error": e.signals.fs_error,
+                })
+            })
+            .collect();
+        json!({
+            "name": self.name,
+            "snapshots": snaps,
+            "last_clean": self.last_clean().map(|e| e.snapshot.id.0.clone()),
+            "clean_point": self.clean_point.as_ref().map(|c| json!({
+                "id": self.entries[c.index].snapshot.id.0,
+                "time": self.entries[c.index].snapshot.time,
+                "reason": c.reason,
+                "confidence": c.confidence,
+            })),
+        })
+    }
+}
+
+/// The snapshot a snapshot is compared with: its recorded parent when
+/// it still exists, else the previous snapshot of the same name.
+fn parent_of<'a>(
+    all: &'a HashMap<SnapshotId, &'a Snapshot>,
+    ordered: &[&'a Snapshot],
+    i: usize,
+) -> Option<&'a Snapshot> {
+    ordered[i]
+        .parent
+        .as_ref()
+        .and_then(|p| all.get(p).copied())
+        .or_else(|| i.checked_sub(1).map(|j| ordered[j]))
+}
+
+/// The timeline of source `name`: facts for every snapshot (computing and
+/// storing those not yet stored), scores replayed in time order, and the
+/// clean point. `on_compute` is told about each snapshot analysed now.
+pub fn timeline(
+    vault: &Arc<Vault>,
+    name: &str,
+    on_compute: &mut dyn FnMut(&Snapshot),
+) -> Result<Timeline> {
+    timeline_with_source(vault, name, None, on_compute)
+}
+
+/// [`timeline`], telling it where the newest snapshot was just read from
+/// (see [`signals::compute`]).
+fn timeline_with_source(
+    vault: &Arc<Vault>,
+    name: &str,
+    latest_source: Option<&std::path::Path>,
+    on_compute: &mut dyn FnMut(&Snapshot),
+) -> Result<Timeline> {
+    let (all, _) = vault.snapshots()?;
+    let ordered: Vec<&Snapshot> = all.iter().filter(|s| s.name == name).collect();
+    if ordered.is_empty() {
+        return Err(cairn_vault::Error::SnapshotNotFound(format!(
+            "{name} (no snapshots of that name)"
+        )));
+    }
+    let by_id: HashMap<SnapshotId, &Snapshot> = all.iter().map(|s| (s.id.clone(), s)).collect();
+    let mut assessor = score::Assessor::new();
+    let mut entries = Vec::with_capacity(ordered.len());
+    for (i, snap) in ordered.iter().enumerate() {
+        let (signals, stored) = match load(vault, &snap.id) {
+            Some(r) => (r.signals, true),
+            None => {
+                on_compute(snap);
+                (
+                    signals::compute(
+                        vault,
+                        snap,
+                        parent_of(&by_id, &ordered, i),
+                        latest_source.filter(|_| i + 1 == ordered.len()),
+                    ),
+                    false,
+                )
+            }
+        };
+        let assessment = assessor.assess(&signals);
+        if !stored {
+            store(
+                vault,
+                &Record {
+                    signals: signals.clone(),
+                    assessment: assessment.clone(),
+                },
+            )?;
+        }
+        entries.push(Entry {
+            snapshot: (*snap).clone(),
+            signals,
+            assessment,
+        });
+    }
+    let seq: Vec<(&Signals, &Assessment)> = entries
+        .iter()
+        .map(|e| (&e.signals, &e.assessment))
+        .collect();
+    let clean_point = score::clean_point(&seq);
+    Ok(Timeline {
+        name: name.to_string(),
+        entries,
+        clean_point,
+    })
+}
+
+/// What a backup reports after insight looked at its snapshot.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub timeline: Timeline,
+    /// The clean point pinned now (it was not pinned before).
+    pub pinned: Option<SnapshotId>,
+}
+
+impl Outcome {
+    pub fn latest(&self) -> &Entry {
+        self.timeline
+            .entries
+            .last()
+            .expect("a timeline has entries")
+    }
+}
+
+/// Scores the newest snapshot of `name` (after a backup of `source`) and,
+/// when it is not clean, pins the clean point so prune can never evict it.
+pub fn assess_latest(
+    vault: &Arc<Vault>,
+    name: &str,
+    source: Option<&std::path::Path>,
+) -> Result<Outcome> {
+    let timeline = timeline_with_source(vault, name, source, &mut |_| {})?;
+    let mut pinned = None;
+    let latest = timeline.entries.last().expect("entries");
+    if latest.assessment.verdict != Verdict::Clean
+        && let Some(clean) = timeline.last_clean()
+        && !vault.pins()?.contains(&clean.snapshot.id)
+    {
+        vault.pin(&clean.snapshot.id)?;
+        pinned = Some(clean.snapshot.id.clone());
+    }
+    Ok(Outcome { timeline, pinned })
+}

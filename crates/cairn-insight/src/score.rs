@@ -1,0 +1,474 @@
+//! From facts to a verdict. Each piece of evidence carries a weight (how
+//! sure it alone makes us that the snapshot is hit); the score combines
+//! them as independent evidence, `1 - Π(1 - w)`.
+//!
+//! File-level evidence (encrypted, broken or zeroed files, notes, renames
+//! to a new extension) is what decides. Ingest metrics measured against a
+//! baseline learned from the source's own clean history (change rate by
+//! time of day and weekday, file churn, entropy, zeroing) weigh little
+//! when the files were readable and showed no damage — a heavy day that
+//! the files explain (an upgrade, a photo import) stays clean — and weigh
+//! more when there are no files to look at.
+//!
+//! Damage also accumulates: files found damaged stay counted until a later
+//! snapshot changes or removes them, so an attack that encrypts a few
+//! files per day escalates instead of looking small every day.
+
+use crate::content;
+use crate::files::{Damage, FileSignals, path_hash};
+use crate::signals::Signals;
+use chrono::{Datelike, Timelike};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const SUSPICIOUS: f64 = 0.4;
+pub const COMPROMISED: f64 = 0.7;
+/// Clean snapshots needed before the baseline is trusted.
+const MIN_BASELINE: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Clean,
+    Suspicious,
+    Compromised,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Suspicious => "suspicious",
+            Verdict::Compromised => "compromised",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Assessment {
+    pub score: f64,
+    pub verdict: Verdict,
+    /// Strongest first.
+    pub reasons: Vec<String>,
+    /// Damaged files carried from this and earlier snapshots.
+    pub accumulated_damage: u64,
+}
+
+/// Scores snapshots of one source in time order, learning as it goes.
+#[derive(Default)]
+pub struct Assessor {
+    /// (signals, verdict) of the snapshots assessed so far.
+    history: Vec<(Signals, Verdict)>,
+    /// Damaged files not repaired since: path hash → (path, index of the
+    /// snapshot where found).
+    carried: BTreeMap<u64, (String, usize)>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn churn(f: &FileSignals) -> f64 {
+    (f.added + f.modified + f.deleted + f.renamed) as f64
+}
+
+/// A time slot for the baseline: quarter of the day, weekday or weekend.
+fn slot(s: &Signals) -> (u32, bool) {
+    (
+        s.time.hour() / 6,
+        s.time.weekday().number_from_monday() >= 6,
+    )
+}
+
+struct Evidence(Vec<(f64, String)>);
+
+impl Evidence {
+    fn add(&mut self, w: f64, why: String) {
+        if w > 0.0 {
+            self.0.push((w, why));
+        }
+    }
+}
+
+fn example(f: &FileSignals, d: Damage) -> String {
+    f.findings
+        .iter()
+        .find(|x| x.damage == d)
+        .map(|x| format!("{}: {}", x.path, x.detail))
+        .unwrap_or_default()
+}
+
+fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
+    let notes = f.count(Damage::RansomNote);
+    if notes > 0 {
+        let spread = if f.note_copies >= 3 {
+            format!(", the same note in {} folders", f.note_copies)
+        } else {
+            String::new()
+        };
+        ev.add(
+            if f.note_copies >= 3 { 0.9 } else { 0.75 },
+            format!(
+                "{notes} ransom note(s){spread} (e.g. {})",
+                example(f, Damage::RansomNote)
+            ),
+        );
+    }
+    let k = f.count(Damage::EncryptedInPlace);
+    if k > 0 {
+        let w = if k >= 10 || (k >= 3 && k * 5 >= f.modified) {
+            0.9
+        } else if k >= 3 {
+            0.8
+        } else {
+            0.55
+        };
+        ev.add(
+            w,
+            format!(
+                "{k} file(s) encrypted in place (e.g. {})",
+                example(f, Damage::EncryptedInPlace)
+            ),
+        );
+    }
+    let k = f.count(Damage::BrokenStructure);
+    if k > 0 {
+        let w = match k {
+            1 => 0.45,
+            2..=4 => 0.6,
+            _ => 0.75,
+        };
+        ev.add(
+            w,
+            format!(
+                "{k} file(s) no longer match their type (e.g. {})",
+                example(f, Damage::BrokenStructure)
+            ),
+        );
+    }
+    let k = f.count(Damage::Zeroed);
+    if k > 0 {
+        let w = match k {
+            1 => 0.4,
+            2..=4 => 0.65,
+            _ => 0.85,
+        };
+        ev.add(
+            w,
+            format!(
+                "{k} file(s) overwritten with zeros (e.g. {})",
+                example(f, Damage::Zeroed)
+            ),
+        );
+    }
+    let k = f.count(Damage::EncryptedNew);
+    if k > 0 {
+        let copies = f
+            .findings
+            .iter()
+            .filter(|x| x.damage == Damage::EncryptedNew && x.origin.is_some())
+            .count();
+        let w = if k >= 10 || copies >= 3 {
+            0.8
+        } else if k >= 3 {
+            0.6
+        } else {
+            0.3
+        };
+        ev.add(
+            w,
+            format!(
+                "{k} new encrypted-looking file(s){} (e.g. {})",
+                if copies > 0 {
+                    format!(", {copies} replacing deleted originals")
+                } else {
+                    String::new()
+                },
+                example(f, Damage::EncryptedNew)
+            ),
+        );
+    }
+    if let Some(top) = f.extension_churn.first()
+        && top.files >= 3
+    {
+        ev.add(
+            if top.files >= 10 { 0.8 } else { 0.6 },
+            format!(
+                "{} files renamed to the new extension .{}",
+                top.files, top.extension
+            ),
+        );
+    }
+    if let Some(top) = f.new_extensions.first()
+        && top.files >= 10
+        && content::kind_for_extension(&top.extension).is_none()
+    {
+        ev.add(
+            0.15,
+            format!(
+                "{} new files with the unknown extension .{}",
+                top.files, top.extension
+            ),
+        );
+    }
+}
+
+impl Assessor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn clean_history(&self) -> impl Iterator<Item = &Signals> {
+        self.history
+            .iter()
+            .filter(|(_, v)| *v == Verdict::Clean)
+            .map(|(s, _)| s)
+    }
+
+    /// Typical change rate for `s`'s time slot (or overall, when the slot
+    /// has too few samples) among clean snapshots.
+    fn typical_rate(&self, s: &Signals) -> Option<f64> {
+        let all: Vec<&Signals> = self
+            .clean_history()
+            .filter(|h| h.change_rate.is_some())
+            .collect();
+        let same: Vec<f64> = all
+            .iter()
+            .filter(|h| slot(h) == slot(s))
+            .filter_map(|h| h.change_rate)
+            .collect();
+        if same.len() >= MIN_BASELINE {
+            return median(same);
+        }
+        (all.len() >= MIN_BASELINE)
+            .then(|| median(all.iter().filter_map(|h| h.change_rate).collect()))
+            .flatten()
+    }
+
+    /// Scores `s` (the next snapshot in time order) and remembers it.
+    pub fn assess(&mut self, s: &Signals) -> Assessment {
+        let mut ev = Evidence(Vec::new());
+        let idx = self.history.len();
+        let diffed = s.files.as_ref().filter(|_| s.parent_fs_readable);
+        if let Some(f) = diffed {
+            file_evidence(f, &mut ev);
+        }
+        if s.fs_error.is_some() && s.parent_fs_readable {
+            ev.add(
+                0.75,
+                format!(
+                    "the filesystem is no longer readable ({})",
+                    s.fs_error.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+
+        // Metrics against the baseline. With readable, undamaged files
+        // they only describe the day; without files they must speak.
+        let explained = diffed.is_some();
+        let pick = |explained_w: f64, raw_w: f64| if explained { explained_w } else { raw_w };
+        let mib = |b: f64| b / (1u64 << 20) as f64;
+        // A first snapshot "changes" everything: its metrics say nothing.
+        let compared = s.parent.is_some();
+        if let (true, Some(rate), Some(typical)) = (compared, s.change_rate, self.typical_rate(s)) {
+            let ratio = rate / typical.max((1u64 << 20) as f64);
+            if ratio >= 4.0 {
+                ev.add(
+                    if ratio >= 10.0 { pick(0.15, 0.35) } else { pick(0.08, 0.2) },
+                    format!(
+                        "change rate {:.1} MiB/h, {ratio:.0}x the typical {:.1} MiB/h for this time{}",
+                        mib(rate),
+                        mib(typical),
+                        if explained && ev.0.is_empty() { " (files show no damage)" } else { "" }
+                    ),
+                );
+            }
+        }
+        let clean_shares: Vec<f64> = self
+            .clean_history()
+            .filter(|h| h.changed_bytes > 0)
+            .map(|h| h.high_entropy_share)
+            .collect();
+        if compared
+            && s.high_entropy_share >= 0.5
+            && s.changed_bytes >= 1 << 20
+            && (clean_shares.len() < MIN_BASELINE || median(clean_shares).unwrap_or(0.0) < 0.3)
+        {
+            let why = match diffed {
+                Some(f) if f.dense_ok_files > 0 => format!(
+                    "; {} changed files are archives or media that check out",
+                    f.dense_ok_files
+                ),
+                _ => String::new(),
+            };
+            ev.add(
+                pick(0.1, 0.35),
+                format!(
+                    "{:.0}% of changed data is high-entropy{why}",
+                    s.high_entropy_share * 100.0
+                ),
+            );
+        }
+        let zero_floor = (8u64 << 20).max(s.logical_size / 20) as i64;
+        if compared && s.zero_delta >= zero_floor {
+            ev.add(
+                pick(0.25, 0.5),
+                format!("{:.0} MiB newly zeroed", mib(s.zero_delta as f64)),
+            );
+        }
+        if let Some(f) = diffed {
+            let typical = median(
+                self.clean_history()
+                    .filter(|h| h.parent_fs_readable)
+                    .filter_map(|h| h.files.as_ref().map(churn))
+                    .collect(),
+            );
+            let n = self
+                .clean_history()
+                .filter(|h| h.parent_fs_readable && h.files.is_some())
+                .count();
+            if let Some(t) = typical
+                && n >= MIN_BASELINE
+                && churn(f) >= 10.0 * t.max(10.0)
+            {
+                ev.add(
+                    0.1,
+                    format!(
+                        "{} files changed, {:.0}x the typical {t:.0}",
+                        churn(f),
+                        churn(f) / t.max(1.0)
+                    ),
+                );
+            }
+        }
+
+        // Damage that stays: carry findings until their files change again.
+        if let Some(f) = diffed {
+            let found: std::collections::HashSet<u64> =
+                f.findings.iter().map(|x| path_hash(&x.path)).collect();
+            for t in &f.touched {
+                if !found.contains(t) {
+                    self.carried.remove(t);
+                }
+            }
+            for x in &f.findings {
+                self.carried
+                    .entry(path_hash(&x.path))
+                    .or_insert((x.path.clone(), idx));
+            }
+        }
+        let spans: std::collections::BTreeSet<usize> = self.carried.values().map(|v| v.1).collect();
+        let accumulated = self.carried.len() as u64;
+        let earlier = self.carried.values().filter(|v| v.1 < idx).count() as u64;
+        if earlier > 0 {
+            // A snapshot that still holds damage is no recovery point,
+            // however quiet the day itself was.
+            let first = spans.first().copied().unwrap_or(idx);
+            let since = self
+                .history
+                .get(first)
+                .map(|(h, _)| h.time)
+                .unwrap_or(s.time);
+            let w = match accumulated {
+                1 => 0.45,
+                2..=4 => 0.6,
+                _ => 0.85,
+            };
+            ev.add(
+                w,
+                if spans.len() >= 2 {
+                    format!(
+                        "damage accumulating: {accumulated} damaged files over {} snapshots since {}",
+                        spans.len(),
+                        since.format("%Y-%m-%d %H:%M")
+                    )
+                } else {
+                    format!(
+                        "{accumulated} damaged file(s) found since {} are still present",
+                        since.format("%Y-%m-%d %H:%M")
+                    )
+                },
+            );
+        }
+
+        ev.0.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let score = 1.0 - ev.0.iter().map(|(w, _)| 1.0 - w).product::<f64>();
+        let score = (score * 1000.0).round() / 1000.0;
+        let verdict = if score >= COMPROMISED {
+            Verdict::Compromised
+        } else if score >= SUSPICIOUS {
+            Verdict::Suspicious
+        } else {
+            Verdict::Clean
+        };
+        let mut reasons: Vec<String> = ev.0.into_iter().map(|(_, r)| r).collect();
+        if s.parent.is_none() {
+            reasons.push("first snapshot: nothing to compare with yet".into());
+        } else if self.typical_rate(s).is_none() {
+            reasons.push("baseline still learning (fewer than 3 clean snapshots)".into());
+        }
+        self.history.push((s.clone(), verdict));
+        Assessment {
+            score,
+            verdict,
+            reasons,
+            accumulated_damage: accumulated,
+        }
+    }
+}
+
+/// The recovery point to try first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CleanPoint {
+    /// Index into the assessed sequence.
+    pub index: usize,
+    pub reason: String,
+    /// 0–1: how sure the estimate is (clean point's own score, how much
+    /// history the baseline had, how clear the first bad snapshot is).
+    pub confidence: f64,
+}
+
+/// The newest clean snapshot before the trailing run of suspicious or
+/// compromised ones (the latest, when it is clean).
+pub fn clean_point(seq: &[(&Signals, &Assessment)]) -> Option<CleanPoint> {
+    let last = seq.len().checked_sub(1)?;
+    if seq[last].1.verdict == Verdict::Clean {
+        return Some(CleanPoint {
+            index: last,
+            reason: "the latest snapshot is clean".into(),
+            confidence: round2(1.0 - seq[last].1.score),
+        });
+    }
+    let first_bad = (0..=last)
+        .rev()
+        .take_while(|&i| seq[i].1.verdict != Verdict::Clean)
+        .last()?;
+    let index = first_bad.checked_sub(1)?;
+    let (bad_s, bad_a) = seq[first_bad];
+    let history = seq[..=index]
+        .iter()
+        .filter(|(s, _)| s.change_rate.is_some())
+        .count();
+    let confidence = (1.0 - seq[index].1.score)
+        * (0.7 + 0.3 * (history as f64 / 5.0).min(1.0))
+        * (0.5 + 0.5 * bad_a.score);
+    Some(CleanPoint {
+        index,
+        reason: format!(
+            "newest clean snapshot before {} ({}), {}: {}",
+            bad_s.snapshot.short(),
+            bad_s.time.format("%Y-%m-%d %H:%M"),
+            bad_a.verdict.as_str(),
+            bad_a.reasons.first().cloned().unwrap_or_default()
+        ),
+        confidence: round2(confidence),
+    })
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

@@ -1,0 +1,179 @@
+//! The facts about one snapshot that scoring uses: its ingest metrics and,
+//! where its filesystem is readable, the file-level signals against its
+//! parent. Facts do not depend on history, so they are computed once and
+//! stored beside the snapshot.
+
+use crate::files::{self, FileSignals, Side};
+use cairn_guest::check::{DiskCheck, TreeCheck};
+use cairn_guest::open::open_snapshot_with_source;
+use cairn_guest::{Opened, open_snapshot};
+use cairn_vault::{Snapshot, SnapshotId, Vault};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Bumped when the facts computed change meaning; records of another
+/// version are computed again.
+pub const SIGNALS_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Signals {
+    pub version: u32,
+    pub snapshot: SnapshotId,
+    pub parent: Option<SnapshotId>,
+    pub time: DateTime<Utc>,
+    pub logical_size: u64,
+    /// Bytes that differ from the parent (64 KiB grain).
+    pub changed_bytes: u64,
+    /// Changed bytes per hour since the parent.
+    pub change_rate: Option<f64>,
+    /// Mean entropy of the changed data, bits per byte (from ingest's
+    /// 1-bit histogram, at bucket midpoints).
+    pub entropy: f64,
+    /// Share of changed bytes at 7 bits per byte or more.
+    pub high_entropy_share: f64,
+    pub compression_ratio: f64,
+    /// Zero and hole bytes gained since the parent (negative: lost).
+    pub zero_delta: i64,
+    /// File-level signals, when both this snapshot's and its parent's
+    /// filesystems could be read.
+    pub files: Option<FileSignals>,
+    /// Why this snapshot's files could not be read, if they could not.
+    pub fs_error: Option<String>,
+    /// Whether the parent's files could be read.
+    pub parent_fs_readable: bool,
+    /// Seconds the file-level analysis took.
+    pub analysis_secs: f64,
+}
+
+fn open(vault: &Arc<Vault>, s: &Snapshot) -> Result<Opened, String> {
+    open_snapshot(vault, s.clone(), None).map_err(|e| e.to_string())
+}
+
+/// The source a disk snapshot was just made from, when it is a raw image
+/// or block device (reads are checked block by block against the
+/// snapshot, so a source that changed since costs nothing but speed).
+fn source_file(snap: &Snapshot, source: Option<&Path>) -> Option<std::fs::File> {
+    let path = source?;
+    matches!(snap.source.format.as_str(), "raw" | "block-device")
+        .then(|| std::fs::File::open(path).ok())
+        .flatten()
+}
+
+/// Computes the facts about `snap` against `parent` (normally its parent
+/// in the vault; `None` for a first snapshot). `source`: where `snap` was
+/// just read from, if known. Stores `snap`'s file list for the next
+/// snapshot and uses the parent's stored list when there is one.
+pub fn compute(
+    vault: &Arc<Vault>,
+    snap: &Snapshot,
+    parent: Option<&Snapshot>,
+    source: Option<&Path>,
+) -> Signals {
+    let started = std::time::Instant::now();
+    let m = &snap.metrics;
+    let hist = &m.entropy_histogram.0;
+    let total: u64 = hist.iter().sum();
+    let entropy = if total == 0 {
+        0.0
+    } else {
+        hist.iter()
+            .enumerate()
+            .map(|(i, &b)| (i as f64 + 0.5) * b as f64)
+            .sum::<f64>()
+            / total as f64
+    };
+    let mut out = Signals {
+        version: SIGNALS_VERSION,
+        snapshot: snap.id.clone(),
+        parent: parent.map(|p| p.id.clone()),
+        time: snap.time,
+        logical_size: m.logical_size,
+        changed_bytes: m.changed_bytes,
+        change_rate: snap.change_rate(parent.map(|p| p.time)),
+        entropy,
+        high_entropy_share: m.entropy_histogram.high_entropy_share(),
+        compression_ratio: m.compression_ratio,
+        zero_delta: parent
+            .map(|p| m.zero_bytes as i64 - p.metrics.zero_bytes as i64)
+            .unwrap_or(0),
+        files: None,
+        fs_error: None,
+        parent_fs_readable: false,
+        analysis_secs: 0.0,
+    };
+    let new = match open_snapshot_with_source(vault, snap.clone(), None, source_file(snap, source))
+        .map_err(|e| e.to_string())
+    {
+        Ok(o) => o,
+        Err(e) => {
+            out.fs_error = Some(e);
+            out.parent_fs_readable = parent.is_some_and(|p| open(vault, p).is_ok());
+            out.analysis_secs = started.elapsed().as_secs_f64();
+            return out;
+        }
+    };
+    let new_entries = match new.fs.walk() {
+        Ok(w) => w,
+        Err(e) => {
+            out.fs_error = Some(e.to_string());
+            out.parent_fs_readable = parent.is_some_and(|p| open(vault, p).is_ok());
+            out.analysis_secs = started.elapsed().as_secs_f64();
+            return out;
+        }
+    };
+    tracing::debug!(
+        secs = started.elapsed().as_secs_f64(),
+        files = new_entries.len(),
+        "walked"
+    );
+    let _ = crate::filelist::save(vault, &snap.id, &new_entries);
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "list saved");
+    let old = parent.and_then(|p| open(vault, p).ok());
+    let old_entries = old.as_ref().and_then(|o| {
+        parent
+            .and_then(|p| crate::filelist::load(vault, &p.id))
+            .or_else(|| o.fs.walk().ok())
+    });
+    out.parent_fs_readable = old_entries.is_some();
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "parent listed");
+    if let (Some(old), Some(old_entries)) = (old, old_entries) {
+        let d = match (&old.disk, &new.disk) {
+            (Some(od), Some(nd)) => cairn_guest::diff::diff(
+                &old_entries,
+                &new_entries,
+                &mut match new.reader.as_deref() {
+                    Some(r) => DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd)
+                        .reading_new_through(r),
+                    None => DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd),
+                },
+            ),
+            _ => cairn_guest::diff::diff(&old_entries, &new_entries, &mut TreeCheck),
+        };
+        tracing::debug!(secs = started.elapsed().as_secs_f64(), "diffed");
+        out.files = Some(files::analyse(
+            &Side {
+                fs: old.fs.as_ref(),
+                entries: &old_entries,
+                disk: old.disk.as_deref(),
+            },
+            &Side {
+                fs: new.fs.as_ref(),
+                entries: &new_entries,
+                disk: new.disk.as_deref(),
+            },
+            &d,
+        ));
+    } else {
+        out.files = Some(FileSignals {
+            files: new_entries
+                .iter()
+                .filter(|e| e.kind == cairn_guest::FileKind::File)
+                .count() as u64,
+            ..Default::default()
+        });
+    }
+    out.analysis_secs = started.elapsed().as_secs_f64();
+    out
+}

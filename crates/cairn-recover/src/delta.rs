@@ -1,0 +1,176 @@
+//! Delta restore: bring an existing disk (an image file or a block device,
+//! typically the attacked original) back to a snapshot by writing only
+//! the 64 KiB blocks whose digests differ. The target is read and hashed
+//! in parallel, chunk by chunk; a snapshot chunk is fetched from the vault
+//! only when one of its blocks must be written; blocks that are zeros in
+//! the snapshot are punched out of a file (zeroed on a device). The target
+//! is then read back and checked against the snapshot.
+
+use crate::disk::{open_existing, verify_target};
+use cairn_vault::SnapshotDisk;
+use cairn_vault::error::{Error, IoContext, Result};
+use cairn_vault::hash::{BLOCK_SIZE, ZERO_BLOCK};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Clone, Debug, Default)]
+pub struct DeltaOptions {
+    /// Compare and report only; write nothing.
+    pub dry_run: bool,
+    /// Read the target back afterwards and compare it with the snapshot.
+    pub verify: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DeltaReport {
+    pub target: String,
+    pub size: u64,
+    pub bytes_compared: u64,
+    pub blocks_compared: u64,
+    /// Blocks that differed and were (or, in a dry run, would be) written.
+    pub blocks_written: u64,
+    pub bytes_written: u64,
+    /// Of those, blocks that are zeros in the snapshot (punched or zeroed).
+    pub blocks_zeroed: u64,
+    /// Snapshot chunks fetched from the vault.
+    pub chunks_fetched: u64,
+    pub dry_run: bool,
+    pub verified: bool,
+    /// The target file's size before, when it had to be changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resized_from: Option<u64>,
+    pub duration_secs: f64,
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        // Filesystems without hole punching: write the zeros.
+        file.write_all_at(&vec![0u8; len as usize], offset)
+    }
+}
+
+/// Makes `target` equal to the snapshot, writing only what differs.
+/// `progress` is told about bytes compared.
+pub fn restore_delta(
+    disk: &SnapshotDisk,
+    target: &Path,
+    opts: &DeltaOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<DeltaReport> {
+    let started = std::time::Instant::now();
+    let map = disk.map();
+    let (file, is_device, old_size) = open_existing(target, map.size, !opts.dry_run)?;
+    let mut report = DeltaReport {
+        target: target.display().to_string(),
+        size: map.size,
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    if !is_device && old_size != map.size {
+        report.resized_from = Some(old_size);
+        if !opts.dry_run {
+            file.set_len(map.size)
+                .ctx(|| format!("resizing {}", target.display()))?;
+        }
+    }
+    let hasher = disk.vault().hasher();
+    let bpc = map.blocks_per_chunk();
+    let compared = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
+    let zeroed = AtomicU64::new(0);
+    let fetched = AtomicU64::new(0);
+    let bytes_written = AtomicU64::new(0);
+    (0..map.chunks.len())
+        .into_par_iter()
+        .try_for_each(|i| -> Result<()> {
+            let (start, len) = map.chunk_range(i);
+            // Past the old end of a grown file there is nothing to read.
+            let readable = old_size.saturating_sub(start).min(len as u64) as usize;
+            let mut have = vec![0u8; len];
+            file.read_exact_at(&mut have[..readable], start)
+                .ctx(|| format!("reading {}", target.display()))?;
+            let mut digests = Vec::with_capacity(bpc);
+            hasher.block_digests(&have, &mut digests);
+            let want = &map.blocks[i * bpc..i * bpc + digests.len()];
+            let mut snapshot_chunk: Option<Vec<u8>> = None;
+            for (b, (got, want)) in digests.iter().zip(want).enumerate() {
+                if got == want {
+                    continue;
+                }
+                let off = b * BLOCK_SIZE;
+                let n = (len - off).min(BLOCK_SIZE);
+                written.fetch_add(1, Ordering::Relaxed);
+                bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+                if *want == ZERO_BLOCK {
+                    zeroed.fetch_add(1, Ordering::Relaxed);
+                    if !opts.dry_run {
+                        let at = start + off as u64;
+                        if is_device {
+                            file.write_all_at(&vec![0u8; n], at)
+                        } else {
+                            punch_hole(&file, at, n as u64)
+                        }
+                        .ctx(|| format!("writing {}", target.display()))?;
+                    }
+                    continue;
+                }
+                if opts.dry_run {
+                    continue;
+                }
+                if snapshot_chunk.is_none() {
+                    let id = map.chunks[i].ok_or_else(|| {
+                        Error::damaged(
+                            format!("chunk {i} of the disk map"),
+                            "a data block in a zero chunk",
+                        )
+                    })?;
+                    let data = disk.vault().read_chunk(&id)?;
+                    if data.len() != len {
+                        return Err(Error::damaged(
+                            format!("chunk {id}"),
+                            "wrong length for its place",
+                        ));
+                    }
+                    fetched.fetch_add(1, Ordering::Relaxed);
+                    snapshot_chunk = Some(data);
+                }
+                let data = snapshot_chunk.as_ref().expect("fetched above");
+                file.write_all_at(&data[off..off + n], start + off as u64)
+                    .ctx(|| format!("writing {}", target.display()))?;
+            }
+            compared.fetch_add(len as u64, Ordering::Relaxed);
+            progress(len as u64);
+            Ok(())
+        })?;
+    if !opts.dry_run {
+        file.sync_all()
+            .ctx(|| format!("syncing {}", target.display()))?;
+        if opts.verify {
+            verify_target(disk, &file)?;
+            report.verified = true;
+        }
+    }
+    report.bytes_compared = compared.into_inner();
+    report.blocks_compared = report.bytes_compared.div_ceil(BLOCK_SIZE as u64);
+    report.blocks_written = written.into_inner();
+    report.blocks_zeroed = zeroed.into_inner();
+    report.bytes_written = bytes_written.into_inner();
+    report.chunks_fetched = fetched.into_inner();
+    report.duration_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}

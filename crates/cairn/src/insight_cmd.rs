@@ -1,0 +1,252 @@
+//! `cairn timeline` and the verdict a backup prints.
+
+use crate::util::bytes;
+use anyhow::{Context, Result};
+use cairn_insight::{Outcome, Timeline, Verdict};
+use cairn_vault::Vault;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Exit code for "something was found".
+const FOUND: u8 = 3;
+
+fn rate(r: Option<f64>) -> String {
+    r.map(|r| format!("{}/h", bytes(r as u64)))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn timeline(
+    vault: &Arc<Vault>,
+    name: &str,
+    svg: Option<&Path>,
+    json: bool,
+    quiet: bool,
+) -> Result<u8> {
+    let t = cairn_insight::timeline(vault, name, &mut |s| {
+        if !quiet && !json {
+            eprintln!("analysing {}@{} ...", s.name, s.id.short());
+        }
+    })?;
+    if let Some(path) = svg {
+        std::fs::write(path, cairn_insight::svg::render(&t))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&t.to_json())?);
+    } else {
+        print_table(&t)?;
+    }
+    let latest = t.entries.last().map(|e| e.assessment.verdict);
+    Ok(if latest == Some(Verdict::Clean) {
+        0
+    } else {
+        FOUND
+    })
+}
+
+fn print_table(t: &Timeline) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    writeln!(
+        out,
+        "{:<8}  {:<16}  {:>10} {:>12} {:>7}  {:>17}  {:>5}  {:<11}  reasons",
+        "id", "time", "changed", "rate", "entropy", "files +/~/-/>", "score", "verdict"
+    )?;
+    for e in &t.entries {
+        let f = e.signals.files.clone().unwrap_or_default();
+        let files = if e.signals.files.is_some() && e.signals.parent_fs_readable {
+            format!("{}/{}/{}/{}", f.added, f.modified, f.deleted, f.renamed)
+        } else {
+            "-".into()
+        };
+        let mut reasons = e.assessment.reasons.iter();
+        writeln!(
+            out,
+            "{:<8}  {:<16}  {:>10} {:>12} {:>7.2}  {:>17}  {:>5.2}  {:<11}  {}",
+            e.snapshot.id.short(),
+            e.snapshot.time.format("%Y-%m-%d %H:%M"),
+            bytes(e.signals.changed_bytes),
+            rate(e.signals.change_rate),
+            e.signals.entropy,
+            files,
+            e.assessment.score,
+            e.assessment.verdict.as_str(),
+            reasons.next().map(String::as_str).unwrap_or("")
+        )?;
+        for r in reasons {
+            writeln!(out, "{:>100}{r}", "")?;
+        }
+    }
+    match (&t.clean_point, t.last_clean()) {
+        (Some(c), Some(e)) => writeln!(
+            out,
+            "last clean: {}@{} ({}), confidence {:.2}: {}",
+            e.snapshot.name,
+            e.snapshot.id.short(),
+            e.snapshot.time.format("%Y-%m-%d %H:%M"),
+            c.confidence,
+            c.reason
+        )?,
+        _ => writeln!(
+            out,
+            "last clean: none (no clean snapshot before the damage)"
+        )?,
+    }
+    Ok(())
+}
+
+/// What a backup adds to its JSON.
+pub fn outcome_json(o: &Outcome) -> serde_json::Value {
+    let e = o.latest();
+    serde_json::json!({
+        "score": e.assessment.score,
+        "verdict": e.assessment.verdict,
+        "reasons": e.assessment.reasons,
+        "last_clean": o.timeline.last_clean().map(|c| c.snapshot.id.0.clone()),
+        "pinned": o.pinned.as_ref().map(|p| p.0.clone()),
+        "analysis_secs": e.signals.analysis_secs,
+    })
+}
+
+/// Prints the verdict after a backup (warnings to stderr); the exit code.
+pub fn report(o: &Outcome, json: bool) -> u8 {
+    let e = o.latest();
+    let a = &e.assessment;
+    if a.verdict == Verdict::Clean {
+        if !json {
+            println!("  insight: clean (score {:.2})", a.score);
+        }
+        return 0;
+    }
+    eprintln!(
+        "warning: {}@{} looks {} (score {:.2}):",
+        e.snapshot.name,
+        e.snapshot.id.short(),
+        a.verdict.as_str().to_uppercase(),
+        a.score
+    );
+    for r in &a.reasons {
+        eprintln!("  - {r}");
+    }
+    match o.timeline.last_clean() {
+        Some(c) => eprintln!(
+            "  last clean point: {}@{} ({}){}",
+            c.snapshot.name,
+            c.snapshot.id.short(),
+            c.snapshot.time.format("%Y-%m-%d %H:%M"),
+            if o.pinned.is_some() {
+                ", now pinned"
+            } else {
+                ", pinned"
+            }
+        ),
+        None => eprintln!("  no clean snapshot before this one"),
+    }
+    FOUND
+}
+
+pub struct RollbackTarget<'a> {
+    pub to_dir: Option<&'a Path>,
+    pub in_place: Option<&'a Path>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn rollback(
+    vault: &Arc<Vault>,
+    name: &str,
+    target: RollbackTarget,
+    since: Option<&str>,
+    partition: Option<u32>,
+    provenance: Option<&Path>,
+    dry_run: bool,
+    json: bool,
+) -> Result<u8> {
+    let t = cairn_insight::timeline(vault, name, &mut |_| {})?;
+    let since = match since {
+        Some(spec) => {
+            let spec = if spec.contains('@') {
+                spec.to_string()
+            } else {
+                format!("{name}@{spec}")
+            };
+            Some(vault.resolve(&spec)?.id)
+        }
+        None => None,
+    };
+    let kind = t.entries.last().map(|e| e.snapshot.source.kind);
+    let (r, dest) = match (target.to_dir, target.in_place) {
+        (Some(dir), _) => (
+            cairn_recover::rollback::rollback_to_dir(
+                vault,
+                &t,
+                dir,
+                since.as_ref(),
+                partition,
+                dry_run,
+            )?,
+            dir,
+        ),
+        (None, Some(dir)) => {
+            if kind != Some(cairn_vault::SourceKind::Directory) {
+                anyhow::bail!(
+                    "--in-place repairs directory sources; {name} is a disk: use --to-dir, or `cairn restore --delta`"
+                );
+            }
+            (
+                cairn_recover::rollback::rollback_in_place(
+                    vault,
+                    &t,
+                    dir,
+                    since.as_ref(),
+                    dry_run,
+                )?,
+                dir,
+            )
+        }
+        (None, None) => anyhow::bail!("give --to-dir DIR or --in-place PATH"),
+    };
+    let manifest = provenance
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cairn_recover::rollback::default_provenance_path(dest));
+    if !dry_run {
+        std::fs::write(&manifest, serde_json::to_vec_pretty(&r)?)
+            .with_context(|| format!("writing {}", manifest.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(0);
+    }
+    for f in r
+        .files
+        .iter()
+        .filter(|f| f.action != cairn_recover::rollback::Action::Kept)
+    {
+        println!(
+            "{:<9} {}  ({}{})",
+            format!("{:?}", f.action).to_lowercase(),
+            f.path,
+            f.reason,
+            f.snapshot
+                .as_deref()
+                .map(|s| format!("; from {}", &s[..8.min(s.len())]))
+                .unwrap_or_default()
+        );
+    }
+    for s in &r.skipped {
+        eprintln!("warning: {s}");
+    }
+    println!(
+        "{}{} kept with their newest content, {} restored from before the damage, {} dropped; {} written{}",
+        if dry_run { "dry run: " } else { "" },
+        r.kept,
+        r.restored,
+        r.dropped,
+        bytes(r.bytes_written),
+        if dry_run {
+            String::new()
+        } else {
+            format!("; provenance in {}", manifest.display())
+        }
+    );
+    Ok(0)
+}

@@ -1,0 +1,167 @@
+//! Snapshot insight: a backup that captures an attack is flagged (exit 3),
+//! the clean point is pinned and survives forget/prune, and the timeline
+//! reads as JSON and as a chart. The full evaluation (benign heavy days
+//! against six kinds of attack, beside a change-rate-only detector) runs
+//! `eval/insight.py` against the real binary.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn day(d: u32) -> String {
+    format!("2026-04-{:02}T02:00:00Z", d + 1)
+}
+
+#[test]
+fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+
+    // Ordinary days: a report rewritten and a note added each day.
+    for d in 0..4u32 {
+        if d > 0 {
+            let local = env.path("edit.txt");
+            std::fs::write(&local, text(21_000, 500 + d as u64)).unwrap();
+            debugfs_w(&disk, &format!("rm home/alice/docs/report-{d}.txt"));
+            debugfs_w(
+                &disk,
+                &format!("write {} home/alice/docs/report-{d}.txt", local.display()),
+            );
+        }
+        let out = env.backup(&disk, "vm", &day(d));
+        assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");
+    }
+    let clean_id = env.json(&["snapshots", "vm"]).as_array().unwrap()[3]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The attack: five reports encrypted where they lie, no rename, no note.
+    for i in 10..15 {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        let len = 20_000 + i * 3000;
+        overwrite_file_in_place(&disk, &path, &noise(len, 9_000 + i as u64));
+    }
+    let out = env
+        .cmd()
+        .args([
+            "backup",
+            disk.to_str().unwrap(),
+            "--name",
+            "vm",
+            "--time",
+            &day(4),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    assert_eq!(v["insight"]["last_clean"], clean_id.as_str());
+    assert_eq!(v["insight"]["pinned"], clean_id.as_str());
+    let reasons = v["insight"]["reasons"].to_string();
+    assert!(
+        reasons.contains("5 file(s) encrypted in place"),
+        "{reasons}"
+    );
+
+    // The timeline, as scripts read it.
+    let svg = env.path("timeline.svg");
+    let out = env
+        .cmd()
+        .args(["timeline", "vm", "--json", "--svg", svg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the latest snapshot is not clean"
+    );
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snaps = t["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 5);
+    for s in snaps {
+        for key in [
+            "id",
+            "time",
+            "changed_bytes",
+            "change_rate",
+            "entropy",
+            "score",
+            "verdict",
+            "reasons",
+        ] {
+            assert!(s.get(key).is_some(), "{key} missing in {s}");
+        }
+        for key in ["added", "modified", "deleted", "renamed"] {
+            assert!(s["files"][key].is_u64(), "files.{key} missing in {s}");
+        }
+    }
+    assert_eq!(snaps[4]["files"]["modified"], 5);
+    assert_eq!(snaps[1]["files"]["modified"], 1);
+    assert_eq!(snaps[1]["files"]["added"], 0);
+    assert_eq!(t["last_clean"], clean_id.as_str());
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("last clean"));
+    assert_eq!(chart.matches("<rect x=").count(), 5, "one bar per snapshot");
+    assert!(
+        chart.contains("#c8322b"),
+        "the compromised snapshot is marked"
+    );
+
+    // However many new snapshots arrive, prune never evicts the clean point.
+    env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    let left: Vec<String> = env
+        .json(&["snapshots", "vm"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(left.contains(&clean_id), "{left:?}");
+    assert_eq!(left.len(), 2);
+    env.ok(&[
+        "restore",
+        &format!("vm@{}", &clean_id[..8]),
+        "--to",
+        env.path("back.img").to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn insight_evaluation_meets_its_targets() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../eval/insight.py");
+    let out = Command::new("python3")
+        .args([script, "--cairn", env!("CARGO_BIN_EXE_cairn")])
+        .output()
+        .expect("python3");
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every scenario has its row.
+    let kind = |l: &str| {
+        l.split('|')
+            .next()
+            .unwrap_or("")
+            .trim_end()
+            .rsplit(' ')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(table.lines().filter(|l| kind(l) == "benign").count(), 6);
+    assert_eq!(table.lines().filter(|l| kind(l) == "attack").count(), 6);
+}

@@ -1,0 +1,316 @@
+//! Return to production: a delta restore brings the attacked disk back to
+//! the clean snapshot writing only the blocks the attack changed, and a
+//! rollback keeps the newest work while undoing exactly what the attack
+//! did (on a disk's files into a directory, and in place on a directory
+//! source), with a provenance manifest that says where each file came from.
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::process::Output;
+
+fn day(d: u32) -> String {
+    format!("2026-04-{:02}T02:00:00Z", d + 1)
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn report(i: usize) -> String {
+    format!("home/alice/docs/report-{i}.txt")
+}
+
+#[test]
+fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    for d in 0..4u32 {
+        if d > 0 {
+            let local = env.path("edit.txt");
+            std::fs::write(&local, text(21_000, 700 + d as u64)).unwrap();
+            debugfs_w(&disk, &format!("rm {}", report(d as usize)));
+            debugfs_w(
+                &disk,
+                &format!("write {} {}", local.display(), report(d as usize)),
+            );
+        }
+        env.backup(&disk, "vm", &day(d));
+    }
+    let clean = env.path("clean.img");
+    std::fs::copy(&disk, &clean).unwrap();
+
+    // The attack encrypts five reports in place; the same day alice keeps
+    // working on report-1.
+    let mut touched = BTreeSet::new();
+    for i in 10..15 {
+        let len = 20_000 + i * 3000;
+        overwrite_file_in_place(&disk, &report(i), &noise(len, 4_000 + i as u64));
+        for off in file_offsets(&disk, &report(i)) {
+            touched.insert(off / 65536);
+        }
+    }
+    let newest_work = text(25_000, 999);
+    let local = env.path("work.txt");
+    std::fs::write(&local, &newest_work).unwrap();
+    debugfs_w(&disk, &format!("rm {}", report(1)));
+    debugfs_w(&disk, &format!("write {} {}", local.display(), report(1)));
+    let out = env.run(&[
+        "backup",
+        disk.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        &day(4),
+    ]);
+    assert_eq!(code(&out), Some(3), "the attack is flagged");
+    let attacked = env.path("attacked.img");
+    std::fs::copy(&disk, &attacked).unwrap();
+
+    // A dry run says what it would write and writes nothing.
+    let dry = env.json(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--delta",
+        "--dry-run",
+    ]);
+    assert!(
+        same_bytes(&disk, &attacked),
+        "a dry run wrote to the target"
+    );
+    assert!(dry["dry_run"].as_bool().unwrap());
+
+    // The delta restore: bytes identical to the clean snapshot, and only
+    // about the changed 64 KiB blocks written (the attack's, plus the few
+    // metadata and report-1 blocks of that day).
+    let r = env.json(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--delta",
+        "--verify",
+    ]);
+    assert!(
+        same_bytes(&disk, &clean),
+        "delta restore did not reproduce the clean snapshot"
+    );
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["blocks_written"], dry["blocks_written"]);
+    let written = r["blocks_written"].as_u64().unwrap();
+    let total = r["blocks_compared"].as_u64().unwrap();
+    assert!(
+        written >= touched.len() as u64,
+        "{written} < {} blocks the attack hit",
+        touched.len()
+    );
+    assert!(
+        written <= touched.len() as u64 + 12,
+        "wrote {written} blocks for {} changed",
+        touched.len()
+    );
+    assert_eq!(total, 1024, "a 64 MiB disk has 1024 blocks of 64 KiB");
+    // Run again: nothing differs any more.
+    let again = env.json(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert_eq!(again["blocks_written"], 0);
+
+    // Clear errors for a target of the wrong kind.
+    let out = env.run(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        env.path("nope.img").to_str().unwrap(),
+        "--delta",
+    ]);
+    assert_eq!(code(&out), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("existing disk image"));
+    let out = env.run(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        root.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("neither a disk image file nor a block device")
+    );
+
+    // Rollback of the disk's files: the newest snapshot, with the five
+    // encrypted reports from before the attack and report-1 as alice left it.
+    let out_dir = env.path("rolled");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(rb["restored"], 5, "{rb}");
+    assert_eq!(rb["dropped"], 0);
+    for i in 10..15 {
+        let got = std::fs::read(out_dir.join(report(i))).unwrap();
+        assert_eq!(
+            got,
+            std::fs::read(root.join(format!("home/alice/docs/report-{i}.txt"))).unwrap(),
+            "report-{i}"
+        );
+    }
+    assert_eq!(std::fs::read(out_dir.join(report(1))).unwrap(), newest_work);
+    assert_eq!(
+        std::fs::read(out_dir.join("etc/hostname")).unwrap(),
+        b"guest\n"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("rolled.cairn-provenance.json")).unwrap())
+            .unwrap();
+    let files = manifest["files"].as_array().unwrap();
+    let entry = |p: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("{p} not in the manifest"))
+    };
+    let r10 = entry("/home/alice/docs/report-10.txt");
+    assert_eq!(r10["action"], "restored");
+    assert!(
+        r10["reason"]
+            .as_str()
+            .unwrap()
+            .contains("encrypted in place")
+    );
+    let clean_id = env.json(&["snapshots", "vm"]).as_array().unwrap()[3]["id"].clone();
+    assert_eq!(r10["snapshot"], clean_id);
+    assert_eq!(entry("/home/alice/docs/report-1.txt")["action"], "kept");
+}
+
+#[test]
+fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
+    let env = Env::new("30d", &[]);
+    let dir = env.path("share");
+    let docs = dir.join("docs");
+    let other = dir.join("projects");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    for i in 0..12 {
+        std::fs::write(
+            docs.join(format!("doc{i}.txt")),
+            text(15_000 + i * 500, i as u64),
+        )
+        .unwrap();
+        std::fs::write(
+            other.join(format!("plan{i}.md")),
+            text(9_000, 50 + i as u64),
+        )
+        .unwrap();
+    }
+    let src = dir.to_str().unwrap();
+    for d in 0..4u32 {
+        if d > 0 {
+            std::fs::write(docs.join("doc0.txt"), text(16_000, 100 + d as u64)).unwrap();
+        }
+        env.backup(&dir, "share", &day(d));
+    }
+    let last_clean: Vec<Vec<u8>> = (0..12)
+        .map(|i| std::fs::read(docs.join(format!("doc{i}.txt"))).unwrap())
+        .collect();
+
+    // The attack: doc3..doc6 replaced by encrypted copies, doc7 encrypted
+    // where it is, a note in both folders. Bob keeps editing doc1 and
+    // plan2 that day and the next.
+    for i in 3..7 {
+        let p = docs.join(format!("doc{i}.txt"));
+        let len = std::fs::metadata(&p).unwrap().len() as usize;
+        std::fs::write(
+            docs.join(format!("doc{i}.txt.locked")),
+            noise(len, 300 + i as u64),
+        )
+        .unwrap();
+        std::fs::remove_file(&p).unwrap();
+    }
+    let len7 = last_clean[7].len();
+    std::fs::write(docs.join("doc7.txt"), noise(len7, 77)).unwrap();
+    let note = "Your files are encrypted. To decrypt them pay 0.1 bitcoin; write to our Tor site \
+                abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvwx.onion with your personal ID.";
+    std::fs::write(docs.join("HOW_TO_DECRYPT.txt"), note).unwrap();
+    std::fs::write(other.join("HOW_TO_DECRYPT.txt"), note).unwrap();
+    std::fs::write(docs.join("doc1.txt"), text(17_000, 555)).unwrap();
+    let out = env.run(&["backup", src, "--name", "share", "--time", &day(4)]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let newest_doc1 = text(18_000, 556);
+    let newest_plan2 = text(9_500, 557);
+    std::fs::write(docs.join("doc1.txt"), &newest_doc1).unwrap();
+    std::fs::write(other.join("plan2.md"), &newest_plan2).unwrap();
+    let out = env.run(&["backup", src, "--name", "share", "--time", &day(5)]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "damage still present: not a clean point"
+    );
+
+    // A dry run changes nothing.
+    let dry = env.json(&["rollback", "share", "--in-place", src, "--dry-run"]);
+    assert!(docs.join("HOW_TO_DECRYPT.txt").exists());
+    assert_eq!(dry["restored"], 5, "{dry}");
+
+    let r = env.json(&["rollback", "share", "--in-place", src]);
+    assert_eq!(r["restored"], 5, "{r}");
+    assert_eq!(r["dropped"], 6, "4 encrypted copies and 2 notes: {r}");
+    for (i, clean) in last_clean.iter().enumerate().take(8).skip(3) {
+        assert_eq!(
+            &std::fs::read(docs.join(format!("doc{i}.txt"))).unwrap(),
+            clean,
+            "doc{i}"
+        );
+        assert!(!docs.join(format!("doc{i}.txt.locked")).exists());
+    }
+    assert!(
+        !docs.join("HOW_TO_DECRYPT.txt").exists() && !other.join("HOW_TO_DECRYPT.txt").exists()
+    );
+    assert_eq!(
+        std::fs::read(docs.join("doc1.txt")).unwrap(),
+        newest_doc1,
+        "newer work kept"
+    );
+    assert_eq!(
+        std::fs::read(other.join("plan2.md")).unwrap(),
+        newest_plan2,
+        "newer work kept"
+    );
+    assert_eq!(std::fs::read(docs.join("doc0.txt")).unwrap(), last_clean[0]);
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("share.cairn-provenance.json")).unwrap())
+            .unwrap();
+    let files = manifest["files"].as_array().unwrap();
+    let entry = |p: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("{p} missing"))
+    };
+    assert_eq!(entry("/docs/doc4.txt")["action"], "restored");
+    assert!(
+        entry("/docs/doc4.txt")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("doc4.txt.locked")
+    );
+    assert_eq!(entry("/docs/doc4.txt.locked")["action"], "dropped");
+    assert_eq!(entry("/projects/HOW_TO_DECRYPT.txt")["action"], "dropped");
+    assert_eq!(entry("/docs/doc1.txt")["action"], "kept");
+
+    // After the repair, the next backup is clean again.
+    let v = env.backup(&dir, "share", &day(6));
+    assert_eq!(v["insight"]["verdict"], "clean", "{v}");
+}
