@@ -88,6 +88,20 @@ pub fn restore_delta(
                 .ctx(|| format!("resizing {}", target.display()))?;
         }
     }
+    // Holes of a target file read as zeros without being read at all.
+    let data = if is_device {
+        None
+    } else {
+        cairn_vault::sparse::data_ranges(&file, old_size)
+            .ctx(|| format!("finding the data of {}", target.display()))?
+    };
+    let has_data = |start: u64, len: u64| match &data {
+        None => start < old_size,
+        Some(ranges) => {
+            let i = ranges.partition_point(|r| r.1 <= start);
+            ranges.get(i).is_some_and(|r| r.0 < start + len)
+        }
+    };
     let hasher = disk.vault().hasher();
     let bpc = map.blocks_per_chunk();
     let compared = AtomicU64::new(0);
@@ -102,10 +116,14 @@ pub fn restore_delta(
             // Past the old end of a grown file there is nothing to read.
             let readable = old_size.saturating_sub(start).min(len as u64) as usize;
             let mut have = vec![0u8; len];
-            file.read_exact_at(&mut have[..readable], start)
-                .ctx(|| format!("reading {}", target.display()))?;
             let mut digests = Vec::with_capacity(bpc);
-            hasher.block_digests(&have, &mut digests);
+            if has_data(start, len as u64) {
+                file.read_exact_at(&mut have[..readable], start)
+                    .ctx(|| format!("reading {}", target.display()))?;
+                hasher.block_digests(&have, &mut digests);
+            } else {
+                digests.resize(len.div_ceil(BLOCK_SIZE), ZERO_BLOCK);
+            }
             let want = &map.blocks[i * bpc..i * bpc + digests.len()];
             let mut snapshot_chunk: Option<Vec<u8>> = None;
             for (b, (got, want)) in digests.iter().zip(want).enumerate() {
