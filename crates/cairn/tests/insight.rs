@@ -23,13 +23,8 @@ fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     // Ordinary days: a report rewritten and a note added each day.
     for d in 0..4u32 {
         if d > 0 {
-            let local = env.path("edit.txt");
-            std::fs::write(&local, text(21_000, 500 + d as u64)).unwrap();
-            debugfs_w(&disk, &format!("rm home/alice/docs/report-{d}.txt"));
-            debugfs_w(
-                &disk,
-                &format!("write {} home/alice/docs/report-{d}.txt", local.display()),
-            );
+            let path = format!("home/alice/docs/report-{d}.txt");
+            replace_guest_file(&disk, &path, &text(21_000, 500 + d as u64));
         }
         let out = env.backup(&disk, "vm", &day(d));
         assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");

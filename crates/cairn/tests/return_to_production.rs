@@ -30,13 +30,7 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
     gpt_ext4_image(&disk, &root, 64);
     for d in 0..4u32 {
         if d > 0 {
-            let local = env.path("edit.txt");
-            std::fs::write(&local, text(21_000, 700 + d as u64)).unwrap();
-            debugfs_w(&disk, &format!("rm {}", report(d as usize)));
-            debugfs_w(
-                &disk,
-                &format!("write {} {}", local.display(), report(d as usize)),
-            );
+            replace_guest_file(&disk, &report(d as usize), &text(21_000, 700 + d as u64));
         }
         env.backup(&disk, "vm", &day(d));
     }
@@ -54,10 +48,7 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
         }
     }
     let newest_work = text(25_000, 999);
-    let local = env.path("work.txt");
-    std::fs::write(&local, &newest_work).unwrap();
-    debugfs_w(&disk, &format!("rm {}", report(1)));
-    debugfs_w(&disk, &format!("write {} {}", local.display(), report(1)));
+    replace_guest_file(&disk, &report(1), &newest_work);
     let out = env.run(&[
         "backup",
         disk.to_str().unwrap(),
