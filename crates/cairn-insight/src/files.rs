@@ -14,7 +14,9 @@ use crate::notes;
 use cairn_guest::diff::Diff;
 use cairn_guest::{FileEntry, FileKind, Filesystem};
 use cairn_vault::SnapshotDisk;
+use cairn_vault::entropy::shannon_entropy;
 use cairn_vault::hash::BLOCK_SIZE;
+use cairn_vault::units::bytes as human;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -179,34 +181,6 @@ impl Reader {
     }
 }
 
-/// Byte histogram for entropy of scattered bytes.
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    n: u64,
-}
-
-impl Histogram {
-    fn add(&mut self, b: u8) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; 256];
-        }
-        self.counts[b as usize] += 1;
-        self.n += 1;
-    }
-    fn entropy(&self) -> f64 {
-        let n = self.n as f64;
-        self.counts
-            .iter()
-            .filter(|&&c| c > 0)
-            .map(|&c| {
-                let p = c as f64 / n;
-                -p * p.log2()
-            })
-            .sum()
-    }
-}
-
 /// The entropy `n` random bytes would show, less a margin: small samples
 /// of ciphertext measure below 8 bits per byte.
 fn encrypted_threshold(n: u64) -> f64 {
@@ -216,7 +190,7 @@ fn encrypted_threshold(n: u64) -> f64 {
 fn window_entropy(data: &[u8]) -> Vec<f64> {
     data.chunks(WINDOW)
         .filter(|w| w.len() >= 512)
-        .map(|w| cairn_vault::entropy::shannon_entropy(w) as f64)
+        .map(|w| shannon_entropy(w) as f64)
         .collect()
 }
 
@@ -318,21 +292,26 @@ impl Analysis<'_> {
         self.out.analysed_files += 1;
         self.out.analysed_bytes += (was_bytes.len() + now_bytes.len()) as u64;
 
-        let (mut was, mut now) = (Histogram::default(), Histogram::default());
-        let mut zeros = 0u64;
-        for (&a, &b) in was_bytes.iter().zip(&now_bytes) {
-            if a != b {
-                was.add(a);
-                now.add(b);
-                zeros += (b == 0) as u64;
-            }
-        }
-        let changed = now.n;
+        // The bytes that changed, and the bytes they replaced.
+        let (was, now): (Vec<u8>, Vec<u8>) = was_bytes
+            .iter()
+            .zip(&now_bytes)
+            .filter(|(a, b)| a != b)
+            .map(|(&a, &b)| (a, b))
+            .unzip();
+        let zeros = now.iter().filter(|&&b| b == 0).count() as u64;
+        let changed = now.len() as u64;
         let (wo, wn) = (window_entropy(&was_bytes), window_entropy(&now_bytes));
         let jumped = wo.iter().zip(&wn).filter(|(a, b)| **b - **a >= 1.5).count();
         let new_kind = content::sniff(&nh);
-        let dense_ok =
-            new_kind.is_some_and(|k| k.dense() && structure(k, new_fs, n, &nh, &nt).is_ok());
+        // The type the new bytes announce, when they also check out as it
+        // (checked once; the structure checks below reuse it).
+        let new_valid = new_kind.filter(|&k| structure(k, new_fs, n, &nh, &nt).is_ok());
+        let valid_as = |k: Kind| {
+            Some(k) == new_valid
+                || (Some(k) != new_kind && structure(k, new_fs, n, &nh, &nt).is_ok())
+        };
+        let dense_ok = new_valid.is_some_and(Kind::dense);
         if dense_ok {
             self.out.dense_ok_files += 1;
         }
@@ -349,7 +328,7 @@ impl Analysis<'_> {
             ));
             return;
         }
-        let (e_was, e_now) = (was.entropy(), now.entropy());
+        let (e_was, e_now) = (shannon_entropy(&was) as f64, shannon_entropy(&now) as f64);
         if changed >= MIN_CHANGED
             && e_now >= encrypted_threshold(changed)
             && e_now - e_was >= 1.0
@@ -374,7 +353,7 @@ impl Analysis<'_> {
         // it was.
         let by_ext = content::kind_for_extension(&content::extension(path));
         let claimed = by_ext.or(new_kind);
-        if claimed.is_some_and(|k| structure(k, new_fs, n, &nh, &nt).is_ok()) {
+        if claimed.is_some_and(valid_as) {
             return;
         }
         let Some((oh, ot)) = self.reader.sample(old_fs, o, SAMPLE_BYTES) else {
@@ -383,8 +362,7 @@ impl Analysis<'_> {
         let kind = expected_kind(path, &oh);
         // A file that became another valid type (a script replaced by a
         // binary in an upgrade) is not broken.
-        let other_valid_type = new_kind
-            .is_some_and(|nk| Some(nk) != kind && structure(nk, new_fs, n, &nh, &nt).is_ok());
+        let other_valid_type = new_valid.is_some_and(|nk| Some(nk) != kind);
         if let Some(k) = kind
             && !other_valid_type
             && structure(k, old_fs, o, &oh, &ot).is_ok()
@@ -431,13 +409,14 @@ impl Analysis<'_> {
         }
         let ext = content::extension(path);
         let magic = content::sniff(&head);
-        if let Some(k) = magic
-            && k.dense()
-            && structure(k, fs, n, &head, &tail).is_ok()
-        {
+        let magic_valid = magic.filter(|&k| structure(k, fs, n, &head, &tail).is_ok());
+        if magic_valid.is_some_and(Kind::dense) {
             self.out.dense_ok_files += 1;
         }
         if let Some(k) = content::kind_for_extension(&ext) {
+            if Some(k) == magic_valid {
+                return;
+            }
             if let Err(why) = structure(k, fs, n, &head, &tail) {
                 self.out.findings.push(finding(
                     Damage::BrokenStructure,
@@ -449,7 +428,7 @@ impl Analysis<'_> {
         if magic.is_none() && head.len() >= 1024 {
             let w = window_entropy(&head);
             let high = w.iter().filter(|&&e| e >= 7.2).count();
-            let whole = cairn_vault::entropy::shannon_entropy(&head) as f64;
+            let whole = shannon_entropy(&head) as f64;
             if whole >= encrypted_threshold(head.len() as u64) && high * 10 >= w.len() * 9 {
                 self.out.findings.push(finding(
                     Damage::EncryptedNew,
@@ -457,21 +436,6 @@ impl Analysis<'_> {
                 ));
             }
         }
-    }
-}
-
-fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
     }
 }
 

@@ -103,21 +103,14 @@ pub fn compute(
         parent_fs_readable: false,
         analysis_secs: 0.0,
     };
-    let new = match open_snapshot_with_source(vault, snap.clone(), None, source_file(snap, source))
+    // This snapshot's files: opened and walked, or why not.
+    let opened = open_snapshot_with_source(vault, snap.clone(), None, source_file(snap, source))
         .map_err(|e| e.to_string())
-    {
-        Ok(o) => o,
+        .and_then(|o| o.fs.walk().map(|w| (o, w)).map_err(|e| e.to_string()));
+    let (new, new_entries) = match opened {
+        Ok(x) => x,
         Err(e) => {
             out.fs_error = Some(e);
-            out.parent_fs_readable = parent.is_some_and(|p| open(vault, p).is_ok());
-            out.analysis_secs = started.elapsed().as_secs_f64();
-            return out;
-        }
-    };
-    let new_entries = match new.fs.walk() {
-        Ok(w) => w,
-        Err(e) => {
-            out.fs_error = Some(e.to_string());
             out.parent_fs_readable = parent.is_some_and(|p| open(vault, p).is_ok());
             out.analysis_secs = started.elapsed().as_secs_f64();
             return out;
@@ -143,11 +136,8 @@ pub fn compute(
             (Some(od), Some(nd)) => cairn_guest::diff::diff(
                 &old_entries,
                 &new_entries,
-                &mut match new.reader.as_deref() {
-                    Some(r) => DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd)
-                        .reading_new_through(r),
-                    None => DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd),
-                },
+                &mut DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd)
+                    .reading_new_through(new.reader.as_deref().unwrap_or(nd.as_ref())),
             ),
             _ => cairn_guest::diff::diff(&old_entries, &new_entries, &mut TreeCheck),
         };

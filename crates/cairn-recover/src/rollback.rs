@@ -274,16 +274,6 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>) -> Result<Plan> {
     })
 }
 
-fn count(report: &mut RollbackReport, plan: &Plan) {
-    for p in &plan.provenance {
-        match p.action {
-            Action::Kept => report.kept += 1,
-            Action::Restored => report.restored += 1,
-            Action::Dropped => report.dropped += 1,
-        }
-    }
-}
-
 fn report_for(t: &Timeline, plan: &Plan, dry_run: bool) -> RollbackReport {
     let mut r = RollbackReport {
         name: t.name.clone(),
@@ -299,7 +289,13 @@ fn report_for(t: &Timeline, plan: &Plan, dry_run: bool) -> RollbackReport {
         dry_run,
         ..Default::default()
     };
-    count(&mut r, plan);
+    for p in &plan.provenance {
+        match p.action {
+            Action::Kept => r.kept += 1,
+            Action::Restored => r.restored += 1,
+            Action::Dropped => r.dropped += 1,
+        }
+    }
     r.files = plan.provenance.clone();
     r
 }

@@ -21,6 +21,7 @@ pub mod snapshot;
 pub mod source_backed;
 pub mod sparse;
 pub mod tree;
+pub mod units;
 pub mod vault;
 pub mod verify;
 

@@ -8,8 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Exit code for "something was found".
-const FOUND: u8 = 3;
+use crate::FOUND;
 
 fn rate(r: Option<f64>) -> String {
     r.map(|r| format!("{}/h", bytes(r as u64)))

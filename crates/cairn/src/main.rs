@@ -20,7 +20,7 @@ use std::sync::Arc;
 use util::{Bar, bytes, parse_duration, password};
 
 /// Exit code for "something was found" (damage, an anomaly, a hit).
-const FOUND: u8 = 3;
+pub(crate) const FOUND: u8 = 3;
 
 #[derive(Parser)]
 #[command(

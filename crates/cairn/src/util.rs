@@ -30,20 +30,7 @@ pub fn password(confirm: bool) -> Result<Vec<u8>> {
     Ok(p.into_bytes())
 }
 
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use cairn_vault::units::bytes;
 
 /// `30d`, `12h`, `2w`, `1y6m`… (s, m = minutes, h, d, w, y = 365 days).
 pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
