@@ -29,13 +29,14 @@ pub struct BootOptions {
 }
 
 #[derive(Serialize)]
-struct BootReport {
-    snapshot: String,
-    result: &'static str,
-    accel: String,
-    seconds: f64,
-    console_log: String,
-    reason: String,
+pub struct BootReport {
+    pub snapshot: String,
+    /// `booted` or `failed`.
+    pub result: &'static str,
+    pub accel: String,
+    pub seconds: f64,
+    pub console_log: String,
+    pub reason: String,
 }
 
 /// One QEMU run: the console lines as they come, and whether it ended.
@@ -103,6 +104,30 @@ fn probe_port(port: u16) -> bool {
 }
 
 pub fn boot(vault: &Arc<Vault>, spec: &str, o: &BootOptions, json: bool) -> Result<u8> {
+    let snap = vault.resolve(spec)?;
+    let report = boot_check(vault, &snap, o)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} {} ({}, {:.1} s): {}; console: {}",
+            report.snapshot,
+            report.result,
+            report.accel,
+            report.seconds,
+            report.reason,
+            report.console_log
+        );
+    }
+    Ok(if report.result == "booted" { 0 } else { 3 })
+}
+
+/// Boots `snap` in the isolated environment and judges the boot.
+pub fn boot_check(
+    vault: &Arc<Vault>,
+    snap: &cairn_vault::Snapshot,
+    o: &BootOptions,
+) -> Result<BootReport> {
     if o.expect.is_none() && o.probe.is_none() {
         bail!(
             "say how to recognise a good boot: --expect PATTERN (on the console) or --probe PORT"
@@ -116,9 +141,8 @@ pub fn boot(vault: &Arc<Vault>, spec: &str, o: &BootOptions, json: bool) -> Resu
     if !matches!(o.network.as_str(), "none" | "restricted") {
         bail!("--network is none or restricted");
     }
-    let snap = vault.resolve(spec)?;
     let disk: Arc<dyn BlockSource> =
-        Arc::new(SnapshotDisk::open(vault.clone(), &snap, 256)?.without_read_ahead());
+        Arc::new(SnapshotDisk::open(vault.clone(), snap, 256)?.without_read_ahead());
     let tmp = tempfile::tempdir()?;
     let overlay_path = o
         .overlay
@@ -283,18 +307,5 @@ pub fn boot(vault: &Arc<Vault>, spec: &str, o: &BootOptions, json: bool) -> Resu
         report.console_log = keep.display().to_string();
     }
     drop(rt);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{} {} ({}, {:.1} s): {}; console: {}",
-            report.snapshot,
-            report.result,
-            report.accel,
-            report.seconds,
-            report.reason,
-            report.console_log
-        );
-    }
-    Ok(if report.result == "booted" { 0 } else { 3 })
+    Ok(report)
 }

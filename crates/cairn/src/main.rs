@@ -5,6 +5,7 @@ mod export_cmd;
 mod guest_cmds;
 mod insight_cmd;
 mod mount_cmd;
+mod scan_cmd;
 mod util;
 
 use anyhow::{Context, Result, bail};
@@ -229,29 +230,49 @@ enum Command {
         /// Keep the guest's writes here (default: a temporary overlay).
         #[arg(long)]
         overlay: Option<PathBuf>,
-        #[arg(long)]
-        kernel: Option<PathBuf>,
-        #[arg(long)]
-        initrd: Option<PathBuf>,
-        #[arg(long, default_value = "console=ttyS0")]
-        append: String,
-        #[arg(long, default_value = "512M")]
-        memory: String,
-        /// none: no network device; restricted: user networking with no
-        /// route out (only forwarded ports reach the guest).
-        #[arg(long, default_value = "none")]
-        network: String,
-        /// Console text that means the boot worked.
-        #[arg(long)]
-        expect: Option<String>,
-        /// Guest TCP port that answers when the boot worked.
-        #[arg(long)]
-        probe: Option<u16>,
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        #[command(flatten)]
+        boot: BootArgs,
         /// Where to keep the serial console log.
         #[arg(long)]
         log: Option<PathBuf>,
+    },
+    /// Scan a snapshot without trusting it: malware (YARA rules),
+    /// persistence and tampering against the previous clean snapshot, and
+    /// vulnerable packages. Exit 3 when anything is found.
+    Scan {
+        /// NAME@latest, NAME@-N or NAME@<id prefix>.
+        snapshot: String,
+        /// A folder of operator YARA rules (*.yar, *.yara), added to Cairn's.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// The offline vulnerability database (OSV advisories).
+    Vulndb {
+        #[command(subcommand)]
+        action: VulndbAction,
+    },
+    /// Find the newest recovery point that passes every check, walking
+    /// back from just before the first suspicious snapshot.
+    Recover {
+        name: String,
+        /// Walk back to the newest clean point (the only mode so far).
+        #[arg(long, required = true)]
+        find_clean: bool,
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Accept a point whose worst finding is a warning.
+        #[arg(long)]
+        accept_warnings: bool,
+        /// Also boot each candidate in the isolated environment (the boot
+        /// options below say how to recognise a good boot).
+        #[arg(long)]
+        boot_check: bool,
+        #[command(flatten)]
+        boot: BootArgs,
     },
     /// Save a snapshot plus the writes in its recovery overlay as a new
     /// snapshot derived from it (the remediated state).
@@ -267,6 +288,57 @@ enum Command {
     Pin { snapshot: String },
     /// Unpin a snapshot.
     Unpin { snapshot: String },
+}
+
+#[derive(Subcommand)]
+enum VulndbAction {
+    /// Import OSV advisories: a zip as OSV publishes per ecosystem (for
+    /// example Debian/all.zip) or a folder of .json records.
+    Import { path: PathBuf },
+    /// How many advisories are imported, per ecosystem.
+    Status,
+}
+
+/// How the isolated environment boots a snapshot and judges the boot.
+#[derive(clap::Args, Clone)]
+struct BootArgs {
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long, default_value = "console=ttyS0")]
+    append: String,
+    #[arg(long, default_value = "512M")]
+    memory: String,
+    /// none: no network device; restricted: user networking with no
+    /// route out (only forwarded ports reach the guest).
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// Console text that means the boot worked.
+    #[arg(long)]
+    expect: Option<String>,
+    /// Guest TCP port that answers when the boot worked.
+    #[arg(long)]
+    probe: Option<u16>,
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+impl BootArgs {
+    fn options(&self, overlay: Option<PathBuf>, log: Option<PathBuf>) -> boot_cmd::BootOptions {
+        boot_cmd::BootOptions {
+            overlay,
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            append: self.append.clone(),
+            memory: self.memory.clone(),
+            network: self.network.clone(),
+            expect: self.expect.clone(),
+            probe: self.probe,
+            timeout: self.timeout,
+            log,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -324,6 +396,8 @@ fn reading_lock(cli: &Cli) -> Result<Option<cairn_vault::lock::VaultLock>> {
             | Command::Mount { .. }
             | Command::Boot { .. }
             | Command::Commit { .. }
+            | Command::Scan { .. }
+            | Command::Recover { .. }
     );
     match vault_path(cli) {
         Ok(path) if reads && path.join("config").is_file() => {
@@ -437,31 +511,49 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Boot {
             snapshot,
             overlay,
-            kernel,
-            initrd,
-            append,
-            memory,
-            network,
-            expect,
-            probe,
-            timeout,
+            boot,
             log,
         } => boot_cmd::boot(
             &open(&cli)?,
             snapshot,
-            &boot_cmd::BootOptions {
-                overlay: overlay.clone(),
-                kernel: kernel.clone(),
-                initrd: initrd.clone(),
-                append: append.clone(),
-                memory: memory.clone(),
-                network: network.clone(),
-                expect: expect.clone(),
-                probe: *probe,
-                timeout: *timeout,
-                log: log.clone(),
+            &boot.options(overlay.clone(), log.clone()),
+            cli.json,
+        ),
+        Command::Scan {
+            snapshot,
+            rules,
+            partition,
+        } => scan_cmd::scan(
+            &open(&cli)?,
+            snapshot,
+            rules.as_deref(),
+            *partition,
+            cli.json,
+            cli.quiet,
+        ),
+        Command::Vulndb { action } => match action {
+            VulndbAction::Import { path } => scan_cmd::vulndb_import(&open(&cli)?, path, cli.json),
+            VulndbAction::Status => scan_cmd::vulndb_status(&open(&cli)?, cli.json),
+        },
+        Command::Recover {
+            name,
+            find_clean: _,
+            rules,
+            partition,
+            accept_warnings,
+            boot_check,
+            boot,
+        } => scan_cmd::find_clean(
+            &open(&cli)?,
+            name,
+            &scan_cmd::FindClean {
+                rules: rules.as_deref(),
+                partition: *partition,
+                accept_warnings: *accept_warnings,
+                boot: boot_check.then(|| boot.options(None, None)),
             },
             cli.json,
+            cli.quiet,
         ),
         Command::Commit {
             snapshot,

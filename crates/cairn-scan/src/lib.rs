@@ -1,0 +1,425 @@
+//! Cairn's verification of recovery points, agentless and straight from
+//! the vault: malware (YARA rules through boreal), vulnerabilities (the
+//! guest's installed packages against imported OSV advisories),
+//! persistence and tampering indicators (a diff against the previous
+//! clean snapshot), and the walk back to the newest point that passes.
+//!
+//! A snapshot's scan result is stored beside it, write-once, as
+//! `scan/v1/<snapshot id>.<profile>` where the profile names the rule
+//! set, the advisory database and the baseline it was made with; the
+//! snapshot itself is never touched.
+
+pub mod cache;
+pub mod error;
+pub mod inventory;
+pub mod malware;
+pub mod osv;
+pub mod persistence;
+pub mod rules;
+pub mod version;
+pub mod walkback;
+
+pub use error::{Error, Result};
+pub use malware::{MalwareHit, MalwareStats};
+pub use osv::{VulnDb, VulnFinding};
+pub use persistence::Indicator;
+pub use rules::{RuleSet, Severity};
+
+use cache::ScanCache;
+use cairn_guest::{FileEntry, Opened};
+use cairn_vault::{Snapshot, SnapshotId, Vault};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanVerdict {
+    Clean,
+    Warning,
+    Compromised,
+}
+
+impl ScanVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanVerdict::Clean => "clean",
+            ScanVerdict::Warning => "warning",
+            ScanVerdict::Compromised => "compromised",
+        }
+    }
+
+    fn of(s: Severity) -> Self {
+        match s {
+            Severity::Warning => ScanVerdict::Warning,
+            Severity::Compromised => ScanVerdict::Compromised,
+        }
+    }
+}
+
+/// One snapshot's scan, as stored and as `cairn scan --json` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScanReport {
+    pub version: u32,
+    pub snapshot: SnapshotId,
+    pub name: String,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub scanned_at: chrono::DateTime<chrono::Utc>,
+    pub verdict: ScanVerdict,
+    /// The snapshot persistence was compared with (None: nothing older).
+    pub baseline: Option<SnapshotId>,
+    pub rules: String,
+    pub advisories: usize,
+    pub malware: Vec<MalwareHit>,
+    pub persistence: Vec<Indicator>,
+    /// Things to patch before production; they do not change the verdict.
+    pub vulnerabilities: Vec<VulnFinding>,
+    pub os: Option<String>,
+    pub packages: usize,
+    pub notes: Vec<String>,
+    pub stats: MalwareStats,
+    pub seconds: f64,
+}
+
+impl ScanReport {
+    pub fn findings(&self) -> usize {
+        self.malware.len() + self.persistence.len()
+    }
+}
+
+/// What a scan runs with: the rules, the advisories, the caches.
+pub struct Profile {
+    pub rules: RuleSet,
+    pub vulndb: VulnDb,
+    vulndb_digest: [u8; 32],
+    pub cache: ScanCache,
+    /// Partition to read on disk snapshots (default: the largest readable).
+    pub partition: Option<u32>,
+}
+
+/// Where the per-machine state of a local vault lives (not vault
+/// objects: mutable, rebuildable, never verified).
+pub fn local_dir(vault: &Vault) -> PathBuf {
+    vault.root().join("local")
+}
+
+pub fn vulndb_path(vault: &Vault) -> PathBuf {
+    local_dir(vault).join("vulndb.bin")
+}
+
+impl Profile {
+    /// Cairn's rules plus the operator's (`rules_dir`), the imported
+    /// advisories and the vault's scan cache.
+    pub fn load(vault: &Vault, rules_dir: Option<&Path>) -> Result<Profile> {
+        let rules = RuleSet::load(rules_dir)?;
+        let vulndb = VulnDb::load(&vulndb_path(vault))?;
+        let cache = ScanCache::open(&local_dir(vault).join("scan-cache"), &rules.hash)?;
+        Ok(Self::new(rules, vulndb, cache))
+    }
+
+    pub fn new(rules: RuleSet, vulndb: VulnDb, cache: ScanCache) -> Profile {
+        Profile {
+            vulndb_digest: vulndb.digest(),
+            rules,
+            vulndb,
+            cache,
+            partition: None,
+        }
+    }
+
+    fn record_name(&self, snap: &SnapshotId, baseline: Option<&SnapshotId>) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.rules.hash);
+        h.update(&self.vulndb_digest);
+        h.update(baseline.map(|b| b.0.as_bytes()).unwrap_or(b"-"));
+        h.update(&self.partition.unwrap_or(0).to_le_bytes());
+        format!(
+            "scan/v{REPORT_VERSION}/{}.{}",
+            snap.0,
+            hex::encode(&h.finalize().as_bytes()[..8])
+        )
+    }
+}
+
+/// Every stored scan result of `snap`, oldest scan first.
+pub fn stored_reports(vault: &Vault, snap: &SnapshotId) -> Vec<ScanReport> {
+    let prefix = format!("scan/v{REPORT_VERSION}/{}.", snap.0);
+    let mut out: Vec<ScanReport> = vault
+        .backend()
+        .list(&format!("scan/v{REPORT_VERSION}"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .filter_map(|n| vault.read_object(&n).ok())
+        .filter_map(|b| serde_json::from_slice::<ScanReport>(&b).ok())
+        .filter(|r| r.snapshot == *snap)
+        .collect();
+    out.sort_by_key(|r| r.scanned_at);
+    out
+}
+
+/// The newest stored scan result of `snap`.
+pub fn latest_report(vault: &Vault, snap: &SnapshotId) -> Option<ScanReport> {
+    stored_reports(vault, snap).pop()
+}
+
+/// The snapshots of `name` in time order.
+pub fn chain(vault: &Vault, name: &str) -> Result<Vec<Snapshot>> {
+    let (all, _) = vault.snapshots()?;
+    let chain: Vec<Snapshot> = all.into_iter().filter(|s| s.name == name).collect();
+    if chain.is_empty() {
+        return Err(Error::Vault(cairn_vault::Error::SnapshotNotFound(format!(
+            "{name} (no snapshots of that name)"
+        ))));
+    }
+    Ok(chain)
+}
+
+/// The baseline persistence is compared with: the newest earlier
+/// snapshot whose stored scan was clean, else the oldest of the chain.
+pub fn baseline_for(vault: &Vault, chain: &[Snapshot], snap: &SnapshotId) -> Option<Snapshot> {
+    let i = chain.iter().position(|s| s.id == *snap)?;
+    chain[..i]
+        .iter()
+        .rev()
+        .find(|s| latest_report(vault, &s.id).is_some_and(|r| r.verdict == ScanVerdict::Clean))
+        .or_else(|| chain[..i].first())
+        .cloned()
+}
+
+/// A snapshot opened for scanning, its files listed once.
+pub struct Target {
+    pub opened: Opened,
+    pub entries: Vec<FileEntry>,
+}
+
+impl Target {
+    pub fn open(vault: &Arc<Vault>, snap: &Snapshot, partition: Option<u32>) -> Result<Target> {
+        let opened = cairn_guest::open_snapshot(vault, snap.clone(), partition)?;
+        // Insight stores each analysed snapshot's list; reuse it.
+        let entries = match cairn_insight::filelist::load(vault, &snap.id) {
+            Some(e) if partition.is_none() => e,
+            _ => opened.fs.walk()?,
+        };
+        Ok(Target { opened, entries })
+    }
+
+    fn side(&self) -> persistence::Side<'_> {
+        persistence::Side {
+            fs: self.opened.fs.as_ref(),
+            entries: &self.entries,
+        }
+    }
+}
+
+/// The stages of a scan, cheapest first; a walk back stops at the first
+/// that fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Insight,
+    Persistence,
+    Malware,
+    Vulnerabilities,
+    Boot,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Insight => "insight",
+            Stage::Persistence => "persistence",
+            Stage::Malware => "malware",
+            Stage::Vulnerabilities => "vulnerabilities",
+            Stage::Boot => "boot",
+        }
+    }
+}
+
+/// What a scan tells its caller while it runs.
+pub trait Progress {
+    fn stage(&mut self, _snap: &Snapshot, _stage: Stage) {}
+    /// Malware scan progress: bytes of files done of `total` (called from
+    /// the scanning threads).
+    fn bytes(&self) -> &(dyn Fn(u64, u64) + Sync) {
+        &|_, _| {}
+    }
+}
+
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// A scan in progress: stages run one by one.
+pub struct Scan<'a> {
+    vault: &'a Arc<Vault>,
+    pub report: ScanReport,
+    target: Target,
+    baseline: Option<Target>,
+    started: Instant,
+    record: String,
+}
+
+impl<'a> Scan<'a> {
+    /// Opens `snap` (and `baseline`) for scanning; None from `stored` when
+    /// a result with this profile and baseline is already stored.
+    pub fn start(
+        vault: &'a Arc<Vault>,
+        snap: &Snapshot,
+        baseline: Option<&Snapshot>,
+        profile: &Profile,
+    ) -> Result<Scan<'a>> {
+        let started = Instant::now();
+        let target = Target::open(vault, snap, profile.partition)?;
+        let baseline_target = match baseline {
+            Some(b) => Some(Target::open(vault, b, profile.partition)?),
+            None => None,
+        };
+        Ok(Scan {
+            vault,
+            record: profile.record_name(&snap.id, baseline.map(|b| &b.id)),
+            report: ScanReport {
+                version: REPORT_VERSION,
+                snapshot: snap.id.clone(),
+                name: snap.name.clone(),
+                time: snap.time,
+                scanned_at: chrono::Utc::now(),
+                verdict: ScanVerdict::Clean,
+                baseline: baseline.map(|b| b.id.clone()),
+                rules: profile.rules.hash_hex(),
+                advisories: profile.vulndb.len(),
+                malware: vec![],
+                persistence: vec![],
+                vulnerabilities: vec![],
+                os: None,
+                packages: 0,
+                notes: vec![],
+                stats: MalwareStats::default(),
+                seconds: 0.0,
+            },
+            target,
+            baseline: baseline_target,
+            started,
+        })
+    }
+
+    /// The stored result of this exact scan, if one exists.
+    pub fn stored(
+        vault: &Vault,
+        snap: &Snapshot,
+        baseline: Option<&Snapshot>,
+        profile: &Profile,
+    ) -> Option<ScanReport> {
+        let name = profile.record_name(&snap.id, baseline.map(|b| &b.id));
+        let bytes = vault.read_object(&name).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn raise(&mut self, v: ScanVerdict) {
+        self.report.verdict = self.report.verdict.max(v);
+    }
+
+    /// Persistence and tampering against the baseline; true when clean.
+    pub fn persistence(&mut self) -> bool {
+        let found = persistence::indicators(
+            self.baseline.as_ref().map(|b| b.side()).as_ref(),
+            &self.target.side(),
+        );
+        for i in &found {
+            self.raise(ScanVerdict::of(i.severity));
+        }
+        self.report.persistence = found;
+        self.report.persistence.is_empty()
+    }
+
+    /// Every file through the rules; true when nothing matched.
+    pub fn malware(&mut self, profile: &mut Profile, bytes: &(dyn Fn(u64, u64) + Sync)) -> bool {
+        let keyer = match &self.target.opened.disk {
+            Some(d) => malware::Keyer::Disk(d),
+            None => malware::Keyer::Tree,
+        };
+        let total: u64 = self
+            .target
+            .entries
+            .iter()
+            .filter(|e| e.kind == cairn_guest::FileKind::File)
+            .map(|e| e.size)
+            .sum();
+        let (hits, stats) = malware::scan_files(
+            self.target.opened.fs.as_ref(),
+            &self.target.entries,
+            &keyer,
+            &profile.rules,
+            &mut profile.cache,
+            &|done| bytes(done, total),
+        );
+        if let Err(e) = profile.cache.flush() {
+            self.report.notes.push(format!("scan cache not saved: {e}"));
+        }
+        for h in &hits {
+            self.raise(ScanVerdict::of(h.severity));
+        }
+        if !stats.unreadable.is_empty() {
+            self.report.notes.push(format!(
+                "{} files could not be read and were not scanned",
+                stats.unreadable.len()
+            ));
+        }
+        self.report.malware = hits;
+        self.report.stats = stats;
+        self.report.malware.is_empty()
+    }
+
+    /// Installed packages against the advisories (never fails a point).
+    pub fn vulnerabilities(&mut self, profile: &Profile) {
+        let inv = inventory::read(self.target.opened.fs.as_ref());
+        self.report.os = inv.os.as_ref().map(|o| {
+            if o.pretty_name.is_empty() {
+                format!("{} {}", o.id, o.version_id)
+            } else {
+                o.pretty_name.clone()
+            }
+        });
+        self.report.packages = inv.packages.len();
+        self.report.notes.extend(inv.notes.iter().cloned());
+        if profile.vulndb.is_empty() && !inv.packages.is_empty() {
+            self.report.notes.push(
+                "no advisories imported (cairn vulndb import): packages were not checked".into(),
+            );
+        }
+        self.report.vulnerabilities = profile.vulndb.matches(&inv);
+    }
+
+    /// Stores the finished result beside the snapshot.
+    pub fn finish(mut self) -> Result<ScanReport> {
+        self.report.seconds = self.started.elapsed().as_secs_f64();
+        let json = serde_json::to_vec(&self.report).expect("json");
+        self.vault.put_sealed(&self.record, &json)?;
+        Ok(self.report)
+    }
+}
+
+/// A full scan of `snap` (all stages), stored; reuses a stored result of
+/// the same profile and baseline.
+pub fn scan_snapshot(
+    vault: &Arc<Vault>,
+    snap: &Snapshot,
+    profile: &mut Profile,
+    progress: &mut dyn Progress,
+) -> Result<ScanReport> {
+    let chain = chain(vault, &snap.name)?;
+    let baseline = baseline_for(vault, &chain, &snap.id);
+    if let Some(r) = Scan::stored(vault, snap, baseline.as_ref(), profile) {
+        return Ok(r);
+    }
+    let mut scan = Scan::start(vault, snap, baseline.as_ref(), profile)?;
+    progress.stage(snap, Stage::Persistence);
+    scan.persistence();
+    progress.stage(snap, Stage::Malware);
+    scan.malware(profile, progress.bytes());
+    progress.stage(snap, Stage::Vulnerabilities);
+    scan.vulnerabilities(profile);
+    scan.finish()
+}

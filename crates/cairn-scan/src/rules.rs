@@ -1,0 +1,255 @@
+//! The YARA rule set: Cairn's own rules plus the operator's rule files,
+//! compiled once with boreal (a pure-Rust YARA engine). Its hash names
+//! the rule set in the scan cache, so a changed rule rescans everything.
+
+use crate::error::{Error, Result};
+use boreal::scanner::ScanParams;
+use boreal::{Compiler, MetadataValue, Scanner};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Cairn's own rules, shipped in the binary.
+pub const BUILTIN: &str = include_str!("../rules/cairn.yar");
+
+/// What a rule's hit makes of a recovery point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Compromised,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Compromised => "compromised",
+        }
+    }
+}
+
+/// One rule that matched a piece of content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RuleHit {
+    /// `namespace:rule` — the namespace is `cairn` for our rules and the
+    /// file name for an operator's.
+    pub rule: String,
+    /// Offset of the first matching string (0 when the condition matched
+    /// without strings).
+    pub offset: u64,
+    pub severity: Severity,
+    pub description: String,
+}
+
+pub struct RuleSet {
+    scanner: Scanner,
+    /// BLAKE3 over the engine version and every rule file's name and text.
+    pub hash: [u8; 32],
+    /// Where the rules came from: `builtin` and the operator's files.
+    pub sources: Vec<String>,
+}
+
+/// Largest rule file read (a rule set, not a database).
+const MAX_RULE_FILE: u64 = 64 << 20;
+
+impl RuleSet {
+    /// Cairn's rules, plus every `*.yar`/`*.yara` file in `operator_dir`
+    /// (each in its own namespace, named after the file).
+    pub fn load(operator_dir: Option<&Path>) -> Result<Self> {
+        let mut files: Vec<(String, PathBuf, String)> = Vec::new();
+        if let Some(dir) = operator_dir {
+            let mut paths = Vec::new();
+            let rd = std::fs::read_dir(dir).map_err(crate::error::io(format!(
+                "reading rule folder {}",
+                dir.display()
+            )))?;
+            for e in rd {
+                let p = e
+                    .map_err(crate::error::io(dir.display().to_string()))?
+                    .path();
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if p.is_file() && (ext == "yar" || ext == "yara") {
+                    paths.push(p);
+                }
+            }
+            paths.sort();
+            if paths.is_empty() {
+                return Err(Error::Rules {
+                    path: dir.to_path_buf(),
+                    message: "no .yar or .yara files in this folder".into(),
+                });
+            }
+            for p in paths {
+                let len = std::fs::metadata(&p)
+                    .map_err(crate::error::io(p.display().to_string()))?
+                    .len();
+                if len > MAX_RULE_FILE {
+                    return Err(Error::Rules {
+                        path: p,
+                        message: format!("larger than {MAX_RULE_FILE} bytes"),
+                    });
+                }
+                let text = std::fs::read_to_string(&p)
+                    .map_err(crate::error::io(p.display().to_string()))?;
+                let ns = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                files.push((ns, p, text));
+            }
+        }
+        Self::compile(&files)
+    }
+
+    fn compile(operator: &[(String, PathBuf, String)]) -> Result<Self> {
+        let mut compiler = Compiler::new();
+        let mut hash = blake3::Hasher::new();
+        hash.update(b"cairn-rules-v1 boreal-1.4\0");
+        hash.update(BUILTIN.as_bytes());
+        compiler
+            .add_rules_str_in_namespace(BUILTIN, "cairn")
+            .map_err(|e| Error::Rules {
+                path: "builtin".into(),
+                message: describe(&e, "cairn.yar", BUILTIN),
+            })?;
+        let mut sources = vec!["builtin".to_string()];
+        for (ns, path, text) in operator {
+            hash.update(b"\0file\0");
+            hash.update(ns.as_bytes());
+            hash.update(b"\0");
+            hash.update(text.as_bytes());
+            compiler
+                .add_rules_str_in_namespace(text, ns)
+                .map_err(|e| Error::Rules {
+                    path: path.clone(),
+                    message: describe(&e, &path.display().to_string(), text),
+                })?;
+            sources.push(path.display().to_string());
+        }
+        let mut scanner = compiler.finalize();
+        scanner.set_scan_params(
+            ScanParams::default()
+                .compute_full_matches(true)
+                .string_max_nb_matches(100)
+                .timeout_duration(Some(Duration::from_secs(60))),
+        );
+        Ok(RuleSet {
+            scanner,
+            hash: *hash.finalize().as_bytes(),
+            sources,
+        })
+    }
+
+    pub fn hash_hex(&self) -> String {
+        hex::encode(&self.hash[..8])
+    }
+
+    /// Number of rules compiled.
+    pub fn rule_count(&self) -> usize {
+        self.scanner.rules().count()
+    }
+
+    /// The rules that match `data`. A scan that times out reports what it
+    /// matched so far.
+    pub fn scan(&self, data: &[u8]) -> Vec<RuleHit> {
+        let result = match self.scanner.scan_mem(data) {
+            Ok(r) => r,
+            Err((_, partial)) => partial,
+        };
+        let mut hits: Vec<RuleHit> = result
+            .rules
+            .iter()
+            .filter(|r| r.matched)
+            .map(|r| {
+                let mut severity = Severity::Compromised;
+                let mut description = String::new();
+                for m in r.metadatas {
+                    let name = self.scanner.get_string_symbol(m.name);
+                    if let MetadataValue::Bytes(b) = &m.value {
+                        let v = String::from_utf8_lossy(self.scanner.get_bytes_symbol(*b));
+                        match name {
+                            "severity" if v.eq_ignore_ascii_case("warning") => {
+                                severity = Severity::Warning
+                            }
+                            "description" => description = v.into_owned(),
+                            _ => {}
+                        }
+                    }
+                }
+                let offset = r
+                    .matches
+                    .iter()
+                    .flat_map(|s| s.matches.iter())
+                    .map(|m| (m.base + m.offset) as u64)
+                    .min()
+                    .unwrap_or(0);
+                RuleHit {
+                    rule: format!("{}:{}", r.namespace, r.name),
+                    offset,
+                    severity,
+                    description,
+                }
+            })
+            .collect();
+        hits.sort_by(|a, b| a.rule.cmp(&b.rule));
+        hits
+    }
+}
+
+fn describe(e: &boreal::compiler::AddRuleError, name: &str, text: &str) -> String {
+    boreal::compiler::generate_description(&e.to_diagnostic(), name, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_find_eicar_and_ignore_plain_text() {
+        let rules = RuleSet::load(None).unwrap();
+        let eicar = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+        let mut data = b"padding padding\n".repeat(100);
+        let at = data.len() as u64;
+        data.extend_from_slice(eicar);
+        let hits = rules.scan(&data);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].rule, "cairn:Cairn_EICAR_Test_File");
+        assert_eq!(hits[0].offset, at);
+        assert_eq!(hits[0].severity, Severity::Compromised);
+        assert!(
+            rules
+                .scan(b"an ordinary letter about bitcoin prices")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn operator_rules_load_from_a_folder_and_change_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let builtin = RuleSet::load(None).unwrap();
+        std::fs::write(
+            dir.path().join("acme.yar"),
+            "rule Acme_Secret { meta: severity = \"warning\" strings: $s = \"ACME-IMPLANT\" condition: $s }",
+        )
+        .unwrap();
+        let rules = RuleSet::load(Some(dir.path())).unwrap();
+        assert_ne!(rules.hash, builtin.hash);
+        let hits = rules.scan(b"xx ACME-IMPLANT yy");
+        assert_eq!(hits[0].rule, "acme:Acme_Secret");
+        assert_eq!(hits[0].offset, 3);
+        assert_eq!(hits[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_broken_rule_names_its_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bad.yar"),
+            "rule Broken {\n condition: $nope\n}",
+        )
+        .unwrap();
+        let e = RuleSet::load(Some(dir.path())).err().unwrap().to_string();
+        assert!(e.contains("bad.yar"), "{e}");
+    }
+}

@@ -1,0 +1,272 @@
+//! The walk back: from just before the first snapshot insight calls
+//! suspicious, try older points until one passes every check, running
+//! the cheap checks first (insight → persistence → malware →
+//! vulnerabilities → an optional boot check). Over a long history the
+//! steps back double and the boundary is then bisected, assuming that a
+//! point after an infection is infected too.
+
+use crate::{Profile, Result, Scan, ScanReport, ScanVerdict, Stage, VulnFinding};
+use cairn_vault::{Snapshot, SnapshotId, Vault};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Up to this many candidates are tried one by one, newest first.
+const LINEAR_LIMIT: usize = 8;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Tried {
+    pub id: SnapshotId,
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// `clean`, or what the failing stage said (`suspicious`, `warning`,
+    /// `compromised`, `failed` for a boot check).
+    pub verdict: String,
+    /// The stage that decided (the last one run).
+    pub stage: Stage,
+    pub findings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WalkReport {
+    pub clean: Option<SnapshotId>,
+    pub tried: Vec<Tried>,
+    /// Known vulnerabilities of the clean point: patch before production.
+    pub to_patch: Vec<VulnFinding>,
+}
+
+pub enum Event<'a> {
+    /// Where the walk starts and why.
+    Plan {
+        candidates: &'a [Snapshot],
+        start: Option<&'a Snapshot>,
+        reason: String,
+    },
+    Trying(&'a Snapshot),
+    Stage(&'a Snapshot, Stage),
+    Done(&'a Tried),
+}
+
+/// Boots a candidate: None when it booted, Some(reason) when not.
+pub type BootCheck<'a> = &'a mut dyn FnMut(&Snapshot) -> Result<Option<String>>;
+
+pub struct Options<'a> {
+    /// A point whose worst finding is a warning passes too.
+    pub accept_warnings: bool,
+    /// The boot check: None when it booted, Some(reason) when not.
+    pub boot_check: Option<BootCheck<'a>>,
+}
+
+struct Walker<'a, 'b> {
+    vault: &'a Arc<Vault>,
+    chain: &'a [Snapshot],
+    insight: HashMap<SnapshotId, (String, Vec<String>)>,
+    profile: &'a mut Profile,
+    opts: Options<'b>,
+    on: &'a mut dyn FnMut(Event),
+    tried: Vec<Tried>,
+    reports: HashMap<usize, ScanReport>,
+}
+
+impl Walker<'_, '_> {
+    fn acceptable(&self, v: ScanVerdict) -> bool {
+        v == ScanVerdict::Clean || (self.opts.accept_warnings && v == ScanVerdict::Warning)
+    }
+
+    /// Runs the checks on chain[i]; true when it passes.
+    fn check(&mut self, i: usize) -> Result<bool> {
+        let snap = &self.chain[i];
+        (self.on)(Event::Trying(snap));
+        let mut tried = Tried {
+            id: snap.id.clone(),
+            time: snap.time,
+            verdict: "clean".into(),
+            stage: Stage::Insight,
+            findings: vec![],
+        };
+        let passed = self.run(i, &mut tried)?;
+        (self.on)(Event::Done(&tried));
+        self.tried.push(tried);
+        Ok(passed)
+    }
+
+    fn run(&mut self, i: usize, tried: &mut Tried) -> Result<bool> {
+        let snap = &self.chain[i];
+        (self.on)(Event::Stage(snap, Stage::Insight));
+        if let Some((verdict, reasons)) = self.insight.get(&snap.id)
+            && verdict != "clean"
+        {
+            tried.verdict = verdict.clone();
+            tried.findings = reasons.clone();
+            return Ok(false);
+        }
+        let baseline = crate::baseline_for(self.vault, self.chain, &snap.id);
+        let stored = Scan::stored(self.vault, snap, baseline.as_ref(), self.profile);
+        let report = match stored {
+            Some(r) => r,
+            None => {
+                let mut scan = Scan::start(self.vault, snap, baseline.as_ref(), self.profile)?;
+                tried.stage = Stage::Persistence;
+                (self.on)(Event::Stage(snap, Stage::Persistence));
+                scan.persistence();
+                if !self.acceptable(scan.report.verdict) {
+                    return Ok(self.failed(tried, &scan.report));
+                }
+                tried.stage = Stage::Malware;
+                (self.on)(Event::Stage(snap, Stage::Malware));
+                scan.malware(self.profile, &|_, _| {});
+                if !self.acceptable(scan.report.verdict) {
+                    return Ok(self.failed(tried, &scan.report));
+                }
+                tried.stage = Stage::Vulnerabilities;
+                (self.on)(Event::Stage(snap, Stage::Vulnerabilities));
+                scan.vulnerabilities(self.profile);
+                scan.finish()?
+            }
+        };
+        if !self.acceptable(report.verdict) {
+            return Ok(self.failed(tried, &report));
+        }
+        tried.stage = Stage::Vulnerabilities;
+        tried.findings = describe(&report);
+        if let Some(boot) = self.opts.boot_check.as_mut() {
+            tried.stage = Stage::Boot;
+            (self.on)(Event::Stage(snap, Stage::Boot));
+            if let Some(reason) = boot(snap)? {
+                tried.verdict = "failed".into();
+                tried.findings.push(format!("boot check: {reason}"));
+                return Ok(false);
+            }
+        }
+        tried.verdict = report.verdict.as_str().into();
+        self.reports.insert(i, report);
+        Ok(true)
+    }
+
+    fn failed(&self, tried: &mut Tried, report: &ScanReport) -> bool {
+        tried.verdict = report.verdict.as_str().into();
+        tried.findings = describe(report);
+        false
+    }
+}
+
+/// Findings as one line each, worst kinds first.
+pub fn describe(r: &ScanReport) -> Vec<String> {
+    let mut out: Vec<String> = r
+        .malware
+        .iter()
+        .map(|h| format!("malware {} at {} (offset {})", h.rule, h.path, h.offset))
+        .collect();
+    out.extend(
+        r.persistence
+            .iter()
+            .map(|p| format!("{} {}: {}", p.kind, p.path, p.detail)),
+    );
+    out
+}
+
+/// Finds the newest point of `name` that passes.
+pub fn find_clean(
+    vault: &Arc<Vault>,
+    name: &str,
+    profile: &mut Profile,
+    opts: Options,
+    on: &mut dyn FnMut(Event),
+) -> Result<WalkReport> {
+    let chain = crate::chain(vault, name)?;
+    let timeline = cairn_insight::timeline(vault, name, &mut |_| {})?;
+    let insight: HashMap<SnapshotId, (String, Vec<String>)> = timeline
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.snapshot.id.clone(),
+                (
+                    e.assessment.verdict.as_str().to_string(),
+                    e.assessment.reasons.clone(),
+                ),
+            )
+        })
+        .collect();
+    let first_suspicious = chain
+        .iter()
+        .position(|s| insight.get(&s.id).is_some_and(|(v, _)| v != "clean"));
+    let (start, reason) = match first_suspicious {
+        Some(0) => (None, "insight flags every snapshot".to_string()),
+        Some(f) => (
+            Some(f - 1),
+            format!(
+                "insight first flags {} ({}); starting just before it",
+                chain[f].id.short(),
+                chain[f].time.format("%Y-%m-%d %H:%M")
+            ),
+        ),
+        None => (
+            Some(chain.len() - 1),
+            "insight flags nothing; starting at the newest".to_string(),
+        ),
+    };
+    let candidates = &chain[..start.map_or(0, |s| s + 1)];
+    on(Event::Plan {
+        candidates,
+        start: start.map(|s| &chain[s]),
+        reason,
+    });
+    let mut w = Walker {
+        vault,
+        chain: &chain,
+        insight,
+        profile,
+        opts,
+        on,
+        tried: vec![],
+        reports: HashMap::new(),
+    };
+    let mut clean = None;
+    if let Some(start) = start {
+        if candidates.len() <= LINEAR_LIMIT {
+            for i in (0..=start).rev() {
+                if w.check(i)? {
+                    clean = Some(i);
+                    break;
+                }
+            }
+        } else {
+            // Gallop back (1, 2, 4… steps), then bisect the boundary.
+            let (mut i, mut step, mut failed) = (start, 1usize, None::<usize>);
+            let mut passed = None;
+            loop {
+                if w.check(i)? {
+                    passed = Some(i);
+                    break;
+                }
+                failed = Some(i);
+                if i == 0 {
+                    break;
+                }
+                i = i.saturating_sub(step);
+                step *= 2;
+            }
+            if let (Some(mut lo), Some(mut hi)) = (passed, failed) {
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if w.check(mid)? {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                passed = Some(lo);
+            }
+            clean = passed;
+        }
+    }
+    let to_patch = clean
+        .and_then(|i| w.reports.get(&i))
+        .map(|r| r.vulnerabilities.clone())
+        .unwrap_or_default();
+    Ok(WalkReport {
+        clean: clean.map(|i| chain[i].id.clone()),
+        tried: w.tried,
+        to_patch,
+    })
+}

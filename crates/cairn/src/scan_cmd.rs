@@ -1,0 +1,274 @@
+//! `cairn scan`, `cairn vulndb` and `cairn recover --find-clean`.
+
+use crate::FOUND;
+use crate::util::{Bar, bytes};
+use anyhow::{Context, Result};
+use cairn_ingest::Progress;
+use cairn_scan::walkback::{self, Event};
+use cairn_scan::{Profile, ScanReport, Stage, VulnDb};
+use cairn_vault::{Snapshot, Vault};
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+struct CliProgress {
+    quiet: bool,
+    on_bytes: Box<dyn Fn(u64, u64) + Sync>,
+}
+
+impl cairn_scan::Progress for CliProgress {
+    fn stage(&mut self, snap: &Snapshot, stage: Stage) {
+        if !self.quiet {
+            eprintln!("{}@{}: {} ...", snap.name, snap.id.short(), stage.as_str());
+        }
+    }
+    fn bytes(&self) -> &(dyn Fn(u64, u64) + Sync) {
+        &self.on_bytes
+    }
+}
+
+pub fn scan(
+    vault: &Arc<Vault>,
+    spec: &str,
+    rules: Option<&Path>,
+    partition: Option<u32>,
+    json: bool,
+    quiet: bool,
+) -> Result<u8> {
+    let snap = vault.resolve(spec)?;
+    let mut profile = Profile::load(vault, rules)?;
+    profile.partition = partition;
+    let bar = Arc::new(Progress::default());
+    let _drawn = Bar::start(bar.clone(), "malware", quiet || json);
+    let b = bar.clone();
+    let mut progress = CliProgress {
+        quiet: quiet || json,
+        on_bytes: Box::new(move |done, total| {
+            b.total.store(total, Ordering::Relaxed);
+            b.done.store(done, Ordering::Relaxed);
+        }),
+    };
+    let report = cairn_scan::scan_snapshot(vault, &snap, &mut profile, &mut progress)?;
+    drop(_drawn);
+    if json {
+        crate::print_json(&report);
+    } else {
+        print_report(&report, profile.rules.rule_count());
+    }
+    let found = report.findings() + report.vulnerabilities.len();
+    Ok(if found > 0 { FOUND } else { 0 })
+}
+
+fn print_report(r: &ScanReport, rule_count: usize) {
+    println!(
+        "{}@{} ({}): {}",
+        r.name,
+        r.snapshot.short(),
+        r.time.format("%Y-%m-%d %H:%M"),
+        r.verdict.as_str()
+    );
+    println!(
+        "  malware: {} files, {} ({} files, {} scanned now; {rule_count} rules, set {})",
+        r.stats.files,
+        bytes(r.stats.bytes),
+        r.stats.files_scanned,
+        bytes(r.stats.bytes_scanned),
+        r.rules
+    );
+    for h in &r.malware {
+        println!(
+            "    {} {} at offset {}: {} ({})",
+            h.severity_str(),
+            h.path,
+            h.offset,
+            h.rule,
+            h.description
+        );
+    }
+    match &r.baseline {
+        Some(b) => println!("  persistence (against {}):", b.short()),
+        None => println!("  persistence (no older snapshot: only what is suspicious on its own):"),
+    }
+    if r.persistence.is_empty() {
+        println!("    nothing found");
+    }
+    for p in &r.persistence {
+        println!(
+            "    {} {} [{}]: {}",
+            p.severity_str(),
+            p.path,
+            p.kind,
+            p.detail
+        );
+    }
+    println!(
+        "  vulnerabilities: {} ({} packages, {} advisories imported)",
+        r.os.as_deref().unwrap_or("OS unknown"),
+        r.packages,
+        r.advisories
+    );
+    for v in &r.vulnerabilities {
+        println!(
+            "    {} {} {} (source {} {}): {}; fixed in {}{}",
+            v.severity,
+            v.id,
+            v.package,
+            v.source,
+            v.source_version,
+            v.aliases.join(", "),
+            v.fixed.as_deref().unwrap_or("no fixed version yet"),
+            if v.summary.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", v.summary)
+            }
+        );
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+}
+
+pub fn vulndb_import(vault: &Arc<Vault>, path: &Path, json: bool) -> Result<u8> {
+    let db_path = cairn_scan::vulndb_path(vault);
+    let mut db = VulnDb::load(&db_path)?;
+    let before = db.len();
+    let (used, skipped) = db
+        .import(path)
+        .with_context(|| format!("importing {}", path.display()))?;
+    db.save(&db_path)?;
+    if json {
+        crate::print_json(&json!({
+            "imported": used,
+            "skipped": skipped,
+            "advisories": db.len(),
+            "new": db.len() - before,
+            "ecosystems": db.ecosystems(),
+        }));
+    } else {
+        println!(
+            "imported {used} advisories ({skipped} files skipped); {} in the database ({} new)",
+            db.len(),
+            db.len() - before
+        );
+        for (eco, n) in db.ecosystems() {
+            println!("  {eco}: {n}");
+        }
+    }
+    Ok(0)
+}
+
+pub fn vulndb_status(vault: &Arc<Vault>, json: bool) -> Result<u8> {
+    let db = VulnDb::load(&cairn_scan::vulndb_path(vault))?;
+    if json {
+        crate::print_json(&json!({"advisories": db.len(), "ecosystems": db.ecosystems()}));
+    } else if db.is_empty() {
+        println!("no advisories imported: cairn vulndb import FILE.zip|DIR");
+    } else {
+        println!("{} advisories", db.len());
+        for (eco, n) in db.ecosystems() {
+            println!("  {eco}: {n}");
+        }
+    }
+    Ok(0)
+}
+
+pub struct FindClean<'a> {
+    pub rules: Option<&'a Path>,
+    pub partition: Option<u32>,
+    pub accept_warnings: bool,
+    pub boot: Option<crate::boot_cmd::BootOptions>,
+}
+
+pub fn find_clean(
+    vault: &Arc<Vault>,
+    name: &str,
+    o: &FindClean,
+    json: bool,
+    quiet: bool,
+) -> Result<u8> {
+    let mut profile = Profile::load(vault, o.rules)?;
+    profile.partition = o.partition;
+    let talk = !json && !quiet;
+    let mut boot_fn;
+    let boot_check: Option<walkback::BootCheck> = match &o.boot {
+        Some(b) => {
+            boot_fn = |s: &Snapshot| -> cairn_scan::Result<Option<String>> {
+                let r = crate::boot_cmd::boot_check(vault, s, b)
+                    .map_err(|e| cairn_scan::Error::Invalid(format!("boot check: {e:#}")))?;
+                Ok((r.result != "booted").then_some(r.reason))
+            };
+            Some(&mut boot_fn)
+        }
+        None => None,
+    };
+    let mut on = |e: Event| {
+        if !talk {
+            return;
+        }
+        match e {
+            Event::Plan {
+                candidates,
+                start,
+                reason,
+            } => {
+                println!("plan: {reason}");
+                match start {
+                    Some(s) => println!(
+                        "  {} candidates, newest {} ({}); checks: insight, persistence, malware, vulnerabilities{}",
+                        candidates.len(),
+                        s.id.short(),
+                        s.time.format("%Y-%m-%d %H:%M"),
+                        if o.boot.is_some() { ", boot" } else { "" }
+                    ),
+                    None => println!("  no candidates"),
+                }
+            }
+            Event::Trying(s) => println!("{} ({}):", s.id.short(), s.time.format("%Y-%m-%d %H:%M")),
+            Event::Stage(_, st) => println!("  {} ...", st.as_str()),
+            Event::Done(t) => {
+                println!("  => {} (decided by {})", t.verdict, t.stage.as_str());
+                for f in t.findings.iter().take(8) {
+                    println!("     {f}");
+                }
+                if t.findings.len() > 8 {
+                    println!("     and {} more", t.findings.len() - 8);
+                }
+            }
+        }
+    };
+    let report = walkback::find_clean(
+        vault,
+        name,
+        &mut profile,
+        walkback::Options {
+            accept_warnings: o.accept_warnings,
+            boot_check,
+        },
+        &mut on,
+    )?;
+    if json {
+        crate::print_json(&report);
+    } else {
+        match &report.clean {
+            Some(id) => {
+                println!("clean point: {name}@{}", id.short());
+                if !report.to_patch.is_empty() {
+                    println!("patch before production:");
+                    for v in &report.to_patch {
+                        println!(
+                            "  {} {} {} -> {}",
+                            v.id,
+                            v.package,
+                            v.installed,
+                            v.fixed.as_deref().unwrap_or("no fix yet")
+                        );
+                    }
+                }
+            }
+            None => println!("no point passed every check"),
+        }
+    }
+    Ok(if report.clean.is_some() { 0 } else { FOUND })
+}
