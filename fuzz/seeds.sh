@@ -18,4 +18,8 @@ truncate -s 4M "$t/m"; printf 'label: dos\nsize=1MiB, type=c\ntype=5\nsize=1MiB,
 head -c 65536 "$t/m" > corpus/partition/mbr-logical
 dd if="$t/m" of=corpus/partition/mbr-ebr bs=512 skip=$(( $(sfdisk --json "$t/m" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitiontable"]["partitions"][1]["start"])') )) count=1 status=none
 cp "$t/f12" corpus/partition/bare-fat
+mkdir -p corpus/scan_parsers
+fx=../crates/cairn-scan/tests/fixtures/osv
+{ printf 'Package: libc6\nStatus: install ok installed\nSource: glibc\nVersion: 2.36-9+deb12u1\n\nP:libcrypto3\nV:3.1.4-r0\no:openssl\n\nID=debian\nVERSION_ID="12"\n'; printf '\0'; cat "$fx/DEBIAN-CVE-2023-4911.json"; } > corpus/scan_parsers/dpkg-osv
+{ printf 'ID=alpine\nVERSION_ID=3.18.4\nP:libcrypto3\nV:3.1.3-r0\no:openssl\n'; printf '\0'; cat "$fx/ALPINE-CVE-2023-5363.json"; } > corpus/scan_parsers/apk-osv
 ls -l corpus/*

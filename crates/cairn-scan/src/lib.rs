@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod fuzzing;
 pub mod inventory;
 pub mod malware;
 pub mod osv;
@@ -29,6 +30,7 @@ use cache::ScanCache;
 use cairn_guest::{FileEntry, Opened};
 use cairn_vault::{Snapshot, SnapshotId, Vault};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -144,26 +146,39 @@ impl Profile {
     }
 }
 
-/// Every stored scan result of `snap`, oldest scan first.
-pub fn stored_reports(vault: &Vault, snap: &SnapshotId) -> Vec<ScanReport> {
-    let prefix = format!("scan/v{REPORT_VERSION}/{}.", snap.0);
-    let mut out: Vec<ScanReport> = vault
+/// Every stored scan result, per snapshot, oldest scan first.
+pub fn stored_reports(vault: &Vault) -> HashMap<SnapshotId, Vec<ScanReport>> {
+    let mut out: HashMap<SnapshotId, Vec<ScanReport>> = HashMap::new();
+    for name in vault
         .backend()
         .list(&format!("scan/v{REPORT_VERSION}"))
         .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .filter_map(|n| vault.read_object(&n).ok())
-        .filter_map(|b| serde_json::from_slice::<ScanReport>(&b).ok())
-        .filter(|r| r.snapshot == *snap)
-        .collect();
-    out.sort_by_key(|r| r.scanned_at);
+    {
+        let Some(r) = vault
+            .read_object(&name)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ScanReport>(&b).ok())
+        else {
+            continue;
+        };
+        // The record's name must agree with its content.
+        let file = name.rsplit('/').next().unwrap_or("");
+        if file.split('.').next() == Some(r.snapshot.0.as_str()) {
+            out.entry(r.snapshot.clone()).or_default().push(r);
+        }
+    }
+    for v in out.values_mut() {
+        v.sort_by_key(|r| r.scanned_at);
+    }
     out
 }
 
-/// The newest stored scan result of `snap`.
-pub fn latest_report(vault: &Vault, snap: &SnapshotId) -> Option<ScanReport> {
-    stored_reports(vault, snap).pop()
+/// The newest stored scan result of each scanned snapshot.
+pub fn latest_reports(vault: &Vault) -> HashMap<SnapshotId, ScanReport> {
+    stored_reports(vault)
+        .into_iter()
+        .filter_map(|(k, mut v)| v.pop().map(|r| (k, r)))
+        .collect()
 }
 
 /// The snapshots of `name` in time order.
@@ -182,10 +197,15 @@ pub fn chain(vault: &Vault, name: &str) -> Result<Vec<Snapshot>> {
 /// snapshot whose stored scan was clean, else the oldest of the chain.
 pub fn baseline_for(vault: &Vault, chain: &[Snapshot], snap: &SnapshotId) -> Option<Snapshot> {
     let i = chain.iter().position(|s| s.id == *snap)?;
+    let reports = latest_reports(vault);
     chain[..i]
         .iter()
         .rev()
-        .find(|s| latest_report(vault, &s.id).is_some_and(|r| r.verdict == ScanVerdict::Clean))
+        .find(|s| {
+            reports
+                .get(&s.id)
+                .is_some_and(|r| r.verdict == ScanVerdict::Clean)
+        })
         .or_else(|| chain[..i].first())
         .cloned()
 }

@@ -214,6 +214,13 @@ fn passwords_set(old: Option<&[u8]>, new: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The text parsers of this module on arbitrary old and new content.
+pub(crate) fn fuzz_text(old: &[u8], new: &[u8]) {
+    let _ = accounts(new);
+    let _ = passwords_set(Some(old), new);
+    let _ = quote(&added_lines(Some(old), new));
+}
+
 /// The indicators in `new`, against `old` when there is a baseline.
 pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
     let mut out = Vec::new();

@@ -162,7 +162,7 @@ pub struct PruneReport {
     pub packs_deleted: usize,
     pub bytes_deleted: u64,
     pub maps_deleted: usize,
-    /// Derived records (insight) of snapshots that are gone.
+    /// Derived records (insight, scan results) of snapshots that are gone.
     pub records_deleted: usize,
     /// Unreferenced packs kept because their retention has not ended.
     pub packs_retained: usize,
@@ -249,9 +249,14 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         }
     }
     // Derived records are named after their snapshot (`insight/v1/<id>`,
-    // `insight/v1/<id>.files`) and go when it goes.
+    // `insight/v1/<id>.files`, `scan/v1/<id>.<profile>`) and go when it goes.
     let ids: HashSet<&str> = snapshots.iter().map(|s| s.id.0.as_str()).collect();
-    for name in vault.backend().list("insight")? {
+    let derived = [
+        vault.backend().list("insight")?,
+        vault.backend().list("scan")?,
+    ]
+    .concat();
+    for name in derived {
         let file = name.rsplit('/').next().unwrap_or(&name);
         let id = file.split('.').next().unwrap_or(file);
         if !ids.contains(id) {

@@ -31,10 +31,28 @@ pub fn timeline(
         std::fs::write(path, cairn_insight::svg::render(&t))
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    // Verification results, where a scan has been run (`cairn scan`,
+    // `cairn recover --find-clean`).
+    let scans = cairn_scan::latest_reports(vault);
     if json {
-        println!("{}", serde_json::to_string_pretty(&t.to_json())?);
+        let mut v = t.to_json();
+        if let Some(snaps) = v["snapshots"].as_array_mut() {
+            for s in snaps {
+                let id = cairn_vault::SnapshotId(s["id"].as_str().unwrap_or("").to_string());
+                s["scan"] = match scans.get(&id) {
+                    Some(r) => serde_json::json!({
+                        "verdict": r.verdict,
+                        "findings": cairn_scan::walkback::describe(r),
+                        "vulnerabilities": r.vulnerabilities.len(),
+                        "scanned_at": r.scanned_at,
+                    }),
+                    None => serde_json::Value::Null,
+                };
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_table(&t)?;
+        print_table(&t, &scans)?;
     }
     let latest = t.entries.last().map(|e| e.assessment.verdict);
     Ok(if latest == Some(Verdict::Clean) {
@@ -44,12 +62,15 @@ pub fn timeline(
     })
 }
 
-fn print_table(t: &Timeline) -> Result<()> {
+fn print_table(
+    t: &Timeline,
+    scans: &std::collections::HashMap<cairn_vault::SnapshotId, cairn_scan::ScanReport>,
+) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     writeln!(
         out,
-        "{:<8}  {:<16}  {:>10} {:>12} {:>7}  {:>17}  {:>5}  {:<11}  reasons",
-        "id", "time", "changed", "rate", "entropy", "files +/~/-/>", "score", "verdict"
+        "{:<8}  {:<16}  {:>10} {:>12} {:>7}  {:>17}  {:>5}  {:<11}  {:<11}  reasons",
+        "id", "time", "changed", "rate", "entropy", "files +/~/-/>", "score", "verdict", "scan"
     )?;
     for e in &t.entries {
         let f = e.signals.files.clone().unwrap_or_default();
@@ -61,7 +82,7 @@ fn print_table(t: &Timeline) -> Result<()> {
         let mut reasons = e.assessment.reasons.iter();
         writeln!(
             out,
-            "{:<8}  {:<16}  {:>10} {:>12} {:>7.2}  {:>17}  {:>5.2}  {:<11}  {}",
+            "{:<8}  {:<16}  {:>10} {:>12} {:>7.2}  {:>17}  {:>5.2}  {:<11}  {:<11}  {}",
             e.snapshot.id.short(),
             e.snapshot.time.format("%Y-%m-%d %H:%M"),
             bytes(e.signals.changed_bytes),
@@ -70,10 +91,14 @@ fn print_table(t: &Timeline) -> Result<()> {
             files,
             e.assessment.score,
             e.assessment.verdict.as_str(),
+            scans
+                .get(&e.snapshot.id)
+                .map(|r| r.verdict.as_str())
+                .unwrap_or("-"),
             reasons.next().map(String::as_str).unwrap_or("")
         )?;
         for r in reasons {
-            writeln!(out, "{:>100}{r}", "")?;
+            writeln!(out, "{:>113}{r}", "")?;
         }
     }
     match (&t.clean_point, t.last_clean()) {

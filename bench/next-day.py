@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""One more ordinary day on a benchmark image, in place: ~0.5% of the data
+rewritten where it lies (blocks of the SQLite database and of every 50th
+document), the way a guest overwrites blocks.
+
+Usage: next-day.py IMAGE SEED
+"""
+import os, random, subprocess, sys
+
+img, seed = sys.argv[1], int(sys.argv[2])
+OFFSET = 1 << 20
+rnd = random.Random(seed)
+targets = ["/home/user/app/orders.db"] + [f"/home/user/Documents/doc-{i:05}.txt"
+                                          for i in range(seed % 50, 2500, 50)]
+budget = int(os.stat(img).st_blocks * 512 * 0.005)
+with open(img, "r+b") as f:
+    for t in targets:
+        out = subprocess.run(["debugfs", "-R", f"blocks {t}", f"{img}?offset={OFFSET}"],
+                             capture_output=True, text=True).stdout.split()
+        blocks = [int(b) for b in out if b.isdigit()]
+        if not blocks:
+            continue
+        share = budget // 2 if t.endswith(".db") else budget // (len(targets) * 2)
+        for b in rnd.sample(blocks, min(len(blocks), max(1, share // 4096))):
+            f.seek(OFFSET + b * 4096)
+            f.write(bytes(rnd.getrandbits(8) % 26 + 97 for _ in range(4096)))
+            budget -= 4096
+        if budget <= 0:
+            break

