@@ -1,6 +1,9 @@
 // Cairn's own rule set. Written for Cairn; each rule's `severity` says
 // what a hit makes of a recovery point: "compromised" (do not recover to
-// it) or "warning" (look before trusting it).
+// it) or "warning" (look before trusting it). A rule tagged `autostart`
+// counts only for files in places that run by themselves (cron, systemd,
+// boot scripts, shell profiles, Startup folders) or in temp folders: the
+// same lines in a project's CI file are ordinary.
 
 rule Cairn_EICAR_Test_File
 {
@@ -96,7 +99,7 @@ rule Cairn_Reverse_Shell
         filesize < 1MB and any of them
 }
 
-rule Cairn_Download_And_Run
+rule Cairn_Download_And_Run : autostart
 {
     meta:
         description = "script that downloads code and pipes it to a shell"

@@ -137,6 +137,7 @@ mod tests {
             offset: 7,
             severity: Severity::Warning,
             description: "d".into(),
+            tags: vec![],
         }
     }
 

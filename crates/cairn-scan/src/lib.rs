@@ -235,6 +235,38 @@ impl Target {
     }
 }
 
+/// Snapshots opened for scanning, kept for reuse: scanning a history in
+/// order, one scan's target is often the next one's baseline, and a walk
+/// back compares every candidate with the same baseline.
+#[derive(Default)]
+pub struct Targets {
+    open: Vec<(SnapshotId, Arc<Target>)>,
+}
+
+/// Opened snapshots kept by [`Targets`] (each holds a chunk cache).
+const KEEP_TARGETS: usize = 3;
+
+impl Targets {
+    pub fn get(
+        &mut self,
+        vault: &Arc<Vault>,
+        snap: &Snapshot,
+        partition: Option<u32>,
+    ) -> Result<Arc<Target>> {
+        if let Some(i) = self.open.iter().position(|(id, _)| *id == snap.id) {
+            let t = self.open.remove(i);
+            self.open.push(t.clone());
+            return Ok(t.1);
+        }
+        let t = Arc::new(Target::open(vault, snap, partition)?);
+        if self.open.len() >= KEEP_TARGETS {
+            self.open.remove(0);
+        }
+        self.open.push((snap.id.clone(), t.clone()));
+        Ok(t)
+    }
+}
+
 /// The stages of a scan, cheapest first; a walk back stops at the first
 /// that fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -276,8 +308,8 @@ impl Progress for Quiet {}
 pub struct Scan<'a> {
     vault: &'a Arc<Vault>,
     pub report: ScanReport,
-    target: Target,
-    baseline: Option<Target>,
+    target: Arc<Target>,
+    baseline: Option<Arc<Target>>,
     started: Instant,
     record: String,
 }
@@ -290,13 +322,14 @@ impl<'a> Scan<'a> {
         snap: &Snapshot,
         baseline: Option<&Snapshot>,
         profile: &Profile,
+        targets: &mut Targets,
     ) -> Result<Scan<'a>> {
         let started = Instant::now();
-        let target = Target::open(vault, snap, profile.partition)?;
         let baseline_target = match baseline {
-            Some(b) => Some(Target::open(vault, b, profile.partition)?),
+            Some(b) => Some(targets.get(vault, b, profile.partition)?),
             None => None,
         };
+        let target = targets.get(vault, snap, profile.partition)?;
         Ok(Scan {
             vault,
             record: profile.record_name(&snap.id, baseline.map(|b| &b.id)),
@@ -429,17 +462,53 @@ pub fn scan_snapshot(
     profile: &mut Profile,
     progress: &mut dyn Progress,
 ) -> Result<ScanReport> {
-    let chain = chain(vault, &snap.name)?;
-    let baseline = baseline_for(vault, &chain, &snap.id);
-    if let Some(r) = Scan::stored(vault, snap, baseline.as_ref(), profile) {
-        return Ok(r);
+    Ok(scan_many(vault, std::slice::from_ref(snap), profile, progress)?.remove(0))
+}
+
+/// Full scans of several snapshots in one go, in time order (so each can
+/// use the previous one's clean result as its baseline, and opened
+/// snapshots are shared); results in the order given.
+pub fn scan_many(
+    vault: &Arc<Vault>,
+    snaps: &[Snapshot],
+    profile: &mut Profile,
+    progress: &mut dyn Progress,
+) -> Result<Vec<ScanReport>> {
+    let mut order: Vec<usize> = (0..snaps.len()).collect();
+    order.sort_by_key(|&i| snaps[i].time);
+    let mut targets = Targets::default();
+    let mut chains: HashMap<String, Vec<Snapshot>> = HashMap::new();
+    let mut out: Vec<Option<ScanReport>> = vec![None; snaps.len()];
+    for i in order {
+        let snap = &snaps[i];
+        if !chains.contains_key(&snap.name) {
+            chains.insert(snap.name.clone(), chain(vault, &snap.name)?);
+        }
+        let baseline = baseline_for(vault, &chains[&snap.name], &snap.id);
+        if let Some(r) = Scan::stored(vault, snap, baseline.as_ref(), profile) {
+            out[i] = Some(r);
+            continue;
+        }
+        let t = Instant::now();
+        let mut scan = Scan::start(vault, snap, baseline.as_ref(), profile, &mut targets)?;
+        tracing::debug!("{}: opened in {:?}", snap.id.short(), t.elapsed());
+        progress.stage(snap, Stage::Persistence);
+        scan.persistence();
+        tracing::debug!("{}: persistence done at {:?}", snap.id.short(), t.elapsed());
+        progress.stage(snap, Stage::Malware);
+        scan.malware(profile, progress.bytes());
+        tracing::debug!("{}: malware done at {:?}", snap.id.short(), t.elapsed());
+        progress.stage(snap, Stage::Vulnerabilities);
+        scan.vulnerabilities(profile);
+        tracing::debug!(
+            "{}: vulnerabilities done at {:?}",
+            snap.id.short(),
+            t.elapsed()
+        );
+        out[i] = Some(scan.finish()?);
     }
-    let mut scan = Scan::start(vault, snap, baseline.as_ref(), profile)?;
-    progress.stage(snap, Stage::Persistence);
-    scan.persistence();
-    progress.stage(snap, Stage::Malware);
-    scan.malware(profile, progress.bytes());
-    progress.stage(snap, Stage::Vulnerabilities);
-    scan.vulnerabilities(profile);
-    scan.finish()
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every snapshot scanned"))
+        .collect())
 }

@@ -152,6 +152,12 @@ fn place(path: &str) -> Option<&'static str> {
     None
 }
 
+/// A file that runs without anyone starting it (a persistence place) or
+/// sits in a world-writable temp folder. `path` has no leading slash.
+pub fn runs_by_itself(path: &str) -> bool {
+    place(path).is_some_and(|p| p != "authorized_keys" && p != "sudoers") || in_temp(path)
+}
+
 fn in_temp(path: &str) -> bool {
     path.starts_with("tmp/") || path.starts_with("var/tmp/") || path.starts_with("dev/shm/")
 }

@@ -40,6 +40,8 @@ pub struct RuleHit {
     pub offset: u64,
     pub severity: Severity,
     pub description: String,
+    /// The rule's YARA tags.
+    pub tags: Vec<String>,
 }
 
 pub struct RuleSet {
@@ -189,6 +191,11 @@ impl RuleSet {
                     offset,
                     severity,
                     description,
+                    tags: r
+                        .tags
+                        .iter()
+                        .map(|t| self.scanner.get_string_symbol(*t).to_string())
+                        .collect(),
                 }
             })
             .collect();

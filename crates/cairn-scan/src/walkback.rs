@@ -65,6 +65,7 @@ struct Walker<'a, 'b> {
     on: &'a mut dyn FnMut(Event),
     tried: Vec<Tried>,
     reports: HashMap<usize, ScanReport>,
+    targets: crate::Targets,
 }
 
 impl Walker<'_, '_> {
@@ -104,7 +105,13 @@ impl Walker<'_, '_> {
         let report = match stored {
             Some(r) => r,
             None => {
-                let mut scan = Scan::start(self.vault, snap, baseline.as_ref(), self.profile)?;
+                let mut scan = Scan::start(
+                    self.vault,
+                    snap,
+                    baseline.as_ref(),
+                    self.profile,
+                    &mut self.targets,
+                )?;
                 tried.stage = Stage::Persistence;
                 (self.on)(Event::Stage(snap, Stage::Persistence));
                 scan.persistence();
@@ -220,6 +227,7 @@ pub fn find_clean(
         on,
         tried: vec![],
         reports: HashMap::new(),
+        targets: crate::Targets::default(),
     };
     let mut clean = None;
     if let Some(start) = start {

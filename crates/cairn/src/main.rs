@@ -240,8 +240,10 @@ enum Command {
     /// persistence and tampering against the previous clean snapshot, and
     /// vulnerable packages. Exit 3 when anything is found.
     Scan {
-        /// NAME@latest, NAME@-N or NAME@<id prefix>.
-        snapshot: String,
+        /// NAME@latest, NAME@-N or NAME@<id prefix>; several, or a bare
+        /// NAME for every snapshot of it (then --json prints a list).
+        #[arg(required = true)]
+        snapshots: Vec<String>,
         /// A folder of operator YARA rules (*.yar, *.yara), added to Cairn's.
         #[arg(long)]
         rules: Option<PathBuf>,
@@ -520,12 +522,12 @@ fn run(cli: Cli) -> Result<u8> {
             cli.json,
         ),
         Command::Scan {
-            snapshot,
+            snapshots,
             rules,
             partition,
         } => scan_cmd::scan(
             &open(&cli)?,
-            snapshot,
+            snapshots,
             rules.as_deref(),
             *partition,
             cli.json,

@@ -30,17 +30,25 @@ impl cairn_scan::Progress for CliProgress {
 
 pub fn scan(
     vault: &Arc<Vault>,
-    spec: &str,
+    specs: &[String],
     rules: Option<&Path>,
     partition: Option<u32>,
     json: bool,
     quiet: bool,
 ) -> Result<u8> {
-    let snap = vault.resolve(spec)?;
+    let mut snaps = Vec::new();
+    for spec in specs {
+        if spec.contains('@') {
+            snaps.push(vault.resolve(spec)?);
+        } else {
+            snaps.extend(cairn_scan::chain(vault, spec)?);
+        }
+    }
+    let one = specs.len() == 1 && specs[0].contains('@');
     let mut profile = Profile::load(vault, rules)?;
     profile.partition = partition;
     let bar = Arc::new(Progress::default());
-    let _drawn = Bar::start(bar.clone(), "malware", quiet || json);
+    let drawn = Bar::start(bar.clone(), "malware", quiet || json);
     let b = bar.clone();
     let mut progress = CliProgress {
         quiet: quiet || json,
@@ -49,14 +57,21 @@ pub fn scan(
             b.done.store(done, Ordering::Relaxed);
         }),
     };
-    let report = cairn_scan::scan_snapshot(vault, &snap, &mut profile, &mut progress)?;
-    drop(_drawn);
-    if json {
-        crate::print_json(&report);
+    let reports = cairn_scan::scan_many(vault, &snaps, &mut profile, &mut progress)?;
+    drop(drawn);
+    if json && one {
+        crate::print_json(&reports[0]);
+    } else if json {
+        crate::print_json(&reports);
     } else {
-        print_report(&report, profile.rules.rule_count());
+        for r in &reports {
+            print_report(r, profile.rules.rule_count());
+        }
     }
-    let found = report.findings() + report.vulnerabilities.len();
+    let found: usize = reports
+        .iter()
+        .map(|r| r.findings() + r.vulnerabilities.len())
+        .sum();
     Ok(if found > 0 { FOUND } else { 0 })
 }
 

@@ -107,6 +107,15 @@ fn eicar_deep_in_an_ext4_tree_is_found_with_its_path_and_offset() {
     payload.extend_from_slice(EICAR);
     payload.extend_from_slice(&noise(5_000, 10));
     std::fs::write(deep.join("thumb.dat"), &payload).unwrap();
+    // A project's CI installing a toolchain: the same pipe to a shell that
+    // is suspicious in a cron job is ordinary here.
+    let ci = root.join("home/alice/projects/site/.github/workflows");
+    std::fs::create_dir_all(&ci).unwrap();
+    std::fs::write(
+        ci.join("ci.yml"),
+        "steps:\n  - run: curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y\n",
+    )
+    .unwrap();
     let img = env.path("disk.img");
     gpt_ext4_image(&img, &root, 48);
     env.backup(&img, "vm", "2026-01-01T00:00:00Z");
