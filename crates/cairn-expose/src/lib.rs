@@ -4,7 +4,9 @@
 
 pub mod fuse;
 pub mod nbd;
+pub mod nfs;
 pub mod overlay;
 
 pub use nbd::{Export, serve};
+pub use nfs::{NfsExport, NfsTree};
 pub use overlay::{Overlay, OverlayDisk};

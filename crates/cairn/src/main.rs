@@ -196,22 +196,29 @@ enum Command {
         #[arg(long)]
         partition: Option<u32>,
     },
-    /// Serve snapshots as NBD block devices (QEMU boots them directly);
-    /// prints the nbd:// URL first, then serves until stopped.
+    /// Serve snapshots as NBD block devices (QEMU boots them directly), or
+    /// with --nfs as raw disk files on an NFSv3 server (for hypervisors
+    /// that attach NFS datastores); prints the URL first, then serves until
+    /// stopped.
     Export {
         #[arg(required = true)]
         snapshots: Vec<String>,
-        #[arg(long, default_value = "127.0.0.1:10809")]
-        listen: String,
+        /// Default 127.0.0.1:10809 (NBD) or 127.0.0.1:11111 (NFS).
+        #[arg(long)]
+        listen: Option<String>,
         /// Export name (default NAME-ID).
         #[arg(long)]
         name: Option<String>,
         /// Accept writes, into --overlay (never into the vault).
         #[arg(long)]
         writable: bool,
-        /// Copy-on-write overlay file; kept across restarts.
+        /// Copy-on-write overlay: a file for NBD, a folder for NFS (one
+        /// file per snapshot); kept across restarts.
         #[arg(long)]
         overlay: Option<PathBuf>,
+        /// Serve over NFSv3 instead of NBD.
+        #[arg(long)]
+        nfs: bool,
     },
     /// Mount a snapshot read-only with FUSE: the guest's files, or with
     /// --disk the raw disk as disk.img. Runs until stopped.
@@ -496,10 +503,26 @@ fn run(cli: Cli) -> Result<u8> {
             name,
             writable,
             overlay,
+            nfs: false,
         } => export_cmd::export(
             &open(&cli)?,
             snapshots,
+            listen.as_deref().unwrap_or("127.0.0.1:10809"),
+            name.as_deref(),
+            overlay.as_deref(),
+            *writable,
+        ),
+        Command::Export {
+            snapshots,
             listen,
+            name,
+            writable,
+            overlay,
+            nfs: true,
+        } => export_cmd::export_nfs(
+            &open(&cli)?,
+            snapshots,
+            listen.as_deref().unwrap_or("127.0.0.1:11111"),
             name.as_deref(),
             overlay.as_deref(),
             *writable,
