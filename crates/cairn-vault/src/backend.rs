@@ -28,6 +28,15 @@ pub trait Backend: Send + Sync {
     /// has no retention of its own.
     fn delete(&self, name: &str) -> Result<()>;
     fn describe(&self) -> String;
+    /// Stores an empty marker that may be removed again (a pin): on
+    /// object storage it carries no lock.
+    fn put_marker(&self, name: &str) -> Result<bool> {
+        self.put(name, b"")
+    }
+    /// The S3 backend behind this one, if it is one (for its lock settings).
+    fn as_s3(&self) -> Option<&crate::s3::S3Backend> {
+        None
+    }
 }
 
 /// A vault in a local directory. Objects are written to `tmp/`, fsynced,

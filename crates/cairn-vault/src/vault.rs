@@ -48,6 +48,60 @@ pub struct Config {
     pub compression_level: i32,
     /// How long every object is kept at least, from when it is written.
     pub retention_secs: u64,
+    /// On object storage: every object carries an Object Lock retention
+    /// (compliance mode) of `retention_secs` plus a safety margin.
+    #[serde(default)]
+    pub object_lock: bool,
+}
+
+/// S3 options for `init`.
+#[derive(Clone, Debug, Default)]
+pub struct S3InitOptions {
+    /// Create the bucket (with Object Lock) if it does not exist.
+    pub create_bucket: bool,
+    /// Accept a bucket without versioning and Object Lock (objects are
+    /// then not protected by the store).
+    pub no_lock: bool,
+}
+
+/// Where a vault lives: a local directory, or `s3://BUCKET/PREFIX`.
+pub enum Location {
+    Local(PathBuf),
+    S3(crate::s3::S3Location),
+}
+
+impl Location {
+    pub fn parse(s: &str) -> Result<Location> {
+        if s.starts_with("s3://") {
+            Ok(Location::S3(crate::s3::S3Location::from_url(s)?))
+        } else {
+            Ok(Location::Local(PathBuf::from(s)))
+        }
+    }
+
+    /// The local directory of the vault: the vault itself, or for an S3
+    /// vault the per-machine state beside it (locks, caches), under
+    /// `CAIRN_CACHE_DIR` or `~/.cache/cairn`.
+    pub fn local_dir(&self) -> PathBuf {
+        match self {
+            Location::Local(p) => p.clone(),
+            Location::S3(l) => {
+                let base = std::env::var_os("CAIRN_CACHE_DIR")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("cairn"))
+                    })
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn"))
+                    })
+                    .unwrap_or_else(|| PathBuf::from("/var/cache/cairn"));
+                let tag = hex::encode(
+                    &blake3::hash(format!("{}|{}", l.endpoint, l.url()).as_bytes()).as_bytes()[..8],
+                );
+                base.join(format!("s3-{}-{tag}", l.bucket))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -93,7 +147,26 @@ const DIRS: &[&str] = &[
 
 impl Vault {
     pub fn init(root: &Path, password: &[u8], opts: &InitOptions) -> Result<Vault> {
-        if root.join("config").exists() {
+        Self::init_at(
+            &Location::Local(root.into()),
+            password,
+            opts,
+            &S3InitOptions::default(),
+        )
+    }
+
+    /// Creates a vault at `loc`. On S3 the bucket must have versioning and
+    /// Object Lock (or `s3.no_lock`), and every object is locked.
+    pub fn init_at(
+        loc: &Location,
+        password: &[u8],
+        opts: &InitOptions,
+        s3: &S3InitOptions,
+    ) -> Result<Vault> {
+        let root = &loc.local_dir();
+        if let Location::Local(_) = loc
+            && root.join("config").exists()
+        {
             return Err(Error::AlreadyAVault { path: root.into() });
         }
         if opts.disk_chunk_size == 0
@@ -110,7 +183,41 @@ impl Vault {
             std::fs::create_dir_all(root.join(d))
                 .ctx(|| format!("creating {}", root.join(d).display()))?;
         }
-        let backend = LocalBackend::new(root);
+        let mut object_lock = false;
+        let backend: Box<dyn Backend> = match loc {
+            Location::Local(_) => Box::new(LocalBackend::new(root)),
+            Location::S3(l) => {
+                let client = crate::s3::S3Client::new(l.clone())?;
+                if s3.create_bucket {
+                    client.create_bucket()?;
+                }
+                let (versioning, lock) = client.lock_status()?;
+                let protected = versioning && lock;
+                if !protected && !s3.no_lock {
+                    return Err(Error::Invalid(format!(
+                        "bucket {} has {}: objects could be changed or deleted; use a bucket created with Object Lock (--create-bucket does that), or pass --no-lock to accept it",
+                        l.bucket,
+                        if versioning {
+                            "versioning but no Object Lock"
+                        } else {
+                            "no versioning and no Object Lock"
+                        }
+                    )));
+                }
+                object_lock = versioning && lock;
+                let b = crate::s3::S3Backend::new(client);
+                if b.exists("config")? {
+                    return Err(Error::Invalid(format!(
+                        "{}: a vault already exists there",
+                        l.url()
+                    )));
+                }
+                if object_lock {
+                    b.set_retention(opts.retention_secs as i64 + crate::s3::SAFETY_MARGIN_SECS);
+                }
+                Box::new(b)
+            }
+        };
         let master = MasterKey::generate()?;
         let key = KeyFile::wrap(password, &master)?;
         let key_id = hex::encode(random_array::<16>()?);
@@ -129,18 +236,45 @@ impl Vault {
             pack_size: opts.pack_size,
             compression_level: opts.compression_level,
             retention_secs: opts.retention_secs,
+            object_lock,
         };
         // The config goes last: a directory without it is not a vault, so a
         // failed init leaves nothing that looks like one.
         backend.put("config", &serde_json::to_vec_pretty(&config).expect("json"))?;
-        Ok(Self::assemble(root, Box::new(backend), config, master))
+        Ok(Self::assemble(root, backend, config, master))
     }
 
     pub fn open(root: &Path, password: &[u8]) -> Result<Vault> {
-        let backend = LocalBackend::new(root);
-        if !root.join("config").is_file() {
-            return Err(Error::NotAVault { path: root.into() });
-        }
+        Self::open_at(&Location::Local(root.into()), password)
+    }
+
+    pub fn open_at(loc: &Location, password: &[u8]) -> Result<Vault> {
+        let root = &loc.local_dir();
+        let backend: Box<dyn Backend> = match loc {
+            Location::Local(_) => {
+                if !root.join("config").is_file() {
+                    return Err(Error::NotAVault { path: root.into() });
+                }
+                let b = LocalBackend::new(root);
+                b.clean_stale_tmp();
+                Box::new(b)
+            }
+            Location::S3(l) => {
+                for d in DIRS {
+                    std::fs::create_dir_all(root.join(d))
+                        .ctx(|| format!("creating {}", root.join(d).display()))?;
+                }
+                let b = crate::s3::S3Backend::new(crate::s3::S3Client::new(l.clone())?);
+                if !b.exists("config")? {
+                    return Err(Error::Invalid(format!(
+                        "{}: not a Cairn vault (no config found); create one with `cairn init --vault {}`",
+                        l.url(),
+                        l.url()
+                    )));
+                }
+                Box::new(b)
+            }
+        };
         let config: Config = serde_json::from_slice(&backend.get("config")?)
             .map_err(|e| Error::damaged("config", e.to_string()))?;
         if config.version != FORMAT_VERSION {
@@ -159,8 +293,12 @@ impl Vault {
             }
         }
         let master = master.ok_or(Error::WrongPassword)?;
-        backend.clean_stale_tmp();
-        let vault = Self::assemble(root, Box::new(backend), config, master);
+        if config.object_lock
+            && let Some(s3) = backend.as_s3()
+        {
+            s3.set_retention(config.retention_secs as i64 + crate::s3::SAFETY_MARGIN_SECS);
+        }
+        let vault = Self::assemble(root, backend, config, master);
         vault.load_index()?;
         Ok(vault)
     }
@@ -356,7 +494,7 @@ impl Vault {
     }
 
     pub fn pin(&self, id: &SnapshotId) -> Result<()> {
-        self.backend.put(&format!("pins/{}", id.0), b"")?;
+        self.backend.put_marker(&format!("pins/{}", id.0))?;
         Ok(())
     }
 

@@ -12,7 +12,9 @@ use anyhow::{Context, Result, bail};
 use cairn_ingest::{BackupOptions, Progress};
 use cairn_recover::{DiskRestoreOptions, TreeRestoreOptions};
 use cairn_vault::prune::KeepPolicy;
-use cairn_vault::{InitOptions, Snapshot, SnapshotDisk, SourceKind, Vault};
+use cairn_vault::{
+    InitOptions, Location, S3InitOptions, Snapshot, SnapshotDisk, SourceKind, Vault,
+};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,13 @@ enum Command {
         /// zstd level for compressible data.
         #[arg(long, default_value_t = 1)]
         compression_level: i32,
+        /// S3: create the bucket, with versioning and Object Lock.
+        #[arg(long)]
+        create_bucket: bool,
+        /// S3: accept a bucket without Object Lock (nothing then stops a
+        /// stolen key from deleting the vault).
+        #[arg(long)]
+        no_lock: bool,
     },
     /// Back up a disk image, block device, qcow2 image or directory.
     Backup {
@@ -374,13 +383,21 @@ fn vault_path(cli: &Cli) -> Result<PathBuf> {
         .context("no vault given: pass --vault DIR or set CAIRN_VAULT")
 }
 
-fn open(cli: &Cli) -> Result<Arc<Vault>> {
+/// The vault's location: a directory, or `s3://BUCKET/PREFIX`.
+fn location(cli: &Cli) -> Result<Location> {
     let path = vault_path(cli)?;
-    if !path.join("config").is_file() {
+    Ok(Location::parse(&path.to_string_lossy())?)
+}
+
+fn open(cli: &Cli) -> Result<Arc<Vault>> {
+    let loc = location(cli)?;
+    if let Location::Local(path) = &loc
+        && !path.join("config").is_file()
+    {
         // Say so before asking for a password.
-        return Err(cairn_vault::Error::NotAVault { path }.into());
+        return Err(cairn_vault::Error::NotAVault { path: path.clone() }.into());
     }
-    Ok(Arc::new(Vault::open(&path, &password(false)?)?))
+    Ok(Arc::new(Vault::open_at(&loc, &password(false)?)?))
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -408,9 +425,16 @@ fn reading_lock(cli: &Cli) -> Result<Option<cairn_vault::lock::VaultLock>> {
             | Command::Scan { .. }
             | Command::Recover { .. }
     );
-    match vault_path(cli) {
-        Ok(path) if reads && path.join("config").is_file() => {
+    match location(cli) {
+        Ok(Location::Local(path)) if reads && path.join("config").is_file() => {
             Ok(Some(cairn_vault::lock::VaultLock::shared(&path)?))
+        }
+        Ok(loc @ Location::S3(_)) if reads => {
+            // This machine's lock beside the bucket (no lock spans hosts).
+            let dir = loc.local_dir();
+            std::fs::create_dir_all(dir.join("locks"))
+                .with_context(|| format!("creating {}", dir.display()))?;
+            Ok(Some(cairn_vault::lock::VaultLock::shared(&dir)?))
         }
         _ => Ok(None),
     }
@@ -424,8 +448,10 @@ fn run(cli: Cli) -> Result<u8> {
             disk_chunk_kib,
             pack_mib,
             compression_level,
+            create_bucket,
+            no_lock,
         } => {
-            let path = vault_path(&cli)?;
+            let loc = location(&cli)?;
             let opts = InitOptions {
                 disk_chunk_size: disk_chunk_kib
                     .checked_mul(1024)
@@ -436,14 +462,33 @@ fn run(cli: Cli) -> Result<u8> {
                 compression_level: *compression_level,
                 retention_secs: parse_duration(retention)?.num_seconds().max(0) as u64,
             };
-            if path.join("config").exists() {
-                return Err(cairn_vault::Error::AlreadyAVault { path }.into());
+            if let Location::Local(path) = &loc
+                && path.join("config").exists()
+            {
+                return Err(cairn_vault::Error::AlreadyAVault { path: path.clone() }.into());
             }
-            let v = Vault::init(&path, &password(true)?, &opts)?;
+            let v = Vault::init_at(
+                &loc,
+                &password(true)?,
+                &opts,
+                &S3InitOptions {
+                    create_bucket: *create_bucket,
+                    no_lock: *no_lock,
+                },
+            )?;
             if cli.json {
                 print_json(v.config());
             } else {
-                println!("created vault {} at {}", v.config().id, path.display());
+                println!(
+                    "created vault {} at {}{}",
+                    v.config().id,
+                    v.backend().describe(),
+                    if v.config().object_lock {
+                        " (every object under Object Lock, compliance mode)"
+                    } else {
+                        ""
+                    }
+                );
             }
             Ok(0)
         }

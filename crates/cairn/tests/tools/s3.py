@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Looks at an S3 bucket from outside Cairn, with boto3 (installed with
+moto), the way an auditor or an attacker holding the keys would.
+
+Usage: s3.py ENDPOINT COMMAND BUCKET [KEY]
+  plain-bucket   create a bucket without versioning or Object Lock
+  audit          JSON: every key with its lock mode, retain-until and version count
+  delete-locked  try to delete the (only) version of KEY; print the error code
+  overwrite      put garbage under KEY; print the number of versions after
+"""
+import json, sys, boto3, botocore
+
+endpoint, cmd, bucket = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="test", aws_secret_access_key="test")
+if cmd == "plain-bucket":
+    s3.create_bucket(Bucket=bucket)
+elif cmd == "audit":
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for o in page.get("Contents", []):
+            h = s3.head_object(Bucket=bucket, Key=o["Key"])
+            versions = s3.list_object_versions(Bucket=bucket, Prefix=o["Key"]).get("Versions", [])
+            out[o["Key"]] = {
+                "mode": h.get("ObjectLockMode"),
+                "until": h["ObjectLockRetainUntilDate"].isoformat() if "ObjectLockRetainUntilDate" in h else None,
+                "versions": len([v for v in versions if v["Key"] == o["Key"]]),
+            }
+    print(json.dumps(out))
+elif cmd == "delete-locked":
+    key = sys.argv[4]
+    v = [x for x in s3.list_object_versions(Bucket=bucket, Prefix=key)["Versions"] if x["Key"] == key][0]
+    try:
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=v["VersionId"])
+        print("deleted")
+    except botocore.exceptions.ClientError as e:
+        print(e.response["Error"]["Code"])
+elif cmd == "overwrite":
+    key = sys.argv[4]
+    s3.put_object(Bucket=bucket, Key=key, Body=b"garbage from an attacker")
+    print(len([x for x in s3.list_object_versions(Bucket=bucket, Prefix=key)["Versions"] if x["Key"] == key]))
