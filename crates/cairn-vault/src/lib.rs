@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod blocksource;
+pub mod cached;
 pub mod codec;
 pub mod crypto;
 pub mod diskmap;

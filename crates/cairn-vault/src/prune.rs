@@ -169,6 +169,21 @@ pub struct PruneReport {
     pub bytes_retained: u64,
     /// Packs kept because a snapshot still uses some of their chunks.
     pub packs_in_use: usize,
+    /// On S3: objects still in use whose Object Lock was extended.
+    pub locks_renewed: usize,
+}
+
+/// Deletes `name`; false when the store refuses because the object is
+/// still under its own lock (S3 Object Lock outlives the vault's retention
+/// by a margin), so it stays until a later prune.
+fn try_delete(vault: &Vault, name: &str) -> Result<bool> {
+    match vault.backend().delete(name) {
+        Ok(()) => Ok(true),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes packs and maps that no snapshot refers to and whose retention
@@ -212,11 +227,15 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             report.packs_retained += 1;
             report.bytes_retained += size;
         } else {
-            if !dry_run {
-                // Index first: a crash in between leaves an unindexed pack
-                // (harmless), never an index that points at nothing.
-                vault.backend().delete(&index_object(&idx.pack))?;
-                vault.backend().delete(&pack_object(&idx.pack))?;
+            // Index first: a crash in between leaves an unindexed pack
+            // (harmless), never an index that points at nothing.
+            if !dry_run
+                && !(try_delete(vault, &index_object(&idx.pack))?
+                    && try_delete(vault, &pack_object(&idx.pack))?)
+            {
+                report.packs_retained += 1;
+                report.bytes_retained += size;
+                continue;
             }
             report.packs_deleted += 1;
             report.bytes_deleted += size;
@@ -231,10 +250,11 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         }
         let written = vault.backend().modified(&name)?;
         if written.elapsed().unwrap_or_default() >= retention {
-            report.bytes_deleted += vault.backend().size(&name).unwrap_or(0);
-            if !dry_run {
-                vault.backend().delete(&name)?;
+            if !dry_run && !try_delete(vault, &name)? {
+                report.packs_retained += 1;
+                continue;
             }
+            report.bytes_deleted += vault.backend().size(&name).unwrap_or(0);
             report.packs_deleted += 1;
         } else {
             report.packs_retained += 1;
@@ -242,8 +262,8 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     }
     for name in vault.backend().list("maps")? {
         if !used_maps.contains(&name) {
-            if !dry_run {
-                vault.backend().delete(&name)?;
+            if !dry_run && !try_delete(vault, &name)? {
+                continue;
             }
             report.maps_deleted += 1;
         }
@@ -260,20 +280,52 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         let file = name.rsplit('/').next().unwrap_or(&name);
         let id = file.split('.').next().unwrap_or(file);
         if !ids.contains(id) {
-            if !dry_run {
-                match vault.backend().delete(&name) {
-                    // A record written later than its snapshot (a scan
-                    // run weeks after) is still under its own Object Lock:
-                    // a later prune removes it.
-                    Err(crate::Error::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::PermissionDenied =>
-                    {
-                        continue;
-                    }
-                    r => r?,
-                }
+            // A record written later than its snapshot (a scan run weeks
+            // after) may still be under its own lock: a later prune.
+            if !dry_run && !try_delete(vault, &name)? {
+                continue;
             }
             report.records_deleted += 1;
+        }
+    }
+    // Object Lock on what stays: extended before it runs out, so a
+    // snapshot kept longer than the retention (pinned, or kept by policy)
+    // stays protected by the store itself.
+    if !dry_run
+        && vault.config().object_lock
+        && let Some(s3) = vault.backend().as_s3()
+    {
+        let mut keep: Vec<String> = vec!["config".into()];
+        keep.extend(vault.backend().list("keys")?);
+        keep.extend(snapshots.iter().map(|s| Snapshot::object_name(&s.id)));
+        keep.extend(used_maps.iter().cloned());
+        for name in vault.backend().list("index")? {
+            let idx = vault.read_pack_index(&name)?;
+            if idx.entries.iter().any(|e| used.contains(&e.id)) {
+                keep.push(pack_object(&idx.pack));
+                keep.push(name);
+            }
+        }
+        keep.extend(
+            [
+                vault.backend().list("insight")?,
+                vault.backend().list("scan")?,
+            ]
+            .concat()
+            .into_iter()
+            .filter(|n| {
+                let file = n.rsplit('/').next().unwrap_or(n);
+                ids.contains(file.split('.').next().unwrap_or(file))
+            }),
+        );
+        let full = vault.config().retention_secs as i64 + crate::s3::lock_margin_secs();
+        let now = Utc::now();
+        for name in keep {
+            let until = s3.retain_until(&name)?;
+            if until.is_none_or(|u| (u - now).num_seconds() < full / 2) {
+                s3.extend_lock(&name, now + chrono::Duration::seconds(full))?;
+                report.locks_renewed += 1;
+            }
         }
     }
     if !dry_run {

@@ -22,6 +22,15 @@ type HmacSha256 = Hmac<Sha256>;
 /// Retention added to the vault's own, so a clock difference or a slow
 /// prune never lets a referenced object's lock run out.
 pub const SAFETY_MARGIN_SECS: i64 = 7 * 86400;
+
+/// The margin in use: [`SAFETY_MARGIN_SECS`], or `CAIRN_S3_LOCK_MARGIN_SECS`
+/// (tests shorten it to watch a lock being renewed).
+pub fn lock_margin_secs() -> i64 {
+    std::env::var("CAIRN_S3_LOCK_MARGIN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SAFETY_MARGIN_SECS)
+}
 /// Largest object read into memory (packs are tens of MiB).
 const MAX_BODY: u64 = 1 << 30;
 const ATTEMPTS: u32 = 5;
@@ -190,6 +199,16 @@ impl Response {
                     .and_then(|n| n.text().map(String::from))
             })
             .unwrap_or_default()
+    }
+}
+
+impl Drop for S3Client {
+    fn drop(&mut self) {
+        tracing::info!(
+            "{} S3 requests to {}",
+            self.requests.load(Ordering::Relaxed),
+            self.loc.endpoint
+        );
     }
 }
 
@@ -478,6 +497,27 @@ impl S3Backend {
             404 => Ok(None),
             _ => Err(self.client.fail(&format!("HEAD {name}"), &r)),
         }
+    }
+
+    /// Moves the compliance lock of `name` to `until` (S3 only lets it
+    /// grow).
+    pub fn extend_lock(&self, name: &str, until: DateTime<Utc>) -> Result<()> {
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>COMPLIANCE</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
+            until.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        );
+        let md5 = base64(&md5::Md5::digest(body.as_bytes()));
+        let r = self.client.send(
+            "PUT",
+            Some(&self.client.key(name)),
+            &[("retention", "")],
+            &[("content-md5", md5)],
+            body.as_bytes(),
+        )?;
+        if r.status != 200 {
+            return Err(self.client.fail(&format!("PutObjectRetention {name}"), &r));
+        }
+        Ok(())
     }
 
     /// When the lock of `name` ends, if it has one.

@@ -213,9 +213,12 @@ impl Vault {
                     )));
                 }
                 if object_lock {
-                    b.set_retention(opts.retention_secs as i64 + crate::s3::SAFETY_MARGIN_SECS);
+                    b.set_retention(opts.retention_secs as i64 + crate::s3::lock_margin_secs());
                 }
-                Box::new(b)
+                Box::new(crate::cached::CachedBackend::new(
+                    Box::new(b),
+                    root.join("cache"),
+                ))
             }
         };
         let master = MasterKey::generate()?;
@@ -264,7 +267,12 @@ impl Vault {
                     std::fs::create_dir_all(root.join(d))
                         .ctx(|| format!("creating {}", root.join(d).display()))?;
                 }
-                let b = crate::s3::S3Backend::new(crate::s3::S3Client::new(l.clone())?);
+                let b = crate::cached::CachedBackend::new(
+                    Box::new(crate::s3::S3Backend::new(crate::s3::S3Client::new(
+                        l.clone(),
+                    )?)),
+                    root.join("cache"),
+                );
                 if !b.exists("config")? {
                     return Err(Error::Invalid(format!(
                         "{}: not a Cairn vault (no config found); create one with `cairn init --vault {}`",
@@ -296,7 +304,7 @@ impl Vault {
         if config.object_lock
             && let Some(s3) = backend.as_s3()
         {
-            s3.set_retention(config.retention_secs as i64 + crate::s3::SAFETY_MARGIN_SECS);
+            s3.set_retention(config.retention_secs as i64 + crate::s3::lock_margin_secs());
         }
         let vault = Self::assemble(root, backend, config, master);
         vault.load_index()?;

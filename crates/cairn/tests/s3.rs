@@ -64,8 +64,13 @@ impl S3Env {
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_with(args, &[])
+    }
+
+    fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(args)
+            .envs(extra.iter().copied())
             .env("CAIRN_VAULT", &self.url)
             .env("CAIRN_PASSWORD", PASSWORD)
             .env("CAIRN_CACHE_DIR", self.path("cache"))
@@ -287,4 +292,61 @@ fn a_backup_killed_mid_upload_leaves_a_vault_that_verifies_and_resumes() {
     let out = env.path("out.img");
     env.ok(&["restore", "big@latest", "--to", out.to_str().unwrap()]);
     assert!(same_bytes(&out, &img));
+}
+
+#[test]
+fn prune_extends_the_locks_of_what_is_still_in_use_and_the_cache_rebuilds() {
+    let env = S3Env::new("cairn-renew");
+    // A 2 s retention and a 4 s margin: locks of 6 s, renewed once less
+    // than half of that is left.
+    let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "4")];
+    let ok = |args: &[&str]| {
+        let out = env.run_with(args, &short);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    ok(&["init", "--create-bucket", "--retention", "2s"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(3 << 20, 1)).unwrap();
+    ok(&["backup", img.to_str().unwrap(), "--name", "d"]);
+    let first = env.audit();
+    let until = |o: &serde_json::Map<String, Value>, k: &str| -> chrono::DateTime<chrono::Utc> {
+        o[k]["until"].as_str().unwrap().parse().unwrap()
+    };
+    // Nothing to renew yet.
+    let r: Value = serde_json::from_slice(&ok(&["prune", "--json"]).stdout).unwrap();
+    assert_eq!(r["locks_renewed"], 0, "{r:#}");
+    std::thread::sleep(Duration::from_millis(3500));
+    let r: Value = serde_json::from_slice(&ok(&["prune", "--json"]).stdout).unwrap();
+    assert_eq!(r["packs_deleted"], 0);
+    let renewed = r["locks_renewed"].as_u64().unwrap() as usize;
+    let after = env.audit();
+    let in_use: Vec<&String> = after.keys().filter(|k| !k.contains("/pins/")).collect();
+    assert_eq!(renewed, in_use.len(), "every object still in use: {r:#}");
+    for k in in_use {
+        assert!(until(&after, k) > until(&first, k), "{k} was extended");
+    }
+
+    // The local copies of indexes and manifests are only a cache.
+    let cache = env.path("cache");
+    let cached = walk_count(&cache);
+    assert!(cached > 0);
+    std::fs::remove_dir_all(&cache).unwrap();
+    assert!(env.ok(&["snapshots"]).contains(" d "));
+    assert!(walk_count(&cache) > 0, "rebuilt from the bucket");
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.map(|e| {
+        let p = e.unwrap().path();
+        if p.is_dir() { walk_count(&p) } else { 1 }
+    })
+    .sum()
 }
