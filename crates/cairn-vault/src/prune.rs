@@ -229,10 +229,10 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         } else {
             // Index first: a crash in between leaves an unindexed pack
             // (harmless), never an index that points at nothing.
-            if !dry_run
-                && !(try_delete(vault, &index_object(&idx.pack))?
-                    && try_delete(vault, &pack_object(&idx.pack))?)
-            {
+            let deleted = dry_run
+                || (try_delete(vault, &index_object(&idx.pack))?
+                    && try_delete(vault, &pack_object(&idx.pack))?);
+            if !deleted {
                 report.packs_retained += 1;
                 report.bytes_retained += size;
                 continue;
