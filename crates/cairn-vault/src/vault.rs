@@ -179,6 +179,41 @@ impl Vault {
         if password.is_empty() {
             return Err(Error::Invalid("refusing an empty password".into()));
         }
+        let (backend, object_lock) = Self::prepare(loc, root, opts.retention_secs, s3)?;
+        let master = MasterKey::generate()?;
+        let key = KeyFile::wrap(password, &master)?;
+        let key_id = hex::encode(random_array::<16>()?);
+        backend.put(
+            &format!("keys/{key_id}"),
+            &serde_json::to_vec_pretty(&key).expect("json"),
+        )?;
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: hex::encode(random_array::<16>()?),
+            created: Utc::now(),
+            disk_chunk_size: opts.disk_chunk_size,
+            cdc_min: 64 * 1024,
+            cdc_avg: 256 * 1024,
+            cdc_max: 1024 * 1024,
+            pack_size: opts.pack_size,
+            compression_level: opts.compression_level,
+            retention_secs: opts.retention_secs,
+            object_lock,
+        };
+        // The config goes last: a directory without it is not a vault, so a
+        // failed init leaves nothing that looks like one.
+        backend.put("config", &serde_json::to_vec_pretty(&config).expect("json"))?;
+        Ok(Self::assemble(root, backend, config, master))
+    }
+
+    /// The storage for a new vault at `loc`, after S3's checks (bucket,
+    /// versioning, Object Lock); whether its objects are locked.
+    fn prepare(
+        loc: &Location,
+        root: &Path,
+        retention_secs: u64,
+        s3: &S3InitOptions,
+    ) -> Result<(Box<dyn Backend>, bool)> {
         for d in DIRS {
             std::fs::create_dir_all(root.join(d))
                 .ctx(|| format!("creating {}", root.join(d).display()))?;
@@ -213,7 +248,7 @@ impl Vault {
                     )));
                 }
                 if object_lock {
-                    b.set_retention(opts.retention_secs as i64 + crate::s3::lock_margin_secs());
+                    b.set_retention(retention_secs as i64 + crate::s3::lock_margin_secs());
                 }
                 Box::new(crate::cached::CachedBackend::new(
                     Box::new(b),
@@ -221,30 +256,45 @@ impl Vault {
                 ))
             }
         };
-        let master = MasterKey::generate()?;
-        let key = KeyFile::wrap(password, &master)?;
-        let key_id = hex::encode(random_array::<16>()?);
-        backend.put(
-            &format!("keys/{key_id}"),
-            &serde_json::to_vec_pretty(&key).expect("json"),
-        )?;
+        Ok((backend, object_lock))
+    }
+
+    /// Creates a replica of `src` at `loc`: the same vault id, keys and
+    /// chunking (so chunks are copied as they are), its own Object Lock
+    /// setting. Returns it opened.
+    pub fn create_replica(
+        src: &Vault,
+        loc: &Location,
+        password: &[u8],
+        s3: &S3InitOptions,
+    ) -> Result<Vault> {
+        let root = &loc.local_dir();
+        if let Location::Local(_) = loc
+            && root.join("config").exists()
+        {
+            return Err(Error::AlreadyAVault { path: root.into() });
+        }
+        let (backend, object_lock) = Self::prepare(loc, root, src.config.retention_secs, s3)?;
+        for name in src.backend.list("keys")? {
+            backend.put(&name, &src.backend.get(&name)?)?;
+        }
         let config = Config {
-            version: FORMAT_VERSION,
-            id: hex::encode(random_array::<16>()?),
-            created: Utc::now(),
-            disk_chunk_size: opts.disk_chunk_size,
-            cdc_min: 64 * 1024,
-            cdc_avg: 256 * 1024,
-            cdc_max: 1024 * 1024,
-            pack_size: opts.pack_size,
-            compression_level: opts.compression_level,
-            retention_secs: opts.retention_secs,
             object_lock,
+            ..src.config.clone()
         };
-        // The config goes last: a directory without it is not a vault, so a
-        // failed init leaves nothing that looks like one.
         backend.put("config", &serde_json::to_vec_pretty(&config).expect("json"))?;
-        Ok(Self::assemble(root, backend, config, master))
+        drop(backend);
+        Self::open_at(loc, password)
+    }
+
+    /// Whether a vault exists at `loc`.
+    pub fn exists_at(loc: &Location) -> Result<bool> {
+        match loc {
+            Location::Local(p) => Ok(p.join("config").is_file()),
+            Location::S3(l) => {
+                crate::s3::S3Backend::new(crate::s3::S3Client::new(l.clone())?).exists("config")
+            }
+        }
     }
 
     pub fn open(root: &Path, password: &[u8]) -> Result<Vault> {

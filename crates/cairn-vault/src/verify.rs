@@ -152,12 +152,32 @@ fn check_pack(vault: &Vault, pack: &str, checked: &AtomicU64, bytes: &AtomicU64)
             return (all, Some((name, e.to_string())));
         }
     };
+    let bad = check_pack_bytes(vault, &name, &idx, &data, checked, bytes);
+    let obj = (!bad.is_empty()).then(|| {
+        (
+            name,
+            format!("{} damaged chunk(s): {}", bad.len(), bad[0].1),
+        )
+    });
+    (bad, obj)
+}
+
+/// Decrypts every chunk of a pack's bytes and checks it against its id;
+/// the damaged ones, with why.
+pub(crate) fn check_pack_bytes(
+    vault: &Vault,
+    name: &str,
+    idx: &crate::index::PackIndex,
+    data: &[u8],
+    checked: &AtomicU64,
+    bytes: &AtomicU64,
+) -> Vec<(ChunkId, String)> {
     let mut bad = Vec::new();
     for e in &idx.entries {
         let (start, end) = (e.offset as usize, e.offset as usize + e.len as usize);
         let why = match data.get(start..end) {
             None => Some("chunk lies past the end of its pack".to_string()),
-            Some(sealed) => match codec::open(vault.cipher(), &name, sealed, e.raw_len as usize) {
+            Some(sealed) => match codec::open(vault.cipher(), name, sealed, e.raw_len as usize) {
                 Err(err) => Some(err.to_string()),
                 Ok(plain) if vault.hasher().digest_chunk(&plain).0 != e.id => {
                     Some(format!("chunk {} does not match its id", e.id))
@@ -173,13 +193,7 @@ fn check_pack(vault: &Vault, pack: &str, checked: &AtomicU64, bytes: &AtomicU64)
             bad.push((e.id, w));
         }
     }
-    let obj = (!bad.is_empty()).then(|| {
-        (
-            name,
-            format!("{} damaged chunk(s): {}", bad.len(), bad[0].1),
-        )
-    });
-    (bad, obj)
+    bad
 }
 
 fn check_snapshot(

@@ -302,6 +302,26 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Copy snapshots to another vault (local or s3://) that lacks them:
+    /// only the missing objects, each verified, manifests last (an
+    /// interrupted run resumes). A new target becomes a replica (same id
+    /// and keys); verdicts and pins come along.
+    Replicate {
+        /// Source vault (default: --vault / CAIRN_VAULT).
+        #[arg(long)]
+        from: Option<String>,
+        /// Target vault: a directory or s3://BUCKET/PREFIX.
+        #[arg(long)]
+        to: String,
+        /// Only the snapshots of these names.
+        names: Vec<String>,
+        /// S3 target: create the bucket with versioning and Object Lock.
+        #[arg(long)]
+        create_bucket: bool,
+        /// S3 target: accept a bucket without Object Lock.
+        #[arg(long)]
+        no_lock: bool,
+    },
     /// Pin a snapshot: it is never forgotten.
     Pin { snapshot: String },
     /// Unpin a snapshot.
@@ -722,6 +742,60 @@ fn run(cli: Cli) -> Result<u8> {
                 if let Some(p) = pr {
                     print_prune(&p, false);
                 }
+            }
+            Ok(0)
+        }
+        Command::Replicate {
+            from,
+            to,
+            names,
+            create_bucket,
+            no_lock,
+        } => {
+            let from = match from {
+                Some(f) => Location::parse(f)?,
+                None => location(&cli)?,
+            };
+            let to = Location::parse(to)?;
+            let pass = password(false)?;
+            let src = Vault::open_at(&from, &pass)?;
+            let dst = if Vault::exists_at(&to)? {
+                Vault::open_at(&to, &pass)?
+            } else {
+                Vault::create_replica(
+                    &src,
+                    &to,
+                    &pass,
+                    &S3InitOptions {
+                        create_bucket: *create_bucket,
+                        no_lock: *no_lock,
+                    },
+                )?
+            };
+            let _reading = cairn_vault::lock::VaultLock::shared(src.root())?;
+            let quiet = cli.quiet || cli.json;
+            let r = cairn_vault::replicate::replicate(&src, &dst, names, &mut |s| {
+                if !quiet {
+                    eprintln!(
+                        "copying {}@{} ({})",
+                        s.name,
+                        s.id.short(),
+                        s.time.format("%Y-%m-%d %H:%M")
+                    );
+                }
+            })?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "{} snapshot(s) copied to {} ({} already there): {} objects, {}; {} objects the target had",
+                    r.snapshots_copied.len(),
+                    dst.backend().describe(),
+                    r.snapshots_present,
+                    r.objects_copied,
+                    bytes(r.bytes_copied),
+                    r.objects_present
+                );
             }
             Ok(0)
         }

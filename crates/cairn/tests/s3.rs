@@ -350,3 +350,139 @@ fn walk_count(dir: &Path) -> usize {
     })
     .sum()
 }
+
+#[test]
+fn replicate_local_to_s3_to_local_keeps_snapshots_verdicts_and_pins() {
+    let env = S3Env::new("cairn-replica");
+    let local = Env::new("30d", &[]);
+    let root = local.path("root");
+    populate(&root);
+    let day1 = local.path("day1.img");
+    gpt_ext4_image(&day1, &root, 48);
+    let a = local.backup(&day1, "vm", "2026-06-01T00:00:00Z");
+    let day2 = local.path("day2.img");
+    sh(
+        "cp",
+        &[
+            "--sparse=always",
+            day1.to_str().unwrap(),
+            day2.to_str().unwrap(),
+        ],
+    );
+    replace_guest_file(&day2, "/home/alice/notes.txt", &text(40_000, 9));
+    local.backup(&day2, "vm", "2026-06-02T00:00:00Z");
+    let a_id = a["id"].as_str().unwrap().to_string();
+    local.ok(&["pin", &format!("vm@{}", &a_id[..8])]);
+    let scan = local.run(&["scan", "vm@latest", "--json"]);
+    assert!(scan.status.code().is_some());
+
+    let s3_url = "s3://cairn-replica/copy";
+    let to_s3 = |extra: &[&str]| {
+        let mut args = vec![
+            "replicate",
+            "--from",
+            local.vault.to_str().unwrap(),
+            "--to",
+            s3_url,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = env.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let r = to_s3(&["--create-bucket"]);
+    assert_eq!(r["snapshots_copied"].as_array().unwrap().len(), 2, "{r:#}");
+    for (k, o) in env.audit() {
+        if !k.contains("/pins/") {
+            assert_eq!(o["mode"], "COMPLIANCE", "{k}");
+        }
+    }
+    // Again: nothing is missing, nothing is sent.
+    let again = to_s3(&[]);
+    assert_eq!(again["objects_copied"], 0, "{again:#}");
+    assert_eq!(again["snapshots_present"], 2);
+
+    // A third day: only what it added travels.
+    let day3 = local.path("day3.img");
+    sh(
+        "cp",
+        &[
+            "--sparse=always",
+            day2.to_str().unwrap(),
+            day3.to_str().unwrap(),
+        ],
+    );
+    replace_guest_file(&day3, "/etc/hostname", b"renamed\n");
+    local.backup(&day3, "vm", "2026-06-03T00:00:00Z");
+    let third = to_s3(&[]);
+    assert_eq!(third["snapshots_copied"].as_array().unwrap().len(), 1);
+    assert!(
+        third["bytes_copied"].as_u64().unwrap() * 4 < r["bytes_copied"].as_u64().unwrap(),
+        "an incremental replication sends little: {third:#} vs {r:#}"
+    );
+
+    // And back from S3 to a new local vault.
+    let back = env.path("back");
+    let out = env.run(&[
+        "replicate",
+        "--from",
+        s3_url,
+        "--to",
+        back.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local_back = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .env("CAIRN_VAULT", &back)
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() || out.status.code() == Some(3),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    local_back(&["verify", "--read-data"]);
+    let out = env.path("r1.img");
+    local_back(&[
+        "restore",
+        &format!("vm@{}", &a_id[..8]),
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(same_bytes(&out, &day1));
+    local_back(&[
+        "restore",
+        "vm@latest",
+        "--to",
+        env.path("r3.img").to_str().unwrap(),
+    ]);
+    assert!(same_bytes(&env.path("r3.img"), &day3));
+    let snaps: Value = serde_json::from_str(&local_back(&["snapshots", "--json"])).unwrap();
+    let pinned: Vec<&str> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pinned"] == true)
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(pinned, vec![a_id.as_str()], "the pin came along");
+    let t: Value = serde_json::from_str(&local_back(&["timeline", "vm", "--json"])).unwrap();
+    assert!(
+        t["snapshots"][1]["scan"]["verdict"].is_string(),
+        "the scan verdict came along: {t:#}"
+    );
+}
