@@ -132,7 +132,16 @@ pub struct Vault {
     cipher: Cipher,
     hasher: Hasher,
     index: RwLock<ChunkIndex>,
+    /// Remote vaults: whole packs recently fetched (one request per pack
+    /// instead of one per chunk). Each slot is filled by the first reader;
+    /// others wanting the same pack wait for it.
+    packs: std::sync::Mutex<lru::LruCache<String, PackSlot>>,
 }
+
+type PackSlot = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Vec<u8>>>>>;
+
+/// Packs kept in memory for a remote vault (~16 MiB each).
+const REMOTE_PACKS: usize = 6;
 
 const DIRS: &[&str] = &[
     "keys",
@@ -374,6 +383,9 @@ impl Vault {
             cipher: Cipher::new(&master.encryption),
             hasher: Hasher::new(&master.id),
             index: RwLock::new(ChunkIndex::default()),
+            packs: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(REMOTE_PACKS).unwrap(),
+            )),
         }
     }
 
@@ -449,16 +461,41 @@ impl Vault {
             (loc, pack.id.clone())
         };
         let name = pack_object(&pack);
-        let sealed = self
-            .backend
-            .get_range(&name, loc.offset as u64, loc.len as usize)?;
-        let data = codec::open(&self.cipher, &name, &sealed, loc.raw_len as usize)?;
+        let data = if self.backend.as_s3().is_some() {
+            let whole = self.remote_pack(&name)?;
+            let sealed = whole
+                .get(loc.offset as usize..loc.offset as usize + loc.len as usize)
+                .ok_or_else(|| Error::damaged(&name, "a chunk lies past the end of its pack"))?;
+            codec::open(&self.cipher, &name, sealed, loc.raw_len as usize)?
+        } else {
+            let sealed = self
+                .backend
+                .get_range(&name, loc.offset as u64, loc.len as usize)?;
+            codec::open(&self.cipher, &name, &sealed, loc.raw_len as usize)?
+        };
         if data.len() != loc.raw_len as usize {
             return Err(Error::damaged(
                 &name,
                 format!("chunk {} has the wrong length", id.hex()),
             ));
         }
+        Ok(data)
+    }
+
+    /// A whole pack of a remote vault, from memory or fetched once.
+    fn remote_pack(&self, name: &str) -> Result<std::sync::Arc<Vec<u8>>> {
+        let slot = self
+            .packs
+            .lock()
+            .unwrap()
+            .get_or_insert(name.to_string(), Default::default)
+            .clone();
+        let mut filled = slot.lock().unwrap();
+        if let Some(d) = filled.as_ref() {
+            return Ok(d.clone());
+        }
+        let data = std::sync::Arc::new(self.backend.get(name)?);
+        *filled = Some(data.clone());
         Ok(data)
     }
 
