@@ -33,6 +33,11 @@ pub trait Backend: Send + Sync {
     fn put_marker(&self, name: &str) -> Result<bool> {
         self.put(name, b"")
     }
+    /// Reads go to the store, not a local cache, from now on; true when
+    /// there was a cache to bypass.
+    fn set_cache_bypass(&self, _on: bool) -> bool {
+        false
+    }
     /// The S3 backend behind this one, if it is one (for its lock settings).
     fn as_s3(&self) -> Option<&crate::s3::S3Backend> {
         None

@@ -48,6 +48,10 @@ pub fn verify(
     read_data: bool,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<VerifyReport> {
+    // Check the store itself, not this machine's copy of its metadata.
+    if vault.backend().set_cache_bypass(true) {
+        vault.load_index()?;
+    }
     let mut report = VerifyReport::default();
     let index = vault.index();
     report.damaged_objects.extend(index.damaged.iter().cloned());
