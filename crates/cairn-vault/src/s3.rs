@@ -34,6 +34,9 @@ pub fn lock_margin_secs() -> i64 {
 /// Largest object read into memory (packs are tens of MiB).
 const MAX_BODY: u64 = 1 << 30;
 const ATTEMPTS: u32 = 5;
+/// Objects larger than this are uploaded in parts (of `PART_SIZE`).
+const MULTIPART_ABOVE: usize = 32 << 20;
+const PART_SIZE: usize = 16 << 20;
 
 /// Where the bucket is and how to sign for it.
 #[derive(Clone, Debug)]
@@ -535,17 +538,22 @@ impl S3Backend {
         if self.head(name)?.is_some() {
             return Ok(false);
         }
-        let md5 = base64(&md5::Md5::digest(data));
-        let mut headers = vec![("content-md5", md5), ("if-none-match", "*".to_string())];
+        let mut lock_headers = Vec::new();
         let secs = self.retention_secs.load(Ordering::Relaxed);
         if secs > 0 && lock {
             let until = Utc::now() + chrono::Duration::seconds(secs);
-            headers.push(("x-amz-object-lock-mode", "COMPLIANCE".into()));
-            headers.push((
+            lock_headers.push(("x-amz-object-lock-mode", "COMPLIANCE".to_string()));
+            lock_headers.push((
                 "x-amz-object-lock-retain-until-date",
                 until.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
             ));
         }
+        if data.len() > MULTIPART_ABOVE {
+            return self.put_multipart(name, data, &lock_headers);
+        }
+        let md5 = base64(&md5::Md5::digest(data));
+        let mut headers = vec![("content-md5", md5), ("if-none-match", "*".to_string())];
+        headers.extend(lock_headers);
         let r = self
             .client
             .send("PUT", Some(&self.client.key(name)), &[], &headers, data)?;
@@ -555,6 +563,104 @@ impl S3Backend {
             412 => Ok(false),
             _ => Err(self.client.fail(&format!("PUT {name}"), &r)),
         }
+    }
+}
+
+impl S3Backend {
+    /// Large objects go up in parts, several at once; the lock is set when
+    /// the upload is created and applies to the object it completes. A
+    /// failed upload is aborted, so no parts linger.
+    fn put_multipart(&self, name: &str, data: &[u8], lock: &[(&str, String)]) -> Result<bool> {
+        let key = self.client.key(name);
+        let r = self
+            .client
+            .send("POST", Some(&key), &[("uploads", "")], lock, b"")?;
+        if r.status != 200 {
+            return Err(self
+                .client
+                .fail(&format!("CreateMultipartUpload {name}"), &r));
+        }
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let upload = roxmltree::Document::parse(&text)
+            .ok()
+            .and_then(|d| {
+                d.descendants()
+                    .find(|n| n.has_tag_name("UploadId"))
+                    .and_then(|n| n.text().map(String::from))
+            })
+            .ok_or_else(|| {
+                Error::Invalid(format!("S3 CreateMultipartUpload {name}: no UploadId"))
+            })?;
+        let parts: Vec<&[u8]> = data.chunks(PART_SIZE).collect();
+        let uploaded: Result<Vec<String>> = {
+            use rayon::prelude::*;
+            parts
+                .par_iter()
+                .enumerate()
+                .map(|(i, part)| {
+                    let n = (i + 1).to_string();
+                    let md5 = base64(&md5::Md5::digest(part));
+                    let r = self.client.send(
+                        "PUT",
+                        Some(&key),
+                        &[("partNumber", n.as_str()), ("uploadId", upload.as_str())],
+                        &[("content-md5", md5)],
+                        part,
+                    )?;
+                    if r.status != 200 {
+                        return Err(self.client.fail(&format!("UploadPart {n} of {name}"), &r));
+                    }
+                    r.header("etag").map(String::from).ok_or_else(|| {
+                        Error::Invalid(format!("S3 UploadPart {n} of {name}: no ETag"))
+                    })
+                })
+                .collect()
+        };
+        let abort = || {
+            let _ = self.client.send(
+                "DELETE",
+                Some(&key),
+                &[("uploadId", upload.as_str())],
+                &[],
+                b"",
+            );
+        };
+        let etags = match uploaded {
+            Ok(e) => e,
+            Err(e) => {
+                abort();
+                return Err(e);
+            }
+        };
+        let mut body = String::from("<CompleteMultipartUpload>");
+        for (i, etag) in etags.iter().enumerate() {
+            body.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>",
+                i + 1
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let r = self.client.send(
+            "POST",
+            Some(&key),
+            &[("uploadId", upload.as_str())],
+            &[],
+            body.as_bytes(),
+        )?;
+        // S3 can answer 200 with an error document inside.
+        if r.status != 200 || String::from_utf8_lossy(&r.body).contains("<Error>") {
+            abort();
+            return Err(self
+                .client
+                .fail(&format!("CompleteMultipartUpload {name}"), &r));
+        }
+        // Some S3-compatible stores (moto among them) drop the lock given
+        // at CreateMultipartUpload: set it on the completed object too.
+        if !lock.is_empty() && self.retain_until(name)?.is_none() {
+            let secs = self.retention_secs.load(Ordering::Relaxed);
+            self.extend_lock(name, Utc::now() + chrono::Duration::seconds(secs))?;
+        }
+        Ok(true)
     }
 }
 

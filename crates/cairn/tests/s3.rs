@@ -486,3 +486,26 @@ fn replicate_local_to_s3_to_local_keeps_snapshots_verdicts_and_pins() {
         "the scan verdict came along: {t:#}"
     );
 }
+
+#[test]
+fn large_packs_go_up_in_parts_and_are_locked_like_the_rest() {
+    let env = S3Env::new("cairn-parts");
+    env.ok(&["init", "--create-bucket", "--pack-mib", "48"]);
+    let img = env.path("big.img");
+    std::fs::write(&img, noise(110 << 20, 8)).unwrap();
+    env.ok(&["backup", img.to_str().unwrap(), "--name", "big", "-q"]);
+    let objects = env.audit();
+    // An ETag with a part count ("…-3") is a multipart upload.
+    let multipart = objects
+        .iter()
+        .filter(|(k, o)| k.contains("/packs/") && o["etag"].as_str().unwrap().contains('-'))
+        .count();
+    assert!(multipart >= 2, "{objects:?}");
+    for (k, o) in &objects {
+        assert_eq!(o["mode"], "COMPLIANCE", "{k}");
+    }
+    let out = env.path("out.img");
+    env.ok(&["restore", "big@latest", "--to", out.to_str().unwrap()]);
+    assert!(same_bytes(&out, &img));
+    env.ok(&["verify", "--read-data"]);
+}

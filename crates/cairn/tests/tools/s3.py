@@ -22,6 +22,8 @@ elif cmd == "audit":
             h = s3.head_object(Bucket=bucket, Key=o["Key"])
             versions = s3.list_object_versions(Bucket=bucket, Prefix=o["Key"]).get("Versions", [])
             out[o["Key"]] = {
+                "size": o["Size"],
+                "etag": h.get("ETag"),
                 "mode": h.get("ObjectLockMode"),
                 "until": h["ObjectLockRetainUntilDate"].isoformat() if "ObjectLockRetainUntilDate" in h else None,
                 "versions": len([v for v in versions if v["Key"] == o["Key"]]),
