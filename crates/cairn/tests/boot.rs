@@ -106,3 +106,53 @@ fn a_snapshot_boots_in_isolation_and_the_console_decides() {
         "booting never writes to the vault"
     );
 }
+
+/// `recover --find-clean --boot-check`: a point that passes every scan but
+/// does not boot is stepped over.
+#[test]
+fn find_clean_with_a_boot_check_steps_over_a_point_that_does_not_boot() {
+    let assets = sh(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/boot-assets"),
+        &[],
+    );
+    let mut it = assets.split_whitespace();
+    let (kernel, initrd) = (
+        it.next().unwrap().to_string(),
+        it.next().unwrap().to_string(),
+    );
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("MARKER"), "healthy\n").unwrap();
+    let img = env.path("vm.img");
+    gpt_ext4_image(&img, &content, 32);
+    let a = env.backup(&img, "vm", "2026-03-01T00:00:00Z");
+    replace_guest_file(&img, "/MARKER", b"healthy\n");
+    let b = env.backup(&img, "vm", "2026-03-02T00:00:00Z");
+    // The last point's service is broken: scans see nothing wrong.
+    replace_guest_file(&img, "/MARKER", b"service failed to start\n");
+    let c = env.backup(&img, "vm", "2026-03-03T00:00:00Z");
+    let out = env.run(&[
+        "recover",
+        "vm",
+        "--find-clean",
+        "--boot-check",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--expect",
+        "CAIRN-MARKER: healthy",
+        "--timeout",
+        "120",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["clean"], b["id"], "{v:#}");
+    let tried = v["tried"].as_array().unwrap();
+    assert_eq!(tried[0]["id"], c["id"]);
+    assert_eq!(tried[0]["verdict"], "failed");
+    assert_eq!(tried[0]["stage"], "boot");
+    assert_eq!(tried.len(), 2, "day 1 ({}) is never needed", a["id"]);
+}
