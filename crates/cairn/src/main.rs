@@ -568,30 +568,27 @@ fn run(cli: Cli) -> Result<u8> {
             name,
             writable,
             overlay,
-            nfs: false,
-        } => export_cmd::export(
-            &open(&cli)?,
-            snapshots,
-            listen.as_deref().unwrap_or("127.0.0.1:10809"),
-            name.as_deref(),
-            overlay.as_deref(),
-            *writable,
-        ),
-        Command::Export {
-            snapshots,
-            listen,
-            name,
-            writable,
-            overlay,
-            nfs: true,
-        } => export_cmd::export_nfs(
-            &open(&cli)?,
-            snapshots,
-            listen.as_deref().unwrap_or("127.0.0.1:11111"),
-            name.as_deref(),
-            overlay.as_deref(),
-            *writable,
-        ),
+            nfs,
+        } => {
+            let serve = if *nfs {
+                export_cmd::export_nfs
+            } else {
+                export_cmd::export
+            };
+            let default_listen = if *nfs {
+                "127.0.0.1:11111"
+            } else {
+                "127.0.0.1:10809"
+            };
+            serve(
+                &open(&cli)?,
+                snapshots,
+                listen.as_deref().unwrap_or(default_listen),
+                name.as_deref(),
+                overlay.as_deref(),
+                *writable,
+            )
+        }
         Command::Mount {
             snapshot,
             mountpoint,

@@ -5,17 +5,22 @@
 mod common;
 use common::*;
 
-#[test]
-fn a_snapshot_boots_in_isolation_and_the_console_decides() {
+/// The kernel and initramfs `scripts/boot-assets` builds (cached).
+fn boot_assets() -> (String, String) {
     let assets = sh(
         concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/boot-assets"),
         &[],
     );
     let mut it = assets.split_whitespace();
-    let (kernel, initrd) = (
+    (
         it.next().unwrap().to_string(),
         it.next().unwrap().to_string(),
-    );
+    )
+}
+
+#[test]
+fn a_snapshot_boots_in_isolation_and_the_console_decides() {
+    let (kernel, initrd) = boot_assets();
 
     let env = Env::new("30d", &[]);
     let content = env.path("content");
@@ -111,15 +116,7 @@ fn a_snapshot_boots_in_isolation_and_the_console_decides() {
 /// does not boot is stepped over.
 #[test]
 fn find_clean_with_a_boot_check_steps_over_a_point_that_does_not_boot() {
-    let assets = sh(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/boot-assets"),
-        &[],
-    );
-    let mut it = assets.split_whitespace();
-    let (kernel, initrd) = (
-        it.next().unwrap().to_string(),
-        it.next().unwrap().to_string(),
-    );
+    let (kernel, initrd) = boot_assets();
     let env = Env::new("30d", &[]);
     let content = env.path("content");
     std::fs::create_dir_all(&content).unwrap();
