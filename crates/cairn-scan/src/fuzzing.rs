@@ -19,7 +19,8 @@ pub fn scan_parsers(data: &[u8]) {
     packages.extend(inventory::parse_apk_installed(a));
     let mut db = VulnDb::default();
     db.add_json(b);
-    for scheme in [Scheme::Dpkg, Scheme::Apk] {
+    let _ = crate::rpm::parse_header(a);
+    for scheme in [Scheme::Dpkg, Scheme::Apk, Scheme::Rpm] {
         let inv = Inventory {
             os: Some(os.clone()),
             ecosystem: Some(eco.as_ref().map(|e| e.0.clone()).unwrap_or_default()),

@@ -110,6 +110,15 @@ pub fn ecosystem(os: &Os) -> Option<(String, Scheme)> {
             format!("Alpine:v{}", major_minor(&os.version_id)),
             Scheme::Apk,
         )),
+        "almalinux" | "rocky" | "rhel" if !os.version_id.is_empty() => {
+            let major = os.version_id.split('.').next().unwrap_or("");
+            let eco = match os.id.as_str() {
+                "almalinux" => format!("AlmaLinux:{major}"),
+                "rocky" => format!("Rocky Linux:{major}"),
+                _ => format!("Red Hat:enterprise_linux:{major}"),
+            };
+            Some((eco, Scheme::Rpm))
+        }
         _ => None,
     }
 }
@@ -217,11 +226,24 @@ pub fn read(fs: &dyn Filesystem) -> Inventory {
     } else if let Some(d) = read_resolved(fs, "lib/apk/db/installed", MAX_DB) {
         inv.packages = parse_apk_installed(&d);
     }
-    for rpm in ["var/lib/rpm", "usr/lib/sysimage/rpm"] {
-        if fs.lookup(rpm.as_bytes()).is_ok() {
-            inv.notes.push(format!(
-                "/{rpm}: RPM databases are not read yet; packages of this guest are not checked"
-            ));
+    if inv.packages.is_empty() {
+        for dir in ["var/lib/rpm", "usr/lib/sysimage/rpm"] {
+            let db = format!("{dir}/rpmdb.sqlite");
+            if let Some(d) = read_resolved(fs, &db, MAX_DB) {
+                let wal = read_resolved(fs, &format!("{db}-wal"), MAX_DB);
+                match crate::rpm::parse_sqlite(&d, wal.as_deref()) {
+                    Ok(p) => inv.packages = p,
+                    Err(e) => inv
+                        .notes
+                        .push(format!("/{db}: unreadable RPM database ({e})")),
+                }
+                break;
+            }
+            if fs.lookup(format!("{dir}/Packages").as_bytes()).is_ok() {
+                inv.notes.push(format!(
+                    "/{dir}/Packages: Berkeley DB RPM databases (before rpm 4.16) are not read; packages of this guest are not checked"
+                ));
+            }
         }
     }
     inv

@@ -489,9 +489,15 @@ impl VulnDb {
         let (Some(eco), Some(scheme)) = (&inv.ecosystem, inv.scheme) else {
             return Vec::new();
         };
+        // Debian, Ubuntu and Alpine advisories name source packages; the
+        // RHEL family's name binary ones (openssl-libs) as often as
+        // source ones, so both are looked up there.
         let mut by_source: HashMap<&str, Vec<&Package>> = HashMap::new();
         for p in &inv.packages {
             by_source.entry(p.source.as_str()).or_default().push(p);
+            if scheme == crate::version::Scheme::Rpm && p.name != p.source {
+                by_source.entry(p.name.as_str()).or_default().push(p);
+            }
         }
         let mut out = Vec::new();
         for adv in self.advisories.values() {

@@ -9,6 +9,7 @@ use std::cmp::Ordering;
 pub enum Scheme {
     Dpkg,
     Apk,
+    Rpm,
 }
 
 /// Compares two versions; None when either does not parse.
@@ -20,6 +21,10 @@ pub fn compare(scheme: Scheme, a: &str, b: &str) -> Option<Ordering> {
             Some(a.cmp(&b))
         }
         Scheme::Apk => Some(apk_compare(&apk_parse(a)?, &apk_parse(b)?)),
+        Scheme::Rpm => {
+            let sane = |v: &str| !v.is_empty() && v.len() <= 256 && v.is_ascii();
+            (sane(a) && sane(b)).then(|| crate::rpm::compare_evr(a, b))
+        }
     }
 }
 

@@ -282,7 +282,7 @@ fn operator_rules_match_exactly_what_the_yara_command_line_tool_matches() {
 
 fn import_fixtures(env: &Env) {
     let r = env.json(&["vulndb", "import", fixtures().to_str().unwrap()]);
-    assert_eq!(r["imported"], 4, "{r:#}");
+    assert_eq!(r["imported"], 5, "{r:#}");
     assert_eq!(r["ecosystems"]["Debian:12"], 3);
 }
 
@@ -318,7 +318,7 @@ fn a_vulnerable_package_is_reported_and_the_fixed_version_is_not() {
     let r = env.json(&["vulndb", "import", zip.to_str().unwrap()]);
     assert_eq!(
         (r["imported"].as_u64(), r["new"].as_u64()),
-        (Some(4), Some(0))
+        (Some(5), Some(0))
     );
 
     let root = env.path("old");
@@ -571,4 +571,81 @@ fn over_a_long_history_the_walk_back_bisects() {
     // 2 and 3.
     let tried = v["tried"].as_array().unwrap().len();
     assert_eq!(tried, 8, "{v:#}");
+}
+
+/// An AlmaLinux-like root whose RPM database (rpmdb.sqlite) is made by
+/// Debian's rpm tools: openssl-libs built from the openssl source package.
+fn rpm_root(env: &Env, root: &Path, release: &str) {
+    let top = env.path(&format!("rpmbuild-{release}"));
+    std::fs::create_dir_all(top.join("SPECS")).unwrap();
+    std::fs::write(
+        top.join("SPECS/openssl.spec"),
+        format!(
+            "Name: openssl\nEpoch: 1\nVersion: 3.0.7\nRelease: {release}\nSummary: t\nLicense: ASL 2.0\nBuildArch: noarch\n%description\nt\n%package libs\nSummary: t\n%description libs\nt\n%files libs\n"
+        ),
+    )
+    .unwrap();
+    sh(
+        "rpmbuild",
+        &[
+            "--define",
+            &format!("_topdir {}", top.display()),
+            "-bb",
+            top.join("SPECS/openssl.spec").to_str().unwrap(),
+        ],
+    );
+    let db = root.join("var/lib/rpm");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/os-release"),
+        "NAME=\"AlmaLinux\"\nID=\"almalinux\"\nVERSION_ID=\"9.2\"\nPRETTY_NAME=\"AlmaLinux 9.2 (Turquoise Kodkod)\"\n",
+    )
+    .unwrap();
+    sh("rpm", &["--dbpath", db.to_str().unwrap(), "--initdb"]);
+    let rpm = top.join(format!(
+        "RPMS/noarch/openssl-libs-3.0.7-{release}.noarch.rpm"
+    ));
+    sh(
+        "rpm",
+        &[
+            "-i",
+            "--justdb",
+            "--nodeps",
+            "--dbpath",
+            db.to_str().unwrap(),
+            rpm.to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn an_rpm_guest_is_read_from_its_sqlite_database_and_matched_with_rpm_ordering() {
+    let env = Env::new("30d", &[]);
+    import_fixtures(&env);
+    for (name, release, vulnerable) in [("old", "16.el9_2", true), ("new", "18.el9_2", false)] {
+        let root = env.path(&format!("{name}-root"));
+        rpm_root(&env, &root, release);
+        let img = env.path(&format!("{name}.img"));
+        gpt_ext4_image(&img, &root, 32);
+        env.backup(&img, name, "2026-01-01T00:00:00Z");
+        let (_, v) = scan(&env, &format!("{name}@latest"), &[]);
+        assert_eq!(v["packages"], 1, "{v:#}");
+        assert_eq!(v["os"], "AlmaLinux 9.2 (Turquoise Kodkod)");
+        let found = vuln_ids(&v);
+        if vulnerable {
+            assert_eq!(
+                found,
+                BTreeSet::from([("openssl-libs".to_string(), "ALSA-2023:5249".to_string())]),
+                "{v:#}"
+            );
+            let f = &v["vulnerabilities"][0];
+            assert_eq!(f["installed"], "1:3.0.7-16.el9_2");
+            assert_eq!(f["source"], "openssl");
+            assert_eq!(f["fixed"], "1:3.0.7-18.el9_2");
+            assert_eq!(f["severity"], "MODERATE");
+        } else {
+            assert!(found.is_empty(), "the fixed release is not reported: {v:#}");
+        }
+    }
 }
