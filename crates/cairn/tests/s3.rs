@@ -101,13 +101,17 @@ impl S3Env {
     }
 
     fn tool(&self, args: &[&str]) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/s3.py");
         let bucket = self
             .url
             .trim_start_matches("s3://")
             .split('/')
             .next()
             .unwrap();
+        self.tool_on(bucket, args)
+    }
+
+    fn tool_on(&self, bucket: &str, args: &[&str]) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/s3.py");
         let mut all = vec![self.moto.endpoint.as_str(), args[0], bucket];
         all.extend_from_slice(&args[1..]);
         sh("python3", &[&[script.to_str().unwrap()][..], &all].concat())
@@ -425,6 +429,32 @@ fn replicate_local_to_s3_to_local_keeps_snapshots_verdicts_and_pins() {
         third["bytes_copied"].as_u64().unwrap() * 4 < r["bytes_copied"].as_u64().unwrap(),
         "an incremental replication sends little: {third:#} vs {r:#}"
     );
+
+    // S3 to another bucket (a second site): everything, locked there too.
+    let out = env.run(&[
+        "replicate",
+        "--from",
+        s3_url,
+        "--to",
+        "s3://cairn-replica-2/site-b",
+        "--create-bucket",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["snapshots_copied"].as_array().unwrap().len(), 3, "{b:#}");
+    let site_b: Value = serde_json::from_str(&env.tool_on("cairn-replica-2", &["audit"])).unwrap();
+    let site_b = site_b.as_object().unwrap();
+    assert!(site_b.len() > 10);
+    for (k, o) in site_b {
+        if !k.contains("/pins/") {
+            assert_eq!(o["mode"], "COMPLIANCE", "{k}");
+        }
+    }
 
     // And back from S3 to a new local vault.
     let back = env.path("back");
