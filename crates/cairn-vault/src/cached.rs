@@ -4,7 +4,9 @@
 //! time instead of fetching every index from the bucket again. Objects
 //! are write-once, so a cached copy never goes stale; sealed objects are
 //! authenticated when opened, so a tampered copy reads as damage, and a
-//! missing cache is simply rebuilt from the bucket.
+//! missing cache is simply rebuilt from the bucket. Listing and existence
+//! are always asked of the store, so objects another machine pruned are
+//! never taken for present.
 
 use crate::backend::Backend;
 use crate::error::{IoContext, Result};
@@ -93,10 +95,10 @@ impl Backend for CachedBackend {
         self.inner.list(dir)
     }
 
+    /// Always asked of the store: another machine's prune may have
+    /// removed an object this cache still holds, and a writer that
+    /// believed the copy would skip storing it again.
     fn exists(&self, name: &str) -> Result<bool> {
-        if self.local(name).is_some_and(|p| p.is_file()) {
-            return Ok(true);
-        }
         self.inner.exists(name)
     }
 
