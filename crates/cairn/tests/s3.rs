@@ -70,7 +70,6 @@ impl S3Env {
     fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(args)
-            .envs(extra.iter().copied())
             .env("CAIRN_VAULT", &self.url)
             .env("CAIRN_PASSWORD", PASSWORD)
             .env("CAIRN_CACHE_DIR", self.path("cache"))
@@ -79,6 +78,7 @@ impl S3Env {
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
             .env_remove("AWS_PROFILE")
+            .envs(extra.iter().copied())
             .output()
             .unwrap()
     }
@@ -537,4 +537,55 @@ fn large_packs_go_up_in_parts_and_are_locked_like_the_rest() {
     env.ok(&["restore", "big@latest", "--to", out.to_str().unwrap()]);
     assert!(same_bytes(&out, &img));
     env.ok(&["verify", "--read-data"]);
+}
+
+#[test]
+fn what_another_machine_pruned_is_stored_again_despite_a_local_cache() {
+    let env = S3Env::new("cairn-two-hosts");
+    let a = env.path("cache-a");
+    let b = env.path("cache-b");
+    let host = |cache: &Path, args: &[&str]| {
+        let out = env.run_with(
+            args,
+            &[
+                ("CAIRN_CACHE_DIR", cache.to_str().unwrap()),
+                ("CAIRN_S3_LOCK_MARGIN_SECS", "1"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    host(&a, &["init", "--create-bucket", "--retention", "1s"]);
+    let x = env.path("x.img");
+    std::fs::write(&x, noise(2 << 20, 11)).unwrap();
+    let y = env.path("y.img");
+    std::fs::write(&y, noise(2 << 20, 12)).unwrap();
+    host(&a, &["backup", x.to_str().unwrap(), "--name", "d"]);
+    // Host B reads X's snapshot: its map and index are now in B's cache.
+    host(
+        &b,
+        &[
+            "restore",
+            "d@latest",
+            "--to",
+            env.path("b.img").to_str().unwrap(),
+        ],
+    );
+    host(&a, &["backup", y.to_str().unwrap(), "--name", "d"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    // Host A forgets X and prunes its map, index and pack.
+    let pruned = host(&a, &["forget", "--keep-last", "1", "--prune", "--json"]);
+    assert!(pruned.contains("\"maps_deleted\": 1"), "{pruned}");
+    // Host B backs X up again: what its cache still holds must be stored.
+    host(&b, &["backup", x.to_str().unwrap(), "--name", "d"]);
+    // A third host, with nothing cached, restores it.
+    let c = env.path("cache-c");
+    let out = env.path("c.img");
+    host(&c, &["restore", "d@latest", "--to", out.to_str().unwrap()]);
+    assert!(same_bytes(&out, &x));
+    host(&c, &["verify", "--read-data"]);
 }
