@@ -649,3 +649,85 @@ fn an_rpm_guest_is_read_from_its_sqlite_database_and_matched_with_rpm_ordering()
         }
     }
 }
+
+/// Copies a local file into an NTFS partition image (no mount).
+fn ntfs_put(part: &Path, local: &Path, guest: &str) {
+    sh(
+        "ntfscp",
+        &["-q", part.to_str().unwrap(), local.to_str().unwrap(), guest],
+    );
+}
+
+#[test]
+fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
+    let env = Env::new("30d", &[]);
+    // The folders need a mount once (ntfs-3g, FUSE); files go in with
+    // ntfscp afterwards.
+    let part = env.path("ntfs.img");
+    sh("truncate", &["-s", "24M", part.to_str().unwrap()]);
+    sh("mkntfs", &["-F", "-Q", "-q", part.to_str().unwrap()]);
+    let mnt = env.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("ntfs-3g", &[part.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let startup = mnt.join("ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp");
+    let tasks = mnt.join("Windows/System32/Tasks");
+    let made = std::fs::create_dir_all(&startup)
+        .and_then(|_| std::fs::create_dir_all(&tasks))
+        .and_then(|_| std::fs::write(startup.join("desktop.ini"), "[.ShellClassInfo]\r\n"))
+        .and_then(|_| std::fs::write(tasks.join("OneDrive Standalone Update Task"), "<Task/>"));
+    sh("umount", &[mnt.to_str().unwrap()]);
+    made.unwrap();
+    let disk = env.path("win.img");
+    sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
+    sh(
+        "sgdisk",
+        &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
+    );
+    let place = || write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap());
+    place();
+    env.backup(&disk, "win", "2026-04-01T00:00:00Z");
+    let (code, day1) = scan(&env, "win@latest", &[]);
+    assert_eq!(
+        (code, day1["verdict"].as_str()),
+        (Some(0), Some("clean")),
+        "{day1:#}"
+    );
+
+    let bat = env.path("updater.bat");
+    std::fs::write(&bat, "@echo off\r\nstart /b C:\\Users\\Public\\svc.exe\r\n").unwrap();
+    ntfs_put(
+        &part,
+        &bat,
+        "/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/updater.bat",
+    );
+    let task = env.path("task.xml");
+    std::fs::write(
+        &task,
+        "<Task><Actions><Exec><Command>powershell.exe</Command><Arguments>-enc SQBFAFgA</Arguments></Exec></Actions></Task>",
+    )
+    .unwrap();
+    ntfs_put(&part, &task, "/Windows/System32/Tasks/SystemHealthCheck");
+    place();
+    env.backup(&disk, "win", "2026-04-02T00:00:00Z");
+    let (code, v) = scan(&env, "win@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert_eq!(
+        kinds(&v),
+        BTreeSet::from([
+            (
+                "windows_startup".to_string(),
+                "/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/updater.bat"
+                    .to_string()
+            ),
+            (
+                "windows_task".to_string(),
+                "/Windows/System32/Tasks/SystemHealthCheck".to_string()
+            ),
+        ]),
+        "{v:#}"
+    );
+    assert!(
+        v["persistence"].to_string().contains("svc.exe"),
+        "the added line is quoted"
+    );
+}
