@@ -243,7 +243,11 @@ pub fn find_clean(
             Event::Trying(s) => println!("{} ({}):", s.id.short(), s.time.format("%Y-%m-%d %H:%M")),
             Event::Stage(_, st) => println!("  {} ...", st.as_str()),
             Event::Done(t) => {
-                println!("  => {} (decided by {})", t.verdict, t.stage.as_str());
+                if t.verdict == "clean" {
+                    println!("  => clean (passed every check)");
+                } else {
+                    println!("  => {} (decided by {})", t.verdict, t.stage.as_str());
+                }
                 for f in t.findings.iter().take(8) {
                     println!("     {f}");
                 }
