@@ -554,9 +554,14 @@ impl S3Backend {
         let md5 = base64(&md5::Md5::digest(data));
         let mut headers = vec![("content-md5", md5), ("if-none-match", "*".to_string())];
         headers.extend(lock_headers);
-        let r = self
-            .client
-            .send("PUT", Some(&self.client.key(name)), &[], &headers, data)?;
+        let key = self.client.key(name);
+        let mut r = self.client.send("PUT", Some(&key), &[], &headers, data)?;
+        if r.status == 501 {
+            // A store without conditional writes: the HEAD above is the
+            // put-if-absent check (a racing writer stores the same bytes).
+            headers.retain(|(k, _)| *k != "if-none-match");
+            r = self.client.send("PUT", Some(&key), &[], &headers, data)?;
+        }
         match r.status {
             200 => Ok(true),
             // Someone stored it first: content addressing makes it ours.
