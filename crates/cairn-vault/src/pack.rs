@@ -2,7 +2,7 @@
 //! few large writes, and writes each pack's index after it. Full packs are
 //! written by a thread of their own, so the workers that hash, compress
 //! and encrypt never wait on storage (at most one full pack waits in line,
-//! which bounds memory).
+//! which bounds memory; on object storage four are sent at once).
 
 use crate::codec;
 use crate::crypto::random_array;
@@ -31,6 +31,9 @@ pub struct WriteStats {
     pub new_bytes_stored: u64,
 }
 
+/// Packs stored at once on object storage.
+const REMOTE_STORERS: usize = 4;
+
 /// Shared by the worker threads of one backup.
 pub struct PackWriter<'v> {
     vault: &'v Vault,
@@ -51,14 +54,36 @@ impl<'v> PackWriter<'v> {
         vault: &'v Vault,
         body: impl FnOnce(&PackWriter<'v>) -> Result<T>,
     ) -> Result<(T, WriteStats)> {
+        let (tx, rx) = sync_channel::<OpenPack>(1);
+        // A storer that fails drops the receiver, so the workers' next
+        // send fails and the backup stops instead of waiting forever.
+        let rx = Mutex::new(Some(rx));
         std::thread::scope(|s| {
-            let (tx, rx) = sync_channel::<OpenPack>(1);
-            let storer = s.spawn(move || -> Result<()> {
-                for pack in rx {
-                    write_pack(vault, pack)?;
-                }
-                Ok(())
-            });
+            // Object storage answers each PUT after a round trip: several
+            // packs go up at once. A local disk is best written by one.
+            let storers = if vault.backend().as_s3().is_some() {
+                REMOTE_STORERS
+            } else {
+                1
+            };
+            let rx = &rx;
+            let storers: Vec<_> = (0..storers)
+                .map(|_| {
+                    s.spawn(move || -> Result<()> {
+                        loop {
+                            let next = match rx.lock().unwrap().as_ref() {
+                                Some(r) => r.recv(),
+                                None => return Ok(()),
+                            };
+                            let Ok(pack) = next else { return Ok(()) };
+                            if let Err(e) = write_pack(vault, pack) {
+                                *rx.lock().unwrap() = None;
+                                return Err(e);
+                            }
+                        }
+                    })
+                })
+                .collect();
             let writer = PackWriter {
                 vault,
                 open: Mutex::new(OpenPack::default()),
@@ -76,7 +101,9 @@ impl<'v> PackWriter<'v> {
                 new_bytes_stored: writer.stored_bytes.load(Ordering::Relaxed),
             };
             drop(writer);
-            storer.join().expect("the pack storing thread panicked")?;
+            for storer in storers {
+                storer.join().expect("a pack storing thread panicked")?;
+            }
             last?;
             Ok((out?, stats))
         })
