@@ -194,19 +194,28 @@ pub fn chain(vault: &Vault, name: &str) -> Result<Vec<Snapshot>> {
     Ok(chain)
 }
 
+/// The verdict of each scanned snapshot's newest stored result. Read once
+/// per run; a run adds the verdicts it stores (each the newest).
+pub fn latest_verdicts(vault: &Vault) -> HashMap<SnapshotId, ScanVerdict> {
+    latest_reports(vault)
+        .into_iter()
+        .map(|(id, r)| (id, r.verdict))
+        .collect()
+}
+
 /// The baseline persistence is compared with: the newest earlier
-/// snapshot whose stored scan was clean, else the oldest of the chain.
-pub fn baseline_for(vault: &Vault, chain: &[Snapshot], snap: &SnapshotId) -> Option<Snapshot> {
+/// snapshot whose stored scan was clean (`verdicts` from
+/// [`latest_verdicts`]), else the oldest of the chain.
+pub fn baseline_for(
+    chain: &[Snapshot],
+    snap: &SnapshotId,
+    verdicts: &HashMap<SnapshotId, ScanVerdict>,
+) -> Option<Snapshot> {
     let i = chain.iter().position(|s| s.id == *snap)?;
-    let reports = latest_reports(vault);
     chain[..i]
         .iter()
         .rev()
-        .find(|s| {
-            reports
-                .get(&s.id)
-                .is_some_and(|r| r.verdict == ScanVerdict::Clean)
-        })
+        .find(|s| verdicts.get(&s.id) == Some(&ScanVerdict::Clean))
         .or_else(|| chain[..i].first())
         .cloned()
 }
@@ -479,13 +488,14 @@ pub fn scan_many(
     order.sort_by_key(|&i| snaps[i].time);
     let mut targets = Targets::default();
     let mut chains: HashMap<String, Vec<Snapshot>> = HashMap::new();
+    let mut verdicts = latest_verdicts(vault);
     let mut out: Vec<Option<ScanReport>> = vec![None; snaps.len()];
     for i in order {
         let snap = &snaps[i];
         if !chains.contains_key(&snap.name) {
             chains.insert(snap.name.clone(), chain(vault, &snap.name)?);
         }
-        let baseline = baseline_for(vault, &chains[&snap.name], &snap.id);
+        let baseline = baseline_for(&chains[&snap.name], &snap.id, &verdicts);
         if let Some(r) = Scan::stored(vault, snap, baseline.as_ref(), profile) {
             out[i] = Some(r);
             continue;
@@ -506,7 +516,9 @@ pub fn scan_many(
             snap.id.short(),
             t.elapsed()
         );
-        out[i] = Some(scan.finish()?);
+        let report = scan.finish()?;
+        verdicts.insert(report.snapshot.clone(), report.verdict);
+        out[i] = Some(report);
     }
     Ok(out
         .into_iter()

@@ -66,6 +66,8 @@ struct Walker<'a, 'b> {
     tried: Vec<Tried>,
     reports: HashMap<usize, ScanReport>,
     targets: crate::Targets,
+    /// Newest stored verdict per snapshot (for baselines), kept current.
+    verdicts: HashMap<SnapshotId, crate::ScanVerdict>,
 }
 
 impl Walker<'_, '_> {
@@ -100,7 +102,7 @@ impl Walker<'_, '_> {
             tried.findings = reasons.clone();
             return Ok(false);
         }
-        let baseline = crate::baseline_for(self.vault, self.chain, &snap.id);
+        let baseline = crate::baseline_for(self.chain, &snap.id, &self.verdicts);
         let stored = Scan::stored(self.vault, snap, baseline.as_ref(), self.profile);
         let report = match stored {
             Some(r) => r,
@@ -127,7 +129,9 @@ impl Walker<'_, '_> {
                 tried.stage = Stage::Vulnerabilities;
                 (self.on)(Event::Stage(snap, Stage::Vulnerabilities));
                 scan.vulnerabilities(self.profile);
-                scan.finish()?
+                let r = scan.finish()?;
+                self.verdicts.insert(r.snapshot.clone(), r.verdict);
+                r
             }
         };
         if !self.acceptable(report.verdict) {
@@ -228,6 +232,7 @@ pub fn find_clean(
         tried: vec![],
         reports: HashMap::new(),
         targets: crate::Targets::default(),
+        verdicts: crate::latest_verdicts(vault),
     };
     let mut clean = None;
     if let Some(start) = start {

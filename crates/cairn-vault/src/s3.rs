@@ -523,6 +523,16 @@ impl S3Backend {
         Ok(())
     }
 
+    /// HEAD of an object that must exist (NotFound otherwise).
+    fn head_existing(&self, name: &str) -> Result<Response> {
+        self.head(name)?.ok_or_else(|| {
+            Error::io(
+                format!("S3 HEAD {name}"),
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        })
+    }
+
     /// When the lock of `name` ends, if it has one.
     pub fn retain_until(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
         Ok(self.head(name)?.and_then(|r| {
@@ -773,24 +783,14 @@ impl Backend for S3Backend {
     }
 
     fn size(&self, name: &str) -> Result<u64> {
-        let r = self.head(name)?.ok_or_else(|| {
-            Error::io(
-                format!("S3 HEAD {name}"),
-                io::Error::from(io::ErrorKind::NotFound),
-            )
-        })?;
+        let r = self.head_existing(name)?;
         r.header("content-length")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| Error::Invalid(format!("S3 HEAD {name}: no Content-Length")))
     }
 
     fn modified(&self, name: &str) -> Result<std::time::SystemTime> {
-        let r = self.head(name)?.ok_or_else(|| {
-            Error::io(
-                format!("S3 HEAD {name}"),
-                io::Error::from(io::ErrorKind::NotFound),
-            )
-        })?;
+        let r = self.head_existing(name)?;
         r.header("last-modified")
             .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
             .map(|d| d.with_timezone(&Utc).into())
