@@ -140,6 +140,11 @@ fn store(
                 Some(p) => vault.read_disk_map(p).ok(),
                 None => None,
             };
+            if let Some(m) = &parent_map {
+                // Behind a server: learn which of the parent's chunks the
+                // vault still has, so unchanged ones are not offered again.
+                vault.learn_present(m.chunks.iter().flatten().copied())?;
+            }
             let (map, metrics) =
                 disk::ingest(vault, reader.as_ref(), parent_map.as_ref(), progress)?;
             let now = reader
@@ -164,6 +169,10 @@ fn store(
                 Some(p) => vault.read_tree(p).ok(),
                 None => None,
             };
+            if let Some(t) = &parent_tree {
+                vault
+                    .learn_present(t.entries.iter().flat_map(|e| e.chunks.iter().map(|c| c.id)))?;
+            }
             let (tree, metrics) =
                 dir::ingest(vault, &root, parent_tree.as_ref(), progress, &mut warnings)?;
             let size = metrics.logical_size;

@@ -42,6 +42,19 @@ pub trait Backend: Send + Sync {
     fn as_s3(&self) -> Option<&crate::s3::S3Backend> {
         None
     }
+    /// Of `ids`, those the store lacks, when the store can say so without
+    /// showing its index (a Cairn server); `None` for plain storage, where
+    /// the vault's own index answers.
+    fn missing_chunks(
+        &self,
+        _ids: &[crate::hash::ChunkId],
+    ) -> Result<Option<Vec<crate::hash::ChunkId>>> {
+        Ok(None)
+    }
+    /// True when chunk ids are negotiated with [`Backend::missing_chunks`].
+    fn negotiates(&self) -> bool {
+        false
+    }
 }
 
 /// A vault in a local directory. Objects are written to `tmp/`, fsynced,

@@ -18,6 +18,7 @@ pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod prune;
+pub mod remote;
 pub mod replicate;
 pub mod s3;
 pub mod snapshot;

@@ -33,6 +33,16 @@ pub struct WriteStats {
 
 /// Packs stored at once on object storage.
 const REMOTE_STORERS: usize = 4;
+/// Behind a server, new chunks wait in a batch of about this many bytes
+/// until the server has said which of them it lacks.
+const NEGOTIATE_BYTES: usize = 8 << 20;
+
+/// Chunks waiting for the server's answer.
+#[derive(Default)]
+struct Pending {
+    chunks: Vec<(ChunkId, Vec<u8>, Option<f32>)>,
+    bytes: usize,
+}
 
 /// Shared by the worker threads of one backup.
 pub struct PackWriter<'v> {
@@ -40,6 +50,7 @@ pub struct PackWriter<'v> {
     open: Mutex<OpenPack>,
     full: Mutex<Option<SyncSender<OpenPack>>>,
     in_flight: Mutex<HashSet<ChunkId>>,
+    pending: Mutex<Pending>,
     /// Bytes of new data stored (sealed) and their plaintext size.
     pub stored_bytes: AtomicU64,
     pub raw_bytes: AtomicU64,
@@ -61,11 +72,8 @@ impl<'v> PackWriter<'v> {
         std::thread::scope(|s| {
             // Object storage answers each PUT after a round trip: several
             // packs go up at once. A local disk is best written by one.
-            let storers = if vault.backend().as_s3().is_some() {
-                REMOTE_STORERS
-            } else {
-                1
-            };
+            let remote = vault.backend().as_s3().is_some() || vault.backend().negotiates();
+            let storers = if remote { REMOTE_STORERS } else { 1 };
             let rx = &rx;
             let storers: Vec<_> = (0..storers)
                 .map(|_| {
@@ -89,6 +97,7 @@ impl<'v> PackWriter<'v> {
                 open: Mutex::new(OpenPack::default()),
                 full: Mutex::new(Some(tx)),
                 in_flight: Mutex::new(HashSet::new()),
+                pending: Mutex::new(Pending::default()),
                 stored_bytes: AtomicU64::new(0),
                 raw_bytes: AtomicU64::new(0),
                 new_chunks: AtomicU64::new(0),
@@ -114,12 +123,48 @@ impl<'v> PackWriter<'v> {
         self.vault.has_chunk(id) || self.in_flight.lock().unwrap().contains(id)
     }
 
-    /// Stores a chunk unless it is known. Returns the stored size when it
-    /// was new.
-    pub fn add(&self, id: ChunkId, data: &[u8], entropy: Option<f32>) -> Result<Option<u64>> {
+    /// Stores a chunk unless it is known. Behind a server, the chunk
+    /// waits in a batch whose ids are offered first; only those the
+    /// server lacks are sealed and sent.
+    pub fn add(&self, id: ChunkId, data: &[u8], entropy: Option<f32>) -> Result<()> {
         if self.vault.has_chunk(&id) || !self.in_flight.lock().unwrap().insert(id) {
-            return Ok(None);
+            return Ok(());
         }
+        if !self.vault.backend().negotiates() {
+            return self.store(id, data, entropy);
+        }
+        let batch = {
+            let mut p = self.pending.lock().unwrap();
+            p.chunks.push((id, data.to_vec(), entropy));
+            p.bytes += data.len();
+            (p.bytes >= NEGOTIATE_BYTES).then(|| std::mem::take(&mut *p))
+        };
+        match batch {
+            Some(b) => self.negotiate(b),
+            None => Ok(()),
+        }
+    }
+
+    fn negotiate(&self, batch: Pending) -> Result<()> {
+        let ids: Vec<ChunkId> = batch.chunks.iter().map(|c| c.0).collect();
+        let missing: HashSet<ChunkId> = self
+            .vault
+            .backend()
+            .missing_chunks(&ids)?
+            .unwrap_or(ids)
+            .into_iter()
+            .collect();
+        for (id, data, entropy) in batch.chunks {
+            if missing.contains(&id) {
+                self.store(id, &data, entropy)?;
+            } else {
+                self.vault.mark_present([id]);
+            }
+        }
+        Ok(())
+    }
+
+    fn store(&self, id: ChunkId, data: &[u8], entropy: Option<f32>) -> Result<()> {
         let sealed = codec::seal(
             self.vault.cipher(),
             data,
@@ -150,7 +195,7 @@ impl<'v> PackWriter<'v> {
         self.raw_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.new_chunks.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(stored))
+        Ok(())
     }
 
     fn send(&self, pack: OpenPack) -> Result<()> {
@@ -162,8 +207,16 @@ impl<'v> PackWriter<'v> {
         }
     }
 
-    /// Queues the pack in progress and closes the queue.
+    /// Offers the last batch, queues the pack in progress and closes the
+    /// queue.
     fn finish(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+        if !batch.chunks.is_empty()
+            && let Err(e) = self.negotiate(batch)
+        {
+            self.full.lock().unwrap().take();
+            return Err(e);
+        }
         let pack = std::mem::take(&mut *self.open.lock().unwrap());
         let r = if pack.entries.is_empty() {
             Ok(())

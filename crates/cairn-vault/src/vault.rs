@@ -64,10 +64,12 @@ pub struct S3InitOptions {
     pub no_lock: bool,
 }
 
-/// Where a vault lives: a local directory, or `s3://BUCKET/PREFIX`.
+/// Where a vault lives: a local directory, `s3://BUCKET/PREFIX`, or a
+/// Cairn server (`cairn serve`) reached with a token.
 pub enum Location {
     Local(PathBuf),
     S3(crate::s3::S3Location),
+    Server(crate::remote::ServerLocation),
 }
 
 impl Location {
@@ -79,27 +81,28 @@ impl Location {
         }
     }
 
-    /// The local directory of the vault: the vault itself, or for an S3
-    /// vault the per-machine state beside it (locks, caches), under
+    /// The local directory of the vault: the vault itself, or for a
+    /// remote vault the per-machine state beside it (locks, caches), under
     /// `CAIRN_CACHE_DIR` or `~/.cache/cairn`.
     pub fn local_dir(&self) -> PathBuf {
+        let base = || {
+            std::env::var_os("CAIRN_CACHE_DIR")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("cairn"))
+                })
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn")))
+                .unwrap_or_else(|| PathBuf::from("/var/cache/cairn"))
+        };
+        let tag = |s: String| hex::encode(&blake3::hash(s.as_bytes()).as_bytes()[..8]);
         match self {
             Location::Local(p) => p.clone(),
-            Location::S3(l) => {
-                let base = std::env::var_os("CAIRN_CACHE_DIR")
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("cairn"))
-                    })
-                    .or_else(|| {
-                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn"))
-                    })
-                    .unwrap_or_else(|| PathBuf::from("/var/cache/cairn"));
-                let tag = hex::encode(
-                    &blake3::hash(format!("{}|{}", l.endpoint, l.url()).as_bytes()).as_bytes()[..8],
-                );
-                base.join(format!("s3-{}-{tag}", l.bucket))
-            }
+            Location::S3(l) => base().join(format!(
+                "s3-{}-{}",
+                l.bucket,
+                tag(format!("{}|{}", l.endpoint, l.url()))
+            )),
+            Location::Server(l) => base().join(format!("server-{}", tag(l.url.clone()))),
         }
     }
 }
@@ -132,6 +135,9 @@ pub struct Vault {
     cipher: Cipher,
     hasher: Hasher,
     index: RwLock<ChunkIndex>,
+    /// Behind a Cairn server: chunks the server said it has (the index
+    /// itself is not shown to agents).
+    known: RwLock<std::collections::HashSet<ChunkId>>,
     /// Remote vaults: whole packs recently fetched (one request per pack
     /// instead of one per chunk). Each slot is filled by the first reader;
     /// others wanting the same pack wait for it.
@@ -230,6 +236,12 @@ impl Vault {
         let mut object_lock = false;
         let backend: Box<dyn Backend> = match loc {
             Location::Local(_) => Box::new(LocalBackend::new(root)),
+            Location::Server(l) => {
+                return Err(Error::Invalid(format!(
+                    "{}: a vault is created where it is stored (on the server: `cairn init --vault DIR`, then `cairn serve`)",
+                    l.url
+                )));
+            }
             Location::S3(l) => {
                 let client = crate::s3::S3Client::new(l.clone())?;
                 if s3.create_bucket {
@@ -303,6 +315,7 @@ impl Vault {
             Location::S3(l) => {
                 crate::s3::S3Backend::new(crate::s3::S3Client::new(l.clone())?).exists("config")
             }
+            Location::Server(l) => crate::remote::RemoteBackend::new(l.clone())?.exists("config"),
         }
     }
 
@@ -340,6 +353,13 @@ impl Vault {
                     )));
                 }
                 Box::new(b)
+            }
+            Location::Server(l) => {
+                for d in ["locks", "tmp"] {
+                    std::fs::create_dir_all(root.join(d))
+                        .ctx(|| format!("creating {}", root.join(d).display()))?;
+                }
+                Box::new(crate::remote::RemoteBackend::new(l.clone())?)
             }
         };
         let config: Config = serde_json::from_slice(&backend.get("config")?)
@@ -383,6 +403,7 @@ impl Vault {
             cipher: Cipher::new(&master.encryption),
             hasher: Hasher::new(&master.id),
             index: RwLock::new(ChunkIndex::default()),
+            known: RwLock::new(Default::default()),
             packs: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(REMOTE_PACKS).unwrap(),
             )),
@@ -411,7 +432,12 @@ impl Vault {
     }
 
     pub fn read_pack_index(&self, name: &str) -> Result<PackIndex> {
-        let bytes = self.read_object(name)?;
+        self.parse_pack_index(name, &self.backend.get(name)?)
+    }
+
+    /// A pack index from its sealed bytes (checked before it is stored).
+    pub fn parse_pack_index(&self, name: &str, sealed: &[u8]) -> Result<PackIndex> {
+        let bytes = self.open_object(name, sealed)?;
         let idx: PackIndex =
             postcard::from_bytes(&bytes).map_err(|e| Error::damaged(name, e.to_string()))?;
         if index_object(&idx.pack) != name {
@@ -440,11 +466,45 @@ impl Vault {
     }
 
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.index.read().unwrap().contains(id)
+        self.index.read().unwrap().contains(id) || self.known.read().unwrap().contains(id)
     }
 
-    pub(crate) fn add_index(&self, idx: &PackIndex) {
+    /// Adds a pack's index to the in-memory one (after the pack and its
+    /// index object are stored).
+    pub fn add_index(&self, idx: &PackIndex) {
         self.index.write().unwrap().add(idx);
+    }
+
+    /// Behind a server: asks which of `ids` the vault has and remembers
+    /// them, so that a backup neither re-reads unchanged files nor offers
+    /// their chunks again. Does nothing for a vault that holds its index.
+    pub fn learn_present(&self, ids: impl IntoIterator<Item = ChunkId>) -> Result<()> {
+        if !self.backend.negotiates() {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = {
+            let known = self.known.read().unwrap();
+            let mut seen = std::collections::HashSet::new();
+            ids.into_iter()
+                .filter(|id| !known.contains(id) && seen.insert(*id))
+                .collect()
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let missing: std::collections::HashSet<ChunkId> = self
+            .backend
+            .missing_chunks(&ids)?
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        self.mark_present(ids.into_iter().filter(|id| !missing.contains(id)));
+        Ok(())
+    }
+
+    /// Records chunks the server said it has.
+    pub fn mark_present(&self, ids: impl IntoIterator<Item = ChunkId>) {
+        self.known.write().unwrap().extend(ids);
     }
 
     pub fn retain_until_from_now(&self) -> DateTime<Utc> {
@@ -500,7 +560,12 @@ impl Vault {
     }
 
     pub fn read_object(&self, name: &str) -> Result<Vec<u8>> {
-        codec::open(&self.cipher, name, &self.backend.get(name)?, MAX_OBJECT)
+        self.open_object(name, &self.backend.get(name)?)
+    }
+
+    /// Decrypts and unframes a sealed object's bytes.
+    pub fn open_object(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        codec::open(&self.cipher, name, sealed, MAX_OBJECT)
     }
 
     /// Stores a disk map or tree, content-addressed; returns its name.
@@ -549,7 +614,12 @@ impl Vault {
     }
 
     pub fn read_snapshot(&self, name: &str) -> Result<Snapshot> {
-        let bytes = self.read_object(name)?;
+        self.parse_snapshot(name, &self.backend.get(name)?)
+    }
+
+    /// A manifest from its sealed bytes (checked before it is stored).
+    pub fn parse_snapshot(&self, name: &str, sealed: &[u8]) -> Result<Snapshot> {
+        let bytes = self.open_object(name, sealed)?;
         let snap: Snapshot =
             serde_json::from_slice(&bytes).map_err(|e| Error::damaged(name, e.to_string()))?;
         if Snapshot::object_name(&snap.id) != name {

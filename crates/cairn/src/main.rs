@@ -79,6 +79,13 @@ enum Command {
         time: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Back up through a Cairn server (`cairn serve`) instead of
+        /// --vault: only chunks the server lacks are sent.
+        #[arg(long, requires = "token")]
+        server: Option<String>,
+        /// The agent token for --server.
+        #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// List snapshots.
     Snapshots { name: Option<String> },
@@ -322,10 +329,57 @@ enum Command {
         #[arg(long)]
         no_lock: bool,
     },
+    /// Serve the vault over HTTP(S): the API agents back up through (they
+    /// can only add), the operators' API and web console, the scheduler,
+    /// /metrics. Prints the URL first, then serves until stopped.
+    Serve {
+        /// Default 127.0.0.1:8080 (or `listen` in the config).
+        #[arg(long)]
+        listen: Option<String>,
+        /// TOML: listen, tls_cert/tls_key, webhook, [[source]] policies.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// API tokens for `cairn serve` (stored hashed beside the vault).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// The server's audit log: list it, or verify its hash chain (exit 3
+    /// when it is broken).
+    Audit {
+        #[command(subcommand)]
+        action: Option<AuditAction>,
+    },
     /// Pin a snapshot: it is never forgotten.
     Pin { snapshot: String },
     /// Unpin a snapshot.
     Unpin { snapshot: String },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token; prints it as the last line (it is not shown again).
+    Create {
+        /// agent (append-only), operator or admin.
+        #[arg(long)]
+        role: String,
+        /// Agent tokens: a source name it may back up (repeat; '*' for any).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the hash chain; exit 3 when an entry was edited, removed or moved.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -517,7 +571,15 @@ fn run(cli: Cli) -> Result<u8> {
             name,
             time,
             tags,
-        } => backup(&cli, source, name, *time, tags),
+            server,
+            token,
+        } => match server {
+            Some(url) => remote_backup(&cli, source, name, *time, tags, url, token.as_deref()),
+            None => backup(&cli, source, name, *time, tags),
+        },
+        Command::Serve { listen, config } => serve(&cli, listen.as_deref(), config.as_deref()),
+        Command::Token { action } => token(&cli, action),
+        Command::Audit { action } => audit(&cli, action.as_ref()),
         Command::Snapshots { name } => snapshots(&cli, name.as_deref()),
         Command::Restore {
             snapshot,
@@ -895,6 +957,195 @@ fn backup(
         Ok(o) => Ok(insight_cmd::report(&o, cli.json)),
         Err(e) => {
             eprintln!("warning: the snapshot was saved, but insight could not score it: {e}");
+            Ok(0)
+        }
+    }
+}
+
+/// A backup through `cairn serve`: the vault's key is unwrapped here
+/// (the password never leaves this machine), chunk ids are offered to the
+/// server and only the missing chunks go up. The server scores the new
+/// snapshot itself.
+fn remote_backup(
+    cli: &Cli,
+    source: &Path,
+    name: &str,
+    time: Option<chrono::DateTime<chrono::Utc>>,
+    tags: &[String],
+    url: &str,
+    token: Option<&str>,
+) -> Result<u8> {
+    let token = token.context("--server needs --token (or CAIRN_TOKEN)")?;
+    let loc = Location::Server(cairn_vault::remote::ServerLocation {
+        url: url.to_string(),
+        token: token.to_string(),
+    });
+    let vault = Arc::new(Vault::open_at(&loc, &password(false)?)?);
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(progress.clone(), "backup", cli.quiet || cli.json);
+    let out = cairn_ingest::backup(
+        &vault,
+        source,
+        &BackupOptions {
+            name: name.to_string(),
+            time,
+            tags: tags.to_vec(),
+        },
+        &progress,
+    );
+    drop(bar);
+    print_backup(cli, &out?, None);
+    Ok(0)
+}
+
+fn server_state_dir(cli: &Cli) -> Result<PathBuf> {
+    Ok(cairn_server::state_dir(&location(cli)?.local_dir()))
+}
+
+fn serve(cli: &Cli, listen: Option<&str>, config: Option<&Path>) -> Result<u8> {
+    let config = match config {
+        Some(p) => cairn_server::config::ServerConfig::load(p)?,
+        None => Default::default(),
+    };
+    let vault = open(cli)?;
+    let addr = listen
+        .map(str::to_string)
+        .or_else(|| config.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let st = cairn_server::AppState::new(vault, config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let bound = listener.local_addr()?;
+        if st.tokens.list()?.iter().all(|t| t.revoked) {
+            eprintln!(
+                "no tokens yet: create one with `cairn token create --role admin` (agents: --role agent --source NAME)"
+            );
+        }
+        println!("{scheme}://{bound}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        cairn_server::serve(st, listener).await
+    })?;
+    Ok(0)
+}
+
+fn token(cli: &Cli, action: &TokenAction) -> Result<u8> {
+    let dir = server_state_dir(cli)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tokens = cairn_server::tokens::Tokens::new(&dir);
+    let audit = cairn_server::audit::AuditLog::new(&dir);
+    match action {
+        TokenAction::Create {
+            role,
+            sources,
+            label,
+        } => {
+            let role = cairn_server::tokens::Role::parse(role)?;
+            let (rec, secret) = tokens.create(role, sources.clone(), label)?;
+            audit.append(
+                "local",
+                "admin",
+                "token create",
+                &format!("{} {}", rec.id, role.as_str()),
+                "ok",
+            )?;
+            if cli.json {
+                print_json(
+                    &json!({"id": rec.id, "role": rec.role, "sources": rec.sources, "token": secret}),
+                );
+            } else {
+                println!(
+                    "token {} ({}{})",
+                    rec.id,
+                    role.as_str(),
+                    if rec.sources.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for {}", rec.sources.join(", "))
+                    }
+                );
+                println!("{secret}");
+            }
+        }
+        TokenAction::List => {
+            let list = tokens.list()?;
+            if cli.json {
+                print_json(&list.iter().map(|t| json!({"id": t.id, "role": t.role, "sources": t.sources, "label": t.label, "created": t.created, "revoked": t.revoked})).collect::<Vec<_>>());
+            } else {
+                for t in list {
+                    println!(
+                        "{} {:8} {:20} {} {}{}",
+                        t.id,
+                        t.role.as_str(),
+                        t.sources.join(","),
+                        t.created.format("%Y-%m-%d %H:%M"),
+                        t.label,
+                        if t.revoked { " (revoked)" } else { "" }
+                    );
+                }
+            }
+        }
+        TokenAction::Revoke { id } => {
+            if !tokens.revoke(id)? {
+                bail!("no active token {id} (see `cairn token list`)");
+            }
+            audit.append("local", "admin", "token revoke", id, "ok")?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(0)
+}
+
+fn audit(cli: &Cli, action: Option<&AuditAction>) -> Result<u8> {
+    let dir = server_state_dir(cli)?;
+    let log = cairn_server::audit::AuditLog::new(&dir);
+    match action {
+        Some(AuditAction::Verify) => match log.verify()? {
+            Ok(n) => {
+                if cli.json {
+                    print_json(&json!({"ok": true, "entries": n}));
+                } else {
+                    println!("audit log intact: {n} entries, hash chain verified");
+                }
+                Ok(0)
+            }
+            Err(b) => {
+                if cli.json {
+                    print_json(&json!({"ok": false, "line": b.line, "reason": b.reason}));
+                } else {
+                    println!("audit log BROKEN at line {}: {}", b.line, b.reason);
+                }
+                Ok(FOUND)
+            }
+        },
+        None => {
+            let entries = log.entries()?;
+            if cli.json {
+                print_json(&entries);
+            } else {
+                for e in entries {
+                    println!(
+                        "{:>5} {} {} {:8} {} {} {}",
+                        e.seq,
+                        e.time.format("%Y-%m-%d %H:%M:%S"),
+                        e.actor,
+                        e.role,
+                        e.action,
+                        e.target,
+                        e.outcome
+                    );
+                }
+            }
             Ok(0)
         }
     }

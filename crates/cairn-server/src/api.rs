@@ -1,0 +1,657 @@
+//! The JSON API operators and admins use (the console renders the same
+//! calls): sources, timelines, snapshots, scans and the walk back to a
+//! clean point as jobs with live events, restore, and the admin actions.
+
+use crate::jobs::Job;
+use crate::tokens::Role;
+use crate::{ApiError, Caller, Shared, blocking};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cairn_scan::{Profile, Scan, ScanReport, Targets};
+use cairn_vault::Snapshot;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/api/v1/sources", get(sources))
+        .route("/api/v1/sources/{name}/timeline", get(timeline))
+        .route("/api/v1/sources/{name}/timeline.svg", get(timeline_svg))
+        .route("/api/v1/sources/{name}/find-clean", post(find_clean))
+        .route("/api/v1/snapshots/{spec}", get(snapshot))
+        .route("/api/v1/snapshots/{spec}/scan", post(scan))
+        .route("/api/v1/snapshots/{spec}/restore", post(restore))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}/events", get(job_events))
+        .route("/api/v1/forget", post(forget))
+        .route("/api/v1/prune", post(prune))
+        .route("/api/v1/pins/{spec}", post(pin).delete(unpin))
+        .route("/api/v1/tokens", get(tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/audit/verify", get(audit_verify))
+}
+
+/// A JSON body, with a JSON error when it does not parse.
+fn body<T: DeserializeOwned + Default>(b: &Bytes) -> Result<T, ApiError> {
+    if b.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(b).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))
+}
+
+// ---- sources and snapshots ----
+
+/// One row per source: its newest snapshot, verdicts and last clean point.
+pub fn sources_overview(st: &Shared) -> Result<Vec<Value>, ApiError> {
+    let (snaps, _) = st.vault.snapshots()?;
+    let mut names: Vec<String> = snaps.iter().map(|s| s.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    let scans = cairn_scan::latest_verdicts(&st.vault);
+    let mut out = Vec::new();
+    for name in names {
+        let t = cairn_insight::timeline(&st.vault, &name, &mut |_| {})?;
+        let latest = t.entries.last().expect("a timeline has entries");
+        out.push(json!({
+            "name": name,
+            "kind": latest.snapshot.source.kind,
+            "snapshots": t.entries.len(),
+            "latest": {
+                "id": latest.snapshot.id.0,
+                "time": latest.snapshot.time,
+                "verdict": latest.assessment.verdict.as_str(),
+                "score": latest.assessment.score,
+                "scan": scans.get(&latest.snapshot.id).map(|v| v.as_str()),
+            },
+            "last_clean": t.last_clean().map(|e| json!({"id": e.snapshot.id.0, "time": e.snapshot.time})),
+        }));
+    }
+    Ok(out)
+}
+
+async fn sources(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let v = blocking(move || sources_overview(&st)).await?;
+    Ok(axum::Json(v).into_response())
+}
+
+/// The timeline as `cairn timeline --json` prints it, plus scan verdicts.
+pub fn timeline_json(st: &Shared, name: &str) -> Result<Value, ApiError> {
+    let t = cairn_insight::timeline(&st.vault, name, &mut |_| {})?;
+    let scans = cairn_scan::latest_verdicts(&st.vault);
+    let mut v = t.to_json();
+    if let Some(list) = v["snapshots"].as_array_mut() {
+        for s in list {
+            let id = cairn_vault::SnapshotId(s["id"].as_str().unwrap_or("").to_string());
+            s["scan"] = json!(scans.get(&id).map(|v| v.as_str()));
+        }
+    }
+    Ok(v)
+}
+
+async fn timeline(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let v = blocking(move || timeline_json(&st, &name)).await?;
+    Ok(axum::Json(v).into_response())
+}
+
+async fn timeline_svg(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let svg = blocking(move || {
+        let t = cairn_insight::timeline(&st.vault, &name, &mut |_| {})?;
+        Ok(cairn_insight::svg::render(&t))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+/// A snapshot's manifest, its insight record (file changes, findings)
+/// and its newest stored scan.
+pub fn snapshot_detail(st: &Shared, spec: &str) -> Result<Value, ApiError> {
+    let snap = st.vault.resolve(spec)?;
+    let record = cairn_insight::load(&st.vault, &snap.id);
+    let scan = cairn_scan::latest_reports(&st.vault).remove(&snap.id);
+    Ok(json!({
+        "snapshot": snap,
+        "insight": record,
+        "scan": scan,
+    }))
+}
+
+async fn snapshot(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(spec): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let v = blocking(move || snapshot_detail(&st, &spec)).await?;
+    Ok(axum::Json(v).into_response())
+}
+
+// ---- jobs ----
+
+fn job_started(job: &Job) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "job": job.id,
+            "events": format!("/api/v1/jobs/{}/events", job.id),
+        })),
+    )
+        .into_response()
+}
+
+fn report_findings(job: &Job, r: &ScanReport) {
+    for h in &r.malware {
+        job.push(
+            "finding",
+            json!({"kind": "malware", "severity": h.severity, "text": format!("{} at {} (offset {})", h.rule, h.path, h.offset)}),
+        );
+    }
+    for p in &r.persistence {
+        job.push(
+            "finding",
+            json!({"kind": "persistence", "severity": p.severity, "text": format!("{} {}: {}", p.kind, p.path, p.detail)}),
+        );
+    }
+    for v in &r.vulnerabilities {
+        job.push(
+            "finding",
+            json!({"kind": "vulnerability", "severity": v.severity, "text": format!("{} {} {}: {}", v.package, v.installed, v.id, v.summary)}),
+        );
+    }
+}
+
+fn count_scan(st: &Shared, r: &ScanReport) {
+    st.metrics
+        .add("cairn_scans_total", &[("verdict", r.verdict.as_str())], 1.0);
+    for (kind, n) in [
+        ("malware", r.malware.len()),
+        ("persistence", r.persistence.len()),
+        ("vulnerability", r.vulnerabilities.len()),
+    ] {
+        st.metrics
+            .add("cairn_scan_findings_total", &[("kind", kind)], n as f64);
+    }
+}
+
+/// Scans one snapshot stage by stage, sending each stage's findings as
+/// soon as it ends.
+pub fn run_scan(st: &Shared, job: &Job, spec: &str) -> anyhow::Result<Value> {
+    let _one = st.scan_lock.lock().unwrap();
+    let vault = &st.vault;
+    let snap = vault.resolve(spec)?;
+    let mut profile = Profile::load(vault, None)?;
+    let chain = cairn_scan::chain(vault, &snap.name)?;
+    let verdicts = cairn_scan::latest_verdicts(vault);
+    let baseline = cairn_scan::baseline_for(&chain, &snap.id, &verdicts);
+    let report = match Scan::stored(vault, &snap, baseline.as_ref(), &profile) {
+        Some(r) => {
+            job.push("stage", json!({"stage": "stored", "snapshot": snap.id.0}));
+            report_findings(job, &r);
+            r
+        }
+        None => {
+            let mut targets = Targets::default();
+            job.push("stage", json!({"stage": "opening", "snapshot": snap.id.0}));
+            let mut scan = Scan::start(vault, &snap, baseline.as_ref(), &profile, &mut targets)?;
+            job.push("stage", json!({"stage": "persistence"}));
+            scan.persistence();
+            for p in &scan.report.persistence {
+                job.push(
+                    "finding",
+                    json!({"kind": "persistence", "severity": p.severity, "text": format!("{} {}: {}", p.kind, p.path, p.detail)}),
+                );
+            }
+            job.push("stage", json!({"stage": "malware"}));
+            let last = std::sync::Mutex::new(std::time::Instant::now());
+            scan.malware(&mut profile, &|done, total| {
+                let mut l = last.lock().unwrap();
+                if l.elapsed().as_millis() >= 500 {
+                    *l = std::time::Instant::now();
+                    job.push("progress", json!({"done": done, "total": total}));
+                }
+            });
+            for h in &scan.report.malware {
+                job.push(
+                    "finding",
+                    json!({"kind": "malware", "severity": h.severity, "text": format!("{} at {} (offset {})", h.rule, h.path, h.offset)}),
+                );
+            }
+            job.push("stage", json!({"stage": "vulnerabilities"}));
+            scan.vulnerabilities(&profile);
+            for v in &scan.report.vulnerabilities {
+                job.push(
+                    "finding",
+                    json!({"kind": "vulnerability", "severity": v.severity, "text": format!("{} {} {}: {}", v.package, v.installed, v.id, v.summary)}),
+                );
+            }
+            scan.finish()?
+        }
+    };
+    count_scan(st, &report);
+    Ok(json!({
+        "snapshot": report.snapshot.0,
+        "verdict": report.verdict.as_str(),
+        "malware": report.malware.len(),
+        "persistence": report.persistence.len(),
+        "vulnerabilities": report.vulnerabilities.len(),
+    }))
+}
+
+pub fn start_scan(st: &Shared, spec: String) -> Arc<Job> {
+    let s = st.clone();
+    st.jobs
+        .spawn("scan", &spec.clone(), move |job| run_scan(&s, job, &spec))
+}
+
+async fn scan(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(spec): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let s = st.clone();
+    let sp = spec.clone();
+    blocking(move || Ok(s.vault.resolve(&sp)?)).await?;
+    Ok(job_started(&start_scan(&st, spec)))
+}
+
+#[derive(Deserialize, Default)]
+struct FindCleanBody {
+    #[serde(default)]
+    accept_warnings: bool,
+}
+
+pub fn start_find_clean(st: &Shared, name: String, accept_warnings: bool) -> Arc<Job> {
+    let s = st.clone();
+    st.jobs.spawn("find-clean", &name.clone(), move |job| {
+        let _one = s.scan_lock.lock().unwrap();
+        let mut profile = Profile::load(&s.vault, None)?;
+        let report = cairn_scan::walkback::find_clean(
+            &s.vault,
+            &name,
+            &mut profile,
+            cairn_scan::walkback::Options {
+                accept_warnings,
+                boot_check: None,
+            },
+            &mut |ev| match ev {
+                cairn_scan::walkback::Event::Plan { start, reason, .. } => job.push(
+                    "stage",
+                    json!({"stage": "plan", "start": start.map(|s| s.id.0.clone()), "reason": reason}),
+                ),
+                cairn_scan::walkback::Event::Trying(s) => {
+                    job.push("stage", json!({"stage": "trying", "snapshot": s.id.0}))
+                }
+                cairn_scan::walkback::Event::Stage(s, stage) => job.push(
+                    "stage",
+                    json!({"stage": stage.as_str(), "snapshot": s.id.0}),
+                ),
+                cairn_scan::walkback::Event::Done(t) => {
+                    for f in &t.findings {
+                        job.push(
+                            "finding",
+                            json!({"kind": t.stage.as_str(), "snapshot": t.id.0, "text": f}),
+                        );
+                    }
+                    job.push("tried", serde_json::to_value(t).unwrap_or_default());
+                }
+            },
+        )?;
+        Ok(serde_json::to_value(&report)?)
+    })
+}
+
+async fn find_clean(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let opts: FindCleanBody = body(&b)?;
+    let s = st.clone();
+    let n = name.clone();
+    blocking(move || Ok(cairn_scan::chain(&s.vault, &n)?)).await?;
+    Ok(job_started(&start_find_clean(
+        &st,
+        name,
+        opts.accept_warnings,
+    )))
+}
+
+#[derive(Deserialize, Default)]
+struct RestoreBody {
+    /// A path on the server: a disk image file, or an empty directory.
+    to: String,
+}
+
+async fn restore(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(spec): Path<String>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let RestoreBody { to } = body(&b)?;
+    if to.is_empty() {
+        return Err(ApiError::bad("say where to restore: {\"to\": \"/path\"}"));
+    }
+    let s = st.clone();
+    let sp = spec.clone();
+    let snap: Snapshot = blocking(move || Ok(s.vault.resolve(&sp)?)).await?;
+    let s = st.clone();
+    let job = st.jobs.spawn("restore", &spec, move |job| {
+        let to = std::path::PathBuf::from(&to);
+        job.push(
+            "stage",
+            json!({"stage": "restoring", "snapshot": snap.id.0, "to": to}),
+        );
+        match snap.source.kind {
+            cairn_vault::SourceKind::Disk => {
+                let disk = Arc::new(cairn_vault::SnapshotDisk::open(s.vault.clone(), &snap, 64)?);
+                let r = cairn_recover_disk(&disk, &to)?;
+                Ok(r)
+            }
+            cairn_vault::SourceKind::Directory => anyhow::bail!(
+                "directory snapshots are restored with `cairn restore` on the server for now"
+            ),
+        }
+    });
+    Ok(job_started(&job))
+}
+
+/// Writes a disk snapshot to a new file, sparse, and says how much.
+fn cairn_recover_disk(
+    disk: &Arc<cairn_vault::SnapshotDisk>,
+    to: &std::path::Path,
+) -> anyhow::Result<Value> {
+    use cairn_vault::BlockSource;
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|e| {
+            anyhow::anyhow!("creating {}: {e} (the target must not exist)", to.display())
+        })?;
+    let size = disk.size();
+    f.set_len(size)?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut written = 0u64;
+    let mut off = 0u64;
+    while off < size {
+        let n = ((size - off) as usize).min(buf.len());
+        disk.read_at(off, &mut buf[..n])?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            f.write_all_at(&buf[..n], off)?;
+            written += n as u64;
+        }
+        off += n as u64;
+    }
+    f.sync_all()?;
+    Ok(json!({"to": to, "size": size, "written": written}))
+}
+
+async fn jobs(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let list: Vec<Value> = st
+        .jobs
+        .list()
+        .iter()
+        .map(|j| {
+            let (ev, done) = j.since(0);
+            json!({"id": j.id, "kind": j.kind, "target": j.target, "started": j.started, "done": done, "events": ev.len()})
+        })
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+fn find_job(st: &Shared, id: &str) -> Result<Arc<Job>, ApiError> {
+    id.parse()
+        .ok()
+        .and_then(|id| st.jobs.get(id))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")))
+}
+
+async fn job(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    Ok(axum::Json(find_job(&st, &id)?.summary()).into_response())
+}
+
+/// Server-sent events: every event of the job from the start, then new
+/// ones as they happen; the stream ends after `done` or `error`.
+async fn job_events(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let job = find_job(&st, &id)?;
+    let rx = job.subscribe();
+    let stream = futures_util::stream::unfold(
+        (job, rx, 0usize, Vec::<crate::jobs::JobEvent>::new(), false),
+        |(job, mut rx, mut next, mut queue, mut finished)| async move {
+            loop {
+                if !queue.is_empty() {
+                    let e = queue.remove(0);
+                    let ev = Event::default()
+                        .event(e.kind.clone())
+                        .data(e.data.to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (job, rx, next, queue, finished),
+                    ));
+                }
+                if finished {
+                    return None;
+                }
+                let (new, done) = job.since(next);
+                next += new.len();
+                queue = new;
+                finished = done;
+                if queue.is_empty() && !finished && rx.changed().await.is_err() {
+                    finished = true;
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+// ---- admin ----
+
+#[derive(Deserialize, Default)]
+struct ForgetBody {
+    #[serde(default)]
+    names: Vec<String>,
+    keep_last: Option<usize>,
+    keep_within: Option<String>,
+    keep_daily: Option<usize>,
+    keep_weekly: Option<usize>,
+    keep_monthly: Option<usize>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn forget(State(st): State<Shared>, caller: Caller, b: Bytes) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let f: ForgetBody = body(&b)?;
+    let within = match &f.keep_within {
+        Some(s) => Some(parse_days(s)?),
+        None => None,
+    };
+    let policy = cairn_vault::prune::KeepPolicy {
+        last: f.keep_last,
+        within,
+        hourly: None,
+        daily: f.keep_daily,
+        weekly: f.keep_weekly,
+        monthly: f.keep_monthly,
+        yearly: None,
+    };
+    if policy.is_empty() {
+        return Err(ApiError::bad(
+            "say what to keep (keep_last, keep_within, keep_daily, …)",
+        ));
+    }
+    let r = blocking(move || {
+        Ok(cairn_vault::prune::forget(
+            &st.vault, &f.names, &policy, f.dry_run,
+        )?)
+    })
+    .await?;
+    Ok(axum::Json(r).into_response())
+}
+
+/// `30d`, `12h`, `90m`.
+fn parse_days(s: &str) -> Result<chrono::Duration, ApiError> {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = n
+        .parse()
+        .map_err(|_| ApiError::bad(format!("{s:?}: use a number and d, h or m")))?;
+    match unit {
+        "d" => Ok(chrono::Duration::days(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        _ => Err(ApiError::bad(format!("{s:?}: use a number and d, h or m"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct PruneBody {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn prune(State(st): State<Shared>, caller: Caller, b: Bytes) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let p: PruneBody = body(&b)?;
+    let r = blocking(move || Ok(cairn_vault::prune::prune(&st.vault, p.dry_run)?)).await?;
+    Ok(axum::Json(r).into_response())
+}
+
+async fn pin(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(spec): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let id = blocking(move || {
+        let s = st.vault.resolve(&spec)?;
+        st.vault.pin(&s.id)?;
+        Ok(s.id.0)
+    })
+    .await?;
+    Ok(axum::Json(json!({"pinned": id})).into_response())
+}
+
+async fn unpin(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(spec): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let id = blocking(move || {
+        let s = st.vault.resolve(&spec)?;
+        st.vault.unpin(&s.id)?;
+        Ok(s.id.0)
+    })
+    .await?;
+    Ok(axum::Json(json!({"unpinned": id})).into_response())
+}
+
+async fn tokens(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let list: Vec<Value> = st
+        .tokens
+        .list()?
+        .into_iter()
+        .map(|t| json!({"id": t.id, "role": t.role, "sources": t.sources, "label": t.label, "created": t.created, "revoked": t.revoked}))
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct TokenBody {
+    role: String,
+    #[serde(default)]
+    sources: Vec<String>,
+    #[serde(default)]
+    label: String,
+}
+
+async fn create_token(
+    State(st): State<Shared>,
+    caller: Caller,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let t: TokenBody = body(&b)?;
+    let role = Role::parse(&t.role).map_err(|e| ApiError::bad(e.to_string()))?;
+    let (rec, secret) = st
+        .tokens
+        .create(role, t.sources, &t.label)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(
+            json!({"id": rec.id, "role": rec.role, "sources": rec.sources, "token": secret}),
+        ),
+    )
+        .into_response())
+}
+
+async fn revoke_token(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    if !st.tokens.revoke(&id)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no token {id}"),
+        ));
+    }
+    Ok(axum::Json(json!({"revoked": id})).into_response())
+}
+
+async fn audit(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    Ok(axum::Json(st.audit.entries()?).into_response())
+}
+
+async fn audit_verify(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    Ok(match st.audit.verify()? {
+        Ok(n) => axum::Json(json!({"ok": true, "entries": n})).into_response(),
+        Err(b) => {
+            axum::Json(json!({"ok": false, "line": b.line, "reason": b.reason})).into_response()
+        }
+    })
+}

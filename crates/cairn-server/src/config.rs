@@ -1,0 +1,102 @@
+//! The server's config file (TOML):
+//!
+//! ```toml
+//! listen = "0.0.0.0:8443"
+//! tls_cert = "/etc/cairn/cert.pem"    # both, or neither (plain HTTP)
+//! tls_key = "/etc/cairn/key.pem"
+//! webhook = "https://chat.example/hooks/cairn"   # POSTed on suspicious or compromised
+//!
+//! [[source]]
+//! name = "web01"
+//! path = "/var/lib/libvirt/images/web01.qcow2"
+//! every = "30m"        # s, m, h or d
+//! keep_last = 48       # forget older ones after each backup (never pinned ones)
+//! scan = true          # scan each new snapshot
+//! ```
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub webhook: Option<String>,
+    #[serde(default)]
+    pub source: Vec<Policy>,
+}
+
+/// A source the server backs up itself, on a schedule.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    pub path: PathBuf,
+    pub every: String,
+    pub keep_last: Option<usize>,
+    #[serde(default)]
+    pub scan: bool,
+}
+
+impl Policy {
+    pub fn interval(&self) -> Result<Duration> {
+        parse_interval(&self.every).with_context(|| format!("source {}: every", self.name))
+    }
+}
+
+pub fn parse_interval(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n
+        .trim()
+        .parse()
+        .with_context(|| format!("{s:?}: use a number and s, m, h or d (e.g. 30m)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("{s:?}: use a number and s, m, h or d (e.g. 30m)"),
+    };
+    if secs == 0 {
+        bail!("{s:?}: the interval must be more than zero");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let c: ServerConfig =
+            toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        for p in &c.source {
+            p.interval()?;
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            bail!(
+                "{}: give both tls_cert and tls_key, or neither",
+                path.display()
+            );
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_interval("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("soon").is_err());
+        assert!(parse_interval("").is_err());
+    }
+}

@@ -1,0 +1,511 @@
+//! `cairn serve`: the vault as an HTTP service.
+//!
+//! The isolation boundary sits here: protected hosts hold **agent**
+//! tokens and reach the vault only through this server, which lets them
+//! add objects (after checking each one) and read nothing but the config,
+//! the wrapped keys and their own sources' manifests. Operators and
+//! admins act through the API and the console; every one of their
+//! requests, and every refusal, goes to the hash-chained audit log.
+//!
+//! Modules: [`objects`] (the object protocol agents back up through),
+//! [`api`] (sources, timelines, scans, recovery, admin), [`jobs`] (long
+//! work with live events), [`console`] (server-rendered HTML),
+//! [`scheduler`] (periodic backups, insight, webhooks), [`tokens`],
+//! [`audit`], [`metrics`], [`openapi`].
+
+pub mod api;
+pub mod audit;
+pub mod config;
+pub mod console;
+pub mod jobs;
+pub mod metrics;
+pub mod objects;
+pub mod openapi;
+pub mod scheduler;
+pub mod tokens;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cairn_vault::Vault;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokens::{Role, TokenRecord, Tokens};
+
+/// Everything a request handler may reach.
+pub struct AppState {
+    pub vault: Arc<Vault>,
+    /// The server's own state (tokens, audit log): `local/server` of the
+    /// vault's local directory, never a vault object.
+    pub dir: PathBuf,
+    pub tokens: Tokens,
+    pub audit: audit::AuditLog,
+    pub metrics: metrics::Metrics,
+    pub jobs: jobs::Jobs,
+    pub config: config::ServerConfig,
+    /// Console sessions: session id → token id.
+    sessions: Mutex<HashMap<String, String>>,
+    /// Scans share the scan cache: one at a time.
+    pub scan_lock: Mutex<()>,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// The server's state folder for a vault whose local directory is
+/// `local_dir` (the vault itself when it is a directory).
+pub fn state_dir(local_dir: &Path) -> PathBuf {
+    local_dir.join("local").join("server")
+}
+
+impl AppState {
+    pub fn new(vault: Arc<Vault>, config: config::ServerConfig) -> Result<Shared> {
+        let dir = state_dir(vault.root());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Arc::new(AppState {
+            tokens: Tokens::new(&dir),
+            audit: audit::AuditLog::new(&dir),
+            metrics: metrics::Metrics::default(),
+            jobs: jobs::Jobs::default(),
+            sessions: Mutex::new(HashMap::new()),
+            scan_lock: Mutex::new(()),
+            vault,
+            dir,
+            config,
+        }))
+    }
+
+    /// Writes an audit entry; a log that cannot be written is reported
+    /// (the action already happened) but does not crash the server.
+    pub fn audit(&self, who: &TokenRecord, action: &str, target: &str, outcome: &str) {
+        if let Err(e) = self
+            .audit
+            .append(&who.id, who.role.as_str(), action, target, outcome)
+        {
+            tracing::error!("audit log not written: {e:#}");
+        }
+    }
+
+    fn new_session(&self, token_id: &str) -> String {
+        let sid = random_hex(24);
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(sid.clone(), token_id.to_string());
+        sid
+    }
+}
+
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("randomness");
+    hex::encode(b)
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub struct Caller(pub TokenRecord);
+
+impl Caller {
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.0.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this needs an {} token; yours is {}",
+                    role.as_str(),
+                    self.0.role.as_str()
+                ),
+            ))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "no valid token: send `Authorization: Bearer TOKEN`",
+            )
+        })
+    }
+}
+
+/// An error answered as `{"error": "..."}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> ApiError {
+        match e.downcast_ref::<cairn_vault::Error>() {
+            Some(v) => vault_error(v),
+            None => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        }
+    }
+}
+
+impl From<cairn_vault::Error> for ApiError {
+    fn from(e: cairn_vault::Error) -> ApiError {
+        vault_error(&e)
+    }
+}
+
+impl From<cairn_scan::Error> for ApiError {
+    fn from(e: cairn_scan::Error) -> ApiError {
+        match e {
+            cairn_scan::Error::Vault(v) => vault_error(&v),
+            cairn_scan::Error::Invalid(m) => ApiError::bad(m),
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+fn vault_error(e: &cairn_vault::Error) -> ApiError {
+    use cairn_vault::Error as E;
+    let status = match e {
+        E::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
+        E::Invalid(_) => StatusCode::BAD_REQUEST,
+        E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            StatusCode::NOT_FOUND
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// Runs blocking vault work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("task failed: {e}"),
+        )
+    })?
+}
+
+fn cookie_value<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+pub(crate) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 3 <= b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Finds the caller (bearer token, session cookie, or `?token=` which
+/// also opens a session), runs the request, then audits it and turns
+/// plain-text errors from the framework into JSON ones.
+async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let mut new_session = None;
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|s| s.trim().to_string());
+    let mut caller = bearer.and_then(|t| st.tokens.check(&t));
+    if caller.is_none()
+        && let Some(sid) = cookie_value(&parts, "cairn_session")
+    {
+        let id = st.sessions.lock().unwrap().get(sid).cloned();
+        caller = id.and_then(|id| st.tokens.by_id(&id));
+    }
+    if caller.is_none()
+        && let Some(t) = query_value(parts.uri.query(), "token")
+        && let Some(rec) = st.tokens.check(&t)
+    {
+        if rec.role > Role::Agent {
+            new_session = Some(st.new_session(&rec.id));
+        }
+        caller = Some(rec);
+    }
+    if let Some(c) = &caller {
+        parts.extensions.insert(Caller(c.clone()));
+    }
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    let status = resp.status();
+    st.metrics.add(
+        "cairn_http_requests_total",
+        &[("code", &format!("{}xx", status.as_u16() / 100))],
+        1.0,
+    );
+    if let Some(c) = &caller {
+        let quiet = path.ends_with("/events") || path.starts_with("/static");
+        if status == StatusCode::FORBIDDEN {
+            st.metrics.add(
+                "cairn_requests_refused_total",
+                &[("role", c.role.as_str())],
+                1.0,
+            );
+            st.audit(c, &format!("{method} {path}"), "", "refused");
+        } else if c.role > Role::Agent && !quiet {
+            st.audit(c, &format!("{method} {path}"), "", status.as_str());
+        }
+    }
+    if let Some(sid) = new_session
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "cairn_session={sid}; HttpOnly; SameSite=Strict; Path=/"
+        ))
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    json_errors(resp).await
+}
+
+/// Framework rejections (bad path, bad query, body too large) come as
+/// text; scripts get JSON like every other error.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_text = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !is_text {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint (see /openapi.json)",
+    )
+}
+
+/// The whole HTTP surface.
+pub fn router(st: Shared) -> Router {
+    Router::new()
+        .merge(objects::routes())
+        .merge(api::routes())
+        .merge(console::routes())
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(|State(st): State<Shared>| async move {
+                let n = cairn_vault::Vault::snapshots(&st.vault)
+                    .map(|(s, _)| s.len())
+                    .unwrap_or(0);
+                st.metrics.set("cairn_snapshots", &[], n as f64);
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    st.metrics.render(),
+                )
+            }),
+        )
+        .route(
+            "/openapi.json",
+            axum::routing::get(|| async { axum::Json(openapi::document()) }),
+        )
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            authenticate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(objects::MAX_UPLOAD))
+        .with_state(st)
+}
+
+/// Serves until the process is stopped: plain HTTP, or HTTPS when the
+/// config names a certificate and key.
+pub async fn serve(st: Shared, listener: tokio::net::TcpListener) -> Result<()> {
+    let app = router(st.clone());
+    scheduler::start(st.clone());
+    match (&st.config.tls_cert, &st.config.tls_key) {
+        (Some(cert), Some(key)) => serve_tls(app, listener, cert, key).await,
+        (None, None) => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+            Ok(())
+        }
+        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+    }
+}
+
+async fn serve_tls(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    cert: &Path,
+    key: &Path,
+) -> Result<()> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading certificate {}", cert.display()))?
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("reading certificate {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading key {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("the TLS certificate and key do not fit together")?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+/// Writes a small state file atomically (temp, fsync, rename).
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", random_hex(4)));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(d) = path.parent() {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `<file>.lock` between processes (the server and
+/// the command line both write tokens and the audit log).
+pub struct FileLock {
+    _held: std::fs::File,
+}
+
+impl FileLock {
+    pub fn take(of: &Path) -> Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        let p = of.with_extension("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("opening {}", p.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context(format!("locking {}", p.display()));
+        }
+        Ok(FileLock { _held: f })
+    }
+}
+
+/// A body of bytes as a response with a content type.
+pub fn bytes_response(content_type: &'static str, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}

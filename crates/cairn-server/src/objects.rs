@@ -1,0 +1,398 @@
+//! The object protocol: what `cairn backup --server` speaks. A client's
+//! vault sits on [`cairn_vault::remote::RemoteBackend`]; this side
+//! decides, per role and per object, what is allowed, and checks every
+//! object before it is stored, because a stored object can never be
+//! taken back:
+//!
+//! - a pack index must decrypt and describe a stored pack;
+//! - a map (disk map or tree) must be stored under its content hash;
+//! - a manifest must decrypt, name itself, belong to one of the agent's
+//!   sources, and reference only content and chunks the vault has.
+//!
+//! Writes are put-if-absent: the same bytes again are accepted (a resumed
+//! upload), different bytes under an existing name are refused. Nothing
+//! is deleted through this API; prune does that. A body is stored only
+//! once it has fully arrived, so a client that disconnects mid-upload
+//! leaves nothing behind.
+
+use crate::tokens::{Role, TokenRecord};
+use crate::{ApiError, Caller, Shared, blocking, bytes_response};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cairn_vault::{ChunkId, SourceKind};
+use serde::Deserialize;
+use std::collections::HashSet;
+
+/// Largest object accepted (a pack is tens of MiB).
+pub const MAX_UPLOAD: usize = 512 << 20;
+/// Chunk ids per negotiation request.
+const MAX_OFFERED: usize = 65536;
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/api/v1/objects/{*name}",
+            get(get_object)
+                .head(head_object)
+                .put(put_object)
+                .delete(delete_object),
+        )
+        .route("/api/v1/list/{*dir}", get(list))
+        .route("/api/v1/chunks/missing", post(missing))
+}
+
+/// Object names are relative paths of plain components.
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 256
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!("{name:?} is not an object name")))
+    }
+}
+
+fn top(name: &str) -> &str {
+    name.split('/').next().unwrap_or("")
+}
+
+/// Manifests and maps of the sources an agent may write.
+fn own_objects(st: &Shared, who: &TokenRecord) -> Result<HashSet<String>, ApiError> {
+    let (snaps, _) = st.vault.snapshots()?;
+    Ok(snaps
+        .into_iter()
+        .filter(|s| who.may_write(&s.name))
+        .flat_map(|s| [cairn_vault::Snapshot::object_name(&s.id), s.content])
+        .collect())
+}
+
+/// Whether the caller may read `name` (or learn that it exists).
+fn may_read(st: &Shared, who: &TokenRecord, name: &str, head: bool) -> Result<bool, ApiError> {
+    if who.role > Role::Agent {
+        return Ok(true);
+    }
+    Ok(match top(name) {
+        "config" => name == "config",
+        "keys" => true,
+        // Existence only: a client writing a map asks first.
+        "maps" if head => true,
+        "snapshots" | "maps" => own_objects(st, who)?.contains(name),
+        _ => false,
+    })
+}
+
+fn refuse_read(name: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "an agent token cannot read {name}: agents may only add to the vault"
+    ))
+}
+
+#[derive(Deserialize)]
+struct Range {
+    offset: Option<u64>,
+    len: Option<usize>,
+}
+
+async fn get_object(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(range): Query<Range>,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    blocking(move || {
+        if !may_read(&st, &caller.0, &name, false)? {
+            return Err(refuse_read(&name));
+        }
+        let b = st.vault.backend();
+        let data = match (range.offset, range.len) {
+            (Some(o), Some(l)) => b.get_range(&name, o, l)?,
+            (None, None) => b.get(&name)?,
+            _ => return Err(ApiError::bad("a range needs both offset and len")),
+        };
+        Ok(bytes_response("application/octet-stream", data))
+    })
+    .await
+}
+
+async fn head_object(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    blocking(move || {
+        if !may_read(&st, &caller.0, &name, true)? {
+            return Err(refuse_read(&name));
+        }
+        let b = st.vault.backend();
+        if !b.exists(&name)? {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{name}: no such object"),
+            ));
+        }
+        let size = b.size(&name)?;
+        let modified = b
+            .modified(&name)?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut r = StatusCode::OK.into_response();
+        let h = r.headers_mut();
+        h.insert("x-cairn-size", HeaderValue::from(size));
+        h.insert("x-cairn-modified", HeaderValue::from(modified));
+        Ok(r)
+    })
+    .await
+}
+
+async fn list(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(dir): Path<String>,
+) -> Result<Response, ApiError> {
+    check_name(&dir)?;
+    blocking(move || {
+        let who = &caller.0;
+        let names = if who.role > Role::Agent || dir == "keys" {
+            st.vault.backend().list(&dir)?
+        } else if dir == "snapshots" {
+            let own = own_objects(&st, who)?;
+            let mut v: Vec<String> = own.into_iter().filter(|n| top(n) == "snapshots").collect();
+            v.sort();
+            v
+        } else if dir == "index" {
+            // The index is not shown to agents; they negotiate chunk ids.
+            Vec::new()
+        } else {
+            return Err(refuse_read(&dir));
+        };
+        Ok(axum::Json(names).into_response())
+    })
+    .await
+}
+
+async fn delete_object(caller: Caller, Path(name): Path<String>) -> ApiError {
+    if caller.0.role == Role::Agent {
+        ApiError::forbidden(format!(
+            "{name}: an agent token cannot delete anything; agents may only add to the vault"
+        ))
+    } else {
+        ApiError::forbidden(format!(
+            "{name}: objects are removed only by prune, after their retention (POST /api/v1/prune, admin)"
+        ))
+    }
+}
+
+async fn put_object(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    if body.is_empty() {
+        return Err(ApiError::bad(format!("{name}: empty object")));
+    }
+    let len = body.len() as u64;
+    let st2 = st.clone();
+    let (created, new_snapshot) = blocking(move || store(&st2, &caller.0, &name, &body)).await?;
+    st.metrics.add(
+        "cairn_upload_bytes_total",
+        &[],
+        if created { len as f64 } else { 0.0 },
+    );
+    if let Some((who, snap)) = new_snapshot {
+        st.audit(
+            &who,
+            "snapshot created",
+            &format!("{}@{}", snap.name, snap.id.short()),
+            "ok",
+        );
+        st.metrics.add(
+            "cairn_backups_total",
+            &[("source", &snap.name), ("via", "agent")],
+            1.0,
+        );
+        st.metrics.add(
+            "cairn_backup_bytes_total",
+            &[("source", &snap.name)],
+            snap.metrics.logical_size as f64,
+        );
+        st.metrics.add(
+            "cairn_backup_new_bytes_total",
+            &[("source", &snap.name)],
+            snap.metrics.new_bytes_stored as f64,
+        );
+        crate::scheduler::after_backup(st.clone(), snap.name.clone());
+    }
+    Ok(if created {
+        StatusCode::CREATED.into_response()
+    } else {
+        StatusCode::OK.into_response()
+    })
+}
+
+type Stored = (bool, Option<(TokenRecord, cairn_vault::Snapshot)>);
+
+fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stored, ApiError> {
+    let vault = &st.vault;
+    let b = vault.backend();
+    if b.exists(name)? {
+        // Put-if-absent: a resumed upload sends the same bytes again.
+        if b.get(name)? == body {
+            return Ok((false, None));
+        }
+        return Err(ApiError::forbidden(format!(
+            "{name} exists with other content: objects are written once, never overwritten"
+        )));
+    }
+    let mut snapshot = None;
+    let mut index = None;
+    match top(name) {
+        "packs" => {
+            let id = name.rsplit('/').next().unwrap_or("");
+            if cairn_vault::index::pack_object(id) != name || id.len() != 64 {
+                return Err(ApiError::bad(format!("{name} is not a pack name")));
+            }
+        }
+        "index" => {
+            let idx = vault
+                .parse_pack_index(name, body)
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            let pack = cairn_vault::index::pack_object(&idx.pack);
+            let end = idx
+                .entries
+                .iter()
+                .map(|e| e.offset as u64 + e.len as u64)
+                .max()
+                .unwrap_or(0);
+            if !b.exists(&pack)? || b.size(&pack)? < end {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("{name} describes {pack}, which is not stored (send the pack first)"),
+                ));
+            }
+            index = Some(idx);
+        }
+        "maps" => {
+            let plain = vault
+                .open_object(name, body)
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            let id = vault.hasher().object_id(&plain);
+            if name != format!("maps/{}/{}", &id[..2], id) {
+                return Err(ApiError::bad(format!(
+                    "{name} is not the content address of what was sent"
+                )));
+            }
+        }
+        "snapshots" => {
+            let snap = vault
+                .parse_snapshot(name, body)
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            if !who.may_write(&snap.name) {
+                return Err(ApiError::forbidden(format!(
+                    "this agent token may back up {:?}, not {:?}",
+                    who.sources, snap.name
+                )));
+            }
+            check_complete(st, &snap)?;
+            snapshot = Some(snap);
+        }
+        "insight" | "scan" if who.role > Role::Agent => {
+            vault
+                .open_object(name, body)
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+        }
+        _ => {
+            return Err(ApiError::forbidden(format!(
+                "{name}: a {} token cannot write there",
+                who.role.as_str()
+            )));
+        }
+    }
+    let created = b.put(name, body)?;
+    if let Some(idx) = index {
+        vault.add_index(&idx);
+    }
+    Ok((created, snapshot.map(|s| (who.clone(), s))))
+}
+
+/// A manifest is accepted only when everything it references is stored,
+/// so an agent cannot leave a snapshot that restores with holes.
+fn check_complete(st: &Shared, snap: &cairn_vault::Snapshot) -> Result<(), ApiError> {
+    let vault = &st.vault;
+    if !vault.backend().exists(&snap.content)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{} is not stored (send it before the manifest)",
+                snap.content
+            ),
+        ));
+    }
+    let missing = match snap.source.kind {
+        SourceKind::Disk => {
+            let map = vault.read_disk_map(snap)?;
+            map.chunks
+                .iter()
+                .flatten()
+                .filter(|id| !vault.has_chunk(id))
+                .count()
+        }
+        SourceKind::Directory => {
+            let tree = vault.read_tree(snap)?;
+            tree.entries
+                .iter()
+                .flat_map(|e| &e.chunks)
+                .filter(|c| !vault.has_chunk(&c.id))
+                .count()
+        }
+    };
+    if missing > 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the snapshot references {missing} chunks the vault does not have"),
+        ));
+    }
+    Ok(())
+}
+
+/// Chunk negotiation: the body is chunk ids (32 bytes each); the answer
+/// is those the vault lacks.
+async fn missing(
+    State(st): State<Shared>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let _ = caller;
+    if !body.len().is_multiple_of(32) || body.len() / 32 > MAX_OFFERED {
+        return Err(ApiError::bad(format!(
+            "send up to {MAX_OFFERED} chunk ids of 32 bytes each"
+        )));
+    }
+    let offered = body.len() / 32;
+    let out: Vec<u8> = body
+        .chunks_exact(32)
+        .map(|c| ChunkId(c.try_into().expect("32 bytes")))
+        .filter(|id| !st.vault.has_chunk(id))
+        .flat_map(|id| id.0)
+        .collect();
+    st.metrics
+        .add("cairn_chunks_offered_total", &[], offered as f64);
+    st.metrics
+        .add("cairn_chunks_missing_total", &[], (out.len() / 32) as f64);
+    Ok(bytes_response("application/octet-stream", out))
+}

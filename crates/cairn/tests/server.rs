@@ -1,0 +1,842 @@
+//! `cairn serve` with real HTTP on loopback: agents back up through it and
+//! can do nothing else, operators cannot prune, every refusal is in the
+//! audit log whose hash chain catches a tampered entry, an interrupted
+//! upload leaves nothing half-written and resumes, the scheduler's
+//! backup of an attacked disk fires the webhook, scans stream their
+//! findings as server-sent events, TLS works with a private CA, and 20
+//! agents backing up at once all complete.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(env: &Env, extra: &[&str]) -> Server {
+    let mut cmd = env.cmd();
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
+    let (child, url) = spawn_ready(&mut cmd);
+    assert!(url.starts_with("http"), "serve printed {url:?}");
+    Server { child, url }
+}
+
+fn token(env: &Env, args: &[&str]) -> String {
+    let mut a = vec!["token", "create"];
+    a.extend_from_slice(args);
+    env.ok(&a).lines().last().unwrap().to_string()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// One request: status and body (JSON when it parses, else a string).
+fn call(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut resp = agent().run(req.body(body.to_vec()).unwrap()).unwrap();
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    if method != "HEAD" {
+        resp.body_mut()
+            .as_reader()
+            .read_to_string(&mut text)
+            .unwrap_or_default();
+    }
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+fn metric(url: &str, series: &str) -> f64 {
+    let (_, v) = call("GET", &format!("{url}/metrics"), None, b"");
+    v.as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn remote_backup(
+    env: &Env,
+    server: &Server,
+    token: &str,
+    source: &Path,
+    name: &str,
+) -> std::process::Output {
+    env.cmd()
+        .env("CAIRN_CACHE_DIR", env.path("agent-cache"))
+        .args([
+            "backup",
+            source.to_str().unwrap(),
+            "--name",
+            name,
+            "--server",
+            &server.url,
+            "--token",
+            token,
+            "--json",
+        ])
+        .output()
+        .unwrap()
+}
+
+fn guest_disk(env: &Env, name: &str) -> std::path::PathBuf {
+    let root = env.path(&format!("{name}-root"));
+    populate(&root);
+    let disk = env.path(&format!("{name}.img"));
+    gpt_ext4_image(&disk, &root, 64);
+    disk
+}
+
+#[test]
+fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_tampering() {
+    let env = Env::new("0s", &[]);
+    let admin = token(&env, &["--role", "admin"]);
+    let operator = token(&env, &["--role", "operator"]);
+    let agent_token = token(&env, &["--role", "agent", "--source", "vm"]);
+    let server = serve(&env, &[]);
+    let url = server.url.clone();
+    let disk = guest_disk(&env, "vm");
+
+    // The agent backs up, twice; the second run offers chunk ids and
+    // sends only what changed.
+    let out = remote_backup(&env, &server, &agent_token, &disk, "vm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    replace_guest_file(&disk, "home/alice/docs/report-3.txt", &text(25_000, 77));
+    let uploaded_before = metric(&url, "cairn_upload_bytes_total");
+    let out = remote_backup(&env, &server, &agent_token, &disk, "vm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let uploaded = metric(&url, "cairn_upload_bytes_total") - uploaded_before;
+    assert!(
+        uploaded < 2.0 * 1048576.0,
+        "the second backup uploaded {uploaded} bytes of a 64 MiB disk"
+    );
+    assert!(
+        metric(&url, "cairn_chunks_offered_total") > metric(&url, "cairn_chunks_missing_total")
+    );
+    let snap = second["id"].as_str().unwrap();
+    assert_ne!(snap, first["id"].as_str().unwrap());
+
+    // What the agent sent restores byte for byte on the server side.
+    let restored = env.path("restored.img");
+    env.ok(&["restore", "vm@latest", "--to", restored.to_str().unwrap()]);
+    assert!(same_bytes(&disk, &restored));
+
+    // Everything else the agent tries is refused.
+    let objects = format!("{url}/api/v1/objects");
+    let packs = std::fs::read_dir(env.vault.join("packs"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let pack = packs
+        .strip_prefix(&env.vault)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let manifest = format!("snapshots/{snap}");
+    let forbidden: Vec<(&str, String, Vec<u8>)> = vec![
+        ("DELETE", format!("{objects}/{manifest}"), vec![]),
+        ("DELETE", format!("{objects}/{pack}"), vec![]),
+        (
+            "PUT",
+            format!("{objects}/{manifest}"),
+            b"other bytes".to_vec(),
+        ),
+        ("PUT", format!("{objects}/config"), b"{}".to_vec()),
+        ("PUT", format!("{objects}/pins/{snap}"), b"x".to_vec()),
+        ("GET", format!("{objects}/{pack}"), vec![]),
+        ("GET", format!("{url}/api/v1/sources"), vec![]),
+        ("GET", format!("{url}/api/v1/sources/vm/timeline"), vec![]),
+        (
+            "POST",
+            format!("{url}/api/v1/snapshots/vm@latest/scan"),
+            vec![],
+        ),
+        (
+            "POST",
+            format!("{url}/api/v1/forget"),
+            br#"{"keep_last":1}"#.to_vec(),
+        ),
+        ("POST", format!("{url}/api/v1/prune"), vec![]),
+        ("POST", format!("{url}/api/v1/pins/vm@latest"), vec![]),
+        (
+            "POST",
+            format!("{url}/api/v1/tokens"),
+            br#"{"role":"admin"}"#.to_vec(),
+        ),
+    ];
+    for (method, u, body) in &forbidden {
+        let (status, v) = call(method, u, Some(&agent_token), body);
+        assert_eq!(status, 403, "{method} {u} with an agent token: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    // The index is not shown to agents (they negotiate chunk ids).
+    let (status, v) = call(
+        "GET",
+        &format!("{url}/api/v1/list/index"),
+        Some(&agent_token),
+        b"",
+    );
+    assert_eq!((status, v), (200, serde_json::json!([])));
+    // Nor can an agent back up a source that is not its own.
+    let out = remote_backup(&env, &server, &agent_token, &disk, "someone-else");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    // The manifest is still the agent's original.
+    let (status, _) = call("HEAD", &format!("{objects}/{manifest}"), Some(&admin), b"");
+    assert_eq!(status, 200);
+    env.ok(&["verify", "--read-data"]);
+
+    // An operator reads but cannot prune, forget or mint tokens.
+    let (status, v) = call(
+        "GET",
+        &format!("{url}/api/v1/sources"),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(v[0]["name"], "vm");
+    assert_eq!(v[0]["snapshots"], 2);
+    for (method, path, body) in [
+        ("POST", "/api/v1/prune", &b""[..]),
+        ("POST", "/api/v1/forget", br#"{"keep_last":1}"#),
+        ("POST", "/api/v1/tokens", br#"{"role":"admin"}"#),
+    ] {
+        let (status, v) = call(method, &format!("{url}{path}"), Some(&operator), body);
+        assert_eq!(status, 403, "operator {method} {path}: {v}");
+    }
+    // An admin can.
+    let (status, v) = call("POST", &format!("{url}/api/v1/prune"), Some(&admin), b"{}");
+    assert_eq!(status, 200, "{v}");
+
+    // Bad input gets a JSON 4xx, never a crash.
+    for (method, path, tok, body, want) in [
+        (
+            "PUT",
+            "/api/v1/objects/packs/..%2F..%2Fetc",
+            Some(&agent_token),
+            &b"x"[..],
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/chunks/missing",
+            Some(&agent_token),
+            &[1u8; 33][..],
+            400,
+        ),
+        ("POST", "/api/v1/forget", Some(&admin), b"{not json", 400),
+        ("GET", "/api/v1/no-such-thing", Some(&admin), b"", 404),
+        ("GET", "/api/v1/sources", None, b"", 401),
+        (
+            "GET",
+            "/api/v1/snapshots/vm@abcdef12",
+            Some(&operator),
+            b"",
+            404,
+        ),
+        ("GET", "/api/v1/jobs/notanumber", Some(&operator), b"", 404),
+        (
+            "PUT",
+            "/api/v1/objects/index/abc",
+            Some(&agent_token),
+            b"garbage",
+            400,
+        ),
+    ] {
+        let (status, v) = call(
+            method,
+            &format!("{url}{path}"),
+            tok.map(|s| s.as_str()),
+            body,
+        );
+        assert_eq!(status, want, "{method} {path}: {v}");
+        assert!(
+            v["error"].is_string(),
+            "{method} {path}: not a JSON error: {v}"
+        );
+    }
+    let (status, _) = call("GET", &format!("{url}/healthz"), None, b"");
+    assert_eq!(status, 200, "the server survived");
+
+    // The audit log has every refusal, and its chain verifies...
+    let log: Vec<Value> = serde_json::from_str(&env.ok(&["audit", "--json"])).unwrap();
+    let refused = log.iter().filter(|e| e["outcome"] == "refused").count();
+    assert!(
+        refused >= forbidden.len() + 4,
+        "{refused} refusals audited:\n{log:#?}"
+    );
+    assert!(log.iter().any(|e| e["role"] == "operator"
+        && e["action"] == "POST /api/v1/prune"
+        && e["outcome"] == "refused"));
+    assert!(log.iter().any(|e| e["action"] == "snapshot created"));
+    let (_, v) = call(
+        "GET",
+        &format!("{url}/api/v1/audit/verify"),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    env.ok(&["audit", "verify"]);
+
+    // ...until an entry is edited: the refusal turned into "ok".
+    let path = env.vault.join("local/server/audit.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"refused\""))
+        .unwrap();
+    let tampered: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == line {
+                l.replace("\"refused\"", "\"ok\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&path, tampered.join("\n") + "\n").unwrap();
+    let out = env.run(&["audit", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["line"], line + 1, "{v}");
+    let (_, v) = call(
+        "GET",
+        &format!("{url}/api/v1/audit/verify"),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(v["ok"], false, "{v}");
+}
+
+#[test]
+fn an_interrupted_upload_leaves_nothing_half_written_and_the_next_run_resumes() {
+    let env = Env::new("0s", &["--pack-mib", "1"]);
+    let agent_token = token(&env, &["--role", "agent", "--source", "big"]);
+    let admin = token(&env, &["--role", "admin"]);
+    let server = serve(&env, &[]);
+
+    // A client that sends half a body and hangs up.
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let name = format!("packs/ab/{}", "ab".repeat(32));
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "PUT /api/v1/objects/{name} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {agent_token}\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&[7u8; 4096]).unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _) = call(
+        "HEAD",
+        &format!("{}/api/v1/objects/{name}", server.url),
+        Some(&admin),
+        b"",
+    );
+    assert_eq!(status, 404, "half an upload was stored");
+    assert_eq!(std::fs::read_dir(env.vault.join("tmp")).unwrap().count(), 0);
+
+    // A backup killed once a few packs are up...
+    let data = env.path("big.img");
+    std::fs::write(&data, noise(48 << 20, 5)).unwrap();
+    let mut child = env
+        .cmd()
+        .env("CAIRN_CACHE_DIR", env.path("agent-cache"))
+        .args([
+            "backup",
+            data.to_str().unwrap(),
+            "--name",
+            "big",
+            "--server",
+            &server.url,
+            "--token",
+            &agent_token,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let count = |dir: &str| {
+        std::fs::read_dir(env.vault.join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    while count("index") < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stored_before = metric(&server.url, "cairn_upload_bytes_total");
+    // Packs whose index made it are known to the server; a pack sent
+    // without its index is an orphan that prune removes later.
+    let indexed: u64 = std::fs::read_dir(env.vault.join("index"))
+        .unwrap()
+        .map(|e| {
+            let id = e.unwrap().file_name().into_string().unwrap();
+            std::fs::metadata(env.vault.join("packs").join(&id[..2]).join(&id))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(indexed > 3 * 1048576, "{indexed}");
+    assert_eq!(
+        count("snapshots"),
+        0,
+        "the killed run must not have finished"
+    );
+    env.ok(&["verify"]);
+
+    // ...and the next run sends only what is missing.
+    let out = remote_backup(&env, &server, &agent_token, &data, "big");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = metric(&server.url, "cairn_upload_bytes_total") - stored_before;
+    assert!(
+        sent < 48.0 * 1048576.0 - indexed as f64 + 1048576.0,
+        "resumed run sent {sent} bytes after {indexed} were stored and indexed"
+    );
+    let restored = env.path("big.out");
+    env.ok(&["restore", "big@latest", "--to", restored.to_str().unwrap()]);
+    assert!(same_bytes(&data, &restored));
+    env.ok(&["verify", "--read-data"]);
+}
+
+/// Accepts one HTTP request and returns its body.
+fn receive_webhook(listener: std::net::TcpListener) -> std::thread::JoinHandle<Value> {
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut r = BufReader::new(s);
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        r.get_mut()
+            .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        serde_json::from_slice(&body).unwrap()
+    })
+}
+
+#[test]
+fn the_scheduler_backs_up_scores_and_calls_the_webhook_on_an_attack() {
+    let env = Env::new("0s", &[]);
+    let disk = guest_disk(&env, "vm");
+    for d in 0..4u32 {
+        if d > 0 {
+            let path = format!("home/alice/docs/report-{d}.txt");
+            replace_guest_file(&disk, &path, &text(21_000, 500 + d as u64));
+        }
+        env.backup(&disk, "vm", &format!("2026-04-{:02}T02:00:00Z", d + 1));
+    }
+    for i in 10..15 {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        overwrite_file_in_place(&disk, &path, &noise(20_000 + i * 3000, 9_000 + i as u64));
+    }
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let received = receive_webhook(hook);
+    let config = env.path("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "webhook = \"http://{hook_addr}/hook\"\n\n[[source]]\nname = \"vm\"\npath = \"{}\"\nevery = \"1h\"\nkeep_last = 10\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let operator = token(&env, &["--role", "operator"]);
+    let server = serve(&env, &["--config", config.to_str().unwrap()]);
+
+    let body = received.join().unwrap();
+    assert_eq!(body["event"], "verdict");
+    assert_eq!(body["source"], "vm");
+    assert_eq!(body["verdict"], "compromised", "{body}");
+    assert!(body["last_clean"].is_string());
+    let (_, t) = call(
+        "GET",
+        &format!("{}/api/v1/sources/vm/timeline", server.url),
+        Some(&operator),
+        b"",
+    );
+    let snaps = t["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 5);
+    assert_eq!(snaps[4]["verdict"], "compromised");
+    assert!(
+        metric(
+            &server.url,
+            "cairn_backups_total{source=\"vm\",via=\"scheduler\"}"
+        ) >= 1.0
+    );
+    assert!(metric(&server.url, "cairn_verdicts_total{verdict=\"compromised\"}") >= 1.0);
+}
+
+/// Reads a server-sent event stream to its end: (event, data) pairs.
+fn read_events(url: &str, token: &str) -> Vec<(String, Value)> {
+    let req = ureq::http::Request::builder()
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let mut resp = agent().run(req).unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let r = BufReader::new(resp.body_mut().as_reader());
+    let mut out = Vec::new();
+    let mut event = String::new();
+    for line in r.lines() {
+        let line = line.unwrap();
+        if let Some(e) = line.strip_prefix("event: ") {
+            event = e.to_string();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            out.push((event.clone(), serde_json::from_str(d).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_scan_streams_its_stages_and_findings_as_server_sent_events() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    std::fs::create_dir_all(root.join("home/alice/Downloads")).unwrap();
+    std::fs::write(root.join("home/alice/Downloads/invoice.com"), EICAR).unwrap();
+    let disk = env.path("vm.img");
+    gpt_ext4_image(&disk, &root, 64);
+    env.backup(&disk, "vm", "2026-04-01T02:00:00Z");
+    let operator = token(&env, &["--role", "operator"]);
+    let server = serve(&env, &[]);
+
+    let (status, v) = call(
+        "POST",
+        &format!("{}/api/v1/snapshots/vm@latest/scan", server.url),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(status, 202, "{v}");
+    let events = read_events(
+        &format!("{}{}", server.url, v["events"].as_str().unwrap()),
+        &operator,
+    );
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    let stage = |s: &str| {
+        events
+            .iter()
+            .position(|(k, d)| k == "stage" && d["stage"] == s)
+            .unwrap()
+    };
+    let hit = events
+        .iter()
+        .position(|(k, d)| k == "finding" && d["kind"] == "malware")
+        .unwrap_or_else(|| panic!("no malware finding in {kinds:?}"));
+    assert!(
+        stage("malware") < hit && hit < stage("vulnerabilities"),
+        "{kinds:?}"
+    );
+    assert!(
+        events[hit].1["text"]
+            .as_str()
+            .unwrap()
+            .contains("/home/alice/Downloads/invoice.com")
+    );
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "done");
+    assert_eq!(data["verdict"], "compromised");
+    // The result is stored: the timeline shows it.
+    let (_, t) = call(
+        "GET",
+        &format!("{}/api/v1/sources/vm/timeline", server.url),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(t["snapshots"][0]["scan"], "compromised");
+    assert!(metric(&server.url, "cairn_scan_findings_total{kind=\"malware\"}") >= 1.0);
+    // The OpenAPI document names every endpoint used here.
+    let (_, doc) = call("GET", &format!("{}/openapi.json", server.url), None, b"");
+    for p in [
+        "/api/v1/snapshots/{spec}/scan",
+        "/api/v1/jobs/{id}/events",
+        "/api/v1/sources/{name}/timeline",
+        "/api/v1/objects/{name}",
+        "/api/v1/chunks/missing",
+    ] {
+        assert!(
+            doc["paths"][p].is_object(),
+            "{p} missing from /openapi.json"
+        );
+    }
+}
+
+#[test]
+fn tls_with_a_private_certificate() {
+    let env = Env::new("0s", &[]);
+    // A private CA and a server certificate it signed.
+    let p = |n: &str| env.path(n).to_str().unwrap().to_string();
+    let (ca, ca_key, cert, key, csr, ext) = (
+        p("ca.pem"),
+        p("ca.key"),
+        p("cert.pem"),
+        p("key.pem"),
+        p("req.csr"),
+        p("ext.cnf"),
+    );
+    let ssl = |args: &[&str]| sh("openssl", args);
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Cairn test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    let config = env.path("server.toml");
+    std::fs::write(
+        &config,
+        format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"),
+    )
+    .unwrap();
+    let agent_token = token(&env, &["--role", "agent", "--source", "files"]);
+    let server = serve(&env, &["--config", config.to_str().unwrap()]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let root = env.path("files");
+    populate(&root);
+    // Without the CA the client refuses the server...
+    let out = remote_backup(&env, &server, &agent_token, &root, "files");
+    assert!(!out.status.success());
+    // ...and with it the backup goes through.
+    let out = env
+        .cmd()
+        .env("CAIRN_CA_CERT", &ca)
+        .env("CAIRN_CACHE_DIR", env.path("agent-cache"))
+        .args([
+            "backup",
+            root.to_str().unwrap(),
+            "--name",
+            "files",
+            "--server",
+            &server.url,
+            "--token",
+            &agent_token,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = env.path("restored");
+    env.ok(&[
+        "restore",
+        "files@latest",
+        "--to",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(
+        Command::new("diff")
+            .args(["-r", root.to_str().unwrap(), restored.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn twenty_agents_back_up_at_once() {
+    let env = Env::new("0s", &[]);
+    let server = serve(&env, &[]);
+    let n = 20;
+    let mut total = 0u64;
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        // Each host's image: some data of its own, some shared with the
+        // others (the same base), the rest holes.
+        let img = env.path(&format!("host{i}.img"));
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(32 << 20).unwrap();
+        write_at(&img, 0, &noise(4 << 20, 1));
+        write_at(&img, 8 << 20, &noise(2 << 20, 100 + i as u64));
+        total += 32 << 20;
+        let tok = token(&env, &["--role", "agent", "--source", &format!("host{i}")]);
+        jobs.push((img, tok, format!("host{i}")));
+    }
+    let started = Instant::now();
+    let children: Vec<(String, Child)> = jobs
+        .iter()
+        .map(|(img, tok, name)| {
+            let c = env
+                .cmd()
+                .env("CAIRN_CACHE_DIR", env.path(&format!("cache-{name}")))
+                .args([
+                    "backup",
+                    img.to_str().unwrap(),
+                    "--name",
+                    name,
+                    "--server",
+                    &server.url,
+                    "--token",
+                    tok,
+                    "--quiet",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name.clone(), c)
+        })
+        .collect();
+    for (name, c) in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "20 agents: {:.0} MiB of disks in {secs:.1} s ({:.0} MiB/s logical), {:.1} MiB uploaded",
+        total as f64 / 1048576.0,
+        total as f64 / 1048576.0 / secs,
+        metric(&server.url, "cairn_upload_bytes_total") / 1048576.0
+    );
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), n);
+    env.ok(&["verify", "--read-data"]);
+
+    // The next round, each host with 1 MiB changed: only that goes up
+    // (what any host stored before is not sent again).
+    let before = metric(&server.url, "cairn_upload_bytes_total");
+    let children: Vec<(String, Child)> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, (img, tok, name))| {
+            write_at(img, 20 << 20, &noise(1 << 20, 500 + i as u64));
+            let c = env
+                .cmd()
+                .env("CAIRN_CACHE_DIR", env.path(&format!("cache-{name}")))
+                .args([
+                    "backup",
+                    img.to_str().unwrap(),
+                    "--name",
+                    name,
+                    "--server",
+                    &server.url,
+                    "--token",
+                    tok,
+                    "--quiet",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name.clone(), c)
+        })
+        .collect();
+    for (name, c) in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sent = metric(&server.url, "cairn_upload_bytes_total") - before;
+    assert!(
+        sent < n as f64 * 1.2 * 1048576.0,
+        "second round sent {sent} bytes"
+    );
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2 * n);
+    env.ok(&["verify", "--read-data"]);
+}
