@@ -413,7 +413,11 @@ function show(kind, data) {
   else if (kind === 'stage') { text = 'stage ' + (data.stage || '') + (data.snapshot ? ' ' + data.snapshot.slice(0, 8) : ''); }
   else if (kind === 'progress') { text = 'scanned ' + Math.round(data.done / 1048576) + ' of ' + Math.round(data.total / 1048576) + ' MiB'; }
   else if (kind === 'tried') { text = 'tried ' + data.id.slice(0, 8) + ': ' + data.verdict; }
-  else if (kind === 'done') { text = 'done: ' + JSON.stringify(data); }
+  else if (kind === 'done') {
+    if (data.verdict) text = 'done: verdict ' + data.verdict + ' (' + data.malware + ' malware, ' + data.persistence + ' persistence, ' + data.vulnerabilities + ' vulnerabilities)';
+    else if ('clean' in data) text = 'done: clean point ' + (data.clean ? data.clean.slice(0, 8) : 'none found') + ' after ' + data.tried.length + ' tried';
+    else text = 'done: ' + JSON.stringify(data);
+  }
   else if (kind === 'error') { li.className = 'finding'; text = 'error: ' + data.error; }
   li.textContent = text;
   li.dataset.kind = kind;
