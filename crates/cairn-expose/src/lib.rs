@@ -7,6 +7,6 @@ pub mod nbd;
 pub mod nfs;
 pub mod overlay;
 
-pub use nbd::{Export, serve};
+pub use nbd::{Export, serve, serve_counted};
 pub use nfs::{NfsExport, NfsTree};
 pub use overlay::{Overlay, OverlayDisk};

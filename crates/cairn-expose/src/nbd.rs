@@ -91,13 +91,26 @@ impl Export {
 /// Serves `exports` to every client that connects, until the task is
 /// dropped.
 pub async fn serve(listener: TcpListener, exports: Arc<Vec<Export>>) -> io::Result<()> {
+    serve_counted(listener, exports, Default::default()).await
+}
+
+/// [`serve`], keeping `clients` at the number of connected clients.
+pub async fn serve_counted(
+    listener: TcpListener,
+    exports: Arc<Vec<Export>>,
+    clients: Arc<std::sync::atomic::AtomicI64>,
+) -> io::Result<()> {
+    use std::sync::atomic::Ordering;
     loop {
         let (stream, peer) = listener.accept().await?;
         let exports = exports.clone();
+        let clients = clients.clone();
+        clients.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             if let Err(e) = client(stream, &exports).await {
                 tracing::warn!("nbd client {peer}: {e}; connection closed");
             }
+            clients.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

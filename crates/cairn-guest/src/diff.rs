@@ -183,3 +183,18 @@ pub fn diff(old: &[FileEntry], new: &[FileEntry], check: &mut dyn ContentCheck) 
     d.renamed.sort_by(|a, b| a.to.cmp(&b.to));
     d
 }
+
+/// What changed from snapshot `old` to snapshot `new`, both opened: disk
+/// snapshots check in-place change against the vault's block digests,
+/// directory snapshots against their chunk lists.
+pub fn between(old: &crate::Opened, new: &crate::Opened) -> crate::Result<Diff> {
+    let (ow, nw) = (old.fs.walk()?, new.fs.walk()?);
+    Ok(match (&old.disk, &new.disk) {
+        (Some(od), Some(nd)) => diff(
+            &ow,
+            &nw,
+            &mut crate::check::DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd),
+        ),
+        _ => diff(&ow, &nw, &mut crate::check::TreeCheck),
+    })
+}

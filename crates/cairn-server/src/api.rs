@@ -26,6 +26,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/sources/{name}/timeline.svg", get(timeline_svg))
         .route("/api/v1/sources/{name}/find-clean", post(find_clean))
         .route("/api/v1/snapshots/{spec}", get(snapshot))
+        .route("/api/v1/snapshots/{spec}/diff", get(diff))
         .route("/api/v1/snapshots/{spec}/scan", post(scan))
         .route("/api/v1/snapshots/{spec}/restore", post(restore))
         .route("/api/v1/jobs", get(jobs))
@@ -142,6 +143,70 @@ async fn snapshot(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
     let v = blocking(move || snapshot_detail(&st, &spec)).await?;
+    Ok(axum::Json(v).into_response())
+}
+
+/// Entries per list in a diff answer.
+const DIFF_LIMIT: usize = 5000;
+
+/// Files added, deleted, modified and renamed from `against` (default:
+/// the snapshot's parent) to `spec`.
+pub fn snapshot_diff(st: &Shared, spec: &str, against: Option<&str>) -> Result<Value, ApiError> {
+    let vault = &st.vault;
+    let new = vault.resolve(spec)?;
+    let old = match against {
+        Some(a) => vault.resolve(a)?,
+        None => {
+            let (all, _) = vault.snapshots()?;
+            let parent = new
+                .parent
+                .as_ref()
+                .and_then(|p| all.iter().find(|s| &s.id == p))
+                .or_else(|| {
+                    all.iter()
+                        .rev()
+                        .find(|s| s.name == new.name && s.time < new.time)
+                });
+            parent.cloned().ok_or_else(|| {
+                ApiError::bad(format!(
+                    "{spec} is the first snapshot of {}: nothing to compare with",
+                    new.name
+                ))
+            })?
+        }
+    };
+    let o = cairn_guest::open_snapshot(vault, old.clone(), None)?;
+    let n = cairn_guest::open_snapshot(vault, new.clone(), None)?;
+    let d = cairn_guest::diff::between(&o, &n)?;
+    let counts = json!({
+        "added": d.added.len(), "deleted": d.deleted.len(),
+        "modified": d.modified.len(), "renamed": d.renamed.len(),
+    });
+    let mut v = serde_json::to_value(&d).map_err(|e| ApiError::bad(e.to_string()))?;
+    for k in ["added", "deleted", "modified", "renamed"] {
+        if let Some(a) = v[k].as_array_mut() {
+            a.truncate(DIFF_LIMIT);
+        }
+    }
+    v["old"] = json!(old.id.0);
+    v["new"] = json!(new.id.0);
+    v["counts"] = counts;
+    Ok(v)
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    against: Option<String>,
+}
+
+async fn diff(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(spec): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<DiffQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let v = blocking(move || snapshot_diff(&st, &spec, q.against.as_deref())).await?;
     Ok(axum::Json(v).into_response())
 }
 

@@ -5,6 +5,7 @@
 //! tls_cert = "/etc/cairn/cert.pem"    # both, or neither (plain HTTP)
 //! tls_key = "/etc/cairn/key.pem"
 //! webhook = "https://chat.example/hooks/cairn"   # POSTed on suspicious or compromised
+//! export_host = "10.0.0.5"   # where console NBD exports listen (default 127.0.0.1)
 //!
 //! [[source]]
 //! name = "web01"
@@ -26,6 +27,9 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub webhook: Option<String>,
+    /// Address exports started from the console listen on (default
+    /// 127.0.0.1; each export gets a free port).
+    pub export_host: Option<String>,
     #[serde(default)]
     pub source: Vec<Policy>,
 }

@@ -23,6 +23,7 @@ pub fn routes() -> Router<Shared> {
         .route("/logout", get(logout))
         .route("/sources/{name}", get(source_page))
         .route("/snapshots/{spec}", get(snapshot_page))
+        .route("/snapshots/{spec}/diff", get(diff_page))
         .route("/recover/{name}", get(recover_page))
         .route("/audit", get(audit_page))
         .route("/static/console.js", get(script))
@@ -330,15 +331,81 @@ async fn snapshot_page(
         body.push_str("</ul>");
     }
     body.push_str(&events_panel(&format!(
-        "<button id=scan data-job=\"/api/v1/snapshots/{}/scan\">Scan now</button> \
-<a href=\"/recover/{}\">Recover…</a>",
-        seg(&full),
-        seg(name)
+        "<button id=scan data-job=\"/api/v1/snapshots/{f}/scan\">Scan now</button> \
+<a href=\"/snapshots/{f}/diff\">Full file diff</a> · <a href=\"/recover/{}\">Recover…</a>",
+        seg(name),
+        f = seg(&full),
     )));
     Ok(page(
         &format!("Snapshot {}", &full[..(name.len() + 9).min(full.len())]),
         &body,
     ))
+}
+
+async fn diff_page(
+    State(st): State<Shared>,
+    _v: Viewer,
+    Path(spec): Path<String>,
+) -> Result<Html<String>, ApiError> {
+    let sp = spec.clone();
+    let d = blocking(move || crate::api::snapshot_diff(&st, &sp, None)).await?;
+    let c = &d["counts"];
+    let mut body = format!(
+        "<p>From {} to {}: {} added, {} deleted, {} modified, {} renamed.</p>",
+        esc(&s(&d, "old")[..8]),
+        esc(&s(&d, "new")[..8]),
+        c["added"],
+        c["deleted"],
+        c["modified"],
+        c["renamed"]
+    );
+    let mut table = |title: &str, key: &str, row: &dyn Fn(&Value) -> String| {
+        let list = d[key].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            return;
+        }
+        body.push_str(&format!("<h2>{title}</h2><table>"));
+        for x in &list {
+            body.push_str(&row(x));
+        }
+        body.push_str("</table>");
+    };
+    let mib = |v: &Value| format!("{:.1} KiB", v.as_f64().unwrap_or(0.0) / 1024.0);
+    table("Modified", "modified", &|x| {
+        format!(
+            "<tr><td><code>{}</code></td><td>{} → {}</td></tr>",
+            esc(s(x, "path")),
+            mib(&x["old_size"]),
+            mib(&x["new_size"])
+        )
+    });
+    table("Renamed", "renamed", &|x| {
+        format!(
+            "<tr><td><code>{}</code> → <code>{}</code></td><td>{}</td></tr>",
+            esc(s(x, "from")),
+            esc(s(x, "to")),
+            if x["modified"] == true {
+                "content changed too"
+            } else {
+                ""
+            }
+        )
+    });
+    table("Added", "added", &|x| {
+        format!(
+            "<tr><td><code>{}</code></td><td>{}</td></tr>",
+            esc(s(x, "path")),
+            mib(&x["size"])
+        )
+    });
+    table("Deleted", "deleted", &|x| {
+        format!(
+            "<tr><td><code>{}</code></td><td>{}</td></tr>",
+            esc(s(x, "path")),
+            mib(&x["size"])
+        )
+    });
+    Ok(page(&format!("File diff of {spec}"), &body))
 }
 
 async fn recover_page(
@@ -363,6 +430,7 @@ or pick a point to scan or restore.</p>",
         body.push_str(&format!(
             "<tr><td><a href=\"/snapshots/{full}\">{short}</a></td><td>{time}</td><td>{v}</td><td>{sc}</td>\
 <td><button data-job=\"/api/v1/snapshots/{full}/scan\">Scan</button> \
+<button data-job=\"/api/v1/snapshots/{full}/export\">Export (NBD)</button> \
 <button data-job=\"/api/v1/snapshots/{full}/restore\" data-ask=\"Restore to which new file on the server?\">Restore…</button></td></tr>",
             short = esc(&id[..8.min(id.len())]),
             time = short_time(&e["time"]),
@@ -436,6 +504,7 @@ async function start(btn) {
   const r = await fetch(btn.dataset.job, {method: 'POST', body: body, headers: {'content-type': 'application/json'}, credentials: 'same-origin'});
   const j = await r.json();
   if (!r.ok) { status.textContent = 'refused: ' + j.error; return; }
+  if (j.url) { status.textContent = 'serving read-only at ' + j.url + ' (qemu: -drive file=' + j.url + ')'; return; }
   status.textContent = 'job ' + j.job + ' running';
   const es = new EventSource(j.events);
   for (const k of ['stage', 'finding', 'progress', 'tried']) {

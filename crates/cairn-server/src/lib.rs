@@ -10,13 +10,15 @@
 //! Modules: [`objects`] (the object protocol agents back up through),
 //! [`api`] (sources, timelines, scans, recovery, admin), [`jobs`] (long
 //! work with live events), [`console`] (server-rendered HTML),
-//! [`scheduler`] (periodic backups, insight, webhooks), [`tokens`],
+//! [`scheduler`] (periodic backups, insight, webhooks), [`exports`]
+//! (NBD from the console), [`tokens`],
 //! [`audit`], [`metrics`], [`openapi`].
 
 pub mod api;
 pub mod audit;
 pub mod config;
 pub mod console;
+pub mod exports;
 pub mod jobs;
 pub mod metrics;
 pub mod objects;
@@ -47,6 +49,7 @@ pub struct AppState {
     pub audit: audit::AuditLog,
     pub metrics: metrics::Metrics,
     pub jobs: jobs::Jobs,
+    pub exports: exports::Exports,
     pub config: config::ServerConfig,
     /// Console sessions: session id → token id.
     sessions: Mutex<HashMap<String, String>>,
@@ -71,6 +74,7 @@ impl AppState {
             audit: audit::AuditLog::new(&dir),
             metrics: metrics::Metrics::default(),
             jobs: jobs::Jobs::default(),
+            exports: exports::Exports::default(),
             sessions: Mutex::new(HashMap::new()),
             scan_lock: Mutex::new(()),
             vault,
@@ -183,6 +187,14 @@ impl From<cairn_scan::Error> for ApiError {
             cairn_scan::Error::Invalid(m) => ApiError::bad(m),
             e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
+    }
+}
+
+impl From<cairn_guest::GuestError> for ApiError {
+    fn from(e: cairn_guest::GuestError) -> ApiError {
+        // The snapshot's files could not be read (no filesystem Cairn
+        // reads, or a damaged one): a fact about the data, not a crash.
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
     }
 }
 
@@ -371,6 +383,7 @@ pub fn router(st: Shared) -> Router {
     Router::new()
         .merge(objects::routes())
         .merge(api::routes())
+        .merge(exports::routes())
         .merge(console::routes())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
@@ -380,6 +393,8 @@ pub fn router(st: Shared) -> Router {
                     .map(|(s, _)| s.len())
                     .unwrap_or(0);
                 st.metrics.set("cairn_snapshots", &[], n as f64);
+                st.metrics
+                    .set("cairn_nbd_clients", &[], st.exports.clients() as f64);
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                     st.metrics.render(),

@@ -3,7 +3,6 @@
 
 use crate::util::bytes;
 use anyhow::{Context, Result, bail};
-use cairn_guest::check::{DiskCheck, TreeCheck};
 use cairn_guest::open::GUEST_CACHE_CHUNKS;
 use cairn_guest::{FileEntry, FileKind, Opened};
 use cairn_vault::{BlockSource, SnapshotDisk, Vault};
@@ -163,15 +162,7 @@ pub fn diff(
             "{a} and {b} are of different kinds (a disk and a directory); diff compares like with like"
         );
     }
-    let (ow, nw) = (old.fs.walk()?, new.fs.walk()?);
-    let d = match (&old.disk, &new.disk) {
-        (Some(od), Some(nd)) => cairn_guest::diff::diff(
-            &ow,
-            &nw,
-            &mut DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd),
-        ),
-        _ => cairn_guest::diff::diff(&ow, &nw, &mut TreeCheck),
-    };
+    let d = cairn_guest::diff::between(&old, &new)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(0);

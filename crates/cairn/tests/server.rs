@@ -519,6 +519,72 @@ fn the_scheduler_backs_up_scores_and_calls_the_webhook_on_an_attack() {
         ) >= 1.0
     );
     assert!(metric(&server.url, "cairn_verdicts_total{verdict=\"compromised\"}") >= 1.0);
+
+    // The file diff of the attack: the five reports, modified in place.
+    let (status, d) = call(
+        "GET",
+        &format!("{}/api/v1/snapshots/vm@latest/diff", server.url),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(status, 200, "{d}");
+    let modified: Vec<&str> = d["modified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap())
+        .collect();
+    for i in 10..15 {
+        assert!(
+            modified.contains(&format!("/home/alice/docs/report-{i}.txt").as_str()),
+            "{modified:?}"
+        );
+    }
+
+    // Instant recovery from the API: the snapshot served over NBD is the
+    // disk as it was backed up; connected clients show in /metrics.
+    let (status, e) = call(
+        "POST",
+        &format!("{}/api/v1/snapshots/vm@latest/export", server.url),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(status, 201, "{e}");
+    let nbd = e["url"].as_str().unwrap().to_string();
+    sh(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            disk.to_str().unwrap(),
+            &nbd,
+        ],
+    );
+    let hostport = nbd
+        .trim_start_matches("nbd://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let held = std::net::TcpStream::connect(&hostport).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(metric(&server.url, "cairn_nbd_clients"), 1.0);
+    drop(held);
+    let (status, _) = call(
+        "DELETE",
+        &format!("{}/api/v1/exports/{}", server.url, e["id"]),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(status, 200);
+    let stopped = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::net::TcpStream::connect(&hostport).is_err()
+    });
+    assert!(stopped, "the export stopped");
 }
 
 /// Reads a server-sent event stream to its end: (event, data) pairs.
