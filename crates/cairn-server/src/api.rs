@@ -29,6 +29,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/snapshots/{spec}/diff", get(diff))
         .route("/api/v1/snapshots/{spec}/scan", post(scan))
         .route("/api/v1/snapshots/{spec}/restore", post(restore))
+        .route("/api/v1/snapshots/{spec}/boot", post(boot))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/events", get(job_events))
@@ -474,6 +475,53 @@ fn cairn_recover_disk(
     }
     f.sync_all()?;
     Ok(json!({"to": to, "size": size, "written": written}))
+}
+
+/// Boots a snapshot in the isolated environment (no network by default,
+/// writes to a throw-away overlay) and judges the boot as `[boot]` in the
+/// config says.
+async fn boot(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(spec): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let opts = match &st.config.boot {
+        Some(b) if b.expect.is_some() || b.probe.is_some() => b.options(),
+        _ => {
+            return Err(ApiError::bad(
+                "the boot check is not configured: add [boot] with expect = \"…\" (or probe) to the server config",
+            ));
+        }
+    };
+    let s = st.clone();
+    let sp = spec.clone();
+    let snap: Snapshot = blocking(move || Ok(s.vault.resolve(&sp)?)).await?;
+    let s = st.clone();
+    let job = st.jobs.spawn("boot", &spec, move |job| {
+        job.push("stage", json!({"stage": "boot", "snapshot": snap.id.0}));
+        // The console log is kept beside the server's state.
+        let logs = s.dir.join("boot-logs");
+        std::fs::create_dir_all(&logs)?;
+        let mut opts = opts;
+        opts.log = Some(logs.join(format!(
+            "{}-{}.log",
+            snap.id.short(),
+            chrono::Utc::now().format("%Y%m%dT%H%M%S")
+        )));
+        let r = cairn_expose::boot::boot_check(&s.vault, &snap, &opts)?;
+        let console = std::fs::read_to_string(&r.console_log).unwrap_or_default();
+        let tail: Vec<&str> = console.lines().rev().take(20).collect();
+        Ok(json!({
+            "result": r.result,
+            "reason": r.reason,
+            "accel": r.accel,
+            "seconds": r.seconds,
+            "console_log": r.console_log,
+            "console_tail": tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        }))
+    });
+    Ok(job_started(&job))
 }
 
 async fn jobs(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {

@@ -7,6 +7,12 @@
 //! webhook = "https://chat.example/hooks/cairn"   # POSTed on suspicious or compromised
 //! export_host = "10.0.0.5"   # where console NBD exports listen (default 127.0.0.1)
 //!
+//! [boot]                # the console's boot check (as `cairn boot` takes it)
+//! kernel = "/srv/cairn/vmlinuz"   # optional: without, the disk's own bootloader
+//! initrd = "/srv/cairn/initrd.img"
+//! expect = "login:"     # or probe = 22 with network = "restricted"
+//! timeout = 120
+//!
 //! [[source]]
 //! name = "web01"
 //! path = "/var/lib/libvirt/images/web01.qcow2"
@@ -30,8 +36,48 @@ pub struct ServerConfig {
     /// Address exports started from the console listen on (default
     /// 127.0.0.1; each export gets a free port).
     pub export_host: Option<String>,
+    /// How the console's boot check boots a snapshot and judges it.
+    pub boot: Option<BootConfig>,
     #[serde(default)]
     pub source: Vec<Policy>,
+}
+
+/// `[boot]`: the isolated environment's settings (as `cairn boot` takes
+/// them). Without a kernel the disk boots through its own bootloader.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: Option<String>,
+    pub memory: Option<String>,
+    /// `none` (default) or `restricted` (user networking, no route out).
+    pub network: Option<String>,
+    /// Console text that means the boot worked.
+    pub expect: Option<String>,
+    /// Guest TCP port that answers when the boot worked (needs restricted).
+    pub probe: Option<u16>,
+    pub timeout: Option<u64>,
+}
+
+impl BootConfig {
+    pub fn options(&self) -> cairn_expose::boot::BootOptions {
+        cairn_expose::boot::BootOptions {
+            overlay: None,
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            append: self
+                .append
+                .clone()
+                .unwrap_or_else(|| "console=ttyS0".into()),
+            memory: self.memory.clone().unwrap_or_else(|| "512M".into()),
+            network: self.network.clone().unwrap_or_else(|| "none".into()),
+            expect: self.expect.clone(),
+            probe: self.probe,
+            timeout: self.timeout.unwrap_or(120),
+            log: None,
+        }
+    }
 }
 
 /// A source the server backs up itself, on a schedule.

@@ -431,6 +431,7 @@ or pick a point to scan or restore.</p>",
             "<tr><td><a href=\"/snapshots/{full}\">{short}</a></td><td>{time}</td><td>{v}</td><td>{sc}</td>\
 <td><button data-job=\"/api/v1/snapshots/{full}/scan\">Scan</button> \
 <button data-job=\"/api/v1/snapshots/{full}/export\">Export (NBD)</button> \
+<button data-job=\"/api/v1/snapshots/{full}/boot\">Boot check</button> \
 <button data-job=\"/api/v1/snapshots/{full}/restore\" data-ask=\"Restore to which new file on the server?\">Restore…</button></td></tr>",
             short = esc(&id[..8.min(id.len())]),
             time = short_time(&e["time"]),
@@ -483,6 +484,7 @@ function show(kind, data) {
   else if (kind === 'tried') { text = 'tried ' + data.id.slice(0, 8) + ': ' + data.verdict; }
   else if (kind === 'done') {
     if (data.verdict) text = 'done: verdict ' + data.verdict + ' (' + data.malware + ' malware, ' + data.persistence + ' persistence, ' + data.vulnerabilities + ' vulnerabilities)';
+    else if (data.result) text = 'done: ' + data.result + ' (' + data.reason + ', ' + Math.round(data.seconds) + ' s)';
     else if ('clean' in data) text = 'done: clean point ' + (data.clean ? data.clean.slice(0, 8) : 'none found') + ' after ' + data.tried.length + ' tried';
     else text = 'done: ' + JSON.stringify(data);
   }

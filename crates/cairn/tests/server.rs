@@ -906,3 +906,48 @@ fn twenty_agents_back_up_at_once() {
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2 * n);
     env.ok(&["verify", "--read-data"]);
 }
+
+#[test]
+fn the_console_api_boots_a_point_in_isolation() {
+    let assets = sh(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/boot-assets"),
+        &[],
+    );
+    let mut it = assets.split_whitespace();
+    let (kernel, initrd) = (it.next().unwrap(), it.next().unwrap());
+    let env = Env::new("0s", &[]);
+    let content = env.path("content");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("MARKER"), "recovered-point-7\n").unwrap();
+    let img = env.path("vm.img");
+    gpt_ext4_image(&img, &content, 32);
+    env.backup(&img, "vm", "2026-03-01T00:00:00Z");
+    let config = env.path("server.toml");
+    std::fs::write(
+        &config,
+        format!("[boot]\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\nexpect = \"CAIRN-MARKER: recovered-point-7\"\ntimeout = 120\n"),
+    )
+    .unwrap();
+    let operator = token(&env, &["--role", "operator"]);
+    let server = serve(&env, &["--config", config.to_str().unwrap()]);
+    let (status, v) = call(
+        "POST",
+        &format!("{}/api/v1/snapshots/vm@latest/boot", server.url),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(status, 202, "{v}");
+    let events = read_events(
+        &format!("{}{}", server.url, v["events"].as_str().unwrap()),
+        &operator,
+    );
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "done", "{events:?}");
+    assert_eq!(data["result"], "booted", "{data}");
+    assert!(
+        data["console_tail"]
+            .as_str()
+            .unwrap()
+            .contains("CAIRN-MARKER: recovered-point-7")
+    );
+}

@@ -1,0 +1,293 @@
+//! The isolated recovery environment (`cairn boot`, the walk back's boot
+//! check, the console's boot button). The snapshot is
+//! exported over NBD inside this process (writes go to an overlay), QEMU
+//! boots it with no network (or user networking with no route out), the
+//! serial console is recorded, and the boot is judged by a console pattern
+//! or a guest port that answers.
+
+use crate::{Export, Overlay, OverlayDisk};
+use anyhow::{Context, Result, bail};
+use cairn_vault::{BlockSource, SnapshotDisk, Vault};
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct BootOptions {
+    pub overlay: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: String,
+    pub memory: String,
+    pub network: String,
+    pub expect: Option<String>,
+    pub probe: Option<u16>,
+    pub timeout: u64,
+    pub log: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+pub struct BootReport {
+    pub snapshot: String,
+    /// `booted` or `failed`.
+    pub result: &'static str,
+    pub accel: String,
+    pub seconds: f64,
+    pub console_log: String,
+    pub reason: String,
+}
+
+/// One QEMU run: the console lines as they come, and whether it ended.
+fn start_qemu(
+    args: &[String],
+    log: &Path,
+) -> Result<(std::process::Child, mpsc::Receiver<String>)> {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    let (tx, rx) = mpsc::channel();
+    let mut logf =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send(format!("qemu: {line}"));
+        }
+    });
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut buf = Vec::new();
+        while r
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            let _ = logf.write_all(&buf);
+            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_string());
+            buf.clear();
+        }
+    });
+    Ok((child, rx))
+}
+
+/// True when the guest's service answers through the forwarded port.
+/// Connecting is not enough: QEMU's user network accepts on the host side
+/// before the guest listens. The service must send something, on its own
+/// (SSH, SMTP…) or in reply to an HTTP HEAD request.
+fn probe_port(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(300),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => return true,
+        Ok(_) => return false, // closed: nobody behind the forward
+        Err(_) => {}
+    }
+    if s.write_all(b"HEAD / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    matches!(s.read(&mut buf), Ok(n) if n > 0)
+}
+
+/// Boots `snap` in the isolated environment and judges the boot.
+pub fn boot_check(
+    vault: &Arc<Vault>,
+    snap: &cairn_vault::Snapshot,
+    o: &BootOptions,
+) -> Result<BootReport> {
+    if o.expect.is_none() && o.probe.is_none() {
+        bail!(
+            "say how to recognise a good boot: --expect PATTERN (on the console) or --probe PORT"
+        );
+    }
+    if o.probe.is_some() && o.network != "restricted" {
+        bail!(
+            "--probe needs --network restricted (with --network none the guest has no network at all)"
+        );
+    }
+    if !matches!(o.network.as_str(), "none" | "restricted") {
+        bail!("--network is none or restricted");
+    }
+    let disk: Arc<dyn BlockSource> =
+        Arc::new(SnapshotDisk::open(vault.clone(), snap, 256)?.without_read_ahead());
+    let tmp = tempfile::tempdir()?;
+    let overlay_path = o
+        .overlay
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("overlay"));
+    let overlay =
+        Arc::new(Overlay::open(&overlay_path, disk.size()).context("opening the overlay")?);
+    let log = o
+        .log
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("console.log"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let exports = Arc::new(vec![Export {
+        name: "boot".into(),
+        disk: Arc::new(OverlayDisk {
+            base: disk,
+            overlay: Some(overlay.clone()),
+        }),
+        description: format!("{}@{}", snap.name, snap.id.short()),
+    }]);
+    rt.spawn(crate::serve(listener, exports));
+
+    let host_port = o.probe.map(|_| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("address").port()
+    });
+    let mut base: Vec<String> = vec![
+        "-nodefaults".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-m".into(),
+        o.memory.clone(),
+        "-serial".into(),
+        "stdio".into(),
+        "-drive".into(),
+        format!("file=nbd://{addr}/boot,format=raw,if=virtio,cache=writeback"),
+    ];
+    match (o.network.as_str(), o.probe, host_port) {
+        ("restricted", Some(guest), Some(host)) => base.extend([
+            "-nic".into(),
+            format!("user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{host}-:{guest}"),
+        ]),
+        ("restricted", _, _) => base.extend([
+            "-nic".into(),
+            "user,restrict=on,model=virtio-net-pci".into(),
+        ]),
+        _ => base.extend(["-nic".into(), "none".into()]),
+    }
+    if let Some(k) = &o.kernel {
+        base.extend([
+            "-kernel".into(),
+            k.display().to_string(),
+            "-append".into(),
+            o.append.clone(),
+        ]);
+    }
+    if let Some(i) = &o.initrd {
+        base.extend(["-initrd".into(), i.display().to_string()]);
+    }
+    // KVM when it works; FIELD experience: it can hang before the first
+    // console byte, so a silent start falls back to TCG.
+    let mut accels = vec![];
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+    {
+        accels.push((
+            "kvm",
+            vec![
+                "-accel".to_string(),
+                "kvm".into(),
+                "-cpu".into(),
+                "host".into(),
+            ],
+        ));
+    }
+    accels.push((
+        "tcg",
+        vec![
+            "-accel".to_string(),
+            "tcg".into(),
+            "-cpu".into(),
+            "max".into(),
+        ],
+    ));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(o.timeout);
+    let mut report = BootReport {
+        snapshot: format!("{}@{}", snap.name, snap.id.short()),
+        result: "failed",
+        accel: String::new(),
+        seconds: 0.0,
+        console_log: log.display().to_string(),
+        reason: String::new(),
+    };
+    'accel: for (i, (name, accel)) in accels.iter().enumerate() {
+        let last = i + 1 == accels.len();
+        let mut args = accel.clone();
+        args.extend(base.iter().cloned());
+        let (mut child, rx) = start_qemu(&args, &log)?;
+        report.accel = name.to_string();
+        let mut saw_output = false;
+        let first_output_by = Instant::now() + Duration::from_secs(8);
+        loop {
+            if Instant::now() > deadline {
+                report.reason = format!("no sign of a good boot within {} s", o.timeout);
+                let _ = child.kill();
+                break 'accel;
+            }
+            if !saw_output && !last && Instant::now() > first_output_by {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue 'accel; // silent KVM: try TCG
+            }
+            if let (Some(_), Some(h)) = (o.probe, host_port)
+                && probe_port(h)
+            {
+                report.result = "booted";
+                report.reason = format!("guest port {} answered", o.probe.unwrap_or_default());
+                let _ = child.kill();
+                break 'accel;
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    saw_output |= !line.starts_with("qemu: ");
+                    if let Some(p) = &o.expect
+                        && line.contains(p.as_str())
+                    {
+                        report.result = "booted";
+                        report.reason = format!("console showed {p:?}");
+                        let _ = child.kill();
+                        break 'accel;
+                    }
+                    if line.starts_with("qemu: ") {
+                        report.reason = line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if report.reason.is_empty() {
+                        report.reason =
+                            "the guest stopped before showing a sign of a good boot".into();
+                    }
+                    break 'accel;
+                }
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    if o.log.is_none() && report.result != "booted" {
+        // Keep the console of a failed boot for the operator.
+        let keep = std::env::temp_dir().join(format!("cairn-boot-{}.log", snap.id.short()));
+        let _ = std::fs::copy(&log, &keep);
+        report.console_log = keep.display().to_string();
+    }
+    drop(rt);
+    Ok(report)
+}
