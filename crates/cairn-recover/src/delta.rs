@@ -5,6 +5,12 @@
 //! only when one of its blocks must be written; blocks that are zeros in
 //! the snapshot are punched out of a file (zeroed on a device). The target
 //! is then read back and checked against the snapshot.
+//!
+//! When the target is known to be unchanged since a later snapshot was
+//! taken of it (the attacked disk, backed up when the attack was found),
+//! that snapshot's block digests stand for the target's: nothing is read
+//! to compare, and only the blocks that differ are touched, as changed
+//! block tracking does in hypervisors' backup tools.
 
 use crate::disk::{open_existing, verify_target};
 use cairn_vault::SnapshotDisk;
@@ -24,6 +30,9 @@ pub struct DeltaOptions {
     pub dry_run: bool,
     /// Read the target back afterwards and compare it with the snapshot.
     pub verify: bool,
+    /// The disk map of a snapshot the target is known to equal (taken
+    /// after its last change): compared instead of reading the target.
+    pub known: Option<std::sync::Arc<cairn_vault::diskmap::DiskMap>>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -40,6 +49,9 @@ pub struct DeltaReport {
     /// Snapshot chunks fetched from the vault.
     pub chunks_fetched: u64,
     pub dry_run: bool,
+    /// Compared against this snapshot's digests instead of reading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compared_with: Option<String>,
     pub verified: bool,
     /// The target file's size before, when it had to be changed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +116,11 @@ pub fn restore_delta(
     };
     let hasher = disk.vault().hasher();
     let bpc = map.blocks_per_chunk();
+    // A known map only stands for the target when it has the same shape.
+    let known = opts
+        .known
+        .as_deref()
+        .filter(|k| k.size == old_size && k.size == map.size && k.chunk_size == map.chunk_size);
     let compared = AtomicU64::new(0);
     let written = AtomicU64::new(0);
     let zeroed = AtomicU64::new(0);
@@ -115,9 +132,11 @@ pub fn restore_delta(
             let (start, len) = map.chunk_range(i);
             // Past the old end of a grown file there is nothing to read.
             let readable = old_size.saturating_sub(start).min(len as u64) as usize;
-            let mut have = vec![0u8; len];
             let mut digests = Vec::with_capacity(bpc);
-            if has_data(start, len as u64) {
+            if let Some(k) = known {
+                digests.extend_from_slice(&k.blocks[i * bpc..i * bpc + len.div_ceil(BLOCK_SIZE)]);
+            } else if has_data(start, len as u64) {
+                let mut have = vec![0u8; len];
                 file.read_exact_at(&mut have[..readable], start)
                     .ctx(|| format!("reading {}", target.display()))?;
                 hasher.block_digests(&have, &mut digests);

@@ -112,6 +112,12 @@ enum Command {
         /// With --delta: compare and report, write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --delta: the target has not changed since this later
+        /// snapshot was taken of it, so its digests are compared instead
+        /// of reading the target (found by itself when the latest snapshot
+        /// was read from this very file and the file is untouched since).
+        #[arg(long, requires = "delta")]
+        since: Option<String>,
     },
     /// Least-data-loss rollback: the newest snapshot, with every file the
     /// attack damaged taken from before the damage and every file it
@@ -589,6 +595,7 @@ fn run(cli: Cli) -> Result<u8> {
             verify,
             delta,
             dry_run,
+            since,
         } => {
             if *dry_run && !*delta {
                 bail!("--dry-run applies to --delta restores");
@@ -599,7 +606,7 @@ fn run(cli: Cli) -> Result<u8> {
                         "--delta restores a whole disk snapshot over an existing disk (no :/path, --partition or --overwrite)"
                     );
                 }
-                return restore_delta(&cli, snapshot, to, *verify, *dry_run);
+                return restore_delta(&cli, snapshot, to, *verify, *dry_run, since.as_deref());
             }
             if snapshot.contains(':') {
                 if *overwrite || *verify {
@@ -1282,7 +1289,58 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
     Ok(0)
 }
 
-fn restore_delta(cli: &Cli, spec: &str, to: &Path, verify: bool, dry_run: bool) -> Result<u8> {
+/// When the target file was last changed, if it is a regular file.
+fn file_mtime(path: &Path) -> Option<(chrono::DateTime<chrono::Utc>, u64)> {
+    let md = std::fs::metadata(path).ok()?;
+    md.is_file()
+        .then(|| Some((md.modified().ok()?.into(), md.len())))
+        .flatten()
+}
+
+/// A snapshot the delta target is known to equal: `--since`, or the
+/// latest disk snapshot read from this very file when the file has not
+/// been touched since that backup began.
+fn known_state(vault: &Vault, to: &Path, since: Option<&str>) -> Result<Option<Snapshot>> {
+    // When the backup began reading (its duration counts from before the
+    // first read): a change before that is in the snapshot.
+    let began = |s: &Snapshot| {
+        s.written - chrono::Duration::milliseconds((s.metrics.duration_secs * 1000.0).ceil() as i64)
+    };
+    if let Some(spec) = since {
+        let s = vault.resolve(spec)?;
+        if s.source.kind != SourceKind::Disk {
+            bail!("--since {spec}: not a disk snapshot");
+        }
+        if let Some((mtime, _)) = file_mtime(to)
+            && mtime >= began(&s)
+        {
+            bail!(
+                "--since {spec}: {} changed after that snapshot was taken; leave out --since to compare by reading it",
+                to.display()
+            );
+        }
+        return Ok(Some(s));
+    }
+    let Some((mtime, len)) = file_mtime(to) else {
+        return Ok(None);
+    };
+    let target = std::fs::canonicalize(to)?.display().to_string();
+    let (all, _) = vault.snapshots()?;
+    let latest = all
+        .into_iter()
+        .rev()
+        .find(|s| s.source.kind == SourceKind::Disk && s.source.path == target);
+    Ok(latest.filter(|s| s.metrics.logical_size == len && mtime < began(s)))
+}
+
+fn restore_delta(
+    cli: &Cli,
+    spec: &str,
+    to: &Path,
+    verify: bool,
+    dry_run: bool,
+    since: Option<&str>,
+) -> Result<u8> {
     let vault = open(cli)?;
     let snap = vault.resolve(spec)?;
     if snap.source.kind != SourceKind::Disk {
@@ -1290,6 +1348,11 @@ fn restore_delta(cli: &Cli, spec: &str, to: &Path, verify: bool, dry_run: bool) 
             "{spec} is a directory snapshot; --delta restores disks (for directories see `cairn rollback --in-place`)"
         );
     }
+    let known = known_state(&vault, to, since)?;
+    let known_map = match &known {
+        Some(k) => Some(Arc::new(vault.read_disk_map(k)?)),
+        None => None,
+    };
     let progress = Arc::new(Progress::default());
     progress.set_total(snap.metrics.logical_size);
     let bar = Bar::start(progress.clone(), "compare", cli.quiet || cli.json);
@@ -1298,21 +1361,33 @@ fn restore_delta(cli: &Cli, spec: &str, to: &Path, verify: bool, dry_run: bool) 
     let r = cairn_recover::restore_delta(
         &disk,
         to,
-        &cairn_recover::DeltaOptions { dry_run, verify },
+        &cairn_recover::DeltaOptions {
+            dry_run,
+            verify,
+            known: known_map,
+        },
         &tick,
     );
     drop(bar);
-    let r = r?;
+    let mut r = r?;
+    r.compared_with = known.map(|k| format!("{}@{}", k.name, k.id.0));
     if cli.json {
         print_json(&r);
     } else {
         println!(
-            "{} {}@{} onto {}: compared {}, {} {} block(s) ({}, {} zeroed){}, {:.2}s",
+            "{} {}@{} onto {}: compared {}{}, {} {} block(s) ({}, {} zeroed){}, {:.2}s",
             if dry_run { "would restore" } else { "restored" },
             snap.name,
             snap.id.short(),
             to.display(),
             bytes(r.bytes_compared),
+            match &r.compared_with {
+                Some(k) => format!(
+                    " (by the digests of {}, taken after the target's last change)",
+                    &k[..k.find('@').map(|i| i + 9).unwrap_or(k.len()).min(k.len())]
+                ),
+                None => String::new(),
+            },
             if dry_run { "would write" } else { "wrote" },
             r.blocks_written,
             bytes(r.bytes_written),

@@ -93,6 +93,12 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
     );
     assert_eq!(r["verified"], true);
     assert_eq!(r["blocks_written"], dry["blocks_written"]);
+    // The target had not changed since the attack was backed up from it:
+    // that snapshot's digests stood for it, nothing was read to compare.
+    assert!(
+        r["compared_with"].as_str().unwrap().starts_with("vm@"),
+        "{r}"
+    );
     let written = r["blocks_written"].as_u64().unwrap();
     let total = r["blocks_compared"].as_u64().unwrap();
     assert!(
@@ -115,6 +121,20 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
         "--delta",
     ]);
     assert_eq!(again["blocks_written"], 0);
+    // Now the target changed after every snapshot: it is read, and a
+    // --since that claims otherwise is refused.
+    assert!(again["compared_with"].is_null(), "{again}");
+    let out = env.run(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--delta",
+        "--since",
+        "vm@latest",
+    ]);
+    assert_eq!(code(&out), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changed after that snapshot"));
 
     // Clear errors for a target of the wrong kind.
     let out = env.run(&[
