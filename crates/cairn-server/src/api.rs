@@ -224,20 +224,26 @@ fn job_started(job: &Job) -> Response {
         .into_response()
 }
 
-fn report_findings(job: &Job, r: &ScanReport) {
-    for h in &r.malware {
+fn malware_findings(job: &Job, hits: &[cairn_scan::malware::MalwareHit]) {
+    for h in hits {
         job.push(
             "finding",
             json!({"kind": "malware", "severity": h.severity, "text": format!("{} at {} (offset {})", h.rule, h.path, h.offset)}),
         );
     }
-    for p in &r.persistence {
+}
+
+fn persistence_findings(job: &Job, found: &[cairn_scan::persistence::Indicator]) {
+    for p in found {
         job.push(
             "finding",
             json!({"kind": "persistence", "severity": p.severity, "text": format!("{} {}: {}", p.kind, p.path, p.detail)}),
         );
     }
-    for v in &r.vulnerabilities {
+}
+
+fn vulnerability_findings(job: &Job, found: &[cairn_scan::VulnFinding]) {
+    for v in found {
         job.push(
             "finding",
             json!({"kind": "vulnerability", "severity": v.severity, "text": format!("{} {} {}: {}", v.package, v.installed, v.id, v.summary)}),
@@ -271,7 +277,9 @@ pub fn run_scan(st: &Shared, job: &Job, spec: &str) -> anyhow::Result<Value> {
     let report = match Scan::stored(vault, &snap, baseline.as_ref(), &profile) {
         Some(r) => {
             job.push("stage", json!({"stage": "stored", "snapshot": snap.id.0}));
-            report_findings(job, &r);
+            persistence_findings(job, &r.persistence);
+            malware_findings(job, &r.malware);
+            vulnerability_findings(job, &r.vulnerabilities);
             r
         }
         None => {
@@ -280,12 +288,7 @@ pub fn run_scan(st: &Shared, job: &Job, spec: &str) -> anyhow::Result<Value> {
             let mut scan = Scan::start(vault, &snap, baseline.as_ref(), &profile, &mut targets)?;
             job.push("stage", json!({"stage": "persistence"}));
             scan.persistence();
-            for p in &scan.report.persistence {
-                job.push(
-                    "finding",
-                    json!({"kind": "persistence", "severity": p.severity, "text": format!("{} {}: {}", p.kind, p.path, p.detail)}),
-                );
-            }
+            persistence_findings(job, &scan.report.persistence);
             job.push("stage", json!({"stage": "malware"}));
             let last = std::sync::Mutex::new(std::time::Instant::now());
             scan.malware(&mut profile, &|done, total| {
@@ -295,20 +298,10 @@ pub fn run_scan(st: &Shared, job: &Job, spec: &str) -> anyhow::Result<Value> {
                     job.push("progress", json!({"done": done, "total": total}));
                 }
             });
-            for h in &scan.report.malware {
-                job.push(
-                    "finding",
-                    json!({"kind": "malware", "severity": h.severity, "text": format!("{} at {} (offset {})", h.rule, h.path, h.offset)}),
-                );
-            }
+            malware_findings(job, &scan.report.malware);
             job.push("stage", json!({"stage": "vulnerabilities"}));
             scan.vulnerabilities(&profile);
-            for v in &scan.report.vulnerabilities {
-                job.push(
-                    "finding",
-                    json!({"kind": "vulnerability", "severity": v.severity, "text": format!("{} {} {}: {}", v.package, v.installed, v.id, v.summary)}),
-                );
-            }
+            vulnerability_findings(job, &scan.report.vulnerabilities);
             scan.finish()?
         }
     };
