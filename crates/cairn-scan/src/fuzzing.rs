@@ -35,3 +35,9 @@ pub fn scan_parsers(data: &[u8]) {
     let _ = osv::cvss3(&String::from_utf8_lossy(a));
     crate::persistence::fuzz_text(a, b);
 }
+
+/// A registry hive (`fuzz/fuzz_targets/registry.rs`): parsed, its Run
+/// keys, Winlogon and services read, and compared with itself.
+pub fn registry(data: &[u8]) {
+    crate::persistence::fuzz_hive(data);
+}

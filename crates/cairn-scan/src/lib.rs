@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod malware;
 pub mod osv;
 pub mod persistence;
+pub mod registry;
 pub mod rpm;
 pub mod rules;
 pub mod version;

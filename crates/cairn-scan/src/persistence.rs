@@ -367,6 +367,26 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             }
             continue;
         }
+        if old.is_some()
+            && (is_new || is_changed)
+            && let Some(hive) = hive_kind(&path)
+        {
+            let then = before.zip(old).and_then(|(b, o)| read_hive(o, b));
+            match read_hive(new, e) {
+                Some(now) => {
+                    for (kind, detail) in registry_changes(hive, then.as_deref(), &now) {
+                        push(&path, kind, Severity::Warning, detail);
+                    }
+                }
+                None => push(
+                    &path,
+                    "windows_registry",
+                    Severity::Warning,
+                    "registry hive changed but could not be read".into(),
+                ),
+            }
+            continue;
+        }
         let Some(kind) = place(&path) else { continue };
         if kind == "ld_preload" {
             // Suspicious on its own: almost no system has one.
@@ -427,9 +447,302 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
     out
 }
 
+pub(crate) fn fuzz_hive(data: &[u8]) {
+    for kind in [Hive::Software, Hive::System, Hive::User] {
+        let _ = registry_changes(kind, Some(data), data);
+        let _ = registry_changes(kind, None, data);
+    }
+    if let Ok(h) = crate::registry::Hive::parse(data)
+        && let Ok(Some(root)) = h.find(&[])
+    {
+        for (_, k) in h.subkeys(root).unwrap_or_default().into_iter().take(64) {
+            let _ = h.values(k);
+        }
+    }
+}
+
+/// Which registry hive a path is (Windows paths compared without case).
+fn hive_kind(path: &str) -> Option<Hive> {
+    let lower = path.to_ascii_lowercase();
+    match lower.as_str() {
+        "windows/system32/config/software" => Some(Hive::Software),
+        "windows/system32/config/system" => Some(Hive::System),
+        _ if lower.starts_with("users/")
+            && lower.ends_with("/ntuser.dat")
+            && lower.matches('/').count() == 2 =>
+        {
+            Some(Hive::User)
+        }
+        _ => None,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Hive {
+    Software,
+    System,
+    User,
+}
+
+fn read_hive(side: &Side, e: &FileEntry) -> Option<Vec<u8>> {
+    if e.kind != FileKind::File || e.size > crate::registry::MAX_HIVE {
+        return None;
+    }
+    cairn_guest::read_all(side.fs, e, crate::registry::MAX_HIVE).ok()
+}
+
+/// Run keys (values are programs started at boot or log-on).
+const RUN_KEYS_MACHINE: &[&[&str]] = &[
+    &["Microsoft", "Windows", "CurrentVersion", "Run"],
+    &["Microsoft", "Windows", "CurrentVersion", "RunOnce"],
+    &[
+        "WOW6432Node",
+        "Microsoft",
+        "Windows",
+        "CurrentVersion",
+        "Run",
+    ],
+    &[
+        "WOW6432Node",
+        "Microsoft",
+        "Windows",
+        "CurrentVersion",
+        "RunOnce",
+    ],
+];
+const RUN_KEYS_USER: &[&[&str]] = &[
+    &["Software", "Microsoft", "Windows", "CurrentVersion", "Run"],
+    &[
+        "Software",
+        "Microsoft",
+        "Windows",
+        "CurrentVersion",
+        "RunOnce",
+    ],
+];
+const WINLOGON: &[&str] = &["Microsoft", "Windows NT", "CurrentVersion", "Winlogon"];
+
+/// name → shown data of the values of `key` (empty when absent).
+fn values_at(h: &crate::registry::Hive, key: &[&str]) -> Vec<(String, String)> {
+    match h.find(key) {
+        Ok(Some(k)) => h
+            .values(k)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.name.clone(), v.display()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Services: name → (ImagePath, Start) in every ControlSet00N.
+fn services(h: &crate::registry::Hive) -> HashMap<String, (String, String)> {
+    let mut out = HashMap::new();
+    for set in ["ControlSet001", "ControlSet002"] {
+        let Ok(Some(k)) = h.find(&[set, "Services"]) else {
+            continue;
+        };
+        for (name, off) in h.subkeys(k).unwrap_or_default() {
+            let vals = h.values(off).unwrap_or_default();
+            let get = |n: &str| {
+                vals.iter()
+                    .find(|v| v.name.eq_ignore_ascii_case(n))
+                    .map(|v| v.display())
+                    .unwrap_or_default()
+            };
+            out.entry(name.to_ascii_lowercase())
+                .or_insert((get("ImagePath"), get("Start")));
+        }
+    }
+    out
+}
+
+/// What a hive gained since the baseline: Run values, Winlogon's Shell
+/// and Userinit, services that start by themselves.
+fn registry_changes(kind: Hive, old: Option<&[u8]>, new: &[u8]) -> Vec<(&'static str, String)> {
+    let Ok(now) = crate::registry::Hive::parse(new) else {
+        return vec![(
+            "windows_registry",
+            "registry hive changed and is damaged (not a readable hive)".into(),
+        )];
+    };
+    let then = old.and_then(|o| crate::registry::Hive::parse(o).ok());
+    let mut out = Vec::new();
+    let (run_keys, scope) = match kind {
+        Hive::User => (RUN_KEYS_USER, "HKCU"),
+        _ => (RUN_KEYS_MACHINE, "HKLM\\SOFTWARE"),
+    };
+    if kind != Hive::System {
+        for key in run_keys {
+            let before: HashMap<String, String> = then
+                .as_ref()
+                .map(|t| values_at(t, key))
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            for (name, data) in values_at(&now, key) {
+                if before.get(&name) != Some(&data) {
+                    out.push((
+                        "windows_run",
+                        format!(
+                            "{} Run value in {scope}\\{}: {name} = {data}",
+                            if before.contains_key(&name) {
+                                "changed"
+                            } else {
+                                "new"
+                            },
+                            key.join("\\")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if kind == Hive::Software {
+        let before: HashMap<String, String> = then
+            .as_ref()
+            .map(|t| values_at(t, WINLOGON))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for (name, data) in values_at(&now, WINLOGON) {
+            let watched = ["shell", "userinit"].contains(&name.to_ascii_lowercase().as_str());
+            if watched && before.get(&name).is_some_and(|b| *b != data) {
+                out.push((
+                    "windows_winlogon",
+                    format!("Winlogon {name} changed to {data}"),
+                ));
+            }
+        }
+    }
+    if kind == Hive::System {
+        let before = then.as_ref().map(services).unwrap_or_default();
+        let mut now_services: Vec<(String, (String, String))> =
+            services(&now).into_iter().collect();
+        now_services.sort();
+        for (name, (image, start)) in now_services {
+            // Start 0-2: boot, system, automatic; 3 and 4 need a caller.
+            let autostart = matches!(start.as_str(), "0" | "1" | "2");
+            match before.get(&name) {
+                None if autostart => out.push((
+                    "windows_service",
+                    format!("new service {name} started automatically (start {start}): {image}"),
+                )),
+                Some((old_image, _)) if *old_image != image && !image.is_empty() => out.push((
+                    "windows_service",
+                    format!("service {name} now runs {image} (was {old_image})"),
+                )),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_values_and_services_added_to_hives_are_reported() {
+        use crate::registry::testhive::{Key, sz, write};
+        use crate::registry::{REG_DWORD, REG_EXPAND_SZ, REG_SZ};
+        let k = |name: &str, values: Vec<(String, u32, Vec<u8>)>, subkeys: Vec<Key>| Key {
+            name: name.into(),
+            values,
+            subkeys,
+        };
+        let software = |run: Vec<(String, u32, Vec<u8>)>| {
+            write(&k(
+                "ROOT",
+                vec![],
+                vec![k(
+                    "Microsoft",
+                    vec![],
+                    vec![k(
+                        "Windows",
+                        vec![],
+                        vec![k("CurrentVersion", vec![], vec![k("Run", run, vec![])])],
+                    )],
+                )],
+            ))
+        };
+        let onedrive = (
+            "OneDrive".to_string(),
+            REG_SZ,
+            sz(r"C:\Program Files\OneDrive.exe"),
+        );
+        let old = software(vec![onedrive.clone()]);
+        let new = software(vec![
+            onedrive.clone(),
+            ("svc".into(), REG_SZ, sz(r"C:\Users\Public\svc.exe")),
+        ]);
+        let found = registry_changes(Hive::Software, Some(&old), &new);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "windows_run");
+        assert!(
+            found[0].1.contains(r"svc = C:\Users\Public\svc.exe"),
+            "{}",
+            found[0].1
+        );
+        assert!(registry_changes(Hive::Software, Some(&old), &old).is_empty());
+
+        let system = |extra: Option<Key>| {
+            let mut services = vec![k(
+                "Dnscache",
+                vec![
+                    (
+                        "ImagePath".into(),
+                        REG_EXPAND_SZ,
+                        sz(r"%SystemRoot%\system32\svchost.exe"),
+                    ),
+                    ("Start".into(), REG_DWORD, 2u32.to_le_bytes().to_vec()),
+                ],
+                vec![],
+            )];
+            services.extend(extra);
+            write(&k(
+                "ROOT",
+                vec![],
+                vec![k(
+                    "ControlSet001",
+                    vec![],
+                    vec![k("Services", vec![], services)],
+                )],
+            ))
+        };
+        let evil = k(
+            "Updater",
+            vec![
+                (
+                    "ImagePath".into(),
+                    REG_EXPAND_SZ,
+                    sz(r"C:\ProgramData\u.exe"),
+                ),
+                ("Start".into(), REG_DWORD, 2u32.to_le_bytes().to_vec()),
+            ],
+            vec![],
+        );
+        let found = registry_changes(Hive::System, Some(&system(None)), &system(Some(evil)));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "windows_service");
+        assert!(
+            found[0].1.contains(
+                r"new service updater started automatically (start 2): C:\ProgramData\u.exe"
+            ),
+            "{}",
+            found[0].1
+        );
+        // A damaged hive is reported, not trusted.
+        let found = registry_changes(Hive::System, Some(&system(None)), b"garbage");
+        assert_eq!(found[0].0, "windows_registry");
+        assert_eq!(hive_kind("Users/alice/NTUSER.DAT"), Some(Hive::User));
+        assert_eq!(
+            hive_kind("Windows/System32/config/SOFTWARE"),
+            Some(Hive::Software)
+        );
+        assert_eq!(hive_kind("Users/alice/Documents/NTUSER.DAT"), None);
+    }
 
     #[test]
     fn places_are_recognised() {

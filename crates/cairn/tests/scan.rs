@@ -673,6 +673,7 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
     let tasks = mnt.join("Windows/System32/Tasks");
     let made = std::fs::create_dir_all(&startup)
         .and_then(|_| std::fs::create_dir_all(&tasks))
+        .and_then(|_| std::fs::create_dir_all(mnt.join("Windows/System32/config")))
         .and_then(|_| std::fs::write(startup.join("desktop.ini"), "[.ShellClassInfo]\r\n"))
         .and_then(|_| std::fs::write(tasks.join("OneDrive Standalone Update Task"), "<Task/>"));
     sh("umount", &[mnt.to_str().unwrap()]);
@@ -683,7 +684,34 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
         "sgdisk",
         &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
     );
-    let place = || write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap());
+    // The registry: hives made by hivex (libguestfs' registry library)
+    // from an empty one, with an ordinary Run value and service.
+    let software = env.path("SOFTWARE");
+    let system = env.path("SYSTEM");
+    for hive in [&software, &system] {
+        sh(
+            "python3",
+            &[
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/empty_hive.py"),
+                hive.to_str().unwrap(),
+            ],
+        );
+    }
+    hivexsh(
+        &software,
+        "add Microsoft\ncd Microsoft\nadd Windows\ncd Windows\nadd CurrentVersion\ncd CurrentVersion\nadd Run\ncd Run\n\
+         setval 1\nOneDrive\nstring:C:\\Program Files\\Microsoft OneDrive\\OneDrive.exe /background\n",
+    );
+    hivexsh(
+        &system,
+        "add ControlSet001\ncd ControlSet001\nadd Services\ncd Services\nadd Dnscache\ncd Dnscache\n\
+         setval 2\nImagePath\nexpandstring:%SystemRoot%\\system32\\svchost.exe -k NetworkService\nStart\ndword:0x2\n",
+    );
+    let place = || {
+        ntfs_put(&part, &software, "/Windows/System32/config/SOFTWARE");
+        ntfs_put(&part, &system, "/Windows/System32/config/SYSTEM");
+        write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap())
+    };
     place();
     env.backup(&disk, "win", "2026-04-01T00:00:00Z");
     let (code, day1) = scan(&env, "win@latest", &[]);
@@ -707,6 +735,16 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
     )
     .unwrap();
     ntfs_put(&part, &task, "/Windows/System32/Tasks/SystemHealthCheck");
+    // And the registry ways in: a Run value and an automatic service.
+    hivexsh(
+        &software,
+        "cd Microsoft\\Windows\\CurrentVersion\\Run\nsetval 2\nOneDrive\nstring:C:\\Program Files\\Microsoft OneDrive\\OneDrive.exe /background\n\
+         SecurityHealth\nstring:C:\\Users\\Public\\svc.exe\n",
+    );
+    hivexsh(
+        &system,
+        "cd ControlSet001\\Services\nadd WinUpdSvc\ncd WinUpdSvc\nsetval 2\nImagePath\nexpandstring:C:\\ProgramData\\wus.exe\nStart\ndword:0x2\n",
+    );
     place();
     env.backup(&disk, "win", "2026-04-02T00:00:00Z");
     let (code, v) = scan(&env, "win@latest", &[]);
@@ -723,11 +761,67 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
                 "windows_task".to_string(),
                 "/Windows/System32/Tasks/SystemHealthCheck".to_string()
             ),
+            (
+                "windows_run".to_string(),
+                "/Windows/System32/config/SOFTWARE".to_string()
+            ),
+            (
+                "windows_service".to_string(),
+                "/Windows/System32/config/SYSTEM".to_string()
+            ),
         ]),
         "{v:#}"
     );
     assert!(
         v["persistence"].to_string().contains("svc.exe"),
         "the added line is quoted"
+    );
+    let details: Vec<&str> = v["persistence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        details.iter().any(|d| d.contains(r"new Run value in HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Run: SecurityHealth = C:\Users\Public\svc.exe")),
+        "{details:#?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains(
+            r"new service winupdsvc started automatically (start 2): C:\ProgramData\wus.exe"
+        )),
+        "{details:#?}"
+    );
+    // The same hives read by hivex itself agree.
+    assert_eq!(
+        sh(
+            "hivexget",
+            &[
+                software.to_str().unwrap(),
+                r"\Microsoft\Windows\CurrentVersion\Run",
+                "SecurityHealth"
+            ]
+        )
+        .trim(),
+        r"C:\Users\Public\svc.exe"
+    );
+}
+
+/// Runs hivexsh commands on a hive and commits them.
+fn hivexsh(hive: &Path, commands: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("hivexsh")
+        .args(["-w", hive.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("hivexsh (Debian's libhivex-bin, installed by .ci/run)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(commands.as_bytes()).unwrap();
+    stdin.write_all(b"commit\n").unwrap();
+    drop(stdin);
+    assert!(
+        child.wait().unwrap().success(),
+        "hivexsh failed on {commands}"
     );
 }
