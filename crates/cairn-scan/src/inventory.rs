@@ -239,10 +239,21 @@ pub fn read(fs: &dyn Filesystem) -> Inventory {
                 }
                 break;
             }
-            if fs.lookup(format!("{dir}/Packages").as_bytes()).is_ok() {
-                inv.notes.push(format!(
-                    "/{dir}/Packages: Berkeley DB RPM databases (before rpm 4.16) are not read; packages of this guest are not checked"
-                ));
+            let bdb = format!("{dir}/Packages");
+            if let Some(d) = read_resolved(fs, &bdb, MAX_DB) {
+                // Before rpm 4.16: a Berkeley DB hash of package headers.
+                match crate::bdb::values(&d, crate::rpm::MAX_PACKAGES) {
+                    Ok(headers) => {
+                        inv.packages = headers
+                            .iter()
+                            .filter_map(|h| crate::rpm::parse_header(h))
+                            .collect()
+                    }
+                    Err(e) => inv
+                        .notes
+                        .push(format!("/{bdb}: unreadable RPM database ({e})")),
+                }
+                break;
             }
         }
     }

@@ -9,6 +9,7 @@
 //! set, the advisory database and the baseline it was made with; the
 //! snapshot itself is never touched.
 
+pub mod bdb;
 pub mod cache;
 pub mod error;
 pub mod fuzzing;

@@ -8,7 +8,7 @@ use crate::inventory::Package;
 /// Most index entries read from one header.
 const MAX_ENTRIES: usize = 10_000;
 /// Most packages read from one database.
-const MAX_PACKAGES: usize = 200_000;
+pub const MAX_PACKAGES: usize = 200_000;
 
 const TAG_NAME: u32 = 1000;
 const TAG_VERSION: u32 = 1001;

@@ -619,6 +619,69 @@ fn rpm_root(env: &Env, root: &Path, release: &str) {
     );
 }
 
+/// Turns the rpmdb.sqlite of `root` into the Berkeley DB `Packages` file
+/// of rpm before 4.16, written by Berkeley DB's own db_load (the same
+/// header blobs, keyed by package number).
+fn to_berkeley_db(root: &Path, page_size: u32) {
+    let db = root.join("var/lib/rpm");
+    let dump = db.join("dump.txt");
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import sqlite3, struct, sys\n\
+             rows = sqlite3.connect(sys.argv[1]).execute('select hnum, blob from Packages').fetchall()\n\
+             esc = lambda b: ''.join('\\\\%02x' % x for x in b)\n\
+             open(sys.argv[2], 'w').write(''.join(esc(struct.pack('<I', k)) + '\\n' + esc(v) + '\\n' for k, v in rows))",
+            db.join("rpmdb.sqlite").to_str().unwrap(),
+            dump.to_str().unwrap(),
+        ],
+    );
+    sh(
+        "db5.3_load",
+        &[
+            "-T",
+            "-t",
+            "hash",
+            "-c",
+            &format!("db_pagesize={page_size}"),
+            "-f",
+            dump.to_str().unwrap(),
+            db.join("Packages").to_str().unwrap(),
+        ],
+    );
+    for f in std::fs::read_dir(&db).unwrap() {
+        let p = f.unwrap().path();
+        if p.file_name().unwrap() != "Packages" {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_older_rpm_guest_is_read_from_its_berkeley_db() {
+    let env = Env::new("30d", &[]);
+    import_fixtures(&env);
+    // 512-byte pages put the header in an overflow chain, 8 KiB pages
+    // keep it on the hash page.
+    for page_size in [512u32, 8192] {
+        let name = format!("bdb{page_size}");
+        let root = env.path(&format!("{name}-root"));
+        rpm_root(&env, &root, "16.el9_2");
+        to_berkeley_db(&root, page_size);
+        let img = env.path(&format!("{name}.img"));
+        gpt_ext4_image(&img, &root, 32);
+        env.backup(&img, &name, "2026-01-01T00:00:00Z");
+        let (_, v) = scan(&env, &format!("{name}@latest"), &[]);
+        assert_eq!(v["packages"], 1, "{v:#}");
+        assert_eq!(
+            vuln_ids(&v),
+            BTreeSet::from([("openssl-libs".to_string(), "ALSA-2023:5249".to_string())]),
+            "{v:#}"
+        );
+    }
+}
+
 #[test]
 fn an_rpm_guest_is_read_from_its_sqlite_database_and_matched_with_rpm_ordering() {
     let env = Env::new("30d", &[]);
