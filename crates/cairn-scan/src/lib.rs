@@ -11,6 +11,7 @@
 
 pub mod bdb;
 pub mod cache;
+pub mod clamd;
 pub mod error;
 pub mod fuzzing;
 pub mod inventory;
@@ -116,10 +117,16 @@ pub fn vulndb_path(vault: &Vault) -> PathBuf {
 }
 
 impl Profile {
-    /// Cairn's rules plus the operator's (`rules_dir`), the imported
-    /// advisories and the vault's scan cache.
+    /// Cairn's rules plus the operator's (`rules_dir`) and ClamAV when
+    /// `CAIRN_CLAMD` names a clamd socket, the imported advisories and the
+    /// vault's scan cache.
     pub fn load(vault: &Vault, rules_dir: Option<&Path>) -> Result<Profile> {
-        let rules = RuleSet::load(rules_dir)?;
+        let mut rules = RuleSet::load(rules_dir)?;
+        if let Ok(addr) = std::env::var("CAIRN_CLAMD")
+            && !addr.is_empty()
+        {
+            rules = rules.with_clamd(clamd::Clamd::connect(&addr)?);
+        }
         let vulndb = VulnDb::load(&vulndb_path(vault))?;
         let cache = ScanCache::open(&local_dir(vault).join("scan-cache"), &rules.hash)?;
         Ok(Self::new(rules, vulndb, cache))

@@ -44,8 +44,13 @@ pub struct RuleHit {
     pub tags: Vec<String>,
 }
 
+/// The hit recorded when clamd failed on a file (never cached).
+pub const CLAMD_ERROR: &str = "clamav:error";
+
 pub struct RuleSet {
     scanner: Scanner,
+    /// ClamAV, when configured: every file goes to it too.
+    clamd: Option<crate::clamd::Clamd>,
     /// BLAKE3 over the engine version and every rule file's name and text.
     pub hash: [u8; 32],
     /// Where the rules came from: `builtin` and the operator's files.
@@ -138,6 +143,7 @@ impl RuleSet {
         );
         Ok(RuleSet {
             scanner,
+            clamd: None,
             hash: *hash.finalize().as_bytes(),
             sources,
         })
@@ -154,7 +160,43 @@ impl RuleSet {
 
     /// The rules that match `data`. A scan that times out reports what it
     /// matched so far.
+    /// Sends every file to `clamd` as well; its version joins the hash.
+    pub fn with_clamd(mut self, clamd: crate::clamd::Clamd) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.hash);
+        h.update(b"clamd\0");
+        h.update(clamd.version.as_bytes());
+        self.hash = *h.finalize().as_bytes();
+        self.sources.push(format!("clamd ({})", clamd.version));
+        self.clamd = Some(clamd);
+        self
+    }
+
     pub fn scan(&self, data: &[u8]) -> Vec<RuleHit> {
+        let mut hits = self.scan_rules(data);
+        if let Some(c) = &self.clamd {
+            match c.scan(data) {
+                Ok(None) => {}
+                Ok(Some(sig)) => hits.push(RuleHit {
+                    rule: format!("clamav:{sig}"),
+                    offset: 0,
+                    severity: Severity::Compromised,
+                    description: "ClamAV signature".into(),
+                    tags: vec![],
+                }),
+                Err(e) => hits.push(RuleHit {
+                    rule: CLAMD_ERROR.into(),
+                    offset: 0,
+                    severity: Severity::Warning,
+                    description: format!("ClamAV could not scan this file: {e}"),
+                    tags: vec![],
+                }),
+            }
+        }
+        hits
+    }
+
+    fn scan_rules(&self, data: &[u8]) -> Vec<RuleHit> {
         let result = match self.scanner.scan_mem(data) {
             Ok(r) => r,
             Err((_, partial)) => partial,

@@ -713,6 +713,87 @@ fn an_rpm_guest_is_read_from_its_sqlite_database_and_matched_with_rpm_ordering()
     }
 }
 
+#[test]
+fn a_configured_clamd_scans_every_file_too() {
+    // A real clamd with one signature of our own (no downloaded database).
+    let env = Env::new("30d", &[]);
+    let db = env.path("clamdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let marker = b"CAIRN-CLAMAV-TEST-MARKER-7f3a";
+    let hex: String = marker.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        db.join("cairn.ndb"),
+        format!("Cairn.Test.Marker:0:*:{hex}\n"),
+    )
+    .unwrap();
+    let sock = env.path("clamd.sock");
+    let conf = env.path("clamd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "LocalSocket {}\nDatabaseDirectory {}\nForeground yes\nLogFile {}\n",
+            sock.display(),
+            db.display(),
+            env.path("clamd.log").display()
+        ),
+    )
+    .unwrap();
+    let mut clamd = std::process::Command::new("clamd")
+        .args(["-c", conf.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("clamd (Debian's clamav-daemon, installed by .ci/run)");
+    for _ in 0..300 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    std::fs::create_dir_all(root.join("srv/share")).unwrap();
+    let mut payload = noise(3_000, 4);
+    payload.extend_from_slice(marker);
+    std::fs::write(root.join("srv/share/invoice.pdf"), &payload).unwrap();
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 32);
+    env.backup(&img, "vm", "2026-01-01T00:00:00Z");
+
+    // Without clamd, Cairn's rules see nothing in that file...
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    // ...with it, ClamAV's signature is a hit with its path.
+    let out = env
+        .cmd()
+        .env("CAIRN_CLAMD", &sock)
+        .args(["scan", "vm@latest", "--json"])
+        .output()
+        .unwrap();
+    let _ = clamd.kill();
+    let _ = clamd.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{v:#}");
+    assert_eq!(
+        malware_paths(&v),
+        BTreeSet::from([(
+            "/srv/share/invoice.pdf".to_string(),
+            "clamav:Cairn.Test.Marker.UNOFFICIAL".to_string()
+        )]),
+        "{v:#}"
+    );
+    // A clamd that is not there is an error, not a silent pass.
+    let out = env
+        .cmd()
+        .env("CAIRN_CLAMD", env.path("nowhere.sock"))
+        .args(["scan", "vm@latest"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clamd at"));
+}
+
 /// Copies a local file into an NTFS partition image (no mount).
 fn ntfs_put(part: &Path, local: &Path, guest: &str) {
     sh(
