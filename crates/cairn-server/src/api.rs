@@ -661,34 +661,37 @@ async fn prune(State(st): State<Shared>, caller: Caller, b: Bytes) -> Result<Res
     Ok(axum::Json(r).into_response())
 }
 
-async fn pin(
-    State(st): State<Shared>,
-    caller: Caller,
-    Path(spec): Path<String>,
-) -> Result<Response, ApiError> {
-    caller.require(Role::Admin)?;
-    let id = blocking(move || {
-        let s = st.vault.resolve(&spec)?;
-        st.vault.pin(&s.id)?;
-        Ok(s.id.0)
-    })
-    .await?;
-    Ok(axum::Json(json!({"pinned": id})).into_response())
+async fn pin(st: State<Shared>, caller: Caller, spec: Path<String>) -> Result<Response, ApiError> {
+    set_pin(st, caller, spec, true).await
 }
 
 async fn unpin(
+    st: State<Shared>,
+    caller: Caller,
+    spec: Path<String>,
+) -> Result<Response, ApiError> {
+    set_pin(st, caller, spec, false).await
+}
+
+async fn set_pin(
     State(st): State<Shared>,
     caller: Caller,
     Path(spec): Path<String>,
+    on: bool,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
     let id = blocking(move || {
         let s = st.vault.resolve(&spec)?;
-        st.vault.unpin(&s.id)?;
+        if on {
+            st.vault.pin(&s.id)?;
+        } else {
+            st.vault.unpin(&s.id)?;
+        }
         Ok(s.id.0)
     })
     .await?;
-    Ok(axum::Json(json!({"unpinned": id})).into_response())
+    let key = if on { "pinned" } else { "unpinned" };
+    Ok(axum::Json(json!({ key: id })).into_response())
 }
 
 async fn tokens(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {

@@ -939,20 +939,7 @@ fn backup(
     tags: &[String],
 ) -> Result<u8> {
     let vault = open(cli)?;
-    let progress = Arc::new(Progress::default());
-    let bar = Bar::start(progress.clone(), "backup", cli.quiet || cli.json);
-    let out = cairn_ingest::backup(
-        &vault,
-        source,
-        &BackupOptions {
-            name: name.to_string(),
-            time,
-            tags: tags.to_vec(),
-        },
-        &progress,
-    );
-    drop(bar);
-    let out = out?;
+    let out = run_backup(cli, &vault, source, name, time, tags)?;
     // Score the new snapshot; a failure here must not hide that the
     // backup itself succeeded.
     let insight = cairn_insight::assess_latest(&vault, name, Some(source));
@@ -987,11 +974,25 @@ fn remote_backup(
         url: url.to_string(),
         token: token.to_string(),
     });
-    let vault = Arc::new(Vault::open_at(&loc, &password(false)?)?);
+    let vault = Vault::open_at(&loc, &password(false)?)?;
+    let out = run_backup(cli, &vault, source, name, time, tags)?;
+    print_backup(cli, &out, None);
+    Ok(0)
+}
+
+/// One backup into `vault` with a progress bar on a terminal.
+fn run_backup(
+    cli: &Cli,
+    vault: &Vault,
+    source: &Path,
+    name: &str,
+    time: Option<chrono::DateTime<chrono::Utc>>,
+    tags: &[String],
+) -> Result<cairn_ingest::BackupOutcome> {
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(progress.clone(), "backup", cli.quiet || cli.json);
     let out = cairn_ingest::backup(
-        &vault,
+        vault,
         source,
         &BackupOptions {
             name: name.to_string(),
@@ -1001,8 +1002,7 @@ fn remote_backup(
         &progress,
     );
     drop(bar);
-    print_backup(cli, &out?, None);
-    Ok(0)
+    Ok(out?)
 }
 
 fn server_state_dir(cli: &Cli) -> Result<PathBuf> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
+/// A helper process that is stopped when the test ends.
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -38,17 +39,7 @@ async fn an_operator_finds_the_attack_in_the_console_and_watches_a_scan_report_i
     std::fs::create_dir_all(root.join("home/alice/Downloads")).unwrap();
     let disk = env.path("vm.img");
     gpt_ext4_image(&disk, &root, 64);
-    for d in 0..4u32 {
-        if d > 0 {
-            let path = format!("home/alice/docs/report-{d}.txt");
-            replace_guest_file(&disk, &path, &text(21_000, 500 + d as u64));
-        }
-        env.backup(&disk, "vm", &format!("2026-04-{:02}T02:00:00Z", d + 1));
-    }
-    for i in 10..15 {
-        let path = format!("home/alice/docs/report-{i}.txt");
-        overwrite_file_in_place(&disk, &path, &noise(20_000 + i * 3000, 9_000 + i as u64));
-    }
+    four_days_then_encryption(&env, &disk);
     replace_guest_file(&disk, "home/alice/Downloads/invoice.com", EICAR);
     let out = env.run(&[
         "backup",
@@ -68,8 +59,8 @@ async fn an_operator_finds_the_attack_in_the_console_and_watches_a_scan_report_i
         .to_string();
     let mut serve = env.cmd();
     serve.args(["serve", "--listen", "127.0.0.1:0"]);
-    let (server, url) = spawn_ready(&mut serve);
-    let _server = Killed(server);
+    let server = Running::start(&mut serve);
+    let url = server.url.clone();
 
     let port = free_port();
     let driver = Command::new("chromedriver")

@@ -3,22 +3,10 @@
 mod common;
 use common::*;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
-
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::{Command, Stdio};
 
 /// Starts `cairn export` on a free port and returns the URL it prints first.
-fn export(env: &Env, args: &[&str]) -> Served {
+fn export(env: &Env, args: &[&str]) -> Running {
     let (child, url) = spawn_ready(
         env.cmd()
             .arg("export")
@@ -30,7 +18,7 @@ fn export(env: &Env, args: &[&str]) -> Served {
         url.starts_with("nbd://127.0.0.1:"),
         "first line is the URL: {url:?}"
     );
-    Served { child, url }
+    Running { child, url }
 }
 
 /// What `qemu-img compare` says of an NBD export and an image file.

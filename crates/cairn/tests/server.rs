@@ -16,24 +16,18 @@ use std::time::{Duration, Instant};
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = Running;
 
 fn serve(env: &Env, extra: &[&str]) -> Server {
     let mut cmd = env.cmd();
     cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
-    let (child, url) = spawn_ready(&mut cmd);
-    assert!(url.starts_with("http"), "serve printed {url:?}");
-    Server { child, url }
+    let server = Running::start(&mut cmd);
+    assert!(
+        server.url.starts_with("http"),
+        "serve printed {:?}",
+        server.url
+    );
+    server
 }
 
 fn token(env: &Env, args: &[&str]) -> String {
@@ -472,17 +466,7 @@ fn receive_webhook(listener: std::net::TcpListener) -> std::thread::JoinHandle<V
 fn the_scheduler_backs_up_scores_and_calls_the_webhook_on_an_attack() {
     let env = Env::new("0s", &[]);
     let disk = guest_disk(&env, "vm");
-    for d in 0..4u32 {
-        if d > 0 {
-            let path = format!("home/alice/docs/report-{d}.txt");
-            replace_guest_file(&disk, &path, &text(21_000, 500 + d as u64));
-        }
-        env.backup(&disk, "vm", &format!("2026-04-{:02}T02:00:00Z", d + 1));
-    }
-    for i in 10..15 {
-        let path = format!("home/alice/docs/report-{i}.txt");
-        overwrite_file_in_place(&disk, &path, &noise(20_000 + i * 3000, 9_000 + i as u64));
-    }
+    four_days_then_encryption(&env, &disk);
     let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hook_addr = hook.local_addr().unwrap();
     let received = receive_webhook(hook);
@@ -798,6 +782,34 @@ fn tls_with_a_private_certificate() {
     );
 }
 
+/// Every (image, token, name) backed up through the server at once; all
+/// must succeed.
+fn all_back_up(env: &Env, server: &Server, jobs: &[(std::path::PathBuf, String, String)]) {
+    let children: Vec<(&String, Child)> = jobs
+        .iter()
+        .map(|(img, tok, name)| {
+            let c = env
+                .cmd()
+                .env("CAIRN_CACHE_DIR", env.path(&format!("cache-{name}")))
+                .args(["backup", img.to_str().unwrap(), "--name", name])
+                .args(["--server", &server.url, "--token", tok, "--quiet"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name, c)
+        })
+        .collect();
+    for (name, c) in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn twenty_agents_back_up_at_once() {
     let env = Env::new("0s", &[]);
@@ -818,38 +830,7 @@ fn twenty_agents_back_up_at_once() {
         jobs.push((img, tok, format!("host{i}")));
     }
     let started = Instant::now();
-    let children: Vec<(String, Child)> = jobs
-        .iter()
-        .map(|(img, tok, name)| {
-            let c = env
-                .cmd()
-                .env("CAIRN_CACHE_DIR", env.path(&format!("cache-{name}")))
-                .args([
-                    "backup",
-                    img.to_str().unwrap(),
-                    "--name",
-                    name,
-                    "--server",
-                    &server.url,
-                    "--token",
-                    tok,
-                    "--quiet",
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            (name.clone(), c)
-        })
-        .collect();
-    for (name, c) in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_back_up(&env, &server, &jobs);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "20 agents: {:.0} MiB of disks in {secs:.1} s ({:.0} MiB/s logical), {:.1} MiB uploaded",
@@ -864,40 +845,10 @@ fn twenty_agents_back_up_at_once() {
     // The next round, each host with 1 MiB changed: only that goes up
     // (what any host stored before is not sent again).
     let before = metric(&server.url, "cairn_upload_bytes_total");
-    let children: Vec<(String, Child)> = jobs
-        .iter()
-        .enumerate()
-        .map(|(i, (img, tok, name))| {
-            write_at(img, 20 << 20, &noise(1 << 20, 500 + i as u64));
-            let c = env
-                .cmd()
-                .env("CAIRN_CACHE_DIR", env.path(&format!("cache-{name}")))
-                .args([
-                    "backup",
-                    img.to_str().unwrap(),
-                    "--name",
-                    name,
-                    "--server",
-                    &server.url,
-                    "--token",
-                    tok,
-                    "--quiet",
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            (name.clone(), c)
-        })
-        .collect();
-    for (name, c) in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for (i, (img, _, _)) in jobs.iter().enumerate() {
+        write_at(img, 20 << 20, &noise(1 << 20, 500 + i as u64));
     }
+    all_back_up(&env, &server, &jobs);
     let sent = metric(&server.url, "cairn_upload_bytes_total") - before;
     assert!(
         sent < n as f64 * 1.2 * 1048576.0,

@@ -208,6 +208,44 @@ pub fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
 }
 
+/// A long-running cairn (export, serve) stopped when the test ends, with
+/// the URL it printed first.
+pub struct Running {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Running {
+    pub fn start(cmd: &mut Command) -> Running {
+        let (child, url) = spawn_ready(cmd);
+        Running { child, url }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Four ordinary days of a guest disk made by `populate` (a report
+/// rewritten each day, backed up as "vm"), then an attack that encrypts
+/// five reports in place (not backed up yet).
+pub fn four_days_then_encryption(env: &Env, disk: &Path) {
+    for d in 0..4u32 {
+        if d > 0 {
+            let path = format!("home/alice/docs/report-{d}.txt");
+            replace_guest_file(disk, &path, &text(21_000, 500 + d as u64));
+        }
+        env.backup(disk, "vm", &format!("2026-04-{:02}T02:00:00Z", d + 1));
+    }
+    for i in 10..15 {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        overwrite_file_in_place(disk, &path, &noise(20_000 + i * 3000, 9_000 + i as u64));
+    }
+}
+
 /// Starts a long-running command (export, mount) and returns it with the
 /// first line it prints, which it prints once it is ready.
 pub fn spawn_ready(cmd: &mut Command) -> (std::process::Child, String) {
