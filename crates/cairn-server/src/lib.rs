@@ -50,6 +50,7 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     pub jobs: jobs::Jobs,
     pub exports: exports::Exports,
+    pub claims: objects::Claims,
     pub config: config::ServerConfig,
     /// Console sessions: session id → token id.
     sessions: Mutex<HashMap<String, String>>,
@@ -75,6 +76,7 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             jobs: jobs::Jobs::default(),
             exports: exports::Exports::default(),
+            claims: objects::Claims::default(),
             sessions: Mutex::new(HashMap::new()),
             scan_lock: Mutex::new(()),
             vault,

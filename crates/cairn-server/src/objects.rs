@@ -25,12 +25,88 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cairn_vault::{ChunkId, SourceKind};
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Largest object accepted (a pack is tens of MiB).
 pub const MAX_UPLOAD: usize = 512 << 20;
 /// Chunk ids per negotiation request.
 const MAX_OFFERED: usize = 65536;
+/// An agent that sent nothing for this long has given up its claims.
+const CLAIM_IDLE: Duration = Duration::from_secs(60);
+/// How long a manifest waits for chunks another live agent is sending.
+const COMMIT_WAIT: Duration = Duration::from_secs(600);
+
+/// Chunks an agent was told to upload. Agents backing up the same new
+/// data at the same time then send it once: the first to offer a chunk
+/// claims it, the others are told the vault has it, and their manifests
+/// wait (while the claimer is alive) until its index arrives. A claimer
+/// that goes quiet loses its claims, and the next offer claims anew.
+#[derive(Default)]
+pub struct Claims {
+    inner: Mutex<ClaimState>,
+}
+
+#[derive(Default)]
+struct ClaimState {
+    owner: HashMap<ChunkId, String>,
+    /// Token id → when it last sent anything.
+    seen: HashMap<String, Instant>,
+}
+
+impl ClaimState {
+    fn alive(&self, token: &str) -> bool {
+        self.seen
+            .get(token)
+            .is_some_and(|t| t.elapsed() < CLAIM_IDLE)
+    }
+}
+
+impl Claims {
+    pub fn touch(&self, token: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .seen
+            .insert(token.to_string(), Instant::now());
+    }
+
+    /// Of chunks the vault lacks, those `token` should send (the rest a
+    /// live agent is sending already).
+    fn claim(&self, token: &str, lacking: Vec<ChunkId>) -> Vec<ChunkId> {
+        let mut g = self.inner.lock().unwrap();
+        g.seen.insert(token.to_string(), Instant::now());
+        if g.owner.len() > 4_000_000 {
+            // Claims of agents that went away: forget them.
+            let dead: HashSet<String> = g.seen.keys().filter(|t| !g.alive(t)).cloned().collect();
+            g.owner.retain(|_, t| !dead.contains(t));
+        }
+        let mut out = Vec::with_capacity(lacking.len());
+        for id in lacking {
+            let theirs = g.owner.get(&id).is_some_and(|o| o != token && g.alive(o));
+            if !theirs {
+                g.owner.insert(id, token.to_string());
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    fn release(&self, ids: impl Iterator<Item = ChunkId>) {
+        let mut g = self.inner.lock().unwrap();
+        for id in ids {
+            g.owner.remove(&id);
+        }
+    }
+
+    /// Whether a live agent other than `token` is sending any of `ids`.
+    fn pending_elsewhere(&self, token: &str, ids: &[ChunkId]) -> bool {
+        let g = self.inner.lock().unwrap();
+        ids.iter()
+            .any(|id| g.owner.get(id).is_some_and(|o| o != token && g.alive(o)))
+    }
+}
 
 pub fn routes() -> Router<Shared> {
     Router::new()
@@ -207,6 +283,7 @@ async fn put_object(
         return Err(ApiError::bad(format!("{name}: empty object")));
     }
     let len = body.len() as u64;
+    st.claims.touch(&caller.0.id);
     let st2 = st.clone();
     let (created, new_snapshot) = blocking(move || store(&st2, &caller.0, &name, &body)).await?;
     st.metrics.add(
@@ -308,7 +385,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                     who.sources, snap.name
                 )));
             }
-            check_complete(st, &snap)?;
+            check_complete(st, who, &snap)?;
             snapshot = Some(snap);
         }
         "insight" | "scan" if who.role > Role::Agent => {
@@ -326,13 +403,19 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
     let created = b.put(name, body)?;
     if let Some(idx) = index {
         vault.add_index(&idx);
+        st.claims.release(idx.entries.iter().map(|e| e.id));
     }
     Ok((created, snapshot.map(|s| (who.clone(), s))))
 }
 
-/// A manifest is accepted only when everything it references is stored,
-/// so an agent cannot leave a snapshot that restores with holes.
-fn check_complete(st: &Shared, snap: &cairn_vault::Snapshot) -> Result<(), ApiError> {
+/// A manifest is accepted only when every chunk it references is stored,
+/// so an agent cannot leave a snapshot that restores with holes. Chunks
+/// another live agent claimed are waited for.
+fn check_complete(
+    st: &Shared,
+    who: &TokenRecord,
+    snap: &cairn_vault::Snapshot,
+) -> Result<(), ApiError> {
     let vault = &st.vault;
     if !vault.backend().exists(&snap.content)? {
         return Err(ApiError::new(
@@ -343,31 +426,38 @@ fn check_complete(st: &Shared, snap: &cairn_vault::Snapshot) -> Result<(), ApiEr
             ),
         ));
     }
-    let missing = match snap.source.kind {
-        SourceKind::Disk => {
-            let map = vault.read_disk_map(snap)?;
-            map.chunks
-                .iter()
-                .flatten()
-                .filter(|id| !vault.has_chunk(id))
-                .count()
-        }
-        SourceKind::Directory => {
-            let tree = vault.read_tree(snap)?;
-            tree.entries
-                .iter()
-                .flat_map(|e| &e.chunks)
-                .filter(|c| !vault.has_chunk(&c.id))
-                .count()
-        }
+    let mut wanted: Vec<ChunkId> = match snap.source.kind {
+        SourceKind::Disk => vault
+            .read_disk_map(snap)?
+            .chunks
+            .into_iter()
+            .flatten()
+            .collect(),
+        SourceKind::Directory => vault
+            .read_tree(snap)?
+            .entries
+            .iter()
+            .flat_map(|e| e.chunks.iter().map(|c| c.id))
+            .collect(),
     };
-    if missing > 0 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("the snapshot references {missing} chunks the vault does not have"),
-        ));
+    let deadline = Instant::now() + COMMIT_WAIT;
+    loop {
+        wanted.retain(|id| !vault.has_chunk(id));
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline || !st.claims.pending_elsewhere(&who.id, &wanted) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "the snapshot references {} chunks the vault does not have (back up again: only they are sent)",
+                    wanted.len()
+                ),
+            ));
+        }
+        st.claims.touch(&who.id);
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(())
 }
 
 /// Chunk negotiation: the body is chunk ids (32 bytes each); the answer
@@ -377,17 +467,21 @@ async fn missing(
     caller: Caller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let _ = caller;
     if !body.len().is_multiple_of(32) || body.len() / 32 > MAX_OFFERED {
         return Err(ApiError::bad(format!(
             "send up to {MAX_OFFERED} chunk ids of 32 bytes each"
         )));
     }
     let offered = body.len() / 32;
-    let out: Vec<u8> = body
+    let lacking: Vec<ChunkId> = body
         .chunks_exact(32)
         .map(|c| ChunkId(c.try_into().expect("32 bytes")))
         .filter(|id| !st.vault.has_chunk(id))
+        .collect();
+    let out: Vec<u8> = st
+        .claims
+        .claim(&caller.0.id, lacking)
+        .into_iter()
         .flat_map(|id| id.0)
         .collect();
     st.metrics

@@ -841,6 +841,13 @@ fn twenty_agents_back_up_at_once() {
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps.as_array().unwrap().len(), n);
     env.ok(&["verify", "--read-data"]);
+    // Hosts that started together sent the shared 4 MiB once: each chunk
+    // was claimed by the first host to offer it, the others waited for it.
+    let uploaded = metric(&server.url, "cairn_upload_bytes_total");
+    assert!(
+        uploaded < (4.0 + 2.0 * n as f64) * 1048576.0 * 1.1,
+        "{uploaded} bytes uploaded for 4 MiB shared and 2 MiB per host"
+    );
 
     // The next round, each host with 1 MiB changed: only that goes up
     // (what any host stored before is not sent again).
