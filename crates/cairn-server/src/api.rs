@@ -211,6 +211,12 @@ async fn diff(
     Ok(axum::Json(v).into_response())
 }
 
+/// `NAME@…` resolved off the async threads (a 404 when nothing matches).
+async fn resolve(st: &Shared, spec: &str) -> Result<Snapshot, ApiError> {
+    let (s, spec) = (st.clone(), spec.to_string());
+    blocking(move || Ok(s.vault.resolve(&spec)?)).await
+}
+
 // ---- jobs ----
 
 fn job_started(job: &Job) -> Response {
@@ -327,9 +333,7 @@ async fn scan(
     Path(spec): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
-    let s = st.clone();
-    let sp = spec.clone();
-    blocking(move || Ok(s.vault.resolve(&sp)?)).await?;
+    resolve(&st, &spec).await?;
     Ok(job_started(&start_scan(&st, spec)))
 }
 
@@ -414,9 +418,7 @@ async fn restore(
     if to.is_empty() {
         return Err(ApiError::bad("say where to restore: {\"to\": \"/path\"}"));
     }
-    let s = st.clone();
-    let sp = spec.clone();
-    let snap: Snapshot = blocking(move || Ok(s.vault.resolve(&sp)?)).await?;
+    let snap = resolve(&st, &spec).await?;
     let s = st.clone();
     let job = st.jobs.spawn("restore", &spec, move |job| {
         let to = std::path::PathBuf::from(&to);
@@ -487,9 +489,7 @@ async fn boot(
             ));
         }
     };
-    let s = st.clone();
-    let sp = spec.clone();
-    let snap: Snapshot = blocking(move || Ok(s.vault.resolve(&sp)?)).await?;
+    let snap = resolve(&st, &spec).await?;
     let s = st.clone();
     let job = st.jobs.spawn("boot", &spec, move |job| {
         job.push("stage", json!({"stage": "boot", "snapshot": snap.id.0}));

@@ -14,6 +14,7 @@ pub mod diskmap;
 pub mod entropy;
 pub mod error;
 pub mod hash;
+pub mod http;
 pub mod index;
 pub mod lock;
 pub mod pack;

@@ -11,7 +11,8 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::hash::ChunkId;
-use std::io::{self, Read};
+use crate::http::Answer;
+use std::io;
 use std::time::{Duration, SystemTime};
 
 /// Attempts per request (transport errors and 5xx answers are retried).
@@ -31,21 +32,6 @@ pub struct ServerLocation {
 pub struct RemoteBackend {
     loc: ServerLocation,
     agent: ureq::Agent,
-}
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 impl RemoteBackend {
@@ -125,27 +111,8 @@ impl RemoteBackend {
             .header("content-type", "application/octet-stream")
             .body(body.to_vec())
             .map_err(|e| e.to_string())?;
-        let mut resp = self.agent.run(req).map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let mut body = Vec::new();
-        if method != "HEAD" {
-            resp.body_mut()
-                .with_config()
-                .limit(MAX_BODY)
-                .reader()
-                .read_to_end(&mut body)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+        let resp = self.agent.run(req).map_err(|e| e.to_string())?;
+        Answer::read(resp, method == "HEAD", MAX_BODY).map_err(|e| e.to_string())
     }
 
     fn fail(&self, what: &str, a: &Answer) -> Error {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use std::io::{self, Read};
+use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -178,20 +178,9 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
+pub use crate::http::Answer as Response;
 
 impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     /// The S3 error code of an error answer (`AccessDenied`, …).
     pub fn code(&self) -> String {
         roxmltree::Document::parse(&String::from_utf8_lossy(&self.body))
@@ -362,31 +351,14 @@ impl S3Client {
         let req = req
             .body(body.to_vec())
             .map_err(|e| Error::Invalid(format!("building an S3 request: {e}")))?;
-        let mut resp = self.agent.run(req).map_err(|e| {
+        let resp = self.agent.run(req).map_err(|e| {
             Error::io(
                 format!("S3 {method} {url}"),
                 io::Error::other(e.to_string()),
             )
         })?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let mut body = Vec::new();
-        if method != "HEAD" {
-            resp.body_mut()
-                .as_reader()
-                .take(MAX_BODY)
-                .read_to_end(&mut body)
-                .map_err(|e| Error::io(format!("S3 {method} {url}"), e))?;
-        }
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        Response::read(resp, method == "HEAD", MAX_BODY)
+            .map_err(|e| Error::io(format!("S3 {method} {url}"), e))
     }
 
     fn fail(&self, what: &str, r: &Response) -> Error {

@@ -96,6 +96,17 @@ fn remote_backup(
         .unwrap()
 }
 
+/// A backup through the server that must succeed: its JSON.
+fn remote_backup_ok(env: &Env, server: &Server, token: &str, source: &Path, name: &str) -> Value {
+    let out = remote_backup(env, server, token, source, name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn guest_disk(env: &Env, name: &str) -> std::path::PathBuf {
     let root = env.path(&format!("{name}-root"));
     populate(&root);
@@ -116,22 +127,10 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
 
     // The agent backs up, twice; the second run offers chunk ids and
     // sends only what changed.
-    let out = remote_backup(&env, &server, &agent_token, &disk, "vm");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = remote_backup_ok(&env, &server, &agent_token, &disk, "vm");
     replace_guest_file(&disk, "home/alice/docs/report-3.txt", &text(25_000, 77));
     let uploaded_before = metric(&url, "cairn_upload_bytes_total");
-    let out = remote_backup(&env, &server, &agent_token, &disk, "vm");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let second = remote_backup_ok(&env, &server, &agent_token, &disk, "vm");
     let uploaded = metric(&url, "cairn_upload_bytes_total") - uploaded_before;
     assert!(
         uploaded < 2.0 * 1048576.0,
@@ -420,12 +419,7 @@ fn an_interrupted_upload_leaves_nothing_half_written_and_the_next_run_resumes() 
     env.ok(&["verify"]);
 
     // ...and the next run sends only what is missing.
-    let out = remote_backup(&env, &server, &agent_token, &data, "big");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    remote_backup_ok(&env, &server, &agent_token, &data, "big");
     let sent = metric(&server.url, "cairn_upload_bytes_total") - stored_before;
     assert!(
         sent < 48.0 * 1048576.0 - indexed as f64 + 1048576.0,
