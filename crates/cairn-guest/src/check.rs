@@ -7,6 +7,7 @@ use crate::diff::ContentCheck;
 use crate::model::{FileEntry, Filesystem};
 use cairn_vault::hash::BLOCK_SIZE;
 use cairn_vault::{BlockSource, SnapshotDisk};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Files above this size are not hashed to find moves (they are reported
@@ -22,6 +23,8 @@ pub struct DiskCheck<'a> {
     /// a faster source-backed view of it).
     new_reader: Option<&'a dyn BlockSource>,
     digests: HashMap<(bool, Vec<u8>), Option<[u8; 32]>>,
+    /// Answers worked out by `prepare`, by path (for files that kept it).
+    prepared: HashMap<Vec<u8>, bool>,
 }
 
 impl<'a> DiskCheck<'a> {
@@ -38,6 +41,7 @@ impl<'a> DiskCheck<'a> {
             new_disk,
             new_reader: None,
             digests: HashMap::new(),
+            prepared: HashMap::new(),
         }
     }
 
@@ -115,12 +119,35 @@ impl<'a> DiskCheck<'a> {
 }
 
 impl ContentCheck for DiskCheck<'_> {
+    fn prepare(&mut self, pairs: &[(&FileEntry, &FileEntry)]) {
+        // Files that stayed in place are checked in parallel: where they
+        // share a changed block with other files, the parent's chunk has
+        // to be decoded, and that is most of a diff's time.
+        let this = &*self;
+        let answers: Vec<(Vec<u8>, bool)> = pairs
+            .par_iter()
+            .filter_map(|(o, n)| match (&o.extents, &n.extents) {
+                (Some(a), Some(b)) if a == b => Some((
+                    n.path.clone(),
+                    a.iter().any(|&(off, len)| this.extent_changed(off, len)),
+                )),
+                _ => None,
+            })
+            .collect();
+        self.prepared.extend(answers);
+    }
+
     fn changed(&mut self, old: &FileEntry, new: &FileEntry) -> bool {
         match (&old.extents, &new.extents) {
-            (Some(a), Some(b)) if a == b => {
+            (Some(a), Some(b)) if a == b => match self
+                .prepared
+                .get(&new.path)
+                .filter(|_| old.path == new.path)
+            {
+                Some(&known) => known,
                 // Same place on disk: unchanged unless those bytes changed.
-                a.iter().any(|&(off, len)| self.extent_changed(off, len))
-            }
+                None => a.iter().any(|&(off, len)| self.extent_changed(off, len)),
+            },
             (Some(_), Some(_)) => {
                 self.digest(old, false) != self.digest(new, true)
                     || self.digest(new, true).is_none()

@@ -47,6 +47,9 @@ pub trait ContentCheck {
     /// A digest of the content of `e` (from the new snapshot when `new`),
     /// for matching moved files; `None` when it cannot be had.
     fn digest(&mut self, e: &FileEntry, new: bool) -> Option<[u8; 32]>;
+    /// Told up front which (old, new) pairs `changed` will be asked about,
+    /// so that it can work them out together (in parallel).
+    fn prepare(&mut self, _pairs: &[(&FileEntry, &FileEntry)]) {}
 }
 
 fn shown(p: &[u8]) -> String {
@@ -73,6 +76,17 @@ pub fn diff(old: &[FileEntry], new: &[FileEntry], check: &mut dyn ContentCheck) 
     let old_by: HashMap<&[u8], &FileEntry> = old.iter().map(|e| (e.path.as_slice(), e)).collect();
     let new_by: HashMap<&[u8], &FileEntry> = new.iter().map(|e| (e.path.as_slice(), e)).collect();
     let mut d = Diff::default();
+    let same_path: Vec<(&FileEntry, &FileEntry)> = new
+        .iter()
+        .filter_map(|n| old_by.get(n.path.as_slice()).map(|o| (*o, n)))
+        .filter(|(o, n)| {
+            n.kind == FileKind::File
+                && o.kind == n.kind
+                && o.size == n.size
+                && o.mtime_ns == n.mtime_ns
+        })
+        .collect();
+    check.prepare(&same_path);
     let mut gone: Vec<&FileEntry> = Vec::new();
     let mut came: Vec<&FileEntry> = Vec::new();
     for n in new {

@@ -13,7 +13,9 @@
 use crate::error::{GuestError, Result, corrupt};
 use crate::io::Slice;
 use crate::model::{FileEntry, FileKind, Filesystem, join};
+use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 const MAGIC: u16 = 0xEF53;
@@ -47,6 +49,10 @@ const MAX_DIR_BYTES: u64 = 64 << 20;
 const MAX_DEPTH: usize = 2048;
 const MAX_ENTRIES: usize = 20_000_000;
 const MAX_EXTENT_NODES: usize = 1 << 20;
+
+/// One entry of a directory listing, with its inode when it is a
+/// directory to walk into.
+type Listed = (FileEntry, Option<(u32, Inode)>);
 
 fn u16le(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -580,6 +586,24 @@ impl Ext4 {
         })
     }
 
+    /// The entries of directory `dir` (at `path`), each with its inode
+    /// when it is a directory to walk into. `count` is shared by a whole
+    /// walk, so that a crafted filesystem cannot list without end.
+    fn list(&self, path: &[u8], dir: &Inode, count: &AtomicUsize) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        for (name, ino) in self.dir_entries(dir)? {
+            if count.fetch_add(1, Ordering::Relaxed) >= MAX_ENTRIES {
+                return corrupt("ext4: more entries than any real filesystem");
+            }
+            let child = self.inode(ino)?;
+            let mut e = self.entry(join(path, &name), &child)?;
+            e.unsafe_name = crate::model::is_unsafe_name(&name);
+            let walk_into = e.kind == FileKind::Dir && !e.unsafe_name;
+            out.push((e, walk_into.then_some((ino, child))));
+        }
+        Ok(out)
+    }
+
     fn resolve(&self, path: &[u8]) -> Result<Inode> {
         let mut ino = self.inode(ROOT_INO)?;
         if path.is_empty() {
@@ -640,36 +664,39 @@ impl Filesystem for Ext4 {
     }
 
     fn walk(&self) -> Result<Vec<FileEntry>> {
+        // Level by level, the directories of one level read in parallel:
+        // a walk is mostly small reads of inodes and directory blocks.
         let mut out = Vec::new();
-        let mut seen_dirs = HashSet::new();
-        let root = self.inode(ROOT_INO)?;
-        seen_dirs.insert(ROOT_INO);
-        let mut stack = vec![(Vec::new(), root, 0usize)];
-        while let Some((path, dir, depth)) = stack.pop() {
-            for (name, ino) in self.dir_entries(&dir)? {
-                let child = self.inode(ino)?;
-                let p = join(&path, &name);
-                let mut e = self.entry(p.clone(), &child)?;
-                e.unsafe_name = crate::model::is_unsafe_name(&name);
-                if e.kind == FileKind::Dir && !e.unsafe_name {
-                    if depth >= MAX_DEPTH {
-                        return corrupt(format!(
-                            "ext4: directories nested deeper than {MAX_DEPTH}"
-                        ));
+        let mut seen_dirs = HashSet::from([ROOT_INO]);
+        let count = AtomicUsize::new(0);
+        let mut level = vec![(Vec::new(), self.inode(ROOT_INO)?)];
+        let mut depth = 0usize;
+        while !level.is_empty() {
+            let listed: Vec<Result<Vec<Listed>>> = level
+                .par_iter()
+                .map(|(path, dir)| self.list(path, dir, &count))
+                .collect();
+            let mut next = Vec::new();
+            for listing in listed {
+                for (e, dir) in listing? {
+                    if let Some((ino, child)) = dir {
+                        if depth >= MAX_DEPTH {
+                            return corrupt(format!(
+                                "ext4: directories nested deeper than {MAX_DEPTH}"
+                            ));
+                        }
+                        if !seen_dirs.insert(ino) {
+                            return corrupt(format!(
+                                "ext4: directory inode {ino} appears twice (loop)"
+                            ));
+                        }
+                        next.push((e.path.clone(), child));
                     }
-                    if seen_dirs.insert(ino) {
-                        stack.push((p, child, depth + 1));
-                    } else {
-                        return corrupt(format!(
-                            "ext4: directory inode {ino} appears twice (loop)"
-                        ));
-                    }
-                }
-                out.push(e);
-                if out.len() > MAX_ENTRIES {
-                    return corrupt("ext4: more entries than any real filesystem");
+                    out.push(e);
                 }
             }
+            level = next;
+            depth += 1;
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)

@@ -17,8 +17,10 @@ use cairn_vault::SnapshotDisk;
 use cairn_vault::entropy::shannon_entropy;
 use cairn_vault::hash::BLOCK_SIZE;
 use cairn_vault::units::bytes as human;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How much of each version of a modified file is compared: enough for
 /// the entropy of what changed, in every file.
@@ -131,25 +133,20 @@ pub struct Side<'a> {
     pub disk: Option<&'a SnapshotDisk>,
 }
 
+/// Reads for analysis, against one budget shared by the threads that
+/// analyse files at once.
 struct Reader {
-    spent: u64,
+    spent: AtomicU64,
 }
 
 impl Reader {
     /// Reads up to `len` bytes at `offset`, short at the end of the file;
     /// `None` when the budget is spent or the read fails.
-    fn read(
-        &mut self,
-        fs: &dyn Filesystem,
-        e: &FileEntry,
-        offset: u64,
-        len: u64,
-    ) -> Option<Vec<u8>> {
+    fn read(&self, fs: &dyn Filesystem, e: &FileEntry, offset: u64, len: u64) -> Option<Vec<u8>> {
         let len = len.min(e.size.saturating_sub(offset));
-        if self.spent + len > BUDGET_BYTES {
+        if self.spent.fetch_add(len, Ordering::Relaxed) + len > BUDGET_BYTES {
             return None;
         }
-        self.spent += len;
         let mut buf = vec![0u8; len as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -164,12 +161,7 @@ impl Reader {
     }
 
     /// Head and tail of a file.
-    fn sample(
-        &mut self,
-        fs: &dyn Filesystem,
-        e: &FileEntry,
-        head: u64,
-    ) -> Option<(Vec<u8>, Vec<u8>)> {
+    fn sample(&self, fs: &dyn Filesystem, e: &FileEntry, head: u64) -> Option<(Vec<u8>, Vec<u8>)> {
         let h = self.read(fs, e, 0, head)?;
         let t = if e.size <= h.len() as u64 {
             h[h.len().saturating_sub(TAIL_BYTES as usize)..].to_vec()
@@ -224,9 +216,52 @@ struct Analysis<'a> {
     old: &'a Side<'a>,
     new: &'a Side<'a>,
     reader: Reader,
-    out: FileSignals,
-    /// Ransom note texts: hash → folders they were found in.
-    note_dirs: HashMap<[u8; 32], HashSet<String>>,
+}
+
+/// What looking at one changed or added file found.
+#[derive(Default)]
+struct Looked {
+    /// Bytes read to analyse it; `None` when it could not be analysed
+    /// (budget spent, read failed).
+    analysed: Option<u64>,
+    finding: Option<Finding>,
+    /// Its high entropy is explained by a type that checks out.
+    dense_ok: bool,
+    /// A ransom note: its text's hash and its folder.
+    note: Option<([u8; 32], String)>,
+}
+
+impl Looked {
+    fn unanalysed() -> Self {
+        Looked::default()
+    }
+
+    fn analysed(bytes: u64) -> Self {
+        Looked {
+            analysed: Some(bytes),
+            ..Default::default()
+        }
+    }
+
+    fn found(mut self, f: Finding) -> Self {
+        self.finding = Some(f);
+        self
+    }
+}
+
+/// One file to look at.
+enum Job<'e> {
+    /// Changed in place; `origin` is the path it was renamed from.
+    Modified {
+        path: &'e str,
+        old: &'e FileEntry,
+        new: &'e FileEntry,
+        origin: Option<String>,
+    },
+    Added {
+        path: &'e str,
+        new: &'e FileEntry,
+    },
 }
 
 impl Analysis<'_> {
@@ -266,11 +301,10 @@ impl Analysis<'_> {
     }
 
     /// A file changed in place (same path or renamed with its inode).
-    fn modified(&mut self, path: &str, o: &FileEntry, n: &FileEntry, origin: Option<String>) {
+    fn modified(&self, path: &str, o: &FileEntry, n: &FileEntry, origin: Option<String>) -> Looked {
         let (old_fs, new_fs) = (self.old.fs, self.new.fs);
         let Some((nh, nt)) = self.reader.sample(new_fs, n, SAMPLE_BYTES) else {
-            self.out.unanalysed_files += 1;
-            return;
+            return Looked::unanalysed();
         };
         let mut was_bytes = Vec::new();
         let mut now_bytes = Vec::new();
@@ -283,14 +317,10 @@ impl Analysis<'_> {
                     was_bytes.extend_from_slice(&a);
                     now_bytes.extend_from_slice(&b);
                 }
-                _ => {
-                    self.out.unanalysed_files += 1;
-                    return;
-                }
+                _ => return Looked::unanalysed(),
             }
         }
-        self.out.analysed_files += 1;
-        self.out.analysed_bytes += (was_bytes.len() + now_bytes.len()) as u64;
+        let mut looked = Looked::analysed((was_bytes.len() + now_bytes.len()) as u64);
 
         // The bytes that changed, and the bytes they replaced.
         let (was, now): (Vec<u8>, Vec<u8>) = was_bytes
@@ -312,9 +342,7 @@ impl Analysis<'_> {
                 || (Some(k) != new_kind && structure(k, new_fs, n, &nh, &nt).is_ok())
         };
         let dense_ok = new_valid.is_some_and(Kind::dense);
-        if dense_ok {
-            self.out.dense_ok_files += 1;
-        }
+        looked.dense_ok = dense_ok;
         let finding = |damage, detail: String| Finding {
             path: path.to_string(),
             damage,
@@ -322,11 +350,10 @@ impl Analysis<'_> {
             origin: origin.clone(),
         };
         if changed >= MIN_CHANGED && zeros as f64 >= 0.9 * changed as f64 {
-            self.out.findings.push(finding(
+            return looked.found(finding(
                 Damage::Zeroed,
                 format!("{} overwritten with zeros", human(zeros)),
             ));
-            return;
         }
         let (e_was, e_now) = (shannon_entropy(&was) as f64, shannon_entropy(&now) as f64);
         if changed >= MIN_CHANGED
@@ -334,7 +361,7 @@ impl Analysis<'_> {
             && e_now - e_was >= 1.0
             && !dense_ok
         {
-            self.out.findings.push(finding(
+            return looked.found(finding(
                 Damage::EncryptedInPlace,
                 format!(
                     "{} of {} rewritten at {:.2} bits/byte (was {:.2}); {} of {} windows jumped",
@@ -346,7 +373,6 @@ impl Analysis<'_> {
                     wn.len()
                 ),
             ));
-            return;
         }
         // Structure: only when the new version does not check out as what
         // it claims (or as any type) is the old version read to see what
@@ -354,10 +380,10 @@ impl Analysis<'_> {
         let by_ext = content::kind_for_extension(&content::extension(path));
         let claimed = by_ext.or(new_kind);
         if claimed.is_some_and(valid_as) {
-            return;
+            return looked;
         }
         let Some((oh, ot)) = self.reader.sample(old_fs, o, SAMPLE_BYTES) else {
-            return;
+            return looked;
         };
         let kind = expected_kind(path, &oh);
         // A file that became another valid type (a script replaced by a
@@ -368,23 +394,22 @@ impl Analysis<'_> {
             && structure(k, old_fs, o, &oh, &ot).is_ok()
             && let Err(why) = structure(k, new_fs, n, &nh, &nt)
         {
-            self.out.findings.push(finding(
+            return looked.found(finding(
                 Damage::BrokenStructure,
                 format!("was a valid {k:?} file; now {why}"),
             ));
         }
+        looked
     }
 
     /// A file that is new at this path.
-    fn added(&mut self, path: &str, n: &FileEntry) {
+    fn added(&self, path: &str, n: &FileEntry) -> Looked {
         let fs = self.new.fs;
         let name = path.rsplit('/').next().unwrap_or(path).to_string();
         let Some((head, tail)) = self.reader.sample(fs, n, HEAD_BYTES) else {
-            self.out.unanalysed_files += 1;
-            return;
+            return Looked::unanalysed();
         };
-        self.out.analysed_files += 1;
-        self.out.analysed_bytes += head.len() as u64;
+        let mut looked = Looked::analysed(head.len() as u64);
         let finding = |damage, detail: String| Finding {
             path: path.to_string(),
             damage,
@@ -400,42 +425,37 @@ impl Analysis<'_> {
                 .map(|(d, _)| d)
                 .unwrap_or("")
                 .to_string();
-            self.note_dirs
-                .entry(*blake3::hash(&head).as_bytes())
-                .or_default()
-                .insert(dir);
-            self.out.findings.push(finding(Damage::RansomNote, why));
-            return;
+            looked.note = Some((*blake3::hash(&head).as_bytes(), dir));
+            return looked.found(finding(Damage::RansomNote, why));
         }
         let ext = content::extension(path);
         let magic = content::sniff(&head);
         let magic_valid = magic.filter(|&k| structure(k, fs, n, &head, &tail).is_ok());
-        if magic_valid.is_some_and(Kind::dense) {
-            self.out.dense_ok_files += 1;
-        }
+        looked.dense_ok = magic_valid.is_some_and(Kind::dense);
         if let Some(k) = content::kind_for_extension(&ext) {
             if Some(k) == magic_valid {
-                return;
+                return looked;
             }
             if let Err(why) = structure(k, fs, n, &head, &tail) {
-                self.out.findings.push(finding(
+                return looked.found(finding(
                     Damage::BrokenStructure,
                     format!("not a valid .{ext} file: {why}"),
                 ));
             }
-            return;
+            return looked;
         }
         if magic.is_none() && head.len() >= 1024 {
             let w = window_entropy(&head);
             let high = w.iter().filter(|&&e| e >= 7.2).count();
             let whole = shannon_entropy(&head) as f64;
             if whole >= encrypted_threshold(head.len() as u64) && high * 10 >= w.len() * 9 {
-                self.out.findings.push(finding(
+                return looked.found(finding(
                     Damage::EncryptedNew,
                     format!("{:.2} bits/byte and no known file type", whole),
                 ));
             }
         }
+        looked
     }
 }
 
@@ -445,26 +465,33 @@ pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
     let old_by: HashMap<String, &FileEntry> = old.entries.iter().map(|e| (key(e), e)).collect();
     let new_by: HashMap<String, &FileEntry> = new.entries.iter().map(|e| (key(e), e)).collect();
     let is_file = |e: &&FileEntry| e.kind == FileKind::File;
-    let mut a = Analysis {
+    let a = Analysis {
         old,
         new,
-        reader: Reader { spent: 0 },
-        out: FileSignals {
-            files: new.entries.iter().filter(is_file).count() as u64,
-            added: d.added.len() as u64,
-            modified: d.modified.len() as u64,
-            deleted: d.deleted.len() as u64,
-            renamed: d.renamed.len() as u64,
-            ..Default::default()
+        reader: Reader {
+            spent: AtomicU64::new(0),
         },
-        note_dirs: HashMap::new(),
+    };
+    let mut out = FileSignals {
+        files: new.entries.iter().filter(is_file).count() as u64,
+        added: d.added.len() as u64,
+        modified: d.modified.len() as u64,
+        deleted: d.deleted.len() as u64,
+        renamed: d.renamed.len() as u64,
+        ..Default::default()
     };
 
+    let mut jobs: Vec<Job> = Vec::new();
     for m in &d.modified {
         if let (Some(o), Some(n)) = (old_by.get(&m.path), new_by.get(&m.path))
             && o.kind == FileKind::File
         {
-            a.modified(&m.path, o, n, None);
+            jobs.push(Job::Modified {
+                path: &m.path,
+                old: o,
+                new: n,
+                origin: None,
+            });
         }
     }
     for r in &d.renamed {
@@ -472,16 +499,56 @@ pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
             && o.kind == FileKind::File
             && r.modified
         {
-            a.modified(&r.to, o, n, Some(r.from.clone()));
+            jobs.push(Job::Modified {
+                path: &r.to,
+                old: o,
+                new: n,
+                origin: Some(r.from.clone()),
+            });
         }
     }
     for x in &d.added {
         if let Some(n) = new_by.get(&x.path).filter(|e| e.kind == FileKind::File) {
-            a.added(&x.path, n);
+            jobs.push(Job::Added {
+                path: &x.path,
+                new: n,
+            });
         }
     }
-    a.out.note_copies = a
-        .note_dirs
+    // Files are looked at in parallel (most of the time goes into decoding
+    // the parent's chunks), and their results taken in job order, so the
+    // findings come out in the same order every time.
+    let mut looked: Vec<Looked> = jobs
+        .par_iter()
+        .rev()
+        .map(|j| match j {
+            Job::Modified {
+                path,
+                old,
+                new,
+                origin,
+            } => a.modified(path, old, new, origin.clone()),
+            Job::Added { path, new } => a.added(path, new),
+        })
+        .collect();
+    looked.reverse();
+    // Ransom note texts: hash → folders they were found in.
+    let mut note_dirs: HashMap<[u8; 32], HashSet<String>> = HashMap::new();
+    for l in looked {
+        match l.analysed {
+            Some(bytes) => {
+                out.analysed_files += 1;
+                out.analysed_bytes += bytes;
+            }
+            None => out.unanalysed_files += 1,
+        }
+        out.dense_ok_files += l.dense_ok as u64;
+        if let Some((hash, dir)) = l.note {
+            note_dirs.entry(hash).or_default().insert(dir);
+        }
+        out.findings.extend(l.finding);
+    }
+    out.note_copies = note_dirs
         .values()
         .map(|d| d.len() as u64)
         .max()
@@ -497,7 +564,7 @@ pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
             .find(|&i| deleted.contains(&p[..i]))
             .map(|i| p[..i].to_string())
     };
-    let damaged: HashSet<String> = a.out.findings.iter().map(|f| f.path.clone()).collect();
+    let damaged: HashSet<String> = out.findings.iter().map(|f| f.path.clone()).collect();
     let mut churn: BTreeMap<String, u64> = BTreeMap::new();
     let mut pairs: Vec<(String, String)> = Vec::new();
     for x in &d.added {
@@ -519,8 +586,7 @@ pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
         if !genuine_archive {
             *churn.entry(ext).or_default() += 1;
         }
-        if let Some(f) = a
-            .out
+        if let Some(f) = out
             .findings
             .iter_mut()
             .find(|f| f.path == to && f.origin.is_none())
@@ -528,7 +594,7 @@ pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
             f.origin = Some(from);
         }
     }
-    a.out.extension_churn = sorted_counts(churn);
+    out.extension_churn = sorted_counts(churn);
 
     let old_exts: HashSet<String> = old
         .entries
@@ -543,7 +609,7 @@ pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
             *fresh.entry(ext).or_default() += 1;
         }
     }
-    a.out.new_extensions = sorted_counts(fresh);
+    out.new_extensions = sorted_counts(fresh);
 
     let mut touched: Vec<u64> = d
         .modified
@@ -554,8 +620,8 @@ pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
         .collect();
     touched.sort_unstable();
     touched.dedup();
-    a.out.touched = touched;
-    a.out
+    out.touched = touched;
+    out
 }
 
 fn sorted_counts(m: BTreeMap<String, u64>) -> Vec<ExtensionCount> {

@@ -141,7 +141,11 @@ pub fn compute(
             ),
             _ => cairn_guest::diff::diff(&old_entries, &new_entries, &mut TreeCheck),
         };
-        tracing::debug!(secs = started.elapsed().as_secs_f64(), "diffed");
+        tracing::debug!(
+            secs = started.elapsed().as_secs_f64(),
+            old_chunks = old.disk.as_ref().map(|d| d.decoded_chunks()),
+            "diffed"
+        );
         out.files = Some(files::analyse(
             &Side {
                 fs: old.fs.as_ref(),
@@ -165,5 +169,6 @@ pub fn compute(
         });
     }
     out.analysis_secs = started.elapsed().as_secs_f64();
+    tracing::debug!(secs = out.analysis_secs, "analysed");
     out
 }

@@ -62,6 +62,18 @@ pub struct SnapshotDisk {
     next_offset: AtomicU64,
     cache_chunks: usize,
     read_ahead: bool,
+    /// Chunks decoded from the vault so far (a cache that is too small
+    /// shows up here).
+    decoded: AtomicU64,
+}
+
+impl Drop for SnapshotDisk {
+    fn drop(&mut self) {
+        tracing::debug!(
+            chunks = self.decoded.load(Ordering::Relaxed),
+            "snapshot disk closed"
+        );
+    }
 }
 
 impl SnapshotDisk {
@@ -84,6 +96,7 @@ impl SnapshotDisk {
             next_offset: AtomicU64::new(u64::MAX),
             cache_chunks: cache_chunks.max(1),
             read_ahead: true,
+            decoded: AtomicU64::new(0),
         })
     }
 
@@ -96,6 +109,11 @@ impl SnapshotDisk {
 
     pub fn map(&self) -> &DiskMap {
         &self.map
+    }
+
+    /// Chunks decoded from the vault so far.
+    pub fn decoded_chunks(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
     }
 
     pub fn vault(&self) -> &Arc<Vault> {
@@ -119,6 +137,8 @@ impl SnapshotDisk {
         if missing.len() < 2 {
             return;
         }
+        self.decoded
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
         let decoded: Vec<(usize, Vec<u8>)> = missing
             .par_iter()
             .filter_map(|&(i, id)| self.vault.read_chunk(&id).ok().map(|d| (i, d)))
@@ -139,6 +159,7 @@ impl SnapshotDisk {
         if let Some(c) = self.cache.lock().unwrap().get(&i) {
             return Ok(Some(c.clone()));
         }
+        self.decoded.fetch_add(1, Ordering::Relaxed);
         let data = Arc::new(self.vault.read_chunk(&id).map_err(io::Error::other)?);
         if data.len() != self.map.chunk_range(i).1 {
             return Err(io::Error::other(format!(
