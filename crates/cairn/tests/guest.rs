@@ -464,6 +464,42 @@ fn a_filesystem_on_the_bare_disk_and_unreadable_ones_named() {
     );
 }
 
+#[test]
+fn a_directory_linked_into_itself_is_named_not_walked_forever() {
+    let env = Env::new("30d", &[]);
+    let t = env.path("t");
+    plain_tree(&t, true);
+    let img = env.path("loop.img");
+    mkfs("ext4", &t, &img, 16);
+    // A crafted guest: /Projects/Cairn/src gets an entry pointing back at
+    // /Projects (a hard link to a directory, which no kernel would make).
+    sh(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            "link /Projects /Projects/Cairn/src/up",
+            img.to_str().unwrap(),
+        ],
+    );
+    // The backup itself succeeds; insight says why it could not look in.
+    let out = env.backup(&img, "loop", "2026-03-01T00:00:00Z");
+    assert_eq!(out["name"], "loop");
+    let out = env.run(&["ls", "-R", "loop@latest"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("appears twice (loop)"), "{err}");
+    // The directories around it still read one level at a time.
+    let top = env.json(&["ls", "loop@latest:/Projects/Cairn/src"]);
+    let names: Vec<&str> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("/up")), "{names:?}");
+}
+
 fn set<'a>(v: &'a Value, key: &str, field: &str) -> Vec<&'a str> {
     let mut out: Vec<&str> = v[key]
         .as_array()
