@@ -566,6 +566,13 @@ fn the_scheduler_backs_up_scores_and_calls_the_webhook_on_an_attack() {
 }
 
 /// Reads a server-sent event stream to its end: (event, data) pairs.
+/// Starts a job with `POST path` (answered 202) and reads its events to the end.
+fn run_job(base: &str, path: &str, token: &str) -> Vec<(String, Value)> {
+    let (status, v) = call("POST", &format!("{base}{path}"), Some(token), b"");
+    assert_eq!(status, 202, "{v}");
+    read_events(&format!("{base}{}", v["events"].as_str().unwrap()), token)
+}
+
 fn read_events(url: &str, token: &str) -> Vec<(String, Value)> {
     let req = ureq::http::Request::builder()
         .uri(url)
@@ -601,17 +608,7 @@ fn a_scan_streams_its_stages_and_findings_as_server_sent_events() {
     let operator = token(&env, &["--role", "operator"]);
     let server = serve(&env, &[]);
 
-    let (status, v) = call(
-        "POST",
-        &format!("{}/api/v1/snapshots/vm@latest/scan", server.url),
-        Some(&operator),
-        b"",
-    );
-    assert_eq!(status, 202, "{v}");
-    let events = read_events(
-        &format!("{}{}", server.url, v["events"].as_str().unwrap()),
-        &operator,
-    );
+    let events = run_job(&server.url, "/api/v1/snapshots/vm@latest/scan", &operator);
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     let stage = |s: &str| {
         events
@@ -882,17 +879,7 @@ fn the_console_api_boots_a_point_in_isolation() {
     .unwrap();
     let operator = token(&env, &["--role", "operator"]);
     let server = serve(&env, &["--config", config.to_str().unwrap()]);
-    let (status, v) = call(
-        "POST",
-        &format!("{}/api/v1/snapshots/vm@latest/boot", server.url),
-        Some(&operator),
-        b"",
-    );
-    assert_eq!(status, 202, "{v}");
-    let events = read_events(
-        &format!("{}{}", server.url, v["events"].as_str().unwrap()),
-        &operator,
-    );
+    let events = run_job(&server.url, "/api/v1/snapshots/vm@latest/boot", &operator);
     let (last, data) = events.last().unwrap();
     assert_eq!(last, "done", "{events:?}");
     assert_eq!(data["result"], "booted", "{data}");
