@@ -460,10 +460,12 @@ impl Analysis<'_> {
 }
 
 /// The file-level signals of `new` against `old`, given their diff.
-pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
+pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     let key = |e: &FileEntry| e.display_path();
-    let old_by: HashMap<String, &FileEntry> = old.entries.iter().map(|e| (key(e), e)).collect();
-    let new_by: HashMap<String, &FileEntry> = new.entries.iter().map(|e| (key(e), e)).collect();
+    let by_path = |entries: &'a [FileEntry]| -> HashMap<String, &'a FileEntry> {
+        entries.iter().map(|e| (key(e), e)).collect()
+    };
+    let (old_by, new_by) = rayon::join(|| by_path(old.entries), || by_path(new.entries));
     let is_file = |e: &&FileEntry| e.kind == FileKind::File;
     let a = Analysis {
         old,
@@ -596,12 +598,16 @@ pub fn analyse(old: &Side, new: &Side, d: &Diff) -> FileSignals {
     }
     out.extension_churn = sorted_counts(churn);
 
-    let old_exts: HashSet<String> = old
-        .entries
-        .iter()
-        .filter(is_file)
-        .map(|e| content::extension(&key(e)))
-        .collect();
+    // Every old name is looked at only when there are new files to compare.
+    let old_exts: HashSet<String> = if d.added.is_empty() {
+        HashSet::new()
+    } else {
+        old.entries
+            .iter()
+            .filter(is_file)
+            .map(|e| content::extension(&key(e)))
+            .collect()
+    };
     let mut fresh: BTreeMap<String, u64> = BTreeMap::new();
     for x in &d.added {
         let ext = content::extension(&x.path);

@@ -121,53 +121,59 @@ pub fn compute(
         files = new_entries.len(),
         "walked"
     );
-    let _ = crate::filelist::save(vault, &snap.id, &new_entries);
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "list saved");
-    let old = parent.and_then(|p| open(vault, p).ok());
-    let old_entries = old.as_ref().and_then(|o| {
-        parent
-            .and_then(|p| crate::filelist::load(vault, &p.id))
-            .or_else(|| o.fs.walk().ok())
-    });
-    out.parent_fs_readable = old_entries.is_some();
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "parent listed");
-    if let (Some(old), Some(old_entries)) = (old, old_entries) {
-        let d = match (&old.disk, &new.disk) {
-            (Some(od), Some(nd)) => cairn_guest::diff::diff(
-                &old_entries,
-                &new_entries,
-                &mut DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd)
-                    .reading_new_through(new.reader.as_deref().unwrap_or(nd.as_ref())),
-            ),
-            _ => cairn_guest::diff::diff(&old_entries, &new_entries, &mut TreeCheck),
-        };
-        tracing::debug!(
-            secs = started.elapsed().as_secs_f64(),
-            old_chunks = old.disk.as_ref().map(|d| d.decoded_chunks()),
-            "diffed"
-        );
-        out.files = Some(files::analyse(
-            &Side {
-                fs: old.fs.as_ref(),
-                entries: &old_entries,
-                disk: old.disk.as_deref(),
-            },
-            &Side {
-                fs: new.fs.as_ref(),
-                entries: &new_entries,
-                disk: new.disk.as_deref(),
-            },
-            &d,
-        ));
-    } else {
-        out.files = Some(FileSignals {
-            files: new_entries
-                .iter()
-                .filter(|e| e.kind == cairn_guest::FileKind::File)
-                .count() as u64,
-            ..Default::default()
+    // The list is stored for the next snapshot's diff on its own thread
+    // while this snapshot is compared with its parent.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = crate::filelist::save(vault, &snap.id, &new_entries);
+            tracing::debug!(secs = started.elapsed().as_secs_f64(), "list saved");
         });
-    }
+        let old = parent.and_then(|p| open(vault, p).ok());
+        let old_entries = old.as_ref().and_then(|o| {
+            parent
+                .and_then(|p| crate::filelist::load(vault, &p.id))
+                .or_else(|| o.fs.walk().ok())
+        });
+        out.parent_fs_readable = old_entries.is_some();
+        tracing::debug!(secs = started.elapsed().as_secs_f64(), "parent listed");
+        if let (Some(old), Some(old_entries)) = (old, old_entries) {
+            let d = match (&old.disk, &new.disk) {
+                (Some(od), Some(nd)) => cairn_guest::diff::diff(
+                    &old_entries,
+                    &new_entries,
+                    &mut DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd)
+                        .reading_new_through(new.reader.as_deref().unwrap_or(nd.as_ref())),
+                ),
+                _ => cairn_guest::diff::diff(&old_entries, &new_entries, &mut TreeCheck),
+            };
+            tracing::debug!(
+                secs = started.elapsed().as_secs_f64(),
+                old_chunks = old.disk.as_ref().map(|d| d.decoded_chunks()),
+                "diffed"
+            );
+            out.files = Some(files::analyse(
+                &Side {
+                    fs: old.fs.as_ref(),
+                    entries: &old_entries,
+                    disk: old.disk.as_deref(),
+                },
+                &Side {
+                    fs: new.fs.as_ref(),
+                    entries: &new_entries,
+                    disk: new.disk.as_deref(),
+                },
+                &d,
+            ));
+        } else {
+            out.files = Some(FileSignals {
+                files: new_entries
+                    .iter()
+                    .filter(|e| e.kind == cairn_guest::FileKind::File)
+                    .count() as u64,
+                ..Default::default()
+            });
+        }
+    });
     out.analysis_secs = started.elapsed().as_secs_f64();
     tracing::debug!(secs = out.analysis_secs, "analysed");
     out
