@@ -75,6 +75,17 @@ impl<'a> DiskCheck<'a> {
         false
     }
 
+    /// For a file in the same place on disk in both snapshots, whether
+    /// those bytes changed; `None` for a file that moved or has no extents.
+    fn in_place_changed(&self, old: &FileEntry, new: &FileEntry) -> Option<bool> {
+        match (&old.extents, &new.extents) {
+            (Some(a), Some(b)) if a == b => {
+                Some(a.iter().any(|&(off, len)| self.extent_changed(off, len)))
+            }
+            _ => None,
+        }
+    }
+
     fn bytes_equal(&self, offset: u64, len: u64) -> bool {
         let mut pos = offset;
         let end = offset + len;
@@ -126,28 +137,21 @@ impl ContentCheck for DiskCheck<'_> {
         let this = &*self;
         let answers: Vec<(Vec<u8>, bool)> = pairs
             .par_iter()
-            .filter_map(|(o, n)| match (&o.extents, &n.extents) {
-                (Some(a), Some(b)) if a == b => Some((
-                    n.path.clone(),
-                    a.iter().any(|&(off, len)| this.extent_changed(off, len)),
-                )),
-                _ => None,
-            })
+            .filter_map(|(o, n)| this.in_place_changed(o, n).map(|c| (n.path.clone(), c)))
             .collect();
         self.prepared.extend(answers);
     }
 
     fn changed(&mut self, old: &FileEntry, new: &FileEntry) -> bool {
+        if old.path == new.path
+            && let Some(&known) = self.prepared.get(&new.path)
+        {
+            return known;
+        }
+        if let Some(changed) = self.in_place_changed(old, new) {
+            return changed;
+        }
         match (&old.extents, &new.extents) {
-            (Some(a), Some(b)) if a == b => match self
-                .prepared
-                .get(&new.path)
-                .filter(|_| old.path == new.path)
-            {
-                Some(&known) => known,
-                // Same place on disk: unchanged unless those bytes changed.
-                None => a.iter().any(|&(off, len)| self.extent_changed(off, len)),
-            },
             (Some(_), Some(_)) => {
                 self.digest(old, false) != self.digest(new, true)
                     || self.digest(new, true).is_none()

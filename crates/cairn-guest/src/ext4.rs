@@ -709,12 +709,11 @@ impl Filesystem for Ext4 {
 
     fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
         let dir = self.resolve(path)?;
-        let mut out = Vec::new();
-        for (name, ino) in self.dir_entries(&dir)? {
-            let mut e = self.entry(join(path, &name), &self.inode(ino)?)?;
-            e.unsafe_name = crate::model::is_unsafe_name(&name);
-            out.push(e);
-        }
+        let mut out: Vec<FileEntry> = self
+            .list(path, &dir, &AtomicUsize::new(0))?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }

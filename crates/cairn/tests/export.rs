@@ -21,23 +21,6 @@ fn export(env: &Env, args: &[&str]) -> Running {
     Running { child, url }
 }
 
-/// What `qemu-img compare` says of an NBD export and an image file.
-fn nbd_equals(url: &str, img: &std::path::Path) -> bool {
-    sh(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            url,
-            img.to_str().unwrap(),
-        ],
-    )
-    .contains("identical")
-}
-
 fn disk(env: &Env) -> std::path::PathBuf {
     let content = env.path("content");
     populate(&content);

@@ -87,6 +87,23 @@ pub fn sh(prog: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What `qemu-img compare` says of an NBD export and an image file.
+pub fn nbd_equals(url: &str, img: &Path) -> bool {
+    sh(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            url,
+            img.to_str().unwrap(),
+        ],
+    )
+    .contains("identical")
+}
+
 /// Deterministic pseudo-random bytes (xorshift), incompressible.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
