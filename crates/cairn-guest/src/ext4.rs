@@ -559,14 +559,7 @@ impl Ext4 {
             None
         };
         let extents = if kind == FileKind::File && ino.flags & FLAG_INLINE_DATA == 0 {
-            let bs = self.block_size;
-            Some(
-                self.runs(ino)?
-                    .iter()
-                    .filter(|r| r.init)
-                    .map(|r| (self.slice.disk_offset(r.physical * bs), r.len * bs))
-                    .collect(),
-            )
+            self.content_extents(ino)?
         } else {
             None
         };
@@ -584,6 +577,30 @@ impl Ext4 {
             content_key: None,
             unsafe_name: false,
         })
+    }
+
+    /// Where a file's bytes lie on the disk, in file order — only when the
+    /// file is exactly those bytes: runs that follow each other from the
+    /// first block to the last, every one written. A file with a hole or an
+    /// unwritten run (which read as zeros, whatever the disk holds) gets
+    /// None, so nothing takes its disk bytes for its content (scan-cache
+    /// keys, insight's in-place comparisons).
+    fn content_extents(&self, ino: &Inode) -> Result<Option<Vec<(u64, u64)>>> {
+        let bs = self.block_size;
+        let need = ino.size.div_ceil(bs);
+        let mut next = 0u64;
+        let mut out = Vec::new();
+        for r in self.runs(ino)?.iter() {
+            if next >= need {
+                break;
+            }
+            if r.logical != next || !r.init {
+                return Ok(None);
+            }
+            out.push((self.slice.disk_offset(r.physical * bs), r.len * bs));
+            next += r.len;
+        }
+        Ok((next >= need).then_some(out))
     }
 
     /// The entries of directory `dir` (at `path`), each with its inode

@@ -4,6 +4,10 @@
 // counts only for files in places that run by themselves (cron, systemd,
 // boot scripts, shell profiles, Startup folders) or in temp folders: the
 // same lines in a project's CI file are ordinary.
+//
+// Every regex repeats a bounded number of times ({0,16}, not *): with
+// strings of bounded length, a file that changed in place is rescanned
+// only around its changes (see src/windows.rs).
 
 rule Cairn_EICAR_Test_File
 {
@@ -66,7 +70,7 @@ rule Cairn_PHP_Web_Shell
         severity = "compromised"
     strings:
         $php = "<?php" nocase
-        $run = /(eval|assert|system|passthru|shell_exec|exec|popen|proc_open)\s*\(\s*(base64_decode\s*\(\s*|gzinflate\s*\(\s*|str_rot13\s*\(\s*)*\$_(POST|GET|REQUEST|COOKIE|SERVER)/ nocase
+        $run = /(eval|assert|system|passthru|shell_exec|exec|popen|proc_open)\s{0,16}\(\s{0,16}(base64_decode\s{0,16}\(\s{0,16}|gzinflate\s{0,16}\(\s{0,16}|str_rot13\s{0,16}\(\s{0,16}){0,4}\$_(POST|GET|REQUEST|COOKIE|SERVER)/ nocase
     condition:
         filesize < 1MB and $php and $run
 }
@@ -77,10 +81,10 @@ rule Cairn_ASP_Web_Shell
         description = "ASP/ASPX page that evaluates the request"
         severity = "compromised"
     strings:
-        $a = /<%@?\s*Page\s+Language\s*=\s*"?(Jscript|C#)"?/ nocase
-        $b = /eval\s*\(\s*Request(\.Item)?\s*\[/ nocase
+        $a = /<%@?\s{0,16}Page\s{1,16}Language\s{0,16}=\s{0,16}"?(Jscript|C#)"?/ nocase
+        $b = /eval\s{0,16}\(\s{0,16}Request(\.Item)?\s{0,16}\[/ nocase
         $c = "Process.Start" nocase
-        $d = /Request\.(Form|QueryString)\s*\[/ nocase
+        $d = /Request\.(Form|QueryString)\s{0,16}\[/ nocase
     condition:
         filesize < 1MB and $a and ($b or ($c and $d))
 }
@@ -91,10 +95,10 @@ rule Cairn_Reverse_Shell
         description = "script that opens a shell to a remote host"
         severity = "compromised"
     strings:
-        $tcp = /\/dev\/tcp\/[0-9a-zA-Z.\-]+\/[0-9]+/
-        $nc = /\b(nc|ncat|netcat)\s+(-[a-z]*e\s+\/bin\/(ba)?sh|.*-e\s+\/bin\/(ba)?sh)/
+        $tcp = /\/dev\/tcp\/[0-9a-zA-Z.\-]{1,253}\/[0-9]{1,5}/
+        $nc = /\b(nc|ncat|netcat)\s{1,16}(-[a-z]{0,8}e\s{1,16}\/bin\/(ba)?sh|.{0,200}-e\s{1,16}\/bin\/(ba)?sh)/
         $py = /socket\.socket\(.{0,200}(subprocess|pty\.spawn|os\.dup2)/
-        $mkfifo = /mkfifo\s+\S+.{0,80}\bnc\b/
+        $mkfifo = /mkfifo\s{1,16}\S{1,255}.{0,80}\bnc\b/
     condition:
         filesize < 1MB and any of them
 }
@@ -105,8 +109,8 @@ rule Cairn_Download_And_Run : autostart
         description = "script that downloads code and pipes it to a shell"
         severity = "warning"
     strings:
-        $pipe = /(curl|wget)\s[^\n|;]{1,300}\|\s*(ba|z|da)?sh\b/
-        $b64 = /base64\s+(-d|--decode)[^\n]{0,40}\|\s*(ba)?sh\b/
+        $pipe = /(curl|wget)\s[^\n|;]{1,300}\|\s{0,16}(ba|z|da)?sh\b/
+        $b64 = /base64\s{1,16}(-d|--decode)[^\n]{0,40}\|\s{0,16}(ba)?sh\b/
     condition:
         filesize < 1MB and any of them
 }
@@ -119,9 +123,9 @@ rule Cairn_Shadow_Copy_Deletion
     strings:
         $v1 = "vssadmin delete shadows" nocase ascii wide
         $v2 = "vssadmin.exe delete shadows" nocase ascii wide
-        $w1 = /wmic(\.exe)?\s+shadowcopy\s+delete/ nocase ascii wide
-        $b1 = /bcdedit(\.exe)?\s+\/set\s+\{default\}\s+recoveryenabled\s+no/ nocase ascii wide
-        $b2 = /wbadmin(\.exe)?\s+delete\s+catalog/ nocase ascii wide
+        $w1 = /wmic(\.exe)?\s{1,16}shadowcopy\s{1,16}delete/ nocase ascii wide
+        $b1 = /bcdedit(\.exe)?\s{1,16}\/set\s{1,16}\{default\}\s{1,16}recoveryenabled\s{1,16}no/ nocase ascii wide
+        $b2 = /wbadmin(\.exe)?\s{1,16}delete\s{1,16}catalog/ nocase ascii wide
     condition:
         any of them
 }

@@ -23,6 +23,7 @@ pub mod rpm;
 pub mod rules;
 pub mod version;
 pub mod walkback;
+pub mod windows;
 
 pub use error::{Error, Result};
 pub use malware::{MalwareHit, MalwareStats};
@@ -32,7 +33,7 @@ pub use rules::{RuleSet, Severity};
 
 use cache::ScanCache;
 use cairn_guest::{FileEntry, Opened};
-use cairn_vault::{Snapshot, SnapshotId, Vault};
+use cairn_vault::{Snapshot, SnapshotDisk, SnapshotId, Vault};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -329,6 +330,8 @@ pub struct Scan<'a> {
     pub report: ScanReport,
     target: Arc<Target>,
     baseline: Option<Arc<Target>>,
+    /// The disk of the snapshot before (see [`malware::Keyer::Disk`]).
+    earlier: Option<SnapshotDisk>,
     started: Instant,
     record: String,
 }
@@ -349,6 +352,14 @@ impl<'a> Scan<'a> {
             None => None,
         };
         let target = targets.get(vault, snap, profile.partition)?;
+        let earlier = match (&snap.parent, &target.opened.disk, &profile.rules.windows) {
+            (Some(p), Some(_), Ok(_)) => vault
+                .read_snapshot(&Snapshot::object_name(p))
+                .and_then(|p| SnapshotDisk::open(vault.clone(), &p, 8))
+                .map(SnapshotDisk::without_read_ahead)
+                .ok(),
+            _ => None,
+        };
         Ok(Scan {
             vault,
             record: profile.record_name(&snap.id, baseline.map(|b| &b.id)),
@@ -373,6 +384,7 @@ impl<'a> Scan<'a> {
             },
             target,
             baseline: baseline_target,
+            earlier,
             started,
         })
     }
@@ -409,7 +421,10 @@ impl<'a> Scan<'a> {
     /// Every file through the rules; true when nothing matched.
     pub fn malware(&mut self, profile: &mut Profile, bytes: &(dyn Fn(u64, u64) + Sync)) -> bool {
         let keyer = match &self.target.opened.disk {
-            Some(d) => malware::Keyer::Disk(d),
+            Some(d) => malware::Keyer::Disk {
+                disk: d,
+                earlier: self.earlier.as_ref(),
+            },
             None => malware::Keyer::Tree,
         };
         let total: u64 = self

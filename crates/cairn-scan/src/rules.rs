@@ -55,6 +55,9 @@ pub struct RuleSet {
     pub hash: [u8; 32],
     /// Where the rules came from: `builtin` and the operator's files.
     pub sources: Vec<String>,
+    /// Rescanning changed files only around their changes, when the rule
+    /// set allows it; else why not.
+    pub windows: std::result::Result<crate::windows::WindowScanner, String>,
 }
 
 /// Largest rule file read (a rule set, not a database).
@@ -141,11 +144,19 @@ impl RuleSet {
                 .string_max_nb_matches(100)
                 .timeout_duration(Some(Duration::from_secs(60))),
         );
+        let texts: Vec<&str> = std::iter::once(BUILTIN)
+            .chain(operator.iter().map(|(_, _, t)| t.as_str()))
+            .collect();
+        let windows = crate::windows::WindowScanner::build(&texts);
+        if let Err(why) = &windows {
+            tracing::debug!("changed files are scanned whole: {why}");
+        }
         Ok(RuleSet {
             scanner,
             clamd: None,
             hash: *hash.finalize().as_bytes(),
             sources,
+            windows,
         })
     }
 
@@ -169,6 +180,7 @@ impl RuleSet {
         self.hash = *h.finalize().as_bytes();
         self.sources.push(format!("clamd ({})", clamd.version));
         self.clamd = Some(clamd);
+        self.windows = Err("ClamAV sees files whole".into());
         self
     }
 

@@ -142,6 +142,102 @@ fn eicar_deep_in_an_ext4_tree_is_found_with_its_path_and_offset() {
     assert_eq!(t["snapshots"][0]["scan"]["verdict"], "compromised");
 }
 
+/// Where `offset` of a guest file lies in the image.
+fn image_offset(img: &Path, guest: &str, offset: u64) -> u64 {
+    file_offsets(img, guest)[(offset / 4096) as usize] + offset % 4096
+}
+
+#[test]
+fn a_file_changed_in_place_is_rescanned_only_around_its_changes() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    std::fs::create_dir_all(root.join("var/lib/app")).unwrap();
+    std::fs::write(root.join("var/lib/app/orders.db"), text(4 << 20, 77)).unwrap();
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    let db = "/var/lib/app/orders.db";
+    let stats = |v: &Value, k: &str| v["stats"][k].as_u64().unwrap();
+
+    env.backup(&img, "vm", "2026-01-01T00:00:00Z");
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(stats(&v, "files_windowed"), 0);
+
+    // Day 2: two pages rewritten in place with ordinary text. Only the
+    // bytes around them go through the strings, and the verdict is the
+    // day before's.
+    write_at(&img, image_offset(&img, db, 1 << 20), &text(4096, 78));
+    write_at(&img, image_offset(&img, db, 3 << 20), &text(4096, 79));
+    env.backup(&img, "vm", "2026-01-02T00:00:00Z");
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(stats(&v, "files_windowed"), 1, "{v:#}");
+    assert!(stats(&v, "bytes_scanned") < 64 << 10, "{v:#}");
+
+    // Day 3: the EICAR string written into the middle of a page. A string
+    // matches near the change, so the file is scanned whole and the hit
+    // has its exact offset.
+    let at = (2 << 20) + 1000;
+    write_at(&img, image_offset(&img, db, at), EICAR);
+    env.backup(&img, "vm", "2026-01-03T00:00:00Z");
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert_eq!(stats(&v, "files_windowed"), 0, "{v:#}");
+    assert!(stats(&v, "bytes_scanned") >= 4 << 20, "{v:#}");
+    let hits = v["malware"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{v:#}");
+    assert_eq!(hits[0]["path"], db);
+    assert_eq!(hits[0]["offset"], at);
+
+    // Day 4: a page far from it changes. The file is judged from around
+    // that change, and the hit found the day before is still reported.
+    write_at(&img, image_offset(&img, db, 200 << 10), &text(4096, 80));
+    env.backup(&img, "vm", "2026-01-04T00:00:00Z");
+    let (code, v4) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{v4:#}");
+    assert_eq!(stats(&v4, "files_windowed"), 1, "{v4:#}");
+    assert_eq!(v4["malware"], v["malware"]);
+
+    // The EICAR string split across a page boundary, half of it changed:
+    // the string reaches into the change, so the file is scanned whole.
+    write_at(&img, image_offset(&img, db, 4096 * 100 - 30), &EICAR[..30]);
+    env.backup(&img, "vm", "2026-01-05T00:00:00Z");
+    write_at(&img, image_offset(&img, db, 4096 * 100), &EICAR[30..]);
+    env.backup(&img, "vm", "2026-01-06T00:00:00Z");
+    let (_, v5) = scan(&env, "vm@-1", &[]);
+    assert_eq!(v5["malware"].as_array().unwrap().len(), 1, "{v5:#}");
+    let (_, v6) = scan(&env, "vm@latest", &[]);
+    assert_eq!(stats(&v6, "files_windowed"), 0, "{v6:#}");
+    let offsets: BTreeSet<u64> = v6["malware"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, BTreeSet::from([4096 * 100 - 30]), "{v6:#}");
+
+    // Day 7, an ordinary page again: judged from around it with Cairn's
+    // rules, but scanned whole with an operator's rule that reads the
+    // file's bytes itself.
+    write_at(&img, image_offset(&img, db, 1 << 20), &text(4096, 81));
+    env.backup(&img, "vm", "2026-01-07T00:00:00Z");
+    let (_, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(stats(&v, "files_windowed"), 1, "{v:#}");
+    let rules = env.path("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("magic.yar"),
+        "rule Sqlite_Header { condition: uint32(0) == 0x694c5153 }\n",
+    )
+    .unwrap();
+    let r = rules.to_str().unwrap();
+    scan(&env, "vm@-1", &["--rules", r]);
+    let (_, v) = scan(&env, "vm@latest", &["--rules", r]);
+    assert_eq!(stats(&v, "files_windowed"), 0, "{v:#}");
+    assert!(stats(&v, "bytes_scanned") >= 4 << 20, "{v:#}");
+}
+
 #[test]
 fn eicar_on_an_ntfs_guest_is_found() {
     let env = Env::new("30d", &[]);
