@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::rules::RuleHit;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,9 @@ pub type ContentKey = [u8; 32];
 pub struct ScanCache {
     path: Option<PathBuf>,
     known: HashMap<ContentKey, Vec<RuleHit>>,
-    pending: Vec<(ContentKey, Vec<RuleHit>)>,
+    /// Contents in which no string of the rule set matched anywhere.
+    strings_free: HashSet<ContentKey>,
+    pending: Vec<(ContentKey, Vec<RuleHit>, bool)>,
     /// Length of the log's valid prefix (a torn tail is cut before appending).
     valid_len: u64,
 }
@@ -30,6 +32,7 @@ impl ScanCache {
         ScanCache {
             path: None,
             known: HashMap::new(),
+            strings_free: HashSet::new(),
             pending: Vec::new(),
             valid_len: 0,
         }
@@ -60,8 +63,11 @@ impl ScanCache {
             if blake3::hash(body).as_bytes()[..8] != bytes[pos + 4..pos + 12] {
                 break;
             }
-            match postcard::from_bytes::<(ContentKey, Vec<RuleHit>)>(body) {
-                Ok((k, hits)) => {
+            match postcard::from_bytes::<(ContentKey, Vec<RuleHit>, bool)>(body) {
+                Ok((k, hits, free)) => {
+                    if free {
+                        cache.strings_free.insert(k);
+                    }
                     cache.known.insert(k, hits);
                 }
                 Err(_) => break,
@@ -84,9 +90,18 @@ impl ScanCache {
         self.known.is_empty()
     }
 
-    pub fn insert(&mut self, key: ContentKey, hits: Vec<RuleHit>) {
+    /// Whether no string matched anywhere in this content.
+    pub fn strings_free(&self, key: &ContentKey) -> bool {
+        self.strings_free.contains(key)
+    }
+
+    /// `strings_free`: no string of the rule set matched anywhere.
+    pub fn insert(&mut self, key: ContentKey, hits: Vec<RuleHit>, strings_free: bool) {
         if self.known.insert(key, hits.clone()).is_none() {
-            self.pending.push((key, hits));
+            if strings_free {
+                self.strings_free.insert(key);
+            }
+            self.pending.push((key, hits, strings_free));
         }
     }
 
@@ -146,8 +161,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rules = [1u8; 32];
         let mut c = ScanCache::open(dir.path(), &rules).unwrap();
-        c.insert([2; 32], vec![hit()]);
-        c.insert([3; 32], vec![]);
+        c.insert([2; 32], vec![hit()], false);
+        c.insert([3; 32], vec![], true);
         c.flush().unwrap();
         let log = std::fs::read_dir(dir.path())
             .unwrap()
@@ -162,8 +177,9 @@ mod tests {
         let mut c = ScanCache::open(dir.path(), &rules).unwrap();
         assert_eq!(c.get(&[2; 32]), Some(&vec![hit()]));
         assert_eq!(c.get(&[3; 32]), Some(&vec![]));
+        assert!(c.strings_free(&[3; 32]) && !c.strings_free(&[2; 32]));
         assert_eq!(c.len(), 2);
-        c.insert([4; 32], vec![]);
+        c.insert([4; 32], vec![], false);
         c.flush().unwrap();
         let c = ScanCache::open(dir.path(), &rules).unwrap();
         assert_eq!(c.len(), 3, "the torn tail was cut and the new record kept");

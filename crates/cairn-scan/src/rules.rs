@@ -115,7 +115,7 @@ impl RuleSet {
     fn compile(operator: &[(String, PathBuf, String)]) -> Result<Self> {
         let mut compiler = Compiler::new();
         let mut hash = blake3::Hasher::new();
-        hash.update(b"cairn-rules-v1 boreal-1.4\0");
+        hash.update(b"cairn-rules-v2 boreal-1.4\0");
         hash.update(BUILTIN.as_bytes());
         compiler
             .add_rules_str_in_namespace(BUILTIN, "cairn")
@@ -141,6 +141,9 @@ impl RuleSet {
         scanner.set_scan_params(
             ScanParams::default()
                 .compute_full_matches(true)
+                // Every rule's string matches, matched or not: a content in
+                // which no string matches at all is remembered as such.
+                .include_not_matched_rules(true)
                 .string_max_nb_matches(100)
                 .timeout_duration(Some(Duration::from_secs(60))),
         );
@@ -185,7 +188,14 @@ impl RuleSet {
     }
 
     pub fn scan(&self, data: &[u8]) -> Vec<RuleHit> {
-        let mut hits = self.scan_rules(data);
+        self.scan_telling(data).0
+    }
+
+    /// [`RuleSet::scan`], and whether no string of any rule matched
+    /// anywhere in `data` (known only for rule sets that qualify for
+    /// [`crate::windows`] and hide no rule or string; false otherwise).
+    pub fn scan_telling(&self, data: &[u8]) -> (Vec<RuleHit>, bool) {
+        let (mut hits, strings_free) = self.scan_rules(data);
         if let Some(c) = &self.clamd {
             match c.scan(data) {
                 Ok(None) => {}
@@ -205,14 +215,17 @@ impl RuleSet {
                 }),
             }
         }
-        hits
+        (hits, strings_free)
     }
 
-    fn scan_rules(&self, data: &[u8]) -> Vec<RuleHit> {
-        let result = match self.scanner.scan_mem(data) {
-            Ok(r) => r,
-            Err((_, partial)) => partial,
+    fn scan_rules(&self, data: &[u8]) -> (Vec<RuleHit>, bool) {
+        let (result, complete) = match self.scanner.scan_mem(data) {
+            Ok(r) => (r, true),
+            Err((_, partial)) => (partial, false),
         };
+        let strings_free = complete
+            && self.windows.as_ref().is_ok_and(|w| w.sees_all)
+            && result.rules.iter().all(|r| r.matches.is_empty());
         let mut hits: Vec<RuleHit> = result
             .rules
             .iter()
@@ -254,7 +267,7 @@ impl RuleSet {
             })
             .collect();
         hits.sort_by(|a, b| a.rule.cmp(&b.rule));
-        hits
+        (hits, strings_free)
     }
 }
 
@@ -283,6 +296,26 @@ mod tests {
                 .scan(b"an ordinary letter about bitcoin prices")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_scan_tells_when_no_string_matched_anywhere() {
+        let rules = RuleSet::load(None).unwrap();
+        assert_eq!(rules.scan_telling(b"an ordinary letter"), (vec![], true));
+        // A string of a rule that does not match is still a string match.
+        assert_eq!(
+            rules.scan_telling(b"an ordinary letter about bitcoin prices"),
+            (vec![], false)
+        );
+        // A private string is not reported: nothing can be told.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.yar"),
+            "rule P { strings: $s = \"ACME\" private condition: $s }",
+        )
+        .unwrap();
+        let rules = RuleSet::load(Some(dir.path())).unwrap();
+        assert_eq!(rules.scan_telling(b"an ordinary letter"), (vec![], false));
     }
 
     #[test]

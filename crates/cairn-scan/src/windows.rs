@@ -21,6 +21,12 @@
 //! its own; when none matches anywhere in the old windows or in the new
 //! ones, the match sets are equal and so is the verdict, which is the old
 //! version's. Otherwise the file is scanned whole.
+//!
+//! When no string matched anywhere in the old version (the cache remembers
+//! that), the old bytes are not needed: a match in the new version would
+//! have to touch a changed block, so the changed blocks and their margins
+//! in the new version alone are looked at, and when nothing matches there
+//! the new version is free of matches too.
 
 use boreal::scanner::ScanParams;
 use boreal::{Compiler, Scanner};
@@ -39,6 +45,9 @@ pub struct WindowScanner {
     scanner: Scanner,
     /// Bytes kept on each side of a changed range.
     pub margin: u64,
+    /// No rule or string is private: a scan's report shows every string's
+    /// matches, so it tells when none matched at all.
+    pub sees_all: bool,
 }
 
 impl WindowScanner {
@@ -48,6 +57,7 @@ impl WindowScanner {
         let mut rules = String::new();
         let mut longest = 0u64;
         let mut n = 0usize;
+        let mut sees_all = true;
         for text in sources {
             let file = boreal_parser::parse(text).map_err(|_| "a rule file does not parse")?;
             for c in &file.components {
@@ -58,6 +68,7 @@ impl WindowScanner {
                         return Err("a rule file includes another".into());
                     }
                 };
+                sees_all &= !rule.is_private && rule.variables.iter().all(|v| !v.modifiers.private);
                 if !local(&rule.condition, &mut HashSet::new()) {
                     return Err(format!(
                         "rule {} looks at more than its strings and the file size",
@@ -91,6 +102,7 @@ impl WindowScanner {
             // before it; one byte more on each side gives it the context
             // its boundaries look at.
             margin: longest + 2,
+            sees_all,
         })
     }
 
