@@ -209,7 +209,7 @@ fn a_file_changed_in_place_is_rescanned_only_around_its_changes() {
     let cache = "/var/lib/app/cache.bin";
     let pages = file_offsets(&img, cache);
     let split = (1..pages.len())
-        .find(|&i| pages[i] % (64 << 10) == 0 && pages[i - 1] + 4096 == pages[i])
+        .find(|&i| pages[i].is_multiple_of(64 << 10) && pages[i - 1] + 4096 == pages[i])
         .expect("a page of the file starts a 64 KiB block") as u64
         * 4096;
     for (file, at) in [(db, 4096 * 100), (cache, split)] {
