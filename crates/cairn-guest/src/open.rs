@@ -29,7 +29,7 @@ pub fn open_snapshot(
     snapshot: Snapshot,
     partition: Option<u32>,
 ) -> Result<Opened> {
-    open_snapshot_with_source(vault, snapshot, partition, None)
+    open_snapshot_with_source(vault, snapshot, partition, None, GUEST_CACHE_CHUNKS)
 }
 
 /// Blocks of the source taken per open disk when reading through it
@@ -39,12 +39,14 @@ const SOURCE_CACHE_BLOCKS: usize = 1024;
 /// Like [`open_snapshot`]; for a disk snapshot, `source` (the raw image
 /// or device it was just backed up from) is read wherever its 64 KiB
 /// blocks still match the snapshot's digests, which is much cheaper than
-/// decoding chunks from the vault.
+/// decoding chunks from the vault. `cache_chunks` bounds the decoded
+/// chunks kept ([`GUEST_CACHE_CHUNKS`] unless the caller knows better).
 pub fn open_snapshot_with_source(
     vault: &Arc<Vault>,
     snapshot: Snapshot,
     partition: Option<u32>,
     source: Option<std::fs::File>,
+    cache_chunks: usize,
 ) -> Result<Opened> {
     match snapshot.source.kind {
         SourceKind::Directory => {
@@ -64,11 +66,7 @@ pub fn open_snapshot_with_source(
             })
         }
         SourceKind::Disk => {
-            let disk = Arc::new(SnapshotDisk::open(
-                vault.clone(),
-                &snapshot,
-                GUEST_CACHE_CHUNKS,
-            )?);
+            let disk = Arc::new(SnapshotDisk::open(vault.clone(), &snapshot, cache_chunks)?);
             let as_source: Arc<dyn BlockSource> = match source {
                 Some(f) => Arc::new(SourceBackedDisk::new(f, disk.clone(), SOURCE_CACHE_BLOCKS)),
                 None => disk.clone(),

@@ -5,8 +5,9 @@
 
 use crate::files::{self, FileSignals, Side};
 use cairn_guest::check::{DiskCheck, TreeCheck};
-use cairn_guest::open::open_snapshot_with_source;
+use cairn_guest::open::{GUEST_CACHE_CHUNKS, open_snapshot_with_source};
 use cairn_guest::{Opened, open_snapshot};
+use cairn_vault::BLOCK_SIZE;
 use cairn_vault::{Snapshot, SnapshotId, Vault};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,11 @@ pub struct Signals {
     /// Seconds the file-level analysis took.
     pub analysis_secs: f64,
 }
+
+/// Most decoded chunks of the parent kept while a snapshot is compared
+/// with it (128 MiB at the default chunk size): a day that changed more
+/// decodes some twice rather than grow without bound.
+const PARENT_CACHE_CHUNKS: usize = 512;
 
 fn open(vault: &Arc<Vault>, s: &Snapshot) -> Result<Opened, String> {
     open_snapshot(vault, s.clone(), None).map_err(|e| e.to_string())
@@ -104,9 +110,15 @@ pub fn compute(
         analysis_secs: 0.0,
     };
     // This snapshot's files: opened and walked, or why not.
-    let opened = open_snapshot_with_source(vault, snap.clone(), None, source_file(snap, source))
-        .map_err(|e| e.to_string())
-        .and_then(|o| o.fs.walk().map(|w| (o, w)).map_err(|e| e.to_string()));
+    let opened = open_snapshot_with_source(
+        vault,
+        snap.clone(),
+        None,
+        source_file(snap, source),
+        GUEST_CACHE_CHUNKS,
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|o| o.fs.walk().map(|w| (o, w)).map_err(|e| e.to_string()));
     let (new, new_entries) = match opened {
         Ok(x) => x,
         Err(e) => {
@@ -128,7 +140,13 @@ pub fn compute(
             let _ = crate::filelist::save(vault, &snap.id, &new_entries);
             tracing::debug!(secs = started.elapsed().as_secs_f64(), "list saved");
         });
-        let old = parent.and_then(|p| open(vault, p).ok());
+        // The parent's chunks under changed blocks are decoded by the diff
+        // and read again by the analysis: kept for both when they fit.
+        let old = parent.and_then(|p| {
+            let changed_blocks = snap.metrics.changed_bytes.div_ceil(BLOCK_SIZE as u64) as usize;
+            let cache = changed_blocks.clamp(GUEST_CACHE_CHUNKS, PARENT_CACHE_CHUNKS);
+            open_snapshot_with_source(vault, p.clone(), None, None, cache).ok()
+        });
         let old_entries = old.as_ref().and_then(|o| {
             parent
                 .and_then(|p| crate::filelist::load(vault, &p.id))
