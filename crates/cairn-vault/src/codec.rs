@@ -81,6 +81,19 @@ pub fn seal(cipher: &Cipher, data: &[u8], level: i32, entropy: Option<f32>) -> R
     )?)
 }
 
+/// [`open`] for sealed bytes the caller owns: decrypted where they lie.
+pub fn open_owned(
+    cipher: &Cipher,
+    name: &str,
+    mut sealed: Vec<u8>,
+    max_len: usize,
+) -> Result<Vec<u8>> {
+    let r = cipher
+        .open_in_place(&mut sealed)
+        .map_err(|e| Error::damaged(name, e))?;
+    unframe(&sealed[r], max_len).map_err(|e| Error::damaged(name, e))
+}
+
 pub fn open(cipher: &Cipher, name: &str, sealed: &[u8], max_len: usize) -> Result<Vec<u8>> {
     let framed = cipher.open(sealed).map_err(|r| Error::damaged(name, r))?;
     unframe(&framed, max_len).map_err(|r| Error::damaged(name, r))

@@ -531,7 +531,7 @@ impl Vault {
             let sealed = self
                 .backend
                 .get_range(&name, loc.offset as u64, loc.len as usize)?;
-            codec::open(&self.cipher, &name, &sealed, loc.raw_len as usize)?
+            codec::open_owned(&self.cipher, &name, sealed, loc.raw_len as usize)?
         };
         if data.len() != loc.raw_len as usize {
             return Err(Error::damaged(
