@@ -3,6 +3,7 @@
 //! disk image and on a file-tree backup.
 
 use crate::error::Result;
+use cairn_vault::{BLOCK_SIZE, BlockDigest};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -59,6 +60,43 @@ fn lossy_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S
 }
 
 impl FileEntry {
+    /// Where this file's bytes lie in 64 KiB blocks whose digests differ
+    /// between `old` and `new` (one disk's block digests in two snapshots):
+    /// file-relative `start..end` runs in file order, merged, starting
+    /// below file offset `stop`, until `budget` bytes are listed. Empty
+    /// without extents.
+    pub fn changed_runs(
+        &self,
+        old: &[BlockDigest],
+        new: &[BlockDigest],
+        stop: u64,
+        budget: u64,
+    ) -> Vec<(u64, u64)> {
+        let bs = BLOCK_SIZE as u64;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut file_off = 0u64;
+        let mut total = 0u64;
+        for &(disk_off, len) in self.extents.as_deref().unwrap_or_default() {
+            let mut pos = disk_off;
+            let end = disk_off + len;
+            while pos < end && total < budget && file_off + (pos - disk_off) < stop {
+                let blk = (pos / bs) as usize;
+                let upto = ((blk as u64 + 1) * bs).min(end);
+                if old.get(blk).is_none() || old.get(blk) != new.get(blk) {
+                    let start = file_off + (pos - disk_off);
+                    match out.last_mut() {
+                        Some(last) if last.1 == start => last.1 = start + (upto - pos),
+                        _ => out.push((start, start + (upto - pos))),
+                    }
+                    total += upto - pos;
+                }
+                pos = upto;
+            }
+            file_off += len;
+        }
+        out
+    }
+
     /// The root directory, for filesystems that record nothing about it.
     pub fn root() -> Self {
         FileEntry {

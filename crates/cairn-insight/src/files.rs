@@ -15,7 +15,6 @@ use cairn_guest::diff::Diff;
 use cairn_guest::{FileEntry, FileKind, Filesystem};
 use cairn_vault::SnapshotDisk;
 use cairn_vault::entropy::shannon_entropy;
-use cairn_vault::hash::BLOCK_SIZE;
 use cairn_vault::units::bytes as human;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -274,30 +273,10 @@ impl Analysis<'_> {
         let (Some(od), Some(nd), true) = (self.old.disk, self.new.disk, same_place) else {
             return vec![(0, n.size.min(COMPARE_BYTES))];
         };
-        let (a, b) = (&od.map().blocks, &nd.map().blocks);
-        let bs = BLOCK_SIZE as u64;
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut file_off = 0u64;
-        let mut total = 0u64;
-        for &(disk_off, len) in n.extents.as_deref().unwrap_or_default() {
-            let mut pos = disk_off;
-            let end = disk_off + len;
-            while pos < end && total < COMPARE_BYTES {
-                let blk = (pos / bs) as usize;
-                let upto = ((blk as u64 + 1) * bs).min(end);
-                if a.get(blk) != b.get(blk) || a.get(blk).is_none() {
-                    let (start, l) = (file_off + (pos - disk_off), upto - pos);
-                    match out.last_mut() {
-                        Some(last) if last.0 + last.1 == start => last.1 += l,
-                        _ => out.push((start, l)),
-                    }
-                    total += l;
-                }
-                pos = upto;
-            }
-            file_off += len;
-        }
-        out
+        n.changed_runs(&od.map().blocks, &nd.map().blocks, u64::MAX, COMPARE_BYTES)
+            .into_iter()
+            .map(|(start, end)| (start, end - start))
+            .collect()
     }
 
     /// A file changed in place (same path or renamed with its inode).
