@@ -190,13 +190,20 @@ pub fn read_all(fs: &dyn Filesystem, e: &FileEntry, limit: u64) -> Result<Vec<u8
         )));
     }
     let mut buf = vec![0u8; e.size as usize];
+    let n = read_full(fs, e, 0, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Fills `buf` from `offset` of file `e`, short only at the end of the
+/// file; the bytes read.
+pub fn read_full(fs: &dyn Filesystem, e: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        match fs.read_at(e, done as u64, &mut buf[done..])? {
+        match fs.read_at(e, offset + done as u64, &mut buf[done..])? {
             0 => break,
             n => done += n,
         }
     }
-    buf.truncate(done);
-    Ok(buf)
+    Ok(done)
 }

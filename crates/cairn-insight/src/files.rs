@@ -147,15 +147,8 @@ impl Reader {
             return None;
         }
         let mut buf = vec![0u8; len as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match fs.read_at(e, offset + done as u64, &mut buf[done..]) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(_) => return None,
-            }
-        }
-        buf.truncate(done);
+        let n = cairn_guest::read_full(fs, e, offset, &mut buf).ok()?;
+        buf.truncate(n);
         Some(buf)
     }
 

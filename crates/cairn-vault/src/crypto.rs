@@ -99,18 +99,8 @@ impl Cipher {
     /// Fails (without saying more) when the data was not sealed by this key
     /// or was changed since.
     pub fn open(&self, sealed: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err("too short to be a sealed object");
-        }
-        if sealed[0] != SEAL_VERSION {
-            return Err("unknown seal version");
-        }
-        let salt = &sealed[1..1 + SALT_LEN];
-        let nonce: [u8; NONCE_LEN] = sealed[1 + SALT_LEN..HEADER_LEN]
-            .try_into()
-            .expect("length checked");
-        aead_open(&self.object_key(salt), nonce, &sealed[HEADER_LEN..])
-            .ok_or("authentication failed (changed, truncated or wrong key)")
+        let (key, nonce) = self.header(sealed)?;
+        aead_open(&key, nonce, &sealed[HEADER_LEN..]).ok_or(NOT_AUTHENTIC)
     }
 
     /// [`Cipher::open`] on a buffer it may decrypt where it lies (no copy):
@@ -119,27 +109,37 @@ impl Cipher {
         &self,
         sealed: &mut [u8],
     ) -> std::result::Result<std::ops::Range<usize>, &'static str> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err("too short to be a sealed object");
-        }
-        if sealed[0] != SEAL_VERSION {
-            return Err("unknown seal version");
-        }
-        let key = self.object_key(&sealed[1..1 + SALT_LEN]);
-        let nonce: [u8; NONCE_LEN] = sealed[1 + SALT_LEN..HEADER_LEN]
-            .try_into()
-            .expect("length checked");
+        let (key, nonce) = self.header(sealed)?;
         let len = aead_key(&key)
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::empty(),
                 &mut sealed[HEADER_LEN..],
             )
-            .map_err(|_| "authentication failed (changed, truncated or wrong key)")?
+            .map_err(|_| NOT_AUTHENTIC)?
             .len();
         Ok(HEADER_LEN..HEADER_LEN + len)
     }
+
+    /// The object's key and nonce, from its header.
+    fn header(
+        &self,
+        sealed: &[u8],
+    ) -> std::result::Result<([u8; 32], [u8; NONCE_LEN]), &'static str> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err("too short to be a sealed object");
+        }
+        if sealed[0] != SEAL_VERSION {
+            return Err("unknown seal version");
+        }
+        let nonce = sealed[1 + SALT_LEN..HEADER_LEN]
+            .try_into()
+            .expect("length checked");
+        Ok((self.object_key(&sealed[1..1 + SALT_LEN]), nonce))
+    }
 }
+
+const NOT_AUTHENTIC: &str = "authentication failed (changed, truncated or wrong key)";
 
 /// AES-256-GCM, no associated data: encrypts `data` where it lies and
 /// returns the tag.
