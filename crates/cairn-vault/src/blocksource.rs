@@ -11,8 +11,8 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Chunks decoded ahead of a sequential reader (1 MiB at 256 KiB chunks).
-const READ_AHEAD: usize = 4;
+/// Bytes decoded ahead of a sequential reader (whole chunks, at least two).
+const READ_AHEAD_BYTES: u64 = 1 << 20;
 
 /// A run of the disk that is either data or zeros (a hole).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,7 +193,8 @@ impl BlockSource for SnapshotDisk {
             ((offset + len as u64 - 1) / cs) as usize,
         );
         if self.read_ahead && (last > first || sequential) {
-            self.prefetch(first, last + if sequential { READ_AHEAD } else { 0 });
+            let ahead = (READ_AHEAD_BYTES / cs).max(2) as usize;
+            self.prefetch(first, last + if sequential { ahead } else { 0 });
         }
         let mut done = 0usize;
         while done < len {

@@ -118,7 +118,11 @@ pub struct InitOptions {
 impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
-            disk_chunk_size: 256 * 1024,
+            // 128 KiB: a day's scattered 64 KiB changes rewrite half as
+            // much as with 256 KiB chunks (on the benchmark guest the vault
+            // after two days is 1% smaller and an incremental ~15% faster;
+            // at 64 KiB full backups and restores got slower).
+            disk_chunk_size: 128 * 1024,
             pack_size: 16 << 20,
             // Level 1: on the benchmark guest, level 3 stores 2% less for
             // 30% more CPU on a full backup.

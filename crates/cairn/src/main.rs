@@ -53,7 +53,7 @@ enum Command {
         #[arg(long, default_value = "30d")]
         retention: String,
         /// Fixed chunk size for disks, in KiB (a multiple of 64).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 128)]
         disk_chunk_kib: u32,
         /// Target size of pack objects, in MiB.
         #[arg(long, default_value_t = 16)]
