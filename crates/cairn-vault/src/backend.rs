@@ -6,10 +6,13 @@
 //! else writes objects.
 
 use crate::error::{IoContext, Result};
+use lru::LruCache;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::num::NonZeroUsize;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub trait Backend: Send + Sync {
     /// Stores `data` under `name` unless an object of that name exists.
@@ -62,11 +65,34 @@ pub trait Backend: Send + Sync {
 /// which gives put-if-absent), then the directory is fsynced.
 pub struct LocalBackend {
     root: PathBuf,
+    /// Objects opened for ranged reads, kept open: a restore or a scan
+    /// reads thousands of chunks from a few dozen packs, and opening the
+    /// pack for each cost a path walk per chunk. Objects never change once
+    /// written, so a kept handle reads what a fresh one would.
+    open: Mutex<LruCache<String, Arc<File>>>,
 }
+
+/// Objects kept open for ranged reads.
+const OPEN_OBJECTS: usize = 64;
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            open: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_OBJECTS).expect("nonzero"),
+            )),
+        }
+    }
+
+    /// `name`, opened once and kept.
+    fn opened(&self, name: &str) -> Result<Arc<File>> {
+        if let Some(f) = self.open.lock().unwrap().get(name) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(self.path(name)).ctx(|| format!("opening {name}"))?);
+        self.open.lock().unwrap().put(name.to_string(), f.clone());
+        Ok(f)
     }
 
     pub fn root(&self) -> &Path {
@@ -152,7 +178,7 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let f = File::open(self.path(name)).ctx(|| format!("opening {name}"))?;
+        let f = self.opened(name)?;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset)
             .ctx(|| format!("reading {len} bytes at {offset} of {name}"))?;
@@ -201,6 +227,7 @@ impl Backend for LocalBackend {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
+        self.open.lock().unwrap().pop(name);
         let p = self.path(name);
         // Objects are read-only; the directory's permission governs unlink.
         match fs::remove_file(&p) {
