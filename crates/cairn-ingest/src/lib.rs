@@ -22,6 +22,9 @@ use std::time::Instant;
 pub struct Progress {
     pub done: AtomicU64,
     pub total: AtomicU64,
+    /// Bytes written, for work that compares more than it writes (a delta
+    /// restore); shown beside the bar when not zero.
+    pub written: AtomicU64,
 }
 
 impl Progress {

@@ -38,6 +38,9 @@ pub struct DeltaOptions {
 #[derive(Debug, Default, Serialize)]
 pub struct DeltaReport {
     pub target: String,
+    /// For a snapshot made by `cairn commit`: the snapshot it was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<String>,
     pub size: u64,
     pub bytes_compared: u64,
     pub blocks_compared: u64,
@@ -48,6 +51,9 @@ pub struct DeltaReport {
     pub blocks_zeroed: u64,
     /// Snapshot chunks fetched from the vault.
     pub chunks_fetched: u64,
+    /// Blocks read back after writing and found to hold the snapshot's
+    /// bytes (all of the target with `--verify`).
+    pub blocks_checked: u64,
     pub dry_run: bool,
     /// Compared against this snapshot's digests instead of reading.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,11 +84,43 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 
 /// Makes `target` equal to the snapshot, writing only what differs.
 /// `progress` is told about bytes compared.
+/// Reads back every block written and checks it against the snapshot's
+/// digest (the blocks left alone were compared already; `--verify` reads
+/// the whole target). The number of blocks checked, or which one is wrong.
+fn check_written(
+    file: &File,
+    blocks: &[(u64, usize, cairn_vault::hash::BlockDigest)],
+    disk: &SnapshotDisk,
+) -> std::io::Result<Result<u64>> {
+    let hasher = disk.vault().hasher();
+    let bad = blocks
+        .par_iter()
+        .map_init(
+            || vec![0u8; BLOCK_SIZE],
+            |buf, &(at, n, want)| -> std::io::Result<Option<u64>> {
+                file.read_exact_at(&mut buf[..n], at)?;
+                let mut got = Vec::with_capacity(1);
+                hasher.block_digests(&buf[..n], &mut got);
+                Ok((got.first() != Some(&want)).then_some(at))
+            },
+        )
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .min();
+    Ok(match bad {
+        Some(at) => Err(Error::Invalid(format!(
+            "the block at offset {at} does not hold the snapshot's bytes after writing: the target's storage may be failing"
+        ))),
+        None => Ok(blocks.len() as u64),
+    })
+}
+
 pub fn restore_delta(
     disk: &SnapshotDisk,
     target: &Path,
     opts: &DeltaOptions,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<DeltaReport> {
     let started = std::time::Instant::now();
     let map = disk.map();
@@ -126,6 +164,7 @@ pub fn restore_delta(
     let zeroed = AtomicU64::new(0);
     let fetched = AtomicU64::new(0);
     let bytes_written = AtomicU64::new(0);
+    let touched = std::sync::Mutex::new(Vec::new());
     (0..map.chunks.len())
         .into_par_iter()
         .try_for_each(|i| -> Result<()> {
@@ -153,6 +192,9 @@ pub fn restore_delta(
                 let n = (len - off).min(BLOCK_SIZE);
                 written.fetch_add(1, Ordering::Relaxed);
                 bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+                if !opts.dry_run {
+                    touched.lock().unwrap().push((start + off as u64, n, *want));
+                }
                 if *want == ZERO_BLOCK {
                     zeroed.fetch_add(1, Ordering::Relaxed);
                     if !opts.dry_run {
@@ -189,9 +231,10 @@ pub fn restore_delta(
                 let data = snapshot_chunk.as_ref().expect("fetched above");
                 file.write_all_at(&data[off..off + n], start + off as u64)
                     .ctx(|| format!("writing {}", target.display()))?;
+                progress(0, n as u64);
             }
             compared.fetch_add(len as u64, Ordering::Relaxed);
-            progress(len as u64);
+            progress(len as u64, 0);
             Ok(())
         })?;
     if !opts.dry_run {
@@ -200,6 +243,10 @@ pub fn restore_delta(
         if opts.verify {
             verify_target(disk, &file)?;
             report.verified = true;
+            report.blocks_checked = map.blocks.len() as u64;
+        } else {
+            report.blocks_checked = check_written(&file, &touched.into_inner().unwrap(), disk)
+                .ctx(|| format!("reading back {}", target.display()))??;
         }
     }
     report.bytes_compared = compared.into_inner();

@@ -23,6 +23,10 @@ pub struct DiskRestoreOptions {
 #[derive(Debug, Default, Serialize)]
 pub struct DiskRestoreReport {
     pub target: String,
+    /// For a snapshot made by `cairn commit`: the snapshot it was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<String>,
+    pub dry_run: bool,
     pub size: u64,
     pub bytes_written: u64,
     pub zero_bytes: u64,
@@ -39,6 +43,48 @@ enum Target {
     Device {
         file: File,
     },
+}
+
+/// Whether another program holds a lock on `file`: QEMU locks the image
+/// of a running guest (so does qemu-nbd) with open-file-description locks,
+/// and a restore must never write under a running VM.
+fn in_use(file: &File) -> bool {
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    // F_OFD_GETLK turns `fl` into the first conflicting lock, or F_UNLCK.
+    let r = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
+    r == 0 && fl.l_type != libc::F_UNLCK as i16
+}
+
+/// Refuses an image file another program has open and locked; while a
+/// restore writes, it holds a write lock itself, so QEMU cannot start a
+/// guest on a half-restored image.
+fn claim(file: &File, path: &Path, write: bool) -> Result<()> {
+    let busy = || {
+        Error::Invalid(format!(
+            "{} is in use: another program (a running VM, qemu-nbd) holds a lock on it; stop it first",
+            path.display()
+        ))
+    };
+    if in_use(file) {
+        return Err(busy());
+    }
+    if write {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+        if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // A filesystem without locks cannot tell; only a conflict stops.
+            if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
+                return Err(busy());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens a block device for writing a snapshot of `size` bytes: O_EXCL
@@ -89,7 +135,64 @@ pub(crate) fn open_existing(path: &Path, size: u64, write: bool) -> Result<(File
         .write(write)
         .open(path)
         .ctx(|| format!("opening {}", path.display()))?;
+    claim(&file, path, write)?;
     Ok((file, false, md.len()))
+}
+
+/// What a full restore to `path` would do, checked without writing: the
+/// same refusals as a real restore (an existing file without
+/// `--overwrite`, an image in use, a device too small or mounted).
+pub fn plan_disk_restore(
+    disk: &SnapshotDisk,
+    path: &Path,
+    opts: &DiskRestoreOptions,
+) -> Result<DiskRestoreReport> {
+    let map = disk.map();
+    match fs::metadata(path) {
+        Ok(md) if md.file_type().is_block_device() => {
+            open_device(path, map.size, false)?;
+        }
+        Ok(md) if md.is_dir() => {
+            return Err(Error::Invalid(format!(
+                "{} is a directory; give the path of the disk image to create",
+                path.display()
+            )));
+        }
+        Ok(_) if !opts.overwrite => {
+            return Err(Error::Invalid(format!(
+                "{} exists; pass --overwrite to replace it",
+                path.display()
+            )));
+        }
+        Ok(_) => {
+            let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+            claim(&f, path, false)?;
+        }
+        Err(_) => {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{}: no such directory to create the image in",
+                    parent.display()
+                )));
+            }
+        }
+    }
+    let data: u64 = (0..map.chunks.len())
+        .filter(|&i| map.chunks[i].is_some())
+        .map(|i| map.chunk_range(i).1 as u64)
+        .sum();
+    Ok(DiskRestoreReport {
+        target: path.display().to_string(),
+        dry_run: true,
+        size: map.size,
+        bytes_written: data,
+        zero_bytes: map.size - data,
+        ..Default::default()
+    })
 }
 
 fn open_target(path: &Path, size: u64, opts: &DiskRestoreOptions) -> Result<Target> {
@@ -105,7 +208,13 @@ fn open_target(path: &Path, size: u64, opts: &DiskRestoreOptions) -> Result<Targ
             "{} exists; pass --overwrite to replace it",
             path.display()
         ))),
-        _ => {
+        r => {
+            if r.is_ok() {
+                // Replaced by rename: a VM running on it would go on with
+                // the old file unseen, so that is refused too.
+                let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+                claim(&f, path, false)?;
+            }
             let name = path
                 .file_name()
                 .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
@@ -195,6 +304,7 @@ pub fn restore_disk(
         zero_bytes: zeros.into_inner(),
         verified,
         duration_secs: started.elapsed().as_secs_f64(),
+        ..Default::default()
     })
 }
 

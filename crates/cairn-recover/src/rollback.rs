@@ -4,6 +4,10 @@
 //! damage; files the attack created (ransom notes, encrypted copies) are
 //! dropped and the originals they replaced come back; everything else keeps
 //! its newest content, so work done after the last clean snapshot is kept.
+//! Files verification (`cairn scan`) flagged — a planted web shell, a new
+//! cron entry, a binary with malware in it — are treated the same way:
+//! the version from before the first flagged snapshot comes back, or the
+//! file is dropped when it did not exist before.
 //! A provenance entry says, for every file, where it came from and why.
 
 use crate::files::{set_meta, write_file};
@@ -53,6 +57,55 @@ pub struct RollbackReport {
     /// Entries not written, with why.
     pub skipped: Vec<String>,
     pub files: Vec<Provenance>,
+}
+
+/// A file verification flagged, from the first snapshot of the run of
+/// scans that flag it up to the newest scan.
+#[derive(Clone, Debug)]
+pub struct Flagged {
+    pub first: SnapshotId,
+    /// As the scan shows it (`/etc/cron.d/x`).
+    pub path: String,
+    pub why: String,
+    /// The file is the foothold itself, so an earlier version replaces it
+    /// (or it is dropped); false for a finding inside a file that holds
+    /// other needed data (accounts, a registry hive): reported, kept.
+    pub revert: bool,
+}
+
+/// Files larger than this are not compared byte for byte when looking for
+/// a flagged file's last different version: the one before is taken.
+const MAX_COMPARED: u64 = 256 << 20;
+
+/// Whether two files hold the same bytes.
+fn same_content(
+    a: &dyn cairn_guest::Filesystem,
+    ae: &FileEntry,
+    b: &dyn cairn_guest::Filesystem,
+    be: &FileEntry,
+) -> bool {
+    if ae.size != be.size {
+        return false;
+    }
+    if ae.size > MAX_COMPARED {
+        return false;
+    }
+    let mut x = vec![0u8; (ae.size as usize).min(1 << 20)];
+    let mut y = x.clone();
+    let mut off = 0u64;
+    while off < ae.size {
+        let (Ok(n), Ok(m)) = (
+            cairn_guest::read_full(a, ae, off, &mut x),
+            cairn_guest::read_full(b, be, off, &mut y),
+        ) else {
+            return false;
+        };
+        if n != m || n == 0 || x[..n] != y[..n] {
+            return n == 0 && m == 0;
+        }
+        off += n as u64;
+    }
+    true
 }
 
 /// One decision: the entry to write and the timeline index it comes from.
@@ -109,7 +162,28 @@ impl Snapshots<'_> {
     }
 }
 
-fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>) -> Result<Plan> {
+/// For a file verification flagged from snapshot `first` on: the newest
+/// earlier version whose bytes differ from the flagged one (an unscanned
+/// snapshot before may hold the same planted bytes), or `None` when the
+/// file did not exist before it.
+fn before_flagged(snaps: &mut Snapshots, first: usize, path: &[u8]) -> Option<(usize, FileEntry)> {
+    let flagged = snaps.lookup(first, path)?;
+    for g in (0..first).rev() {
+        let old = snaps.lookup(g, path)?;
+        if old.kind != FileKind::File {
+            return None;
+        }
+        snaps.get(g).ok()?;
+        snaps.get(first).ok()?;
+        let (a, b) = (&snaps.open[&g], &snaps.open[&first]);
+        if !same_content(a.fs.as_ref(), &old, b.fs.as_ref(), &flagged) {
+            return Some((g, old));
+        }
+    }
+    None
+}
+
+fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) -> Result<Plan> {
     let t = snaps.timeline;
     let latest = t.entries.len() - 1;
     // Damage counts from `since`, else from just after the clean point.
@@ -134,6 +208,14 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>) -> Result<Plan> {
         }
     }
 
+    let flags: HashMap<&str, (usize, &Flagged)> = flagged
+        .iter()
+        .filter_map(|f| {
+            let i = t.entries.iter().position(|e| e.snapshot.id == f.first)?;
+            Some((f.path.as_str(), (i, f)))
+        })
+        .collect();
+
     let entries = snaps
         .get(latest)?
         .fs
@@ -144,6 +226,51 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>) -> Result<Plan> {
     let (latest_id, latest_time) = snaps.label(latest);
     for e in entries {
         let shown = e.display_path();
+        if e.kind == FileKind::File
+            && !hurt.contains_key(&shown)
+            && let Some(&(k, f)) = flags.get(shown.as_str())
+        {
+            let (first, _) = snaps.label(k);
+            let short = &first[..first.len().min(8)];
+            let found = format!("flagged by verification in {short} ({})", f.why);
+            let good = if f.revert {
+                before_flagged(snaps, k, &e.path)
+            } else {
+                None
+            };
+            let (action, index, entry, reason) = match good {
+                Some((g, old)) => (
+                    Action::Restored,
+                    g,
+                    old,
+                    format!("{found}; last version before it"),
+                ),
+                None if f.revert => (
+                    Action::Dropped,
+                    latest,
+                    e.clone(),
+                    format!("{found}; it did not exist before"),
+                ),
+                None => (
+                    Action::Kept,
+                    latest,
+                    e.clone(),
+                    format!("{found}; kept, since it holds other data: review it by hand"),
+                ),
+            };
+            let (id, time) = snaps.label(index);
+            provenance.push(Provenance {
+                path: shown,
+                action,
+                snapshot: (action != Action::Dropped).then_some(id),
+                snapshot_time: (action != Action::Dropped).then_some(time),
+                reason,
+            });
+            if action != Action::Dropped {
+                picks.insert(e.path.clone(), Pick { index, entry });
+            }
+            continue;
+        }
         let Some(h) = hurt.get(&shown).filter(|_| e.kind == FileKind::File) else {
             if e.kind == FileKind::File {
                 provenance.push(Provenance {
@@ -307,6 +434,7 @@ pub fn rollback_to_dir(
     to: &Path,
     since: Option<&SnapshotId>,
     partition: Option<u32>,
+    flagged: &[Flagged],
     dry_run: bool,
 ) -> Result<RollbackReport> {
     let mut snaps = Snapshots {
@@ -315,7 +443,7 @@ pub fn rollback_to_dir(
         partition,
         open: HashMap::new(),
     };
-    let plan = plan(&mut snaps, since)?;
+    let plan = plan(&mut snaps, since, flagged)?;
     let mut report = report_for(timeline, &plan, dry_run);
     if dry_run {
         return Ok(report);
@@ -411,6 +539,7 @@ pub fn rollback_in_place(
     timeline: &Timeline,
     dir: &Path,
     since: Option<&SnapshotId>,
+    flagged: &[Flagged],
     dry_run: bool,
 ) -> Result<RollbackReport> {
     if !dir.is_dir() {
@@ -425,7 +554,7 @@ pub fn rollback_in_place(
         partition: None,
         open: HashMap::new(),
     };
-    let plan = plan(&mut snaps, since)?;
+    let plan = plan(&mut snaps, since, flagged)?;
     let mut report = report_for(timeline, &plan, dry_run);
     if dry_run {
         return Ok(report);

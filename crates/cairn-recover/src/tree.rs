@@ -19,10 +19,13 @@ pub struct TreeRestoreOptions {
     /// Restore into a directory that is not empty (existing files of the
     /// same names are replaced).
     pub overwrite: bool,
+    /// Check the target and count what would be written; write nothing.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
 pub struct TreeRestoreReport {
+    pub dry_run: bool,
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
@@ -77,8 +80,10 @@ pub fn restore_tree(
             )));
         }
     }
-    fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
-    let mut report = TreeRestoreReport::default();
+    let mut report = TreeRestoreReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
     let mut plan: Vec<(&Entry, PathBuf)> = Vec::new();
     for e in &tree.entries {
         match safe_join(target, &e.path) {
@@ -88,6 +93,22 @@ pub fn restore_tree(
                 .push(format!("{}: unsafe path, not restored", shown(&e.path))),
         }
     }
+    if opts.dry_run {
+        for (e, _) in &plan {
+            match e.kind {
+                EntryKind::Dir => report.dirs += 1,
+                EntryKind::File if e.hardlink_to.is_some() => report.hardlinks += 1,
+                EntryKind::File => {
+                    report.files += 1;
+                    report.bytes_written += e.size;
+                }
+                EntryKind::Symlink => report.symlinks += 1,
+                _ => {}
+            }
+        }
+        return Ok(report);
+    }
+    fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
 
     // 1. Directories, parents first (the tree is sorted by path).
     for (e, p) in plan.iter().filter(|(e, _)| e.kind == EntryKind::Dir) {

@@ -35,7 +35,7 @@ use cache::ScanCache;
 use cairn_guest::{FileEntry, Opened};
 use cairn_vault::{Snapshot, SnapshotDisk, SnapshotId, Vault};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -190,6 +190,60 @@ pub fn latest_reports(vault: &Vault) -> HashMap<SnapshotId, ScanReport> {
         .into_iter()
         .filter_map(|(k, mut v)| v.pop().map(|r| (k, r)))
         .collect()
+}
+
+/// A file the newest scans of a chain flag (see [`flagged_files`]).
+#[derive(Clone, Debug)]
+pub struct FlaggedFile {
+    /// The first snapshot of the run of scans that flag it.
+    pub first: SnapshotId,
+    pub path: String,
+    pub why: String,
+    /// The file is the foothold itself (malware in it, a planted unit,
+    /// cron entry, key or binary): an earlier version may replace it.
+    /// False for findings inside files that hold other needed data
+    /// (accounts in passwd/shadow, registry hives).
+    pub revert: bool,
+}
+
+/// Whether a persistence finding of this kind is undone by taking an
+/// earlier version of its file.
+fn reverts(kind: &str) -> bool {
+    !matches!(kind, "new_account" | "uid0_account" | "password_set")
+        && (!kind.starts_with("windows_") || matches!(kind, "windows_startup" | "windows_task"))
+}
+
+/// The files verification flags in `chain` (time order) as things stand:
+/// flagged by the newest scanned snapshot that looked, from the first
+/// scan of the unbroken run that flags them (a later scan that no longer
+/// flags a file clears it).
+pub fn flagged_files(vault: &Vault, chain: &[Snapshot]) -> Vec<FlaggedFile> {
+    let reports = latest_reports(vault);
+    let mut open: BTreeMap<String, FlaggedFile> = BTreeMap::new();
+    for s in chain {
+        let Some(r) = reports.get(&s.id) else {
+            continue;
+        };
+        let mut now: BTreeMap<&str, (String, bool)> = BTreeMap::new();
+        for h in &r.malware {
+            now.entry(&h.path)
+                .or_insert((format!("malware rule {}", h.rule), true));
+        }
+        for i in &r.persistence {
+            now.entry(&i.path)
+                .or_insert((i.detail.clone(), reverts(&i.kind)));
+        }
+        open.retain(|p, _| now.contains_key(p.as_str()));
+        for (path, (why, revert)) in now {
+            open.entry(path.to_string()).or_insert(FlaggedFile {
+                first: s.id.clone(),
+                path: path.to_string(),
+                why,
+                revert,
+            });
+        }
+    }
+    open.into_values().collect()
 }
 
 /// The snapshots of `name` in time order.

@@ -37,10 +37,7 @@ pub fn run_policy(st: &Shared, p: &Policy) {
         time: None,
         tags: vec!["scheduled".into()],
     };
-    let progress = cairn_ingest::Progress {
-        done: Default::default(),
-        total: Default::default(),
-    };
+    let progress = cairn_ingest::Progress::default();
     match cairn_ingest::backup(&st.vault, &p.path, &opts, &progress) {
         Ok(out) => {
             let m = &out.snapshot.metrics;

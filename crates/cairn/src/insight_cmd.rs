@@ -198,6 +198,17 @@ pub fn rollback(
         None => None,
     };
     let kind = t.entries.last().map(|e| e.snapshot.source.kind);
+    // What verification flagged, where scans are stored.
+    let chain: Vec<_> = t.entries.iter().map(|e| e.snapshot.clone()).collect();
+    let flagged: Vec<cairn_recover::rollback::Flagged> = cairn_scan::flagged_files(vault, &chain)
+        .into_iter()
+        .map(|f| cairn_recover::rollback::Flagged {
+            first: f.first,
+            path: f.path,
+            why: f.why,
+            revert: f.revert,
+        })
+        .collect();
     let (r, dest) = match (target.to_dir, target.in_place) {
         (Some(dir), _) => (
             cairn_recover::rollback::rollback_to_dir(
@@ -206,6 +217,7 @@ pub fn rollback(
                 dir,
                 since.as_ref(),
                 partition,
+                &flagged,
                 dry_run,
             )?,
             dir,
@@ -222,6 +234,7 @@ pub fn rollback(
                     &t,
                     dir,
                     since.as_ref(),
+                    &flagged,
                     dry_run,
                 )?,
                 dir,

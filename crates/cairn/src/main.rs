@@ -109,7 +109,7 @@ enum Command {
         /// writing only the blocks that differ.
         #[arg(long)]
         delta: bool,
-        /// With --delta: compare and report, write nothing.
+        /// Check the target and say what would be written; write nothing.
         #[arg(long)]
         dry_run: bool,
         /// With --delta: the target has not changed since this later
@@ -613,9 +613,6 @@ fn run(cli: Cli) -> Result<u8> {
             dry_run,
             since,
         } => {
-            if *dry_run && !*delta {
-                bail!("--dry-run applies to --delta restores");
-            }
             if *delta {
                 if snapshot.contains(':') || partition.is_some() || *overwrite {
                     bail!(
@@ -625,8 +622,8 @@ fn run(cli: Cli) -> Result<u8> {
                 return restore_delta(&cli, snapshot, to, *verify, *dry_run, since.as_deref());
             }
             if snapshot.contains(':') {
-                if *overwrite || *verify {
-                    bail!("--overwrite and --verify apply to whole-snapshot restores");
+                if *overwrite || *verify || *dry_run {
+                    bail!("--overwrite, --verify and --dry-run apply to whole-snapshot restores");
                 }
                 let vault = open(&cli)?;
                 guest_cmds::restore_files(&vault, snapshot, to, *partition, cli.json)
@@ -634,7 +631,7 @@ fn run(cli: Cli) -> Result<u8> {
                 if partition.is_some() {
                     bail!("--partition applies to file restores (NAME@SNAP:/path)");
                 }
-                restore(&cli, snapshot, to, *overwrite, *verify)
+                restore(&cli, snapshot, to, *overwrite, *verify, *dry_run)
             }
         }
         Command::Partitions { snapshot } => {
@@ -1286,6 +1283,9 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
         if pins.contains(&s.id) {
             tags.insert(0, "pinned".into());
         }
+        if let Some(base) = &s.derived_from {
+            tags.push(format!("from:{}", base.short()));
+        }
         println!(
             "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {}",
             s.id.short(),
@@ -1372,7 +1372,12 @@ fn restore_delta(
     let progress = Arc::new(Progress::default());
     progress.set_total(snap.metrics.logical_size);
     let bar = Bar::start(progress.clone(), "compare", cli.quiet || cli.json);
-    let tick = |n: u64| progress.add(n);
+    let tick = |compared: u64, written: u64| {
+        progress.add(compared);
+        progress
+            .written
+            .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+    };
     let disk = SnapshotDisk::open(vault.clone(), &snap, 4)?;
     let r = cairn_recover::restore_delta(
         &disk,
@@ -1387,14 +1392,19 @@ fn restore_delta(
     drop(bar);
     let mut r = r?;
     r.compared_with = known.map(|k| format!("{}@{}", k.name, k.id.0));
+    r.derived_from = snap.derived_from.as_ref().map(|b| b.0.clone());
     if cli.json {
         print_json(&r);
     } else {
         println!(
-            "{} {}@{} onto {}: compared {}{}, {} {} block(s) ({}, {} zeroed){}, {:.2}s",
+            "{} {}@{}{} onto {}: compared {}{}, {} {} block(s) ({}, {} zeroed){}, {:.2}s",
             if dry_run { "would restore" } else { "restored" },
             snap.name,
             snap.id.short(),
+            snap.derived_from
+                .as_ref()
+                .map(|b| format!(" (made by cairn commit from {})", b.short()))
+                .unwrap_or_default(),
             to.display(),
             bytes(r.bytes_compared),
             match &r.compared_with {
@@ -1415,36 +1425,58 @@ fn restore_delta(
     Ok(0)
 }
 
-fn restore(cli: &Cli, spec: &str, to: &Path, overwrite: bool, verify: bool) -> Result<u8> {
+fn restore(
+    cli: &Cli,
+    spec: &str,
+    to: &Path,
+    overwrite: bool,
+    verify: bool,
+    dry_run: bool,
+) -> Result<u8> {
     let vault = open(cli)?;
     let snap = vault.resolve(spec)?;
     let progress = Arc::new(Progress::default());
     progress.set_total(snap.metrics.logical_size);
-    let bar = Bar::start(progress.clone(), "restore", cli.quiet || cli.json);
+    let bar = Bar::start(
+        progress.clone(),
+        "restore",
+        cli.quiet || cli.json || dry_run,
+    );
     let tick = |n: u64| progress.add(n);
     match snap.source.kind {
         SourceKind::Disk => {
             let disk = SnapshotDisk::open(vault.clone(), &snap, 4)?;
-            let r = cairn_recover::restore_disk(
-                &disk,
-                to,
-                &DiskRestoreOptions { overwrite, verify },
-                &tick,
-            );
+            let opts = DiskRestoreOptions { overwrite, verify };
+            let r = if dry_run {
+                cairn_recover::disk::plan_disk_restore(&disk, to, &opts)
+            } else {
+                cairn_recover::restore_disk(&disk, to, &opts, &tick)
+            };
             drop(bar);
-            let r = r?;
+            let mut r = r?;
+            r.derived_from = snap.derived_from.as_ref().map(|b| b.0.clone());
             if cli.json {
                 print_json(&r);
             } else {
                 println!(
-                    "restored {}@{} to {}: {} written, {} left as holes{}, {:.2}s",
+                    "{} {}@{}{} to {}: {} {}, {} left as holes{}{}",
+                    if dry_run { "would restore" } else { "restored" },
                     snap.name,
                     snap.id.short(),
+                    snap.derived_from
+                        .as_ref()
+                        .map(|b| format!(" (made by cairn commit from {})", b.short()))
+                        .unwrap_or_default(),
                     to.display(),
                     bytes(r.bytes_written),
+                    if dry_run { "to write" } else { "written" },
                     bytes(r.zero_bytes),
                     if r.verified { ", verified" } else { "" },
-                    r.duration_secs
+                    if dry_run {
+                        String::new()
+                    } else {
+                        format!(", {:.2}s", r.duration_secs)
+                    }
                 );
             }
         }
@@ -1457,7 +1489,7 @@ fn restore(cli: &Cli, spec: &str, to: &Path, overwrite: bool, verify: bool) -> R
                 &vault,
                 &tree,
                 to,
-                &TreeRestoreOptions { overwrite },
+                &TreeRestoreOptions { overwrite, dry_run },
                 &tick,
             );
             drop(bar);
@@ -1469,7 +1501,8 @@ fn restore(cli: &Cli, spec: &str, to: &Path, overwrite: bool, verify: bool) -> R
                 print_json(&r);
             } else {
                 println!(
-                    "restored {}@{} to {}: {} files, {} dirs, {} symlinks, {} hard links, {}",
+                    "{} {}@{} to {}: {} files, {} dirs, {} symlinks, {} hard links, {}",
+                    if dry_run { "would restore" } else { "restored" },
                     snap.name,
                     snap.id.short(),
                     to.display(),

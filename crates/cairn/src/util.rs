@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use cairn_ingest::Progress;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -93,6 +93,10 @@ impl Bar {
             while !s.load(Ordering::Relaxed) {
                 pb.set_length(progress.total.load(Ordering::Relaxed));
                 pb.set_position(progress.done.load(Ordering::Relaxed));
+                let written = progress.written.load(Ordering::Relaxed);
+                if written > 0 {
+                    pb.set_message(format!("{label} (wrote {})", HumanBytes(written)));
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
             pb.finish_and_clear();

@@ -10,8 +10,6 @@ use fantoccini::{ClientBuilder, Locator};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-
 /// A helper process that is stopped when the test ends.
 struct Killed(Child);
 impl Drop for Killed {

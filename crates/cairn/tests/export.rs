@@ -211,7 +211,14 @@ fn commit_saves_base_plus_overlay_as_a_derived_snapshot() {
     let mut want = std::fs::read(&img).unwrap();
     want[3 << 20..(3 << 20) + 100 * 1024].fill(0x5c);
     let out = env.path("fixed.img");
-    env.ok(&["restore", "vm-fixed@latest", "--to", out.to_str().unwrap()]);
+    let r = env.json(&["restore", "vm-fixed@latest", "--to", out.to_str().unwrap()]);
+    assert_eq!(
+        r["derived_from"],
+        base.as_str(),
+        "the restore names its base"
+    );
+    let shown = env.ok(&["snapshots", "vm-fixed"]);
+    assert!(shown.contains(&format!("from:{}", &base[..8])), "{shown}");
     assert_eq!(
         std::fs::read(&out).unwrap(),
         want,

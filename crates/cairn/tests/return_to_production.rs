@@ -136,6 +136,117 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
     assert_eq!(code(&out), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("changed after that snapshot"));
 
+    // Damage after the last snapshot: the target is read and compared, the
+    // damaged blocks alone are written, then read back and checked.
+    let hit = [3u64, 200, 777];
+    for b in hit {
+        write_at(&disk, b * 65536 + 100, &noise(5000, b));
+    }
+    let fixed = env.json(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert!(fixed["compared_with"].is_null(), "{fixed}");
+    assert_eq!(fixed["blocks_written"], hit.len() as u64, "{fixed}");
+    assert_eq!(fixed["blocks_checked"], hit.len() as u64, "{fixed}");
+    assert!(same_bytes(&disk, &clean));
+
+    // A running VM (here qemu-nbd serving the image) holds a lock on it:
+    // neither a delta restore nor a full restore over it goes ahead.
+    let sock = env.path("nbd.sock");
+    let mut nbd = std::process::Command::new("qemu-nbd")
+        .args(["-f", "raw", "-k", sock.to_str().unwrap()])
+        .arg(&disk)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(sock.exists(), "qemu-nbd did not start");
+    write_at(&disk, 5 * 65536, &noise(4096, 9));
+    let delta = env.run(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--delta",
+    ]);
+    let full = env.run(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    let dry = env.run(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--overwrite",
+        "--dry-run",
+    ]);
+    let _ = nbd.kill();
+    let _ = nbd.wait();
+    for out in [&delta, &full, &dry] {
+        assert_eq!(
+            code(out),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("in use"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        !same_bytes(&disk, &clean),
+        "nothing was written while in use"
+    );
+    // Stopped, it can be restored again.
+    env.json(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert!(same_bytes(&disk, &clean));
+
+    // A full restore's dry run checks the target and writes nothing.
+    let fresh = env.path("fresh.img");
+    let plan = env.json(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        fresh.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(!fresh.exists(), "a dry run created the target");
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(
+        plan["bytes_written"].as_u64().unwrap() + plan["zero_bytes"].as_u64().unwrap(),
+        plan["size"].as_u64().unwrap()
+    );
+    assert!(plan["bytes_written"].as_u64().unwrap() > 0, "{plan}");
+    let out = env.run(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(code(&out), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
+
     // Clear errors for a target of the wrong kind.
     let out = env.run(&[
         "restore",
@@ -324,4 +435,76 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     // After the repair, the next backup is clean again.
     let v = env.backup(&dir, "share", &day(6));
     assert_eq!(v["insight"]["verdict"], "clean", "{v}");
+}
+
+#[test]
+fn rollback_undoes_what_verification_flagged_and_keeps_the_rest() {
+    let env = Env::new("30d", &[]);
+    let dir = env.path("site");
+    for d in ["www", "bin", "docs"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let deploy = b"#!/bin/sh\nset -e\nrsync -a build/ /srv/www/\n".to_vec();
+    std::fs::write(dir.join("bin/deploy.sh"), &deploy).unwrap();
+    std::fs::write(dir.join("www/index.html"), text(6_000, 1)).unwrap();
+    std::fs::write(dir.join("docs/report.txt"), text(12_000, 2)).unwrap();
+    let src = dir.to_str().unwrap();
+    let backup = |d: u32| env.run(&["backup", src, "--name", "site", "--time", &day(d)]);
+    backup(0);
+    std::fs::write(dir.join("docs/report.txt"), text(12_500, 3)).unwrap();
+    backup(1);
+
+    // Day 2: an intruder drops a file with malware in it beside the site
+    // and appends some to the deploy script; the report is edited as
+    // usual that day and the next.
+    std::fs::write(dir.join("www/upload.php"), EICAR).unwrap();
+    let mut infected = deploy.clone();
+    infected.extend_from_slice(b"# ");
+    infected.extend_from_slice(EICAR);
+    infected.push(b'\n');
+    std::fs::write(dir.join("bin/deploy.sh"), &infected).unwrap();
+    std::fs::write(dir.join("docs/report.txt"), text(13_000, 4)).unwrap();
+    backup(2);
+    let newest_report = text(13_500, 5);
+    std::fs::write(dir.join("docs/report.txt"), &newest_report).unwrap();
+    backup(3);
+
+    // Only the newest snapshot is scanned: day 2 holds the same planted
+    // bytes, so the good versions are looked for before it.
+    let out = env.run(&["scan", "site@latest"]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let r = env.json(&["rollback", "site", "--in-place", src]);
+    assert!(!dir.join("www/upload.php").exists(), "{r}");
+    assert_eq!(std::fs::read(dir.join("bin/deploy.sh")).unwrap(), deploy);
+    assert_eq!(
+        std::fs::read(dir.join("docs/report.txt")).unwrap(),
+        newest_report,
+        "newer work kept"
+    );
+    let files = r["files"].as_array().unwrap();
+    let entry = |p: &str| files.iter().find(|f| f["path"] == p).unwrap().clone();
+    let shell = entry("/www/upload.php");
+    assert_eq!(shell["action"], "dropped", "{shell}");
+    assert!(
+        shell["reason"]
+            .as_str()
+            .unwrap()
+            .contains("flagged by verification"),
+        "{shell}"
+    );
+    let script = entry("/bin/deploy.sh");
+    assert_eq!(script["action"], "restored", "{script}");
+    let day1 = env.json(&["snapshots", "site"]);
+    let day1_id = day1.as_array().unwrap()[1]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(script["snapshot"], day1_id.as_str(), "{script}");
+    assert_eq!(entry("/docs/report.txt")["action"], "kept");
 }

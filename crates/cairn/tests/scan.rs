@@ -8,8 +8,6 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cairn-scan/tests/fixtures/osv")
 }

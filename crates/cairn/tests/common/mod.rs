@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const PASSWORD: &str = "correct horse battery staple";
+/// The antivirus test file every scanner knows.
+pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
 pub struct Env {
     pub dir: tempfile::TempDir,
