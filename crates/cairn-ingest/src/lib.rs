@@ -4,6 +4,7 @@
 
 pub mod dir;
 pub mod disk;
+pub mod fuzzing;
 pub mod qcow2;
 pub mod source;
 

@@ -13,6 +13,7 @@ pub mod bdb;
 pub mod cache;
 pub mod clamd;
 pub mod error;
+pub mod extensions;
 pub mod fuzzing;
 pub mod inventory;
 pub mod malware;

@@ -333,3 +333,124 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Metrics;
+    use crate::snapshot::{SnapshotId, SourceInfo, SourceKind};
+
+    /// A snapshot of `name` taken at `time` (RFC 3339).
+    fn at(name: &str, id: &str, time: &str) -> Snapshot {
+        Snapshot {
+            id: SnapshotId(id.into()),
+            name: name.into(),
+            time: time.parse().unwrap(),
+            parent: None,
+            source: SourceInfo {
+                kind: SourceKind::Disk,
+                format: "raw".into(),
+                path: "x".into(),
+                host: "h".into(),
+            },
+            content: String::new(),
+            metrics: Metrics::default(),
+            tags: vec![],
+            retain_until: Utc::now(),
+            written: Utc::now(),
+            cairn_version: "0".into(),
+            derived_from: None,
+        }
+    }
+
+    /// Ids kept by `policy`, oldest first.
+    fn kept(snaps: &[Snapshot], policy: KeepPolicy, pinned: &[&str]) -> Vec<String> {
+        let pinned: HashSet<String> = pinned.iter().map(|p| p.to_string()).collect();
+        let mut k: Vec<(String, String)> = plan(snaps, &policy, &pinned)
+            .into_iter()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(s, _)| (s.time.to_rfc3339(), s.id.0))
+            .collect();
+        k.sort();
+        k.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Two snapshots a day for ten days (02:00 and 14:00), then one more
+    /// on the last day.
+    fn history() -> Vec<Snapshot> {
+        let mut v = Vec::new();
+        for d in 1..=10 {
+            v.push(at(
+                "vm",
+                &format!("d{d}a"),
+                &format!("2026-03-{d:02}T02:00:00Z"),
+            ));
+            v.push(at(
+                "vm",
+                &format!("d{d}b"),
+                &format!("2026-03-{d:02}T14:00:00Z"),
+            ));
+        }
+        v.push(at("vm", "d10c", "2026-03-10T20:00:00Z"));
+        v
+    }
+
+    #[test]
+    fn keep_daily_keeps_the_newest_of_each_of_the_last_n_days() {
+        let policy = KeepPolicy {
+            daily: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(kept(&history(), policy, &[]), ["d8b", "d9b", "d10c"]);
+    }
+
+    #[test]
+    fn keep_within_counts_back_from_the_newest_snapshot() {
+        let policy = KeepPolicy {
+            within: Some(Duration::hours(30)),
+            ..Default::default()
+        };
+        // Newest 03-10 20:00; 30 h back is 03-09 14:00, which is kept.
+        assert_eq!(
+            kept(&history(), policy, &[]),
+            ["d9b", "d10a", "d10b", "d10c"]
+        );
+    }
+
+    #[test]
+    fn keep_weekly_and_monthly_use_calendar_periods_and_policies_add_up() {
+        // 2026-03-01 is a Sunday: ISO weeks 9 (03-01), 10 (03-02..08), 11.
+        let weekly = KeepPolicy {
+            weekly: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(kept(&history(), weekly, &[]), ["d8b", "d10c"]);
+        let monthly = KeepPolicy {
+            monthly: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(kept(&history(), monthly, &[]), ["d10c"], "one month only");
+        let both = KeepPolicy {
+            last: Some(2),
+            weekly: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&history(), both, &["d3a"]),
+            ["d1b", "d3a", "d8b", "d10b", "d10c"],
+            "last 2, the newest of three weeks, and the pinned one"
+        );
+    }
+
+    #[test]
+    fn each_name_is_judged_on_its_own() {
+        let mut s = history();
+        s.push(at("db", "x1", "2026-01-01T00:00:00Z"));
+        s.push(at("db", "x2", "2026-01-05T00:00:00Z"));
+        let policy = KeepPolicy {
+            last: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(kept(&s, policy, &[]), ["x2", "d10c"]);
+    }
+}

@@ -300,9 +300,10 @@ fn a_backup_killed_mid_upload_leaves_a_vault_that_verifies_and_resumes() {
 #[test]
 fn prune_extends_the_locks_of_what_is_still_in_use_and_the_cache_rebuilds() {
     let env = S3Env::new("cairn-renew");
-    // A 2 s retention and a 4 s margin: locks of 6 s, renewed once less
-    // than half of that is left.
-    let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "4")];
+    // A 2 s retention and a 10 s margin: locks of 12 s, renewed once less
+    // than half of that is left (wide enough that a loaded machine still
+    // runs the first prune before that).
+    let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "10")];
     let ok = |args: &[&str]| {
         let out = env.run_with(args, &short);
         assert!(
@@ -323,7 +324,7 @@ fn prune_extends_the_locks_of_what_is_still_in_use_and_the_cache_rebuilds() {
     // Nothing to renew yet.
     let r: Value = serde_json::from_slice(&ok(&["prune", "--json"]).stdout).unwrap();
     assert_eq!(r["locks_renewed"], 0, "{r:#}");
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(7000));
     let r: Value = serde_json::from_slice(&ok(&["prune", "--json"]).stdout).unwrap();
     assert_eq!(r["packs_deleted"], 0);
     let renewed = r["locks_renewed"].as_u64().unwrap() as usize;

@@ -114,6 +114,11 @@ fn eicar_deep_in_an_ext4_tree_is_found_with_its_path_and_offset() {
         "steps:\n  - run: curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y\n",
     )
     .unwrap();
+    // A file named the way LockBit names what it encrypts (its bytes are
+    // nothing special: the name alone tells).
+    let docs = root.join("home/alice/Documents");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("budget.xlsx.lockbit"), text(3_000, 11)).unwrap();
     let img = env.path("disk.img");
     gpt_ext4_image(&img, &root, 48);
     env.backup(&img, "vm", "2026-01-01T00:00:00Z");
@@ -121,7 +126,21 @@ fn eicar_deep_in_an_ext4_tree_is_found_with_its_path_and_offset() {
     let (code, v) = scan(&env, "vm@latest", &[]);
     assert_eq!(code, Some(3), "{v:#}");
     assert_eq!(v["verdict"], "compromised");
-    let hits = v["malware"].as_array().unwrap();
+    let all = v["malware"].as_array().unwrap();
+    let (named, hits): (Vec<&Value>, Vec<&Value>) = all
+        .iter()
+        .partition(|h| h["rule"] == "cairn:Cairn_Ransomware_Extension");
+    assert_eq!(named.len(), 1, "{v:#}");
+    assert_eq!(
+        named[0]["path"],
+        "/home/alice/Documents/budget.xlsx.lockbit"
+    );
+    assert!(
+        named[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("LockBit")
+    );
     assert_eq!(hits.len(), 1, "{v:#}");
     assert_eq!(
         hits[0]["path"],
