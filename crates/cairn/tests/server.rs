@@ -128,6 +128,9 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     // The agent backs up, twice; the second run offers chunk ids and
     // sends only what changed.
     let first = remote_backup_ok(&env, &server, &agent_token, &disk, "vm");
+    // The server scored it, and the agent waited to say so.
+    assert_eq!(first["insight"]["scored_by"], "server", "{first:#}");
+    assert_eq!(first["insight"]["verdict"], "clean", "{first:#}");
     replace_guest_file(&disk, "home/alice/docs/report-3.txt", &text(25_000, 77));
     let uploaded_before = metric(&url, "cairn_upload_bytes_total");
     let second = remote_backup_ok(&env, &server, &agent_token, &disk, "vm");
@@ -337,6 +340,57 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
         b"",
     );
     assert_eq!(v["ok"], false, "{v}");
+}
+
+#[test]
+fn an_agent_backup_of_an_attacked_disk_warns_and_exits_3_like_a_local_one() {
+    let env = Env::new("30d", &[]);
+    let agent_token = token(&env, &["--role", "agent", "--source", "vm"]);
+    let server = serve(&env, &[]);
+    let disk = guest_disk(&env, "vm");
+    let backup = |day: u32| {
+        env.cmd()
+            .env("CAIRN_CACHE_DIR", env.path("agent-cache"))
+            .args([
+                "backup",
+                disk.to_str().unwrap(),
+                "--name",
+                "vm",
+                "--time",
+                &format!("2026-04-{:02}T02:00:00Z", day + 1),
+                "--server",
+                &server.url,
+                "--token",
+                &agent_token,
+                "--json",
+            ])
+            .output()
+            .unwrap()
+    };
+    for d in 0..4u32 {
+        if d > 0 {
+            let path = format!("home/alice/docs/report-{d}.txt");
+            replace_guest_file(&disk, &path, &text(21_000, 500 + d as u64));
+        }
+        let out = backup(d);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 10..15 {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        overwrite_file_in_place(&disk, &path, &noise(20_000 + i * 3000, 9_000 + i as u64));
+    }
+    let out = backup(4);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("scored by the server"), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(v["insight"]["verdict"], "clean", "{v:#}");
+    assert!(!v["insight"]["reasons"].as_array().unwrap().is_empty());
 }
 
 #[test]
