@@ -384,6 +384,41 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     let dry = env.json(&["rollback", "share", "--in-place", src, "--dry-run"]);
     assert!(docs.join("HOW_TO_DECRYPT.txt").exists());
     assert_eq!(dry["restored"], 5, "{dry}");
+    // --since moves where damage is looked for: from the newest snapshot
+    // on there was none (the attack was the day before).
+    let latest = env
+        .json(&["snapshots", "share"])
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let later = env.json(&[
+        "rollback",
+        "share",
+        "--in-place",
+        src,
+        "--dry-run",
+        "--since",
+        "latest",
+    ]);
+    assert_eq!(later["since"], latest.as_str(), "{later}");
+    assert_eq!(
+        (later["restored"].as_u64(), later["dropped"].as_u64()),
+        (Some(0), Some(0)),
+        "{later}"
+    );
+    let out = env.run(&[
+        "rollback",
+        "share",
+        "--in-place",
+        src,
+        "--since",
+        "ffffffff",
+    ]);
+    assert_eq!(code(&out), Some(1));
 
     let r = env.json(&["rollback", "share", "--in-place", src]);
     assert_eq!(r["restored"], 5, "{r}");

@@ -500,6 +500,55 @@ fn a_vulnerable_package_is_reported_and_the_fixed_version_is_not() {
     assert!(vuln_ids(&v).is_empty(), "{v:#}");
 }
 
+/// A small Alpine root whose openssl (the origin of libcrypto3 and
+/// libssl3) is at `version`.
+fn alpine_root(root: &Path, version: &str) {
+    std::fs::create_dir_all(root.join("lib/apk/db")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/os-release"),
+        "NAME=\"Alpine Linux\"\nID=alpine\nVERSION_ID=3.18.4\nPRETTY_NAME=\"Alpine Linux v3.18\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("lib/apk/db/installed"),
+        format!(
+            "C:Q1abc=\nP:musl\nV:1.2.4-r2\nA:x86_64\no:musl\n\n\
+             C:Q1def=\nP:libcrypto3\nV:{version}\nA:x86_64\no:openssl\n\n\
+             C:Q1ghi=\nP:libssl3\nV:{version}\nA:x86_64\no:openssl\n\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_alpine_guest_is_matched_by_origin_with_apk_version_order() {
+    let env = Env::new("30d", &[]);
+    import_fixtures(&env);
+    for (name, version, vulnerable) in [("old", "3.1.3-r0", true), ("new", "3.1.4-r0", false)] {
+        let root = env.path(&format!("{name}-root"));
+        alpine_root(&root, version);
+        let img = env.path(&format!("{name}.img"));
+        gpt_ext4_image(&img, &root, 16);
+        env.backup(&img, name, "2026-01-01T00:00:00Z");
+        let (_, v) = scan(&env, &format!("{name}@latest"), &[]);
+        let want: BTreeSet<(String, String)> = if vulnerable {
+            ["libcrypto3", "libssl3"]
+                .iter()
+                .map(|p| (p.to_string(), "ALPINE-CVE-2023-5363".to_string()))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        assert_eq!(vuln_ids(&v), want, "{name}: {v:#}");
+        if vulnerable {
+            let f = &v["vulnerabilities"][0];
+            assert_eq!(f["installed"], "3.1.3-r0", "{f:#}");
+            assert_eq!(f["fixed"], "3.1.4-r0", "{f:#}");
+        }
+    }
+}
+
 fn kinds(v: &Value) -> BTreeSet<(String, String)> {
     v["persistence"]
         .as_array()
