@@ -54,6 +54,9 @@ pub struct Options<'a> {
     pub accept_warnings: bool,
     /// The boot check: None when it booted, Some(reason) when not.
     pub boot_check: Option<BootCheck<'a>>,
+    /// Told how far each candidate's malware scan is: bytes of files done
+    /// of a total (called from the scanning threads).
+    pub malware_bytes: Option<&'a (dyn Fn(u64, u64) + Sync)>,
 }
 
 struct Walker<'a, 'b> {
@@ -122,7 +125,7 @@ impl Walker<'_, '_> {
                 }
                 tried.stage = Stage::Malware;
                 (self.on)(Event::Stage(snap, Stage::Malware));
-                scan.malware(self.profile, &|_, _| {});
+                scan.malware(self.profile, self.opts.malware_bytes.unwrap_or(&|_, _| {}));
                 if !self.acceptable(scan.report.verdict) {
                     return Ok(self.failed(tried, &scan.report));
                 }

@@ -348,6 +348,14 @@ pub fn start_find_clean(st: &Shared, name: String, accept_warnings: bool) -> Arc
     st.jobs.spawn("find-clean", &name.clone(), move |job| {
         let _one = s.scan_lock.lock().unwrap();
         let mut profile = Profile::load(&s.vault, None)?;
+        let last = std::sync::Mutex::new(std::time::Instant::now());
+        let progress = |done: u64, total: u64| {
+            let mut l = last.lock().unwrap();
+            if l.elapsed().as_millis() >= 500 {
+                *l = std::time::Instant::now();
+                job.push("progress", json!({"done": done, "total": total}));
+            }
+        };
         let report = cairn_scan::walkback::find_clean(
             &s.vault,
             &name,
@@ -355,6 +363,7 @@ pub fn start_find_clean(st: &Shared, name: String, accept_warnings: bool) -> Arc
             cairn_scan::walkback::Options {
                 accept_warnings,
                 boot_check: None,
+                malware_bytes: Some(&progress),
             },
             &mut |ev| match ev {
                 cairn_scan::walkback::Event::Plan { start, reason, .. } => job.push(

@@ -257,6 +257,14 @@ pub fn find_clean(
             }
         }
     };
+    // The malware stage is the long one: a bar while it runs.
+    let bar = Arc::new(Progress::default());
+    let drawn = Bar::start(bar.clone(), "malware", !talk);
+    let b = bar.clone();
+    let on_bytes = move |done: u64, total: u64| {
+        b.total.store(total, Ordering::Relaxed);
+        b.done.store(done, Ordering::Relaxed);
+    };
     let report = walkback::find_clean(
         vault,
         name,
@@ -264,9 +272,12 @@ pub fn find_clean(
         walkback::Options {
             accept_warnings: o.accept_warnings,
             boot_check,
+            malware_bytes: Some(&on_bytes),
         },
         &mut on,
-    )?;
+    );
+    drop(drawn);
+    let report = report?;
     if json {
         crate::print_json(&report);
     } else {
