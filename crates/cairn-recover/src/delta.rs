@@ -82,8 +82,6 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Makes `target` equal to the snapshot, writing only what differs.
-/// `progress` is told about bytes compared.
 /// Reads back every block written and checks it against the snapshot's
 /// digest (the blocks left alone were compared already; `--verify` reads
 /// the whole target). The number of blocks checked, or which one is wrong.
@@ -116,6 +114,8 @@ fn check_written(
     })
 }
 
+/// Makes `target` equal to the snapshot, writing only what differs.
+/// `progress` is told about bytes compared and bytes written.
 pub fn restore_delta(
     disk: &SnapshotDisk,
     target: &Path,

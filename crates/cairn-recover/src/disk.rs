@@ -45,13 +45,20 @@ enum Target {
     },
 }
 
+/// A write lock over the whole file (length 0: to its end, wherever that
+/// is).
+fn whole_file_write_lock() -> libc::flock {
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl
+}
+
 /// Whether another program holds a lock on `file`: QEMU locks the image
 /// of a running guest (so does qemu-nbd) with open-file-description locks,
 /// and a restore must never write under a running VM.
 fn in_use(file: &File) -> bool {
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
+    let mut fl = whole_file_write_lock();
     let fd = std::os::fd::AsRawFd::as_raw_fd(file);
     // F_OFD_GETLK turns `fl` into the first conflicting lock, or F_UNLCK.
     let r = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
@@ -72,9 +79,7 @@ fn claim(file: &File, path: &Path, write: bool) -> Result<()> {
         return Err(busy());
     }
     if write {
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as i16;
-        fl.l_whence = libc::SEEK_SET as i16;
+        let fl = whole_file_write_lock();
         let fd = std::os::fd::AsRawFd::as_raw_fd(file);
         if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) } != 0 {
             let e = std::io::Error::last_os_error();
@@ -139,6 +144,41 @@ pub(crate) fn open_existing(path: &Path, size: u64, write: bool) -> Result<(File
     Ok((file, false, md.len()))
 }
 
+/// What is at a full restore's target, after the checks every full
+/// restore makes before writing (a dry run stops after them).
+enum Found {
+    /// A block device, opened with `O_EXCL` (for writing when asked).
+    Device(File),
+    /// Nothing yet: the image is created.
+    Nothing,
+    /// An image file `--overwrite` replaces (nobody holds a lock on it).
+    Replaced,
+}
+
+fn check_target(path: &Path, size: u64, opts: &DiskRestoreOptions, write: bool) -> Result<Found> {
+    match fs::metadata(path) {
+        Ok(md) if md.file_type().is_block_device() => {
+            Ok(Found::Device(open_device(path, size, write)?))
+        }
+        Ok(md) if md.is_dir() => Err(Error::Invalid(format!(
+            "{} is a directory; give the path of the disk image to create",
+            path.display()
+        ))),
+        Ok(_) if !opts.overwrite => Err(Error::Invalid(format!(
+            "{} exists; pass --overwrite to replace it",
+            path.display()
+        ))),
+        Ok(_) => {
+            // Replaced by rename: a VM running on it would go on with the
+            // old file unseen, so that is refused too.
+            let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+            claim(&f, path, false)?;
+            Ok(Found::Replaced)
+        }
+        Err(_) => Ok(Found::Nothing),
+    }
+}
+
 /// What a full restore to `path` would do, checked without writing: the
 /// same refusals as a real restore (an existing file without
 /// `--overwrite`, an image in use, a device too small or mounted).
@@ -148,37 +188,16 @@ pub fn plan_disk_restore(
     opts: &DiskRestoreOptions,
 ) -> Result<DiskRestoreReport> {
     let map = disk.map();
-    match fs::metadata(path) {
-        Ok(md) if md.file_type().is_block_device() => {
-            open_device(path, map.size, false)?;
-        }
-        Ok(md) if md.is_dir() => {
+    if let Found::Nothing = check_target(path, map.size, opts, false)? {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
             return Err(Error::Invalid(format!(
-                "{} is a directory; give the path of the disk image to create",
-                path.display()
+                "{}: no such directory to create the image in",
+                parent.display()
             )));
-        }
-        Ok(_) if !opts.overwrite => {
-            return Err(Error::Invalid(format!(
-                "{} exists; pass --overwrite to replace it",
-                path.display()
-            )));
-        }
-        Ok(_) => {
-            let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-            claim(&f, path, false)?;
-        }
-        Err(_) => {
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            if !parent.is_dir() {
-                return Err(Error::Invalid(format!(
-                    "{}: no such directory to create the image in",
-                    parent.display()
-                )));
-            }
         }
     }
     let data: u64 = (0..map.chunks.len())
@@ -196,45 +215,27 @@ pub fn plan_disk_restore(
 }
 
 fn open_target(path: &Path, size: u64, opts: &DiskRestoreOptions) -> Result<Target> {
-    match fs::metadata(path) {
-        Ok(md) if md.file_type().is_block_device() => Ok(Target::Device {
-            file: open_device(path, size, true)?,
-        }),
-        Ok(md) if md.is_dir() => Err(Error::Invalid(format!(
-            "{} is a directory; give the path of the disk image to create",
-            path.display()
-        ))),
-        Ok(_) if !opts.overwrite => Err(Error::Invalid(format!(
-            "{} exists; pass --overwrite to replace it",
-            path.display()
-        ))),
-        r => {
-            if r.is_ok() {
-                // Replaced by rename: a VM running on it would go on with
-                // the old file unseen, so that is refused too.
-                let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-                claim(&f, path, false)?;
-            }
-            let name = path
-                .file_name()
-                .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-            let tmp = path.with_file_name(format!(".{}.cairn-partial", name.to_string_lossy()));
-            let file = OpenOptions::new()
-                .write(true)
-                .read(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .ctx(|| format!("creating {}", tmp.display()))?;
-            file.set_len(size)
-                .ctx(|| format!("sizing {}", tmp.display()))?;
-            Ok(Target::File {
-                tmp,
-                dest: path.to_path_buf(),
-                file,
-            })
-        }
+    if let Found::Device(file) = check_target(path, size, opts, true)? {
+        return Ok(Target::Device { file });
     }
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    let tmp = path.with_file_name(format!(".{}.cairn-partial", name.to_string_lossy()));
+    let file = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .ctx(|| format!("creating {}", tmp.display()))?;
+    file.set_len(size)
+        .ctx(|| format!("sizing {}", tmp.display()))?;
+    Ok(Target::File {
+        tmp,
+        dest: path.to_path_buf(),
+        file,
+    })
 }
 
 pub fn restore_disk(

@@ -1038,6 +1038,14 @@ fn remote_backup(
     }
 }
 
+/// How a restore names a committed snapshot's base (empty for others).
+fn made_from(snap: &Snapshot) -> String {
+    snap.derived_from
+        .as_ref()
+        .map(|b| format!(" (made by cairn commit from {})", b.short()))
+        .unwrap_or_default()
+}
+
 /// The server scores an agent's snapshot in the background: its record,
 /// waited for up to `CAIRN_VERDICT_WAIT_SECS` (30 s by default).
 fn server_verdict(vault: &Vault, id: &cairn_vault::SnapshotId) -> Option<cairn_insight::Record> {
@@ -1465,10 +1473,7 @@ fn restore_delta(
             if dry_run { "would restore" } else { "restored" },
             snap.name,
             snap.id.short(),
-            snap.derived_from
-                .as_ref()
-                .map(|b| format!(" (made by cairn commit from {})", b.short()))
-                .unwrap_or_default(),
+            made_from(&snap),
             to.display(),
             bytes(r.bytes_compared),
             match &r.compared_with {
@@ -1527,10 +1532,7 @@ fn restore(
                     if dry_run { "would restore" } else { "restored" },
                     snap.name,
                     snap.id.short(),
-                    snap.derived_from
-                        .as_ref()
-                        .map(|b| format!(" (made by cairn commit from {})", b.short()))
-                        .unwrap_or_default(),
+                    made_from(&snap),
                     to.display(),
                     bytes(r.bytes_written),
                     if dry_run { "to write" } else { "written" },
