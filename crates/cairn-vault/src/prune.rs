@@ -337,30 +337,9 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Metrics;
-    use crate::snapshot::{SnapshotId, SourceInfo, SourceKind};
 
-    /// A snapshot of `name` taken at `time` (RFC 3339).
     fn at(name: &str, id: &str, time: &str) -> Snapshot {
-        Snapshot {
-            id: SnapshotId(id.into()),
-            name: name.into(),
-            time: time.parse().unwrap(),
-            parent: None,
-            source: SourceInfo {
-                kind: SourceKind::Disk,
-                format: "raw".into(),
-                path: "x".into(),
-                host: "h".into(),
-            },
-            content: String::new(),
-            metrics: Metrics::default(),
-            tags: vec![],
-            retain_until: Utc::now(),
-            written: Utc::now(),
-            cairn_version: "0".into(),
-            derived_from: None,
-        }
+        crate::snapshot::test_snapshot(name, id, time)
     }
 
     /// Ids kept by `policy`, oldest first.

@@ -175,30 +175,37 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
     }
 }
 
+/// A disk snapshot of `name` with id `id` taken at `time` (RFC 3339),
+/// for tests.
+#[cfg(test)]
+pub(crate) fn test_snapshot(name: &str, id: &str, time: &str) -> Snapshot {
+    Snapshot {
+        id: SnapshotId(id.into()),
+        name: name.into(),
+        time: time.parse().unwrap(),
+        parent: None,
+        source: SourceInfo {
+            kind: SourceKind::Disk,
+            format: "raw".into(),
+            path: "x".into(),
+            host: "h".into(),
+        },
+        content: String::new(),
+        metrics: Metrics::default(),
+        tags: vec![],
+        retain_until: Utc::now(),
+        written: Utc::now(),
+        cairn_version: "0".into(),
+        derived_from: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn snap(name: &str, id: &str, hour: u32) -> Snapshot {
-        Snapshot {
-            id: SnapshotId(id.into()),
-            name: name.into(),
-            time: format!("2026-01-01T{hour:02}:00:00Z").parse().unwrap(),
-            parent: None,
-            source: SourceInfo {
-                kind: SourceKind::Disk,
-                format: "raw".into(),
-                path: "x".into(),
-                host: "h".into(),
-            },
-            content: String::new(),
-            metrics: Metrics::default(),
-            tags: vec![],
-            retain_until: Utc::now(),
-            written: Utc::now(),
-            cairn_version: "0".into(),
-            derived_from: None,
-        }
+        test_snapshot(name, id, &format!("2026-01-01T{hour:02}:00:00Z"))
     }
 
     #[test]
