@@ -132,47 +132,24 @@ fn qcow2_restores_to_the_same_bytes_as_its_raw_twin() {
     let raw = env.path("vm.img");
     gpt_ext4_image(&raw, &content, 48);
     write_at(&raw, 40 << 20, &vec![0u8; 1 << 20]); // explicit zeros
-    let plain = env.path("vm.qcow2");
-    let compressed = env.path("vm-c.qcow2");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            plain.to_str().unwrap(),
-        ],
-    );
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-c",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            compressed.to_str().unwrap(),
-        ],
-    );
-
-    // QEMU 5.1 and later can compress clusters with zstd instead.
-    let zstd = env.path("vm-z.qcow2");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-c",
-            "-O",
-            "qcow2",
-            "-o",
-            "compression_type=zstd",
-            raw.to_str().unwrap(),
-            zstd.to_str().unwrap(),
-        ],
-    );
+    // Plain, compressed with deflate, and with zstd (QEMU 5.1 and later).
+    let twins: Vec<(std::path::PathBuf, &str)> = [
+        ("q", &[][..]),
+        ("qc", &["-c"][..]),
+        ("qz", &["-c", "-o", "compression_type=zstd"][..]),
+    ]
+    .into_iter()
+    .map(|(name, opts)| {
+        let q = env.path(&format!("vm-{name}.qcow2"));
+        let mut args = vec!["convert", "-O", "qcow2"];
+        args.extend_from_slice(opts);
+        args.extend([raw.to_str().unwrap(), q.to_str().unwrap()]);
+        sh("qemu-img", &args);
+        (q, name)
+    })
+    .collect();
     let r = env.backup(&raw, "raw", "2026-03-01T00:00:00Z");
-    for (q, name) in [(&plain, "q"), (&compressed, "qc"), (&zstd, "qz")] {
+    for (q, name) in &twins {
         let s = env.backup(q, name, "2026-03-01T00:00:00Z");
         assert_eq!(s["source"]["format"], "qcow2");
         assert_eq!(s["metrics"]["logical_size"], 48 << 20);

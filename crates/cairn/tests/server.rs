@@ -367,11 +367,7 @@ fn an_agent_backup_of_an_attacked_disk_warns_and_exits_3_like_a_local_one() {
             .output()
             .unwrap()
     };
-    for d in 0..4u32 {
-        if d > 0 {
-            let path = format!("home/alice/docs/report-{d}.txt");
-            replace_guest_file(&disk, &path, &text(21_000, 500 + d as u64));
-        }
+    four_days_then_encryption_by(&disk, |d| {
         let out = backup(d);
         assert_eq!(
             out.status.code(),
@@ -379,11 +375,7 @@ fn an_agent_backup_of_an_attacked_disk_warns_and_exits_3_like_a_local_one() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-    for i in 10..15 {
-        let path = format!("home/alice/docs/report-{i}.txt");
-        overwrite_file_in_place(&disk, &path, &noise(20_000 + i * 3000, 9_000 + i as u64));
-    }
+    });
     let out = backup(4);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");

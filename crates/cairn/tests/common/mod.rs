@@ -252,12 +252,20 @@ impl Drop for Running {
 /// rewritten each day, backed up as "vm"), then an attack that encrypts
 /// five reports in place (not backed up yet).
 pub fn four_days_then_encryption(env: &Env, disk: &Path) {
+    four_days_then_encryption_by(disk, |d| {
+        env.backup(disk, "vm", &format!("2026-04-{:02}T02:00:00Z", d + 1));
+    });
+}
+
+/// [`four_days_then_encryption`], each day backed up by `backup(day)`
+/// (through a server, say).
+pub fn four_days_then_encryption_by(disk: &Path, mut backup: impl FnMut(u32)) {
     for d in 0..4u32 {
         if d > 0 {
             let path = format!("home/alice/docs/report-{d}.txt");
             replace_guest_file(disk, &path, &text(21_000, 500 + d as u64));
         }
-        env.backup(disk, "vm", &format!("2026-04-{:02}T02:00:00Z", d + 1));
+        backup(d);
     }
     for i in 10..15 {
         let path = format!("home/alice/docs/report-{i}.txt");
