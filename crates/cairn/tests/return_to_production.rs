@@ -170,31 +170,18 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
     }
     assert!(sock.exists(), "qemu-nbd did not start");
     write_at(&disk, 5 * 65536, &noise(4096, 9));
-    let delta = env.run(&[
-        "restore",
-        "vm@-1",
-        "--to",
-        disk.to_str().unwrap(),
-        "--delta",
-    ]);
-    let full = env.run(&[
-        "restore",
-        "vm@-1",
-        "--to",
-        disk.to_str().unwrap(),
-        "--overwrite",
-    ]);
-    let dry = env.run(&[
-        "restore",
-        "vm@-1",
-        "--to",
-        disk.to_str().unwrap(),
-        "--overwrite",
-        "--dry-run",
-    ]);
+    let target = disk.to_str().unwrap();
+    let refused: Vec<Output> = [
+        &["--delta"][..],
+        &["--overwrite"],
+        &["--overwrite", "--dry-run"],
+    ]
+    .iter()
+    .map(|flags| env.run(&[&["restore", "vm@-1", "--to", target][..], flags].concat()))
+    .collect();
     let _ = nbd.kill();
     let _ = nbd.wait();
-    for out in [&delta, &full, &dry] {
+    for out in &refused {
         assert_eq!(
             code(out),
             Some(1),

@@ -79,6 +79,18 @@ fn remote_backup(
     source: &Path,
     name: &str,
 ) -> std::process::Output {
+    remote_backup_with(env, server, token, source, name, &[])
+}
+
+/// [`remote_backup`] with more arguments (`--time`, say).
+fn remote_backup_with(
+    env: &Env,
+    server: &Server,
+    token: &str,
+    source: &Path,
+    name: &str,
+    extra: &[&str],
+) -> std::process::Output {
     env.cmd()
         .env("CAIRN_CACHE_DIR", env.path("agent-cache"))
         .args([
@@ -92,6 +104,7 @@ fn remote_backup(
             token,
             "--json",
         ])
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -349,23 +362,8 @@ fn an_agent_backup_of_an_attacked_disk_warns_and_exits_3_like_a_local_one() {
     let server = serve(&env, &[]);
     let disk = guest_disk(&env, "vm");
     let backup = |day: u32| {
-        env.cmd()
-            .env("CAIRN_CACHE_DIR", env.path("agent-cache"))
-            .args([
-                "backup",
-                disk.to_str().unwrap(),
-                "--name",
-                "vm",
-                "--time",
-                &format!("2026-04-{:02}T02:00:00Z", day + 1),
-                "--server",
-                &server.url,
-                "--token",
-                &agent_token,
-                "--json",
-            ])
-            .output()
-            .unwrap()
+        let time = format!("2026-04-{:02}T02:00:00Z", day + 1);
+        remote_backup_with(&env, &server, &agent_token, &disk, "vm", &["--time", &time])
     };
     four_days_then_encryption_by(&disk, |d| {
         let out = backup(d);
