@@ -22,4 +22,25 @@ mkdir -p corpus/scan_parsers
 fx=../crates/cairn-scan/tests/fixtures/osv
 { printf 'Package: libc6\nStatus: install ok installed\nSource: glibc\nVersion: 2.36-9+deb12u1\n\nP:libcrypto3\nV:3.1.4-r0\no:openssl\n\nID=debian\nVERSION_ID="12"\n'; printf '\0'; cat "$fx/DEBIAN-CVE-2023-4911.json"; } > corpus/scan_parsers/dpkg-osv
 { printf 'ID=alpine\nVERSION_ID=3.18.4\nP:libcrypto3\nV:3.1.3-r0\no:openssl\n'; printf '\0'; cat "$fx/ALPINE-CVE-2023-5363.json"; } > corpus/scan_parsers/apk-osv
+# nbd: a client's whole session (options, then read, write, block status,
+# write zeroes, trim, flush, disconnect) against the "rw" export.
+mkdir -p corpus/nbd
+python3 - corpus/nbd/session <<'PY'
+import struct, sys
+def opt(o, d=b''): return struct.pack('>QII', 0x49484156454F5054, o, len(d)) + d
+def req(ty, cookie, off, n, data=b''): return struct.pack('>IHHQQI', 0x25609513, 0, ty, cookie, off, n) + data
+meta = struct.pack('>I', 2) + b'rw' + struct.pack('>II', 1, 15) + b'base:allocation'
+s = struct.pack('>I', 3) + opt(8) + opt(10, meta) + opt(7, struct.pack('>I', 2) + b'rw' + b'\0\0')
+s += req(0, 1, 0, 4096) + req(1, 2, 4096, 8, b'ABCDEFGH') + req(7, 3, 0, 1 << 20)
+s += req(6, 4, 8192, 4096) + req(4, 5, 0, 4096) + req(3, 6, 0, 0) + req(2, 7, 0, 0)
+open(sys.argv[1], 'wb').write(s)
+PY
+# rpmdb: one package's header in a small Packages table, made by rpm.
+mkdir -p corpus/rpmdb "$t/rpm/SPECS" "$t/rpmdb"
+printf 'Name: openssl\nEpoch: 1\nVersion: 3.0.7\nRelease: 1\nSummary: t\nLicense: ASL 2.0\nBuildArch: noarch\n%%description\nt\n%%package libs\nSummary: t\n%%description libs\nt\n%%files libs\n' > "$t/rpm/SPECS/o.spec"
+rpmbuild --define "_topdir $t/rpm" -bb "$t/rpm/SPECS/o.spec" > /dev/null 2>&1
+rpm --dbpath "$t/rpmdb" --initdb
+rpm -i --justdb --nodeps --dbpath "$t/rpmdb" "$t"/rpm/RPMS/noarch/*.rpm 2> /dev/null
+rm -f corpus/rpmdb/seed
+sqlite3 corpus/rpmdb/seed "attach '$t/rpmdb/rpmdb.sqlite' as r; create table Packages(hnum integer primary key autoincrement, blob blob not null); insert into Packages select hnum, blob from r.Packages; detach r; vacuum;"
 ls -l corpus/*

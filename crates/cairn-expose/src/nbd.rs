@@ -7,8 +7,8 @@ use crate::overlay::OverlayDisk;
 use cairn_vault::BlockSource;
 use std::io;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpListener;
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -107,7 +107,11 @@ pub async fn serve_counted(
         let clients = clients.clone();
         clients.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            if let Err(e) = client(stream, &exports).await {
+            let served = match stream.set_nodelay(true) {
+                Ok(()) => client(stream, &exports).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
                 tracing::warn!("nbd client {peer}: {e}; connection closed");
             }
             clients.fetch_sub(1, Ordering::Relaxed);
@@ -115,9 +119,9 @@ pub async fn serve_counted(
     }
 }
 
-struct Conn {
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+struct Conn<R, W> {
+    r: BufReader<R>,
+    w: BufWriter<W>,
     structured: bool,
     meta: bool,
 }
@@ -126,7 +130,7 @@ fn proto(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-impl Conn {
+impl<R, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn opt_reply(&mut self, opt: u32, ty: u32, data: &[u8]) -> io::Result<()> {
         self.w.write_u64(REPLY_MAGIC).await?;
         self.w.write_u32(opt).await?;
@@ -137,9 +141,10 @@ impl Conn {
     }
 }
 
-async fn client(stream: TcpStream, exports: &[Export]) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+/// One client's whole session over any byte stream (a TCP connection;
+/// the fuzzer's bytes).
+async fn client<S: AsyncRead + AsyncWrite>(stream: S, exports: &[Export]) -> io::Result<()> {
+    let (r, w) = tokio::io::split(stream);
     let mut c = Conn {
         r: BufReader::new(r),
         w: BufWriter::with_capacity(1 << 20, w),
@@ -364,7 +369,10 @@ impl Reply {
     }
 }
 
-async fn transmission(c: &mut Conn, e: &Export) -> io::Result<()> {
+async fn transmission<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    c: &mut Conn<R, W>,
+    e: &Export,
+) -> io::Result<()> {
     let size = e.disk.size();
     // Replies go through one writer task, in whatever order they finish.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READS_IN_FLIGHT * 2);
@@ -521,4 +529,50 @@ async fn write(e: &Export, offset: u64, in_range: bool, data: Vec<u8>) -> u32 {
         }
         Err(_) => EIO,
     }
+}
+
+/// The fuzz target's entry (`fuzz/fuzz_targets/nbd.rs`): `data` is all a
+/// client sends, answered by a server of two small exports, one read-only
+/// and one with an overlay. Nothing a client sends may panic the server or
+/// make it allocate beyond its request limits.
+pub fn fuzz_session(data: &[u8]) {
+    use std::sync::OnceLock;
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    static EXPORTS: OnceLock<(tempfile::TempDir, Vec<Export>)> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a tokio runtime")
+    });
+    let (_, exports) = EXPORTS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let base = |n: usize| -> Arc<dyn BlockSource> {
+            Arc::new(cairn_guest::io::MemDisk(
+                (0..n).map(|i| (i * 7 % 251) as u8).collect(),
+            ))
+        };
+        let overlay = crate::overlay::Overlay::open(&dir.path().join("overlay"), 1 << 20)
+            .expect("an overlay file");
+        let exports = vec![
+            Export {
+                name: "ro".into(),
+                disk: Arc::new(OverlayDisk {
+                    base: base(1 << 20),
+                    overlay: None,
+                }),
+                description: "read-only".into(),
+            },
+            Export {
+                name: "rw".into(),
+                disk: Arc::new(OverlayDisk {
+                    base: base(1 << 20),
+                    overlay: Some(Arc::new(overlay)),
+                }),
+                description: "with an overlay".into(),
+            },
+        ];
+        (dir, exports)
+    });
+    let stream = tokio::io::join(data, tokio::io::sink());
+    let _ = runtime.block_on(client(stream, exports));
 }

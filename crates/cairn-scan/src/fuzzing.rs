@@ -44,3 +44,9 @@ pub fn scan_parsers(data: &[u8]) {
 pub fn registry(data: &[u8]) {
     crate::persistence::fuzz_hive(data);
 }
+
+/// An rpmdb.sqlite file (`fuzz/fuzz_targets/rpmdb.rs`): opened by SQLite
+/// read-only, each row's header blob parsed.
+pub fn rpmdb(data: &[u8]) {
+    let _ = crate::rpm::parse_sqlite(data, None);
+}
