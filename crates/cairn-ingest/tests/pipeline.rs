@@ -110,3 +110,46 @@ fn block_source_reads_any_range_and_reports_holes() {
     );
     assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 10 << 20);
 }
+
+/// Read-ahead is for streams. Small reads that merely touch (threads
+/// comparing neighbouring small files) decode only their own chunk; a
+/// reader that has gone through a whole chunk in order gets the next ones
+/// decoded ahead.
+#[test]
+fn block_source_reads_ahead_for_streams_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path());
+    let img = dir.path().join("d.img");
+    std::fs::write(&img, noise(8 << 20, 5)).unwrap();
+    let out = backup(
+        &v,
+        &img,
+        &BackupOptions {
+            name: "d".into(),
+            ..Default::default()
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    let cs = v.config().disk_chunk_size as u64;
+    let want = std::fs::read(&img).unwrap();
+    let mut buf = vec![0u8; 4096];
+
+    // Two 4 KiB reads, the second where the first ended: one chunk.
+    let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 64).unwrap();
+    disk.read_exact_at(0, &mut buf).unwrap();
+    disk.read_exact_at(4096, &mut buf).unwrap();
+    assert_eq!(&buf[..], &want[4096..8192]);
+    assert_eq!(disk.decoded_chunks(), 1);
+
+    // 4 KiB reads in order through more than a chunk: the stream's next
+    // chunks are decoded before it asks for them.
+    let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 64).unwrap();
+    let mut pos = 0;
+    while pos <= cs {
+        disk.read_exact_at(pos, &mut buf).unwrap();
+        assert_eq!(&buf[..], &want[pos as usize..pos as usize + 4096]);
+        pos += 4096;
+    }
+    assert!(disk.decoded_chunks() > 2, "{}", disk.decoded_chunks());
+}

@@ -58,8 +58,9 @@ pub struct SnapshotDisk {
     vault: Arc<Vault>,
     map: DiskMap,
     cache: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
-    /// Where the last read ended: a read starting there is sequential.
-    next_offset: AtomicU64,
+    /// Where the last read ended, and how many bytes the run of reads that
+    /// each continued the one before has covered: a stream.
+    stream: Mutex<(u64, u64)>,
     cache_chunks: usize,
     read_ahead: bool,
     /// Chunks decoded from the vault so far (a cache that is too small
@@ -93,7 +94,7 @@ impl SnapshotDisk {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_chunks.max(1)).unwrap(),
             )),
-            next_offset: AtomicU64::new(u64::MAX),
+            stream: Mutex::new((u64::MAX, 0)),
             cache_chunks: cache_chunks.max(1),
             read_ahead: true,
             decoded: AtomicU64::new(0),
@@ -182,19 +183,23 @@ impl BlockSource for SnapshotDisk {
         }
         let len = (buf.len() as u64).min(self.map.size - offset) as usize;
         let cs = self.map.chunk_size as u64;
-        // A read that spans chunks, or continues the last one, decodes its
-        // chunks (and, when sequential, the next few) on all cores at once.
-        let sequential = self
-            .next_offset
-            .swap(offset + len as u64, Ordering::Relaxed)
-            == offset;
+        // A read that spans chunks decodes them on all cores at once; a
+        // stream that has read a whole chunk in order has the next few
+        // decoded too. Scattered small reads that happen to touch (several
+        // threads reading neighbouring small files) are no stream.
+        let streaming = {
+            let mut stream = self.stream.lock().unwrap();
+            let run = if stream.0 == offset { stream.1 } else { 0 };
+            *stream = (offset + len as u64, run + len as u64);
+            run + len as u64 > cs
+        };
         let (first, last) = (
             (offset / cs) as usize,
             ((offset + len as u64 - 1) / cs) as usize,
         );
-        if self.read_ahead && (last > first || sequential) {
+        if self.read_ahead && (last > first || streaming) {
             let ahead = (READ_AHEAD_BYTES / cs).max(2) as usize;
-            self.prefetch(first, last + if sequential { ahead } else { 0 });
+            self.prefetch(first, last + if streaming { ahead } else { 0 });
         }
         let mut done = 0usize;
         while done < len {
