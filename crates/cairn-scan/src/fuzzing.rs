@@ -20,6 +20,7 @@ pub fn scan_parsers(data: &[u8]) {
     let mut db = VulnDb::default();
     db.add_json(b);
     let _ = crate::rpm::parse_header(a);
+    let _ = crate::lnk::parse(a);
     for h in crate::bdb::values(a, 64).unwrap_or_default() {
         let _ = crate::rpm::parse_header(&h);
     }

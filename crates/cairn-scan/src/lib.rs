@@ -16,6 +16,7 @@ pub mod error;
 pub mod extensions;
 pub mod fuzzing;
 pub mod inventory;
+pub mod lnk;
 pub mod malware;
 pub mod osv;
 pub mod persistence;

@@ -437,6 +437,26 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             "windows_startup" => "program started at log-on",
             _ => "scheduled task",
         };
+        if kind == "windows_startup"
+            && e.kind == FileKind::File
+            && path.to_ascii_lowercase().ends_with(".lnk")
+        {
+            let now = text(new, e).and_then(|d| crate::lnk::parse(&d));
+            let then = before
+                .zip(old)
+                .and_then(|(b, o)| text(o, b))
+                .and_then(|d| crate::lnk::parse(&d));
+            if !is_new && now == then {
+                continue;
+            }
+            let state = if is_new { "new" } else { "changed" };
+            let detail = match now {
+                Some(s) => format!("{state} {what}: shortcut to {}", describe_shortcut(&s)),
+                None => format!("{state} {what}: a shortcut that could not be read"),
+            };
+            push(&path, kind, Severity::Warning, detail);
+            continue;
+        }
         let detail = if e.kind == FileKind::Symlink {
             format!(
                 "{} {what}: link to {}",
@@ -466,6 +486,21 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             }
         };
         push(&path, kind, Severity::Warning, detail);
+    }
+    out
+}
+
+/// "PROGRAM ARGUMENTS (in FOLDER)", as far as the shortcut says.
+fn describe_shortcut(s: &crate::lnk::Shortcut) -> String {
+    let mut out = s
+        .target
+        .clone()
+        .unwrap_or_else(|| "an unnamed target".into());
+    if let Some(a) = &s.arguments {
+        out = format!("{out} {a}");
+    }
+    if let Some(w) = &s.working_dir {
+        out = format!("{out} (in {w})");
     }
     out
 }

@@ -1160,6 +1160,35 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
         &bat,
         "/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/updater.bat",
     );
+    // Shortcuts, written by pylnk3: one to a local program (its path in
+    // the shell's ID list), one to a program on a share (LinkInfo and the
+    // environment-variable block).
+    for (name, target, args) in [
+        (
+            "Updates.lnk",
+            r"C:\Users\Public\Libraries\upd.exe",
+            "-silent",
+        ),
+        ("Sync.lnk", r"\\fileserver\share\run.exe", "/q"),
+    ] {
+        let lnk = env.path(name);
+        sh(
+            "pylnk3",
+            &[
+                "create",
+                target,
+                lnk.to_str().unwrap(),
+                &format!("--arguments={args}"),
+                "--workdir",
+                r"C:\Users\Public",
+            ],
+        );
+        ntfs_put(
+            &part,
+            &lnk,
+            &format!("/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/{name}"),
+        );
+    }
     // Task Scheduler writes its XML in UTF-16 with a byte-order mark.
     let task = env.path("task.xml");
     let xml = "<?xml version=\"1.0\" encoding=\"UTF-16\"?>\r\n<Task><Actions><Exec><Command>powershell.exe</Command><Arguments>-enc SQBFAFgA</Arguments></Exec></Actions></Task>\r\n";
@@ -1188,6 +1217,15 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
                 "windows_startup".to_string(),
                 "/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/updater.bat"
                     .to_string()
+            ),
+            (
+                "windows_startup".to_string(),
+                "/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/Updates.lnk"
+                    .to_string()
+            ),
+            (
+                "windows_startup".to_string(),
+                "/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/Sync.lnk".to_string()
             ),
             (
                 "windows_task".to_string(),
@@ -1230,6 +1268,13 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
         )),
         "{details:#?}"
     );
+    // What each shortcut starts is named.
+    for want in [
+        r"new program started at log-on: shortcut to C:\Users\Public\Libraries\upd.exe -silent (in C:\Users\Public)",
+        r"new program started at log-on: shortcut to \\fileserver\share\run.exe /q (in C:\Users\Public)",
+    ] {
+        assert!(details.contains(&want), "{want}\n{details:#?}");
+    }
     // The same hives read by hivex itself agree.
     assert_eq!(
         sh(
