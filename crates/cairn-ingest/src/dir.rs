@@ -240,7 +240,7 @@ pub fn ingest(
     }
     progress.set_total(to_read.iter().map(|&i| found[i].entry.size).sum());
 
-    let (results, stats) = PackWriter::run(vault, |writer| {
+    let (results, stats) = PackWriter::run(vault, cairn_vault::codec::Framing::Whole, |writer| {
         Ok(to_read
             .par_iter()
             .map(|&i| {

@@ -44,7 +44,7 @@ pub fn ingest(
     let n = map.chunks.len();
     progress.set_total(size);
 
-    let (results, stats) = PackWriter::run(vault, |writer| {
+    let (results, stats) = PackWriter::run(vault, cairn_vault::codec::Framing::Blocks, |writer| {
         Ok((0..n)
             .into_par_iter()
             // Pieces of 16 chunks (4 MiB): rayon left to itself cuts the

@@ -135,12 +135,12 @@ fn block_source_reads_ahead_for_streams_only() {
     let want = std::fs::read(&img).unwrap();
     let mut buf = vec![0u8; 4096];
 
-    // Two 4 KiB reads, the second where the first ended: one chunk.
+    // Two 4 KiB reads, the second where the first ended: one block.
     let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 64).unwrap();
     disk.read_exact_at(0, &mut buf).unwrap();
     disk.read_exact_at(4096, &mut buf).unwrap();
     assert_eq!(&buf[..], &want[4096..8192]);
-    assert_eq!(disk.decoded_chunks(), 1);
+    assert_eq!(disk.decoded_blocks(), 1);
 
     // 4 KiB reads in order through more than a chunk: the stream's next
     // chunks are decoded before it asks for them.
@@ -151,5 +151,43 @@ fn block_source_reads_ahead_for_streams_only() {
         assert_eq!(&buf[..], &want[pos as usize..pos as usize + 4096]);
         pos += 4096;
     }
-    assert!(disk.decoded_chunks() > 2, "{}", disk.decoded_chunks());
+    assert!(disk.decoded_blocks() > 2, "{}", disk.decoded_blocks());
+}
+
+/// Disk chunks are compressed block by block: a small read decodes only
+/// the 64 KiB block it lies in, and the bytes are the disk's.
+#[test]
+fn a_small_read_decodes_one_block_of_a_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = vault(dir.path());
+    let img = dir.path().join("d.img");
+    let text: Vec<u8> = (0..4u32 << 20)
+        .map(|i| b"lorem ipsum dolor sit amet "[(i % 27) as usize] ^ (i / 9000) as u8)
+        .collect();
+    std::fs::write(&img, &text).unwrap();
+    let out = backup(
+        &v,
+        &img,
+        &BackupOptions {
+            name: "d".into(),
+            ..Default::default()
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(out.snapshot.metrics.compression_ratio > 2.0);
+    let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 8).unwrap();
+    let block = cairn_vault::BLOCK_SIZE as u64;
+    let mut buf = vec![0u8; 4096];
+    disk.read_exact_at(block + 100, &mut buf).unwrap();
+    assert_eq!(&buf[..], &text[block as usize + 100..block as usize + 4196]);
+    assert_eq!(disk.decoded_blocks(), 1);
+    disk.read_exact_at(200, &mut buf).unwrap();
+    assert_eq!(&buf[..], &text[200..4296]);
+    assert_eq!(disk.decoded_blocks(), 2);
+    // Both blocks of the first chunk are known now: read again from memory.
+    let mut whole = vec![0u8; 2 * block as usize];
+    disk.read_exact_at(0, &mut whole).unwrap();
+    assert_eq!(&whole[..], &text[..2 * block as usize]);
+    assert_eq!(disk.decoded_blocks(), 2);
 }

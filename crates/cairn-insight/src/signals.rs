@@ -169,7 +169,7 @@ pub fn compute(
             };
             tracing::debug!(
                 secs = started.elapsed().as_secs_f64(),
-                old_chunks = old.disk.as_ref().map(|d| d.decoded_chunks()),
+                old_blocks = old.disk.as_ref().map(|d| d.decoded_blocks()),
                 "diffed"
             );
             let files_found = files::analyse(
@@ -186,8 +186,8 @@ pub fn compute(
                 &d,
             );
             tracing::debug!(
-                old_chunks = old.disk.as_ref().map(|d| d.decoded_chunks()),
-                "parent's chunks decoded for the diff and the analysis"
+                old_blocks = old.disk.as_ref().map(|d| d.decoded_blocks()),
+                "parent's blocks decoded for the diff and the analysis"
             );
             out.files = Some(files_found);
         } else {

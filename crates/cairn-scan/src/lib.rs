@@ -457,6 +457,16 @@ impl<'a> Scan<'a> {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// 64 KiB blocks of the scanned snapshot decoded so far (0 for
+    /// directories).
+    fn decoded_blocks(&self) -> u64 {
+        self.target
+            .opened
+            .disk
+            .as_ref()
+            .map_or(0, |d| d.decoded_blocks())
+    }
+
     fn raise(&mut self, v: ScanVerdict) {
         self.report.verdict = self.report.verdict.max(v);
     }
@@ -585,10 +595,20 @@ pub fn scan_many(
         tracing::debug!("{}: opened in {:?}", snap.id.short(), t.elapsed());
         progress.stage(snap, Stage::Persistence);
         scan.persistence();
-        tracing::debug!("{}: persistence done at {:?}", snap.id.short(), t.elapsed());
+        tracing::debug!(
+            "{}: persistence done at {:?} ({} blocks decoded)",
+            snap.id.short(),
+            t.elapsed(),
+            scan.decoded_blocks()
+        );
         progress.stage(snap, Stage::Malware);
         scan.malware(profile, progress.bytes());
-        tracing::debug!("{}: malware done at {:?}", snap.id.short(), t.elapsed());
+        tracing::debug!(
+            "{}: malware done at {:?} ({} blocks decoded)",
+            snap.id.short(),
+            t.elapsed(),
+            scan.decoded_blocks()
+        );
         progress.stage(snap, Stage::Vulnerabilities);
         scan.vulnerabilities(profile);
         tracing::debug!(

@@ -2,6 +2,7 @@
 
 use crate::diskmap::DiskMap;
 use crate::error::{Error, Result};
+use crate::hash::BLOCK_SIZE;
 use crate::snapshot::{Snapshot, SourceKind};
 use crate::vault::Vault;
 use lru::LruCache;
@@ -51,19 +52,28 @@ pub trait BlockSource: Send + Sync {
     }
 }
 
+/// What the cache holds of one chunk: all of it, or the 64 KiB blocks
+/// that small reads needed.
+enum Decoded {
+    Whole(Arc<Vec<u8>>),
+    Blocks(Vec<Option<Arc<Vec<u8>>>>),
+}
+
 /// A disk snapshot served from its chunks, with a small cache of decoded
-/// chunks (filesystem readers read the same metadata chunks again and
-/// again).
+/// chunks (filesystem readers read the same metadata again and again). A
+/// read of part of a chunk decodes only the 64 KiB blocks it needs (disk
+/// chunks are framed in blocks); streams and reads across chunks decode
+/// whole chunks, in parallel.
 pub struct SnapshotDisk {
     vault: Arc<Vault>,
     map: DiskMap,
-    cache: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
+    cache: Mutex<LruCache<usize, Decoded>>,
     /// Where the last read ended, and how many bytes the run of reads that
     /// each continued the one before has covered: a stream.
     stream: Mutex<(u64, u64)>,
     cache_chunks: usize,
     read_ahead: bool,
-    /// Chunks decoded from the vault so far (a cache that is too small
+    /// Blocks decoded from the vault so far (a cache that is too small
     /// shows up here).
     decoded: AtomicU64,
 }
@@ -71,14 +81,15 @@ pub struct SnapshotDisk {
 impl Drop for SnapshotDisk {
     fn drop(&mut self) {
         tracing::debug!(
-            chunks = self.decoded.load(Ordering::Relaxed),
+            blocks = self.decoded.load(Ordering::Relaxed),
             "snapshot disk closed"
         );
     }
 }
 
 impl SnapshotDisk {
-    /// `cache_chunks` bounds memory: at most that many decoded chunks.
+    /// `cache_chunks` bounds memory: at most that many decoded chunks (or
+    /// parts of chunks).
     pub fn open(vault: Arc<Vault>, snap: &Snapshot, cache_chunks: usize) -> Result<Self> {
         if snap.source.kind != SourceKind::Disk {
             return Err(Error::Invalid(format!(
@@ -92,7 +103,7 @@ impl SnapshotDisk {
             vault,
             map,
             cache: Mutex::new(LruCache::new(
-                NonZeroUsize::new(cache_chunks.max(1)).unwrap(),
+                NonZeroUsize::new(cache_chunks.max(1)).expect("nonzero"),
             )),
             stream: Mutex::new((u64::MAX, 0)),
             cache_chunks: cache_chunks.max(1),
@@ -112,8 +123,8 @@ impl SnapshotDisk {
         &self.map
     }
 
-    /// Chunks decoded from the vault so far.
-    pub fn decoded_chunks(&self) -> u64 {
+    /// 64 KiB blocks decoded from the vault so far.
+    pub fn decoded_blocks(&self) -> u64 {
         self.decoded.load(Ordering::Relaxed)
     }
 
@@ -121,25 +132,23 @@ impl SnapshotDisk {
         &self.vault
     }
 
-    /// Decodes chunks `first..=last` that are not cached, in parallel, into
-    /// the cache (never more than half of it, so they are still there when
-    /// read).
+    /// Decodes chunks `first..=last` that are not cached whole, in
+    /// parallel, into the cache (never more than half of it, so they are
+    /// still there when read).
     fn prefetch(&self, first: usize, last: usize) {
         let last = last
             .min(self.map.chunks.len().saturating_sub(1))
             .min(first + self.cache_chunks / 2);
         let missing: Vec<(usize, crate::ChunkId)> = {
-            let mut cache = self.cache.lock().unwrap();
+            let cache = self.cache.lock().unwrap();
             (first..=last)
-                .filter(|i| cache.get(i).is_none())
+                .filter(|i| !matches!(cache.peek(i), Some(Decoded::Whole(_))))
                 .filter_map(|i| self.map.chunks[i].map(|id| (i, id)))
                 .collect()
         };
         if missing.len() < 2 {
             return;
         }
-        self.decoded
-            .fetch_add(missing.len() as u64, Ordering::Relaxed);
         let decoded: Vec<(usize, Vec<u8>)> = missing
             .par_iter()
             .filter_map(|&(i, id)| self.vault.read_chunk(&id).ok().map(|d| (i, d)))
@@ -147,28 +156,86 @@ impl SnapshotDisk {
         let mut cache = self.cache.lock().unwrap();
         for (i, d) in decoded {
             if d.len() == self.map.chunk_range(i).1 {
-                cache.put(i, Arc::new(d));
+                self.decoded
+                    .fetch_add(d.len().div_ceil(BLOCK_SIZE) as u64, Ordering::Relaxed);
+                cache.put(i, Decoded::Whole(Arc::new(d)));
             }
         }
     }
 
-    /// Decoded chunk `i`, or `None` for a zero chunk.
-    pub fn chunk(&self, i: usize) -> io::Result<Option<Arc<Vec<u8>>>> {
+    /// Fills `out` from chunk `i`, starting `within` bytes into it:
+    /// from the cache, else by decoding the whole chunk when the read
+    /// needs all of it, or only the blocks it touches.
+    fn fill_from_chunk(&self, i: usize, within: usize, out: &mut [u8]) -> io::Result<()> {
         let Some(id) = self.map.chunks.get(i).copied().flatten() else {
-            return Ok(None);
+            out.fill(0);
+            return Ok(());
         };
-        if let Some(c) = self.cache.lock().unwrap().get(&i) {
-            return Ok(Some(c.clone()));
+        let chunk_len = self.map.chunk_range(i).1;
+        let blocks_here = chunk_len.div_ceil(BLOCK_SIZE);
+        let (k0, k1) = (within / BLOCK_SIZE, (within + out.len() - 1) / BLOCK_SIZE);
+        let copy_blocks = |out: &mut [u8], blocks: &[Option<Arc<Vec<u8>>>]| {
+            let mut done = 0;
+            for (k, b) in blocks.iter().enumerate().take(k1 + 1).skip(k0) {
+                let b = b.as_ref().expect("checked present");
+                let from = (within + done) - k * BLOCK_SIZE;
+                let n = (b.len() - from).min(out.len() - done);
+                out[done..done + n].copy_from_slice(&b[from..from + n]);
+                done += n;
+            }
+        };
+        match self.cache.lock().unwrap().get(&i) {
+            Some(Decoded::Whole(d)) => {
+                out.copy_from_slice(&d[within..within + out.len()]);
+                return Ok(());
+            }
+            Some(Decoded::Blocks(b)) if (k0..=k1).all(|k| b[k].is_some()) => {
+                copy_blocks(out, b);
+                return Ok(());
+            }
+            _ => {}
         }
-        self.decoded.fetch_add(1, Ordering::Relaxed);
-        let data = Arc::new(self.vault.read_chunk(&id).map_err(io::Error::other)?);
-        if data.len() != self.map.chunk_range(i).1 {
-            return Err(io::Error::other(format!(
-                "chunk {i} of the disk has the wrong length"
-            )));
+        let wrong_length =
+            || io::Error::other(format!("chunk {i} of the disk has the wrong length"));
+        if k0 == 0 && k1 + 1 == blocks_here {
+            let data = self.vault.read_chunk(&id).map_err(io::Error::other)?;
+            if data.len() != chunk_len {
+                return Err(wrong_length());
+            }
+            self.decoded
+                .fetch_add(blocks_here as u64, Ordering::Relaxed);
+            out.copy_from_slice(&data[within..within + out.len()]);
+            self.cache
+                .lock()
+                .unwrap()
+                .put(i, Decoded::Whole(Arc::new(data)));
+            return Ok(());
         }
-        self.cache.lock().unwrap().put(i, data.clone());
-        Ok(Some(data))
+        let data = self
+            .vault
+            .read_chunk_blocks(&id, k0, k1)
+            .map_err(io::Error::other)?;
+        if data.len() != ((k1 + 1) * BLOCK_SIZE).min(chunk_len) - k0 * BLOCK_SIZE {
+            return Err(wrong_length());
+        }
+        self.decoded
+            .fetch_add((k1 - k0 + 1) as u64, Ordering::Relaxed);
+        let from = within - k0 * BLOCK_SIZE;
+        out.copy_from_slice(&data[from..from + out.len()]);
+        let mut cache = self.cache.lock().unwrap();
+        if !matches!(cache.get(&i), Some(Decoded::Blocks(_))) {
+            cache.put(i, Decoded::Blocks(vec![None; blocks_here]));
+        }
+        if let Some(Decoded::Blocks(b)) = cache.get_mut(&i) {
+            if k0 == k1 {
+                b[k0] = Some(Arc::new(data));
+            } else {
+                for (k, piece) in data.chunks(BLOCK_SIZE).enumerate() {
+                    b[k0 + k] = Some(Arc::new(piece.to_vec()));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -201,17 +268,14 @@ impl BlockSource for SnapshotDisk {
             let ahead = (READ_AHEAD_BYTES / cs).max(2) as usize;
             self.prefetch(first, last + if streaming { ahead } else { 0 });
         }
-        let mut done = 0usize;
-        while done < len {
-            let pos = offset + done as u64;
+        let end = offset + len as u64;
+        let mut pos = offset;
+        while pos < end {
             let i = (pos / cs) as usize;
-            let within = (pos % cs) as usize;
-            let n = (cs as usize - within).min(len - done);
-            match self.chunk(i)? {
-                Some(c) => buf[done..done + n].copy_from_slice(&c[within..within + n]),
-                None => buf[done..done + n].fill(0),
-            }
-            done += n;
+            let part_end = end.min((i as u64 + 1) * cs);
+            let out = &mut buf[(pos - offset) as usize..(part_end - offset) as usize];
+            self.fill_from_chunk(i, (pos % cs) as usize, out)?;
+            pos = part_end;
         }
         Ok(len)
     }

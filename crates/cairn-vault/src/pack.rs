@@ -5,6 +5,7 @@
 //! which bounds memory; on object storage four are sent at once).
 
 use crate::codec;
+use crate::codec::Framing;
 use crate::crypto::random_array;
 use crate::error::Result;
 use crate::hash::ChunkId;
@@ -47,6 +48,8 @@ struct Pending {
 /// Shared by the worker threads of one backup.
 pub struct PackWriter<'v> {
     vault: &'v Vault,
+    /// How chunks are framed (disk chunks in blocks, see `codec`).
+    framing: Framing,
     open: Mutex<OpenPack>,
     /// Pack buffers already written out, kept for the next packs: a fresh
     /// 16 MiB buffer costs thousands of page faults as it fills (most of
@@ -67,6 +70,7 @@ impl<'v> PackWriter<'v> {
     /// error returned, even when `body` failed because of it.
     pub fn run<T>(
         vault: &'v Vault,
+        framing: Framing,
         body: impl FnOnce(&PackWriter<'v>) -> Result<T>,
     ) -> Result<(T, WriteStats)> {
         let (tx, rx) = sync_channel::<OpenPack>(1);
@@ -106,6 +110,7 @@ impl<'v> PackWriter<'v> {
                 .collect();
             let writer = PackWriter {
                 vault,
+                framing,
                 open: Mutex::new(OpenPack::default()),
                 spare,
                 full: Mutex::new(Some(tx)),
@@ -178,8 +183,9 @@ impl<'v> PackWriter<'v> {
     }
 
     fn store(&self, id: ChunkId, data: &[u8], entropy: Option<f32>) -> Result<()> {
-        let sealed = codec::seal(
+        let sealed = codec::seal_as(
             self.vault.cipher(),
+            self.framing,
             data,
             self.vault.config().compression_level,
             entropy,
