@@ -183,7 +183,18 @@ pub fn restore_delta(
                 digests.resize(len.div_ceil(BLOCK_SIZE), ZERO_BLOCK);
             }
             let want = &map.blocks[i * bpc..i * bpc + digests.len()];
-            let mut snapshot_chunk: Option<Vec<u8>> = None;
+            // The snapshot's data blocks to write here: only they are
+            // decompressed (from the first to the last of them).
+            let mut to_fetch = digests
+                .iter()
+                .zip(want)
+                .enumerate()
+                .filter(|(_, (got, want))| got != want && **want != ZERO_BLOCK)
+                .map(|(b, _)| b);
+            let fetch_span = to_fetch
+                .next()
+                .map(|f| (f, to_fetch.next_back().unwrap_or(f)));
+            let mut snapshot_blocks: Option<Vec<u8>> = None;
             for (b, (got, want)) in digests.iter().zip(want).enumerate() {
                 if got == want {
                     continue;
@@ -211,25 +222,27 @@ pub fn restore_delta(
                 if opts.dry_run {
                     continue;
                 }
-                if snapshot_chunk.is_none() {
+                let (first, last) = fetch_span.expect("a data block to write is in the span");
+                if snapshot_blocks.is_none() {
                     let id = map.chunks[i].ok_or_else(|| {
                         Error::damaged(
                             format!("chunk {i} of the disk map"),
                             "a data block in a zero chunk",
                         )
                     })?;
-                    let data = disk.vault().read_chunk(&id)?;
-                    if data.len() != len {
+                    let data = disk.vault().read_chunk_blocks(&id, first, last)?;
+                    if data.len() != ((last + 1) * BLOCK_SIZE).min(len) - first * BLOCK_SIZE {
                         return Err(Error::damaged(
                             format!("chunk {id}"),
                             "wrong length for its place",
                         ));
                     }
                     fetched.fetch_add(1, Ordering::Relaxed);
-                    snapshot_chunk = Some(data);
+                    snapshot_blocks = Some(data);
                 }
-                let data = snapshot_chunk.as_ref().expect("fetched above");
-                file.write_all_at(&data[off..off + n], start + off as u64)
+                let data = snapshot_blocks.as_ref().expect("fetched above");
+                let at = off - first * BLOCK_SIZE;
+                file.write_all_at(&data[at..at + n], start + off as u64)
                     .ctx(|| format!("writing {}", target.display()))?;
                 progress(0, n as u64);
             }

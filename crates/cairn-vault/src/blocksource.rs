@@ -250,8 +250,9 @@ impl BlockSource for SnapshotDisk {
         }
         let len = (buf.len() as u64).min(self.map.size - offset) as usize;
         let cs = self.map.chunk_size as u64;
-        // A read that spans chunks decodes them on all cores at once; a
-        // stream that has read a whole chunk in order has the next few
+        // The chunks a read covers whole are decoded on all cores at once
+        // (the blocks it needs of the chunks at its edges, by themselves);
+        // a stream that has read a whole chunk in order has the next few
         // decoded too. Scattered small reads that happen to touch (several
         // threads reading neighbouring small files) are no stream.
         let streaming = {
@@ -264,11 +265,21 @@ impl BlockSource for SnapshotDisk {
             (offset / cs) as usize,
             ((offset + len as u64 - 1) / cs) as usize,
         );
-        if self.read_ahead && (last > first || streaming) {
-            let ahead = (READ_AHEAD_BYTES / cs).max(2) as usize;
-            self.prefetch(first, last + if streaming { ahead } else { 0 });
-        }
         let end = offset + len as u64;
+        if self.read_ahead && streaming {
+            let ahead = (READ_AHEAD_BYTES / cs).max(2) as usize;
+            self.prefetch(first, last + ahead);
+        } else if self.read_ahead && last > first {
+            let whole_from = offset.div_ceil(cs) as usize;
+            let whole_to = if end == self.map.size {
+                last + 1
+            } else {
+                (end / cs) as usize
+            };
+            if whole_to > whole_from {
+                self.prefetch(whole_from, whole_to - 1);
+            }
+        }
         let mut pos = offset;
         while pos < end {
             let i = (pos / cs) as usize;
