@@ -23,6 +23,21 @@ fn vault(dir: &std::path::Path) -> Arc<Vault> {
     Arc::new(Vault::init(&dir.join("vault"), b"pw", &InitOptions::default()).unwrap())
 }
 
+/// Backs up the image at `img` as source "d".
+fn backup_as_d(v: &Arc<Vault>, img: &std::path::Path) -> cairn_vault::Snapshot {
+    backup(
+        v,
+        img,
+        &BackupOptions {
+            name: "d".into(),
+            ..Default::default()
+        },
+        &Progress::default(),
+    )
+    .unwrap()
+    .snapshot
+}
+
 #[test]
 fn a_source_that_grows_during_backup_is_refused_and_no_snapshot_is_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,17 +81,8 @@ fn block_source_reads_any_range_and_reports_holes() {
     f.write_all_at(&noise(1 << 20, 2), 0).unwrap();
     f.write_all_at(&noise(300_000, 3), 6 << 20).unwrap();
     drop(f);
-    let out = backup(
-        &v,
-        &img,
-        &BackupOptions {
-            name: "d".into(),
-            ..Default::default()
-        },
-        &Progress::default(),
-    )
-    .unwrap();
-    let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 4).unwrap();
+    let snap = backup_as_d(&v, &img);
+    let disk = SnapshotDisk::open(v.clone(), &snap, 4).unwrap();
     let want = std::fs::read(&img).unwrap();
     assert_eq!(disk.size(), want.len() as u64);
     let mut seed = 7u64;
@@ -121,22 +127,13 @@ fn block_source_reads_ahead_for_streams_only() {
     let v = vault(dir.path());
     let img = dir.path().join("d.img");
     std::fs::write(&img, noise(8 << 20, 5)).unwrap();
-    let out = backup(
-        &v,
-        &img,
-        &BackupOptions {
-            name: "d".into(),
-            ..Default::default()
-        },
-        &Progress::default(),
-    )
-    .unwrap();
+    let snap = backup_as_d(&v, &img);
     let cs = v.config().disk_chunk_size as u64;
     let want = std::fs::read(&img).unwrap();
     let mut buf = vec![0u8; 4096];
 
     // Two 4 KiB reads, the second where the first ended: one block.
-    let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 64).unwrap();
+    let disk = SnapshotDisk::open(v.clone(), &snap, 64).unwrap();
     disk.read_exact_at(0, &mut buf).unwrap();
     disk.read_exact_at(4096, &mut buf).unwrap();
     assert_eq!(&buf[..], &want[4096..8192]);
@@ -144,7 +141,7 @@ fn block_source_reads_ahead_for_streams_only() {
 
     // 4 KiB reads in order through more than a chunk: the stream's next
     // chunks are decoded before it asks for them.
-    let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 64).unwrap();
+    let disk = SnapshotDisk::open(v.clone(), &snap, 64).unwrap();
     let mut pos = 0;
     while pos <= cs {
         disk.read_exact_at(pos, &mut buf).unwrap();
@@ -165,18 +162,9 @@ fn a_small_read_decodes_one_block_of_a_chunk() {
         .map(|i| b"lorem ipsum dolor sit amet "[(i % 27) as usize] ^ (i / 9000) as u8)
         .collect();
     std::fs::write(&img, &text).unwrap();
-    let out = backup(
-        &v,
-        &img,
-        &BackupOptions {
-            name: "d".into(),
-            ..Default::default()
-        },
-        &Progress::default(),
-    )
-    .unwrap();
-    assert!(out.snapshot.metrics.compression_ratio > 2.0);
-    let disk = SnapshotDisk::open(v.clone(), &out.snapshot, 8).unwrap();
+    let snap = backup_as_d(&v, &img);
+    assert!(snap.metrics.compression_ratio > 2.0);
+    let disk = SnapshotDisk::open(v.clone(), &snap, 8).unwrap();
     let block = cairn_vault::BLOCK_SIZE as u64;
     let mut buf = vec![0u8; 4096];
     disk.read_exact_at(block + 100, &mut buf).unwrap();
