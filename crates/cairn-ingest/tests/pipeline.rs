@@ -80,18 +80,30 @@ fn block_source_reads_any_range_and_reports_holes() {
     f.set_len(10 << 20).unwrap();
     f.write_all_at(&noise(1 << 20, 2), 0).unwrap();
     f.write_all_at(&noise(300_000, 3), 6 << 20).unwrap();
+    // Text too, whose chunks are compressed block by block.
+    let text: Vec<u8> = (0..700_000u32)
+        .map(|i| b"the quick brown fox "[(i % 20) as usize] ^ (i / 5000) as u8)
+        .collect();
+    f.write_all_at(&text, 3 << 20).unwrap();
     drop(f);
     let snap = backup_as_d(&v, &img);
     let disk = SnapshotDisk::open(v.clone(), &snap, 4).unwrap();
     let want = std::fs::read(&img).unwrap();
     assert_eq!(disk.size(), want.len() as u64);
     let mut seed = 7u64;
-    for _ in 0..200 {
+    for round in 0..400 {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let off = (seed >> 20) % (want.len() as u64);
-        let len = ((seed >> 8) % 700_000) as usize;
+        // Every other read small, every fourth in the text.
+        let off = match round % 4 {
+            0 => (3 << 20) + (seed >> 20) % 700_000,
+            _ => (seed >> 20) % (want.len() as u64),
+        };
+        let len = match round % 2 {
+            0 => (seed >> 8) % 9_000,
+            _ => (seed >> 8) % 700_000,
+        } as usize;
         let mut buf = vec![0xAAu8; len];
         let n = disk.read_at(off, &mut buf).unwrap();
         let end = (off as usize + len).min(want.len());
@@ -100,8 +112,8 @@ fn block_source_reads_any_range_and_reports_holes() {
     }
     let mut past = [0u8; 10];
     assert_eq!(disk.read_at(20 << 20, &mut past).unwrap(), 0);
-    // Data at 0..1 MiB and in the whole chunks around 6 MiB; the rest are
-    // holes.
+    // Data at 0..1 MiB and in the whole chunks around 3 and 6 MiB; the
+    // rest are holes.
     let cs = v.config().disk_chunk_size as u64;
     let ext = disk.extents(0, disk.size());
     let data: Vec<(u64, u64)> = ext
@@ -111,7 +123,11 @@ fn block_source_reads_any_range_and_reports_holes() {
         .collect();
     assert_eq!(
         data,
-        vec![(0, 1 << 20), (6 << 20, 300_000u64.div_ceil(cs) * cs)],
+        vec![
+            (0, 1 << 20),
+            (3 << 20, 700_000u64.div_ceil(cs) * cs),
+            (6 << 20, 300_000u64.div_ceil(cs) * cs)
+        ],
         "{ext:?}"
     );
     assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 10 << 20);
