@@ -127,13 +127,21 @@ pub fn text_share(data: &[u8]) -> f64 {
     if data.is_empty() {
         return 1.0;
     }
+    let ascii_good = |b: u8| b >= 0x20 && b != 0x7f || matches!(b, b'\t' | b'\n' | b'\r' | 0x0c);
     let mut good = 0usize;
     let mut i = 0;
     while i < data.len() {
+        // Runs of ASCII, the common case, sixteen bytes at a time.
+        if let Some(run) = data.get(i..i + 16)
+            && run.iter().all(|&b| b < 0x80)
+        {
+            good += run.iter().filter(|&&b| ascii_good(b)).count();
+            i += 16;
+            continue;
+        }
         let b = data[i];
         if b < 0x80 {
-            // ASCII, the common case, without decoding.
-            good += (b >= 0x20 && b != 0x7f || matches!(b, b'\t' | b'\n' | b'\r' | 0x0c)) as usize;
+            good += ascii_good(b) as usize;
             i += 1;
             continue;
         }
@@ -397,6 +405,67 @@ pub fn fuzz_one(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    /// `text_share` as it was written first, a byte at a time.
+    fn text_share_bytewise(data: &[u8]) -> f64 {
+        let mut good = 0usize;
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            if b < 0x80 {
+                good +=
+                    (b >= 0x20 && b != 0x7f || matches!(b, b'\t' | b'\n' | b'\r' | 0x0c)) as usize;
+                i += 1;
+                continue;
+            }
+            let len = match b {
+                0xc2..=0xdf => 2,
+                0xe0..=0xef => 3,
+                0xf0..=0xf4 => 4,
+                _ => 1,
+            };
+            match data
+                .get(i..i + len)
+                .and_then(|c| std::str::from_utf8(c).ok())
+            {
+                Some(c) if len > 1 && !c.chars().all(char::is_control) => {
+                    good += len;
+                    i += len;
+                }
+                _ => i += 1,
+            }
+        }
+        good as f64 / data.len().max(1) as f64
+    }
+
+    #[test]
+    fn text_share_counts_like_a_byte_at_a_time() {
+        let mut x = 3u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pieces: [&[u8]; 6] = [
+            b"plain ascii text, long enough to fill runs of sixteen\n",
+            "gr\u{fc}\u{df}e, \u{4e2d}\u{6587}, \u{1f600} ".as_bytes(),
+            b"\x00\x01\x7f\x1b",
+            b"\xff\xfe\xc3",
+            b"\t\r\n\x0c",
+            b"\xe2\x82",
+        ];
+        for _ in 0..300 {
+            let mut data = Vec::new();
+            for _ in 0..(next() % 12) {
+                data.extend_from_slice(pieces[(next() % 6) as usize]);
+            }
+            if data.is_empty() {
+                continue;
+            }
+            assert_eq!(text_share(&data), text_share_bytewise(&data), "{data:?}");
+        }
+    }
+
     use super::*;
 
     fn check(kind: Kind, data: &[u8]) -> Result<(), String> {

@@ -171,6 +171,31 @@ fn encrypted_threshold(n: u64) -> f64 {
     (8.0 - 184.0 / n as f64 - 0.4).max(6.5)
 }
 
+/// The bytes of `now` that differ from `was` at the same place, and the
+/// bytes they replaced. Most of two versions' compared bytes are equal:
+/// equal runs are passed over eight bytes at a time.
+fn differing_bytes(was: &[u8], now: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let n = was.len().min(now.len());
+    let (mut a_out, mut b_out) = (Vec::new(), Vec::new());
+    let mut push_differing = |a: &[u8], b: &[u8]| {
+        for (&x, &y) in a.iter().zip(b) {
+            if x != y {
+                a_out.push(x);
+                b_out.push(y);
+            }
+        }
+    };
+    let (a8, b8) = (was[..n].chunks_exact(8), now[..n].chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (a, b) in a8.zip(b8) {
+        if a != b {
+            push_differing(a, b);
+        }
+    }
+    push_differing(ra, rb);
+    (a_out, b_out)
+}
+
 fn window_entropy(data: &[u8]) -> Vec<f64> {
     data.chunks(WINDOW)
         .filter(|w| w.len() >= 512)
@@ -295,12 +320,7 @@ impl Analysis<'_> {
         let mut looked = Looked::analysed((was_bytes.len() + now_bytes.len()) as u64);
 
         // The bytes that changed, and the bytes they replaced.
-        let (was, now): (Vec<u8>, Vec<u8>) = was_bytes
-            .iter()
-            .zip(&now_bytes)
-            .filter(|(a, b)| a != b)
-            .map(|(&a, &b)| (a, b))
-            .unzip();
+        let (was, now) = differing_bytes(&was_bytes, &now_bytes);
         let zeros = now.iter().filter(|&&b| b == 0).count() as u64;
         let changed = now.len() as u64;
         let (wo, wn) = (window_entropy(&was_bytes), window_entropy(&now_bytes));
@@ -609,4 +629,34 @@ fn sorted_counts(m: BTreeMap<String, u64>) -> Vec<ExtensionCount> {
         .collect();
     v.sort_by(|a, b| b.files.cmp(&a.files).then(a.extension.cmp(&b.extension)));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::differing_bytes;
+
+    #[test]
+    fn differing_bytes_are_those_a_byte_by_byte_comparison_finds() {
+        let mut x = 1u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for len in [0usize, 1, 7, 8, 9, 63, 64, 65, 4097] {
+            let was: Vec<u8> = (0..len).map(|_| next() as u8 % 4).collect();
+            let now: Vec<u8> = was
+                .iter()
+                .map(|&b| if next() % 5 == 0 { b ^ 1 } else { b })
+                .collect();
+            let want: (Vec<u8>, Vec<u8>) = was
+                .iter()
+                .zip(&now)
+                .filter(|(a, b)| a != b)
+                .map(|(&a, &b)| (a, b))
+                .unzip();
+            assert_eq!(differing_bytes(&was, &now), want, "length {len}");
+        }
+    }
 }
