@@ -223,7 +223,8 @@ impl SnapshotDisk {
         let from = within - k0 * BLOCK_SIZE;
         out.copy_from_slice(&data[from..from + out.len()]);
         let mut cache = self.cache.lock().unwrap();
-        if !matches!(cache.get(&i), Some(Decoded::Blocks(_))) {
+        // Another reader may have cached the whole chunk meanwhile: keep it.
+        if cache.peek(&i).is_none() {
             cache.put(i, Decoded::Blocks(vec![None; blocks_here]));
         }
         if let Some(Decoded::Blocks(b)) = cache.get_mut(&i) {
