@@ -43,4 +43,17 @@ rpm --dbpath "$t/rpmdb" --initdb
 rpm -i --justdb --nodeps --dbpath "$t/rpmdb" "$t"/rpm/RPMS/noarch/*.rpm 2> /dev/null
 rm -f corpus/rpmdb/seed
 sqlite3 corpus/rpmdb/seed "attach '$t/rpmdb/rpmdb.sqlite' as r; create table Packages(hnum integer primary key autoincrement, blob blob not null); insert into Packages select hnum, blob from r.Packages; detach r; vacuum;"
+# codec: a stored object's framing after decryption (raw, whole, per block).
+mkdir -p corpus/codec
+python3 - corpus/codec <<'PY'
+import struct, subprocess, sys
+bs = 65536
+text = bytes(b"abcdefghij"[(i // 7 + i // 1000) % 10] for i in range(3 * bs - 100))
+z = lambda b: subprocess.run(['zstd', '-1', '-c', '--no-check'], input=b, capture_output=True, check=True).stdout
+frames = [z(text[i:i + bs]) for i in range(0, len(text), bs)]
+with open(sys.argv[1] + '/blocks', 'wb') as f:
+    f.write(bytes([2]) + struct.pack('<H', len(frames)) + b''.join(struct.pack('<I', len(x)) for x in frames) + b''.join(frames))
+open(sys.argv[1] + '/whole', 'wb').write(bytes([1]) + z(text))
+open(sys.argv[1] + '/raw', 'wb').write(bytes([0]) + text[:5000])
+PY
 ls -l corpus/*
