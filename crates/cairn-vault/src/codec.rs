@@ -199,22 +199,19 @@ pub fn unframe(framed: &[u8], max_len: usize) -> std::result::Result<Vec<u8>, St
                 return Err("more blocks than allowed".into());
             }
             let mut out = Vec::with_capacity(frames.len() * BLOCK_SIZE);
-            for (i, frame) in frames.iter().enumerate() {
-                // Every block but the last is whole; the last fills the
-                // rest, at most up to the limit.
-                let len = if i + 1 < frames.len() {
-                    BLOCK_SIZE
-                } else {
-                    let room = max_len.saturating_sub(out.len()).min(BLOCK_SIZE);
-                    let got = DECOMPRESSOR
-                        .with(|d| d.borrow_mut().decompress(frame, room))
-                        .map_err(|e| format!("zstd: {e}"))?;
-                    out.extend_from_slice(&got);
-                    break;
-                };
-                let at = out.len();
-                out.resize(at + len, 0);
-                decode_block(frame, &mut out[at..])?;
+            // Every block but the last is whole; the last fills the rest,
+            // at most up to the limit.
+            if let Some((last, whole)) = frames.split_last() {
+                for frame in whole {
+                    let at = out.len();
+                    out.resize(at + BLOCK_SIZE, 0);
+                    decode_block(frame, &mut out[at..])?;
+                }
+                let room = max_len.saturating_sub(out.len()).min(BLOCK_SIZE);
+                let got = DECOMPRESSOR
+                    .with(|d| d.borrow_mut().decompress(last, room))
+                    .map_err(|e| format!("zstd: {e}"))?;
+                out.extend_from_slice(&got);
             }
             if out.len() > max_len {
                 return Err("object larger than allowed".into());

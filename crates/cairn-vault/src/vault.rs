@@ -515,12 +515,44 @@ impl Vault {
         Utc::now() + Duration::seconds(self.config.retention_secs.min(i64::MAX as u64 / 2) as i64)
     }
 
-    /// Reads and decrypts one chunk.
     /// Blocks `first..=last` (64 KiB each) of a chunk: for a chunk framed
     /// in blocks, only those are decompressed (the whole chunk is still
     /// read and authenticated).
     pub fn read_chunk_blocks(&self, id: &ChunkId, first: usize, last: usize) -> Result<Vec<u8>> {
-        let (loc, pack) = self.locate(id)?;
+        let (sealed, loc, name) = self.sealed_chunk(id)?;
+        codec::open_blocks(
+            &self.cipher,
+            &name,
+            sealed,
+            loc.raw_len as usize,
+            (first, last),
+        )
+    }
+
+    /// Reads and decrypts one chunk.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let (sealed, loc, name) = self.sealed_chunk(id)?;
+        let data = codec::open_owned(&self.cipher, &name, sealed, loc.raw_len as usize)?;
+        if data.len() != loc.raw_len as usize {
+            return Err(Error::damaged(
+                &name,
+                format!("chunk {} has the wrong length", id.hex()),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// A chunk as stored (sealed), its index entry and its pack's name: a
+    /// ranged read of a local pack, or a slice of a remote pack fetched
+    /// whole once.
+    fn sealed_chunk(&self, id: &ChunkId) -> Result<(Vec<u8>, crate::index::Location, String)> {
+        let (loc, pack) = {
+            let idx = self.index.read().unwrap();
+            let (loc, pack) = idx.get(id).ok_or_else(|| {
+                Error::damaged(format!("chunk {}", id.hex()), "not in any index (missing)")
+            })?;
+            (loc, pack.id.clone())
+        };
         let name = pack_object(&pack);
         let sealed = if self.backend.as_s3().is_some() {
             self.remote_pack(&name)?
@@ -531,46 +563,7 @@ impl Vault {
             self.backend
                 .get_range(&name, loc.offset as u64, loc.len as usize)?
         };
-        codec::open_blocks(
-            &self.cipher,
-            &name,
-            sealed,
-            loc.raw_len as usize,
-            (first, last),
-        )
-    }
-
-    /// Where a chunk is stored: its index entry and pack.
-    fn locate(&self, id: &ChunkId) -> Result<(crate::index::Location, String)> {
-        let idx = self.index.read().unwrap();
-        let (loc, pack) = idx.get(id).ok_or_else(|| {
-            Error::damaged(format!("chunk {}", id.hex()), "not in any index (missing)")
-        })?;
-        Ok((loc, pack.id.clone()))
-    }
-
-    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let (loc, pack) = self.locate(id)?;
-        let name = pack_object(&pack);
-        let data = if self.backend.as_s3().is_some() {
-            let whole = self.remote_pack(&name)?;
-            let sealed = whole
-                .get(loc.offset as usize..loc.offset as usize + loc.len as usize)
-                .ok_or_else(|| Error::damaged(&name, "a chunk lies past the end of its pack"))?;
-            codec::open(&self.cipher, &name, sealed, loc.raw_len as usize)?
-        } else {
-            let sealed = self
-                .backend
-                .get_range(&name, loc.offset as u64, loc.len as usize)?;
-            codec::open_owned(&self.cipher, &name, sealed, loc.raw_len as usize)?
-        };
-        if data.len() != loc.raw_len as usize {
-            return Err(Error::damaged(
-                &name,
-                format!("chunk {} has the wrong length", id.hex()),
-            ));
-        }
-        Ok(data)
+        Ok((sealed, loc, name))
     }
 
     /// A whole pack of a remote vault, from memory or fetched once.
