@@ -63,19 +63,25 @@ fn cstr(d: &[u8], at: usize) -> Option<String> {
     Some(capped(String::from_utf8_lossy(&rest[..end]).into_owned()))
 }
 
-/// A NUL-terminated UTF-16LE string at `at`.
-fn wstr(d: &[u8], at: usize) -> Option<String> {
-    let units = d
-        .get(at..)?
+/// The UTF-16LE code units of `bytes`.
+fn utf16le_units(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    bytes
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .take(MAX_CHARS);
-    Some(
-        char::decode_utf16(units)
-            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
-            .collect(),
-    )
+}
+
+/// Text from UTF-16 code units, at most [`MAX_CHARS`] of them.
+fn utf16_text(units: impl Iterator<Item = u16>) -> String {
+    char::decode_utf16(units.take(MAX_CHARS))
+        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+        .collect()
+}
+
+/// A NUL-terminated UTF-16LE string at `at`.
+fn wstr(d: &[u8], at: usize) -> Option<String> {
+    Some(utf16_text(
+        utf16le_units(d.get(at..)?).take_while(|&u| u != 0),
+    ))
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -121,12 +127,7 @@ pub fn parse(data: &[u8]) -> Option<Shortcut> {
         let len = if unicode { chars * 2 } else { chars };
         let raw = data.get(pos + 2..pos + 2 + len)?;
         *slot = Some(capped(if unicode {
-            let units = raw
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]));
-            char::decode_utf16(units)
-                .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
-                .collect()
+            utf16_text(utf16le_units(raw))
         } else {
             String::from_utf8_lossy(raw).into_owned()
         }));
