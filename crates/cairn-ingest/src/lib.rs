@@ -123,6 +123,7 @@ fn store(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let _lock = VaultLock::shared(vault.root())?;
+    vault.refresh_index()?;
     let kind = match src {
         source::Source::Disk(_) => SourceKind::Disk,
         source::Source::Directory(_) => SourceKind::Directory,

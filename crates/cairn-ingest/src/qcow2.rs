@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -146,10 +147,21 @@ impl Qcow2 {
         }
         let mut raw = vec![0u8; (needed_l1 * 8) as usize];
         file.read_exact_at(&mut raw, l1_offset)?;
-        let l1 = raw
+        let l1: Vec<u64> = raw
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
             .collect();
+        // Every L2 table serves one part of the disk. One listed by many
+        // L1 entries would let a small file describe an endless disk of
+        // alternating data and holes.
+        let mut tables = std::collections::HashSet::new();
+        if l1
+            .iter()
+            .map(|e| e & L1_OFFSET_MASK)
+            .any(|t| t != 0 && !tables.insert(t))
+        {
+            return Err(bad(path, "an L2 table is listed twice"));
+        }
 
         let backing = if backing_offset != 0 && backing_len > 0 {
             if depth >= MAX_BACKING_DEPTH || backing_len > 1023 {
@@ -164,6 +176,19 @@ impl Qcow2 {
             } else {
                 path.parent().unwrap_or(Path::new(".")).join(rel)
             };
+            // A FIFO or a character device named here would block the
+            // backup or read something that is no disk.
+            let kind = std::fs::metadata(&bpath)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("backing file {}: {e}", bpath.display()))
+                })?
+                .file_type();
+            if !kind.is_file() && !kind.is_block_device() {
+                return Err(bad(
+                    path,
+                    "the backing file is neither a regular file nor a block device",
+                ));
+            }
             Some(open_backing(&bpath, depth + 1)?)
         } else {
             None
@@ -329,9 +354,16 @@ impl DiskReader for Qcow2 {
             return Ok(None); // holes here may be data in the backing file
         }
         let cs = self.cluster_size();
+        let per_l2 = cs / 8;
         let mut out: Vec<DataRange> = Vec::new();
         let mut pos = 0u64;
         while pos < self.size {
+            // A whole L2 table's span unallocated: skipped in one step.
+            let l1i = (pos >> self.cluster_bits) / per_l2;
+            if self.l1[l1i as usize] & L1_OFFSET_MASK == 0 {
+                pos = ((l1i + 1) * per_l2 * cs).min(self.size);
+                continue;
+            }
             let is_data = matches!(
                 self.lookup(pos)?,
                 Cluster::Data(_) | Cluster::Compressed { .. }

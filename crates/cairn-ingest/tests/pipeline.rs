@@ -195,3 +195,49 @@ fn a_small_read_decodes_one_block_of_a_chunk() {
     assert_eq!(&whole[..], &text[..2 * block as usize]);
     assert_eq!(disk.decoded_blocks(), 2);
 }
+
+/// A backup whose vault handle was opened before a prune deleted packs
+/// must not reuse the chunks those packs held (it waits for the lock, so
+/// the prune runs first): its snapshot would restore with holes.
+#[test]
+fn a_backup_opened_before_a_prune_does_not_reuse_pruned_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("vault");
+    let opts = InitOptions {
+        retention_secs: 0,
+        ..Default::default()
+    };
+    let v = Arc::new(Vault::init(&root, b"pw", &opts).unwrap());
+    let (one, two) = (dir.path().join("one.img"), dir.path().join("two.img"));
+    std::fs::write(&one, noise(1 << 20, 7)).unwrap();
+    std::fs::write(&two, noise(1 << 20, 8)).unwrap();
+    backup_as_d(&v, &one);
+    backup_as_d(&v, &two);
+    // Opened now: its index lists the packs of the first snapshot.
+    let early = Arc::new(Vault::open(&root, b"pw").unwrap());
+    let keep = cairn_vault::prune::KeepPolicy {
+        last: Some(1),
+        ..Default::default()
+    };
+    cairn_vault::prune::forget(&v, &["d".into()], &keep, false).unwrap();
+    let pruned = cairn_vault::prune::prune(&v, false).unwrap();
+    assert!(pruned.packs_deleted > 0, "{pruned:?}");
+    let again = backup(
+        &early,
+        &one,
+        &BackupOptions {
+            name: "e".into(),
+            ..Default::default()
+        },
+        &Progress::default(),
+    )
+    .unwrap()
+    .snapshot;
+    let report =
+        cairn_vault::verify::verify(&Vault::open(&root, b"pw").unwrap(), true, &|_, _| {}).unwrap();
+    assert!(report.ok(), "{report:?}");
+    let disk = SnapshotDisk::open(early.clone(), &again, 2).unwrap();
+    let mut back = vec![0u8; 1 << 20];
+    disk.read_at(0, &mut back).unwrap();
+    assert_eq!(back, std::fs::read(&one).unwrap());
+}

@@ -8,10 +8,11 @@ use cairn_vault::hash::{BLOCK_SIZE, is_zero};
 use cairn_vault::tree::{Entry, EntryKind, Tree};
 use rayon::prelude::*;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Default)]
@@ -84,10 +85,29 @@ pub fn restore_tree(
         dry_run: opts.dry_run,
         ..Default::default()
     };
+    // An entry is restored only below what the snapshot itself says are
+    // directories: a crafted tree holding the symlink `a -> /etc` and then
+    // `a/cron.d/x` must not write through the link.
+    let dirs: HashSet<&[u8]> = tree
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .map(|e| e.path.as_slice())
+        .collect();
+    let under_dirs = |path: &[u8]| {
+        path.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .all(|(i, _)| dirs.contains(&path[..i]))
+    };
     let mut plan: Vec<(&Entry, PathBuf)> = Vec::new();
     for e in &tree.entries {
         match safe_join(target, &e.path) {
-            Some(p) => plan.push((e, p)),
+            Some(p) if under_dirs(&e.path) => plan.push((e, p)),
+            Some(_) => report.warnings.push(format!(
+                "{}: below an entry that is not a directory in the snapshot, not restored",
+                shown(&e.path)
+            )),
             None => report
                 .warnings
                 .push(format!("{}: unsafe path, not restored", shown(&e.path))),
@@ -110,10 +130,20 @@ pub fn restore_tree(
     }
     fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
 
-    // 1. Directories, parents first (the tree is sorted by path).
-    for (e, p) in plan.iter().filter(|(e, _)| e.kind == EntryKind::Dir) {
-        fs::create_dir_all(p).ctx(|| format!("creating {}", p.display()))?;
-        let _ = e;
+    // 1. Directories, parents first (the tree is sorted by path). What
+    //    stands in a directory's place in the target (a file, a symlink
+    //    an earlier restore or someone else left) is replaced, never
+    //    followed.
+    for (_, p) in plan.iter().filter(|(e, _)| e.kind == EntryKind::Dir) {
+        no_link_above(target, p)?;
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(p).ctx(|| format!("replacing {}", p.display()))?;
+                fs::create_dir(p).ctx(|| format!("creating {}", p.display()))?;
+            }
+            Err(_) => fs::create_dir(p).ctx(|| format!("creating {}", p.display()))?,
+        }
         report.dirs += 1;
     }
     // 2. File contents, in parallel.
@@ -123,7 +153,10 @@ pub fn restore_tree(
         .collect();
     let written: Vec<Result<u64>> = files
         .par_iter()
-        .map(|(e, p)| write_file(vault, e, p, progress))
+        .map(|(e, p)| {
+            no_link_above(target, p)?;
+            write_file(vault, e, p, progress)
+        })
         .collect();
     for w in written {
         report.bytes_written += w?;
@@ -131,6 +164,12 @@ pub fn restore_tree(
     }
     // 3. Links and special files.
     for (e, p) in &plan {
+        let made_here =
+            e.hardlink_to.is_some() || !matches!(e.kind, EntryKind::Dir | EntryKind::File);
+        if made_here && let Err(err) = no_link_above(target, p) {
+            report.warnings.push(format!("{}: {err}", shown(&e.path)));
+            continue;
+        }
         let r = match e.kind {
             EntryKind::Symlink => {
                 remove_existing(p);
@@ -142,7 +181,9 @@ pub fn restore_tree(
             }
             EntryKind::File if e.hardlink_to.is_some() => {
                 let first = e.hardlink_to.as_deref().unwrap_or_default();
-                match safe_join(target, first) {
+                match safe_join(target, first)
+                    .filter(|src| under_dirs(first) && no_link_above(target, src).is_ok())
+                {
                     Some(src) => {
                         remove_existing(p);
                         report.hardlinks += 1;
@@ -151,7 +192,14 @@ pub fn restore_tree(
                     None => Err(std::io::Error::other("unsafe hard link target")),
                 }
             }
-            EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => mknod(e, p),
+            EntryKind::Fifo => mknod(e, p),
+            // A device node is raw access to a disk or a device of this
+            // host for whoever it belongs to: a snapshot cannot grant it.
+            EntryKind::CharDevice | EntryKind::BlockDevice => Err(std::io::Error::other(format!(
+                "device node {}:{} not restored (create it by hand if it is needed)",
+                libc::major(e.rdev as libc::dev_t),
+                libc::minor(e.rdev as libc::dev_t)
+            ))),
             _ => Ok(()),
         };
         if let Err(err) = r {
@@ -169,9 +217,40 @@ pub fn restore_tree(
         if e.hardlink_to.is_some() {
             continue; // shares the first name's inode
         }
+        if no_link_above(target, p).is_err() {
+            continue; // warned about above
+        }
         set_metadata(e, p, &mut report.warnings, &mut chown_denied);
     }
     Ok(report)
+}
+
+/// Fails when a directory between `target` and `p` is a symlink (or not
+/// a directory) on disk: writing there would land outside the target.
+fn no_link_above(target: &Path, p: &Path) -> Result<()> {
+    let mut a = p.parent();
+    while let Some(dir) = a {
+        if dir == target {
+            return Ok(());
+        }
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "{} is not a directory (a symlink is never followed)",
+                    dir.display()
+                )));
+            }
+            // Not there (yet): nothing to follow.
+            Err(_) => {}
+        }
+        a = dir.parent();
+    }
+    Err(Error::Invalid(format!(
+        "{} is not inside {}",
+        p.display(),
+        target.display()
+    )))
 }
 
 fn remove_existing(p: &Path) {
@@ -182,10 +261,11 @@ fn remove_existing(p: &Path) {
 
 fn write_file(vault: &Vault, e: &Entry, p: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {
     remove_existing(p);
+    // A new file, never one reached through a symlink planted meanwhile.
     let f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(p)
         .ctx(|| format!("creating {}", p.display()))?;
     let mut offset = 0u64;
@@ -246,7 +326,10 @@ fn set_metadata(e: &Entry, p: &Path, warnings: &mut Vec<String>, chown_denied: &
             ));
         }
     }
+    // chmod follows symlinks: only what is not one on disk is changed.
+    let is_link = fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
     if e.kind != EntryKind::Symlink
+        && !is_link
         && let Err(err) = fs::set_permissions(p, fs::Permissions::from_mode(e.mode & 0o7777))
     {
         warnings.push(format!("{}: chmod: {err}", shown(&e.path)));
@@ -263,6 +346,80 @@ fn set_metadata(e: &Entry, p: &Path, warnings: &mut Vec<String>, chown_denied: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            inode: 0,
+            rdev: 0,
+            link_target: None,
+            hardlink_to: None,
+            xattrs: vec![],
+            chunks: vec![],
+            blocks: vec![],
+        }
+    }
+
+    fn link(path: &str, to: &Path) -> Entry {
+        Entry {
+            link_target: Some(to.as_os_str().as_bytes().to_vec()),
+            ..entry(path, EntryKind::Symlink)
+        }
+    }
+
+    /// A crafted tree (a symlink out of the target, then entries below
+    /// it) and a target with a planted symlink: nothing lands outside.
+    #[test]
+    fn nothing_is_written_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::init(&dir.path().join("v"), b"pw", &Default::default()).unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("victim"), b"host data").unwrap();
+        let target = dir.path().join("t");
+        let tree = Tree {
+            entries: vec![
+                link("a", &outside),
+                entry("a/new", EntryKind::File),
+                Entry {
+                    hardlink_to: Some(b"x".to_vec()),
+                    ..entry("a/victim", EntryKind::File)
+                },
+                entry("x", EntryKind::File),
+            ],
+        };
+        let r = restore_tree(&vault, &tree, &target, &Default::default(), &|_| {}).unwrap();
+        assert_eq!(fs::read(outside.join("victim")).unwrap(), b"host data");
+        assert!(!outside.join("new").exists());
+        assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+        assert!(fs::symlink_metadata(target.join("a")).unwrap().is_symlink());
+
+        // Restoring over a target where `d` is a symlink out: the
+        // snapshot's directory `d` replaces the link, its file lands inside.
+        let planted = dir.path().join("t2");
+        fs::create_dir(&planted).unwrap();
+        std::os::unix::fs::symlink(&outside, planted.join("d")).unwrap();
+        let tree = Tree {
+            entries: vec![
+                entry("d", EntryKind::Dir),
+                entry("d/victim", EntryKind::File),
+            ],
+        };
+        let opts = TreeRestoreOptions {
+            overwrite: true,
+            ..Default::default()
+        };
+        restore_tree(&vault, &tree, &planted, &opts, &|_| {}).unwrap();
+        assert_eq!(fs::read(outside.join("victim")).unwrap(), b"host data");
+        assert!(fs::symlink_metadata(planted.join("d")).unwrap().is_dir());
+        assert_eq!(fs::read(planted.join("d/victim")).unwrap(), b"");
+    }
 
     #[test]
     fn safe_join_refuses_escapes() {

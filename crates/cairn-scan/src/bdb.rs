@@ -99,7 +99,12 @@ pub fn values(data: &[u8], max: usize) -> Result<Vec<Vec<u8>>, String> {
         return Err(format!("page size {page_size}"));
     }
     db.page_size = page_size;
-    let mut out = Vec::new();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    // A real database stores each value once, so its values add up to
+    // less than the file: a crafted one whose items all point at one long
+    // overflow chain would otherwise assemble terabytes.
+    let mut budget = data.len();
+    let mut chains = std::collections::HashSet::new();
     for n in 1..(data.len() / page_size) as u32 {
         let p = db.page(n).ok_or("page past the end")?;
         let kind = data[p + 25];
@@ -128,16 +133,25 @@ pub fn values(data: &[u8], max: usize) -> Result<Vec<Vec<u8>>, String> {
                 continue;
             }
             let item = &data[p + start..p + end];
-            match item[0] {
-                H_KEYDATA => out.push(item[1..].to_vec()),
+            let value = match item[0] {
+                H_KEYDATA => Some(item[1..].to_vec()),
                 H_OFFPAGE if item.len() >= 12 => {
                     let first = db.u32(p + start + 4).ok_or("short item")?;
                     let total = db.u32(p + start + 8).ok_or("short item")? as usize;
-                    if let Some(v) = db.overflow(first, total) {
-                        out.push(v);
+                    if total <= budget && chains.insert(first) {
+                        db.overflow(first, total)
+                    } else {
+                        None
                     }
                 }
-                _ => {}
+                _ => None,
+            };
+            if let Some(v) = value {
+                match budget.checked_sub(v.len()) {
+                    Some(left) => budget = left,
+                    None => return Ok(out),
+                }
+                out.push(v);
             }
             if out.len() >= max {
                 return Ok(out);

@@ -18,6 +18,10 @@ const BASE: usize = 4096;
 pub struct Hive<'a> {
     data: &'a [u8],
     root: u32,
+    /// Value bytes still to be handed out. A real hive's values add up to
+    /// less than the hive; a crafted one whose keys all list one large
+    /// value would otherwise be copied out once per key and per listing.
+    data_budget: std::cell::Cell<usize>,
 }
 
 /// A value: its name, type and data.
@@ -76,7 +80,11 @@ impl<'a> Hive<'a> {
             return Err("not a registry hive (no regf header)".into());
         }
         let root = u32le(data, 0x24).ok_or("short header")?;
-        let hive = Hive { data, root };
+        let hive = Hive {
+            data,
+            root,
+            data_budget: std::cell::Cell::new(data.len().saturating_mul(4)),
+        };
         hive.key_node(root)?;
         Ok(hive)
     }
@@ -205,8 +213,12 @@ impl<'a> Hive<'a> {
         }
         let list = self.cell(u32le(nk, 0x28).ok_or("short key")?)?;
         let mut out = Vec::with_capacity(count);
+        let mut seen = std::collections::HashSet::new();
         for i in 0..count {
             let vk_off = u32le(list, i * 4).ok_or("value list runs past its cell")?;
+            if !seen.insert(vk_off) {
+                continue; // a real key lists each value once
+            }
             let vk = self.cell(vk_off)?;
             if vk.get(..2) != Some(b"vk") || vk.len() < 0x14 {
                 return Err(format!("cell {vk_off:#x} is not a value"));
@@ -228,9 +240,10 @@ impl<'a> Hive<'a> {
             let data = if size & 0x8000_0000 != 0 {
                 let n = (size & 0x7FFF_FFFF).min(4) as usize;
                 data_off.to_le_bytes()[..n].to_vec()
-            } else if size as usize > MAX_VALUE {
+            } else if size as usize > MAX_VALUE || size as usize > self.data_budget.get() {
                 Vec::new()
             } else {
+                self.data_budget.set(self.data_budget.get() - size as usize);
                 let cell = self.cell(data_off)?;
                 match cell.get(..size as usize) {
                     Some(d) if cell.get(..2) != Some(b"db") => d.to_vec(),

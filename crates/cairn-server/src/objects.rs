@@ -392,6 +392,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                     who.sources, snap.name
                 )));
             }
+            check_times(vault, &snap)?;
             check_complete(st, who, &snap)?;
             snapshot = Some(snap);
         }
@@ -413,6 +414,38 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
         st.claims.release(idx.entries.iter().map(|e| e.id));
     }
     Ok((created, snapshot.map(|s| (who.clone(), s))))
+}
+
+/// How far an agent's clock may run ahead of the server's.
+const CLOCK_SKEW_SECS: i64 = 300;
+
+/// An agent's clock does not rule the vault: a manifest dated in the
+/// future would be the newest for every keep policy (`--keep-last`, the
+/// daily buckets…), so forgetting would keep it and drop real snapshots;
+/// a retention shorter than the vault's would let its data go early.
+fn check_times(vault: &cairn_vault::Vault, snap: &cairn_vault::Snapshot) -> Result<(), ApiError> {
+    let now = chrono::Utc::now();
+    let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
+    let latest = snap.time.max(snap.written);
+    if latest > now + skew {
+        return Err(ApiError::bad(format!(
+            "snapshot {} is dated {}, in the future by this server's clock ({}): check the agent's clock or --time",
+            snap.id.0,
+            latest.to_rfc3339(),
+            now.to_rfc3339()
+        )));
+    }
+    let retention = vault.config().retention_secs.min(i64::MAX as u64 / 2) as i64;
+    let least = now + chrono::Duration::seconds(retention) - skew;
+    if snap.retain_until < least {
+        return Err(ApiError::bad(format!(
+            "snapshot {} would be retained until {}, before the vault's retention ends ({})",
+            snap.id.0,
+            snap.retain_until.to_rfc3339(),
+            least.to_rfc3339()
+        )));
+    }
+    Ok(())
 }
 
 /// A manifest is accepted only when every chunk it references is stored,

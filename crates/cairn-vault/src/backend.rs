@@ -90,7 +90,7 @@ impl LocalBackend {
         if let Some(f) = self.open.lock().unwrap().get(name) {
             return Ok(f.clone());
         }
-        let f = Arc::new(File::open(self.path(name)).ctx(|| format!("opening {name}"))?);
+        let f = Arc::new(File::open(self.path(name)?).ctx(|| format!("opening {name}"))?);
         self.open.lock().unwrap().put(name.to_string(), f.clone());
         Ok(f)
     }
@@ -99,8 +99,44 @@ impl LocalBackend {
         &self.root
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+    /// Where object `name` lives. Names come from stored manifests and
+    /// from agents' requests too: one that is not a plain relative path
+    /// (`..`, `.`, an absolute path, an empty part) is refused, so no name
+    /// reaches outside the vault.
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        let plain = !name.is_empty()
+            && !name.contains('\0')
+            && name
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..");
+        if !plain {
+            return Err(crate::Error::Invalid(format!(
+                "{name:?} is not an object name"
+            )));
+        }
+        Ok(self.root.join(name))
+    }
+
+    /// Creates `dir` and any missing parents, and makes each new entry
+    /// durable in its parent: an object whose directory vanished after a
+    /// power cut would be lost although its own rename was synced.
+    fn create_dirs(&self, dir: &Path) -> io::Result<()> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.exists() {
+            missing.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        fs::create_dir_all(dir)?;
+        for m in missing.iter().rev() {
+            if let Some(p) = m.parent() {
+                sync_dir(p)?;
+            }
+        }
+        Ok(())
     }
 
     fn tmp_path(&self) -> Result<PathBuf> {
@@ -138,12 +174,13 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 impl Backend for LocalBackend {
     fn put(&self, name: &str, data: &[u8]) -> Result<bool> {
-        let dest = self.path(name);
+        let dest = self.path(name)?;
         if dest.exists() {
             return Ok(false);
         }
         let parent = dest.parent().expect("object names have a parent");
-        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        self.create_dirs(parent)
+            .ctx(|| format!("creating {}", parent.display()))?;
         let tmp = self.tmp_path()?;
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new()
@@ -174,7 +211,7 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
-        fs::read(self.path(name)).ctx(|| format!("reading {name}"))
+        fs::read(self.path(name)?).ctx(|| format!("reading {name}"))
     }
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -187,7 +224,7 @@ impl Backend for LocalBackend {
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let base = self.path(dir);
+        let base = self.path(dir)?;
         if !base.exists() {
             return Ok(out);
         }
@@ -211,24 +248,24 @@ impl Backend for LocalBackend {
     }
 
     fn exists(&self, name: &str) -> Result<bool> {
-        Ok(self.path(name).exists())
+        Ok(self.path(name)?.exists())
     }
 
     fn size(&self, name: &str) -> Result<u64> {
-        Ok(fs::metadata(self.path(name))
+        Ok(fs::metadata(self.path(name)?)
             .ctx(|| format!("stat {name}"))?
             .len())
     }
 
     fn modified(&self, name: &str) -> Result<std::time::SystemTime> {
-        fs::metadata(self.path(name))
+        fs::metadata(self.path(name)?)
             .and_then(|m| m.modified())
             .ctx(|| format!("stat {name}"))
     }
 
     fn delete(&self, name: &str) -> Result<()> {
         self.open.lock().unwrap().pop(name);
-        let p = self.path(name);
+        let p = self.path(name)?;
         // Objects are read-only; the directory's permission governs unlink.
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -251,6 +288,30 @@ pub fn set_mode_readonly(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_leave_the_vault_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("v");
+        fs::create_dir_all(vault.join("tmp")).unwrap();
+        fs::write(dir.path().join("secret"), b"host file").unwrap();
+        let b = LocalBackend::new(&vault);
+        for bad in [
+            "../secret",
+            "maps/../../secret",
+            "/etc/passwd",
+            "",
+            "a//b",
+            "./x",
+            "a/.",
+        ] {
+            assert!(b.get(bad).is_err(), "{bad:?} was read");
+            assert!(b.exists(bad).is_err(), "{bad:?} was looked up");
+            assert!(b.put(bad, b"x").is_err(), "{bad:?} was written");
+        }
+        assert!(b.put("maps/ab/cd", b"x").unwrap());
+        assert_eq!(b.get("maps/ab/cd").unwrap(), b"x");
+    }
 
     #[test]
     fn put_is_atomic_put_if_absent_and_read_only() {

@@ -49,7 +49,10 @@ impl CachedBackend {
         let write = || -> std::io::Result<()> {
             let dir = path.parent().expect("under the cache dir");
             std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+            // A name of its own per write: threads fetching indexes in
+            // parallel would otherwise rename each other's bytes into place.
+            let r: [u8; 8] = crate::crypto::random_array().map_err(std::io::Error::other)?;
+            let tmp = dir.join(format!(".{}-{}.tmp", std::process::id(), hex::encode(r)));
             std::fs::write(&tmp, data)?;
             std::fs::rename(&tmp, &path)
         };

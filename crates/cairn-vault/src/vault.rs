@@ -435,6 +435,36 @@ impl Vault {
         Ok(())
     }
 
+    /// Makes the loaded index safe to deduplicate against once the vault
+    /// lock is held: a prune that ran between opening the vault and taking
+    /// the lock may have deleted packs the index still lists, and a backup
+    /// that reused their chunks would save a snapshot with holes. Reloads
+    /// when any loaded pack's index object is gone (new ones need not be
+    /// seen: missing them only stores a chunk twice).
+    pub fn refresh_index(&self) -> Result<()> {
+        if self.backend.negotiates() {
+            // Behind a server the index is the server's to keep.
+            return Ok(());
+        }
+        let names = self.backend.list("index")?;
+        let listed: std::collections::HashSet<&str> = names
+            .iter()
+            .map(|n| n.rsplit('/').next().unwrap_or(""))
+            .collect();
+        let stale = self
+            .index
+            .read()
+            .unwrap()
+            .packs
+            .iter()
+            .any(|p| !listed.contains(p.id.as_str()));
+        if stale {
+            self.known.write().unwrap().clear();
+            self.load_index()?;
+        }
+        Ok(())
+    }
+
     pub fn read_pack_index(&self, name: &str) -> Result<PackIndex> {
         self.parse_pack_index(name, &self.backend.get(name)?)
     }
@@ -614,8 +644,19 @@ impl Vault {
             .put(name, &codec::seal(&self.cipher, plaintext, 3, None)?)
     }
 
+    /// A disk map or tree, checked to be what its content address names:
+    /// a map swapped for another (by a cache or a hostile store) would
+    /// restore another snapshot's data without any error.
+    fn read_content(&self, name: &str) -> Result<Vec<u8>> {
+        let bytes = self.read_object(name)?;
+        if name.rsplit('/').next() != Some(self.hasher.object_id(&bytes).as_str()) {
+            return Err(Error::damaged(name, "content does not match its address"));
+        }
+        Ok(bytes)
+    }
+
     pub fn read_disk_map(&self, snap: &Snapshot) -> Result<DiskMap> {
-        let bytes = self.read_object(&snap.content)?;
+        let bytes = self.read_content(&snap.content)?;
         let map: DiskMap = postcard::from_bytes(&bytes)
             .map_err(|e| Error::damaged(&snap.content, e.to_string()))?;
         map.validate()
@@ -624,7 +665,7 @@ impl Vault {
     }
 
     pub fn read_tree(&self, snap: &Snapshot) -> Result<Tree> {
-        let bytes = self.read_object(&snap.content)?;
+        let bytes = self.read_content(&snap.content)?;
         postcard::from_bytes(&bytes).map_err(|e| Error::damaged(&snap.content, e.to_string()))
     }
 
@@ -648,6 +689,12 @@ impl Vault {
             serde_json::from_slice(&bytes).map_err(|e| Error::damaged(name, e.to_string()))?;
         if Snapshot::object_name(&snap.id) != name {
             return Err(Error::damaged(name, "manifest names another snapshot"));
+        }
+        if !is_content_name(&snap.content) {
+            return Err(Error::damaged(
+                name,
+                format!("{:?} is not the name of a disk map or tree", snap.content),
+            ));
         }
         Ok(snap)
     }
@@ -682,12 +729,59 @@ impl Vault {
             .collect())
     }
 
+    /// Pins a snapshot. Under the vault lock, and only while its manifest
+    /// is there: a forget reads the pins and then deletes, so a pin made
+    /// in between would be reported done for a snapshot about to go.
     pub fn pin(&self, id: &SnapshotId) -> Result<()> {
+        let _lock = crate::lock::VaultLock::shared(self.root())?;
+        if !self.backend.exists(&Snapshot::object_name(id))? {
+            return Err(Error::Invalid(format!(
+                "snapshot {} is gone (forgotten meanwhile)",
+                id.0
+            )));
+        }
         self.backend.put_marker(&format!("pins/{}", id.0))?;
         Ok(())
     }
 
+    /// Unpins a snapshot (under the lock, like [`Vault::pin`]).
     pub fn unpin(&self, id: &SnapshotId) -> Result<()> {
+        let _lock = crate::lock::VaultLock::shared(self.root())?;
         self.backend.delete(&format!("pins/{}", id.0))
+    }
+}
+
+/// `maps/XX/<64 hex digits>` with XX the id's first two: what
+/// [`Vault::write_content`] names a disk map or tree.
+fn is_content_name(name: &str) -> bool {
+    let mut parts = name.split('/');
+    let (Some("maps"), Some(shard), Some(id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.get(..2) == Some(shard)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_content_addresses_name_a_snapshots_content() {
+        let id = "ab".to_string() + &"0".repeat(62);
+        assert!(super::is_content_name(&format!("maps/ab/{id}")));
+        for bad in [
+            format!("maps/cd/{id}"),
+            format!("maps/ab/{id}/x"),
+            "maps/ab/../../../../dev/zero".to_string(),
+            format!("snapshots/ab/{id}"),
+            format!("maps/ab/{}", id.to_uppercase()),
+            String::new(),
+        ] {
+            assert!(!super::is_content_name(&bad), "{bad}");
+        }
     }
 }

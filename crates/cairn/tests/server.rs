@@ -303,6 +303,27 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     let (status, _) = call("GET", &format!("{url}/healthz"), None, b"");
     assert_eq!(status, 200, "the server survived");
 
+    // An agent's clock does not rule the vault: a snapshot dated years
+    // ahead, which every keep policy would keep in place of the real
+    // ones, is refused.
+    let future = remote_backup_with(
+        &env,
+        &server,
+        &agent_token,
+        &disk,
+        "vm",
+        &["--time", "2099-01-01T00:00:00Z"],
+    );
+    let err = String::from_utf8_lossy(&future.stderr);
+    assert!(!future.status.success(), "{err}");
+    assert!(err.contains("in the future"), "{err}");
+    let snaps: Value = serde_json::from_str(&env.ok(&["snapshots", "vm", "--json"])).unwrap();
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        2,
+        "only the two real snapshots"
+    );
+
     // The audit log has every refusal, and its chain verifies...
     let log: Vec<Value> = serde_json::from_str(&env.ok(&["audit", "--json"])).unwrap();
     let refused = log.iter().filter(|e| e["outcome"] == "refused").count();
