@@ -21,6 +21,30 @@ pub struct Overlay {
     write_lock: Mutex<()>,
 }
 
+/// Ties the overlay at `path` to the snapshot it is written over, in the
+/// file beside it, `<overlay>.base`. Writes made over one snapshot mean
+/// nothing over another (committed there they would mix two disks), so
+/// an overlay already tied to another snapshot is refused. An overlay made
+/// before this record existed is tied on first use.
+pub fn bind_base(path: &Path, base: &str) -> io::Result<()> {
+    let mut side = path.as_os_str().to_owned();
+    side.push(".base");
+    let side = std::path::PathBuf::from(side);
+    match std::fs::read_to_string(&side) {
+        Ok(s) if s.trim() == base => Ok(()),
+        Ok(s) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} holds writes made over snapshot {}, not over {base}",
+                path.display(),
+                s.trim()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::write(&side, format!("{base}\n")),
+        Err(e) => Err(e),
+    }
+}
+
 impl Overlay {
     /// Opens (or creates) the overlay of a disk of `size` bytes.
     pub fn open(path: &Path, size: u64) -> io::Result<Self> {

@@ -49,6 +49,20 @@ const MAX_DIR_BYTES: u64 = 64 << 20;
 const MAX_DEPTH: usize = 2048;
 const MAX_ENTRIES: usize = 20_000_000;
 const MAX_EXTENT_NODES: usize = 1 << 20;
+/// Bytes of paths and extent lists one walk may hold: a real filesystem
+/// of millions of files needs a fraction of it, while long names in deep
+/// chains, or one fragmented file linked under a thousand names, would
+/// otherwise fill memory from a small image.
+const MAX_LISTED_BYTES: usize = 1 << 30;
+/// Beyond this many runs a file's extents are not kept (None: unknown).
+const MAX_CONTENT_RUNS: usize = 1 << 16;
+
+/// What one walk has listed so far, against the limits above.
+#[derive(Default)]
+struct Budget {
+    entries: AtomicUsize,
+    bytes: AtomicUsize,
+}
 
 /// One entry of a directory listing, with its inode when it is a
 /// directory to walk into.
@@ -597,6 +611,9 @@ impl Ext4 {
             if r.logical != next || !r.init {
                 return Ok(None);
             }
+            if out.len() == MAX_CONTENT_RUNS {
+                return Ok(None);
+            }
             out.push((self.slice.disk_offset(r.physical * bs), r.len * bs));
             next += r.len;
         }
@@ -606,14 +623,18 @@ impl Ext4 {
     /// The entries of directory `dir` (at `path`), each with its inode
     /// when it is a directory to walk into. `count` is shared by a whole
     /// walk, so that a crafted filesystem cannot list without end.
-    fn list(&self, path: &[u8], dir: &Inode, count: &AtomicUsize) -> Result<Vec<Listed>> {
+    fn list(&self, path: &[u8], dir: &Inode, budget: &Budget) -> Result<Vec<Listed>> {
         let mut out = Vec::new();
         for (name, ino) in self.dir_entries(dir)? {
-            if count.fetch_add(1, Ordering::Relaxed) >= MAX_ENTRIES {
+            if budget.entries.fetch_add(1, Ordering::Relaxed) >= MAX_ENTRIES {
                 return corrupt("ext4: more entries than any real filesystem");
             }
             let child = self.inode(ino)?;
             let mut e = self.entry(join(path, &name), &child)?;
+            let bytes = e.path.len() + 16 * e.extents.as_ref().map_or(0, Vec::len);
+            if budget.bytes.fetch_add(bytes, Ordering::Relaxed) >= MAX_LISTED_BYTES {
+                return corrupt("ext4: longer paths and extent lists than any real filesystem");
+            }
             e.unsafe_name = crate::model::is_unsafe_name(&name);
             let walk_into = e.kind == FileKind::Dir && !e.unsafe_name;
             out.push((e, walk_into.then_some((ino, child))));
@@ -685,13 +706,13 @@ impl Filesystem for Ext4 {
         // a walk is mostly small reads of inodes and directory blocks.
         let mut out = Vec::new();
         let mut seen_dirs = HashSet::from([ROOT_INO]);
-        let count = AtomicUsize::new(0);
+        let budget = Budget::default();
         let mut level = vec![(Vec::new(), self.inode(ROOT_INO)?)];
         let mut depth = 0usize;
         while !level.is_empty() {
             let listed: Vec<Result<Vec<Listed>>> = level
                 .par_iter()
-                .map(|(path, dir)| self.list(path, dir, &count))
+                .map(|(path, dir)| self.list(path, dir, &budget))
                 .collect();
             let mut next = Vec::new();
             for listing in listed {
@@ -727,7 +748,7 @@ impl Filesystem for Ext4 {
     fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
         let dir = self.resolve(path)?;
         let mut out: Vec<FileEntry> = self
-            .list(path, &dir, &AtomicUsize::new(0))?
+            .list(path, &dir, &Budget::default())?
             .into_iter()
             .map(|(e, _)| e)
             .collect();

@@ -157,6 +157,8 @@ impl Filesystem for Labeled {
 
 /// Deepest directory nesting `walk_under` follows.
 const MAX_WALK_DEPTH: usize = 4096;
+/// Most entries `walk_under` returns (as many as a whole ext4 walk).
+const MAX_WALK_ENTRIES: usize = 20_000_000;
 
 /// Every entry below the directory `root` (not `root` itself), found with
 /// `read_dir` so that only that subtree is read; sorted by path. Does not
@@ -165,16 +167,25 @@ const MAX_WALK_DEPTH: usize = 4096;
 pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    // A path is listed once: a crafted directory holding many entries of
+    // one name (each a different inode) would otherwise list the one the
+    // name resolves to again for each of them.
+    let mut walked = std::collections::HashSet::new();
     let mut stack = vec![(root.path.clone(), 0usize)];
     while let Some((dir, depth)) = stack.pop() {
         for e in fs.read_dir(&dir)? {
             if e.kind == FileKind::Dir && !e.unsafe_name {
                 let fresh = e.file_id.is_none_or(|id| seen.insert(id));
-                if depth < MAX_WALK_DEPTH && fresh {
+                if depth < MAX_WALK_DEPTH && fresh && walked.insert(e.path.clone()) {
                     stack.push((e.path.clone(), depth + 1));
                 }
             }
             out.push(e);
+            if out.len() > MAX_WALK_ENTRIES {
+                return Err(GuestError::Corrupt(
+                    "more entries below one directory than any real filesystem".into(),
+                ));
+            }
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));

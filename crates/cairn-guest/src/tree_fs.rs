@@ -120,7 +120,8 @@ impl Filesystem for TreeFs {
                     .vault
                     .read_chunk(&c.id)
                     .map_err(|err| GuestError::Io(std::io::Error::other(err.to_string())))?;
-                let within = (pos - start) as usize;
+                // A tree claiming a chunk longer than it is reads as short.
+                let within = ((pos - start) as usize).min(data.len());
                 let n = (data.len() - within.min(data.len())).min(buf.len() - done);
                 buf[done..done + n].copy_from_slice(&data[within..within + n]);
                 done += n;

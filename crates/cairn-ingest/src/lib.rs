@@ -128,10 +128,38 @@ fn store(
         source::Source::Disk(_) => SourceKind::Disk,
         source::Source::Directory(_) => SourceKind::Directory,
     };
+    if let Some(t) = opts.time
+        && t > chrono::Utc::now() + chrono::Duration::minutes(5)
+    {
+        // Keep policies count from the newest snapshot: one dated ahead
+        // would be kept while real ones are forgotten.
+        return Err(Error::Invalid(format!(
+            "--time {} is in the future; a snapshot is dated no later than when it is taken",
+            t.to_rfc3339()
+        )));
+    }
     let parent = match derived_from {
         Some(base) => Some(base.clone()),
         None => {
             let (all, _) = vault.snapshots()?;
+            if let Some(other) = all
+                .iter()
+                .find(|s| s.name == opts.name && s.source.kind != kind)
+            {
+                // One name, one kind of source: a directory among a VM's
+                // disk snapshots breaks `NAME@-1`, diffs and the timeline.
+                let what = |k: SourceKind| match k {
+                    SourceKind::Disk => "a disk",
+                    SourceKind::Directory => "a directory",
+                };
+                return Err(Error::Invalid(format!(
+                    "{:?} holds snapshots of {} ({}); back up {} under a name of its own",
+                    opts.name,
+                    what(other.source.kind),
+                    other.source.path,
+                    what(kind)
+                )));
+            }
             all.into_iter()
                 .rev()
                 .find(|s| s.name == opts.name && s.source.kind == kind)

@@ -158,7 +158,12 @@ fn timeline_with_source(
     let ordered: Vec<&Snapshot> = all.iter().filter(|s| s.name == name).collect();
     if ordered.is_empty() {
         return Err(cairn_vault::Error::SnapshotNotFound(format!(
-            "{name} (no snapshots of that name)"
+            "{name:?}: no snapshots of that name{}",
+            if name.contains('@') {
+                " (this takes a source's NAME alone, without @…)"
+            } else {
+                ""
+            }
         )));
     }
     let by_id: HashMap<SnapshotId, &Snapshot> = all.iter().map(|s| (s.id.clone(), s)).collect();

@@ -192,7 +192,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             t.entries
                 .iter()
                 .position(|e| e.snapshot.id == *id)
-                .ok_or_else(|| Error::SnapshotNotFound(format!("{} (--since)", id.0)))?,
+                .ok_or_else(|| Error::SnapshotNotFound(format!("{:?} (--since)", id.0)))?,
         ),
         None => t.clean_point.as_ref().map(|c| c.index + 1),
     };
@@ -221,10 +221,28 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         .fs
         .walk()
         .map_err(|e| Error::Invalid(e.to_string()))?;
+    // The files of the snapshot damage is counted after (the clean point):
+    // those gone since come back from it, and a file it lacked is not
+    // called untouched when it is kept.
+    let clean = from.and_then(|f| f.checked_sub(1));
+    let before: BTreeMap<Vec<u8>, FileEntry> = match clean {
+        Some(c) => snaps
+            .get(c)?
+            .fs
+            .walk()
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .into_iter()
+            .filter(|e| e.kind == FileKind::File)
+            .map(|e| (e.path.clone(), e))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let mut in_latest = std::collections::HashSet::new();
     let mut picks = BTreeMap::new();
     let mut provenance = Vec::new();
     let (latest_id, latest_time) = snaps.label(latest);
     for e in entries {
+        in_latest.insert(e.path.clone());
         let shown = e.display_path();
         if e.kind == FileKind::File
             && !hurt.contains_key(&shown)
@@ -273,12 +291,17 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         }
         let Some(h) = hurt.get(&shown).filter(|_| e.kind == FileKind::File) else {
             if e.kind == FileKind::File {
+                let reason = if clean.is_none() || before.contains_key(&e.path) {
+                    "untouched by the attack: newest version"
+                } else {
+                    "new since the clean point and not found damaged: newest version (review it)"
+                };
                 provenance.push(Provenance {
                     path: shown,
                     action: Action::Kept,
                     snapshot: Some(latest_id.clone()),
                     snapshot_time: Some(latest_time.clone()),
-                    reason: "untouched by the attack: newest version".into(),
+                    reason: reason.into(),
                 });
             }
             picks.insert(
@@ -388,6 +411,33 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 o,
                 Pick {
                     index: g,
+                    entry: old,
+                },
+            );
+        }
+    }
+    // Files deleted since the clean point (a wiper's or an attacker's
+    // `rm`, or ordinary work: nothing is lost by bringing them back).
+    if let Some(c) = clean {
+        let (id, time) = snaps.label(c);
+        for (path, old) in before {
+            if in_latest.contains(&path) || picks.contains_key(&path) {
+                continue;
+            }
+            provenance.push(Provenance {
+                path: old.display_path(),
+                action: Action::Restored,
+                snapshot: Some(id.clone()),
+                snapshot_time: Some(time.clone()),
+                reason: format!(
+                    "deleted since the clean point {}; its version there",
+                    t.entries[c].snapshot.id.short()
+                ),
+            });
+            picks.insert(
+                path,
+                Pick {
+                    index: c,
                     entry: old,
                 },
             );

@@ -34,6 +34,41 @@ pub struct TreeRestoreReport {
     pub bytes_written: u64,
     /// Entries not restored or restored without some metadata, with why.
     pub warnings: Vec<String>,
+    /// With --overwrite: what the target held that the snapshot does not
+    /// (left in place), relative paths; at most `MAX_EXTRA`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<String>,
+}
+
+/// How many of a target's extra entries are listed.
+const MAX_EXTRA: usize = 10_000;
+
+/// Entries under `target` whose paths the tree does not hold, found
+/// without following symlinks.
+fn not_in_tree(target: &Path, tree: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![(target.to_path_buf(), Vec::<u8>::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let mut path = rel.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(e.file_name().as_bytes());
+            let known = tree.find(&path);
+            if known.is_none() {
+                out.push(shown(&path));
+                if out.len() >= MAX_EXTRA {
+                    return out;
+                }
+            } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((e.path(), path));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The destination of a stored path, or `None` when the path could escape
@@ -80,7 +115,52 @@ pub fn restore_tree(
                 target.display()
             )));
         }
+        if !empty || opts.dry_run {
+            let mut report = restore_into(vault, tree, target, opts, progress)?;
+            if !empty {
+                report.extra = not_in_tree(target, tree);
+                if !report.extra.is_empty() {
+                    report.warnings.push(format!(
+                        "{} entries of {} are not in the snapshot and were left in place (see \"extra\")",
+                        report.extra.len(),
+                        target.display()
+                    ));
+                }
+            }
+            return Ok(report);
+        }
+    } else if opts.dry_run {
+        return restore_into(vault, tree, target, opts, progress);
     }
+    // A new target is built beside it and renamed into place once whole:
+    // a restore that fails half-way leaves no plausible-looking tree.
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a directory path", target.display())))?;
+    let work = target.with_file_name(format!(".{}.cairn-partial", name.to_string_lossy()));
+    if fs::symlink_metadata(&work).is_ok() {
+        fs::remove_dir_all(&work).ctx(|| format!("removing {}", work.display()))?;
+    }
+    match restore_into(vault, tree, &work, opts, progress) {
+        Ok(report) => {
+            fs::rename(&work, target)
+                .ctx(|| format!("moving {} to {}", work.display(), target.display()))?;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&work);
+            Err(e)
+        }
+    }
+}
+
+fn restore_into(
+    vault: &Vault,
+    tree: &Tree,
+    target: &Path,
+    opts: &TreeRestoreOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<TreeRestoreReport> {
     let mut report = TreeRestoreReport {
         dry_run: opts.dry_run,
         ..Default::default()
@@ -371,6 +451,48 @@ mod tests {
             link_target: Some(to.as_os_str().as_bytes().to_vec()),
             ..entry(path, EntryKind::Symlink)
         }
+    }
+
+    /// A restore that fails leaves no half-built tree where the target
+    /// was to be; one over a non-empty target says what it left there.
+    #[test]
+    fn a_failed_restore_leaves_nothing_and_extras_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::init(&dir.path().join("v"), b"pw", &Default::default()).unwrap();
+        let target = dir.path().join("t");
+        let tree = Tree {
+            entries: vec![
+                entry("a", EntryKind::File),
+                Entry {
+                    chunks: vec![cairn_vault::tree::FileChunk {
+                        id: cairn_vault::ChunkId([7; 32]),
+                        len: 10,
+                    }],
+                    size: 10,
+                    ..entry("b", EntryKind::File)
+                },
+            ],
+        };
+        assert!(restore_tree(&vault, &tree, &target, &Default::default(), &|_| {}).is_err());
+        assert!(!target.exists());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the vault"
+        );
+
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("ransom.txt"), b"pay").unwrap();
+        let tree = Tree {
+            entries: vec![entry("a", EntryKind::File)],
+        };
+        let opts = TreeRestoreOptions {
+            overwrite: true,
+            ..Default::default()
+        };
+        let r = restore_tree(&vault, &tree, &target, &opts, &|_| {}).unwrap();
+        assert_eq!(r.extra, vec!["ransom.txt".to_string()]);
+        assert!(target.join("a").exists());
     }
 
     /// A crafted tree (a symlink out of the target, then entries below

@@ -254,7 +254,12 @@ pub fn chain(vault: &Vault, name: &str) -> Result<Vec<Snapshot>> {
     let chain: Vec<Snapshot> = all.into_iter().filter(|s| s.name == name).collect();
     if chain.is_empty() {
         return Err(Error::Vault(cairn_vault::Error::SnapshotNotFound(format!(
-            "{name} (no snapshots of that name)"
+            "{name:?}: no snapshots of that name{}",
+            if name.contains('@') {
+                " (this takes a source's NAME alone, without @…)"
+            } else {
+                ""
+            }
         ))));
     }
     Ok(chain)

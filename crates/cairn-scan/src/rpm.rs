@@ -78,12 +78,13 @@ pub fn parse_header(blob: &[u8]) -> Option<Package> {
 /// Every package in an rpmdb.sqlite file's bytes (and its write-ahead
 /// log, when the guest left one). SQLite reads a private read-only copy.
 pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Vec<Package>, String> {
-    let dir = std::env::temp_dir().join(format!(
-        "cairn-rpmdb-{}-{}",
-        std::process::id(),
-        hex::encode(&blake3::hash(db).as_bytes()[..6])
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // A private directory of unpredictable name (made with mode 0700):
+    // nothing another user planted in /tmp is followed or written into.
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-rpmdb-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let dir = tmp.path().to_path_buf();
     let result = (|| {
         let path = dir.join("rpmdb.sqlite");
         std::fs::write(&path, db).map_err(|e| e.to_string())?;
@@ -114,7 +115,7 @@ pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Vec<Package>, Strin
         }
         Ok(out)
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     result
 }
 

@@ -345,6 +345,11 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
     }
     let mut snapshot = None;
     let mut index = None;
+    // Held from checking a manifest until it is stored: a prune (here or
+    // from the command line) cannot run in between, and one that ran
+    // before is seen (the index is reloaded when packs went away), so a
+    // manifest is accepted only while every chunk it needs is stored.
+    let mut _accepting = None;
     match top(name) {
         "packs" => {
             let id = name.rsplit('/').next().unwrap_or("");
@@ -368,6 +373,16 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                     StatusCode::CONFLICT,
                     format!("{name} describes {pack}, which is not stored (send the pack first)"),
                 ));
+            }
+            // Every host deduplicates against this index: each entry must
+            // be the chunk its id names, or one host could put its own
+            // bytes under the ids of other hosts' data.
+            let bad = cairn_vault::verify::pack_mismatches(vault, &pack, &idx, &b.get(&pack)?);
+            if let Some((id, why)) = bad.first() {
+                return Err(ApiError::bad(format!(
+                    "{name}: {} of its entries do not match {pack} (chunk {id}: {why})",
+                    bad.len()
+                )));
             }
             index = Some(idx);
         }
@@ -393,6 +408,8 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                 )));
             }
             check_times(vault, &snap)?;
+            _accepting = Some(cairn_vault::lock::VaultLock::shared(vault.root())?);
+            vault.refresh_index()?;
             check_complete(st, who, &snap)?;
             snapshot = Some(snap);
         }
@@ -529,4 +546,57 @@ async fn missing(
     st.metrics
         .add("cairn_chunks_missing_total", &[], (out.len() / 32) as f64);
     Ok(bytes_response("application/octet-stream", out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_vault::snapshot::{Metrics, SourceInfo};
+    use chrono::{Duration, Utc};
+
+    fn snapshot(
+        time: chrono::DateTime<Utc>,
+        retain_until: chrono::DateTime<Utc>,
+    ) -> cairn_vault::Snapshot {
+        cairn_vault::Snapshot {
+            id: cairn_vault::SnapshotId("0".repeat(32)),
+            name: "vm".into(),
+            time,
+            parent: None,
+            source: SourceInfo {
+                kind: SourceKind::Disk,
+                format: "raw".into(),
+                path: "/x".into(),
+                host: "h".into(),
+            },
+            content: String::new(),
+            metrics: Metrics::default(),
+            tags: vec![],
+            retain_until,
+            written: time,
+            cairn_version: "0".into(),
+            derived_from: None,
+        }
+    }
+
+    #[test]
+    fn an_agents_clock_does_not_rule_the_vault() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = cairn_vault::InitOptions {
+            retention_secs: 30 * 86_400,
+            ..Default::default()
+        };
+        let vault = cairn_vault::Vault::init(&dir.path().join("v"), b"pw", &opts).unwrap();
+        let now = Utc::now();
+        let keep = now + Duration::days(30);
+        assert!(check_times(&vault, &snapshot(now, keep)).is_ok());
+        assert!(check_times(&vault, &snapshot(now - Duration::days(400), keep)).is_ok());
+        let ahead = check_times(
+            &vault,
+            &snapshot(now + Duration::days(365), keep + Duration::days(365)),
+        );
+        assert!(ahead.unwrap_err().message.contains("in the future"));
+        let short = check_times(&vault, &snapshot(now, now + Duration::days(1)));
+        assert!(short.unwrap_err().message.contains("retention"));
+    }
 }

@@ -19,7 +19,7 @@ pub enum Error {
     Io { what: String, source: io::Error },
     #[error("damaged object {name}: {reason}")]
     Damaged { name: String, reason: String },
-    #[error("no snapshot matches {0:?} (see `cairn snapshots`)")]
+    #[error("no snapshot matches {0} (see `cairn snapshots`)")]
     SnapshotNotFound(String),
     #[error("{0}")]
     Invalid(String),

@@ -266,9 +266,9 @@ fn write_pack(vault: &Vault, pack: OpenPack) -> Result<Vec<u8>> {
         retain_until: vault.retain_until_from_now().timestamp(),
         entries: pack.entries,
     };
-    let bytes = postcard::to_stdvec(&index).expect("index serializes");
-    let sealed = codec::seal(vault.cipher(), &bytes, 3, None)?;
-    vault.backend().put(&index_object(&id), &sealed)?;
+    vault
+        .backend()
+        .put(&index_object(&id), &vault.seal_pack_index(&index)?)?;
     vault.add_index(&index);
     Ok(pack.buf)
 }

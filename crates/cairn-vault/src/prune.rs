@@ -27,14 +27,17 @@ pub struct KeepPolicy {
 }
 
 impl KeepPolicy {
+    /// True when the policy keeps nothing: no option given, or only
+    /// counts of zero (`--keep-last 0` forgets everything too).
     pub fn is_empty(&self) -> bool {
-        self.last.is_none()
-            && self.within.is_none()
-            && self.hourly.is_none()
-            && self.daily.is_none()
-            && self.weekly.is_none()
-            && self.monthly.is_none()
-            && self.yearly.is_none()
+        let none = |n: Option<usize>| n.is_none_or(|n| n == 0);
+        none(self.last)
+            && self.within.is_none_or(|d| d.is_zero())
+            && none(self.hourly)
+            && none(self.daily)
+            && none(self.weekly)
+            && none(self.monthly)
+            && none(self.yearly)
     }
 }
 
@@ -260,8 +263,18 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             report.packs_retained += 1;
         }
     }
+    // Maps and records too wait out the retention: a map an agent sent
+    // just before its manifest is referenced by nothing yet.
+    let aged = |name: &str| -> Result<bool> {
+        Ok(vault
+            .backend()
+            .modified(name)?
+            .elapsed()
+            .unwrap_or_default()
+            >= retention)
+    };
     for name in vault.backend().list("maps")? {
-        if !used_maps.contains(&name) {
+        if !used_maps.contains(&name) && aged(&name)? {
             if !dry_run && !try_delete(vault, &name)? {
                 continue;
             }
@@ -279,7 +292,7 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     for name in derived {
         let file = name.rsplit('/').next().unwrap_or(&name);
         let id = file.split('.').next().unwrap_or(file);
-        if !ids.contains(id) {
+        if !ids.contains(id) && aged(&name)? {
             // A record written later than its snapshot (a scan run weeks
             // after) may still be under its own lock: a later prune.
             if !dry_run && !try_delete(vault, &name)? {

@@ -172,7 +172,7 @@ pub fn replicate(
     }
     if names.iter().any(|n| !snaps.iter().any(|s| &s.name == n)) {
         return Err(Error::SnapshotNotFound(format!(
-            "{} (no snapshots of that name in the source)",
+            "{:?}: no snapshots of that name in the source",
             names
                 .iter()
                 .filter(|n| !snaps.iter().any(|s| &s.name == *n))

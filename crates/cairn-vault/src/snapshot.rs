@@ -119,7 +119,12 @@ impl Snapshot {
 /// latest), `NAME@<id prefix>`, `NAME` (latest) or a bare id prefix.
 /// `snapshots` must be sorted by time.
 pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
-    let not_found = || Error::SnapshotNotFound(spec.to_string());
+    let not_found = || Error::SnapshotNotFound(format!("{spec:?}"));
+    if spec.contains(':') {
+        return Err(Error::Invalid(format!(
+            "{spec}: a path cannot be given here; name the snapshot alone (NAME@SNAP)"
+        )));
+    }
     let (name, sel) = match spec.rsplit_once('@') {
         Some((n, s)) => (Some(n), s),
         None => {
@@ -138,7 +143,7 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
         && of_name.is_empty()
     {
         return Err(Error::SnapshotNotFound(format!(
-            "{spec} (no snapshots named {n:?})"
+            "{spec:?}: there are no snapshots named {n:?}"
         )));
     }
     if sel == "latest" {
@@ -153,7 +158,7 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
             .checked_sub(1 + n)
             .map(|i| of_name[i])
             .ok_or_else(|| {
-                Error::SnapshotNotFound(format!("{spec} (only {} snapshots)", of_name.len()))
+                Error::SnapshotNotFound(format!("{spec:?}: {n:?} has {} snapshots", of_name.len()))
             });
     }
     if sel.is_empty() || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {

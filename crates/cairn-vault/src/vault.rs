@@ -465,6 +465,12 @@ impl Vault {
         Ok(())
     }
 
+    /// A pack's index as stored (`index/<pack id>`).
+    pub fn seal_pack_index(&self, index: &PackIndex) -> Result<Vec<u8>> {
+        let bytes = postcard::to_stdvec(index).expect("index serializes");
+        codec::seal(&self.cipher, &bytes, 3, None)
+    }
+
     pub fn read_pack_index(&self, name: &str) -> Result<PackIndex> {
         self.parse_pack_index(name, &self.backend.get(name)?)
     }

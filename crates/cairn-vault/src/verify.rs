@@ -166,6 +166,26 @@ fn check_pack(vault: &Vault, pack: &str, checked: &AtomicU64, bytes: &AtomicU64)
     (bad, obj)
 }
 
+/// The chunks of `data` (the bytes of pack `name`) that are not what
+/// `idx` says they are, with why: each is decrypted and hashed. A server
+/// checks an agent's index with it before taking the index in, so that no
+/// host can put other bytes under a chunk id every host deduplicates to.
+pub fn pack_mismatches(
+    vault: &Vault,
+    name: &str,
+    idx: &crate::index::PackIndex,
+    data: &[u8],
+) -> Vec<(ChunkId, String)> {
+    check_pack_bytes(
+        vault,
+        name,
+        idx,
+        data,
+        &AtomicU64::new(0),
+        &AtomicU64::new(0),
+    )
+}
+
 /// Decrypts every chunk of a pack's bytes and checks it against its id;
 /// the damaged ones, with why.
 pub(crate) fn check_pack_bytes(

@@ -34,10 +34,12 @@ pub fn export(
             SnapshotDisk::open(vault.clone(), &snap, EXPORT_CACHE_CHUNKS)?.without_read_ahead(),
         );
         let overlay = match overlay {
-            Some(p) => Some(Arc::new(
-                Overlay::open(p, disk.size())
-                    .with_context(|| format!("opening the overlay {}", p.display()))?,
-            )),
+            Some(p) => {
+                cairn_expose::overlay::bind_base(p, &snap.id.0)?;
+                Some(Arc::new(Overlay::open(p, disk.size()).with_context(
+                    || format!("opening the overlay {}", p.display()),
+                )?))
+            }
             None => None,
         };
         exports.push(Export {
@@ -138,6 +140,7 @@ pub fn export_nfs(
         let overlay = match overlay_dir {
             Some(d) => {
                 let p = d.join(format!("{folder}.overlay"));
+                cairn_expose::overlay::bind_base(&p, &snap.id.0)?;
                 Some(Arc::new(Overlay::open(&p, disk.size()).with_context(
                     || format!("opening the overlay {}", p.display()),
                 )?))

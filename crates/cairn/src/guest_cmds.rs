@@ -5,6 +5,7 @@ use crate::util::bytes;
 use anyhow::{Context, Result, bail};
 use cairn_guest::open::GUEST_CACHE_CHUNKS;
 use cairn_guest::{FileEntry, FileKind, Opened};
+use cairn_vault::SourceKind;
 use cairn_vault::{BlockSource, SnapshotDisk, Vault};
 use std::io::Write;
 use std::sync::Arc;
@@ -158,8 +159,14 @@ pub fn diff(
     let old = open_snapshot(vault, a, partition)?;
     let new = open_snapshot(vault, b, partition)?;
     if old.snapshot.source.kind != new.snapshot.source.kind {
+        let kind = |k: SourceKind| match k {
+            SourceKind::Disk => "a disk",
+            SourceKind::Directory => "a directory",
+        };
         bail!(
-            "{a} and {b} are of different kinds (a disk and a directory); diff compares like with like"
+            "{a} is {} and {b} {}; diff compares like with like",
+            kind(old.snapshot.source.kind),
+            kind(new.snapshot.source.kind)
         );
     }
     let d = cairn_guest::diff::between(&old, &new)?;

@@ -203,7 +203,6 @@ enum Command {
         #[arg(long)]
         partition: Option<u32>,
     },
-    /// Files added, deleted, modified and renamed between two snapshots.
     /// Change rate, entropy, file signals, score and verdict of every
     /// snapshot of a source, and the last clean point.
     Timeline {
@@ -212,6 +211,7 @@ enum Command {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Files added, deleted, modified and renamed between two snapshots.
     Diff {
         old: String,
         new: String,
@@ -448,6 +448,23 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // Commands that print and end die quietly when their reader goes
+    // away (`cairn snapshots | head`), like other tools, instead of
+    // panicking on a broken pipe. Servers keep SIGPIPE ignored: a client
+    // hanging up must not stop them.
+    let serves = matches!(
+        cli.command,
+        Command::Serve { .. }
+            | Command::Export { .. }
+            | Command::Mount { .. }
+            | Command::Boot { .. }
+            | Command::Recover { .. }
+    );
+    if !serves {
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -1252,6 +1269,7 @@ fn commit(cli: &Cli, spec: &str, overlay: &Path, name: Option<&str>) -> Result<u
             overlay.display()
         );
     }
+    cairn_expose::overlay::bind_base(overlay, &base.id.0)?;
     let disk: Arc<dyn cairn_vault::BlockSource> =
         Arc::new(SnapshotDisk::open(vault.clone(), &base, 64)?);
     let ovl = cairn_expose::Overlay::open(overlay, disk.size())

@@ -119,6 +119,24 @@ fn gpt_ext4_disk_over_three_days_restores_byte_identical_and_sparse() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
 
+    // Mistakes an operator makes with names and times are refused: a
+    // directory under the VM's name, a time in the future (it would be
+    // the newest for every keep policy).
+    let src = content.to_str().unwrap();
+    let mixed = env.run(&["backup", src, "--name", "vm"]);
+    assert_eq!(mixed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("a name of its own"));
+    let ahead = env.run(&[
+        "backup",
+        disk.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert_eq!(ahead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ahead.stderr).contains("in the future"));
+
     let v = env.json(&["verify", "--read-data"]);
     assert_eq!(v["damaged_snapshots"].as_array().unwrap().len(), 0, "{v}");
     assert!(v["chunks_checked"].as_u64().unwrap() > 10);

@@ -231,6 +231,18 @@ fn commit_saves_base_plus_overlay_as_a_derived_snapshot() {
         env.path("nope.ovl").to_str().unwrap(),
     ]);
     assert_eq!(missing.status.code(), Some(1));
+    // Over another snapshot the overlay's writes mean nothing: refused.
+    let other = env.run(&[
+        "commit",
+        "vm-fixed@latest",
+        "--overlay",
+        overlay.to_str().unwrap(),
+        "--name",
+        "mixed",
+    ]);
+    assert_eq!(other.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("holds writes made over snapshot"), "{err}");
 }
 
 #[test]

@@ -349,6 +349,8 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     std::fs::write(docs.join("HOW_TO_DECRYPT.txt"), note).unwrap();
     std::fs::write(other.join("HOW_TO_DECRYPT.txt"), note).unwrap();
     std::fs::write(docs.join("doc1.txt"), text(17_000, 555)).unwrap();
+    // And one document simply deleted, with nothing in its place.
+    std::fs::remove_file(docs.join("doc11.txt")).unwrap();
     let out = env.run(&["backup", src, "--name", "share", "--time", &day(4)]);
     assert_eq!(
         code(&out),
@@ -360,6 +362,7 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     let newest_plan2 = text(9_500, 557);
     std::fs::write(docs.join("doc1.txt"), &newest_doc1).unwrap();
     std::fs::write(other.join("plan2.md"), &newest_plan2).unwrap();
+    std::fs::write(other.join("plan-new.md"), text(4_000, 558)).unwrap();
     let out = env.run(&["backup", src, "--name", "share", "--time", &day(5)]);
     assert_eq!(
         code(&out),
@@ -370,7 +373,7 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     // A dry run changes nothing.
     let dry = env.json(&["rollback", "share", "--in-place", src, "--dry-run"]);
     assert!(docs.join("HOW_TO_DECRYPT.txt").exists());
-    assert_eq!(dry["restored"], 5, "{dry}");
+    assert_eq!(dry["restored"], 6, "{dry}");
     // --since moves where damage is looked for: from the newest snapshot
     // on there was none (the attack was the day before).
     let latest = env
@@ -408,8 +411,13 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     assert_eq!(code(&out), Some(1));
 
     let r = env.json(&["rollback", "share", "--in-place", src]);
-    assert_eq!(r["restored"], 5, "{r}");
+    assert_eq!(r["restored"], 6, "5 damaged and 1 deleted: {r}");
     assert_eq!(r["dropped"], 6, "4 encrypted copies and 2 notes: {r}");
+    assert_eq!(
+        std::fs::read(docs.join("doc11.txt")).unwrap(),
+        last_clean[11],
+        "the deleted document is back"
+    );
     for (i, clean) in last_clean.iter().enumerate().take(8).skip(3) {
         assert_eq!(
             &std::fs::read(docs.join(format!("doc{i}.txt"))).unwrap(),
@@ -453,6 +461,21 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     assert_eq!(entry("/docs/doc4.txt.locked")["action"], "dropped");
     assert_eq!(entry("/projects/HOW_TO_DECRYPT.txt")["action"], "dropped");
     assert_eq!(entry("/docs/doc1.txt")["action"], "kept");
+    assert!(
+        entry("/docs/doc11.txt")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deleted since the clean point")
+    );
+    let new = entry("/projects/plan-new.md");
+    assert_eq!(new["action"], "kept");
+    assert!(
+        new["reason"]
+            .as_str()
+            .unwrap()
+            .contains("new since the clean point"),
+        "{new}"
+    );
 
     // After the repair, the next backup is clean again.
     let v = env.backup(&dir, "share", &day(6));

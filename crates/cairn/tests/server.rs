@@ -303,9 +303,9 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     let (status, _) = call("GET", &format!("{url}/healthz"), None, b"");
     assert_eq!(status, 200, "the server survived");
 
-    // An agent's clock does not rule the vault: a snapshot dated years
-    // ahead, which every keep policy would keep in place of the real
-    // ones, is refused.
+    // A snapshot dated years ahead, which every keep policy would keep
+    // in place of the real ones, is refused (by the agent here; the
+    // server's own check is a unit test of `objects`).
     let future = remote_backup_with(
         &env,
         &server,
@@ -323,6 +323,55 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
         2,
         "only the two real snapshots"
     );
+
+    // An agent holds the vault key, so it can seal any bytes; it still
+    // cannot put them under the id of a chunk every host deduplicates to:
+    // an index whose entries are not what its pack holds is refused.
+    {
+        let vault = cairn_vault::Vault::open(&env.vault, PASSWORD.as_bytes()).unwrap();
+        let snap = vault.resolve("vm@latest").unwrap();
+        let victim = vault
+            .read_disk_map(&snap)
+            .unwrap()
+            .chunks
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap();
+        let forged = b"the attacker's bytes";
+        let sealed = cairn_vault::codec::seal(vault.cipher(), forged, 1, None).unwrap();
+        let pack_id = "f0".repeat(32);
+        let pack = cairn_vault::index::pack_object(&pack_id);
+        let (status, v) = call(
+            "PUT",
+            &format!("{objects}/{pack}"),
+            Some(&agent_token),
+            &sealed,
+        );
+        assert!(status < 300, "{status} {v}");
+        let index = cairn_vault::index::PackIndex {
+            pack: pack_id.clone(),
+            retain_until: chrono::Utc::now().timestamp() + 86_400,
+            entries: vec![cairn_vault::index::IndexEntry {
+                id: victim,
+                offset: 0,
+                len: sealed.len() as u32,
+                raw_len: forged.len() as u32,
+            }],
+        };
+        let (status, v) = call(
+            "PUT",
+            &format!("{objects}/{}", cairn_vault::index::index_object(&pack_id)),
+            Some(&agent_token),
+            &vault.seal_pack_index(&index).unwrap(),
+        );
+        assert_eq!(status, 400, "{v}");
+        assert!(v.to_string().contains("do not match"), "{v}");
+        // What the vault restores is still the real data.
+        let again = env.path("restored-again.img");
+        env.ok(&["restore", "vm@latest", "--to", again.to_str().unwrap()]);
+        assert!(same_bytes(&disk, &again));
+    }
 
     // The audit log has every refusal, and its chain verifies...
     let log: Vec<Value> = serde_json::from_str(&env.ok(&["audit", "--json"])).unwrap();
