@@ -2,7 +2,7 @@
 //! owner, permissions or stable file id; renames are found by content.
 
 use crate::error::{GuestError, Result, corrupt};
-use crate::io::{Slice, SliceReader};
+use crate::io::{ReadBudget, Slice, SliceReader};
 use crate::model::{FileEntry, FileKind, Filesystem, join};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Mutex;
@@ -31,6 +31,10 @@ impl std::ops::Deref for SendFs {
 pub struct Fat {
     fs: Mutex<SendFs>,
     variant: &'static str,
+    /// What `fatfs` may read for one listing: a directory whose clusters
+    /// chain to themselves, full of deleted entries, is read without end
+    /// inside its iterator.
+    budget: ReadBudget,
 }
 
 /// A sane FAT boot sector: 55 AA, plausible BPB and a FAT type string.
@@ -89,11 +93,15 @@ impl Fat {
             return corrupt("fat: boot sector is not a FAT boot sector");
         }
         let variant = variant(&head);
-        let fs = fatfs::FileSystem::new(SliceReader::new(slice), fatfs::FsOptions::new())
+        let budget = ReadBudget::default();
+        budget.allow(u64::MAX);
+        let reader = SliceReader::new(slice).with_budget(budget.clone());
+        let fs = fatfs::FileSystem::new(reader, fatfs::FsOptions::new())
             .map_err(|e| io_err("mounting", e))?;
         Ok(Fat {
             fs: Mutex::new(SendFs(fs)),
             variant,
+            budget,
         })
     }
 
@@ -120,10 +128,12 @@ impl Fat {
     }
 
     fn list(
+        &self,
         dir: &fatfs::Dir<SliceReader>,
         path: &[u8],
         count: &mut usize,
     ) -> Result<Vec<(FileEntry, Option<String>)>> {
+        let _limit = self.budget.listing();
         let mut out = Vec::new();
         for e in dir.iter() {
             let e = e.map_err(|e| io_err("reading a directory", e))?;
@@ -170,7 +180,7 @@ impl Filesystem for Fat {
                 root.open_dir(path_str(&path)?)
                     .map_err(|e| io_err("opening a directory", e))?
             };
-            for (e, sub) in Self::list(&dir, &path, &mut count)? {
+            for (e, sub) in self.list(&dir, &path, &mut count)? {
                 if sub.is_some() {
                     if depth >= MAX_DEPTH {
                         return corrupt("fat: directories nested too deep (a loop?)");
@@ -201,7 +211,7 @@ impl Filesystem for Fat {
                 .map_err(|_| GuestError::NotFound(format!("/{}", String::from_utf8_lossy(path))))?
         };
         let mut count = 0;
-        Self::list(&dir, parent, &mut count)?
+        self.list(&dir, parent, &mut count)?
             .into_iter()
             .map(|(e, _)| e)
             .find(|e| e.name().eq_ignore_ascii_case(name))
@@ -218,7 +228,8 @@ impl Filesystem for Fat {
                 .map_err(|_| GuestError::NotFound(format!("/{}", String::from_utf8_lossy(path))))?
         };
         let mut count = 0;
-        let mut out: Vec<FileEntry> = Self::list(&dir, path, &mut count)?
+        let mut out: Vec<FileEntry> = self
+            .list(&dir, path, &mut count)?
             .into_iter()
             .map(|(e, _)| e)
             .collect();

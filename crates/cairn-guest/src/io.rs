@@ -52,6 +52,44 @@ pub struct SliceReader {
     slice: Slice,
     pos: u64,
     zero_padded: bool,
+    /// Bytes left to read, shared with the reader's owner (see
+    /// [`ReadBudget`]); None: no limit.
+    budget: Option<ReadBudget>,
+}
+
+/// A limit on what a third-party filesystem reader may read for one
+/// directory listing. Its loops are its own (a directory's clusters
+/// chained to themselves, an index node naming itself as its child) and
+/// may never return; every step reads, so a spent budget ends them with an
+/// error.
+#[derive(Clone, Default)]
+pub struct ReadBudget(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl ReadBudget {
+    /// Bytes one directory listing may read: far more than a real
+    /// directory of a hundred thousand entries needs.
+    pub const LISTING: u64 = 256 << 20;
+
+    /// Allows `bytes` more reading (u64::MAX: no limit).
+    pub fn allow(&self, bytes: u64) {
+        self.0.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Limits reading to [`ReadBudget::LISTING`] until the guard drops.
+    pub fn listing(&self) -> ListingGuard<'_> {
+        self.allow(Self::LISTING);
+        ListingGuard(self)
+    }
+
+    fn take(&self, n: u64) -> io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0
+            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(n))
+            .map(|_| ())
+            .map_err(|_| {
+                io::Error::other("read too much for one listing: the filesystem's structures loop")
+            })
+    }
 }
 
 impl SliceReader {
@@ -60,7 +98,14 @@ impl SliceReader {
             slice,
             pos: 0,
             zero_padded: false,
+            budget: None,
         }
+    }
+
+    /// Reads count against `budget`.
+    pub fn with_budget(mut self, budget: ReadBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Reads past the end return zeros instead of end-of-file. For readers
@@ -71,12 +116,25 @@ impl SliceReader {
             slice,
             pos: 0,
             zero_padded: true,
+            budget: None,
         }
+    }
+}
+
+/// Lifts the limit of [`ReadBudget::listing`] when dropped.
+pub struct ListingGuard<'a>(&'a ReadBudget);
+
+impl Drop for ListingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.allow(u64::MAX);
     }
 }
 
 impl Read for SliceReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(b) = &self.budget {
+            b.take(buf.len() as u64)?;
+        }
         if self.pos >= self.slice.len {
             if self.zero_padded && !buf.is_empty() {
                 buf.fill(0);

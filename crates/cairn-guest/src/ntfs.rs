@@ -2,7 +2,7 @@
 //! numbers (the stable file id) of every file, and file content.
 
 use crate::error::{GuestError, Result, corrupt};
-use crate::io::{Slice, SliceReader};
+use crate::io::{ReadBudget, Slice, SliceReader};
 use crate::model::{FileEntry, FileKind, Filesystem, join};
 use ntfs::structured_values::NtfsFileNamespace;
 use ntfs::{Ntfs, NtfsFile, NtfsReadSeek};
@@ -21,6 +21,7 @@ const NT_EPOCH_OFFSET: i64 = 116_444_736_000_000_000;
 pub struct NtfsFs {
     ntfs: Ntfs,
     reader: Mutex<SliceReader>,
+    budget: ReadBudget,
 }
 
 fn err(what: &str, e: ntfs::NtfsError) -> GuestError {
@@ -29,13 +30,16 @@ fn err(what: &str, e: ntfs::NtfsError) -> GuestError {
 
 impl NtfsFs {
     pub fn open(slice: Slice) -> Result<Self> {
-        let mut r = SliceReader::zero_padded(slice);
+        let budget = ReadBudget::default();
+        budget.allow(u64::MAX);
+        let mut r = SliceReader::zero_padded(slice).with_budget(budget.clone());
         let mut ntfs = Ntfs::new(&mut r).map_err(|e| err("boot sector", e))?;
         ntfs.read_upcase_table(&mut r)
             .map_err(|e| err("$UpCase", e))?;
         Ok(NtfsFs {
             ntfs,
             reader: Mutex::new(r),
+            budget,
         })
     }
 
@@ -77,6 +81,9 @@ impl NtfsFs {
 
     /// Children of directory record `dir`: (entry, record number).
     fn list(&self, r: &mut SliceReader, dir: u64, path: &[u8]) -> Result<Vec<(FileEntry, u64)>> {
+        // The crate follows index nodes by itself: one naming itself as
+        // its child would be followed (and kept in memory) without end.
+        let _limit = self.budget.listing();
         let file = self
             .ntfs
             .file(r, dir)

@@ -198,7 +198,7 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
         ev.add(
             if top.files >= 10 { 0.8 } else { 0.6 },
             format!(
-                "{} files renamed to the new extension .{}",
+                "{} files given the new extension .{} (renamed, or replaced by copies)",
                 top.files, top.extension
             ),
         );

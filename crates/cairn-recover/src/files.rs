@@ -159,6 +159,21 @@ pub(crate) fn write_file(
     Ok(off)
 }
 
+/// [`set_meta`] through an open file: nothing swapped in at its path
+/// (a symlink, in a live tree others write to) is changed instead.
+pub(crate) fn set_meta_fd(e: &FileEntry, f: &fs::File) {
+    if let (Some(uid), Some(gid)) = (e.uid, e.gid) {
+        let _ = std::os::unix::fs::fchown(f, Some(uid), Some(gid));
+    }
+    let mode = e.mode.map_or(0o644, |m| m & 0o7777);
+    let _ = f.set_permissions(fs::Permissions::from_mode(mode));
+    let t = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_nanos(e.mtime_ns.max(0) as u64));
+    if let Some(t) = t {
+        let _ = f.set_modified(t);
+    }
+}
+
 pub(crate) fn set_meta(e: &FileEntry, dest: &Path) {
     if let (Some(uid), Some(gid)) = (e.uid, e.gid) {
         let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));

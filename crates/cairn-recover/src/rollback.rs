@@ -10,7 +10,7 @@
 //! file is dropped when it did not exist before.
 //! A provenance entry says, for every file, where it came from and why.
 
-use crate::files::{set_meta, write_file};
+use crate::files::{set_meta, set_meta_fd, write_file};
 use crate::tree::safe_join;
 use cairn_guest::{FileEntry, FileKind, Opened};
 use cairn_insight::{Damage, Timeline};
@@ -19,6 +19,7 @@ use cairn_vault::{SnapshotId, Vault};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -618,7 +619,12 @@ pub fn rollback_in_place(
         match p.action {
             Action::Kept => {}
             Action::Dropped => {
-                no_links_between(dir, &dest)?;
+                // A path that cannot be handled safely is skipped and
+                // reported; the rest of the rollback goes on.
+                if let Err(e) = no_links_between(dir, &dest) {
+                    report.skipped.push(format!("{}: {e}", p.path));
+                    continue;
+                }
                 match fs::symlink_metadata(&dest) {
                     Ok(md) if md.is_file() => {
                         fs::remove_file(&dest).ctx(|| format!("removing {}", dest.display()))?
@@ -633,7 +639,16 @@ pub fn rollback_in_place(
                     continue;
                 };
                 let parent = dest.parent().unwrap_or(dir).to_path_buf();
-                no_links_between(dir, &parent)?;
+                if let Err(e) = no_links_between(dir, &parent) {
+                    report.skipped.push(format!("{}: {e}", p.path));
+                    continue;
+                }
+                if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+                    report
+                        .skipped
+                        .push(format!("{}: a directory is there now; left alone", p.path));
+                    continue;
+                }
                 fs::create_dir_all(&parent).ctx(|| format!("creating {}", parent.display()))?;
                 let name = dest
                     .file_name()
@@ -644,9 +659,17 @@ pub fn rollback_in_place(
                 let fs_ = snaps.get(pick.index)?;
                 let n = write_file(fs_.fs.as_ref(), &pick.entry, &tmp, &|_| {})
                     .ctx(|| format!("writing {}", tmp.display()))?;
-                set_meta(&pick.entry, &tmp);
-                fs::File::open(&tmp)
-                    .and_then(|f| f.sync_all())
+                // Metadata through the file itself, opened without
+                // following a link: what someone swapped in at `tmp` in
+                // the meantime makes this fail instead of being chmodded.
+                fs::File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&tmp)
+                    .and_then(|f| {
+                        set_meta_fd(&pick.entry, &f);
+                        f.sync_all()
+                    })
                     .ctx(|| format!("syncing {}", tmp.display()))?;
                 fs::rename(&tmp, &dest).ctx(|| format!("replacing {}", dest.display()))?;
                 report.bytes_written += n;

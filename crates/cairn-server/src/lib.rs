@@ -425,13 +425,28 @@ pub async fn serve(st: Shared, listener: tokio::net::TcpListener) -> Result<()> 
         (Some(cert), Some(key)) => serve_tls(app, listener, cert, key).await,
         (None, None) => {
             axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
+                .with_graceful_shutdown(shutdown())
                 .await?;
             Ok(())
         }
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+    }
+}
+
+/// Ctrl-C, or SIGTERM (what systemd and `kill` send): the server stops
+/// taking requests, finishes those in flight and exits 0.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }
 
@@ -458,8 +473,13 @@ async fn serve_tls(
     .with_single_cert(certs, key)
     .context("the TLS certificate and key do not fit together")?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let stop = shutdown();
+    tokio::pin!(stop);
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let (tcp, _) = tokio::select! {
+            a = listener.accept() => a?,
+            _ = &mut stop => return Ok(()),
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

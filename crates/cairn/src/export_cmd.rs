@@ -17,6 +17,7 @@ pub fn export(
     name: Option<&str>,
     overlay: Option<&Path>,
     writable: bool,
+    json: bool,
 ) -> Result<u8> {
     if writable != overlay.is_some() {
         bail!(
@@ -66,10 +67,18 @@ pub fn export(
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
-        let urls: String = exports
-            .iter()
-            .map(|e| format!("nbd://{addr}/{}\n", e.name))
-            .collect();
+        let urls: String = if json {
+            let list: Vec<_> = exports
+                .iter()
+                .map(|e| serde_json::json!({"name": e.name, "url": format!("nbd://{addr}/{}", e.name)}))
+                .collect();
+            format!("{}\n", serde_json::json!({ "exports": list }))
+        } else {
+            exports
+                .iter()
+                .map(|e| format!("nbd://{addr}/{}\n", e.name))
+                .collect()
+        };
         announce(&urls);
         eprintln!(
             "serving {} export(s){}; stop with Ctrl-C",
@@ -105,6 +114,7 @@ pub fn export_nfs(
     name: Option<&str>,
     overlay_dir: Option<&Path>,
     writable: bool,
+    json: bool,
 ) -> Result<u8> {
     if writable != overlay_dir.is_some() {
         bail!(
@@ -202,6 +212,13 @@ pub fn export_nfs(
         );
         for f in &folders {
             hint.push_str(&format!("  /{f}/disk.img\n"));
+        }
+        if json {
+            let disks: Vec<String> = folders.iter().map(|f| format!("/{f}/disk.img")).collect();
+            hint = format!(
+                "{}\n",
+                serde_json::json!({"url": format!("nfs://{host}:{port}/"), "port": port, "disks": disks})
+            );
         }
         announce(&hint);
         eprintln!(

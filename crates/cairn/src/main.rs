@@ -686,6 +686,7 @@ fn run(cli: Cli) -> Result<u8> {
                 name.as_deref(),
                 overlay.as_deref(),
                 *writable,
+                cli.json,
             )
         }
         Command::Mount {
@@ -1191,6 +1192,9 @@ fn token(cli: &Cli, action: &TokenAction) -> Result<u8> {
             if cli.json {
                 print_json(&list.iter().map(|t| json!({"id": t.id, "role": t.role, "sources": t.sources, "label": t.label, "created": t.created, "revoked": t.revoked})).collect::<Vec<_>>());
             } else {
+                if list.is_empty() {
+                    eprintln!("no tokens (create one with `cairn token create --role admin`)");
+                }
                 for t in list {
                     println!(
                         "{} {:8} {:20} {} {}{}",
@@ -1209,7 +1213,11 @@ fn token(cli: &Cli, action: &TokenAction) -> Result<u8> {
                 bail!("no active token {id} (see `cairn token list`)");
             }
             audit.append("local", "admin", "token revoke", id, "ok")?;
-            println!("revoked {id}");
+            if cli.json {
+                print_json(&json!({ "revoked": id }));
+            } else {
+                println!("revoked {id}");
+            }
         }
     }
     Ok(0)
@@ -1242,6 +1250,9 @@ fn audit(cli: &Cli, action: Option<&AuditAction>) -> Result<u8> {
             if cli.json {
                 print_json(&entries);
             } else {
+                if entries.is_empty() {
+                    eprintln!("the audit log is empty");
+                }
                 for e in entries {
                     println!(
                         "{:>5} {} {} {:8} {} {} {}",
@@ -1486,6 +1497,19 @@ fn restore_delta(
     if cli.json {
         print_json(&r);
     } else {
+        if let Some(old) = r.resized_from {
+            println!(
+                "{} {} from {} to {} (the snapshot's disk size)",
+                to.display(),
+                if dry_run {
+                    "would be resized"
+                } else {
+                    "resized"
+                },
+                bytes(old),
+                bytes(r.size)
+            );
+        }
         println!(
             "{} {}@{}{} onto {}: compared {}{}, {} {} block(s) ({}, {} zeroed){}, {:.2}s",
             if dry_run { "would restore" } else { "restored" },
