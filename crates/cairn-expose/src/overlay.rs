@@ -30,6 +30,11 @@ pub fn bind_base(path: &Path, base: &str) -> io::Result<()> {
     let mut side = path.as_os_str().to_owned();
     side.push(".base");
     let side = std::path::PathBuf::from(side);
+    // A record left beside an overlay that was deleted (or never written)
+    // binds nothing.
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return std::fs::write(&side, format!("{base}\n"));
+    }
     match std::fs::read_to_string(&side) {
         Ok(s) if s.trim() == base => Ok(()),
         Ok(s) => Err(io::Error::new(

@@ -49,11 +49,11 @@ const MAX_DIR_BYTES: u64 = 64 << 20;
 const MAX_DEPTH: usize = 2048;
 const MAX_ENTRIES: usize = 20_000_000;
 const MAX_EXTENT_NODES: usize = 1 << 20;
-/// Bytes of paths and extent lists one walk may hold: a real filesystem
-/// of millions of files needs a fraction of it, while long names in deep
+/// Bytes of paths and extent lists one walk may hold (128 per entry of
+/// the most entries allowed): long names in deep
 /// chains, or one fragmented file linked under a thousand names, would
 /// otherwise fill memory from a small image.
-const MAX_LISTED_BYTES: usize = 1 << 30;
+const MAX_LISTED_BYTES: usize = MAX_ENTRIES * 128;
 /// Beyond this many runs a file's extents are not kept (None: unknown).
 const MAX_CONTENT_RUNS: usize = 1 << 16;
 

@@ -109,7 +109,12 @@ impl NtfsFs {
             }
             let rec = e.file_reference().file_record_number();
             let name = key.name().to_string_lossy();
-            if rec < FIRST_USER_RECORD || name == "." || !seen.insert(name.clone()) {
+            if rec < FIRST_USER_RECORD
+                || name == "."
+                || name == ".."
+                || name.is_empty()
+                || !seen.insert(name.clone())
+            {
                 continue;
             }
             if out.len() > MAX_ENTRIES {

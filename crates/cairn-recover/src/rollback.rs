@@ -113,6 +113,10 @@ fn same_content(
 struct Pick {
     index: usize,
     entry: FileEntry,
+    /// The latest snapshot has nothing at this path (a deleted file, an
+    /// original an encrypted copy replaced): in place, whatever is there
+    /// now was made since and is left alone.
+    absent: bool,
 }
 
 /// What damage was found for a path: where first, what, and the file it
@@ -286,7 +290,14 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 reason,
             });
             if action != Action::Dropped {
-                picks.insert(e.path.clone(), Pick { index, entry });
+                picks.insert(
+                    e.path.clone(),
+                    Pick {
+                        index,
+                        entry,
+                        absent: false,
+                    },
+                );
             }
             continue;
         }
@@ -310,6 +321,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 Pick {
                     index: latest,
                     entry: e,
+                    absent: false,
                 },
             );
             continue;
@@ -359,6 +371,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     Pick {
                         index: g,
                         entry: old,
+                        absent: false,
                     },
                 );
             }
@@ -378,6 +391,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     Pick {
                         index: latest,
                         entry: e,
+                        absent: false,
                     },
                 );
             }
@@ -408,11 +422,13 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             });
             // Its folders come from the latest snapshot when they still
             // exist; otherwise they are created.
+            let absent = !in_latest.contains(&o);
             picks.insert(
                 o,
                 Pick {
                     index: g,
                     entry: old,
+                    absent,
                 },
             );
         }
@@ -423,6 +439,22 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         let (id, time) = snaps.label(c);
         for (path, old) in before {
             if in_latest.contains(&path) || picks.contains_key(&path) {
+                continue;
+            }
+            if let Some((k, f)) = flags.get(old.display_path().as_str()) {
+                // Verification flagged what was there: it stays gone.
+                let (first, _) = snaps.label(*k);
+                provenance.push(Provenance {
+                    path: old.display_path(),
+                    action: Action::Dropped,
+                    snapshot: None,
+                    snapshot_time: None,
+                    reason: format!(
+                        "deleted since the clean point; flagged by verification in {} ({}): not brought back",
+                        &first[..first.len().min(8)],
+                        f.why
+                    ),
+                });
                 continue;
             }
             provenance.push(Provenance {
@@ -440,6 +472,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 Pick {
                     index: c,
                     entry: old,
+                    absent: true,
                 },
             );
         }
@@ -643,13 +676,28 @@ pub fn rollback_in_place(
                     report.skipped.push(format!("{}: {e}", p.path));
                     continue;
                 }
-                if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+                match fs::symlink_metadata(&dest) {
+                    Ok(m) if m.is_dir() => {
+                        report
+                            .skipped
+                            .push(format!("{}: a directory is there now; left alone", p.path));
+                        continue;
+                    }
+                    Ok(_) if pick.absent => {
+                        report.skipped.push(format!(
+                            "{}: made again since the last backup; left alone",
+                            p.path
+                        ));
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let Err(e) = fs::create_dir_all(&parent) {
                     report
                         .skipped
-                        .push(format!("{}: a directory is there now; left alone", p.path));
+                        .push(format!("{}: creating {}: {e}", p.path, parent.display()));
                     continue;
                 }
-                fs::create_dir_all(&parent).ctx(|| format!("creating {}", parent.display()))?;
                 let name = dest
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())

@@ -115,7 +115,9 @@ pub fn restore_tree(
                 target.display()
             )));
         }
-        if !empty || opts.dry_run {
+        // An existing directory (maybe a mount point, or a link the user
+        // gave on purpose) is restored into where it is.
+        {
             let mut report = restore_into(vault, tree, target, opts, progress)?;
             if !empty {
                 report.extra = not_in_tree(target, tree);
@@ -129,24 +131,29 @@ pub fn restore_tree(
             }
             return Ok(report);
         }
-    } else if opts.dry_run {
-        return restore_into(vault, tree, target, opts, progress);
     }
-    // A new target is built beside it and renamed into place once whole:
-    // a restore that fails half-way leaves no plausible-looking tree.
-    let name = target
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a directory path", target.display())))?;
+    let name = match target.file_name() {
+        Some(n) if !opts.dry_run => n,
+        _ => return restore_into(vault, tree, target, opts, progress),
+    };
+    // A target that does not exist yet is built beside it and renamed
+    // into place once whole: a restore that fails half-way leaves no
+    // plausible-looking tree.
     let work = target.with_file_name(format!(".{}.cairn-partial", name.to_string_lossy()));
     if fs::symlink_metadata(&work).is_ok() {
         fs::remove_dir_all(&work).ctx(|| format!("removing {}", work.display()))?;
     }
     match restore_into(vault, tree, &work, opts, progress) {
-        Ok(report) => {
-            fs::rename(&work, target)
-                .ctx(|| format!("moving {} to {}", work.display(), target.display()))?;
-            Ok(report)
-        }
+        Ok(report) => match fs::rename(&work, target) {
+            Ok(()) => Ok(report),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&work);
+                Err(Error::io(
+                    format!("moving {} to {}", work.display(), target.display()),
+                    e,
+                ))
+            }
+        },
         Err(e) => {
             let _ = fs::remove_dir_all(&work);
             Err(e)

@@ -424,9 +424,16 @@ pub async fn serve(st: Shared, listener: tokio::net::TcpListener) -> Result<()> 
     match (&st.config.tls_cert, &st.config.tls_key) {
         (Some(cert), Some(key)) => serve_tls(app, listener, cert, key).await,
         (None, None) => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await?;
+            // Requests in flight get ten seconds to finish (an open event
+            // stream would otherwise hold the stop until systemd kills).
+            let drained = async {
+                shutdown().await;
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            };
+            tokio::select! {
+                r = axum::serve(listener, app).with_graceful_shutdown(shutdown()) => r?,
+                _ = drained => {}
+            }
             Ok(())
         }
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
@@ -434,7 +441,8 @@ pub async fn serve(st: Shared, listener: tokio::net::TcpListener) -> Result<()> 
 }
 
 /// Ctrl-C, or SIGTERM (what systemd and `kill` send): the server stops
-/// taking requests, finishes those in flight and exits 0.
+/// taking requests and exits 0 (over plain HTTP after those in flight
+/// finish, ten seconds at most; over TLS at once).
 async fn shutdown() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

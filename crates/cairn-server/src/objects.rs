@@ -368,6 +368,8 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                 .map(|e| e.offset as u64 + e.len as u64)
                 .max()
                 .unwrap_or(0);
+            // The agent does not choose how long its data is kept either.
+            check_retention(vault, "pack index", idx.retain_until)?;
             if !b.exists(&pack)? || b.size(&pack)? < end {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -452,14 +454,25 @@ fn check_times(vault: &cairn_vault::Vault, snap: &cairn_vault::Snapshot) -> Resu
             now.to_rfc3339()
         )));
     }
-    let retention = vault.config().retention_secs.min(i64::MAX as u64 / 2) as i64;
-    let least = now + chrono::Duration::seconds(retention) - skew;
-    if snap.retain_until < least {
+    check_retention(
+        vault,
+        &format!("snapshot {}", snap.id.0),
+        snap.retain_until.timestamp(),
+    )
+}
+
+/// A retain-until (Unix seconds) an agent sent must reach at least the
+/// vault's retention from now.
+fn check_retention(vault: &cairn_vault::Vault, what: &str, until: i64) -> Result<(), ApiError> {
+    let retention = vault.config().retention_secs.min(i64::MAX as u64 / 4) as i64;
+    let least = chrono::Utc::now().timestamp() + retention - CLOCK_SKEW_SECS;
+    if until < least {
         return Err(ApiError::bad(format!(
-            "snapshot {} would be retained until {}, before the vault's retention ends ({})",
-            snap.id.0,
-            snap.retain_until.to_rfc3339(),
-            least.to_rfc3339()
+            "{what} would be retained until {}, before the vault's retention ends ({})",
+            chrono::DateTime::from_timestamp(until, 0)
+                .map_or_else(|| until.to_string(), |t| t.to_rfc3339()),
+            chrono::DateTime::from_timestamp(least, 0)
+                .map_or_else(|| least.to_string(), |t| t.to_rfc3339()),
         )));
     }
     Ok(())
@@ -598,5 +611,8 @@ mod tests {
         assert!(ahead.unwrap_err().message.contains("in the future"));
         let short = check_times(&vault, &snapshot(now, now + Duration::days(1)));
         assert!(short.unwrap_err().message.contains("retention"));
+        // A pack index's retain-until too.
+        assert!(check_retention(&vault, "pack index", keep.timestamp()).is_ok());
+        assert!(check_retention(&vault, "pack index", 0).is_err());
     }
 }

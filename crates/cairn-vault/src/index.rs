@@ -46,6 +46,9 @@ pub struct PackInfo {
 #[derive(Default)]
 pub struct ChunkIndex {
     pub packs: Vec<PackInfo>,
+    /// Ids of `packs`: an index added twice (listed by a reload and
+    /// announced by its writer) counts once.
+    pack_ids: std::collections::HashSet<String>,
     pub chunks: HashMap<ChunkId, Location>,
     /// Index objects that could not be read: (name, reason).
     pub damaged: Vec<(String, String)>,
@@ -53,6 +56,9 @@ pub struct ChunkIndex {
 
 impl ChunkIndex {
     pub fn add(&mut self, idx: &PackIndex) {
+        if !self.pack_ids.insert(idx.pack.clone()) {
+            return;
+        }
         let pack = self.packs.len() as u32;
         let size = idx
             .entries

@@ -135,6 +135,13 @@ pub fn forget(
     }
     let _lock = crate::lock::VaultLock::exclusive(vault.root())?;
     let (all, _) = vault.snapshots()?;
+    // A mistyped name in a retention job must not pass as "nothing to
+    // forget" for ever.
+    if let Some(n) = names.iter().find(|n| !all.iter().any(|s| &s.name == *n)) {
+        return Err(Error::SnapshotNotFound(format!(
+            "{n:?}: there are no snapshots of that name"
+        )));
+    }
     let chosen: Vec<Snapshot> = all
         .into_iter()
         .filter(|s| names.is_empty() || names.contains(&s.name))

@@ -139,6 +139,9 @@ pub struct Vault {
     cipher: Cipher,
     hasher: Hasher,
     index: RwLock<ChunkIndex>,
+    /// Held while the index is reloaded and while one pack's index is
+    /// added (see `load_index`).
+    reloading: std::sync::Mutex<()>,
     /// Behind a Cairn server: chunks the server said it has (the index
     /// itself is not shown to agents).
     known: RwLock<std::collections::HashSet<ChunkId>>,
@@ -192,7 +195,7 @@ impl Vault {
             || !(opts.disk_chunk_size as usize).is_multiple_of(crate::BLOCK_SIZE)
         {
             return Err(Error::Invalid(
-                "the disk chunk size must be a multiple of 64 KiB".into(),
+                "the disk chunk size must be a positive multiple of 64 KiB".into(),
             ));
         }
         if password.is_empty() {
@@ -407,6 +410,7 @@ impl Vault {
             cipher: Cipher::new(&master.encryption),
             hasher: Hasher::new(&master.id),
             index: RwLock::new(ChunkIndex::default()),
+            reloading: std::sync::Mutex::new(()),
             known: RwLock::new(Default::default()),
             packs: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(REMOTE_PACKS).unwrap(),
@@ -416,6 +420,9 @@ impl Vault {
 
     /// Reads every index object (in parallel: a vault has many).
     pub fn load_index(&self) -> Result<()> {
+        // An index announced (add_index) while this lists and reads would
+        // be lost when the result replaces the index: it waits instead.
+        let _one = self.reloading.lock().unwrap();
         let names = self.backend.list("index")?;
         let loaded: Vec<std::result::Result<PackIndex, (String, String)>> = names
             .par_iter()
@@ -512,6 +519,7 @@ impl Vault {
     /// Adds a pack's index to the in-memory one (after the pack and its
     /// index object are stored).
     pub fn add_index(&self, idx: &PackIndex) {
+        let _one = self.reloading.lock().unwrap();
         self.index.write().unwrap().add(idx);
     }
 

@@ -52,14 +52,17 @@ enum Command {
         /// Minimum time every object is kept, e.g. 30d (nothing is deleted sooner).
         #[arg(long, default_value = "30d")]
         retention: String,
-        /// Fixed chunk size for disks, in KiB (a multiple of 64).
-        #[arg(long, default_value_t = 128)]
+        /// Fixed chunk size for disks, in KiB (a multiple of 64, up to 4096).
+        #[arg(long, default_value_t = 128,
+              value_parser = clap::value_parser!(u32).range(64..=4096))]
         disk_chunk_kib: u32,
-        /// Target size of pack objects, in MiB.
-        #[arg(long, default_value_t = 16)]
+        /// Target size of pack objects, in MiB (1 to 1024).
+        #[arg(long, default_value_t = 16,
+              value_parser = clap::value_parser!(u32).range(1..=1024))]
         pack_mib: u32,
-        /// zstd level for compressible data.
-        #[arg(long, default_value_t = 1)]
+        /// zstd level for compressible data (1 to 19).
+        #[arg(long, default_value_t = 1,
+              value_parser = clap::value_parser!(i32).range(1..=19))]
         compression_level: i32,
         /// S3: create the bucket, with versioning and Object Lock.
         #[arg(long)]
@@ -448,19 +451,22 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    // Commands that print and end die quietly when their reader goes
-    // away (`cairn snapshots | head`), like other tools, instead of
-    // panicking on a broken pipe. Servers keep SIGPIPE ignored: a client
-    // hanging up must not stop them.
-    let serves = matches!(
+    // Commands that only print die quietly when their reader goes away
+    // (`cairn snapshots | head`), like other tools, instead of panicking
+    // on a broken pipe. Every other command keeps SIGPIPE ignored: a
+    // server's client, or clamd on a scan's socket, hanging up must be an
+    // error to handle, not the end of the process.
+    let only_prints = matches!(
         cli.command,
-        Command::Serve { .. }
-            | Command::Export { .. }
-            | Command::Mount { .. }
-            | Command::Boot { .. }
-            | Command::Recover { .. }
+        Command::Snapshots { .. }
+            | Command::Ls { .. }
+            | Command::Cat { .. }
+            | Command::Diff { .. }
+            | Command::Timeline { .. }
+            | Command::Partitions { .. }
+            | Command::Audit { .. }
     );
-    if !serves {
+    if only_prints {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }

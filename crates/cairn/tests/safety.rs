@@ -194,6 +194,15 @@ fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
         std::fs::write(&img, noise(2 << 20, day)).unwrap();
         env.backup(&img, "vm", &format!("2026-03-0{day}T00:00:00Z"));
     }
+    // Policies that would forget everything, or name no source, are
+    // refused instead of passing silently.
+    for bad in [
+        &["forget", "--keep-last", "0"][..],
+        &["forget", "--keep-last", "1", "vn"],
+    ] {
+        let out = env.run(bad);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+    }
     let f = env.json(&["forget", "--keep-last", "1", "--prune"]);
     assert_eq!(f["forget"]["forgotten"].as_array().unwrap().len(), 0);
     assert_eq!(f["forget"]["retained"].as_array().unwrap().len(), 2);
