@@ -140,6 +140,23 @@ pub(crate) fn write_file(
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(dest)?;
+    write_into(fs, e, &f, progress)
+}
+
+/// Writes the content of `e` into the new, empty file `f`; zero runs stay
+/// holes.
+pub(crate) fn write_into(
+    fs: &dyn Filesystem,
+    e: &FileEntry,
+    f: &fs::File,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<u64> {
+    if e.size > 16 << 40 {
+        return Err(std::io::Error::other(format!(
+            "claims {} bytes, more than any real file",
+            e.size
+        )));
+    }
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     while off < e.size {

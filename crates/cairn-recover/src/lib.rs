@@ -1,5 +1,6 @@
 //! Cairn's way back: restoring snapshots.
 
+mod beneath;
 pub mod delta;
 pub mod disk;
 pub mod files;

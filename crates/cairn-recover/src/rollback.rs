@@ -10,7 +10,8 @@
 //! file is dropped when it did not exist before.
 //! A provenance entry says, for every file, where it came from and why.
 
-use crate::files::{set_meta, set_meta_fd, write_file};
+use crate::beneath::Dir;
+use crate::files::{set_meta, set_meta_fd, write_file, write_into};
 use crate::tree::safe_join;
 use cairn_guest::{FileEntry, FileKind, Opened};
 use cairn_insight::{Damage, Timeline};
@@ -19,7 +20,6 @@ use cairn_vault::{SnapshotId, Vault};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -596,24 +596,6 @@ pub fn rollback_to_dir(
     Ok(report)
 }
 
-/// Refuses a path whose existing components include a symlink: a planted
-/// link must not redirect a rollback write outside the tree.
-fn no_links_between(root: &Path, dest: &Path) -> Result<()> {
-    let mut p = PathBuf::from(root);
-    for c in dest.strip_prefix(root).unwrap_or(dest).components() {
-        p.push(c);
-        if let Ok(md) = fs::symlink_metadata(&p)
-            && md.file_type().is_symlink()
-        {
-            return Err(Error::Invalid(format!(
-                "{} is a symlink; not following it",
-                p.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Rolls a directory source back where it lives: only damaged files are
 /// replaced (each atomically: written beside it, then renamed over it),
 /// attack-created files are removed, deleted originals come back; nothing
@@ -643,47 +625,58 @@ pub fn rollback_in_place(
     if dry_run {
         return Ok(report);
     }
+    // Everything below happens inside directories opened from `dir`
+    // without following links (see `beneath`): the attacker may still
+    // be at work in the tree.
+    let root = Dir::open(dir).ctx(|| format!("opening {}", dir.display()))?;
     for p in &plan.provenance {
         let path = rel(&p.path);
-        let Some(dest) = safe_join(dir, &path) else {
+        if safe_join(dir, &path).is_none() {
             report.skipped.push(format!("{}: unsafe name", p.path));
             continue;
+        }
+        let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&path[..0], &path[..]),
         };
         match p.action {
             Action::Kept => {}
             Action::Dropped => {
-                // A path that cannot be handled safely is skipped and
-                // reported; the rest of the rollback goes on.
-                if let Err(e) = no_links_between(dir, &dest) {
-                    report.skipped.push(format!("{}: {e}", p.path));
-                    continue;
-                }
-                match fs::symlink_metadata(&dest) {
-                    Ok(md) if md.is_file() => {
-                        fs::remove_file(&dest).ctx(|| format!("removing {}", dest.display()))?
-                    }
-                    _ => report
+                let removed = root
+                    .beneath(parent, false)
+                    .and_then(|d| match d.kind(name)? {
+                        Some(libc::S_IFREG) => d.unlink(name).map(|_| true),
+                        _ => Ok(false),
+                    });
+                match removed {
+                    Ok(true) => {}
+                    Ok(false) => report
                         .skipped
                         .push(format!("{}: not a regular file now; left alone", p.path)),
+                    Err(e) => report.skipped.push(format!("{}: {e}", p.path)),
                 }
             }
             Action::Restored => {
                 let Some(pick) = plan.picks.get(&path) else {
                     continue;
                 };
-                let parent = dest.parent().unwrap_or(dir).to_path_buf();
-                if let Err(e) = no_links_between(dir, &parent) {
-                    report.skipped.push(format!("{}: {e}", p.path));
-                    continue;
-                }
-                match fs::symlink_metadata(&dest) {
-                    Ok(m) if m.is_dir() => {
+                // A path that cannot be handled safely is skipped and
+                // reported; the rest of the rollback goes on.
+                let d = match root.beneath(parent, true) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        report.skipped.push(format!("{}: {e}", p.path));
+                        continue;
+                    }
+                };
+                match d.kind(name) {
+                    Ok(Some(libc::S_IFDIR)) => {
                         report
                             .skipped
                             .push(format!("{}: a directory is there now; left alone", p.path));
                         continue;
                     }
-                    Ok(_) if pick.absent => {
+                    Ok(Some(_)) if pick.absent => {
                         report.skipped.push(format!(
                             "{}: made again since the last backup; left alone",
                             p.path
@@ -692,35 +685,27 @@ pub fn rollback_in_place(
                     }
                     _ => {}
                 }
-                if let Err(e) = fs::create_dir_all(&parent) {
-                    report
-                        .skipped
-                        .push(format!("{}: creating {}: {e}", p.path, parent.display()));
-                    continue;
-                }
-                let name = dest
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let tmp = parent.join(format!(".{name}.cairn-rollback"));
-                let _ = fs::remove_file(&tmp);
+                let mut tmp = b".".to_vec();
+                tmp.extend_from_slice(name);
+                tmp.extend_from_slice(b".cairn-rollback");
+                let _ = d.unlink(&tmp);
                 let fs_ = snaps.get(pick.index)?;
-                let n = write_file(fs_.fs.as_ref(), &pick.entry, &tmp, &|_| {})
-                    .ctx(|| format!("writing {}", tmp.display()))?;
-                // Metadata through the file itself, opened without
-                // following a link: what someone swapped in at `tmp` in
-                // the meantime makes this fail instead of being chmodded.
-                fs::File::options()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&tmp)
-                    .and_then(|f| {
-                        set_meta_fd(&pick.entry, &f);
-                        f.sync_all()
-                    })
-                    .ctx(|| format!("syncing {}", tmp.display()))?;
-                fs::rename(&tmp, &dest).ctx(|| format!("replacing {}", dest.display()))?;
-                report.bytes_written += n;
+                let written = d.create_new(&tmp).and_then(|f| {
+                    let n = write_into(fs_.fs.as_ref(), &pick.entry, &f, &|_| {})?;
+                    // Metadata through the file itself, never by name.
+                    set_meta_fd(&pick.entry, &f);
+                    f.sync_all()?;
+                    d.rename(&tmp, name)?;
+                    d.sync()?;
+                    Ok(n)
+                });
+                match written {
+                    Ok(n) => report.bytes_written += n,
+                    Err(e) => {
+                        let _ = d.unlink(&tmp);
+                        return Err(Error::io(format!("restoring {}", p.path), e));
+                    }
+                }
             }
         }
     }
