@@ -125,14 +125,6 @@ pub(crate) fn write_file(
     dest: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::io::Result<u64> {
-    // A crafted inode may claim any size; no real file system holds a
-    // file past 16 TiB (ext4's limit) in a guest this restores.
-    if e.size > 16 << 40 {
-        return Err(std::io::Error::other(format!(
-            "claims {} bytes, more than any real file",
-            e.size
-        )));
-    }
     // O_NOFOLLOW: never write through a symlink, even one planted earlier.
     let f = OpenOptions::new()
         .write(true)
@@ -151,6 +143,8 @@ pub(crate) fn write_into(
     f: &fs::File,
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::io::Result<u64> {
+    // A crafted inode may claim any size; no real file system holds a
+    // file past 16 TiB (ext4's limit) in a guest this restores.
     if e.size > 16 << 40 {
         return Err(std::io::Error::other(format!(
             "claims {} bytes, more than any real file",

@@ -334,6 +334,8 @@ async fn scan(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
     resolve(&st, &spec).await?;
+    st.jobs
+        .room_for(&["scan", "find-clean"], MAX_QUEUED_SCANS)?;
     Ok(job_started(&start_scan(&st, spec)))
 }
 
@@ -403,6 +405,8 @@ async fn find_clean(
     let s = st.clone();
     let n = name.clone();
     blocking(move || Ok(cairn_scan::chain(&s.vault, &n)?)).await?;
+    st.jobs
+        .room_for(&["scan", "find-clean"], MAX_QUEUED_SCANS)?;
     Ok(job_started(&start_find_clean(
         &st,
         name,
@@ -410,9 +414,15 @@ async fn find_clean(
     )))
 }
 
+/// Jobs an operator may have running at once, by kind (scans wait for
+/// one another, each holding a thread meanwhile).
+const MAX_QUEUED_SCANS: usize = 8;
+const MAX_RESTORES: usize = 2;
+const MAX_BOOTS: usize = 2;
+
 #[derive(Deserialize, Default)]
 struct RestoreBody {
-    /// A path on the server: a disk image file, or an empty directory.
+    /// The name of a new file in the config's `restore_dir`.
     to: String,
 }
 
@@ -424,11 +434,20 @@ async fn restore(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
     let RestoreBody { to } = body(&b)?;
-    if to.is_empty() {
-        return Err(ApiError::bad("say where to restore: {\"to\": \"/path\"}"));
+    let Some(dir) = st.config.restore_dir.clone() else {
+        return Err(ApiError::bad(
+            "restores through the API need restore_dir in the server config (they write only there)",
+        ));
+    };
+    if to.is_empty() || to == "." || to == ".." || to.contains('/') || to.contains('\0') {
+        return Err(ApiError::bad(
+            "say which new file in restore_dir to write: {\"to\": \"name.img\"}",
+        ));
     }
+    let to = dir.join(to).display().to_string();
     let snap = resolve(&st, &spec).await?;
     let s = st.clone();
+    st.jobs.room_for(&["restore"], MAX_RESTORES)?;
     let job = st.jobs.spawn("restore", &spec, move |job| {
         let to = std::path::PathBuf::from(&to);
         job.push(
@@ -456,9 +475,11 @@ fn cairn_recover_disk(
 ) -> anyhow::Result<Value> {
     use cairn_vault::BlockSource;
     use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(to)
         .map_err(|e| {
             anyhow::anyhow!("creating {}: {e} (the target must not exist)", to.display())
@@ -500,6 +521,7 @@ async fn boot(
     };
     let snap = resolve(&st, &spec).await?;
     let s = st.clone();
+    st.jobs.room_for(&["boot"], MAX_BOOTS)?;
     let job = st.jobs.spawn("boot", &spec, move |job| {
         job.push("stage", json!({"stage": "boot", "snapshot": snap.id.0}));
         // The console log is kept beside the server's state.
@@ -634,6 +656,7 @@ async fn forget(State(st): State<Shared>, caller: Caller, b: Bytes) -> Result<Re
             "say what to keep (keep_last, keep_within, keep_daily, …)",
         ));
     }
+    vault_free(&st)?;
     let r = blocking(move || {
         Ok(cairn_vault::prune::forget(
             &st.vault, &f.names, &policy, f.dry_run,
@@ -641,6 +664,19 @@ async fn forget(State(st): State<Shared>, caller: Caller, b: Bytes) -> Result<Re
     })
     .await?;
     Ok(axum::Json(r).into_response())
+}
+
+/// Forget and prune wait for every reader of the vault (an export may
+/// run for days): through the API they answer 409 instead of hanging.
+fn vault_free(st: &Shared) -> Result<(), ApiError> {
+    if cairn_vault::lock::VaultLock::is_free(st.vault.root())? {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the vault is in use (an export, a backup, a restore or a scan): try again when it ends",
+        ))
+    }
 }
 
 /// `30d`, `12h`, `90m`.
@@ -666,6 +702,7 @@ struct PruneBody {
 async fn prune(State(st): State<Shared>, caller: Caller, b: Bytes) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
     let p: PruneBody = body(&b)?;
+    vault_free(&st)?;
     let r = blocking(move || Ok(cairn_vault::prune::prune(&st.vault, p.dry_run)?)).await?;
     Ok(axum::Json(r).into_response())
 }

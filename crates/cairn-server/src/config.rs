@@ -6,6 +6,7 @@
 //! tls_key = "/etc/cairn/key.pem"
 //! webhook = "https://chat.example/hooks/cairn"   # POSTed on suspicious or compromised
 //! export_host = "10.0.0.5"   # where console NBD exports listen (default 127.0.0.1)
+//! restore_dir = "/srv/restores"   # where the API's restores write (none: refused)
 //!
 //! [boot]                # the console's boot check (as `cairn boot` takes it)
 //! kernel = "/srv/cairn/vmlinuz"   # optional: without, the disk's own bootloader
@@ -36,6 +37,10 @@ pub struct ServerConfig {
     /// Address exports started from the console listen on (default
     /// 127.0.0.1; each export gets a free port).
     pub export_host: Option<String>,
+    /// The only folder restores started through the API write into (a
+    /// new file there, named by the request): an operator token must not
+    /// be a way to write any path the server can.
+    pub restore_dir: Option<PathBuf>,
     /// How the console's boot check boots a snapshot and judges it.
     pub boot: Option<BootConfig>,
     #[serde(default)]

@@ -126,9 +126,7 @@ async fn login(State(st): State<Shared>, Form(f): Form<LoginForm>) -> Response {
             let sid = st.new_session(&rec.id);
             st.audit(&rec, "console sign-in", "", "ok");
             let mut r = Redirect::to("/").into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "cairn_session={sid}; HttpOnly; SameSite=Strict; Path=/"
-            )) {
+            if let Ok(v) = HeaderValue::from_str(&st.cookie(&sid)) {
                 r.headers_mut().append(header::SET_COOKIE, v);
             }
             r
@@ -145,7 +143,17 @@ async fn login(State(st): State<Shared>, Form(f): Form<LoginForm>) -> Response {
     }
 }
 
-async fn logout() -> Response {
+async fn logout(State(st): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    // The session ends here, not only in this browser.
+    if let Some(sid) = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("cairn_session="))
+    {
+        st.end_session(sid);
+    }
     let mut r = Redirect::to("/login").into_response();
     r.headers_mut().append(
         header::SET_COOKIE,

@@ -105,11 +105,44 @@ impl Jobs {
             }
         }
         let j = job.clone();
-        tokio::task::spawn_blocking(move || match work(&j) {
-            Ok(v) => j.push("done", v),
-            Err(e) => j.push("error", serde_json::json!({ "error": format!("{e:#}") })),
+        tokio::task::spawn_blocking(move || {
+            // A panic still ends the job's event stream, with an error.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&j)));
+            match r {
+                Ok(Ok(v)) => j.push("done", v),
+                Ok(Err(e)) => j.push("error", serde_json::json!({ "error": format!("{e:#}") })),
+                Err(_) => j.push(
+                    "error",
+                    serde_json::json!({ "error": "the job failed (a bug: see the server's log)" }),
+                ),
+            }
         });
         job
+    }
+
+    /// Jobs of `kinds` not finished yet.
+    pub fn running(&self, kinds: &[&str]) -> usize {
+        self.map
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|j| kinds.contains(&j.kind.as_str()) && !j.since(usize::MAX).1)
+            .count()
+    }
+
+    /// Refuses a new job of `kinds` while `most` of them run: each holds a
+    /// thread, a QEMU or a disk's worth of writes.
+    pub fn room_for(&self, kinds: &[&str], most: usize) -> Result<(), crate::ApiError> {
+        if self.running(kinds) >= most {
+            return Err(crate::ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{most} {} jobs are running already; try again when one has finished",
+                    kinds.join("/")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Job>> {

@@ -52,13 +52,20 @@ pub struct AppState {
     pub exports: exports::Exports,
     pub claims: objects::Claims,
     pub config: config::ServerConfig,
-    /// Console sessions: session id → token id.
-    sessions: Mutex<HashMap<String, String>>,
+    /// Console sessions: session id → (token id, when it ends).
+    sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// Scans share the scan cache: one at a time.
     pub scan_lock: Mutex<()>,
 }
 
 pub type Shared = Arc<AppState>;
+
+/// How long a console session lasts.
+const SESSION_LIFE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+/// Most console sessions kept at once.
+const MAX_SESSIONS: usize = 10_000;
+/// Largest request body outside object uploads.
+const MAX_BODY: usize = 64 * 1024;
 
 /// The server's state folder for a vault whose local directory is
 /// `local_dir` (the vault itself when it is a directory).
@@ -98,11 +105,47 @@ impl AppState {
 
     fn new_session(&self, token_id: &str) -> String {
         let sid = random_hex(24);
-        self.sessions
-            .lock()
-            .unwrap()
-            .insert(sid.clone(), token_id.to_string());
+        let now = std::time::Instant::now();
+        let mut all = self.sessions.lock().unwrap();
+        // Ended sessions go; past the cap the ones ending soonest too, so
+        // sign-ins cannot grow the map without end.
+        all.retain(|_, (_, ends)| *ends > now);
+        while all.len() >= MAX_SESSIONS {
+            let first = all
+                .iter()
+                .min_by_key(|(_, (_, ends))| *ends)
+                .map(|(k, _)| k.clone())
+                .expect("not empty");
+            all.remove(&first);
+        }
+        all.insert(sid.clone(), (token_id.to_string(), now + SESSION_LIFE));
         sid
+    }
+
+    /// The token id of a live session.
+    fn session(&self, sid: &str) -> Option<String> {
+        let all = self.sessions.lock().unwrap();
+        all.get(sid)
+            .filter(|(_, ends)| *ends > std::time::Instant::now())
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Ends a session (sign-out).
+    pub(crate) fn end_session(&self, sid: &str) {
+        self.sessions.lock().unwrap().remove(sid);
+    }
+
+    /// The session cookie's attributes (`Secure` when served over TLS).
+    pub(crate) fn cookie(&self, sid: &str) -> String {
+        let secure = if self.config.tls_cert.is_some() {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!(
+            "cairn_session={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+            SESSION_LIFE.as_secs()
+        )
     }
 }
 
@@ -295,10 +338,13 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
     if caller.is_none()
         && let Some(sid) = cookie_value(&parts, "cairn_session")
     {
-        let id = st.sessions.lock().unwrap().get(sid).cloned();
-        caller = id.and_then(|id| st.tokens.by_id(&id));
+        caller = st.session(sid).and_then(|id| st.tokens.by_id(&id));
     }
+    // A token in the address only opens the console (and a session):
+    // addresses end up in histories, logs and Referer headers.
     if caller.is_none()
+        && parts.method == axum::http::Method::GET
+        && parts.uri.path() == "/"
         && let Some(t) = query_value(parts.uri.query(), "token")
         && let Some(rec) = st.tokens.check(&t)
     {
@@ -312,6 +358,15 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
     }
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
+    // An admin's change is on record before it runs: its work goes on in
+    // a blocking task even when the client hangs up before the answer.
+    if let Some(c) = &caller
+        && c.role == Role::Admin
+        && method != axum::http::Method::GET
+        && method != axum::http::Method::HEAD
+    {
+        st.audit(c, &format!("{method} {path}"), "", "started");
+    }
     let mut resp = next.run(Request::from_parts(parts, body)).await;
     let status = resp.status();
     st.metrics.add(
@@ -320,7 +375,13 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
         1.0,
     );
     if let Some(c) = &caller {
-        let quiet = path.ends_with("/events") || path.starts_with("/static");
+        // Event streams are read over and over: not audited. Only the
+        // route itself, not any path that ends the same (a source may be
+        // named `events`).
+        let quiet = method == axum::http::Method::GET
+            && path.starts_with("/api/v1/jobs/")
+            && path.ends_with("/events")
+            && path.matches('/').count() == 5;
         if status == StatusCode::FORBIDDEN {
             st.metrics.add(
                 "cairn_requests_refused_total",
@@ -333,9 +394,7 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
         }
     }
     if let Some(sid) = new_session
-        && let Ok(v) = HeaderValue::from_str(&format!(
-            "cairn_session={sid}; HttpOnly; SameSite=Strict; Path=/"
-        ))
+        && let Ok(v) = HeaderValue::from_str(&st.cookie(&sid))
     {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -390,17 +449,21 @@ pub fn router(st: Shared) -> Router {
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/metrics",
-            axum::routing::get(|State(st): State<Shared>| async move {
-                let n = cairn_vault::Vault::snapshots(&st.vault)
+            axum::routing::get(|State(st): State<Shared>, caller: Caller| async move {
+                // Source names and verdicts are no one else's business.
+                caller.require(Role::Operator)?;
+                let s = st.clone();
+                let n = blocking(move || Ok(cairn_vault::Vault::snapshots(&s.vault)?))
+                    .await
                     .map(|(s, _)| s.len())
                     .unwrap_or(0);
                 st.metrics.set("cairn_snapshots", &[], n as f64);
                 st.metrics
                     .set("cairn_nbd_clients", &[], st.exports.clients() as f64);
-                (
+                Ok::<_, ApiError>((
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                     st.metrics.render(),
-                )
+                ))
             }),
         )
         .route(
@@ -412,7 +475,7 @@ pub fn router(st: Shared) -> Router {
             st.clone(),
             authenticate,
         ))
-        .layer(axum::extract::DefaultBodyLimit::max(objects::MAX_UPLOAD))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(st)
 }
 

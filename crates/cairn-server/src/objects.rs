@@ -109,16 +109,20 @@ impl Claims {
 }
 
 pub fn routes() -> Router<Shared> {
+    // Only object uploads and chunk-id lists are large; every other body
+    // is held to the router's small limit.
+    let large = || axum::extract::DefaultBodyLimit::max(MAX_UPLOAD);
     Router::new()
         .route(
             "/api/v1/objects/{*name}",
             get(get_object)
                 .head(head_object)
                 .put(put_object)
-                .delete(delete_object),
+                .delete(delete_object)
+                .layer(large()),
         )
         .route("/api/v1/list/{*dir}", get(list))
-        .route("/api/v1/chunks/missing", post(missing))
+        .route("/api/v1/chunks/missing", post(missing).layer(large()))
 }
 
 /// Object names are relative paths of plain components.

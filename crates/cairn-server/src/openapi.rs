@@ -9,8 +9,8 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str, Option<&str>)] = &[
     (
         "get",
         "/metrics",
-        "none",
-        "Prometheus metrics (cairn_… series).",
+        "operator",
+        "Prometheus metrics (cairn_… series); an operator token, since they name the sources and their verdicts.",
         None,
     ),
     ("get", "/openapi.json", "none", "This document.", None),
@@ -102,7 +102,7 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str, Option<&str>)] = &[
         "post",
         "/api/v1/snapshots/{spec}/restore",
         "operator",
-        "Start a restore of a disk snapshot to a new file on the server (a job); body {\"to\": PATH}.",
+        "Start a restore of a disk snapshot to a new file in the config's restore_dir (a job); body {\"to\": FILE NAME}.",
         Some("application/json"),
     ),
     (

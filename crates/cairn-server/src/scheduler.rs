@@ -163,7 +163,11 @@ fn notify(st: &Shared, body: serde_json::Value) {
                         .add("cairn_webhooks_total", &[("outcome", "delivered")], 1.0);
                     return;
                 }
-                Err(e) => tracing::warn!("webhook {url}: {e}"),
+                // The address often holds a secret: only its host is logged.
+                Err(e) => tracing::warn!(
+                    "webhook to {}: {e}",
+                    url.split('/').nth(2).unwrap_or("the configured address")
+                ),
             }
         }
         st.metrics

@@ -28,6 +28,20 @@ impl VaultLock {
         Ok(VaultLock { _file: f })
     }
 
+    /// True when forget or prune could start now: no backup, restore,
+    /// export or other reader holds the lock (a server answers "busy"
+    /// rather than waiting without end behind an export).
+    pub fn is_free(root: &Path) -> Result<bool> {
+        let f = Self::open(root)?;
+        match f.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(crate::Error::io("trying the vault lock", e))
+            }
+        }
+    }
+
     /// Held by forget and prune.
     pub fn exclusive(root: &Path) -> Result<Self> {
         let f = Self::open(root)?;

@@ -62,8 +62,8 @@ fn call(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> (u16, Valu
     (status, v)
 }
 
-fn metric(url: &str, series: &str) -> f64 {
-    let (_, v) = call("GET", &format!("{url}/metrics"), None, b"");
+fn metric(url: &str, token: &str, series: &str) -> f64 {
+    let (_, v) = call("GET", &format!("{url}/metrics"), Some(token), b"");
     v.as_str()
         .unwrap()
         .lines()
@@ -145,15 +145,16 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     assert_eq!(first["insight"]["scored_by"], "server", "{first:#}");
     assert_eq!(first["insight"]["verdict"], "clean", "{first:#}");
     replace_guest_file(&disk, "home/alice/docs/report-3.txt", &text(25_000, 77));
-    let uploaded_before = metric(&url, "cairn_upload_bytes_total");
+    let uploaded_before = metric(&url, &operator, "cairn_upload_bytes_total");
     let second = remote_backup_ok(&env, &server, &agent_token, &disk, "vm");
-    let uploaded = metric(&url, "cairn_upload_bytes_total") - uploaded_before;
+    let uploaded = metric(&url, &operator, "cairn_upload_bytes_total") - uploaded_before;
     assert!(
         uploaded < 2.0 * 1048576.0,
         "the second backup uploaded {uploaded} bytes of a 64 MiB disk"
     );
     assert!(
-        metric(&url, "cairn_chunks_offered_total") > metric(&url, "cairn_chunks_missing_total")
+        metric(&url, &operator, "cairn_chunks_offered_total")
+            > metric(&url, &operator, "cairn_chunks_missing_total")
     );
     let snap = second["id"].as_str().unwrap();
     assert_ne!(snap, first["id"].as_str().unwrap());
@@ -302,6 +303,30 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     }
     let (status, _) = call("GET", &format!("{url}/healthz"), None, b"");
     assert_eq!(status, 200, "the server survived");
+    // Metrics name the sources and their verdicts: not for anyone, nor
+    // for an agent.
+    for t in [None, Some(agent_token.as_str())] {
+        let (status, _) = call("GET", &format!("{url}/metrics"), t, b"");
+        assert!(status == 401 || status == 403, "{status}");
+    }
+    // Bodies outside object uploads are small: a large one is refused.
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/api/v1/forget"),
+        Some(&admin),
+        &vec![b' '; 1 << 20],
+    );
+    assert_eq!(status, 413);
+    // An operator's restore writes only into the config's restore_dir
+    // (none here): never to a path of its choosing.
+    let (status, v) = call(
+        "POST",
+        &format!("{url}/api/v1/snapshots/vm@latest/restore"),
+        Some(&operator),
+        br#"{"to": "/root/.ssh/authorized_keys"}"#,
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("restore_dir"), "{v}");
 
     // A snapshot dated years ahead, which every keep policy would keep
     // in place of the real ones, is refused (by the agent here; the
@@ -512,7 +537,7 @@ fn an_interrupted_upload_leaves_nothing_half_written_and_the_next_run_resumes() 
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let stored_before = metric(&server.url, "cairn_upload_bytes_total");
+    let stored_before = metric(&server.url, &admin, "cairn_upload_bytes_total");
     // Packs whose index made it are known to the server; a pack sent
     // without its index is an orphan that prune removes later.
     let indexed: u64 = std::fs::read_dir(env.vault.join("index"))
@@ -534,7 +559,7 @@ fn an_interrupted_upload_leaves_nothing_half_written_and_the_next_run_resumes() 
 
     // ...and the next run sends only what is missing.
     remote_backup_ok(&env, &server, &agent_token, &data, "big");
-    let sent = metric(&server.url, "cairn_upload_bytes_total") - stored_before;
+    let sent = metric(&server.url, &admin, "cairn_upload_bytes_total") - stored_before;
     assert!(
         sent < 48.0 * 1048576.0 - indexed as f64 + 1048576.0,
         "resumed run sent {sent} bytes after {indexed} were stored and indexed"
@@ -607,10 +632,17 @@ fn the_scheduler_backs_up_scores_and_calls_the_webhook_on_an_attack() {
     assert!(
         metric(
             &server.url,
+            &operator,
             "cairn_backups_total{source=\"vm\",via=\"scheduler\"}"
         ) >= 1.0
     );
-    assert!(metric(&server.url, "cairn_verdicts_total{verdict=\"compromised\"}") >= 1.0);
+    assert!(
+        metric(
+            &server.url,
+            &operator,
+            "cairn_verdicts_total{verdict=\"compromised\"}"
+        ) >= 1.0
+    );
 
     // The file diff of the attack: the five reports, modified in place.
     let (status, d) = call(
@@ -652,7 +684,7 @@ fn the_scheduler_backs_up_scores_and_calls_the_webhook_on_an_attack() {
         .to_string();
     let held = std::net::TcpStream::connect(&hostport).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(metric(&server.url, "cairn_nbd_clients"), 1.0);
+    assert_eq!(metric(&server.url, &operator, "cairn_nbd_clients"), 1.0);
     drop(held);
     let (status, _) = call(
         "DELETE",
@@ -744,7 +776,13 @@ fn a_scan_streams_its_stages_and_findings_as_server_sent_events() {
         b"",
     );
     assert_eq!(t["snapshots"][0]["scan"], "compromised");
-    assert!(metric(&server.url, "cairn_scan_findings_total{kind=\"malware\"}") >= 1.0);
+    assert!(
+        metric(
+            &server.url,
+            &operator,
+            "cairn_scan_findings_total{kind=\"malware\"}"
+        ) >= 1.0
+    );
     // The OpenAPI document names every endpoint used here.
     let (_, doc) = call("GET", &format!("{}/openapi.json", server.url), None, b"");
     for p in [
@@ -907,6 +945,7 @@ fn all_back_up(env: &Env, server: &Server, jobs: &[(std::path::PathBuf, String, 
 #[test]
 fn twenty_agents_back_up_at_once() {
     let env = Env::new("0s", &[]);
+    let operator = token(&env, &["--role", "operator"]);
     let server = serve(&env, &[]);
     let n = 20;
     let mut total = 0u64;
@@ -930,14 +969,14 @@ fn twenty_agents_back_up_at_once() {
         "20 agents: {:.0} MiB of disks in {secs:.1} s ({:.0} MiB/s logical), {:.1} MiB uploaded",
         total as f64 / 1048576.0,
         total as f64 / 1048576.0 / secs,
-        metric(&server.url, "cairn_upload_bytes_total") / 1048576.0
+        metric(&server.url, &operator, "cairn_upload_bytes_total") / 1048576.0
     );
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps.as_array().unwrap().len(), n);
     env.ok(&["verify", "--read-data"]);
     // Hosts that started together sent the shared 4 MiB once: each chunk
     // was claimed by the first host to offer it, the others waited for it.
-    let uploaded = metric(&server.url, "cairn_upload_bytes_total");
+    let uploaded = metric(&server.url, &operator, "cairn_upload_bytes_total");
     assert!(
         uploaded < (4.0 + 2.0 * n as f64) * 1048576.0 * 1.1,
         "{uploaded} bytes uploaded for 4 MiB shared and 2 MiB per host"
@@ -945,12 +984,12 @@ fn twenty_agents_back_up_at_once() {
 
     // The next round, each host with 1 MiB changed: only that goes up
     // (what any host stored before is not sent again).
-    let before = metric(&server.url, "cairn_upload_bytes_total");
+    let before = metric(&server.url, &operator, "cairn_upload_bytes_total");
     for (i, (img, _, _)) in jobs.iter().enumerate() {
         write_at(img, 20 << 20, &noise(1 << 20, 500 + i as u64));
     }
     all_back_up(&env, &server, &jobs);
-    let sent = metric(&server.url, "cairn_upload_bytes_total") - before;
+    let sent = metric(&server.url, &operator, "cairn_upload_bytes_total") - before;
     assert!(
         sent < n as f64 * 1.2 * 1048576.0,
         "second round sent {sent} bytes"
