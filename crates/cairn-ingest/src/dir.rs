@@ -12,10 +12,10 @@ use cairn_vault::tree::{Entry, EntryKind, FileChunk, Tree};
 use cairn_vault::{Metrics, Vault};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io::BufReader;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// What the walk found, before any file is read.
@@ -24,6 +24,11 @@ struct Found {
     entry: Entry,
     /// (device, inode) when the file has more than one name.
     hard_link: Option<(u64, u64)>,
+    /// (device, inode) as walked: the file read later must be this one.
+    id: (u64, u64),
+    /// Last change of the inode (content or metadata), ns since the epoch;
+    /// unlike mtime, no program can set it back.
+    ctime_ns: i64,
 }
 
 fn kind_of(md: &Metadata) -> EntryKind {
@@ -130,6 +135,8 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
                 abs,
                 entry,
                 hard_link,
+                id: (md.dev(), md.ino()),
+                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
             });
         }
     }
@@ -150,11 +157,25 @@ fn read_file(
     vault: &Vault,
     writer: &PackWriter,
     path: &Path,
+    walked: (u64, u64),
     parent_blocks: &HashSet<[u8; 16]>,
     progress: &Progress,
 ) -> std::io::Result<FileResult> {
     let c = vault.config();
-    let f = File::open(path)?;
+    // The file walked, and nothing else: not a symlink or a FIFO someone
+    // put in its place since (one would leak another file, the other hang
+    // the backup), checked on the open file itself.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let md = f.metadata()?;
+    if !md.file_type().is_file() || (md.dev(), md.ino()) != walked {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "replaced by another file since the walk",
+        ));
+    }
     let cdc = fastcdc::v2020::StreamCDC::new(
         BufReader::with_capacity(1 << 20, f),
         c.cdc_min as usize,
@@ -192,13 +213,23 @@ fn read_file(
     Ok(r)
 }
 
+/// `parent_began`: when the parent backup began reading (ns since the
+/// epoch). A file is taken from the parent unread only when its size,
+/// mtime and inode are the parent's and its inode has not changed since
+/// then (ctime): mtime can be set back (ransomware that encrypts in place
+/// may), and a write in the same clock tick as the parent's read would
+/// leave mtime equal.
 pub fn ingest(
     vault: &Vault,
     root: &Path,
-    parent: Option<&Tree>,
+    parent: Option<(&Tree, i64)>,
     progress: &Progress,
     warnings: &mut Vec<String>,
 ) -> Result<(Tree, Metrics)> {
+    let (parent, parent_began) = match parent {
+        Some((t, b)) => (Some(t), b),
+        None => (None, i64::MIN),
+    };
     let mut found = walk(root, warnings);
     let parent_by_path: HashMap<&[u8], &Entry> = parent
         .map(|t| t.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
@@ -222,6 +253,7 @@ pub fn ingest(
             }
             first_name.insert(key, e.path.clone());
         }
+        let ctime_ns = f.ctime_ns;
         match parent_by_path.get(e.path.as_slice()) {
             Some(p)
                 if p.kind == EntryKind::File
@@ -229,6 +261,7 @@ pub fn ingest(
                     && p.size == e.size
                     && p.mtime_ns == e.mtime_ns
                     && p.inode == e.inode
+                    && ctime_ns < parent_began
                     && p.chunks.iter().all(|c| vault.has_chunk(&c.id)) =>
             {
                 e.chunks = p.chunks.clone();
@@ -251,11 +284,12 @@ pub fn ingest(
                     .unwrap_or_default();
                 (
                     i,
-                    read_file(vault, writer, &f.abs, &parent_blocks, progress),
+                    read_file(vault, writer, &f.abs, f.id, &parent_blocks, progress),
                 )
             })
             .collect::<Vec<(usize, std::io::Result<FileResult>)>>())
     })?;
+    let mut gone = HashSet::new();
     for (i, r) in results {
         let shown = found[i].abs.display().to_string();
         let e = &mut found[i].entry;
@@ -282,8 +316,23 @@ pub fn ingest(
                     // Vault trouble (disk full while storing), not a file's.
                     return Err(Error::io(format!("backing up {shown}"), err));
                 }
-                warnings.push(format!("{shown}: {err} (stored empty)"));
-                e.size = 0;
+                // Unreadable now: its last content stays (an empty file
+                // would restore as data lost and read as truncation).
+                match parent_by_path.get(e.path.as_slice()) {
+                    Some(p) if p.kind == EntryKind::File && p.hardlink_to.is_none() => {
+                        warnings.push(format!(
+                            "{shown}: {err} (kept as it was in the previous snapshot)"
+                        ));
+                        m.logical_size = m.logical_size - e.size + p.size;
+                        *e = (*p).clone();
+                    }
+                    _ => {
+                        warnings.push(format!("{shown}: {err} (left out)"));
+                        m.logical_size -= e.size;
+                        m.files -= 1;
+                        gone.insert(i);
+                    }
+                }
             }
         }
     }
@@ -307,8 +356,60 @@ pub fn ingest(
     m.new_bytes_stored = stats.new_bytes_stored;
     Ok((
         Tree {
-            entries: found.into_iter().map(|f| f.entry).collect(),
+            entries: found
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !gone.contains(i))
+                .map(|(_, f)| f.entry)
+                .collect(),
         },
         m,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is read is the file the walk saw: not a symlink, a FIFO or
+    /// another file put at its name since.
+    #[test]
+    fn a_file_replaced_after_the_walk_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::init(&dir.path().join("v"), b"pw", &Default::default()).unwrap();
+        let root = dir.path().join("src");
+        fs::create_dir(&root).unwrap();
+        let file = root.join("a.txt");
+        fs::write(&file, b"walked").unwrap();
+        fs::write(dir.path().join("secret"), b"not in the tree").unwrap();
+        let found = walk(&root, &mut Vec::new());
+        let f = found.iter().find(|f| f.abs == file).unwrap();
+        let read = |vault: &Vault| {
+            PackWriter::run(vault, cairn_vault::codec::Framing::Whole, |w| {
+                Ok(read_file(
+                    vault,
+                    w,
+                    &f.abs,
+                    f.id,
+                    &HashSet::new(),
+                    &Progress::default(),
+                ))
+            })
+            .unwrap()
+            .0
+        };
+        assert_eq!(read(&vault).unwrap().read, 6);
+        // Kept alive elsewhere, so no new file gets its inode number.
+        fs::hard_link(&file, dir.path().join("kept")).unwrap();
+        fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), &file).unwrap();
+        assert!(read(&vault).is_err(), "a symlink is not followed");
+        fs::remove_file(&file).unwrap();
+        let c = std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read(&vault).is_err(), "a FIFO neither hangs nor is read");
+        fs::remove_file(&file).unwrap();
+        fs::write(&file, b"another").unwrap();
+        assert!(read(&vault).is_err(), "another file is not taken for it");
+    }
 }

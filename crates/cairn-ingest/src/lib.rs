@@ -206,8 +206,22 @@ fn store(
                 vault
                     .learn_present(t.entries.iter().flat_map(|e| e.chunks.iter().map(|c| c.id)))?;
             }
-            let (tree, metrics) =
-                dir::ingest(vault, &root, parent_tree.as_ref(), progress, &mut warnings)?;
+            // When the parent backup began reading: its manifest is written
+            // at the end, after the measured duration.
+            let began = parent.as_ref().map(|p| {
+                let d = (p.metrics.duration_secs.max(0.0) * 1e9).ceil() as i64;
+                p.written
+                    .timestamp_nanos_opt()
+                    .unwrap_or(i64::MIN)
+                    .saturating_sub(d)
+            });
+            let (tree, metrics) = dir::ingest(
+                vault,
+                &root,
+                parent_tree.as_ref().zip(began),
+                progress,
+                &mut warnings,
+            )?;
             let size = metrics.logical_size;
             (vault.write_content(&tree)?, metrics, "directory", size)
         }

@@ -144,4 +144,40 @@ fn directory_tree_with_links_odd_names_and_metadata_round_trips() {
     let out1 = env.path("restored1");
     env.ok(&["restore", "share@-1", "--to", out1.to_str().unwrap()]);
     assert_eq!(describe(&out), describe(&out1));
+
+    // Day 3: a file encrypted in place, same size, its mtime put back (as
+    // ransomware may): the inode's change time gives it away, it is read.
+    let victim = src.join("home/alice/docs/report-1.txt");
+    let old = std::fs::metadata(&victim).unwrap();
+    let len = old.len() as usize;
+    std::fs::write(&victim, noise(len, 9)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_modified(old.modified().unwrap())
+        .unwrap();
+    let out = env.run(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--name",
+        "share",
+        "--time",
+        "2026-03-03T00:00:00Z",
+        "--json",
+    ]);
+    let s3: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s3["metrics"]["bytes_read"], len as u64, "{}", s3["metrics"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "and insight flags it: {}",
+        s3["insight"]
+    );
+    let out3 = env.path("restored3");
+    env.ok(&["restore", "share@latest", "--to", out3.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(out3.join("home/alice/docs/report-1.txt")).unwrap(),
+        std::fs::read(&victim).unwrap()
+    );
 }
