@@ -158,6 +158,10 @@ pub fn boot_check(
         l.local_addr().expect("address").port()
     });
     let mut base: Vec<String> = vec![
+        // The guest may be infected: QEMU itself runs under seccomp, with
+        // no new processes, no privilege changes and no obsolete calls.
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         "-nodefaults".into(),
         "-display".into(),
         "none".into(),
@@ -241,6 +245,7 @@ pub fn boot_check(
             if Instant::now() > deadline {
                 report.reason = format!("no sign of a good boot within {} s", o.timeout);
                 let _ = child.kill();
+                let _ = child.wait();
                 break 'accel;
             }
             if !saw_output && !last && Instant::now() > first_output_by {
@@ -254,6 +259,7 @@ pub fn boot_check(
                 report.result = "booted";
                 report.reason = format!("guest port {} answered", o.probe.unwrap_or_default());
                 let _ = child.kill();
+                let _ = child.wait();
                 break 'accel;
             }
             match rx.recv_timeout(Duration::from_millis(200)) {
@@ -265,6 +271,7 @@ pub fn boot_check(
                         report.result = "booted";
                         report.reason = format!("console showed {p:?}");
                         let _ = child.kill();
+                        let _ = child.wait();
                         break 'accel;
                     }
                     if line.starts_with("qemu: ") {
@@ -273,6 +280,7 @@ pub fn boot_check(
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = child.wait();
                     if report.reason.is_empty() {
                         report.reason =
                             "the guest stopped before showing a sign of a good boot".into();

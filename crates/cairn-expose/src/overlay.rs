@@ -33,7 +33,7 @@ pub fn bind_base(path: &Path, base: &str) -> io::Result<()> {
     // A record left beside an overlay that was deleted (or never written)
     // binds nothing.
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
-        return std::fs::write(&side, format!("{base}\n"));
+        return write_synced(&side, base);
     }
     match std::fs::read_to_string(&side) {
         Ok(s) if s.trim() == base => Ok(()),
@@ -45,9 +45,48 @@ pub fn bind_base(path: &Path, base: &str) -> io::Result<()> {
                 s.trim()
             ),
         )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::write(&side, format!("{base}\n")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => write_synced(&side, base),
         Err(e) => Err(e),
     }
+}
+
+/// The overlay keeps no list of what was written: its file's allocated
+/// ranges are that list. That holds only where a 4 KiB write allocates
+/// exactly 4 KiB and holes are reported (ext4, XFS, Btrfs, tmpfs); on
+/// ZFS (128 KiB records) or over NFS a restart would misread it. Checked
+/// with a probe file beside the overlay before one is made.
+fn probe_grains(path: &Path) -> io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".cairn-probe");
+    let probe = path.with_file_name(name);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)?;
+    let result = (|| {
+        f.set_len(16 * GRAIN)?;
+        f.write_all_at(&[0x5a; GRAIN as usize], 5 * GRAIN)?;
+        cairn_vault::sparse::data_ranges(&f, 16 * GRAIN)
+    })();
+    let _ = std::fs::remove_file(&probe);
+    match result? {
+        Some(r) if r == [(5 * GRAIN, 6 * GRAIN)] => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: this filesystem does not keep 4 KiB writes apart from holes, which the overlay relies on; put the overlay on ext4, XFS, Btrfs or tmpfs",
+                path.display()
+            ),
+        )),
+    }
+}
+
+fn write_synced(path: &Path, base: &str) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    std::io::Write::write_all(&mut f, format!("{base}\n").as_bytes())?;
+    f.sync_all()
 }
 
 impl Overlay {
@@ -61,6 +100,7 @@ impl Overlay {
             .open(path)?;
         let len = file.metadata()?.len();
         if len == 0 {
+            probe_grains(path)?;
             file.set_len(size)?;
         } else if len != size {
             return Err(io::Error::new(

@@ -178,8 +178,14 @@ fn store(
                 // vault still has, so unchanged ones are not offered again.
                 vault.learn_present(m.chunks.iter().flatten().copied())?;
             }
+            let before = reader.changed_at();
             let (map, metrics) =
                 disk::ingest(vault, reader.as_ref(), parent_map.as_ref(), progress)?;
+            if before.is_some() && reader.changed_at() != before {
+                warnings.push(format!(
+                    "{label} was written to during the backup: the snapshot may mix blocks from before and after (crash-inconsistent); back up a stable copy (a VM or LVM snapshot) for a consistent one"
+                ));
+            }
             let now = reader
                 .current_size()
                 .map_err(|e| Error::io(format!("re-reading the size of {label}"), e))?;

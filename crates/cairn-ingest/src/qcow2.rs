@@ -305,6 +305,12 @@ fn open_backing(path: &Path, depth: usize) -> io::Result<Box<dyn DiskReader>> {
 }
 
 impl DiskReader for Qcow2 {
+    fn changed_at(&self) -> Option<i64> {
+        use std::os::unix::fs::MetadataExt;
+        let md = self.file.metadata().ok()?;
+        Some(md.ctime() * 1_000_000_000 + md.ctime_nsec())
+    }
+
     fn size(&self) -> u64 {
         self.size
     }

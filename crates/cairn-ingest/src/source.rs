@@ -26,6 +26,12 @@ pub trait DiskReader: Send + Sync {
     fn current_size(&self) -> io::Result<u64> {
         Ok(self.size())
     }
+    /// The file's last change (ctime, ns) when the source is a regular
+    /// file: a change between the start and the end of the backup means
+    /// the snapshot may mix old and new blocks.
+    fn changed_at(&self) -> Option<i64> {
+        None
+    }
 }
 
 pub struct RawDisk {
@@ -114,6 +120,13 @@ impl DiskReader for RawDisk {
 
     fn current_size(&self) -> io::Result<u64> {
         device_or_file_size(&self.file)
+    }
+    fn changed_at(&self) -> Option<i64> {
+        use std::os::unix::fs::MetadataExt;
+        let md = self.file.metadata().ok()?;
+        md.file_type()
+            .is_file()
+            .then(|| md.ctime() * 1_000_000_000 + md.ctime_nsec())
     }
 }
 
