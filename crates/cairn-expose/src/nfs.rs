@@ -386,22 +386,140 @@ impl NFSFileSystem for NfsTree {
     }
 }
 
-/// Serves `tree` on `listener_addr` until the task is dropped; returns the
-/// bound port first through `ready`.
+/// Largest RPC record a client may send (the biggest NFS WRITE we offer
+/// and its header fit many times over).
+const MAX_RECORD: u32 = 4 << 20;
+/// Clients served at once.
+const MAX_NFS_CLIENTS: usize = 64;
+
+/// Serves `tree` on `addr` until the task is dropped; returns the bound
+/// port first through `ready`.
+///
+/// `nfsserve` sizes its buffer from a record's claimed length (up to
+/// 2 GiB) before reading it, so a single client could exhaust memory.
+/// It therefore listens on loopback only, behind our own listener, which
+/// passes each client's records through once their lengths are checked.
 pub async fn serve(
     addr: &str,
     tree: NfsTree,
     ready: tokio::sync::oneshot::Sender<u16>,
 ) -> std::io::Result<()> {
     use nfsserve::tcp::{NFSTcp, NFSTcpListener};
-    let listener = NFSTcpListener::bind(addr, tree).await?;
-    let _ = ready.send(listener.get_listen_port());
-    listener.handle_forever().await
+    let inner = NFSTcpListener::bind("127.0.0.1:0", tree).await?;
+    let inner_port = inner.get_listen_port();
+    let outer = tokio::net::TcpListener::bind(addr).await?;
+    let _ = ready.send(outer.local_addr()?.port());
+    tokio::select! {
+        r = inner.handle_forever() => r,
+        r = relay(outer, inner_port) => r,
+    }
+}
+
+/// Accepts clients and relays each to the inner server.
+async fn relay(outer: tokio::net::TcpListener, inner_port: u16) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let clients = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (client, peer) = match outer.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("nfs: accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if clients.load(Ordering::Relaxed) >= MAX_NFS_CLIENTS {
+            tracing::warn!("nfs client {peer}: {MAX_NFS_CLIENTS} connected already; refused");
+            continue;
+        }
+        clients.fetch_add(1, Ordering::Relaxed);
+        let clients = clients.clone();
+        tokio::spawn(async move {
+            if let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", inner_port)).await {
+                let (cr, mut cw) = client.into_split();
+                let (mut sr, sw) = server.into_split();
+                let up = checked_records(cr, sw);
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                tokio::select! {
+                    r = up => if let Err(e) = r {
+                        tracing::warn!("nfs client {peer}: {e}; connection closed");
+                    },
+                    _ = down => {}
+                }
+            }
+            clients.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Copies RPC records (RFC 5531 record marking: fragments, each with a
+/// 4-byte header) from `r` to `w`, refusing a record longer than
+/// [`MAX_RECORD`] before any of it is passed on.
+async fn checked_records(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    mut w: impl tokio::io::AsyncWrite + Unpin,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut record = 0u32;
+    let mut buf = Vec::new();
+    loop {
+        let mut h = [0u8; 4];
+        match r.read_exact(&mut h).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let header = u32::from_be_bytes(h);
+        let len = header & 0x7fff_ffff;
+        record = record.saturating_add(len);
+        if record > MAX_RECORD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a record of over {record} bytes"),
+            ));
+        }
+        buf.resize(len as usize, 0);
+        r.read_exact(&mut buf).await?;
+        w.write_all(&h).await?;
+        w.write_all(&buf).await?;
+        if header & 0x8000_0000 != 0 {
+            record = 0;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn records_pass_whole_and_an_oversized_one_is_refused_unread() {
+        let frag = |last: bool, data: &[u8]| {
+            let mut v = ((data.len() as u32) | if last { 1 << 31 } else { 0 })
+                .to_be_bytes()
+                .to_vec();
+            v.extend_from_slice(data);
+            v
+        };
+        let mut input = frag(false, b"abc");
+        input.extend(frag(true, b"defg"));
+        let mut out = Vec::new();
+        checked_records(&input[..], &mut out).await.unwrap();
+        assert_eq!(out, input);
+        // A header claiming 2 GiB: refused before anything is read or sent.
+        let mut out = Vec::new();
+        let huge = [0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        assert!(checked_records(&huge[..], &mut out).await.is_err());
+        assert!(out.is_empty());
+        // Many small fragments adding up past the limit: refused too.
+        let mut many = Vec::new();
+        for _ in 0..5 {
+            many.extend(frag(false, &vec![0u8; 1 << 20]));
+        }
+        let mut out = Vec::new();
+        assert!(checked_records(&many[..], &mut out).await.is_err());
+        assert!(out.len() < 5 << 20);
+    }
 
     #[test]
     fn ids_are_stable_and_distinct() {

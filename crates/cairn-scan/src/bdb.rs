@@ -160,3 +160,45 @@ pub fn values(data: &[u8], max: usize) -> Result<Vec<Vec<u8>>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Twenty values on one hash page all point at one overflow page that
+    /// chains to itself: without a bound they would assemble twenty times
+    /// what the file holds (terabytes from a crafted `Packages`).
+    #[test]
+    fn values_never_add_up_to_more_than_the_file() {
+        const PS: usize = 512;
+        let mut d = vec![0u8; 4 * PS];
+        d[12..16].copy_from_slice(&HASH_MAGIC.to_le_bytes());
+        d[20..24].copy_from_slice(&(PS as u32).to_le_bytes());
+        let p = PS;
+        d[p + 25] = P_HASH;
+        let n = 20usize;
+        d[p + 20..p + 22].copy_from_slice(&((2 * n) as u16).to_le_bytes());
+        let chunk = PS - HEADER;
+        let mut end = PS;
+        for k in 0..n {
+            let key = end - 2;
+            d[p + key] = H_KEYDATA;
+            d[p + key + 1] = b'k';
+            let value = key - 12;
+            d[p + value] = H_OFFPAGE;
+            d[p + value + 4..p + value + 8].copy_from_slice(&2u32.to_le_bytes());
+            d[p + value + 8..p + value + 12].copy_from_slice(&((4 * chunk) as u32).to_le_bytes());
+            let idx = p + HEADER + 4 * k;
+            d[idx..idx + 2].copy_from_slice(&(key as u16).to_le_bytes());
+            d[idx + 2..idx + 4].copy_from_slice(&(value as u16).to_le_bytes());
+            end = value;
+        }
+        let o = 2 * PS;
+        d[o + 25] = P_OVERFLOW;
+        d[o + 22..o + 24].copy_from_slice(&(chunk as u16).to_le_bytes());
+        d[o + 16..o + 20].copy_from_slice(&2u32.to_le_bytes());
+        let v = values(&d, 1000).unwrap();
+        assert_eq!(v.len(), 1, "the chain is assembled once");
+        assert!(v.iter().map(Vec::len).sum::<usize>() <= d.len());
+    }
+}

@@ -230,3 +230,31 @@ fn qcow2_with_a_backing_file_is_read_through_the_chain() {
     env.ok(&["restore", "chain@latest", "--to", out.to_str().unwrap()]);
     assert!(same_bytes(&flat, &out));
 }
+
+/// A crafted qcow2 whose L1 table lists one L2 table twice (a small file
+/// describing a disk of repeated data, or endless alternating ranges) is
+/// refused, not read.
+#[test]
+fn a_qcow2_that_lists_an_l2_table_twice_is_refused() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("twice.qcow2");
+    let p = img.to_str().unwrap();
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", p, "2G"]);
+    // Data at 0 and at 1 GiB: two L2 tables (each maps 512 MiB).
+    sh(
+        "qemu-io",
+        &["-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1G 64k", p],
+    );
+    env.ok(&["backup", p, "--name", "good"]);
+    let mut b = std::fs::read(&img).unwrap();
+    let l1 = u64::from_be_bytes(b[40..48].try_into().unwrap()) as usize;
+    let first: [u8; 8] = b[l1..l1 + 8].try_into().unwrap();
+    assert_ne!(first, [0; 8], "L1[0] points at an L2 table");
+    assert_ne!(&b[l1 + 16..l1 + 24], &[0; 8], "L1[2] points at another");
+    b[l1 + 16..l1 + 24].copy_from_slice(&first);
+    std::fs::write(&img, &b).unwrap();
+    let out = env.run(&["backup", p, "--name", "crafted"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listed twice"), "{err}");
+}
