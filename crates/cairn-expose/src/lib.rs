@@ -2,6 +2,7 @@
 //! from the vault, with writes going to a copy-on-write overlay and never
 //! to the vault.
 
+mod accept;
 pub mod boot;
 pub mod fuse;
 pub mod nbd;

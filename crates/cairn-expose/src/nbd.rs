@@ -94,9 +94,6 @@ pub async fn serve(listener: TcpListener, exports: Arc<Vec<Export>>) -> io::Resu
     serve_counted(listener, exports, Default::default()).await
 }
 
-/// Clients served at once by one export server.
-const MAX_CLIENTS: i64 = 64;
-
 /// [`serve`], keeping `clients` at the number of connected clients.
 pub async fn serve_counted(
     listener: TcpListener,
@@ -105,25 +102,9 @@ pub async fn serve_counted(
 ) -> io::Result<()> {
     use std::sync::atomic::Ordering;
     loop {
-        // A failed accept (out of file descriptors, a connection reset
-        // before it was taken) ends that one connection, not the export.
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("nbd: accepting a connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Each client may hold tens of MiB of reads in flight: a bounded
-        // number of them, so no client can exhaust the host.
-        if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
-            tracing::warn!("nbd client {peer}: {MAX_CLIENTS} clients connected already; refused");
-            continue;
-        }
+        let (stream, peer) = crate::accept::next_client(&listener, &clients, "nbd").await;
         let exports = exports.clone();
         let clients = clients.clone();
-        clients.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let served = match stream.set_nodelay(true) {
                 Ok(()) => client(stream, &exports).await,

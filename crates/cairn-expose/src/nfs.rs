@@ -389,8 +389,6 @@ impl NFSFileSystem for NfsTree {
 /// Largest RPC record a client may send (the biggest NFS WRITE we offer
 /// and its header fit many times over).
 const MAX_RECORD: u32 = 4 << 20;
-/// Clients served at once.
-const MAX_NFS_CLIENTS: usize = 64;
 
 /// Serves `tree` on `addr` until the task is dropped; returns the bound
 /// port first through `ready`.
@@ -417,22 +415,10 @@ pub async fn serve(
 
 /// Accepts clients and relays each to the inner server.
 async fn relay(outer: tokio::net::TcpListener, inner_port: u16) -> std::io::Result<()> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let clients = Arc::new(AtomicUsize::new(0));
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let clients = Arc::new(AtomicI64::new(0));
     loop {
-        let (client, peer) = match outer.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("nfs: accepting a connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if clients.load(Ordering::Relaxed) >= MAX_NFS_CLIENTS {
-            tracing::warn!("nfs client {peer}: {MAX_NFS_CLIENTS} connected already; refused");
-            continue;
-        }
-        clients.fetch_add(1, Ordering::Relaxed);
+        let (client, peer) = crate::accept::next_client(&outer, &clients, "nfs").await;
         let clients = clients.clone();
         tokio::spawn(async move {
             if let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", inner_port)).await {

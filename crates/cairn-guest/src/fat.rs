@@ -133,7 +133,7 @@ impl Fat {
         path: &[u8],
         count: &mut usize,
     ) -> Result<Vec<(FileEntry, Option<String>)>> {
-        let _limit = self.budget.listing();
+        let _limit = self.budget.listing(ReadBudget::FAT_LISTING);
         let mut out = Vec::new();
         for e in dir.iter() {
             let e = e.map_err(|e| io_err("reading a directory", e))?;

@@ -66,18 +66,21 @@ pub struct SliceReader {
 pub struct ReadBudget(std::sync::Arc<std::sync::atomic::AtomicU64>);
 
 impl ReadBudget {
-    /// Bytes one directory listing may read: a real NTFS directory of
+    /// Bytes one NTFS directory listing may read: a real directory of
     /// 100,000 files reads ~120 MiB (its index and a file record each).
-    pub const LISTING: u64 = 1 << 30;
+    pub const NTFS_LISTING: u64 = 1 << 30;
+    /// Bytes one FAT directory listing may read: a FAT directory holds at
+    /// most 65,536 entries of 32 bytes (2 MiB), plus its chain in the FAT.
+    pub const FAT_LISTING: u64 = 32 << 20;
 
     /// Allows `bytes` more reading (u64::MAX: no limit).
     pub fn allow(&self, bytes: u64) {
         self.0.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Limits reading to [`ReadBudget::LISTING`] until the guard drops.
-    pub fn listing(&self) -> ListingGuard<'_> {
-        self.allow(Self::LISTING);
+    /// Limits reading to `bytes` until the guard drops.
+    pub fn listing(&self, bytes: u64) -> ListingGuard<'_> {
+        self.allow(bytes);
         ListingGuard(self)
     }
 

@@ -83,7 +83,7 @@ impl NtfsFs {
     fn list(&self, r: &mut SliceReader, dir: u64, path: &[u8]) -> Result<Vec<(FileEntry, u64)>> {
         // The crate follows index nodes by itself: one naming itself as
         // its child would be followed (and kept in memory) without end.
-        let _limit = self.budget.listing();
+        let _limit = self.budget.listing(ReadBudget::NTFS_LISTING);
         let file = self
             .ntfs
             .file(r, dir)
