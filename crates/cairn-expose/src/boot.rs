@@ -141,8 +141,13 @@ pub fn boot_check(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
+    // QEMU gets the decrypted disk over a Unix socket in this run's private
+    // folder (mode 0700): no other local user can connect to it.
+    let socket = tmp.path().join("disk.sock");
+    let listener = {
+        let _in_runtime = rt.enter();
+        tokio::net::UnixListener::bind(&socket).context("binding the disk's socket")?
+    };
     let exports = Arc::new(vec![Export {
         name: "boot".into(),
         disk: Arc::new(OverlayDisk {
@@ -151,7 +156,7 @@ pub fn boot_check(
         }),
         description: format!("{}@{}", snap.name, snap.id.short()),
     }]);
-    rt.spawn(crate::serve(listener, exports));
+    rt.spawn(crate::nbd::serve_unix(listener, exports));
 
     let host_port = o.probe.map(|_| {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
@@ -171,7 +176,11 @@ pub fn boot_check(
         "-serial".into(),
         "stdio".into(),
         "-drive".into(),
-        format!("file=nbd://{addr}/boot,format=raw,if=virtio,cache=writeback"),
+        format!(
+            "file=nbd+unix:///boot?socket={},format=raw,if=virtio,cache=writeback",
+            // A comma in QEMU's option values is written twice.
+            socket.display().to_string().replace(',', ",,")
+        ),
     ];
     match (o.network.as_str(), o.probe, host_port) {
         ("restricted", Some(guest), Some(host)) => base.extend([

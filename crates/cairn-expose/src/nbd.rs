@@ -94,6 +94,31 @@ pub async fn serve(listener: TcpListener, exports: Arc<Vec<Export>>) -> io::Resu
     serve_counted(listener, exports, Default::default()).await
 }
 
+/// [`serve`] on a Unix socket: only who may open the socket's folder can
+/// connect (the isolated boot gives QEMU its disk this way, in a folder
+/// of mode 0700, instead of on a TCP port any local user could reach).
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    exports: Arc<Vec<Export>>,
+) -> io::Result<()> {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("nbd: accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let exports = exports.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client(stream, &exports).await {
+                tracing::warn!("nbd client on the socket: {e}; connection closed");
+            }
+        });
+    }
+}
+
 /// [`serve`], keeping `clients` at the number of connected clients.
 pub async fn serve_counted(
     listener: TcpListener,
