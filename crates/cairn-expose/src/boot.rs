@@ -130,9 +130,9 @@ pub fn boot_check(
         .overlay
         .clone()
         .unwrap_or_else(|| tmp.path().join("overlay"));
-    crate::overlay::bind_base(&overlay_path, &snap.id.0)?;
-    let overlay =
-        Arc::new(Overlay::open(&overlay_path, disk.size()).context("opening the overlay")?);
+    let overlay = Arc::new(
+        Overlay::open(&overlay_path, disk.size(), &snap.id.0).context("opening the overlay")?,
+    );
     let log = o
         .log
         .clone()

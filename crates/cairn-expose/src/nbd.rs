@@ -575,7 +575,7 @@ pub fn fuzz_session(data: &[u8]) {
                 (0..n).map(|i| (i * 7 % 251) as u8).collect(),
             ))
         };
-        let overlay = crate::overlay::Overlay::open(&dir.path().join("overlay"), 1 << 20)
+        let overlay = crate::overlay::Overlay::open(&dir.path().join("overlay"), 1 << 20, "test")
             .expect("an overlay file");
         let exports = vec![
             Export {

@@ -26,7 +26,7 @@ pub struct Overlay {
 /// nothing over another (committed there they would mix two disks), so
 /// an overlay already tied to another snapshot is refused. An overlay made
 /// before this record existed is tied on first use.
-pub fn bind_base(path: &Path, base: &str) -> io::Result<()> {
+fn bind_base(path: &Path, base: &str) -> io::Result<()> {
     let mut side = path.as_os_str().to_owned();
     side.push(".base");
     let side = std::path::PathBuf::from(side);
@@ -90,8 +90,10 @@ fn write_synced(path: &Path, base: &str) -> io::Result<()> {
 }
 
 impl Overlay {
-    /// Opens (or creates) the overlay of a disk of `size` bytes.
-    pub fn open(path: &Path, size: u64) -> io::Result<Self> {
+    /// Opens (or creates) the overlay of a disk of `size` bytes, written
+    /// over snapshot `base` (recorded beside it; see `bind_base`).
+    pub fn open(path: &Path, size: u64, base: &str) -> io::Result<Self> {
+        bind_base(path, base)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -290,7 +292,7 @@ mod tests {
     fn empty_writes_touch_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let base = MemDisk(vec![7u8; 3 * GRAIN as usize]);
-        let o = Overlay::open(&dir.path().join("o"), base.size()).unwrap();
+        let o = Overlay::open(&dir.path().join("o"), base.size(), "test").unwrap();
         for offset in [0, 100, GRAIN, base.size()] {
             o.write_at(&base, offset, &[]).unwrap();
         }

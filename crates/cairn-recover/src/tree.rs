@@ -117,20 +117,18 @@ pub fn restore_tree(
         }
         // An existing directory (maybe a mount point, or a link the user
         // gave on purpose) is restored into where it is.
-        {
-            let mut report = restore_into(vault, tree, target, opts, progress)?;
-            if !empty {
-                report.extra = not_in_tree(target, tree);
-                if !report.extra.is_empty() {
-                    report.warnings.push(format!(
-                        "{} entries of {} are not in the snapshot and were left in place (see \"extra\")",
-                        report.extra.len(),
-                        target.display()
-                    ));
-                }
+        let mut report = restore_into(vault, tree, target, opts, progress)?;
+        if !empty {
+            report.extra = not_in_tree(target, tree);
+            if !report.extra.is_empty() {
+                report.warnings.push(format!(
+                    "{} entries of {} are not in the snapshot and were left in place (see \"extra\")",
+                    report.extra.len(),
+                    target.display()
+                ));
             }
-            return Ok(report);
         }
+        return Ok(report);
     }
     let name = match target.file_name() {
         Some(n) if !opts.dry_run => n,

@@ -35,12 +35,10 @@ pub fn export(
             SnapshotDisk::open(vault.clone(), &snap, EXPORT_CACHE_CHUNKS)?.without_read_ahead(),
         );
         let overlay = match overlay {
-            Some(p) => {
-                cairn_expose::overlay::bind_base(p, &snap.id.0)?;
-                Some(Arc::new(Overlay::open(p, disk.size()).with_context(
-                    || format!("opening the overlay {}", p.display()),
-                )?))
-            }
+            Some(p) => Some(Arc::new(
+                Overlay::open(p, disk.size(), &snap.id.0)
+                    .with_context(|| format!("opening the overlay {}", p.display()))?,
+            )),
             None => None,
         };
         exports.push(Export {
@@ -150,10 +148,10 @@ pub fn export_nfs(
         let overlay = match overlay_dir {
             Some(d) => {
                 let p = d.join(format!("{folder}.overlay"));
-                cairn_expose::overlay::bind_base(&p, &snap.id.0)?;
-                Some(Arc::new(Overlay::open(&p, disk.size()).with_context(
-                    || format!("opening the overlay {}", p.display()),
-                )?))
+                Some(Arc::new(
+                    Overlay::open(&p, disk.size(), &snap.id.0)
+                        .with_context(|| format!("opening the overlay {}", p.display()))?,
+                ))
             }
             None => None,
         };

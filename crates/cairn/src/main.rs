@@ -1286,10 +1286,9 @@ fn commit(cli: &Cli, spec: &str, overlay: &Path, name: Option<&str>) -> Result<u
             overlay.display()
         );
     }
-    cairn_expose::overlay::bind_base(overlay, &base.id.0)?;
     let disk: Arc<dyn cairn_vault::BlockSource> =
         Arc::new(SnapshotDisk::open(vault.clone(), &base, 64)?);
-    let ovl = cairn_expose::Overlay::open(overlay, disk.size())
+    let ovl = cairn_expose::Overlay::open(overlay, disk.size(), &base.id.0)
         .with_context(|| format!("opening the overlay {}", overlay.display()))?;
     let view = Arc::new(cairn_expose::OverlayDisk {
         base: disk,
