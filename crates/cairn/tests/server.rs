@@ -309,12 +309,15 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
         let (status, _) = call("GET", &format!("{url}/metrics"), t, b"");
         assert!(status == 401 || status == 403, "{status}");
     }
-    // Bodies outside object uploads are small: a large one is refused.
+    // Bodies outside object uploads are small: one past 64 KiB is refused.
+    // (Just past it: the server answers before reading the rest, and a
+    // body much larger than the socket's buffers would break the pipe
+    // before the answer could be read.)
     let (status, _) = call(
         "POST",
         &format!("{url}/api/v1/forget"),
         Some(&admin),
-        &vec![b' '; 1 << 20],
+        &vec![b' '; 80 << 10],
     );
     assert_eq!(status, 413);
     // An operator's restore writes only into the config's restore_dir
