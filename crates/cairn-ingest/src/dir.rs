@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, Metadata};
 use std::io::BufReader;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -64,13 +65,53 @@ fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// Opens the directory `dir` for listing and checks that it is the one
+/// the walk saw: `seen` is its (device, inode) from its parent's listing
+/// (`None` for the root, which the operator named and may be a link).
+/// A directory swapped since for a link, or for another folder anywhere
+/// on its path, fails the check, so nothing outside the tree is listed
+/// (a host's user could otherwise point a folder at `/etc` mid-backup).
+fn open_walked_dir(dir: &Path, seen: Option<(u64, u64)>) -> std::io::Result<fs::File> {
+    let nofollow = if seen.is_some() { libc::O_NOFOLLOW } else { 0 };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | nofollow)
+        .open(dir)?;
+    let md = f.metadata()?;
+    if seen.is_some_and(|id| (md.dev(), md.ino()) != id) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "replaced by another directory since it was listed",
+        ));
+    }
+    Ok(f)
+}
+
 /// Walks `root` without following symlinks; entries come out sorted by
-/// path bytes. Unreadable entries are skipped with a warning.
+/// path bytes. Unreadable entries are skipped with a warning. Each folder
+/// is listed, and its entries looked at, through the folder opened and
+/// checked by [`open_walked_dir`] (`/proc/self/fd/N/NAME`), never by a
+/// path that could have been redirected since.
 fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
+    let by_fd = Path::new("/proc/self/fd").is_dir();
     let mut out = Vec::new();
-    let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let rd = match fs::read_dir(&dir) {
+    // (folder, its path in the tree, its (device, inode) as seen).
+    type Pending = (PathBuf, Vec<u8>, Option<(u64, u64)>);
+    let mut stack: Vec<Pending> = vec![(root.to_path_buf(), Vec::new(), None)];
+    while let Some((dir, rel, seen)) = stack.pop() {
+        let opened = match open_walked_dir(&dir, seen) {
+            Ok(f) => f,
+            Err(e) => {
+                warnings.push(format!("{}: {e} (skipped)", dir.display()));
+                continue;
+            }
+        };
+        let base = if by_fd {
+            PathBuf::from(format!("/proc/self/fd/{}", opened.as_raw_fd()))
+        } else {
+            dir.clone()
+        };
+        let rd = match fs::read_dir(&base) {
             Ok(rd) => rd,
             Err(e) => {
                 warnings.push(format!("{}: {e} (skipped)", dir.display()));
@@ -85,8 +126,9 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
                     continue;
                 }
             };
-            let abs = de.path();
-            let md = match fs::symlink_metadata(&abs) {
+            let abs = dir.join(de.file_name());
+            let via = de.path();
+            let md = match fs::symlink_metadata(&via) {
                 Ok(m) => m,
                 Err(e) => {
                     warnings.push(format!("{}: {e} (skipped)", abs.display()));
@@ -100,7 +142,7 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
             path.extend_from_slice(de.file_name().as_bytes());
             let kind = kind_of(&md);
             let link_target = if kind == EntryKind::Symlink {
-                match fs::read_link(&abs) {
+                match fs::read_link(&via) {
                     Ok(t) => Some(t.as_os_str().as_bytes().to_vec()),
                     Err(e) => {
                         warnings.push(format!("{}: {e} (skipped)", abs.display()));
@@ -122,12 +164,12 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
                 rdev: md.rdev(),
                 link_target,
                 hardlink_to: None,
-                xattrs: read_xattrs(&abs),
+                xattrs: read_xattrs(&via),
                 chunks: vec![],
                 blocks: vec![],
             };
             if kind == EntryKind::Dir {
-                stack.push((abs.clone(), path));
+                stack.push((abs.clone(), path, Some((md.dev(), md.ino()))));
             }
             let hard_link =
                 (kind == EntryKind::File && md.nlink() > 1).then(|| (md.dev(), md.ino()));
@@ -411,5 +453,41 @@ mod tests {
         fs::remove_file(&file).unwrap();
         fs::write(&file, b"another").unwrap();
         assert!(read(&vault).is_err(), "another file is not taken for it");
+    }
+
+    /// A folder swapped for a link (or another folder) between being seen
+    /// in its parent and being listed is not listed: its files would be
+    /// taken from outside the tree.
+    #[test]
+    fn a_directory_replaced_after_it_was_seen_is_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("src");
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::write(root.join("a/x.txt"), b"in the tree").unwrap();
+        fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        fs::write(dir.path().join("elsewhere/secret"), b"not in the tree").unwrap();
+        let md = fs::symlink_metadata(root.join("a")).unwrap();
+        let seen = Some((md.dev(), md.ino()));
+        assert!(open_walked_dir(&root.join("a"), seen).is_ok());
+        fs::rename(root.join("a"), root.join("a.old")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("a")).unwrap();
+        assert!(
+            open_walked_dir(&root.join("a"), seen).is_err(),
+            "a link is not followed"
+        );
+        fs::remove_file(root.join("a")).unwrap();
+        // A link higher up: the folder at the end of the path is another.
+        std::os::unix::fs::symlink(dir.path(), root.join("up")).unwrap();
+        fs::create_dir(dir.path().join("a")).unwrap();
+        assert!(open_walked_dir(&root.join("up/a"), seen).is_err());
+        assert!(
+            open_walked_dir(&root.join("a.old"), seen).is_ok(),
+            "the moved folder is the one seen"
+        );
+        // A whole walk lists through the opened folders and sees the tree.
+        let found = walk(&root, &mut Vec::new());
+        let paths: Vec<&[u8]> = found.iter().map(|f| f.entry.path.as_slice()).collect();
+        assert_eq!(paths, [&b"a.old"[..], b"a.old/x.txt", b"up"]);
+        assert_eq!(found[1].abs, root.join("a.old/x.txt"));
     }
 }

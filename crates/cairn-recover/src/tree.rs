@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Default)]
@@ -141,7 +141,19 @@ pub fn restore_tree(
     if fs::symlink_metadata(&work).is_ok() {
         fs::remove_dir_all(&work).ctx(|| format!("removing {}", work.display()))?;
     }
-    match restore_into(vault, tree, &work, opts, progress) {
+    // Made here, new, and open to no one else while it fills: a folder
+    // someone put in its place meanwhile, or links planted in it during
+    // the restore, would steer writes out of the tree.
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&work)
+        .ctx(|| format!("creating {}", work.display()))?;
+    let restored = restore_into(vault, tree, &work, opts, progress).and_then(|r| {
+        fs::set_permissions(&work, fs::Permissions::from_mode(0o755))
+            .ctx(|| format!("opening {} to its readers", work.display()))?;
+        Ok(r)
+    });
+    match restored {
         Ok(report) => match fs::rename(&work, target) {
             Ok(()) => Ok(report),
             Err(e) => {
@@ -498,6 +510,13 @@ mod tests {
         let r = restore_tree(&vault, &tree, &target, &opts, &|_| {}).unwrap();
         assert_eq!(r.extra, vec!["ransom.txt".to_string()]);
         assert!(target.join("a").exists());
+
+        // A new target is built closed to others, then opened when whole.
+        let fresh = dir.path().join("fresh");
+        restore_tree(&vault, &tree, &fresh, &Default::default(), &|_| {}).unwrap();
+        let mode = fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        assert!(fresh.join("a").exists());
     }
 
     /// A crafted tree (a symlink out of the target, then entries below

@@ -1,6 +1,9 @@
 //! Instant recovery from the console: a snapshot served read-only over
-//! NBD by the server process, on a port of its own, until stopped. While
-//! an export runs it holds the vault lock shared, so prune waits.
+//! NBD by the server process, on a port of its own, until stopped or until
+//! it expires (8 hours unless asked otherwise: an export forgotten in the
+//! console would serve the disk to anyone who can reach the port, and
+//! hold off prune, for ever). While an export runs it holds the vault lock
+//! shared, so prune waits.
 
 use crate::tokens::Role;
 use crate::{ApiError, Caller, Shared, blocking};
@@ -17,12 +20,24 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Chunks each export keeps in memory.
 const CACHE_CHUNKS: usize = 256;
+/// How long an export serves unless the request says (`?seconds=`).
+const DEFAULT_SECONDS: u64 = 8 * 3600;
+/// The longest an export may be asked to serve.
+const MOST_SECONDS: u64 = 7 * 24 * 3600;
+/// Exports running at once (each a port and a cache of its own).
+const MOST_EXPORTS: usize = 16;
+
+#[derive(serde::Deserialize)]
+struct StartQuery {
+    seconds: Option<u64>,
+}
 
 pub struct Running {
     pub id: u64,
     pub snapshot: String,
     pub url: String,
     pub clients: Arc<AtomicI64>,
+    pub expires: chrono::DateTime<chrono::Utc>,
     task: tokio::task::JoinHandle<()>,
     _lock: cairn_vault::lock::VaultLock,
 }
@@ -39,7 +54,7 @@ impl Exports {
             .lock()
             .unwrap()
             .iter()
-            .map(|r| json!({"id": r.id, "snapshot": r.snapshot, "url": r.url, "clients": r.clients.load(Ordering::Relaxed)}))
+            .map(|r| json!({"id": r.id, "snapshot": r.snapshot, "url": r.url, "clients": r.clients.load(Ordering::Relaxed), "expires": r.expires.to_rfc3339()}))
             .collect()
     }
 
@@ -76,8 +91,21 @@ async fn start(
     State(st): State<Shared>,
     caller: Caller,
     Path(spec): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<StartQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
+    let seconds = q.seconds.unwrap_or(DEFAULT_SECONDS);
+    if !(1..=MOST_SECONDS).contains(&seconds) {
+        return Err(ApiError::bad(format!(
+            "seconds must be 1 to {MOST_SECONDS} (7 days), not {seconds}"
+        )));
+    }
+    if st.exports.running.lock().unwrap().len() >= MOST_EXPORTS {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MOST_EXPORTS} exports are running; stop one first"),
+        ));
+    }
     let s = st.clone();
     let (snap, disk, lock) = blocking(move || {
         let snap = s.vault.resolve(&spec)?;
@@ -121,24 +149,39 @@ async fn start(
     };
     let clients = Arc::new(AtomicI64::new(0));
     let c = clients.clone();
-    let task = tokio::spawn(async move {
-        if let Err(e) = cairn_expose::serve_counted(listener, Arc::new(vec![export]), c).await {
-            tracing::error!("export stopped: {e}");
-        }
-    });
     let id = st.exports.next.fetch_add(1, Ordering::Relaxed) + 1;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(seconds as i64);
+    let state = st.clone();
+    // The running list is locked until the export is in it, so a task
+    // that ends at once still finds (and removes) its entry.
+    let mut running = st.exports.running.lock().unwrap();
+    let task = tokio::spawn(async move {
+        let serve = cairn_expose::serve_counted(listener, Arc::new(vec![export]), c);
+        match tokio::time::timeout(std::time::Duration::from_secs(seconds), serve).await {
+            Ok(Err(e)) => tracing::error!("export {id} stopped: {e}"),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::info!("export {id} expired"),
+        }
+        // Gone from the list: its port closes and the vault lock goes.
+        let mut r = state.exports.running.lock().unwrap();
+        r.retain(|e| e.id != id);
+    });
     let url = format!("nbd://{addr}/{name}");
-    st.exports.running.lock().unwrap().push(Running {
+    running.push(Running {
         id,
         snapshot: format!("{}@{}", snap.name, snap.id.0),
         url: url.clone(),
         clients,
+        expires,
         task,
         _lock: lock,
     });
+    drop(running);
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"id": id, "url": url, "read_only": true})),
+        axum::Json(
+            json!({"id": id, "url": url, "read_only": true, "expires": expires.to_rfc3339()}),
+        ),
     )
         .into_response())
 }

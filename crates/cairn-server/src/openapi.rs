@@ -109,14 +109,14 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str, Option<&str>)] = &[
         "post",
         "/api/v1/snapshots/{spec}/export",
         "operator",
-        "Serve a disk snapshot read-only over NBD (QEMU boots the URL); answers {id, url}.",
+        "Serve a disk snapshot read-only over NBD (QEMU boots the URL) until stopped or for ?seconds= (default 8 hours, at most 7 days; 16 exports at once); answers {id, url, expires}.",
         None,
     ),
     (
         "get",
         "/api/v1/exports",
         "operator",
-        "Running exports and their connected clients.",
+        "Running exports, their connected clients and when each expires.",
         None,
     ),
     (

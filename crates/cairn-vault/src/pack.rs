@@ -1,8 +1,8 @@
 //! Groups new chunks into pack objects of tens of MiB, so that storage sees
 //! few large writes, and writes each pack's index after it. Full packs are
 //! written by a thread of their own, so the workers that hash, compress
-//! and encrypt never wait on storage (at most one full pack waits in line,
-//! which bounds memory; on object storage four are sent at once).
+//! and encrypt never wait on storage (at most four full packs wait in
+//! line, which bounds memory; on object storage four are sent at once).
 
 use crate::codec;
 use crate::codec::Framing;
@@ -32,6 +32,8 @@ pub struct WriteStats {
     pub new_bytes_stored: u64,
 }
 
+/// Full packs that may wait for the storing thread (~16 MiB each).
+const PACKS_IN_LINE: usize = 4;
 /// Packs stored at once on object storage.
 const REMOTE_STORERS: usize = 4;
 /// Behind a server, new chunks wait in a batch of about this many bytes
@@ -73,7 +75,10 @@ impl<'v> PackWriter<'v> {
         framing: Framing,
         body: impl FnOnce(&PackWriter<'v>) -> Result<T>,
     ) -> Result<(T, WriteStats)> {
-        let (tx, rx) = sync_channel::<OpenPack>(1);
+        // Four packs may wait: a run of incompressible data (media) is
+        // sealed faster than the disk takes it, and with one place in line
+        // the workers stood idle there instead of compressing what follows.
+        let (tx, rx) = sync_channel::<OpenPack>(PACKS_IN_LINE);
         let spare = Arc::new(Mutex::new(Vec::new()));
         // A storer that fails drops the receiver, so the workers' next
         // send fails and the backup stops instead of waiting forever.

@@ -701,6 +701,46 @@ fn the_scheduler_backs_up_scores_and_calls_the_webhook_on_an_attack() {
         std::net::TcpStream::connect(&hostport).is_err()
     });
     assert!(stopped, "the export stopped");
+
+    // An export ends by itself when its time is up, and lets go of the
+    // vault; a time out of range is refused.
+    let export = |query: &str| {
+        call(
+            "POST",
+            &format!("{}/api/v1/snapshots/vm@latest/export{query}", server.url),
+            Some(&operator),
+            b"",
+        )
+    };
+    assert_eq!(export("?seconds=0").0, 400);
+    assert_eq!(export("?seconds=99999999").0, 400);
+    let (status, e) = export("?seconds=1");
+    assert_eq!(status, 201, "{e}");
+    assert!(e["expires"].as_str().is_some(), "{e}");
+    let (_, list) = call(
+        "GET",
+        &format!("{}/api/v1/exports", server.url),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let hostport = e["url"].as_str().unwrap()["nbd://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let expired = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::net::TcpStream::connect(&hostport).is_err()
+    });
+    assert!(expired, "the export expired");
+    let (_, list) = call(
+        "GET",
+        &format!("{}/api/v1/exports", server.url),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(list, serde_json::json!([]));
 }
 
 /// Reads a server-sent event stream to its end: (event, data) pairs.
