@@ -53,7 +53,7 @@ pub struct BackupOutcome {
     pub warnings: Vec<String>,
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

@@ -13,9 +13,9 @@
 //! block tracking does in hypervisors' backup tools.
 
 use crate::disk::{open_existing, verify_target};
-use cairn_vault::SnapshotDisk;
 use cairn_vault::error::{Error, IoContext, Result};
 use cairn_vault::hash::{BLOCK_SIZE, ZERO_BLOCK};
+use cairn_vault::{BlockSource, SnapshotDisk};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::fs::File;
@@ -58,6 +58,10 @@ pub struct DeltaReport {
     /// Compared against this snapshot's digests instead of reading.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compared_with: Option<String>,
+    /// Whether the known map given was used (it is not when its shape
+    /// differs from the target's).
+    #[serde(skip)]
+    pub known_used: bool,
     pub verified: bool,
     /// The target file's size before, when it had to be changed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +118,31 @@ fn check_written(
     })
 }
 
+/// Image formats whose files are not the disk they hold: a delta restore
+/// writing raw disk bytes over one would leave a file the VM, configured
+/// for that format, cannot use.
+const CONTAINERS: [(&[u8], &str); 2] = [(b"QFI\xfb", "qcow2"), (b"vhdxfile", "VHDX")];
+
+/// Refuses a target that is an image container (qcow2, VHDX) unless the
+/// snapshot's own disk starts the same way (a disk that holds one).
+fn refuse_other_format(disk: &SnapshotDisk, file: &File, target: &Path) -> Result<()> {
+    let mut head = [0u8; 8];
+    let n = file.read_at(&mut head, 0).unwrap_or(0);
+    let mut ours = [0u8; 8];
+    disk.read_at(0, &mut ours)
+        .ctx(|| "reading the snapshot's first bytes".into())?;
+    for (magic, format) in CONTAINERS {
+        if head[..n].starts_with(magic) && !ours.starts_with(magic) {
+            return Err(Error::Invalid(format!(
+                "{} is a {format} image, not a raw disk: restore without --delta to a new file and convert it (qemu-img convert -O {})",
+                target.display(),
+                format.to_lowercase()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Makes `target` equal to the snapshot, writing only what differs.
 /// `progress` is told about bytes compared and bytes written.
 pub fn restore_delta(
@@ -125,6 +154,7 @@ pub fn restore_delta(
     let started = std::time::Instant::now();
     let map = disk.map();
     let (file, is_device, old_size) = open_existing(target, map.size, !opts.dry_run)?;
+    refuse_other_format(disk, &file, target)?;
     let mut report = DeltaReport {
         target: target.display().to_string(),
         size: map.size,
@@ -159,6 +189,7 @@ pub fn restore_delta(
         .known
         .as_deref()
         .filter(|k| k.size == old_size && k.size == map.size && k.chunk_size == map.chunk_size);
+    report.known_used = known.is_some();
     let compared = AtomicU64::new(0);
     let written = AtomicU64::new(0);
     let zeroed = AtomicU64::new(0);

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -92,8 +93,58 @@ fn claim(file: &File, path: &Path, write: bool) -> Result<()> {
     Ok(())
 }
 
+/// The loop device a file is attached to, if any: a filesystem mounted
+/// from it (or a VM given the loop device) is using the file, although
+/// the file itself carries no lock.
+fn loop_device_of(file: &File) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = file.metadata().ok()?;
+    for dev in fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = dev.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        // The backing file's device and inode, as the kernel gives them.
+        let read = |what: &str| {
+            fs::read_to_string(dev.path().join("loop").join(what))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let (Some(inode), Some(device)) = (read("backing_inode"), read("backing_dev")) else {
+            // Older kernels: compare by path.
+            let Some(backing) = read("backing_file") else {
+                continue; // not attached
+            };
+            if fs::metadata(backing.trim_end_matches(" (deleted)"))
+                .is_ok_and(|b| b.dev() == md.dev() && b.ino() == md.ino())
+            {
+                return Some(format!("/dev/{name}"));
+            }
+            continue;
+        };
+        if inode.parse::<u64>().ok() == Some(md.ino())
+            && device.parse::<u64>().ok() == Some(md.dev())
+        {
+            return Some(format!("/dev/{name}"));
+        }
+    }
+    None
+}
+
+/// Refuses a target that is attached to a loop device.
+fn not_looped(file: &File, path: &Path) -> Result<()> {
+    match loop_device_of(file) {
+        Some(dev) => Err(Error::Invalid(format!(
+            "{} is in use: it is attached to {dev} (losetup -d {dev} first)",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Opens a block device for writing a snapshot of `size` bytes: O_EXCL
-/// fails while it is mounted or otherwise in use.
+/// fails while it is mounted or held by the kernel (a partition table in
+/// use, device-mapper, RAID); a lock on it (QEMU's) is honoured too.
 fn open_device(path: &Path, size: u64, write: bool) -> Result<File> {
     let file = OpenOptions::new()
         .write(write)
@@ -114,6 +165,7 @@ fn open_device(path: &Path, size: u64, write: bool) -> Result<File> {
             path.display()
         )));
     }
+    claim(&file, path, write)?;
     Ok(file)
 }
 
@@ -135,13 +187,27 @@ pub(crate) fn open_existing(path: &Path, size: u64, write: bool) -> Result<(File
             path.display()
         )));
     }
+    // Never a FIFO swapped in meanwhile (it would hang the open).
     let file = OpenOptions::new()
         .read(true)
         .write(write)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .ctx(|| format!("opening {}", path.display()))?;
+    // What was opened is what was checked: a device put in its place
+    // since would be written without O_EXCL and the size check.
+    let opened = file
+        .metadata()
+        .ctx(|| format!("opening {}", path.display()))?;
+    if !opened.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} changed into something other than a disk image file while being opened",
+            path.display()
+        )));
+    }
     claim(&file, path, write)?;
-    Ok((file, false, md.len()))
+    not_looped(&file, path)?;
+    Ok((file, false, opened.len()))
 }
 
 /// What is at a full restore's target, after the checks every full
@@ -157,11 +223,21 @@ enum Found {
 
 fn check_target(path: &Path, size: u64, opts: &DiskRestoreOptions, write: bool) -> Result<Found> {
     match fs::metadata(path) {
+        Ok(md) if md.file_type().is_block_device() && !opts.overwrite => {
+            Err(Error::Invalid(format!(
+                "{} is a block device; pass --overwrite to write the snapshot over all of it",
+                path.display()
+            )))
+        }
         Ok(md) if md.file_type().is_block_device() => {
             Ok(Found::Device(open_device(path, size, write)?))
         }
         Ok(md) if md.is_dir() => Err(Error::Invalid(format!(
             "{} is a directory; give the path of the disk image to create",
+            path.display()
+        ))),
+        Ok(md) if !md.is_file() => Err(Error::Invalid(format!(
+            "{} is neither a disk image file nor a block device",
             path.display()
         ))),
         Ok(_) if !opts.overwrite => Err(Error::Invalid(format!(
@@ -171,12 +247,32 @@ fn check_target(path: &Path, size: u64, opts: &DiskRestoreOptions, write: bool) 
         Ok(_) => {
             // Replaced by rename: a VM running on it would go on with the
             // old file unseen, so that is refused too.
-            let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+            let f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .ctx(|| format!("opening {}", path.display()))?;
             claim(&f, path, false)?;
+            not_looped(&f, path)?;
             Ok(Found::Replaced)
         }
+        Err(_) if under_dev(path) => Err(Error::Invalid(format!(
+            "{}: no such device (a new image is not created under /dev, where it would fill memory)",
+            path.display()
+        ))),
         Err(_) => Ok(Found::Nothing),
     }
+}
+
+/// Whether `path` would be created under `/dev` (a memory filesystem of
+/// device nodes: a mistyped device name must not become a RAM-backed
+/// image the size of a disk).
+fn under_dev(path: &Path) -> bool {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::canonicalize(parent).is_ok_and(|p| p.starts_with("/dev"))
 }
 
 /// What a full restore to `path` would do, checked without writing: the
@@ -222,15 +318,40 @@ fn open_target(path: &Path, size: u64, opts: &DiskRestoreOptions) -> Result<Targ
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
     let tmp = path.with_file_name(format!(".{}.cairn-partial", name.to_string_lossy()));
+    // A stale partial file (or a link planted in its place) goes; the new
+    // one is made here, readable by its owner only (it holds a decrypted
+    // disk), and locked, so a second restore to the same path fails
+    // instead of writing into it too.
+    if fs::symlink_metadata(&tmp).is_ok() {
+        let stale = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&tmp);
+        if let Ok(f) = &stale
+            && in_use(f)
+        {
+            return Err(Error::Invalid(format!(
+                "{} is being written by another restore",
+                tmp.display()
+            )));
+        }
+        fs::remove_file(&tmp).ctx(|| format!("removing {}", tmp.display()))?;
+    }
     let file = OpenOptions::new()
         .write(true)
         .read(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .ctx(|| format!("creating {}", tmp.display()))?;
-    file.set_len(size)
-        .ctx(|| format!("sizing {}", tmp.display()))?;
+    if let Err(e) = claim(&file, &tmp, true).and_then(|()| {
+        file.set_len(size)
+            .ctx(|| format!("sizing {}", tmp.display()))
+    }) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(Target::File {
         tmp,
         dest: path.to_path_buf(),
@@ -281,23 +402,40 @@ pub fn restore_disk(
         progress(len as u64);
         Ok(())
     });
-    if let Err(e) = result {
-        if let Target::File { tmp, .. } = &t {
-            let _ = fs::remove_file(tmp);
+    let finished = result
+        .and_then(|()| {
+            file.sync_all()
+                .ctx(|| format!("syncing {}", target.display()))
+        })
+        .and_then(|()| match opts.verify {
+            true => verify_target(disk, file).map(|()| true),
+            false => Ok(false),
+        })
+        .and_then(|verified| {
+            if let Target::File { tmp, dest, .. } = &t {
+                fs::rename(tmp, dest)
+                    .ctx(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+                // The new name survives a crash too.
+                let dir = dest
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .ctx(|| format!("syncing {}", dir.display()))?;
+            }
+            Ok(verified)
+        });
+    let verified = match finished {
+        Ok(v) => v,
+        Err(e) => {
+            // No full-size partial file left behind.
+            if let Target::File { tmp, .. } = &t {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    file.sync_all()
-        .ctx(|| format!("syncing {}", target.display()))?;
-    let mut verified = false;
-    if opts.verify {
-        verify_target(disk, file)?;
-        verified = true;
-    }
-    if let Target::File { tmp, dest, .. } = &t {
-        fs::rename(tmp, dest)
-            .ctx(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-    }
+    };
     Ok(DiskRestoreReport {
         target: target.display().to_string(),
         size: map.size,

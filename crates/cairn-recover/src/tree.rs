@@ -151,11 +151,24 @@ pub fn restore_tree(
     let restored = restore_into(vault, tree, &work, opts, progress).and_then(|r| {
         fs::set_permissions(&work, fs::Permissions::from_mode(0o755))
             .ctx(|| format!("opening {} to its readers", work.display()))?;
+        // Everything on disk before the tree takes its name: after a crash
+        // a tree under the target's name is whole, not files left empty.
+        sync_filesystem(&work).ctx(|| format!("syncing {}", work.display()))?;
         Ok(r)
     });
     match restored {
         Ok(report) => match fs::rename(&work, target) {
-            Ok(()) => Ok(report),
+            Ok(()) => {
+                // The name itself is on disk too.
+                let parent = target
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .ctx(|| format!("syncing {}", parent.display()))?;
+                Ok(report)
+            }
             Err(e) => {
                 let _ = fs::remove_dir_all(&work);
                 Err(Error::io(
@@ -169,6 +182,17 @@ pub fn restore_tree(
             Err(e)
         }
     }
+}
+
+/// Flushes the filesystem holding `dir` (one call for a whole tree of
+/// files, where an fsync per file would cost a disk flush each).
+fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = fs::File::open(dir)?;
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn restore_into(

@@ -520,9 +520,19 @@ impl<'a> Scan<'a> {
             self.raise(ScanVerdict::of(h.severity));
         }
         if !stats.unreadable.is_empty() {
+            // A file that could not be read is not known to be clean: a
+            // point with one is a warning, not a pass.
+            self.raise(ScanVerdict::Warning);
             self.report.notes.push(format!(
-                "{} files could not be read and were not scanned",
-                stats.unreadable.len()
+                "{} files could not be read and were not scanned, so this point is not judged clean: {}",
+                stats.unreadable.len(),
+                stats
+                    .unreadable
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         self.report.malware = hits;

@@ -46,6 +46,22 @@ pub struct RuleHit {
 
 /// The hit recorded when clamd failed on a file (never cached).
 pub const CLAMD_ERROR: &str = "clamav:error";
+/// The hit recorded when the rules did not finish on a file (the scan
+/// timed out): what matched before the end is reported, but the file is
+/// not judged clean, and the result is never cached.
+pub const SCAN_INCOMPLETE: &str = "cairn:scan_incomplete";
+
+/// How long the rules may take on one file.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl RuleHit {
+    /// A hit that says the file could not be judged this time (clamd
+    /// failed, the rules timed out): never cached, so the file is judged
+    /// again next time.
+    pub fn is_transient(&self) -> bool {
+        self.rule == CLAMD_ERROR || self.rule == SCAN_INCOMPLETE
+    }
+}
 
 pub struct RuleSet {
     scanner: Scanner,
@@ -145,7 +161,7 @@ impl RuleSet {
                 // which no string matches at all is remembered as such.
                 .include_not_matched_rules(true)
                 .string_max_nb_matches(100)
-                .timeout_duration(Some(Duration::from_secs(60))),
+                .timeout_duration(Some(SCAN_TIMEOUT)),
         );
         let texts: Vec<&str> = std::iter::once(BUILTIN)
             .chain(operator.iter().map(|(_, _, t)| t.as_str()))
@@ -267,7 +283,30 @@ impl RuleSet {
             })
             .collect();
         hits.sort_by(|a, b| a.rule.cmp(&b.rule));
+        if !complete {
+            hits.push(RuleHit {
+                rule: SCAN_INCOMPLETE.into(),
+                offset: 0,
+                severity: Severity::Warning,
+                description: format!(
+                    "the rules did not finish on this file within {} s: not judged clean",
+                    SCAN_TIMEOUT.as_secs()
+                ),
+                tags: vec![],
+            });
+        }
         (hits, strings_free)
+    }
+
+    /// Sets how long the rules may take on one file (tests).
+    #[cfg(test)]
+    fn set_timeout(&mut self, timeout: Duration) {
+        let params = self
+            .scanner
+            .scan_params()
+            .clone()
+            .timeout_duration(Some(timeout));
+        self.scanner.set_scan_params(params);
     }
 }
 
@@ -278,6 +317,25 @@ fn describe(e: &boreal::compiler::AddRuleError, name: &str, text: &str) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scan cut short by the timeout is a warning that is never cached,
+    /// not a clean file.
+    #[test]
+    fn a_scan_that_times_out_is_not_clean() {
+        let mut rules = RuleSet::load(None).unwrap();
+        let data = b"bitcoin monero decryptor ".repeat(400_000);
+        let (hits, strings_free) = rules.scan_telling(&data);
+        assert!(hits.iter().all(|h| !h.is_transient()), "{hits:?}");
+        rules.set_timeout(Duration::ZERO);
+        let (hits, strings_free_now) = rules.scan_telling(&data);
+        let cut = hits
+            .iter()
+            .find(|h| h.rule == SCAN_INCOMPLETE)
+            .expect("timed out");
+        assert_eq!(cut.severity, Severity::Warning);
+        assert!(cut.is_transient());
+        assert!(!strings_free_now || strings_free);
+    }
 
     #[test]
     fn builtin_rules_find_eicar_and_ignore_plain_text() {

@@ -240,9 +240,10 @@ fn max_len(v: &VariableDeclaration) -> Option<u64> {
     let plain = if m.wide { raw * 2 } else { raw };
     Some(match &m.base64 {
         // Base64 of the string at any of three alignments, plus the
-        // partial groups at its ends.
+        // partial groups at its ends; `wide base64` encodes the widened
+        // string, so the encoding is of `plain`.
         Some(b) => {
-            let enc = raw.div_ceil(3) * 4 + 8;
+            let enc = plain.div_ceil(3) * 4 + 8;
             plain.max(if b.wide { enc * 2 } else { enc })
         }
         None => plain,
@@ -346,5 +347,12 @@ mod tests {
             9
         );
         assert!(w("rule a { strings: $a = \"abcdef\" base64 condition: $a }") >= 8);
+        // `wide base64`: the widened string (1,200 bytes) is encoded.
+        let long = "x".repeat(600);
+        assert!(
+            w(&format!(
+                "rule a {{ strings: $a = \"{long}\" wide base64 condition: $a }}"
+            )) >= 1600
+        );
     }
 }

@@ -158,8 +158,11 @@ pub fn forget(
                 vec![format!("retained until {}", s.retain_until.to_rfc3339())],
             ));
         } else {
-            if !dry_run {
-                vault.backend().delete(&Snapshot::object_name(&s.id))?;
+            // On S3 the store's own lock may outlast the retention: the
+            // snapshot is then forgotten by a note, and its manifest
+            // deleted by a prune once the lock ends.
+            if !dry_run && !try_delete(vault, &Snapshot::object_name(&s.id))? {
+                vault.mark_forgotten(&s.id)?;
             }
             report.forgotten.push(decision(&s, vec![]));
         }
@@ -207,6 +210,16 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         return Err(Error::Invalid(format!(
             "prune stopped: {name} is unreadable ({why}); run `cairn verify` first"
         )));
+    }
+    // Forgotten snapshots whose manifests were locked: deleted now if
+    // their lock has ended, and their notes with them.
+    if !dry_run {
+        for id in vault.forgotten() {
+            let id = crate::SnapshotId(id);
+            if try_delete(vault, &Snapshot::object_name(&id))? {
+                try_delete(vault, &crate::vault::forgotten_object(&id))?;
+            }
+        }
     }
     let mut used: HashSet<ChunkId> = HashSet::new();
     let mut used_maps: HashSet<String> = HashSet::new();

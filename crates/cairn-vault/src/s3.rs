@@ -28,7 +28,8 @@ pub const SAFETY_MARGIN_SECS: i64 = 7 * 86400;
 pub fn lock_margin_secs() -> i64 {
     std::env::var("CAIRN_S3_LOCK_MARGIN_SECS")
         .ok()
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|v| v.max(0))
         .unwrap_or(SAFETY_MARGIN_SECS)
 }
 /// Largest object read into memory (packs are tens of MiB).
@@ -419,19 +420,50 @@ impl S3Client {
 
     /// Every version id of `key` (objects and delete markers).
     fn versions(&self, key: &str) -> Result<Vec<String>> {
-        let r = self.send("GET", None, &[("versions", ""), ("prefix", key)], &[], b"")?;
-        if r.status != 200 {
-            return Err(self.fail("ListObjectVersions", &r));
+        let mut out = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        // A page holds at most 1,000 versions; a key overwritten more often
+        // (or sharing its prefix with many keys) runs over several, and
+        // versions left out would survive a delete: the oldest, the
+        // original, would become the current one again.
+        for _ in 0..100_000 {
+            let mut query = vec![("versions", ""), ("prefix", key)];
+            if let Some((k, v)) = &marker {
+                query.push(("key-marker", k.as_str()));
+                query.push(("version-id-marker", v.as_str()));
+            }
+            let r = self.send("GET", None, &query, &[], b"")?;
+            if r.status != 200 {
+                return Err(self.fail("ListObjectVersions", &r));
+            }
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            let doc = roxmltree::Document::parse(&text)
+                .map_err(|e| Error::Invalid(format!("S3 ListObjectVersions answer: {e}")))?;
+            out.extend(
+                doc.descendants()
+                    .filter(|n| n.has_tag_name("Version") || n.has_tag_name("DeleteMarker"))
+                    .filter(|n| child_text(n, "Key").as_deref() == Some(key))
+                    .filter_map(|n| child_text(&n, "VersionId")),
+            );
+            let root = doc.root_element();
+            let next = (
+                child_text(&root, "NextKeyMarker"),
+                child_text(&root, "NextVersionIdMarker"),
+            );
+            match (child_text(&root, "IsTruncated").as_deref(), next) {
+                (Some("true"), (Some(k), Some(v)))
+                    if marker.as_ref() != Some(&(k.clone(), v.clone())) =>
+                {
+                    // Past our key: nothing more of it follows.
+                    if k.as_str() > key {
+                        break;
+                    }
+                    marker = Some((k, v));
+                }
+                _ => break,
+            }
         }
-        let text = String::from_utf8_lossy(&r.body).into_owned();
-        let doc = roxmltree::Document::parse(&text)
-            .map_err(|e| Error::Invalid(format!("S3 ListObjectVersions answer: {e}")))?;
-        Ok(doc
-            .descendants()
-            .filter(|n| n.has_tag_name("Version") || n.has_tag_name("DeleteMarker"))
-            .filter(|n| child_text(n, "Key").as_deref() == Some(key))
-            .filter_map(|n| child_text(&n, "VersionId"))
-            .collect())
+        Ok(out)
     }
 }
 
@@ -782,6 +814,12 @@ impl Backend for S3Backend {
                     .client
                     .fail(&format!("DELETE {name} (version {v})"), &r));
             }
+        }
+        // Counted deleted only when the store no longer serves it.
+        if self.exists(name)? {
+            return Err(Error::Invalid(format!(
+                "S3: {name} is still there after every version listed was deleted"
+            )));
         }
         Ok(())
     }

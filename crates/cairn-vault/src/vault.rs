@@ -24,7 +24,7 @@ use crate::tree::Tree;
 use chrono::{DateTime, Duration, Utc};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -130,6 +130,11 @@ impl Default for InitOptions {
             retention_secs: 30 * 86400,
         }
     }
+}
+
+/// The note left for a forgotten snapshot whose manifest is still locked.
+pub fn forgotten_object(id: &SnapshotId) -> String {
+    format!("forgotten/{}", id.0)
 }
 
 pub struct Vault {
@@ -715,11 +720,43 @@ impl Vault {
 
     /// All readable snapshots sorted by time, and the manifests that could
     /// not be read.
+    /// Snapshots forgotten whose manifests the store would not delete yet
+    /// (on S3, Object Lock outlives the vault's retention by a margin):
+    /// `forget` leaves a sealed note for each, so only a holder of the
+    /// vault key can forget, and they are gone from every listing at once.
+    /// Prune deletes manifest and note once the lock ends. A store that
+    /// will not list the notes (an agent's token) shows them as present,
+    /// the safe side: their data is kept and their locks renewed.
+    pub fn forgotten(&self) -> HashSet<String> {
+        let Ok(names) = self.backend.list("forgotten") else {
+            return HashSet::new();
+        };
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.strip_prefix("forgotten/")?.to_string();
+                let plain = self.read_object(&n).ok()?;
+                (plain == id.as_bytes()).then_some(id)
+            })
+            .collect()
+    }
+
+    /// Leaves the note that `id` is forgotten (see [`Vault::forgotten`]).
+    pub fn mark_forgotten(&self, id: &SnapshotId) -> Result<()> {
+        self.put_sealed(&forgotten_object(id), id.0.as_bytes())?;
+        Ok(())
+    }
+
     pub fn snapshots(&self) -> Result<(Vec<Snapshot>, Vec<Problem>)> {
         let names = self.backend.list("snapshots")?;
+        let forgotten = self.forgotten();
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for n in names {
+            let file = n.rsplit('/').next().unwrap_or(&n);
+            if forgotten.contains(file.split('.').next().unwrap_or(file)) {
+                continue;
+            }
             match self.read_snapshot(&n) {
                 Ok(s) => good.push(s),
                 Err(e) => bad.push((n, e.to_string())),

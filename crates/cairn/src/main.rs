@@ -1412,17 +1412,29 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
 }
 
 /// When the target file was last changed, if it is a regular file.
-fn file_mtime(path: &Path) -> Option<(chrono::DateTime<chrono::Utc>, u64)> {
+/// When the file's inode last changed (its content, its metadata, or its
+/// name: a rename sets it too), and its length. Unlike mtime, no program
+/// can set ctime back, so a file moved into place or written and then
+/// dated back is not taken for the one that was backed up.
+fn file_changed(path: &Path) -> Option<(chrono::DateTime<chrono::Utc>, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(path).ok()?;
-    md.is_file()
-        .then(|| Some((md.modified().ok()?.into(), md.len())))
-        .flatten()
+    if !md.is_file() {
+        return None;
+    }
+    let t = chrono::DateTime::from_timestamp(md.ctime(), md.ctime_nsec() as u32)?;
+    Some((t, md.len()))
 }
 
 /// A snapshot the delta target is known to equal: `--since`, or the
-/// latest disk snapshot read from this very file when the file has not
-/// been touched since that backup began.
-fn known_state(vault: &Vault, to: &Path, since: Option<&str>) -> Result<Option<Snapshot>> {
+/// latest snapshot of `name` read from this very file on this host when
+/// the file has not changed in any way since that backup began.
+fn known_state(
+    vault: &Vault,
+    name: &str,
+    to: &Path,
+    since: Option<&str>,
+) -> Result<Option<Snapshot>> {
     // When the backup began reading (its duration counts from before the
     // first read): a change before that is in the snapshot.
     let began = |s: &Snapshot| {
@@ -1433,8 +1445,8 @@ fn known_state(vault: &Vault, to: &Path, since: Option<&str>) -> Result<Option<S
         if s.source.kind != SourceKind::Disk {
             bail!("--since {spec}: not a disk snapshot");
         }
-        if let Some((mtime, _)) = file_mtime(to)
-            && mtime >= began(&s)
+        if let Some((changed, _)) = file_changed(to)
+            && changed >= began(&s)
         {
             bail!(
                 "--since {spec}: {} changed after that snapshot was taken; leave out --since to compare by reading it",
@@ -1443,16 +1455,19 @@ fn known_state(vault: &Vault, to: &Path, since: Option<&str>) -> Result<Option<S
         }
         return Ok(Some(s));
     }
-    let Some((mtime, len)) = file_mtime(to) else {
+    let Some((changed, len)) = file_changed(to) else {
         return Ok(None);
     };
     let target = std::fs::canonicalize(to)?.display().to_string();
+    let host = cairn_ingest::hostname();
     let (all, _) = vault.snapshots()?;
-    let latest = all
-        .into_iter()
-        .rev()
-        .find(|s| s.source.kind == SourceKind::Disk && s.source.path == target);
-    Ok(latest.filter(|s| s.metrics.logical_size == len && mtime < began(s)))
+    let latest = all.into_iter().rev().find(|s| {
+        s.name == name
+            && s.source.kind == SourceKind::Disk
+            && s.source.path == target
+            && s.source.host == host
+    });
+    Ok(latest.filter(|s| s.metrics.logical_size == len && changed < began(s)))
 }
 
 fn restore_delta(
@@ -1470,7 +1485,7 @@ fn restore_delta(
             "{spec} is a directory snapshot; --delta restores disks (for directories see `cairn rollback --in-place`)"
         );
     }
-    let known = known_state(&vault, to, since)?;
+    let known = known_state(&vault, &snap.name, to, since)?;
     let known_map = match &known {
         Some(k) => Some(Arc::new(vault.read_disk_map(k)?)),
         None => None,
@@ -1497,7 +1512,9 @@ fn restore_delta(
     );
     drop(bar);
     let mut r = r?;
-    r.compared_with = known.map(|k| format!("{}@{}", k.name, k.id.0));
+    r.compared_with = known
+        .filter(|_| r.known_used)
+        .map(|k| format!("{}@{}", k.name, k.id.0));
     r.derived_from = snap.derived_from.as_ref().map(|b| b.0.clone());
     if cli.json {
         print_json(&r);

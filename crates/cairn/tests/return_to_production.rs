@@ -7,6 +7,7 @@
 mod common;
 use common::*;
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Output;
 
 fn day(d: u32) -> String {
@@ -208,6 +209,28 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
     ]);
     assert!(same_bytes(&disk, &clean));
 
+    // Another image moved into place and dated back (mv keeps mtime,
+    // `touch -d` sets it): it is read, not taken for the disk backed up.
+    let impostor = env.path("impostor.img");
+    std::fs::copy(&clean, &impostor).unwrap();
+    write_at(&impostor, 300 * 65536, &noise(5000, 77));
+    let touched_back = std::process::Command::new("touch")
+        .args(["-d", "2000-01-01"])
+        .arg(&impostor)
+        .status()
+        .unwrap();
+    assert!(touched_back.success());
+    std::fs::rename(&impostor, &disk).unwrap();
+    let r = env.json(&[
+        "restore",
+        "vm@-1",
+        "--to",
+        disk.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert!(r["compared_with"].is_null(), "{r}");
+    assert!(same_bytes(&disk, &clean), "the moved-in image was trusted");
+
     // A full restore's dry run checks the target and writes nothing.
     let fresh = env.path("fresh.img");
     let plan = env.json(&[
@@ -255,6 +278,90 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
         String::from_utf8_lossy(&out.stderr)
             .contains("neither a disk image file nor a block device")
     );
+
+    // A FIFO is refused at once (no hang); a device name under /dev that
+    // does not exist is not created as a RAM-backed image.
+    let fifo = env.path("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for extra in [&["--overwrite"][..], &["--delta"]] {
+        let out = env.run(
+            &[
+                &["restore", "vm@-1", "--to", fifo.to_str().unwrap()][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert_eq!(code(&out), Some(1), "{extra:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("neither a disk image file nor a block device"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = env.run(&["restore", "vm@-1", "--to", "/dev/cairn-no-such-disk"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such device"));
+    assert!(!Path::new("/dev/cairn-no-such-disk").exists());
+    assert!(!Path::new("/dev/.cairn-no-such-disk.cairn-partial").exists());
+
+    // A qcow2 image is not overwritten with raw disk bytes.
+    let q = env.path("t.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before = std::fs::read(&q).unwrap();
+    let out = env.run(&["restore", "vm@-1", "--to", q.to_str().unwrap(), "--delta"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("qcow2 image"));
+    assert_eq!(std::fs::read(&q).unwrap(), before);
+
+    // A link planted where the full restore builds its image: the link's
+    // target is left alone, and the image is its owner's only.
+    let victim = env.path("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let img = env.path("planted.img");
+    std::os::unix::fs::symlink(&victim, env.path(".planted.img.cairn-partial")).unwrap();
+    env.json(&["restore", "vm@-1", "--to", img.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(same_bytes(&img, &clean));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // An image attached to a loop device (a filesystem may be mounted
+    // from it) is in use, though it carries no lock.
+    let attached = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    if attached.status.success() {
+        let dev = String::from_utf8_lossy(&attached.stdout).trim().to_string();
+        let out = env.run(&[
+            "restore",
+            "vm@latest",
+            "--to",
+            img.to_str().unwrap(),
+            "--delta",
+        ]);
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &dev])
+            .status();
+        assert_eq!(code(&out), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("in use") && err.contains(&dev), "{err}");
+        assert!(same_bytes(&img, &clean));
+    } else {
+        eprintln!("no loop devices here: the loop check was not exercised");
+    }
 
     // Rollback of the disk's files: the newest snapshot, with the five
     // encrypted reports from before the attack and report-1 as alice left it.

@@ -590,3 +590,65 @@ fn what_another_machine_pruned_is_stored_again_despite_a_local_cache() {
     assert!(same_bytes(&out, &x));
     host(&c, &["verify", "--read-data"]);
 }
+
+/// A snapshot the policy drops while the store's lock on its manifest
+/// still runs (the lock outlives the retention by a margin): forget does
+/// not fail on the refused delete, the snapshot is gone from listings at
+/// once, and a prune after the lock ends deletes its manifest and note.
+#[test]
+fn forget_on_a_locked_bucket_forgets_now_and_prune_deletes_when_the_lock_ends() {
+    let env = S3Env::new("cairn-forget-locked");
+    let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "4")];
+    let ok = |args: &[&str]| {
+        let out = env.run_with(args, &short);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    ok(&["init", "--create-bucket", "--retention", "1s"]);
+    let img = env.path("d.img");
+    for i in 0..3u64 {
+        std::fs::write(&img, noise(1 << 20, i)).unwrap();
+        ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let r: Value =
+        serde_json::from_slice(&ok(&["forget", "d", "--keep-last", "1", "--json"]).stdout).unwrap();
+    assert_eq!(
+        r["forget"]["forgotten"].as_array().unwrap().len(),
+        2,
+        "{r:#}"
+    );
+    let listed: Value = serde_json::from_slice(&ok(&["snapshots", "--json"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    let manifests = |audit: &serde_json::Map<String, Value>| {
+        audit.keys().filter(|k| k.contains("/snapshots/")).count()
+    };
+    assert_eq!(manifests(&env.audit()), 3, "still locked, still there");
+    // Prune while locked: nothing of the kept snapshot goes, no lock of a
+    // forgotten one is renewed, and the run succeeds.
+    ok(&["prune"]);
+    std::thread::sleep(Duration::from_millis(5000));
+    ok(&["prune"]);
+    let after = env.audit();
+    assert_eq!(manifests(&after), 1, "{after:#?}");
+    env.ok(&["verify", "--read-data"]);
+    let out = env.run_with(
+        &[
+            "restore",
+            "d@latest",
+            "--to",
+            env.path("r.img").to_str().unwrap(),
+        ],
+        &short,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(env.path("r.img")).unwrap(), noise(1 << 20, 2));
+}
