@@ -11,6 +11,20 @@ use std::time::Duration;
 
 /// Bytes sent per INSTREAM chunk.
 const CHUNK: usize = 1 << 20;
+/// Most bytes of one file sent, unless `CAIRN_CLAMD_MAX_BYTES` says: clamd
+/// refuses a stream longer than its `StreamMaxLength` (25 MiB in its
+/// sample configuration) with an error, which would make every snapshot
+/// holding a large file (a swap file, a database) a warning. The head of
+/// a large file is what ClamAV's signatures mostly look at.
+const DEFAULT_MAX_BYTES: usize = 25 << 20;
+
+fn max_bytes() -> usize {
+    std::env::var("CAIRN_CLAMD_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_MAX_BYTES)
+}
 /// Longest answer read.
 const MAX_ANSWER: u64 = 4096;
 
@@ -91,6 +105,7 @@ impl Clamd {
 
     /// The signature that matched `data`, if one did.
     pub fn scan(&self, data: &[u8]) -> std::result::Result<Option<String>, String> {
+        let data = &data[..data.len().min(max_bytes())];
         let answer = self.command(b"zINSTREAM\0", data)?;
         let body = answer.strip_prefix("stream:").unwrap_or(&answer).trim();
         if body == "OK" {

@@ -558,6 +558,12 @@ impl<'a> Scan<'a> {
             );
         }
         self.report.vulnerabilities = profile.vulndb.matches(&inv);
+        if self.report.vulnerabilities.len() >= osv::MAX_FINDINGS {
+            self.report.notes.push(format!(
+                "more than {} vulnerable packages (a damaged or crafted package database?): the list is cut short",
+                osv::MAX_FINDINGS
+            ));
+        }
     }
 
     /// Stores the finished result beside the snapshot.

@@ -9,7 +9,7 @@ use crate::inventory::{Inventory, Package};
 use crate::version::{self, Scheme};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
@@ -364,6 +364,11 @@ impl VulnDb {
         let Ok(r) = serde_json::from_slice::<OsvRecord>(bytes) else {
             return false;
         };
+        // A record withdrawn since an earlier import (a false report)
+        // takes the earlier one out.
+        if r.withdrawn.is_some() {
+            return self.advisories.remove(&r.id).is_some();
+        }
         match Advisory::from_record(r) {
             Some(a) if !a.affected.is_empty() => {
                 self.advisories.insert(a.id.clone(), a);
@@ -484,30 +489,55 @@ impl VulnDb {
         m
     }
 
-    /// The advisories that affect the inventory's packages.
+    /// The advisories that affect the inventory's packages (at most
+    /// [`MAX_FINDINGS`]).
     pub fn matches(&self, inv: &Inventory) -> Vec<VulnFinding> {
         let (Some(eco), Some(scheme)) = (&inv.ecosystem, inv.scheme) else {
             return Vec::new();
         };
         // Debian, Ubuntu and Alpine advisories name source packages; the
         // RHEL family's name binary ones (openssl-libs) as often as
-        // source ones, so both are looked up there.
-        let mut by_source: HashMap<&str, Vec<&Package>> = HashMap::new();
+        // source ones, so both are looked up there. Packages are grouped
+        // by the version advisories are checked against, so each
+        // advisory's ranges are walked once per version, not once per
+        // package: a crafted package database (thousands of packages of
+        // one source) costs no more than a real one.
+        let mut by_source: HashMap<&str, BTreeMap<&str, Vec<&Package>>> = HashMap::new();
         for p in &inv.packages {
-            by_source.entry(p.source.as_str()).or_default().push(p);
-            if scheme == crate::version::Scheme::Rpm && p.name != p.source {
-                by_source.entry(p.name.as_str()).or_default().push(p);
+            let rpm_name = scheme == crate::version::Scheme::Rpm && p.name != p.source;
+            let keys =
+                std::iter::once(p.source.as_str()).chain(rpm_name.then_some(p.name.as_str()));
+            for key in keys {
+                let versions = by_source.entry(key).or_default();
+                if versions.len() < MAX_VERSIONS_PER_SOURCE
+                    || versions.contains_key(p.source_version.as_str())
+                {
+                    versions
+                        .entry(p.source_version.as_str())
+                        .or_default()
+                        .push(p);
+                }
             }
         }
+        let mut seen: HashSet<(&str, &str)> = HashSet::new();
         let mut out = Vec::new();
-        for adv in self.advisories.values() {
+        'all: for adv in self.advisories.values() {
             for a in adv
                 .affected
                 .iter()
                 .filter(|a| ecosystem_matches(&a.ecosystem, eco))
             {
-                for p in by_source.get(a.package.as_str()).into_iter().flatten() {
-                    if let Some(fixed) = affects(a, scheme, &p.source_version) {
+                let Some(versions) = by_source.get(a.package.as_str()) else {
+                    continue;
+                };
+                for (version, packages) in versions {
+                    let Some(fixed) = affects(a, scheme, version) else {
+                        continue;
+                    };
+                    for p in packages {
+                        if !seen.insert((p.name.as_str(), adv.id.as_str())) {
+                            continue;
+                        }
                         out.push(VulnFinding {
                             id: adv.id.clone(),
                             aliases: adv.aliases.clone(),
@@ -515,7 +545,7 @@ impl VulnDb {
                             installed: p.version.clone(),
                             source: p.source.clone(),
                             source_version: p.source_version.clone(),
-                            fixed,
+                            fixed: fixed.clone(),
                             severity: adv
                                 .severity
                                 .clone()
@@ -523,15 +553,27 @@ impl VulnDb {
                                 .unwrap_or_else(|| "UNKNOWN".into()),
                             summary: adv.summary.clone(),
                         });
+                        if out.len() >= MAX_FINDINGS {
+                            tracing::warn!(
+                                "more than {MAX_FINDINGS} vulnerable packages: the list is cut short"
+                            );
+                            break 'all;
+                        }
                     }
                 }
             }
         }
         out.sort_by(|x, y| (&x.package, &x.id).cmp(&(&y.package, &y.id)));
-        out.dedup_by(|x, y| x.package == y.package && x.id == y.id);
         out
     }
 }
+
+/// Most findings reported for one snapshot (a real system has thousands
+/// at worst; a crafted package database could make billions).
+pub const MAX_FINDINGS: usize = 50_000;
+/// Distinct installed versions of one source package looked at (a real
+/// system has one, during an upgrade two or three).
+const MAX_VERSIONS_PER_SOURCE: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -557,6 +599,70 @@ mod tests {
             Some((3.1, "LOW"))
         );
         assert_eq!(cvss3("garbage"), None);
+    }
+
+    /// A crafted package database (many packages of one source, many
+    /// versions) against many advisories: bounded findings, quickly.
+    #[test]
+    fn a_crafted_inventory_cannot_blow_up_the_matching() {
+        let mut db = VulnDb::default();
+        for i in 0..200 {
+            db.advisories.insert(
+                format!("DSA-{i}"),
+                Advisory {
+                    id: format!("DSA-{i}"),
+                    aliases: vec![],
+                    summary: String::new(),
+                    severity: None,
+                    affected: vec![Affected {
+                        ecosystem: "Debian:12".into(),
+                        package: "linux".into(),
+                        ranges: vec![vec![
+                            Event::Introduced("0".into()),
+                            Event::Fixed("9.9-1".into()),
+                        ]],
+                        versions: vec![],
+                        severity: None,
+                    }],
+                },
+            );
+        }
+        let inv = Inventory {
+            os: None,
+            ecosystem: Some("Debian:12".into()),
+            scheme: Some(Scheme::Dpkg),
+            packages: (0..100_000)
+                .map(|i| Package {
+                    name: format!("p{i}"),
+                    version: "1.0-1".into(),
+                    source: "linux".into(),
+                    source_version: format!("1.{}-1", i % 1000),
+                })
+                .collect(),
+            notes: vec![],
+        };
+        assert_eq!(db.matches(&inv).len(), MAX_FINDINGS);
+        // A real inventory: every (package, advisory) pair once.
+        let small = Inventory {
+            packages: inv.packages[..3].to_vec(),
+            ..inv
+        };
+        assert_eq!(db.matches(&small).len(), 3 * 200);
+    }
+
+    /// A record imported, then imported again as withdrawn, is gone.
+    #[test]
+    fn a_withdrawn_record_removes_the_earlier_import() {
+        let record = |withdrawn: &str| {
+            format!(
+                r#"{{"id":"DSA-1","summary":"x",{withdrawn}"affected":[{{"package":{{"ecosystem":"Debian:12","name":"bash"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"5.2-1"}}]}}]}}]}}"#
+            )
+        };
+        let mut db = VulnDb::default();
+        assert!(db.add_json(record("").as_bytes()));
+        assert!(db.advisories.contains_key("DSA-1"));
+        assert!(db.add_json(record(r#""withdrawn":"2026-01-01T00:00:00Z","#).as_bytes()));
+        assert!(db.advisories.is_empty());
     }
 
     #[test]

@@ -130,8 +130,16 @@ impl RuleSet {
 
     fn compile(operator: &[(String, PathBuf, String)]) -> Result<Self> {
         let mut compiler = Compiler::new();
+        // An `include` would bring in text from outside the folder that is
+        // not part of the rule-set hash: a change there would leave stale
+        // cached verdicts. Rule files stand alone.
+        compiler.set_params(boreal::compiler::CompilerParams::default().disable_includes(true));
         let mut hash = blake3::Hasher::new();
+        // The engine and Cairn's own version: another boreal (via cargo
+        // update) or another Cairn may match differently.
         hash.update(b"cairn-rules-v2 boreal-1.4\0");
+        hash.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hash.update(b"\0");
         hash.update(BUILTIN.as_bytes());
         compiler
             .add_rules_str_in_namespace(BUILTIN, "cairn")
@@ -335,6 +343,21 @@ mod tests {
         assert_eq!(cut.severity, Severity::Warning);
         assert!(cut.is_transient());
         assert!(!strings_free_now || strings_free);
+    }
+
+    /// An operator's file may not include another: the included text would
+    /// not be in the rule-set hash, and the scan cache would go stale.
+    #[test]
+    fn includes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.inc"), "rule b { condition: true }").unwrap();
+        std::fs::write(
+            dir.path().join("a.yar"),
+            format!("include \"{}\"\n", dir.path().join("b.inc").display()),
+        )
+        .unwrap();
+        let err = RuleSet::load(Some(dir.path())).err().expect("refused");
+        assert!(err.to_string().contains("include"), "{err}");
     }
 
     #[test]

@@ -205,7 +205,14 @@ pub fn find_clean(
         .iter()
         .position(|s| insight.get(&s.id).is_some_and(|(v, _)| v != "clean"));
     let (start, reason) = match first_suspicious {
-        Some(0) => (None, "insight flags every snapshot".to_string()),
+        Some(0) => (
+            None,
+            format!(
+                "insight flags the oldest snapshot, {} ({}): there is no earlier point to try",
+                chain[0].id.short(),
+                chain[0].time.format("%Y-%m-%d %H:%M")
+            ),
+        ),
         Some(f) => (
             Some(f - 1),
             format!(

@@ -36,6 +36,11 @@ pub trait Backend: Send + Sync {
     fn put_marker(&self, name: &str) -> Result<bool> {
         self.put(name, b"")
     }
+    /// Drops a local cached copy of `name`; true when there was one (the
+    /// next read asks the store).
+    fn evict(&self, _name: &str) -> bool {
+        false
+    }
     /// Reads go to the store, not a local cache, from now on; true when
     /// there was a cache to bypass.
     fn set_cache_bypass(&self, _on: bool) -> bool {

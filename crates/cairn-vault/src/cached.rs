@@ -134,6 +134,11 @@ impl Backend for CachedBackend {
         self.inner.as_s3()
     }
 
+    fn evict(&self, name: &str) -> bool {
+        self.local(name)
+            .is_some_and(|p| std::fs::remove_file(p).is_ok())
+    }
+
     fn set_cache_bypass(&self, on: bool) -> bool {
         self.bypass.store(on, std::sync::atomic::Ordering::Relaxed);
         true

@@ -99,6 +99,8 @@ fn copy(
     } else {
         dst.backend().put(name, &data)?;
     }
+    // From the store itself, not the copy a cache kept when it was put.
+    dst.backend().evict(name);
     let back = dst.backend().get(name)?;
     if blake3::hash(&back) != blake3::hash(&data) {
         return Err(Error::damaged(

@@ -484,7 +484,23 @@ impl Vault {
     }
 
     pub fn read_pack_index(&self, name: &str) -> Result<PackIndex> {
-        self.parse_pack_index(name, &self.backend.get(name)?)
+        self.read_checked(name, |b| self.parse_pack_index(name, b))
+    }
+
+    /// Reads `name` and checks it with `parse`. A local cached copy that
+    /// fails the check (cut short by a power cut, garbage a proxy
+    /// answered with) is dropped and the store asked once more, so a bad
+    /// copy costs a fetch instead of reading as damage for ever.
+    fn read_checked<T>(&self, name: &str, parse: impl Fn(&[u8]) -> Result<T>) -> Result<T> {
+        match parse(&self.backend.get(name)?) {
+            Err(e) if self.backend.evict(name) => {
+                tracing::warn!(
+                    "the cached copy of {name} was bad ({e}); read again from the store"
+                );
+                parse(&self.backend.get(name)?)
+            }
+            r => r,
+        }
     }
 
     /// A pack index from its sealed bytes (checked before it is stored).
@@ -633,7 +649,7 @@ impl Vault {
     }
 
     pub fn read_object(&self, name: &str) -> Result<Vec<u8>> {
-        self.open_object(name, &self.backend.get(name)?)
+        self.read_checked(name, |b| self.open_object(name, b))
     }
 
     /// Decrypts and unframes a sealed object's bytes.
@@ -667,11 +683,13 @@ impl Vault {
     /// a map swapped for another (by a cache or a hostile store) would
     /// restore another snapshot's data without any error.
     fn read_content(&self, name: &str) -> Result<Vec<u8>> {
-        let bytes = self.read_object(name)?;
-        if name.rsplit('/').next() != Some(self.hasher.object_id(&bytes).as_str()) {
-            return Err(Error::damaged(name, "content does not match its address"));
-        }
-        Ok(bytes)
+        self.read_checked(name, |sealed| {
+            let bytes = self.open_object(name, sealed)?;
+            if name.rsplit('/').next() != Some(self.hasher.object_id(&bytes).as_str()) {
+                return Err(Error::damaged(name, "content does not match its address"));
+            }
+            Ok(bytes)
+        })
     }
 
     pub fn read_disk_map(&self, snap: &Snapshot) -> Result<DiskMap> {
@@ -698,7 +716,7 @@ impl Vault {
     }
 
     pub fn read_snapshot(&self, name: &str) -> Result<Snapshot> {
-        self.parse_snapshot(name, &self.backend.get(name)?)
+        self.read_checked(name, |b| self.parse_snapshot(name, b))
     }
 
     /// A manifest from its sealed bytes (checked before it is stored).

@@ -1019,7 +1019,7 @@ fn a_configured_clamd_scans_every_file_too() {
     std::fs::write(
         &conf,
         format!(
-            "LocalSocket {}\nDatabaseDirectory {}\nForeground yes\nLogFile {}\n",
+            "LocalSocket {}\nDatabaseDirectory {}\nForeground yes\nLogFile {}\nStreamMaxLength 1M\n",
             sock.display(),
             db.display(),
             env.path("clamd.log").display()
@@ -1045,6 +1045,9 @@ fn a_configured_clamd_scans_every_file_too() {
     let mut payload = noise(3_000, 4);
     payload.extend_from_slice(marker);
     std::fs::write(root.join("srv/share/invoice.pdf"), &payload).unwrap();
+    // Larger than this clamd takes in one stream (StreamMaxLength 1M):
+    // its head is sent, not an error that would make the point a warning.
+    std::fs::write(root.join("srv/share/backup.tar"), noise(3 << 20, 5)).unwrap();
     let img = env.path("disk.img");
     gpt_ext4_image(&img, &root, 32);
     env.backup(&img, "vm", "2026-01-01T00:00:00Z");
@@ -1056,6 +1059,7 @@ fn a_configured_clamd_scans_every_file_too() {
     let out = env
         .cmd()
         .env("CAIRN_CLAMD", &sock)
+        .env("CAIRN_CLAMD_MAX_BYTES", "1000000")
         .args(["scan", "vm@latest", "--json"])
         .output()
         .unwrap();
