@@ -124,6 +124,8 @@ fn store(
     let started = Instant::now();
     let _lock = VaultLock::shared(vault.root())?;
     vault.refresh_index()?;
+    // The new snapshot's retention: what it uses is kept locked as long.
+    let until = vault.retain_until_from_now();
     let kind = match src {
         source::Source::Disk(_) => SourceKind::Disk,
         source::Source::Directory(_) => SourceKind::Directory,
@@ -196,12 +198,9 @@ fn store(
                     map.size
                 )));
             }
-            (
-                vault.write_content(&map)?,
-                metrics,
-                reader.format(),
-                map.size,
-            )
+            let content = vault.write_content(&map)?;
+            vault.lock_reused(map.chunks.iter().flatten().copied(), &content, until)?;
+            (content, metrics, reader.format(), map.size)
         }
         source::Source::Directory(root) => {
             let parent_tree = match &parent {
@@ -229,7 +228,13 @@ fn store(
                 &mut warnings,
             )?;
             let size = metrics.logical_size;
-            (vault.write_content(&tree)?, metrics, "directory", size)
+            let content = vault.write_content(&tree)?;
+            let chunks = tree
+                .entries
+                .iter()
+                .flat_map(|e| e.chunks.iter().map(|c| c.id));
+            vault.lock_reused(chunks, &content, until)?;
+            (content, metrics, "directory", size)
         }
     };
     let _ = size;
@@ -254,7 +259,7 @@ fn store(
         content,
         metrics,
         tags: opts.tags.clone(),
-        retain_until: vault.retain_until_from_now(),
+        retain_until: until,
         written: now,
         cairn_version: env!("CARGO_PKG_VERSION").to_string(),
         derived_from: derived_from.map(|b| b.id.clone()),

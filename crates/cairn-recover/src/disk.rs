@@ -3,7 +3,7 @@
 //! appears under its name only once it is complete.
 
 use cairn_vault::error::{Error, IoContext, Result};
-use cairn_vault::hash::is_zero;
+use cairn_vault::hash::{BLOCK_SIZE, ZERO_BLOCK, is_zero};
 use cairn_vault::{BlockSource, SnapshotDisk};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -385,8 +385,30 @@ pub fn restore_disk(
                         "wrong length for its place on the disk",
                     ));
                 }
-                file.write_all_at(&data, start)
-                    .ctx(|| format!("writing {}", target.display()))?;
+                if is_device {
+                    file.write_all_at(&data, start)
+                        .ctx(|| format!("writing {}", target.display()))?;
+                } else {
+                    // Zero blocks inside a chunk stay holes in a new file
+                    // (it starts as one hole): runs of data are written.
+                    let bpc = map.blocks_per_chunk();
+                    let digests = &map.blocks[i * bpc..i * bpc + len.div_ceil(BLOCK_SIZE)];
+                    let mut b = 0;
+                    while b < digests.len() {
+                        if digests[b] == ZERO_BLOCK {
+                            b += 1;
+                            continue;
+                        }
+                        let first = b;
+                        while b < digests.len() && digests[b] != ZERO_BLOCK {
+                            b += 1;
+                        }
+                        let from = first * BLOCK_SIZE;
+                        let to = (b * BLOCK_SIZE).min(len);
+                        file.write_all_at(&data[from..to], start + from as u64)
+                            .ctx(|| format!("writing {}", target.display()))?;
+                    }
+                }
                 start_writeback(file, start, len);
                 written.fetch_add(len as u64, Ordering::Relaxed);
             }

@@ -706,6 +706,70 @@ impl Vault {
         postcard::from_bytes(&bytes).map_err(|e| Error::damaged(&snap.content, e.to_string()))
     }
 
+    /// On S3 with Object Lock: keeps the objects a new snapshot uses
+    /// locked at least as long as its own manifest (`until` is its
+    /// retain-until). Chunks reused from old packs, or a map stored before,
+    /// still carry the lock they got when written; without this, a backup
+    /// that changed little would rest on data whose lock ends in days, and
+    /// a stolen key could delete it then. Only objects written longer ago
+    /// than the lock margin can end too early: those are asked (HEAD, in
+    /// parallel) and extended where needed. Returns how many were.
+    pub fn lock_reused(
+        &self,
+        chunks: impl IntoIterator<Item = ChunkId>,
+        content: &str,
+        until: DateTime<Utc>,
+    ) -> Result<usize> {
+        let Some(s3) = self.backend.as_s3() else {
+            return Ok(0);
+        };
+        if !self.config.object_lock {
+            return Ok(0);
+        }
+        let margin = crate::s3::lock_margin_secs();
+        let mut names = BTreeSet::from([content.to_string()]);
+        {
+            let index = self.index();
+            for c in chunks {
+                if let Some((_, pack)) = index.get(&c)
+                    && pack.retain_until.saturating_add(margin) < until.timestamp()
+                {
+                    names.insert(crate::index::pack_object(&pack.id));
+                    names.insert(crate::index::index_object(&pack.id));
+                }
+            }
+        }
+        let names: Vec<String> = names.into_iter().collect();
+        let extended = std::sync::atomic::AtomicUsize::new(0);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let want = until + chrono::Duration::seconds(margin);
+        // Each question is a round trip: eight at a time.
+        std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    sc.spawn(|| -> Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(name) = names.get(i) else {
+                                return Ok(());
+                            };
+                            if s3.retain_until(name)?.is_none_or(|u| u < until) {
+                                s3.extend_lock(name, want)?;
+                                extended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("a lock worker panicked"))
+        })?;
+        let extended = extended.into_inner();
+        tracing::debug!(asked = names.len(), extended, "locks of reused objects");
+        Ok(extended)
+    }
+
     pub fn write_snapshot(&self, snap: &Snapshot) -> Result<()> {
         let json = serde_json::to_vec(snap).expect("json");
         self.backend.put(

@@ -258,3 +258,33 @@ fn a_qcow2_that_lists_an_l2_table_twice_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listed twice"), "{err}");
 }
+
+/// Zeros inside a stored chunk stay holes in the restored file: a disk
+/// with a zeroed 64 KiB block in every 128 KiB chunk (written zeros, so
+/// allocated in the source) restores to about half its size on disk.
+#[test]
+fn zero_blocks_inside_chunks_restore_as_holes() {
+    let env = Env::new("30d", &[]);
+    let disk = env.path("half.img");
+    let mut bytes = Vec::new();
+    for i in 0..8u64 {
+        bytes.extend_from_slice(&noise(64 * 1024, i));
+        bytes.extend_from_slice(&[0u8; 64 * 1024]);
+    }
+    std::fs::write(&disk, &bytes).unwrap();
+    env.backup(&disk, "half", "2026-03-01T02:00:00Z");
+    let out = env.path("half-restored.img");
+    env.ok(&[
+        "restore",
+        "half@latest",
+        "--to",
+        out.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert!(same_bytes(&disk, &out));
+    let on_disk = allocated(&out);
+    assert!(
+        on_disk <= 512 * 1024 + 64 * 1024,
+        "{on_disk} bytes allocated for 512 KiB of data"
+    );
+}

@@ -687,3 +687,51 @@ fn forget_on_a_locked_bucket_forgets_now_and_prune_deletes_when_the_lock_ends() 
     );
     assert_eq!(std::fs::read(env.path("r.img")).unwrap(), noise(1 << 20, 2));
 }
+
+/// A backup that reuses old data (here: the same disk again, every chunk
+/// already stored) keeps that data locked as long as its own manifest:
+/// left with the lock it got when first written, it could be deleted by a
+/// stolen key long before the new snapshot's retention ends.
+#[test]
+fn a_backup_extends_the_locks_of_the_old_data_it_reuses() {
+    let env = S3Env::new("cairn-reuse-lock");
+    let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "3")];
+    let ok = |args: &[&str]| {
+        let out = env.run_with(args, &short);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    ok(&["init", "--create-bucket", "--retention", "2s"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(3 << 20, 7)).unwrap();
+    ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    // Past the margin: the first backup's locks end before a new
+    // snapshot's retention would.
+    std::thread::sleep(Duration::from_millis(4500));
+    ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    let snaps: Value = serde_json::from_slice(&ok(&["snapshots", "--json"]).stdout).unwrap();
+    let newest: chrono::DateTime<chrono::Utc> =
+        snaps.as_array().unwrap().last().unwrap()["retain_until"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    let audit = env.audit();
+    let data: Vec<&String> = audit
+        .keys()
+        .filter(|k| k.contains("/packs/") || k.contains("/index/") || k.contains("/maps/"))
+        .collect();
+    assert!(data.len() >= 3, "{audit:#?}");
+    for k in data {
+        let until: chrono::DateTime<chrono::Utc> =
+            audit[k]["until"].as_str().unwrap().parse().unwrap();
+        assert!(
+            until >= newest,
+            "{k} locked until {until}, the snapshot until {newest}"
+        );
+    }
+}
