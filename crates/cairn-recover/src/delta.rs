@@ -91,19 +91,34 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 /// the whole target). The number of blocks checked, or which one is wrong.
 fn check_written(
     file: &File,
-    blocks: &[(u64, usize, cairn_vault::hash::BlockDigest)],
+    touched: &[AtomicU64],
     disk: &SnapshotDisk,
 ) -> std::io::Result<Result<u64>> {
+    let map = disk.map();
     let hasher = disk.vault().hasher();
+    // The blocks written: one bit each, so a delta over a huge disk that
+    // differs everywhere keeps 1/128 of its map's size, not twice it.
+    let blocks: Vec<usize> = touched
+        .iter()
+        .enumerate()
+        .flat_map(|(w, bits)| {
+            let bits = bits.load(Ordering::Relaxed);
+            (0..64)
+                .filter(move |k| bits & (1 << k) != 0)
+                .map(move |k| w * 64 + k)
+        })
+        .collect();
     let bad = blocks
         .par_iter()
         .map_init(
             || vec![0u8; BLOCK_SIZE],
-            |buf, &(at, n, want)| -> std::io::Result<Option<u64>> {
+            |buf, &b| -> std::io::Result<Option<u64>> {
+                let at = (b * BLOCK_SIZE) as u64;
+                let n = (map.size - at).min(BLOCK_SIZE as u64) as usize;
                 file.read_exact_at(&mut buf[..n], at)?;
                 let mut got = Vec::with_capacity(1);
                 hasher.block_digests(&buf[..n], &mut got);
-                Ok((got.first() != Some(&want)).then_some(at))
+                Ok((got.first() != Some(&map.blocks[b])).then_some(at))
             },
         )
         .collect::<std::io::Result<Vec<_>>>()?
@@ -195,7 +210,9 @@ pub fn restore_delta(
     let zeroed = AtomicU64::new(0);
     let fetched = AtomicU64::new(0);
     let bytes_written = AtomicU64::new(0);
-    let touched = std::sync::Mutex::new(Vec::new());
+    let touched: Vec<AtomicU64> = (0..map.blocks.len().div_ceil(64))
+        .map(|_| AtomicU64::new(0))
+        .collect();
     (0..map.chunks.len())
         .into_par_iter()
         .try_for_each(|i| -> Result<()> {
@@ -235,7 +252,8 @@ pub fn restore_delta(
                 written.fetch_add(1, Ordering::Relaxed);
                 bytes_written.fetch_add(n as u64, Ordering::Relaxed);
                 if !opts.dry_run {
-                    touched.lock().unwrap().push((start + off as u64, n, *want));
+                    let block = i * bpc + b;
+                    touched[block / 64].fetch_or(1 << (block % 64), Ordering::Relaxed);
                 }
                 if *want == ZERO_BLOCK {
                     zeroed.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +307,7 @@ pub fn restore_delta(
             report.verified = true;
             report.blocks_checked = map.blocks.len() as u64;
         } else {
-            report.blocks_checked = check_written(&file, &touched.into_inner().unwrap(), disk)
+            report.blocks_checked = check_written(&file, &touched, disk)
                 .ctx(|| format!("reading back {}", target.display()))??;
         }
     }

@@ -17,6 +17,10 @@ use std::path::Path;
 const MAX_RECORD: u64 = 32 << 20;
 /// Most records taken from one import.
 const MAX_RECORDS: usize = 2_000_000;
+/// Most bytes of record text read in one import (the whole of OSV's data
+/// for one distribution is a few hundred MB): a zip of many small entries
+/// that each inflate to the per-record limit cannot fill memory.
+const MAX_IMPORT_BYTES: u64 = 2 << 30;
 
 #[derive(Deserialize)]
 struct OsvRecord {
@@ -382,13 +386,22 @@ impl VulnDb {
     /// (records used, files skipped).
     pub fn import(&mut self, path: &Path) -> Result<(usize, usize)> {
         let (mut used, mut skipped) = (0usize, 0usize);
-        fn take(db: &mut VulnDb, bytes: &[u8], used: &mut usize, skipped: &mut usize) {
+        let mut total = 0u64;
+        let mut take = |db: &mut VulnDb, bytes: &[u8], used: &mut usize, skipped: &mut usize| {
+            total += bytes.len() as u64;
+            if total > MAX_IMPORT_BYTES {
+                return Err(Error::VulnDb(format!(
+                    "more than {} GiB of records in one import",
+                    MAX_IMPORT_BYTES >> 30
+                )));
+            }
             if db.add_json(bytes) {
                 *used += 1
             } else {
                 *skipped += 1
             }
-        }
+            Ok(())
+        };
         if path.is_dir() {
             let mut stack = vec![path.to_path_buf()];
             while let Some(d) = stack.pop() {
@@ -396,17 +409,24 @@ impl VulnDb {
                     std::fs::read_dir(&d).map_err(crate::error::io(d.display().to_string()))?;
                 for e in rd {
                     let p = e.map_err(crate::error::io(d.display().to_string()))?.path();
-                    if p.is_dir() {
+                    // Links are not followed: one to a parent folder would
+                    // loop, one to /dev/zero would never end.
+                    let Ok(md) = std::fs::symlink_metadata(&p) else {
+                        skipped += 1;
+                        continue;
+                    };
+                    if md.is_dir() {
                         stack.push(p);
-                    } else if p.extension().is_some_and(|x| x == "json") {
-                        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                        if len > MAX_RECORD {
+                    } else if md.is_file() && p.extension().is_some_and(|x| x == "json") {
+                        let mut bytes = Vec::new();
+                        std::fs::File::open(&p)
+                            .and_then(|f| f.take(MAX_RECORD + 1).read_to_end(&mut bytes))
+                            .map_err(crate::error::io(p.display().to_string()))?;
+                        if bytes.len() as u64 > MAX_RECORD {
                             skipped += 1;
                             continue;
                         }
-                        let bytes =
-                            std::fs::read(&p).map_err(crate::error::io(p.display().to_string()))?;
-                        take(self, &bytes, &mut used, &mut skipped);
+                        take(self, &bytes, &mut used, &mut skipped)?;
                     }
                     if used + skipped > MAX_RECORDS {
                         return Err(Error::VulnDb(format!("more than {MAX_RECORDS} records")));
@@ -436,7 +456,7 @@ impl VulnDb {
                     .take(MAX_RECORD)
                     .read_to_end(&mut bytes)
                     .map_err(|e| Error::VulnDb(format!("{}: {e}", path.display())))?;
-                take(self, &bytes, &mut used, &mut skipped);
+                take(self, &bytes, &mut used, &mut skipped)?;
                 if used + skipped > MAX_RECORDS {
                     return Err(Error::VulnDb(format!("more than {MAX_RECORDS} records")));
                 }
@@ -648,6 +668,24 @@ mod tests {
             ..inv
         };
         assert_eq!(db.matches(&small).len(), 3 * 200);
+    }
+
+    /// A folder import follows no links: one to /dev/zero is skipped, not
+    /// read for ever, and one to a parent folder does not loop.
+    #[test]
+    fn a_folder_import_follows_no_links() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.json"),
+            r#"{"id":"DSA-1","affected":[{"package":{"ecosystem":"Debian:12","name":"bash"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"5.2-1"}]}]}]}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("b.json")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+        let mut db = VulnDb::default();
+        let (used, _) = db.import(dir.path()).unwrap();
+        assert_eq!(used, 1);
+        assert!(db.advisories.contains_key("DSA-1"));
     }
 
     /// A record imported, then imported again as withdrawn, is gone.

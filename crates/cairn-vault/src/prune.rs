@@ -332,11 +332,17 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         keep.extend(vault.backend().list("keys")?);
         keep.extend(snapshots.iter().map(|s| Snapshot::object_name(&s.id)));
         keep.extend(used_maps.iter().cloned());
+        // One object that cannot be read or renewed does not stop the
+        // rest from being renewed; the failures are reported at the end.
+        let mut failed: Vec<String> = Vec::new();
         for name in vault.backend().list("index")? {
-            let idx = vault.read_pack_index(&name)?;
-            if idx.entries.iter().any(|e| used.contains(&e.id)) {
-                keep.push(pack_object(&idx.pack));
-                keep.push(name);
+            match vault.read_pack_index(&name) {
+                Ok(idx) if idx.entries.iter().any(|e| used.contains(&e.id)) => {
+                    keep.push(pack_object(&idx.pack));
+                    keep.push(name);
+                }
+                Ok(_) => {}
+                Err(e) => failed.push(format!("{name}: {e}")),
             }
         }
         keep.extend(
@@ -354,11 +360,24 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         let full = vault.config().retention_secs as i64 + crate::s3::lock_margin_secs();
         let now = Utc::now();
         for name in keep {
-            let until = s3.retain_until(&name)?;
-            if until.is_none_or(|u| (u - now).num_seconds() < full / 2) {
-                s3.extend_lock(&name, now + chrono::Duration::seconds(full))?;
-                report.locks_renewed += 1;
+            let renewed = s3.retain_until(&name).and_then(|until| {
+                if until.is_none_or(|u| (u - now).num_seconds() < full / 2) {
+                    s3.extend_lock(&name, now + chrono::Duration::seconds(full))?;
+                    return Ok(true);
+                }
+                Ok(false)
+            });
+            match renewed {
+                Ok(true) => report.locks_renewed += 1,
+                Ok(false) => {}
+                Err(e) => failed.push(format!("{name}: {e}")),
             }
+        }
+        if let Some(first) = failed.first() {
+            return Err(Error::Invalid(format!(
+                "the locks of {} objects in use could not be renewed (the others were; first: {first}); run prune again",
+                failed.len()
+            )));
         }
     }
     if !dry_run {
