@@ -125,12 +125,24 @@ pub async fn serve_counted(
     exports: Arc<Vec<Export>>,
     clients: Arc<std::sync::atomic::AtomicI64>,
 ) -> io::Result<()> {
-    use std::sync::atomic::Ordering;
+    /// Counts a client out however its task ends (done, failed, aborted).
+    struct Counted(Arc<std::sync::atomic::AtomicI64>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    // Connections live in a set owned by this future: when it is dropped
+    // (an export stopped or expired), every connection ends with it, and
+    // no client reads on after the export let go of the vault.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = crate::accept::next_client(&listener, &clients, "nbd").await;
+        while connections.try_join_next().is_some() {}
         let exports = exports.clone();
-        let clients = clients.clone();
-        tokio::spawn(async move {
+        let counted = Counted(clients.clone());
+        connections.spawn(async move {
+            let _counted = counted;
             let served = match stream.set_nodelay(true) {
                 Ok(()) => client(stream, &exports).await,
                 Err(e) => Err(e),
@@ -138,7 +150,6 @@ pub async fn serve_counted(
             if let Err(e) = served {
                 tracing::warn!("nbd client {peer}: {e}; connection closed");
             }
-            clients.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

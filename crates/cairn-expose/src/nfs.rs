@@ -422,6 +422,11 @@ async fn relay(outer: tokio::net::TcpListener, inner_port: u16) -> std::io::Resu
         let clients = clients.clone();
         tokio::spawn(async move {
             if let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", inner_port)).await {
+                // Each record goes out whole at once: with Nagle's algorithm
+                // a small request waited for the peer's delayed ACK (40 ms
+                // per READ: a 2 GiB disk took two minutes instead of 4 s).
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 let (cr, mut cw) = client.into_split();
                 let (mut sr, sw) = server.into_split();
                 let up = checked_records(cr, sw);
@@ -464,9 +469,11 @@ async fn checked_records(
                 format!("a record of over {record} bytes"),
             ));
         }
-        buf.resize(len as usize, 0);
-        r.read_exact(&mut buf).await?;
-        w.write_all(&h).await?;
+        // Header and fragment in one write (one segment for a small one).
+        buf.clear();
+        buf.extend_from_slice(&h);
+        buf.resize(4 + len as usize, 0);
+        r.read_exact(&mut buf[4..]).await?;
         w.write_all(&buf).await?;
         if header & 0x8000_0000 != 0 {
             record = 0;

@@ -94,6 +94,11 @@ fn open_walked_dir(dir: &Path, seen: Option<(u64, u64)>) -> std::io::Result<fs::
 /// path that could have been redirected since.
 fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
     let by_fd = Path::new("/proc/self/fd").is_dir();
+    if !by_fd {
+        warnings.push(
+            "/proc is not mounted: folders are listed by path, so one swapped for a link during the backup could be followed".into(),
+        );
+    }
     let mut out = Vec::new();
     // (folder, its path in the tree, its (device, inode) as seen).
     type Pending = (PathBuf, Vec<u8>, Option<(u64, u64)>);

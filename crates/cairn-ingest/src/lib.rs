@@ -124,8 +124,6 @@ fn store(
     let started = Instant::now();
     let _lock = VaultLock::shared(vault.root())?;
     vault.refresh_index()?;
-    // The new snapshot's retention: what it uses is kept locked as long.
-    let until = vault.retain_until_from_now();
     let kind = match src {
         source::Source::Disk(_) => SourceKind::Disk,
         source::Source::Directory(_) => SourceKind::Directory,
@@ -169,7 +167,7 @@ fn store(
     };
     let mut warnings = Vec::new();
 
-    let (content, mut metrics, format, size) = match src {
+    let (content, mut metrics, format, size, until) = match src {
         source::Source::Disk(reader) => {
             let parent_map = match &parent {
                 Some(p) => vault.read_disk_map(p).ok(),
@@ -199,8 +197,12 @@ fn store(
                 )));
             }
             let content = vault.write_content(&map)?;
+            // The new snapshot's retention, counted from its end (the
+            // server refuses a manifest retained shorter than from now):
+            // what it uses is kept locked as long.
+            let until = vault.retain_until_from_now();
             vault.lock_reused(map.chunks.iter().flatten().copied(), &content, until)?;
-            (content, metrics, reader.format(), map.size)
+            (content, metrics, reader.format(), map.size, until)
         }
         source::Source::Directory(root) => {
             let parent_tree = match &parent {
@@ -233,8 +235,9 @@ fn store(
                 .entries
                 .iter()
                 .flat_map(|e| e.chunks.iter().map(|c| c.id));
+            let until = vault.retain_until_from_now();
             vault.lock_reused(chunks, &content, until)?;
-            (content, metrics, "directory", size)
+            (content, metrics, "directory", size, until)
         }
     };
     let _ = size;

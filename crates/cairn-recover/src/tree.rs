@@ -144,12 +144,16 @@ pub fn restore_tree(
     // Made here, new, and open to no one else while it fills: a folder
     // someone put in its place meanwhile, or links planted in it during
     // the restore, would steer writes out of the tree.
+    if let Some(parent) = work.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+    }
     fs::DirBuilder::new()
         .mode(0o700)
         .create(&work)
         .ctx(|| format!("creating {}", work.display()))?;
     let restored = restore_into(vault, tree, &work, opts, progress).and_then(|r| {
-        fs::set_permissions(&work, fs::Permissions::from_mode(0o755))
+        // Then the mode a folder made now would have had.
+        fs::set_permissions(&work, fs::Permissions::from_mode(0o777 & !umask()))
             .ctx(|| format!("opening {} to its readers", work.display()))?;
         // Everything on disk before the tree takes its name: after a crash
         // a tree under the target's name is whole, not files left empty.
@@ -182,6 +186,19 @@ pub fn restore_tree(
             Err(e)
         }
     }
+}
+
+/// This process's umask, read without changing it (`/proc/self/status`,
+/// Linux 4.7+); the common 022 where it cannot be read.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// Flushes the filesystem holding `dir` (one call for a whole tree of
@@ -539,8 +556,12 @@ mod tests {
         let fresh = dir.path().join("fresh");
         restore_tree(&vault, &tree, &fresh, &Default::default(), &|_| {}).unwrap();
         let mode = fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o755);
+        assert_eq!(mode, 0o777 & !umask());
         assert!(fresh.join("a").exists());
+        // Folders above a new target are made as before.
+        let deep = dir.path().join("deep/er/fresh");
+        restore_tree(&vault, &tree, &deep, &Default::default(), &|_| {}).unwrap();
+        assert!(deep.join("a").exists());
     }
 
     /// A crafted tree (a symlink out of the target, then entries below

@@ -94,6 +94,11 @@ pub struct ScanReport {
 }
 
 impl ScanReport {
+    /// Whether a file went unjudged (see [`rules::is_transient`]).
+    pub fn incomplete(&self) -> bool {
+        self.malware.iter().any(|h| rules::is_transient(&h.rule))
+    }
+
     pub fn findings(&self) -> usize {
         self.malware.len() + self.persistence.len()
     }
@@ -227,7 +232,9 @@ pub fn flagged_files(vault: &Vault, chain: &[Snapshot]) -> Vec<FlaggedFile> {
             continue;
         };
         let mut now: BTreeMap<&str, (String, bool)> = BTreeMap::new();
-        for h in &r.malware {
+        // A file not judged (timed out, clamd failing) is not flagged:
+        // rollback would otherwise revert or drop a good file.
+        for h in r.malware.iter().filter(|h| !rules::is_transient(&h.rule)) {
             now.entry(&h.path)
                 .or_insert((format!("malware rule {}", h.rule), true));
         }
@@ -459,7 +466,10 @@ impl<'a> Scan<'a> {
     ) -> Option<ScanReport> {
         let name = profile.record_name(&snap.id, baseline.map(|b| &b.id));
         let bytes = vault.read_object(&name).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let report: ScanReport = serde_json::from_slice(&bytes).ok()?;
+        // A result with a file not judged (a timeout, clamd failing) is
+        // not the last word: such a point is scanned again.
+        (!report.incomplete()).then_some(report)
     }
 
     /// 64 KiB blocks of the scanned snapshot decoded so far (0 for
@@ -566,11 +576,15 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Stores the finished result beside the snapshot.
+    /// Stores the finished result beside the snapshot (records are
+    /// write-once: one with a file not judged this time is not stored, so
+    /// the next scan of the point judges it again).
     pub fn finish(mut self) -> Result<ScanReport> {
         self.report.seconds = self.started.elapsed().as_secs_f64();
-        let json = serde_json::to_vec(&self.report).expect("json");
-        self.vault.put_sealed(&self.record, &json)?;
+        if !self.report.incomplete() {
+            let json = serde_json::to_vec(&self.report).expect("json");
+            self.vault.put_sealed(&self.record, &json)?;
+        }
         Ok(self.report)
     }
 }

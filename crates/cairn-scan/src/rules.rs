@@ -59,8 +59,14 @@ impl RuleHit {
     /// failed, the rules timed out): never cached, so the file is judged
     /// again next time.
     pub fn is_transient(&self) -> bool {
-        self.rule == CLAMD_ERROR || self.rule == SCAN_INCOMPLETE
+        is_transient(&self.rule)
     }
+}
+
+/// Whether a hit of `rule` means "not judged this time" rather than a
+/// finding (see [`RuleHit::is_transient`]).
+pub fn is_transient(rule: &str) -> bool {
+    rule == CLAMD_ERROR || rule == SCAN_INCOMPLETE
 }
 
 pub struct RuleSet {

@@ -514,10 +514,14 @@ fn check_complete(
             .flat_map(|e| e.chunks.iter().map(|c| c.id))
             .collect(),
     };
+    // On S3, what the snapshot reuses is kept locked as long as it (see
+    // `Vault::lock_reused`): the agent cannot, the server does.
+    let all = wanted.clone();
     let deadline = Instant::now() + COMMIT_WAIT;
     loop {
         wanted.retain(|id| !vault.has_chunk(id));
         if wanted.is_empty() {
+            vault.lock_reused(all, &snap.content, snap.retain_until)?;
             return Ok(());
         }
         if Instant::now() > deadline || !st.claims.pending_elsewhere(&who.id, &wanted) {

@@ -21,6 +21,9 @@ const CACHED: &[&str] = &[
     "maps/",
     "insight/",
     "scan/",
+    // Notes of forgotten snapshots: read on every listing; only names
+    // the store still lists are read, so a pruned note is never used.
+    "forgotten/",
 ];
 
 pub struct CachedBackend {

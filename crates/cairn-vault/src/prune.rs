@@ -192,11 +192,25 @@ pub struct PruneReport {
 fn try_delete(vault: &Vault, name: &str) -> Result<bool> {
     match vault.backend().delete(name) {
         Ok(()) => Ok(true),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+        Err(Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied && locked_now(vault, name) =>
+        {
             Ok(false)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether the store holds `name` under a lock that has not ended: only
+/// then is a refused delete "retained"; a refusal for any other reason
+/// (credentials without delete rights) is an error the operator sees.
+fn locked_now(vault: &Vault, name: &str) -> bool {
+    vault.backend().as_s3().is_some_and(|s3| {
+        s3.retain_until(name)
+            .ok()
+            .flatten()
+            .is_some_and(|u| u > Utc::now())
+    })
 }
 
 /// Deletes packs and maps that no snapshot refers to and whose retention

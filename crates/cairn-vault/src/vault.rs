@@ -867,7 +867,7 @@ impl Vault {
     /// in between would be reported done for a snapshot about to go.
     pub fn pin(&self, id: &SnapshotId) -> Result<()> {
         let _lock = crate::lock::VaultLock::shared(self.root())?;
-        if !self.backend.exists(&Snapshot::object_name(id))? {
+        if !self.backend.exists(&Snapshot::object_name(id))? || self.forgotten().contains(&id.0) {
             return Err(Error::Invalid(format!(
                 "snapshot {} is gone (forgotten meanwhile)",
                 id.0

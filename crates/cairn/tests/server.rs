@@ -729,11 +729,22 @@ fn the_scheduler_backs_up_scores_and_calls_the_webhook_on_an_attack() {
         .next()
         .unwrap()
         .to_string();
+    // A client connected before the end is cut off with it (it must not
+    // read on once the export has let go of the vault).
+    let mut held = std::net::TcpStream::connect(&hostport).unwrap();
     let expired = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
         std::net::TcpStream::connect(&hostport).is_err()
     });
     assert!(expired, "the export expired");
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = Vec::new();
+    use std::io::Read;
+    assert!(
+        held.read_to_end(&mut greeting).is_ok(),
+        "the connected client was not cut off"
+    );
     let (_, list) = call(
         "GET",
         &format!("{}/api/v1/exports", server.url),
