@@ -33,6 +33,19 @@ pub struct DiskRestoreReport {
     pub zero_bytes: u64,
     pub verified: bool,
     pub duration_secs: f64,
+    /// The target is a block device (its empty chunks are written as
+    /// zeros, not left as holes).
+    pub device: bool,
+    /// Bytes of a larger device past the snapshot's end, left as they were
+    /// (an old partition table's backup header may remain there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_tail_bytes: Option<u64>,
+}
+
+/// Bytes of the device behind `file` past `size`, if any.
+fn tail_past(file: &File, size: u64) -> Option<u64> {
+    let end = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(file), 0, libc::SEEK_END) };
+    (end > 0 && end as u64 > size).then(|| end as u64 - size)
 }
 
 enum Target {
@@ -284,7 +297,12 @@ pub fn plan_disk_restore(
     opts: &DiskRestoreOptions,
 ) -> Result<DiskRestoreReport> {
     let map = disk.map();
-    if let Found::Nothing = check_target(path, map.size, opts, false)? {
+    let found = check_target(path, map.size, opts, false)?;
+    let (device, device_tail_bytes) = match &found {
+        Found::Device(f) => (true, tail_past(f, map.size)),
+        _ => (false, None),
+    };
+    if let Found::Nothing = found {
         let parent = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -306,6 +324,8 @@ pub fn plan_disk_restore(
         size: map.size,
         bytes_written: data,
         zero_bytes: map.size - data,
+        device,
+        device_tail_bytes,
         ..Default::default()
     })
 }
@@ -465,6 +485,12 @@ pub fn restore_disk(
         zero_bytes: zeros.into_inner(),
         verified,
         duration_secs: started.elapsed().as_secs_f64(),
+        device: is_device,
+        device_tail_bytes: if is_device {
+            tail_past(file, map.size)
+        } else {
+            None
+        },
         ..Default::default()
     })
 }

@@ -254,33 +254,20 @@ pub fn find_clean(
                 }
             }
         } else {
-            // Gallop back (1, 2, 4… steps), then bisect the boundary.
-            let (mut i, mut step, mut failed) = (start, 1usize, None::<usize>);
-            let mut passed = None;
-            loop {
-                if w.check(i)? {
-                    passed = Some(i);
-                    break;
-                }
-                failed = Some(i);
-                if i == 0 {
-                    break;
-                }
-                i = i.saturating_sub(step);
-                step *= 2;
-            }
-            if let (Some(mut lo), Some(mut hi)) = (passed, failed) {
-                while hi - lo > 1 {
-                    let mid = lo + (hi - lo) / 2;
-                    if w.check(mid)? {
-                        lo = mid;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                passed = Some(lo);
-            }
-            clean = passed;
+            clean = search(start, |i| {
+                let passed = w.check(i)?;
+                // Only a finding that stays marks the infection's
+                // boundary: insight's verdict, a persistence change, a
+                // malware hit. A malware-stage warning (a file not judged,
+                // clamd failing, a suspicious script) or a failed boot may
+                // not come back at an older point.
+                let firm = w.tried.last().is_some_and(|t| match t.stage {
+                    Stage::Insight | Stage::Persistence => true,
+                    Stage::Malware => t.verdict == "compromised",
+                    _ => false,
+                });
+                Ok((passed, firm))
+            })?;
         }
     }
     let to_patch = clean
@@ -292,4 +279,100 @@ pub fn find_clean(
         tried: w.tried,
         to_patch,
     })
+}
+
+/// The newest index at or below `start` that passes `check` (which says
+/// whether it passed and, if not, whether the failure is firm: one that
+/// every later point shares, assuming an infection stays). Gallops back
+/// (1, 2, 4… steps) past firm failures and one step at a time past the
+/// others, then bisects between the newest pass and the oldest firm
+/// failure above it; a non-firm failure met while bisecting sends the
+/// search through the points above it one by one.
+fn search(
+    start: usize,
+    mut check: impl FnMut(usize) -> Result<(bool, bool)>,
+) -> Result<Option<usize>> {
+    let (mut i, mut step) = (start, 1usize);
+    let (mut passed, mut failed) = (None::<usize>, None::<usize>);
+    loop {
+        let (ok, firm) = check(i)?;
+        if ok {
+            passed = Some(i);
+            break;
+        }
+        if firm {
+            failed = Some(i);
+        }
+        if i == 0 {
+            break;
+        }
+        if firm {
+            i = i.saturating_sub(step);
+            step *= 2;
+        } else {
+            i -= 1;
+        }
+    }
+    if let (Some(mut lo), Some(mut hi)) = (passed, failed) {
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let (ok, firm) = check(mid)?;
+            if ok {
+                lo = mid;
+            } else if firm {
+                hi = mid;
+            } else {
+                let mut found = None;
+                for j in (mid + 1..hi).rev() {
+                    if check(j)?.0 {
+                        found = Some(j);
+                        break;
+                    }
+                }
+                match found {
+                    Some(j) => {
+                        lo = j;
+                        break;
+                    }
+                    None => hi = mid,
+                }
+            }
+        }
+        passed = Some(lo);
+    }
+    Ok(passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Points 0–15 and 17 pass, 16 fails with a warning that does not
+    /// last, 18–19 are infected: the newest passing point is 17, not the
+    /// 15 a bisection trusting every failure would settle on.
+    #[test]
+    fn a_passing_warning_does_not_hide_a_newer_clean_point() {
+        let outcome = |i: usize| -> (bool, bool) {
+            match i {
+                18.. => (false, true),
+                16 => (false, false),
+                _ => (true, false),
+            }
+        };
+        let mut asked = Vec::new();
+        let found = search(19, |i| {
+            asked.push(i);
+            Ok(outcome(i))
+        })
+        .unwrap();
+        assert_eq!(found, Some(17), "asked {asked:?}");
+        // A history infected from point 5 on: the boundary is found.
+        let found = search(40, |i| {
+            Ok(if i >= 5 { (false, true) } else { (true, false) })
+        })
+        .unwrap();
+        assert_eq!(found, Some(4));
+        // Nothing passes.
+        assert_eq!(search(9, |_| Ok((false, true))).unwrap(), None);
+    }
 }

@@ -1592,7 +1592,7 @@ fn restore(
                 print_json(&r);
             } else {
                 println!(
-                    "{} {}@{}{} to {}: {} {}, {} left as holes{}{}",
+                    "{} {}@{}{} to {}: {} {}, {} {}{}{}",
                     if dry_run { "would restore" } else { "restored" },
                     snap.name,
                     snap.id.short(),
@@ -1601,11 +1601,28 @@ fn restore(
                     bytes(r.bytes_written),
                     if dry_run { "to write" } else { "written" },
                     bytes(r.zero_bytes),
+                    match (r.device, dry_run) {
+                        (true, true) => "to zero",
+                        (true, false) => "zeroed",
+                        _ => "left as holes",
+                    },
                     if r.verified { ", verified" } else { "" },
                     if dry_run {
                         String::new()
                     } else {
                         format!(", {:.2}s", r.duration_secs)
+                    }
+                );
+            }
+            if let Some(tail) = r.device_tail_bytes {
+                eprintln!(
+                    "warning: {} is {} larger than the snapshot; those last bytes {} as they were (an old partition table's backup header may remain there)",
+                    to.display(),
+                    bytes(tail),
+                    if dry_run {
+                        "would be left"
+                    } else {
+                        "were left"
                     }
                 );
             }

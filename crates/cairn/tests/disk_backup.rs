@@ -288,3 +288,57 @@ fn zero_blocks_inside_chunks_restore_as_holes() {
         "{on_disk} bytes allocated for 512 KiB of data"
     );
 }
+
+/// A block device (a loop device here, as root) is written only with
+/// --overwrite, its empty chunks are zeroed, and a device larger than the
+/// snapshot is reported with the size of the tail left as it was.
+#[test]
+fn a_block_device_target_needs_overwrite_and_its_tail_is_reported() {
+    let env = Env::new("30d", &[]);
+    let disk = env.path("small.img");
+    let mut bytes = noise(512 * 1024, 3);
+    bytes.extend_from_slice(&[0u8; 512 * 1024]);
+    std::fs::write(&disk, &bytes).unwrap();
+    env.backup(&disk, "small", "2026-03-01T02:00:00Z");
+    let backing = env.path("device.img");
+    std::fs::write(&backing, noise(2 << 20, 9)).unwrap();
+    let attached = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&backing)
+        .output()
+        .unwrap();
+    if !attached.status.success() {
+        eprintln!("no loop devices here: block device targets not exercised");
+        return;
+    }
+    let dev = String::from_utf8_lossy(&attached.stdout).trim().to_string();
+    let refused = env.run(&["restore", "small@latest", "--to", &dev]);
+    let r = env.run(&[
+        "restore",
+        "small@latest",
+        "--to",
+        &dev,
+        "--overwrite",
+        "--json",
+    ]);
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &dev])
+        .status();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--overwrite"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["device"], true, "{v}");
+    assert_eq!(v["device_tail_bytes"], 1 << 20, "{v}");
+    let after = std::fs::read(&backing).unwrap();
+    assert_eq!(
+        &after[..bytes.len()],
+        &bytes[..],
+        "the snapshot, zeros included"
+    );
+    assert_eq!(
+        &after[bytes.len()..],
+        &noise(2 << 20, 9)[bytes.len()..],
+        "the tail untouched"
+    );
+}
