@@ -7,6 +7,20 @@ use cairn_guest::{FileKind, Partition, open_fs};
 use std::process::Command;
 use std::sync::Arc;
 
+/// An ext4 filesystem that fills the whole image (no partition table).
+fn whole_disk(size: u64) -> Partition {
+    Partition {
+        number: 0,
+        start: 0,
+        size,
+        scheme: "none",
+        type_name: String::new(),
+        label: String::new(),
+        filesystem: "ext4".into(),
+        readable: true,
+    }
+}
+
 #[test]
 fn a_file_with_a_hole_has_no_extents_and_a_whole_file_has_its_bytes() {
     let dir = std::env::temp_dir().join(format!("cairn-ext4-extents-{}", std::process::id()));
@@ -34,16 +48,7 @@ fn a_file_with_a_hole_has_no_extents_and_a_whole_file_has_its_bytes() {
     let bytes = std::fs::read(&img).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let part = Partition {
-        number: 0,
-        start: 0,
-        size: bytes.len() as u64,
-        scheme: "none",
-        type_name: String::new(),
-        label: String::new(),
-        filesystem: "ext4".into(),
-        readable: true,
-    };
+    let part = whole_disk(bytes.len() as u64);
     let fs = open_fs(Arc::new(MemDisk(bytes.clone())), &part).unwrap();
     let entries = fs.walk().unwrap();
     let get = |name: &str| {
@@ -138,16 +143,7 @@ fn inline_files_are_read_whole() {
     run("debugfs", &["-w", "-R", "sif /long size 99", img_s]);
     let bytes = std::fs::read(&img).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    let part = Partition {
-        number: 0,
-        start: 0,
-        size: bytes.len() as u64,
-        scheme: "none",
-        type_name: String::new(),
-        label: String::new(),
-        filesystem: "ext4".into(),
-        readable: true,
-    };
+    let part = whole_disk(bytes.len() as u64);
     let fs = open_fs(Arc::new(MemDisk(bytes)), &part).unwrap();
     let entries = fs.walk().unwrap();
     let read = |name: &str| {

@@ -94,6 +94,17 @@ impl S3Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `run_with`, which must succeed.
+    fn ok_with(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        let out = self.run_with(args, extra);
+        assert!(
+            out.status.success(),
+            "cairn {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--json");
@@ -304,15 +315,7 @@ fn prune_extends_the_locks_of_what_is_still_in_use_and_the_cache_rebuilds() {
     // than half of that is left (wide enough that a loaded machine still
     // runs the first prune before that).
     let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "10")];
-    let ok = |args: &[&str]| {
-        let out = env.run_with(args, &short);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
+    let ok = |args: &[&str]| env.ok_with(args, &short);
     ok(&["init", "--create-bucket", "--retention", "2s"]);
     let img = env.path("d.img");
     std::fs::write(&img, noise(3 << 20, 1)).unwrap();
@@ -634,15 +637,7 @@ fn what_another_machine_pruned_is_stored_again_despite_a_local_cache() {
 fn forget_on_a_locked_bucket_forgets_now_and_prune_deletes_when_the_lock_ends() {
     let env = S3Env::new("cairn-forget-locked");
     let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "4")];
-    let ok = |args: &[&str]| {
-        let out = env.run_with(args, &short);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
+    let ok = |args: &[&str]| env.ok_with(args, &short);
     ok(&["init", "--create-bucket", "--retention", "1s"]);
     let img = env.path("d.img");
     for i in 0..3u64 {
@@ -696,15 +691,7 @@ fn forget_on_a_locked_bucket_forgets_now_and_prune_deletes_when_the_lock_ends() 
 fn a_backup_extends_the_locks_of_the_old_data_it_reuses() {
     let env = S3Env::new("cairn-reuse-lock");
     let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "3")];
-    let ok = |args: &[&str]| {
-        let out = env.run_with(args, &short);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
+    let ok = |args: &[&str]| env.ok_with(args, &short);
     ok(&["init", "--create-bucket", "--retention", "2s"]);
     let img = env.path("d.img");
     std::fs::write(&img, noise(3 << 20, 7)).unwrap();
