@@ -362,20 +362,12 @@ fn prune_extends_the_locks_of_what_is_still_in_use_and_the_cache_rebuilds() {
         }
     }
     assert!(cut >= 2, "{cut} cached files cut");
-    let out = env.run_with(
-        &[
-            "restore",
-            "d@latest",
-            "--to",
-            env.path("r.img").to_str().unwrap(),
-        ],
-        &short,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&[
+        "restore",
+        "d@latest",
+        "--to",
+        env.path("r.img").to_str().unwrap(),
+    ]);
     assert_eq!(
         std::fs::read(env.path("r.img")).unwrap(),
         std::fs::read(&img).unwrap()
@@ -666,20 +658,12 @@ fn forget_on_a_locked_bucket_forgets_now_and_prune_deletes_when_the_lock_ends() 
     let after = env.audit();
     assert_eq!(manifests(&after), 1, "{after:#?}");
     env.ok(&["verify", "--read-data"]);
-    let out = env.run_with(
-        &[
-            "restore",
-            "d@latest",
-            "--to",
-            env.path("r.img").to_str().unwrap(),
-        ],
-        &short,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&[
+        "restore",
+        "d@latest",
+        "--to",
+        env.path("r.img").to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(env.path("r.img")).unwrap(), noise(1 << 20, 2));
 }
 
