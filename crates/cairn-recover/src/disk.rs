@@ -2,6 +2,7 @@
 //! fetched and decoded in parallel, holes stay holes in a file, and a file
 //! appears under its name only once it is complete.
 
+use crate::place::{parent_dir, sync_parent};
 use cairn_vault::error::{Error, IoContext, Result};
 use cairn_vault::hash::{BLOCK_SIZE, ZERO_BLOCK, is_zero};
 use cairn_vault::{BlockSource, SnapshotDisk};
@@ -9,7 +10,6 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,9 +42,15 @@ pub struct DiskRestoreReport {
     pub device_tail_bytes: Option<u64>,
 }
 
+/// The size of the device (or file) behind `file`; negative when it
+/// cannot be told.
+fn device_size(file: &File) -> i64 {
+    unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(file), 0, libc::SEEK_END) }
+}
+
 /// Bytes of the device behind `file` past `size`, if any.
 fn tail_past(file: &File, size: u64) -> Option<u64> {
-    let end = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(file), 0, libc::SEEK_END) };
+    let end = device_size(file);
     (end > 0 && end as u64 > size).then(|| end as u64 - size)
 }
 
@@ -170,8 +176,7 @@ fn open_device(path: &Path, size: u64, write: bool) -> Result<File> {
                 path.display()
             )
         })?;
-    let dev_size =
-        unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&file), 0, libc::SEEK_END) };
+    let dev_size = device_size(&file);
     if dev_size < 0 || (dev_size as u64) < size {
         return Err(Error::Invalid(format!(
             "{} holds {dev_size} bytes; the snapshot needs {size}: the target is too small",
@@ -281,11 +286,7 @@ fn check_target(path: &Path, size: u64, opts: &DiskRestoreOptions, write: bool) 
 /// device nodes: a mistyped device name must not become a RAM-backed
 /// image the size of a disk).
 fn under_dev(path: &Path) -> bool {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::canonicalize(parent).is_ok_and(|p| p.starts_with("/dev"))
+    fs::canonicalize(parent_dir(path)).is_ok_and(|p| p.starts_with("/dev"))
 }
 
 /// What a full restore to `path` would do, checked without writing: the
@@ -303,10 +304,7 @@ pub fn plan_disk_restore(
         _ => (false, None),
     };
     if let Found::Nothing = found {
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let parent = parent_dir(path);
         if !parent.is_dir() {
             return Err(Error::Invalid(format!(
                 "{}: no such directory to create the image in",
@@ -457,14 +455,7 @@ pub fn restore_disk(
             if let Target::File { tmp, dest, .. } = &t {
                 fs::rename(tmp, dest)
                     .ctx(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-                // The new name survives a crash too.
-                let dir = dest
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .ctx(|| format!("syncing {}", dir.display()))?;
+                sync_parent(dest)?;
             }
             Ok(verified)
         });

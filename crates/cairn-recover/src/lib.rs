@@ -4,6 +4,7 @@ mod beneath;
 pub mod delta;
 pub mod disk;
 pub mod files;
+mod place;
 pub mod rollback;
 pub mod tree;
 

@@ -2,6 +2,7 @@
 //! vault, but are still checked: nothing is ever written outside the
 //! target directory.
 
+use crate::place::{parent_dir, sync_parent};
 use cairn_vault::Vault;
 use cairn_vault::error::{Error, IoContext, Result};
 use cairn_vault::hash::{BLOCK_SIZE, is_zero};
@@ -144,9 +145,8 @@ pub fn restore_tree(
     // Made here, new, and open to no one else while it fills: a folder
     // someone put in its place meanwhile, or links planted in it during
     // the restore, would steer writes out of the tree.
-    if let Some(parent) = work.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
-    }
+    let parent = parent_dir(&work);
+    fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
     fs::DirBuilder::new()
         .mode(0o700)
         .create(&work)
@@ -163,14 +163,7 @@ pub fn restore_tree(
     match restored {
         Ok(report) => match fs::rename(&work, target) {
             Ok(()) => {
-                // The name itself is on disk too.
-                let parent = target
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .ctx(|| format!("syncing {}", parent.display()))?;
+                sync_parent(target)?;
                 Ok(report)
             }
             Err(e) => {
