@@ -204,8 +204,9 @@ pub fn boot_check(
     if let Some(i) = &o.initrd {
         base.extend(["-initrd".into(), i.display().to_string()]);
     }
-    // KVM when it works; FIELD experience: it can hang before the first
-    // console byte, so a silent start falls back to TCG.
+    // KVM when it works; field experience: it can hang before the first
+    // console byte, or QEMU can abort at once, so a silent start and an
+    // early exit without output both fall back to TCG.
     let mut accels = vec![];
     if std::fs::OpenOptions::new()
         .read(true)
@@ -290,6 +291,14 @@ pub fn boot_check(
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = child.wait();
+                    if !saw_output && !last {
+                        // KVM that fails as QEMU starts (seen here: an
+                        // assertion in kvm_buf_set_msrs on some hosts):
+                        // TCG, and the reason of that run.
+                        tracing::debug!(accel = name, reason = %report.reason, "accelerator failed at start");
+                        report.reason.clear();
+                        continue 'accel;
+                    }
                     if report.reason.is_empty() {
                         report.reason =
                             "the guest stopped before showing a sign of a good boot".into();
