@@ -10,6 +10,7 @@ pub mod blocksource;
 pub mod cached;
 pub mod codec;
 pub mod crypto;
+pub mod direct;
 pub mod diskmap;
 pub mod entropy;
 pub mod error;
