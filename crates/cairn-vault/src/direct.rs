@@ -5,10 +5,10 @@
 //! pages, and the kernel's writeback threads then spend a core flushing
 //! them: `perf` put the kernel's copy alone at 13% of a full backup's CPU.
 //! With `O_DIRECT` the device reads the bytes from our buffer. Memory and
-//! file offsets must be aligned for that, so the bytes pass through one
-//! aligned buffer per thread (a copy into memory that stays hot costs a
-//! fraction of the cache's), and the last partial block is written through
-//! the cache. Filesystems without `O_DIRECT` (tmpfs on older kernels, some
+//! file offsets must be aligned for that: the pack writer aligns its
+//! buffers, and other bytes pass through one aligned buffer per thread (a
+//! copy into memory that stays hot costs a fraction of the cache's). The
+//! last partial block is written through the cache. Filesystems without `O_DIRECT` (tmpfs on older kernels, some
 //! FUSE ones) get the ordinary path: the caller falls back when this says
 //! [`Direct::Unsupported`].
 
@@ -22,7 +22,7 @@ use std::path::Path;
 
 /// Alignment that satisfies every block device's `O_DIRECT` rules (512 or
 /// 4096-byte logical blocks).
-const ALIGN: usize = 4096;
+pub const ALIGN: usize = 4096;
 /// Bytes per direct write: large enough that the device sees big requests.
 const STAGE: usize = 4 << 20;
 /// Objects smaller than this go through the cache: a direct write waits for
@@ -106,6 +106,10 @@ fn is_empty(f: &File) -> bool {
 /// Writes the longest aligned prefix of `data`; returns its length.
 fn write_aligned(file: &File, data: &[u8]) -> io::Result<usize> {
     let aligned = data.len() / ALIGN * ALIGN;
+    if data.as_ptr().align_offset(ALIGN) == 0 {
+        file.write_all_at(&data[..aligned], 0)?;
+        return Ok(aligned);
+    }
     STAGE_BUF.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
@@ -145,17 +149,24 @@ mod tests {
     fn unaligned_sizes_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         for len in [MIN_DIRECT, MIN_DIRECT + 1, STAGE * 2 + 4095, 3 * STAGE + 17] {
-            let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
-            let path = dir.path().join(format!("o{len}"));
-            match create_and_write(&path, 0o444, &data[..]).unwrap() {
-                Direct::Written(f) => f.sync_all().unwrap(),
-                // tmpfs without O_DIRECT: nothing may be left behind.
-                Direct::Unsupported => {
-                    assert!(!path.exists());
-                    continue;
+            let data: Vec<u8> = (0..len + ALIGN).map(|i| (i * 7 + i / 4096) as u8).collect();
+            // Both paths: straight from an aligned address, and staged.
+            let at = data.as_ptr().align_offset(ALIGN);
+            for (name, data) in [
+                ("aligned", &data[at..at + len]),
+                ("staged", &data[at + 1..at + 1 + len]),
+            ] {
+                let path = dir.path().join(format!("{name}{len}"));
+                match create_and_write(&path, 0o444, data).unwrap() {
+                    Direct::Written(f) => f.sync_all().unwrap(),
+                    // tmpfs without O_DIRECT: nothing may be left behind.
+                    Direct::Unsupported => {
+                        assert!(!path.exists());
+                        continue;
+                    }
                 }
+                assert_eq!(std::fs::read(&path).unwrap(), data, "{name} {len}");
             }
-            assert_eq!(std::fs::read(&path).unwrap(), data, "length {len}");
         }
     }
 }

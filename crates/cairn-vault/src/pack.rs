@@ -18,8 +18,17 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 struct OpenPack {
+    /// The pack's bytes start at `buf[start]`, an address aligned for
+    /// `O_DIRECT`, so the local backend writes them without a copy.
     buf: Vec<u8>,
+    start: usize,
     entries: Vec<IndexEntry>,
+}
+
+impl OpenPack {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 /// What one backup added to the vault.
@@ -198,13 +207,20 @@ impl<'v> PackWriter<'v> {
         let stored = sealed.len() as u64;
         let full = {
             let mut p = self.open.lock().unwrap();
-            let offset = p.buf.len() as u32;
-            if p.buf.capacity() == 0 {
-                // Room for a whole pack and the chunk that fills it: the
-                // buffer never grows by copying itself.
-                let pack = self.vault.config().pack_size as usize;
-                p.buf.reserve(pack + sealed.len().max(1 << 20));
+            if p.buf.is_empty() {
+                if p.buf.capacity() == 0 {
+                    // Room for a whole pack, the chunk that fills it and
+                    // the alignment: the buffer never grows by copying
+                    // itself (if it did, the write would copy it once).
+                    let pack = self.vault.config().pack_size as usize;
+                    p.buf
+                        .reserve(pack + sealed.len().max(1 << 20) + crate::direct::ALIGN);
+                }
+                p.start = p.buf.as_ptr().align_offset(crate::direct::ALIGN);
+                let start = p.start;
+                p.buf.resize(start, 0);
             }
+            let offset = (p.buf.len() - p.start) as u32;
             p.buf.extend_from_slice(&sealed);
             p.entries.push(IndexEntry {
                 id,
@@ -212,9 +228,10 @@ impl<'v> PackWriter<'v> {
                 len: sealed.len() as u32,
                 raw_len: data.len() as u32,
             });
-            if p.buf.len() as u64 >= self.vault.config().pack_size as u64 {
+            if (p.buf.len() - p.start) as u64 >= self.vault.config().pack_size as u64 {
                 let next = OpenPack {
                     buf: self.spare.lock().unwrap().pop().unwrap_or_default(),
+                    start: 0,
                     entries: Vec::new(),
                 };
                 Some(std::mem::replace(&mut *p, next))
@@ -265,7 +282,7 @@ impl<'v> PackWriter<'v> {
 /// Stores a pack and its index; gives back the pack's buffer.
 fn write_pack(vault: &Vault, pack: OpenPack) -> Result<Vec<u8>> {
     let id = hex::encode(random_array::<32>()?);
-    vault.backend().put(&pack_object(&id), &pack.buf)?;
+    vault.backend().put(&pack_object(&id), pack.bytes())?;
     let index = PackIndex {
         pack: id.clone(),
         retain_until: vault.retain_until_from_now().timestamp(),
