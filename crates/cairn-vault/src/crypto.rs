@@ -170,7 +170,7 @@ fn aead_key(key: &[u8; 32]) -> LessSafeKey {
 }
 
 /// A passphrase-wrapped copy of the master key, stored as `keys/<id>`.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct KeyFile {
     pub kdf: String,
     pub memory_kib: u32,
@@ -183,10 +183,17 @@ pub struct KeyFile {
 
 impl KeyFile {
     /// OWASP's Argon2id floor (19 MiB, 2 passes): a fraction of a second
-    /// per command, and costly to guess at scale.
+    /// per command, and costly to guess at scale. Two lanes, filled by two
+    /// threads: the same memory and passes in half the wall time on the
+    /// machines Cairn runs on (a guesser gains nothing, it runs many
+    /// guesses side by side anyway). Key files keep their own settings,
+    /// so older ones open as before.
     pub fn wrap(password: &[u8], master: &MasterKey) -> Result<Self> {
+        Self::wrap_with(password, master, (19 * 1024, 2, 2))
+    }
+
+    fn wrap_with(password: &[u8], master: &MasterKey, (m, t, p): (u32, u32, u32)) -> Result<Self> {
         let salt: [u8; 16] = random_array()?;
-        let (m, t, p) = (19 * 1024, 2, 1);
         let kek = derive_kek(password, &salt, m, t, p)?;
         let wrapped = Cipher::new(&kek).seal(&master.to_bytes())?;
         Ok(KeyFile {
@@ -202,7 +209,11 @@ impl KeyFile {
 
     /// `Ok(None)` when the password does not open this key.
     pub fn unwrap_key(&self, password: &[u8]) -> Result<Option<MasterKey>> {
-        if self.kdf != "argon2id" || self.memory_kib > 4 * 1024 * 1024 || self.iterations > 100 {
+        if self.kdf != "argon2id"
+            || self.memory_kib > 4 * 1024 * 1024
+            || self.iterations > 100
+            || self.parallelism > 64
+        {
             return Err(Error::Invalid(format!(
                 "key file uses unsupported KDF settings ({})",
                 self.kdf
@@ -290,5 +301,18 @@ mod tests {
         assert_eq!(got.encryption, mk.encryption);
         assert_eq!(got.id, mk.id);
         assert!(kf.unwrap_key(b"wrong").unwrap().is_none());
+    }
+
+    /// Key files made before two lanes became the default (one lane) open
+    /// with the settings they record, and the lanes are part of the key.
+    #[test]
+    fn a_one_lane_key_file_still_opens() {
+        let mk = MasterKey::generate().unwrap();
+        let one = KeyFile::wrap_with(b"pw", &mk, (19 * 1024, 2, 1)).unwrap();
+        assert_eq!(one.parallelism, 1);
+        assert_eq!(one.unwrap_key(b"pw").unwrap().unwrap().id, mk.id);
+        let mut relabelled = one.clone();
+        relabelled.parallelism = 2;
+        assert!(relabelled.unwrap_key(b"pw").unwrap().is_none());
     }
 }
