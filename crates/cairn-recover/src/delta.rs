@@ -86,24 +86,6 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Starts writing a range's dirty pages to the device without waiting, so
-/// that the device works while the next chunks are decompressed and the
-/// final fsync has little left to wait for (it was a third of a delta
-/// restore's time). Only an optimisation: a target that does not support
-/// it is synced by that fsync all the same.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a descriptor we own.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
 /// Reads back every block written and checks it against the snapshot's
 /// digest (the blocks left alone were compared already; `--verify` reads
 /// the whole target). The number of blocks checked, or which one is wrong.
@@ -314,7 +296,7 @@ pub fn restore_delta(
                 progress(0, n as u64);
             }
             if snapshot_blocks.is_some() {
-                start_writeback(&file, start, len as u64);
+                crate::disk::start_writeback(&file, start, len);
             }
             compared.fetch_add(len as u64, Ordering::Relaxed);
             progress(len as u64, 0);

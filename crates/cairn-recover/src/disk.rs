@@ -488,9 +488,9 @@ pub fn restore_disk(
 
 /// Starts writing a range to the device now rather than at the final
 /// fsync, so the disk works while the next chunks are decoded; the fsync
-/// at the end then finds little left to do. Advisory: errors surface at
-/// the fsync.
-fn start_writeback(file: &File, offset: u64, len: usize) {
+/// at the end then finds little left to do (a delta restore's fsync was a
+/// third of its time). Advisory: errors surface at the fsync.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: usize) {
     use std::os::fd::AsRawFd;
     unsafe {
         libc::sync_file_range(
