@@ -162,3 +162,99 @@ fn inline_files_are_read_whole() {
     want.extend_from_slice(tail);
     assert_eq!(read("/long"), want);
 }
+
+/// An inline directory continues in its `system.data` attribute once its
+/// 56 bytes in the inode are full (the kernel grows it there before it
+/// moves it to a block): the entries there are listed too, or a file
+/// dropped into a small folder would escape every scan and diff.
+/// `debugfs` moves a full inline folder straight to a block, so the
+/// attribute's entry and the folder's size are set by hand, as the kernel
+/// writes them.
+#[test]
+fn an_inline_directory_lists_the_entries_in_its_attribute() {
+    let dir = std::env::temp_dir().join(format!("cairn-ext4-inline-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("fs.img");
+    let img_s = img.to_str().unwrap().to_string();
+    let run = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-I",
+            "256",
+            "-O",
+            "inline_data",
+            &img_s,
+            "16M",
+        ],
+    );
+    std::fs::write(dir.join("small"), b"hi\n").unwrap();
+    let hidden = b"planted in the attribute\n";
+    std::fs::write(dir.join("hidden"), hidden).unwrap();
+    let mut cmds = String::from("mkdir d\n");
+    for i in 1..=3 {
+        cmds += &format!("write {} d/file{i}\n", dir.join("small").display());
+    }
+    cmds += &format!("write {} extra\n", dir.join("hidden").display());
+    std::fs::write(dir.join("cmds"), cmds).unwrap();
+    run(
+        "debugfs",
+        &["-w", "-f", dir.join("cmds").to_str().unwrap(), &img_s],
+    );
+    let stat = run("debugfs", &["-R", "stat d", &img_s]);
+    assert!(stat.contains("Size: 60"), "d is not inline: {stat}");
+    let ino: u32 = run("debugfs", &["-R", "stat extra", &img_s])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("the inode of extra");
+    // One directory entry filling the attribute: inode, rec_len, name
+    // length, type (1: regular file), name.
+    let name = b"tailfile";
+    let mut entry = ino.to_le_bytes().to_vec();
+    entry.extend_from_slice(&16u16.to_le_bytes());
+    entry.extend_from_slice(&[name.len() as u8, 1]);
+    entry.extend_from_slice(name);
+    std::fs::write(dir.join("entry"), &entry).unwrap();
+    let entry_path = dir.join("entry");
+    run(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            &format!("ea_set -f {} d system.data", entry_path.display()),
+            &img_s,
+        ],
+    );
+    run("debugfs", &["-w", "-R", "sif d size 76", &img_s]);
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let part = whole_disk(bytes.len() as u64);
+    let fs = open_fs(Arc::new(MemDisk(bytes)), &part).unwrap();
+    let entries = fs.walk().unwrap();
+    let paths: Vec<String> = entries.iter().map(|e| e.display_path()).collect();
+    for p in ["/d/file1", "/d/file2", "/d/file3"] {
+        assert!(paths.contains(&p.to_string()), "{p} not among {paths:?}");
+    }
+    let e = entries
+        .iter()
+        .find(|e| e.display_path() == "/d/tailfile")
+        .unwrap_or_else(|| panic!("/d/tailfile not among {paths:?}"));
+    assert_eq!(e.kind, FileKind::File);
+    let mut got = vec![0u8; e.size as usize];
+    let n = fs.read_at(e, 0, &mut got).unwrap();
+    assert_eq!(&got[..n], hidden);
+}
