@@ -243,6 +243,8 @@ pub fn boot_check(
         console_log: log.display().to_string(),
         reason: String::new(),
     };
+    // Why the first accelerator gave up at start, if it did.
+    let mut fell_back: Option<String> = None;
     'accel: for (i, (name, accel)) in accels.iter().enumerate() {
         let last = i + 1 == accels.len();
         let mut args = accel.clone();
@@ -296,7 +298,7 @@ pub fn boot_check(
                         // assertion in kvm_buf_set_msrs on some hosts):
                         // TCG, and the reason of that run.
                         tracing::debug!(accel = name, reason = %report.reason, "accelerator failed at start");
-                        report.reason.clear();
+                        fell_back = Some(std::mem::take(&mut report.reason));
                         continue 'accel;
                     }
                     if report.reason.is_empty() {
@@ -309,6 +311,17 @@ pub fn boot_check(
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
+    if let Some(why) = fell_back.filter(|_| report.result != "booted") {
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!(": {why}")
+        };
+        report.reason = format!(
+            "{} (KVM failed at start{why}; tried under TCG)",
+            report.reason
+        );
+    }
     if o.log.is_none() && report.result != "booted" {
         // Keep the console of a failed boot for the operator.
         let keep = std::env::temp_dir().join(format!("cairn-boot-{}.log", snap.id.short()));

@@ -188,10 +188,8 @@ impl Backend for LocalBackend {
             .ctx(|| format!("creating {}", parent.display()))?;
         let tmp = self.tmp_path()?;
         let write = || -> io::Result<()> {
-            if data.len() >= crate::direct::MIN_DIRECT
-                && let crate::direct::Direct::Written(f) =
-                    crate::direct::create_and_write(&tmp, 0o444, data)?
-            {
+            if data.len() >= crate::direct::MIN_DIRECT {
+                let (f, _) = crate::direct::write_new(&tmp, 0o444, data)?;
                 return f.sync_all();
             }
             let mut f = OpenOptions::new()

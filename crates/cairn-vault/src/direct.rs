@@ -8,11 +8,11 @@
 //! file offsets must be aligned for that: the pack writer aligns its
 //! buffers, and other bytes pass through one aligned buffer per thread (a
 //! copy into memory that stays hot costs a fraction of the cache's). The
-//! last partial block is written through the cache. Filesystems without `O_DIRECT` (tmpfs on older kernels, some
-//! FUSE ones) get the ordinary path: the caller falls back when this says
-//! [`Direct::Unsupported`].
+//! last partial block is written through the cache. Filesystems without
+//! `O_DIRECT` (tmpfs on older kernels, some FUSE ones) are written the
+//! ordinary way, through the same file.
 
-use std::alloc::{Layout, alloc, dealloc};
+use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::RefCell;
 use std::fs::File;
 use std::io;
@@ -38,8 +38,9 @@ impl Stage {
     }
 
     fn new() -> Option<Stage> {
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc(Self::layout()) };
+        // SAFETY: the layout has a non-zero size; zeroed, so the slice
+        // below is over initialised bytes.
+        let p = unsafe { alloc_zeroed(Self::layout()) };
         (!p.is_null()).then_some(Stage(p))
     }
 
@@ -60,47 +61,43 @@ thread_local! {
     static STAGE_BUF: RefCell<Option<Stage>> = const { RefCell::new(None) };
 }
 
-pub enum Direct {
-    /// The file was created and holds `data`, not yet synced.
-    Written(File),
-    /// The filesystem refuses `O_DIRECT`; nothing was created.
-    Unsupported,
+/// Creates `path` (new, `mode`) and writes `data` into it, the aligned part
+/// with `O_DIRECT` where the filesystem takes it; the caller syncs the
+/// file. Also says whether `O_DIRECT` was used.
+pub fn write_new(path: &Path, mode: u32, data: &[u8]) -> io::Result<(File, bool)> {
+    write_new_with(path, mode, data, true)
 }
 
-/// Creates `path` (new, `mode`) and writes `data` into it, the aligned part
-/// with `O_DIRECT`. The caller syncs the file.
-pub fn create_and_write(path: &Path, mode: u32, data: &[u8]) -> io::Result<Direct> {
-    let file = match std::fs::OpenOptions::new()
+fn write_new_with(
+    path: &Path,
+    mode: u32,
+    data: &[u8],
+    try_direct: bool,
+) -> io::Result<(File, bool)> {
+    // Created without the flag, which is then asked for: an open with
+    // O_DIRECT that the filesystem refuses may still leave the file made.
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Direct::Unsupported),
-        Err(e) => return Err(e),
-    };
-    match write_aligned(&file, data) {
-        Ok(done) => {
-            // The tail (less than one aligned block) through the cache.
-            clear_direct(&file)?;
-            file.write_all_at(&data[done..], done as u64)?;
-            Ok(Direct::Written(file))
+        .open(path)?;
+    if try_direct && set_direct(&file, true).is_ok() {
+        match write_aligned(&file, data) {
+            Ok(done) => {
+                // The tail (less than one aligned block) through the cache.
+                set_direct(&file, false)?;
+                file.write_all_at(&data[done..], done as u64)?;
+                return Ok((file, true));
+            }
+            // A filesystem that takes the flag and refuses the I/O, or a
+            // short direct write that left the rest misaligned: everything
+            // again through the cache.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => set_direct(&file, false)?,
+            Err(e) => return Err(e),
         }
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && is_empty(&file) => {
-            // Opened, but the first direct write was refused (a filesystem
-            // that accepts the flag and not the I/O).
-            drop(file);
-            std::fs::remove_file(path)?;
-            Ok(Direct::Unsupported)
-        }
-        Err(e) => Err(e),
     }
-}
-
-fn is_empty(f: &File) -> bool {
-    f.metadata().map(|m| m.len() == 0).unwrap_or(false)
+    file.write_all_at(data, 0)?;
+    Ok((file, false))
 }
 
 /// Writes the longest aligned prefix of `data`; returns its length.
@@ -127,15 +124,20 @@ fn write_aligned(file: &File, data: &[u8]) -> io::Result<usize> {
     })
 }
 
-fn clear_direct(file: &File) -> io::Result<()> {
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: plain fcntl calls on a descriptor we own.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
         return Err(io::Error::last_os_error());
     }
+    let flags = if on {
+        flags | libc::O_DIRECT
+    } else {
+        flags & !libc::O_DIRECT
+    };
     // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -146,27 +148,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unaligned_sizes_round_trip() {
+    fn unaligned_sizes_round_trip_both_ways() {
         let dir = tempfile::tempdir().unwrap();
+        let mut direct_used = false;
         for len in [MIN_DIRECT, MIN_DIRECT + 1, STAGE * 2 + 4095, 3 * STAGE + 17] {
             let data: Vec<u8> = (0..len + ALIGN).map(|i| (i * 7 + i / 4096) as u8).collect();
-            // Both paths: straight from an aligned address, and staged.
+            // Straight from an aligned address, staged, and (as on a
+            // filesystem without O_DIRECT) through the cache.
             let at = data.as_ptr().align_offset(ALIGN);
-            for (name, data) in [
-                ("aligned", &data[at..at + len]),
-                ("staged", &data[at + 1..at + 1 + len]),
+            for (name, data, try_direct) in [
+                ("aligned", &data[at..at + len], true),
+                ("staged", &data[at + 1..at + 1 + len], true),
+                ("cached", &data[at + 1..at + 1 + len], false),
             ] {
                 let path = dir.path().join(format!("{name}{len}"));
-                match create_and_write(&path, 0o444, data).unwrap() {
-                    Direct::Written(f) => f.sync_all().unwrap(),
-                    // tmpfs without O_DIRECT: nothing may be left behind.
-                    Direct::Unsupported => {
-                        assert!(!path.exists());
-                        continue;
-                    }
-                }
+                let (f, direct) = write_new_with(&path, 0o444, data, try_direct).unwrap();
+                f.sync_all().unwrap();
+                assert!(try_direct || !direct);
+                direct_used |= direct;
                 assert_eq!(std::fs::read(&path).unwrap(), data, "{name} {len}");
             }
+        }
+        // Where the test's folder takes O_DIRECT (ext4, xfs, btrfs, tmpfs
+        // since Linux 6.6), the direct path must have been the one tested.
+        let probe = dir.path().join("probe");
+        let f = std::fs::File::create(&probe).unwrap();
+        if set_direct(&f, true).is_ok() {
+            assert!(direct_used);
         }
     }
 }
