@@ -18,6 +18,7 @@ pub mod hash;
 pub mod http;
 pub mod index;
 pub mod lock;
+pub mod lock_record;
 pub mod pack;
 pub mod prune;
 pub mod remote;

@@ -739,7 +739,14 @@ impl Vault {
                 }
             }
         }
-        let names: Vec<String> = names.into_iter().collect();
+        // Locks this machine already saw or set far enough ahead are not
+        // asked about again (compliance locks never get shorter).
+        let mut record = crate::lock_record::LockRecord::load(&self.root);
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| !record.covers(n, until.timestamp()))
+            .collect();
+        let seen = std::sync::Mutex::new(Vec::new());
         let extended = std::sync::atomic::AtomicUsize::new(0);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let want = until + chrono::Duration::seconds(margin);
@@ -753,10 +760,17 @@ impl Vault {
                             let Some(name) = names.get(i) else {
                                 return Ok(());
                             };
-                            if s3.retain_until(name)?.is_none_or(|u| u < until) {
-                                s3.extend_lock(name, want)?;
-                                extended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
+                            let now_until = match s3.retain_until(name)? {
+                                Some(u) if u >= until => u,
+                                _ => {
+                                    s3.extend_lock(name, want)?;
+                                    extended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    want
+                                }
+                            };
+                            seen.lock()
+                                .unwrap()
+                                .push((name.clone(), now_until.timestamp()));
                         }
                     })
                 })
@@ -765,6 +779,12 @@ impl Vault {
                 .into_iter()
                 .try_for_each(|w| w.join().expect("a lock worker panicked"))
         })?;
+        for (name, u) in seen.into_inner().unwrap() {
+            record.note(&name, u);
+        }
+        if let Err(e) = record.save() {
+            tracing::debug!(error = %e, "the lock record could not be saved");
+        }
         let extended = extended.into_inner();
         tracing::debug!(asked = names.len(), extended, "locks of reused objects");
         Ok(extended)
