@@ -21,6 +21,36 @@ fn whole_disk(size: u64) -> Partition {
     }
 }
 
+/// Runs a tool that must succeed; its standard output.
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An empty 16 MiB ext4 image with inline data at `img`.
+fn inline_data_fs(img: &str) {
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-I",
+            "256",
+            "-O",
+            "inline_data",
+            img,
+            "16M",
+        ],
+    );
+}
+
 #[test]
 fn a_file_with_a_hole_has_no_extents_and_a_whole_file_has_its_bytes() {
     let dir = std::env::temp_dir().join(format!("cairn-ext4-extents-{}", std::process::id()));
@@ -90,30 +120,8 @@ fn inline_files_are_read_whole() {
     let dir = std::env::temp_dir().join(format!("cairn-ext4-inline-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let img = dir.join("fs.img");
-    let run = |cmd: &str, args: &[&str]| {
-        let out = Command::new(cmd).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-I",
-            "256",
-            "-O",
-            "inline_data",
-            img.to_str().unwrap(),
-            "16M",
-        ],
-    );
     let img_s = img.to_str().unwrap();
+    inline_data_fs(img_s);
     std::fs::write(dir.join("short"), b"short\n").unwrap();
     std::fs::write(dir.join("long"), b"x\n").unwrap();
     let tail = b"TAIL-0123456789-abcdefghij-0123456789ZZ";
@@ -176,30 +184,7 @@ fn an_inline_directory_lists_the_entries_in_its_attribute() {
     std::fs::create_dir_all(&dir).unwrap();
     let img = dir.join("fs.img");
     let img_s = img.to_str().unwrap().to_string();
-    let run = |cmd: &str, args: &[&str]| {
-        let out = Command::new(cmd).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-I",
-            "256",
-            "-O",
-            "inline_data",
-            &img_s,
-            "16M",
-        ],
-    );
+    inline_data_fs(&img_s);
     std::fs::write(dir.join("small"), b"hi\n").unwrap();
     let hidden = b"planted in the attribute\n";
     std::fs::write(dir.join("hidden"), hidden).unwrap();
