@@ -10,6 +10,8 @@ echo "deep" > "$t/tree/dir/sub/c.txt"; ln -s a.txt "$t/tree/link"
 truncate -s 512K "$t/e4"; mkfs.ext4 -q -F -b 1024 -N 32 -d "$t/tree" "$t/e4" 2>/dev/null; cp "$t/e4" corpus/ext4/ext4-1k
 truncate -s 512K "$t/e2"; mkfs.ext2 -q -F -b 1024 -N 32 -d "$t/tree" "$t/e2"; cp "$t/e2" corpus/ext4/ext2-1k
 truncate -s 1M "$t/e4x"; mkfs.ext4 -q -F -b 4096 -N 32 -O ^has_journal -d "$t/tree" "$t/e4x"; cp "$t/e4x" corpus/ext4/ext4-4k
+# inline data: small files and folders kept in their inodes
+truncate -s 1M "$t/e4i"; mkfs.ext4 -q -F -b 4096 -I 256 -N 32 -O inline_data,^has_journal -d "$t/tree" "$t/e4i"; cp "$t/e4i" corpus/ext4/ext4-inline
 truncate -s 2M "$t/nt"; mkntfs -F -Q -q "$t/nt" 2>/dev/null; ntfscp -q "$t/nt" "$t/tree/a.txt" /a.txt; cp "$t/nt" corpus/ntfs/ntfs-2m
 truncate -s 256K "$t/f12"; mkfs.vfat -F 12 "$t/f12" >/dev/null
 mmd -i "$t/f12" ::/dir; mcopy -i "$t/f12" "$t/tree/a.txt" "::/dir/A long file name.txt"; cp "$t/f12" corpus/fat/fat12
