@@ -779,11 +779,15 @@ impl Vault {
                 .into_iter()
                 .try_for_each(|w| w.join().expect("a lock worker panicked"))
         })?;
-        for (name, u) in seen.into_inner().unwrap() {
-            record.note(&name, u);
-        }
-        if let Err(e) = record.save() {
-            tracing::debug!(error = %e, "the lock record could not be saved");
+        // Rewritten only when the store was asked: a backup whose reused
+        // locks were all known leaves the record as it was.
+        if !names.is_empty() {
+            for (name, u) in seen.into_inner().unwrap() {
+                record.note(&name, u);
+            }
+            if let Err(e) = record.save() {
+                tracing::debug!(error = %e, "the lock record could not be saved");
+            }
         }
         let extended = extended.into_inner();
         tracing::debug!(asked = names.len(), extended, "locks of reused objects");
