@@ -1,8 +1,9 @@
 //! Delta restore: bring an existing disk (an image file or a block device,
 //! typically the attacked original) back to a snapshot by writing only
-//! the 64 KiB blocks whose digests differ. The target is read and hashed
-//! in parallel, chunk by chunk; a snapshot chunk is fetched from the vault
-//! only when one of its blocks must be written; blocks that are zeros in
+//! the 64 KiB blocks whose digests differ, and of those only the 4 KiB
+//! pages whose bytes differ. The target is read and hashed in parallel,
+//! chunk by chunk; a snapshot chunk is fetched from the vault only when
+//! one of its blocks must be written; blocks that are zeros in
 //! the snapshot are punched out of a file (zeroed on a device). The target
 //! is then read back and checked against the snapshot.
 //!
@@ -46,6 +47,8 @@ pub struct DeltaReport {
     pub blocks_compared: u64,
     /// Blocks that differed and were (or, in a dry run, would be) written.
     pub blocks_written: u64,
+    /// Bytes written: inside a block that differs, only its pages that
+    /// differ (a dry run, reading nothing, counts whole blocks).
     pub bytes_written: u64,
     /// Of those, blocks that are zeros in the snapshot (punched or zeroed).
     pub blocks_zeroed: u64,
@@ -84,6 +87,42 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
         // Filesystems without hole punching: write the zeros.
         file.write_all_at(&vec![0u8; len as usize], offset)
     }
+}
+
+/// The grain of writing inside a block that differs: a guest changes its
+/// disk a page at a time, so a 64 KiB block that differs often differs in
+/// one or two of its pages (on the benchmark's day, 1,748 of the 1,134
+/// blocks' 18,144 pages). Reading the block to compare is cheaper than
+/// writing it, and the device wears less.
+const PAGE: usize = 4096;
+
+/// Writes the pages of `want` (the snapshot's bytes for the block at
+/// `at`) that differ from what the target holds there, each run of
+/// adjacent differing pages in one write. Returns the bytes written.
+fn write_differing_pages(
+    file: &File,
+    want: &[u8],
+    at: u64,
+    have: &mut [u8],
+) -> std::io::Result<u64> {
+    let have = &mut have[..want.len()];
+    file.read_exact_at(have, at)?;
+    let mut written = 0;
+    let mut run: Option<usize> = None;
+    for p in (0..want.len()).step_by(PAGE).chain([want.len()]) {
+        let end = (p + PAGE).min(want.len());
+        let differs = p < want.len() && want[p..end] != have[p..end];
+        match (run, differs) {
+            (None, true) => run = Some(p),
+            (Some(from), false) => {
+                file.write_all_at(&want[from..p], at + from as u64)?;
+                written += (p - from) as u64;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    Ok(written)
 }
 
 /// Reads back every block written and checks it against the snapshot's
@@ -243,6 +282,7 @@ pub fn restore_delta(
                 .next()
                 .map(|f| (f, to_fetch.next_back().unwrap_or(f)));
             let mut snapshot_blocks: Option<Vec<u8>> = None;
+            let mut have: Option<Vec<u8>> = None;
             for (b, (got, want)) in digests.iter().zip(want).enumerate() {
                 if got == want {
                     continue;
@@ -250,13 +290,13 @@ pub fn restore_delta(
                 let off = b * BLOCK_SIZE;
                 let n = (len - off).min(BLOCK_SIZE);
                 written.fetch_add(1, Ordering::Relaxed);
-                bytes_written.fetch_add(n as u64, Ordering::Relaxed);
                 if !opts.dry_run {
                     let block = i * bpc + b;
                     touched[block / 64].fetch_or(1 << (block % 64), Ordering::Relaxed);
                 }
                 if *want == ZERO_BLOCK {
                     zeroed.fetch_add(1, Ordering::Relaxed);
+                    bytes_written.fetch_add(n as u64, Ordering::Relaxed);
                     if !opts.dry_run {
                         let at = start + off as u64;
                         if is_device {
@@ -269,6 +309,8 @@ pub fn restore_delta(
                     continue;
                 }
                 if opts.dry_run {
+                    // Without reading the target, the whole block counts.
+                    bytes_written.fetch_add(n as u64, Ordering::Relaxed);
                     continue;
                 }
                 let (first, last) = fetch_span.expect("a data block to write is in the span");
@@ -291,9 +333,15 @@ pub fn restore_delta(
                 }
                 let data = snapshot_blocks.as_ref().expect("fetched above");
                 let at = off - first * BLOCK_SIZE;
-                file.write_all_at(&data[at..at + n], start + off as u64)
-                    .ctx(|| format!("writing {}", target.display()))?;
-                progress(0, n as u64);
+                let put = write_differing_pages(
+                    &file,
+                    &data[at..at + n],
+                    start + off as u64,
+                    have.get_or_insert_with(|| vec![0u8; BLOCK_SIZE]),
+                )
+                .ctx(|| format!("writing {}", target.display()))?;
+                bytes_written.fetch_add(put, Ordering::Relaxed);
+                progress(0, put);
             }
             if snapshot_blocks.is_some() {
                 crate::disk::start_writeback(&file, start, len);

@@ -152,6 +152,15 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
     ]);
     assert!(fixed["compared_with"].is_null(), "{fixed}");
     assert_eq!(fixed["blocks_written"], hit.len() as u64, "{fixed}");
+    // Inside each data block only the two pages the damage reached (bytes
+    // 100 to 5,100) were written; blocks of zeros are punched out whole.
+    let zeroed = fixed["blocks_zeroed"].as_u64().unwrap();
+    assert!(zeroed < hit.len() as u64, "{fixed}");
+    assert_eq!(
+        fixed["bytes_written"],
+        (hit.len() as u64 - zeroed) * 8192 + zeroed * 65536,
+        "{fixed}"
+    );
     assert_eq!(fixed["blocks_checked"], hit.len() as u64, "{fixed}");
     assert!(same_bytes(&disk, &clean));
 
