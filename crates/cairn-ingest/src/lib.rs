@@ -196,7 +196,7 @@ fn store(
                     map.size
                 )));
             }
-            let content = vault.write_content(&map)?;
+            let content = vault.write_disk_map(&map)?;
             // The new snapshot's retention, counted from its end (the
             // server refuses a manifest retained shorter than from now):
             // what it uses is kept locked as long.

@@ -657,16 +657,26 @@ impl Vault {
         codec::open(&self.cipher, name, sealed, MAX_OBJECT)
     }
 
-    /// Stores a disk map or tree, content-addressed; returns its name.
+    /// Stores a tree, content-addressed; returns its name.
     pub fn write_content<T: Serialize>(&self, value: &T) -> Result<String> {
         let bytes =
             postcard::to_stdvec(value).map_err(|e| Error::Invalid(format!("serializing: {e}")))?;
-        let id = self.hasher.object_id(&bytes);
+        self.write_content_bytes(&bytes)
+    }
+
+    /// Stores a disk map (its digests; see [`DiskMap::to_stored`]),
+    /// content-addressed; returns its name.
+    pub fn write_disk_map(&self, map: &DiskMap) -> Result<String> {
+        self.write_content_bytes(&map.to_stored())
+    }
+
+    fn write_content_bytes(&self, bytes: &[u8]) -> Result<String> {
+        let id = self.hasher.object_id(bytes);
         let name = format!("maps/{}/{}", &id[..2], id);
         if !self.backend.exists(&name)? {
             self.backend.put(
                 &name,
-                &codec::seal(&self.cipher, &bytes, self.config.compression_level, None)?,
+                &codec::seal(&self.cipher, bytes, self.config.compression_level, None)?,
             )?;
         }
         Ok(name)
@@ -694,11 +704,7 @@ impl Vault {
 
     pub fn read_disk_map(&self, snap: &Snapshot) -> Result<DiskMap> {
         let bytes = self.read_content(&snap.content)?;
-        let map: DiskMap = postcard::from_bytes(&bytes)
-            .map_err(|e| Error::damaged(&snap.content, e.to_string()))?;
-        map.validate()
-            .map_err(|r| Error::damaged(&snap.content, r))?;
-        Ok(map)
+        DiskMap::from_stored(&bytes, &self.hasher).map_err(|r| Error::damaged(&snap.content, r))
     }
 
     pub fn read_tree(&self, snap: &Snapshot) -> Result<Tree> {
