@@ -407,6 +407,44 @@ mod tests {
         assert_eq!(subs[0].0, "Windows");
     }
 
+    /// Hundreds of values whose data all point at one 60 KB cell: what is
+    /// copied out stays within a small multiple of the hive's size, not
+    /// hundreds of times the cell.
+    #[test]
+    fn values_sharing_one_big_data_cell_are_bounded() {
+        let mut values = vec![("big".to_string(), 3u32, vec![0xAB; 60_000])];
+        values.extend((0..300).map(|i| (format!("v{i}"), 3u32, vec![1u8; 8])));
+        let mut hive = write(&key("ROOT", values, vec![]));
+        let h = Hive::parse(&hive).unwrap();
+        let root = h.root;
+        let nk = h.key_node(root).unwrap();
+        let list_off = u32le(nk, 0x28).unwrap();
+        let list = h.cell(list_off).unwrap();
+        let vks: Vec<u32> = (0..301).map(|i| u32le(list, i * 4).unwrap()).collect();
+        // Payload of a cell: after its 4-byte size field.
+        let at = |off: u32| BASE + off as usize + 4;
+        let big_data = u32le(&hive, at(vks[0]) + 8).unwrap();
+        for &vk in &vks[1..] {
+            let p = at(vk);
+            hive[p + 4..p + 8].copy_from_slice(&60_000u32.to_le_bytes());
+            hive[p + 8..p + 12].copy_from_slice(&big_data.to_le_bytes());
+        }
+        let h = Hive::parse(&hive).unwrap();
+        let got = h.values(h.root).unwrap();
+        assert_eq!(got.len(), 301);
+        assert_eq!(got[0].data.len(), 60_000, "the real value keeps its data");
+        let total: usize = got.iter().map(|v| v.data.len()).sum();
+        assert!(
+            got[1].data.len() == 60_000,
+            "the first copies fit the budget"
+        );
+        assert!(
+            total <= 4 * hive.len(),
+            "{total} bytes copied out of a {}-byte hive",
+            hive.len()
+        );
+    }
+
     #[test]
     fn damaged_hives_are_errors_not_panics() {
         let hive = write(&key(
