@@ -659,15 +659,38 @@ impl S3Backend {
             ));
         }
         body.push_str("</CompleteMultipartUpload>");
-        let r = self.client.send(
-            "POST",
-            Some(&key),
-            &[("uploadId", upload.as_str())],
-            &[],
-            body.as_bytes(),
-        )?;
+        // Completed only if the name is still free, as a single PUT is: a
+        // writer whose HEAD raced another's would otherwise add a second
+        // version of the name, which verify reports as tampering.
+        let complete = |conditional: bool| {
+            let headers = if conditional {
+                vec![("if-none-match", "*".to_string())]
+            } else {
+                vec![]
+            };
+            self.client.send(
+                "POST",
+                Some(&key),
+                &[("uploadId", upload.as_str())],
+                &headers,
+                body.as_bytes(),
+            )
+        };
+        let mut r = complete(true)?;
+        if r.status == 501 {
+            // A store without conditional writes: the HEAD before is the
+            // check, as for a single PUT.
+            r = complete(false)?;
+        }
+        let text = String::from_utf8_lossy(&r.body);
+        if r.status == 412 || text.contains("<Code>PreconditionFailed</Code>") {
+            // Someone stored the name first: content addressing makes it
+            // ours (pack names are random and never meet).
+            abort();
+            return Ok(false);
+        }
         // S3 can answer 200 with an error document inside.
-        if r.status != 200 || String::from_utf8_lossy(&r.body).contains("<Error>") {
+        if r.status != 200 || text.contains("<Error>") {
             abort();
             return Err(self
                 .client
@@ -836,6 +859,55 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two writers of one name whose HEADs both found it free (as two
+    /// hosts storing the same large map at once): the second multipart
+    /// upload is refused at completion and adds no version. Against a
+    /// real S3 server (moto's, as `.ci/run` installs).
+    #[test]
+    fn a_second_multipart_upload_of_a_stored_name_adds_no_version() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut moto = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; scripts/install-deps does)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let loc = S3Location {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            region: "us-east-1".into(),
+            bucket: "cairn-multipart".into(),
+            prefix: "vault".into(),
+            access_key: "test".into(),
+            secret_key: "test".into(),
+            session_token: None,
+        };
+        let client = S3Client::new(loc).unwrap();
+        client.create_bucket().unwrap();
+        let backend = S3Backend::new(S3Client::new(client.loc.clone()).unwrap());
+        let data: Vec<u8> = (0..PART_SIZE + 1000).map(|i| (i % 251) as u8).collect();
+        let name = "maps/ab/large";
+        let first = backend.put_multipart(name, &data, &[]);
+        let second = backend.put_multipart(name, &data, &[]);
+        let versions = client.versions(&client.key(name));
+        let _ = moto.kill();
+        let _ = moto.wait();
+        assert!(first.unwrap());
+        assert!(!second.unwrap(), "the second upload was completed");
+        assert_eq!(versions.unwrap().len(), 1);
+    }
 
     #[test]
     fn signing_pieces_follow_the_specification() {
