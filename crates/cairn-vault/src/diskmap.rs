@@ -3,6 +3,7 @@
 //! readers and restore need), plus a digest per 64 KiB block.
 
 use crate::hash::{BLOCK_SIZE, BlockDigest, ChunkId, Hasher, ZERO_BLOCK};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,7 +78,10 @@ impl DiskMap {
         }
         let n = map.size.div_ceil(map.chunk_size as u64) as usize;
         let bpc = map.blocks_per_chunk();
+        // Both cores: a 2 GiB disk's ids are ~7,000 hashes, a 2 TiB
+        // disk's millions.
         map.chunks = (0..n)
+            .into_par_iter()
             .map(|i| {
                 let (_, len) = map.chunk_range(i);
                 let digests = &map.blocks[i * bpc..(i * bpc + len.div_ceil(BLOCK_SIZE))];
