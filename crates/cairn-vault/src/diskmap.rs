@@ -65,17 +65,9 @@ impl DiskMap {
             chunks: Vec::new(),
             blocks: s.blocks,
         };
-        // Sizes first: the block count (bounded by the bytes read) bounds
-        // the chunk count before anything is allocated from it.
-        if map.chunk_size == 0 || !(map.chunk_size as usize).is_multiple_of(BLOCK_SIZE) {
-            return Err(format!(
-                "chunk size {} is not a multiple of 64 KiB",
-                map.chunk_size
-            ));
-        }
-        if map.blocks.len() as u64 != map.size.div_ceil(BLOCK_SIZE as u64) {
-            return Err("block count does not match the disk size".into());
-        }
+        // The digests first: their count (bounded by the bytes read)
+        // bounds the chunk count before anything is allocated from it.
+        map.validate_digests()?;
         let n = map.size.div_ceil(map.chunk_size as u64) as usize;
         let bpc = map.blocks_per_chunk();
         // Both cores: a 2 GiB disk's ids are ~7,000 hashes, a 2 TiB
@@ -88,7 +80,6 @@ impl DiskMap {
                 (!digests.iter().all(|d| *d == ZERO_BLOCK)).then(|| hasher.chunk_id(len, digests))
             })
             .collect();
-        map.validate()?;
         Ok(map)
     }
 
@@ -118,14 +109,20 @@ impl DiskMap {
     /// Checks what a hostile or damaged map could get wrong, before any
     /// arithmetic relies on it.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_digests()?;
+        if self.chunks.len() as u64 != self.size.div_ceil(self.chunk_size as u64) {
+            return Err("chunk count does not match the disk size".into());
+        }
+        Ok(())
+    }
+
+    /// The chunk size, and one digest per block of the disk.
+    fn validate_digests(&self) -> Result<(), String> {
         if self.chunk_size == 0 || !(self.chunk_size as usize).is_multiple_of(BLOCK_SIZE) {
             return Err(format!(
                 "chunk size {} is not a multiple of 64 KiB",
                 self.chunk_size
             ));
-        }
-        if self.chunks.len() as u64 != self.size.div_ceil(self.chunk_size as u64) {
-            return Err("chunk count does not match the disk size".into());
         }
         if self.blocks.len() as u64 != self.size.div_ceil(BLOCK_SIZE as u64) {
             return Err("block count does not match the disk size".into());
