@@ -165,6 +165,17 @@ fn block_source_reads_ahead_for_streams_only() {
         pos += 4096;
     }
     assert!(disk.decoded_blocks() > 2, "{}", disk.decoded_blocks());
+
+    // One read longer than a chunk, on its own (a scan's window around
+    // changed blocks): only the blocks it covers, nothing ahead.
+    let disk = SnapshotDisk::open(v.clone(), &snap, 64).unwrap();
+    let block = cairn_vault::BLOCK_SIZE as u64;
+    let (at, len) = (3 * cs + block - 1000, cs + 2000);
+    let mut window = vec![0u8; len as usize];
+    disk.read_exact_at(at, &mut window).unwrap();
+    assert_eq!(&window[..], &want[at as usize..(at + len) as usize]);
+    let covered = (at + len).div_ceil(block) - at / block;
+    assert_eq!(disk.decoded_blocks(), covered);
 }
 
 /// Disk chunks are compressed block by block: a small read decodes only

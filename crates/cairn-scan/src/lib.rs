@@ -335,6 +335,22 @@ pub struct Targets {
 const KEEP_TARGETS: usize = 3;
 
 impl Targets {
+    /// The disk of snapshot `id` if it is open here.
+    fn disk(&self, id: &SnapshotId) -> Option<Arc<SnapshotDisk>> {
+        self.open
+            .iter()
+            .find(|(i, _)| i == id)
+            .and_then(|(_, t)| t.opened.disk.clone())
+    }
+
+    /// Keeps `target`, opened elsewhere (see [`scan_many`]).
+    fn put(&mut self, id: SnapshotId, target: Arc<Target>) {
+        if self.open.len() >= KEEP_TARGETS {
+            self.open.remove(0);
+        }
+        self.open.push((id, target));
+    }
+
     pub fn get(
         &mut self,
         vault: &Arc<Vault>,
@@ -347,10 +363,7 @@ impl Targets {
             return Ok(t.1);
         }
         let t = Arc::new(Target::open(vault, snap, partition)?);
-        if self.open.len() >= KEEP_TARGETS {
-            self.open.remove(0);
-        }
-        self.open.push((snap.id.clone(), t.clone()));
+        self.put(snap.id.clone(), t.clone());
         Ok(t)
     }
 }
@@ -399,7 +412,7 @@ pub struct Scan<'a> {
     target: Arc<Target>,
     baseline: Option<Arc<Target>>,
     /// The disk of the snapshot before (see [`malware::Keyer::Disk`]).
-    earlier: Option<SnapshotDisk>,
+    earlier: Option<Arc<SnapshotDisk>>,
     started: Instant,
     record: String,
 }
@@ -421,11 +434,14 @@ impl<'a> Scan<'a> {
         };
         let target = targets.get(vault, snap, profile.partition)?;
         let earlier = match (&snap.parent, &target.opened.disk, &profile.rules.windows) {
-            (Some(p), Some(_), Ok(_)) => vault
-                .read_snapshot(&Snapshot::object_name(p))
-                .and_then(|p| SnapshotDisk::open(vault.clone(), &p, 8))
-                .map(SnapshotDisk::without_read_ahead)
-                .ok(),
+            // Scanning a history in order, the parent was the last target.
+            (Some(p), Some(_), Ok(_)) => targets.disk(p).or_else(|| {
+                vault
+                    .read_snapshot(&Snapshot::object_name(p))
+                    .and_then(|p| SnapshotDisk::open(vault.clone(), &p, 8))
+                    .map(|d| Arc::new(d.without_read_ahead()))
+                    .ok()
+            }),
             _ => None,
         };
         Ok(Scan {
@@ -504,7 +520,7 @@ impl<'a> Scan<'a> {
         let keyer = match &self.target.opened.disk {
             Some(d) => malware::Keyer::Disk {
                 disk: d,
-                earlier: self.earlier.as_ref(),
+                earlier: self.earlier.as_deref(),
             },
             None => malware::Keyer::Tree,
         };
@@ -615,46 +631,68 @@ pub fn scan_many(
     let mut chains: HashMap<String, Vec<Snapshot>> = HashMap::new();
     let mut verdicts = latest_verdicts(vault);
     let mut out: Vec<Option<ScanReport>> = vec![None; snaps.len()];
-    for i in order {
-        let snap = &snaps[i];
-        if !chains.contains_key(&snap.name) {
-            chains.insert(snap.name.clone(), chain(vault, &snap.name)?);
+    std::thread::scope(|s| -> Result<()> {
+        // The next snapshot is opened (its map and file list read) on a
+        // thread of its own while this one is scanned.
+        let mut next: Option<(
+            SnapshotId,
+            std::thread::ScopedJoinHandle<'_, Result<Target>>,
+        )> = None;
+        for (k, &i) in order.iter().enumerate() {
+            let snap = &snaps[i];
+            if let Some((id, opening)) = next.take() {
+                let opened = opening.join().expect("opening thread");
+                if let (true, Ok(t)) = (id == snap.id, opened) {
+                    targets.put(id, Arc::new(t));
+                }
+            }
+            if !chains.contains_key(&snap.name) {
+                chains.insert(snap.name.clone(), chain(vault, &snap.name)?);
+            }
+            let baseline = baseline_for(&chains[&snap.name], &snap.id, &verdicts);
+            if let Some(r) = Scan::stored(vault, snap, baseline.as_ref(), profile) {
+                out[i] = Some(r);
+                continue;
+            }
+            let t = Instant::now();
+            let mut scan = Scan::start(vault, snap, baseline.as_ref(), profile, &mut targets)?;
+            tracing::debug!("{}: opened in {:?}", snap.id.short(), t.elapsed());
+            if let Some(&j) = order.get(k + 1) {
+                let (following, partition) = (&snaps[j], profile.partition);
+                next = Some((
+                    following.id.clone(),
+                    s.spawn(move || Target::open(vault, following, partition)),
+                ));
+            }
+            progress.stage(snap, Stage::Persistence);
+            scan.persistence();
+            tracing::debug!(
+                "{}: persistence done at {:?} ({} blocks decoded)",
+                snap.id.short(),
+                t.elapsed(),
+                scan.decoded_blocks()
+            );
+            progress.stage(snap, Stage::Malware);
+            scan.malware(profile, progress.bytes());
+            tracing::debug!(
+                "{}: malware done at {:?} ({} blocks decoded)",
+                snap.id.short(),
+                t.elapsed(),
+                scan.decoded_blocks()
+            );
+            progress.stage(snap, Stage::Vulnerabilities);
+            scan.vulnerabilities(profile);
+            tracing::debug!(
+                "{}: vulnerabilities done at {:?}",
+                snap.id.short(),
+                t.elapsed()
+            );
+            let report = scan.finish()?;
+            verdicts.insert(report.snapshot.clone(), report.verdict);
+            out[i] = Some(report);
         }
-        let baseline = baseline_for(&chains[&snap.name], &snap.id, &verdicts);
-        if let Some(r) = Scan::stored(vault, snap, baseline.as_ref(), profile) {
-            out[i] = Some(r);
-            continue;
-        }
-        let t = Instant::now();
-        let mut scan = Scan::start(vault, snap, baseline.as_ref(), profile, &mut targets)?;
-        tracing::debug!("{}: opened in {:?}", snap.id.short(), t.elapsed());
-        progress.stage(snap, Stage::Persistence);
-        scan.persistence();
-        tracing::debug!(
-            "{}: persistence done at {:?} ({} blocks decoded)",
-            snap.id.short(),
-            t.elapsed(),
-            scan.decoded_blocks()
-        );
-        progress.stage(snap, Stage::Malware);
-        scan.malware(profile, progress.bytes());
-        tracing::debug!(
-            "{}: malware done at {:?} ({} blocks decoded)",
-            snap.id.short(),
-            t.elapsed(),
-            scan.decoded_blocks()
-        );
-        progress.stage(snap, Stage::Vulnerabilities);
-        scan.vulnerabilities(profile);
-        tracing::debug!(
-            "{}: vulnerabilities done at {:?}",
-            snap.id.short(),
-            t.elapsed()
-        );
-        let report = scan.finish()?;
-        verdicts.insert(report.snapshot.clone(), report.verdict);
-        out[i] = Some(report);
-    }
+        Ok(())
+    })?;
     Ok(out
         .into_iter()
         .map(|r| r.expect("every snapshot scanned"))

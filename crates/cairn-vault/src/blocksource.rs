@@ -255,12 +255,15 @@ impl BlockSource for SnapshotDisk {
         // (the blocks it needs of the chunks at its edges, by themselves);
         // a stream that has read a whole chunk in order has the next few
         // decoded too. Scattered small reads that happen to touch (several
-        // threads reading neighbouring small files) are no stream.
+        // threads reading neighbouring small files) are no stream, and
+        // neither is one long read on its own (a scan's window around
+        // changed blocks: decoding ahead of each cost a scan of a day's
+        // changes a fifth more blocks).
         let streaming = {
             let mut stream = self.stream.lock().unwrap();
             let run = if stream.0 == offset { stream.1 } else { 0 };
             *stream = (offset + len as u64, run + len as u64);
-            run + len as u64 > cs
+            run > 0 && run + len as u64 > cs
         };
         let (first, last) = (
             (offset / cs) as usize,
