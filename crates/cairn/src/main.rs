@@ -442,7 +442,23 @@ impl BootArgs {
     }
 }
 
+/// Buffers of up to 32 MiB (8 MiB read pieces, decoded chunks, packs) come
+/// from the heap and are reused there, instead of each being mapped
+/// fresh and paid for with a page fault per 4 KiB on first touch (costly
+/// in a VM). glibc raises its threshold this way by itself after freeing
+/// one such mapping, but only after, and only to that mapping's size.
+fn keep_large_buffers_in_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator tunables; called before any
+    // thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_large_buffers_in_the_heap();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
