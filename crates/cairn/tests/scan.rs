@@ -80,6 +80,21 @@ fn scan(env: &Env, spec: &str, extra: &[&str]) -> (Option<i32>, Value) {
     (out.status.code(), v)
 }
 
+/// Each malware hit's path and offset.
+fn malware_offsets(v: &Value) -> BTreeSet<(String, u64)> {
+    v["malware"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["path"].as_str().unwrap().to_string(),
+                h["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn malware_paths(v: &Value) -> BTreeSet<(String, String)> {
     v["malware"]
         .as_array()
@@ -243,17 +258,7 @@ fn a_file_changed_in_place_is_rescanned_only_around_its_changes() {
     assert_eq!(stats(&v5, "files_windowed"), 2, "{v5:#}");
     let (_, v6) = scan(&env, "vm@latest", &[]);
     assert_eq!(stats(&v6, "files_windowed"), 0, "{v6:#}");
-    let found: BTreeSet<(String, u64)> = v6["malware"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["path"].as_str().unwrap().to_string(),
-                h["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let found = malware_offsets(&v6);
     let want = BTreeSet::from([
         (db.to_string(), 4096 * 100 - 30),
         (cache.to_string(), split - 30),
@@ -300,18 +305,7 @@ fn a_file_changed_in_place_is_rescanned_only_around_its_changes() {
     assert!(stats(&v, "bytes_scanned") < 4 << 20, "{v:#}");
     // The strings planted on days 5 and 6 are still there, and still found.
     assert_eq!(code, Some(3), "{v:#}");
-    let found: BTreeSet<(String, u64)> = v["malware"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["path"].as_str().unwrap().to_string(),
-                h["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(found, want, "{v:#}");
+    assert_eq!(malware_offsets(&v), want, "{v:#}");
 }
 
 #[test]
