@@ -287,6 +287,15 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         }
         let written = vault.backend().modified(&name)?;
         if written.elapsed().unwrap_or_default() >= retention {
+            // Indexed since the indexes were listed: by a backup on another
+            // host of an S3 vault (no lock spans hosts), written out
+            // before its index. Deleting it would leave an index that
+            // points at nothing.
+            let id = name.rsplit('/').next().unwrap_or_default();
+            if vault.backend().exists(&index_object(id))? {
+                report.packs_retained += 1;
+                continue;
+            }
             if !dry_run && !try_delete(vault, &name)? {
                 report.packs_retained += 1;
                 continue;

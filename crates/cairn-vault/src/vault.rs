@@ -769,7 +769,14 @@ impl Vault {
                             let now_until = match s3.retain_until(name)? {
                                 Some(u) if u >= until => u,
                                 _ => {
-                                    s3.extend_lock(name, want)?;
+                                    s3.extend_lock(name, want).map_err(|e| {
+                                        // Another host's prune can delete what this
+                                        // backup reuses (no lock spans hosts): then
+                                        // no snapshot may refer to it.
+                                        Error::Invalid(format!(
+                                            "{name}, which this backup reuses, could not be kept locked as long as its snapshot ({e}); pruned meanwhile from another host? No snapshot was written: back up again"
+                                        ))
+                                    })?;
                                     extended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                     want
                                 }

@@ -68,8 +68,21 @@ impl S3Env {
     }
 
     fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(args)
+        self.command(args, extra).output().unwrap()
+    }
+
+    /// `run_with`, started and left running.
+    fn spawn_with(&self, args: &[&str], extra: &[(&str, &str)]) -> Child {
+        self.command(args, extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.args(args)
             .env("CAIRN_VAULT", &self.url)
             .env("CAIRN_PASSWORD", PASSWORD)
             .env("CAIRN_CACHE_DIR", self.path("cache"))
@@ -78,9 +91,8 @@ impl S3Env {
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
             .env_remove("AWS_PROFILE")
-            .envs(extra.iter().copied())
-            .output()
-            .unwrap()
+            .envs(extra.iter().copied());
+        c
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -621,6 +633,110 @@ fn what_another_machine_pruned_is_stored_again_despite_a_local_cache() {
     host(&c, &["verify", "--read-data"]);
 }
 
+/// Two hosts, one bucket, and no lock between them: host B prunes while
+/// host A's backup is running and reuses a pack that B finds unreferenced
+/// and past its lock. Whatever the interleaving, no snapshot may point at
+/// deleted data: either A extended the pack's lock first (the store then
+/// refuses B's delete) or B deleted it first (A's backup then fails when
+/// it extends that lock, and writes no snapshot).
+#[test]
+fn a_prune_on_another_host_never_deletes_what_a_running_backup_reuses() {
+    let env = S3Env::new("cairn-race");
+    let on = |host: &str| {
+        [
+            (
+                "CAIRN_CACHE_DIR",
+                env.path(host).to_str().unwrap().to_string(),
+            ),
+            // Locks of 1 s + 6 s: the old pack's lock has ended when the
+            // race begins, those of the packs written during it have not
+            // (in use, the margin is 7 days).
+            ("CAIRN_S3_LOCK_MARGIN_SECS", "6".to_string()),
+        ]
+    };
+    let (a, b) = (on("cache-a"), on("cache-b"));
+    let host = |h: &[(&'static str, String); 2], cmd: &[&str]| {
+        let extra: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.run_with(cmd, &extra)
+    };
+    let ok = |h: &[(&'static str, String); 2], cmd: &[&str]| {
+        let out = host(h, cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&b, &["init", "--create-bucket", "--retention", "1s"]);
+    let old = noise(8 << 20, 21);
+    let old_img = env.path("old.img");
+    std::fs::write(&old_img, &old).unwrap();
+    ok(
+        &b,
+        &["backup", "-q", old_img.to_str().unwrap(), "--name", "old"],
+    );
+    let other = env.path("other.img");
+    std::fs::write(&other, noise(1 << 20, 23)).unwrap();
+    ok(
+        &b,
+        &["backup", "-q", other.to_str().unwrap(), "--name", "old"],
+    );
+    // Past the retention and the locks, the first snapshot is forgotten:
+    // its pack is unreferenced, and a prune may delete it.
+    std::thread::sleep(Duration::from_millis(7500));
+    ok(&b, &["forget", "old", "--keep-last", "1"]);
+
+    // Host A backs up the old bytes again, and a lot of new ones after
+    // them (the upload keeps the backup running); host B prunes meanwhile.
+    let mut new = old.clone();
+    new.extend(noise(160 << 20, 22));
+    let new_img = env.path("new.img");
+    std::fs::write(&new_img, &new).unwrap();
+    let extra: Vec<(&str, &str)> = a.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let backup = env.spawn_with(
+        &["backup", "-q", new_img.to_str().unwrap(), "--name", "new"],
+        &extra,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let pruned: Value = serde_json::from_str(&ok(&b, &["prune", "--json"])).unwrap();
+    let backup = backup.wait_with_output().unwrap();
+    let listed: Value = serde_json::from_str(&ok(&b, &["snapshots", "--json"])).unwrap();
+    let snapshots = listed.as_array().unwrap().len();
+    eprintln!(
+        "prune deleted {} packs; the backup {}",
+        pruned["packs_deleted"],
+        if backup.status.success() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+    );
+    if backup.status.success() {
+        assert_eq!(snapshots, 2, "{listed:#}");
+    } else {
+        // It failed cleanly: said why, wrote no snapshot.
+        let err = String::from_utf8_lossy(&backup.stderr);
+        assert!(err.contains("pruned"), "{err}");
+        assert_eq!(snapshots, 1, "{listed:#}");
+    }
+    // Every snapshot left reads whole, and a backup run again stores what
+    // it needs and restores the bytes.
+    ok(&b, &["verify", "--read-data"]);
+    ok(
+        &a,
+        &["backup", "-q", new_img.to_str().unwrap(), "--name", "new"],
+    );
+    let out = env.path("out.img");
+    ok(
+        &b,
+        &["restore", "new@latest", "--to", out.to_str().unwrap()],
+    );
+    assert!(same_bytes(&out, &new_img));
+    ok(&b, &["verify", "--read-data"]);
+}
+
 /// A snapshot the policy drops while the store's lock on its manifest
 /// still runs (the lock outlives the retention by a margin): forget does
 /// not fail on the refused delete, the snapshot is gone from listings at
@@ -682,7 +798,7 @@ fn a_backup_extends_the_locks_of_the_old_data_it_reuses() {
     ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
     // Past the margin: the first backup's locks end before a new
     // snapshot's retention would.
-    std::thread::sleep(Duration::from_millis(4500));
+    std::thread::sleep(Duration::from_millis(7500));
     ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
     // At once again: this machine recorded the locks it just set, so it
     // asks the store about none of them while they reach far enough.
