@@ -640,11 +640,12 @@ pub fn scan_many(
         )> = None;
         for (k, &i) in order.iter().enumerate() {
             let snap = &snaps[i];
-            if let Some((id, opening)) = next.take() {
-                let opened = opening.join().expect("opening thread");
-                if let (true, Ok(t)) = (id == snap.id, opened) {
-                    targets.put(id, Arc::new(t));
-                }
+            // (Opened for nothing when its result turns out to be stored.)
+            if let Some((id, opening)) = next.take()
+                && let Ok(t) = opening.join().expect("opening thread")
+                && id == snap.id
+            {
+                targets.put(id, Arc::new(t));
             }
             if !chains.contains_key(&snap.name) {
                 chains.insert(snap.name.clone(), chain(vault, &snap.name)?);
