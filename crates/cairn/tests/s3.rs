@@ -111,7 +111,8 @@ impl S3Env {
         let out = self.run_with(args, extra);
         assert!(
             out.status.success(),
-            "cairn {args:?}: {}",
+            "cairn {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         out
@@ -655,19 +656,9 @@ fn a_prune_on_another_host_never_deletes_what_a_running_backup_reuses() {
         ]
     };
     let (a, b) = (on("cache-a"), on("cache-b"));
-    let host = |h: &[(&'static str, String); 2], cmd: &[&str]| {
-        let extra: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        env.run_with(cmd, &extra)
-    };
     let ok = |h: &[(&'static str, String); 2], cmd: &[&str]| {
-        let out = host(h, cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let extra: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        String::from_utf8(env.ok_with(cmd, &extra).stdout).unwrap()
     };
     ok(&b, &["init", "--create-bucket", "--retention", "1s"]);
     let old = noise(8 << 20, 21);

@@ -80,33 +80,22 @@ fn scan(env: &Env, spec: &str, extra: &[&str]) -> (Option<i32>, Value) {
     (out.status.code(), v)
 }
 
-/// Each malware hit's path and offset.
-fn malware_offsets(v: &Value) -> BTreeSet<(String, u64)> {
+/// Each malware hit's path with `what` of it.
+fn malware_by<T: Ord>(v: &Value, what: impl Fn(&Value) -> T) -> BTreeSet<(String, T)> {
     v["malware"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| {
-            (
-                h["path"].as_str().unwrap().to_string(),
-                h["offset"].as_u64().unwrap(),
-            )
-        })
+        .map(|h| (h["path"].as_str().unwrap().to_string(), what(h)))
         .collect()
 }
 
+fn malware_offsets(v: &Value) -> BTreeSet<(String, u64)> {
+    malware_by(v, |h| h["offset"].as_u64().unwrap())
+}
+
 fn malware_paths(v: &Value) -> BTreeSet<(String, String)> {
-    v["malware"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["path"].as_str().unwrap().to_string(),
-                h["rule"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    malware_by(v, |h| h["rule"].as_str().unwrap().to_string())
 }
 
 #[test]
