@@ -643,22 +643,15 @@ fn what_another_machine_pruned_is_stored_again_despite_a_local_cache() {
 #[test]
 fn a_prune_on_another_host_never_deletes_what_a_running_backup_reuses() {
     let env = S3Env::new("cairn-race");
-    let on = |host: &str| {
-        [
-            (
-                "CAIRN_CACHE_DIR",
-                env.path(host).to_str().unwrap().to_string(),
-            ),
-            // Locks of 1 s + 6 s: the old pack's lock has ended when the
-            // race begins, those of the packs written during it have not
-            // (in use, the margin is 7 days).
-            ("CAIRN_S3_LOCK_MARGIN_SECS", "6".to_string()),
-        ]
-    };
-    let (a, b) = (on("cache-a"), on("cache-b"));
-    let ok = |h: &[(&'static str, String); 2], cmd: &[&str]| {
-        let extra: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        String::from_utf8(env.ok_with(cmd, &extra).stdout).unwrap()
+    let (cache_a, cache_b) = (env.path("cache-a"), env.path("cache-b"));
+    // Locks of 1 s + 6 s: the old pack's lock has ended when the race
+    // begins, those of the packs written during it have not (in use, the
+    // margin is 7 days).
+    let margin = ("CAIRN_S3_LOCK_MARGIN_SECS", "6");
+    let a = [("CAIRN_CACHE_DIR", cache_a.to_str().unwrap()), margin];
+    let b = [("CAIRN_CACHE_DIR", cache_b.to_str().unwrap()), margin];
+    let ok = |host: &[(&str, &str)], cmd: &[&str]| {
+        String::from_utf8(env.ok_with(cmd, host).stdout).unwrap()
     };
     ok(&b, &["init", "--create-bucket", "--retention", "1s"]);
     let old = noise(8 << 20, 21);
@@ -685,10 +678,9 @@ fn a_prune_on_another_host_never_deletes_what_a_running_backup_reuses() {
     new.extend(noise(160 << 20, 22));
     let new_img = env.path("new.img");
     std::fs::write(&new_img, &new).unwrap();
-    let extra: Vec<(&str, &str)> = a.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let backup = env.spawn_with(
         &["backup", "-q", new_img.to_str().unwrap(), "--name", "new"],
-        &extra,
+        &a,
     );
     std::thread::sleep(Duration::from_millis(300));
     let pruned: Value = serde_json::from_str(&ok(&b, &["prune", "--json"])).unwrap();
