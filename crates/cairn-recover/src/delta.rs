@@ -4,8 +4,12 @@
 //! pages whose bytes differ. The target is read and hashed in parallel,
 //! chunk by chunk; a snapshot chunk is fetched from the vault only when
 //! one of its blocks must be written; blocks that are zeros in
-//! the snapshot are punched out of a file (zeroed on a device). The target
-//! is then read back and checked against the snapshot.
+//! the snapshot are punched out of a file (zeroed on a device). A block's
+//! bytes are checked against the snapshot's digest before they are
+//! written (nothing the vault gives back wrong reaches the target), and
+//! what is written is read back at once and compared; the pages not
+//! written were just compared equal, so each block written is known to
+//! hold the snapshot's bytes without a second pass over the target.
 //!
 //! When the target is known to be unchanged since a later snapshot was
 //! taken of it (the attacked disk, backed up when the attack was found),
@@ -98,7 +102,9 @@ const PAGE: usize = 4096;
 
 /// Writes the pages of `want` (the snapshot's bytes for the block at
 /// `at`) that differ from what the target holds there, each run of
-/// adjacent differing pages in one write. Returns the bytes written.
+/// adjacent differing pages in one write, and reads each run back to
+/// check it landed: the pages left alone were just compared equal, so the
+/// block then holds `want`. Returns the bytes written.
 fn write_differing_pages(
     file: &File,
     want: &[u8],
@@ -116,6 +122,11 @@ fn write_differing_pages(
             (None, true) => run = Some(p),
             (Some(from), false) => {
                 file.write_all_at(&want[from..p], at + from as u64)?;
+                let back = &mut have[from..p];
+                file.read_exact_at(back, at + from as u64)?;
+                if back != &want[from..p] {
+                    return Err(not_written(at + from as u64));
+                }
                 written += (p - from) as u64;
                 run = None;
             }
@@ -125,51 +136,25 @@ fn write_differing_pages(
     Ok(written)
 }
 
-/// Reads back every block written and checks it against the snapshot's
-/// digest (the blocks left alone were compared already; `--verify` reads
-/// the whole target). The number of blocks checked, or which one is wrong.
-fn check_written(
-    file: &File,
-    touched: &[AtomicU64],
-    disk: &SnapshotDisk,
-) -> std::io::Result<Result<u64>> {
-    let map = disk.map();
-    let hasher = disk.vault().hasher();
-    // The blocks written: one bit each, so a delta over a huge disk that
-    // differs everywhere keeps 1/128 of its map's size, not twice it.
-    let blocks: Vec<usize> = touched
-        .iter()
-        .enumerate()
-        .flat_map(|(w, bits)| {
-            let bits = bits.load(Ordering::Relaxed);
-            (0..64)
-                .filter(move |k| bits & (1 << k) != 0)
-                .map(move |k| w * 64 + k)
-        })
-        .collect();
-    let bad = blocks
-        .par_iter()
-        .map_init(
-            || vec![0u8; BLOCK_SIZE],
-            |buf, &b| -> std::io::Result<Option<u64>> {
-                let at = (b * BLOCK_SIZE) as u64;
-                let n = (map.size - at).min(BLOCK_SIZE as u64) as usize;
-                file.read_exact_at(&mut buf[..n], at)?;
-                let mut got = Vec::with_capacity(1);
-                hasher.block_digests(&buf[..n], &mut got);
-                Ok((got.first() != Some(&map.blocks[b])).then_some(at))
-            },
-        )
-        .collect::<std::io::Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .min();
-    Ok(match bad {
-        Some(at) => Err(Error::Invalid(format!(
-            "the block at offset {at} does not hold the snapshot's bytes after writing: the target's storage may be failing"
-        ))),
-        None => Ok(blocks.len() as u64),
-    })
+/// Zeroes a block (a hole punched in a file, zeros written to a device)
+/// and reads it back to check.
+fn zero_block(file: &File, is_device: bool, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    if is_device {
+        file.write_all_at(&vec![0u8; buf.len()], at)?;
+    } else {
+        punch_hole(file, at, buf.len() as u64)?;
+    }
+    file.read_exact_at(buf, at)?;
+    if !cairn_vault::hash::is_zero(buf) {
+        return Err(not_written(at));
+    }
+    Ok(())
+}
+
+fn not_written(at: u64) -> std::io::Error {
+    std::io::Error::other(format!(
+        "the bytes at offset {at} read back different from what was written: the target's storage may be failing"
+    ))
 }
 
 /// Image formats whose files are not the disk they hold: a delta restore
@@ -249,9 +234,7 @@ pub fn restore_delta(
     let zeroed = AtomicU64::new(0);
     let fetched = AtomicU64::new(0);
     let bytes_written = AtomicU64::new(0);
-    let touched: Vec<AtomicU64> = (0..map.blocks.len().div_ceil(64))
-        .map(|_| AtomicU64::new(0))
-        .collect();
+    let checked = AtomicU64::new(0);
     (0..map.chunks.len())
         .into_par_iter()
         .try_for_each(|i| -> Result<()> {
@@ -283,6 +266,7 @@ pub fn restore_delta(
                 .map(|f| (f, to_fetch.next_back().unwrap_or(f)));
             let mut snapshot_blocks: Option<Vec<u8>> = None;
             let mut have: Option<Vec<u8>> = None;
+            let mut digest = Vec::with_capacity(1);
             for (b, (got, want)) in digests.iter().zip(want).enumerate() {
                 if got == want {
                     continue;
@@ -290,21 +274,14 @@ pub fn restore_delta(
                 let off = b * BLOCK_SIZE;
                 let n = (len - off).min(BLOCK_SIZE);
                 written.fetch_add(1, Ordering::Relaxed);
-                if !opts.dry_run {
-                    let block = i * bpc + b;
-                    touched[block / 64].fetch_or(1 << (block % 64), Ordering::Relaxed);
-                }
                 if *want == ZERO_BLOCK {
                     zeroed.fetch_add(1, Ordering::Relaxed);
                     bytes_written.fetch_add(n as u64, Ordering::Relaxed);
                     if !opts.dry_run {
-                        let at = start + off as u64;
-                        if is_device {
-                            file.write_all_at(&vec![0u8; n], at)
-                        } else {
-                            punch_hole(&file, at, n as u64)
-                        }
-                        .ctx(|| format!("writing {}", target.display()))?;
+                        let buf = have.get_or_insert_with(|| vec![0u8; BLOCK_SIZE]);
+                        zero_block(&file, is_device, start + off as u64, &mut buf[..n])
+                            .ctx(|| format!("writing {}", target.display()))?;
+                        checked.fetch_add(1, Ordering::Relaxed);
                     }
                     continue;
                 }
@@ -333,14 +310,29 @@ pub fn restore_delta(
                 }
                 let data = snapshot_blocks.as_ref().expect("fetched above");
                 let at = off - first * BLOCK_SIZE;
+                let block = &data[at..at + n];
+                // The snapshot's bytes are checked against its digest
+                // before they are written; what is written is read back.
+                digest.clear();
+                hasher.block_digests(block, &mut digest);
+                if digest.first() != Some(want) {
+                    return Err(Error::damaged(
+                        format!(
+                            "chunk {}",
+                            map.chunks[i].map(|c| c.hex()).unwrap_or_default()
+                        ),
+                        format!("block {b} does not match its digest"),
+                    ));
+                }
                 let put = write_differing_pages(
                     &file,
-                    &data[at..at + n],
+                    block,
                     start + off as u64,
                     have.get_or_insert_with(|| vec![0u8; BLOCK_SIZE]),
                 )
                 .ctx(|| format!("writing {}", target.display()))?;
                 bytes_written.fetch_add(put, Ordering::Relaxed);
+                checked.fetch_add(1, Ordering::Relaxed);
                 progress(0, put);
             }
             if snapshot_blocks.is_some() {
@@ -358,8 +350,7 @@ pub fn restore_delta(
             report.verified = true;
             report.blocks_checked = map.blocks.len() as u64;
         } else {
-            report.blocks_checked = check_written(&file, &touched, disk)
-                .ctx(|| format!("reading back {}", target.display()))??;
+            report.blocks_checked = checked.into_inner();
         }
     }
     report.bytes_compared = compared.into_inner();
