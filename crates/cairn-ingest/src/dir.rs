@@ -92,7 +92,12 @@ fn open_walked_dir(dir: &Path, seen: Option<(u64, u64)>) -> std::io::Result<fs::
 /// is listed, and its entries looked at, through the folder opened and
 /// checked by [`open_walked_dir`] (`/proc/self/fd/N/NAME`), never by a
 /// path that could have been redirected since.
-fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
+fn walk(
+    root: &Path,
+    warnings: &mut Vec<String>,
+    unreadable: &mut Vec<String>,
+    vault: Option<(u64, u64)>,
+) -> Vec<Found> {
     let by_fd = Path::new("/proc/self/fd").is_dir();
     if !by_fd {
         warnings.push(
@@ -107,7 +112,7 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
         let opened = match open_walked_dir(&dir, seen) {
             Ok(f) => f,
             Err(e) => {
-                warnings.push(format!("{}: {e} (skipped)", dir.display()));
+                unreadable.push(format!("{}: {e} (skipped)", dir.display()));
                 continue;
             }
         };
@@ -119,7 +124,7 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
         let rd = match fs::read_dir(&base) {
             Ok(rd) => rd,
             Err(e) => {
-                warnings.push(format!("{}: {e} (skipped)", dir.display()));
+                unreadable.push(format!("{}: {e} (skipped)", dir.display()));
                 continue;
             }
         };
@@ -127,7 +132,7 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
             let de = match de {
                 Ok(d) => d,
                 Err(e) => {
-                    warnings.push(format!("{}: {e} (skipped)", dir.display()));
+                    unreadable.push(format!("{}: {e} (skipped)", dir.display()));
                     continue;
                 }
             };
@@ -136,7 +141,7 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
             let md = match fs::symlink_metadata(&via) {
                 Ok(m) => m,
                 Err(e) => {
-                    warnings.push(format!("{}: {e} (skipped)", abs.display()));
+                    unreadable.push(format!("{}: {e} (skipped)", abs.display()));
                     continue;
                 }
             };
@@ -150,13 +155,22 @@ fn walk(root: &Path, warnings: &mut Vec<String>) -> Vec<Found> {
                 match fs::read_link(&via) {
                     Ok(t) => Some(t.as_os_str().as_bytes().to_vec()),
                     Err(e) => {
-                        warnings.push(format!("{}: {e} (skipped)", abs.display()));
+                        unreadable.push(format!("{}: {e} (skipped)", abs.display()));
                         continue;
                     }
                 }
             } else {
                 None
             };
+            if kind == EntryKind::Dir && vault == Some((md.dev(), md.ino())) {
+                // A vault inside what it backs up would hold ever more
+                // copies of itself.
+                warnings.push(format!(
+                    "{}: the vault itself, left out of its own backup",
+                    abs.display()
+                ));
+                continue;
+            }
             let entry = Entry {
                 path: path.clone(),
                 kind,
@@ -277,7 +291,9 @@ pub fn ingest(
         Some((t, b)) => (Some(t), b),
         None => (None, i64::MIN),
     };
-    let mut found = walk(root, warnings);
+    let mut unreadable = Vec::new();
+    let vault_dir = fs::metadata(vault.root()).ok().map(|m| (m.dev(), m.ino()));
+    let mut found = walk(root, warnings, &mut unreadable, vault_dir);
     let parent_by_path: HashMap<&[u8], &Entry> = parent
         .map(|t| t.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
         .unwrap_or_default();
@@ -367,14 +383,14 @@ pub fn ingest(
                 // would restore as data lost and read as truncation).
                 match parent_by_path.get(e.path.as_slice()) {
                     Some(p) if p.kind == EntryKind::File && p.hardlink_to.is_none() => {
-                        warnings.push(format!(
+                        unreadable.push(format!(
                             "{shown}: {err} (kept as it was in the previous snapshot)"
                         ));
                         m.logical_size = m.logical_size - e.size + p.size;
                         *e = (*p).clone();
                     }
                     _ => {
-                        warnings.push(format!("{shown}: {err} (left out)"));
+                        unreadable.push(format!("{shown}: {err} (left out)"));
                         m.logical_size -= e.size;
                         m.files -= 1;
                         gone.insert(i);
@@ -401,6 +417,13 @@ pub fn ingest(
     m.new_chunks = stats.new_chunks;
     m.new_bytes = stats.new_bytes;
     m.new_bytes_stored = stats.new_bytes_stored;
+    m.unreadable_count = unreadable.len() as u64;
+    m.unreadable = unreadable
+        .iter()
+        .take(cairn_vault::snapshot::UNREADABLE_LISTED)
+        .cloned()
+        .collect();
+    warnings.extend(unreadable);
     Ok((
         Tree {
             entries: found
@@ -429,7 +452,7 @@ mod tests {
         let file = root.join("a.txt");
         fs::write(&file, b"walked").unwrap();
         fs::write(dir.path().join("secret"), b"not in the tree").unwrap();
-        let found = walk(&root, &mut Vec::new());
+        let found = walk(&root, &mut Vec::new(), &mut Vec::new(), None);
         let f = found.iter().find(|f| f.abs == file).unwrap();
         let read = |vault: &Vault| {
             PackWriter::run(vault, cairn_vault::codec::Framing::Whole, |w| {
@@ -490,7 +513,7 @@ mod tests {
             "the moved folder is the one seen"
         );
         // A whole walk lists through the opened folders and sees the tree.
-        let found = walk(&root, &mut Vec::new());
+        let found = walk(&root, &mut Vec::new(), &mut Vec::new(), None);
         let paths: Vec<&[u8]> = found.iter().map(|f| f.entry.path.as_slice()).collect();
         assert_eq!(paths, [&b"a.old"[..], b"a.old/x.txt", b"up"]);
         assert_eq!(found[1].abs, root.join("a.old/x.txt"));

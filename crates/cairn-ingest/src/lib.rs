@@ -69,6 +69,17 @@ pub fn backup(
     progress: &Progress,
 ) -> Result<BackupOutcome> {
     check_name(&opts.name)?;
+    if let (Ok(src), Ok(root)) = (
+        std::fs::canonicalize(source),
+        std::fs::canonicalize(vault.root()),
+    ) && src.starts_with(&root)
+    {
+        return Err(Error::Invalid(format!(
+            "{} is inside the vault {}: back up the data, not the vault",
+            source.display(),
+            root.display()
+        )));
+    }
     let src = source::open(source)
         .map_err(|e| Error::io(format!("cannot read source {}", source.display()), e))?;
     let label = std::fs::canonicalize(source)
@@ -104,10 +115,19 @@ pub fn commit(
     )
 }
 
+/// Longest snapshot name: it is typed in `NAME@SNAP` and shown in tables.
+const NAME_MAX: usize = 100;
+
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains('@') || name.contains(':') || name.contains('/') {
+    if name.trim().is_empty()
+        || name.trim() != name
+        || name.chars().count() > NAME_MAX
+        || name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '@' | ':' | '/'))
+    {
         return Err(Error::Invalid(format!(
-            "snapshot name {name:?} must be non-empty, without '@', ':' or '/'"
+            "snapshot name {name:?} must be 1 to {NAME_MAX} characters, without '@', ':', '/', control characters or spaces at either end"
         )));
     }
     Ok(())
@@ -165,6 +185,22 @@ fn store(
                 .find(|s| s.name == opts.name && s.source.kind == kind)
         }
     };
+    if let (Some(t), Some(p)) = (opts.time, &parent)
+        && derived_from.is_none()
+        && t < p.time
+    {
+        // A snapshot's parent is the one before it in time, and insight
+        // reads a name's snapshots in time order: one dated before the
+        // newest would be compared with a later snapshot as its parent.
+        return Err(Error::Invalid(format!(
+            "--time {} is before {}@{} ({}), the newest snapshot of {:?}: snapshots of a name are taken in time order",
+            t.to_rfc3339(),
+            p.name,
+            p.id.short(),
+            p.time.to_rfc3339(),
+            opts.name
+        )));
+    }
     let mut warnings = Vec::new();
 
     let (content, mut metrics, format, size, until) = match src {

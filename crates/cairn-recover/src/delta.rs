@@ -35,6 +35,9 @@ pub struct DeltaOptions {
     pub dry_run: bool,
     /// Read the target back afterwards and compare it with the snapshot.
     pub verify: bool,
+    /// Cut or grow a target file of another size to the snapshot's disk
+    /// size (refused otherwise).
+    pub resize: bool,
     /// The disk map of a snapshot the target is known to equal (taken
     /// after its last change): compared instead of reading the target.
     pub known: Option<std::sync::Arc<cairn_vault::diskmap::DiskMap>>,
@@ -201,6 +204,21 @@ pub fn restore_delta(
         ..Default::default()
     };
     if !is_device && old_size != map.size {
+        if !opts.resize {
+            use cairn_vault::units::bytes;
+            let lost = if old_size > map.size {
+                format!(" (its last {} would be lost)", bytes(old_size - map.size))
+            } else {
+                String::new()
+            };
+            return Err(Error::Invalid(format!(
+                "{} is {} but the snapshot's disk is {}: a delta restore brings a disk back to an earlier state of itself, and a file of another size is likely not that disk. Pass --resize to make it {}{lost}",
+                target.display(),
+                bytes(old_size),
+                bytes(map.size),
+                bytes(map.size),
+            )));
+        }
         report.resized_from = Some(old_size);
         if !opts.dry_run {
             file.set_len(map.size)

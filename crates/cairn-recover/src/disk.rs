@@ -240,6 +240,17 @@ enum Found {
 }
 
 fn check_target(path: &Path, size: u64, opts: &DiskRestoreOptions, write: bool) -> Result<Found> {
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !folder.is_dir() {
+        return Err(Error::Invalid(format!(
+            "cannot restore to {}: the folder {} does not exist (create it first)",
+            path.display(),
+            folder.display()
+        )));
+    }
     match fs::metadata(path) {
         Ok(md) if md.file_type().is_block_device() && !opts.overwrite => {
             Err(Error::Invalid(format!(

@@ -122,10 +122,21 @@ pub fn restore_tree(
         if !empty {
             report.extra = not_in_tree(target, tree);
             if !report.extra.is_empty() {
+                const SHOWN: usize = 10;
+                let mut names: Vec<&str> = report
+                    .extra
+                    .iter()
+                    .take(SHOWN)
+                    .map(String::as_str)
+                    .collect();
+                if report.extra.len() > SHOWN {
+                    names.push("…");
+                }
                 report.warnings.push(format!(
-                    "{} entries of {} are not in the snapshot and were left in place (see \"extra\")",
+                    "{} entries of {} are not in the snapshot and were left in place ({}; all in the JSON report's \"extra\")",
                     report.extra.len(),
-                    target.display()
+                    target.display(),
+                    names.join(", ")
                 ));
             }
         }

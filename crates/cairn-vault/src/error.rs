@@ -9,7 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Errors say what went wrong and, where there is one, what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}: not a Cairn vault (no config found); create one with `cairn init --vault {0}`", .path.display())]
+    #[error("{0}: not a Cairn vault (no config found); create one in a new or empty folder with `cairn init --vault DIR`", .path.display())]
     NotAVault { path: PathBuf },
     #[error("{0}: a vault already exists here", .path.display())]
     AlreadyAVault { path: PathBuf },

@@ -130,7 +130,7 @@ pub fn forget(
 ) -> Result<ForgetReport> {
     if policy.is_empty() {
         return Err(Error::Invalid(
-            "give at least one --keep-* option (forgetting everything is not a policy)".into(),
+            "this policy keeps nothing: give at least one --keep-* option above zero (forgetting everything is not a policy)".into(),
         ));
     }
     let _lock = crate::lock::VaultLock::exclusive(vault.root())?;

@@ -77,7 +77,18 @@ pub struct Metrics {
     pub files: u64,
     #[serde(default)]
     pub files_unchanged: u64,
+    /// Directory sources: entries that could not be read this time and
+    /// are missing from the snapshot or kept as they were in the parent
+    /// (a snapshot that is not the whole source says so). At most
+    /// [`UNREADABLE_LISTED`] are named; `unreadable_count` counts all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+    #[serde(default)]
+    pub unreadable_count: u64,
 }
+
+/// Unreadable entries named in a snapshot's metrics (the rest are counted).
+pub const UNREADABLE_LISTED: usize = 100;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -150,15 +161,22 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
         return of_name.last().copied().ok_or_else(not_found);
     }
     if let Some(back) = sel.strip_prefix('-') {
-        let n: usize = back
+        let back: usize = back
             .parse()
             .map_err(|_| Error::Invalid(format!("{spec}: expected NAME@-N with N a number")))?;
         return of_name
             .len()
-            .checked_sub(1 + n)
+            .checked_sub(1 + back)
             .map(|i| of_name[i])
             .ok_or_else(|| {
-                Error::SnapshotNotFound(format!("{spec:?}: {n:?} has {} snapshots", of_name.len()))
+                let n = of_name.len();
+                Error::SnapshotNotFound(format!(
+                    "{spec:?}: {} {n} snapshot{} (the oldest is {}@-{})",
+                    name.map_or("there are".to_string(), |x| format!("{x} has")),
+                    if n == 1 { "" } else { "s" },
+                    name.unwrap_or(""),
+                    n.saturating_sub(1)
+                ))
             });
     }
     if sel.is_empty() || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -225,7 +243,11 @@ mod tests {
         assert_eq!(resolve(&s, "vm").unwrap().id.0, "cc44");
         assert_eq!(resolve(&s, "vm@-1").unwrap().id.0, "bb33");
         assert_eq!(resolve(&s, "vm@-2").unwrap().id.0, "aa11");
-        assert!(resolve(&s, "vm@-3").is_err());
+        let past = resolve(&s, "vm@-3").unwrap_err().to_string();
+        assert!(
+            past.contains("vm has 3 snapshots (the oldest is vm@-2)"),
+            "{past}"
+        );
         assert_eq!(resolve(&s, "vm@bb").unwrap().id.0, "bb33");
         assert_eq!(resolve(&s, "aa2").unwrap().id.0, "aa22");
         assert!(resolve(&s, "aa").is_err(), "ambiguous prefix");

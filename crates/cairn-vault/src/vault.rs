@@ -172,6 +172,39 @@ const DIRS: &[&str] = &[
     "tmp",
 ];
 
+/// A new local vault gets a folder of its own: one that holds other
+/// files (a typo for a data folder) is refused. What an interrupted init
+/// left (the vault's own folders, without a config) may be reused, and so
+/// may a fresh filesystem's `lost+found`.
+fn refuse_foreign_entries(root: &Path) -> Result<()> {
+    if root.exists() && !root.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{} is a file; a vault is a folder (give a new or empty one)",
+            root.display()
+        )));
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(()); // missing: created below
+    };
+    let foreign: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !DIRS.contains(&n.as_str()) && n != "lost+found" && n != "cache")
+        .collect();
+    if let Some(first) = foreign.first() {
+        return Err(Error::Invalid(format!(
+            "{} is not empty (it holds {first:?}{}): a vault needs a new or empty folder of its own",
+            root.display(),
+            if foreign.len() > 1 {
+                format!(" and {} more", foreign.len() - 1)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok(())
+}
+
 impl Vault {
     pub fn init(root: &Path, password: &[u8], opts: &InitOptions) -> Result<Vault> {
         Self::init_at(
@@ -191,10 +224,11 @@ impl Vault {
         s3: &S3InitOptions,
     ) -> Result<Vault> {
         let root = &loc.local_dir();
-        if let Location::Local(_) = loc
-            && root.join("config").exists()
-        {
-            return Err(Error::AlreadyAVault { path: root.into() });
+        if let Location::Local(_) = loc {
+            if root.join("config").exists() {
+                return Err(Error::AlreadyAVault { path: root.into() });
+            }
+            refuse_foreign_entries(root)?;
         }
         if opts.disk_chunk_size == 0
             || !(opts.disk_chunk_size as usize).is_multiple_of(crate::BLOCK_SIZE)
@@ -302,10 +336,11 @@ impl Vault {
         s3: &S3InitOptions,
     ) -> Result<Vault> {
         let root = &loc.local_dir();
-        if let Location::Local(_) = loc
-            && root.join("config").exists()
-        {
-            return Err(Error::AlreadyAVault { path: root.into() });
+        if let Location::Local(_) = loc {
+            if root.join("config").exists() {
+                return Err(Error::AlreadyAVault { path: root.into() });
+            }
+            refuse_foreign_entries(root)?;
         }
         let (backend, object_lock) = Self::prepare(loc, root, src.config.retention_secs, s3)?;
         for name in src.backend.list("keys")? {
@@ -383,13 +418,20 @@ impl Vault {
             )));
         }
         let mut master = None;
+        let mut tried_a_key = false;
         for name in backend.list("keys")? {
+            tried_a_key = true;
             let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?)
                 .map_err(|e| Error::damaged(&name, e.to_string()))?;
             if let Some(m) = kf.unwrap_key(password)? {
                 master = Some(m);
                 break;
             }
+        }
+        if !tried_a_key {
+            return Err(Error::Invalid(
+                "the vault has no keys (its keys/ folder is empty), so no password can open it: restore keys/ from a backup of the vault or its replica".into(),
+            ));
         }
         let master = master.ok_or(Error::WrongPassword)?;
         if config.object_lock

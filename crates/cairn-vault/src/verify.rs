@@ -158,10 +158,11 @@ fn check_pack(vault: &Vault, pack: &str, checked: &AtomicU64, bytes: &AtomicU64)
     };
     let bad = check_pack_bytes(vault, &name, &idx, &data, checked, bytes);
     let obj = (!bad.is_empty()).then(|| {
-        (
-            name,
-            format!("{} damaged chunk(s): {}", bad.len(), bad[0].1),
-        )
+        // The first chunk's reason without the pack's name a second time.
+        let prefix = format!("damaged object {name}: ");
+        let why = bad[0].1.strip_prefix(&prefix).unwrap_or(&bad[0].1);
+        let first = format!("{} damaged chunk(s): {why}", bad.len());
+        (name, first)
     });
     (bad, obj)
 }

@@ -125,6 +125,8 @@ pub fn ls(
             writeln!(out, "{}{slash}", String::from_utf8_lossy(e.name()))?;
         }
     }
+    // Dropping a BufWriter swallows its last write's error.
+    out.flush()?;
     Ok(0)
 }
 
@@ -207,6 +209,7 @@ pub fn diff(
         d.modified.len(),
         d.renamed.len()
     )?;
+    out.flush()?;
     Ok(0)
 }
 

@@ -70,7 +70,15 @@ fn print_table(
     writeln!(
         out,
         "{:<8}  {:<16}  {:>10} {:>12} {:>7}  {:>17}  {:>5}  {:<11}  {:<11}  reasons",
-        "id", "time", "changed", "rate", "entropy", "files +/~/-/>", "score", "verdict", "scan"
+        "id",
+        "time (UTC)",
+        "changed",
+        "rate",
+        "entropy",
+        "files +/~/-/>",
+        "score",
+        "verdict",
+        "scan"
     )?;
     for e in &t.entries {
         let f = e.signals.files.clone().unwrap_or_default();
@@ -116,6 +124,7 @@ fn print_table(
             "last clean: none (no clean snapshot before the damage)"
         )?,
     }
+    out.flush()?;
     Ok(())
 }
 

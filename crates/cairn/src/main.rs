@@ -121,6 +121,11 @@ enum Command {
         /// was read from this very file and the file is untouched since).
         #[arg(long, requires = "delta")]
         since: Option<String>,
+        /// With --delta: let a target file of another size than the
+        /// snapshot's disk be cut or grown to it (refused otherwise: a
+        /// target of the wrong size is usually the wrong file).
+        #[arg(long, requires = "delta")]
+        resize: bool,
     },
     /// Least-data-loss rollback: the newest snapshot, with every file the
     /// attack damaged taken from before the damage and every file it
@@ -457,8 +462,31 @@ fn keep_large_buffers_in_the_heap() {
     }
 }
 
+/// `println!` panics when stdout cannot be written (a full disk, a file
+/// closed under it): that is reported like any other error, on one line
+/// with exit 1, instead of a crash with a backtrace. A broken pipe never
+/// gets here: commands that only print die of SIGPIPE, and the others
+/// report it the same way.
+fn report_unwritable_output() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") {
+            eprintln!("error: {msg}");
+            std::process::exit(1);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     keep_large_buffers_in_the_heap();
+    report_unwritable_output();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -487,7 +515,13 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    match run(cli) {
+    let result = run(cli).and_then(|code| {
+        // Output still buffered is written now, and failing to is an error.
+        std::io::Write::flush(&mut std::io::stdout())
+            .context("writing the output")
+            .map(|()| code)
+    });
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
@@ -595,7 +629,10 @@ fn run(cli: Cli) -> Result<u8> {
                     .checked_mul(1 << 20)
                     .context("pack size too large")?,
                 compression_level: *compression_level,
-                retention_secs: parse_duration(retention)?.num_seconds().max(0) as u64,
+                retention_secs: parse_duration(retention)
+                    .context("--retention")?
+                    .num_seconds()
+                    .max(0) as u64,
             };
             if let Location::Local(path) = &loc
                 && path.join("config").exists()
@@ -651,6 +688,7 @@ fn run(cli: Cli) -> Result<u8> {
             delta,
             dry_run,
             since,
+            resize,
         } => {
             if *delta {
                 if snapshot.contains(':') || partition.is_some() || *overwrite {
@@ -658,13 +696,19 @@ fn run(cli: Cli) -> Result<u8> {
                         "--delta restores a whole disk snapshot over an existing disk (no :/path, --partition or --overwrite)"
                     );
                 }
-                return restore_delta(&cli, snapshot, to, *verify, *dry_run, since.as_deref());
+                let opts = DeltaFlags {
+                    verify: *verify,
+                    dry_run: *dry_run,
+                    resize: *resize,
+                };
+                return restore_delta(&cli, snapshot, to, opts, since.as_deref());
             }
             if snapshot.contains(':') {
                 if *overwrite || *verify || *dry_run {
                     bail!("--overwrite, --verify and --dry-run apply to whole-snapshot restores");
                 }
                 let vault = open(&cli)?;
+                outside_vault(&vault, to)?;
                 guest_cmds::restore_files(&vault, snapshot, to, *partition, cli.json)
             } else {
                 if partition.is_some() {
@@ -783,7 +827,13 @@ fn run(cli: Cli) -> Result<u8> {
             provenance,
             dry_run,
         } => insight_cmd::rollback(
-            &open(&cli)?,
+            &{
+                let vault = open(&cli)?;
+                for target in [to_dir, in_place].into_iter().flatten() {
+                    outside_vault(&vault, target)?;
+                }
+                vault
+            },
             name,
             insight_cmd::RollbackTarget {
                 to_dir: to_dir.as_deref(),
@@ -814,7 +864,11 @@ fn run(cli: Cli) -> Result<u8> {
             let vault = open(&cli)?;
             let policy = KeepPolicy {
                 last: *keep_last,
-                within: keep_within.as_deref().map(parse_duration).transpose()?,
+                within: keep_within
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .context("--keep-within")?,
                 hourly: *keep_hourly,
                 daily: *keep_daily,
                 weekly: *keep_weekly,
@@ -1000,13 +1054,32 @@ fn backup(
         Ok(o) => print_backup(cli, &out, Some(insight_cmd::outcome_json(o))),
         Err(_) => print_backup(cli, &out, None),
     }
-    match insight {
-        Ok(o) => Ok(insight_cmd::report(&o, cli.json)),
+    let code = match insight {
+        Ok(o) => insight_cmd::report(&o, cli.json),
         Err(e) => {
             eprintln!("warning: the snapshot was saved, but insight could not score it: {e}");
-            Ok(0)
+            0
         }
+    };
+    Ok(code.max(incomplete(&out.snapshot)))
+}
+
+/// 3 when entries of the source could not be read (the snapshot was saved
+/// without them, or with their earlier content), after saying so: a
+/// script must not take such a snapshot for the whole source.
+fn incomplete(s: &Snapshot) -> u8 {
+    let n = s.metrics.unreadable_count;
+    if n == 0 {
+        return 0;
     }
+    eprintln!(
+        "warning: {}@{} is incomplete: {n} entr{} of the source could not be read (listed above and in `cairn snapshots {} --json` as \"unreadable\")",
+        s.name,
+        s.id.short(),
+        if n == 1 { "y" } else { "ies" },
+        s.name
+    );
+    3
 }
 
 /// A backup through `cairn serve`: the vault's key is unwrapped here
@@ -1040,7 +1113,7 @@ fn remote_backup(
     });
     print_backup(cli, &out, insight);
     let s = &out.snapshot;
-    match record {
+    let code = match record {
         Some(r) if r.assessment.verdict != cairn_insight::Verdict::Clean => {
             eprintln!(
                 "warning: {}@{} looks {} (score {:.2}, scored by the server):",
@@ -1056,7 +1129,7 @@ fn remote_backup(
                 "  the server pins the last clean point; see `cairn timeline {}` there",
                 s.name
             );
-            Ok(3)
+            3
         }
         Some(r) => {
             if !cli.json {
@@ -1065,7 +1138,7 @@ fn remote_backup(
                     r.assessment.score
                 );
             }
-            Ok(0)
+            0
         }
         None => {
             eprintln!(
@@ -1073,9 +1146,10 @@ fn remote_backup(
                 s.name,
                 s.id.short()
             );
-            Ok(0)
+            0
         }
-    }
+    };
+    Ok(code.max(incomplete(s)))
 }
 
 /// How a restore names a committed snapshot's base (empty for others).
@@ -1394,7 +1468,7 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
     }
     println!(
         "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  tags",
-        "id", "name", "time", "kind", "size", "changed", "rate/h", "new stored"
+        "id", "name", "time (UTC)", "kind", "size", "changed", "rate/h", "new stored"
     );
     for s in shown {
         let rate = s
@@ -1486,15 +1560,53 @@ fn known_state(
     Ok(latest.filter(|s| s.metrics.logical_size == len && changed < began(s)))
 }
 
+/// The switches of `restore --delta`.
+struct DeltaFlags {
+    verify: bool,
+    dry_run: bool,
+    resize: bool,
+}
+
+/// Nothing is restored into the vault: a vault holds only what Cairn
+/// wrote there (prune would take a restored file under `packs/` for the
+/// leftover of an interrupted backup and delete it).
+fn outside_vault(vault: &Vault, to: &Path) -> Result<()> {
+    let Ok(root) = std::fs::canonicalize(vault.root()) else {
+        return Ok(());
+    };
+    // The target may not exist yet: its nearest existing folder decides.
+    let mut at = std::path::absolute(to)?;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&at) {
+            if real.starts_with(&root) {
+                bail!(
+                    "{} is inside the vault {}: restore somewhere else",
+                    to.display(),
+                    root.display()
+                );
+            }
+            return Ok(());
+        }
+        if !at.pop() {
+            return Ok(());
+        }
+    }
+}
+
 fn restore_delta(
     cli: &Cli,
     spec: &str,
     to: &Path,
-    verify: bool,
-    dry_run: bool,
+    flags: DeltaFlags,
     since: Option<&str>,
 ) -> Result<u8> {
+    let DeltaFlags {
+        verify,
+        dry_run,
+        resize,
+    } = flags;
     let vault = open(cli)?;
+    outside_vault(&vault, to)?;
     let snap = vault.resolve(spec)?;
     if snap.source.kind != SourceKind::Disk {
         bail!(
@@ -1522,6 +1634,7 @@ fn restore_delta(
         &cairn_recover::DeltaOptions {
             dry_run,
             verify,
+            resize,
             known: known_map,
         },
         &tick,
@@ -1583,6 +1696,7 @@ fn restore(
     dry_run: bool,
 ) -> Result<u8> {
     let vault = open(cli)?;
+    outside_vault(&vault, to)?;
     let snap = vault.resolve(spec)?;
     let progress = Arc::new(Progress::default());
     progress.set_total(snap.metrics.logical_size);

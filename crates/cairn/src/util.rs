@@ -41,9 +41,12 @@ pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
             num.push(c);
             continue;
         }
-        let n: i64 = num
-            .parse()
-            .with_context(|| format!("{s:?}: expected a number before {c:?}"))?;
+        if num.is_empty() {
+            bail!(
+                "{s:?} is not a duration: expected a number before {c:?} (for example 30d, 12h or 2w)"
+            );
+        }
+        let n: i64 = num.parse().context("duration too long")?;
         num.clear();
         let unit = match c {
             's' => 1,

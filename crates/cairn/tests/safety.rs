@@ -365,3 +365,195 @@ fn disk_full_while_writing_fails_cleanly_and_the_vault_still_verifies() {
         "no temp files left"
     );
 }
+
+/// Mistakes an operator makes under stress are refused with one line,
+/// exit 1, and nothing written.
+#[test]
+fn operator_mistakes_are_refused_and_nothing_is_written() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("d.img");
+    std::fs::write(&img, text(2 << 20, 1)).unwrap();
+    let first = env.backup(&img, "vm", "2026-03-02T00:00:00Z");
+    let count = |env: &Env| env.json(&["snapshots"]).as_array().unwrap().len();
+
+    // A snapshot dated before the newest of its name would get a later
+    // snapshot as its parent.
+    let back = env.run(&[
+        "backup",
+        img.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        "2026-03-01T00:00:00Z",
+    ]);
+    assert_eq!(back.status.code(), Some(1), "{}", stderr(&back));
+    assert!(stderr(&back).contains("before vm@"), "{}", stderr(&back));
+    assert_eq!(count(&env), 1);
+
+    // Names that break tables and NAME@SNAP.
+    for bad in [" ", "a\nb", " vm", &"n".repeat(101)] {
+        let out = env.run(&["backup", img.to_str().unwrap(), "--name", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", stderr(&out));
+    }
+    assert_eq!(count(&env), 1);
+
+    // Too far back names the snapshot name, not the number.
+    let far = env.run(&["restore", "vm@-5", "--to", env.path("x").to_str().unwrap()]);
+    assert_eq!(far.status.code(), Some(1));
+    assert!(
+        stderr(&far).contains("vm has 1 snapshot (the oldest is vm@-0)"),
+        "{}",
+        stderr(&far)
+    );
+
+    // A delta restore onto a file of another size: most likely the wrong
+    // file, left untouched unless --resize says otherwise.
+    let notes = env.path("notes.txt");
+    std::fs::write(&notes, b"important notes").unwrap();
+    let wrong = env.run(&[
+        "restore",
+        "vm@latest",
+        "--to",
+        notes.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("--resize"), "{}", stderr(&wrong));
+    assert_eq!(std::fs::read(&notes).unwrap(), b"important notes");
+    let grown = env.path("grown.img");
+    std::fs::copy(&img, &grown).unwrap();
+    write_at(&grown, (3 << 20) - 1, b"x");
+    env.ok(&[
+        "restore",
+        "vm@latest",
+        "--to",
+        grown.to_str().unwrap(),
+        "--delta",
+        "--resize",
+    ]);
+    assert!(same_bytes(&grown, &img));
+
+    // Nothing is restored into the vault (prune would take a file under
+    // packs/ for an interrupted backup's and delete it).
+    let inside = env.vault.join("packs").join("zz.img");
+    let into = env.run(&["restore", "vm@latest", "--to", inside.to_str().unwrap()]);
+    assert_eq!(into.status.code(), Some(1), "{}", stderr(&into));
+    assert!(
+        stderr(&into).contains("inside the vault"),
+        "{}",
+        stderr(&into)
+    );
+    assert!(!inside.exists());
+
+    // A vault is made in a folder of its own, not among other files.
+    let data = env.path("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("report.odt"), b"work").unwrap();
+    let init = env
+        .cmd()
+        .args(["init", "--vault", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(init.status.code(), Some(1), "{}", stderr(&init));
+    assert!(stderr(&init).contains("not empty"), "{}", stderr(&init));
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1);
+
+    // A vault is not backed up into itself: inside the source it is left
+    // out, and a source inside it is refused.
+    let all = env.run(&["backup", env.dir.path().to_str().unwrap(), "--name", "all"]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert!(
+        stderr(&all).contains("the vault itself, left out"),
+        "{}",
+        stderr(&all)
+    );
+    let top = env.ok(&["ls", "all@latest:/"]);
+    assert!(top.contains("d.img") && !top.contains("vault"), "{top}");
+    let own = env.run(&[
+        "backup",
+        env.vault.join("packs").to_str().unwrap(),
+        "--name",
+        "own",
+    ]);
+    assert_eq!(own.status.code(), Some(1), "{}", stderr(&own));
+    assert!(
+        stderr(&own).contains("inside the vault"),
+        "{}",
+        stderr(&own)
+    );
+
+    // Output that cannot be written is an error, not a crash, whether
+    // printed line by line or buffered.
+    for args in [
+        &["snapshots"][..],
+        &["snapshots", "--json"],
+        &["timeline", "vm"],
+    ] {
+        let out = env
+            .cmd()
+            .args(args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+    }
+    assert_eq!(env.json(&["snapshots"])[0]["id"], first["id"]);
+    assert_eq!(count(&env), 2, "vm and all");
+}
+
+/// A directory backup that could not read everything says so: exit 3,
+/// the entries named, and the snapshot records them.
+#[test]
+fn a_backup_that_could_not_read_everything_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Root reads everything: the backup runs as nobody.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("secret")).unwrap();
+    std::fs::write(src.join("open.txt"), b"readable").unwrap();
+    std::fs::write(src.join("locked.txt"), b"not for nobody").unwrap();
+    std::fs::write(src.join("secret").join("inner.txt"), b"hidden").unwrap();
+    std::fs::set_permissions(
+        src.join("locked.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let vault = dir.path().join("vault");
+    let nobody = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .env("CAIRN_VAULT", &vault)
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .uid(65534)
+            .gid(65534)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let init = nobody(&["init", "-q"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let out = nobody(&["backup", src.to_str().unwrap(), "--name", "share", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is incomplete: 2 entries"),
+        "{}",
+        stderr(&out)
+    );
+    let list = nobody(&["snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let m = &v[0]["metrics"];
+    assert_eq!(m["unreadable_count"], 2, "{m}");
+    let named = m["unreadable"].to_string();
+    assert!(
+        named.contains("locked.txt") && named.contains("secret"),
+        "{named}"
+    );
+    // The readable file is there.
+    let files = nobody(&["ls", "share@latest:/"]);
+    assert!(String::from_utf8_lossy(&files.stdout).contains("open.txt"));
+}
