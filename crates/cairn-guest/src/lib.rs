@@ -31,7 +31,10 @@ use std::sync::Arc;
 pub fn choose(parts: &[Partition], requested: Option<u32>) -> Result<&Partition> {
     if let Some(n) = requested {
         let p = parts.iter().find(|p| p.number == n).ok_or_else(|| {
-            GuestError::NotFound(format!("partition {n} (the disk has {})", numbers(parts)))
+            GuestError::Invalid(format!(
+                "no partition {n}: the disk's partitions are {} (see `cairn partitions`)",
+                numbers(parts)
+            ))
         })?;
         if !p.readable {
             return Err(GuestError::Unsupported(format!(
@@ -63,7 +66,7 @@ pub fn choose(parts: &[Partition], requested: Option<u32>) -> Result<&Partition>
 
 fn numbers(parts: &[Partition]) -> String {
     if parts.is_empty() {
-        return "none".into();
+        return "none (no partition table)".into();
     }
     parts
         .iter()

@@ -122,9 +122,78 @@ impl FileEntry {
             .unwrap_or(&self.path)
     }
 
+    /// The path as text that names exactly these bytes (see [`escape`]).
     pub fn display_path(&self) -> String {
-        format!("/{}", String::from_utf8_lossy(&self.path))
+        format!("/{}", escape(&self.path))
     }
+}
+
+/// A name as text that says exactly which bytes it is: control characters
+/// and bytes that are not UTF-8 become `\n`, `\t`, `\r` or `\xNN`, and
+/// `\` becomes `\\` ([`unescape`] reads it back), so a crafted name can
+/// neither break a listing into lines nor pass for another name.
+pub fn escape(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "\\x{b:02x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// The bytes a name printed by [`escape`] stands for. A backslash not
+/// followed by `\\`, `n`, `t`, `r` or `xNN` is kept as it is.
+pub fn unescape(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            let two = match b.get(i + 1) {
+                Some(b'\\') => Some(b'\\'),
+                Some(b'n') => Some(b'\n'),
+                Some(b't') => Some(b'\t'),
+                Some(b'r') => Some(b'\r'),
+                _ => None,
+            };
+            if let Some(c) = two {
+                out.push(c);
+                i += 2;
+                continue;
+            }
+            if b.get(i + 1) == Some(&b'x')
+                && let (Some(h), Some(l)) = (
+                    b.get(i + 2).copied().and_then(hex),
+                    b.get(i + 3).copied().and_then(hex),
+                )
+            {
+                out.push(h << 4 | l);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 /// A read-only filesystem (or a directory snapshot) seen as files.
@@ -159,12 +228,15 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// Normalises a user-given guest path: strips slashes at both ends,
 /// refuses `.` and `..` components.
+/// Escapes as [`escape`] prints them are read back, so any name a listing
+/// shows can be given.
 pub fn normalize(path: &str) -> Result<Vec<u8>> {
-    let mut out: Vec<&str> = Vec::new();
-    for c in path.split('/') {
+    let bytes = unescape(path);
+    let mut out: Vec<&[u8]> = Vec::new();
+    for c in bytes.split(|&b| b == b'/') {
         match c {
-            "" | "." => {}
-            ".." => {
+            b"" | b"." => {}
+            b".." => {
                 return Err(crate::error::GuestError::NotFound(format!(
                     "{path} (.. is not allowed)"
                 )));
@@ -172,5 +244,40 @@ pub fn normalize(path: &str) -> Result<Vec<u8>> {
             c => out.push(c),
         }
     }
-    Ok(out.join("/").into_bytes())
+    Ok(out.join(&b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_names_read_back_to_the_same_bytes() {
+        for name in [
+            &b"plain.txt"[..],
+            b"new\nline",
+            b"bad\xff\xfe",
+            b"back\\slash",
+            b"tab\tcr\r",
+            b"\x1b[31mred",
+            "caf\u{e9}".as_bytes(),
+            b"\\x41 literal",
+        ] {
+            let shown = escape(name);
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            assert_eq!(unescape(&shown), name, "{shown:?}");
+        }
+        assert_eq!(escape(b"bad\xff"), "bad\\xff");
+        assert_eq!(escape(b"new\nline"), "new\\nline");
+        assert_eq!(
+            unescape("a\\b"),
+            b"a\\b",
+            "an unknown escape stays as typed"
+        );
+        assert_eq!(
+            normalize("/dir/bad\\xff\\xfe/").unwrap(),
+            b"dir/bad\xff\xfe"
+        );
+        assert!(normalize("a/../b").is_err());
+    }
 }

@@ -183,8 +183,25 @@ fn open_device(path: &Path, size: u64, write: bool) -> Result<File> {
             path.display()
         )));
     }
+    if read_only_device(&file) {
+        // Opening it for writing works; every write then fails. Said now,
+        // by a dry run too, instead of half-way through a restore.
+        return Err(Error::Invalid(format!(
+            "{} is a read-only device (blockdev --setrw makes it writable)",
+            path.display()
+        )));
+    }
     claim(&file, path, write)?;
     Ok(file)
+}
+
+fn read_only_device(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // BLKROGET: _IO(0x12, 94).
+    const BLKROGET: libc::c_ulong = 0x125e;
+    let mut ro: libc::c_int = 0;
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKROGET, &mut ro) };
+    r == 0 && ro != 0
 }
 
 /// Opens an existing disk image or block device to bring it to a snapshot

@@ -87,16 +87,24 @@ const MAX_RULE_FILE: u64 = 64 << 20;
 
 impl RuleSet {
     /// Cairn's rules, plus every `*.yar`/`*.yara` file in `operator_dir`
-    /// (each in its own namespace, named after the file).
+    /// (each in its own namespace, named after the file), or that one
+    /// file when a file is given.
     pub fn load(operator_dir: Option<&Path>) -> Result<Self> {
         let mut files: Vec<(String, PathBuf, String)> = Vec::new();
         if let Some(dir) = operator_dir {
             let mut paths = Vec::new();
-            let rd = std::fs::read_dir(dir).map_err(crate::error::io(format!(
-                "reading rule folder {}",
-                dir.display()
-            )))?;
-            for e in rd {
+            if dir.is_file() {
+                // One rule file given instead of a folder of them.
+                paths.push(dir.to_path_buf());
+            }
+            let rd = match dir.is_file() {
+                true => None,
+                false => Some(std::fs::read_dir(dir).map_err(crate::error::io(format!(
+                    "reading rule folder {}",
+                    dir.display()
+                )))?),
+            };
+            for e in rd.into_iter().flatten() {
                 let p = e
                     .map_err(crate::error::io(dir.display().to_string()))?
                     .path();

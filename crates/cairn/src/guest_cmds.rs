@@ -122,7 +122,7 @@ pub fn ls(
             writeln!(out, "{}", e.display_path())?;
         } else {
             let slash = if e.kind == FileKind::Dir { "/" } else { "" };
-            writeln!(out, "{}{slash}", String::from_utf8_lossy(e.name()))?;
+            writeln!(out, "{}{slash}", cairn_guest::model::escape(e.name()))?;
         }
     }
     // Dropping a BufWriter swallows its last write's error.

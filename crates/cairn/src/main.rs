@@ -33,13 +33,18 @@ pub(crate) const FOUND: u8 = 3;
 )]
 struct Cli {
     /// The vault directory.
-    #[arg(long, env = "CAIRN_VAULT", global = true)]
+    #[arg(
+        long,
+        env = "CAIRN_VAULT",
+        global = true,
+        help_heading = "Global options"
+    )]
     vault: Option<PathBuf>,
     /// Print JSON for scripts.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// No progress bars.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global options")]
     quiet: bool,
     #[command(subcommand)]
     command: Command,
@@ -74,12 +79,15 @@ enum Command {
     },
     /// Back up a disk image, block device, qcow2 image or directory.
     Backup {
+        /// A raw disk image, block device, qcow2 image or directory.
         source: PathBuf,
+        /// The snapshot name (one per source: later backups of it are incremental).
         #[arg(long)]
         name: String,
         /// When the data is from (RFC 3339); default now.
         #[arg(long)]
         time: Option<chrono::DateTime<chrono::Utc>>,
+        /// A label kept with the snapshot (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
         /// Back up through a Cairn server (`cairn serve`) instead of
@@ -100,9 +108,13 @@ enum Command {
         /// Partition to read files from (default: the largest readable).
         #[arg(long)]
         partition: Option<u32>,
+        /// Where to: a new image file or a block device for disks (an existing
+        /// disk with --delta), a new or empty folder for directories and paths.
         #[arg(long)]
         to: PathBuf,
-        /// Replace an existing file or restore into a non-empty directory.
+        /// Replace an existing image file (or write over a block device), or
+        /// restore a directory snapshot into a non-empty folder. Whole
+        /// snapshots only: NAME@SNAP:/path restores into a new or empty folder.
         #[arg(long)]
         overwrite: bool,
         /// Read a restored disk back and compare it with the snapshot.
@@ -130,14 +142,12 @@ enum Command {
     /// Least-data-loss rollback: the newest snapshot, with every file the
     /// attack damaged taken from before the damage and every file it
     /// created left out; writes a provenance manifest.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["to_dir", "in_place"])))]
     Rollback {
+        /// The source name (its newest snapshot is the starting point).
         name: String,
         /// Write the rolled-back tree into this new or empty directory.
-        #[arg(
-            long,
-            conflicts_with = "in_place",
-            required_unless_present = "in_place"
-        )]
+        #[arg(long, conflicts_with = "in_place")]
         to_dir: Option<PathBuf>,
         /// Repair a directory source where it lives: only damaged files
         /// are replaced, attack-created ones removed.
@@ -152,11 +162,13 @@ enum Command {
         /// Where to write the provenance manifest (default: beside the target).
         #[arg(long)]
         provenance: Option<PathBuf>,
+        /// Say what would be written and dropped; write nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Check the vault; with --read-data decrypt and re-hash every chunk.
     Verify {
+        /// Also decrypt and re-hash every chunk (reads the whole vault).
         #[arg(long)]
         read_data: bool,
     },
@@ -165,21 +177,28 @@ enum Command {
     Forget {
         /// Only these snapshot names (default: all).
         names: Vec<String>,
+        /// Keep the newest N snapshots.
         #[arg(long)]
         keep_last: Option<usize>,
         /// Keep everything this close to the newest snapshot, e.g. 7d.
         #[arg(long)]
         keep_within: Option<String>,
+        /// Keep the newest snapshot of each of the last N hours that have one.
         #[arg(long)]
         keep_hourly: Option<usize>,
+        /// Keep the newest snapshot of each of the last N days that have one.
         #[arg(long)]
         keep_daily: Option<usize>,
+        /// Keep the newest snapshot of each of the last N weeks that have one.
         #[arg(long)]
         keep_weekly: Option<usize>,
+        /// Keep the newest snapshot of each of the last N months that have one.
         #[arg(long)]
         keep_monthly: Option<usize>,
+        /// Keep the newest snapshot of each of the last N years that have one.
         #[arg(long)]
         keep_yearly: Option<usize>,
+        /// Say what would be forgotten; forget nothing.
         #[arg(long)]
         dry_run: bool,
         /// Prune right after.
@@ -188,6 +207,7 @@ enum Command {
     },
     /// Delete data no snapshot uses, once its retention has ended.
     Prune {
+        /// Say what would be deleted; delete nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -195,6 +215,7 @@ enum Command {
     Partitions { snapshot: String },
     /// List files in a snapshot: NAME@SNAP:/path.
     Ls {
+        /// NAME@SNAP:/path (a bare NAME@SNAP lists the top folder).
         path: String,
         /// Long listing: mode, owner, size, mtime.
         #[arg(short = 'l')]
@@ -202,18 +223,22 @@ enum Command {
         /// Everything below the path.
         #[arg(short = 'R')]
         recursive: bool,
+        /// Partition number (default: the largest readable; see `cairn partitions`).
         #[arg(long)]
         partition: Option<u32>,
     },
     /// Print a file from a snapshot: NAME@SNAP:/path/file.
     Cat {
+        /// NAME@SNAP:/path/file.
         path: String,
+        /// Partition number (default: the largest readable; see `cairn partitions`).
         #[arg(long)]
         partition: Option<u32>,
     },
     /// Change rate, entropy, file signals, score and verdict of every
     /// snapshot of a source, and the last clean point.
     Timeline {
+        /// The source name.
         name: String,
         /// Also draw the timeline as an SVG chart.
         #[arg(long)]
@@ -221,8 +246,11 @@ enum Command {
     },
     /// Files added, deleted, modified and renamed between two snapshots.
     Diff {
+        /// The earlier snapshot (NAME@SNAP).
         old: String,
+        /// The later snapshot (NAME@SNAP).
         new: String,
+        /// Partition number (default: the largest readable; see `cairn partitions`).
         #[arg(long)]
         partition: Option<u32>,
     },
@@ -231,6 +259,7 @@ enum Command {
     /// that attach NFS datastores); prints the URL first, then serves until
     /// stopped.
     Export {
+        /// Snapshots to serve (NAME@SNAP), each as its own export.
         #[arg(required = true)]
         snapshots: Vec<String>,
         /// Default 127.0.0.1:10809 (NBD) or 127.0.0.1:11111 (NFS).
@@ -253,16 +282,21 @@ enum Command {
     /// Mount a snapshot read-only with FUSE: the guest's files, or with
     /// --disk the raw disk as disk.img. Runs until stopped.
     Mount {
+        /// The snapshot to mount (NAME@SNAP).
         snapshot: String,
+        /// An existing empty folder.
         mountpoint: PathBuf,
+        /// Show the raw disk as disk.img instead of the guest's files.
         #[arg(long)]
         disk: bool,
+        /// Partition number (default: the largest readable; see `cairn partitions`).
         #[arg(long)]
         partition: Option<u32>,
     },
     /// Boot a snapshot in an isolated QEMU (no network by default) and say
     /// whether it booted: exit 0 booted, 3 failed.
     Boot {
+        /// The snapshot to boot (NAME@SNAP).
         snapshot: String,
         /// Keep the guest's writes here (default: a temporary overlay).
         #[arg(long)]
@@ -281,9 +315,11 @@ enum Command {
         /// NAME for every snapshot of it (then --json prints a list).
         #[arg(required = true)]
         snapshots: Vec<String>,
-        /// A folder of operator YARA rules (*.yar, *.yara), added to Cairn's.
+        /// Operator YARA rules, added to Cairn's: a folder of *.yar and
+        /// *.yara files, or one rule file.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Partition number (default: the largest readable; see `cairn partitions`).
         #[arg(long)]
         partition: Option<u32>,
     },
@@ -295,12 +331,16 @@ enum Command {
     /// Find the newest recovery point that passes every check, walking
     /// back from just before the first suspicious snapshot.
     Recover {
+        /// The source name.
         name: String,
         /// Walk back to the newest clean point (the only mode so far).
         #[arg(long, required = true)]
         find_clean: bool,
+        /// Operator YARA rules, added to Cairn's: a folder of *.yar and
+        /// *.yara files, or one rule file.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Partition number (default: the largest readable; see `cairn partitions`).
         #[arg(long)]
         partition: Option<u32>,
         /// Accept a point whose worst finding is a warning.
@@ -316,7 +356,9 @@ enum Command {
     /// Save a snapshot plus the writes in its recovery overlay as a new
     /// snapshot derived from it (the remediated state).
     Commit {
+        /// The snapshot the overlay was written over (NAME@SNAP).
         snapshot: String,
+        /// The overlay file written by `cairn export --writable --overlay`.
         #[arg(long)]
         overlay: PathBuf,
         /// Name of the new snapshot (default: the base's name).
@@ -797,7 +839,15 @@ fn run(cli: Cli) -> Result<u8> {
             boot_check,
             boot,
         } => scan_cmd::find_clean(
-            &open(&cli)?,
+            &{
+                // Said before the walk starts, not at its first boot.
+                if *boot_check && boot.expect.is_none() && boot.probe.is_none() {
+                    bail!(
+                        "--boot-check needs to know a good boot: give --expect PATTERN (console text) or --probe PORT"
+                    );
+                }
+                open(&cli)?
+            },
             name,
             &scan_cmd::FindClean {
                 rules: rules.as_deref(),

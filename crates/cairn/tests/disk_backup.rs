@@ -341,4 +341,32 @@ fn a_block_device_target_needs_overwrite_and_its_tail_is_reported() {
         &noise(2 << 20, 9)[bytes.len()..],
         "the tail untouched"
     );
+
+    // A read-only device is refused before anything is written, by a dry
+    // run too (opening it for writing works; every write would fail).
+    let ro = std::process::Command::new("losetup")
+        .args(["-r", "-f", "--show"])
+        .arg(&backing)
+        .output()
+        .unwrap();
+    assert!(ro.status.success());
+    let dev = String::from_utf8_lossy(&ro.stdout).trim().to_string();
+    let full = env.run(&["restore", "small@-0", "--to", &dev, "--overwrite"]);
+    let dry = env.run(&[
+        "restore",
+        "small@latest",
+        "--to",
+        &dev,
+        "--delta",
+        "--dry-run",
+    ]);
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &dev])
+        .status();
+    for out in [full, dry] {
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("read-only device"), "{err}");
+    }
+    assert_eq!(std::fs::read(&backing).unwrap(), after);
 }

@@ -433,6 +433,11 @@ fn operator_rules_match_exactly_what_the_yara_command_line_tool_matches() {
     assert_eq!(cairn, yara, "Cairn and yara disagree");
     // The operator's own severity is kept, and its hit makes the point compromised.
     assert_eq!(v["verdict"], "compromised");
+    // One rule file given directly is the same rule set.
+    let file = rules.join("ops.yar");
+    let (code, one) = scan(&env, "share@latest", &["--rules", file.to_str().unwrap()]);
+    assert_eq!(code, Some(3));
+    assert_eq!(malware_paths(&one), malware_paths(&v));
 }
 
 fn import_fixtures(env: &Env) {
