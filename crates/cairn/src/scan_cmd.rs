@@ -64,8 +64,14 @@ pub fn scan(
     } else if json {
         crate::print_json(&reports);
     } else {
+        let mut timelines: std::collections::HashMap<String, Option<cairn_insight::Timeline>> =
+            std::collections::HashMap::new();
         for r in &reports {
             print_report(r, profile.rules.rule_count());
+            let t = timelines
+                .entry(r.name.clone())
+                .or_insert_with(|| cairn_insight::timeline(vault, &r.name, &mut |_| {}).ok());
+            insight_note(r, t.as_ref());
         }
     }
     let found: usize = reports
@@ -143,6 +149,29 @@ fn print_report(r: &ScanReport, rule_count: usize) {
     for n in &r.notes {
         println!("  note: {n}");
     }
+}
+
+/// A scan looks for malware, persistence and vulnerable packages; mass
+/// encryption is insight's to see. A scan that finds nothing on a
+/// snapshot insight flagged says so, so "clean" is not read as "safe".
+fn insight_note(r: &ScanReport, t: Option<&cairn_insight::Timeline>) {
+    let Some(e) = t.and_then(|t| t.entries.iter().find(|e| e.snapshot.id == r.snapshot)) else {
+        return;
+    };
+    if e.assessment.verdict == cairn_insight::Verdict::Clean {
+        return;
+    }
+    println!(
+        "  insight: {} (score {:.2}){}; see `cairn timeline {}`",
+        e.assessment.verdict.as_str().to_uppercase(),
+        e.assessment.score,
+        e.assessment
+            .reasons
+            .first()
+            .map(|why| format!(": {why}"))
+            .unwrap_or_default(),
+        r.name
+    );
 }
 
 pub fn vulndb_import(vault: &Arc<Vault>, path: &Path, json: bool) -> Result<u8> {

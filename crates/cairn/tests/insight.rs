@@ -113,6 +113,17 @@ fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
         "the compromised snapshot is marked"
     );
 
+    // A scan finds no malware there, and says insight's verdict so that
+    // its "clean" is not taken for safe.
+    let scan = env.run(&["scan", "vm@latest"]);
+    let said = String::from_utf8_lossy(&scan.stdout);
+    assert!(
+        said.contains("insight: COMPROMISED") && said.contains("encrypted in place"),
+        "{said}"
+    );
+    let earlier = env.ok(&["scan", &format!("vm@{}", &clean_id[..8])]);
+    assert!(!earlier.contains("insight:"), "{earlier}");
+
     // However many new snapshots arrive, prune never evicts the clean point.
     env.ok(&["forget", "--keep-last", "1", "--prune"]);
     let left: Vec<String> = env
