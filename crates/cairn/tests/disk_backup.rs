@@ -302,16 +302,10 @@ fn a_block_device_target_needs_overwrite_and_its_tail_is_reported() {
     env.backup(&disk, "small", "2026-03-01T02:00:00Z");
     let backing = env.path("device.img");
     std::fs::write(&backing, noise(2 << 20, 9)).unwrap();
-    let attached = std::process::Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&backing)
-        .output()
-        .unwrap();
-    if !attached.status.success() {
+    let Some(dev) = attach_loop(&backing, false) else {
         eprintln!("no loop devices here: block device targets not exercised");
         return;
-    }
-    let dev = String::from_utf8_lossy(&attached.stdout).trim().to_string();
+    };
     let refused = env.run(&["restore", "small@latest", "--to", &dev]);
     let r = env.run(&[
         "restore",
@@ -344,13 +338,7 @@ fn a_block_device_target_needs_overwrite_and_its_tail_is_reported() {
 
     // A read-only device is refused before anything is written, by a dry
     // run too (opening it for writing works; every write would fail).
-    let ro = std::process::Command::new("losetup")
-        .args(["-r", "-f", "--show"])
-        .arg(&backing)
-        .output()
-        .unwrap();
-    assert!(ro.status.success());
-    let dev = String::from_utf8_lossy(&ro.stdout).trim().to_string();
+    let dev = attach_loop(&backing, true).expect("a loop device, as above");
     let full = env.run(&["restore", "small@-0", "--to", &dev, "--overwrite"]);
     let dry = env.run(&[
         "restore",
@@ -369,4 +357,17 @@ fn a_block_device_target_needs_overwrite_and_its_tail_is_reported() {
         assert!(err.contains("read-only device"), "{err}");
     }
     assert_eq!(std::fs::read(&backing).unwrap(), after);
+}
+
+/// Attaches `file` to a free loop device (read-only when asked); None
+/// where there are none.
+fn attach_loop(file: &std::path::Path, read_only: bool) -> Option<String> {
+    let mut c = std::process::Command::new("losetup");
+    if read_only {
+        c.arg("-r");
+    }
+    let out = c.args(["-f", "--show"]).arg(file).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
