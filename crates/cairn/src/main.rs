@@ -1728,7 +1728,13 @@ fn restore_delta(
             },
             if dry_run { "would write" } else { "wrote" },
             r.blocks_written,
-            bytes(r.bytes_written),
+            // Inside a block that differs only its differing pages are
+            // written, which a dry run does not read to find out.
+            if dry_run {
+                format!("at most {}", bytes(r.bytes_written))
+            } else {
+                bytes(r.bytes_written)
+            },
             r.blocks_zeroed,
             if r.verified { ", verified" } else { "" },
             r.duration_secs
