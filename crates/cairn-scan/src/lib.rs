@@ -417,6 +417,67 @@ pub struct Scan<'a> {
     record: String,
 }
 
+impl ScanReport {
+    /// A report with nothing found yet.
+    fn empty(snap: &Snapshot, baseline: Option<&Snapshot>, profile: &Profile) -> ScanReport {
+        ScanReport {
+            version: REPORT_VERSION,
+            snapshot: snap.id.clone(),
+            name: snap.name.clone(),
+            time: snap.time,
+            scanned_at: chrono::Utc::now(),
+            verdict: ScanVerdict::Clean,
+            baseline: baseline.map(|b| b.id.clone()),
+            rules: profile.rules.hash_hex(),
+            advisories: profile.vulndb.len(),
+            malware: vec![],
+            persistence: vec![],
+            vulnerabilities: vec![],
+            os: None,
+            packages: 0,
+            notes: vec![],
+            stats: MalwareStats::default(),
+            seconds: 0.0,
+        }
+    }
+}
+
+/// A snapshot whose filesystem cannot be read where its baseline's (an
+/// earlier snapshot of the source) could be — encrypted or wiped whole:
+/// that is the finding, not an error, so a history is still scanned to
+/// the end and a walk back steps past it. Any other failure stays one.
+fn unreadable_filesystem(
+    vault: &Arc<Vault>,
+    snap: &Snapshot,
+    baseline: Option<&Snapshot>,
+    profile: &Profile,
+    targets: &mut Targets,
+    err: Error,
+) -> Result<ScanReport> {
+    let (Error::Guest(why), Some(b)) = (&err, baseline) else {
+        return Err(err);
+    };
+    if targets.get(vault, b, profile.partition).is_err() {
+        return Err(err);
+    }
+    let mut report = ScanReport::empty(snap, baseline, profile);
+    report.verdict = ScanVerdict::Compromised;
+    report.persistence.push(Indicator {
+        path: "/".into(),
+        kind: "filesystem_unreadable".into(),
+        severity: rules::Severity::Compromised,
+        detail: format!(
+            "the filesystem {}@{} had cannot be read here ({why}): encrypted or wiped whole?",
+            b.name,
+            b.id.short()
+        ),
+    });
+    let record = profile.record_name(&snap.id, Some(&b.id));
+    let json = serde_json::to_vec(&report).expect("json");
+    vault.put_sealed(&record, &json)?;
+    Ok(report)
+}
+
 impl<'a> Scan<'a> {
     /// Opens `snap` (and `baseline`) for scanning; None from `stored` when
     /// a result with this profile and baseline is already stored.
@@ -447,25 +508,7 @@ impl<'a> Scan<'a> {
         Ok(Scan {
             vault,
             record: profile.record_name(&snap.id, baseline.map(|b| &b.id)),
-            report: ScanReport {
-                version: REPORT_VERSION,
-                snapshot: snap.id.clone(),
-                name: snap.name.clone(),
-                time: snap.time,
-                scanned_at: chrono::Utc::now(),
-                verdict: ScanVerdict::Clean,
-                baseline: baseline.map(|b| b.id.clone()),
-                rules: profile.rules.hash_hex(),
-                advisories: profile.vulndb.len(),
-                malware: vec![],
-                persistence: vec![],
-                vulnerabilities: vec![],
-                os: None,
-                packages: 0,
-                notes: vec![],
-                stats: MalwareStats::default(),
-                seconds: 0.0,
-            },
+            report: ScanReport::empty(snap, baseline, profile),
             target,
             baseline: baseline_target,
             earlier,
@@ -656,7 +699,23 @@ pub fn scan_many(
                 continue;
             }
             let t = Instant::now();
-            let mut scan = Scan::start(vault, snap, baseline.as_ref(), profile, &mut targets)?;
+            let mut scan = match Scan::start(vault, snap, baseline.as_ref(), profile, &mut targets)
+            {
+                Ok(scan) => scan,
+                Err(e) => {
+                    let r = unreadable_filesystem(
+                        vault,
+                        snap,
+                        baseline.as_ref(),
+                        profile,
+                        &mut targets,
+                        e,
+                    )?;
+                    verdicts.insert(r.snapshot.clone(), r.verdict);
+                    out[i] = Some(r);
+                    continue;
+                }
+            };
             tracing::debug!("{}: opened in {:?}", snap.id.short(), t.elapsed());
             if let Some(&j) = order.get(k + 1) {
                 let (following, partition) = (&snaps[j], profile.partition);

@@ -110,13 +110,29 @@ impl Walker<'_, '_> {
         let report = match stored {
             Some(r) => r,
             None => {
-                let mut scan = Scan::start(
+                let started = Scan::start(
                     self.vault,
                     snap,
                     baseline.as_ref(),
                     self.profile,
                     &mut self.targets,
-                )?;
+                );
+                let mut scan = match started {
+                    Ok(scan) => scan,
+                    Err(e) => {
+                        tried.stage = Stage::Persistence;
+                        let r = crate::unreadable_filesystem(
+                            self.vault,
+                            snap,
+                            baseline.as_ref(),
+                            self.profile,
+                            &mut self.targets,
+                            e,
+                        )?;
+                        self.verdicts.insert(r.snapshot.clone(), r.verdict);
+                        return Ok(self.failed(tried, &r));
+                    }
+                };
                 tried.stage = Stage::Persistence;
                 (self.on)(Event::Stage(snap, Stage::Persistence));
                 scan.persistence();

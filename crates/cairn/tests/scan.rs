@@ -1334,3 +1334,33 @@ fn hivexsh(hive: &Path, commands: &str) {
         "hivexsh failed on {commands}"
     );
 }
+
+/// A disk whose filesystem was encrypted whole cannot be read: that is a
+/// finding of its scan, and the snapshots before it still get theirs.
+#[test]
+fn a_filesystem_encrypted_whole_is_a_finding_not_an_error() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 32);
+    env.backup(&disk, "vm", "2026-03-01T00:00:00Z");
+    // The partition's first 8 MiB (superblock, group descriptors, inode
+    // tables) replaced by noise.
+    write_at(&disk, 1 << 20, &noise(8 << 20, 77));
+    env.cmd()
+        .args(["backup", disk.to_str().unwrap(), "--name", "vm"])
+        .args(["--time", "2026-03-02T00:00:00Z"])
+        .output()
+        .unwrap();
+    let (code, v) = scan(&env, "vm", &[]);
+    assert_eq!(code, Some(3), "{v}");
+    let reports = v.as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{v}");
+    assert_eq!(reports[0]["verdict"], "clean", "{v}");
+    assert_eq!(reports[1]["verdict"], "compromised", "{v}");
+    assert_eq!(
+        reports[1]["persistence"][0]["kind"], "filesystem_unreadable",
+        "{v}"
+    );
+}
