@@ -40,11 +40,16 @@ pub struct BootReport {
     pub reason: String,
 }
 
-/// One QEMU run: the console lines as they come, and whether it ended.
-fn start_qemu(
-    args: &[String],
-    log: &Path,
-) -> Result<(std::process::Child, mpsc::Receiver<String>)> {
+/// A line from a QEMU run: the guest's serial console, or QEMU's own
+/// messages (never matched against `--expect`: "could not open kernel
+/// file" must not pass for a guest that printed it).
+enum Line {
+    Console(String),
+    Qemu(String),
+}
+
+/// One QEMU run: the lines as they come, and whether it ended.
+fn start_qemu(args: &[String], log: &Path) -> Result<(std::process::Child, mpsc::Receiver<Line>)> {
     let mut child = Command::new("qemu-system-x86_64")
         .args(args)
         .stdin(Stdio::null())
@@ -60,7 +65,7 @@ fn start_qemu(
     let tx2 = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx2.send(format!("qemu: {line}"));
+            let _ = tx2.send(Line::Qemu(line));
         }
     });
     std::thread::spawn(move || {
@@ -72,7 +77,9 @@ fn start_qemu(
             .unwrap_or(false)
         {
             let _ = logf.write_all(&buf);
-            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_string());
+            let _ = tx.send(Line::Console(
+                String::from_utf8_lossy(&buf).trim_end().to_string(),
+            ));
             buf.clear();
         }
     });
@@ -104,16 +111,17 @@ fn probe_port(port: u16) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n > 0)
 }
 
-/// Boots `snap` in the isolated environment and judges the boot.
-pub fn boot_check(
-    vault: &Arc<Vault>,
-    snap: &cairn_vault::Snapshot,
-    o: &BootOptions,
-) -> Result<BootReport> {
+/// Checks the boot options before anything is booted, so that a typo is
+/// an error and not a snapshot that "failed to boot" (a walk back would
+/// otherwise step past every good point).
+pub fn check_options(o: &BootOptions) -> Result<()> {
     if o.expect.is_none() && o.probe.is_none() {
         bail!(
             "say how to recognise a good boot: --expect PATTERN (on the console) or --probe PORT"
         );
+    }
+    if o.probe == Some(0) {
+        bail!("--probe: a guest port from 1 to 65535");
     }
     if o.probe.is_some() && o.network != "restricted" {
         bail!(
@@ -123,6 +131,32 @@ pub fn boot_check(
     if !matches!(o.network.as_str(), "none" | "restricted") {
         bail!("--network is none or restricted");
     }
+    let digits = o.memory.trim_end_matches(['M', 'G', 'm', 'g']);
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || o.memory.len() - digits.len() > 1
+    {
+        bail!("--memory {:?}: a size such as 512M or 2G", o.memory);
+    }
+    for (flag, file) in [("--kernel", &o.kernel), ("--initrd", &o.initrd)] {
+        if let Some(f) = file {
+            std::fs::File::open(f)
+                .and_then(|h| h.metadata())
+                .ok()
+                .filter(|m| m.is_file())
+                .with_context(|| format!("{flag} {}: not a readable file", f.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Boots `snap` in the isolated environment and judges the boot.
+pub fn boot_check(
+    vault: &Arc<Vault>,
+    snap: &cairn_vault::Snapshot,
+    o: &BootOptions,
+) -> Result<BootReport> {
+    check_options(o)?;
     let disk: Arc<dyn BlockSource> =
         Arc::new(SnapshotDisk::open(vault.clone(), snap, 256)?.without_read_ahead());
     let tmp = tempfile::tempdir()?;
@@ -252,6 +286,7 @@ pub fn boot_check(
         let (mut child, rx) = start_qemu(&args, &log)?;
         report.accel = name.to_string();
         let mut saw_output = false;
+        let mut qemu_said = false;
         let first_output_by = Instant::now() + Duration::from_secs(8);
         loop {
             if Instant::now() > deadline {
@@ -275,8 +310,8 @@ pub fn boot_check(
                 break 'accel;
             }
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    saw_output |= !line.starts_with("qemu: ");
+                Ok(Line::Console(line)) => {
+                    saw_output = true;
                     if let Some(p) = &o.expect
                         && line.contains(p.as_str())
                     {
@@ -286,9 +321,10 @@ pub fn boot_check(
                         let _ = child.wait();
                         break 'accel;
                     }
-                    if line.starts_with("qemu: ") {
-                        report.reason = line;
-                    }
+                }
+                Ok(Line::Qemu(line)) => {
+                    qemu_said = true;
+                    report.reason = format!("qemu: {line}");
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -300,6 +336,12 @@ pub fn boot_check(
                         tracing::debug!(accel = name, reason = %report.reason, "accelerator failed at start");
                         fell_back = Some(std::mem::take(&mut report.reason));
                         continue 'accel;
+                    }
+                    if !saw_output && qemu_said {
+                        // QEMU gave up before the guest ran (a kernel file
+                        // it cannot read, options it refuses): nothing is
+                        // known about the snapshot.
+                        bail!("QEMU could not start the guest: {}", report.reason);
                     }
                     if report.reason.is_empty() {
                         report.reason =
@@ -322,12 +364,32 @@ pub fn boot_check(
             report.reason
         );
     }
-    if o.log.is_none() && report.result != "booted" {
-        // Keep the console of a failed boot for the operator.
-        let keep = std::env::temp_dir().join(format!("cairn-boot-{}.log", snap.id.short()));
-        let _ = std::fs::copy(&log, &keep);
-        report.console_log = keep.display().to_string();
+    if o.log.is_none() {
+        report.console_log = if report.result == "booted" {
+            // The run's folder goes with the run: nothing to point at.
+            String::new()
+        } else {
+            keep_console(&log, &snap.id.short())
+        };
     }
     drop(rt);
     Ok(report)
+}
+
+/// Keeps the console of a failed boot for the operator: a new file of its
+/// own in the temp folder (created, never opened through a link planted
+/// under a name guessed in advance), readable by its owner only.
+fn keep_console(log: &Path, id: &str) -> String {
+    let kept = tempfile::Builder::new()
+        .prefix(&format!("cairn-boot-{id}-"))
+        .suffix(".log")
+        .tempfile()
+        .and_then(|mut f| {
+            std::io::copy(&mut std::fs::File::open(log)?, f.as_file_mut())?;
+            f.keep().map_err(|e| e.error)
+        });
+    match kept {
+        Ok((_, path)) => path.display().to_string(),
+        Err(e) => format!("not kept ({e})"),
+    }
 }

@@ -13,13 +13,17 @@ pub fn boot(vault: &Arc<Vault>, spec: &str, o: &BootOptions, json: bool) -> Resu
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} {} ({}, {:.1} s): {}; console: {}",
+            "{} {} ({}, {:.1} s): {}{}",
             report.snapshot,
             report.result,
             report.accel,
             report.seconds,
             report.reason,
-            report.console_log
+            if report.console_log.is_empty() {
+                String::new()
+            } else {
+                format!("; console: {}", report.console_log)
+            }
         );
     }
     Ok(if report.result == "booted" { 0 } else { 3 })

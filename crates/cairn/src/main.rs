@@ -841,10 +841,9 @@ fn run(cli: Cli) -> Result<u8> {
         } => scan_cmd::find_clean(
             &{
                 // Said before the walk starts, not at its first boot.
-                if *boot_check && boot.expect.is_none() && boot.probe.is_none() {
-                    bail!(
-                        "--boot-check needs to know a good boot: give --expect PATTERN (console text) or --probe PORT"
-                    );
+                if *boot_check {
+                    cairn_expose::boot::check_options(&boot.options(None, None))
+                        .context("--boot-check")?;
                 }
                 open(&cli)?
             },

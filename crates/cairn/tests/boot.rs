@@ -77,6 +77,38 @@ fn a_snapshot_boots_in_isolation_and_the_console_decides() {
         String::from_utf8_lossy(&bad.stdout)
     );
     assert!(String::from_utf8_lossy(&bad.stdout).contains("failed"));
+    // The console log of a failed boot is kept in a file of its own.
+    let said = String::from_utf8_lossy(&bad.stdout);
+    let kept = said.split("console: ").nth(1).unwrap().trim();
+    assert!(
+        std::fs::read_to_string(kept)
+            .unwrap()
+            .contains("CAIRN-MARKER")
+    );
+    std::fs::remove_file(kept).unwrap();
+
+    // Options QEMU cannot use are errors (exit 1), never a failed or a
+    // good boot: QEMU's own messages are not the guest's console, so
+    // "could not open" cannot pass for it.
+    for (flag, value) in [
+        ("--kernel", "/nonexistent"),
+        ("--memory", "lots"),
+        ("--memory", "900000G"),
+    ] {
+        let mut args = vec!["boot", "vm@latest", "--initrd", &initrd, flag, value];
+        if flag != "--kernel" {
+            args.extend(["--kernel", &kernel]);
+        }
+        args.extend(["--expect", "could not", "--timeout", "60"]);
+        let out = env.run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{flag} {value}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // Restricted networking: no route out, but a forwarded guest port that
     // answers is a good boot.
     let log2 = env.path("console2.log");
