@@ -369,7 +369,7 @@ pub fn boot_check(
             // The run's folder goes with the run: nothing to point at.
             String::new()
         } else {
-            keep_console(&log, &snap.id.short())
+            keep_console(&log, snap.id.short())
         };
     }
     drop(rt);
