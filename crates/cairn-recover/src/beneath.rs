@@ -72,8 +72,8 @@ impl Dir {
         Ok(d)
     }
 
-    /// What `name` is here, without following a link; None when absent.
-    pub fn kind(&self, name: &[u8]) -> io::Result<Option<libc::mode_t>> {
+    /// What `name` is (not following a link), or None when nothing is.
+    pub fn stat(&self, name: &[u8]) -> io::Result<Option<libc::stat>> {
         let c = component(name)?;
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         let r = unsafe {
@@ -85,7 +85,7 @@ impl Dir {
             )
         };
         match check(r) {
-            Ok(_) => Ok(Some(st.st_mode & libc::S_IFMT)),
+            Ok(_) => Ok(Some(st)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -140,7 +140,7 @@ mod tests {
             r.beneath(b"link", false).is_err(),
             "a link is never a folder"
         );
-        assert!(r.kind(b"link").unwrap() == Some(libc::S_IFLNK));
+        assert!(r.stat(b"link").unwrap().unwrap().st_mode & libc::S_IFMT == libc::S_IFLNK);
         let docs = r.beneath(b"docs", false).unwrap();
         std::fs::rename(root.join("docs"), root.join("moved")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("docs")).unwrap();

@@ -485,6 +485,26 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
     })
 }
 
+impl RollbackReport {
+    /// Entry `k` of the plan was not carried out: it stays as it is now,
+    /// and the counts and its provenance say so.
+    fn left_alone(&mut self, k: usize, why: String) {
+        if let Some(f) = self.files.get_mut(k) {
+            match f.action {
+                Action::Restored => self.restored -= 1,
+                Action::Dropped => self.dropped -= 1,
+                Action::Kept => self.kept -= 1,
+            }
+            self.kept += 1;
+            f.action = Action::Kept;
+            f.snapshot = None;
+            f.snapshot_time = None;
+            f.reason = why.clone();
+        }
+        self.skipped.push(why);
+    }
+}
+
 fn report_for(t: &Timeline, plan: &Plan, dry_run: bool) -> RollbackReport {
     let mut r = RollbackReport {
         name: t.name.clone(),
@@ -620,19 +640,21 @@ pub fn rollback_in_place(
         partition: None,
         open: HashMap::new(),
     };
+    refuse_another_tree(timeline, dir)?;
     let plan = plan(&mut snaps, since, flagged)?;
     let mut report = report_for(timeline, &plan, dry_run);
     if dry_run {
         return Ok(report);
     }
+    let latest = timeline.entries.len() - 1;
     // Everything below happens inside directories opened from `dir`
     // without following links (see `beneath`): the attacker may still
     // be at work in the tree.
     let root = Dir::open(dir).ctx(|| format!("opening {}", dir.display()))?;
-    for p in &plan.provenance {
+    for (k, p) in plan.provenance.iter().enumerate() {
         let path = rel(&p.path);
         if safe_join(dir, &path).is_none() {
-            report.skipped.push(format!("{}: unsafe name", p.path));
+            report.left_alone(k, format!("{}: unsafe name", p.path));
             continue;
         }
         let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
@@ -642,18 +664,24 @@ pub fn rollback_in_place(
         match p.action {
             Action::Kept => {}
             Action::Dropped => {
-                let removed = root
-                    .beneath(parent, false)
-                    .and_then(|d| match d.kind(name)? {
-                        Some(libc::S_IFREG) => d.unlink(name).map(|_| true),
-                        _ => Ok(false),
-                    });
+                let backed_up = snaps.lookup(latest, &path);
+                let removed = root.beneath(parent, false).and_then(|d| {
+                    Ok(match d.stat(name)? {
+                        None => Gone::Already,
+                        Some(st) if st.st_mode & libc::S_IFMT != libc::S_IFREG => Gone::NotAFile,
+                        Some(st) if !as_backed_up(&st, backed_up.as_ref()) => Gone::Changed,
+                        Some(_) => {
+                            d.unlink(name)?;
+                            Gone::Removed
+                        }
+                    })
+                });
                 match removed {
-                    Ok(true) => {}
-                    Ok(false) => report
-                        .skipped
-                        .push(format!("{}: not a regular file now; left alone", p.path)),
-                    Err(e) => report.skipped.push(format!("{}: {e}", p.path)),
+                    Ok(Gone::Removed | Gone::Already) => {}
+                    Ok(Gone::NotAFile) => report
+                        .left_alone(k, format!("{}: not a regular file now; left alone", p.path)),
+                    Ok(Gone::Changed) => report.left_alone(k, changed_since(&p.path)),
+                    Err(e) => report.left_alone(k, format!("{}: {e}", p.path)),
                 }
             }
             Action::Restored => {
@@ -665,22 +693,30 @@ pub fn rollback_in_place(
                 let d = match root.beneath(parent, true) {
                     Ok(d) => d,
                     Err(e) => {
-                        report.skipped.push(format!("{}: {e}", p.path));
+                        report.left_alone(k, format!("{}: {e}", p.path));
                         continue;
                     }
                 };
-                match d.kind(name) {
-                    Ok(Some(libc::S_IFDIR)) => {
-                        report
-                            .skipped
-                            .push(format!("{}: a directory is there now; left alone", p.path));
+                match d.stat(name) {
+                    Ok(Some(st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                        report.left_alone(
+                            k,
+                            format!("{}: a directory is there now; left alone", p.path),
+                        );
                         continue;
                     }
                     Ok(Some(_)) if pick.absent => {
-                        report.skipped.push(format!(
-                            "{}: made again since the last backup; left alone",
-                            p.path
-                        ));
+                        report.left_alone(
+                            k,
+                            format!("{}: made again since the last backup; left alone", p.path),
+                        );
+                        continue;
+                    }
+                    // What is there is not the damaged version the last
+                    // snapshot holds: written since (by a user, or by the
+                    // attack going on). Replacing it could lose work.
+                    Ok(Some(st)) if !as_backed_up(&st, snaps.lookup(latest, &path).as_ref()) => {
+                        report.left_alone(k, changed_since(&p.path));
                         continue;
                     }
                     _ => {}
@@ -710,6 +746,50 @@ pub fn rollback_in_place(
         }
     }
     Ok(report)
+}
+
+/// What became of a file the rollback drops.
+enum Gone {
+    Removed,
+    Already,
+    NotAFile,
+    Changed,
+}
+
+/// Whether a live file is the one the last snapshot holds at its path
+/// (same size and modification time, as the backup itself decides).
+fn as_backed_up(st: &libc::stat, backed_up: Option<&FileEntry>) -> bool {
+    backed_up.is_some_and(|e| {
+        e.size == st.st_size as u64 && e.mtime_ns == st.st_mtime * 1_000_000_000 + st.st_mtime_nsec
+    })
+}
+
+fn changed_since(path: &str) -> String {
+    format!(
+        "{path}: changed since the last backup, so not the damaged version it holds; left alone (back it up and roll back again, or move it away)"
+    )
+}
+
+/// Rolling back in place writes into the source the snapshots were taken
+/// of, and nowhere else: a directory at another path is most likely
+/// another tree (`--to-dir` makes a new one).
+fn refuse_another_tree(timeline: &Timeline, dir: &Path) -> Result<()> {
+    let Some(last) = timeline.entries.last() else {
+        return Ok(());
+    };
+    let source = &last.snapshot.source.path;
+    let here = std::fs::canonicalize(dir)
+        .ctx(|| format!("opening {}", dir.display()))?
+        .display()
+        .to_string();
+    if &here != source {
+        return Err(Error::Invalid(format!(
+            "{} is not where {} was backed up from ({source}): roll back into a new folder with --to-dir, or give that path",
+            dir.display(),
+            last.snapshot.name
+        )));
+    }
+    Ok(())
 }
 
 /// Names the provenance file written beside a rollback target.

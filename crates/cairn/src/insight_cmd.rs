@@ -218,6 +218,27 @@ pub fn rollback(
             revert: f.revert,
         })
         .collect();
+    // Where the provenance goes is checked before anything is written: a
+    // rollback done whose record cannot be kept is half a rollback.
+    let dest_given = target.to_dir.or(target.in_place);
+    let manifest = match (provenance, dest_given) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, Some(d)) => Some(cairn_recover::rollback::default_provenance_path(d)),
+        (None, None) => None,
+    };
+    if let Some(m) = &manifest {
+        let folder = m
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !folder.is_dir() {
+            anyhow::bail!(
+                "the provenance manifest {} cannot be written: {} is not a folder",
+                m.display(),
+                folder.display()
+            );
+        }
+    }
     let (r, dest) = match (target.to_dir, target.in_place) {
         (Some(dir), _) => (
             cairn_recover::rollback::rollback_to_dir(
@@ -251,9 +272,8 @@ pub fn rollback(
         }
         (None, None) => anyhow::bail!("give --to-dir DIR or --in-place PATH"),
     };
-    let manifest = provenance
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| cairn_recover::rollback::default_provenance_path(dest));
+    let manifest =
+        manifest.unwrap_or_else(|| cairn_recover::rollback::default_provenance_path(dest));
     if !dry_run {
         std::fs::write(&manifest, serde_json::to_vec_pretty(&r)?)
             .with_context(|| format!("writing {}", manifest.display()))?;

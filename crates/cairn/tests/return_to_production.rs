@@ -526,21 +526,68 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     ]);
     assert_eq!(code(&out), Some(1));
 
+    // Another folder is not the source: refused, nothing written there.
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let out = env.run(&[
+        "rollback",
+        "share",
+        "--in-place",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not where share was backed up from"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    // A provenance that cannot be written is refused before the tree is
+    // touched.
+    let out = env.run(&[
+        "rollback",
+        "share",
+        "--in-place",
+        src,
+        "--provenance",
+        "/nonexistent/folder/p.json",
+    ]);
+    assert_eq!(code(&out), Some(1));
+    assert!(docs.join("HOW_TO_DECRYPT.txt").exists());
+
+    // Since the last backup, doc7's owner rewrote the encrypted file and
+    // someone kept a note in one the attack made: both are left alone and
+    // reported, never replaced or deleted.
+    let rewritten7 = text(len7, 559);
+    std::fs::write(docs.join("doc7.txt"), &rewritten7).unwrap();
+    std::fs::write(docs.join("doc4.txt.locked"), b"the key they sent us").unwrap();
+
     let r = env.json(&["rollback", "share", "--in-place", src]);
-    assert_eq!(r["restored"], 6, "5 damaged and 1 deleted: {r}");
-    assert_eq!(r["dropped"], 6, "4 encrypted copies and 2 notes: {r}");
+    assert_eq!(r["restored"], 5, "4 damaged and 1 deleted: {r}");
+    assert_eq!(r["dropped"], 5, "3 encrypted copies and 2 notes: {r}");
+    let skipped = r["skipped"].to_string();
+    assert!(
+        skipped.contains("doc7.txt: changed since the last backup")
+            && skipped.contains("doc4.txt.locked: changed since the last backup"),
+        "{skipped}"
+    );
+    assert_eq!(std::fs::read(docs.join("doc7.txt")).unwrap(), rewritten7);
+    assert_eq!(
+        std::fs::read(docs.join("doc4.txt.locked")).unwrap(),
+        b"the key they sent us"
+    );
     assert_eq!(
         std::fs::read(docs.join("doc11.txt")).unwrap(),
         last_clean[11],
         "the deleted document is back"
     );
-    for (i, clean) in last_clean.iter().enumerate().take(8).skip(3) {
+    for (i, clean) in last_clean.iter().enumerate().take(7).skip(3) {
         assert_eq!(
             &std::fs::read(docs.join(format!("doc{i}.txt"))).unwrap(),
             clean,
             "doc{i}"
         );
-        assert!(!docs.join(format!("doc{i}.txt.locked")).exists());
+        assert_eq!(docs.join(format!("doc{i}.txt.locked")).exists(), i == 4);
     }
     assert!(
         !docs.join("HOW_TO_DECRYPT.txt").exists() && !other.join("HOW_TO_DECRYPT.txt").exists()
@@ -574,7 +621,9 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
             .unwrap()
             .contains("doc4.txt.locked")
     );
-    assert_eq!(entry("/docs/doc4.txt.locked")["action"], "dropped");
+    assert_eq!(entry("/docs/doc4.txt.locked")["action"], "kept");
+    assert_eq!(entry("/docs/doc5.txt.locked")["action"], "dropped");
+    assert_eq!(entry("/docs/doc7.txt")["action"], "kept");
     assert_eq!(entry("/projects/HOW_TO_DECRYPT.txt")["action"], "dropped");
     assert_eq!(entry("/docs/doc1.txt")["action"], "kept");
     assert!(
