@@ -45,7 +45,17 @@ fn bind_base(path: &Path, base: &str) -> io::Result<()> {
                 s.trim()
             ),
         )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => write_synced(&side, base),
+        // Bytes without the record of what they were written over: not an
+        // overlay this program made (or its record was lost). Reading them
+        // over any snapshot would mix two disks.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not an overlay Cairn made ({} is missing): give a new file",
+                path.display(),
+                side.display()
+            ),
+        )),
         Err(e) => Err(e),
     }
 }

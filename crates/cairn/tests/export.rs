@@ -243,6 +243,20 @@ fn commit_saves_base_plus_overlay_as_a_derived_snapshot() {
     assert_eq!(other.status.code(), Some(1));
     let err = String::from_utf8_lossy(&other.stderr);
     assert!(err.contains("holds writes made over snapshot"), "{err}");
+    // A copy without its record of the base is not taken for an overlay
+    // of whatever snapshot is named, and a refused file gets no record.
+    let copy = env.path("copy.ovl");
+    std::fs::copy(&overlay, &copy).unwrap();
+    let out = env.run(&[
+        "commit",
+        "vm-fixed@latest",
+        "--overlay",
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an overlay Cairn made"), "{err}");
+    assert!(!env.path("copy.ovl.base").exists());
 }
 
 #[test]
