@@ -433,6 +433,17 @@ impl VulnDb {
                     }
                 }
             }
+        } else if path.extension().is_some_and(|x| x == "json") {
+            // One record, as OSV serves them one by one.
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_RECORD + 1).read_to_end(&mut bytes))
+                .map_err(crate::error::io(path.display().to_string()))?;
+            if bytes.len() as u64 > MAX_RECORD {
+                skipped += 1;
+            } else {
+                take(self, &bytes, &mut used, &mut skipped)?;
+            }
         } else {
             let f =
                 std::fs::File::open(path).map_err(crate::error::io(path.display().to_string()))?;
@@ -461,6 +472,14 @@ impl VulnDb {
                     return Err(Error::VulnDb(format!("more than {MAX_RECORDS} records")));
                 }
             }
+        }
+        if used == 0 {
+            // Nothing usable is an import gone wrong (a wrong file, an
+            // empty download), not a database that is now up to date.
+            return Err(Error::VulnDb(format!(
+                "{}: no OSV advisory found ({skipped} file(s) that are not OSV records with affected packages)",
+                path.display()
+            )));
         }
         Ok((used, skipped))
     }

@@ -100,7 +100,7 @@ impl RuleSet {
             let rd = match dir.is_file() {
                 true => None,
                 false => Some(std::fs::read_dir(dir).map_err(crate::error::io(format!(
-                    "reading rule folder {}",
+                    "reading rules from {} (a folder of .yar files, or one file)",
                     dir.display()
                 )))?),
             };

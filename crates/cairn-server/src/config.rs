@@ -138,6 +138,14 @@ impl ServerConfig {
                 path.display()
             );
         }
+        // Read now, so that a server that cannot serve says so before it
+        // prints an address to connect to.
+        for (what, file) in [("tls_cert", &c.tls_cert), ("tls_key", &c.tls_key)] {
+            if let Some(f) = file {
+                std::fs::File::open(f)
+                    .with_context(|| format!("{}: {what} {}", path.display(), f.display()))?;
+            }
+        }
         Ok(c)
     }
 }

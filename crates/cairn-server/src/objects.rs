@@ -409,8 +409,9 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                 .map_err(|e| ApiError::bad(e.to_string()))?;
             if !who.may_write(&snap.name) {
                 return Err(ApiError::forbidden(format!(
-                    "this agent token may back up {:?}, not {:?}",
-                    who.sources, snap.name
+                    "this agent token may back up {}, not {}",
+                    who.sources.join(", "),
+                    snap.name
                 )));
             }
             check_times(vault, &snap)?;
@@ -426,8 +427,12 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
         }
         _ => {
             return Err(ApiError::forbidden(format!(
-                "{name}: a {} token cannot write there",
-                who.role.as_str()
+                "{name}: {} token cannot write there",
+                match who.role {
+                    Role::Agent => "an agent",
+                    Role::Operator => "an operator",
+                    Role::Admin => "an admin",
+                }
             )));
         }
     }

@@ -76,6 +76,16 @@ impl Location {
     pub fn parse(s: &str) -> Result<Location> {
         if s.starts_with("s3://") {
             Ok(Location::S3(crate::s3::S3Location::from_url(s)?))
+        } else if let Some((scheme, _)) = s.split_once("://")
+            && !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+        {
+            // Not a folder named "http:" by accident.
+            Err(Error::Invalid(format!(
+                "{s}: a vault is a folder or s3://BUCKET/PREFIX; a Cairn server is reached with `cairn backup --server {s}` (or its console)"
+            )))
         } else {
             Ok(Location::Local(PathBuf::from(s)))
         }

@@ -981,6 +981,13 @@ fn run(cli: Cli) -> Result<u8> {
             let to = Location::parse(to)?;
             let pass = password(false)?;
             let src = Vault::open_at(&from, &pass)?;
+            if let (Ok(a), Ok(b)) = (
+                std::fs::canonicalize(from.local_dir()),
+                std::fs::canonicalize(to.local_dir()),
+            ) && a == b
+            {
+                bail!("--to names the vault being replicated: give another place");
+            }
             let dst = if Vault::exists_at(&to)? {
                 Vault::open_at(&to, &pass)?
             } else {
@@ -1295,6 +1302,13 @@ fn serve(cli: &Cli, listen: Option<&str>, config: Option<&Path>) -> Result<u8> {
 }
 
 fn token(cli: &Cli, action: &TokenAction) -> Result<u8> {
+    let loc = location(cli)?;
+    if !Vault::exists_at(&loc)? {
+        bail!(
+            "{}: not a Cairn vault (no config found); tokens belong to a vault's server",
+            loc.local_dir().display()
+        );
+    }
     let dir = server_state_dir(cli)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let tokens = cairn_server::tokens::Tokens::new(&dir);
@@ -1306,6 +1320,14 @@ fn token(cli: &Cli, action: &TokenAction) -> Result<u8> {
             label,
         } => {
             let role = cairn_server::tokens::Role::parse(role)?;
+            if role != cairn_server::tokens::Role::Agent && !sources.is_empty() {
+                // Operators and admins see every source; a limit that is
+                // not enforced must not look like one.
+                bail!(
+                    "--source limits agent tokens only; {} tokens reach every source",
+                    role.as_str()
+                );
+            }
             let (rec, secret) = tokens.create(role, sources.clone(), label)?;
             audit.append(
                 "local",

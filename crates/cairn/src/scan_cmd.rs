@@ -83,11 +83,16 @@ pub fn scan(
 
 fn print_report(r: &ScanReport, rule_count: usize) {
     println!(
-        "{}@{} ({}): {}",
+        "{}@{} ({}): {}{}",
         r.name,
         r.snapshot.short(),
         r.time.format("%Y-%m-%d %H:%M"),
-        r.verdict.as_str()
+        r.verdict.as_str(),
+        match r.vulnerabilities.len() {
+            0 => String::new(),
+            // Exit 3 all the same: something to act on before production.
+            n => format!(", {n} vulnerable package(s) to patch"),
+        }
     );
     println!(
         "  malware: {} files, {} ({} files, {} scanned now; {rule_count} rules, set {})",

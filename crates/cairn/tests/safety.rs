@@ -482,6 +482,24 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
         stderr(&own)
     );
 
+    // Tokens belong to a vault, and only an agent's can be limited to
+    // sources; a vault is not replicated onto itself.
+    let stray = env
+        .cmd()
+        .env("CAIRN_VAULT", env.path("no-vault"))
+        .args(["token", "create", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert_eq!(stray.status.code(), Some(1), "{}", stderr(&stray));
+    assert!(!env.path("no-vault").exists());
+    let limited = env.run(&["token", "create", "--role", "operator", "--source", "vm"]);
+    assert_eq!(limited.status.code(), Some(1), "{}", stderr(&limited));
+    let selfie = env.run(&["replicate", "--to", env.vault.to_str().unwrap()]);
+    assert_eq!(selfie.status.code(), Some(1), "{}", stderr(&selfie));
+    let url = env.run(&["snapshots", "--vault", "http://127.0.0.1:8080"]);
+    assert_eq!(url.status.code(), Some(1), "{}", stderr(&url));
+    assert!(stderr(&url).contains("--server"), "{}", stderr(&url));
+
     // Output that cannot be written is an error, not a crash, whether
     // printed line by line or buffered.
     for args in [

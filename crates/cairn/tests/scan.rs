@@ -441,6 +441,20 @@ fn operator_rules_match_exactly_what_the_yara_command_line_tool_matches() {
 }
 
 fn import_fixtures(env: &Env) {
+    // An import that finds nothing usable is an error, not an empty
+    // database that looks up to date; one record alone is taken.
+    let empty = env.path("empty-osv");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("garbage.json"), b"{not json").unwrap();
+    let out = env.run(&["vulndb", "import", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no OSV advisory found"));
+    let one = env.json(&[
+        "vulndb",
+        "import",
+        fixtures().join("DSA-5514-1.json").to_str().unwrap(),
+    ]);
+    assert_eq!(one["imported"], 1, "{one:#}");
     let r = env.json(&["vulndb", "import", fixtures().to_str().unwrap()]);
     assert_eq!(r["imported"], 5, "{r:#}");
     assert_eq!(r["ecosystems"]["Debian:12"], 3);
