@@ -260,8 +260,11 @@ async fn list(
             let mut v: Vec<String> = own.into_iter().filter(|n| top(n) == "snapshots").collect();
             v.sort();
             v
-        } else if dir == "index" {
+        } else if dir == "index" || dir == "forgotten" {
             // The index is not shown to agents; they negotiate chunk ids.
+            // Forget notes are the operators' business (the snapshots an
+            // agent is shown are already without the forgotten ones), and
+            // a refusal at every backup only filled the audit log.
             Vec::new()
         } else {
             return Err(refuse_read(&dir));

@@ -23,8 +23,23 @@ pub fn mount(
     disk: bool,
     partition: Option<u32>,
 ) -> Result<u8> {
-    if !mountpoint.is_dir() {
-        bail!("{}: not a directory to mount on", mountpoint.display());
+    match std::fs::read_dir(mountpoint) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                // Mounted over, its files would vanish from view while the
+                // snapshot is shown: easy to take one for the other.
+                bail!(
+                    "{} is not empty: mount on an empty folder",
+                    mountpoint.display()
+                );
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{} is a mount whose program has gone (killed?): unmount it first with `fusermount3 -u {}`",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        Err(e) => bail!("{}: not a folder to mount on ({e})", mountpoint.display()),
     }
     let snap = vault.resolve(spec)?;
     let mtime = std::time::SystemTime::from(snap.time);

@@ -76,6 +76,11 @@ fn the_guest_files_and_the_raw_disk_mount_read_only() {
             std::fs::write(m.at.join("etc/new"), "x").is_err(),
             "read-only"
         );
+        // Not over a live mount, nor over a folder with files in it.
+        let again = env.run(&["mount", "vm@latest", m.at.to_str().unwrap()]);
+        assert_eq!(again.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(err.contains("is not empty"), "{err}");
     }
     {
         let m = mount(&env, &["vm@latest", "--disk"], &env.path("disk"));
