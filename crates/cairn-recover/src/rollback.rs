@@ -548,7 +548,7 @@ pub fn rollback_to_dir(
         open: HashMap::new(),
     };
     let plan = plan(&mut snaps, since, flagged)?;
-    let mut report = report_for(timeline, &plan, dry_run);
+    let report = report_for(timeline, &plan, dry_run);
     if dry_run {
         return Ok(report);
     }
@@ -563,7 +563,23 @@ pub fn rollback_to_dir(
             to.display()
         )));
     }
-    fs::create_dir_all(to).ctx(|| format!("creating {}", to.display()))?;
+    // A new folder is built beside it and takes its name once whole; an
+    // existing empty one (a mount point, say) is filled where it is.
+    match to.file_name().filter(|_| !to.exists()) {
+        Some(name) => crate::tree::built_then_renamed(to, name, |work| {
+            roll_into(&mut snaps, &plan, work, report)
+        }),
+        None => roll_into(&mut snaps, &plan, to, report),
+    }
+}
+
+/// Writes the plan's picks into the folder `to`.
+fn roll_into(
+    snaps: &mut Snapshots,
+    plan: &Plan,
+    to: &Path,
+    mut report: RollbackReport,
+) -> Result<RollbackReport> {
     let mut dirs = Vec::new();
     let mut links = Vec::new();
     for (path, pick) in &plan.picks {

@@ -146,23 +146,34 @@ pub fn restore_tree(
         Some(n) if !opts.dry_run => n,
         _ => return restore_into(vault, tree, target, opts, progress),
     };
-    // A target that does not exist yet is built beside it and renamed
-    // into place once whole: a restore that fails half-way leaves no
-    // plausible-looking tree.
+    built_then_renamed(target, name, |work| {
+        restore_into(vault, tree, work, opts, progress)
+    })
+}
+
+/// Builds a new folder `target` (named `name`) beside it, then renames it
+/// into place once whole: a build that fails half-way, or a process
+/// killed meanwhile, leaves no plausible-looking tree under the target's
+/// name (a leftover `.NAME.cairn-partial` is cleared by the next run).
+pub(crate) fn built_then_renamed<T>(
+    target: &Path,
+    name: &std::ffi::OsStr,
+    build: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
     let work = target.with_file_name(format!(".{}.cairn-partial", name.to_string_lossy()));
     if fs::symlink_metadata(&work).is_ok() {
         fs::remove_dir_all(&work).ctx(|| format!("removing {}", work.display()))?;
     }
     // Made here, new, and open to no one else while it fills: a folder
     // someone put in its place meanwhile, or links planted in it during
-    // the restore, would steer writes out of the tree.
+    // the build, would steer writes out of the tree.
     let parent = parent_dir(&work);
     fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
     fs::DirBuilder::new()
         .mode(0o700)
         .create(&work)
         .ctx(|| format!("creating {}", work.display()))?;
-    let restored = restore_into(vault, tree, &work, opts, progress).and_then(|r| {
+    let built = build(&work).and_then(|r| {
         // Then the mode a folder made now would have had.
         fs::set_permissions(&work, fs::Permissions::from_mode(0o777 & !umask()))
             .ctx(|| format!("opening {} to its readers", work.display()))?;
@@ -171,7 +182,7 @@ pub fn restore_tree(
         sync_filesystem(&work).ctx(|| format!("syncing {}", work.display()))?;
         Ok(r)
     });
-    match restored {
+    match built {
         Ok(report) => match fs::rename(&work, target) {
             Ok(()) => {
                 sync_parent(target)?;
