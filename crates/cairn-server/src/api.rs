@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 pub fn routes() -> Router<Shared> {
     Router::new()
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/sources", get(sources))
         .route("/api/v1/sources/{name}/timeline", get(timeline))
         .route("/api/v1/sources/{name}/timeline.svg", get(timeline_svg))
@@ -78,6 +79,13 @@ pub fn sources_overview(st: &Shared) -> Result<Vec<Value>, ApiError> {
         }));
     }
     Ok(out)
+}
+
+/// What the caller's token may do: its role and, for an agent, the
+/// sources it may back up (so a backup can be refused before it uploads).
+async fn whoami(caller: Caller) -> Response {
+    let who = &caller.0;
+    axum::Json(json!({"role": who.role.as_str(), "sources": who.sources})).into_response()
 }
 
 async fn sources(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {

@@ -115,6 +115,25 @@ impl RemoteBackend {
         Answer::read(resp, method == "HEAD", MAX_BODY).map_err(|e| e.to_string())
     }
 
+    /// Whether this token may back up source `name`: None when the
+    /// server does not say (one older than the question).
+    pub fn may_back_up(&self, name: &str) -> Result<Option<bool>> {
+        let a = self.call("GET", "whoami", b"")?;
+        if a.status == 404 {
+            return Ok(None);
+        }
+        if a.status != 200 {
+            return Err(self.fail("GET whoami", &a));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&a.body)
+            .map_err(|e| Error::Invalid(format!("{}: whoami: {e}", self.loc.url)))?;
+        let agent = v["role"] == "agent";
+        let listed = v["sources"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == "*" || x == name));
+        Ok(Some(!agent || listed))
+    }
+
     fn fail(&self, what: &str, a: &Answer) -> Error {
         let kind = match a.status {
             404 => io::ErrorKind::NotFound,

@@ -1156,6 +1156,14 @@ fn remote_backup(
         url: url.to_string(),
         token: token.to_string(),
     });
+    if let Location::Server(l) = &loc
+        && cairn_vault::remote::RemoteBackend::new(l.clone())?.may_back_up(name)? == Some(false)
+    {
+        // Said before anything is uploaded, not when the manifest is.
+        bail!(
+            "this agent token may not back up {name:?} on {url}: ask for a token with --source {name}"
+        );
+    }
     let vault = Vault::open_at(&loc, &password(false)?)?;
     let out = run_backup(cli, &vault, source, name, time, tags)?;
     let record = server_verdict(&vault, &out.snapshot.id);

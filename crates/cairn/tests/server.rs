@@ -223,10 +223,36 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
         b"",
     );
     assert_eq!((status, v), (200, serde_json::json!([])));
-    // Nor can an agent back up a source that is not its own.
+    // Nor can an agent back up a source that is not its own: refused
+    // before anything is uploaded...
+    let uploaded_before = metric(&url, &operator, "cairn_upload_bytes_total");
     let out = remote_backup(&env, &server, &agent_token, &disk, "someone-else");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may not back up \"someone-else\""), "{err}");
+    assert_eq!(
+        metric(&url, &operator, "cairn_upload_bytes_total"),
+        uploaded_before,
+        "nothing uploaded"
+    );
+    // ...and a client that skips that question is refused by the server
+    // all the same when it stores the manifest.
+    let remote = cairn_vault::Vault::open_at(
+        &cairn_vault::Location::Server(cairn_vault::remote::ServerLocation {
+            url: url.clone(),
+            token: agent_token.clone(),
+        }),
+        PASSWORD.as_bytes(),
+    )
+    .unwrap();
+    let mut forged = remote.read_snapshot(&manifest).unwrap();
+    forged.name = "someone-else".into();
+    forged.id = cairn_vault::SnapshotId::generate().unwrap();
+    let refused = remote.write_snapshot(&forged).unwrap_err().to_string();
+    assert!(
+        refused.contains("403") && refused.contains("may back up vm, not someone-else"),
+        "{refused}"
+    );
     // The manifest is still the agent's original.
     let (status, _) = call("HEAD", &format!("{objects}/{manifest}"), Some(&admin), b"");
     assert_eq!(status, 200);
