@@ -163,7 +163,11 @@ impl Snapshots<'_> {
 
     fn label(&self, i: usize) -> (String, String) {
         let s = &self.timeline.entries[i].snapshot;
-        (s.id.0.clone(), s.time.to_rfc3339())
+        (
+            s.id.0.clone(),
+            // As every other time Cairn prints: UTC with a Z.
+            s.time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
     }
 }
 

@@ -207,6 +207,20 @@ pub fn rollback(
         None => None,
     };
     let kind = t.entries.last().map(|e| e.snapshot.source.kind);
+    // A rollback starts from the newest snapshot's files: when they cannot
+    // be read (a disk encrypted whole), the way back is a whole restore.
+    if let Some(latest) = t.entries.last()
+        && kind == Some(cairn_vault::SourceKind::Disk)
+        && let Err(e) = cairn_guest::open_snapshot(vault, latest.snapshot.clone(), partition)
+    {
+        let clean = t
+            .last_clean()
+            .map(|c| format!("{name}@{}", c.snapshot.id.short()))
+            .unwrap_or_else(|| format!("{name}@<a clean snapshot>"));
+        anyhow::bail!(
+            "the newest snapshot's files cannot be read ({e}), so there is nothing newer to keep: restore the clean point whole instead, `cairn restore {clean} --to …` (or --delta over the disk)"
+        );
+    }
     // What verification flagged, where scans are stored.
     let chain: Vec<_> = t.entries.iter().map(|e| e.snapshot.clone()).collect();
     let flagged: Vec<cairn_recover::rollback::Flagged> = cairn_scan::flagged_files(vault, &chain)

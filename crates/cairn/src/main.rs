@@ -531,6 +531,8 @@ fn main() -> ExitCode {
     report_unwritable_output();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
                 .unwrap_or_else(|_| "warn".into()),

@@ -1377,4 +1377,17 @@ fn a_filesystem_encrypted_whole_is_a_finding_not_an_error() {
         reports[1]["persistence"][0]["kind"], "filesystem_unreadable",
         "{v}"
     );
+    // Nothing newer to keep: a rollback points at a whole restore of the
+    // clean point instead of failing on the unreadable files.
+    let first = &reports[0]["snapshot"].as_str().unwrap()[..8];
+    let out = env.run(&[
+        "rollback",
+        "vm",
+        "--to-dir",
+        env.path("back").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cairn restore vm@{first}")), "{err}");
+    assert!(!env.path("back").exists());
 }
