@@ -176,13 +176,22 @@ impl Caller {
     }
 }
 
+/// Marks a request that came with a token an admin revoked.
+#[derive(Clone, Copy)]
+struct RevokedToken;
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let revoked = parts.extensions.get::<RevokedToken>().is_some();
         parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "no valid token: send `Authorization: Bearer TOKEN`",
+                if revoked {
+                    "this token was revoked: ask an admin for a new one"
+                } else {
+                    "no valid token: send `Authorization: Bearer TOKEN`"
+                },
             )
         })
     }
@@ -334,7 +343,13 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|s| s.trim().to_string());
-    let mut caller = bearer.and_then(|t| st.tokens.check(&t));
+    let mut caller = bearer.as_deref().and_then(|t| st.tokens.check(t));
+    if caller.is_none()
+        && let Some(t) = &bearer
+        && st.tokens.is_revoked(t)
+    {
+        parts.extensions.insert(RevokedToken);
+    }
     if caller.is_none()
         && let Some(sid) = cookie_value(&parts, "cairn_session")
     {

@@ -147,6 +147,14 @@ impl Tokens {
             .find(|r| !r.revoked && r.hash == h)
     }
 
+    /// Whether `secret` is a token that was revoked (so the refusal can
+    /// say why, instead of calling it unknown).
+    pub fn is_revoked(&self, secret: &str) -> bool {
+        let h = hash(secret);
+        self.load()
+            .is_ok_and(|all| all.iter().any(|r| r.revoked && r.hash == h))
+    }
+
     pub fn by_id(&self, id: &str) -> Option<TokenRecord> {
         self.load()
             .ok()?

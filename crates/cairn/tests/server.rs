@@ -327,6 +327,17 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
             "{method} {path}: not a JSON error: {v}"
         );
     }
+    // A revoked token is refused, and told why.
+    let made = env.json(&["token", "create", "--role", "operator"]);
+    env.ok(&["token", "revoke", made["id"].as_str().unwrap()]);
+    let (status, v) = call(
+        "GET",
+        &format!("{url}/api/v1/sources"),
+        made["token"].as_str(),
+        b"",
+    );
+    assert_eq!(status, 401, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
     let (status, _) = call("GET", &format!("{url}/healthz"), None, b"");
     assert_eq!(status, 200, "the server survived");
     // Metrics name the sources and their verdicts: not for anyone, nor
