@@ -82,10 +82,9 @@ pub fn backup(
     }
     let src = source::open(source)
         .map_err(|e| Error::io(format!("cannot read source {}", source.display()), e))?;
-    let label = std::fs::canonicalize(source)
-        .unwrap_or_else(|_| source.to_path_buf())
-        .display()
-        .to_string();
+    let label = cairn_vault::text::path_text(
+        &std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf()),
+    );
     store(vault, src, &label, opts, None, progress)
 }
 

@@ -71,7 +71,9 @@ pub fn looks_like_note(file_name: &str, text: &[u8]) -> Option<String> {
     if named {
         why.push(format!("note-like name {file_name:?}"));
     }
-    why.push(format!("wording: {}", words.join(", ")));
+    // Shown without the space some words carry to match whole ("pay ").
+    let shown: Vec<&str> = words.iter().map(|w| w.trim()).collect();
+    why.push(format!("wording: {}", shown.join(", ")));
     Some(why.join("; "))
 }
 

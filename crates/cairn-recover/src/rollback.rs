@@ -798,10 +798,9 @@ fn refuse_another_tree(timeline: &Timeline, dir: &Path) -> Result<()> {
         return Ok(());
     };
     let source = &last.snapshot.source.path;
-    let here = std::fs::canonicalize(dir)
-        .ctx(|| format!("opening {}", dir.display()))?
-        .display()
-        .to_string();
+    let here = cairn_vault::text::path_text(
+        &std::fs::canonicalize(dir).ctx(|| format!("opening {}", dir.display()))?,
+    );
     if &here != source {
         return Err(Error::Invalid(format!(
             "{} is not where {} was backed up from ({source}): roll back into a new folder with --to-dir, or give that path",

@@ -27,6 +27,7 @@ pub mod s3;
 pub mod snapshot;
 pub mod source_backed;
 pub mod sparse;
+pub mod text;
 pub mod tree;
 pub mod units;
 pub mod vault;

@@ -1629,7 +1629,7 @@ fn known_state(
     let Some((changed, len)) = file_changed(to) else {
         return Ok(None);
     };
-    let target = std::fs::canonicalize(to)?.display().to_string();
+    let target = cairn_vault::text::path_text(&std::fs::canonicalize(to)?);
     let host = cairn_ingest::hostname();
     let (all, _) = vault.snapshots()?;
     let latest = all.into_iter().rev().find(|s| {

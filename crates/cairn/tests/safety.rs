@@ -482,6 +482,26 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
         stderr(&own)
     );
 
+    // A source path that is not UTF-8 is recorded exactly, escaped.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = env
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"share-\xff"));
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("a.txt"), b"a").unwrap();
+    let b = env
+        .cmd()
+        .arg("backup")
+        .arg(&odd)
+        .args(["--name", "odd", "--json"])
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", stderr(&b));
+    let v: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
+    let recorded = v["source"]["path"].as_str().unwrap();
+    assert!(recorded.ends_with("/share-\\xff"), "{recorded}");
+
     // Tokens belong to a vault, and only an agent's can be limited to
     // sources; a vault is not replicated onto itself.
     let stray = env
@@ -518,7 +538,7 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
         assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
     }
     assert_eq!(env.json(&["snapshots"])[0]["id"], first["id"]);
-    assert_eq!(count(&env), 2, "vm and all");
+    assert_eq!(count(&env), 3, "vm, all and odd");
 }
 
 /// A directory backup that could not read everything says so: exit 3,
