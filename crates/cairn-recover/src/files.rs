@@ -48,6 +48,29 @@ pub fn restore_files(
     target: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FilesRestoreReport> {
+    if root.kind == FileKind::File && fs::symlink_metadata(target).is_err() {
+        // One file to a new name is that file, as `cp` makes it; a
+        // folder (new or empty) gets it under its own name, below.
+        let mut report = FilesRestoreReport::default();
+        if root.unsafe_name {
+            return Err(Error::Invalid(format!(
+                "{}: unsafe name, not restored",
+                root.display_path()
+            )));
+        }
+        let n = write_file(fs, root, target, progress)
+            .ctx(|| format!("writing {}", target.display()))?;
+        set_meta(root, target);
+        report.files = 1;
+        report.bytes_written = n;
+        return Ok(report);
+    }
+    if target.exists() && !target.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{} exists and is not a folder: give a new name, or a new or empty folder",
+            target.display()
+        )));
+    }
     if target.exists()
         && fs::read_dir(target)
             .ctx(|| format!("reading {}", target.display()))?

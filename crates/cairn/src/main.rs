@@ -109,7 +109,8 @@ enum Command {
         #[arg(long)]
         partition: Option<u32>,
         /// Where to: a new image file or a block device for disks (an existing
-        /// disk with --delta), a new or empty folder for directories and paths.
+        /// disk with --delta), a new or empty folder for directories and paths
+        /// (a single file given a new name is written under that name).
         #[arg(long)]
         to: PathBuf,
         /// Replace an existing image file (or write over a block device), or

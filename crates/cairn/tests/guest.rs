@@ -668,6 +668,15 @@ fn diff_of_two_directory_snapshots_and_file_restore_from_one() {
         Some(1),
         "a non-empty target is refused"
     );
+    // One file given a new name is that file, as `cp` makes it; an
+    // existing file is not written over.
+    let one = env.path("report-4.back");
+    let spec = "share@-1:/home/alice/docs/report-4.txt";
+    env.ok(&["restore", spec, "--to", one.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&one).unwrap(), text(20_000 + 4 * 3000, 4));
+    let again = env.run(&["restore", spec, "--to", one.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(std::fs::read(&one).unwrap(), text(20_000 + 4 * 3000, 4));
 }
 
 #[test]
