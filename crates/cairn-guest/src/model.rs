@@ -196,6 +196,7 @@ mod tests {
             b"\x1b[31mred",
             "caf\u{e9}".as_bytes(),
             b"\\x41 literal",
+            "invoice\u{202e}fdp.exe".as_bytes(),
         ] {
             let shown = escape(name);
             assert!(!shown.chars().any(char::is_control), "{shown:?}");
@@ -203,6 +204,11 @@ mod tests {
         }
         assert_eq!(escape(b"bad\xff"), "bad\\xff");
         assert_eq!(escape(b"new\nline"), "new\\nline");
+        // A right-to-left override would show "invoiceexe.pdf".
+        assert_eq!(
+            escape("invoice\u{202e}fdp.exe".as_bytes()),
+            "invoice\\xe2\\x80\\xaefdp.exe"
+        );
         assert_eq!(
             unescape("a\\b"),
             b"a\\b",

@@ -257,10 +257,7 @@ enum Found {
 }
 
 fn check_target(path: &Path, size: u64, opts: &DiskRestoreOptions, write: bool) -> Result<Found> {
-    let folder = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let folder = parent_dir(path);
     if !folder.is_dir() {
         return Err(Error::Invalid(format!(
             "cannot restore to {}: the folder {} does not exist (create it first)",
@@ -331,15 +328,6 @@ pub fn plan_disk_restore(
         Found::Device(f) => (true, tail_past(f, map.size)),
         _ => (false, None),
     };
-    if let Found::Nothing = found {
-        let parent = parent_dir(path);
-        if !parent.is_dir() {
-            return Err(Error::Invalid(format!(
-                "{}: no such directory to create the image in",
-                parent.display()
-            )));
-        }
-    }
     let data: u64 = (0..map.chunks.len())
         .filter(|&i| map.chunks[i].is_some())
         .map(|i| map.chunk_range(i).1 as u64)

@@ -58,8 +58,14 @@ pub fn restore_files(
                 root.display_path()
             )));
         }
-        let n = write_file(fs, root, target, progress)
-            .ctx(|| format!("writing {}", target.display()))?;
+        let n = write_file(fs, root, target, progress).map_err(|e| {
+            // Made new by this run (create_new): nothing half-written
+            // stays under the name asked for.
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                let _ = fs::remove_file(target);
+            }
+            Error::io(format!("writing {}", target.display()), e)
+        })?;
         set_meta(root, target);
         report.files = 1;
         report.bytes_written = n;

@@ -798,10 +798,9 @@ fn refuse_another_tree(timeline: &Timeline, dir: &Path) -> Result<()> {
         return Ok(());
     };
     let source = &last.snapshot.source.path;
-    let here = cairn_vault::text::path_text(
-        &std::fs::canonicalize(dir).ctx(|| format!("opening {}", dir.display()))?,
-    );
-    if &here != source {
+    let real = std::fs::canonicalize(dir).ctx(|| format!("opening {}", dir.display()))?;
+    // As recorded now, or as snapshots made before paths were escaped.
+    if cairn_vault::text::path_text(&real) != *source && real.display().to_string() != *source {
         return Err(Error::Invalid(format!(
             "{} is not where {} was backed up from ({source}): roll back into a new folder with --to-dir, or give that path",
             dir.display(),

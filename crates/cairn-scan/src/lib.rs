@@ -454,7 +454,17 @@ fn unreadable_filesystem(
     targets: &mut Targets,
     err: Error,
 ) -> Result<ScanReport> {
-    let (Error::Guest(why), Some(b)) = (&err, baseline) else {
+    // What the bytes say about the filesystem, not a vault that failed to
+    // give them (damage there is verify's to report, and not stored here).
+    let (
+        Error::Guest(
+            why @ (cairn_guest::GuestError::Corrupt(_)
+            | cairn_guest::GuestError::Unsupported(_)
+            | cairn_guest::GuestError::NotFound(_)),
+        ),
+        Some(b),
+    ) = (&err, baseline)
+    else {
         return Err(err);
     };
     if targets.get(vault, b, profile.partition).is_err() {

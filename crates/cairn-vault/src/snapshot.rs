@@ -170,12 +170,15 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
             .map(|i| of_name[i])
             .ok_or_else(|| {
                 let n = of_name.len();
+                let oldest = match (n, name) {
+                    (0, _) => String::new(),
+                    (_, Some(x)) => format!(" (the oldest is {x}@-{})", n - 1),
+                    (_, None) => format!(" (the oldest is -{})", n - 1),
+                };
                 Error::SnapshotNotFound(format!(
-                    "{spec:?}: {} {n} snapshot{} (the oldest is {}@-{})",
+                    "{spec:?}: {} {n} snapshot{}{oldest}",
                     name.map_or("there are".to_string(), |x| format!("{x} has")),
                     if n == 1 { "" } else { "s" },
-                    name.unwrap_or(""),
-                    n.saturating_sub(1)
                 ))
             });
     }

@@ -15,7 +15,7 @@ pub fn escape(bytes: &[u8]) -> String {
                 '\n' => out.push_str("\\n"),
                 '\t' => out.push_str("\\t"),
                 '\r' => out.push_str("\\r"),
-                c if c.is_control() => {
+                c if c.is_control() || invisible(c) => {
                     let mut buf = [0u8; 4];
                     for b in c.encode_utf8(&mut buf).bytes() {
                         let _ = write!(out, "\\x{b:02x}");
@@ -29,6 +29,19 @@ pub fn escape(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Characters that change how text around them shows without showing
+/// themselves (zero-width ones, bidirectional overrides, the byte-order
+/// mark): escaped too, or a name could pass for another.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{061c}' | '\u{180e}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206f}'
+        | '\u{feff}')
 }
 
 /// The bytes a name printed by [`escape`] stands for. A backslash not

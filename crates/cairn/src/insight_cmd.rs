@@ -211,7 +211,9 @@ pub fn rollback(
     // be read (a disk encrypted whole), the way back is a whole restore.
     if let Some(latest) = t.entries.last()
         && kind == Some(cairn_vault::SourceKind::Disk)
-        && let Err(e) = cairn_guest::open_snapshot(vault, latest.snapshot.clone(), partition)
+        && let Err(
+            e @ (cairn_guest::GuestError::Corrupt(_) | cairn_guest::GuestError::Unsupported(_)),
+        ) = cairn_guest::open_snapshot(vault, latest.snapshot.clone(), partition)
     {
         let clean = t
             .last_clean()

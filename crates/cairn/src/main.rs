@@ -982,8 +982,6 @@ fn run(cli: Cli) -> Result<u8> {
                 None => location(&cli)?,
             };
             let to = Location::parse(to)?;
-            let pass = password(false)?;
-            let src = Vault::open_at(&from, &pass)?;
             if let (Ok(a), Ok(b)) = (
                 std::fs::canonicalize(from.local_dir()),
                 std::fs::canonicalize(to.local_dir()),
@@ -991,6 +989,8 @@ fn run(cli: Cli) -> Result<u8> {
             {
                 bail!("--to names the vault being replicated: give another place");
             }
+            let pass = password(false)?;
+            let src = Vault::open_at(&from, &pass)?;
             let dst = if Vault::exists_at(&to)? {
                 Vault::open_at(&to, &pass)?
             } else {
@@ -1630,13 +1630,18 @@ fn known_state(
     let Some((changed, len)) = file_changed(to) else {
         return Ok(None);
     };
-    let target = cairn_vault::text::path_text(&std::fs::canonicalize(to)?);
+    let real = std::fs::canonicalize(to)?;
+    // As recorded now, or as snapshots made before paths were escaped.
+    let names = [
+        cairn_vault::text::path_text(&real),
+        real.display().to_string(),
+    ];
     let host = cairn_ingest::hostname();
     let (all, _) = vault.snapshots()?;
     let latest = all.into_iter().rev().find(|s| {
         s.name == name
             && s.source.kind == SourceKind::Disk
-            && s.source.path == target
+            && names.contains(&s.source.path)
             && s.source.host == host
     });
     Ok(latest.filter(|s| s.metrics.logical_size == len && changed < began(s)))

@@ -64,14 +64,9 @@ pub fn scan(
     } else if json {
         crate::print_json(&reports);
     } else {
-        let mut timelines: std::collections::HashMap<String, Option<cairn_insight::Timeline>> =
-            std::collections::HashMap::new();
         for r in &reports {
             print_report(r, profile.rules.rule_count());
-            let t = timelines
-                .entry(r.name.clone())
-                .or_insert_with(|| cairn_insight::timeline(vault, &r.name, &mut |_| {}).ok());
-            insight_note(r, t.as_ref());
+            insight_note(r, cairn_insight::load(vault, &r.snapshot).as_ref());
         }
     }
     let found: usize = reports
@@ -159,8 +154,10 @@ fn print_report(r: &ScanReport, rule_count: usize) {
 /// A scan looks for malware, persistence and vulnerable packages; mass
 /// encryption is insight's to see. A scan that finds nothing on a
 /// snapshot insight flagged says so, so "clean" is not read as "safe".
-fn insight_note(r: &ScanReport, t: Option<&cairn_insight::Timeline>) {
-    let Some(e) = t.and_then(|t| t.entries.iter().find(|e| e.snapshot.id == r.snapshot)) else {
+fn insight_note(r: &ScanReport, stored: Option<&cairn_insight::Record>) {
+    // The verdict stored with the snapshot's facts (one object read; the
+    // timeline would replay the whole history).
+    let Some(e) = stored else {
         return;
     };
     if e.assessment.verdict == cairn_insight::Verdict::Clean {
