@@ -69,15 +69,11 @@ pub fn backup(
     progress: &Progress,
 ) -> Result<BackupOutcome> {
     check_name(&opts.name)?;
-    if let (Ok(src), Ok(root)) = (
-        std::fs::canonicalize(source),
-        std::fs::canonicalize(vault.root()),
-    ) && src.starts_with(&root)
-    {
+    if vault.holds(source) {
         return Err(Error::Invalid(format!(
             "{} is inside the vault {}: back up the data, not the vault",
             source.display(),
-            root.display()
+            vault.root().display()
         )));
     }
     let src = source::open(source)
@@ -118,7 +114,7 @@ pub fn commit(
 const NAME_MAX: usize = 100;
 
 fn check_name(name: &str) -> Result<()> {
-    if name.trim().is_empty()
+    if name.is_empty()
         || name.trim() != name
         || name.chars().count() > NAME_MAX
         || name

@@ -491,21 +491,22 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
 
 impl RollbackReport {
     /// Entry `k` of the plan was not carried out: it stays as it is now,
-    /// and the counts and its provenance say so.
+    /// and its provenance says so (the counts follow with `recount`).
     fn left_alone(&mut self, k: usize, why: String) {
         if let Some(f) = self.files.get_mut(k) {
-            match f.action {
-                Action::Restored => self.restored -= 1,
-                Action::Dropped => self.dropped -= 1,
-                Action::Kept => self.kept -= 1,
-            }
-            self.kept += 1;
             f.action = Action::Kept;
             f.snapshot = None;
             f.snapshot_time = None;
             f.reason = why.clone();
         }
         self.skipped.push(why);
+    }
+
+    /// The counts, from what each file's provenance says.
+    fn recount(&mut self) {
+        let n = |a: Action| self.files.iter().filter(|f| f.action == a).count() as u64;
+        (self.kept, self.restored, self.dropped) =
+            (n(Action::Kept), n(Action::Restored), n(Action::Dropped));
     }
 }
 
@@ -524,14 +525,8 @@ fn report_for(t: &Timeline, plan: &Plan, dry_run: bool) -> RollbackReport {
         dry_run,
         ..Default::default()
     };
-    for p in &plan.provenance {
-        match p.action {
-            Action::Kept => r.kept += 1,
-            Action::Restored => r.restored += 1,
-            Action::Dropped => r.dropped += 1,
-        }
-    }
     r.files = plan.provenance.clone();
+    r.recount();
     r
 }
 
@@ -569,11 +564,10 @@ pub fn rollback_to_dir(
     }
     // A new folder is built beside it and takes its name once whole; an
     // existing empty one (a mount point, say) is filled where it is.
-    match to.file_name().filter(|_| !to.exists()) {
-        Some(name) => crate::tree::built_then_renamed(to, name, |work| {
-            roll_into(&mut snaps, &plan, work, report)
-        }),
-        None => roll_into(&mut snaps, &plan, to, report),
+    if to.exists() || to.file_name().is_none() {
+        roll_into(&mut snaps, &plan, to, report)
+    } else {
+        crate::tree::built_then_renamed(to, |work| roll_into(&mut snaps, &plan, work, report))
     }
 }
 
@@ -765,6 +759,7 @@ pub fn rollback_in_place(
             }
         }
     }
+    report.recount();
     Ok(report)
 }
 

@@ -142,11 +142,10 @@ pub fn restore_tree(
         }
         return Ok(report);
     }
-    let name = match target.file_name() {
-        Some(n) if !opts.dry_run => n,
-        _ => return restore_into(vault, tree, target, opts, progress),
-    };
-    built_then_renamed(target, name, |work| {
+    if opts.dry_run || target.file_name().is_none() {
+        return restore_into(vault, tree, target, opts, progress);
+    }
+    built_then_renamed(target, |work| {
         restore_into(vault, tree, work, opts, progress)
     })
 }
@@ -157,9 +156,11 @@ pub fn restore_tree(
 /// name (a leftover `.NAME.cairn-partial` is cleared by the next run).
 pub(crate) fn built_then_renamed<T>(
     target: &Path,
-    name: &std::ffi::OsStr,
     build: impl FnOnce(&Path) -> Result<T>,
 ) -> Result<T> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a folder name", target.display())))?;
     let work = target.with_file_name(format!(".{}.cairn-partial", name.to_string_lossy()));
     if fs::symlink_metadata(&work).is_ok() {
         fs::remove_dir_all(&work).ctx(|| format!("removing {}", work.display()))?;

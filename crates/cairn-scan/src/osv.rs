@@ -349,6 +349,15 @@ fn ecosystem_matches(record: &str, guest: &str) -> bool {
             .is_some_and(|rest| rest.starts_with(':'))
 }
 
+/// One record file's bytes; None when it is larger than a record can be.
+fn read_record(p: &Path) -> Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(p)
+        .and_then(|f| f.take(MAX_RECORD + 1).read_to_end(&mut bytes))
+        .map_err(crate::error::io(p.display().to_string()))?;
+    Ok((bytes.len() as u64 <= MAX_RECORD).then_some(bytes))
+}
+
 impl VulnDb {
     pub fn len(&self) -> usize {
         self.advisories.len()
@@ -418,15 +427,10 @@ impl VulnDb {
                     if md.is_dir() {
                         stack.push(p);
                     } else if md.is_file() && p.extension().is_some_and(|x| x == "json") {
-                        let mut bytes = Vec::new();
-                        std::fs::File::open(&p)
-                            .and_then(|f| f.take(MAX_RECORD + 1).read_to_end(&mut bytes))
-                            .map_err(crate::error::io(p.display().to_string()))?;
-                        if bytes.len() as u64 > MAX_RECORD {
-                            skipped += 1;
-                            continue;
+                        match read_record(&p)? {
+                            Some(bytes) => take(self, &bytes, &mut used, &mut skipped)?,
+                            None => skipped += 1,
                         }
-                        take(self, &bytes, &mut used, &mut skipped)?;
                     }
                     if used + skipped > MAX_RECORDS {
                         return Err(Error::VulnDb(format!("more than {MAX_RECORDS} records")));
@@ -435,14 +439,9 @@ impl VulnDb {
             }
         } else if path.extension().is_some_and(|x| x == "json") {
             // One record, as OSV serves them one by one.
-            let mut bytes = Vec::new();
-            std::fs::File::open(path)
-                .and_then(|f| f.take(MAX_RECORD + 1).read_to_end(&mut bytes))
-                .map_err(crate::error::io(path.display().to_string()))?;
-            if bytes.len() as u64 > MAX_RECORD {
-                skipped += 1;
-            } else {
-                take(self, &bytes, &mut used, &mut skipped)?;
+            match read_record(path)? {
+                Some(bytes) => take(self, &bytes, &mut used, &mut skipped)?,
+                None => skipped += 1,
             }
         } else {
             let f =

@@ -93,16 +93,15 @@ impl RuleSet {
         let mut files: Vec<(String, PathBuf, String)> = Vec::new();
         if let Some(dir) = operator_dir {
             let mut paths = Vec::new();
-            if dir.is_file() {
+            let rd = if dir.is_file() {
                 // One rule file given instead of a folder of them.
                 paths.push(dir.to_path_buf());
-            }
-            let rd = match dir.is_file() {
-                true => None,
-                false => Some(std::fs::read_dir(dir).map_err(crate::error::io(format!(
+                None
+            } else {
+                Some(std::fs::read_dir(dir).map_err(crate::error::io(format!(
                     "reading rules from {} (a folder of .yar files, or one file)",
                     dir.display()
-                )))?),
+                )))?)
             };
             for e in rd.into_iter().flatten() {
                 let p = e

@@ -81,11 +81,22 @@ pub fn sources_overview(st: &Shared) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
-/// What the caller's token may do: its role and, for an agent, the
-/// sources it may back up (so a backup can be refused before it uploads).
-async fn whoami(caller: Caller) -> Response {
+#[derive(Deserialize, Default)]
+struct WhoamiQuery {
+    source: Option<String>,
+}
+
+/// What the caller's token may do: its role, for an agent the sources it
+/// may back up, and with `?source=NAME` whether it may back up that one
+/// (the server's own rule, so a backup can be refused before it uploads).
+async fn whoami(
+    caller: Caller,
+    axum::extract::Query(q): axum::extract::Query<WhoamiQuery>,
+) -> Response {
     let who = &caller.0;
-    axum::Json(json!({"role": who.role.as_str(), "sources": who.sources})).into_response()
+    let may = q.source.as_deref().map(|name| who.may_write(name));
+    axum::Json(json!({"role": who.role.as_str(), "sources": who.sources, "may_back_up": may}))
+        .into_response()
 }
 
 async fn sources(State(st): State<Shared>, caller: Caller) -> Result<Response, ApiError> {

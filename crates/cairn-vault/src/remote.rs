@@ -118,7 +118,8 @@ impl RemoteBackend {
     /// Whether this token may back up source `name`: None when the
     /// server does not say (one older than the question).
     pub fn may_back_up(&self, name: &str) -> Result<Option<bool>> {
-        let a = self.call("GET", "whoami", b"")?;
+        let source = crate::s3::uri_encode(name, false);
+        let a = self.call("GET", &format!("whoami?source={source}"), b"")?;
         if a.status == 404 {
             return Ok(None);
         }
@@ -127,11 +128,7 @@ impl RemoteBackend {
         }
         let v: serde_json::Value = serde_json::from_slice(&a.body)
             .map_err(|e| Error::Invalid(format!("{}: whoami: {e}", self.loc.url)))?;
-        let agent = v["role"] == "agent";
-        let listed = v["sources"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|x| x == "*" || x == name));
-        Ok(Some(!agent || listed))
+        Ok(v["may_back_up"].as_bool())
     }
 
     fn fail(&self, what: &str, a: &Answer) -> Error {

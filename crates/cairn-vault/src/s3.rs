@@ -146,8 +146,9 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// RFC 3986 encoding as SigV4 wants it (`/` kept in paths).
-fn uri_encode(s: &str, keep_slash: bool) -> String {
+/// RFC 3986 encoding as SigV4 wants it (`/` kept in paths); also what a
+/// query value to the Cairn server needs.
+pub(crate) fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {

@@ -428,20 +428,19 @@ impl Vault {
             )));
         }
         let mut master = None;
-        let mut tried_a_key = false;
-        for name in backend.list("keys")? {
-            tried_a_key = true;
+        let keys = backend.list("keys")?;
+        if keys.is_empty() {
+            return Err(Error::Invalid(
+                "the vault has no keys (its keys/ folder is empty), so no password can open it: restore keys/ from a backup of the vault or its replica".into(),
+            ));
+        }
+        for name in keys {
             let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?)
                 .map_err(|e| Error::damaged(&name, e.to_string()))?;
             if let Some(m) = kf.unwrap_key(password)? {
                 master = Some(m);
                 break;
             }
-        }
-        if !tried_a_key {
-            return Err(Error::Invalid(
-                "the vault has no keys (its keys/ folder is empty), so no password can open it: restore keys/ from a backup of the vault or its replica".into(),
-            ));
         }
         let master = master.ok_or(Error::WrongPassword)?;
         if config.object_lock
@@ -568,6 +567,25 @@ impl Vault {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether `path` (which need not exist yet: its nearest existing
+    /// folder decides) lies inside this vault's folder.
+    pub fn holds(&self, path: &Path) -> bool {
+        let Ok(root) = std::fs::canonicalize(&self.root) else {
+            return false;
+        };
+        let Ok(mut at) = std::path::absolute(path) else {
+            return false;
+        };
+        loop {
+            if let Ok(real) = std::fs::canonicalize(&at) {
+                return real.starts_with(&root);
+            }
+            if !at.pop() {
+                return false;
+            }
+        }
     }
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()

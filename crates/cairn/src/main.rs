@@ -1658,26 +1658,14 @@ struct DeltaFlags {
 /// wrote there (prune would take a restored file under `packs/` for the
 /// leftover of an interrupted backup and delete it).
 fn outside_vault(vault: &Vault, to: &Path) -> Result<()> {
-    let Ok(root) = std::fs::canonicalize(vault.root()) else {
-        return Ok(());
-    };
-    // The target may not exist yet: its nearest existing folder decides.
-    let mut at = std::path::absolute(to)?;
-    loop {
-        if let Ok(real) = std::fs::canonicalize(&at) {
-            if real.starts_with(&root) {
-                bail!(
-                    "{} is inside the vault {}: restore somewhere else",
-                    to.display(),
-                    root.display()
-                );
-            }
-            return Ok(());
-        }
-        if !at.pop() {
-            return Ok(());
-        }
+    if vault.holds(to) {
+        bail!(
+            "{} is inside the vault {}: restore somewhere else",
+            to.display(),
+            vault.root().display()
+        );
     }
+    Ok(())
 }
 
 fn restore_delta(
