@@ -236,60 +236,46 @@ pub fn rollback(
         .collect();
     // Where the provenance goes is checked before anything is written: a
     // rollback done whose record cannot be kept is half a rollback.
-    let dest_given = target.to_dir.or(target.in_place);
-    let manifest = match (provenance, dest_given) {
-        (Some(p), _) => Some(p.to_path_buf()),
-        (None, Some(d)) => Some(cairn_recover::rollback::default_provenance_path(d)),
-        (None, None) => None,
-    };
-    if let Some(m) = &manifest {
-        let folder = m
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !folder.is_dir() {
+    let dest = target
+        .to_dir
+        .or(target.in_place)
+        .context("give --to-dir DIR or --in-place PATH")?;
+    let manifest = provenance
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cairn_recover::rollback::default_provenance_path(dest));
+    let folder = cairn_recover::parent_dir(&manifest);
+    if !folder.is_dir() {
+        anyhow::bail!(
+            "the provenance manifest {} cannot be written: {} is not a folder",
+            manifest.display(),
+            folder.display()
+        );
+    }
+    let r = if target.to_dir.is_some() {
+        cairn_recover::rollback::rollback_to_dir(
+            vault,
+            &t,
+            dest,
+            since.as_ref(),
+            partition,
+            &flagged,
+            dry_run,
+        )?
+    } else {
+        if kind != Some(cairn_vault::SourceKind::Directory) {
             anyhow::bail!(
-                "the provenance manifest {} cannot be written: {} is not a folder",
-                m.display(),
-                folder.display()
+                "--in-place repairs directory sources; {name} is a disk: use --to-dir, or `cairn restore --delta`"
             );
         }
-    }
-    let (r, dest) = match (target.to_dir, target.in_place) {
-        (Some(dir), _) => (
-            cairn_recover::rollback::rollback_to_dir(
-                vault,
-                &t,
-                dir,
-                since.as_ref(),
-                partition,
-                &flagged,
-                dry_run,
-            )?,
-            dir,
-        ),
-        (None, Some(dir)) => {
-            if kind != Some(cairn_vault::SourceKind::Directory) {
-                anyhow::bail!(
-                    "--in-place repairs directory sources; {name} is a disk: use --to-dir, or `cairn restore --delta`"
-                );
-            }
-            (
-                cairn_recover::rollback::rollback_in_place(
-                    vault,
-                    &t,
-                    dir,
-                    since.as_ref(),
-                    &flagged,
-                    dry_run,
-                )?,
-                dir,
-            )
-        }
-        (None, None) => anyhow::bail!("give --to-dir DIR or --in-place PATH"),
+        cairn_recover::rollback::rollback_in_place(
+            vault,
+            &t,
+            dest,
+            since.as_ref(),
+            &flagged,
+            dry_run,
+        )?
     };
-    let manifest =
-        manifest.unwrap_or_else(|| cairn_recover::rollback::default_provenance_path(dest));
     if !dry_run {
         std::fs::write(&manifest, serde_json::to_vec_pretty(&r)?)
             .with_context(|| format!("writing {}", manifest.display()))?;
