@@ -23,8 +23,6 @@ pub struct DiskCheck<'a> {
     /// a faster source-backed view of it).
     new_reader: Option<&'a dyn BlockSource>,
     digests: HashMap<(bool, Vec<u8>), Option<[u8; 32]>>,
-    /// Answers worked out by `prepare`, by path (for files that kept it).
-    prepared: HashMap<Vec<u8>, bool>,
 }
 
 impl<'a> DiskCheck<'a> {
@@ -41,7 +39,6 @@ impl<'a> DiskCheck<'a> {
             new_disk,
             new_reader: None,
             digests: HashMap::new(),
-            prepared: HashMap::new(),
         }
     }
 
@@ -130,24 +127,18 @@ impl<'a> DiskCheck<'a> {
 }
 
 impl ContentCheck for DiskCheck<'_> {
-    fn prepare(&mut self, pairs: &[(&FileEntry, &FileEntry)]) {
+    fn prepare(&mut self, pairs: &[(&FileEntry, &FileEntry)]) -> Vec<Option<bool>> {
         // Files that stayed in place are checked in parallel: where they
         // share a changed block with other files, the parent's chunk has
         // to be decoded, and that is most of a diff's time.
         let this = &*self;
-        let answers: Vec<(Vec<u8>, bool)> = pairs
+        pairs
             .par_iter()
-            .filter_map(|(o, n)| this.in_place_changed(o, n).map(|c| (n.path.clone(), c)))
-            .collect();
-        self.prepared.extend(answers);
+            .map(|(o, n)| this.in_place_changed(o, n))
+            .collect()
     }
 
     fn changed(&mut self, old: &FileEntry, new: &FileEntry) -> bool {
-        if old.path == new.path
-            && let Some(&known) = self.prepared.get(&new.path)
-        {
-            return known;
-        }
         if let Some(changed) = self.in_place_changed(old, new) {
             return changed;
         }

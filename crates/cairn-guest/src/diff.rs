@@ -2,8 +2,9 @@
 //! modified, and renamed or moved (same file id, or same content at a new
 //! path). Works on any two file lists from the same kind of source.
 
-use crate::model::{FileEntry, FileKind};
+use crate::model::{ByPath, FileEntry, FileKind, escape};
 use serde::Serialize;
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -47,13 +48,19 @@ pub trait ContentCheck {
     /// A digest of the content of `e` (from the new snapshot when `new`),
     /// for matching moved files; `None` when it cannot be had.
     fn digest(&mut self, e: &FileEntry, new: bool) -> Option<[u8; 32]>;
-    /// Told up front which (old, new) pairs `changed` will be asked about,
-    /// so that it can work them out together (in parallel).
-    fn prepare(&mut self, _pairs: &[(&FileEntry, &FileEntry)]) {}
+    /// Whether each (old, new) pair of files at the same path, of the same
+    /// size and mtime, differs in content, worked out together (in
+    /// parallel); `None` where `changed` must be asked.
+    fn prepare(&mut self, pairs: &[(&FileEntry, &FileEntry)]) -> Vec<Option<bool>> {
+        vec![None; pairs.len()]
+    }
 }
 
+/// A path as listings show it: escaped, so that it names exactly these
+/// bytes and a crafted name cannot forge a line (see
+/// [`FileEntry::display_path`]).
 fn shown(p: &[u8]) -> String {
-    format!("/{}", String::from_utf8_lossy(p))
+    format!("/{}", escape(p))
 }
 
 fn added(e: &FileEntry) -> Added {
@@ -72,27 +79,60 @@ fn differs(o: &FileEntry, n: &FileEntry, check: &mut dyn ContentCheck) -> bool {
     }
 }
 
+/// Both lists in one path order, entries of the same path side by side
+/// (a merge of the sorted lists: no path is hashed).
+fn side_by_side<'a>(
+    old: &'a [FileEntry],
+    new: &'a [FileEntry],
+) -> Vec<(Option<&'a FileEntry>, Option<&'a FileEntry>)> {
+    let (old, new) = (ByPath::new(old), ByPath::new(new));
+    let (o, n) = (old.entries(), new.entries());
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(o.len().max(n.len()));
+    loop {
+        let next = match (o.get(i), n.get(j)) {
+            (None, None) => break,
+            (Some(a), Some(b)) => match a.path.cmp(&b.path) {
+                Ordering::Less => (Some(*a), None),
+                Ordering::Greater => (None, Some(*b)),
+                Ordering::Equal => (Some(*a), Some(*b)),
+            },
+            (a, b) => (a.copied(), b.copied()),
+        };
+        i += next.0.is_some() as usize;
+        j += next.1.is_some() as usize;
+        out.push(next);
+    }
+    out
+}
+
 pub fn diff(old: &[FileEntry], new: &[FileEntry], check: &mut dyn ContentCheck) -> Diff {
-    let old_by: HashMap<&[u8], &FileEntry> = old.iter().map(|e| (e.path.as_slice(), e)).collect();
-    let new_by: HashMap<&[u8], &FileEntry> = new.iter().map(|e| (e.path.as_slice(), e)).collect();
+    let paired = side_by_side(old, new);
     let mut d = Diff::default();
-    let same_path: Vec<(&FileEntry, &FileEntry)> = new
+    let in_place = |o: &FileEntry, n: &FileEntry| {
+        n.kind == FileKind::File && o.kind == n.kind && o.size == n.size && o.mtime_ns == n.mtime_ns
+    };
+    let same_path: Vec<(&FileEntry, &FileEntry)> = paired
         .iter()
-        .filter_map(|n| old_by.get(n.path.as_slice()).map(|o| (*o, n)))
-        .filter(|(o, n)| {
-            n.kind == FileKind::File
-                && o.kind == n.kind
-                && o.size == n.size
-                && o.mtime_ns == n.mtime_ns
+        .filter_map(|p| match *p {
+            (Some(o), Some(n)) if in_place(o, n) => Some((o, n)),
+            _ => None,
         })
         .collect();
-    check.prepare(&same_path);
+    let mut answers = check.prepare(&same_path).into_iter();
     let mut gone: Vec<&FileEntry> = Vec::new();
     let mut came: Vec<&FileEntry> = Vec::new();
-    for n in new {
-        match old_by.get(n.path.as_slice()) {
-            Some(o) if o.kind == n.kind => {
-                if differs(o, n, check) {
+    let mut only_old: Vec<&FileEntry> = Vec::new();
+    for p in &paired {
+        match *p {
+            (Some(o), Some(n)) if o.kind == n.kind => {
+                // The prepared answers come in this same order.
+                let known = if in_place(o, n) {
+                    answers.next().flatten()
+                } else {
+                    None
+                };
+                if known.unwrap_or_else(|| differs(o, n, check)) {
                     d.modified.push(Modified {
                         path: shown(&n.path),
                         old_size: o.size,
@@ -102,17 +142,16 @@ pub fn diff(old: &[FileEntry], new: &[FileEntry], check: &mut dyn ContentCheck) 
                     });
                 }
             }
-            Some(o) => {
+            (Some(o), Some(n)) => {
                 gone.push(o);
                 came.push(n);
             }
-            None => came.push(n),
+            (None, Some(n)) => came.push(n),
+            (Some(o), None) => only_old.push(o),
+            (None, None) => {}
         }
     }
-    gone.extend(
-        old.iter()
-            .filter(|o| !new_by.contains_key(o.path.as_slice())),
-    );
+    gone.extend(only_old);
 
     // Renames: first by file id (same inode or MFT record, same kind), then
     // by content among files of equal size.

@@ -130,6 +130,38 @@ impl FileEntry {
 
 pub use cairn_vault::text::{escape, unescape};
 
+/// Entries found by path without hashing every path: walks return their
+/// entries sorted by path, so a lookup is a binary search (a list that is
+/// not sorted is sorted here, by reference).
+pub struct ByPath<'a>(Vec<&'a FileEntry>);
+
+impl<'a> ByPath<'a> {
+    pub fn new(entries: &'a [FileEntry]) -> Self {
+        let mut sorted: Vec<&FileEntry> = entries.iter().collect();
+        if !sorted.is_sorted_by(|a, b| a.path <= b.path) {
+            sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+        ByPath(sorted)
+    }
+
+    /// In path order.
+    pub fn entries(&self) -> &[&'a FileEntry] {
+        &self.0
+    }
+
+    pub fn get(&self, path: &[u8]) -> Option<&'a FileEntry> {
+        self.0
+            .binary_search_by(|e| e.path.as_slice().cmp(path))
+            .ok()
+            .map(|i| self.0[i])
+    }
+
+    /// The entry a listing shows as `shown` (see [`FileEntry::display_path`]).
+    pub fn shown(&self, shown: &str) -> Option<&'a FileEntry> {
+        self.get(&unescape(shown.strip_prefix('/').unwrap_or(shown)))
+    }
+}
+
 /// A read-only filesystem (or a directory snapshot) seen as files.
 pub trait Filesystem: Send + Sync {
     /// "ext4", "ntfs", "fat32", "directory"…

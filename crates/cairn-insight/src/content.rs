@@ -49,6 +49,15 @@ pub fn extension(path: &str) -> String {
     }
 }
 
+/// The bytes of a file name after its last dot, as [`extension`] finds
+/// them (before escaping and lower-casing; empty when there is none).
+pub fn raw_extension(name: &[u8]) -> &[u8] {
+    match name.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 && i + 1 < name.len() => &name[i + 1..],
+        _ => &[],
+    }
+}
+
 /// The type a file of this extension should have, for extensions we know.
 pub fn kind_for_extension(ext: &str) -> Option<Kind> {
     Some(match ext {

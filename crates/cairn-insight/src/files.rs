@@ -12,6 +12,7 @@
 use crate::content::{self, Kind, Sample};
 use crate::notes;
 use cairn_guest::diff::Diff;
+use cairn_guest::model::ByPath;
 use cairn_guest::{FileEntry, FileKind, Filesystem};
 use cairn_vault::SnapshotDisk;
 use cairn_vault::entropy::shannon_entropy;
@@ -453,11 +454,8 @@ impl Analysis<'_> {
 
 /// The file-level signals of `new` against `old`, given their diff.
 pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
-    let key = |e: &FileEntry| e.display_path();
-    let by_path = |entries: &'a [FileEntry]| -> HashMap<String, &'a FileEntry> {
-        entries.iter().map(|e| (key(e), e)).collect()
-    };
-    let (old_by, new_by) = rayon::join(|| by_path(old.entries), || by_path(new.entries));
+    // The diff names files as listings show them.
+    let (old_by, new_by) = (ByPath::new(old.entries), ByPath::new(new.entries));
     let is_file = |e: &&FileEntry| e.kind == FileKind::File;
     let a = Analysis {
         old,
@@ -477,7 +475,7 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
 
     let mut jobs: Vec<Job> = Vec::new();
     for m in &d.modified {
-        if let (Some(o), Some(n)) = (old_by.get(&m.path), new_by.get(&m.path))
+        if let (Some(o), Some(n)) = (old_by.shown(&m.path), new_by.shown(&m.path))
             && o.kind == FileKind::File
         {
             jobs.push(Job::Modified {
@@ -489,7 +487,7 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
         }
     }
     for r in &d.renamed {
-        if let (Some(o), Some(n)) = (old_by.get(&r.from), new_by.get(&r.to))
+        if let (Some(o), Some(n)) = (old_by.shown(&r.from), new_by.shown(&r.to))
             && o.kind == FileKind::File
             && r.modified
         {
@@ -502,7 +500,7 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
         }
     }
     for x in &d.added {
-        if let Some(n) = new_by.get(&x.path).filter(|e| e.kind == FileKind::File) {
+        if let Some(n) = new_by.shown(&x.path).filter(|e| e.kind == FileKind::File) {
             jobs.push(Job::Added {
                 path: &x.path,
                 new: n,
@@ -594,10 +592,14 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     let old_exts: HashSet<String> = if d.added.is_empty() {
         HashSet::new()
     } else {
-        old.entries
+        let raw: HashSet<&[u8]> = old
+            .entries
             .iter()
             .filter(is_file)
-            .map(|e| content::extension(&key(e)))
+            .map(|e| content::raw_extension(e.name()))
+            .collect();
+        raw.into_iter()
+            .map(|x| cairn_guest::model::escape(x).to_ascii_lowercase())
             .collect()
     };
     let mut fresh: BTreeMap<String, u64> = BTreeMap::new();

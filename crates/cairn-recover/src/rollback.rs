@@ -128,8 +128,10 @@ struct Hurt {
     detail: String,
 }
 
+/// The guest path a finding names (findings show paths escaped, see
+/// `FileEntry::display_path`).
 fn rel(display: &str) -> Vec<u8> {
-    display.trim_start_matches('/').as_bytes().to_vec()
+    cairn_guest::model::unescape(display.trim_start_matches('/'))
 }
 
 /// The plan: for every path of the result, which version and why.

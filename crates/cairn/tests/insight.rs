@@ -12,6 +12,79 @@ fn day(d: u32) -> String {
     format!("2026-04-{:02}T02:00:00Z", d + 1)
 }
 
+/// Ransomware that writes its encrypted copies under names that are not
+/// text (a byte that is not UTF-8, a newline, a right-to-left override)
+/// is found all the same, and the findings show those names escaped.
+#[test]
+fn encrypted_copies_under_names_that_are_not_text_are_found() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    for d in 0..3u32 {
+        let out = env.backup(&disk, "vm", &day(d));
+        assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");
+    }
+    let docs = root.join("home/alice/docs");
+    let odd: [&[u8]; 3] = [b"\xff", b"\n", "\u{202e}".as_bytes()];
+    for i in 0..6 {
+        let name = format!("report-{i}.txt");
+        std::fs::remove_file(docs.join(&name)).unwrap();
+        let mut new = name.into_bytes();
+        new.extend_from_slice(odd[i % 3]);
+        new.extend_from_slice(b".locked");
+        let path = docs.join(std::ffi::OsStr::from_bytes(&new));
+        std::fs::write(path, noise(20_000 + i * 3000, 70 + i as u64)).unwrap();
+    }
+    std::fs::remove_file(&disk).unwrap();
+    gpt_ext4_image(&disk, &root, 64);
+    let out = env
+        .cmd()
+        .args([
+            "backup",
+            disk.to_str().unwrap(),
+            "--name",
+            "vm",
+            "--time",
+            &day(3),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let t = env.run(&["timeline", "vm", "--json"]);
+    let t: serde_json::Value = serde_json::from_slice(&t.stdout).unwrap();
+    let findings = t["snapshots"][3]["findings"].to_string();
+    for shown in [
+        "report-0.txt\\\\xff.locked",
+        "report-1.txt\\\\n.locked",
+        "report-2.txt\\\\xe2\\\\x80\\\\xae.locked",
+    ] {
+        assert!(findings.contains(shown), "{shown} not in {findings}");
+    }
+    assert!(!findings.contains('\u{fffd}'), "{findings}");
+    // `cairn diff` shows them escaped too: one line per file.
+    let diff = env.ok(&["diff", "vm@-1", "vm@latest"]);
+    assert!(
+        diff.contains("-> /home/alice/docs/report-1.txt\\n.locked (and modified)"),
+        "{diff}"
+    );
+    assert_eq!(
+        diff.lines().filter(|l| l.starts_with("R ")).count(),
+        6,
+        "{diff}"
+    );
+}
+
 #[test]
 fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     let env = Env::new("0s", &[]);
