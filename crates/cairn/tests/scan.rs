@@ -6,7 +6,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::process::Command;
 
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cairn-scan/tests/fixtures/osv")
@@ -636,6 +638,26 @@ fn an_added_cron_job_ssh_key_and_setuid_binary_are_each_reported() {
         &format!("write {} /usr/local/bin/helper", helper.display()),
     );
     debugfs_w(&img, "sif /usr/local/bin/helper mode 0104755");
+    // Another one, named with a byte that is not UTF-8: it is reported
+    // under its escaped name (which reads back to those bytes).
+    for cmd in [
+        [
+            b"write ".as_slice(),
+            helper.as_os_str().as_bytes(),
+            b" /usr/local/bin/up\xffdate",
+        ]
+        .concat(),
+        b"sif /usr/local/bin/up\xffdate mode 0104755".to_vec(),
+    ] {
+        let out = Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(std::ffi::OsStr::from_bytes(&cmd))
+            .arg(format!("{}?offset=1048576", img.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
     env.backup(&img, "vm", "2026-01-02T00:00:00Z");
 
     let (code, v) = scan(&env, "vm@latest", &[]);
@@ -653,6 +675,10 @@ fn an_added_cron_job_ssh_key_and_setuid_binary_are_each_reported() {
                 "/root/.ssh/authorized_keys".to_string()
             ),
             ("setuid".to_string(), "/usr/local/bin/helper".to_string()),
+            (
+                "setuid".to_string(),
+                "/usr/local/bin/up\\xffdate".to_string()
+            ),
         ]),
         "exactly the foothold, not alice's edit: {v:#}"
     );
