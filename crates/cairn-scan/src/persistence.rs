@@ -277,7 +277,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
         let path = String::from_utf8_lossy(&e.path);
         // Findings name the file escaped, as listings do: a crafted name
         // can neither forge a line nor pass for another file.
-        let shown = cairn_guest::model::escape(&e.path);
+        let shown = || cairn_guest::model::escape(&e.path);
         let before = old_by_path.get(e.path.as_slice()).copied();
         let is_new = old.is_some() && before.is_none();
         let is_changed = before.is_some_and(|b| changed(b, e));
@@ -285,7 +285,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
         // Executables dropped where anyone can write.
         if in_temp(&path) && (old.is_none() || is_new || is_changed) && executable(new, e) {
             push(
-                &shown,
+                &shown(),
                 "temp_executable",
                 Severity::Compromised,
                 format!(
@@ -304,7 +304,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             let was = before.is_some_and(|b| privileged(b.mode));
             if !was || is_changed {
                 push(
-                    &shown,
+                    &shown(),
                     "setuid",
                     Severity::Warning,
                     format!(
@@ -344,7 +344,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             });
             if !rotated {
                 push(
-                    &shown,
+                    &shown(),
                     "log_cleared",
                     Severity::Warning,
                     format!(
@@ -364,14 +364,14 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             for (name, acc) in accounts(&now) {
                 if acc.uid == 0 && name != "root" && prior.get(&name).is_none_or(|p| p.uid != 0) {
                     push(
-                        &shown,
+                        &shown(),
                         "uid0_account",
                         Severity::Compromised,
                         format!("account {name} has uid 0 (root's powers)"),
                     );
                 } else if old.is_some() && before.is_some() && !prior.contains_key(&name) {
                     push(
-                        &shown,
+                        &shown(),
                         "new_account",
                         Severity::Warning,
                         format!("new account {name} (uid {})", acc.uid),
@@ -385,7 +385,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             let then = before.zip(old).and_then(|(b, o)| text(o, b));
             for name in passwords_set(then.as_deref(), &now) {
                 push(
-                    &shown,
+                    &shown(),
                     "password_set",
                     Severity::Warning,
                     format!("a password was set for {name}, which had none"),
@@ -401,11 +401,11 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             match read_hive(new, e) {
                 Some(now) => {
                     for (kind, detail) in registry_changes(hive, then.as_deref(), &now) {
-                        push(&shown, kind, Severity::Warning, detail);
+                        push(&shown(), kind, Severity::Warning, detail);
                     }
                 }
                 None => push(
-                    &shown,
+                    &shown(),
                     "windows_registry",
                     Severity::Warning,
                     "registry hive changed but could not be read".into(),
@@ -419,7 +419,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             if e.size > 0 && (old.is_none() || is_new || is_changed) {
                 let quoted = text(new, e).map(|t| quote(&lines(&t))).unwrap_or_default();
                 push(
-                    &shown,
+                    &shown(),
                     kind,
                     Severity::Compromised,
                     format!("libraries preloaded into every program: {quoted}"),
@@ -457,7 +457,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 Some(s) => format!("{state} {what}: shortcut to {}", describe_shortcut(&s)),
                 None => format!("{state} {what}: a shortcut that could not be read"),
             };
-            push(&shown, kind, Severity::Warning, detail);
+            push(&shown(), kind, Severity::Warning, detail);
             continue;
         }
         let detail = if e.kind == FileKind::Symlink {
@@ -488,7 +488,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 )
             }
         };
-        push(&shown, kind, Severity::Warning, detail);
+        push(&shown(), kind, Severity::Warning, detail);
     }
     out
 }
