@@ -293,20 +293,38 @@ impl Assessor {
             .filter(|h| h.changed_bytes > 0)
             .map(|h| h.high_entropy_share)
             .collect();
+        // Whether a day's change is usually high-entropy: by the clean
+        // history's median, or while it is short, by the earliest snapshot
+        // (a first snapshot's share is the whole disk's) — on an encrypted
+        // (LUKS) or media disk every day looks high-entropy, on others not.
+        let high_entropy_usual = if clean_shares.len() >= MIN_BASELINE {
+            median(clean_shares).unwrap_or(0.0) >= 0.3
+        } else {
+            self.history
+                .first()
+                .is_some_and(|(h, _)| h.high_entropy_share >= 0.5)
+        };
         if compared
             && s.high_entropy_share >= 0.5
             && s.changed_bytes >= 1 << 20
-            && (clean_shares.len() < MIN_BASELINE || median(clean_shares).unwrap_or(0.0) < 0.3)
+            && !high_entropy_usual
         {
             let why = match diffed {
                 Some(f) if f.dense_ok_files > 0 => format!(
                     "; {} changed files are archives or media that check out",
                     f.dense_ok_files
                 ),
-                _ => String::new(),
+                Some(_) => String::new(),
+                None => "; there are no files to tell encryption from compressed data".into(),
             };
+            // Without files to look at, data turning high-entropy where the
+            // history shows none (or where there is no history yet) is
+            // suspicious on its own: it is all there is to see of an
+            // encryption on a disk whose filesystem is not read (XFS,
+            // btrfs, LUKS) — slowly, a few percent a day, it raises no
+            // change rate.
             ev.add(
-                pick(0.1, 0.35),
+                pick(0.1, 0.45),
                 format!(
                     "{:.0}% of changed data is high-entropy{why}",
                     s.high_entropy_share * 100.0
@@ -471,4 +489,69 @@ pub fn clean_point(seq: &[(&Signals, &Assessment)]) -> Option<CleanPoint> {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_vault::SnapshotId;
+    use chrono::{Duration, TimeZone, Utc};
+
+    /// Day `d` of a 10 GiB disk whose filesystem is not read (XFS, LUKS):
+    /// `changed` MiB changed, `share` of it high-entropy.
+    fn raw_day(d: i64, changed: u64, share: f64) -> Signals {
+        Signals {
+            version: crate::signals::SIGNALS_VERSION,
+            snapshot: SnapshotId(format!("{d:064}")),
+            parent: (d > 0).then(|| SnapshotId(format!("{:064}", d - 1))),
+            time: Utc.with_ymd_and_hms(2026, 3, 2, 2, 0, 0).unwrap() + Duration::days(d),
+            logical_size: 10 << 30,
+            changed_bytes: changed << 20,
+            change_rate: (d > 0).then(|| (changed << 20) as f64 / 24.0),
+            entropy: 4.0 + 4.0 * share,
+            high_entropy_share: share,
+            compression_ratio: 2.0,
+            zero_delta: 0,
+            files: None,
+            fs_error: Some("no filesystem Cairn reads".into()),
+            parent_fs_readable: false,
+            analysis_secs: 0.0,
+        }
+    }
+
+    fn verdicts(days: &[Signals]) -> Vec<Verdict> {
+        let mut a = Assessor::new();
+        days.iter().map(|s| a.assess(s).verdict).collect()
+    }
+
+    #[test]
+    fn data_turning_high_entropy_on_an_unread_disk_is_suspicious_even_while_learning() {
+        use Verdict::*;
+        // An ordinary disk (a fifth of its data high-entropy), then a slow
+        // encryption from day 2: 40 MiB a day, no change-rate spike.
+        let mut days = vec![raw_day(0, 4000, 0.2), raw_day(1, 40, 0.05)];
+        days.extend((2..6).map(|d| raw_day(d, 40, 0.98)));
+        assert_eq!(
+            verdicts(&days),
+            [Clean, Clean, Suspicious, Suspicious, Suspicious, Suspicious]
+        );
+        // Once the history knows the disk, the same day is no different.
+        let mut days: Vec<Signals> = (0..5).map(|d| raw_day(d, 40, 0.1)).collect();
+        days[0] = raw_day(0, 4000, 0.2);
+        days.push(raw_day(5, 40, 0.98));
+        assert_eq!(verdicts(&days).last(), Some(&Suspicious));
+    }
+
+    #[test]
+    fn an_encrypted_or_media_disk_changes_high_entropy_every_day_and_stays_clean() {
+        // A LUKS guest: its data, and every day's change, is high-entropy.
+        let days: Vec<Signals> = (0..6)
+            .map(|d| raw_day(d, if d == 0 { 4000 } else { 40 }, 0.99))
+            .collect();
+        assert!(
+            verdicts(&days).iter().all(|v| *v == Verdict::Clean),
+            "{:?}",
+            verdicts(&days)
+        );
+    }
 }
