@@ -2,6 +2,15 @@
 //! one before, so an edited, removed or reordered entry breaks the chain
 //! at that point (`cairn audit verify`). Lines are fsynced before the
 //! action's answer goes out.
+//!
+//! A chain alone cannot show that entries were cut from its end, or that
+//! the whole log was written anew by someone who can write the server's
+//! disk. So the log is anchored in the vault: after every change (and
+//! after reads, at most every few minutes) the newest entry's number and
+//! hash are stored as a write-once object `audit/<seq>`, locked like the
+//! rest on object storage. Verifying compares the log with the newest of
+//! them: every entry up to it must be there, with that hash (which the
+//! chain makes depend on all the entries before it).
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -9,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The `prev` of the first entry.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -44,6 +54,28 @@ pub struct AuditLog {
     /// One append at a time within this process (the file lock orders
     /// processes).
     appending: Mutex<()>,
+    anchor: Option<Anchor>,
+}
+
+/// Where the log is anchored, and when it last was.
+struct Anchor {
+    vault: Arc<cairn_vault::Vault>,
+    last: Mutex<Option<Instant>>,
+}
+
+/// Reads (GET, HEAD) are anchored at most this often; changes at once.
+const QUIET_ANCHOR: Duration = Duration::from_secs(300);
+
+/// What `audit/<seq>` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    seq: u64,
+    hash: String,
+    time: DateTime<Utc>,
+}
+
+fn checkpoint_name(seq: u64) -> String {
+    format!("audit/{seq:020}")
 }
 
 /// Where the chain breaks.
@@ -59,7 +91,49 @@ impl AuditLog {
         AuditLog {
             path: dir.join("audit.log"),
             appending: Mutex::new(()),
+            anchor: None,
         }
+    }
+
+    /// Anchors the log in `vault` (see the module's comment).
+    pub fn anchored_in(mut self, vault: Arc<cairn_vault::Vault>) -> Self {
+        self.anchor = Some(Anchor {
+            vault,
+            last: Mutex::new(None),
+        });
+        self
+    }
+
+    /// Stores the checkpoint of entry `seq` unless `urgent` is false and
+    /// one was stored lately. Failing to is reported, not fatal: the
+    /// action is on record locally.
+    fn anchor(&self, seq: u64, hash: &str, urgent: bool) {
+        let Some(a) = &self.anchor else { return };
+        let mut last = a.last.lock().unwrap();
+        if !urgent && last.is_some_and(|t| t.elapsed() < QUIET_ANCHOR) {
+            return;
+        }
+        let cp = Checkpoint {
+            seq,
+            hash: hash.to_string(),
+            time: Utc::now(),
+        };
+        let json = serde_json::to_vec(&cp).expect("json");
+        match a.vault.put_sealed(&checkpoint_name(seq), &json) {
+            Ok(_) => *last = Some(Instant::now()),
+            Err(e) => tracing::error!("audit checkpoint {seq} not stored in the vault: {e}"),
+        }
+    }
+
+    /// Anchors the newest entry now (a server starting: entries the
+    /// command line added meanwhile, token changes, get anchored).
+    pub fn anchor_tail(&self) -> Result<()> {
+        let _one = self.appending.lock().unwrap();
+        let _guard = crate::FileLock::take(&self.path)?;
+        if let Some((next, hash)) = read_tail(&self.path)? {
+            self.anchor(next - 1, &hash, true);
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -103,6 +177,8 @@ impl AuditLog {
         f.write_all(&line)
             .and_then(|_| f.sync_data())
             .with_context(|| format!("writing {}", self.path.display()))?;
+        let read = e.action.starts_with("GET ") || e.action.starts_with("HEAD ");
+        self.anchor(e.seq, &e.hash, !read);
         Ok(e)
     }
 
@@ -119,19 +195,70 @@ impl AuditLog {
             .collect())
     }
 
-    /// Checks the whole chain: number of entries, or the first break.
+    /// Checks the whole chain, and against the vault's newest checkpoint
+    /// when the log is anchored: number of entries, or the first break.
     pub fn verify(&self) -> Result<std::result::Result<u64, Break>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
         };
-        Ok(verify_text(&text))
+        let hashes = match verify_text(&text) {
+            Ok(h) => h,
+            Err(b) => return Ok(Err(b)),
+        };
+        if let Some(a) = &self.anchor
+            && let Some(b) = against_checkpoint(&a.vault, &hashes)?
+        {
+            return Ok(Err(b));
+        }
+        Ok(Ok(hashes.len() as u64))
     }
 }
 
-fn verify_text(text: &str) -> std::result::Result<u64, Break> {
+/// Where the log disagrees with the newest checkpoint in `vault`, if it
+/// does (`hashes`: the verified chain's entries).
+fn against_checkpoint(vault: &cairn_vault::Vault, hashes: &[String]) -> Result<Option<Break>> {
+    let newest = vault
+        .backend()
+        .list("audit")?
+        .iter()
+        .filter_map(|n| n.strip_prefix("audit/")?.parse::<u64>().ok())
+        .max();
+    let Some(seq) = newest else { return Ok(None) };
+    let name = checkpoint_name(seq);
+    let cp: Checkpoint = serde_json::from_slice(&vault.read_object(&name)?)
+        .with_context(|| format!("reading the vault's {name}"))?;
+    if cp.seq != seq {
+        return Ok(Some(Break {
+            line: hashes.len() + 1,
+            reason: format!("the vault's {name} names entry {} (damaged?)", cp.seq),
+        }));
+    }
+    let when = cp.time.format("%Y-%m-%d %H:%M:%S UTC");
+    Ok(match hashes.get(seq as usize) {
+        None => Some(Break {
+            line: hashes.len() + 1,
+            reason: format!(
+                "the log ends after {} entries, but the vault holds a checkpoint of entry {seq} (stored {when}): entries were cut from its end",
+                hashes.len()
+            ),
+        }),
+        Some(h) if *h != cp.hash => Some(Break {
+            line: seq as usize + 1,
+            reason: format!(
+                "entry {seq} is not the one the vault's checkpoint of {when} holds: the log was written anew"
+            ),
+        }),
+        Some(_) => None,
+    })
+}
+
+/// The hashes of the entries of a log whose chain holds, or where it
+/// breaks.
+fn verify_text(text: &str) -> std::result::Result<Vec<String>, Break> {
     let mut prev = GENESIS.to_string();
+    let mut hashes = Vec::new();
     let mut n = 0u64;
     for (i, line) in text.lines().enumerate() {
         let brk = |reason: String| Break {
@@ -155,10 +282,11 @@ fn verify_text(text: &str) -> std::result::Result<u64, Break> {
         if e.digest() != e.hash {
             return Err(brk("its content does not match its hash (edited)".into()));
         }
-        prev = e.hash;
+        prev = e.hash.clone();
+        hashes.push(e.hash);
         n += 1;
     }
-    Ok(n)
+    Ok(hashes)
 }
 
 fn read_tail(path: &Path) -> Result<Option<(u64, String)>> {

@@ -79,7 +79,7 @@ impl AppState {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Arc::new(AppState {
             tokens: Tokens::new(&dir),
-            audit: audit::AuditLog::new(&dir),
+            audit: audit::AuditLog::new(&dir).anchored_in(vault.clone()),
             metrics: metrics::Metrics::default(),
             jobs: jobs::Jobs::default(),
             exports: exports::Exports::default(),
@@ -498,6 +498,11 @@ pub fn router(st: Shared) -> Router {
 /// config names a certificate and key.
 pub async fn serve(st: Shared, listener: tokio::net::TcpListener) -> Result<()> {
     let app = router(st.clone());
+    // What the command line recorded while no server ran (token changes)
+    // is anchored now.
+    if let Err(e) = st.audit.anchor_tail() {
+        tracing::error!("audit log not anchored: {e:#}");
+    }
     scheduler::start(st.clone());
     match (&st.config.tls_cert, &st.config.tls_key) {
         (Some(cert), Some(key)) => serve_tls(app, listener, cert, key).await,

@@ -1405,24 +1405,19 @@ fn audit(cli: &Cli, action: Option<&AuditAction>) -> Result<u8> {
     let dir = server_state_dir(cli)?;
     let log = cairn_server::audit::AuditLog::new(&dir);
     match action {
-        Some(AuditAction::Verify) => match log.verify()? {
-            Ok(n) => {
-                if cli.json {
-                    print_json(&json!({"ok": true, "entries": n}));
-                } else {
-                    println!("audit log intact: {n} entries, hash chain verified");
+        Some(AuditAction::Verify) => {
+            // Against the vault's checkpoints too, when it opens.
+            let log = match open(cli) {
+                Ok(vault) => log.anchored_in(vault),
+                Err(e) => {
+                    eprintln!(
+                        "warning: the vault could not be opened ({e}): the log is checked on its own, not against the checkpoints the vault holds"
+                    );
+                    log
                 }
-                Ok(0)
-            }
-            Err(b) => {
-                if cli.json {
-                    print_json(&json!({"ok": false, "line": b.line, "reason": b.reason}));
-                } else {
-                    println!("audit log BROKEN at line {}: {}", b.line, b.reason);
-                }
-                Ok(FOUND)
-            }
-        },
+            };
+            audit_verify(cli, &log)
+        }
         None => {
             let entries = log.entries()?;
             if cli.json {
@@ -1445,6 +1440,27 @@ fn audit(cli: &Cli, action: Option<&AuditAction>) -> Result<u8> {
                 }
             }
             Ok(0)
+        }
+    }
+}
+
+fn audit_verify(cli: &Cli, log: &cairn_server::audit::AuditLog) -> Result<u8> {
+    match log.verify()? {
+        Ok(n) => {
+            if cli.json {
+                print_json(&json!({"ok": true, "entries": n}));
+            } else {
+                println!("audit log intact: {n} entries, hash chain verified");
+            }
+            Ok(0)
+        }
+        Err(b) => {
+            if cli.json {
+                print_json(&json!({"ok": false, "line": b.line, "reason": b.reason}));
+            } else {
+                println!("audit log BROKEN at line {}: {}", b.line, b.reason);
+            }
+            Ok(FOUND)
         }
     }
 }

@@ -458,9 +458,24 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     assert_eq!(v["ok"], true, "{v}");
     env.ok(&["audit", "verify"]);
 
-    // ...until an entry is edited: the refusal turned into "ok".
+    // A log cut short is caught by the vault's checkpoint of its newest
+    // change (the chain alone cannot tell)...
     let path = env.vault.join("local/server/audit.log");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let full = std::fs::read_to_string(&path).unwrap();
+    let half: Vec<&str> = full.lines().take(full.lines().count() / 2).collect();
+    std::fs::write(&path, half.join("\n") + "\n").unwrap();
+    let out = env.run(&["audit", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["reason"].as_str().unwrap().contains("cut from its end"),
+        "{v}"
+    );
+    std::fs::write(&path, &full).unwrap();
+    env.ok(&["audit", "verify"]);
+
+    // ...and so is an entry edited: the refusal turned into "ok".
+    let text = full;
     let line = text
         .lines()
         .position(|l| l.contains("\"refused\""))
