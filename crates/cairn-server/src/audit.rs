@@ -259,7 +259,6 @@ fn against_checkpoint(vault: &cairn_vault::Vault, hashes: &[String]) -> Result<O
 fn verify_text(text: &str) -> std::result::Result<Vec<String>, Break> {
     let mut prev = GENESIS.to_string();
     let mut hashes = Vec::new();
-    let mut n = 0u64;
     for (i, line) in text.lines().enumerate() {
         let brk = |reason: String| Break {
             line: i + 1,
@@ -267,6 +266,7 @@ fn verify_text(text: &str) -> std::result::Result<Vec<String>, Break> {
         };
         let e: AuditEntry =
             serde_json::from_str(line).map_err(|e| brk(format!("not an audit entry: {e}")))?;
+        let n = hashes.len() as u64;
         if e.seq != n {
             return Err(brk(format!(
                 "entry number {} where {n} was expected (an entry was removed or moved)",
@@ -284,7 +284,6 @@ fn verify_text(text: &str) -> std::result::Result<Vec<String>, Break> {
         }
         prev = e.hash.clone();
         hashes.push(e.hash);
-        n += 1;
     }
     Ok(hashes)
 }
