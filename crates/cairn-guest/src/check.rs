@@ -142,10 +142,19 @@ impl ContentCheck for DiskCheck<'_> {
         if let Some(changed) = self.in_place_changed(old, new) {
             return changed;
         }
+        let by_content = |this: &mut Self| {
+            this.digest(old, false) != this.digest(new, true) || this.digest(new, true).is_none()
+        };
         match (&old.extents, &new.extents) {
-            (Some(_), Some(_)) => {
-                self.digest(old, false) != self.digest(new, true)
-                    || self.digest(new, true).is_none()
+            // Moved, or mapped on one side only (holes punched into it,
+            // or filled): the content decides.
+            (Some(_), _) | (_, Some(_)) => by_content(self),
+            // Holes on both sides (ext4 maps the rest): read, up to the
+            // size a digest is taken of.
+            (None, None)
+                if self.new_fs.kind().starts_with("ext") && new.size <= MAX_DIGEST_BYTES =>
+            {
+                by_content(self)
             }
             // A reader without extents (NTFS, FAT): size and mtime decide.
             _ => false,

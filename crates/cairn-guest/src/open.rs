@@ -20,6 +20,8 @@ pub struct Opened {
     pub disk: Option<Arc<SnapshotDisk>>,
     /// What `fs` reads the disk through: `disk`, or a source-backed view.
     pub reader: Option<Arc<dyn BlockSource>>,
+    /// The partition `fs` is on (disk snapshots).
+    pub partition: Option<u32>,
 }
 
 /// Opens `snapshot`'s files: its tree, or partition `partition` (default:
@@ -63,6 +65,7 @@ pub fn open_snapshot_with_source(
                 snapshot,
                 disk: None,
                 reader: None,
+                partition: None,
             })
         }
         SourceKind::Disk => {
@@ -79,6 +82,7 @@ pub fn open_snapshot_with_source(
                 fs,
                 disk: Some(disk),
                 reader: Some(as_source),
+                partition: Some(p.number),
             })
         }
     }

@@ -6,7 +6,6 @@
 use crate::files::{self, FileSignals, Side};
 use cairn_guest::check::{DiskCheck, TreeCheck};
 use cairn_guest::open::{GUEST_CACHE_CHUNKS, open_snapshot_with_source};
-use cairn_guest::{Opened, open_snapshot};
 use cairn_vault::BLOCK_SIZE;
 use cairn_vault::{Snapshot, SnapshotId, Vault};
 use chrono::{DateTime, Utc};
@@ -54,10 +53,6 @@ pub struct Signals {
 /// the diff and the analysis; a day that changed more decodes some twice
 /// rather than grow without bound.
 const PARENT_CACHE_BYTES: usize = 96 << 20;
-
-fn open(vault: &Arc<Vault>, s: &Snapshot) -> Result<Opened, String> {
-    open_snapshot(vault, s.clone(), None).map_err(|e| e.to_string())
-}
 
 /// The source a disk snapshot was just made from, when it is a raw image
 /// or block device (reads are checked block by block against the
@@ -111,11 +106,21 @@ pub fn compute(
         parent_fs_readable: false,
         analysis_secs: 0.0,
     };
+    // The parent is opened first: this snapshot's files are read from the
+    // same partition. Taking whatever partition reads best would compare
+    // unrelated filesystems when the one that mattered was destroyed (the
+    // EFI partition is readable still) and call the day clean.
+    let old = parent.and_then(|p| {
+        let changed_blocks = snap.metrics.changed_bytes.div_ceil(BLOCK_SIZE as u64) as usize;
+        let most = PARENT_CACHE_BYTES / vault.config().disk_chunk_size.max(1) as usize;
+        let cache = changed_blocks.clamp(GUEST_CACHE_CHUNKS, most.max(GUEST_CACHE_CHUNKS));
+        open_snapshot_with_source(vault, p.clone(), None, None, cache).ok()
+    });
     // This snapshot's files: opened and walked, or why not.
     let opened = open_snapshot_with_source(
         vault,
         snap.clone(),
-        None,
+        old.as_ref().and_then(|o| o.partition),
         source_file(snap, source),
         GUEST_CACHE_CHUNKS,
     )
@@ -125,7 +130,7 @@ pub fn compute(
         Ok(x) => x,
         Err(e) => {
             out.fs_error = Some(e);
-            out.parent_fs_readable = parent.is_some_and(|p| open(vault, p).is_ok());
+            out.parent_fs_readable = old.is_some();
             out.analysis_secs = started.elapsed().as_secs_f64();
             return out;
         }
@@ -141,14 +146,6 @@ pub fn compute(
         s.spawn(|| {
             let _ = crate::filelist::save(vault, &snap.id, &new_entries);
             tracing::debug!(secs = started.elapsed().as_secs_f64(), "list saved");
-        });
-        // The parent's chunks under changed blocks are decoded by the diff
-        // and read again by the analysis: kept for both when they fit.
-        let old = parent.and_then(|p| {
-            let changed_blocks = snap.metrics.changed_bytes.div_ceil(BLOCK_SIZE as u64) as usize;
-            let most = PARENT_CACHE_BYTES / vault.config().disk_chunk_size.max(1) as usize;
-            let cache = changed_blocks.clamp(GUEST_CACHE_CHUNKS, most.max(GUEST_CACHE_CHUNKS));
-            open_snapshot_with_source(vault, p.clone(), None, None, cache).ok()
         });
         let old_entries = old.as_ref().and_then(|o| {
             parent

@@ -196,7 +196,7 @@ pub fn snapshot_diff(st: &Shared, spec: &str, against: Option<&str>) -> Result<V
         }
     };
     let o = cairn_guest::open_snapshot(vault, old.clone(), None)?;
-    let n = cairn_guest::open_snapshot(vault, new.clone(), None)?;
+    let n = cairn_guest::open_snapshot(vault, new.clone(), o.partition)?;
     let d = cairn_guest::diff::between(&o, &n)?;
     let counts = json!({
         "added": d.added.len(), "deleted": d.deleted.len(),

@@ -159,7 +159,9 @@ pub fn diff(
     json: bool,
 ) -> Result<u8> {
     let old = open_snapshot(vault, a, partition)?;
-    let new = open_snapshot(vault, b, partition)?;
+    // The same partition on both sides (the largest readable one of the
+    // second may be another filesystem altogether).
+    let new = open_snapshot(vault, b, partition.or(old.partition))?;
     if old.snapshot.source.kind != new.snapshot.source.kind {
         let kind = |k: SourceKind| match k {
             SourceKind::Disk => "a disk",

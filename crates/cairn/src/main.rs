@@ -535,8 +535,10 @@ fn main() -> ExitCode {
         // Colour codes only for a person at a terminal, not in a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
+            // The FAT reader warns about legal but unusual boot sectors
+            // (mkfs.vfat's own defaults): not the operator's concern.
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,fatfs=error".into()),
         )
         .init();
     let cli = Cli::parse();

@@ -85,6 +85,102 @@ fn encrypted_copies_under_names_that_are_not_text_are_found() {
     );
 }
 
+/// Two wipers that leave something readable behind: holes punched into
+/// every report (same size and mtime, all zeros now), and the root
+/// filesystem overwritten on a disk that also has an EFI partition (which
+/// reads fine, and must not be compared with the ext4 it replaced).
+#[test]
+fn punched_files_and_a_destroyed_root_beside_an_efi_partition_are_found() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    let d = disk.to_str().unwrap();
+    sh("truncate", &["-s", "96M", d]);
+    sh(
+        "sgdisk",
+        &[
+            "-n",
+            "1:2048:+16M",
+            "-t",
+            "1:ef00",
+            "-n",
+            "2:34816:0",
+            "-t",
+            "2:8300",
+            d,
+        ],
+    );
+    sh("mkfs.vfat", &["-F", "16", "--offset=2048", d, "16384"]);
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-d",
+            root.to_str().unwrap(),
+            "-E",
+            "offset=17825792",
+            d,
+            "76M",
+        ],
+    );
+    let ext4 = format!("{d}?offset=17825792");
+    for day_n in 0..3u32 {
+        let out = env.backup(&disk, "vm", &day(day_n));
+        assert_eq!(out["insight"]["verdict"], "clean", "day {day_n}: {out}");
+    }
+    for i in 0..6 {
+        sh(
+            "debugfs",
+            &[
+                "-w",
+                "-R",
+                &format!("punch /home/alice/docs/report-{i}.txt 0"),
+                &ext4,
+            ],
+        );
+    }
+    let out = env.run(&["backup", d, "--name", "vm", "--time", &day(3), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    assert!(
+        v["insight"]["reasons"]
+            .to_string()
+            .contains("6 file(s) overwritten with zeros"),
+        "{v}"
+    );
+
+    // The root filesystem overwritten whole: the EFI partition still reads.
+    write_at(&disk, 17 << 20, &noise(76 << 20, 5));
+    let out = env.run(&["backup", d, "--name", "vm", "--time", &day(4), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    assert!(
+        v["insight"]["reasons"]
+            .to_string()
+            .contains("no longer readable"),
+        "{v}"
+    );
+    // `cairn diff` compares the same partition, not the EFI one.
+    let out = env.run(&["diff", "vm@-1", "vm@latest"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("partition 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     let env = Env::new("0s", &[]);
