@@ -196,7 +196,11 @@ pub fn check_structure(kind: Kind, s: &Sample, read_at: &mut ReadAt) -> Result<(
         Kind::Png => check_png(s),
         Kind::Sqlite => check_sqlite(s),
         Kind::Text => {
-            let share = text_share(&s.head[..s.head.len().min(64 << 10)]);
+            let head = &s.head[..s.head.len().min(64 << 10)];
+            if utf16_text(head) {
+                return Ok(());
+            }
+            let share = text_share(head);
             if share < 0.85 {
                 Err(format!(
                     "a text file holding binary data ({:.0}% text)",
@@ -206,7 +210,8 @@ pub fn check_structure(kind: Kind, s: &Sample, read_at: &mut ReadAt) -> Result<(
                 Ok(())
             }
         }
-        Kind::Gzip | Kind::Packed | Kind::Media | Kind::Elf => {
+        Kind::Gzip => check_gzip(s),
+        Kind::Packed | Kind::Media | Kind::Elf => {
             if sniff(s.head) == Some(kind) {
                 Ok(())
             } else {
@@ -259,6 +264,105 @@ fn check_zip(s: &Sample, read_at: &mut ReadAt) -> Result<(), String> {
     let entries = le16(t, eocd + 10);
     if entries > 0 && cd_size < entries * 46 {
         return Err("ZIP central directory too small for its entries".into());
+    }
+    check_first_zip_entry(s.head)
+}
+
+/// The first entry of a ZIP, when its sizes are in its local header and
+/// it lies inside the sample: its data must decompress to its CRC-32
+/// (encrypting the entries while keeping every header leaves a ZIP whose
+/// directories look perfect).
+fn check_first_zip_entry(h: &[u8]) -> Result<(), String> {
+    if h.len() < 30 || !h.starts_with(b"PK\x03\x04") {
+        return Ok(());
+    }
+    let (flags, method) = (le16(h, 6), le16(h, 8));
+    let (crc, packed, size) = (le32(h, 14), le32(h, 18) as usize, le32(h, 22) as usize);
+    let start = 30 + le16(h, 26) as usize + le16(h, 28) as usize;
+    // Encrypted on purpose (flag 0), sizes after the data (flag 3), or
+    // beyond the sample or the 64 KiB looked at: not checked.
+    if flags & 0x9 != 0 || size > 64 << 10 || start + packed > h.len() {
+        return Ok(());
+    }
+    let data = &h[start..start + packed];
+    let mut out = Vec::with_capacity(size);
+    let ok = match method {
+        0 => {
+            out.extend_from_slice(data);
+            true
+        }
+        8 => {
+            use std::io::Read;
+            flate2::read::DeflateDecoder::new(data)
+                .take(size as u64 + 1)
+                .read_to_end(&mut out)
+                .is_ok()
+        }
+        _ => return Ok(()),
+    };
+    if !ok || out.len() != size || crc32fast::hash(&out) as u64 != crc {
+        return Err("its first entry's data does not match its checksum".into());
+    }
+    Ok(())
+}
+
+/// Text saved as UTF-16 (Windows tools do): a byte-order mark, or every
+/// other byte zero beside readable characters, and that read as text.
+pub fn utf16_text(head: &[u8]) -> bool {
+    let (le, body) = match head {
+        [0xff, 0xfe, rest @ ..] => (true, rest),
+        [0xfe, 0xff, rest @ ..] => (false, rest),
+        _ => {
+            let n = head.len().min(4096) & !1;
+            let zero_odd = head[..n].chunks(2).filter(|p| p[1] == 0).count();
+            let zero_even = head[..n].chunks(2).filter(|p| p[0] == 0).count();
+            match (zero_odd * 10 >= n / 2 * 9, zero_even * 10 >= n / 2 * 9) {
+                (true, false) if n >= 64 => (true, head),
+                (false, true) if n >= 64 => (false, head),
+                _ => return false,
+            }
+        }
+    };
+    let units: Vec<u16> = body[..body.len().min(64 << 10) & !1]
+        .chunks(2)
+        .map(|p| {
+            if le {
+                u16::from_le_bytes([p[0], p[1]])
+            } else {
+                u16::from_be_bytes([p[0], p[1]])
+            }
+        })
+        .collect();
+    let text = String::from_utf16_lossy(&units);
+    text_share(text.as_bytes()) >= 0.95 && !text.contains('\u{fffd}')
+}
+
+/// gzip: a deflate stream (the only method) behind a header whose
+/// reserved flags are clear, and the stream inflates: random bytes behind
+/// the two magic bytes do not.
+fn check_gzip(s: &Sample) -> Result<(), String> {
+    let h = s.head;
+    if !h.starts_with(&[0x1f, 0x8b]) {
+        return Err("its magic bytes are gone".into());
+    }
+    if h.len() < 10 || h[2] != 8 || h[3] & 0xe0 != 0 {
+        return Err("not a valid gzip header".into());
+    }
+    inflates(flate2::read::GzDecoder::new(h), "gzip")
+}
+
+/// Whether a decompressor reads up to 64 KiB out of a sample without
+/// finding the data broken (running out of the sample is fine).
+fn inflates(mut r: impl std::io::Read, what: &str) -> Result<(), String> {
+    let mut out = vec![0u8; 64 << 10];
+    let mut done = 0;
+    while done < out.len() {
+        match r.read(&mut out[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(_) => return Err(format!("its {what} data does not decompress")),
+        }
     }
     Ok(())
 }
@@ -561,5 +665,110 @@ mod tests {
         assert_eq!(check(Kind::Sqlite, &db), Ok(()));
         db[100] = 0x77;
         assert!(check(Kind::Sqlite, &db).is_err());
+    }
+
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn words(n: usize) -> Vec<u8> {
+        b"invoice total ledger the report "
+            .iter()
+            .copied()
+            .cycle()
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn gzip_must_inflate_not_just_start_with_its_magic() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&words(100_000)).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(check(Kind::Gzip, &gz), Ok(()));
+        // Cut short: still fine (a sample ends somewhere).
+        assert_eq!(check(Kind::Gzip, &gz[..gz.len() / 2]), Ok(()));
+        // The magic bytes in front of random bytes (ciphertext).
+        let fake = [&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3][..], &noise(20_000)].concat();
+        assert!(check(Kind::Gzip, &fake).is_err());
+    }
+
+    /// A ZIP of one entry, deflated, with its central directory.
+    fn zip_of(name: &[u8], data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        d.write_all(data).unwrap();
+        let packed = d.finish().unwrap();
+        let crc = crc32fast::hash(data);
+        let header = |sig: &[u8], central: bool| {
+            let mut h = sig.to_vec();
+            if central {
+                h.extend_from_slice(&20u16.to_le_bytes());
+            }
+            h.extend_from_slice(&20u16.to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes());
+            h.extend_from_slice(&8u16.to_le_bytes());
+            h.extend_from_slice(&[0; 4]);
+            h.extend_from_slice(&crc.to_le_bytes());
+            h.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+            h.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes());
+            if central {
+                h.extend_from_slice(&[0; 12]);
+                h.extend_from_slice(&0u32.to_le_bytes());
+            }
+            h.extend_from_slice(name);
+            h
+        };
+        let mut z = header(b"PK\x03\x04", false);
+        z.extend_from_slice(&packed);
+        let cd_at = z.len() as u32;
+        let cd = header(b"PK\x01\x02", true);
+        z.extend_from_slice(&cd);
+        z.extend_from_slice(b"PK\x05\x06");
+        z.extend_from_slice(&[0; 4]);
+        z.extend_from_slice(&1u16.to_le_bytes());
+        z.extend_from_slice(&1u16.to_le_bytes());
+        z.extend_from_slice(&(cd.len() as u32).to_le_bytes());
+        z.extend_from_slice(&cd_at.to_le_bytes());
+        z.extend_from_slice(&0u16.to_le_bytes());
+        z
+    }
+
+    #[test]
+    fn a_zip_whose_entries_were_encrypted_behind_intact_headers_fails() {
+        let name = b"[Content_Types].xml";
+        let mut z = zip_of(name, &words(5000));
+        assert_eq!(check(Kind::Zip, &z), Ok(()));
+        // The entry's data overwritten with random bytes, every header
+        // and directory kept.
+        let start = 30 + name.len();
+        let end = z.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        z[start..end].copy_from_slice(&noise(end - start));
+        assert!(check(Kind::Zip, &z).is_err());
+    }
+
+    #[test]
+    fn utf16_text_is_text() {
+        let text: String = (0..200).map(|i| format!("line {i}\r\n")).collect();
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let bom = [&[0xff, 0xfe][..], &le].concat();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for t in [&le, &bom, &be] {
+            assert_eq!(check(Kind::Text, t), Ok(()));
+        }
+        // Random bytes with zeros every other byte are no text.
+        let fake: Vec<u8> = noise(8192).iter().flat_map(|&b| [b, 0]).collect();
+        assert!(check(Kind::Text, &fake).is_err());
     }
 }

@@ -348,11 +348,32 @@ impl Analysis<'_> {
                 format!("{} overwritten with zeros", human(zeros)),
             ));
         }
+        // Encrypted with OpenPGP and armoured as text: base64, too few
+        // bits per byte to look random. Nothing saves a document over
+        // itself that way.
+        const PGP: &[u8] = b"-----BEGIN PGP MESSAGE-----";
+        if nh.starts_with(PGP)
+            && self
+                .reader
+                .sample(old_fs, o, SAMPLE_BYTES)
+                .is_some_and(|(oh, _)| !oh.starts_with(PGP))
+        {
+            return looked.found(finding(
+                Damage::EncryptedInPlace,
+                format!("{} replaced by an OpenPGP-encrypted message", human(n.size)),
+            ));
+        }
         let (e_was, e_now) = (shannon_entropy(&was) as f64, shannon_entropy(&now) as f64);
+        // A compressed type that checks out explains high entropy, unless
+        // the file kept its size while its bytes jumped from plain to
+        // random: ciphertext behind a kept header, or behind the magic of
+        // a compressed type, does that; a re-save with compression does
+        // not keep the size.
+        let kept_format = dense_ok && !(o.size == n.size && e_now - e_was >= 2.0);
         if changed >= MIN_CHANGED
             && e_now >= encrypted_threshold(changed)
             && e_now - e_was >= 1.0
-            && !dense_ok
+            && !kept_format
         {
             return looked.found(finding(
                 Damage::EncryptedInPlace,

@@ -181,6 +181,82 @@ fn punched_files_and_a_destroyed_root_beside_an_efi_partition_are_found() {
     );
 }
 
+/// Ciphertext dressed up (found by a red-team pass): behind the two magic
+/// bytes of gzip at the file's own size, and armoured as an OpenPGP
+/// message (base64: too few bits per byte to look random). Notes saved
+/// as UTF-16 by a Windows tool, on the other hand, are text.
+#[test]
+fn ciphertext_behind_a_magic_or_in_pgp_armour_is_found_and_utf16_text_is_not() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    for d in 0..3u32 {
+        let out = env.backup(&disk, "vm", &day(d));
+        assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");
+    }
+    for i in 0..5 {
+        let text: String = (0..400)
+            .map(|k| format!("line {k} of note {i}\r\n"))
+            .collect();
+        let utf16: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        replace_guest_file(&disk, &format!("home/alice/docs/report-{i}.txt"), &utf16);
+    }
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "UTF-16 notes: {out}");
+
+    for i in 5..8 {
+        let len = 20_000 + i * 3000;
+        let fake_gzip = [&[0x1f, 0x8b][..], &noise(len - 2, 40 + i as u64)].concat();
+        replace_guest_file(
+            &disk,
+            &format!("home/alice/docs/report-{i}.txt"),
+            &fake_gzip,
+        );
+    }
+    for i in 8..11 {
+        let mut armour = b"-----BEGIN PGP MESSAGE-----\n\n".to_vec();
+        let body: String = noise(15_000, 60 + i as u64)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        for line in body.as_bytes().chunks(64) {
+            armour.extend_from_slice(line);
+            armour.push(b'\n');
+        }
+        armour.extend_from_slice(b"-----END PGP MESSAGE-----\n");
+        replace_guest_file(&disk, &format!("home/alice/docs/report-{i}.txt"), &armour);
+    }
+    let out = env.run(&[
+        "backup",
+        disk.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        &day(4),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    let findings = t["snapshots"][4]["findings"].as_array().unwrap();
+    let flagged = |i: u32| {
+        findings.iter().any(|f| {
+            f["path"] == format!("/home/alice/docs/report-{i}.txt").as_str()
+                && f["damage"] == "encrypted_in_place"
+        })
+    };
+    for i in 5..11 {
+        assert!(flagged(i), "report-{i} not flagged: {findings:#?}");
+    }
+}
+
 #[test]
 fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     let env = Env::new("0s", &[]);
