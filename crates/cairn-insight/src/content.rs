@@ -306,6 +306,40 @@ fn check_first_zip_entry(h: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// A log, which its rotation empties or rewrites as a matter of course.
+pub fn is_log(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("/log/") || lower.contains("/logs/") || lower.ends_with(".log")
+}
+
+/// Prose or records: spaces (or field separators) between words in at
+/// least one byte in twenty of a readable head.
+pub fn has_words(head: &[u8]) -> bool {
+    let head = &head[..head.len().min(16 << 10)];
+    head.len() >= 256
+        && text_share(head) >= 0.95
+        && head
+            .iter()
+            .filter(|&&b| matches!(b, b' ' | b'\t' | b',' | b';'))
+            .count()
+            * 20
+            >= head.len()
+}
+
+/// Bytes written out as base64 or hex: almost nothing but that alphabet
+/// and line breaks, no spaces, at least 1 KiB of it.
+pub fn encoded_blob(head: &[u8]) -> bool {
+    let head = &head[..head.len().min(16 << 10)];
+    // An armour line or two (`-----BEGIN …-----`) may come first.
+    let body: Vec<&[u8]> = head
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.starts_with(b"-----") && !l.is_empty())
+        .collect();
+    let n: usize = body.iter().map(|l| l.len()).sum();
+    let alphabet = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\r');
+    n >= 1024 && body.iter().all(|l| l.iter().all(|&b| alphabet(b)))
+}
+
 /// Text saved as UTF-16 (Windows tools do): a byte-order mark, or every
 /// other byte zero beside readable characters, and that read as text.
 pub fn utf16_text(head: &[u8]) -> bool {

@@ -348,6 +348,14 @@ impl Analysis<'_> {
                 format!("{} overwritten with zeros", human(zeros)),
             ));
         }
+        // Emptied: a wiper truncates what it cannot be bothered to
+        // overwrite. Logs are emptied by their rotation.
+        if o.size >= 1024 && n.size == 0 && !content::is_log(path) {
+            return looked.found(finding(
+                Damage::Zeroed,
+                format!("emptied (was {})", human(o.size)),
+            ));
+        }
         // Encrypted with OpenPGP and armoured as text: base64, too few
         // bits per byte to look random. Nothing saves a document over
         // itself that way.
@@ -361,6 +369,20 @@ impl Analysis<'_> {
             return looked.found(finding(
                 Damage::EncryptedInPlace,
                 format!("{} replaced by an OpenPGP-encrypted message", human(n.size)),
+            ));
+        }
+        // Text whose words are gone, re-encoded as one long run of base64
+        // or hex: ciphertext written out as text.
+        if n.size >= 1024
+            && content::encoded_blob(&nh)
+            && self
+                .reader
+                .sample(old_fs, o, SAMPLE_BYTES)
+                .is_some_and(|(oh, _)| content::has_words(&oh))
+        {
+            return looked.found(finding(
+                Damage::EncryptedInPlace,
+                format!("{}: its words replaced by base64 or hex", human(n.size)),
             ));
         }
         let (e_was, e_now) = (shannon_entropy(&was) as f64, shannon_entropy(&now) as f64);
@@ -458,7 +480,9 @@ impl Analysis<'_> {
             }
             return looked;
         }
-        if magic.is_none() && head.len() >= 1024 {
+        // Random bytes behind a magic that does not check out (the start
+        // of a JPEG, a gzip that does not inflate) are no such file.
+        if magic_valid.is_none() && head.len() >= 1024 {
             let w = window_entropy(&head);
             let high = w.iter().filter(|&&e| e >= 7.2).count();
             let whole = shannon_entropy(&head) as f64;

@@ -257,6 +257,90 @@ fn ciphertext_behind_a_magic_or_in_pgp_armour_is_found_and_utf16_text_is_not() {
     }
 }
 
+/// Wipers and encoders without any random-looking bytes: documents whose
+/// words became base64, documents emptied, then most files deleted.
+#[test]
+fn text_re_encoded_as_base64_emptied_files_and_mass_deletion_are_found() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    for d in 0..3u32 {
+        let out = env.backup(&disk, "vm", &day(d));
+        assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");
+    }
+    let b64 = |data: &[u8]| -> Vec<u8> {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        for (i, c) in data.chunks(3).enumerate() {
+            let n = c.iter().fold(0u32, |n, &b| n << 8 | b as u32) << (8 * (3 - c.len()));
+            for k in 0..4 {
+                out.push(A[(n >> (18 - 6 * k) & 63) as usize]);
+            }
+            if i % 19 == 18 {
+                out.push(b'\n');
+            }
+        }
+        out
+    };
+    for i in 0..3 {
+        replace_guest_file(
+            &disk,
+            &format!("home/alice/docs/report-{i}.txt"),
+            &b64(&noise(15_000, i)),
+        );
+    }
+    for i in 3..6 {
+        replace_guest_file(&disk, &format!("home/alice/docs/report-{i}.txt"), b"");
+    }
+    let out = env.run(&[
+        "backup",
+        disk.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        &day(3),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let reasons = v["insight"]["reasons"].to_string();
+    assert!(
+        reasons.contains("3 file(s) encrypted in place"),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("3 file(s) overwritten with zeros"),
+        "{reasons}"
+    );
+
+    for i in 6..20 {
+        debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
+    }
+    for i in 0..10 {
+        debugfs_w(&disk, &format!("rm /srv/app/src/mod{i}.rs"));
+    }
+    let out = env.run(&[
+        "backup",
+        disk.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        &day(4),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(v["insight"]["verdict"], "clean", "{v}");
+    assert!(
+        v["insight"]["reasons"]
+            .to_string()
+            .contains("24 files deleted"),
+        "{v}"
+    );
+}
+
 #[test]
 fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     let env = Env::new("0s", &[]);
