@@ -299,6 +299,35 @@ fn a_file_changed_in_place_is_rescanned_only_around_its_changes() {
     assert_eq!(malware_offsets(&v), want, "{v:#}");
 }
 
+/// Past the first 256 MiB of a file the rules are not run (memory stays
+/// bounded), but its strings are: EICAR at 280 MiB of a sparse file
+/// (which costs an attacker no space) makes the point a warning.
+#[test]
+fn a_string_past_the_scan_limit_of_a_large_file_is_not_missed() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    let big = root.join("var/lib/big.bin");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(300 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(EICAR, 280 << 20).unwrap();
+    drop(f);
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    env.backup(&img, "vm", "2026-01-01T00:00:00Z");
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert_eq!(v["verdict"], "warning", "{v:#}");
+    let hits = v["malware"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{v:#}");
+    assert_eq!(hits[0]["path"], "/var/lib/big.bin");
+    assert_eq!(hits[0]["rule"], "cairn:Cairn_String_Beyond_Scan_Limit");
+    let at = hits[0]["offset"].as_u64().unwrap();
+    assert!(at <= 280 << 20 && at + (8 << 20) > 280 << 20, "{v:#}");
+}
+
 #[test]
 fn eicar_on_an_ntfs_guest_is_found() {
     let env = Env::new("30d", &[]);
