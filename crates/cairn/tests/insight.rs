@@ -12,6 +12,36 @@ fn day(d: u32) -> String {
     format!("2026-04-{:02}T02:00:00Z", d + 1)
 }
 
+/// Backs `disk` up on days `0..n`, each judged clean.
+fn clean_days(env: &Env, disk: &std::path::Path, n: u32) {
+    for d in 0..n {
+        let out = env.backup(disk, "vm", &day(d));
+        assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");
+    }
+}
+
+/// Backs `disk` up on day `d` and returns the JSON of a backup that
+/// insight did not pass (exit 3).
+fn flagged_backup(env: &Env, disk: &std::path::Path, d: u32) -> serde_json::Value {
+    let args = [
+        "backup",
+        disk.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        &day(d),
+        "--json",
+    ];
+    let out = env.run(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Ransomware that writes its encrypted copies under names that are not
 /// text (a byte that is not UTF-8, a newline, a right-to-left override)
 /// is found all the same, and the findings show those names escaped.
@@ -23,10 +53,7 @@ fn encrypted_copies_under_names_that_are_not_text_are_found() {
     populate(&root);
     let disk = env.path("disk.img");
     gpt_ext4_image(&disk, &root, 64);
-    for d in 0..3u32 {
-        let out = env.backup(&disk, "vm", &day(d));
-        assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");
-    }
+    clean_days(&env, &disk, 3);
     let docs = root.join("home/alice/docs");
     let odd: [&[u8]; 3] = [b"\xff", b"\n", "\u{202e}".as_bytes()];
     for i in 0..6 {
@@ -128,10 +155,7 @@ fn punched_files_and_a_destroyed_root_beside_an_efi_partition_are_found() {
         ],
     );
     let ext4 = format!("{d}?offset=17825792");
-    for day_n in 0..3u32 {
-        let out = env.backup(&disk, "vm", &day(day_n));
-        assert_eq!(out["insight"]["verdict"], "clean", "day {day_n}: {out}");
-    }
+    clean_days(&env, &disk, 3);
     for i in 0..6 {
         sh(
             "debugfs",
@@ -143,9 +167,7 @@ fn punched_files_and_a_destroyed_root_beside_an_efi_partition_are_found() {
             ],
         );
     }
-    let out = env.run(&["backup", d, "--name", "vm", "--time", &day(3), "--json"]);
-    assert_eq!(out.status.code(), Some(3));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = flagged_backup(&env, &disk, 3);
     assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
     assert!(
         v["insight"]["reasons"]
@@ -156,9 +178,7 @@ fn punched_files_and_a_destroyed_root_beside_an_efi_partition_are_found() {
 
     // The root filesystem overwritten whole: the EFI partition still reads.
     write_at(&disk, 17 << 20, &noise(76 << 20, 5));
-    let out = env.run(&["backup", d, "--name", "vm", "--time", &day(4), "--json"]);
-    assert_eq!(out.status.code(), Some(3));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = flagged_backup(&env, &disk, 4);
     assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
     assert!(
         v["insight"]["reasons"]
@@ -192,10 +212,7 @@ fn ciphertext_behind_a_magic_or_in_pgp_armour_is_found_and_utf16_text_is_not() {
     populate(&root);
     let disk = env.path("disk.img");
     gpt_ext4_image(&disk, &root, 64);
-    for d in 0..3u32 {
-        let out = env.backup(&disk, "vm", &day(d));
-        assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");
-    }
+    clean_days(&env, &disk, 3);
     for i in 0..5 {
         let text: String = (0..400)
             .map(|k| format!("line {k} of note {i}\r\n"))
@@ -231,17 +248,7 @@ fn ciphertext_behind_a_magic_or_in_pgp_armour_is_found_and_utf16_text_is_not() {
         armour.extend_from_slice(b"-----END PGP MESSAGE-----\n");
         replace_guest_file(&disk, &format!("home/alice/docs/report-{i}.txt"), &armour);
     }
-    let out = env.run(&[
-        "backup",
-        disk.to_str().unwrap(),
-        "--name",
-        "vm",
-        "--time",
-        &day(4),
-        "--json",
-    ]);
-    assert_eq!(out.status.code(), Some(3));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = flagged_backup(&env, &disk, 4);
     assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
     let t: serde_json::Value =
         serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
@@ -266,10 +273,7 @@ fn text_re_encoded_as_base64_emptied_files_and_mass_deletion_are_found() {
     populate(&root);
     let disk = env.path("disk.img");
     gpt_ext4_image(&disk, &root, 64);
-    for d in 0..3u32 {
-        let out = env.backup(&disk, "vm", &day(d));
-        assert_eq!(out["insight"]["verdict"], "clean", "day {d}: {out}");
-    }
+    clean_days(&env, &disk, 3);
     let b64 = |data: &[u8]| -> Vec<u8> {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = Vec::new();
@@ -294,17 +298,7 @@ fn text_re_encoded_as_base64_emptied_files_and_mass_deletion_are_found() {
     for i in 3..6 {
         replace_guest_file(&disk, &format!("home/alice/docs/report-{i}.txt"), b"");
     }
-    let out = env.run(&[
-        "backup",
-        disk.to_str().unwrap(),
-        "--name",
-        "vm",
-        "--time",
-        &day(3),
-        "--json",
-    ]);
-    assert_eq!(out.status.code(), Some(3));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = flagged_backup(&env, &disk, 3);
     assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
     let reasons = v["insight"]["reasons"].to_string();
     assert!(
@@ -322,17 +316,8 @@ fn text_re_encoded_as_base64_emptied_files_and_mass_deletion_are_found() {
     for i in 0..10 {
         debugfs_w(&disk, &format!("rm /srv/app/src/mod{i}.rs"));
     }
-    let out = env.run(&[
-        "backup",
-        disk.to_str().unwrap(),
-        "--name",
-        "vm",
-        "--time",
-        &day(4),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_ne!(v["insight"]["verdict"], "clean", "{v}");
+    // (Compromised here: the damage of the day before is still there.)
+    let v = flagged_backup(&env, &disk, 4);
     assert!(
         v["insight"]["reasons"]
             .to_string()
