@@ -312,6 +312,40 @@ pub fn is_log(path: &str) -> bool {
     lower.contains("/log/") || lower.contains("/logs/") || lower.ends_with(".log")
 }
 
+/// A cache or a version-control store: files a program writes, packs and
+/// drops by the hundred (compressed entries without headers, git's loose
+/// objects), not the user's data.
+pub fn is_cache(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    [
+        "/.cache/",
+        "/cache/",
+        "/cache2/",
+        "/.git/",
+        "/node_modules/",
+        "/tmp/",
+        "/var/tmp/",
+    ]
+    .iter()
+    .any(|d| lower.contains(d))
+}
+
+/// Where users keep their files (Linux homes, service data, Windows
+/// profiles), caches and version-control stores excepted.
+pub fn is_user_data(path: &str) -> bool {
+    let rel = path.strip_prefix('/').unwrap_or(path);
+    [
+        "home/",
+        "root/",
+        "srv/",
+        "users/",
+        "documents and settings/",
+    ]
+    .iter()
+    .any(|d| rel.len() >= d.len() && rel.as_bytes()[..d.len()].eq_ignore_ascii_case(d.as_bytes()))
+        && !is_cache(path)
+}
+
 /// Prose or records: spaces (or field separators) between words in at
 /// least one byte in twenty of a readable head.
 pub fn has_words(head: &[u8]) -> bool {

@@ -92,6 +92,14 @@ pub struct FileSignals {
     pub modified: u64,
     pub deleted: u64,
     pub renamed: u64,
+    /// Users' files (under /home, /root, /srv, /Users; caches and
+    /// version-control stores left out) in the parent, and how many of
+    /// them are gone: a wiper empties those, an upgrade or `git gc`
+    /// deletes elsewhere.
+    #[serde(default)]
+    pub user_files_before: u64,
+    #[serde(default)]
+    pub user_files_deleted: u64,
     pub analysed_files: u64,
     pub analysed_bytes: u64,
     /// Changed files left out because the read budget ran out.
@@ -342,7 +350,11 @@ impl Analysis<'_> {
             detail,
             origin: origin.clone(),
         };
-        if changed >= MIN_CHANGED && zeros as f64 >= 0.9 * changed as f64 {
+        // (A valid program or archive has zero padding of its own.)
+        if changed >= MIN_CHANGED
+            && zeros as f64 >= 0.9 * changed as f64
+            && new_valid.is_none_or(|k| k == Kind::Text)
+        {
             return looked.found(finding(
                 Damage::Zeroed,
                 format!("{} overwritten with zeros", human(zeros)),
@@ -423,8 +435,12 @@ impl Analysis<'_> {
         };
         let kind = expected_kind(path, &oh);
         // A file that became another valid type (a script replaced by a
-        // binary in an upgrade) is not broken.
-        let other_valid_type = new_valid.is_some_and(|nk| Some(nk) != kind);
+        // binary in an upgrade) is not broken; a document that became a
+        // container (ciphertext wrapped in a valid gzip, ZIP or PDF) or
+        // plain text (a wiper's filler) is.
+        let document = kind.is_some_and(|k| matches!(k, Kind::Text | Kind::Pdf | Kind::Zip));
+        let other_valid_type = new_valid
+            .is_some_and(|nk| Some(nk) != kind && !(document && (nk.dense() || nk == Kind::Text)));
         if let Some(k) = kind
             && !other_valid_type
             && structure(k, old_fs, o, &oh, &ot).is_ok()
@@ -481,8 +497,9 @@ impl Analysis<'_> {
             return looked;
         }
         // Random bytes behind a magic that does not check out (the start
-        // of a JPEG, a gzip that does not inflate) are no such file.
-        if magic_valid.is_none() && head.len() >= 1024 {
+        // of a JPEG, a gzip that does not inflate) are no such file. A
+        // cache keeps compressed entries without any header.
+        if magic_valid.is_none() && head.len() >= 1024 && !content::is_cache(path) {
             let w = window_entropy(&head);
             let high = w.iter().filter(|&&e| e >= 7.2).count();
             let whole = shannon_entropy(&head) as f64;
@@ -515,6 +532,23 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
         modified: d.modified.len() as u64,
         deleted: d.deleted.len() as u64,
         renamed: d.renamed.len() as u64,
+        user_files_before: old
+            .entries
+            .iter()
+            .filter(|e| {
+                e.kind == FileKind::File && content::is_user_data(&String::from_utf8_lossy(&e.path))
+            })
+            .count() as u64,
+        user_files_deleted: d
+            .deleted
+            .iter()
+            .filter(|x| content::is_user_data(&x.path))
+            .filter(|x| {
+                old_by
+                    .shown(&x.path)
+                    .is_some_and(|e| e.kind == FileKind::File)
+            })
+            .count() as u64,
         ..Default::default()
     };
 

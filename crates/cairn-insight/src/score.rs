@@ -192,16 +192,16 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
             ),
         );
     }
-    // A wiper deletes: most of the files gone at once. (An emptied cache
-    // or build folder can look the same, hence no more than suspicious.)
-    let before = f.files + f.deleted;
-    if f.deleted >= 20 && f.deleted * 10 >= before * 3 {
+    // A wiper deletes: much of the users' files gone at once. (A user
+    // clearing out a folder can look the same, hence no more than
+    // suspicious.)
+    let (gone, before) = (f.user_files_deleted, f.user_files_before);
+    if gone >= 20 && gone * 10 >= before * 3 {
         ev.add(
             0.45,
             format!(
-                "{} files deleted, {:.0}% of the files there were",
-                f.deleted,
-                f.deleted as f64 * 100.0 / before as f64
+                "{gone} of the users' files deleted, {:.0}% of them",
+                gone as f64 * 100.0 / before as f64
             ),
         );
     }

@@ -321,9 +321,93 @@ fn text_re_encoded_as_base64_emptied_files_and_mass_deletion_are_found() {
     assert!(
         v["insight"]["reasons"]
             .to_string()
-            .contains("24 files deleted"),
+            .contains("24 of the users' files deleted"),
         "{v}"
     );
+}
+
+/// Second red-team pass: documents turned into another valid container
+/// (ciphertext gzipped under the same name) or into filler text are
+/// damage; a browser cache of headerless compressed entries, `git gc`
+/// dropping loose objects, and scripts replaced by programs are not.
+#[test]
+fn documents_turned_into_containers_or_filler_are_found_and_caches_and_upgrades_are_not() {
+    use std::io::Write;
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    for i in 0..60 {
+        let obj = root.join(format!("home/alice/site/.git/objects/{:02x}/{i:038x}", i));
+        std::fs::create_dir_all(obj.parent().unwrap()).unwrap();
+        std::fs::write(obj, text(3000, 500 + i)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::write(root.join("usr/bin/helper-config"), text(6000, 77)).unwrap();
+    let docx = root.join("home/alice/docs/plan.docx");
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED); z.writestr('[Content_Types].xml','<Types>'+'<Default/>'*300+'</Types>'); z.writestr('word/document.xml','<w:document>'+'plan text '*800+'</w:document>'); z.close()",
+            docx.to_str().unwrap(),
+        ],
+    );
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    clean_days(&env, &disk, 3);
+
+    // A benign day: git gc drops the loose objects, a browser fills its
+    // cache, a script becomes a program.
+    for i in 0..60 {
+        debugfs_w(
+            &disk,
+            &format!("rm /home/alice/site/.git/objects/{:02x}/{i:038x}", i),
+        );
+    }
+    let cache = env.path("cache-entry");
+    debugfs_w(&disk, "mkdir /home/alice/.cache");
+    debugfs_w(&disk, "mkdir /home/alice/.cache/browser");
+    for i in 0..40 {
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&noise(20_000, 900 + i)).unwrap();
+        std::fs::write(&cache, z.finish().unwrap()).unwrap();
+        debugfs_w(
+            &disk,
+            &format!(
+                "write {} /home/alice/.cache/browser/{i:016x}",
+                cache.display()
+            ),
+        );
+    }
+    replace_guest_file(
+        &disk,
+        "usr/bin/helper-config",
+        &std::fs::read("/usr/bin/true").unwrap(),
+    );
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "{out}");
+
+    // The attack: reports replaced by valid gzip files of ciphertext under
+    // their own names, and a .docx overwritten with filler text.
+    for i in 0..4 {
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&noise(20_000, 40 + i)).unwrap();
+        replace_guest_file(
+            &disk,
+            &format!("home/alice/docs/report-{i}.txt"),
+            &z.finish().unwrap(),
+        );
+    }
+    replace_guest_file(&disk, "home/alice/docs/plan.docx", &text(9000, 3));
+    let v = flagged_backup(&env, &disk, 4);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    let findings = t["snapshots"][4]["findings"].to_string();
+    for i in 0..4 {
+        assert!(findings.contains(&format!("report-{i}.txt")), "{findings}");
+    }
+    assert!(findings.contains("plan.docx"), "{findings}");
 }
 
 #[test]
