@@ -4,6 +4,8 @@
 use crate::error::{GuestError, Result, corrupt};
 use crate::io::{ReadBudget, Slice, SliceReader};
 use crate::model::{FileEntry, FileKind, Filesystem, join};
+use ntfs::NtfsAttributeFlags;
+use ntfs::attribute_value::NtfsAttributeValue;
 use ntfs::structured_values::NtfsFileNamespace;
 use ntfs::{Ntfs, NtfsFile, NtfsReadSeek};
 use std::collections::HashSet;
@@ -15,6 +17,9 @@ const ROOT_RECORD: u64 = 5;
 const FIRST_USER_RECORD: u64 = 16;
 const MAX_ENTRIES: usize = 20_000_000;
 const MAX_DEPTH: usize = 1024;
+/// Data runs listed per file at most (a file in more pieces is judged by
+/// its size and times).
+const MAX_RUNS: usize = 4096;
 /// 100 ns ticks between 1601-01-01 and 1970-01-01.
 const NT_EPOCH_OFFSET: i64 = 116_444_736_000_000_000;
 
@@ -22,6 +27,8 @@ pub struct NtfsFs {
     ntfs: Ntfs,
     reader: Mutex<SliceReader>,
     budget: ReadBudget,
+    /// Where the volume lies on the disk (extents are disk offsets).
+    slice: Slice,
 }
 
 fn err(what: &str, e: ntfs::NtfsError) -> GuestError {
@@ -32,7 +39,7 @@ impl NtfsFs {
     pub fn open(slice: Slice) -> Result<Self> {
         let budget = ReadBudget::default();
         budget.allow(u64::MAX);
-        let mut r = SliceReader::zero_padded(slice).with_budget(budget.clone());
+        let mut r = SliceReader::zero_padded(slice.clone()).with_budget(budget.clone());
         let mut ntfs = Ntfs::new(&mut r).map_err(|e| err("boot sector", e))?;
         ntfs.read_upcase_table(&mut r)
             .map_err(|e| err("$UpCase", e))?;
@@ -40,6 +47,7 @@ impl NtfsFs {
             ntfs,
             reader: Mutex::new(r),
             budget,
+            slice,
         })
     }
 
@@ -49,17 +57,28 @@ impl NtfsFs {
         } else {
             FileKind::File
         };
-        let size = if kind == FileKind::File {
+        let (size, extents) = if kind == FileKind::File {
             match file.data(r, "") {
                 Some(item) => {
                     let item = item.map_err(|e| err("$DATA", e))?;
                     let attr = item.to_attribute().map_err(|e| err("$DATA", e))?;
-                    attr.value(r).map_err(|e| err("$DATA", e))?.len()
+                    let plain = !attr.flags().intersects(
+                        NtfsAttributeFlags::COMPRESSED
+                            | NtfsAttributeFlags::ENCRYPTED
+                            | NtfsAttributeFlags::SPARSE,
+                    );
+                    let value = attr.value(r).map_err(|e| err("$DATA", e))?;
+                    let size = value.len();
+                    let extents = match &value {
+                        NtfsAttributeValue::NonResident(v) if plain => self.extents(v, size),
+                        _ => None,
+                    };
+                    (size, extents)
                 }
-                None => 0,
+                None => (0, None),
             }
         } else {
-            0
+            (0, None)
         };
         let info = file.info().map_err(|e| err("$STANDARD_INFORMATION", e))?;
         let ticks = info.modification_time().nt_timestamp() as i64;
@@ -73,10 +92,38 @@ impl NtfsFs {
             mtime_ns: ticks.saturating_sub(NT_EPOCH_OFFSET).saturating_mul(100),
             file_id: Some(file.file_record_number()),
             link_target: None,
-            extents: None,
+            extents,
             content_key: None,
             unsafe_name: false,
         })
+    }
+
+    /// Where a file's data lies on the disk, from its data runs: with
+    /// them, a change in place is seen in the disk's block digests even
+    /// when an attacker restored the size and the timestamps (else those
+    /// are all there is to go by). None for sparse runs, or runs that do
+    /// not cover the file.
+    fn extents(
+        &self,
+        v: &ntfs::attribute_value::NtfsNonResidentAttributeValue,
+        size: u64,
+    ) -> Option<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let mut covered = 0u64;
+        for run in v.data_runs() {
+            if covered >= size {
+                break;
+            }
+            let run = run.ok()?;
+            let at = run.data_position().value()?.get();
+            let len = run.allocated_size().min(size - covered);
+            if out.len() == MAX_RUNS || at.checked_add(len)? > self.slice.len {
+                return None;
+            }
+            out.push((self.slice.disk_offset(at), len));
+            covered += len;
+        }
+        (covered >= size).then_some(out)
     }
 
     /// Children of directory record `dir`: (entry, record number).

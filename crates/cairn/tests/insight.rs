@@ -410,6 +410,60 @@ fn documents_turned_into_containers_or_filler_are_found_and_caches_and_upgrades_
     assert!(findings.contains("plan.docx"), "{findings}");
 }
 
+/// An NTFS guest (Windows) whose documents are encrypted where they lie,
+/// at the same size, their records untouched (so the timestamps are the
+/// old ones): the data runs place them under the disk's block digests.
+#[test]
+fn documents_encrypted_in_place_on_ntfs_with_their_times_kept_are_found() {
+    let env = Env::new("0s", &[]);
+    let part = env.path("ntfs.img");
+    let p = part.to_str().unwrap();
+    sh("truncate", &["-s", "24M", p]);
+    sh("mkntfs", &["-F", "-Q", "-q", p]);
+    let docs: Vec<Vec<u8>> = (0..8)
+        .map(|i| text(24_000 + i * 1000, 300 + i as u64))
+        .collect();
+    for (i, d) in docs.iter().enumerate() {
+        let local = env.path(&format!("doc-{i}.txt"));
+        std::fs::write(&local, d).unwrap();
+        sh(
+            "ntfscp",
+            &["-q", p, local.to_str().unwrap(), &format!("doc-{i}.txt")],
+        );
+    }
+    let disk = env.path("win.img");
+    sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
+    sh(
+        "sgdisk",
+        &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
+    );
+    write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap());
+    clean_days(&env, &disk, 3);
+
+    // Each document's bytes found on the disk and overwritten there.
+    let image = std::fs::read(&disk).unwrap();
+    for (i, d) in docs.iter().enumerate().take(5) {
+        let at = image
+            .windows(64)
+            .position(|w| w == &d[..64])
+            .unwrap_or_else(|| panic!("doc-{i} not found on the disk"));
+        assert_eq!(
+            &image[at..at + d.len()],
+            &d[..],
+            "doc-{i} is not in one piece"
+        );
+        write_at(&disk, at as u64, &noise(d.len(), 70 + i as u64));
+    }
+    let v = flagged_backup(&env, &disk, 3);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    assert!(
+        v["insight"]["reasons"]
+            .to_string()
+            .contains("5 file(s) encrypted in place"),
+        "{v}"
+    );
+}
+
 #[test]
 fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     let env = Env::new("0s", &[]);
