@@ -20,6 +20,18 @@ fn clean_days(env: &Env, disk: &std::path::Path, n: u32) {
     }
 }
 
+/// A vault, a guest tree made by `populate` and its GPT+ext4 disk, backed
+/// up clean on days 0, 1 and 2.
+fn three_clean_days() -> (Env, std::path::PathBuf, std::path::PathBuf) {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    clean_days(&env, &disk, 3);
+    (env, root, disk)
+}
+
 /// Backs `disk` up on day `d` and returns the JSON of a backup that
 /// insight did not pass (exit 3).
 fn flagged_backup(env: &Env, disk: &std::path::Path, d: u32) -> serde_json::Value {
@@ -48,12 +60,7 @@ fn flagged_backup(env: &Env, disk: &std::path::Path, d: u32) -> serde_json::Valu
 #[test]
 fn encrypted_copies_under_names_that_are_not_text_are_found() {
     use std::os::unix::ffi::OsStrExt;
-    let env = Env::new("0s", &[]);
-    let root = env.path("root");
-    populate(&root);
-    let disk = env.path("disk.img");
-    gpt_ext4_image(&disk, &root, 64);
-    clean_days(&env, &disk, 3);
+    let (env, root, disk) = three_clean_days();
     let docs = root.join("home/alice/docs");
     let odd: [&[u8]; 3] = [b"\xff", b"\n", "\u{202e}".as_bytes()];
     for i in 0..6 {
@@ -207,12 +214,7 @@ fn punched_files_and_a_destroyed_root_beside_an_efi_partition_are_found() {
 /// as UTF-16 by a Windows tool, on the other hand, are text.
 #[test]
 fn ciphertext_behind_a_magic_or_in_pgp_armour_is_found_and_utf16_text_is_not() {
-    let env = Env::new("0s", &[]);
-    let root = env.path("root");
-    populate(&root);
-    let disk = env.path("disk.img");
-    gpt_ext4_image(&disk, &root, 64);
-    clean_days(&env, &disk, 3);
+    let (env, _, disk) = three_clean_days();
     for i in 0..5 {
         let text: String = (0..400)
             .map(|k| format!("line {k} of note {i}\r\n"))
@@ -268,12 +270,7 @@ fn ciphertext_behind_a_magic_or_in_pgp_armour_is_found_and_utf16_text_is_not() {
 /// words became base64, documents emptied, then most files deleted.
 #[test]
 fn text_re_encoded_as_base64_emptied_files_and_mass_deletion_are_found() {
-    let env = Env::new("0s", &[]);
-    let root = env.path("root");
-    populate(&root);
-    let disk = env.path("disk.img");
-    gpt_ext4_image(&disk, &root, 64);
-    clean_days(&env, &disk, 3);
+    let (env, _, disk) = three_clean_days();
     let b64 = |data: &[u8]| -> Vec<u8> {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = Vec::new();
