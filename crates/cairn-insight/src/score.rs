@@ -270,6 +270,15 @@ impl Assessor {
         if let Some(f) = diffed {
             file_evidence(f, &mut ev);
         }
+        if !s.lost_filesystems.is_empty() {
+            ev.add(
+                0.75,
+                format!(
+                    "{} no longer there (overwritten: nothing on the disk reads as it any more)",
+                    s.lost_filesystems.join(", ")
+                ),
+            );
+        }
         if s.fs_error.is_some() && s.parent_fs_readable {
             ev.add(
                 0.75,
@@ -528,6 +537,7 @@ mod tests {
             files: None,
             fs_error: Some("no filesystem Cairn reads".into()),
             parent_fs_readable: false,
+            lost_filesystems: vec![],
             analysis_secs: 0.0,
         }
     }

@@ -43,6 +43,10 @@ pub struct Signals {
     pub fs_error: Option<String>,
     /// Whether the parent's files could be read.
     pub parent_fs_readable: bool,
+    /// Filesystems (or LUKS, swap…) the parent's partitions held that no
+    /// longer show at all: "partition 2: xfs".
+    #[serde(default)]
+    pub lost_filesystems: Vec<String>,
     /// Seconds the file-level analysis took.
     pub analysis_secs: f64,
 }
@@ -62,6 +66,32 @@ fn source_file(snap: &Snapshot, source: Option<&Path>) -> Option<std::fs::File> 
     matches!(snap.source.format.as_str(), "raw" | "block-device")
         .then(|| std::fs::File::open(path).ok())
         .flatten()
+}
+
+/// What the parent's partitions held (by magic: a filesystem, LUKS, swap)
+/// that `snap`'s no longer show: a wiper that overwrites a LUKS header or
+/// an XFS superblock leaves nothing Cairn reads files from either way, so
+/// only this tells that something was destroyed. (A partition formatted
+/// anew with another filesystem shows that one instead.)
+fn lost_filesystems(vault: &Arc<Vault>, parent: &Snapshot, snap: &Snapshot) -> Vec<String> {
+    let parts = |s: &Snapshot| -> Option<Vec<cairn_guest::Partition>> {
+        let disk: Arc<dyn cairn_vault::BlockSource> =
+            Arc::new(cairn_vault::SnapshotDisk::open(vault.clone(), s, 16).ok()?);
+        cairn_guest::partition::partitions(&disk).ok()
+    };
+    let (Some(before), Some(now)) = (parts(parent), parts(snap)) else {
+        return Vec::new();
+    };
+    before
+        .iter()
+        .filter(|b| b.filesystem != "unknown")
+        .filter(|b| {
+            now.iter()
+                .find(|n| n.number == b.number)
+                .is_none_or(|n| n.filesystem == "unknown")
+        })
+        .map(|b| format!("partition {}: {}", b.number, b.filesystem))
+        .collect()
 }
 
 /// Computes the facts about `snap` against `parent` (normally its parent
@@ -104,6 +134,9 @@ pub fn compute(
         files: None,
         fs_error: None,
         parent_fs_readable: false,
+        lost_filesystems: parent
+            .map(|p| lost_filesystems(vault, p, snap))
+            .unwrap_or_default(),
         analysis_secs: 0.0,
     };
     // The parent is opened first: this snapshot's files are read from the

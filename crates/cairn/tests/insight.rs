@@ -461,6 +461,62 @@ fn documents_encrypted_in_place_on_ntfs_with_their_times_kept_are_found() {
     );
 }
 
+/// A wiper on a partition Cairn reads no files from (XFS here; LUKS the
+/// same): its superblock overwritten, nothing there reads as any
+/// filesystem any more.
+#[test]
+fn a_filesystem_cairn_does_not_read_wiped_is_found() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    let d = disk.to_str().unwrap();
+    sh("truncate", &["-s", "96M", d]);
+    sh(
+        "sgdisk",
+        &[
+            "-n",
+            "1:2048:+48M",
+            "-t",
+            "1:8300",
+            "-n",
+            "2:0:0",
+            "-t",
+            "2:8300",
+            d,
+        ],
+    );
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-d",
+            root.to_str().unwrap(),
+            "-E",
+            "offset=1048576",
+            d,
+            "48M",
+        ],
+    );
+    // Partition 2 starts at 49 MiB: an XFS superblock's magic there.
+    let xfs_at = 49u64 << 20;
+    write_at(&disk, xfs_at, b"XFSB\0\0\x10\0");
+    clean_days(&env, &disk, 3);
+    assert!(env.ok(&["partitions", "vm@latest"]).contains("xfs"));
+    write_at(&disk, xfs_at, &noise(1 << 20, 9));
+    let v = flagged_backup(&env, &disk, 3);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    assert!(
+        v["insight"]["reasons"]
+            .to_string()
+            .contains("partition 2: xfs no longer there"),
+        "{v}"
+    );
+}
+
 #[test]
 fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     let env = Env::new("0s", &[]);
