@@ -454,6 +454,21 @@ impl Analysis<'_> {
         looked
     }
 
+    /// `doc.txt.gpg` (or `.pgp`, `.asc`, `.age`) beside a `doc.txt` that
+    /// is still there: someone encrypted a copy on purpose (`gpg -c`);
+    /// ransomware does not leave the original behind.
+    fn encrypted_beside_its_original(&self, path: &str) -> bool {
+        let raw = cairn_guest::model::unescape(path.strip_prefix('/').unwrap_or(path));
+        [&b".gpg"[..], b".pgp", b".asc", b".age"].iter().any(|ext| {
+            raw.strip_suffix(*ext).is_some_and(|original| {
+                self.new
+                    .entries
+                    .binary_search_by(|e| e.path.as_slice().cmp(original))
+                    .is_ok_and(|i| self.new.entries[i].kind == FileKind::File)
+            })
+        })
+    }
+
     /// A file that is new at this path.
     fn added(&self, path: &str, n: &FileEntry) -> Looked {
         let fs = self.new.fs;
@@ -503,7 +518,10 @@ impl Analysis<'_> {
             let w = window_entropy(&head);
             let high = w.iter().filter(|&&e| e >= 7.2).count();
             let whole = shannon_entropy(&head) as f64;
-            if whole >= encrypted_threshold(head.len() as u64) && high * 10 >= w.len() * 9 {
+            if whole >= encrypted_threshold(head.len() as u64)
+                && high * 10 >= w.len() * 9
+                && !self.encrypted_beside_its_original(path)
+            {
                 return looked.found(finding(
                     Damage::EncryptedNew,
                     format!("{:.2} bits/byte and no known file type", whole),

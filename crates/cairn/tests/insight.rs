@@ -326,7 +326,8 @@ fn text_re_encoded_as_base64_emptied_files_and_mass_deletion_are_found() {
 /// Second red-team pass: documents turned into another valid container
 /// (ciphertext gzipped under the same name) or into filler text are
 /// damage; a browser cache of headerless compressed entries, `git gc`
-/// dropping loose objects, and scripts replaced by programs are not.
+/// dropping loose objects, scripts replaced by programs and encrypted
+/// copies of documents kept beside them (`gpg -c`) are not.
 #[test]
 fn documents_turned_into_containers_or_filler_are_found_and_caches_and_upgrades_are_not() {
     use std::io::Write;
@@ -381,6 +382,16 @@ fn documents_turned_into_containers_or_filler_are_found_and_caches_and_upgrades_
         "usr/bin/helper-config",
         &std::fs::read("/usr/bin/true").unwrap(),
     );
+    // And the user encrypts copies of ten reports (`gpg -c`), keeping them.
+    for i in 5..15 {
+        debugfs_w(
+            &disk,
+            &format!(
+                "write {} /home/alice/docs/report-{i}.txt.gpg",
+                cache.display()
+            ),
+        );
+    }
     let out = env.backup(&disk, "vm", &day(3));
     assert_eq!(out["insight"]["verdict"], "clean", "{out}");
 
