@@ -146,21 +146,7 @@ fn punched_files_and_a_destroyed_root_beside_an_efi_partition_are_found() {
         ],
     );
     sh("mkfs.vfat", &["-F", "16", "--offset=2048", d, "16384"]);
-    sh(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-d",
-            root.to_str().unwrap(),
-            "-E",
-            "offset=17825792",
-            d,
-            "76M",
-        ],
-    );
+    ext4_at(&disk, &root, 17 << 20, 76);
     let ext4 = format!("{d}?offset=17825792");
     clean_days(&env, &disk, 3);
     for i in 0..6 {
@@ -497,21 +483,7 @@ fn a_filesystem_cairn_does_not_read_wiped_is_found() {
             d,
         ],
     );
-    sh(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-d",
-            root.to_str().unwrap(),
-            "-E",
-            "offset=1048576",
-            d,
-            "48M",
-        ],
-    );
+    ext4_at(&disk, &root, 1 << 20, 48);
     // Partition 2 starts at 49 MiB: an XFS superblock's magic there.
     let xfs_at = 49u64 << 20;
     write_at(&disk, xfs_at, b"XFSB\0\0\x10\0");

@@ -186,6 +186,12 @@ pub fn gpt_ext4_image(path: &Path, content: &Path, size_mib: u64) {
         sh("sgdisk", &["-p", path.to_str().unwrap()]).contains("8300"),
         "sgdisk made no partition"
     );
+    ext4_at(path, content, 1 << 20, size_mib - 2);
+}
+
+/// An ext4 of `size_mib` (4 KiB blocks) made from `content` with
+/// `mkfs.ext4 -d`, at byte `offset` of the disk image `path`.
+pub fn ext4_at(path: &Path, content: &Path, offset: u64, size_mib: u64) {
     sh(
         "mkfs.ext4",
         &[
@@ -196,9 +202,9 @@ pub fn gpt_ext4_image(path: &Path, content: &Path, size_mib: u64) {
             "-d",
             content.to_str().unwrap(),
             "-E",
-            "offset=1048576",
+            &format!("offset={offset}"),
             path.to_str().unwrap(),
-            &format!("{}M", size_mib - 2),
+            &format!("{size_mib}M"),
         ],
     );
 }
