@@ -374,6 +374,22 @@ pub fn encoded_blob(head: &[u8]) -> bool {
     n >= 1024 && body.iter().all(|l| l.iter().all(|&b| alphabet(b)))
 }
 
+/// UTF-16 bytes (little- or big-endian, no byte-order mark) as text, a
+/// trailing odd byte dropped and bad units replaced.
+pub fn utf16_lossy(bytes: &[u8], le: bool) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|p| {
+            if le {
+                u16::from_le_bytes([p[0], p[1]])
+            } else {
+                u16::from_be_bytes([p[0], p[1]])
+            }
+        })
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
 /// Text saved as UTF-16 (Windows tools do): a byte-order mark, or every
 /// other byte zero beside readable characters, and that read as text.
 pub fn utf16_text(head: &[u8]) -> bool {
@@ -391,17 +407,7 @@ pub fn utf16_text(head: &[u8]) -> bool {
             }
         }
     };
-    let units: Vec<u16> = body[..body.len().min(64 << 10) & !1]
-        .chunks(2)
-        .map(|p| {
-            if le {
-                u16::from_le_bytes([p[0], p[1]])
-            } else {
-                u16::from_be_bytes([p[0], p[1]])
-            }
-        })
-        .collect();
-    let text = String::from_utf16_lossy(&units);
+    let text = utf16_lossy(&body[..body.len().min(64 << 10)], le);
     text_share(text.as_bytes()) >= 0.95 && !text.contains('\u{fffd}')
 }
 

@@ -44,19 +44,7 @@ fn text(side: &Side, e: &FileEntry) -> Option<Vec<u8>> {
 /// `data` as text: UTF-16 when it starts with a byte-order mark (Windows
 /// writes scheduled tasks' XML that way), else UTF-8, lossily.
 fn decode(data: &[u8]) -> String {
-    let utf16 = |le: bool| {
-        let units: Vec<u16> = data[2..]
-            .chunks_exact(2)
-            .map(|c| {
-                if le {
-                    u16::from_le_bytes([c[0], c[1]])
-                } else {
-                    u16::from_be_bytes([c[0], c[1]])
-                }
-            })
-            .collect();
-        String::from_utf16_lossy(&units)
-    };
+    let utf16 = |le| cairn_insight::content::utf16_lossy(&data[2..], le);
     match data {
         [0xff, 0xfe, ..] => utf16(true),
         [0xfe, 0xff, ..] => utf16(false),
