@@ -685,6 +685,28 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     }
     out.extension_churn = sorted_counts(churn);
 
+    // What a package manager installed is not an attacker's copy: a
+    // firmware package adds hundreds of high-entropy blobs of no known
+    // type, a library's tests ship corrupt archives on purpose. New files
+    // that a package list changed in this snapshot names are not counted
+    // as encrypted-looking or broken — unless they lie in the users'
+    // folders (no package writes there: a forged list cannot hide the
+    // users' files) or replace a deleted original.
+    let packaged = packaged_files(&a, &new_by, d);
+    if !packaged.is_empty() {
+        let added: HashSet<&str> = d.added.iter().map(|x| x.path.as_str()).collect();
+        out.findings.retain(|f| {
+            let installed = matches!(f.damage, Damage::EncryptedNew | Damage::BrokenStructure)
+                && f.origin.is_none()
+                && added.contains(f.path.as_str())
+                && !content::is_user_data(&f.path)
+                && packaged.contains(&cairn_guest::model::unescape(
+                    f.path.strip_prefix('/').unwrap_or(&f.path),
+                ));
+            !installed
+        });
+    }
+
     // Every old name is looked at only when there are new files to compare.
     let old_exts: HashSet<String> = if d.added.is_empty() {
         HashSet::new()
@@ -718,6 +740,59 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     touched.sort_unstable();
     touched.dedup();
     out.touched = touched;
+    out
+}
+
+/// Where package managers list the files they installed: dpkg one list
+/// per package, apk one database for all.
+const DPKG_LISTS: &str = "/var/lib/dpkg/info/";
+const APK_DB: &str = "/lib/apk/db/installed";
+/// A package list longer than this is read this far.
+const MAX_LIST_BYTES: u64 = 16 << 20;
+
+/// The files (as raw paths without the leading `/`) that the package
+/// lists added or changed in this snapshot name: those of the packages
+/// installed or upgraded since the parent.
+fn packaged_files(a: &Analysis, new_by: &ByPath, d: &Diff) -> HashSet<Vec<u8>> {
+    let mut out = HashSet::new();
+    let changed = (d.added.iter().map(|x| &x.path))
+        .chain(d.modified.iter().map(|m| &m.path))
+        .chain(d.renamed.iter().map(|r| &r.to));
+    for path in changed {
+        let dpkg = path.starts_with(DPKG_LISTS) && path.ends_with(".list");
+        if !dpkg && path != APK_DB {
+            continue;
+        }
+        let Some(e) = new_by.shown(path).filter(|e| e.kind == FileKind::File) else {
+            continue;
+        };
+        let Some(list) = a.reader.read(a.new.fs, e, 0, MAX_LIST_BYTES) else {
+            continue;
+        };
+        if dpkg {
+            // One absolute path per line.
+            for line in list.split(|&b| b == b'\n') {
+                if let Some(p) = line.strip_prefix(b"/").filter(|p| !p.is_empty()) {
+                    out.insert(p.to_vec());
+                }
+            }
+        } else {
+            // `F:dir` names a folder, each `R:name` after it a file there.
+            let mut dir: &[u8] = b"";
+            for line in list.split(|&b| b == b'\n') {
+                if let Some(d) = line.strip_prefix(b"F:") {
+                    dir = d;
+                } else if let Some(name) = line.strip_prefix(b"R:") {
+                    let mut p = dir.to_vec();
+                    if !p.is_empty() {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(name);
+                    out.insert(p);
+                }
+            }
+        }
+    }
     out
 }
 

@@ -659,3 +659,79 @@ fn insight_evaluation_meets_its_targets() {
     assert_eq!(table.lines().filter(|l| kind(l) == "benign").count(), 6);
     assert_eq!(table.lines().filter(|l| kind(l) == "attack").count(), 6);
 }
+
+/// A package install that adds high-entropy firmware blobs and corrupt
+/// test archives on purpose is no attack when the package manager's own
+/// list (dpkg's per-package list, apk's database) names the new files;
+/// the same kind of files in a user's folder are found even when a forged
+/// package list names them.
+#[test]
+fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users_files() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    for dir in [
+        "var/lib/dpkg/info",
+        "usr/lib/firmware",
+        "usr/share",
+        "lib/apk/db",
+    ] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/info/base.list"), "/.\n/etc\n").unwrap();
+    std::fs::write(
+        root.join("lib/apk/db/installed"),
+        "P:base\nF:etc\nR:hostname\n",
+    )
+    .unwrap();
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    clean_days(&env, &disk, 3);
+
+    let upload = env.path("upload.bin");
+    let put = |guest: &str, data: &[u8]| {
+        std::fs::write(&upload, data).unwrap();
+        debugfs_w(&disk, &format!("write {} {guest}", upload.display()));
+    };
+    // dpkg installs firmware blobs and a test suite's corrupt archives.
+    debugfs_w(&disk, "mkdir /usr/lib/firmware/acme");
+    debugfs_w(&disk, "mkdir /usr/share/acme");
+    let mut list = String::from("/.\n/usr/lib/firmware/acme\n/usr/share/acme\n");
+    for i in 0..12 {
+        let blob = format!("/usr/lib/firmware/acme/fw-{i}.bin");
+        put(&blob, &noise(24_000, 300 + i));
+        let mut gz = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03".to_vec();
+        gz.extend(noise(6_000, 400 + i));
+        let fixture = format!("/usr/share/acme/bad-{i}.gz");
+        put(&fixture, &gz);
+        list.push_str(&format!("{blob}\n{fixture}\n"));
+    }
+    put("/var/lib/dpkg/info/acme-firmware.list", list.as_bytes());
+    // apk installs blobs of its own.
+    debugfs_w(&disk, "mkdir /usr/lib/firmware/alp");
+    let mut db = String::from("P:base\nF:etc\nR:hostname\n\nP:alp-fw\nF:usr/lib/firmware/alp\n");
+    for i in 0..12 {
+        put(
+            &format!("/usr/lib/firmware/alp/a{i}.fw"),
+            &noise(24_000, 500 + i),
+        );
+        db.push_str(&format!("R:a{i}.fw\n"));
+    }
+    debugfs_w(&disk, "rm /lib/apk/db/installed");
+    put("/lib/apk/db/installed", db.as_bytes());
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "{out}");
+
+    // An attacker's random blobs in the user's folder, named by a forged
+    // package list, are found all the same.
+    let mut forged = String::from("/.\n");
+    for i in 0..12 {
+        let p = format!("/home/alice/docs/blob-{i}.dat");
+        put(&p, &noise(24_000, 600 + i));
+        forged.push_str(&format!("{p}\n"));
+    }
+    put("/var/lib/dpkg/info/cover.list", forged.as_bytes());
+    let v = flagged_backup(&env, &disk, 4);
+    assert_ne!(v["insight"]["verdict"], "clean", "{v}");
+    assert!(v["insight"].to_string().contains("blob-"), "{v}");
+}
