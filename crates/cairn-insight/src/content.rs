@@ -265,45 +265,108 @@ fn check_zip(s: &Sample, read_at: &mut ReadAt) -> Result<(), String> {
     if entries > 0 && cd_size < entries * 46 {
         return Err("ZIP central directory too small for its entries".into());
     }
-    check_first_zip_entry(s.head)
+    check_zip_entries(cd_offset, cd_size, s.size, read_at)
 }
 
-/// The first entry of a ZIP, when its sizes are in its local header and
-/// it lies inside the sample: its data must decompress to its CRC-32
-/// (encrypting the entries while keeping every header leaves a ZIP whose
-/// directories look perfect).
-fn check_first_zip_entry(h: &[u8]) -> Result<(), String> {
-    if h.len() < 30 || !h.starts_with(b"PK\x03\x04") {
-        return Ok(());
+/// How much of a ZIP's entries is checked: entries in directory order,
+/// each up to `ZIP_ENTRY_BYTES` of its packed data, `ZIP_BYTES` in all.
+const ZIP_ENTRIES: usize = 64;
+const ZIP_ENTRY_BYTES: u64 = 256 << 10;
+const ZIP_BYTES: u64 = 1 << 20;
+/// Inflating stops here (a small entry may inflate a thousandfold).
+const ZIP_INFLATE_BYTES: u64 = 32 << 20;
+/// A central directory longer than this is read this far.
+const ZIP_DIRECTORY_BYTES: u64 = 1 << 20;
+
+/// The entries of a ZIP, found through its central directory: the data of
+/// each must inflate (random bytes stop inflating within a few bytes), and
+/// an entry read whole must match its size and CRC-32. Encrypting the
+/// entries while keeping every header leaves a ZIP whose directories look
+/// perfect — also when the first entry (`[Content_Types].xml` of an
+/// Office file) is left alone and only the document's own part is not.
+fn check_zip_entries(
+    cd_offset: u64,
+    cd_size: u64,
+    size: u64,
+    read_at: &mut ReadAt,
+) -> Result<(), String> {
+    let mut cd = vec![0u8; cd_size.min(ZIP_DIRECTORY_BYTES) as usize];
+    if !read_at(cd_offset, &mut cd) {
+        return Err("ZIP central directory unreadable".into());
     }
-    let (flags, method) = (le16(h, 6), le16(h, 8));
-    let (crc, packed, size) = (le32(h, 14), le32(h, 18) as usize, le32(h, 22) as usize);
-    let start = 30 + le16(h, 26) as usize + le16(h, 28) as usize;
-    // Encrypted on purpose (flag 0), sizes after the data (flag 3), or
-    // beyond the sample or the 64 KiB looked at: not checked.
-    if flags & 0x9 != 0 || size > 64 << 10 || start + packed > h.len() {
-        return Ok(());
-    }
-    let data = &h[start..start + packed];
-    let mut out = Vec::with_capacity(size);
-    let ok = match method {
-        0 => {
-            out.extend_from_slice(data);
-            true
+    let (mut at, mut budget) = (0usize, ZIP_BYTES);
+    for _ in 0..ZIP_ENTRIES {
+        let Some(rec) = cd.get(at..at + 46).filter(|r| r.starts_with(b"PK\x01\x02")) else {
+            break;
+        };
+        let (flags, method) = (le16(rec, 8), le16(rec, 10));
+        let (crc, packed, unpacked) = (le32(rec, 16), le32(rec, 20), le32(rec, 24));
+        let local = le32(rec, 42);
+        at += 46 + (le16(rec, 28) + le16(rec, 30) + le16(rec, 32)) as usize;
+        // Encrypted on purpose, ZIP64 sizes, empty or other methods: not
+        // checked.
+        if flags & 1 != 0 || packed == 0 || packed == 0xffff_ffff || !matches!(method, 0 | 8) {
+            continue;
         }
-        8 => {
-            use std::io::Read;
-            flate2::read::DeflateDecoder::new(data)
-                .take(size as u64 + 1)
-                .read_to_end(&mut out)
-                .is_ok()
+        let mut header = [0u8; 30];
+        if local.checked_add(30).is_none_or(|end| end > size)
+            || !read_at(local, &mut header)
+            || !header.starts_with(b"PK\x03\x04")
+        {
+            return Err("a ZIP entry's header is missing".into());
         }
-        _ => return Ok(()),
-    };
-    if !ok || out.len() != size || crc32fast::hash(&out) as u64 != crc {
-        return Err("its first entry's data does not match its checksum".into());
+        let data_at = local + 30 + le16(&header, 26) + le16(&header, 28);
+        let take = packed.min(ZIP_ENTRY_BYTES).min(budget);
+        if take == 0 {
+            break;
+        }
+        budget -= take;
+        let mut data = vec![0u8; take as usize];
+        if data_at.checked_add(take).is_none_or(|end| end > size) || !read_at(data_at, &mut data) {
+            return Err("a ZIP entry's data lies past the end".into());
+        }
+        let whole = take == packed;
+        let ok = match method {
+            8 => entry_inflates(&data, whole, unpacked, crc as u32),
+            _ => !whole || (packed == unpacked && crc32fast::hash(&data) == crc as u32),
+        };
+        if !ok {
+            return Err("an entry's data does not match its checksum".into());
+        }
     }
     Ok(())
+}
+
+/// Whether `packed` (raw deflate) inflates; when it is an entry's whole
+/// data, to `size` bytes of CRC-32 `crc`. Inflates through one small
+/// buffer, and stops checking after `ZIP_INFLATE_BYTES`.
+fn entry_inflates(packed: &[u8], whole: bool, size: u64, crc: u32) -> bool {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let mut z = Decompress::new(false);
+    let mut out = vec![0u8; 64 << 10];
+    let mut sum = crc32fast::Hasher::new();
+    loop {
+        let (fed, made) = (z.total_in(), z.total_out());
+        let rest = packed.get(fed as usize..).unwrap_or_default();
+        let Ok(status) = z.decompress(rest, &mut out, FlushDecompress::None) else {
+            return false;
+        };
+        let n = (z.total_out() - made) as usize;
+        sum.update(&out[..n]);
+        if z.total_out() > size {
+            return false;
+        }
+        if z.total_out() > ZIP_INFLATE_BYTES {
+            return true;
+        }
+        match status {
+            Status::StreamEnd => {
+                return !whole || (z.total_out() == size && sum.finalize() == crc);
+            }
+            _ if z.total_in() == fed && n == 0 => return !whole,
+            _ => {}
+        }
+    }
 }
 
 /// A log, which its rotation empties or rewrites as a matter of course.
@@ -778,13 +841,15 @@ mod tests {
 
     /// A ZIP of one entry, deflated, with its central directory.
     fn zip_of(name: &[u8], data: &[u8]) -> Vec<u8> {
+        zip_with(&[(name, data)])
+    }
+
+    /// A ZIP of these entries, deflated, with its central directory.
+    fn zip_with(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
         use std::io::Write;
-        let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-        d.write_all(data).unwrap();
-        let packed = d.finish().unwrap();
-        let crc = crc32fast::hash(data);
-        let header = |sig: &[u8], central: bool| {
+        let header = |sig: &[u8], name: &[u8], data: &[u8], packed: usize, local: u32| {
             let mut h = sig.to_vec();
+            let central = local != u32::MAX;
             if central {
                 h.extend_from_slice(&20u16.to_le_bytes());
             }
@@ -792,31 +857,65 @@ mod tests {
             h.extend_from_slice(&0u16.to_le_bytes());
             h.extend_from_slice(&8u16.to_le_bytes());
             h.extend_from_slice(&[0; 4]);
-            h.extend_from_slice(&crc.to_le_bytes());
-            h.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+            h.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+            h.extend_from_slice(&(packed as u32).to_le_bytes());
             h.extend_from_slice(&(data.len() as u32).to_le_bytes());
             h.extend_from_slice(&(name.len() as u16).to_le_bytes());
             h.extend_from_slice(&0u16.to_le_bytes());
             if central {
-                h.extend_from_slice(&[0; 12]);
-                h.extend_from_slice(&0u32.to_le_bytes());
+                // Comment length, disk, internal and external attributes.
+                h.extend_from_slice(&[0; 10]);
+                h.extend_from_slice(&local.to_le_bytes());
             }
             h.extend_from_slice(name);
             h
         };
-        let mut z = header(b"PK\x03\x04", false);
-        z.extend_from_slice(&packed);
+        let (mut z, mut cd) = (Vec::new(), Vec::new());
+        for (name, data) in entries {
+            let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            d.write_all(data).unwrap();
+            let packed = d.finish().unwrap();
+            let local = z.len() as u32;
+            z.extend_from_slice(&header(b"PK\x03\x04", name, data, packed.len(), u32::MAX));
+            z.extend_from_slice(&packed);
+            cd.extend_from_slice(&header(b"PK\x01\x02", name, data, packed.len(), local));
+        }
         let cd_at = z.len() as u32;
-        let cd = header(b"PK\x01\x02", true);
         z.extend_from_slice(&cd);
         z.extend_from_slice(b"PK\x05\x06");
         z.extend_from_slice(&[0; 4]);
-        z.extend_from_slice(&1u16.to_le_bytes());
-        z.extend_from_slice(&1u16.to_le_bytes());
+        z.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(entries.len() as u16).to_le_bytes());
         z.extend_from_slice(&(cd.len() as u32).to_le_bytes());
         z.extend_from_slice(&cd_at.to_le_bytes());
         z.extend_from_slice(&0u16.to_le_bytes());
         z
+    }
+
+    #[test]
+    fn a_zip_whose_later_entry_alone_was_encrypted_fails() {
+        let types = b"[Content_Types].xml";
+        let doc = words(40_000);
+        let z = zip_with(&[(types, &words(3000)), (b"word/document.xml", &doc)]);
+        assert_eq!(check(Kind::Zip, &z), Ok(()));
+        // The document's part overwritten with random bytes at its place,
+        // the first entry and every header kept.
+        let second = z
+            .windows(4)
+            .skip(1)
+            .position(|w| w == b"PK\x03\x04")
+            .unwrap()
+            + 1;
+        let start = second + 30 + "word/document.xml".len();
+        let end = z.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        let mut bad = z.clone();
+        bad[start..end].copy_from_slice(&noise(end - start));
+        assert!(check(Kind::Zip, &bad).is_err());
+        // Only the end of its data: it no longer inflates to its CRC.
+        let mut tail = z.clone();
+        let from = end - (end - start) / 4;
+        tail[from..end].copy_from_slice(&noise(end - from));
+        assert!(check(Kind::Zip, &tail).is_err());
     }
 
     #[test]
