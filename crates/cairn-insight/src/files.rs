@@ -76,6 +76,22 @@ pub struct Finding {
     /// an encrypted copy), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// A file new at its path (not one changed): by itself it destroyed
+    /// nothing, unless it replaced an original (`origin`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub added: bool,
+}
+
+impl Finding {
+    /// A new file, encrypted-looking or not matching its type, that
+    /// replaced no original (none renamed to it, none deleted beside it):
+    /// by itself it destroyed nothing — a download cut short, a cloned
+    /// project's test vectors, someone's own encrypted archive.
+    pub fn replaced_nothing(&self) -> bool {
+        self.added
+            && self.origin.is_none()
+            && matches!(self.damage, Damage::EncryptedNew | Damage::BrokenStructure)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -349,6 +365,7 @@ impl Analysis<'_> {
             damage,
             detail,
             origin: origin.clone(),
+            added: false,
         };
         // (A valid program or archive has zero padding of its own.)
         if changed >= MIN_CHANGED
@@ -482,6 +499,7 @@ impl Analysis<'_> {
             damage,
             detail,
             origin: None,
+            added: true,
         };
         if n.size <= notes::MAX_NOTE_BYTES
             && content::text_share(&head) >= 0.9
@@ -686,25 +704,57 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     out.extension_churn = sorted_counts(churn);
 
     // What a package manager installed is not an attacker's copy: a
-    // firmware package adds hundreds of high-entropy blobs of no known
-    // type, a library's tests ship corrupt archives on purpose. New files
-    // that a package list changed in this snapshot names are not counted
-    // as encrypted-looking or broken — unless they lie in the users'
-    // folders (no package writes there: a forged list cannot hide the
-    // users' files) or replace a deleted original.
+    // firmware package adds (and on upgrade replaces) hundreds of
+    // high-entropy blobs of no known type, a library's tests ship corrupt
+    // archives on purpose. New files that a package list changed in this
+    // snapshot names are not counted as encrypted-looking or broken —
+    // unless they lie in the users' folders (no package writes there: a
+    // forged list cannot hide the users' files).
     let packaged = packaged_files(&a, &new_by, d);
     if !packaged.is_empty() {
-        let added: HashSet<&str> = d.added.iter().map(|x| x.path.as_str()).collect();
         out.findings.retain(|f| {
-            let installed = matches!(f.damage, Damage::EncryptedNew | Damage::BrokenStructure)
-                && f.origin.is_none()
-                && added.contains(f.path.as_str())
+            let installed = f.added
+                && matches!(f.damage, Damage::EncryptedNew | Damage::BrokenStructure)
                 && !content::is_user_data(&f.path)
                 && packaged.contains(&cairn_guest::model::unescape(
                     f.path.strip_prefix('/').unwrap_or(&f.path),
                 ));
             !installed
         });
+    }
+
+    // Encrypted copies under names of their own (random, or the victim's
+    // id) still land beside their originals, which the attack deleted: a
+    // damaged new file replaces a file deleted from its folder in this
+    // snapshot (one of the same extension first).
+    let mut gone: HashMap<&str, Vec<&str>> = HashMap::new();
+    for x in &d.deleted {
+        let dir = x.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        gone.entry(dir).or_default().push(&x.path);
+    }
+    let claimed: HashSet<String> = out
+        .findings
+        .iter()
+        .filter_map(|f| f.origin.clone())
+        .collect();
+    for list in gone.values_mut() {
+        list.retain(|p| !claimed.contains(*p));
+    }
+    for f in out.findings.iter_mut().filter(|f| {
+        f.added
+            && f.origin.is_none()
+            && matches!(f.damage, Damage::EncryptedNew | Damage::BrokenStructure)
+    }) {
+        let dir = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let Some(list) = gone.get_mut(dir).filter(|l| !l.is_empty()) else {
+            continue;
+        };
+        let ext = content::extension(&f.path);
+        let at = list
+            .iter()
+            .position(|p| content::extension(p) == ext)
+            .unwrap_or(0);
+        f.origin = Some(list.swap_remove(at).to_string());
     }
 
     // Every old name is looked at only when there are new files to compare.

@@ -15,7 +15,7 @@
 //! files per day escalates instead of looking small every day.
 
 use crate::content;
-use crate::files::{Damage, FileSignals, path_hash};
+use crate::files::{Damage, FileSignals, Finding, path_hash};
 use crate::signals::Signals;
 use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
@@ -102,6 +102,24 @@ fn example(f: &FileSignals, d: Damage) -> String {
         .unwrap_or_default()
 }
 
+fn example_where(f: &FileSignals, pick: impl Fn(&Finding) -> bool) -> String {
+    f.findings
+        .iter()
+        .find(|x| pick(x))
+        .map(|x| format!("{}: {}", x.path, x.detail))
+        .unwrap_or_default()
+}
+
+/// New files of damage `d` that replaced nothing (see
+/// [`Finding::replaced_nothing`]): they weigh little unless other damage
+/// comes with them.
+fn strays(f: &FileSignals, d: Damage) -> u64 {
+    f.findings
+        .iter()
+        .filter(|x| x.damage == d && x.replaced_nothing())
+        .count() as u64
+}
+
 fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
     let notes = f.count(Damage::RansomNote);
     if notes > 0 {
@@ -135,7 +153,7 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
             ),
         );
     }
-    let k = f.count(Damage::BrokenStructure);
+    let k = f.count(Damage::BrokenStructure) - strays(f, Damage::BrokenStructure);
     if k > 0 {
         let w = match k {
             1 => 0.45,
@@ -146,7 +164,8 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
             w,
             format!(
                 "{k} file(s) no longer match their type (e.g. {})",
-                example(f, Damage::BrokenStructure)
+                example_where(f, |x| x.damage == Damage::BrokenStructure
+                    && !x.replaced_nothing())
             ),
         );
     }
@@ -165,7 +184,7 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
             ),
         );
     }
-    let k = f.count(Damage::EncryptedNew);
+    let k = f.count(Damage::EncryptedNew) - strays(f, Damage::EncryptedNew);
     if k > 0 {
         let copies = f
             .findings
@@ -188,7 +207,21 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
                 } else {
                     String::new()
                 },
-                example(f, Damage::EncryptedNew)
+                example_where(f, |x| x.damage == Damage::EncryptedNew
+                    && !x.replaced_nothing())
+            ),
+        );
+    }
+    // New files that look encrypted or broken but replaced nothing: one
+    // weak sign however many (a cloned project's test vectors), which
+    // only adds to others.
+    let k = strays(f, Damage::EncryptedNew) + strays(f, Damage::BrokenStructure);
+    if k > 0 {
+        ev.add(
+            if k >= 10 { 0.25 } else { 0.1 },
+            format!(
+                "{k} new file(s) encrypted-looking or not matching their type, replacing nothing (e.g. {})",
+                example_where(f, Finding::replaced_nothing)
             ),
         );
     }
@@ -395,7 +428,9 @@ impl Assessor {
                     self.carried.remove(t);
                 }
             }
-            for x in &f.findings {
+            // A stray new file destroyed nothing: it is not damage that
+            // stays (a cloned project keeps its test vectors for good).
+            for x in f.findings.iter().filter(|x| !x.replaced_nothing()) {
                 self.carried
                     .entry(path_hash(&x.path))
                     .or_insert((x.path.clone(), idx));

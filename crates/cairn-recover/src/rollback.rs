@@ -209,7 +209,10 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
     };
     let mut hurt: BTreeMap<String, Hurt> = BTreeMap::new();
     for (i, e) in t.entries.iter().enumerate().skip(from.unwrap_or(0)) {
-        for f in e.signals.files.iter().flat_map(|f| &f.findings) {
+        // A new file that replaced nothing destroyed nothing: it is kept
+        // like any other new file (least data lost), not dropped.
+        let findings = e.signals.files.iter().flat_map(|f| &f.findings);
+        for f in findings.filter(|f| !f.replaced_nothing()) {
             hurt.entry(f.path.clone()).or_insert(Hurt {
                 index: i,
                 damage: f.damage,

@@ -663,7 +663,7 @@ fn insight_evaluation_meets_its_targets() {
 /// A package install that adds high-entropy firmware blobs and corrupt
 /// test archives on purpose is no attack when the package manager's own
 /// list (dpkg's per-package list, apk's database) names the new files;
-/// the same kind of files in a user's folder are found even when a forged
+/// encrypted copies in a user's folder are found even when a forged
 /// package list names them.
 #[test]
 fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users_files() {
@@ -722,16 +722,76 @@ fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users
     let out = env.backup(&disk, "vm", &day(3));
     assert_eq!(out["insight"]["verdict"], "clean", "{out}");
 
-    // An attacker's random blobs in the user's folder, named by a forged
-    // package list, are found all the same.
+    // An attacker's encrypted copies in the user's folder, the reports
+    // deleted, named by a forged package list, are found all the same.
     let mut forged = String::from("/.\n");
     for i in 0..12 {
         let p = format!("/home/alice/docs/blob-{i}.dat");
         put(&p, &noise(24_000, 600 + i));
+        debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
         forged.push_str(&format!("{p}\n"));
     }
     put("/var/lib/dpkg/info/cover.list", forged.as_bytes());
     let v = flagged_backup(&env, &disk, 4);
-    assert_ne!(v["insight"]["verdict"], "clean", "{v}");
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
     assert!(v["insight"].to_string().contains("blob-"), "{v}");
+}
+
+/// New files that look encrypted or broken but replaced nothing (a
+/// project cloned with its test vectors and corrupt archives) destroy no
+/// data: the day stays clean and so does the next. Encrypted copies under
+/// random names, their originals deleted from the same folder, are an
+/// attack, and each copy names an original it replaced.
+#[test]
+fn new_files_that_replaced_nothing_are_no_attack_and_copies_under_random_names_are() {
+    let (env, _, disk) = three_clean_days();
+    let upload = env.path("upload.bin");
+    let put = |guest: &str, data: &[u8]| {
+        std::fs::write(&upload, data).unwrap();
+        debugfs_w(&disk, &format!("write {} {guest}", upload.display()));
+    };
+    for dir in ["src", "src/zlib", "src/zlib/test", "src/zlib/test/vectors"] {
+        debugfs_w(&disk, &format!("mkdir /home/alice/{dir}"));
+    }
+    for i in 0..12 {
+        let mut gz = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03".to_vec();
+        gz.extend(noise(6_000, 700 + i));
+        put(&format!("/home/alice/src/zlib/test/bad-{i}.gz"), &gz);
+        put(
+            &format!("/home/alice/src/zlib/test/vectors/v{i}.key"),
+            &noise(8_000, 800 + i),
+        );
+    }
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "{out}");
+    let out = env.backup(&disk, "vm", &day(4));
+    assert_eq!(out["insight"]["verdict"], "clean", "the day after: {out}");
+
+    // Ransomware writes each report's ciphertext under a random name in
+    // the same folder and deletes the report.
+    for i in 0..12 {
+        put(
+            &format!(
+                "/home/alice/docs/{:08x}.enc",
+                0x9e37_79b9u32.wrapping_mul(i + 1)
+            ),
+            &noise(20_000 + i as usize * 3000, 900 + i as u64),
+        );
+        debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
+    }
+    let v = flagged_backup(&env, &disk, 5);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    let findings = t["snapshots"][5]["findings"].as_array().unwrap();
+    let copies = findings
+        .iter()
+        .filter(|f| {
+            f["path"].as_str().unwrap().ends_with(".enc")
+                && f["origin"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("/home/alice/docs/report-"))
+        })
+        .count();
+    assert_eq!(copies, 12, "{findings:#?}");
 }
