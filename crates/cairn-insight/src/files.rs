@@ -724,7 +724,7 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     }
 
     // Encrypted copies under names of their own (random, or the victim's
-    // id) still land beside their originals, which the attack deleted: a
+    // id) mostly land beside their originals, which the attack deleted: a
     // damaged new file replaces a file deleted from its folder in this
     // snapshot (one of the same extension first).
     let mut gone: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -755,6 +755,35 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
             .position(|p| content::extension(p) == ext)
             .unwrap_or(0);
         f.origin = Some(list.swap_remove(at).to_string());
+    }
+    // Elsewhere, a ciphertext is its original's size or a little more
+    // (padding, a header or footer holding the wrapped key): an
+    // encrypted-looking new file pairs with a deleted file up to 4 KiB
+    // smaller, the closest first.
+    let mut left: Vec<(u64, &str)> = gone
+        .values()
+        .flatten()
+        .filter_map(|p| {
+            let e = old_by
+                .shown(p)
+                .filter(|e| e.kind == FileKind::File && e.size > 0)?;
+            Some((e.size, *p))
+        })
+        .collect();
+    left.sort_unstable();
+    for f in out
+        .findings
+        .iter_mut()
+        .filter(|f| f.damage == Damage::EncryptedNew && f.replaced_nothing())
+    {
+        let Some(size) = new_by.shown(&f.path).map(|e| e.size) else {
+            continue;
+        };
+        // The largest deleted size not above this one.
+        let i = left.partition_point(|(s, _)| *s <= size);
+        if i > 0 && size - left[i - 1].0 <= 4096 {
+            f.origin = Some(left.remove(i - 1).1.to_string());
+        }
     }
 
     // Every old name is looked at only when there are new files to compare.

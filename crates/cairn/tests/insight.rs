@@ -795,3 +795,40 @@ fn new_files_that_replaced_nothing_are_no_attack_and_copies_under_random_names_a
         .count();
     assert_eq!(copies, 12, "{findings:#?}");
 }
+
+/// Encrypted copies written to a folder of their own under random names,
+/// ten originals deleted: each copy pairs with the deleted file of about
+/// its size.
+#[test]
+fn copies_moved_to_another_folder_pair_with_their_deleted_originals_by_size() {
+    let (env, _, disk) = three_clean_days();
+    let upload = env.path("upload.bin");
+    debugfs_w(&disk, "mkdir /home/alice/.x");
+    for i in 0..10u64 {
+        // The report's size, plus a 512-byte footer holding a wrapped key.
+        std::fs::write(&upload, noise(20_000 + i as usize * 3000 + 512, 950 + i)).unwrap();
+        debugfs_w(
+            &disk,
+            &format!(
+                "write {} /home/alice/.x/{:016x}",
+                upload.display(),
+                i * 0x9e37_79b9
+            ),
+        );
+        debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
+    }
+    let v = flagged_backup(&env, &disk, 3);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    let findings = t["snapshots"][3]["findings"].as_array().unwrap();
+    for i in 0..10u64 {
+        let copy = format!("/home/alice/.x/{:016x}", i * 0x9e37_79b9);
+        let f = findings.iter().find(|f| f["path"] == copy.as_str());
+        assert_eq!(
+            f.and_then(|f| f["origin"].as_str()),
+            Some(format!("/home/alice/docs/report-{i}.txt").as_str()),
+            "{findings:#?}"
+        );
+    }
+}
