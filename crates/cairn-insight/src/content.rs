@@ -409,6 +409,27 @@ pub fn is_user_data(path: &str) -> bool {
         && !is_cache(path)
 }
 
+/// Where package managers install: the system's own folders, not the
+/// users', a web site's or a service's data.
+pub fn is_system_path(path: &str) -> bool {
+    let rel = path.strip_prefix('/').unwrap_or(path);
+    [
+        "usr/",
+        "lib/",
+        "lib32/",
+        "lib64/",
+        "bin/",
+        "sbin/",
+        "opt/",
+        "boot/",
+        "etc/",
+        "var/lib/dpkg/",
+        "var/lib/apk/",
+    ]
+    .iter()
+    .any(|d| rel.starts_with(d))
+}
+
 /// Prose or records: spaces (or field separators) between words in at
 /// least one byte in twenty of a readable head.
 pub fn has_words(head: &[u8]) -> bool {

@@ -703,26 +703,6 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     }
     out.extension_churn = sorted_counts(churn);
 
-    // What a package manager installed is not an attacker's copy: a
-    // firmware package adds (and on upgrade replaces) hundreds of
-    // high-entropy blobs of no known type, a library's tests ship corrupt
-    // archives on purpose. New files that a package list changed in this
-    // snapshot names are not counted as encrypted-looking or broken —
-    // unless they lie in the users' folders (no package writes there: a
-    // forged list cannot hide the users' files).
-    let packaged = packaged_files(&a, &new_by, d);
-    if !packaged.is_empty() {
-        out.findings.retain(|f| {
-            let installed = f.added
-                && matches!(f.damage, Damage::EncryptedNew | Damage::BrokenStructure)
-                && !content::is_user_data(&f.path)
-                && packaged.contains(&cairn_guest::model::unescape(
-                    f.path.strip_prefix('/').unwrap_or(&f.path),
-                ));
-            !installed
-        });
-    }
-
     // Encrypted copies under names of their own (random, or the victim's
     // id) mostly land beside their originals, which the attack deleted: a
     // damaged new file replaces a file deleted from its folder in this
@@ -784,6 +764,28 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
         if i > 0 && size - left[i - 1].0 <= 4096 {
             f.origin = Some(left.remove(i - 1).1.to_string());
         }
+    }
+
+    // What a package manager installed is not an attacker's copy: a
+    // firmware package adds (and on upgrade replaces) hundreds of
+    // high-entropy blobs of no known type, a library's tests ship corrupt
+    // archives on purpose. New files that a package list changed in this
+    // snapshot names are not counted as encrypted-looking or broken when
+    // they lie where packages install, and so does the file each replaced
+    // (if any): a forged list hides no copy of a user's or a web site's
+    // files, wherever the copy was put.
+    let packaged = packaged_files(&a, &new_by, d);
+    if !packaged.is_empty() {
+        out.findings.retain(|f| {
+            let installed = f.added
+                && matches!(f.damage, Damage::EncryptedNew | Damage::BrokenStructure)
+                && content::is_system_path(&f.path)
+                && f.origin.as_deref().is_none_or(content::is_system_path)
+                && packaged.contains(&cairn_guest::model::unescape(
+                    f.path.strip_prefix('/').unwrap_or(&f.path),
+                ));
+            !installed
+        });
     }
 
     // Every old name is looked at only when there are new files to compare.

@@ -662,9 +662,9 @@ fn insight_evaluation_meets_its_targets() {
 
 /// A package install that adds high-entropy firmware blobs and corrupt
 /// test archives on purpose is no attack when the package manager's own
-/// list (dpkg's per-package list, apk's database) names the new files;
-/// encrypted copies in a user's folder are found even when a forged
-/// package list names them.
+/// list (dpkg's per-package list, apk's database) names the new files,
+/// and so is its upgrade replacing them; encrypted copies of a user's
+/// files are found even where packages install, named by a forged list.
 #[test]
 fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users_files() {
     let env = Env::new("0s", &[]);
@@ -722,17 +722,32 @@ fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users
     let out = env.backup(&disk, "vm", &day(3));
     assert_eq!(out["insight"]["verdict"], "clean", "{out}");
 
-    // An attacker's encrypted copies in the user's folder, the reports
-    // deleted, named by a forged package list, are found all the same.
+    // The upgrade: every blob replaced by its next version.
+    let mut list = String::from("/.\n/usr/lib/firmware/acme\n");
+    for i in 0..12 {
+        debugfs_w(&disk, &format!("rm /usr/lib/firmware/acme/fw-{i}.bin"));
+        let blob = format!("/usr/lib/firmware/acme/fw2-{i}.bin");
+        put(&blob, &noise(24_000, 1300 + i));
+        list.push_str(&format!("{blob}\n"));
+    }
+    debugfs_w(&disk, "rm /var/lib/dpkg/info/acme-firmware.list");
+    put("/var/lib/dpkg/info/acme-firmware.list", list.as_bytes());
+    let out = env.backup(&disk, "vm", &day(4));
+    assert_eq!(out["insight"]["verdict"], "clean", "upgrade: {out}");
+
+    // An attacker's encrypted copies of the user's reports, the reports
+    // deleted, hidden where packages install and named by a forged
+    // package list, are found all the same.
+    debugfs_w(&disk, "mkdir /usr/share/cover");
     let mut forged = String::from("/.\n");
     for i in 0..12 {
-        let p = format!("/home/alice/docs/blob-{i}.dat");
-        put(&p, &noise(24_000, 600 + i));
+        let p = format!("/usr/share/cover/blob-{i}.dat");
+        put(&p, &noise(20_000 + i as usize * 3000 + 16, 600 + i));
         debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
         forged.push_str(&format!("{p}\n"));
     }
     put("/var/lib/dpkg/info/cover.list", forged.as_bytes());
-    let v = flagged_backup(&env, &disk, 4);
+    let v = flagged_backup(&env, &disk, 5);
     assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
     assert!(v["insight"].to_string().contains("blob-"), "{v}");
 }
