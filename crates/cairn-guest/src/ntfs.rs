@@ -71,6 +71,9 @@ impl NtfsFs {
                     let size = value.len();
                     let extents = match &value {
                         NtfsAttributeValue::NonResident(v) if plain => self.extents(v, size),
+                        NtfsAttributeValue::Resident(v) if plain => {
+                            self.resident_extents(v.data_position().value(), size)
+                        }
                         _ => None,
                     };
                     (size, extents)
@@ -124,6 +127,37 @@ impl NtfsFs {
             covered += len;
         }
         (covered >= size).then_some(out)
+    }
+
+    /// Where a small file kept inside its MFT record lies on the disk, in
+    /// pieces that leave out the last two bytes of every 512-byte sector:
+    /// on disk those hold the record's update sequence number, which every
+    /// write of the record changes (their real bytes are kept elsewhere in
+    /// the record). A change to the file's bytes in place — its size and
+    /// times restored — is then seen in the block digests like any other,
+    /// except in those two bytes of each 512.
+    fn resident_extents(
+        &self,
+        at: Option<std::num::NonZeroU64>,
+        size: u64,
+    ) -> Option<Vec<(u64, u64)>> {
+        const SECTOR: u64 = 512;
+        let at = at?.get();
+        let end = at.checked_add(size).filter(|&e| e <= self.slice.len)?;
+        let mut out = Vec::new();
+        let mut pos = at;
+        while pos < end {
+            let sector = pos / SECTOR * SECTOR;
+            let usn = sector + SECTOR - 2;
+            if pos >= usn {
+                pos = sector + SECTOR;
+                continue;
+            }
+            let stop = end.min(usn);
+            out.push((self.slice.disk_offset(pos), stop - pos));
+            pos = stop;
+        }
+        Some(out)
     }
 
     /// Children of directory record `dir`: (entry, record number).

@@ -847,3 +847,79 @@ fn copies_moved_to_another_folder_pair_with_their_deleted_originals_by_size() {
         );
     }
 }
+
+/// Small documents that NTFS keeps inside their MFT records (no data
+/// runs), encrypted where they lie with their sizes and times kept: the
+/// record's place on the disk stands for their extents.
+#[test]
+fn small_documents_inside_their_ntfs_records_encrypted_in_place_are_found() {
+    let env = Env::new("0s", &[]);
+    let part = env.path("ntfs.img");
+    let p = part.to_str().unwrap();
+    sh("truncate", &["-s", "24M", p]);
+    sh("mkntfs", &["-F", "-Q", "-q", p]);
+    // 300 to 640 bytes: inside the record; the larger cross a sector end.
+    let notes: Vec<Vec<u8>> = (0..8).map(|i| text(300 + i * 48, 500 + i as u64)).collect();
+    for (i, d) in notes.iter().enumerate() {
+        let local = env.path(&format!("note-{i}.txt"));
+        std::fs::write(&local, d).unwrap();
+        sh(
+            "ntfscp",
+            &["-q", p, local.to_str().unwrap(), &format!("note-{i}.txt")],
+        );
+    }
+    let disk = env.path("win.img");
+    sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
+    sh(
+        "sgdisk",
+        &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
+    );
+    write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap());
+    clean_days(&env, &disk, 3);
+
+    // Windows rewriting the last note's record (a new update sequence
+    // number in the record and at each sector's end) changes no note.
+    let image = std::fs::read(&disk).unwrap();
+    let last = &notes[7];
+    let at = image.windows(32).position(|w| w == &last[..32]).unwrap();
+    let rec = at / 1024 * 1024;
+    assert_eq!(&image[rec..rec + 4], b"FILE", "note-7's record");
+    let usa = u16::from_le_bytes([image[rec + 4], image[rec + 5]]) as usize;
+    let usn = u16::from_le_bytes([image[rec + usa], image[rec + usa + 1]]);
+    for spot in [rec + usa, rec + 510, rec + 1022] {
+        write_at(&disk, spot as u64, &(usn.wrapping_add(1)).to_le_bytes());
+    }
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "{out}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    assert_eq!(t["snapshots"][3]["files"]["modified"], 0, "{t}");
+
+    // Each note's bytes found inside its record and overwritten there,
+    // all but the two bytes at each sector's end (the record's sequence
+    // number on disk).
+    let image = std::fs::read(&disk).unwrap();
+    for (i, d) in notes.iter().enumerate().take(6) {
+        let at = image
+            .windows(32)
+            .position(|w| w == &d[..32])
+            .unwrap_or_else(|| panic!("note-{i} not found on the disk"));
+        let key = noise(d.len(), 80 + i as u64);
+        let mut bytes = image[at..at + d.len()].to_vec();
+        for (k, b) in bytes.iter_mut().enumerate() {
+            if (at + k) % 512 < 510 {
+                *b = key[k];
+            }
+        }
+        write_at(&disk, at as u64, &bytes);
+    }
+    let v = flagged_backup(&env, &disk, 4);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    assert_eq!(t["snapshots"][4]["files"]["modified"], 6, "{t}");
+    let findings = t["snapshots"][4]["findings"].to_string();
+    for i in 0..6 {
+        assert!(findings.contains(&format!("note-{i}.txt")), "{findings}");
+    }
+}
