@@ -238,58 +238,113 @@ fn be32(b: &[u8], at: usize) -> u64 {
 /// directory record at the end whose central directory lies inside the
 /// file and starts with its own signature.
 fn check_zip(s: &Sample, read_at: &mut ReadAt) -> Result<(), String> {
-    if !(s.head.starts_with(b"PK\x03\x04") || s.head.starts_with(b"PK\x05\x06")) {
-        return Err("no ZIP header".into());
-    }
+    zip_entries(s, read_at).map(|_| ())
+}
+
+/// Whether a file is a ZIP whose every checked entry is encrypted (with
+/// a password, or WinZip's AES): an archive someone locked, or an
+/// Office document turned into one.
+pub fn zip_locked(s: &Sample, read_at: &mut ReadAt) -> bool {
+    zip_entries(s, read_at).is_ok_and(|z| z.checked > 0 && z.locked == z.checked)
+}
+
+/// What checking a ZIP's entries found.
+#[derive(Default)]
+struct ZipEntries {
+    /// Entries looked at (empty ones and directories aside).
+    checked: usize,
+    /// Of those, encrypted on purpose (not checked further).
+    locked: usize,
+}
+
+/// A ZIP found through its end record, with any bytes in front of it (a
+/// self-extracting stub, an executable jar's launcher script): the
+/// directory's offsets count from where the ZIP starts, wherever `zip -A`
+/// left that.
+fn zip_entries(s: &Sample, read_at: &mut ReadAt) -> Result<ZipEntries, String> {
     let t = s.tail;
-    let eocd = (0..t.len().saturating_sub(21))
+    let Some(eocd) = (0..t.len().saturating_sub(21))
         .rev()
         .find(|&i| &t[i..i + 4] == b"PK\x05\x06")
-        .ok_or("no ZIP end record")?;
+    else {
+        return Err(if s.head.starts_with(b"PK\x03\x04") {
+            "no ZIP end record".into()
+        } else {
+            "no ZIP header".into()
+        });
+    };
     let cd_size = le32(t, eocd + 12);
     let cd_offset = le32(t, eocd + 16);
     let eocd_at = s.size - t.len() as u64 + eocd as u64;
     if cd_offset == 0xffff_ffff {
-        return Ok(()); // ZIP64: the real offsets are elsewhere
+        return Ok(ZipEntries::default()); // ZIP64: the real offsets are elsewhere
     }
     if cd_offset + cd_size > eocd_at {
         return Err("ZIP central directory out of bounds".into());
-    }
-    if cd_size > 0 {
-        let mut sig = [0u8; 4];
-        if !read_at(cd_offset, &mut sig) || &sig != b"PK\x01\x02" {
-            return Err("ZIP central directory damaged".into());
-        }
     }
     let entries = le16(t, eocd + 10);
     if entries > 0 && cd_size < entries * 46 {
         return Err("ZIP central directory too small for its entries".into());
     }
-    check_zip_entries(cd_offset, cd_size, s.size, read_at)
+    let at_start = s.head.starts_with(b"PK\x03\x04") || s.head.starts_with(b"PK\x05\x06");
+    if cd_size == 0 {
+        return if at_start {
+            Ok(ZipEntries::default())
+        } else {
+            Err("no ZIP header".into())
+        };
+    }
+    // Where the directory is: at its offset (a ZIP at the file's start,
+    // or one whose offsets `zip -A` made count from there), or that far
+    // past the bytes in front of the ZIP. Each entry's header must then
+    // be found where the directory says: a head encrypted in place fails
+    // there.
+    let mut sig = [0u8; 4];
+    let mut directory_at = |base: u64| read_at(base + cd_offset, &mut sig) && &sig == b"PK\x01\x02";
+    let base = if directory_at(0) {
+        0
+    } else if directory_at(eocd_at - cd_offset - cd_size) {
+        eocd_at - cd_offset - cd_size
+    } else {
+        return Err("ZIP central directory damaged".into());
+    };
+    check_zip_entries(base, base + cd_offset, cd_size, s.size, read_at)
 }
 
 /// How much of a ZIP's entries is checked: entries in directory order,
 /// each up to `ZIP_ENTRY_BYTES` of its packed data, `ZIP_BYTES` in all.
-const ZIP_ENTRIES: usize = 64;
-const ZIP_ENTRY_BYTES: u64 = 256 << 10;
-const ZIP_BYTES: u64 = 1 << 20;
+const ZIP_ENTRIES: usize = 256;
+const ZIP_ENTRY_BYTES: u64 = 512 << 10;
+const ZIP_BYTES: u64 = 2 << 20;
 /// Inflating stops here (a small entry may inflate a thousandfold).
 const ZIP_INFLATE_BYTES: u64 = 32 << 20;
 /// A central directory longer than this is read this far.
 const ZIP_DIRECTORY_BYTES: u64 = 1 << 20;
+/// Entries whose names say they are text (an Office or OpenDocument
+/// file's XML parts, a jar's manifest): the first bytes they inflate to
+/// must read as text.
+const TEXT_ENTRIES: [&str; 10] = [
+    ".xml", ".rels", ".mf", ".txt", ".json", ".html", ".htm", ".css", ".svg", ".js",
+];
+/// How much of a text entry is looked at.
+const TEXT_PEEK: usize = 4096;
 
-/// The entries of a ZIP, found through its central directory: the data of
-/// each must inflate (random bytes stop inflating within a few bytes), and
-/// an entry read whole must match its size and CRC-32. Encrypting the
-/// entries while keeping every header leaves a ZIP whose directories look
-/// perfect — also when the first entry (`[Content_Types].xml` of an
-/// Office file) is left alone and only the document's own part is not.
+/// The entries of a ZIP (offsets counted from `base`), found through its
+/// central directory: the data of each must inflate (random bytes stop
+/// inflating within a few bytes), an entry read whole must match its size
+/// and CRC-32, and an entry named as text must read as text. Encrypting
+/// the entries while keeping every header leaves a ZIP whose directories
+/// look perfect — also when the first entry (`[Content_Types].xml` of an
+/// Office file) is left alone, and when the ZIP is rewritten with the same
+/// names over random bytes and their true CRCs.
 fn check_zip_entries(
+    base: u64,
     cd_offset: u64,
     cd_size: u64,
     size: u64,
     read_at: &mut ReadAt,
-) -> Result<(), String> {
+) -> Result<ZipEntries, String> {
+    let mut found = ZipEntries::default();
     let mut cd = vec![0u8; cd_size.min(ZIP_DIRECTORY_BYTES) as usize];
     if !read_at(cd_offset, &mut cd) {
         return Err("ZIP central directory unreadable".into());
@@ -302,12 +357,26 @@ fn check_zip_entries(
         let (flags, method) = (le16(rec, 8), le16(rec, 10));
         let (crc, packed, unpacked) = (le32(rec, 16), le32(rec, 20), le32(rec, 24));
         let local = le32(rec, 42);
-        at += 46 + (le16(rec, 28) + le16(rec, 30) + le16(rec, 32)) as usize;
-        // Encrypted on purpose, ZIP64 sizes, empty or other methods: not
-        // checked.
-        if flags & 1 != 0 || packed == 0 || packed == 0xffff_ffff || !matches!(method, 0 | 8) {
+        let name_len = le16(rec, 28) as usize;
+        let name = cd.get(at + 46..at + 46 + name_len).unwrap_or_default();
+        at += 46 + name_len + (le16(rec, 30) + le16(rec, 32)) as usize;
+        if packed == 0 {
             continue;
         }
+        found.checked += 1;
+        // Encrypted on purpose (a password, WinZip's AES as method 99):
+        // counted, not checked.
+        if flags & 1 != 0 || method == 99 {
+            found.locked += 1;
+            continue;
+        }
+        // ZIP64 sizes, other methods: not checked.
+        if packed == 0xffff_ffff || !matches!(method, 0 | 8) {
+            continue;
+        }
+        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+        let text = TEXT_ENTRIES.iter().any(|x| lower.ends_with(x));
+        let local = base + local;
         let mut header = [0u8; 30];
         if local.checked_add(30).is_none_or(|end| end > size)
             || !read_at(local, &mut header)
@@ -326,21 +395,32 @@ fn check_zip_entries(
             return Err("a ZIP entry's data lies past the end".into());
         }
         let whole = take == packed;
+        let mut peek = Vec::with_capacity(TEXT_PEEK);
         let ok = match method {
-            8 => entry_inflates(&data, whole, unpacked, crc as u32),
-            _ => !whole || (packed == unpacked && crc32fast::hash(&data) == crc as u32),
+            8 => entry_inflates(&data, whole, unpacked, crc as u32, &mut peek),
+            _ => {
+                peek.extend_from_slice(&data[..data.len().min(TEXT_PEEK)]);
+                !whole || (packed == unpacked && crc32fast::hash(&data) == crc as u32)
+            }
         };
         if !ok {
             return Err("an entry's data does not match its checksum".into());
         }
+        if text && !peek.is_empty() && text_share(&peek) < 0.9 && !utf16_text(&peek) {
+            return Err(format!(
+                "its entry {} is no text",
+                cairn_guest::model::escape(&name[..name.len().min(80)])
+            ));
+        }
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Whether `packed` (raw deflate) inflates; when it is an entry's whole
 /// data, to `size` bytes of CRC-32 `crc`. Inflates through one small
-/// buffer, and stops checking after `ZIP_INFLATE_BYTES`.
-fn entry_inflates(packed: &[u8], whole: bool, size: u64, crc: u32) -> bool {
+/// buffer, keeps the first `TEXT_PEEK` bytes in `peek`, and stops
+/// checking after `ZIP_INFLATE_BYTES`.
+fn entry_inflates(packed: &[u8], whole: bool, size: u64, crc: u32, peek: &mut Vec<u8>) -> bool {
     use flate2::{Decompress, FlushDecompress, Status};
     let mut z = Decompress::new(false);
     let mut out = vec![0u8; 64 << 10];
@@ -353,6 +433,8 @@ fn entry_inflates(packed: &[u8], whole: bool, size: u64, crc: u32) -> bool {
         };
         let n = (z.total_out() - made) as usize;
         sum.update(&out[..n]);
+        let room = TEXT_PEEK - peek.len();
+        peek.extend_from_slice(&out[..n.min(room)]);
         if z.total_out() > size {
             return false;
         }
@@ -384,6 +466,9 @@ pub fn is_cache(path: &str) -> bool {
         "/.cache/",
         "/cache/",
         "/cache2/",
+        "/cachestorage/",
+        "/gpucache/",
+        "/code cache/",
         "/.git/",
         "/node_modules/",
         "/tmp/",
@@ -911,6 +996,84 @@ mod tests {
         z.extend_from_slice(&cd_at.to_le_bytes());
         z.extend_from_slice(&0u16.to_le_bytes());
         z
+    }
+
+    #[test]
+    fn a_zip_rewritten_over_random_bytes_with_true_checksums_fails() {
+        let z = zip_with(&[
+            (b"[Content_Types].xml", &noise(3000)),
+            (b"word/document.xml", &noise(20_000)),
+        ]);
+        let why = check(Kind::Zip, &z).unwrap_err();
+        assert!(why.contains("no text"), "{why}");
+        // Random bytes under names that do not say text are fine (media).
+        let media = zip_with(&[(b"word/media/image1.png", &noise(20_000))]);
+        assert_eq!(check(Kind::Zip, &media), Ok(()));
+    }
+
+    #[test]
+    fn a_zip_behind_a_launcher_script_passes_and_one_whose_head_was_encrypted_does_not() {
+        let z = zip_with(&[
+            (b"META-INF/MANIFEST.MF", &words(400)),
+            (b"a.class", &words(5000)),
+        ]);
+        let stub = b"#!/bin/sh\nexec java -jar \"$0\" \"$@\"\n".to_vec();
+        // As `cat stub app.jar` leaves it: offsets count from the ZIP.
+        let cat = [stub.clone(), z.clone()].concat();
+        assert_eq!(check(Kind::Zip, &cat), Ok(()));
+        // As `zip -A` leaves it: offsets count from the file's start.
+        let mut adjusted = cat.clone();
+        let shift = stub.len() as u32;
+        let bump = |v: &mut Vec<u8>, at: usize| {
+            let x = u32::from_le_bytes(v[at..at + 4].try_into().unwrap()) + shift;
+            v[at..at + 4].copy_from_slice(&x.to_le_bytes());
+        };
+        let cds: Vec<usize> = (0..adjusted.len() - 4)
+            .filter(|&i| &adjusted[i..i + 4] == b"PK\x01\x02")
+            .collect();
+        for at in cds {
+            bump(&mut adjusted, at + 42);
+        }
+        let eocd = adjusted.len() - 22;
+        bump(&mut adjusted, eocd + 16);
+        assert_eq!(check(Kind::Zip, &adjusted), Ok(()));
+        // The first bytes encrypted, the end intact.
+        let mut head = z.clone();
+        head[..64].copy_from_slice(&noise(64));
+        assert!(check(Kind::Zip, &head).is_err());
+    }
+
+    #[test]
+    fn a_zip_whose_entries_are_all_password_protected_is_locked() {
+        let mut z = zip_with(&[(b"report.docx", &noise(5000)), (b"notes.txt", &words(900))]);
+        let plain = z.clone();
+        let s = |d: &[u8]| {
+            let mut read = |off: u64, buf: &mut [u8]| {
+                let off = off as usize;
+                off + buf.len() <= d.len() && {
+                    buf.copy_from_slice(&d[off..off + buf.len()]);
+                    true
+                }
+            };
+            zip_locked(
+                &Sample {
+                    head: d,
+                    tail: d,
+                    size: d.len() as u64,
+                },
+                &mut read,
+            )
+        };
+        assert!(!s(&plain));
+        for sig in [&b"PK\x03\x04"[..], b"PK\x01\x02"] {
+            let flag = if sig == b"PK\x03\x04" { 6 } else { 8 };
+            let at: Vec<usize> = (0..z.len() - 4).filter(|&i| &z[i..i + 4] == sig).collect();
+            for i in at {
+                z[i + flag] |= 1;
+            }
+        }
+        assert!(s(&z));
+        assert_eq!(check(Kind::Zip, &z), Ok(()));
     }
 
     #[test]

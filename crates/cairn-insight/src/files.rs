@@ -248,6 +248,21 @@ fn structure(
     content::check_structure(kind, &sample, &mut read_at)
 }
 
+/// Whether a file is a ZIP whose every entry is encrypted.
+fn zip_locked(fs: &dyn Filesystem, e: &FileEntry, head: &[u8], tail: &[u8]) -> bool {
+    let sample = Sample {
+        head,
+        tail,
+        size: e.size,
+    };
+    let mut read_at = |off: u64, buf: &mut [u8]| {
+        off.checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= e.size)
+            && fs.read_at(e, off, buf).is_ok_and(|n| n == buf.len())
+    };
+    content::zip_locked(&sample, &mut read_at)
+}
+
 /// The type a file should have: what its old content announced, else its
 /// extension.
 fn expected_kind(path: &str, head: &[u8]) -> Option<Kind> {
@@ -400,6 +415,25 @@ impl Analysis<'_> {
                 format!("{} replaced by an OpenPGP-encrypted message", human(n.size)),
             ));
         }
+        // An open ZIP (an Office document, an archive) now with every
+        // entry encrypted: what ZIP-based lockers (Qlocker) leave.
+        if new_kind == Some(Kind::Zip)
+            && zip_locked(new_fs, n, &nh, &nt)
+            && self
+                .reader
+                .sample(old_fs, o, SAMPLE_BYTES)
+                .is_some_and(|(oh, ot)| {
+                    content::sniff(&oh) == Some(Kind::Zip) && !zip_locked(old_fs, o, &oh, &ot)
+                })
+        {
+            return looked.found(finding(
+                Damage::EncryptedInPlace,
+                format!(
+                    "{}: was an open ZIP, now every entry is encrypted",
+                    human(n.size)
+                ),
+            ));
+        }
         // Text whose words are gone, re-encoded as one long run of base64
         // or hex: ciphertext written out as text.
         if n.size >= 1024
@@ -517,6 +551,14 @@ impl Analysis<'_> {
         let magic = content::sniff(&head);
         let magic_valid = magic.filter(|&k| structure(k, fs, n, &head, &tail).is_ok());
         looked.dense_ok = magic_valid.is_some_and(Kind::dense);
+        // A new archive whose every entry is encrypted: someone's own (a
+        // weak sign alone), or a locker's copy of the file it replaced.
+        if magic_valid == Some(Kind::Zip) && zip_locked(fs, n, &head, &tail) {
+            return looked.found(finding(
+                Damage::EncryptedNew,
+                "an archive whose every entry is encrypted".into(),
+            ));
+        }
         if let Some(k) = content::kind_for_extension(&ext) {
             if Some(k) == magic_valid {
                 return looked;
@@ -530,9 +572,10 @@ impl Analysis<'_> {
             return looked;
         }
         // Random bytes behind a magic that does not check out (the start
-        // of a JPEG, a gzip that does not inflate) are no such file. A
-        // cache keeps compressed entries without any header.
-        if magic_valid.is_none() && head.len() >= 1024 && !content::is_cache(path) {
+        // of a JPEG, a gzip that does not inflate) are no such file. (A
+        // cache keeps compressed entries without any header: there such a
+        // file counts only when it replaced a deleted original.)
+        if magic_valid.is_none() && head.len() >= 1024 {
             let w = window_entropy(&head);
             let high = w.iter().filter(|&&e| e >= 7.2).count();
             let whole = shannon_entropy(&head) as f64;
@@ -706,7 +749,19 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     // Encrypted copies under names of their own (random, or the victim's
     // id) mostly land beside their originals, which the attack deleted: a
     // damaged new file replaces a file deleted from its folder in this
-    // snapshot (one of the same extension first).
+    // snapshot (one of the same extension first). Only an original that
+    // was plain counts (text, a known type, low entropy): a cache that
+    // evicts compressed entries and writes new ones replaces nothing.
+    let mut plain: HashMap<String, bool> = HashMap::new();
+    let mut was_plain = |p: &str| -> bool {
+        *plain.entry(p.to_string()).or_insert_with(|| {
+            old_by
+                .shown(p)
+                .filter(|e| e.kind == FileKind::File && e.size > 0)
+                .and_then(|e| a.reader.read(a.old.fs, e, 0, 4096))
+                .is_some_and(|h| content::sniff(&h).is_some() || shannon_entropy(&h) < 7.0)
+        })
+    };
     let mut gone: HashMap<&str, Vec<&str>> = HashMap::new();
     for x in &d.deleted {
         let dir = x.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
@@ -720,26 +775,22 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     for list in gone.values_mut() {
         list.retain(|p| !claimed.contains(*p));
     }
-    for f in out.findings.iter_mut().filter(|f| {
-        f.added
-            && f.origin.is_none()
-            && matches!(f.damage, Damage::EncryptedNew | Damage::BrokenStructure)
-    }) {
+    for f in out.findings.iter_mut().filter(|f| f.replaced_nothing()) {
         let dir = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let Some(list) = gone.get_mut(dir).filter(|l| !l.is_empty()) else {
             continue;
         };
         let ext = content::extension(&f.path);
-        let at = list
-            .iter()
-            .position(|p| content::extension(p) == ext)
-            .unwrap_or(0);
-        f.origin = Some(list.swap_remove(at).to_string());
+        let mut order: Vec<usize> = (0..list.len()).collect();
+        order.sort_by_key(|&i| content::extension(list[i]) != ext);
+        if let Some(at) = order.into_iter().find(|&i| was_plain(list[i])) {
+            f.origin = Some(list.swap_remove(at).to_string());
+        }
     }
-    // Elsewhere, a ciphertext is its original's size or a little more
-    // (padding, a header or footer holding the wrapped key): an
-    // encrypted-looking new file pairs with a deleted file up to 4 KiB
-    // smaller, the closest first.
+    // Elsewhere (a hidden folder, a cache), a ciphertext is its
+    // original's size or a little more (padding, a header or footer
+    // holding the wrapped key): an encrypted-looking new file pairs with a
+    // plain deleted file up to 4 KiB smaller, the closest first.
     let mut left: Vec<(u64, &str)> = gone
         .values()
         .flatten()
@@ -759,12 +810,19 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
         let Some(size) = new_by.shown(&f.path).map(|e| e.size) else {
             continue;
         };
-        // The largest deleted size not above this one.
-        let i = left.partition_point(|(s, _)| *s <= size);
-        if i > 0 && size - left[i - 1].0 <= 4096 {
-            f.origin = Some(left.remove(i - 1).1.to_string());
+        // The deleted sizes not above this one, from the largest down.
+        let mut i = left.partition_point(|(s, _)| *s <= size);
+        while i > 0 && size - left[i - 1].0 <= 4096 {
+            if was_plain(left[i - 1].1) {
+                f.origin = Some(left.remove(i - 1).1.to_string());
+                break;
+            }
+            i -= 1;
         }
     }
+    // In a cache, a new file counts only as the copy of an original.
+    out.findings
+        .retain(|f| !(f.replaced_nothing() && content::is_cache(&f.path)));
 
     // What a package manager installed is not an attacker's copy: a
     // firmware package adds (and on upgrade replaces) hundreds of

@@ -923,3 +923,182 @@ fn small_documents_inside_their_ntfs_records_encrypted_in_place_are_found() {
         assert!(findings.contains(&format!("note-{i}.txt")), "{findings}");
     }
 }
+
+/// Writes a ZIP at `path` with python's zipfile: `entries` as
+/// (name, hex of the bytes); `locked` sets every entry's encrypted flag
+/// (a password-protected archive, as lockers write them).
+fn python_zip(path: &std::path::Path, entries: &[(&str, Vec<u8>)], locked: bool) {
+    let spec: Vec<String> = entries
+        .iter()
+        .map(|(n, d)| {
+            let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{n}={hex}")
+        })
+        .collect();
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import sys,zipfile
+p,locked=sys.argv[1],sys.argv[2]=='1'
+with zipfile.ZipFile(p,'w',zipfile.ZIP_DEFLATED) as z:
+    for e in sys.argv[3:]:
+        n,h=e.split('=',1); z.writestr(n,bytes.fromhex(h))
+b=bytearray(open(p,'rb').read())
+if locked:
+    for sig,off in ((b'PK\\x03\\x04',6),(b'PK\\x01\\x02',8)):
+        i=b.find(sig)
+        while i>=0:
+            b[i+off]|=1; i=b.find(sig,i+4)
+open(p,'wb').write(b)",
+            path.to_str().unwrap(),
+            if locked { "1" } else { "0" },
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .chain(spec)
+        .collect::<Vec<_>>()
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+}
+
+/// Office documents rewritten as valid ZIPs over random bytes (their true
+/// CRCs kept) or re-saved with every entry encrypted, and reports
+/// replaced by one password-protected archive each (Qlocker), are found;
+/// ciphertext copies hidden in a cache folder pair with the reports they
+/// replaced, while a browser's cache churning its compressed entries is
+/// no attack.
+#[test]
+fn zips_of_random_or_locked_entries_lockers_and_copies_hidden_in_a_cache_are_found() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let office = |seed: u64| {
+        vec![
+            ("[Content_Types].xml", text(1500, seed)),
+            ("word/document.xml", text(30_000, seed + 1)),
+        ]
+    };
+    for i in 0..5 {
+        python_zip(
+            &root.join(format!("home/alice/docs/plan-{i}.docx")),
+            &office(40 + i),
+            false,
+        );
+    }
+    let sw = root.join("home/alice/.config/chrome/Default/Service Worker/CacheStorage/ab12");
+    std::fs::create_dir_all(&sw).unwrap();
+    for i in 0..8 {
+        std::fs::write(
+            sw.join(format!("{i:016x}_0")),
+            noise(30_000 + i * 500, 70 + i as u64),
+        )
+        .unwrap();
+    }
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    clean_days(&env, &disk, 3);
+
+    // The browser evicts its cached entries and writes new ones.
+    let upload = env.path("upload.bin");
+    let put = |guest: &str, data: &[u8]| {
+        std::fs::write(&upload, data).unwrap();
+        debugfs_w(&disk, &format!("write {} {guest}", upload.display()));
+    };
+    let cache = "/home/alice/.config/chrome/Default/Service Worker/CacheStorage/ab12";
+    for i in 0..8 {
+        debugfs_w(&disk, &format!("rm \"{cache}/{i:016x}_0\""));
+        put(
+            &format!("\"{cache}/{:016x}_0\"", 100 + i),
+            &noise(30_000 + i * 500 + 40, 170 + i as u64),
+        );
+    }
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "cache churn: {out}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    let files = &t["snapshots"][3]["files"];
+    assert_eq!(
+        (files["added"].as_u64(), files["deleted"].as_u64()),
+        (Some(8), Some(8)),
+        "{t}"
+    );
+
+    // The attack.
+    let local = env.path("attack.zip");
+    for i in 0..3 {
+        let random: Vec<(&str, Vec<u8>)> = office(40 + i)
+            .into_iter()
+            .map(|(n, d)| (n, noise(d.len(), 900 + i)))
+            .collect();
+        python_zip(&local, &random, false);
+        replace_guest_file(
+            &disk,
+            &format!("home/alice/docs/plan-{i}.docx"),
+            &std::fs::read(&local).unwrap(),
+        );
+    }
+    for i in 3..5 {
+        let sealed: Vec<(&str, Vec<u8>)> = office(40 + i)
+            .into_iter()
+            .map(|(n, d)| (n, noise(d.len(), 950 + i)))
+            .collect();
+        python_zip(&local, &sealed, true);
+        replace_guest_file(
+            &disk,
+            &format!("home/alice/docs/plan-{i}.docx"),
+            &std::fs::read(&local).unwrap(),
+        );
+    }
+    for i in 0..5u64 {
+        python_zip(&local, &[("report.txt", noise(20_000, 990 + i))], true);
+        put(
+            &format!("/home/alice/docs/report-{i}.txt.zip"),
+            &std::fs::read(&local).unwrap(),
+        );
+        debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
+    }
+    debugfs_w(&disk, "mkdir /home/alice/.cache");
+    debugfs_w(&disk, "mkdir /home/alice/.cache/thumbnails");
+    for i in 5..12u64 {
+        put(
+            &format!(
+                "/home/alice/.cache/thumbnails/{:032x}",
+                i * 0x9e37_79b9_7f4a
+            ),
+            &noise(20_000 + i as usize * 3000, 1900 + i),
+        );
+        debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
+    }
+    let v = flagged_backup(&env, &disk, 4);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    let findings = t["snapshots"][4]["findings"].as_array().unwrap();
+    let about = |path: &str| findings.iter().find(|f| f["path"] == path).cloned();
+    for i in 0..5 {
+        assert!(
+            about(&format!("/home/alice/docs/plan-{i}.docx")).is_some(),
+            "plan-{i}: {findings:#?}"
+        );
+        let lock = about(&format!("/home/alice/docs/report-{i}.txt.zip"));
+        assert_eq!(
+            lock.as_ref().and_then(|f| f["origin"].as_str()),
+            Some(format!("/home/alice/docs/report-{i}.txt").as_str()),
+            "{findings:#?}"
+        );
+    }
+    for i in 5..12u64 {
+        let copy = about(&format!(
+            "/home/alice/.cache/thumbnails/{:032x}",
+            i * 0x9e37_79b9_7f4a
+        ));
+        assert_eq!(
+            copy.as_ref().and_then(|f| f["origin"].as_str()),
+            Some(format!("/home/alice/docs/report-{i}.txt").as_str()),
+            "{findings:#?}"
+        );
+    }
+}
