@@ -228,6 +228,28 @@ fn window_entropy(data: &[u8]) -> Vec<f64> {
         .collect()
 }
 
+/// Runs `check` on a file's head and tail, with a reader for the rest of
+/// it that stays inside the file.
+fn with_sample<T>(
+    fs: &dyn Filesystem,
+    e: &FileEntry,
+    head: &[u8],
+    tail: &[u8],
+    check: impl FnOnce(&Sample, &mut content::ReadAt) -> T,
+) -> T {
+    let sample = Sample {
+        head,
+        tail,
+        size: e.size,
+    };
+    let mut read_at = |off: u64, buf: &mut [u8]| {
+        off.checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= e.size)
+            && fs.read_at(e, off, buf).is_ok_and(|n| n == buf.len())
+    };
+    check(&sample, &mut read_at)
+}
+
 fn structure(
     kind: Kind,
     fs: &dyn Filesystem,
@@ -235,32 +257,14 @@ fn structure(
     head: &[u8],
     tail: &[u8],
 ) -> Result<(), String> {
-    let sample = Sample {
-        head,
-        tail,
-        size: e.size,
-    };
-    let mut read_at = |off: u64, buf: &mut [u8]| {
-        off.checked_add(buf.len() as u64)
-            .is_some_and(|end| end <= e.size)
-            && fs.read_at(e, off, buf).is_ok_and(|n| n == buf.len())
-    };
-    content::check_structure(kind, &sample, &mut read_at)
+    with_sample(fs, e, head, tail, |s, r| {
+        content::check_structure(kind, s, r)
+    })
 }
 
 /// Whether a file is a ZIP whose every entry is encrypted.
 fn zip_locked(fs: &dyn Filesystem, e: &FileEntry, head: &[u8], tail: &[u8]) -> bool {
-    let sample = Sample {
-        head,
-        tail,
-        size: e.size,
-    };
-    let mut read_at = |off: u64, buf: &mut [u8]| {
-        off.checked_add(buf.len() as u64)
-            .is_some_and(|end| end <= e.size)
-            && fs.read_at(e, off, buf).is_ok_and(|n| n == buf.len())
-    };
-    content::zip_locked(&sample, &mut read_at)
+    with_sample(fs, e, head, tail, content::zip_locked)
 }
 
 /// The type a file should have: what its old content announced, else its

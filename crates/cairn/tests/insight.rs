@@ -410,28 +410,16 @@ fn documents_turned_into_containers_or_filler_are_found_and_caches_and_upgrades_
 #[test]
 fn documents_encrypted_in_place_on_ntfs_with_their_times_kept_are_found() {
     let env = Env::new("0s", &[]);
-    let part = env.path("ntfs.img");
-    let p = part.to_str().unwrap();
-    sh("truncate", &["-s", "24M", p]);
-    sh("mkntfs", &["-F", "-Q", "-q", p]);
     let docs: Vec<Vec<u8>> = (0..8)
         .map(|i| text(24_000 + i * 1000, 300 + i as u64))
         .collect();
-    for (i, d) in docs.iter().enumerate() {
-        let local = env.path(&format!("doc-{i}.txt"));
-        std::fs::write(&local, d).unwrap();
-        sh(
-            "ntfscp",
-            &["-q", p, local.to_str().unwrap(), &format!("doc-{i}.txt")],
-        );
-    }
     let disk = env.path("win.img");
-    sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
-    sh(
-        "sgdisk",
-        &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
-    );
-    write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap());
+    let files: Vec<(String, Vec<u8>)> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("doc-{i}.txt"), d.clone()))
+        .collect();
+    ntfs_disk(&disk, &files);
     clean_days(&env, &disk, 3);
 
     // Each document's bytes found on the disk and overwritten there.
@@ -854,27 +842,15 @@ fn copies_moved_to_another_folder_pair_with_their_deleted_originals_by_size() {
 #[test]
 fn small_documents_inside_their_ntfs_records_encrypted_in_place_are_found() {
     let env = Env::new("0s", &[]);
-    let part = env.path("ntfs.img");
-    let p = part.to_str().unwrap();
-    sh("truncate", &["-s", "24M", p]);
-    sh("mkntfs", &["-F", "-Q", "-q", p]);
     // 300 to 640 bytes: inside the record; the larger cross a sector end.
     let notes: Vec<Vec<u8>> = (0..8).map(|i| text(300 + i * 48, 500 + i as u64)).collect();
-    for (i, d) in notes.iter().enumerate() {
-        let local = env.path(&format!("note-{i}.txt"));
-        std::fs::write(&local, d).unwrap();
-        sh(
-            "ntfscp",
-            &["-q", p, local.to_str().unwrap(), &format!("note-{i}.txt")],
-        );
-    }
     let disk = env.path("win.img");
-    sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
-    sh(
-        "sgdisk",
-        &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
-    );
-    write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap());
+    let files: Vec<(String, Vec<u8>)> = notes
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("note-{i}.txt"), d.clone()))
+        .collect();
+    ntfs_disk(&disk, &files);
     clean_days(&env, &disk, 3);
 
     // Windows rewriting the last note's record (a new update sequence

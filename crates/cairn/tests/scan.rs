@@ -339,27 +339,12 @@ fn eicar_on_an_ntfs_guest_is_found() {
     dropper.extend_from_slice(EICAR);
     std::fs::write(files.join("invoice.pdf.exe"), &dropper).unwrap();
     // An NTFS partition made with mkntfs and filled with ntfscp (no mount).
-    let part = env.path("ntfs.img");
-    sh("truncate", &["-s", "24M", part.to_str().unwrap()]);
-    sh("mkntfs", &["-F", "-Q", "-q", part.to_str().unwrap()]);
-    for name in ["report.docx", "invoice.pdf.exe"] {
-        sh(
-            "ntfscp",
-            &[
-                "-q",
-                part.to_str().unwrap(),
-                files.join(name).to_str().unwrap(),
-                &format!("/{name}"),
-            ],
-        );
-    }
     let disk = env.path("win.img");
-    sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
-    sh(
-        "sgdisk",
-        &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
-    );
-    write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap());
+    let put: Vec<(String, Vec<u8>)> = ["report.docx", "invoice.pdf.exe"]
+        .iter()
+        .map(|name| (format!("/{name}"), std::fs::read(files.join(name)).unwrap()))
+        .collect();
+    ntfs_disk(&disk, &put);
     env.backup(&disk, "win", "2026-01-01T00:00:00Z");
     let (code, v) = scan(&env, "win@latest", &[]);
     assert_eq!(code, Some(3), "{v:#}");

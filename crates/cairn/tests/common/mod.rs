@@ -223,6 +223,29 @@ pub fn debugfs_w(image: &Path, cmd: &str) {
 }
 
 /// Overwrites bytes in place (like a guest writing to its disk).
+/// A 28 MiB GPT disk at `disk` with one 24 MiB NTFS partition (from
+/// 1 MiB) made with mkntfs and filled with ntfscp, without mounting:
+/// `files` as (path in the volume, bytes).
+pub fn ntfs_disk(disk: &Path, files: &[(String, Vec<u8>)]) {
+    let part = disk.with_extension("ntfs-part");
+    let p = part.to_str().unwrap();
+    sh("truncate", &["-s", "24M", p]);
+    sh("mkntfs", &["-F", "-Q", "-q", p]);
+    let local = disk.with_extension("ntfs-upload");
+    for (name, data) in files {
+        std::fs::write(&local, data).unwrap();
+        sh("ntfscp", &["-q", p, local.to_str().unwrap(), name]);
+    }
+    sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
+    sh(
+        "sgdisk",
+        &["-n", "1:2048:+24M", "-t", "1:0700", disk.to_str().unwrap()],
+    );
+    write_at(disk, 1 << 20, &std::fs::read(&part).unwrap());
+    std::fs::remove_file(&part).unwrap();
+    let _ = std::fs::remove_file(&local);
+}
+
 pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
