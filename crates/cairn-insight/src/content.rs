@@ -241,20 +241,50 @@ fn check_zip(s: &Sample, read_at: &mut ReadAt) -> Result<(), String> {
     zip_entries(s, read_at).map(|_| ())
 }
 
-/// Whether a file is a ZIP whose every checked entry is encrypted (with
-/// a password, or WinZip's AES): an archive someone locked, or an
-/// Office document turned into one.
+/// Whether a file is a ZIP whose data is encrypted (with a password, or
+/// WinZip's AES): an archive someone locked, or an Office document turned
+/// into one.
 pub fn zip_locked(s: &Sample, read_at: &mut ReadAt) -> bool {
-    zip_entries(s, read_at).is_ok_and(|z| z.checked > 0 && z.locked == z.checked)
+    zip_entries(s, read_at).is_ok_and(|z| z.locked())
+}
+
+/// A ZIP's entries as checked (`None` when it does not check out).
+pub fn zip_facts(s: &Sample, read_at: &mut ReadAt) -> Option<ZipEntries> {
+    zip_entries(s, read_at).ok()
 }
 
 /// What checking a ZIP's entries found.
 #[derive(Default)]
-struct ZipEntries {
-    /// Entries looked at (empty ones and directories aside).
+pub struct ZipEntries {
+    /// Entries looked at (empty ones and directories aside), and their
+    /// packed bytes.
     checked: usize,
+    packed_bytes: u64,
     /// Of those, encrypted on purpose (not checked further).
     locked: usize,
+    locked_bytes: u64,
+    /// The Office and OpenDocument parts it holds (lower case).
+    pub parts: Vec<String>,
+}
+
+impl ZipEntries {
+    /// Nine tenths of its data and more is encrypted: a README left in
+    /// the clear beside a locked document changes nothing.
+    pub fn locked(&self) -> bool {
+        self.locked > 0 && self.locked_bytes * 10 >= self.packed_bytes * 9
+    }
+}
+
+/// The content part an Office or OpenDocument file of this extension
+/// cannot be without.
+pub fn office_part(ext: &str) -> Option<&'static str> {
+    Some(match ext {
+        "docx" | "docm" | "dotx" => "word/document.xml",
+        "xlsx" | "xlsm" | "xltx" => "xl/workbook.xml",
+        "pptx" | "pptm" | "potx" => "ppt/presentation.xml",
+        "odt" | "ods" | "odp" | "odg" => "content.xml",
+        _ => return None,
+    })
 }
 
 /// A ZIP found through its end record, with any bytes in front of it (a
@@ -308,6 +338,13 @@ fn zip_entries(s: &Sample, read_at: &mut ReadAt) -> Result<ZipEntries, String> {
     } else {
         return Err("ZIP central directory damaged".into());
     };
+    // What comes before the ZIP must launch it: a script or a program (an
+    // executable jar, a self-extractor). Ciphertext with a small ZIP
+    // behind it is no archive.
+    let launcher = [&b"#!"[..], b"MZ", b"\x7fELF"];
+    if !at_start && !launcher.iter().any(|m| s.head.starts_with(m)) {
+        return Err("the bytes before its ZIP launch nothing".into());
+    }
     check_zip_entries(base, base + cd_offset, cd_size, s.size, read_at)
 }
 
@@ -329,14 +366,66 @@ const TEXT_ENTRIES: [&str; 10] = [
 /// How much of a text entry is looked at.
 const TEXT_PEEK: usize = 4096;
 
+/// One entry as the central directory records it.
+struct ZipRecord<'a> {
+    name: &'a [u8],
+    flags: u64,
+    method: u64,
+    crc: u64,
+    packed: u64,
+    unpacked: u64,
+    local: u64,
+}
+
+/// At most this many directory records are read (names, sizes).
+const ZIP_RECORDS: usize = 1 << 16;
+/// The parts an Office or OpenDocument file cannot be without: its
+/// content, and the lists that say what it holds. Checked first, whatever
+/// their place in the directory.
+const OFFICE_PARTS: [&str; 7] = [
+    "[content_types].xml",
+    "word/document.xml",
+    "xl/workbook.xml",
+    "ppt/presentation.xml",
+    "content.xml",
+    "meta-inf/manifest.xml",
+    "_rels/.rels",
+];
+const ODF_MANIFEST: &str = "meta-inf/manifest.xml";
+
+fn directory(cd: &[u8]) -> Vec<ZipRecord<'_>> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while out.len() < ZIP_RECORDS {
+        let Some(rec) = cd.get(at..at + 46).filter(|r| r.starts_with(b"PK\x01\x02")) else {
+            break;
+        };
+        let name_len = le16(rec, 28) as usize;
+        out.push(ZipRecord {
+            name: cd.get(at + 46..at + 46 + name_len).unwrap_or_default(),
+            flags: le16(rec, 8),
+            method: le16(rec, 10),
+            crc: le32(rec, 16),
+            packed: le32(rec, 20),
+            unpacked: le32(rec, 24),
+            local: le32(rec, 42),
+        });
+        at += 46 + name_len + (le16(rec, 30) + le16(rec, 32)) as usize;
+    }
+    out
+}
+
 /// The entries of a ZIP (offsets counted from `base`), found through its
 /// central directory: the data of each must inflate (random bytes stop
 /// inflating within a few bytes), an entry read whole must match its size
-/// and CRC-32, and an entry named as text must read as text. Encrypting
-/// the entries while keeping every header leaves a ZIP whose directories
-/// look perfect — also when the first entry (`[Content_Types].xml` of an
-/// Office file) is left alone, and when the ZIP is rewritten with the same
-/// names over random bytes and their true CRCs.
+/// and CRC-32, and an entry named as text must read as text — an Office
+/// or OpenDocument part as markup, not one long run of base64 or hex.
+/// Encrypting the entries while keeping every header leaves a ZIP whose
+/// directories look perfect — also when the first entry is left alone,
+/// and when the ZIP is rewritten with the same names over random bytes
+/// and their true CRCs. An OpenDocument file its owner saved with a
+/// password (its manifest says so) has parts that are ciphertext by
+/// design: those are counted as locked, not checked.
 fn check_zip_entries(
     base: u64,
     cd_offset: u64,
@@ -349,34 +438,51 @@ fn check_zip_entries(
     if !read_at(cd_offset, &mut cd) {
         return Err("ZIP central directory unreadable".into());
     }
-    let (mut at, mut budget) = (0usize, ZIP_BYTES);
-    for _ in 0..ZIP_ENTRIES {
-        let Some(rec) = cd.get(at..at + 46).filter(|r| r.starts_with(b"PK\x01\x02")) else {
+    let records = directory(&cd);
+    let lower: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.name).to_ascii_lowercase())
+        .collect();
+    found.parts = lower
+        .iter()
+        .filter(|n| OFFICE_PARTS.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    // The manifest, then the other parts, then the rest in order.
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by_key(|&i| {
+        (
+            lower[i] != ODF_MANIFEST,
+            !OFFICE_PARTS.contains(&lower[i].as_str()),
+            i,
+        )
+    });
+    let mut budget = ZIP_BYTES;
+    let mut odf_sealed = false;
+    for (nth, &i) in order.iter().enumerate() {
+        let r = &records[i];
+        let part = OFFICE_PARTS.contains(&lower[i].as_str());
+        if nth >= ZIP_ENTRIES && !part {
             break;
-        };
-        let (flags, method) = (le16(rec, 8), le16(rec, 10));
-        let (crc, packed, unpacked) = (le32(rec, 16), le32(rec, 20), le32(rec, 24));
-        let local = le32(rec, 42);
-        let name_len = le16(rec, 28) as usize;
-        let name = cd.get(at + 46..at + 46 + name_len).unwrap_or_default();
-        at += 46 + name_len + (le16(rec, 30) + le16(rec, 32)) as usize;
-        if packed == 0 {
+        }
+        if r.packed == 0 {
             continue;
         }
         found.checked += 1;
+        found.packed_bytes += r.packed;
         // Encrypted on purpose (a password, WinZip's AES as method 99):
         // counted, not checked.
-        if flags & 1 != 0 || method == 99 {
+        if r.flags & 1 != 0 || r.method == 99 || (odf_sealed && lower[i] != "mimetype") {
             found.locked += 1;
+            found.locked_bytes += r.packed;
             continue;
         }
         // ZIP64 sizes, other methods: not checked.
-        if packed == 0xffff_ffff || !matches!(method, 0 | 8) {
+        if r.packed == 0xffff_ffff || !matches!(r.method, 0 | 8) {
             continue;
         }
-        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-        let text = TEXT_ENTRIES.iter().any(|x| lower.ends_with(x));
-        let local = base + local;
+        let text = TEXT_ENTRIES.iter().any(|x| lower[i].ends_with(x));
+        let local = base + r.local;
         let mut header = [0u8; 30];
         if local.checked_add(30).is_none_or(|end| end > size)
             || !read_at(local, &mut header)
@@ -385,35 +491,53 @@ fn check_zip_entries(
             return Err("a ZIP entry's header is missing".into());
         }
         let data_at = local + 30 + le16(&header, 26) + le16(&header, 28);
-        let take = packed.min(ZIP_ENTRY_BYTES).min(budget);
+        // The parts an Office file needs are read whatever else was.
+        let allowance = if part { ZIP_ENTRY_BYTES } else { budget };
+        let take = r.packed.min(ZIP_ENTRY_BYTES).min(allowance);
         if take == 0 {
             break;
         }
-        budget -= take;
+        budget = budget.saturating_sub(take);
         let mut data = vec![0u8; take as usize];
         if data_at.checked_add(take).is_none_or(|end| end > size) || !read_at(data_at, &mut data) {
             return Err("a ZIP entry's data lies past the end".into());
         }
-        let whole = take == packed;
+        let whole = take == r.packed;
         let mut peek = Vec::with_capacity(TEXT_PEEK);
-        let ok = match method {
-            8 => entry_inflates(&data, whole, unpacked, crc as u32, &mut peek),
+        let ok = match r.method {
+            8 => entry_inflates(&data, whole, r.unpacked, r.crc as u32, &mut peek),
             _ => {
                 peek.extend_from_slice(&data[..data.len().min(TEXT_PEEK)]);
-                !whole || (packed == unpacked && crc32fast::hash(&data) == crc as u32)
+                !whole || (r.packed == r.unpacked && crc32fast::hash(&data) == r.crc as u32)
             }
         };
         if !ok {
             return Err("an entry's data does not match its checksum".into());
         }
+        let shown = || cairn_guest::model::escape(&r.name[..r.name.len().min(80)]);
         if text && !peek.is_empty() && text_share(&peek) < 0.9 && !utf16_text(&peek) {
+            return Err(format!("its entry {} is no text", shown()));
+        }
+        if part && longest_token(&peek) >= 1024 {
             return Err(format!(
-                "its entry {} is no text",
-                cairn_guest::model::escape(&name[..name.len().min(80)])
+                "its entry {} holds one long run of base64 or hex, not markup",
+                shown()
             ));
+        }
+        if lower[i] == ODF_MANIFEST {
+            odf_sealed = peek.windows(15).any(|w| w == b"encryption-data");
         }
     }
     Ok(found)
+}
+
+/// The longest run of bytes that could be base64 or hex (no space, no
+/// markup, no punctuation).
+fn longest_token(data: &[u8]) -> usize {
+    data.split(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')))
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Whether `packed` (raw deflate) inflates; when it is an entry's whole
@@ -1074,6 +1198,79 @@ mod tests {
         }
         assert!(s(&z));
         assert_eq!(check(Kind::Zip, &z), Ok(()));
+    }
+
+    fn facts(d: &[u8]) -> Option<ZipEntries> {
+        let mut read = |off: u64, buf: &mut [u8]| {
+            let off = off as usize;
+            off + buf.len() <= d.len() && {
+                buf.copy_from_slice(&d[off..off + buf.len()]);
+                true
+            }
+        };
+        let s = Sample {
+            head: d,
+            tail: d,
+            size: d.len() as u64,
+        };
+        zip_facts(&s, &mut read)
+    }
+
+    #[test]
+    fn ciphertext_in_front_of_a_small_zip_or_as_one_long_token_in_a_part_fails() {
+        let tiny = zip_with(&[(b"README.txt", &words(200))]);
+        let fake = [noise(30_000), tiny.clone()].concat();
+        assert!(check(Kind::Zip, &fake).is_err());
+        let blob: String = noise(3000).iter().map(|b| format!("{b:02x}")).collect();
+        let doc = format!("<x>{blob}</x>");
+        let z = zip_with(&[(b"word/document.xml", doc.as_bytes())]);
+        let why = check(Kind::Zip, &z).unwrap_err();
+        assert!(why.contains("base64 or hex"), "{why}");
+        // The same run in a part that is not the document's is data.
+        let z = zip_with(&[(b"customXml/item1.xml", doc.as_bytes())]);
+        assert_eq!(check(Kind::Zip, &z), Ok(()));
+    }
+
+    #[test]
+    fn a_zip_mostly_locked_is_locked_and_parts_are_listed() {
+        let mut z = zip_with(&[
+            (b"report.docx", &noise(50_000)),
+            (b"README.txt", &words(100)),
+        ]);
+        // Lock the first entry only (local and central headers).
+        let local = z.windows(4).position(|w| w == b"PK\x03\x04").unwrap();
+        z[local + 6] |= 1;
+        let central = z.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        z[central + 8] |= 1;
+        assert!(facts(&z).unwrap().locked());
+        let office = zip_with(&[
+            (b"[Content_Types].xml", &words(300)),
+            (b"word/document.xml", &words(3000)),
+        ]);
+        let f = facts(&office).unwrap();
+        assert!(!f.locked());
+        assert!(f.parts.iter().any(|p| p == "word/document.xml"));
+        assert_eq!(office_part("docx"), Some("word/document.xml"));
+    }
+
+    #[test]
+    fn an_opendocument_saved_with_a_password_is_locked_not_broken() {
+        let manifest = b"<manifest:manifest><manifest:file-entry manifest:full-path=\"content.xml\"><manifest:encryption-data manifest:checksum-type=\"SHA1\"/></manifest:file-entry></manifest:manifest>";
+        let z = zip_with(&[
+            (b"mimetype", b"application/vnd.oasis.opendocument.text"),
+            (b"content.xml", &noise(20_000)),
+            (b"styles.xml", &noise(8_000)),
+            (b"META-INF/manifest.xml", manifest),
+        ]);
+        assert_eq!(check(Kind::Zip, &z), Ok(()));
+        assert!(facts(&z).unwrap().locked());
+        // Without the manifest's word, its parts are no text: broken.
+        let plain = String::from_utf8_lossy(manifest).replace("encryption-data", "checksum-only");
+        let z = zip_with(&[
+            (b"content.xml", &noise(20_000)),
+            (b"META-INF/manifest.xml", plain.as_bytes()),
+        ]);
+        assert!(check(Kind::Zip, &z).is_err());
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub enum Damage {
     /// copy of a deleted original).
     EncryptedNew,
     RansomNote,
+    /// Saved with a password by its own application (an Office file in
+    /// Office's encrypted container, an OpenDocument file whose manifest
+    /// declares its encryption): what owners do to a few files, and what
+    /// an attacker could imitate on many.
+    Protected,
 }
 
 impl Damage {
@@ -61,6 +66,7 @@ impl Damage {
             Damage::Zeroed => "zeroed",
             Damage::EncryptedNew => "new encrypted-looking file",
             Damage::RansomNote => "ransom note",
+            Damage::Protected => "password-protected",
         }
     }
 }
@@ -262,9 +268,26 @@ fn structure(
     })
 }
 
-/// Whether a file is a ZIP whose every entry is encrypted.
-fn zip_locked(fs: &dyn Filesystem, e: &FileEntry, head: &[u8], tail: &[u8]) -> bool {
-    with_sample(fs, e, head, tail, content::zip_locked)
+/// A file's ZIP entries as checked (`None` when it is no ZIP that checks
+/// out).
+fn zip_facts(
+    fs: &dyn Filesystem,
+    e: &FileEntry,
+    head: &[u8],
+    tail: &[u8],
+) -> Option<content::ZipEntries> {
+    with_sample(fs, e, head, tail, content::zip_facts)
+}
+
+/// Office's encrypted container: a compound file holding an
+/// `EncryptionInfo` stream.
+fn office_encrypted(head: &[u8]) -> bool {
+    const CFB: &[u8] = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1";
+    let name: Vec<u8> = "EncryptionInfo"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    head.starts_with(CFB) && head.windows(name.len()).any(|w| w == name.as_slice())
 }
 
 /// The type a file should have: what its old content announced, else its
@@ -419,24 +442,55 @@ impl Analysis<'_> {
                 format!("{} replaced by an OpenPGP-encrypted message", human(n.size)),
             ));
         }
-        // An open ZIP (an Office document, an archive) now with every
-        // entry encrypted: what ZIP-based lockers (Qlocker) leave.
-        if new_kind == Some(Kind::Zip)
-            && zip_locked(new_fs, n, &nh, &nt)
-            && self
-                .reader
+        // A ZIP (an Office document, an archive) that changed what it is:
+        // saved with a password by its application, locked entry by
+        // entry (what ZIP-based lockers such as Qlocker leave), or left
+        // without the part that holds the document.
+        let was_zip = || {
+            self.reader
                 .sample(old_fs, o, SAMPLE_BYTES)
-                .is_some_and(|(oh, ot)| {
-                    content::sniff(&oh) == Some(Kind::Zip) && !zip_locked(old_fs, o, &oh, &ot)
-                })
-        {
+                .filter(|(oh, _)| content::sniff(oh) == Some(Kind::Zip))
+                .and_then(|(oh, ot)| zip_facts(old_fs, o, &oh, &ot))
+        };
+        let ext = content::extension(path);
+        if office_encrypted(&nh) && was_zip().is_some() {
             return looked.found(finding(
-                Damage::EncryptedInPlace,
-                format!(
-                    "{}: was an open ZIP, now every entry is encrypted",
-                    human(n.size)
-                ),
+                Damage::Protected,
+                "saved with a password in Office's encrypted container".into(),
             ));
+        }
+        if new_kind == Some(Kind::Zip)
+            && let Some(now) = zip_facts(new_fs, n, &nh, &nt)
+        {
+            let manifest = now.parts.iter().any(|p| p == "meta-inf/manifest.xml");
+            if now.locked()
+                && let Some(was) = was_zip().filter(|w| !w.locked())
+            {
+                let odf = manifest && was.parts.iter().any(|p| p == "content.xml");
+                return looked.found(if odf {
+                    finding(
+                        Damage::Protected,
+                        "saved with a password (OpenDocument encryption)".into(),
+                    )
+                } else {
+                    finding(
+                        Damage::EncryptedInPlace,
+                        format!(
+                            "{}: was an open ZIP, now its entries are encrypted",
+                            human(n.size)
+                        ),
+                    )
+                });
+            }
+            if let Some(core) = content::office_part(&ext)
+                && !now.parts.iter().any(|p| p == core)
+                && was_zip().is_some_and(|w| w.parts.iter().any(|p| p == core))
+            {
+                return looked.found(finding(
+                    Damage::BrokenStructure,
+                    format!("its document part {core} is gone"),
+                ));
+            }
         }
         // Text whose words are gone, re-encoded as one long run of base64
         // or hex: ciphertext written out as text.
@@ -557,7 +611,9 @@ impl Analysis<'_> {
         looked.dense_ok = magic_valid.is_some_and(Kind::dense);
         // A new archive whose every entry is encrypted: someone's own (a
         // weak sign alone), or a locker's copy of the file it replaced.
-        if magic_valid == Some(Kind::Zip) && zip_locked(fs, n, &head, &tail) {
+        if magic_valid == Some(Kind::Zip)
+            && zip_facts(fs, n, &head, &tail).is_some_and(|z| z.locked())
+        {
             return looked.found(finding(
                 Damage::EncryptedNew,
                 "an archive whose every entry is encrypted".into(),

@@ -169,6 +169,22 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
             ),
         );
     }
+    // Saved with a password by the file's own application: an owner
+    // protects a file or two; many at once is someone else.
+    let k = f.count(Damage::Protected);
+    if k > 0 {
+        ev.add(
+            match k {
+                1..=2 => 0.15,
+                3..=9 => 0.45,
+                _ => 0.75,
+            },
+            format!(
+                "{k} file(s) newly password-protected (e.g. {})",
+                example(f, Damage::Protected)
+            ),
+        );
+    }
     let k = f.count(Damage::Zeroed);
     if k > 0 {
         let w = match k {
@@ -430,7 +446,10 @@ impl Assessor {
             }
             // A stray new file destroyed nothing: it is not damage that
             // stays (a cloned project keeps its test vectors for good).
-            for x in f.findings.iter().filter(|x| !x.replaced_nothing()) {
+            // Nor is a file its owner protected with a password.
+            let stays =
+                |x: &&crate::files::Finding| !x.replaced_nothing() && x.damage != Damage::Protected;
+            for x in f.findings.iter().filter(stays) {
                 self.carried
                     .entry(path_hash(&x.path))
                     .or_insert((x.path.clone(), idx));

@@ -1078,3 +1078,136 @@ fn zips_of_random_or_locked_entries_lockers_and_copies_hidden_in_a_cache_are_fou
         );
     }
 }
+
+/// Pass four: a document its owner protects with a password (Office's
+/// encrypted container, OpenDocument's encryption) is no attack; Office
+/// files left without their document part, with the part turned into one
+/// long hex run, and ciphertext dressed with a small ZIP behind it are.
+#[test]
+fn a_password_protected_document_is_no_attack_and_hollowed_or_dressed_zips_are() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let office = |seed: u64| {
+        vec![
+            ("[Content_Types].xml", text(1500, seed)),
+            ("word/document.xml", text(30_000, seed + 1)),
+        ]
+    };
+    for i in 0..6 {
+        python_zip(
+            &root.join(format!("home/alice/docs/plan-{i}.docx")),
+            &office(60 + i),
+            false,
+        );
+    }
+    python_zip(
+        &root.join("home/alice/docs/minutes.odt"),
+        &[
+            (
+                "mimetype",
+                b"application/vnd.oasis.opendocument.text".to_vec(),
+            ),
+            ("content.xml", text(20_000, 77)),
+            ("META-INF/manifest.xml", b"<manifest:manifest/>".to_vec()),
+        ],
+        false,
+    );
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    clean_days(&env, &disk, 3);
+
+    // The owner protects one Word file and one OpenDocument file.
+    let mut cfb = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1".to_vec();
+    cfb.extend(noise(600, 5));
+    cfb.extend("EncryptionInfo".encode_utf16().flat_map(u16::to_le_bytes));
+    cfb.extend(noise(40_000, 6));
+    replace_guest_file(&disk, "home/alice/docs/plan-5.docx", &cfb);
+    let local = env.path("made.zip");
+    python_zip(
+        &local,
+        &[
+            ("mimetype", b"application/vnd.oasis.opendocument.text".to_vec()),
+            ("content.xml", noise(20_000, 78)),
+            (
+                "META-INF/manifest.xml",
+                b"<manifest:manifest><manifest:file-entry manifest:full-path=\"content.xml\"><manifest:encryption-data/></manifest:file-entry></manifest:manifest>".to_vec(),
+            ),
+        ],
+        false,
+    );
+    replace_guest_file(
+        &disk,
+        "home/alice/docs/minutes.odt",
+        &std::fs::read(&local).unwrap(),
+    );
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "{out}");
+
+    // The attack: two documents left with their content types and a
+    // stored payload, two with their document part one hex run, and
+    // three reports turned into ciphertext with a small ZIP behind.
+    for i in 0..2u64 {
+        python_zip(
+            &local,
+            &[
+                ("[Content_Types].xml", text(1500, 60 + i)),
+                ("payload.bin", noise(30_000, 300 + i)),
+            ],
+            false,
+        );
+        replace_guest_file(
+            &disk,
+            &format!("home/alice/docs/plan-{i}.docx"),
+            &std::fs::read(&local).unwrap(),
+        );
+    }
+    for i in 2..4u64 {
+        let hex: String = noise(15_000, 400 + i)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        python_zip(
+            &local,
+            &[
+                ("[Content_Types].xml", text(1500, 60 + i)),
+                (
+                    "word/document.xml",
+                    format!("<w:document>{hex}</w:document>").into_bytes(),
+                ),
+            ],
+            false,
+        );
+        replace_guest_file(
+            &disk,
+            &format!("home/alice/docs/plan-{i}.docx"),
+            &std::fs::read(&local).unwrap(),
+        );
+    }
+    python_zip(&local, &[("README.txt", text(400, 9))], false);
+    let tiny = std::fs::read(&local).unwrap();
+    let upload = env.path("upload.bin");
+    for i in 0..3u64 {
+        let dressed = [noise(20_000 + i as usize * 3000, 500 + i), tiny.clone()].concat();
+        std::fs::write(&upload, dressed).unwrap();
+        debugfs_w(
+            &disk,
+            &format!(
+                "write {} /home/alice/docs/report-{i}.txt.zip",
+                upload.display()
+            ),
+        );
+        debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
+    }
+    let v = flagged_backup(&env, &disk, 4);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    let t: serde_json::Value =
+        serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
+    let findings = t["snapshots"][4]["findings"].to_string();
+    for p in (0..4)
+        .map(|i| format!("plan-{i}.docx"))
+        .chain((0..3).map(|i| format!("report-{i}.txt.zip")))
+    {
+        assert!(findings.contains(&p), "{p}: {findings}");
+    }
+}
