@@ -170,13 +170,13 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
         );
     }
     // Saved with a password by the file's own application: an owner
-    // protects a file or two; many at once is someone else.
+    // protects a few files; dozens at once is someone else.
     let k = f.count(Damage::Protected);
     if k > 0 {
         ev.add(
             match k {
-                1..=2 => 0.15,
-                3..=9 => 0.45,
+                1..=4 => 0.15,
+                5..=19 => 0.45,
                 _ => 0.75,
             },
             format!(
