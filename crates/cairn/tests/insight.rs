@@ -404,6 +404,20 @@ fn documents_turned_into_containers_or_filler_are_found_and_caches_and_upgrades_
     assert!(findings.contains("plan.docx"), "{findings}");
 }
 
+/// An NTFS guest disk holding `contents` as `{stem}-{i}.txt`, backed up
+/// clean on days 0, 1 and 2.
+fn windows_guest(env: &Env, stem: &str, contents: &[Vec<u8>]) -> std::path::PathBuf {
+    let disk = env.path("win.img");
+    let files: Vec<(String, Vec<u8>)> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("{stem}-{i}.txt"), d.clone()))
+        .collect();
+    ntfs_disk(&disk, &files);
+    clean_days(env, &disk, 3);
+    disk
+}
+
 /// An NTFS guest (Windows) whose documents are encrypted where they lie,
 /// at the same size, their records untouched (so the timestamps are the
 /// old ones): the data runs place them under the disk's block digests.
@@ -413,14 +427,7 @@ fn documents_encrypted_in_place_on_ntfs_with_their_times_kept_are_found() {
     let docs: Vec<Vec<u8>> = (0..8)
         .map(|i| text(24_000 + i * 1000, 300 + i as u64))
         .collect();
-    let disk = env.path("win.img");
-    let files: Vec<(String, Vec<u8>)> = docs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (format!("doc-{i}.txt"), d.clone()))
-        .collect();
-    ntfs_disk(&disk, &files);
-    clean_days(&env, &disk, 3);
+    let disk = windows_guest(&env, "doc", &docs);
 
     // Each document's bytes found on the disk and overwritten there.
     let image = std::fs::read(&disk).unwrap();
@@ -676,11 +683,7 @@ fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users
     gpt_ext4_image(&disk, &root, 64);
     clean_days(&env, &disk, 3);
 
-    let upload = env.path("upload.bin");
-    let put = |guest: &str, data: &[u8]| {
-        std::fs::write(&upload, data).unwrap();
-        debugfs_w(&disk, &format!("write {} {guest}", upload.display()));
-    };
+    let put = |guest: &str, data: &[u8]| write_guest_file(&disk, guest, data);
     // dpkg installs firmware blobs and a test suite's corrupt archives.
     debugfs_w(&disk, "mkdir /usr/lib/firmware/acme");
     debugfs_w(&disk, "mkdir /usr/share/acme");
@@ -748,11 +751,7 @@ fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users
 #[test]
 fn new_files_that_replaced_nothing_are_no_attack_and_copies_under_random_names_are() {
     let (env, _, disk) = three_clean_days();
-    let upload = env.path("upload.bin");
-    let put = |guest: &str, data: &[u8]| {
-        std::fs::write(&upload, data).unwrap();
-        debugfs_w(&disk, &format!("write {} {guest}", upload.display()));
-    };
+    let put = |guest: &str, data: &[u8]| write_guest_file(&disk, guest, data);
     for dir in ["src", "src/zlib", "src/zlib/test", "src/zlib/test/vectors"] {
         debugfs_w(&disk, &format!("mkdir /home/alice/{dir}"));
     }
@@ -844,14 +843,7 @@ fn small_documents_inside_their_ntfs_records_encrypted_in_place_are_found() {
     let env = Env::new("0s", &[]);
     // 300 to 640 bytes: inside the record; the larger cross a sector end.
     let notes: Vec<Vec<u8>> = (0..8).map(|i| text(300 + i * 48, 500 + i as u64)).collect();
-    let disk = env.path("win.img");
-    let files: Vec<(String, Vec<u8>)> = notes
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (format!("note-{i}.txt"), d.clone()))
-        .collect();
-    ntfs_disk(&disk, &files);
-    clean_days(&env, &disk, 3);
+    let disk = windows_guest(&env, "note", &notes);
 
     // Windows rewriting the last note's record (a new update sequence
     // number in the record and at each sector's end) changes no note.
@@ -940,6 +932,27 @@ open(p,'wb').write(b)",
     );
 }
 
+/// The parts of a small Word document: its content types and its text.
+fn office(seed: u64) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("[Content_Types].xml", text(1500, seed)),
+        ("word/document.xml", text(30_000, seed + 1)),
+    ]
+}
+
+/// `populate`, and `n` Word documents `home/alice/docs/plan-{i}.docx`
+/// made from `office(seed + i)`.
+fn populate_with_plans(root: &std::path::Path, n: u64, seed: u64) {
+    populate(root);
+    for i in 0..n {
+        python_zip(
+            &root.join(format!("home/alice/docs/plan-{i}.docx")),
+            &office(seed + i),
+            false,
+        );
+    }
+}
+
 /// Office documents rewritten as valid ZIPs over random bytes (their true
 /// CRCs kept) or re-saved with every entry encrypted, and reports
 /// replaced by one password-protected archive each (Qlocker), are found;
@@ -950,20 +963,7 @@ open(p,'wb').write(b)",
 fn zips_of_random_or_locked_entries_lockers_and_copies_hidden_in_a_cache_are_found() {
     let env = Env::new("0s", &[]);
     let root = env.path("root");
-    populate(&root);
-    let office = |seed: u64| {
-        vec![
-            ("[Content_Types].xml", text(1500, seed)),
-            ("word/document.xml", text(30_000, seed + 1)),
-        ]
-    };
-    for i in 0..5 {
-        python_zip(
-            &root.join(format!("home/alice/docs/plan-{i}.docx")),
-            &office(40 + i),
-            false,
-        );
-    }
+    populate_with_plans(&root, 5, 40);
     let sw = root.join("home/alice/.config/chrome/Default/Service Worker/CacheStorage/ab12");
     std::fs::create_dir_all(&sw).unwrap();
     for i in 0..8 {
@@ -978,11 +978,7 @@ fn zips_of_random_or_locked_entries_lockers_and_copies_hidden_in_a_cache_are_fou
     clean_days(&env, &disk, 3);
 
     // The browser evicts its cached entries and writes new ones.
-    let upload = env.path("upload.bin");
-    let put = |guest: &str, data: &[u8]| {
-        std::fs::write(&upload, data).unwrap();
-        debugfs_w(&disk, &format!("write {} {guest}", upload.display()));
-    };
+    let put = |guest: &str, data: &[u8]| write_guest_file(&disk, guest, data);
     let cache = "/home/alice/.config/chrome/Default/Service Worker/CacheStorage/ab12";
     for i in 0..8 {
         debugfs_w(&disk, &format!("rm \"{cache}/{i:016x}_0\""));
@@ -1004,24 +1000,14 @@ fn zips_of_random_or_locked_entries_lockers_and_copies_hidden_in_a_cache_are_fou
 
     // The attack.
     let local = env.path("attack.zip");
-    for i in 0..3 {
+    // Three plans keep their part names over random bytes, two have
+    // every entry locked.
+    for i in 0..5 {
         let random: Vec<(&str, Vec<u8>)> = office(40 + i)
             .into_iter()
             .map(|(n, d)| (n, noise(d.len(), 900 + i)))
             .collect();
-        python_zip(&local, &random, false);
-        replace_guest_file(
-            &disk,
-            &format!("home/alice/docs/plan-{i}.docx"),
-            &std::fs::read(&local).unwrap(),
-        );
-    }
-    for i in 3..5 {
-        let sealed: Vec<(&str, Vec<u8>)> = office(40 + i)
-            .into_iter()
-            .map(|(n, d)| (n, noise(d.len(), 950 + i)))
-            .collect();
-        python_zip(&local, &sealed, true);
+        python_zip(&local, &random, i >= 3);
         replace_guest_file(
             &disk,
             &format!("home/alice/docs/plan-{i}.docx"),
@@ -1087,20 +1073,7 @@ fn zips_of_random_or_locked_entries_lockers_and_copies_hidden_in_a_cache_are_fou
 fn a_password_protected_document_is_no_attack_and_hollowed_or_dressed_zips_are() {
     let env = Env::new("0s", &[]);
     let root = env.path("root");
-    populate(&root);
-    let office = |seed: u64| {
-        vec![
-            ("[Content_Types].xml", text(1500, seed)),
-            ("word/document.xml", text(30_000, seed + 1)),
-        ]
-    };
-    for i in 0..6 {
-        python_zip(
-            &root.join(format!("home/alice/docs/plan-{i}.docx")),
-            &office(60 + i),
-            false,
-        );
-    }
+    populate_with_plans(&root, 6, 60);
     python_zip(
         &root.join("home/alice/docs/minutes.odt"),
         &[

@@ -349,6 +349,15 @@ pub fn overwrite_file_in_place(image: &Path, path: &str, data: &[u8]) {
 
 /// Replaces a file inside the ext4 partition of a gpt_ext4_image with new
 /// content (a new inode, as an editor's save does).
+/// Writes a new file at `guest_path` (quoted for debugfs when it holds
+/// spaces) in the ext4 image.
+pub fn write_guest_file(image: &Path, guest_path: &str, content: &[u8]) {
+    let local = image.with_extension("upload");
+    std::fs::write(&local, content).unwrap();
+    debugfs_w(image, &format!("write {} {guest_path}", local.display()));
+    std::fs::remove_file(&local).unwrap();
+}
+
 pub fn replace_guest_file(image: &Path, guest_path: &str, content: &[u8]) {
     let local = image.with_extension("upload");
     std::fs::write(&local, content).unwrap();
