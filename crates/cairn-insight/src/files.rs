@@ -395,7 +395,18 @@ impl Analysis<'_> {
         let new_kind = content::sniff(&nh);
         // The type the new bytes announce, when they also check out as it
         // (checked once; the structure checks below reuse it).
-        let new_valid = new_kind.filter(|&k| structure(k, new_fs, n, &nh, &nt).is_ok());
+        // A ZIP's entries, checked once: whether it checks out, and what
+        // it holds (below).
+        let zip_now = (new_kind == Some(Kind::Zip))
+            .then(|| zip_facts(new_fs, n, &nh, &nt))
+            .flatten();
+        let new_valid = new_kind.filter(|&k| {
+            if k == Kind::Zip {
+                zip_now.is_some()
+            } else {
+                structure(k, new_fs, n, &nh, &nt).is_ok()
+            }
+        });
         let valid_as = |k: Kind| {
             Some(k) == new_valid
                 || (Some(k) != new_kind && structure(k, new_fs, n, &nh, &nt).is_ok())
@@ -459,9 +470,7 @@ impl Analysis<'_> {
                 "saved with a password in Office's encrypted container".into(),
             ));
         }
-        if new_kind == Some(Kind::Zip)
-            && let Some(now) = zip_facts(new_fs, n, &nh, &nt)
-        {
+        if let Some(now) = &zip_now {
             let manifest = now.parts.iter().any(|p| p == "meta-inf/manifest.xml");
             if now.locked()
                 && let Some(was) = was_zip().filter(|w| !w.locked())
