@@ -23,6 +23,9 @@ use std::collections::BTreeMap;
 
 pub const SUSPICIOUS: f64 = 0.4;
 pub const COMPROMISED: f64 = 0.7;
+/// Files newly saved with a password in one snapshot that are more than
+/// an owner protecting a few: suspicious, and undone by a rollback.
+pub const MANY_PROTECTED: u64 = 5;
 /// Clean snapshots needed before the baseline is trusted.
 const MIN_BASELINE: usize = 3;
 
@@ -175,8 +178,8 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
     if k > 0 {
         ev.add(
             match k {
-                1..=4 => 0.15,
-                5..=19 => 0.45,
+                0..MANY_PROTECTED => 0.15,
+                MANY_PROTECTED..20 => 0.45,
                 _ => 0.75,
             },
             format!(

@@ -210,9 +210,16 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
     let mut hurt: BTreeMap<String, Hurt> = BTreeMap::new();
     for (i, e) in t.entries.iter().enumerate().skip(from.unwrap_or(0)) {
         // A new file that replaced nothing destroyed nothing: it is kept
-        // like any other new file (least data lost), not dropped.
-        let findings = e.signals.files.iter().flat_map(|f| &f.findings);
-        for f in findings.filter(|f| !f.replaced_nothing()) {
+        // like any other new file (least data lost), not dropped. So is a
+        // file its owner saved with a password, unless many were at once.
+        let findings = || e.signals.files.iter().flat_map(|f| &f.findings);
+        let protected = findings().filter(|f| f.damage == Damage::Protected).count() as u64;
+        let undone = |f: &&cairn_insight::files::Finding| {
+            !f.replaced_nothing()
+                && (f.damage != Damage::Protected
+                    || protected >= cairn_insight::score::MANY_PROTECTED)
+        };
+        for f in findings().filter(undone) {
             hurt.entry(f.path.clone()).or_insert(Hurt {
                 index: i,
                 damage: f.damage,

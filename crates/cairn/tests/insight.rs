@@ -1172,8 +1172,25 @@ fn a_password_protected_document_is_no_attack_and_hollowed_or_dressed_zips_are()
         );
         debugfs_w(&disk, &format!("rm /home/alice/docs/report-{i}.txt"));
     }
+    // The same day, the owner protects one more document.
+    let mut cfb4 = cfb.clone();
+    cfb4.extend(noise(100, 7));
+    replace_guest_file(&disk, "home/alice/docs/plan-4.docx", &cfb4);
     let v = flagged_backup(&env, &disk, 4);
     assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    // A rollback undoes the attack and keeps the owner's protected
+    // document as it is now.
+    let out_dir = env.path("rolled");
+    env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    let docs = out_dir.join("home/alice/docs");
+    assert_eq!(std::fs::read(docs.join("plan-4.docx")).unwrap(), cfb4);
+    assert!(
+        std::fs::read(docs.join("plan-0.docx"))
+            .unwrap()
+            .starts_with(b"PK")
+    );
+    assert!(docs.join("report-0.txt").exists());
+    assert!(!docs.join("report-0.txt.zip").exists());
     let t: serde_json::Value =
         serde_json::from_slice(&env.run(&["timeline", "vm", "--json"]).stdout).unwrap();
     let findings = t["snapshots"][4]["findings"].to_string();
