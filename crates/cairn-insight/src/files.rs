@@ -279,6 +279,24 @@ fn zip_facts(
     with_sample(fs, e, head, tail, content::zip_facts)
 }
 
+/// The type a file's head announces when the file also checks out as it,
+/// and for a ZIP its entries as checked (one walk serves both).
+fn valid_kind(
+    kind: Option<Kind>,
+    fs: &dyn Filesystem,
+    e: &FileEntry,
+    head: &[u8],
+    tail: &[u8],
+) -> (Option<Kind>, Option<content::ZipEntries>) {
+    match kind {
+        Some(Kind::Zip) => {
+            let zip = zip_facts(fs, e, head, tail);
+            (zip.is_some().then_some(Kind::Zip), zip)
+        }
+        k => (k.filter(|&k| structure(k, fs, e, head, tail).is_ok()), None),
+    }
+}
+
 /// Office's encrypted container: a compound file holding an
 /// `EncryptionInfo` stream.
 fn office_encrypted(head: &[u8]) -> bool {
@@ -395,18 +413,8 @@ impl Analysis<'_> {
         let new_kind = content::sniff(&nh);
         // The type the new bytes announce, when they also check out as it
         // (checked once; the structure checks below reuse it).
-        // A ZIP's entries, checked once: whether it checks out, and what
-        // it holds (below).
-        let zip_now = (new_kind == Some(Kind::Zip))
-            .then(|| zip_facts(new_fs, n, &nh, &nt))
-            .flatten();
-        let new_valid = new_kind.filter(|&k| {
-            if k == Kind::Zip {
-                zip_now.is_some()
-            } else {
-                structure(k, new_fs, n, &nh, &nt).is_ok()
-            }
-        });
+        // (For a ZIP, also what it holds: used below.)
+        let (new_valid, zip_now) = valid_kind(new_kind, new_fs, n, &nh, &nt);
         let valid_as = |k: Kind| {
             Some(k) == new_valid
                 || (Some(k) != new_kind && structure(k, new_fs, n, &nh, &nt).is_ok())
@@ -616,13 +624,11 @@ impl Analysis<'_> {
         }
         let ext = content::extension(path);
         let magic = content::sniff(&head);
-        let magic_valid = magic.filter(|&k| structure(k, fs, n, &head, &tail).is_ok());
+        let (magic_valid, zip) = valid_kind(magic, fs, n, &head, &tail);
         looked.dense_ok = magic_valid.is_some_and(Kind::dense);
         // A new archive whose every entry is encrypted: someone's own (a
         // weak sign alone), or a locker's copy of the file it replaced.
-        if magic_valid == Some(Kind::Zip)
-            && zip_facts(fs, n, &head, &tail).is_some_and(|z| z.locked())
-        {
+        if zip.is_some_and(|z| z.locked()) {
             return looked.found(finding(
                 Damage::EncryptedNew,
                 "an archive whose every entry is encrypted".into(),

@@ -98,11 +98,7 @@ impl Evidence {
 }
 
 fn example(f: &FileSignals, d: Damage) -> String {
-    f.findings
-        .iter()
-        .find(|x| x.damage == d)
-        .map(|x| format!("{}: {}", x.path, x.detail))
-        .unwrap_or_default()
+    example_where(f, |x| x.damage == d)
 }
 
 fn example_where(f: &FileSignals, pick: impl Fn(&Finding) -> bool) -> String {
