@@ -906,12 +906,20 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     // snapshot names are not counted as encrypted-looking or broken when
     // they lie where packages install, and so does the file each replaced
     // (if any): a forged list hides no copy of a user's or a web site's
-    // files, wherever the copy was put.
+    // files, wherever the copy was put. A new file that took the inode of
+    // one the upgrade removed is seen as that file renamed and rewritten
+    // ("encrypted in place"): the same holds for it. A file changed at its
+    // own path is judged as ever (an upgrade's new version of a program
+    // or a blob is no jump in entropy).
     let packaged = packaged_files(&a, &new_by, d);
     if !packaged.is_empty() {
         out.findings.retain(|f| {
-            let installed = f.added
-                && matches!(f.damage, Damage::EncryptedNew | Damage::BrokenStructure)
+            let new_here = match f.damage {
+                Damage::EncryptedNew | Damage::BrokenStructure => f.added,
+                Damage::EncryptedInPlace => f.origin.as_deref().is_some_and(|o| o != f.path),
+                _ => false,
+            };
+            let installed = new_here
                 && content::is_system_path(&f.path)
                 && f.origin.as_deref().is_none_or(content::is_system_path)
                 && packaged.contains(&cairn_guest::model::unescape(
@@ -958,11 +966,19 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
 }
 
 /// Where package managers list the files they installed: dpkg one list
-/// per package, apk one database for all.
+/// per package, apk one database for all, rpm one database (SQLite, or
+/// Berkeley DB before rpm 4.16) in one of two folders.
 const DPKG_LISTS: &str = "/var/lib/dpkg/info/";
 const APK_DB: &str = "/lib/apk/db/installed";
+const RPM_DIRS: [&str; 2] = ["/var/lib/rpm/", "/usr/lib/sysimage/rpm/"];
+const RPM_FILES: [&str; 3] = ["rpmdb.sqlite", "rpmdb.sqlite-wal", "Packages"];
 /// A package list longer than this is read this far.
 const MAX_LIST_BYTES: u64 = 16 << 20;
+/// An RPM database longer than this is not read (a large server's is
+/// tens of MB).
+const MAX_RPM_DB: u64 = 128 << 20;
+/// Most paths taken from an RPM database.
+const MAX_RPM_PATHS: usize = 1_000_000;
 
 /// The files (as raw paths without the leading `/`) that the package
 /// lists added or changed in this snapshot name: those of the packages
@@ -972,7 +988,19 @@ fn packaged_files(a: &Analysis, new_by: &ByPath, d: &Diff) -> HashSet<Vec<u8>> {
     let changed = (d.added.iter().map(|x| &x.path))
         .chain(d.modified.iter().map(|m| &m.path))
         .chain(d.renamed.iter().map(|r| &r.to));
+    let mut rpm_read = Vec::new();
     for path in changed {
+        let rpm = RPM_DIRS.iter().find(|dir| {
+            path.strip_prefix(**dir)
+                .is_some_and(|f| RPM_FILES.contains(&f))
+        });
+        if let Some(dir) = rpm {
+            if !rpm_read.contains(dir) {
+                rpm_read.push(dir);
+                out.extend(rpm_files(a, new_by, dir));
+            }
+            continue;
+        }
         let dpkg = path.starts_with(DPKG_LISTS) && path.ends_with(".list");
         if !dpkg && path != APK_DB {
             continue;
@@ -1008,6 +1036,40 @@ fn packaged_files(a: &Analysis, new_by: &ByPath, d: &Diff) -> HashSet<Vec<u8>> {
         }
     }
     out
+}
+
+/// The files (raw paths without the leading `/`) that the packages of the
+/// RPM database in `dir` installed, all of them: which package changed
+/// would take reading the parent's database too.
+fn rpm_files(a: &Analysis, new_by: &ByPath, dir: &str) -> Vec<Vec<u8>> {
+    let read = |name: &str| {
+        let e = new_by
+            .shown(&format!("{dir}{name}"))
+            .filter(|e| e.kind == FileKind::File && e.size <= MAX_RPM_DB)?;
+        a.reader.read(a.new.fs, e, 0, MAX_RPM_DB)
+    };
+    let mut files = Vec::new();
+    let mut each = |header: &[u8]| cairn_rpm::header_files(header, &mut files, MAX_RPM_PATHS);
+    if let Some(db) = read("rpmdb.sqlite") {
+        let wal = read("rpmdb.sqlite-wal");
+        if let Err(e) =
+            cairn_rpm::sqlite_headers(&db, wal.as_deref(), cairn_rpm::MAX_PACKAGES, each)
+        {
+            tracing::debug!(dir, error = e, "rpm database unreadable");
+        }
+    } else if let Some(db) = read("Packages") {
+        for header in cairn_rpm::bdb::values(&db, cairn_rpm::MAX_PACKAGES).unwrap_or_default() {
+            each(&header);
+        }
+    }
+    files
+        .into_iter()
+        .filter_map(|p| {
+            p.strip_prefix(b"/")
+                .filter(|p| !p.is_empty())
+                .map(<[u8]>::to_vec)
+        })
+        .collect()
 }
 
 fn sorted_counts(m: BTreeMap<String, u64>) -> Vec<ExtensionCount> {

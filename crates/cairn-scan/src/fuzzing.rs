@@ -20,9 +20,12 @@ pub fn scan_parsers(data: &[u8]) {
     let mut db = VulnDb::default();
     db.add_json(b);
     let _ = crate::rpm::parse_header(a);
+    let mut files = Vec::new();
+    cairn_rpm::header_files(a, &mut files, 10_000);
     let _ = crate::lnk::parse(a);
     for h in crate::bdb::values(a, 64).unwrap_or_default() {
         let _ = crate::rpm::parse_header(&h);
+        cairn_rpm::header_files(&h, &mut files, 10_000);
     }
     for scheme in [Scheme::Dpkg, Scheme::Apk, Scheme::Rpm] {
         let inv = Inventory {
@@ -47,7 +50,11 @@ pub fn registry(data: &[u8]) {
 }
 
 /// An rpmdb.sqlite file (`fuzz/fuzz_targets/rpmdb.rs`): opened by SQLite
-/// read-only, each row's header blob parsed.
+/// read-only, each row's header blob parsed, its file list too.
 pub fn rpmdb(data: &[u8]) {
     let _ = crate::rpm::parse_sqlite(data, None);
+    let mut files = Vec::new();
+    let _ = cairn_rpm::sqlite_headers(data, None, 64, |h| {
+        cairn_rpm::header_files(h, &mut files, 10_000)
+    });
 }

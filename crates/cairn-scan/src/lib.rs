@@ -9,7 +9,7 @@
 //! set, the advisory database and the baseline it was made with; the
 //! snapshot itself is never touched.
 
-pub mod bdb;
+pub use cairn_rpm::bdb;
 pub mod cache;
 pub mod clamd;
 pub mod error;

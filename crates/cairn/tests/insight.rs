@@ -695,7 +695,9 @@ fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users
         gz.extend(noise(6_000, 400 + i));
         let fixture = format!("/usr/share/acme/bad-{i}.gz");
         put(&fixture, &gz);
-        list.push_str(&format!("{blob}\n{fixture}\n"));
+        let notes = format!("/usr/share/acme/notes-{i}.txt");
+        put(&notes, &text(24_000, 450 + i));
+        list.push_str(&format!("{blob}\n{fixture}\n{notes}\n"));
     }
     put("/var/lib/dpkg/info/acme-firmware.list", list.as_bytes());
     // apk installs blobs of its own.
@@ -713,10 +715,13 @@ fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users
     let out = env.backup(&disk, "vm", &day(3));
     assert_eq!(out["insight"]["verdict"], "clean", "{out}");
 
-    // The upgrade: every blob replaced by its next version.
+    // The upgrade: every blob replaced by its next version, the notes
+    // (text, of the blobs' size) gone: without the list, each new blob
+    // would be the encrypted copy of a deleted note.
     let mut list = String::from("/.\n/usr/lib/firmware/acme\n");
     for i in 0..12 {
         debugfs_w(&disk, &format!("rm /usr/lib/firmware/acme/fw-{i}.bin"));
+        debugfs_w(&disk, &format!("rm /usr/share/acme/notes-{i}.txt"));
         let blob = format!("/usr/lib/firmware/acme/fw2-{i}.bin");
         put(&blob, &noise(24_000, 1300 + i));
         list.push_str(&format!("{blob}\n"));
@@ -741,6 +746,106 @@ fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users
     let v = flagged_backup(&env, &disk, 5);
     assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
     assert!(v["insight"].to_string().contains("blob-"), "{v}");
+}
+
+/// An RPM package of `version` holding `files` (empty; only the package
+/// database's record of them matters here), built with rpmbuild and
+/// recorded in the rpmdb.sqlite of `db` (installed, or upgraded from the
+/// version before) without touching any other file.
+fn rpm_record(env: &Env, db: &std::path::Path, version: u32, files: &[String]) {
+    let top = env.path(&format!("rpmbuild-{version}"));
+    std::fs::create_dir_all(top.join("SPECS")).unwrap();
+    let make: String = files
+        .iter()
+        .map(|f| format!("mkdir -p %{{buildroot}}$(dirname {f}) && touch %{{buildroot}}{f}\n"))
+        .collect();
+    let spec = top.join("SPECS/acme.spec");
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: acme-firmware\nVersion: {version}\nRelease: 1\nSummary: t\nLicense: MIT\nBuildArch: noarch\n%description\nt\n%install\n{make}%files\n{}\n",
+            files.join("\n")
+        ),
+    )
+    .unwrap();
+    sh(
+        "rpmbuild",
+        &[
+            "--define",
+            &format!("_topdir {}", top.display()),
+            "-bb",
+            spec.to_str().unwrap(),
+        ],
+    );
+    let rpm = top.join(format!("RPMS/noarch/acme-firmware-{version}-1.noarch.rpm"));
+    sh(
+        "rpm",
+        &[
+            "-U",
+            "--justdb",
+            "--nodeps",
+            "--dbpath",
+            db.to_str().unwrap(),
+            rpm.to_str().unwrap(),
+        ],
+    );
+}
+
+/// The same on an RPM guest: firmware blobs that dnf installs, then
+/// replaces on upgrade, are named by the packages in rpm's database
+/// (rpmdb.sqlite), so neither day is an attack.
+#[test]
+fn files_the_rpm_database_names_are_not_an_attack() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let db = root.join("var/lib/rpm");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::create_dir_all(root.join("usr/lib/firmware/acme")).unwrap();
+    std::fs::create_dir_all(root.join("usr/share/doc")).unwrap();
+    sh("rpm", &["--dbpath", db.to_str().unwrap(), "--initdb"]);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    clean_days(&env, &disk, 3);
+
+    let put = |guest: &str, data: &[u8]| write_guest_file(&disk, guest, data);
+    let new_db = || {
+        debugfs_w(&disk, "rm /var/lib/rpm/rpmdb.sqlite");
+        put(
+            "/var/lib/rpm/rpmdb.sqlite",
+            &std::fs::read(db.join("rpmdb.sqlite")).unwrap(),
+        );
+    };
+    let blobs = |name: &str| -> Vec<String> {
+        (0..12)
+            .map(|i| format!("/usr/lib/firmware/acme/{name}-{i}.bin"))
+            .collect()
+    };
+    let notes: Vec<String> = (0..12)
+        .map(|i| format!("/usr/share/doc/acme/notes-{i}.txt"))
+        .collect();
+    rpm_record(&env, &db, 1, &[blobs("fw"), notes.clone()].concat());
+    debugfs_w(&disk, "mkdir /usr/share/doc/acme");
+    for (i, (blob, note)) in blobs("fw").iter().zip(&notes).enumerate() {
+        put(blob, &noise(24_000, 300 + i as u64));
+        put(note, &text(24_000, 350 + i as u64));
+    }
+    new_db();
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "install: {out}");
+
+    // The upgrade: every blob replaced by its next version, the notes
+    // (text, of the blobs' size) gone: without the database, each new
+    // blob would be the encrypted copy of a deleted note.
+    rpm_record(&env, &db, 2, &blobs("fw2"));
+    for (i, (old, blob)) in blobs("fw").iter().zip(blobs("fw2")).enumerate() {
+        debugfs_w(&disk, &format!("rm {old}"));
+        debugfs_w(&disk, &format!("rm {}", notes[i]));
+        put(&blob, &noise(24_000, 1300 + i as u64));
+    }
+    new_db();
+    let out = env.backup(&disk, "vm", &day(4));
+    assert_eq!(out["insight"]["verdict"], "clean", "upgrade: {out}");
 }
 
 /// New files that look encrypted or broken but replaced nothing (a
