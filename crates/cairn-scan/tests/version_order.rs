@@ -159,17 +159,32 @@ fn order(s: &str) -> Ordering {
     }
 }
 
-/// The first mismatches, for the failure message.
-fn mismatches(scheme: Scheme, pairs: &[(String, String)], theirs: &[Ordering]) -> Vec<String> {
+/// Asserts that Cairn orders every pair as `tool` did, naming the first
+/// pairs that differ, and that enough pairs were compared.
+fn assert_agrees(
+    tool: &str,
+    scheme: Scheme,
+    pairs: &[(String, String)],
+    theirs: &[Ordering],
+    min: usize,
+) {
     assert_eq!(pairs.len(), theirs.len(), "an answer per pair");
-    pairs
+    let bad: Vec<String> = pairs
         .iter()
         .zip(theirs)
         .filter_map(|((a, b), want)| {
             let ours = compare(scheme, a, b);
             (ours != Some(*want)).then(|| format!("{a} vs {b}: ours {ours:?}, theirs {want:?}"))
         })
-        .collect()
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} pairs ordered unlike {tool}, e.g.:\n{}",
+        bad.len(),
+        pairs.len(),
+        bad[..bad.len().min(15)].join("\n")
+    );
+    assert!(pairs.len() > min, "only {} pairs compared", pairs.len());
 }
 
 #[test]
@@ -192,15 +207,7 @@ fn dpkg_ordering_matches_dpkg_compare_versions() {
         .lines()
         .map(order)
         .collect();
-    let bad = mismatches(Scheme::Dpkg, &pairs, &theirs);
-    assert!(
-        bad.is_empty(),
-        "{} of {} pairs ordered unlike dpkg, e.g.:\n{}",
-        bad.len(),
-        pairs.len(),
-        bad[..bad.len().min(15)].join("\n")
-    );
-    assert!(pairs.len() > 1000, "only {} pairs compared", pairs.len());
+    assert_agrees("dpkg", Scheme::Dpkg, &pairs, &theirs, 1000);
 }
 
 /// Debian policy's syntax: `[epoch:]upstream[-revision]`, the epoch
@@ -253,15 +260,7 @@ fn rpm_ordering_matches_rpm_vercmp() {
     .filter(|l| !l.is_empty())
     .map(order)
     .collect();
-    let bad = mismatches(Scheme::Rpm, &pairs, &theirs);
-    assert!(
-        bad.is_empty(),
-        "{} of {} pairs ordered unlike rpm, e.g.:\n{}",
-        bad.len(),
-        pairs.len(),
-        bad[..bad.len().min(15)].join("\n")
-    );
-    assert!(pairs.len() > 2000, "only {} pairs compared", pairs.len());
+    assert_agrees("rpm", Scheme::Rpm, &pairs, &theirs, 2000);
 }
 
 fn run_with_input(cmd: &str, args: &[&str], input: &str) -> String {

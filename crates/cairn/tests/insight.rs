@@ -754,28 +754,16 @@ fn files_a_package_list_names_are_not_an_attack_and_a_forged_list_hides_no_users
 /// version before) without touching any other file.
 fn rpm_record(env: &Env, db: &std::path::Path, version: u32, files: &[String]) {
     let top = env.path(&format!("rpmbuild-{version}"));
-    std::fs::create_dir_all(top.join("SPECS")).unwrap();
     let make: String = files
         .iter()
         .map(|f| format!("mkdir -p %{{buildroot}}$(dirname {f}) && touch %{{buildroot}}{f}\n"))
         .collect();
-    let spec = top.join("SPECS/acme.spec");
-    std::fs::write(
-        &spec,
-        format!(
+    rpmbuild(
+        &top,
+        &format!(
             "Name: acme-firmware\nVersion: {version}\nRelease: 1\nSummary: t\nLicense: MIT\nBuildArch: noarch\n%description\nt\n%install\n{make}%files\n{}\n",
             files.join("\n")
         ),
-    )
-    .unwrap();
-    sh(
-        "rpmbuild",
-        &[
-            "--define",
-            &format!("_topdir {}", top.display()),
-            "-bb",
-            spec.to_str().unwrap(),
-        ],
     );
     let rpm = top.join(format!("RPMS/noarch/acme-firmware-{version}-1.noarch.rpm"));
     sh(

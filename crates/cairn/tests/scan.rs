@@ -941,22 +941,11 @@ fn over_a_long_history_the_walk_back_bisects() {
 /// Debian's rpm tools: openssl-libs built from the openssl source package.
 fn rpm_root(env: &Env, root: &Path, release: &str) {
     let top = env.path(&format!("rpmbuild-{release}"));
-    std::fs::create_dir_all(top.join("SPECS")).unwrap();
-    std::fs::write(
-        top.join("SPECS/openssl.spec"),
-        format!(
+    rpmbuild(
+        &top,
+        &format!(
             "Name: openssl\nEpoch: 1\nVersion: 3.0.7\nRelease: {release}\nSummary: t\nLicense: ASL 2.0\nBuildArch: noarch\n%description\nt\n%package libs\nSummary: t\n%description libs\nt\n%files libs\n"
         ),
-    )
-    .unwrap();
-    sh(
-        "rpmbuild",
-        &[
-            "--define",
-            &format!("_topdir {}", top.display()),
-            "-bb",
-            top.join("SPECS/openssl.spec").to_str().unwrap(),
-        ],
     );
     let db = root.join("var/lib/rpm");
     std::fs::create_dir_all(&db).unwrap();

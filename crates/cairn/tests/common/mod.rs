@@ -365,3 +365,20 @@ pub fn replace_guest_file(image: &Path, guest_path: &str, content: &[u8]) {
     debugfs_w(image, &format!("write {} {guest_path}", local.display()));
     std::fs::remove_file(&local).unwrap();
 }
+
+/// Builds the binary RPMs of `spec` (its text) with Debian's rpmbuild in
+/// `top`; they land in `top/RPMS/noarch`.
+pub fn rpmbuild(top: &Path, spec: &str) {
+    std::fs::create_dir_all(top.join("SPECS")).unwrap();
+    let file = top.join("SPECS/package.spec");
+    std::fs::write(&file, spec).unwrap();
+    sh(
+        "rpmbuild",
+        &[
+            "--define",
+            &format!("_topdir {}", top.display()),
+            "-bb",
+            file.to_str().unwrap(),
+        ],
+    );
+}
