@@ -817,11 +817,80 @@ fn refuse_another_tree(timeline: &Timeline, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Names the provenance file written beside a rollback target.
-pub fn default_provenance_path(target: &Path) -> PathBuf {
-    let name = target
+/// A path as it really is, for a target that may not exist yet: its
+/// folder resolved (links, `.` and `..`) and its name kept.
+fn resolved(path: &Path) -> Result<PathBuf> {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return Ok(real);
+    }
+    let folder = crate::parent_dir(path);
+    let real = std::fs::canonicalize(folder).ctx(|| format!("opening {}", folder.display()))?;
+    Ok(match path.file_name() {
+        Some(name) if name != ".." => real.join(name),
+        _ => real,
+    })
+}
+
+/// Where a rollback of `target` writes its provenance: `given`, or beside
+/// the target (`DIR.cairn-provenance.json`), never inside the tree being
+/// repaired, which the attacker may still write to (a link planted there
+/// under the manifest's name would have the write land anywhere).
+pub fn provenance_path(target: &Path, given: Option<&Path>) -> Result<PathBuf> {
+    let target = resolved(target)?;
+    let manifest = match given {
+        Some(p) => resolved(p)?,
+        None => {
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "rollback".into());
+            target.with_file_name(format!("{name}.cairn-provenance.json"))
+        }
+    };
+    if manifest.starts_with(&target) {
+        return Err(Error::Invalid(format!(
+            "the provenance manifest {} would be inside {}, the tree being rolled back: give --provenance a path outside it",
+            manifest.display(),
+            target.display()
+        )));
+    }
+    let folder = crate::parent_dir(&manifest);
+    if !folder.is_dir() {
+        return Err(Error::Invalid(format!(
+            "the provenance manifest {} cannot be written: {} is not a folder",
+            manifest.display(),
+            folder.display()
+        )));
+    }
+    Ok(manifest)
+}
+
+/// Writes the provenance manifest whole or not at all: a new file of its
+/// own (never opened through a link or over another file), synced, then
+/// renamed over the name, which replaces a link there instead of
+/// following it.
+pub fn write_provenance(manifest: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let folder = crate::parent_dir(manifest);
+    let name = manifest
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "rollback".into());
-    target.with_file_name(format!("{name}.cairn-provenance.json"))
+        .ok_or_else(|| Error::Invalid(format!("{} names no file", manifest.display())))?
+        .as_bytes();
+    let dir = Dir::open(folder).ctx(|| format!("opening {}", folder.display()))?;
+    let mut tmp = name.to_vec();
+    tmp.extend_from_slice(format!(".tmp-{}", std::process::id()).as_bytes());
+    let tmp = [b".", &tmp[..]].concat();
+    let _ = dir.unlink(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = dir.create_new(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        dir.rename(&tmp, name)?;
+        dir.sync()
+    };
+    write().map_err(|e| {
+        let _ = dir.unlink(&tmp);
+        Error::io(format!("writing {}", manifest.display()), e)
+    })
 }

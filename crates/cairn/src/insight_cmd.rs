@@ -240,17 +240,7 @@ pub fn rollback(
         .to_dir
         .or(target.in_place)
         .context("give --to-dir DIR or --in-place PATH")?;
-    let manifest = provenance
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| cairn_recover::rollback::default_provenance_path(dest));
-    let folder = cairn_recover::parent_dir(&manifest);
-    if !folder.is_dir() {
-        anyhow::bail!(
-            "the provenance manifest {} cannot be written: {} is not a folder",
-            manifest.display(),
-            folder.display()
-        );
-    }
+    let manifest = cairn_recover::rollback::provenance_path(dest, provenance)?;
     let r = if target.to_dir.is_some() {
         cairn_recover::rollback::rollback_to_dir(
             vault,
@@ -277,8 +267,7 @@ pub fn rollback(
         )?
     };
     if !dry_run {
-        std::fs::write(&manifest, serde_json::to_vec_pretty(&r)?)
-            .with_context(|| format!("writing {}", manifest.display()))?;
+        cairn_recover::rollback::write_provenance(&manifest, &serde_json::to_vec_pretty(&r)?)?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -562,7 +562,33 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     std::fs::write(docs.join("doc7.txt"), &rewritten7).unwrap();
     std::fs::write(docs.join("doc4.txt.locked"), b"the key they sent us").unwrap();
 
+    // The provenance never goes inside the tree (the attacker may write
+    // there), and a link planted where it goes is replaced, not followed.
+    let inside = docs.join("p.json");
+    let out = env.run(&[
+        "rollback",
+        "share",
+        "--in-place",
+        src,
+        "--provenance",
+        inside.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("would be inside"), "{err}");
+    assert!(docs.join("HOW_TO_DECRYPT.txt").exists() && !inside.exists());
+    let canary = env.path("canary");
+    std::fs::write(&canary, b"not yours").unwrap();
+    std::os::unix::fs::symlink(&canary, env.path("share.cairn-provenance.json")).unwrap();
+
     let r = env.json(&["rollback", "share", "--in-place", src]);
+    assert_eq!(std::fs::read(&canary).unwrap(), b"not yours");
+    assert!(
+        !std::fs::symlink_metadata(env.path("share.cairn-provenance.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(r["restored"], 5, "4 damaged and 1 deleted: {r}");
     assert_eq!(r["dropped"], 5, "3 encrypted copies and 2 notes: {r}");
     let skipped = r["skipped"].to_string();
