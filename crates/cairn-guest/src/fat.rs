@@ -31,6 +31,10 @@ impl std::ops::Deref for SendFs {
 pub struct Fat {
     fs: Mutex<SendFs>,
     variant: &'static str,
+    /// The filesystem's size: no file of an honest FAT is larger (FAT has
+    /// no sparse files), while a cluster chain that loops reads on without
+    /// end.
+    size: u64,
     /// What `fatfs` may read for one listing: a directory whose clusters
     /// chain to themselves, full of deleted entries, is read without end
     /// inside its iterator.
@@ -93,6 +97,7 @@ impl Fat {
             return corrupt("fat: boot sector is not a FAT boot sector");
         }
         let variant = variant(&head);
+        let size = slice.len;
         let budget = ReadBudget::default();
         budget.allow(u64::MAX);
         let reader = SliceReader::new(slice).with_budget(budget.clone());
@@ -101,6 +106,7 @@ impl Fat {
         Ok(Fat {
             fs: Mutex::new(SendFs(fs)),
             variant,
+            size,
             budget,
         })
     }
@@ -219,6 +225,11 @@ impl Filesystem for Fat {
     }
 
     fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>> {
+        // FAT keeps no file ids to see a directory again by: a directory
+        // chained to its own cluster is found by the depth it leads to.
+        if path.split(|&b| b == b'/').count() >= MAX_DEPTH {
+            return corrupt("fat: directories nested too deep (a loop?)");
+        }
         let fs = self.fs.lock().unwrap_or_else(|p| p.into_inner());
         let root = fs.root_dir();
         let dir = if path.is_empty() {
@@ -240,6 +251,13 @@ impl Filesystem for Fat {
     fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if offset >= entry.size {
             return Ok(0);
+        }
+        if entry.size > self.size {
+            return corrupt(format!(
+                "fat: {} claims {} bytes, more than its filesystem holds",
+                entry.display_path(),
+                entry.size
+            ));
         }
         let fs = self.fs.lock().unwrap_or_else(|p| p.into_inner());
         let mut f = fs

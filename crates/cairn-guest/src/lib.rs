@@ -162,25 +162,102 @@ impl Filesystem for Labeled {
 const MAX_WALK_DEPTH: usize = 4096;
 /// Most entries `walk_under` returns (as many as a whole ext4 walk).
 const MAX_WALK_ENTRIES: usize = 20_000_000;
+/// Most unreadable directories `walk_under` steps over before it gives
+/// up: one bad directory is skipped, a filesystem of them (or a loop that
+/// keeps branching) is not walked on.
+const MAX_WALK_SKIPPED: usize = 1000;
+
+/// What one directory of a walk lists (names, kinds, sizes and times, for
+/// directories whose entries carry no file id), and the directories above
+/// it.
+struct Listing {
+    key: Option<u64>,
+    path: Vec<u8>,
+    above: Option<std::rc::Rc<Listing>>,
+}
+
+impl Listing {
+    fn of(path: &[u8], entries: &[FileEntry], above: Option<std::rc::Rc<Listing>>) -> Listing {
+        use std::hash::{Hash, Hasher};
+        let path = path.to_vec();
+        let key = (!entries.is_empty() && entries.iter().all(|e| e.file_id.is_none())).then(|| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            let mut rows: Vec<_> = entries
+                .iter()
+                .map(|e| (e.name(), e.kind as u8, e.size, e.mtime_ns))
+                .collect();
+            rows.sort_unstable();
+            rows.hash(&mut h);
+            h.finish()
+        });
+        Listing { key, path, above }
+    }
+
+    /// The directory above this one that lists the same, if any.
+    fn repeats(&self) -> Option<Vec<u8>> {
+        let key = self.key?;
+        let mut up = self.above.as_deref();
+        while let Some(l) = up {
+            if l.key == Some(key) {
+                return Some(l.path.clone());
+            }
+            up = l.above.as_deref();
+        }
+        None
+    }
+}
 
 /// Every entry below the directory `root` (not `root` itself), found with
 /// `read_dir` so that only that subtree is read; sorted by path. Does not
 /// descend into entries with unsafe names, into a directory seen before
-/// (a loop), or deeper than `MAX_WALK_DEPTH`.
-pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<Vec<FileEntry>> {
+/// (a loop), or deeper than `MAX_WALK_DEPTH`. A directory below `root`
+/// that cannot be read is left out and named, with why, in the second
+/// list, so that one crafted entry does not stop a restore.
+pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntry>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     let mut seen = std::collections::HashSet::new();
     // A path is listed once: a crafted directory holding many entries of
     // one name (each a different inode) would otherwise list the one the
     // name resolves to again for each of them.
     let mut walked = std::collections::HashSet::new();
-    let mut stack = vec![(root.path.clone(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
-        for e in fs.read_dir(&dir)? {
+    let mut stack = vec![(root.path.clone(), 0usize, None::<std::rc::Rc<Listing>>)];
+    while let Some((dir, depth, above)) = stack.pop() {
+        let shown = || {
+            FileEntry {
+                path: dir.clone(),
+                ..FileEntry::root()
+            }
+            .display_path()
+        };
+        let listed = match fs.read_dir(&dir) {
+            Ok(l) => l,
+            Err(e) if dir != root.path && skipped.len() < MAX_WALK_SKIPPED => {
+                skipped.push(format!("{}: not read ({e})", shown()));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Without file ids (FAT), a directory chained back to one above
+        // it is known by listing what that one lists.
+        let here = std::rc::Rc::new(Listing::of(&dir, &listed, above));
+        if let Some(same) = here.repeats() {
+            let ancestor = FileEntry {
+                path: same,
+                ..FileEntry::root()
+            };
+            skipped.push(format!(
+                "{}: lists what {} lists (a loop), not read again",
+                shown(),
+                ancestor.display_path()
+            ));
+            continue;
+        }
+        for e in listed {
             if e.kind == FileKind::Dir && !e.unsafe_name {
                 let fresh = e.file_id.is_none_or(|id| seen.insert(id));
                 if depth < MAX_WALK_DEPTH && fresh && walked.insert(e.path.clone()) {
-                    stack.push((e.path.clone(), depth + 1));
+                    stack.push((e.path.clone(), depth + 1, Some(here.clone())));
                 }
             }
             out.push(e);
@@ -192,7 +269,7 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<Vec<FileEntry
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+    Ok((out, skipped))
 }
 
 /// Reads a whole file into memory, refusing more than `limit` bytes.

@@ -28,18 +28,22 @@ fn guest(e: cairn_guest::GuestError) -> Error {
     Error::Invalid(e.to_string())
 }
 
-/// Everything to restore: `root` itself, then (for a directory) all below.
-fn collect(fs: &dyn Filesystem, root: &FileEntry) -> Result<Vec<FileEntry>> {
+/// Everything to restore: `root` itself, then (for a directory) all below;
+/// and the directories below that could not be read.
+fn collect(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntry>, Vec<String>)> {
     // The directory itself comes first, so its metadata is restored too.
     let mut out = if root.path.is_empty() {
         vec![]
     } else {
         vec![root.clone()]
     };
+    let mut skipped = Vec::new();
     if root.kind == FileKind::Dir {
-        out.extend(cairn_guest::walk_under(fs, root).map_err(guest)?);
+        let (below, unread) = cairn_guest::walk_under(fs, root).map_err(guest)?;
+        out.extend(below);
+        skipped = unread;
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 pub fn restore_files(
@@ -89,7 +93,7 @@ pub fn restore_files(
         )));
     }
     fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
-    let entries = collect(fs, root)?;
+    let (entries, unread) = collect(fs, root)?;
     // Paths relative to the parent of `root`, so restoring /home/alice
     // gives TARGET/alice/…
     let base_len = root
@@ -97,7 +101,10 @@ pub fn restore_files(
         .iter()
         .rposition(|&b| b == b'/')
         .map_or(0, |i| i + 1);
-    let mut report = FilesRestoreReport::default();
+    let mut report = FilesRestoreReport {
+        skipped: unread,
+        ..Default::default()
+    };
     let mut links = Vec::new();
     let mut dirs = Vec::new();
     for e in &entries {

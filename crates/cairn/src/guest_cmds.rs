@@ -106,7 +106,11 @@ pub fn ls(
     } else if recursive && path.is_empty() {
         o.fs.walk()?
     } else if recursive {
-        cairn_guest::walk_under(o.fs.as_ref(), &top)?
+        let (entries, unread) = cairn_guest::walk_under(o.fs.as_ref(), &top)?;
+        for s in unread {
+            eprintln!("warning: {s}");
+        }
+        entries
     } else {
         o.fs.read_dir(&path)?
     };

@@ -500,6 +500,90 @@ fn a_directory_linked_into_itself_is_named_not_walked_forever() {
     assert!(names.iter().any(|n| n.ends_with("/up")), "{names:?}");
 }
 
+/// A crafted FAT: two directories chained to their parent's cluster (a
+/// loop that branches) and a file whose cluster chain points to itself,
+/// claiming 4 GiB. A restore of the whole filesystem ends, writes the good
+/// file, names what it skipped, and writes no more than the filesystem
+/// holds.
+#[test]
+fn a_fat_directory_loop_and_a_looping_cluster_chain_are_skipped_by_restore() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("fat.img");
+    sh("mkfs.vfat", &["-C", img.to_str().unwrap(), "32768"]);
+    let note = env.path("note.txt");
+    std::fs::write(&note, "kept\n").unwrap();
+    let i = img.to_str().unwrap();
+    sh("mmd", &["-i", i, "::/s", "::/s/a", "::/s/b"]);
+    for to in ["::/OK.TXT", "::/G.TXT", "::/s/F.TXT"] {
+        sh("mcopy", &["-i", i, note.to_str().unwrap(), to]);
+    }
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import struct, sys\n\
+             d = bytearray(open(sys.argv[1], 'rb').read())\n\
+             s = struct.unpack_from('<H', d, d.find(b'S          \\x10') + 26)[0]\n\
+             for n in (b'A          \\x10', b'B          \\x10'):\n\
+             \x20   struct.pack_into('<H', d, d.find(n) + 26, s)\n\
+             bps, rsv, nf = struct.unpack_from('<H', d, 11)[0], struct.unpack_from('<H', d, 14)[0], d[16]\n\
+             fsz = struct.unpack_from('<H', d, 22)[0]\n\
+             g = d.find(b'G       TXT'); c = struct.unpack_from('<H', d, g + 26)[0]\n\
+             for k in range(nf):\n\
+             \x20   struct.pack_into('<H', d, rsv * bps + k * fsz * bps + 2 * c, c)\n\
+             struct.pack_into('<I', d, g + 28, 0xFFFFFFF0)\n\
+             open(sys.argv[1], 'wb').write(d)",
+            i,
+        ],
+    );
+    env.backup(&img, "fat", "2026-03-01T00:00:00Z");
+    let out_dir = env.path("out");
+    let mut child = env
+        .cmd()
+        .args(["restore", "fat@latest:/", "--to", out_dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("the restore did not end");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(std::fs::read(out_dir.join("OK.TXT")).unwrap(), b"kept\n");
+    assert!(
+        err.contains("G.TXT") && err.contains("more than its filesystem holds"),
+        "{err}"
+    );
+    assert!(err.contains("/s/a: lists what /s lists (a loop)"), "{err}");
+    let written: u64 = walk_sizes(&out_dir);
+    assert!(
+        written <= 32 << 20,
+        "{written} bytes written from a 32 MiB filesystem"
+    );
+}
+
+fn walk_sizes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                walk_sizes(&e.path())
+            } else {
+                md.len()
+            }
+        })
+        .sum()
+}
+
 fn set<'a>(v: &'a Value, key: &str, field: &str) -> Vec<&'a str> {
     let mut out: Vec<&str> = v[key]
         .as_array()
