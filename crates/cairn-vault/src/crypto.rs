@@ -37,6 +37,15 @@ impl MasterKey {
         [self.encryption.as_slice(), self.id.as_slice()].concat()
     }
 
+    /// A value derived from the key that names it without revealing it:
+    /// the config records it, so that a key file that opens with the
+    /// password but wraps another master key (one an interrupted `init`
+    /// left behind) is not taken for the vault's.
+    pub fn check(&self) -> String {
+        let d = blake3::derive_key("cairn 2026 vault master key check", &self.to_bytes());
+        hex::encode(&d[..16])
+    }
+
     fn from_bytes(b: &[u8]) -> Option<Self> {
         if b.len() != 64 {
             return None;

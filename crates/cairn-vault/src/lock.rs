@@ -6,7 +6,9 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 pub struct VaultLock {
-    _file: File,
+    /// None: a vault on read-only storage, where nothing can be removed
+    /// and so nothing needs keeping out.
+    _file: Option<File>,
 }
 
 impl VaultLock {
@@ -20,12 +22,29 @@ impl VaultLock {
             .ctx(|| format!("opening lock {}", p.display()))
     }
 
-    /// Held by writers that only add (backup).
+    /// Held by writers that only add (backup) and by readers. On a
+    /// read-only copy of a vault (a snapshot of its disk, a write-blocked
+    /// mount) readers go on: the lock is taken through the file as it is,
+    /// or not at all when there is none (no prune can run there either).
     pub fn shared(root: &Path) -> Result<Self> {
-        let f = Self::open(root)?;
+        let f = match Self::open(root) {
+            Ok(f) => f,
+            Err(crate::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+            {
+                match File::open(root.join("locks").join("vault.lock")) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(VaultLock { _file: None });
+                    }
+                    Err(e) => return Err(crate::Error::io("opening the vault lock", e)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         f.lock_shared()
             .ctx(|| "waiting for the vault lock".into())?;
-        Ok(VaultLock { _file: f })
+        Ok(VaultLock { _file: Some(f) })
     }
 
     /// True when forget or prune could start now: no backup, restore,
@@ -46,6 +65,6 @@ impl VaultLock {
     pub fn exclusive(root: &Path) -> Result<Self> {
         let f = Self::open(root)?;
         f.lock().ctx(|| "waiting for the vault lock".into())?;
-        Ok(VaultLock { _file: f })
+        Ok(VaultLock { _file: Some(f) })
     }
 }

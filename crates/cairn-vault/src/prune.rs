@@ -286,6 +286,7 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             continue;
         }
         let written = vault.backend().modified(&name)?;
+        let size = vault.backend().size(&name).unwrap_or(0);
         if written.elapsed().unwrap_or_default() >= retention {
             // Indexed since the indexes were listed: by a backup on another
             // host of an S3 vault (no lock spans hosts), written out
@@ -294,16 +295,19 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             let id = name.rsplit('/').next().unwrap_or_default();
             if vault.backend().exists(&index_object(id))? {
                 report.packs_retained += 1;
+                report.bytes_retained += size;
                 continue;
             }
             if !dry_run && !try_delete(vault, &name)? {
                 report.packs_retained += 1;
+                report.bytes_retained += size;
                 continue;
             }
-            report.bytes_deleted += vault.backend().size(&name).unwrap_or(0);
+            report.bytes_deleted += size;
             report.packs_deleted += 1;
         } else {
             report.packs_retained += 1;
+            report.bytes_retained += size;
         }
     }
     // Maps and records too wait out the retention: a map an agent sent

@@ -52,6 +52,10 @@ pub struct Config {
     /// (compliance mode) of `retention_secs` plus a safety margin.
     #[serde(default)]
     pub object_lock: bool,
+    /// [`MasterKey::check`] of the vault's master key (vaults made before
+    /// it was recorded have none, and take any key the password opens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<String>,
 }
 
 /// S3 options for `init`.
@@ -270,6 +274,7 @@ impl Vault {
             compression_level: opts.compression_level,
             retention_secs: opts.retention_secs,
             object_lock,
+            key_check: Some(master.check()),
         };
         // The config goes last: a directory without it is not a vault, so a
         // failed init leaves nothing that looks like one.
@@ -438,6 +443,12 @@ impl Vault {
             let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?)
                 .map_err(|e| Error::damaged(&name, e.to_string()))?;
             if let Some(m) = kf.unwrap_key(password)? {
+                // A key of another master (left by an init that was
+                // stopped before it wrote its config) opens nothing here.
+                if config.key_check.as_ref().is_some_and(|c| *c != m.check()) {
+                    tracing::warn!(key = name, "a key that is not this vault's was skipped");
+                    continue;
+                }
                 master = Some(m);
                 break;
             }

@@ -10,6 +10,104 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// An init stopped after it wrote its key and before its config (the
+/// last thing it writes) leaves a folder that is no vault, and a key of a
+/// master key no vault has. A second init there makes the vault; the
+/// first password then opens nothing (it used to open the stray key and
+/// write data no one could read), and the vault verifies.
+#[test]
+fn a_key_left_by_an_interrupted_init_opens_nothing() {
+    let env = Env::new("30d", &[]);
+    let dir = env.path("v2");
+    let as_ = |pw: &str| {
+        let mut c = env.cmd();
+        c.env("CAIRN_VAULT", &dir).env("CAIRN_PASSWORD", pw);
+        c
+    };
+    assert!(
+        as_("first")
+            .args(["init", "-q"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_file(dir.join("config")).unwrap();
+    assert!(
+        as_("second")
+            .args(["init", "-q"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(std::fs::read_dir(dir.join("keys")).unwrap().count(), 2);
+
+    let img = env.path("d.img");
+    std::fs::write(&img, text(1 << 20, 3)).unwrap();
+    let first = as_("first")
+        .args(["backup", "-q", img.to_str().unwrap(), "--name", "d"])
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains("wrong password"),
+        "{}",
+        stderr(&first)
+    );
+    let second = as_("second")
+        .args(["backup", "-q", img.to_str().unwrap(), "--name", "d"])
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    let verify = as_("second")
+        .args(["verify", "--read-data"])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}
+
+/// A vault on read-only storage (a copy on write-blocked media, a
+/// snapshot of the vault's disk) can still be listed, verified and
+/// restored from; what would write says so.
+#[test]
+fn a_read_only_vault_verifies_and_restores() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("d.img");
+    std::fs::write(&img, text(1 << 20, 5)).unwrap();
+    env.ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    let vault = env.path("vault");
+    // Bind-mounted read-only over itself (as root, which CI is).
+    let v = vault.to_str().unwrap();
+    sh("mount", &["--bind", v, v]);
+    struct Unmount<'a>(&'a str);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _undo = Unmount(v);
+    sh("mount", &["-o", "remount,ro,bind", v]);
+    assert!(
+        std::fs::write(vault.join("probe"), b"x").is_err(),
+        "not read-only"
+    );
+
+    let verify = env.run(&["verify", "--read-data"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let out = env.path("restored.img");
+    let restore = env.run(&["restore", "d@latest", "--to", out.to_str().unwrap()]);
+    assert!(restore.status.success(), "{}", stderr(&restore));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+    let t = env.run(&["timeline", "d"]);
+    assert!(t.status.success(), "{}", stderr(&t));
+    let backup = env.run(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    assert_eq!(backup.status.code(), Some(1));
+    assert!(
+        stderr(&backup).contains("Read-only file system"),
+        "{}",
+        stderr(&backup)
+    );
+}
+
 #[test]
 fn bad_input_gets_a_one_line_error_and_exit_1() {
     let env = Env::new("30d", &[]);
@@ -234,7 +332,39 @@ fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
         4,
         "dry run changes nothing"
     );
+    // A pack whose index was never written (a backup killed between the
+    // two) is deleted too, and counted with its size.
+    let packs = env.vault.join("packs");
+    let sub = std::fs::read_dir(&packs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let some = std::fs::read_dir(&sub)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let prefix = sub.file_name().unwrap().to_str().unwrap().to_string();
+    let orphan = sub.join(format!("{prefix}{}", "7".repeat(62)));
+    std::fs::copy(&some, &orphan).unwrap();
+    let packs_bytes = || -> u64 {
+        std::fs::read_dir(&packs)
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let before = packs_bytes();
     let f = env.json(&["forget", "--keep-last", "1", "--prune"]);
+    assert!(!orphan.exists());
+    assert_eq!(
+        f["prune"]["bytes_deleted"].as_u64().unwrap(),
+        before - packs_bytes(),
+        "{f}"
+    );
     let kept: Vec<&str> = f["forget"]["kept"]
         .as_array()
         .unwrap()
@@ -243,7 +373,7 @@ fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
         .collect();
     assert!(kept.contains(&ids[0].as_str()), "pinned snapshot kept");
     assert!(kept.contains(&ids[3].as_str()), "latest kept");
-    assert_eq!(f["prune"]["packs_deleted"].as_u64().unwrap(), 2, "{f}");
+    assert_eq!(f["prune"]["packs_deleted"].as_u64().unwrap(), 3, "{f}");
     let left = env.json(&["snapshots"]);
     assert_eq!(left.as_array().unwrap().len(), 2);
     assert!(left.as_array().unwrap().iter().any(|s| s["pinned"] == true));
