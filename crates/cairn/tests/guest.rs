@@ -584,6 +584,65 @@ fn walk_sizes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// One file whose extent tree points into itself (a crafted inode) does
+/// not hide its folder: the folder lists, a restore of the whole
+/// filesystem writes every other file and names the one it skipped.
+#[test]
+fn a_file_with_a_looping_extent_tree_is_skipped_alone() {
+    let env = Env::new("30d", &[]);
+    let t = env.path("t");
+    plain_tree(&t, true);
+    let img = env.path("bad.img");
+    mkfs("ext4", &t, &img, 16);
+    let i = img.to_str().unwrap();
+    let blocks = sh("debugfs", &["-R", "blocks /Projects/Cairn/src/main.rs", i]);
+    let b: u64 = blocks.split_whitespace().next().unwrap().parse().unwrap();
+    // The file's first block becomes an index node (depth 1) that points
+    // at itself, and the inode's root an index (depth 2) that points at it.
+    let mut node = Vec::new();
+    for w in [0x0001_F30Au32, 0x0001_0054, 0, 0, b as u32, 0] {
+        node.extend_from_slice(&w.to_le_bytes());
+    }
+    let stats = sh("debugfs", &["-R", "stats", i]);
+    let bs: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    write_at(&img, b * bs, &node);
+    for (k, w) in [0x0001_F30Au32, 0x0002_0004, 0, 0, b as u32, 0]
+        .iter()
+        .enumerate()
+    {
+        sh(
+            "debugfs",
+            &[
+                "-w",
+                "-R",
+                &format!("sif /Projects/Cairn/src/main.rs block[{k}] {w}"),
+                i,
+            ],
+        );
+    }
+    env.backup(&img, "bad", "2026-03-01T00:00:00Z");
+    let ls = env.json(&["ls", "bad@latest:/Projects/Cairn/src"]);
+    assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
+    let out_dir = env.path("out");
+    let out = env.run(&["restore", "bad@latest:/", "--to", out_dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("main.rs") && err.contains("extent tree"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(out_dir.join("Quarterly Report 2026.docx")).unwrap(),
+        std::fs::read(t.join("Quarterly Report 2026.docx")).unwrap()
+    );
+}
+
 fn set<'a>(v: &'a Value, key: &str, field: &str) -> Vec<&'a str> {
     let mut out: Vec<&str> = v[key]
         .as_array()

@@ -836,6 +836,42 @@ fn files_the_rpm_database_names_are_not_an_attack() {
     assert_eq!(out["insight"]["verdict"], "clean", "upgrade: {out}");
 }
 
+/// Any user can nest folders thousands deep. That is no damage: the day
+/// stays clean, and the guest's files still list (down to the depth read).
+#[test]
+fn folders_nested_thousands_deep_are_no_unreadable_filesystem() {
+    let (env, _, disk) = three_clean_days();
+    let mut script = String::new();
+    for _ in 0..2100 {
+        script.push_str("mkdir d\ncd d\n");
+    }
+    let cmds = env.path("deep.cmds");
+    std::fs::write(&cmds, script).unwrap();
+    sh(
+        "debugfs",
+        &[
+            "-w",
+            "-f",
+            cmds.to_str().unwrap(),
+            &format!("{}?offset=1048576", disk.display()),
+        ],
+    );
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "{out}");
+    let ls = env.run(&["ls", "-R", "vm@latest"]);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        listed.contains("/home/alice/docs/report-0.txt"),
+        "{listed:.300}"
+    );
+    assert!(listed.lines().any(|l| l.matches("/d").count() >= 2000));
+}
+
 /// New files that look encrypted or broken but replaced nothing (a
 /// project cloned with its test vectors and corrupt archives) destroy no
 /// data: the day stays clean and so does the next. Encrypted copies under
