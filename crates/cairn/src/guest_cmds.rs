@@ -126,7 +126,12 @@ pub fn ls(
             writeln!(out, "{}", e.display_path())?;
         } else {
             let slash = if e.kind == FileKind::Dir { "/" } else { "" };
-            writeln!(out, "{}{slash}", cairn_guest::model::escape(e.name()))?;
+            // The whole name: one holding a `/` (crafted) shown cut at it
+            // would pass for another file.
+            let skip = if path.is_empty() { 0 } else { path.len() + 1 };
+            let name = e.path.get(skip..).unwrap_or(e.name());
+            let flag = if e.unsafe_name { "  (unsafe name)" } else { "" };
+            writeln!(out, "{}{slash}{flag}", cairn_guest::model::escape(name))?;
         }
     }
     // Dropping a BufWriter swallows its last write's error.

@@ -854,6 +854,9 @@ fn a_crafted_name_that_would_escape_is_listed_and_never_restored() {
         .find(|e| e["path"] == "docs/../escaped")
         .expect("listed");
     assert_eq!(bad["unsafe_name"], true);
+    // Listed whole, not cut at its `/` (as `escaped`, another name).
+    let plain = env.ok(&["ls", "evil@latest:/docs"]);
+    assert!(plain.contains("../escaped  (unsafe name)"), "{plain}");
 
     let target = env.path("restore-here");
     let out = env.run(&[
