@@ -754,6 +754,26 @@ impl Filesystem for Ext4 {
         self.name.to_string()
     }
 
+    fn data_ranges(&self, entry: &FileEntry) -> Result<Option<Vec<(u64, u64)>>> {
+        let Some(ino) = entry.file_id.and_then(|i| u32::try_from(i).ok()) else {
+            return Ok(None);
+        };
+        let ino = self.inode(ino)?;
+        if ino.kind() != FileKind::File || ino.flags & FLAG_INLINE_DATA != 0 {
+            return Ok(None);
+        }
+        let bs = self.block_size;
+        // Unwritten runs read as zeros: holes too.
+        Ok(Some(
+            self.runs(&ino)?
+                .iter()
+                .filter(|r| r.init)
+                .map(|r| (r.logical * bs, r.len * bs))
+                .take_while(|(at, _)| *at < ino.size)
+                .collect(),
+        ))
+    }
+
     fn walk(&self) -> Result<Vec<FileEntry>> {
         // Level by level, the directories of one level read in parallel:
         // a walk is mostly small reads of inodes and directory blocks.

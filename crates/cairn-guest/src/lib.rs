@@ -156,6 +156,9 @@ impl Filesystem for Labeled {
     fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize> {
         self.guard(|| self.inner.read_at(entry, offset, buf))
     }
+    fn data_ranges(&self, entry: &FileEntry) -> Result<Option<Vec<(u64, u64)>>> {
+        self.guard(|| self.inner.data_ranges(entry))
+    }
 }
 
 /// Deepest directory nesting `walk_under` follows.

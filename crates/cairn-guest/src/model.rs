@@ -174,6 +174,13 @@ pub trait Filesystem: Send + Sync {
     fn read_dir(&self, path: &[u8]) -> Result<Vec<FileEntry>>;
     /// Reads file content at `offset`; returns bytes read (0 at the end).
     fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// Where a file holds data, as file-relative (offset, length) runs in
+    /// order; everything else reads as zeros (holes). None: not known, so
+    /// all of it is data. A restore reads only these: a file of a few
+    /// bytes that claims a terabyte is not read a terabyte long.
+    fn data_ranges(&self, _entry: &FileEntry) -> Result<Option<Vec<(u64, u64)>>> {
+        Ok(None)
+    }
 }
 
 /// A name no real filesystem allows: it would escape or confuse a path.

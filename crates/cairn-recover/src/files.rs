@@ -187,23 +187,37 @@ pub(crate) fn write_into(
             e.size
         )));
     }
+    // Only where the file holds data (all of it when that is not known):
+    // holes stay holes without being read as zeros first.
+    let ranges = fs
+        .data_ranges(e)
+        .map_err(std::io::Error::other)?
+        .unwrap_or_else(|| vec![(0, e.size)]);
     let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    while off < e.size {
-        let n = fs
-            .read_at(e, off, &mut buf)
-            .map_err(std::io::Error::other)?;
-        if n == 0 {
-            break;
+    let mut end = 0u64;
+    for (start, len) in ranges {
+        let stop = start.saturating_add(len).min(e.size);
+        let mut off = start.max(end);
+        while off < stop {
+            let want = ((stop - off) as usize).min(buf.len());
+            let n = fs
+                .read_at(e, off, &mut buf[..want])
+                .map_err(std::io::Error::other)?;
+            if n == 0 {
+                // The file ends here (shorter than it claims).
+                f.set_len(off)?;
+                return Ok(off);
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                f.write_all_at(&buf[..n], off)?;
+            }
+            off += n as u64;
+            progress(n as u64);
         }
-        if buf[..n].iter().any(|&b| b != 0) {
-            f.write_all_at(&buf[..n], off)?;
-        }
-        off += n as u64;
-        progress(n as u64);
+        end = end.max(off);
     }
-    f.set_len(off)?;
-    Ok(off)
+    f.set_len(e.size)?;
+    Ok(e.size)
 }
 
 /// [`set_meta`] through an open file: nothing swapped in at its path

@@ -643,6 +643,51 @@ fn a_file_with_a_looping_extent_tree_is_skipped_alone() {
     );
 }
 
+/// A file of a few bytes that claims a terabyte (a hole after its data,
+/// as `truncate -s 1T` makes) restores at once, sparse: only where it
+/// holds data is read.
+#[test]
+fn a_file_claiming_a_terabyte_of_holes_restores_at_once() {
+    let env = Env::new("30d", &[]);
+    let t = env.path("t");
+    plain_tree(&t, false);
+    let img = env.path("sparse.img");
+    mkfs("ext4", &t, &img, 16);
+    let i = img.to_str().unwrap();
+    sh(
+        "debugfs",
+        &["-w", "-R", "sif /tiny.txt size 1099511627776", i],
+    );
+    env.backup(&img, "sp", "2026-03-01T00:00:00Z");
+    let out_dir = env.path("out");
+    let mut child = env
+        .cmd()
+        .args(["restore", "sp@latest:/", "--to", out_dir.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("a terabyte of holes was read");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+    let tiny = out_dir.join("tiny.txt");
+    assert_eq!(std::fs::metadata(&tiny).unwrap().len(), 1 << 40);
+    assert!(allocated(&tiny) < 1 << 20);
+    let mut head = [0u8; 2];
+    use std::io::Read;
+    std::fs::File::open(&tiny)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(&head, b"x\0");
+}
+
 fn set<'a>(v: &'a Value, key: &str, field: &str) -> Vec<&'a str> {
     let mut out: Vec<&str> = v[key]
         .as_array()
