@@ -57,6 +57,9 @@ pub struct RollbackReport {
     pub dry_run: bool,
     /// Entries not written, with why.
     pub skipped: Vec<String>,
+    /// Of those, planned repairs that failed on an error (as against files
+    /// left alone on purpose: changed since the last backup, special).
+    pub failed: u64,
     pub files: Vec<Provenance>,
 }
 
@@ -514,6 +517,12 @@ impl RollbackReport {
         self.skipped.push(why);
     }
 
+    /// [`left_alone`](Self::left_alone), because carrying it out failed.
+    fn failed_on(&mut self, k: usize, why: String) {
+        self.failed += 1;
+        self.left_alone(k, why);
+    }
+
     /// The counts, from what each file's provenance says.
     fn recount(&mut self) {
         let n = |a: Action| self.files.iter().filter(|f| f.action == a).count() as u64;
@@ -617,9 +626,12 @@ fn roll_into(
                         report.bytes_written += n;
                         set_meta(&pick.entry, &dest);
                     }
-                    Err(e) => report
-                        .skipped
-                        .push(format!("{}: {e}", pick.entry.display_path())),
+                    Err(e) => {
+                        report.failed += 1;
+                        report
+                            .skipped
+                            .push(format!("{}: {e}", pick.entry.display_path()));
+                    }
                 }
             }
             FileKind::Symlink => links.push((pick.entry.clone(), dest)),
@@ -633,6 +645,7 @@ fn roll_into(
         use std::os::unix::ffi::OsStrExt;
         let t = e.link_target.clone().unwrap_or_default();
         if let Err(err) = std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&t), &dest) {
+            report.failed += 1;
             report.skipped.push(format!("{}: {err}", e.display_path()));
         }
     }
@@ -707,7 +720,7 @@ pub fn rollback_in_place(
                     Ok(Gone::NotAFile) => report
                         .left_alone(k, format!("{}: not a regular file now; left alone", p.path)),
                     Ok(Gone::Changed) => report.left_alone(k, changed_since(&p.path)),
-                    Err(e) => report.left_alone(k, format!("{}: {e}", p.path)),
+                    Err(e) => report.failed_on(k, format!("{}: {e}", p.path)),
                 }
             }
             Action::Restored => {
@@ -719,7 +732,7 @@ pub fn rollback_in_place(
                 let d = match root.beneath(parent, true) {
                     Ok(d) => d,
                     Err(e) => {
-                        report.left_alone(k, format!("{}: {e}", p.path));
+                        report.failed_on(k, format!("{}: {e}", p.path));
                         continue;
                     }
                 };

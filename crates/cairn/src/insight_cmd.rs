@@ -269,9 +269,12 @@ pub fn rollback(
     if !dry_run {
         cairn_recover::rollback::write_provenance(&manifest, &serde_json::to_vec_pretty(&r)?)?;
     }
+    // A rollback that could not carry out its plan is no success, however
+    // much of it was done: the operator has to look.
+    let code = if r.failed > 0 { 1 } else { 0 };
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(0);
+        return Ok(code);
     }
     for f in r
         .files
@@ -305,5 +308,11 @@ pub fn rollback(
             format!("; provenance in {}", manifest.display())
         }
     );
-    Ok(0)
+    if r.failed > 0 {
+        eprintln!(
+            "error: {} planned repair(s) failed (listed above as warnings); the provenance marks them kept as they are",
+            r.failed
+        );
+    }
+    Ok(code)
 }

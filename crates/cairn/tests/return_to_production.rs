@@ -555,6 +555,26 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     assert_eq!(code(&out), Some(1));
     assert!(docs.join("HOW_TO_DECRYPT.txt").exists());
 
+    // The attack, still at work, swaps the folder for a link to a copy of
+    // it: nothing is written through the link, the repairs there fail,
+    // and the rollback says so with exit 1 (the other folder's note goes).
+    let moved = env.path("docs-moved");
+    std::fs::rename(&docs, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &docs).unwrap();
+    let out = env.run(&["rollback", "share", "--in-place", src, "--json"]);
+    assert_eq!(
+        code(&out),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let partial: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(partial["failed"].as_u64().unwrap() >= 5, "{partial}");
+    assert!(moved.join("HOW_TO_DECRYPT.txt").exists() && !moved.join("doc3.txt").exists());
+    assert!(!other.join("HOW_TO_DECRYPT.txt").exists());
+    std::fs::remove_file(&docs).unwrap();
+    std::fs::rename(&moved, &docs).unwrap();
+
     // Since the last backup, doc7's owner rewrote the encrypted file and
     // someone kept a note in one the attack made: both are left alone and
     // reported, never replaced or deleted.
@@ -579,6 +599,8 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     assert!(docs.join("HOW_TO_DECRYPT.txt").exists() && !inside.exists());
     let canary = env.path("canary");
     std::fs::write(&canary, b"not yours").unwrap();
+    // (In place of the manifest the failed rollback above wrote.)
+    std::fs::remove_file(env.path("share.cairn-provenance.json")).unwrap();
     std::os::unix::fs::symlink(&canary, env.path("share.cairn-provenance.json")).unwrap();
 
     let r = env.json(&["rollback", "share", "--in-place", src]);
@@ -590,7 +612,10 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
             .is_symlink()
     );
     assert_eq!(r["restored"], 5, "4 damaged and 1 deleted: {r}");
-    assert_eq!(r["dropped"], 5, "3 encrypted copies and 2 notes: {r}");
+    assert_eq!(
+        r["dropped"], 5,
+        "3 encrypted copies and 2 notes (one gone already): {r}"
+    );
     let skipped = r["skipped"].to_string();
     assert!(
         skipped.contains("doc7.txt: changed since the last backup")
