@@ -397,13 +397,24 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
             && path.starts_with("/api/v1/jobs/")
             && path.ends_with("/events")
             && path.matches('/').count() == 5;
-        if status == StatusCode::FORBIDDEN {
+        // Every refusal of a write is audited too: an agent's upload that
+        // fails its checks (a lying index, a backdated or short-lived
+        // manifest) is as telling as one it had no right to make.
+        let refused_write = status.is_client_error()
+            && method != axum::http::Method::GET
+            && method != axum::http::Method::HEAD;
+        if status == StatusCode::FORBIDDEN || refused_write {
             st.metrics.add(
                 "cairn_requests_refused_total",
                 &[("role", c.role.as_str())],
                 1.0,
             );
-            st.audit(c, &format!("{method} {path}"), "", "refused");
+            st.audit(
+                c,
+                &format!("{method} {path}"),
+                &format!("HTTP {}", status.as_u16()),
+                "refused",
+            );
         } else if c.role > Role::Agent && !quiet {
             st.audit(c, &format!("{method} {path}"), "", status.as_str());
         }

@@ -357,10 +357,23 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
     // before is seen (the index is reloaded when packs went away), so a
     // manifest is accepted only while every chunk it needs is stored.
     let mut _accepting = None;
+    // Operators read, scan and restore through the API, where the server
+    // itself writes what it finds: through the object protocol only
+    // agents (their own sources) and admins add objects. An operator who
+    // could store a scan record could call a compromised snapshot clean.
+    if who.role == Role::Operator {
+        return Err(ApiError::forbidden(format!(
+            "{name}: an operator token cannot write objects"
+        )));
+    }
     match top(name) {
         "packs" => {
             let id = name.rsplit('/').next().unwrap_or("");
-            if cairn_vault::index::pack_object(id) != name || id.len() != 64 {
+            let hex = id.len() == 64
+                && id
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+            if cairn_vault::index::pack_object(id) != name || !hex {
                 return Err(ApiError::bad(format!("{name} is not a pack name")));
             }
         }
@@ -377,6 +390,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                 .unwrap_or(0);
             // The agent does not choose how long its data is kept either.
             check_retention(vault, "pack index", idx.retain_until)?;
+            check_index_bounds(vault, name, &idx)?;
             if !b.exists(&pack)? || b.size(&pack)? < end {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -418,6 +432,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                 )));
             }
             check_times(vault, &snap)?;
+            check_lineage(vault, &snap)?;
             _accepting = Some(cairn_vault::lock::VaultLock::shared(vault.root())?);
             vault.refresh_index()?;
             check_complete(st, who, &snap)?;
@@ -473,11 +488,27 @@ fn check_times(vault: &cairn_vault::Vault, snap: &cairn_vault::Snapshot) -> Resu
     )
 }
 
-/// A retain-until (Unix seconds) an agent sent must reach at least the
-/// vault's retention from now.
+/// Most an agent may ask beyond the vault's retention (its clock, a
+/// backup that ran long): anything further would keep its data out of
+/// every forget and prune.
+const RETENTION_SLACK_SECS: i64 = 86_400;
+
+/// A retain-until (Unix seconds) an agent sent must reach the vault's
+/// retention from now, and not much beyond it.
 fn check_retention(vault: &cairn_vault::Vault, what: &str, until: i64) -> Result<(), ApiError> {
     let retention = vault.config().retention_secs.min(i64::MAX as u64 / 4) as i64;
-    let least = chrono::Utc::now().timestamp() + retention - CLOCK_SKEW_SECS;
+    let now = chrono::Utc::now().timestamp();
+    let least = now + retention - CLOCK_SKEW_SECS;
+    let most = now + retention + RETENTION_SLACK_SECS;
+    if until > most {
+        return Err(ApiError::bad(format!(
+            "{what} would be retained until {}, past the vault's retention ({}): forget and prune could never remove it",
+            chrono::DateTime::from_timestamp(until, 0)
+                .map_or_else(|| until.to_string(), |t| t.to_rfc3339()),
+            chrono::DateTime::from_timestamp(most, 0)
+                .map_or_else(|| most.to_string(), |t| t.to_rfc3339()),
+        )));
+    }
     if until < least {
         return Err(ApiError::bad(format!(
             "{what} would be retained until {}, before the vault's retention ends ({})",
@@ -486,6 +517,65 @@ fn check_retention(vault: &cairn_vault::Vault, what: &str, until: i64) -> Result
             chrono::DateTime::from_timestamp(least, 0)
                 .map_or_else(|| least.to_string(), |t| t.to_rfc3339()),
         )));
+    }
+    Ok(())
+}
+
+/// An agent's pack index is bounded before a byte of it is decoded: each
+/// chunk no larger than the vault makes them (a few bytes of zstd can
+/// claim gigabytes of zeros), each listed once, and no more in all than a
+/// pack of the vault's size could hold compressed 256 to 1.
+fn check_index_bounds(
+    vault: &cairn_vault::Vault,
+    name: &str,
+    idx: &cairn_vault::index::PackIndex,
+) -> Result<(), ApiError> {
+    let c = vault.config();
+    let largest = c.cdc_max.max(c.disk_chunk_size) as u64;
+    if let Some(e) = idx.entries.iter().find(|e| e.raw_len as u64 > largest) {
+        return Err(ApiError::bad(format!(
+            "{name}: chunk {} claims {} bytes, more than this vault's chunks hold ({largest})",
+            e.id.hex(),
+            e.raw_len
+        )));
+    }
+    let total: u64 = idx.entries.iter().map(|e| e.raw_len as u64).sum();
+    if total > c.pack_size as u64 * 256 {
+        return Err(ApiError::bad(format!(
+            "{name}: its chunks claim {total} bytes, more than any pack of this vault holds"
+        )));
+    }
+    let mut ids = HashSet::with_capacity(idx.entries.len());
+    if !idx.entries.iter().all(|e| ids.insert(e.id)) {
+        return Err(ApiError::bad(format!("{name}: a chunk is listed twice")));
+    }
+    Ok(())
+}
+
+/// An agent's snapshot follows one of its own source's snapshots, or
+/// none: a parent from another source would have insight diff against
+/// (and report on) that source's files, and make its snapshot a clean
+/// point to pin. Derived snapshots (`cairn commit`) are made on the
+/// server's side, not by agents.
+fn check_lineage(vault: &cairn_vault::Vault, snap: &cairn_vault::Snapshot) -> Result<(), ApiError> {
+    if snap.derived_from.is_some() {
+        return Err(ApiError::bad(format!(
+            "snapshot {}: an agent does not send derived snapshots",
+            snap.id.0
+        )));
+    }
+    if let Some(parent) = &snap.parent {
+        let ok = parent.0.len() == 64
+            && parent.0.bytes().all(|c| c.is_ascii_hexdigit())
+            && vault
+                .read_snapshot(&cairn_vault::Snapshot::object_name(parent))
+                .is_ok_and(|p| p.name == snap.name);
+        if !ok {
+            return Err(ApiError::bad(format!(
+                "snapshot {}: its parent {} is not a snapshot of {}",
+                snap.id.0, parent.0, snap.name
+            )));
+        }
     }
     Ok(())
 }

@@ -253,6 +253,29 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
         refused.contains("403") && refused.contains("may back up vm, not someone-else"),
         "{refused}"
     );
+    // Nor may it hang its snapshot under a parent that is not its
+    // source's, or keep it past the vault's retention (out of reach of
+    // every forget and prune).
+    let mut orphan = remote.read_snapshot(&manifest).unwrap();
+    orphan.id = cairn_vault::SnapshotId::generate().unwrap();
+    orphan.parent = Some(cairn_vault::SnapshotId("ab".repeat(32)));
+    let refused = remote.write_snapshot(&orphan).unwrap_err().to_string();
+    assert!(refused.contains("is not a snapshot of vm"), "{refused}");
+    let mut forever = remote.read_snapshot(&manifest).unwrap();
+    forever.id = cairn_vault::SnapshotId::generate().unwrap();
+    forever.retain_until = chrono::Utc::now() + chrono::Duration::days(36_500);
+    let refused = remote.write_snapshot(&forever).unwrap_err().to_string();
+    assert!(refused.contains("past the vault's retention"), "{refused}");
+    // An operator cannot store objects (a scan record calling a snapshot
+    // clean, say): the server writes what its scans find.
+    let (status, v) = call(
+        "PUT",
+        &format!("{objects}/scan/v1/{}.forged", "cd".repeat(32)),
+        Some(&operator),
+        b"sealed or not",
+    );
+    assert_eq!(status, 403, "{v}");
+    assert!(v.to_string().contains("operator token cannot write"), "{v}");
     // The manifest is still the agent's original.
     let (status, _) = call("HEAD", &format!("{objects}/{manifest}"), Some(&admin), b"");
     assert_eq!(status, 200);
@@ -432,6 +455,37 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
         );
         assert_eq!(status, 400, "{v}");
         assert!(v.to_string().contains("do not match"), "{v}");
+        // A chunk claiming gigabytes (a few bytes of zstd can decode to
+        // that much) is refused before anything is decoded, and so is an
+        // index kept past the vault's retention.
+        let mut bomb = index.entries[0];
+        bomb.raw_len = 3 << 30;
+        let mut far = cairn_vault::index::PackIndex {
+            pack: pack_id.clone(),
+            retain_until: index.retain_until,
+            entries: vec![bomb],
+        };
+        let (status, v) = call(
+            "PUT",
+            &format!("{objects}/{}", cairn_vault::index::index_object(&pack_id)),
+            Some(&agent_token),
+            &vault.seal_pack_index(&far).unwrap(),
+        );
+        assert_eq!(status, 400, "{v}");
+        assert!(
+            v.to_string().contains("more than this vault's chunks hold"),
+            "{v}"
+        );
+        far.entries = index.entries.clone();
+        far.retain_until = i64::MAX / 4;
+        let (status, v) = call(
+            "PUT",
+            &format!("{objects}/{}", cairn_vault::index::index_object(&pack_id)),
+            Some(&agent_token),
+            &vault.seal_pack_index(&far).unwrap(),
+        );
+        assert_eq!(status, 400, "{v}");
+        assert!(v.to_string().contains("past the vault's retention"), "{v}");
         // What the vault restores is still the real data.
         let again = env.path("restored-again.img");
         env.ok(&["restore", "vm@latest", "--to", again.to_str().unwrap()]);
@@ -449,6 +503,13 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
         && e["action"] == "POST /api/v1/prune"
         && e["outcome"] == "refused"));
     assert!(log.iter().any(|e| e["action"] == "snapshot created"));
+    // Uploads that failed their checks too, not only writes out of place.
+    assert!(
+        log.iter().any(|e| e["role"] == "agent"
+            && e["outcome"] == "refused"
+            && e["target"] == "HTTP 400"),
+        "{log:#?}"
+    );
     let (_, v) = call(
         "GET",
         &format!("{url}/api/v1/audit/verify"),
