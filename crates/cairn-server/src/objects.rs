@@ -35,8 +35,13 @@ pub const MAX_UPLOAD: usize = 512 << 20;
 const MAX_OFFERED: usize = 65536;
 /// An agent that sent nothing for this long has given up its claims.
 const CLAIM_IDLE: Duration = Duration::from_secs(60);
-/// How long a manifest waits for chunks another live agent is sending.
-const COMMIT_WAIT: Duration = Duration::from_secs(600);
+/// How long a manifest waits for chunks another live agent is sending
+/// (it holds the vault lock meanwhile, so no prune runs).
+const COMMIT_WAIT: Duration = Duration::from_secs(180);
+/// Most chunk claims held at once: past them, chunks are handed out
+/// unclaimed (two agents may then send one chunk twice, which costs only
+/// bandwidth), so claims cannot fill the server's memory.
+const MAX_CLAIMS: usize = 1_000_000;
 
 /// Chunks an agent was told to upload. Agents backing up the same new
 /// data at the same time then send it once: the first to offer a chunk
@@ -77,7 +82,7 @@ impl Claims {
     fn claim(&self, token: &str, lacking: Vec<ChunkId>) -> Vec<ChunkId> {
         let mut g = self.inner.lock().unwrap();
         g.seen.insert(token.to_string(), Instant::now());
-        if g.owner.len() > 4_000_000 {
+        if g.owner.len() > MAX_CLAIMS {
             // Claims of agents that went away: forget them.
             let dead: HashSet<String> = g.seen.keys().filter(|t| !g.alive(t)).cloned().collect();
             g.owner.retain(|_, t| !dead.contains(t));
@@ -86,11 +91,25 @@ impl Claims {
         for id in lacking {
             let theirs = g.owner.get(&id).is_some_and(|o| o != token && g.alive(o));
             if !theirs {
-                g.owner.insert(id, token.to_string());
+                if g.owner.len() < MAX_CLAIMS || g.owner.contains_key(&id) {
+                    g.owner.insert(id, token.to_string());
+                }
                 out.push(id);
             }
         }
         out
+    }
+
+    /// Chunks `token` waited for in vain: another agent claimed them and
+    /// did not send them (gone, or holding them back on purpose). They are
+    /// `token`'s to send now, so its next backup is told to.
+    fn take_over(&self, token: &str, ids: &[ChunkId]) {
+        let mut g = self.inner.lock().unwrap();
+        for id in ids {
+            if let Some(o) = g.owner.get_mut(id) {
+                *o = token.to_string();
+            }
+        }
     }
 
     fn release(&self, ids: impl Iterator<Item = ChunkId>) {
@@ -122,7 +141,10 @@ pub fn routes() -> Router<Shared> {
                 .layer(large()),
         )
         .route("/api/v1/list/{*dir}", get(list))
-        .route("/api/v1/chunks/missing", post(missing).layer(large()))
+        .route(
+            "/api/v1/chunks/missing",
+            post(missing).layer(axum::extract::DefaultBodyLimit::max(MAX_OFFERED * 32)),
+        )
 }
 
 /// Object names are relative paths of plain components.
@@ -623,6 +645,7 @@ fn check_complete(
             return Ok(());
         }
         if Instant::now() > deadline || !st.claims.pending_elsewhere(&who.id, &wanted) {
+            st.claims.take_over(&who.id, &wanted);
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(
@@ -672,6 +695,24 @@ mod tests {
     use super::*;
     use cairn_vault::snapshot::{Metrics, SourceInfo};
     use chrono::{Duration, Utc};
+
+    /// A live agent that claimed a chunk and never sends it stalls the
+    /// others' manifests once: the one that waited in vain takes the
+    /// chunk over, and its next backup is told to send it.
+    #[test]
+    fn a_claim_held_back_is_taken_over_by_the_agent_that_waited() {
+        let c = Claims::default();
+        let x = ChunkId([7; 32]);
+        assert_eq!(c.claim("holder", vec![x]), vec![x]);
+        c.touch("holder");
+        assert!(c.claim("waiter", vec![x]).is_empty(), "the holder sends it");
+        assert!(c.pending_elsewhere("waiter", &[x]));
+        c.take_over("waiter", &[x]);
+        c.touch("holder");
+        assert!(!c.pending_elsewhere("waiter", &[x]));
+        assert_eq!(c.claim("waiter", vec![x]), vec![x]);
+        assert!(c.claim("holder", vec![x]).is_empty());
+    }
 
     fn snapshot(
         time: chrono::DateTime<Utc>,

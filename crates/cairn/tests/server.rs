@@ -266,6 +266,15 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     forever.retain_until = chrono::Utc::now() + chrono::Duration::days(36_500);
     let refused = remote.write_snapshot(&forever).unwrap_err().to_string();
     assert!(refused.contains("past the vault's retention"), "{refused}");
+    // A chunk-id list is held to what one request may offer (it used to
+    // take up to 512 MiB, buffered whole before it was refused).
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/api/v1/chunks/missing"),
+        Some(&agent_token),
+        &vec![0u8; 65_537 * 32],
+    );
+    assert_eq!(status, 413);
     // An operator cannot store objects (a scan record calling a snapshot
     // clean, say): the server writes what its scans find.
     let (status, v) = call(
