@@ -456,14 +456,18 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
                 raw_len: forged.len() as u32,
             }],
         };
-        let (status, v) = call(
-            "PUT",
-            &format!("{objects}/{}", cairn_vault::index::index_object(&pack_id)),
-            Some(&agent_token),
-            &vault.seal_pack_index(&index).unwrap(),
-        );
-        assert_eq!(status, 400, "{v}");
-        assert!(v.to_string().contains("do not match"), "{v}");
+        // Each index below is refused with 400, saying why.
+        let refused = |idx: &cairn_vault::index::PackIndex, why: &str| {
+            let (status, v) = call(
+                "PUT",
+                &format!("{objects}/{}", cairn_vault::index::index_object(&pack_id)),
+                Some(&agent_token),
+                &vault.seal_pack_index(idx).unwrap(),
+            );
+            assert_eq!(status, 400, "{v}");
+            assert!(v.to_string().contains(why), "{v}");
+        };
+        refused(&index, "do not match");
         // A chunk claiming gigabytes (a few bytes of zstd can decode to
         // that much) is refused before anything is decoded, and so is an
         // index kept past the vault's retention.
@@ -474,27 +478,10 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
             retain_until: index.retain_until,
             entries: vec![bomb],
         };
-        let (status, v) = call(
-            "PUT",
-            &format!("{objects}/{}", cairn_vault::index::index_object(&pack_id)),
-            Some(&agent_token),
-            &vault.seal_pack_index(&far).unwrap(),
-        );
-        assert_eq!(status, 400, "{v}");
-        assert!(
-            v.to_string().contains("more than this vault's chunks hold"),
-            "{v}"
-        );
+        refused(&far, "more than this vault's chunks hold");
         far.entries = index.entries.clone();
         far.retain_until = i64::MAX / 4;
-        let (status, v) = call(
-            "PUT",
-            &format!("{objects}/{}", cairn_vault::index::index_object(&pack_id)),
-            Some(&agent_token),
-            &vault.seal_pack_index(&far).unwrap(),
-        );
-        assert_eq!(status, 400, "{v}");
-        assert!(v.to_string().contains("past the vault's retention"), "{v}");
+        refused(&far, "past the vault's retention");
         // What the vault restores is still the real data.
         let again = env.path("restored-again.img");
         env.ok(&["restore", "vm@latest", "--to", again.to_str().unwrap()]);
