@@ -226,13 +226,7 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
     let mut walked = std::collections::HashSet::new();
     let mut stack = vec![(root.path.clone(), 0usize, None::<std::rc::Rc<Listing>>)];
     while let Some((dir, depth, above)) = stack.pop() {
-        let shown = || {
-            FileEntry {
-                path: dir.clone(),
-                ..FileEntry::root()
-            }
-            .display_path()
-        };
+        let shown = || crate::model::display(&dir);
         let listed = match fs.read_dir(&dir) {
             Ok(l) => l,
             Err(e) if dir != root.path && skipped.len() < MAX_WALK_SKIPPED => {
@@ -245,14 +239,10 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
         // it is known by listing what that one lists.
         let here = std::rc::Rc::new(Listing::of(&dir, &listed, above));
         if let Some(same) = here.repeats() {
-            let ancestor = FileEntry {
-                path: same,
-                ..FileEntry::root()
-            };
             skipped.push(format!(
                 "{}: lists what {} lists (a loop), not read again",
                 shown(),
-                ancestor.display_path()
+                crate::model::display(&same)
             ));
             continue;
         }

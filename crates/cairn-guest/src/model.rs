@@ -124,8 +124,13 @@ impl FileEntry {
 
     /// The path as text that names exactly these bytes (see [`escape`]).
     pub fn display_path(&self) -> String {
-        format!("/{}", escape(&self.path))
+        display(&self.path)
     }
+}
+
+/// A raw path (no leading slash) as text: `/`-rooted, escaped.
+pub fn display(path: &[u8]) -> String {
+    format!("/{}", escape(path))
 }
 
 pub use cairn_vault::text::{escape, unescape};

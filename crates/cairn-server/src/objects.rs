@@ -391,11 +391,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
     match top(name) {
         "packs" => {
             let id = name.rsplit('/').next().unwrap_or("");
-            let hex = id.len() == 64
-                && id
-                    .bytes()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
-            if cairn_vault::index::pack_object(id) != name || !hex {
+            if cairn_vault::index::pack_object(id) != name || !is_id(id) {
                 return Err(ApiError::bad(format!("{name} is not a pack name")));
             }
         }
@@ -525,22 +521,28 @@ fn check_retention(vault: &cairn_vault::Vault, what: &str, until: i64) -> Result
     if until > most {
         return Err(ApiError::bad(format!(
             "{what} would be retained until {}, past the vault's retention ({}): forget and prune could never remove it",
-            chrono::DateTime::from_timestamp(until, 0)
-                .map_or_else(|| until.to_string(), |t| t.to_rfc3339()),
-            chrono::DateTime::from_timestamp(most, 0)
-                .map_or_else(|| most.to_string(), |t| t.to_rfc3339()),
+            when(until),
+            when(most),
         )));
     }
     if until < least {
         return Err(ApiError::bad(format!(
             "{what} would be retained until {}, before the vault's retention ends ({})",
-            chrono::DateTime::from_timestamp(until, 0)
-                .map_or_else(|| until.to_string(), |t| t.to_rfc3339()),
-            chrono::DateTime::from_timestamp(least, 0)
-                .map_or_else(|| least.to_string(), |t| t.to_rfc3339()),
+            when(until),
+            when(least),
         )));
     }
     Ok(())
+}
+
+/// Unix seconds as a date, or as the number when no date is that far.
+fn when(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0).map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
+}
+
+/// A pack or snapshot id as the vault names them: 64 lowercase hex digits.
+fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// An agent's pack index is bounded before a byte of it is decoded: each
@@ -587,8 +589,7 @@ fn check_lineage(vault: &cairn_vault::Vault, snap: &cairn_vault::Snapshot) -> Re
         )));
     }
     if let Some(parent) = &snap.parent {
-        let ok = parent.0.len() == 64
-            && parent.0.bytes().all(|c| c.is_ascii_hexdigit())
+        let ok = is_id(&parent.0)
             && vault
                 .read_snapshot(&cairn_vault::Snapshot::object_name(parent))
                 .is_ok_and(|p| p.name == snap.name);

@@ -12,8 +12,12 @@ pub struct VaultLock {
 }
 
 impl VaultLock {
+    fn path(root: &Path) -> std::path::PathBuf {
+        root.join("locks").join("vault.lock")
+    }
+
     fn open(root: &Path) -> Result<File> {
-        let p = root.join("locks").join("vault.lock");
+        let p = Self::path(root);
         OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -32,7 +36,7 @@ impl VaultLock {
             Err(crate::Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
             {
-                match File::open(root.join("locks").join("vault.lock")) {
+                match File::open(Self::path(root)) {
                     Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Ok(VaultLock { _file: None });
