@@ -293,6 +293,10 @@ pub fn mount(
         fuser::MountOption::RO,
         fuser::MountOption::FSName("cairn".into()),
         fuser::MountOption::DefaultPermissions,
+        // A guest's setuid programs and device nodes are files to look
+        // at here, never privileges or devices of this host.
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
     ];
     fuser::spawn_mount(fs, mountpoint, &config)
 }

@@ -22,6 +22,27 @@ pub struct FilesRestoreReport {
     pub bytes_written: u64,
     /// Entries not restored, with why (unsafe names, unreadable content).
     pub skipped: Vec<String>,
+    /// Files whose setuid or setgid bits were left out (see [`SETID`]).
+    pub setid_dropped: u64,
+}
+
+/// The setuid and setgid bits. A restored file gets them only when asked
+/// (`--keep-setid`): a snapshot's program (a hostile guest's, or one
+/// planted on a protected host) would otherwise become a privileged
+/// program on the machine it is restored to, runnable by whoever reaches
+/// the folder. On directories the setgid bit only passes the group on to
+/// new files, and is kept.
+pub const SETID: u32 = 0o6000;
+
+/// The permission bits to give a restored entry of `kind`, and whether
+/// setuid or setgid bits were left out of them.
+pub(crate) fn restored_mode(mode: u32, is_dir: bool, keep_setid: bool) -> (u32, bool) {
+    let mode = mode & 0o7777;
+    if keep_setid || is_dir || mode & SETID == 0 {
+        (mode, false)
+    } else {
+        (mode & !SETID, true)
+    }
 }
 
 fn guest(e: cairn_guest::GuestError) -> Error {
@@ -50,6 +71,7 @@ pub fn restore_files(
     fs: &dyn Filesystem,
     root: &FileEntry,
     target: &Path,
+    keep_setid: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FilesRestoreReport> {
     if root.kind == FileKind::File && fs::symlink_metadata(target).is_err() {
@@ -70,7 +92,7 @@ pub fn restore_files(
             }
             Error::io(format!("writing {}", target.display()), e)
         })?;
-        set_meta(root, target);
+        report.setid_dropped = set_meta(root, target, keep_setid) as u64;
         report.files = 1;
         report.bytes_written = n;
         return Ok(report);
@@ -132,7 +154,7 @@ pub fn restore_files(
                 Ok(n) => {
                     report.files += 1;
                     report.bytes_written += n;
-                    set_meta(e, &dest);
+                    report.setid_dropped += set_meta(e, &dest, keep_setid) as u64;
                 }
                 Err(err) => report.skipped.push(format!("{}: {err}", e.display_path())),
             },
@@ -150,7 +172,7 @@ pub fn restore_files(
         }
     }
     for (e, dest) in dirs.iter().rev() {
-        set_meta(e, dest);
+        set_meta(e, dest, keep_setid);
     }
     Ok(report)
 }
@@ -222,30 +244,31 @@ pub(crate) fn write_into(
 
 /// [`set_meta`] through an open file: nothing swapped in at its path
 /// (a symlink, in a live tree others write to) is changed instead.
-pub(crate) fn set_meta_fd(e: &FileEntry, f: &fs::File) {
+pub(crate) fn set_meta_fd(e: &FileEntry, f: &fs::File, keep_setid: bool) -> bool {
     if let (Some(uid), Some(gid)) = (e.uid, e.gid) {
         let _ = std::os::unix::fs::fchown(f, Some(uid), Some(gid));
     }
-    let mode = e.mode.map_or(0o644, |m| m & 0o7777);
+    let (mode, dropped) = restored_mode(e.mode.unwrap_or(0o644), false, keep_setid);
     let _ = f.set_permissions(fs::Permissions::from_mode(mode));
     let t = std::time::UNIX_EPOCH
         .checked_add(std::time::Duration::from_nanos(e.mtime_ns.max(0) as u64));
     if let Some(t) = t {
         let _ = f.set_modified(t);
     }
+    dropped
 }
 
-pub(crate) fn set_meta(e: &FileEntry, dest: &Path) {
+/// Gives `dest` the owner, mode and time of `e`; true when setuid or
+/// setgid bits were left out (see [`SETID`]).
+pub(crate) fn set_meta(e: &FileEntry, dest: &Path, keep_setid: bool) -> bool {
     if let (Some(uid), Some(gid)) = (e.uid, e.gid) {
         let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
     }
-    let mode = e.mode.map_or(
-        if e.kind == FileKind::Dir {
-            0o755
-        } else {
-            0o644
-        },
-        |m| m & 0o7777,
+    let is_dir = e.kind == FileKind::Dir;
+    let (mode, dropped) = restored_mode(
+        e.mode.unwrap_or(if is_dir { 0o755 } else { 0o644 }),
+        is_dir,
+        keep_setid,
     );
     let _ = fs::set_permissions(dest, fs::Permissions::from_mode(mode));
     let t = filetime::FileTime::from_unix_time(
@@ -253,4 +276,5 @@ pub(crate) fn set_meta(e: &FileEntry, dest: &Path) {
         e.mtime_ns.rem_euclid(1_000_000_000) as u32,
     );
     let _ = filetime::set_file_mtime(dest, t);
+    dropped
 }

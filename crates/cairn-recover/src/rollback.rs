@@ -60,7 +60,19 @@ pub struct RollbackReport {
     /// Of those, planned repairs that failed on an error (as against files
     /// left alone on purpose: changed since the last backup, special).
     pub failed: u64,
+    /// Files written without their setuid or setgid bits (see
+    /// [`crate::files::SETID`]).
+    pub setid_dropped: u64,
     pub files: Vec<Provenance>,
+}
+
+/// How a rollback writes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RollbackOptions {
+    /// Say what would be done; write nothing.
+    pub dry_run: bool,
+    /// Give files back their setuid and setgid bits.
+    pub keep_setid: bool,
 }
 
 /// A file verification flagged, from the first snapshot of the run of
@@ -559,7 +571,7 @@ pub fn rollback_to_dir(
     since: Option<&SnapshotId>,
     partition: Option<u32>,
     flagged: &[Flagged],
-    dry_run: bool,
+    opts: RollbackOptions,
 ) -> Result<RollbackReport> {
     let mut snaps = Snapshots {
         vault,
@@ -568,8 +580,8 @@ pub fn rollback_to_dir(
         open: HashMap::new(),
     };
     let plan = plan(&mut snaps, since, flagged)?;
-    let report = report_for(timeline, &plan, dry_run);
-    if dry_run {
+    let report = report_for(timeline, &plan, opts.dry_run);
+    if opts.dry_run {
         return Ok(report);
     }
     if to.exists()
@@ -586,9 +598,11 @@ pub fn rollback_to_dir(
     // A new folder is built beside it and takes its name once whole; an
     // existing empty one (a mount point, say) is filled where it is.
     if to.exists() || to.file_name().is_none() {
-        roll_into(&mut snaps, &plan, to, report)
+        roll_into(&mut snaps, &plan, to, opts.keep_setid, report)
     } else {
-        crate::tree::built_then_renamed(to, |work| roll_into(&mut snaps, &plan, work, report))
+        crate::tree::built_then_renamed(to, |work| {
+            roll_into(&mut snaps, &plan, work, opts.keep_setid, report)
+        })
     }
 }
 
@@ -597,6 +611,7 @@ fn roll_into(
     snaps: &mut Snapshots,
     plan: &Plan,
     to: &Path,
+    keep_setid: bool,
     mut report: RollbackReport,
 ) -> Result<RollbackReport> {
     let mut dirs = Vec::new();
@@ -624,7 +639,7 @@ fn roll_into(
                 match write_file(fs_.fs.as_ref(), &pick.entry, &dest, &|_| {}) {
                     Ok(n) => {
                         report.bytes_written += n;
-                        set_meta(&pick.entry, &dest);
+                        report.setid_dropped += set_meta(&pick.entry, &dest, keep_setid) as u64;
                     }
                     Err(e) => {
                         report.failed += 1;
@@ -650,7 +665,7 @@ fn roll_into(
         }
     }
     for (e, dest) in dirs.iter().rev() {
-        set_meta(e, dest);
+        set_meta(e, dest, keep_setid);
     }
     Ok(report)
 }
@@ -665,7 +680,7 @@ pub fn rollback_in_place(
     dir: &Path,
     since: Option<&SnapshotId>,
     flagged: &[Flagged],
-    dry_run: bool,
+    opts: RollbackOptions,
 ) -> Result<RollbackReport> {
     if !dir.is_dir() {
         return Err(Error::Invalid(format!(
@@ -681,8 +696,8 @@ pub fn rollback_in_place(
     };
     refuse_another_tree(timeline, dir)?;
     let plan = plan(&mut snaps, since, flagged)?;
-    let mut report = report_for(timeline, &plan, dry_run);
-    if dry_run {
+    let mut report = report_for(timeline, &plan, opts.dry_run);
+    if opts.dry_run {
         return Ok(report);
     }
     let latest = timeline.entries.len() - 1;
@@ -768,14 +783,17 @@ pub fn rollback_in_place(
                 let written = d.create_new(&tmp).and_then(|f| {
                     let n = write_into(fs_.fs.as_ref(), &pick.entry, &f, &|_| {})?;
                     // Metadata through the file itself, never by name.
-                    set_meta_fd(&pick.entry, &f);
+                    let dropped = set_meta_fd(&pick.entry, &f, opts.keep_setid);
                     f.sync_all()?;
                     d.rename(&tmp, name)?;
                     d.sync()?;
-                    Ok(n)
+                    Ok((n, dropped))
                 });
                 match written {
-                    Ok(n) => report.bytes_written += n,
+                    Ok((n, dropped)) => {
+                        report.bytes_written += n;
+                        report.setid_dropped += dropped as u64;
+                    }
                     Err(e) => {
                         let _ = d.unlink(&tmp);
                         return Err(Error::io(format!("restoring {}", p.path), e));

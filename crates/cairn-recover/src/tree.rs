@@ -23,6 +23,9 @@ pub struct TreeRestoreOptions {
     pub overwrite: bool,
     /// Check the target and count what would be written; write nothing.
     pub dry_run: bool,
+    /// Give files back their setuid and setgid bits and file capabilities
+    /// (see [`crate::files::SETID`]).
+    pub keep_setid: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -35,6 +38,9 @@ pub struct TreeRestoreReport {
     pub bytes_written: u64,
     /// Entries not restored or restored without some metadata, with why.
     pub warnings: Vec<String>,
+    /// Files restored without their setuid or setgid bits or file
+    /// capabilities (`security.capability`).
+    pub setid_dropped: u64,
     /// With --overwrite: what the target held that the snapshot does not
     /// (left in place), relative paths; at most `MAX_EXTRA`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -374,7 +380,14 @@ fn restore_into(
         if no_link_above(target, p).is_err() {
             continue; // warned about above
         }
-        set_metadata(e, p, &mut report.warnings, &mut chown_denied);
+        let dropped = set_metadata(
+            e,
+            p,
+            opts.keep_setid,
+            &mut report.warnings,
+            &mut chown_denied,
+        );
+        report.setid_dropped += dropped as u64;
     }
     Ok(report)
 }
@@ -452,7 +465,7 @@ fn mknod(e: &Entry, p: &Path) -> std::io::Result<()> {
         _ => libc::S_IFBLK,
     };
     remove_existing(p);
-    let r = unsafe { libc::mknod(c.as_ptr(), kind | (e.mode & 0o7777), e.rdev as libc::dev_t) };
+    let r = unsafe { libc::mknod(c.as_ptr(), kind | (e.mode & 0o1777), e.rdev as libc::dev_t) };
     if r == 0 {
         Ok(())
     } else {
@@ -460,7 +473,15 @@ fn mknod(e: &Entry, p: &Path) -> std::io::Result<()> {
     }
 }
 
-fn set_metadata(e: &Entry, p: &Path, warnings: &mut Vec<String>, chown_denied: &mut bool) {
+/// Gives `p` the owner, extended attributes, mode and time of `e`; true
+/// when setuid or setgid bits were left out.
+fn set_metadata(
+    e: &Entry,
+    p: &Path,
+    keep_setid: bool,
+    warnings: &mut Vec<String>,
+    chown_denied: &mut bool,
+) -> bool {
     if let Err(err) = std::os::unix::fs::lchown(p, Some(e.uid), Some(e.gid)) {
         if err.kind() == std::io::ErrorKind::PermissionDenied {
             if !*chown_denied {
@@ -471,7 +492,13 @@ fn set_metadata(e: &Entry, p: &Path, warnings: &mut Vec<String>, chown_denied: &
             warnings.push(format!("{}: chown: {err}", shown(&e.path)));
         }
     }
+    let mut capability_dropped = false;
     for (k, v) in &e.xattrs {
+        // File capabilities make a privileged program as setuid does.
+        if !keep_setid && k.as_slice() == b"security.capability" {
+            capability_dropped = true;
+            continue;
+        }
         if let Err(err) = xattr::set(p, OsStr::from_bytes(k), v) {
             warnings.push(format!(
                 "{}: xattr {}: {err}",
@@ -482,9 +509,10 @@ fn set_metadata(e: &Entry, p: &Path, warnings: &mut Vec<String>, chown_denied: &
     }
     // chmod follows symlinks: only what is not one on disk is changed.
     let is_link = fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    let (mode, dropped) = crate::files::restored_mode(e.mode, e.kind == EntryKind::Dir, keep_setid);
     if e.kind != EntryKind::Symlink
         && !is_link
-        && let Err(err) = fs::set_permissions(p, fs::Permissions::from_mode(e.mode & 0o7777))
+        && let Err(err) = fs::set_permissions(p, fs::Permissions::from_mode(mode))
     {
         warnings.push(format!("{}: chmod: {err}", shown(&e.path)));
     }
@@ -495,6 +523,7 @@ fn set_metadata(e: &Entry, p: &Path, warnings: &mut Vec<String>, chown_denied: &
     if let Err(err) = filetime::set_symlink_file_times(p, t, t) {
         warnings.push(format!("{}: mtime: {err}", shown(&e.path)));
     }
+    capability_dropped || (dropped && e.kind != EntryKind::Symlink && !is_link)
 }
 
 #[cfg(test)]

@@ -229,15 +229,17 @@ pub fn restore_files(
     spec: &str,
     to: &std::path::Path,
     partition: Option<u32>,
+    keep_setid: bool,
     json: bool,
 ) -> Result<u8> {
     let (snap, path) = split_spec(spec);
     let o = open_snapshot(vault, snap, partition)?;
     let root = o.fs.lookup(&cairn_guest::model::normalize(path)?)?;
-    let r = cairn_recover::restore_files(o.fs.as_ref(), &root, to, &|_| {})?;
+    let r = cairn_recover::restore_files(o.fs.as_ref(), &root, to, keep_setid, &|_| {})?;
     for s in &r.skipped {
         eprintln!("skipped: {s}");
     }
+    crate::util::setid_warning(r.setid_dropped);
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -191,9 +191,10 @@ pub fn rollback(
     since: Option<&str>,
     partition: Option<u32>,
     provenance: Option<&Path>,
-    dry_run: bool,
+    opts: cairn_recover::rollback::RollbackOptions,
     json: bool,
 ) -> Result<u8> {
+    let dry_run = opts.dry_run;
     let t = cairn_insight::timeline(vault, name, &mut |_| {})?;
     let since = match since {
         Some(spec) => {
@@ -249,7 +250,7 @@ pub fn rollback(
             since.as_ref(),
             partition,
             &flagged,
-            dry_run,
+            opts,
         )?
     } else {
         if kind != Some(cairn_vault::SourceKind::Directory) {
@@ -257,14 +258,7 @@ pub fn rollback(
                 "--in-place repairs directory sources; {name} is a disk: use --to-dir, or `cairn restore --delta`"
             );
         }
-        cairn_recover::rollback::rollback_in_place(
-            vault,
-            &t,
-            dest,
-            since.as_ref(),
-            &flagged,
-            dry_run,
-        )?
+        cairn_recover::rollback::rollback_in_place(vault, &t, dest, since.as_ref(), &flagged, opts)?
     };
     if !dry_run {
         cairn_recover::rollback::write_provenance(&manifest, &serde_json::to_vec_pretty(&r)?)?;
@@ -295,6 +289,7 @@ pub fn rollback(
     for s in &r.skipped {
         eprintln!("warning: {s}");
     }
+    crate::util::setid_warning(r.setid_dropped);
     println!(
         "{}{} kept with their newest content, {} restored from before the damage, {} dropped; {} written{}",
         if dry_run { "dry run: " } else { "" },

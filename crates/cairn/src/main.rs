@@ -139,6 +139,12 @@ enum Command {
         /// target of the wrong size is usually the wrong file).
         #[arg(long, requires = "delta")]
         resize: bool,
+        /// Give restored files back their setuid and setgid bits (and file
+        /// capabilities). Left out by default: a snapshot's program, a
+        /// hostile guest's or one planted before the backup, must not
+        /// become a privileged program on the machine restored to.
+        #[arg(long)]
+        keep_setid: bool,
     },
     /// Least-data-loss rollback: the newest snapshot, with every file the
     /// attack damaged taken from before the damage and every file it
@@ -166,6 +172,10 @@ enum Command {
         /// Say what would be written and dropped; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Give files back their setuid and setgid bits (left out by
+        /// default, as by restore).
+        #[arg(long)]
+        keep_setid: bool,
     },
     /// Check the vault; with --read-data decrypt and re-hash every chunk.
     Verify {
@@ -736,6 +746,7 @@ fn run(cli: Cli) -> Result<u8> {
             dry_run,
             since,
             resize,
+            keep_setid,
         } => {
             if *delta {
                 if snapshot.contains(':') || partition.is_some() || *overwrite {
@@ -756,12 +767,20 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 let vault = open(&cli)?;
                 outside_vault(&vault, to)?;
-                guest_cmds::restore_files(&vault, snapshot, to, *partition, cli.json)
+                guest_cmds::restore_files(&vault, snapshot, to, *partition, *keep_setid, cli.json)
             } else {
                 if partition.is_some() {
                     bail!("--partition applies to file restores (NAME@SNAP:/path)");
                 }
-                restore(&cli, snapshot, to, *overwrite, *verify, *dry_run)
+                restore(
+                    &cli,
+                    snapshot,
+                    to,
+                    *overwrite,
+                    *verify,
+                    *dry_run,
+                    *keep_setid,
+                )
             }
         }
         Command::Partitions { snapshot } => {
@@ -880,6 +899,7 @@ fn run(cli: Cli) -> Result<u8> {
             partition,
             provenance,
             dry_run,
+            keep_setid,
         } => insight_cmd::rollback(
             &{
                 let vault = open(&cli)?;
@@ -896,7 +916,10 @@ fn run(cli: Cli) -> Result<u8> {
             since.as_deref(),
             *partition,
             provenance.as_deref(),
-            *dry_run,
+            cairn_recover::rollback::RollbackOptions {
+                dry_run: *dry_run,
+                keep_setid: *keep_setid,
+            },
             cli.json,
         ),
         Command::Timeline { name, svg } => {
@@ -1786,6 +1809,7 @@ fn restore_delta(
     Ok(0)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn restore(
     cli: &Cli,
     spec: &str,
@@ -1793,6 +1817,7 @@ fn restore(
     overwrite: bool,
     verify: bool,
     dry_run: bool,
+    keep_setid: bool,
 ) -> Result<u8> {
     let vault = open(cli)?;
     outside_vault(&vault, to)?;
@@ -1865,7 +1890,11 @@ fn restore(
                 &vault,
                 &tree,
                 to,
-                &TreeRestoreOptions { overwrite, dry_run },
+                &TreeRestoreOptions {
+                    overwrite,
+                    dry_run,
+                    keep_setid,
+                },
                 &tick,
             );
             drop(bar);
@@ -1873,6 +1902,7 @@ fn restore(
             for w in &r.warnings {
                 eprintln!("warning: {w}");
             }
+            util::setid_warning(r.setid_dropped);
             if cli.json {
                 print_json(&r);
             } else {

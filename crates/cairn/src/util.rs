@@ -120,6 +120,16 @@ impl Drop for Bar {
     }
 }
 
+/// Says how many restored files were left without their setuid or setgid
+/// bits (see `cairn_recover::files::SETID`).
+pub fn setid_warning(dropped: u64) {
+    if dropped > 0 {
+        eprintln!(
+            "warning: {dropped} file(s) restored without their setuid/setgid bits or file capabilities (a snapshot's program does not become a privileged one here; --keep-setid restores them)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

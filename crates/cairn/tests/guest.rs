@@ -979,3 +979,91 @@ fn the_same_filesystems_in_the_other_tables() {
     restore_and_compare(&env, "g@latest", "1", &nt, "g1");
     restore_and_compare(&env, "m@latest", "5", &e4, "m5");
 }
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn setuid_programs_come_back_plain_unless_asked() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    std::fs::create_dir_all(content.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(content.join("srv/shared")).unwrap();
+    let set = |rel: &str, mode: u32| {
+        std::fs::set_permissions(content.join(rel), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    std::fs::write(content.join("usr/bin/rootshell"), b"#!/bin/sh\nexec sh\n").unwrap();
+    set("usr/bin/rootshell", 0o4755);
+    std::fs::write(content.join("usr/bin/grouptool"), b"#!/bin/sh\n").unwrap();
+    set("usr/bin/grouptool", 0o2755);
+    std::fs::write(content.join("usr/bin/plain"), b"#!/bin/sh\n").unwrap();
+    set("usr/bin/plain", 0o755);
+    set("srv/shared", 0o2775);
+    // A file capability makes a privileged program as setuid does.
+    std::fs::write(content.join("usr/bin/capable"), b"#!/bin/sh\n").unwrap();
+    sh(
+        "setcap",
+        &[
+            "cap_setuid+ep",
+            content.join("usr/bin/capable").to_str().unwrap(),
+        ],
+    );
+    let has_cap = |p: &Path| xattr::get(p, "security.capability").unwrap().is_some();
+    assert!(has_cap(&content.join("usr/bin/capable")));
+
+    // Out of a guest disk's filesystem.
+    let img = env.path("vm.img");
+    gpt_ext4_image(&img, &content, 16);
+    env.backup(&img, "vm", "2026-03-01T00:00:00Z");
+    let plain = env.path("plain");
+    let out = env.run(&["restore", "vm@latest:/", "--to", plain.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 file(s) restored without their setuid/setgid"),
+        "{err}"
+    );
+    assert_eq!(mode_of(&plain.join("usr/bin/rootshell")), 0o755);
+    assert_eq!(mode_of(&plain.join("usr/bin/grouptool")), 0o755);
+    assert_eq!(mode_of(&plain.join("usr/bin/plain")), 0o755);
+    assert_eq!(
+        mode_of(&plain.join("srv/shared")),
+        0o2775,
+        "a folder's setgid stays"
+    );
+    let kept = env.path("kept");
+    let out = env.run(&[
+        "restore",
+        "vm@latest:/usr",
+        "--to",
+        kept.to_str().unwrap(),
+        "--keep-setid",
+    ]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("setuid"));
+    assert_eq!(mode_of(&kept.join("usr/bin/rootshell")), 0o4755);
+    assert_eq!(mode_of(&kept.join("usr/bin/grouptool")), 0o2755);
+
+    // A directory snapshot restored whole.
+    env.backup(&content, "share", "2026-03-01T00:00:00Z");
+    let tree = env.path("tree");
+    let out = env.run(&["restore", "share@latest", "--to", tree.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 file(s) restored without"), "{err}");
+    assert_eq!(mode_of(&tree.join("usr/bin/rootshell")), 0o755);
+    assert_eq!(mode_of(&tree.join("usr/bin/grouptool")), 0o755);
+    assert!(!has_cap(&tree.join("usr/bin/capable")));
+    assert_eq!(mode_of(&tree.join("srv/shared")), 0o2775);
+    let tree_kept = env.path("tree-kept");
+    env.ok(&[
+        "restore",
+        "share@latest",
+        "--to",
+        tree_kept.to_str().unwrap(),
+        "--keep-setid",
+    ]);
+    assert_eq!(mode_of(&tree_kept.join("usr/bin/rootshell")), 0o4755);
+    assert!(has_cap(&tree_kept.join("usr/bin/capable")));
+}

@@ -76,6 +76,16 @@ fn the_guest_files_and_the_raw_disk_mount_read_only() {
             std::fs::write(m.at.join("etc/new"), "x").is_err(),
             "read-only"
         );
+        // A guest's setuid programs and device nodes grant nothing here.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == m.at.to_str())
+            .unwrap_or_else(|| panic!("{} not in mountinfo", m.at.display()));
+        let opts: Vec<&str> = line.split(' ').nth(5).unwrap().split(',').collect();
+        for want in ["ro", "nosuid", "nodev"] {
+            assert!(opts.contains(&want), "{want} missing: {line}");
+        }
         // Not over a live mount, nor over a folder with files in it.
         let again = env.run(&["mount", "vm@latest", m.at.to_str().unwrap()]);
         assert_eq!(again.status.code(), Some(1));
