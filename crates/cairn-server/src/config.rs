@@ -7,6 +7,9 @@
 //! webhook = "https://chat.example/hooks/cairn"   # POSTed on suspicious or compromised
 //! export_host = "10.0.0.5"   # where console NBD exports listen (default 127.0.0.1)
 //! restore_dir = "/srv/restores"   # where the API's restores write (none: refused)
+//! max_connections = 1024   # served at once; more wait (default 1024)
+//! header_timeout = 30      # seconds a client has for a TLS handshake or a
+//!                          # request's headers, idle or not (default 30, at least 5)
 //!
 //! [boot]                # the console's boot check (as `cairn boot` takes it)
 //! kernel = "/srv/cairn/vmlinuz"   # optional: without, the disk's own bootloader
@@ -41,6 +44,13 @@ pub struct ServerConfig {
     /// new file there, named by the request): an operator token must not
     /// be a way to write any path the server can.
     pub restore_dir: Option<PathBuf>,
+    /// Connections served at once (default 1024); more wait to be accepted.
+    pub max_connections: Option<usize>,
+    /// Seconds a connection may take for its TLS handshake and for each
+    /// request's headers, and may sit idle between requests (default 30):
+    /// clients that open connections and send nothing would otherwise
+    /// hold every place.
+    pub header_timeout: Option<u64>,
     /// How the console's boot check boots a snapshot and judges it.
     pub boot: Option<BootConfig>,
     #[serde(default)]
@@ -131,6 +141,17 @@ impl ServerConfig {
             toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
         for p in &c.source {
             p.interval()?;
+        }
+        if c.max_connections == Some(0) {
+            bail!("{}: max_connections must be more than zero", path.display());
+        }
+        // Agents drop connections idle for 4 s (see the vault's remote
+        // backend), so none reuses one the server is closing.
+        if c.header_timeout.is_some_and(|t| t < 5) {
+            bail!(
+                "{}: header_timeout must be 5 seconds or more",
+                path.display()
+            );
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             bail!(

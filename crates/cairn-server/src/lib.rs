@@ -514,29 +514,107 @@ pub async fn serve(st: Shared, listener: tokio::net::TcpListener) -> Result<()> 
     if let Err(e) = st.audit.anchor_tail() {
         tracing::error!("audit log not anchored: {e:#}");
     }
-    scheduler::start(st.clone());
-    match (&st.config.tls_cert, &st.config.tls_key) {
-        (Some(cert), Some(key)) => serve_tls(app, listener, cert, key).await,
-        (None, None) => {
-            // Requests in flight get ten seconds to finish (an open event
-            // stream would otherwise hold the stop until systemd kills).
-            let drained = async {
-                shutdown().await;
-                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-            };
-            tokio::select! {
-                r = axum::serve(listener, app).with_graceful_shutdown(shutdown()) => r?,
-                _ = drained => {}
-            }
-            Ok(())
-        }
+    let tls = match (&st.config.tls_cert, &st.config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
-    }
+    };
+    scheduler::start(st.clone());
+    let limits = Limits {
+        connections: st.config.max_connections.unwrap_or(1024),
+        header_timeout: std::time::Duration::from_secs(st.config.header_timeout.unwrap_or(30)),
+    };
+    accept_loop(app, listener, tls, limits).await
 }
 
+/// What one client can hold of the server.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Connections served at once; the next ones wait in the listen
+    /// backlog until one closes.
+    connections: usize,
+    /// For a TLS handshake, for each request's headers, and idle between
+    /// requests: past it the connection is closed, so connections that
+    /// send nothing (or a byte a minute) cannot keep the places.
+    header_timeout: std::time::Duration,
+}
+
+/// Accepts connections up to the limit and serves each on a task of its
+/// own. On a stop signal it accepts no more, asks every connection to
+/// finish the request it is in, and returns once they are all closed, or
+/// after ten seconds (an open event stream would otherwise hold the stop
+/// until systemd kills).
+async fn accept_loop(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+) -> Result<()> {
+    let places = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+    let stop = shutdown();
+    tokio::pin!(stop);
+    loop {
+        let place = tokio::select! {
+            p = places.clone().acquire_owned() => p?,
+            _ = &mut stop => break,
+        };
+        let tcp = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((tcp, _)) => tcp,
+                // Out of descriptors, or a connection reset before it was
+                // taken: the next one may do.
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let app = app.clone();
+        let tls = tls.clone();
+        let mut stop_seen = stop_seen.clone();
+        tokio::spawn(async move {
+            let _place = place;
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let io: Box<dyn Io> = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        _ => return,
+                    }
+                }
+                None => Box::new(tcp),
+            };
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop_seen.changed() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    let _ = stopping.send(true);
+    // Every place back means every connection closed.
+    let all = u32::try_from(limits.connections).unwrap_or(u32::MAX);
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(10), places.acquire_many(all)).await;
+    Ok(())
+}
+
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Ctrl-C, or SIGTERM (what systemd and `kill` send): the server stops
-/// taking requests and exits 0 (over plain HTTP after those in flight
-/// finish, ten seconds at most; over TLS at once).
+/// taking requests and exits 0 once the requests in flight have finished
+/// (ten seconds at most).
 async fn shutdown() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -552,12 +630,7 @@ async fn shutdown() {
     }
 }
 
-async fn serve_tls(
-    app: Router,
-    listener: tokio::net::TcpListener,
-    cert: &Path,
-    key: &Path,
-) -> Result<()> {
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -574,26 +647,7 @@ async fn serve_tls(
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .context("the TLS certificate and key do not fit together")?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let stop = shutdown();
-    tokio::pin!(stop);
-    loop {
-        let (tcp, _) = tokio::select! {
-            a = listener.accept() => a?,
-            _ = &mut stop => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                .await;
-        });
-    }
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Writes a small state file atomically (temp, fsync, rename).

@@ -1195,3 +1195,50 @@ fn the_console_api_boots_a_point_in_isolation() {
             .contains("CAIRN-MARKER: recovered-point-7")
     );
 }
+
+#[test]
+fn connections_that_send_nothing_are_cut_and_cannot_take_every_place() {
+    let env = Env::new("30d", &[]);
+    let config = env.path("server.toml");
+    std::fs::write(&config, "max_connections = 4\nheader_timeout = 5\n").unwrap();
+    let server = serve(&env, &["--config", config.to_str().unwrap()]);
+    let addr = server
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // Every place taken: two connections that send nothing, two that
+    // start a request and never finish its headers.
+    let idle: Vec<std::net::TcpStream> = (0..4)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            if i % 2 == 1 {
+                c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+            }
+            c
+        })
+        .collect();
+    // Each is cut by the server (no answer comes in the meantime)...
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(n) => assert!(
+                n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "not cut: {e}"
+            ),
+        }
+    }
+    // ...and an ordinary request is served after them.
+    let (status, body) = call("GET", &format!("{}/healthz", server.url), None, b"");
+    assert_eq!((status, body), (200, Value::String("ok\n".into())));
+}
