@@ -621,15 +621,31 @@ fn check_complete(
             ),
         ));
     }
+    // What the manifest cites was checked against its address when it
+    // was stored, so an object that does not read as the source's kind
+    // of map is the client's mistake (or forgery), not the server's.
+    let cited = |e: cairn_vault::Error| match e {
+        cairn_vault::Error::Damaged { reason, .. } => ApiError::bad(format!(
+            "{} is not a {} map: {reason}",
+            snap.content,
+            match snap.source.kind {
+                SourceKind::Disk => "disk",
+                SourceKind::Directory => "directory tree",
+            }
+        )),
+        e => e.into(),
+    };
     let mut wanted: Vec<ChunkId> = match snap.source.kind {
         SourceKind::Disk => vault
-            .read_disk_map(snap)?
+            .read_disk_map(snap)
+            .map_err(cited)?
             .chunks
             .into_iter()
             .flatten()
             .collect(),
         SourceKind::Directory => vault
-            .read_tree(snap)?
+            .read_tree(snap)
+            .map_err(cited)?
             .entries
             .iter()
             .flat_map(|e| e.chunks.iter().map(|c| c.id))

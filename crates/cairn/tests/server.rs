@@ -266,6 +266,16 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     forever.retain_until = chrono::Utc::now() + chrono::Duration::days(36_500);
     let refused = remote.write_snapshot(&forever).unwrap_err().to_string();
     assert!(refused.contains("past the vault's retention"), "{refused}");
+    // Nor cite, for its disk, an object that is no disk map (the server
+    // used to fail on it with a 500).
+    let mut miscited = remote.read_snapshot(&manifest).unwrap();
+    miscited.id = cairn_vault::SnapshotId::generate().unwrap();
+    miscited.content = remote.write_content(&"no disk map").unwrap();
+    let refused = remote.write_snapshot(&miscited).unwrap_err().to_string();
+    assert!(
+        refused.contains("400") && refused.contains("is not a disk map"),
+        "{refused}"
+    );
     // A chunk-id list is held to what one request may offer (it used to
     // take up to 512 MiB, buffered whole before it was refused).
     let (status, _) = call(
