@@ -75,7 +75,10 @@ fn attr(
 impl SnapshotFs {
     /// The guest's files; entries with unsafe names are left out.
     pub fn files(fs: Box<dyn GuestFs>, mtime: SystemTime) -> cairn_guest::Result<Self> {
-        let entries = fs.walk()?;
+        let (entries, unread) = cairn_guest::walk_readable(fs.as_ref())?;
+        for s in unread {
+            tracing::warn!("not mounted: {s}");
+        }
         let root_ns = mtime
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)

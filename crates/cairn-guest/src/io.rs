@@ -78,6 +78,11 @@ impl ReadBudget {
         self.0.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Bytes still allowed.
+    pub fn left(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Limits reading to `bytes` until the guard drops.
     pub fn listing(&self, bytes: u64) -> ListingGuard<'_> {
         self.allow(bytes);

@@ -92,7 +92,7 @@ pub fn open_fs(disk: Arc<dyn BlockSource>, p: &Partition) -> Result<Box<dyn File
             }
         })
     };
-    let inner = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
+    let inner = match guarded(open) {
         Ok(Ok(fs)) => fs,
         Ok(Err(GuestError::Unsupported(m))) if m.ends_with("not readable yet") => {
             return Err(GuestError::Unsupported(format!(
@@ -119,6 +119,27 @@ fn labeled(label: &str, e: GuestError) -> GuestError {
     }
 }
 
+thread_local! {
+    /// How many guarded reader calls this thread is inside.
+    static GUARDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f`, catching a panic inside it (a third-party reader's, on
+/// crafted input).
+fn guarded<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    GUARDED.with(|g| g.set(g.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(g.get() - 1));
+    r
+}
+
+/// Whether this thread is inside a guarded reader call, whose panic
+/// becomes an error naming the partition: a panic hook can then keep
+/// its message and backtrace out of the output.
+pub fn in_guarded_reader() -> bool {
+    GUARDED.with(|g| g.get() > 0)
+}
+
 /// A filesystem whose errors say which partition they come from.
 struct Labeled {
     inner: Box<dyn Filesystem>,
@@ -130,7 +151,7 @@ impl Labeled {
     /// input becomes an error naming the partition, not a crash of the
     /// whole command.
     fn guard<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        match guarded(f) {
             Ok(r) => r.map_err(|e| labeled(&self.label, e)),
             Err(_) => Err(GuestError::Corrupt(format!(
                 "{}: the reader failed on damaged structures",
@@ -263,6 +284,24 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((out, skipped))
+}
+
+/// The whole filesystem, as [`Filesystem::walk`] lists it; when that
+/// fails (one crafted directory is enough), what [`walk_under`] the root
+/// can read, with what it could not named. Listings and mounts show the
+/// readable part instead of nothing.
+pub fn walk_readable(fs: &dyn Filesystem) -> Result<(Vec<FileEntry>, Vec<String>)> {
+    match fs.walk() {
+        Ok(all) => Ok((all, Vec::new())),
+        Err(e) => {
+            let (entries, mut skipped) = walk_under(fs, &fs.lookup(b"")?)?;
+            skipped.insert(
+                0,
+                format!("the filesystem could not be walked whole ({e}); listing what can be read"),
+            );
+            Ok((entries, skipped))
+        }
+    }
 }
 
 /// Reads a whole file into memory, refusing more than `limit` bytes.

@@ -31,8 +31,23 @@ pub struct NtfsFs {
     slice: Slice,
 }
 
+/// Bytes one step through a directory's index may read. A step goes down
+/// the index's B-tree a few nodes of 4 KiB at most before it gives the
+/// next entry; a node naming itself (or a node above it) as its child
+/// would be followed down without end by the crate, every node kept in
+/// memory, so the step stops there (a 1 GiB listing budget alone let one
+/// crafted node take a gigabyte of memory).
+const INDEX_STEP: u64 = 4 << 20;
+/// Data runs a file's data ranges list at most (past that its data is
+/// read whole).
+const MAX_DATA_RUNS: usize = 1 << 20;
+
 fn err(what: &str, e: ntfs::NtfsError) -> GuestError {
-    GuestError::Corrupt(format!("ntfs: {what}: {e}"))
+    match e {
+        // The crate shows an I/O error in its debug form.
+        ntfs::NtfsError::Io(io) => GuestError::Corrupt(format!("ntfs: {what}: {io}")),
+        e => GuestError::Corrupt(format!("ntfs: {what}: {e}")),
+    }
 }
 
 impl NtfsFs {
@@ -181,7 +196,13 @@ impl NtfsFs {
         let mut entries = index.entries();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        while let Some(e) = entries.next(r) {
+        loop {
+            let left = self.budget.left();
+            let step = left.min(INDEX_STEP);
+            self.budget.allow(step);
+            let next = entries.next(r);
+            self.budget.allow(left - (step - self.budget.left()));
+            let Some(e) = next else { break };
             let e = e.map_err(|e| err("directory entry", e))?;
             let Some(key) = e.key() else { continue };
             let key = key.map_err(|e| err("file name", e))?;
@@ -309,16 +330,79 @@ impl Filesystem for NtfsFs {
             .seek(&mut *r, SeekFrom::Start(offset))
             .map_err(|e| err("seeking $DATA", e))?;
         let want = (buf.len() as u64).min(value.len() - offset) as usize;
+        // The data through a reader that ends where the volume ends (the
+        // records' reader gives zeros past it, for the crate's sake): a
+        // run pointing past the volume is an error, not a file of zeros
+        // as long as it claims to be.
+        let mut data = SliceReader::new(self.slice.clone());
         let mut done = 0;
         while done < want {
             match value
-                .read(&mut *r, &mut buf[done..want])
+                .read(&mut data, &mut buf[done..want])
                 .map_err(|e| err("reading $DATA", e))?
             {
                 0 => break,
                 n => done += n,
             }
         }
+        if done < want {
+            return corrupt(format!(
+                "ntfs: {}: its data runs end before its size ({} bytes), or lie past the end of the volume",
+                entry.display_path(),
+                value.len()
+            ));
+        }
         Ok(done)
+    }
+
+    fn data_ranges(&self, entry: &FileEntry) -> Result<Option<Vec<(u64, u64)>>> {
+        let (Some(rec), FileKind::File) = (entry.file_id, entry.kind) else {
+            return Ok(None);
+        };
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let file = self
+            .ntfs
+            .file(&mut *r, rec)
+            .map_err(|e| err("file record", e))?;
+        let Some(item) = file.data(&mut *r, "") else {
+            return Ok(None);
+        };
+        let item = item.map_err(|e| err("$DATA", e))?;
+        let attr = item.to_attribute().map_err(|e| err("$DATA", e))?;
+        // Compressed runs hold their clusters in other places.
+        if attr
+            .flags()
+            .intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED)
+        {
+            return Ok(None);
+        }
+        let value = attr.value(&mut *r).map_err(|e| err("$DATA", e))?;
+        let NtfsAttributeValue::NonResident(v) = &value else {
+            return Ok(None);
+        };
+        // Runs without a place on the disk are sparse: zeros, not read.
+        let size = value.len();
+        let mut ranges = Vec::new();
+        let mut at = 0u64;
+        for run in v.data_runs() {
+            if at >= size {
+                break;
+            }
+            let run = run.map_err(|e| err("data runs", e))?;
+            let len = run.allocated_size().min(size - at);
+            if run.data_position().value().is_some() {
+                if ranges.len() == MAX_DATA_RUNS {
+                    return Ok(None);
+                }
+                ranges.push((at, len));
+            }
+            at += len;
+        }
+        // Past the last run, the file's bytes have no place: reading them
+        // fails, so they are left in the ranges to be read.
+        if at < size {
+            ranges.push((at, size - at));
+        }
+        Ok(Some(ranges))
     }
 }

@@ -156,7 +156,14 @@ pub fn restore_files(
                     report.bytes_written += n;
                     report.setid_dropped += set_meta(e, &dest, keep_setid) as u64;
                 }
-                Err(err) => report.skipped.push(format!("{}: {err}", e.display_path())),
+                Err(err) => {
+                    // Made new by this run: no empty or half-written file
+                    // stays in its place.
+                    if err.kind() != std::io::ErrorKind::AlreadyExists {
+                        let _ = fs::remove_file(&dest);
+                    }
+                    report.skipped.push(format!("{}: {err}", e.display_path()))
+                }
             },
             FileKind::Symlink => links.push((e, dest)),
             FileKind::Other => report

@@ -642,6 +642,9 @@ fn roll_into(
                         report.setid_dropped += set_meta(&pick.entry, &dest, keep_setid) as u64;
                     }
                     Err(e) => {
+                        if e.kind() != std::io::ErrorKind::AlreadyExists {
+                            let _ = fs::remove_file(&dest);
+                        }
                         report.failed += 1;
                         report
                             .skipped

@@ -302,17 +302,24 @@ pub fn baseline_for(
 pub struct Target {
     pub opened: Opened,
     pub entries: Vec<FileEntry>,
+    /// Folders that could not be read (crafted or damaged), with why:
+    /// what is in them is not scanned.
+    pub unread: Vec<String>,
 }
 
 impl Target {
     pub fn open(vault: &Arc<Vault>, snap: &Snapshot, partition: Option<u32>) -> Result<Target> {
         let opened = cairn_guest::open_snapshot(vault, snap.clone(), partition)?;
         // Insight stores each analysed snapshot's list; reuse it.
-        let entries = match cairn_insight::filelist::load(vault, &snap.id) {
-            Some(e) if partition.is_none() => e,
-            _ => opened.fs.walk()?,
+        let (entries, unread) = match cairn_insight::filelist::load(vault, &snap.id) {
+            Some(e) if partition.is_none() => (e, Vec::new()),
+            _ => cairn_guest::walk_readable(opened.fs.as_ref())?,
         };
-        Ok(Target { opened, entries })
+        Ok(Target {
+            opened,
+            entries,
+            unread,
+        })
     }
 
     fn side(&self) -> persistence::Side<'_> {
@@ -612,6 +619,19 @@ impl<'a> Scan<'a> {
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(", ")
+            ));
+        }
+        if !self.target.unread.is_empty() {
+            self.raise(ScanVerdict::Warning);
+            self.report.notes.push(format!(
+                "folders that could not be read were not scanned, so this point is not judged clean: {}",
+                self.target
+                    .unread
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ));
         }
         self.report.malware = hits;

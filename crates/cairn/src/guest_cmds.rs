@@ -103,10 +103,12 @@ pub fn ls(
     let top = o.fs.lookup(&path)?;
     let entries: Vec<FileEntry> = if top.kind != FileKind::Dir {
         vec![top]
-    } else if recursive && path.is_empty() {
-        o.fs.walk()?
     } else if recursive {
-        let (entries, unread) = cairn_guest::walk_under(o.fs.as_ref(), &top)?;
+        let (entries, unread) = if path.is_empty() {
+            cairn_guest::walk_readable(o.fs.as_ref())?
+        } else {
+            cairn_guest::walk_under(o.fs.as_ref(), &top)?
+        };
         for s in unread {
             eprintln!("warning: {s}");
         }

@@ -533,6 +533,15 @@ fn report_unwritable_output() {
             eprintln!("error: {msg}");
             std::process::exit(1);
         }
+        // A guest filesystem reader that panicked on crafted structures:
+        // the guard reports it as an error naming the partition.
+        if cairn_guest::in_guarded_reader() {
+            tracing::debug!(
+                "a filesystem reader panicked on damaged structures: {msg} ({})",
+                info.location().map(|l| l.to_string()).unwrap_or_default()
+            );
+            return;
+        }
         default(info);
     }));
 }

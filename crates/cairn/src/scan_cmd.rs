@@ -73,7 +73,12 @@ pub fn scan(
         .iter()
         .map(|r| r.findings() + r.vulnerabilities.len())
         .sum();
-    Ok(if found > 0 { FOUND } else { 0 })
+    // A point not judged clean (files or folders that could not be read)
+    // is something found too, findings or not.
+    let unclean = reports
+        .iter()
+        .any(|r| r.verdict != cairn_scan::ScanVerdict::Clean);
+    Ok(if found > 0 || unclean { FOUND } else { 0 })
 }
 
 fn print_report(r: &ScanReport, rule_count: usize) {

@@ -485,10 +485,17 @@ fn a_directory_linked_into_itself_is_named_not_walked_forever() {
     // The backup itself succeeds; insight says why it could not look in.
     let out = env.backup(&img, "loop", "2026-03-01T00:00:00Z");
     assert_eq!(out["name"], "loop");
+    // A recursive listing names the loop and lists everything once.
     let out = env.run(&["ls", "-R", "loop@latest"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("appears twice (loop)"), "{err}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        listed.lines().filter(|l| l.ends_with("/up")).count(),
+        1,
+        "{listed}"
+    );
     // The directories around it still read one level at a time.
     let top = env.json(&["ls", "loop@latest:/Projects/Cairn/src"]);
     let names: Vec<&str> = top
@@ -666,22 +673,46 @@ fn a_file_claiming_a_terabyte_of_holes_restores_at_once() {
 /// Restores `spec` to `to`, failing the test when that takes more than a
 /// minute (a crafted filesystem that makes a restore run without end).
 fn restore_within_a_minute(env: &Env, spec: &str, to: &Path) -> std::process::Output {
+    within_a_minute(env, &["restore", spec, "--to", to.to_str().unwrap()])
+}
+
+/// Runs cairn with `args`, failing the test when it has not ended after
+/// a minute.
+fn within_a_minute(env: &Env, args: &[&str]) -> std::process::Output {
+    use std::io::Read;
     let mut child = env
         .cmd()
-        .args(["restore", spec, "--to", to.to_str().unwrap()])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Drained while it runs: a full pipe would stall it.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
     let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if started.elapsed() > std::time::Duration::from_secs(60) {
             child.kill().unwrap();
-            panic!("restoring {spec} did not end within a minute");
+            panic!("cairn {} did not end within a minute", args.join(" "));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
-    child.wait_with_output().unwrap()
 }
 
 fn set<'a>(v: &'a Value, key: &str, field: &str) -> Vec<&'a str> {
@@ -1066,4 +1097,124 @@ fn setuid_programs_come_back_plain_unless_asked() {
     ]);
     assert_eq!(mode_of(&tree_kept.join("usr/bin/rootshell")), 0o4755);
     assert!(has_cap(&tree_kept.join("usr/bin/capable")));
+}
+
+/// Peak resident memory of the largest child this test process has
+/// waited for, in bytes.
+fn children_peak_rss() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss as u64 * 1024
+}
+
+#[test]
+fn crafted_ntfs_runs_and_index_nodes_end_in_errors_not_gigabytes_or_endless_reads() {
+    let env = Env::new("30d", &[]);
+    let vol = env.path("ntfs.img");
+    sh("truncate", &["-s", "64M", vol.to_str().unwrap()]);
+    sh("mkntfs", &["-F", "-f", "-q", vol.to_str().unwrap()]);
+    let mnt = env.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("ntfs-3g", &[vol.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let made = (|| {
+        std::fs::create_dir_all(mnt.join("D"))?;
+        std::fs::create_dir_all(mnt.join("S"))?;
+        // Enough entries for the folder's index to need nodes of its own.
+        for i in 1..=40 {
+            std::fs::write(mnt.join(format!("D/file{i}.txt")), format!("file {i}\n"))?;
+        }
+        for (name, seed) in [("big.bin", 1), ("beyond.bin", 2), ("short.bin", 3)] {
+            std::fs::write(mnt.join("S").join(name), noise(300_000, seed))?;
+        }
+        std::fs::write(mnt.join("S/small.txt"), "small\n")
+    })();
+    sh("umount", &[mnt.to_str().unwrap()]);
+    made.unwrap();
+    let craft = |args: &[&str]| {
+        let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/ntfs_craft.py");
+        let mut a = vec![tool, vol.to_str().unwrap()];
+        a.extend_from_slice(args);
+        sh("python3", &a);
+    };
+    // D's first index node names itself as every entry's child: the
+    // reader went down it without end, keeping every node (a gigabyte).
+    craft(&["index-cycle", "D"]);
+    // A run of 2^40 clusters far past the 64 MiB volume (was read as 4
+    // PiB of zeros by a scan), a sparse terabyte (was read a terabyte
+    // long by a restore), sizes claiming 100 MiB over 300 KB of runs (was
+    // restored cut short without a word).
+    craft(&["runs-beyond", "beyond.bin"]);
+    craft(&["sparse", "big.bin", "1024"]);
+    craft(&["short-runs", "short.bin", "100"]);
+    env.backup(&vol, "vm", "2026-03-01T00:00:00Z");
+
+    let ls = within_a_minute(&env, &["ls", "-R", "vm@latest:/"]);
+    assert!(ls.status.success());
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    let err = String::from_utf8_lossy(&ls.stderr);
+    assert!(
+        listed.contains("/S/small.txt"),
+        "the rest is listed: {listed}"
+    );
+    assert!(
+        err.contains("/D: not read") && err.contains("loop"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("Custom {"),
+        "{err}"
+    );
+
+    let out = env.path("out");
+    let r = within_a_minute(
+        &env,
+        &["restore", "vm@latest:/S", "--to", out.to_str().unwrap()],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let err = String::from_utf8_lossy(&r.stderr);
+    let big = std::fs::metadata(out.join("S/big.bin")).unwrap();
+    assert_eq!(big.len(), 1 << 40);
+    assert!(
+        allocated(&out.join("S/big.bin")) < 1 << 20,
+        "holes stay holes"
+    );
+    for skipped in ["beyond.bin", "short.bin"] {
+        assert!(
+            err.contains(&format!("/S/{skipped}")),
+            "{skipped} named: {err}"
+        );
+        assert!(
+            !out.join("S").join(skipped).exists(),
+            "nothing left in place of {skipped}"
+        );
+    }
+    assert!(err.contains("data runs end before its size"), "{err}");
+    assert_eq!(std::fs::read(out.join("S/small.txt")).unwrap(), b"small\n");
+
+    let cat = within_a_minute(&env, &["cat", "vm@latest:/S/beyond.bin"]);
+    assert_eq!(cat.status.code(), Some(1), "not zeros past the volume");
+
+    let scan = within_a_minute(&env, &["scan", "vm@latest", "--json"]);
+    assert_eq!(
+        scan.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&scan.stderr)
+    );
+    let report: Value = serde_json::from_slice(&scan.stdout).unwrap();
+    assert_eq!(report["verdict"], "warning", "{report}");
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("/S/beyond.bin") && notes.contains("/D: not read"),
+        "{notes}"
+    );
+
+    assert!(
+        children_peak_rss() < 400 << 20,
+        "no command took more than 400 MiB: {} MiB",
+        children_peak_rss() >> 20
+    );
 }
