@@ -52,6 +52,8 @@ pub struct SliceReader {
     slice: Slice,
     pos: u64,
     zero_padded: bool,
+    /// Reads past the end fail instead of returning end-of-file.
+    strict: bool,
     /// Bytes left to read, shared with the reader's owner (see
     /// [`ReadBudget`]); None: no limit.
     budget: Option<ReadBudget>,
@@ -106,6 +108,7 @@ impl SliceReader {
             slice,
             pos: 0,
             zero_padded: false,
+            strict: false,
             budget: None,
         }
     }
@@ -116,6 +119,16 @@ impl SliceReader {
         self
     }
 
+    /// Reads past the end fail: for file data, where a reader that takes
+    /// a read of nothing for the end of one run would go on with the next
+    /// run's bytes in its place.
+    pub fn strict(slice: Slice) -> Self {
+        SliceReader {
+            strict: true,
+            ..SliceReader::new(slice)
+        }
+    }
+
     /// Reads past the end return zeros instead of end-of-file. For readers
     /// (the `ntfs` crate) that treat an I/O error in the middle of a record
     /// as impossible and panic: zeros fail their checks as ordinary errors.
@@ -124,6 +137,7 @@ impl SliceReader {
             slice,
             pos: 0,
             zero_padded: true,
+            strict: false,
             budget: None,
         }
     }
@@ -148,6 +162,12 @@ impl Read for SliceReader {
                 buf.fill(0);
                 self.pos = self.pos.saturating_add(buf.len() as u64);
                 return Ok(buf.len());
+            }
+            if self.strict && !buf.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "past the end of the volume",
+                ));
             }
             return Ok(0);
         }

@@ -330,11 +330,12 @@ impl Filesystem for NtfsFs {
             .seek(&mut *r, SeekFrom::Start(offset))
             .map_err(|e| err("seeking $DATA", e))?;
         let want = (buf.len() as u64).min(value.len() - offset) as usize;
-        // The data through a reader that ends where the volume ends (the
-        // records' reader gives zeros past it, for the crate's sake): a
-        // run pointing past the volume is an error, not a file of zeros
-        // as long as it claims to be.
-        let mut data = SliceReader::new(self.slice.clone());
+        // The data through a reader that fails past the volume's end (the
+        // records' reader gives zeros there, for the crate's sake): a run
+        // pointing past the volume is an error, not a file of zeros as long
+        // as it claims to be (and not the next run's bytes moved up, which
+        // the crate would give after a read of nothing).
+        let mut data = SliceReader::strict(self.slice.clone());
         let mut done = 0;
         while done < want {
             match value

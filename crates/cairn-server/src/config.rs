@@ -142,8 +142,11 @@ impl ServerConfig {
         for p in &c.source {
             p.interval()?;
         }
-        if c.max_connections == Some(0) {
-            bail!("{}: max_connections must be more than zero", path.display());
+        if c.max_connections.is_some_and(|n| n == 0 || n > 100_000) {
+            bail!(
+                "{}: max_connections must be from 1 to 100000",
+                path.display()
+            );
         }
         // Agents drop connections idle for 4 s (see the vault's remote
         // backend), so none reuses one the server is closing.

@@ -521,10 +521,49 @@ pub async fn serve(st: Shared, listener: tokio::net::TcpListener) -> Result<()> 
     };
     scheduler::start(st.clone());
     let limits = Limits {
-        connections: st.config.max_connections.unwrap_or(1024),
+        connections: connections_within_file_limit(st.config.max_connections.unwrap_or(1024)),
         header_timeout: std::time::Duration::from_secs(st.config.header_timeout.unwrap_or(30)),
     };
     accept_loop(app, listener, tls, limits).await
+}
+
+/// Descriptors kept for the vault's files, logs and exports beside the
+/// connections.
+const RESERVED_FDS: u64 = 256;
+
+/// `wanted` connections, fewer if the process may not open that many
+/// files: its soft limit is raised to the hard one first (systemd's soft
+/// limit is 1024), and what is still short leaves room for the vault's own
+/// files, so a full house of clients cannot make them fail to open.
+fn connections_within_file_limit(wanted: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    let room = lim.rlim_cur.saturating_sub(RESERVED_FDS).max(16);
+    let n = wanted.min(usize::try_from(room).unwrap_or(usize::MAX));
+    if n < wanted {
+        tracing::warn!(
+            "serving at most {n} connections at once: the process may open {} files",
+            lim.rlim_cur
+        );
+    }
+    n
 }
 
 /// What one client can hold of the server.
@@ -566,7 +605,7 @@ async fn accept_loop(
                 // taken: the next one may do.
                 Err(e) => {
                     tracing::warn!("accepting a connection: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     continue;
                 }
             },

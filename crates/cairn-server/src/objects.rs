@@ -622,30 +622,29 @@ fn check_complete(
         ));
     }
     // What the manifest cites was checked against its address when it
-    // was stored, so an object that does not read as the source's kind
-    // of map is the client's mistake (or forgery), not the server's.
-    let cited = |e: cairn_vault::Error| match e {
-        cairn_vault::Error::Damaged { reason, .. } => ApiError::bad(format!(
+    // was stored, so an object that does not parse as the source's kind
+    // of map is the client's mistake (or forgery), not the server's; an
+    // object that cannot be read or opened stays a server error.
+    let bytes = vault.read_content_of(snap)?;
+    let cited = |reason: String| {
+        ApiError::bad(format!(
             "{} is not a {} map: {reason}",
             snap.content,
             match snap.source.kind {
                 SourceKind::Disk => "disk",
                 SourceKind::Directory => "directory tree",
             }
-        )),
-        e => e.into(),
+        ))
     };
     let mut wanted: Vec<ChunkId> = match snap.source.kind {
-        SourceKind::Disk => vault
-            .read_disk_map(snap)
-            .map_err(cited)?
+        SourceKind::Disk => cairn_vault::diskmap::DiskMap::from_stored(&bytes, vault.hasher())
+            .map_err(|r| cited(r.to_string()))?
             .chunks
             .into_iter()
             .flatten()
             .collect(),
-        SourceKind::Directory => vault
-            .read_tree(snap)
-            .map_err(cited)?
+        SourceKind::Directory => postcard::from_bytes::<cairn_vault::tree::Tree>(&bytes)
+            .map_err(|e| cited(e.to_string()))?
             .entries
             .iter()
             .flat_map(|e| e.chunks.iter().map(|c| c.id))

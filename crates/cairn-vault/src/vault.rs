@@ -783,6 +783,12 @@ impl Vault {
         })
     }
 
+    /// The plaintext of a snapshot's disk map or tree, checked against its
+    /// address, not yet parsed.
+    pub fn read_content_of(&self, snap: &Snapshot) -> Result<Vec<u8>> {
+        self.read_content(&snap.content)
+    }
+
     pub fn read_disk_map(&self, snap: &Snapshot) -> Result<DiskMap> {
         let bytes = self.read_content(&snap.content)?;
         DiskMap::from_stored(&bytes, &self.hasher).map_err(|r| Error::damaged(&snap.content, r))

@@ -8,6 +8,9 @@ attacker with raw access to a guest's disk could. Used by the guest tests.
                                                 entry's child (an endless descent)
     ntfs_craft.py VOLUME runs-beyond FILENAME   one run of 2^40 clusters from
                                                 cluster 1: far past the volume
+    ntfs_craft.py VOLUME run-beyond-first FILENAME  its first cluster moved
+                                                far past the volume, the rest
+                                                where it was
     ntfs_craft.py VOLUME sparse FILENAME GIB    one sparse run of GIB GiB
     ntfs_craft.py VOLUME short-runs FILENAME MIB sizes claim MIB MiB, the runs
                                                 stay as they were
@@ -163,6 +166,15 @@ def main():
     elif op == "runs-beyond":
         clusters = 1 << 40
         v.set_runs(v.by_name(name), bytes([0x16]) + clusters.to_bytes(6, "little") + b"\x01", clusters)
+    elif op == "run-beyond-first":
+        n = v.by_name(name)
+        r = v.record(n)
+        (lcn, length), = v.runs(r, v.attribute(r, 0x80))
+        far = 1 << 32
+        runs = bytes([0x51, 1]) + far.to_bytes(5, "little", signed=True)
+        runs += bytes([0x54]) + (length - 1).to_bytes(4, "little")
+        runs += (lcn + 1 - far).to_bytes(5, "little", signed=True)
+        v.set_runs(n, runs, length)
     elif op == "sparse":
         clusters = int(sys.argv[4]) * (1 << 30) // v.cluster
         v.set_runs(v.by_name(name), bytes([0x04]) + clusters.to_bytes(4, "little"), clusters)
