@@ -312,54 +312,97 @@ impl Filesystem for NtfsFs {
         let rec = entry
             .file_id
             .ok_or_else(|| GuestError::NotFound(entry.display_path()))?;
-        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let file = self
-            .ntfs
-            .file(&mut *r, rec)
-            .map_err(|e| err("file record", e))?;
-        let Some(item) = file.data(&mut *r, "") else {
-            return Ok(0);
-        };
-        let item = item.map_err(|e| err("$DATA", e))?;
-        let attr = item.to_attribute().map_err(|e| err("$DATA", e))?;
-        let mut value = attr.value(&mut *r).map_err(|e| err("$DATA", e))?;
-        if offset >= value.len() {
-            return Ok(0);
-        }
-        value
-            .seek(&mut *r, SeekFrom::Start(offset))
-            .map_err(|e| err("seeking $DATA", e))?;
-        let want = (buf.len() as u64).min(value.len() - offset) as usize;
-        // The data through a reader that fails past the volume's end (the
-        // records' reader gives zeros there, for the crate's sake): a run
-        // pointing past the volume is an error, not a file of zeros as long
-        // as it claims to be (and not the next run's bytes moved up, which
-        // the crate would give after a read of nothing).
-        let mut data = SliceReader::strict(self.slice.clone());
-        let mut done = 0;
-        while done < want {
-            match value
-                .read(&mut data, &mut buf[done..want])
-                .map_err(|e| err("reading $DATA", e))?
-            {
-                0 => break,
-                n => done += n,
+        let read = self.on_data(rec, |r, _, mut value| {
+            if offset >= value.len() {
+                return Ok(0);
             }
-        }
-        if done < want {
-            return corrupt(format!(
-                "ntfs: {}: its data runs end before its size ({} bytes), or lie past the end of the volume",
-                entry.display_path(),
-                value.len()
-            ));
-        }
-        Ok(done)
+            value
+                .seek(r, SeekFrom::Start(offset))
+                .map_err(|e| err("seeking $DATA", e))?;
+            let want = (buf.len() as u64).min(value.len() - offset) as usize;
+            // The data through a reader that fails past the volume's end
+            // (the records' reader gives zeros there, for the crate's
+            // sake): a run pointing past the volume is an error, not a
+            // file of zeros as long as it claims to be (and not the next
+            // run's bytes moved up, which the crate would give after a
+            // read of nothing).
+            let mut data = SliceReader::strict(self.slice.clone());
+            let mut done = 0;
+            while done < want {
+                match value
+                    .read(&mut data, &mut buf[done..want])
+                    .map_err(|e| err("reading $DATA", e))?
+                {
+                    0 => break,
+                    n => done += n,
+                }
+            }
+            if done < want {
+                return corrupt(format!(
+                    "ntfs: {}: its data runs end before its size ({} bytes), or lie past the end of the volume",
+                    entry.display_path(),
+                    value.len()
+                ));
+            }
+            Ok(done)
+        })?;
+        Ok(read.unwrap_or(0))
     }
 
     fn data_ranges(&self, entry: &FileEntry) -> Result<Option<Vec<(u64, u64)>>> {
         let (Some(rec), FileKind::File) = (entry.file_id, entry.kind) else {
             return Ok(None);
         };
+        let ranges = self.on_data(rec, |_, attr, value| {
+            // Compressed runs hold their clusters in other places.
+            let packed = NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED;
+            let NtfsAttributeValue::NonResident(v) = &value else {
+                return Ok(None);
+            };
+            if attr.flags().intersects(packed) {
+                return Ok(None);
+            }
+            // Runs without a place on the disk are sparse: zeros, not read.
+            let size = value.len();
+            let mut ranges = Vec::new();
+            let mut at = 0u64;
+            for run in v.data_runs() {
+                if at >= size {
+                    break;
+                }
+                let run = run.map_err(|e| err("data runs", e))?;
+                let len = run.allocated_size().min(size - at);
+                if run.data_position().value().is_some() {
+                    if ranges.len() == MAX_DATA_RUNS {
+                        return Ok(None);
+                    }
+                    ranges.push((at, len));
+                }
+                at += len;
+            }
+            // Past the last run, the file's bytes have no place: reading
+            // them fails, so they are left in the ranges to be read.
+            if at < size {
+                ranges.push((at, size - at));
+            }
+            Ok(Some(ranges))
+        })?;
+        Ok(ranges.flatten())
+    }
+}
+
+impl NtfsFs {
+    /// Runs `f` on the unnamed $DATA attribute of record `rec` and its
+    /// value, with the records' reader; None when the file has none.
+    fn on_data<T>(
+        &self,
+        rec: u64,
+        f: impl FnOnce(
+            &mut SliceReader,
+            &ntfs::NtfsAttribute<'_, '_>,
+            NtfsAttributeValue<'_, '_>,
+        ) -> Result<T>,
+    ) -> Result<Option<T>> {
         let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let file = self
             .ntfs
@@ -370,40 +413,7 @@ impl Filesystem for NtfsFs {
         };
         let item = item.map_err(|e| err("$DATA", e))?;
         let attr = item.to_attribute().map_err(|e| err("$DATA", e))?;
-        // Compressed runs hold their clusters in other places.
-        if attr
-            .flags()
-            .intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED)
-        {
-            return Ok(None);
-        }
         let value = attr.value(&mut *r).map_err(|e| err("$DATA", e))?;
-        let NtfsAttributeValue::NonResident(v) = &value else {
-            return Ok(None);
-        };
-        // Runs without a place on the disk are sparse: zeros, not read.
-        let size = value.len();
-        let mut ranges = Vec::new();
-        let mut at = 0u64;
-        for run in v.data_runs() {
-            if at >= size {
-                break;
-            }
-            let run = run.map_err(|e| err("data runs", e))?;
-            let len = run.allocated_size().min(size - at);
-            if run.data_position().value().is_some() {
-                if ranges.len() == MAX_DATA_RUNS {
-                    return Ok(None);
-                }
-                ranges.push((at, len));
-            }
-            at += len;
-        }
-        // Past the last run, the file's bytes have no place: reading them
-        // fails, so they are left in the ranges to be read.
-        if at < size {
-            ranges.push((at, size - at));
-        }
-        Ok(Some(ranges))
+        f(&mut r, &attr, value).map(Some)
     }
 }
