@@ -8,6 +8,7 @@
 //! export_host = "10.0.0.5"   # where console NBD exports listen (default 127.0.0.1)
 //! restore_dir = "/srv/restores"   # where the API's restores write (none: refused)
 //! max_connections = 1024   # served at once; more wait (default 1024)
+//! max_connections_per_address = 256   # one client address at most; more get 503
 //! header_timeout = 30      # seconds a client has for a TLS handshake or a
 //!                          # request's headers, idle or not (default 30, at least 5)
 //!
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     pub restore_dir: Option<PathBuf>,
     /// Connections served at once (default 1024); more wait to be accepted.
     pub max_connections: Option<usize>,
+    /// Connections one client address may hold at once (default 256);
+    /// past it a new one gets 503 and is closed.
+    pub max_connections_per_address: Option<usize>,
     /// Seconds a connection may take for its TLS handshake and for each
     /// request's headers, and may sit idle between requests (default 30):
     /// clients that open connections and send nothing would otherwise
@@ -141,6 +145,12 @@ impl ServerConfig {
             toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
         for p in &c.source {
             p.interval()?;
+        }
+        if c.max_connections_per_address == Some(0) {
+            bail!(
+                "{}: max_connections_per_address must be more than zero",
+                path.display()
+            );
         }
         if c.max_connections.is_some_and(|n| n == 0 || n > 100_000) {
             bail!(

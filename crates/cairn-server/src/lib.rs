@@ -523,6 +523,7 @@ pub async fn serve(st: Shared, listener: tokio::net::TcpListener) -> Result<()> 
     let limits = Limits {
         connections: connections_within_file_limit(st.config.max_connections.unwrap_or(1024)),
         header_timeout: std::time::Duration::from_secs(st.config.header_timeout.unwrap_or(30)),
+        per_address: st.config.max_connections_per_address.unwrap_or(256),
     };
     accept_loop(app, listener, tls, limits).await
 }
@@ -576,6 +577,46 @@ struct Limits {
     /// requests: past it the connection is closed, so connections that
     /// send nothing (or a byte a minute) cannot keep the places.
     header_timeout: std::time::Duration,
+    /// Connections one address may hold at once: one host cannot take
+    /// every place (agents open a few each).
+    per_address: usize,
+}
+
+/// The connections each client address holds.
+type PerAddress = Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>;
+
+/// One of an address's places, given back when its connection ends.
+struct AddressPlace {
+    held: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl AddressPlace {
+    /// A place for `ip`, or None when it holds `most` already.
+    fn take(held: &PerAddress, ip: std::net::IpAddr, most: usize) -> Option<AddressPlace> {
+        let mut map = held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= most {
+            return None;
+        }
+        *n += 1;
+        Some(AddressPlace {
+            held: held.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut map = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Accepts connections up to the limit and serves each on a task of its
@@ -590,6 +631,7 @@ async fn accept_loop(
     limits: Limits,
 ) -> Result<()> {
     let places = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let per_address: PerAddress = Arc::default();
     let (stopping, stop_seen) = tokio::sync::watch::channel(false);
     let stop = shutdown();
     tokio::pin!(stop);
@@ -598,9 +640,9 @@ async fn accept_loop(
             p = places.clone().acquire_owned() => p?,
             _ = &mut stop => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 // Out of descriptors, or a connection reset before it was
                 // taken: the next one may do.
                 Err(e) => {
@@ -611,11 +653,20 @@ async fn accept_loop(
             },
             _ = &mut stop => break,
         };
+        let Some(address_place) = AddressPlace::take(&per_address, peer.ip(), limits.per_address)
+        else {
+            tracing::debug!("{}: too many connections from this address", peer.ip());
+            // Said if it can be said at once (plain HTTP), then closed.
+            let _ = tcp.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            continue;
+        };
         let app = app.clone();
         let tls = tls.clone();
         let mut stop_seen = stop_seen.clone();
         tokio::spawn(async move {
-            let _place = place;
+            let _place = (place, address_place);
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())

@@ -1251,4 +1251,48 @@ fn connections_that_send_nothing_are_cut_and_cannot_take_every_place() {
     // ...and an ordinary request is served after them.
     let (status, body) = call("GET", &format!("{}/healthz", server.url), None, b"");
     assert_eq!((status, body), (200, Value::String("ok\n".into())));
+
+    // One address holds three places at most: a fourth connection is
+    // told so and closed, not served.
+    let config = env.path("server2.toml");
+    std::fs::write(&config, "max_connections_per_address = 3\n").unwrap();
+    let server = serve(&env, &["--config", config.to_str().unwrap()]);
+    let addr = server
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut fourth = std::net::TcpStream::connect(&addr).unwrap();
+    fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = fourth.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    drop(held);
+    // Once they are closed, the address is served again.
+    let get = || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        answer
+    };
+    let served = (0..100).any(|_| {
+        let ok = get().starts_with("HTTP/1.1 200");
+        if !ok {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ok
+    });
+    assert!(served);
 }
