@@ -1206,19 +1206,30 @@ fn the_console_api_boots_a_point_in_isolation() {
     );
 }
 
+/// The server's host:port.
+fn address(server: &Server) -> String {
+    let rest = server.url.trim_start_matches("http://");
+    rest.split('/').next().unwrap().to_string()
+}
+
+/// GET /healthz on a connection of its own: the whole answer as text
+/// (empty when the server closed it without one).
+fn raw_healthz(addr: &str) -> String {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    answer
+}
+
 #[test]
 fn connections_that_send_nothing_are_cut_and_cannot_take_every_place() {
     let env = Env::new("30d", &[]);
     let config = env.path("server.toml");
     std::fs::write(&config, "max_connections = 4\nheader_timeout = 5\n").unwrap();
     let server = serve(&env, &["--config", config.to_str().unwrap()]);
-    let addr = server
-        .url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = address(&server);
     // Every place taken: two connections that send nothing, two that
     // start a request and never finish its headers.
     let idle: Vec<std::net::TcpStream> = (0..4)
@@ -1257,38 +1268,16 @@ fn connections_that_send_nothing_are_cut_and_cannot_take_every_place() {
     let config = env.path("server2.toml");
     std::fs::write(&config, "max_connections_per_address = 3\n").unwrap();
     let server = serve(&env, &["--config", config.to_str().unwrap()]);
-    let addr = server
-        .url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = address(&server);
     let held: Vec<std::net::TcpStream> = (0..3)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
-    let mut fourth = std::net::TcpStream::connect(&addr).unwrap();
-    fourth
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    fourth
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut answer = String::new();
-    let _ = fourth.read_to_string(&mut answer);
+    let answer = raw_healthz(&addr);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
     drop(held);
     // Once they are closed, the address is served again.
-    let get = || {
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut answer = String::new();
-        let _ = c.read_to_string(&mut answer);
-        answer
-    };
     let served = (0..100).any(|_| {
-        let ok = get().starts_with("HTTP/1.1 200");
+        let ok = raw_healthz(&addr).starts_with("HTTP/1.1 200");
         if !ok {
             std::thread::sleep(Duration::from_millis(50));
         }
