@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bodies;
 pub mod config;
 pub mod console;
 pub mod exports;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub jobs: jobs::Jobs,
     pub exports: exports::Exports,
     pub claims: objects::Claims,
+    pub maps_shown: objects::MapsShown,
+    pub bodies: bodies::Bodies,
     pub config: config::ServerConfig,
     /// Console sessions: session id → (token id, when it ends).
     sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
@@ -84,6 +87,8 @@ impl AppState {
             jobs: jobs::Jobs::default(),
             exports: exports::Exports::default(),
             claims: objects::Claims::default(),
+            maps_shown: objects::MapsShown::default(),
+            bodies: bodies::Bodies::default(),
             sessions: Mutex::new(HashMap::new()),
             scan_lock: Mutex::new(()),
             vault,
@@ -382,7 +387,21 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
     {
         st.audit(c, &format!("{method} {path}"), "", "started");
     }
-    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    // The body arrives whole, within its limits, before any handler runs.
+    let timeout = std::time::Duration::from_secs(st.config.header_timeout.unwrap_or(30));
+    let received = st
+        .bodies
+        .receive(
+            &parts,
+            caller.as_ref().map(|c| c.id.as_str()),
+            body,
+            timeout,
+        )
+        .await;
+    let (mut resp, _held) = match received {
+        Ok((body, held)) => (next.run(Request::from_parts(parts, body)).await, held),
+        Err(e) => (e.into_response(), None),
+    };
     let status = resp.status();
     st.metrics.add(
         "cairn_http_requests_total",

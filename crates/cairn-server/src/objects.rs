@@ -226,7 +226,18 @@ async fn get_object(
         }
         let b = st.vault.backend();
         let data = match (range.offset, range.len) {
-            (Some(o), Some(l)) => b.get_range(&name, o, l)?,
+            (Some(o), Some(l)) => {
+                // Checked before anything is allocated for it: a length
+                // is the client's to choose.
+                let size = b.size(&name)?;
+                if o > size || l as u64 > size - o {
+                    return Err(ApiError::new(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        format!("{name} holds {size} bytes: {l} from {o} is past its end"),
+                    ));
+                }
+                b.get_range(&name, o, l)?
+            }
             (None, None) => b.get(&name)?,
             _ => return Err(ApiError::bad("a range needs both offset and len")),
         };
@@ -363,9 +374,52 @@ type Stored = (bool, Option<(TokenRecord, cairn_vault::Snapshot)>);
 fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stored, ApiError> {
     let vault = &st.vault;
     let b = vault.backend();
+    // Operators read, scan and restore through the API, where the server
+    // itself writes what it finds: through the object protocol only
+    // agents (their own sources) and admins add objects. An operator who
+    // could store a scan record could call a compromised snapshot clean.
+    if who.role == Role::Operator {
+        return Err(ApiError::forbidden(format!(
+            "{name}: an operator token cannot write objects"
+        )));
+    }
+    // Where the caller may write at all is said before anything about
+    // what exists there.
+    let writable = match top(name) {
+        "packs" | "index" | "maps" | "snapshots" => true,
+        "insight" | "scan" => who.role > Role::Agent,
+        _ => false,
+    };
+    if !writable {
+        return Err(ApiError::forbidden(format!(
+            "{name}: {} token cannot write there",
+            match who.role {
+                Role::Agent => "an agent",
+                Role::Operator => "an operator",
+                Role::Admin => "an admin",
+            }
+        )));
+    }
+    if top(name) == "maps" {
+        // A map is its plaintext (sealing it again gives other bytes):
+        // one that decrypts to what its address names is the same map,
+        // stored or not, and the caller has shown it holds that map.
+        let plain = vault
+            .open_object(name, body)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        let id = vault.hasher().object_id(&plain);
+        if name != format!("maps/{}/{}", &id[..2], id) {
+            return Err(ApiError::bad(format!(
+                "{name} is not the content address of what was sent"
+            )));
+        }
+        let created = !b.exists(name)? && b.put(name, body)?;
+        st.maps_shown.record(&who.id, name);
+        return Ok((created, None));
+    }
     if b.exists(name)? {
         // Put-if-absent: a resumed upload sends the same bytes again.
-        if b.get(name)? == body {
+        if same_bytes(b, name, body)? {
             return Ok((false, None));
         }
         return Err(ApiError::forbidden(format!(
@@ -379,15 +433,6 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
     // before is seen (the index is reloaded when packs went away), so a
     // manifest is accepted only while every chunk it needs is stored.
     let mut _accepting = None;
-    // Operators read, scan and restore through the API, where the server
-    // itself writes what it finds: through the object protocol only
-    // agents (their own sources) and admins add objects. An operator who
-    // could store a scan record could call a compromised snapshot clean.
-    if who.role == Role::Operator {
-        return Err(ApiError::forbidden(format!(
-            "{name}: an operator token cannot write objects"
-        )));
-    }
     match top(name) {
         "packs" => {
             let id = name.rsplit('/').next().unwrap_or("");
@@ -427,21 +472,17 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
             }
             index = Some(idx);
         }
-        "maps" => {
-            let plain = vault
-                .open_object(name, body)
-                .map_err(|e| ApiError::bad(e.to_string()))?;
-            let id = vault.hasher().object_id(&plain);
-            if name != format!("maps/{}/{}", &id[..2], id) {
-                return Err(ApiError::bad(format!(
-                    "{name} is not the content address of what was sent"
-                )));
-            }
-        }
         "snapshots" => {
             let snap = vault
                 .parse_snapshot(name, body)
                 .map_err(|e| ApiError::bad(e.to_string()))?;
+            // Every command names snapshots by id prefix, and an id is a
+            // file name under several folders.
+            if !is_id(&snap.id.0) {
+                return Err(ApiError::bad(format!(
+                    "{name}: a snapshot id is 64 lowercase hex digits"
+                )));
+            }
             if !who.may_write(&snap.name) {
                 return Err(ApiError::forbidden(format!(
                     "this agent token may back up {}, not {}",
@@ -451,25 +492,17 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
             }
             check_times(vault, &snap)?;
             check_lineage(vault, &snap)?;
+            check_cited_map(st, who, &snap)?;
             _accepting = Some(cairn_vault::lock::VaultLock::shared(vault.root())?);
             vault.refresh_index()?;
             check_complete(st, who, &snap)?;
             snapshot = Some(snap);
         }
-        "insight" | "scan" if who.role > Role::Agent => {
+        _ => {
+            // insight or scan, by an admin (see `writable`).
             vault
                 .open_object(name, body)
                 .map_err(|e| ApiError::bad(e.to_string()))?;
-        }
-        _ => {
-            return Err(ApiError::forbidden(format!(
-                "{name}: {} token cannot write there",
-                match who.role {
-                    Role::Agent => "an agent",
-                    Role::Operator => "an operator",
-                    Role::Admin => "an admin",
-                }
-            )));
         }
     }
     let created = b.put(name, body)?;
@@ -543,6 +576,80 @@ fn when(secs: i64) -> String {
 /// A pack or snapshot id as the vault names them: 64 lowercase hex digits.
 fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether stored object `name` holds exactly `body`, read a piece at a
+/// time (a pack may be hundreds of MiB).
+fn same_bytes(
+    b: &dyn cairn_vault::backend::Backend,
+    name: &str,
+    body: &[u8],
+) -> Result<bool, ApiError> {
+    const PIECE: usize = 8 << 20;
+    if b.size(name)? != body.len() as u64 {
+        return Ok(false);
+    }
+    for (i, piece) in body.chunks(PIECE).enumerate() {
+        if b.get_range(name, (i * PIECE) as u64, piece.len())? != piece {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Maps each agent has shown it holds (by sending them, new or not),
+/// the newest few per token: an agent's manifest may cite only those, or
+/// maps its own sources' snapshots cite already. A map is a source's
+/// file names and chunk ids, and the agent may read what its snapshots
+/// cite: citing a map it merely knew the name of would hand it another
+/// host's tree.
+#[derive(Default)]
+pub struct MapsShown {
+    inner: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
+}
+
+/// Maps remembered per token (an agent sends one per backup, just before
+/// its manifest).
+const MAPS_SHOWN_PER_TOKEN: usize = 64;
+
+impl MapsShown {
+    fn record(&self, token: &str, map: &str) {
+        let mut g = self.inner.lock().unwrap();
+        let shown = g.entry(token.to_string()).or_default();
+        if !shown.iter().any(|m| m == map) {
+            if shown.len() >= MAPS_SHOWN_PER_TOKEN {
+                shown.pop_front();
+            }
+            shown.push_back(map.to_string());
+        }
+    }
+
+    fn has(&self, token: &str, map: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .get(token)
+            .is_some_and(|s| s.iter().any(|m| m == map))
+    }
+}
+
+/// An agent's manifest cites a map it sent (see [`MapsShown`]) or one its
+/// own sources' snapshots cite.
+fn check_cited_map(
+    st: &Shared,
+    who: &TokenRecord,
+    snap: &cairn_vault::Snapshot,
+) -> Result<(), ApiError> {
+    if who.role > Role::Agent
+        || st.maps_shown.has(&who.id, &snap.content)
+        || own_objects(st, who)?.contains(&snap.content)
+    {
+        return Ok(());
+    }
+    Err(ApiError::bad(format!(
+        "snapshot {}: {} was not sent by this agent (send the map before the manifest; back up again if the server restarted in between)",
+        snap.id.0, snap.content
+    )))
 }
 
 /// An agent's pack index is bounded before a byte of it is decoded: each

@@ -225,6 +225,19 @@ impl Backend for LocalBackend {
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let f = self.opened(name)?;
+        // Nothing large is allocated for bytes the object does not have
+        // (chunk reads, the common case, are far smaller: no stat for them).
+        let size = if len > 16 << 20 {
+            f.metadata().ctx(|| format!("stat {name}"))?.len()
+        } else {
+            u64::MAX
+        };
+        if offset > size || len as u64 > size - offset {
+            return Err(crate::Error::io(
+                format!("reading {len} bytes at {offset} of {name}"),
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            ));
+        }
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset)
             .ctx(|| format!("reading {len} bytes at {offset} of {name}"))?;

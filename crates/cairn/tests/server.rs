@@ -1285,3 +1285,143 @@ fn connections_that_send_nothing_are_cut_and_cannot_take_every_place() {
     });
     assert!(served);
 }
+
+/// Starts a PUT of `len` bytes to object `name` with `token` and sends
+/// only `sent` of them: the connection, left open.
+fn slow_put(addr: &str, token: &str, name: &str, len: usize, sent: usize) -> std::net::TcpStream {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "PUT /api/v1/objects/{name} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    c.write_all(&vec![7u8; sent]).unwrap();
+    c
+}
+
+#[test]
+fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
+    let env = Env::new("30d", &[]);
+    let config = env.path("server.toml");
+    std::fs::write(&config, "header_timeout = 5\n").unwrap();
+    let server = serve(&env, &["--config", config.to_str().unwrap()]);
+    let (url, addr) = (server.url.clone(), address(&server));
+    let objects = format!("{url}/api/v1/objects");
+    let admin = token(&env, &["--role", "admin"]);
+    let evil = token(&env, &["--role", "agent", "--source", "vm"]);
+    let honest = token(&env, &["--role", "agent", "--source", "other"]);
+    remote_backup_ok(&env, &server, &evil, &guest_disk(&env, "vm"), "vm");
+
+    // A range is checked against the object before anything is
+    // allocated for it (a terabyte asked for aborted the server).
+    let (status, v) = call(
+        "GET",
+        &format!("{objects}/config?offset=0&len=1000000000000"),
+        Some(&evil),
+        b"",
+    );
+    assert_eq!(status, 416, "{v}");
+    let (status, _) = call("GET", &format!("{url}/healthz"), None, b"");
+    assert_eq!(status, 200, "the server is still up");
+    // A body larger than any object is refused before it is read.
+    let mut c = slow_put(
+        &addr,
+        &evil,
+        &format!("packs/ab/{}", "ab".repeat(32)),
+        600 << 20,
+        0,
+    );
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = [0u8; 64];
+    let n = c.read(&mut answer).unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 413"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+
+    // Bodies sent a trickle at a time: this agent gets a few places...
+    let started = Instant::now();
+    let stalled: Vec<std::net::TcpStream> = (0..10)
+        .map(|i| {
+            slow_put(
+                &addr,
+                &evil,
+                &format!("packs/cd/{}{i:02}", "cd".repeat(31)),
+                100_000,
+                10,
+            )
+        })
+        .collect();
+    // ...and another agent's backup goes through meanwhile.
+    let other = remote_backup_ok(&env, &server, &honest, &guest_disk(&env, "other"), "other");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the honest agent waited {:?}",
+        started.elapsed()
+    );
+    // Each trickle is cut: a timeout, or no place (a 503 is retried).
+    for mut c in stalled {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap_or(0);
+        let said = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(
+            said.starts_with("HTTP/1.1 408") || said.starts_with("HTTP/1.1 503"),
+            "{said:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(25));
+
+    // The agent knows the name of the other host's map (a HEAD tells it
+    // one exists) but never sent it: it may not cite it, for what its
+    // snapshots cite it may read.
+    let theirs = format!("snapshots/{}", other["id"].as_str().unwrap());
+    let (status, v) = call("GET", &format!("{objects}/{theirs}"), Some(&admin), b"");
+    assert_eq!(status, 200, "{v}");
+    let vault = cairn_vault::Vault::open(&env.vault, PASSWORD.as_bytes()).unwrap();
+    let their_map = vault.read_snapshot(&theirs).unwrap().content;
+    let remote = cairn_vault::Vault::open_at(
+        &cairn_vault::Location::Server(cairn_vault::remote::ServerLocation {
+            url: url.clone(),
+            token: evil.clone(),
+        }),
+        PASSWORD.as_bytes(),
+    )
+    .unwrap();
+    let (mine, _) = remote.snapshots().unwrap();
+    let mut forged = mine[0].clone();
+    forged.id = cairn_vault::SnapshotId::generate().unwrap();
+    forged.parent = Some(mine[0].id.clone());
+    forged.content = their_map.clone();
+    let refused = remote.write_snapshot(&forged).unwrap_err().to_string();
+    assert!(
+        refused.contains("400") && refused.contains("was not sent by this agent"),
+        "{refused}"
+    );
+    let (status, _) = call("GET", &format!("{objects}/{their_map}"), Some(&evil), b"");
+    assert_eq!(status, 403);
+    // A snapshot id is 64 hex digits (one named x/y blocked the source's
+    // next backups), and an index names a pack id (a short one panicked
+    // the handler).
+    let mut odd = mine[0].clone();
+    odd.id = cairn_vault::SnapshotId("x".into());
+    let refused = remote.write_snapshot(&odd).unwrap_err().to_string();
+    assert!(refused.contains("400"), "{refused}");
+    let short = cairn_vault::index::PackIndex {
+        pack: "a".into(),
+        retain_until: 0,
+        entries: vec![],
+    };
+    let (status, v) = call(
+        "PUT",
+        &format!("{objects}/index/a"),
+        Some(&evil),
+        &vault.seal_pack_index(&short).unwrap(),
+    );
+    assert_eq!(status, 400, "{v}");
+    // The agent's own next backup still goes through, and the vault
+    // verifies.
+    remote_backup_ok(&env, &server, &evil, &guest_disk(&env, "vm2"), "vm");
+    env.ok(&["verify", "--read-data"]);
+}
