@@ -11,6 +11,8 @@
 //! max_connections_per_address = 256   # one client address at most; more get 503
 //! header_timeout = 30      # seconds a client has for a TLS handshake or a
 //!                          # request's headers, idle or not (default 30, at least 5)
+//! agent_upload_per_day = "500G"   # new bytes one agent token may store in
+//!                          # any 24 hours (K, M, G, T; default: no limit)
 //!
 //! [boot]                # the console's boot check (as `cairn boot` takes it)
 //! kernel = "/srv/cairn/vmlinuz"   # optional: without, the disk's own bootloader
@@ -55,6 +57,10 @@ pub struct ServerConfig {
     /// clients that open connections and send nothing would otherwise
     /// hold every place.
     pub header_timeout: Option<u64>,
+    /// New bytes one agent token may store in any 24 hours ("500G"): a
+    /// compromised host could otherwise fill the vault's disk with junk
+    /// that no prune may remove before its retention ends.
+    pub agent_upload_per_day: Option<String>,
     /// How the console's boot check boots a snapshot and judges it.
     pub boot: Option<BootConfig>,
     #[serde(default)]
@@ -137,7 +143,40 @@ pub fn parse_interval(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
+/// A size as "500G": a number and an optional K, M, G or T (powers of
+/// 1024).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (
+            &s[..i],
+            match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => bail!("{s:?}: the unit is K, M, G or T"),
+            },
+        ),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .with_context(|| format!("{s:?} is not a size like 500G"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&n| n > 0)
+        .with_context(|| format!("{s:?}: a size above zero and below 16 EiB"))
+}
+
 impl ServerConfig {
+    /// [`Self::agent_upload_per_day`] in bytes (checked when loaded).
+    pub fn agent_quota(&self) -> Option<u64> {
+        self.agent_upload_per_day
+            .as_deref()
+            .and_then(|q| parse_size(q).ok())
+    }
+
     pub fn load(path: &Path) -> Result<ServerConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -165,6 +204,9 @@ impl ServerConfig {
                 "{}: header_timeout must be 5 seconds or more",
                 path.display()
             );
+        }
+        if let Some(q) = &c.agent_upload_per_day {
+            parse_size(q).with_context(|| format!("{}: agent_upload_per_day", path.display()))?;
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             bail!(
@@ -195,5 +237,15 @@ mod tests {
         assert!(parse_interval("0s").is_err());
         assert!(parse_interval("soon").is_err());
         assert!(parse_interval("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("500G").unwrap(), 500 << 30);
+        assert_eq!(parse_size("2t").unwrap(), 2 << 40);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        for bad in ["", "0", "G", "5X", "-1G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }

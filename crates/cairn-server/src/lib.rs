@@ -53,6 +53,7 @@ pub struct AppState {
     pub exports: exports::Exports,
     pub claims: objects::Claims,
     pub maps_shown: objects::MapsShown,
+    pub uploads: objects::Uploads,
     pub bodies: bodies::Bodies,
     pub config: config::ServerConfig,
     /// Console sessions: session id → (token id, when it ends).
@@ -88,6 +89,7 @@ impl AppState {
             exports: exports::Exports::default(),
             claims: objects::Claims::default(),
             maps_shown: objects::MapsShown::default(),
+            uploads: objects::Uploads::default(),
             bodies: bodies::Bodies::default(),
             sessions: Mutex::new(HashMap::new()),
             scan_lock: Mutex::new(()),

@@ -413,7 +413,14 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                 "{name} is not the content address of what was sent"
             )));
         }
-        let created = !b.exists(name)? && b.put(name, body)?;
+        let exists = b.exists(name)?;
+        if !exists {
+            check_quota(st, who, body.len())?;
+        }
+        let created = !exists && b.put(name, body)?;
+        if created {
+            st.uploads.add(&who.id, body.len() as u64);
+        }
         st.maps_shown.record(&who.id, name);
         return Ok((created, None));
     }
@@ -426,6 +433,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
             "{name} exists with other content: objects are written once, never overwritten"
         )));
     }
+    check_quota(st, who, body.len())?;
     let mut snapshot = None;
     let mut index = None;
     // Held from checking a manifest until it is stored: a prune (here or
@@ -506,6 +514,9 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
         }
     }
     let created = b.put(name, body)?;
+    if created {
+        st.uploads.add(&who.id, body.len() as u64);
+    }
     if let Some(idx) = index {
         vault.add_index(&idx);
         st.claims.release(idx.entries.iter().map(|e| e.id));
@@ -595,6 +606,56 @@ fn same_bytes(
         }
     }
     Ok(true)
+}
+
+/// New bytes each agent token stored, over the last day (the server's
+/// memory: a restart forgets it), against `agent_upload_per_day`.
+#[derive(Default)]
+pub struct Uploads {
+    inner: Mutex<HashMap<String, std::collections::VecDeque<(Instant, u64)>>>,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl Uploads {
+    /// Bytes `token` stored in the last 24 hours.
+    fn used(&self, token: &str) -> u64 {
+        let mut g = self.inner.lock().unwrap();
+        let Some(q) = g.get_mut(token) else { return 0 };
+        while q.front().is_some_and(|(t, _)| t.elapsed() > DAY) {
+            q.pop_front();
+        }
+        q.iter().map(|(_, n)| n).sum()
+    }
+
+    fn add(&self, token: &str, bytes: u64) {
+        self.inner
+            .lock()
+            .unwrap()
+            .entry(token.to_string())
+            .or_default()
+            .push_back((Instant::now(), bytes));
+    }
+}
+
+/// Refuses an agent's new object of `len` bytes past its daily quota.
+fn check_quota(st: &Shared, who: &TokenRecord, len: usize) -> Result<(), ApiError> {
+    let Some(quota) = st.config.agent_quota().filter(|_| who.role == Role::Agent) else {
+        return Ok(());
+    };
+    let used = st.uploads.used(&who.id);
+    if used + len as u64 <= quota {
+        return Ok(());
+    }
+    use cairn_vault::units::bytes;
+    Err(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "this agent token stored {} in the last 24 hours and may store {} (agent_upload_per_day): ask an admin to raise it, or wait",
+            bytes(used),
+            bytes(quota)
+        ),
+    ))
 }
 
 /// Maps each agent has shown it holds (by sending them, new or not),

@@ -1424,4 +1424,33 @@ fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
     // verifies.
     remote_backup_ok(&env, &server, &evil, &guest_disk(&env, "vm2"), "vm");
     env.ok(&["verify", "--read-data"]);
+    drop(server);
+
+    // With a daily quota, junk (or a backup) past it is refused: a host
+    // cannot fill the disk every other host backs up to.
+    std::fs::write(&config, "agent_upload_per_day = \"256K\"\n").unwrap();
+    let server = serve(&env, &["--config", config.to_str().unwrap()]);
+    let objects = format!("{}/api/v1/objects", server.url);
+    let junk = |i: u8, len: usize| {
+        call(
+            "PUT",
+            &format!("{objects}/packs/ef/{}{i:02x}", "ef".repeat(31)),
+            Some(&evil),
+            &vec![i; len],
+        )
+    };
+    assert_eq!((junk(1, 126 << 10).0, junk(2, 126 << 10).0), (201, 201));
+    let (status, v) = junk(3, 8 << 10);
+    assert_eq!(status, 429, "{v}");
+    assert!(v.to_string().contains("agent_upload_per_day"), "{v}");
+    let out = remote_backup(&env, &server, &evil, &guest_disk(&env, "vm3"), "vm");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("agent_upload_per_day"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another agent's quota is its own (its backup stores more than the
+    // 4 KiB the first left).
+    remote_backup_ok(&env, &server, &honest, &guest_disk(&env, "other2"), "other");
 }
