@@ -1,23 +1,25 @@
 //! Request bodies, received in full before a handler runs, within limits
 //! that one client cannot exhaust for the others:
 //!
-//! - a body must keep coming: no gap longer than the header timeout, and
-//!   all of it within that timeout plus its length at [`MIN_BODY_RATE`]
-//!   (a body sent a byte every few seconds would otherwise hold its
-//!   connection, and its memory, for ever);
-//! - the bodies held at once share [`BODY_BUDGET`] bytes, each reserving
-//!   its announced length before a byte is read (object uploads may be
-//!   hundreds of MiB);
-//! - one caller (token) receives at most [`BODIES_PER_CALLER`] bodies at
-//!   once, so one compromised host holds a few places, not all of them;
-//! - a request without a token sends at most [`ANONYMOUS_BODY`] bytes (the
-//!   console's sign-in form), so it holds a connection's place for no
-//!   longer than slow headers would.
+//! - a body must keep coming: at least [`MIN_BODY_RATE`] in every span of
+//!   the header timeout (a body sent a byte every few seconds would
+//!   otherwise hold its connection, and its memory, for ever; bytes sent
+//!   early do not buy a later pause);
+//! - bodies take memory from [`BODY_BUDGET`] as their bytes arrive (not
+//!   as announced: holding much of it means having sent that much), one
+//!   token at most [`MAX_UPLOAD`] of it, in at most [`BODIES_PER_CALLER`]
+//!   bodies at once; so one compromised host holds half at most;
+//! - a request with no valid token sends a body only to sign in, of
+//!   [`ANONYMOUS_BODY`] bytes at most; elsewhere its body is left unread
+//!   (the handler refuses it first).
 //!
-//! A request that cannot get its places within the header timeout is
-//! answered 503 (clients retry those).
+//! Memory a request cannot get within the header timeout is answered 503
+//! (clients retry those). What a body holds is given back when its
+//! request is done, including work a handler goes on with after the
+//! client hung up (see [`BodyHold`]).
 
 use crate::ApiError;
+use crate::objects::MAX_UPLOAD;
 use axum::body::Body;
 use axum::http::{StatusCode, header, request::Parts};
 use futures_util::StreamExt;
@@ -25,26 +27,34 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Bytes of request bodies held at once, all callers together.
 pub const BODY_BUDGET: usize = 1 << 30;
 /// Bodies one caller may be sending at once (an agent sends four packs
 /// at a time).
 pub const BODIES_PER_CALLER: usize = 8;
-/// Slowest average a body may arrive at, past the header timeout.
+/// Slowest a body may arrive, over each span of the header timeout.
 pub const MIN_BODY_RATE: u64 = 16 << 10;
 /// Largest body outside object uploads (a chunk-id list).
 const MAX_OTHER_BODY: usize = 4 << 20;
-/// Largest body of a request without a token.
+/// Largest body of a request without a token (the sign-in form).
 pub const ANONYMOUS_BODY: usize = 4 << 10;
 
-/// The budget is counted in KiB: a semaphore holds fewer permits than a
-/// byte count can reach.
+/// Memory is counted in KiB: a semaphore holds fewer permits than a byte
+/// count can reach.
 const UNIT: usize = 1024;
 
 pub struct Bodies {
     budget: Arc<Semaphore>,
-    per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_caller: Mutex<HashMap<String, Caller>>,
+}
+
+/// One token's share: bodies in flight, and bytes they hold.
+#[derive(Clone)]
+struct Caller {
+    bodies: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
 }
 
 impl Default for Bodies {
@@ -56,25 +66,33 @@ impl Default for Bodies {
     }
 }
 
-/// A received body's places, given back when the request is done (its
-/// handler holds the bytes until then).
-pub struct Held {
-    _budget: OwnedSemaphorePermit,
-    _caller: Option<OwnedSemaphorePermit>,
+/// What a received body holds (memory, a place among its caller's
+/// bodies), given back when the last clone is dropped: the request, and
+/// a handler's blocking work that outlives a client that hung up.
+#[derive(Clone)]
+pub struct BodyHold(#[allow(dead_code)] Arc<Held>);
+
+/// Kept for what dropping them gives back.
+#[derive(Default)]
+#[allow(dead_code)]
+struct Held {
+    place: Option<OwnedSemaphorePermit>,
+    token_bytes: Option<OwnedSemaphorePermit>,
+    budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Bodies {
     /// Receives the body of the request `parts` describes from `caller`
-    /// (a token id; None for requests without one); gives back the body
-    /// to hand on and the places it holds. Requests without a body pass
-    /// as they are.
+    /// (a token id; None without a valid token); gives back the body to
+    /// hand on and what it holds. Requests without a body pass as they
+    /// are.
     pub async fn receive(
         &self,
         parts: &Parts,
         caller: Option<&str>,
         body: Body,
         timeout: Duration,
-    ) -> Result<(Body, Option<Held>), ApiError> {
+    ) -> Result<(Body, Option<BodyHold>), ApiError> {
         let length = match parts.headers.get(header::CONTENT_LENGTH) {
             Some(v) => Some(
                 v.to_str()
@@ -88,12 +106,13 @@ impl Bodies {
         if length.unwrap_or(0) == 0 && !chunked {
             return Ok((body, None));
         }
-        let most = if caller.is_none() {
-            ANONYMOUS_BODY
-        } else if parts.uri.path().starts_with("/api/v1/objects/") {
-            crate::objects::MAX_UPLOAD
-        } else {
-            MAX_OTHER_BODY
+        let most = match caller {
+            // Unread: the handler answers 401 (or a revoked token's
+            // message) without it.
+            None if parts.uri.path() != "/login" => return Ok((body, None)),
+            None => ANONYMOUS_BODY,
+            Some(_) if parts.uri.path().starts_with("/api/v1/objects/") => MAX_UPLOAD,
+            Some(_) => MAX_OTHER_BODY,
         };
         if length.is_some_and(|n| n > most as u64) {
             return Err(ApiError::new(
@@ -101,25 +120,39 @@ impl Bodies {
                 format!("a body here is at most {most} bytes"),
             ));
         }
-        // Without a length, room for the largest body allowed.
-        let reserve = length.map_or(most, |n| n as usize);
-        let held = self.places(caller, reserve, timeout).await?;
-        let deadline = tokio::time::Instant::now()
-            + timeout
-            + Duration::from_secs(reserve as u64 / MIN_BODY_RATE);
-        // An announced length is allocated at once; otherwise as it comes.
+        let mut held = Held::default();
+        let mine = match caller {
+            Some(id) => {
+                let c = self.caller(id);
+                held.place = Some(
+                    tokio::time::timeout(timeout, c.bodies.clone().acquire_owned())
+                        .await
+                        .map_err(|_| busy(&format!("{BODIES_PER_CALLER} bodies from this token")))?
+                        .expect("never closed"),
+                );
+                Some(c)
+            }
+            None => None,
+        };
         let mut data = Vec::with_capacity(length.map_or(64 << 10, |n| n as usize));
+        let mut units_held = 0usize;
         let mut stream = body.into_data_stream();
+        // Each span of `timeout` brings MIN_BODY_RATE or the body is cut.
+        let span_bytes = MIN_BODY_RATE * timeout.as_secs().max(1);
+        let mut span = (Instant::now(), 0u64);
         loop {
-            let gap = (tokio::time::Instant::now() + timeout).min(deadline);
-            let piece = match tokio::time::timeout_at(gap, stream.next()).await {
+            let piece = match tokio::time::timeout_at(span.0 + timeout, stream.next()).await {
+                Err(_) if span.1 >= span_bytes => {
+                    // Enough came in this span (then a pause): a new one.
+                    span = (Instant::now(), 0);
+                    continue;
+                }
                 Err(_) => {
                     return Err(ApiError::new(
                         StatusCode::REQUEST_TIMEOUT,
                         format!(
-                            "the body came too slowly ({} of {} bytes); send at least {} KiB/s",
+                            "the body came too slowly ({} bytes so far); send at least {} KiB/s",
                             data.len(),
-                            reserve,
                             MIN_BODY_RATE >> 10
                         ),
                     ));
@@ -128,64 +161,80 @@ impl Bodies {
                 Ok(Some(Err(e))) => return Err(ApiError::bad(format!("reading the body: {e}"))),
                 Ok(Some(Ok(piece))) => piece,
             };
-            if data.len() + piece.len() > reserve {
+            if data.len() + piece.len() > length.map_or(most, |n| n as usize) {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is longer than the {reserve} bytes announced or allowed"),
+                    "the body is longer than announced or allowed",
                 ));
+            }
+            // Memory for the new bytes before they are kept.
+            let units = (data.len() + piece.len()).div_ceil(UNIT) - units_held;
+            if units > 0 {
+                let n = u32::try_from(units).expect("a piece is bounded");
+                if let Some(c) = &mine {
+                    let p = self
+                        .take(&c.bytes, n, timeout, "this token's bodies")
+                        .await?;
+                    keep(&mut held.token_bytes, p);
+                }
+                let p = self
+                    .take(&self.budget, n, timeout, "as many bytes as it holds")
+                    .await?;
+                keep(&mut held.budget, p);
+                units_held += units;
+            }
+            span.1 += piece.len() as u64;
+            if span.0.elapsed() >= timeout {
+                span = (Instant::now(), 0);
             }
             data.extend_from_slice(&piece);
         }
         if length.is_some_and(|n| n != data.len() as u64) {
             return Err(ApiError::bad("the body ended before its Content-Length"));
         }
-        Ok((Body::from(data), Some(held)))
+        Ok((Body::from(data), Some(BodyHold(Arc::new(held)))))
     }
 
-    /// A place among `caller`'s bodies and `bytes` of the budget, waited
-    /// for at most `timeout`.
-    async fn places(
-        &self,
-        caller: Option<&str>,
-        bytes: usize,
-        timeout: Duration,
-    ) -> Result<Held, ApiError> {
-        let busy = |what: &str| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the server is receiving {what}: try again shortly"),
-            )
-        };
-        let caller_place = match caller {
-            // Tiny bodies, bounded by the connection limits.
-            None => None,
-            Some(id) => {
-                let mine = self
-                    .per_caller
-                    .lock()
-                    .unwrap()
-                    .entry(id.to_string())
-                    .or_insert_with(|| Arc::new(Semaphore::new(BODIES_PER_CALLER)))
-                    .clone();
-                let place = tokio::time::timeout(timeout, mine.acquire_owned())
-                    .await
-                    .map_err(|_| {
-                        busy(&format!(
-                            "{BODIES_PER_CALLER} bodies from this token already"
-                        ))
-                    })?
-                    .expect("never closed");
-                Some(place)
-            }
-        };
-        let units = u32::try_from(bytes.div_ceil(UNIT)).expect("bodies are bounded");
-        let budget = tokio::time::timeout(timeout, self.budget.clone().acquire_many_owned(units))
-            .await
-            .map_err(|_| busy("as many bytes as it holds at once"))?
-            .expect("never closed");
-        Ok(Held {
-            _budget: budget,
-            _caller: caller_place,
-        })
+    fn caller(&self, id: &str) -> Caller {
+        self.per_caller
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_insert_with(|| Caller {
+                bodies: Arc::new(Semaphore::new(BODIES_PER_CALLER)),
+                bytes: Arc::new(Semaphore::new(MAX_UPLOAD / UNIT)),
+            })
+            .clone()
     }
+
+    /// `n` units of `pool`, waited for at most `timeout`.
+    async fn take(
+        &self,
+        pool: &Arc<Semaphore>,
+        n: u32,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        Ok(
+            tokio::time::timeout(timeout, pool.clone().acquire_many_owned(n))
+                .await
+                .map_err(|_| busy(what))?
+                .expect("never closed"),
+        )
+    }
+}
+
+/// Adds `p` to what `slot` holds of the same pool.
+fn keep(slot: &mut Option<OwnedSemaphorePermit>, p: OwnedSemaphorePermit) {
+    match slot {
+        Some(mine) => mine.merge(p),
+        None => *slot = Some(p),
+    }
+}
+
+fn busy(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the server is receiving {what} already: try again shortly"),
+    )
 }

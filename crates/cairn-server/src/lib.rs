@@ -55,6 +55,8 @@ pub struct AppState {
     pub maps_shown: objects::MapsShown,
     pub uploads: objects::Uploads,
     pub bodies: bodies::Bodies,
+    /// Pack indexes checked at once (each reads its pack whole).
+    pub verifying: Arc<tokio::sync::Semaphore>,
     pub config: config::ServerConfig,
     /// Console sessions: session id → (token id, when it ends).
     sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
@@ -91,6 +93,7 @@ impl AppState {
             maps_shown: objects::MapsShown::default(),
             uploads: objects::Uploads::default(),
             bodies: bodies::Bodies::default(),
+            verifying: Arc::new(tokio::sync::Semaphore::new(2)),
             sessions: Mutex::new(HashMap::new()),
             scan_lock: Mutex::new(()),
             vault,
@@ -400,9 +403,16 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
             timeout,
         )
         .await;
-    let (mut resp, _held) = match received {
-        Ok((body, held)) => (next.run(Request::from_parts(parts, body)).await, held),
-        Err(e) => (e.into_response(), None),
+    let mut resp = match received {
+        Ok((body, held)) => {
+            // Handlers whose work outlives the request (a client that hung
+            // up) keep what the body holds until it is done.
+            if let Some(h) = held {
+                parts.extensions.insert(h);
+            }
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => e.into_response(),
     };
     let status = resp.status();
     st.metrics.add(

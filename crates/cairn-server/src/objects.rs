@@ -227,9 +227,14 @@ async fn get_object(
         let b = st.vault.backend();
         let data = match (range.offset, range.len) {
             (Some(o), Some(l)) => {
-                // Checked before anything is allocated for it: a length
-                // is the client's to choose.
-                let size = b.size(&name)?;
+                // A large length is checked before anything is allocated
+                // for it (it is the client's to choose); chunk reads are
+                // small and spared the extra call (a HEAD on S3).
+                let size = if l > 16 << 20 {
+                    b.size(&name)?
+                } else {
+                    u64::MAX
+                };
                 if o > size || l as u64 > size - o {
                     return Err(ApiError::new(
                         StatusCode::RANGE_NOT_SATISFIABLE,
@@ -323,6 +328,7 @@ async fn put_object(
     State(st): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
+    hold: Option<axum::Extension<crate::bodies::BodyHold>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
@@ -331,8 +337,25 @@ async fn put_object(
     }
     let len = body.len() as u64;
     st.claims.touch(&caller.0.id);
+    // Checking an index reads its pack whole: a few at a time.
+    let verifying = if top(&name) == "index" {
+        Some(
+            st.verifying
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"),
+        )
+    } else {
+        None
+    };
     let st2 = st.clone();
-    let (created, new_snapshot) = blocking(move || store(&st2, &caller.0, &name, &body)).await?;
+    let (created, new_snapshot) = blocking(move || {
+        // Held until the work is done, even when the client hung up.
+        let _held = (hold, verifying);
+        store(&st2, &caller.0, &name, &body)
+    })
+    .await?;
     st.metrics.add(
         "cairn_upload_bytes_total",
         &[],
@@ -419,7 +442,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
         }
         let created = !exists && b.put(name, body)?;
         if created {
-            st.uploads.add(&who.id, body.len() as u64);
+            count_upload(st, who, body.len());
         }
         st.maps_shown.record(&who.id, name);
         return Ok((created, None));
@@ -515,7 +538,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
     }
     let created = b.put(name, body)?;
     if created {
-        st.uploads.add(&who.id, body.len() as u64);
+        count_upload(st, who, body.len());
     }
     if let Some(idx) = index {
         vault.add_index(&idx);
@@ -608,33 +631,47 @@ fn same_bytes(
     Ok(true)
 }
 
-/// New bytes each agent token stored, over the last day (the server's
-/// memory: a restart forgets it), against `agent_upload_per_day`.
+/// New bytes each agent token stored, over the last day, in minutes (the
+/// server's memory: a restart forgets it), against
+/// `agent_upload_per_day`. Kept only when a quota is set.
 #[derive(Default)]
 pub struct Uploads {
-    inner: Mutex<HashMap<String, std::collections::VecDeque<(Instant, u64)>>>,
+    inner: Mutex<HashMap<String, std::collections::VecDeque<(u64, u64)>>>,
 }
 
-const DAY: Duration = Duration::from_secs(86_400);
+/// Minutes in the window.
+const DAY_MINUTES: u64 = 24 * 60;
+
+fn minute_now() -> u64 {
+    chrono::Utc::now().timestamp().max(0) as u64 / 60
+}
 
 impl Uploads {
     /// Bytes `token` stored in the last 24 hours.
     fn used(&self, token: &str) -> u64 {
+        let now = minute_now();
         let mut g = self.inner.lock().unwrap();
         let Some(q) = g.get_mut(token) else { return 0 };
-        while q.front().is_some_and(|(t, _)| t.elapsed() > DAY) {
+        while q.front().is_some_and(|(m, _)| m + DAY_MINUTES <= now) {
             q.pop_front();
         }
         q.iter().map(|(_, n)| n).sum()
     }
 
     fn add(&self, token: &str, bytes: u64) {
-        self.inner
-            .lock()
-            .unwrap()
-            .entry(token.to_string())
-            .or_default()
-            .push_back((Instant::now(), bytes));
+        let now = minute_now();
+        let mut g = self.inner.lock().unwrap();
+        let q = g.entry(token.to_string()).or_default();
+        match q.back_mut() {
+            Some((m, n)) if *m == now => *n += bytes,
+            _ => q.push_back((now, bytes)),
+        }
+    }
+}
+
+fn count_upload(st: &Shared, who: &TokenRecord, len: usize) {
+    if who.role == Role::Agent && st.config.agent_quota().is_some() {
+        st.uploads.add(&who.id, len as u64);
     }
 }
 

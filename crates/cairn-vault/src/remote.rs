@@ -89,7 +89,8 @@ impl RemoteBackend {
                 std::thread::sleep(Duration::from_millis(100 << attempt));
             }
             match self.call_once(method, &url, body) {
-                Ok(a) if a.status >= 500 => {
+                // 408: a body cut for coming too slowly (a busy link).
+                Ok(a) if a.status >= 500 || a.status == 408 => {
                     last = format!("HTTP {}: {}", a.status, message(&a.body))
                 }
                 Ok(a) => return Ok(a),

@@ -1340,38 +1340,55 @@ fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
         String::from_utf8_lossy(&answer[..n])
     );
 
-    // Bodies sent a trickle at a time: this agent gets a few places...
+    // Bodies that stop coming: some after a trickle, some after a burst
+    // (bytes sent early buy no pause later). The agent gets a few places
+    // and the rest wait for one...
     let started = Instant::now();
-    let stalled: Vec<std::net::TcpStream> = (0..10)
-        .map(|i| {
-            slow_put(
-                &addr,
-                &evil,
-                &format!("packs/cd/{}{i:02}", "cd".repeat(31)),
-                100_000,
-                10,
-            )
-        })
-        .collect();
-    // ...and another agent's backup goes through meanwhile.
-    let other = remote_backup_ok(&env, &server, &honest, &guest_disk(&env, "other"), "other");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the honest agent waited {:?}",
-        started.elapsed()
-    );
-    // Each trickle is cut: a timeout, or no place (a 503 is retried).
+    let put = |i: usize, sent: usize| {
+        let name = format!("packs/cd/{}{i:02}", "cd".repeat(31));
+        slow_put(&addr, &evil, &name, 1 << 20, sent)
+    };
+    // Bursts first (cut a span after they stop, 5 to 10 s), then two that
+    // wait for a place in vain (5 s).
+    let mut stalled: Vec<std::net::TcpStream> = (0..8).map(|i| put(i, 200_000)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    stalled.extend((8..10).map(|i| put(i, 10)));
+    // ...another agent backs up meanwhile (and again, its map unchanged
+    // and sent again)...
+    let disk = guest_disk(&env, "other");
+    let other = remote_backup_ok(&env, &server, &honest, &disk, "other");
+    remote_backup_ok(&env, &server, &honest, &disk, "other");
+    // ...and each stalled body is cut, or never gets a place.
+    let mut said = Vec::new();
     for mut c in stalled {
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = [0u8; 64];
         let n = c.read(&mut buf).unwrap_or(0);
-        let said = String::from_utf8_lossy(&buf[..n]).to_string();
-        assert!(
-            said.starts_with("HTTP/1.1 408") || said.starts_with("HTTP/1.1 503"),
-            "{said:?}"
+        said.push(
+            String::from_utf8_lossy(&buf[..n])
+                .get(..12)
+                .unwrap_or("")
+                .to_string(),
         );
     }
+    let count = |s: &str| said.iter().filter(|x| *x == s).count();
+    assert_eq!(count("HTTP/1.1 408"), 8, "{said:?}");
+    assert_eq!(count("HTTP/1.1 503"), 2, "{said:?}");
     assert!(started.elapsed() < Duration::from_secs(25));
+    // A trickle alone is cut after one span.
+    let mut c = put(10, 10);
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 12];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 408");
+    // A body without a valid token is not read: the answer is 401.
+    let (status, _) = call(
+        "PUT",
+        &format!("{objects}/packs/ab/x"),
+        Some("no-such-token"),
+        &[1; 10_000],
+    );
+    assert_eq!(status, 401);
 
     // The agent knows the name of the other host's map (a HEAD tells it
     // one exists) but never sent it: it may not cite it, for what its
@@ -1396,7 +1413,7 @@ fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
     forged.content = their_map.clone();
     let refused = remote.write_snapshot(&forged).unwrap_err().to_string();
     assert!(
-        refused.contains("400") && refused.contains("was not sent by this agent"),
+        refused.contains("HTTP 400") && refused.contains("was not sent by this agent"),
         "{refused}"
     );
     let (status, _) = call("GET", &format!("{objects}/{their_map}"), Some(&evil), b"");
@@ -1407,7 +1424,10 @@ fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
     let mut odd = mine[0].clone();
     odd.id = cairn_vault::SnapshotId("x".into());
     let refused = remote.write_snapshot(&odd).unwrap_err().to_string();
-    assert!(refused.contains("400"), "{refused}");
+    assert!(
+        refused.contains("HTTP 400") && refused.contains("64 lowercase hex"),
+        "{refused}"
+    );
     let short = cairn_vault::index::PackIndex {
         pack: "a".into(),
         retain_until: 0,
