@@ -47,14 +47,16 @@ const FLAG_INLINE_DATA: u32 = 0x1000_0000;
 const EXTENT_MAGIC: u16 = 0xF30A;
 /// Limits that keep a crafted filesystem from exhausting memory or time.
 const MAX_DIR_BYTES: u64 = 64 << 20;
+/// Entries of one directory (each listed costs a few hundred bytes).
+const MAX_DIR_ENTRIES: usize = 1_000_000;
 const MAX_DEPTH: usize = 2048;
 const MAX_ENTRIES: usize = 20_000_000;
 const MAX_EXTENT_NODES: usize = 1 << 20;
-/// Bytes of paths and extent lists one walk may hold (128 per entry of
+/// Bytes of paths and extent lists one walk may hold (~50 per entry of
 /// the most entries allowed): long names in deep
 /// chains, or one fragmented file linked under a thousand names, would
 /// otherwise fill memory from a small image.
-const MAX_LISTED_BYTES: usize = MAX_ENTRIES * 128;
+const MAX_LISTED_BYTES: usize = 1 << 30;
 /// Beyond this many runs a file's extents are not kept (None: unknown).
 const MAX_CONTENT_RUNS: usize = 1 << 16;
 
@@ -153,8 +155,19 @@ pub struct Ext4 {
     incompat: u32,
     inode_tables: Vec<u64>,
     name: &'static str,
-    runs_cache: Mutex<HashMap<u32, Arc<Vec<Run>>>>,
+    /// The directory each directory block was read for: no two share one
+    /// on a real filesystem, and a crafted one that points many at the
+    /// same blocks would have every listing read their entries again.
+    dir_owner: Mutex<HashMap<u64, u32>>,
+    /// Inode → runs, and how many runs it holds in all.
+    runs_cache: Mutex<RunsCache>,
 }
+
+/// Inode → runs, and how many runs that is in all.
+type RunsCache = (HashMap<u32, Arc<Vec<Run>>>, usize);
+
+/// Runs kept in the cache at once (~64 MiB).
+const CACHED_RUNS: usize = 1 << 21;
 
 /// True when the slice starts like an ext2/3/4 filesystem.
 pub fn probe(sb: &[u8]) -> bool {
@@ -266,7 +279,8 @@ impl Ext4 {
             incompat,
             inode_tables,
             name,
-            runs_cache: Mutex::new(HashMap::new()),
+            runs_cache: Mutex::new((HashMap::new(), 0)),
+            dir_owner: Mutex::new(HashMap::new()),
         })
     }
 
@@ -339,7 +353,7 @@ impl Ext4 {
 
     /// The block runs of an inode's content, cached for repeated reads.
     fn runs(&self, ino: &Inode) -> Result<Arc<Vec<Run>>> {
-        if let Some(r) = self.runs_cache.lock().unwrap().get(&ino.ino) {
+        if let Some(r) = self.runs_cache.lock().unwrap().0.get(&ino.ino) {
             return Ok(r.clone());
         }
         let max_blocks = ino.size.div_ceil(self.block_size);
@@ -347,19 +361,44 @@ impl Ext4 {
         if ino.flags & FLAG_INLINE_DATA != 0 || is_fast_symlink(ino) {
             // Content lives in the inode itself; no blocks.
         } else if ino.flags & FLAG_EXTENTS != 0 {
-            let mut budget = MAX_EXTENT_NODES;
+            // Entries, and blocks mapped and tree blocks read (each at most
+            // as many as the filesystem has): a crafted tree that reuses its
+            // nodes stops early, not after a million entries per file.
+            let mut budget = (MAX_EXTENT_NODES, self.blocks_count);
             self.extent_node(ino.ino, &ino.block, 6, &mut runs, &mut budget)?;
             runs.sort_by_key(|r| r.logical);
         } else {
             self.block_map(ino, max_blocks, &mut runs)?;
         }
+        self.check_runs(ino.ino, &runs)?;
         let runs = Arc::new(runs);
         let mut cache = self.runs_cache.lock().unwrap();
-        if cache.len() > 256 {
-            cache.clear();
+        if cache.0.len() > 256 || cache.1 + runs.len() > CACHED_RUNS {
+            *cache = (HashMap::new(), 0);
         }
-        cache.insert(ino.ino, runs.clone());
+        if runs.len() <= CACHED_RUNS {
+            cache.1 += runs.len();
+            cache.0.insert(ino.ino, runs.clone());
+        }
         Ok(runs)
+    }
+
+    /// A file's runs map each block of the filesystem once at most: a
+    /// crafted tree that maps the same blocks over and over would make a
+    /// few MiB read as terabytes.
+    fn check_runs(&self, ino: u32, runs: &[Run]) -> Result<()> {
+        let total = runs.iter().try_fold(0u64, |t, r| t.checked_add(r.len));
+        if total.is_none_or(|t| t > self.blocks_count) {
+            return corrupt(format!(
+                "ext4 inode {ino}: maps more blocks than the filesystem has"
+            ));
+        }
+        let mut by_place: Vec<(u64, u64)> = runs.iter().map(|r| (r.physical, r.len)).collect();
+        by_place.sort_unstable();
+        if by_place.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return corrupt(format!("ext4 inode {ino}: maps one block twice"));
+        }
+        Ok(())
     }
 
     fn extent_node(
@@ -368,7 +407,7 @@ impl Ext4 {
         node: &[u8],
         max_depth: u16,
         out: &mut Vec<Run>,
-        budget: &mut usize,
+        budget: &mut (usize, u64),
     ) -> Result<()> {
         if node.len() < 12 || u16le(node, 0) != EXTENT_MAGIC {
             return corrupt(format!("ext4 inode {ino}: extent header missing"));
@@ -380,10 +419,10 @@ impl Ext4 {
                 "ext4 inode {ino}: extent tree too deep or overfull"
             ));
         }
-        if *budget < entries {
+        if budget.0 < entries {
             return corrupt(format!("ext4 inode {ino}: extent tree too large (loop?)"));
         }
-        *budget -= entries;
+        budget.0 -= entries;
         for i in 0..entries {
             let e = &node[12 + i * 12..24 + i * 12];
             if depth == 0 {
@@ -399,6 +438,12 @@ impl Ext4 {
                         "ext4 inode {ino}: extent points past the filesystem"
                     ));
                 }
+                if budget.1 < len {
+                    return corrupt(format!(
+                        "ext4 inode {ino}: maps more blocks than the filesystem has"
+                    ));
+                }
+                budget.1 -= len;
                 out.push(Run {
                     logical: u32le(e, 0) as u64,
                     physical,
@@ -407,11 +452,12 @@ impl Ext4 {
                 });
             } else {
                 let child = (u16le(e, 8) as u64) << 32 | u32le(e, 4) as u64;
-                if !self.block_ok(child, 1) {
+                if !self.block_ok(child, 1) || budget.1 == 0 {
                     return corrupt(format!(
-                        "ext4 inode {ino}: extent index points past the filesystem"
+                        "ext4 inode {ino}: extent index points past the filesystem, or to more blocks than it has"
                     ));
                 }
+                budget.1 -= 1;
                 let block = self
                     .slice
                     .read_vec(child * self.block_size, self.block_size as usize)?;
@@ -426,9 +472,20 @@ impl Ext4 {
     fn block_map(&self, ino: &Inode, max_blocks: u64, out: &mut Vec<Run>) -> Result<()> {
         let per = self.block_size / 4;
         let mut logical = 0u64;
+        // Blocks mapped and indirect blocks read, each at most as many as
+        // the filesystem has (a loop of indirect blocks would not end).
+        let mut mapped = 0u64;
+        let mut reads = 0u64;
         let mut push = |out: &mut Vec<Run>, logical: u64, physical: u32| -> Result<()> {
             if physical == 0 {
                 return Ok(()); // a hole
+            }
+            mapped += 1;
+            if mapped > self.blocks_count {
+                return corrupt(format!(
+                    "ext inode {}: maps more blocks than the filesystem has",
+                    ino.ino
+                ));
             }
             if !self.block_ok(physical as u64, 1) {
                 return corrupt(format!(
@@ -476,6 +533,7 @@ impl Ext4 {
                 max_blocks,
                 out,
                 &mut push,
+                &mut reads,
             )?;
         }
         Ok(())
@@ -491,11 +549,18 @@ impl Ext4 {
         max_blocks: u64,
         out: &mut Vec<Run>,
         push: &mut impl FnMut(&mut Vec<Run>, u64, u32) -> Result<()>,
+        reads: &mut u64,
     ) -> Result<()> {
         let per = self.block_size / 4;
         if !self.block_ok(block as u64, 1) {
             return corrupt(format!(
                 "ext inode {ino}: indirect block past the filesystem"
+            ));
+        }
+        *reads += 1;
+        if *reads > self.blocks_count {
+            return corrupt(format!(
+                "ext inode {ino}: more indirect blocks than the filesystem has (a loop?)"
             ));
         }
         let data = self
@@ -512,7 +577,7 @@ impl Ext4 {
             } else if p == 0 {
                 *logical += per.pow(level - 1);
             } else {
-                self.indirect(ino, p, level - 1, logical, max_blocks, out, push)?;
+                self.indirect(ino, p, level - 1, logical, max_blocks, out, push, reads)?;
             }
         }
         Ok(())
@@ -599,6 +664,21 @@ impl Ext4 {
             }
             return Ok(out);
         }
+        {
+            let runs = self.runs(dir)?;
+            let mut owner = self.dir_owner.lock().unwrap();
+            for r in runs.iter() {
+                for b in r.physical..r.physical + r.len {
+                    let o = *owner.entry(b).or_insert(dir.ino);
+                    if o != dir.ino {
+                        return corrupt(format!(
+                            "ext4 directory inode {}: shares block {b} with directory inode {o}",
+                            dir.ino
+                        ));
+                    }
+                }
+            }
+        }
         let mut data = vec![0u8; dir.size as usize];
         self.read_inode_at(dir, 0, &mut data)?;
         for block in data.chunks(self.block_size as usize) {
@@ -608,6 +688,12 @@ impl Ext4 {
                 self.incompat & INCOMPAT_FILETYPE != 0,
                 &mut out,
             )?;
+            if out.len() > MAX_DIR_ENTRIES {
+                return corrupt(format!(
+                    "ext4 directory inode {}: more than {MAX_DIR_ENTRIES} entries",
+                    dir.ino
+                ));
+            }
         }
         Ok(out)
     }

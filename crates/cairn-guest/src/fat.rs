@@ -7,9 +7,10 @@ use crate::model::{FileEntry, FileKind, Filesystem, join};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Mutex;
 
-/// A crafted FAT can chain a directory back into itself; these bound the
-/// walk.
-const MAX_ENTRIES: usize = 5_000_000;
+/// A crafted FAT can chain a directory back into itself, or many
+/// directories to one (FAT keeps no ids to tell): these bound the walk.
+/// FAT volumes (EFI partitions, removable media) hold far fewer files.
+const MAX_ENTRIES: usize = 250_000;
 const MAX_DEPTH: usize = 256;
 
 type Fs = fatfs::FileSystem<SliceReader>;
@@ -173,11 +174,16 @@ impl Filesystem for Fat {
         self.variant.into()
     }
 
+    fn max_entries(&self) -> usize {
+        MAX_ENTRIES
+    }
+
     fn walk(&self) -> Result<Vec<FileEntry>> {
         let fs = self.fs.lock().unwrap_or_else(|p| p.into_inner());
         let root = fs.root_dir();
         let mut out = Vec::new();
         let mut count = 0;
+        let mut same: std::collections::HashMap<u64, usize> = Default::default();
         let mut stack: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0)];
         while let Some((path, depth)) = stack.pop() {
             let dir = if path.is_empty() {
@@ -186,7 +192,20 @@ impl Filesystem for Fat {
                 root.open_dir(path_str(&path)?)
                     .map_err(|e| io_err("opening a directory", e))?
             };
-            for (e, sub) in self.list(&dir, &path, &mut count)? {
+            let listed = self.list(&dir, &path, &mut count)?;
+            let entries: Vec<FileEntry> = listed.iter().map(|(e, _)| e.clone()).collect();
+            if let Some(key) = crate::listing_key(&entries) {
+                let n = same.entry(key).or_insert(0);
+                *n += 1;
+                if *n > crate::MAX_SAME_LISTINGS {
+                    return corrupt(format!(
+                        "fat: more than {} directories list what /{} lists (cross-linked?)",
+                        crate::MAX_SAME_LISTINGS,
+                        String::from_utf8_lossy(&path)
+                    ));
+                }
+            }
+            for (e, sub) in listed {
                 if sub.is_some() {
                     if depth >= MAX_DEPTH {
                         return corrupt("fat: directories nested too deep (a loop?)");
@@ -273,7 +292,16 @@ impl Filesystem for Fat {
                 .read(&mut buf[done..want])
                 .map_err(|e| io_err("reading a file", e))?
             {
-                0 => break,
+                // Its size says there is more: a chain cut short (or one
+                // that starts nowhere) is damage, not the end of the file.
+                0 => {
+                    return corrupt(format!(
+                        "fat: the clusters of {} end at byte {} of its {}",
+                        entry.display_path(),
+                        offset + done as u64,
+                        entry.size
+                    ));
+                }
                 n => done += n,
             }
         }

@@ -185,7 +185,7 @@ impl Filesystem for Labeled {
 /// Deepest directory nesting `walk_under` follows.
 const MAX_WALK_DEPTH: usize = 4096;
 /// Most entries `walk_under` returns (as many as a whole ext4 walk).
-const MAX_WALK_ENTRIES: usize = 20_000_000;
+pub(crate) const MAX_WALK_ENTRIES: usize = 20_000_000;
 /// Most unreadable directories `walk_under` steps over before it gives
 /// up: one bad directory is skipped, a filesystem of them (or a loop that
 /// keeps branching) is not walked on.
@@ -194,6 +194,30 @@ const MAX_WALK_SKIPPED: usize = 1000;
 /// What one directory of a walk lists (names, kinds, sizes and times, for
 /// directories whose entries carry no file id), and the directories above
 /// it.
+/// What a directory lists (names, kinds, sizes, times), for filesystems
+/// without file ids (FAT), where it is all that tells one directory from
+/// another: None for an empty listing or one with ids.
+pub(crate) fn listing_key(entries: &[FileEntry]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    (!entries.is_empty() && entries.iter().all(|e| e.file_id.is_none())).then(|| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut rows: Vec<_> = entries
+            .iter()
+            .map(|e| (e.name(), e.kind as u8, e.size, e.mtime_ns))
+            .collect();
+        rows.sort_unstable();
+        rows.hash(&mut h);
+        h.finish()
+    })
+}
+
+/// Directories without file ids that list exactly the same that are read
+/// in one walk: more are taken for one directory that crafted entries
+/// point to from many places (which would list it, and all below it,
+/// over and over), and named instead of read. Copies made with `cp -a`
+/// list the same too; beyond this many of one, they are named as well.
+pub(crate) const MAX_SAME_LISTINGS: usize = 16;
+
 struct Listing {
     key: Option<u64>,
     path: Vec<u8>,
@@ -202,19 +226,11 @@ struct Listing {
 
 impl Listing {
     fn of(path: &[u8], entries: &[FileEntry], above: Option<std::rc::Rc<Listing>>) -> Listing {
-        use std::hash::{Hash, Hasher};
-        let path = path.to_vec();
-        let key = (!entries.is_empty() && entries.iter().all(|e| e.file_id.is_none())).then(|| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            let mut rows: Vec<_> = entries
-                .iter()
-                .map(|e| (e.name(), e.kind as u8, e.size, e.mtime_ns))
-                .collect();
-            rows.sort_unstable();
-            rows.hash(&mut h);
-            h.finish()
-        });
-        Listing { key, path, above }
+        Listing {
+            key: listing_key(entries),
+            path: path.to_vec(),
+            above,
+        }
     }
 
     /// The directory above this one that lists the same, if any.
@@ -245,6 +261,7 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
     // one name (each a different inode) would otherwise list the one the
     // name resolves to again for each of them.
     let mut walked = std::collections::HashSet::new();
+    let mut same_as: std::collections::HashMap<u64, (usize, Vec<u8>)> = Default::default();
     let mut stack = vec![(root.path.clone(), 0usize, None::<std::rc::Rc<Listing>>)];
     while let Some((dir, depth, above)) = stack.pop() {
         let shown = || crate::model::display(&dir);
@@ -267,6 +284,23 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
             ));
             continue;
         }
+        if let Some(key) = here.key {
+            let (n, first) = same_as.entry(key).or_insert((0, dir.clone()));
+            *n += 1;
+            if *n > MAX_SAME_LISTINGS {
+                if skipped.len() >= MAX_WALK_SKIPPED {
+                    return Err(GuestError::Corrupt(
+                        "too many directories list the same (cross-linked?)".into(),
+                    ));
+                }
+                skipped.push(format!(
+                    "{}: lists what {} and {MAX_SAME_LISTINGS} others list (cross-linked directories?), not read",
+                    shown(),
+                    crate::model::display(first)
+                ));
+                continue;
+            }
+        }
         for e in listed {
             if e.kind == FileKind::Dir && !e.unsafe_name {
                 let fresh = e.file_id.is_none_or(|id| seen.insert(id));
@@ -275,7 +309,7 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
                 }
             }
             out.push(e);
-            if out.len() > MAX_WALK_ENTRIES {
+            if out.len() > fs.max_entries() {
                 return Err(GuestError::Corrupt(
                     "more entries below one directory than any real filesystem".into(),
                 ));

@@ -186,6 +186,11 @@ pub trait Filesystem: Send + Sync {
     fn data_ranges(&self, _entry: &FileEntry) -> Result<Option<Vec<(u64, u64)>>> {
         Ok(None)
     }
+    /// Most entries a walk of this filesystem lists before it takes the
+    /// filesystem for crafted (see `walk_under`).
+    fn max_entries(&self) -> usize {
+        crate::MAX_WALK_ENTRIES
+    }
 }
 
 /// A name no real filesystem allows: it would escape or confuse a path.

@@ -1232,3 +1232,197 @@ fn crafted_ntfs_runs_and_index_nodes_end_in_errors_not_gigabytes_or_endless_read
         children_peak_rss() >> 20
     );
 }
+
+/// Runs tests/tools/extfat_craft.py on `img`.
+fn extfat_craft(img: &Path, args: &[&str]) {
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/extfat_craft.py");
+    let mut a = vec![tool, img.to_str().unwrap()];
+    a.extend_from_slice(args);
+    sh("python3", &a);
+}
+
+/// The inode number of `path` in ext image `img`.
+fn inode_of(img: &Path, path: &str) -> String {
+    let out = sh(
+        "debugfs",
+        &["-R", &format!("stat {path}"), img.to_str().unwrap()],
+    );
+    let at = out.find("Inode: ").expect("debugfs stat") + 7;
+    out[at..].split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn crafted_ext_and_fat_structures_that_repeat_blocks_end_in_errors_not_terabytes() {
+    let env = Env::new("30d", &[]);
+    let text = |e: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&e.stdout),
+            String::from_utf8_lossy(&e.stderr)
+        )
+    };
+    let all_read = |name: &str| {
+        let ls = within_a_minute(&env, &["ls", "-R", &format!("{name}@latest:/")]);
+        assert!(ls.status.success(), "{}", text(&ls));
+        let out = env.path(&format!("{name}-out"));
+        let r = within_a_minute(
+            &env,
+            &[
+                "restore",
+                &format!("{name}@latest:/"),
+                "--to",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(r.status.success(), "{}", text(&r));
+        // Nothing amplified: what is restored is no larger than the image.
+        let restored: u64 = sh("du", &["-sb", out.to_str().unwrap()])
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(restored < 80 << 20, "{name}: {restored} bytes restored");
+        let scan = within_a_minute(&env, &["scan", "-q", &format!("{name}@latest")]);
+        assert!(!text(&scan).contains("panicked"), "{}", text(&scan));
+        (text(&ls), text(&r))
+    };
+
+    // ext2: every indirect pointer names one block filled with its own
+    // number (a loop that pushed a run per block: gigabytes, then abort).
+    let src = env.path("ext2-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "data\n").unwrap();
+    std::fs::write(src.join("ok.txt"), "fine\n").unwrap();
+    let ext2 = env.path("ext2.img");
+    sh(
+        "mkfs.ext2",
+        &[
+            "-q",
+            "-b",
+            "4096",
+            "-d",
+            src.to_str().unwrap(),
+            ext2.to_str().unwrap(),
+            "16M",
+        ],
+    );
+    extfat_craft(&ext2, &["indirect-loop", &inode_of(&ext2, "/f")]);
+    env.backup(&ext2, "ext2", "2026-03-01T00:00:00Z");
+    let (_, restored) = all_read("ext2");
+    assert!(
+        restored.contains("/f") && restored.contains("maps more blocks than the filesystem has"),
+        "{restored}"
+    );
+    assert_eq!(
+        std::fs::read(env.path("ext2-out/ok.txt")).unwrap(),
+        b"fine\n"
+    );
+
+    // ext4: a file mapping one 16 MiB extent 65,536 times (a terabyte of
+    // real bytes restored from 64 MiB), and a directory on another's
+    // blocks (its entries listed again for each such directory).
+    let src = env.path("ext4-src");
+    std::fs::create_dir_all(src.join("d1")).unwrap();
+    std::fs::create_dir_all(src.join("d2")).unwrap();
+    std::fs::write(src.join("pat"), noise(16 << 20, 9)).unwrap();
+    std::fs::write(src.join("bomb"), "").unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join(format!("d1/n{i}")), "x").unwrap();
+    }
+    let ext4 = env.path("ext4.img");
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-b",
+            "4096",
+            "-d",
+            src.to_str().unwrap(),
+            ext4.to_str().unwrap(),
+            "64M",
+        ],
+    );
+    extfat_craft(
+        &ext4,
+        &[
+            "extent-bomb",
+            &inode_of(&ext4, "/bomb"),
+            &inode_of(&ext4, "/pat"),
+        ],
+    );
+    extfat_craft(
+        &ext4,
+        &[
+            "share-dir",
+            &inode_of(&ext4, "/d2"),
+            &inode_of(&ext4, "/d1"),
+        ],
+    );
+    env.backup(&ext4, "ext4", "2026-03-01T00:00:00Z");
+    let (listed, restored) = all_read("ext4");
+    assert!(listed.contains("shares block"), "{listed}");
+    assert!(
+        restored.contains("/bomb") && restored.contains("maps more blocks than the filesystem has"),
+        "{restored}"
+    );
+    assert_eq!(
+        std::fs::read(env.path("ext4-out/pat")).unwrap(),
+        noise(16 << 20, 9)
+    );
+
+    // FAT: twenty folders whose P and Q both lead to the next (2^20
+    // paths, no loop; the walk listed until its limits, for minutes), and
+    // a file whose cluster chain ends long before its size (was restored
+    // cut short without a word).
+    let fat = env.path("fat.img");
+    sh(
+        "mkfs.vfat",
+        &["-C", "-F", "32", fat.to_str().unwrap(), "65536"],
+    );
+    let marker = env.path("marker");
+    for i in 0..20 {
+        let d = format!("::/D{i:02}");
+        sh(
+            "mmd",
+            &[
+                "-i",
+                fat.to_str().unwrap(),
+                &d,
+                &format!("{d}/P"),
+                &format!("{d}/Q"),
+            ],
+        );
+        std::fs::write(&marker, format!("marker {i}\n")).unwrap();
+        sh(
+            "mcopy",
+            &[
+                "-i",
+                fat.to_str().unwrap(),
+                marker.to_str().unwrap(),
+                &format!("{d}/M"),
+            ],
+        );
+    }
+    std::fs::write(&marker, noise(256 << 10, 4)).unwrap();
+    sh(
+        "mcopy",
+        &[
+            "-i",
+            fat.to_str().unwrap(),
+            marker.to_str().unwrap(),
+            "::/BIG.BIN",
+        ],
+    );
+    extfat_craft(&fat, &["fat-dag", "20"]);
+    extfat_craft(&fat, &["fat-short", "/BIG.BIN", "2"]);
+    env.backup(&fat, "fat", "2026-03-01T00:00:00Z");
+    let (listed, restored) = all_read("fat");
+    assert!(listed.contains("cross-linked"), "{listed}");
+    assert!(
+        restored.contains("BIG.BIN") && restored.contains("clusters of"),
+        "{restored}"
+    );
+    let cat = env.run(&["cat", "fat@latest:/BIG.BIN"]);
+    assert_eq!(cat.status.code(), Some(1));
+}
