@@ -120,6 +120,18 @@ fn remote_backup_ok(env: &Env, server: &Server, token: &str, source: &Path, name
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The vault as an agent holding `token` sees it through the server.
+fn remote_vault(url: &str, token: &str) -> cairn_vault::Vault {
+    cairn_vault::Vault::open_at(
+        &cairn_vault::Location::Server(cairn_vault::remote::ServerLocation {
+            url: url.to_string(),
+            token: token.to_string(),
+        }),
+        PASSWORD.as_bytes(),
+    )
+    .unwrap()
+}
+
 fn guest_disk(env: &Env, name: &str) -> std::path::PathBuf {
     let root = env.path(&format!("{name}-root"));
     populate(&root);
@@ -237,14 +249,7 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     );
     // ...and a client that skips that question is refused by the server
     // all the same when it stores the manifest.
-    let remote = cairn_vault::Vault::open_at(
-        &cairn_vault::Location::Server(cairn_vault::remote::ServerLocation {
-            url: url.clone(),
-            token: agent_token.clone(),
-        }),
-        PASSWORD.as_bytes(),
-    )
-    .unwrap();
+    let remote = remote_vault(&url, &agent_token);
     let mut forged = remote.read_snapshot(&manifest).unwrap();
     forged.name = "someone-else".into();
     forged.id = cairn_vault::SnapshotId::generate().unwrap();
@@ -1398,14 +1403,7 @@ fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
     assert_eq!(status, 200, "{v}");
     let vault = cairn_vault::Vault::open(&env.vault, PASSWORD.as_bytes()).unwrap();
     let their_map = vault.read_snapshot(&theirs).unwrap().content;
-    let remote = cairn_vault::Vault::open_at(
-        &cairn_vault::Location::Server(cairn_vault::remote::ServerLocation {
-            url: url.clone(),
-            token: evil.clone(),
-        }),
-        PASSWORD.as_bytes(),
-    )
-    .unwrap();
+    let remote = remote_vault(&url, &evil);
     let (mine, _) = remote.snapshots().unwrap();
     let mut forged = mine[0].clone();
     forged.id = cairn_vault::SnapshotId::generate().unwrap();

@@ -25,17 +25,9 @@ import sys
 EXT_MAGIC = 0xF30A
 
 
-class Ext:
+class Image:
     def __init__(self, path):
         self.f = open(path, "r+b")
-        sb = self.read(1024, 1024)
-        self.bs = 1024 << struct.unpack_from("<I", sb, 0x18)[0]
-        self.first = struct.unpack_from("<I", sb, 0x14)[0]
-        self.per_group = struct.unpack_from("<I", sb, 0x28)[0]
-        self.inode_size = struct.unpack_from("<H", sb, 0x58)[0]
-        incompat = struct.unpack_from("<I", sb, 0x60)[0]
-        self.blocks = struct.unpack_from("<I", sb, 4)[0]
-        self.desc = struct.unpack_from("<H", sb, 0xFE)[0] if incompat & 0x80 else 32
 
     def read(self, at, n):
         self.f.seek(at)
@@ -45,6 +37,19 @@ class Ext:
         self.f.seek(at)
         self.f.write(data)
         self.f.flush()
+
+
+class Ext(Image):
+    def __init__(self, path):
+        super().__init__(path)
+        sb = self.read(1024, 1024)
+        self.bs = 1024 << struct.unpack_from("<I", sb, 0x18)[0]
+        self.first = struct.unpack_from("<I", sb, 0x14)[0]
+        self.per_group = struct.unpack_from("<I", sb, 0x28)[0]
+        self.inode_size = struct.unpack_from("<H", sb, 0x58)[0]
+        incompat = struct.unpack_from("<I", sb, 0x60)[0]
+        self.blocks = struct.unpack_from("<I", sb, 4)[0]
+        self.desc = struct.unpack_from("<H", sb, 0xFE)[0] if incompat & 0x80 else 32
 
     def inode_at(self, ino):
         group, index = divmod(ino - 1, self.per_group)
@@ -120,24 +125,15 @@ def share_dir(img, ino, source):
     e.put_inode(ino, i)
 
 
-class Fat32:
+class Fat32(Image):
     def __init__(self, path):
-        self.f = open(path, "r+b")
+        super().__init__(path)
         b = self.read(0, 512)
         self.bps, self.spc, self.reserved, self.fats = struct.unpack_from("<HBHB", b, 11)
         self.fat_size = struct.unpack_from("<I", b, 36)[0]
         self.root = struct.unpack_from("<I", b, 44)[0]
         self.cluster = self.bps * self.spc
         self.data = (self.reserved + self.fats * self.fat_size) * self.bps
-
-    def read(self, at, n):
-        self.f.seek(at)
-        return self.f.read(n)
-
-    def write(self, at, data):
-        self.f.seek(at)
-        self.f.write(data)
-        self.f.flush()
 
     def next(self, c):
         return struct.unpack("<I", self.read(self.reserved * self.bps + 4 * c, 4))[0] & 0x0FFFFFFF
