@@ -172,8 +172,7 @@ pub fn restore_files(
         }
     }
     for (e, dest) in links {
-        let t = e.link_target.clone().unwrap_or_default();
-        match std::os::unix::fs::symlink(OsStr::from_bytes(&t), &dest) {
+        match make_symlink(e.link_target.as_deref().unwrap_or_default(), &dest) {
             Ok(()) => report.symlinks += 1,
             Err(err) => report.skipped.push(format!("{}: {err}", e.display_path())),
         }
@@ -182,6 +181,19 @@ pub fn restore_files(
         set_meta(e, dest, keep_setid);
     }
     Ok(report)
+}
+
+/// A symlink at `dest` to `target`, which may come from a crafted guest:
+/// a target with a NUL byte is named as such (the system's own message
+/// speaks of a file name).
+pub(crate) fn make_symlink(target: &[u8], dest: &Path) -> std::io::Result<()> {
+    if target.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "its link target holds a NUL byte (damaged or crafted)",
+        ));
+    }
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), dest)
 }
 
 pub(crate) fn write_file(
@@ -284,4 +296,22 @@ pub(crate) fn set_meta(e: &FileEntry, dest: &Path, keep_setid: bool) -> bool {
     );
     let _ = filetime::set_file_mtime(dest, t);
     dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::make_symlink;
+
+    #[test]
+    fn a_link_target_with_a_nul_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = make_symlink(b"../etc\0passwd", &dir.path().join("bad")).unwrap_err();
+        assert!(err.to_string().contains("link target holds a NUL"), "{err}");
+        assert!(std::fs::symlink_metadata(dir.path().join("bad")).is_err());
+        make_symlink(b"../etc/passwd", &dir.path().join("good")).unwrap();
+        assert_eq!(
+            std::fs::read_link(dir.path().join("good")).unwrap(),
+            std::path::Path::new("../etc/passwd")
+        );
+    }
 }

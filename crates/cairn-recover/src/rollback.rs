@@ -660,9 +660,8 @@ fn roll_into(
         }
     }
     for (e, dest) in links {
-        use std::os::unix::ffi::OsStrExt;
-        let t = e.link_target.clone().unwrap_or_default();
-        if let Err(err) = std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&t), &dest) {
+        let t = e.link_target.as_deref().unwrap_or_default();
+        if let Err(err) = crate::files::make_symlink(t, &dest) {
             report.failed += 1;
             report.skipped.push(format!("{}: {err}", e.display_path()));
         }

@@ -334,10 +334,7 @@ fn restore_into(
             EntryKind::Symlink => {
                 remove_existing(p);
                 report.symlinks += 1;
-                std::os::unix::fs::symlink(
-                    OsStr::from_bytes(e.link_target.as_deref().unwrap_or_default()),
-                    p,
-                )
+                crate::files::make_symlink(e.link_target.as_deref().unwrap_or_default(), p)
             }
             EntryKind::File if e.hardlink_to.is_some() => {
                 let first = e.hardlink_to.as_deref().unwrap_or_default();
