@@ -269,7 +269,7 @@ impl Ext4 {
         } else {
             "ext2"
         };
-        Ok(Ext4 {
+        let fs = Ext4 {
             slice,
             block_size,
             blocks_count,
@@ -281,7 +281,14 @@ impl Ext4 {
             name,
             runs_cache: Mutex::new((HashMap::new(), 0)),
             dir_owner: Mutex::new(HashMap::new()),
-        })
+        };
+        // Everything hangs from the root: one that is a file (it listed as
+        // an empty root, and restored as a file where a folder belongs)
+        // leaves nothing to read.
+        if fs.inode(ROOT_INO)?.kind() != FileKind::Dir {
+            return corrupt("ext root inode is not a directory");
+        }
+        Ok(fs)
     }
 
     /// True when the journal holds changes not yet written back.

@@ -1371,6 +1371,38 @@ fn crafted_ext_and_fat_structures_that_repeat_blocks_end_in_errors_not_terabytes
         noise(16 << 20, 9)
     );
 
+    // A root inode that says it is a file: nothing to read (it listed as
+    // an empty root and restored as a file where the folder belongs).
+    let rootless = env.path("rootless.img");
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-d",
+            src.to_str().unwrap(),
+            rootless.to_str().unwrap(),
+            "64M",
+        ],
+    );
+    extfat_craft(&rootless, &["root-file"]);
+    env.backup(&rootless, "rootless", "2026-03-01T00:00:00Z");
+    let ls = env.run(&["ls", "-R", "rootless@latest:/"]);
+    assert_eq!(ls.status.code(), Some(1), "{}", text(&ls));
+    assert!(
+        text(&ls).contains("root inode is not a directory"),
+        "{}",
+        text(&ls)
+    );
+    let out = env.path("rootless-out");
+    let r = env.run(&[
+        "restore",
+        "rootless@latest:/",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(!out.is_file());
+
     // FAT: twenty folders whose P and Q both lead to the next (2^20
     // paths, no loop; the walk listed until its limits, for minutes), and
     // a file whose cluster chain ends long before its size (was restored

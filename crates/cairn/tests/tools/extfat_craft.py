@@ -12,6 +12,8 @@ Usage:
       of real data from a small image
   extfat_craft.py IMG share-dir INO FROM     ext4: directory INO takes
       directory FROM's blocks (its extent tree and size)
+  extfat_craft.py IMG root-file               ext: the root inode's mode
+      says it is a regular file
   extfat_craft.py IMG fat-dag N              FAT32 with /D00…/D{N-1}, each
       holding P and Q: every D_i's P and Q start at D_{i+1}'s cluster
       (2^N paths, no loop)
@@ -115,6 +117,13 @@ def extent_bomb(img, ino, src):
     e.put_inode(ino, i)
 
 
+def root_file(img):
+    e = Ext(img)
+    i = e.inode(2)
+    struct.pack_into("<H", i, 0, 0o100644)
+    e.put_inode(2, i)
+
+
 def share_dir(img, ino, source):
     e = Ext(img)
     src = e.inode(source)
@@ -203,6 +212,8 @@ def main():
         extent_bomb(img, int(args[0]), int(args[1]))
     elif what == "share-dir":
         share_dir(img, int(args[0]), int(args[1]))
+    elif what == "root-file":
+        root_file(img)
     elif what == "fat-dag":
         fat_dag(img, int(args[0]))
     elif what == "fat-short":
