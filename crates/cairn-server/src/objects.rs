@@ -467,7 +467,8 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
     match top(name) {
         "packs" => {
             let id = name.rsplit('/').next().unwrap_or("");
-            if cairn_vault::index::pack_object(id) != name || !is_id(id) {
+            // The id first: a pack name of one character panicked here.
+            if !cairn_vault::hash::is_object_id(id) || cairn_vault::index::pack_object(id) != name {
                 return Err(ApiError::bad(format!("{name} is not a pack name")));
             }
         }
@@ -509,7 +510,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                 .map_err(|e| ApiError::bad(e.to_string()))?;
             // Every command names snapshots by id prefix, and an id is a
             // file name under several folders.
-            if !is_id(&snap.id.0) {
+            if !cairn_vault::hash::is_object_id(&snap.id.0) {
                 return Err(ApiError::bad(format!(
                     "{name}: a snapshot id is 64 lowercase hex digits"
                 )));
@@ -605,11 +606,6 @@ fn check_retention(vault: &cairn_vault::Vault, what: &str, until: i64) -> Result
 /// Unix seconds as a date, or as the number when no date is that far.
 fn when(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0).map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
-}
-
-/// A pack or snapshot id as the vault names them: 64 lowercase hex digits.
-fn is_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Whether stored object `name` holds exactly `body`, read a piece at a
@@ -794,7 +790,7 @@ fn check_lineage(vault: &cairn_vault::Vault, snap: &cairn_vault::Snapshot) -> Re
         )));
     }
     if let Some(parent) = &snap.parent {
-        let ok = is_id(&parent.0)
+        let ok = cairn_vault::hash::is_object_id(&parent.0)
             && vault
                 .read_snapshot(&cairn_vault::Snapshot::object_name(parent))
                 .is_ok_and(|p| p.name == snap.name);

@@ -98,6 +98,12 @@ impl Hasher {
 }
 
 /// True when every byte is zero; compares 16 bytes at a time.
+/// Whether `s` is an id as the vault names packs, snapshots and maps: 64
+/// lowercase hex digits (a name a crafted object could choose otherwise).
+pub fn is_object_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 pub fn is_zero(data: &[u8]) -> bool {
     let (head, body, tail) = unsafe { data.align_to::<u128>() };
     head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)

@@ -571,12 +571,7 @@ impl Vault {
         let idx: PackIndex =
             postcard::from_bytes(&bytes).map_err(|e| Error::damaged(name, e.to_string()))?;
         // Pack ids are 64 hex digits (and the first two name a folder).
-        let is_id = idx.pack.len() == 64
-            && idx
-                .pack
-                .bytes()
-                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-        if !is_id || index_object(&idx.pack) != name {
+        if !crate::hash::is_object_id(&idx.pack) || index_object(&idx.pack) != name {
             return Err(Error::damaged(name, "index names another pack"));
         }
         Ok(idx)
@@ -1034,11 +1029,7 @@ fn is_content_name(name: &str) -> bool {
     else {
         return false;
     };
-    id.len() == 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && id.get(..2) == Some(shard)
+    crate::hash::is_object_id(id) && id.get(..2) == Some(shard)
 }
 
 #[cfg(test)]

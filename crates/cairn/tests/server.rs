@@ -1438,6 +1438,8 @@ fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
         &vault.seal_pack_index(&short).unwrap(),
     );
     assert_eq!(status, 400, "{v}");
+    let (status, v) = call("PUT", &format!("{objects}/packs/a"), Some(&evil), b"x");
+    assert_eq!(status, 400, "{v}");
     // The agent's own next backup still goes through, and the vault
     // verifies.
     remote_backup_ok(&env, &server, &evil, &guest_disk(&env, "vm2"), "vm");
