@@ -193,8 +193,7 @@ impl Filesystem for Fat {
                     .map_err(|e| io_err("opening a directory", e))?
             };
             let listed = self.list(&dir, &path, &mut count)?;
-            let entries: Vec<FileEntry> = listed.iter().map(|(e, _)| e.clone()).collect();
-            if let Some(key) = crate::listing_key(&entries) {
+            if let Some(key) = crate::listing_key(listed.iter().map(|(e, _)| e)) {
                 let n = same.entry(key).or_insert(0);
                 *n += 1;
                 if *n > crate::MAX_SAME_LISTINGS {

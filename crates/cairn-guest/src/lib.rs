@@ -197,12 +197,13 @@ const MAX_WALK_SKIPPED: usize = 1000;
 /// What a directory lists (names, kinds, sizes, times), for filesystems
 /// without file ids (FAT), where it is all that tells one directory from
 /// another: None for an empty listing or one with ids.
-pub(crate) fn listing_key(entries: &[FileEntry]) -> Option<u64> {
+pub(crate) fn listing_key<'a>(
+    entries: impl ExactSizeIterator<Item = &'a FileEntry> + Clone,
+) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    (!entries.is_empty() && entries.iter().all(|e| e.file_id.is_none())).then(|| {
+    (entries.len() > 0 && entries.clone().all(|e| e.file_id.is_none())).then(|| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         let mut rows: Vec<_> = entries
-            .iter()
             .map(|e| (e.name(), e.kind as u8, e.size, e.mtime_ns))
             .collect();
         rows.sort_unstable();
@@ -227,7 +228,7 @@ struct Listing {
 impl Listing {
     fn of(path: &[u8], entries: &[FileEntry], above: Option<std::rc::Rc<Listing>>) -> Listing {
         Listing {
-            key: listing_key(entries),
+            key: listing_key(entries.iter()),
             path: path.to_vec(),
             above,
         }
