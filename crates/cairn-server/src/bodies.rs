@@ -140,6 +140,15 @@ impl Bodies {
         // Each span of `timeout` brings MIN_BODY_RATE or the body is cut.
         let span_bytes = MIN_BODY_RATE * timeout.as_secs().max(1);
         let mut span = (Instant::now(), 0u64);
+        let too_slow = |so_far: usize| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body came too slowly ({so_far} bytes so far); send at least {} KiB/s",
+                    MIN_BODY_RATE >> 10
+                ),
+            )
+        };
         loop {
             let piece = match tokio::time::timeout_at(span.0 + timeout, stream.next()).await {
                 Err(_) if span.1 >= span_bytes => {
@@ -147,16 +156,7 @@ impl Bodies {
                     span = (Instant::now(), 0);
                     continue;
                 }
-                Err(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        format!(
-                            "the body came too slowly ({} bytes so far); send at least {} KiB/s",
-                            data.len(),
-                            MIN_BODY_RATE >> 10
-                        ),
-                    ));
-                }
+                Err(_) => return Err(too_slow(data.len())),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(ApiError::bad(format!("reading the body: {e}"))),
                 Ok(Some(Ok(piece))) => piece,
@@ -184,7 +184,12 @@ impl Bodies {
                 units_held += units;
             }
             span.1 += piece.len() as u64;
+            // A piece that came as the span ended is judged with it: a
+            // trickle timed to the boundary gets no fresh span for free.
             if span.0.elapsed() >= timeout {
+                if span.1 < span_bytes {
+                    return Err(too_slow(data.len() + piece.len()));
+                }
                 span = (Instant::now(), 0);
             }
             data.extend_from_slice(&piece);
