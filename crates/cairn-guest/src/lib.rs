@@ -255,6 +255,30 @@ impl Listing {
 /// that cannot be read is left out and named, with why, in the second
 /// list, so that one crafted entry does not stop a restore.
 pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntry>, Vec<String>)> {
+    let (entries, unread) = walk_under_marking(fs, root)?;
+    Ok((entries, unread.iter().map(Unread::describe).collect()))
+}
+
+/// A directory a walk could not read, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unread {
+    pub path: Vec<u8>,
+    pub why: String,
+}
+
+impl Unread {
+    /// `/path: why`, as listings print it.
+    pub fn describe(&self) -> String {
+        format!("{}: {}", crate::model::display(&self.path), self.why)
+    }
+}
+
+/// [`walk_under`], naming each directory it could not read by its path
+/// (callers that bring such folders back from elsewhere need the path).
+pub fn walk_under_marking(
+    fs: &dyn Filesystem,
+    root: &FileEntry,
+) -> Result<(Vec<FileEntry>, Vec<Unread>)> {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -265,11 +289,13 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
     let mut same_as: std::collections::HashMap<u64, (usize, Vec<u8>)> = Default::default();
     let mut stack = vec![(root.path.clone(), 0usize, None::<std::rc::Rc<Listing>>)];
     while let Some((dir, depth, above)) = stack.pop() {
-        let shown = || crate::model::display(&dir);
         let listed = match fs.read_dir(&dir) {
             Ok(l) => l,
             Err(e) if dir != root.path && skipped.len() < MAX_WALK_SKIPPED => {
-                skipped.push(format!("{}: not read ({e})", shown()));
+                skipped.push(Unread {
+                    path: dir,
+                    why: format!("not read ({e})"),
+                });
                 continue;
             }
             Err(e) => return Err(e),
@@ -278,11 +304,13 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
         // it is known by listing what that one lists.
         let here = std::rc::Rc::new(Listing::of(&dir, &listed, above));
         if let Some(same) = here.repeats() {
-            skipped.push(format!(
-                "{}: lists what {} lists (a loop), not read again",
-                shown(),
-                crate::model::display(&same)
-            ));
+            skipped.push(Unread {
+                path: dir,
+                why: format!(
+                    "lists what {} lists (a loop), not read again",
+                    crate::model::display(&same)
+                ),
+            });
             continue;
         }
         if let Some(key) = here.key {
@@ -294,11 +322,11 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
                         "too many directories list the same (cross-linked?)".into(),
                     ));
                 }
-                skipped.push(format!(
-                    "{}: lists what {} and {MAX_SAME_LISTINGS} others list (cross-linked directories?), not read",
-                    shown(),
+                let why = format!(
+                    "lists what {} and {MAX_SAME_LISTINGS} others list (cross-linked directories?), not read",
                     crate::model::display(first)
-                ));
+                );
+                skipped.push(Unread { path: dir, why });
                 continue;
             }
         }
@@ -326,15 +354,41 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
 /// can read, with what it could not named. Listings and mounts show the
 /// readable part instead of nothing.
 pub fn walk_readable(fs: &dyn Filesystem) -> Result<(Vec<FileEntry>, Vec<String>)> {
+    let walked = walk_readable_marking(fs)?;
+    let mut notes: Vec<String> = walked.unread.iter().map(Unread::describe).collect();
+    if let Some(e) = walked.whole_walk_error {
+        notes.insert(
+            0,
+            format!("the filesystem could not be walked whole ({e}); listing what can be read"),
+        );
+    }
+    Ok((walked.entries, notes))
+}
+
+/// What [`walk_readable_marking`] could list.
+pub struct Walked {
+    pub entries: Vec<FileEntry>,
+    /// Directories that could not be read (their entries are missing).
+    pub unread: Vec<Unread>,
+    /// Why the whole walk failed, when it did.
+    pub whole_walk_error: Option<String>,
+}
+
+/// [`walk_readable`], naming the directories it could not read by path.
+pub fn walk_readable_marking(fs: &dyn Filesystem) -> Result<Walked> {
     match fs.walk() {
-        Ok(all) => Ok((all, Vec::new())),
+        Ok(all) => Ok(Walked {
+            entries: all,
+            unread: Vec::new(),
+            whole_walk_error: None,
+        }),
         Err(e) => {
-            let (entries, mut skipped) = walk_under(fs, &fs.lookup(b"")?)?;
-            skipped.insert(
-                0,
-                format!("the filesystem could not be walked whole ({e}); listing what can be read"),
-            );
-            Ok((entries, skipped))
+            let (entries, unread) = walk_under_marking(fs, &fs.lookup(b"")?)?;
+            Ok(Walked {
+                entries,
+                unread,
+                whole_walk_error: Some(e.to_string()),
+            })
         }
     }
 }

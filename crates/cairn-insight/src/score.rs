@@ -327,6 +327,26 @@ impl Assessor {
                 ),
             );
         }
+        if !s.unread_folders.is_empty() && s.parent_fs_readable {
+            ev.add(
+                0.75,
+                format!(
+                    "{} folder(s) no longer readable, their files gone from view ({}{})",
+                    s.unread_folders.len(),
+                    s.unread_folders
+                        .iter()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    if s.unread_folders.len() > 3 {
+                        "; …"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         if s.fs_error.is_some() && s.parent_fs_readable {
             ev.add(
                 0.75,
@@ -591,6 +611,7 @@ mod tests {
             fs_error: Some("no filesystem Cairn reads".into()),
             parent_fs_readable: false,
             lost_filesystems: vec![],
+            unread_folders: vec![],
             analysis_secs: 0.0,
         }
     }

@@ -47,6 +47,11 @@ pub struct Signals {
     /// longer show at all: "partition 2: xfs".
     #[serde(default)]
     pub lost_filesystems: Vec<String>,
+    /// Folders whose files the parent listed that cannot be read in this
+    /// snapshot ("/home/alice/docs: not read (…)"): the rest of the
+    /// filesystem is still compared, and their files count as deleted.
+    #[serde(default)]
+    pub unread_folders: Vec<String>,
     /// Seconds the file-level analysis took.
     pub analysis_secs: f64,
 }
@@ -94,6 +99,36 @@ fn lost_filesystems(vault: &Arc<Vault>, parent: &Snapshot, snap: &Snapshot) -> V
         .collect()
 }
 
+/// What of a filesystem can be listed, and the folders that could not be
+/// read; an error when not even that much (the root, or a walk that
+/// failed for another reason than a folder) can be read.
+fn readable_part(
+    fs: &dyn cairn_guest::Filesystem,
+) -> Result<(Vec<cairn_guest::FileEntry>, Vec<cairn_guest::Unread>), String> {
+    let w = cairn_guest::walk_readable_marking(fs).map_err(|e| e.to_string())?;
+    match w.whole_walk_error {
+        Some(e) if w.unread.is_empty() => Err(e),
+        _ => Ok((w.entries, w.unread)),
+    }
+}
+
+/// The folders of `unread` whose files `old` lists: readable before,
+/// not now.
+fn newly_unread(old: &[cairn_guest::FileEntry], unread: &[cairn_guest::Unread]) -> Vec<String> {
+    unread
+        .iter()
+        .filter(|u| {
+            let mut under = u.path.clone();
+            under.push(b'/');
+            // `old` is sorted by path: the first entry at or after the
+            // folder's prefix tells whether it held anything.
+            let i = old.partition_point(|e| e.path < under);
+            old.get(i).is_some_and(|e| e.path.starts_with(&under))
+        })
+        .map(|u| u.describe())
+        .collect()
+}
+
 /// Computes the facts about `snap` against `parent` (normally its parent
 /// in the vault; `None` for a first snapshot). `source`: where `snap` was
 /// just read from, if known. Stores `snap`'s file list for the next
@@ -137,6 +172,7 @@ pub fn compute(
         lost_filesystems: parent
             .map(|p| lost_filesystems(vault, p, snap))
             .unwrap_or_default(),
+        unread_folders: Vec::new(),
         analysis_secs: 0.0,
     };
     // The parent is opened first: this snapshot's files are read from the
@@ -149,7 +185,10 @@ pub fn compute(
         let cache = changed_blocks.clamp(GUEST_CACHE_CHUNKS, most.max(GUEST_CACHE_CHUNKS));
         open_snapshot_with_source(vault, p.clone(), None, None, cache).ok()
     });
-    // This snapshot's files: opened and walked, or why not.
+    // This snapshot's files: opened and walked, or why not. A folder that
+    // cannot be read (damaged, or crafted to stop the walk) leaves the
+    // rest to compare: an attack must not hide files it encrypted behind
+    // one broken directory.
     let opened = open_snapshot_with_source(
         vault,
         snap.clone(),
@@ -158,8 +197,8 @@ pub fn compute(
         GUEST_CACHE_CHUNKS,
     )
     .map_err(|e| e.to_string())
-    .and_then(|o| o.fs.walk().map(|w| (o, w)).map_err(|e| e.to_string()));
-    let (new, new_entries) = match opened {
+    .and_then(|o| readable_part(o.fs.as_ref()).map(|w| (o, w)));
+    let (new, (new_entries, unread)) = match opened {
         Ok(x) => x,
         Err(e) => {
             out.fs_error = Some(e);
@@ -176,16 +215,23 @@ pub fn compute(
     // The list is stored for the next snapshot's diff on its own thread
     // while this snapshot is compared with its parent.
     std::thread::scope(|s| {
-        s.spawn(|| {
-            let _ = crate::filelist::save(vault, &snap.id, &new_entries);
-            tracing::debug!(secs = started.elapsed().as_secs_f64(), "list saved");
-        });
+        // A list with folders missing is not stored: whoever reads the
+        // snapshot next (the next diff, a scan) walks it and learns which.
+        if unread.is_empty() {
+            s.spawn(|| {
+                let _ = crate::filelist::save(vault, &snap.id, &new_entries);
+                tracing::debug!(secs = started.elapsed().as_secs_f64(), "list saved");
+            });
+        }
         let old_entries = old.as_ref().and_then(|o| {
             parent
                 .and_then(|p| crate::filelist::load(vault, &p.id))
-                .or_else(|| o.fs.walk().ok())
+                .or_else(|| readable_part(o.fs.as_ref()).ok().map(|(e, _)| e))
         });
         out.parent_fs_readable = old_entries.is_some();
+        if let Some(old_entries) = &old_entries {
+            out.unread_folders = newly_unread(old_entries, &unread);
+        }
         tracing::debug!(secs = started.elapsed().as_secs_f64(), "parent listed");
         if let (Some(old), Some(old_entries)) = (old, old_entries) {
             let d = match (&old.disk, &new.disk) {

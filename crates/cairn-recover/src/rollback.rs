@@ -55,6 +55,10 @@ pub struct RollbackReport {
     pub dropped: u64,
     pub bytes_written: u64,
     pub dry_run: bool,
+    /// What the plan had to work around: a newest snapshot whose
+    /// filesystem could not be read (the rollback starts from the newest
+    /// one that can), folders that could not be read in it.
+    pub notes: Vec<String>,
     /// Entries not written, with why.
     pub skipped: Vec<String>,
     /// Of those, planned repairs that failed on an error (as against files
@@ -154,6 +158,10 @@ struct Plan {
     picks: BTreeMap<Vec<u8>, Pick>,
     provenance: Vec<Provenance>,
     since: Option<usize>,
+    /// The snapshot the rollback starts from: the newest whose filesystem
+    /// can be read.
+    latest: usize,
+    notes: Vec<String>,
 }
 
 struct Snapshots<'a> {
@@ -211,7 +219,33 @@ fn before_flagged(snaps: &mut Snapshots, first: usize, path: &[u8]) -> Option<(u
 
 fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) -> Result<Plan> {
     let t = snaps.timeline;
-    let latest = t.entries.len() - 1;
+    let mut notes = Vec::new();
+    // The newest snapshot whose filesystem reads (a wiper or an encrypted
+    // volume leaves none in the snapshots after it).
+    let mut start = None;
+    for i in (0..t.entries.len()).rev() {
+        let walked = snaps.get(i).and_then(|o| {
+            cairn_guest::walk_readable_marking(o.fs.as_ref())
+                .map_err(|e| Error::Invalid(e.to_string()))
+        });
+        match walked {
+            Ok(w) => {
+                start = Some((i, w));
+                break;
+            }
+            Err(e) => notes.push(format!(
+                "{}@{}: its filesystem cannot be read ({e}); starting from an earlier snapshot",
+                t.name,
+                t.entries[i].snapshot.id.short()
+            )),
+        }
+    }
+    let Some((latest, walked)) = start else {
+        return Err(Error::Invalid(format!(
+            "no snapshot of {} has a filesystem Cairn can read",
+            t.name
+        )));
+    };
     // Damage counts from `since`, else from just after the clean point.
     let from = match since {
         Some(id) => Some(
@@ -252,21 +286,21 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         })
         .collect();
 
-    let entries = snaps
-        .get(latest)?
-        .fs
-        .walk()
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let entries = walked.entries;
+    for u in &walked.unread {
+        notes.push(format!(
+            "{}@{}: folder {}; its files come from the newest snapshot where it reads",
+            t.name,
+            t.entries[latest].snapshot.id.short(),
+            u.describe()
+        ));
+    }
     // The files of the snapshot damage is counted after (the clean point):
     // those gone since come back from it, and a file it lacked is not
     // called untouched when it is kept.
     let clean = from.and_then(|f| f.checked_sub(1));
     let before: BTreeMap<Vec<u8>, FileEntry> = match clean {
-        Some(c) => snaps
-            .get(c)?
-            .fs
-            .walk()
-            .map_err(|e| Error::Invalid(e.to_string()))?
+        Some(c) => readable_entries(snaps, c)?
             .into_iter()
             .filter(|e| e.kind == FileKind::File)
             .map(|e| (e.path.clone(), e))
@@ -428,6 +462,11 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             }
         }
     }
+    // Folders the starting snapshot could not read: their files from the
+    // newest earlier snapshot where they read, unless damaged there.
+    for u in &walked.unread {
+        unread_folder(snaps, latest, u, &hurt, &flags, &mut picks, &mut provenance);
+    }
     // Originals the attack replaced (encrypted copies, renames) and deleted.
     for (path, h) in &hurt {
         let Some(origin) = &h.origin else { continue };
@@ -488,15 +527,28 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 });
                 continue;
             }
+            let hidden = walked
+                .unread
+                .iter()
+                .find(|u| path.starts_with(&u.path) && path.get(u.path.len()) == Some(&b'/'));
+            let reason = match hidden {
+                Some(u) => format!(
+                    "its folder cannot be read in {} ({}); its version at the clean point {}",
+                    t.entries[latest].snapshot.id.short(),
+                    u.why,
+                    t.entries[c].snapshot.id.short()
+                ),
+                None => format!(
+                    "deleted since the clean point {}; its version there",
+                    t.entries[c].snapshot.id.short()
+                ),
+            };
             provenance.push(Provenance {
                 path: old.display_path(),
                 action: Action::Restored,
                 snapshot: Some(id.clone()),
                 snapshot_time: Some(time.clone()),
-                reason: format!(
-                    "deleted since the clean point {}; its version there",
-                    t.entries[c].snapshot.id.short()
-                ),
+                reason,
             });
             picks.insert(
                 path,
@@ -513,7 +565,78 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         picks,
         provenance,
         since: from,
+        latest,
+        notes,
     })
+}
+
+/// What can be listed of snapshot `i`'s filesystem.
+fn readable_entries(snaps: &mut Snapshots, i: usize) -> Result<Vec<FileEntry>> {
+    let o = snaps.get(i)?;
+    cairn_guest::walk_readable_marking(o.fs.as_ref())
+        .map(|w| w.entries)
+        .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Brings back the entries below `u`, a folder snapshot `latest` could
+/// not read, from the newest earlier snapshot that lists it. A file the
+/// attack damaged by then, created, or that verification flagged is left
+/// to the clean point (see `plan`), as are the folder's files when no
+/// snapshot lists it.
+fn unread_folder(
+    snaps: &mut Snapshots,
+    latest: usize,
+    u: &cairn_guest::Unread,
+    hurt: &BTreeMap<String, Hurt>,
+    flags: &HashMap<&str, (usize, &Flagged)>,
+    picks: &mut BTreeMap<Vec<u8>, Pick>,
+    provenance: &mut Vec<Provenance>,
+) {
+    let t = snaps.timeline;
+    let found = (0..latest).rev().find_map(|j| {
+        let dir = snaps.lookup(j, &u.path)?;
+        if dir.kind != FileKind::Dir {
+            return None;
+        }
+        let fs = snaps.get(j).ok()?.fs.as_ref();
+        let (below, _) = cairn_guest::walk_under_marking(fs, &dir).ok()?;
+        Some((j, below))
+    });
+    let Some((j, below)) = found else {
+        return;
+    };
+    let (id, time) = snaps.label(j);
+    for e in below {
+        let shown = e.display_path();
+        if picks.contains_key(&e.path) {
+            continue;
+        }
+        if e.kind == FileKind::File {
+            let damaged_by_then = hurt.get(&shown).is_some_and(|h| h.index <= j);
+            if damaged_by_then || flags.contains_key(shown.as_str()) {
+                continue;
+            }
+            provenance.push(Provenance {
+                path: shown,
+                action: Action::Restored,
+                snapshot: Some(id.clone()),
+                snapshot_time: Some(time.clone()),
+                reason: format!(
+                    "its folder cannot be read in {} ({}); newest version where it reads",
+                    t.entries[latest].snapshot.id.short(),
+                    u.why
+                ),
+            });
+        }
+        picks.insert(
+            e.path.clone(),
+            Pick {
+                index: j,
+                entry: e,
+                absent: true,
+            },
+        );
+    }
 }
 
 impl RollbackReport {
@@ -548,9 +671,10 @@ fn report_for(t: &Timeline, plan: &Plan, dry_run: bool) -> RollbackReport {
         name: t.name.clone(),
         latest: t
             .entries
-            .last()
+            .get(plan.latest)
             .map(|e| e.snapshot.id.0.clone())
             .unwrap_or_default(),
+        notes: plan.notes.clone(),
         since: plan
             .since
             .and_then(|i| t.entries.get(i))

@@ -208,21 +208,33 @@ pub fn rollback(
         None => None,
     };
     let kind = t.entries.last().map(|e| e.snapshot.source.kind);
-    // A rollback starts from the newest snapshot's files: when they cannot
-    // be read (a disk encrypted whole), the way back is a whole restore.
-    if let Some(latest) = t.entries.last()
-        && kind == Some(cairn_vault::SourceKind::Disk)
+    // A rollback starts from the newest snapshot whose files can be read.
+    // When none after the clean point can (a disk encrypted whole the day
+    // the attack began), nothing newer is there to keep: the way back is a
+    // whole restore.
+    if kind == Some(cairn_vault::SourceKind::Disk)
+        && let Some(latest) = t.entries.last()
         && let Err(
             e @ (cairn_guest::GuestError::Corrupt(_) | cairn_guest::GuestError::Unsupported(_)),
         ) = cairn_guest::open_snapshot(vault, latest.snapshot.clone(), partition)
     {
-        let clean = t
-            .last_clean()
-            .map(|c| format!("{name}@{}", c.snapshot.id.short()))
-            .unwrap_or_else(|| format!("{name}@<a clean snapshot>"));
-        anyhow::bail!(
-            "the newest snapshot's files cannot be read ({e}), so there is nothing newer to keep: restore the clean point whole instead, `cairn restore {clean} --to …` (or --delta over the disk)"
-        );
+        let after_clean = t.clean_point.as_ref().map_or(0, |c| c.index + 1);
+        let newer_readable = t
+            .entries
+            .get(after_clean..t.entries.len() - 1)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .any(|e| cairn_guest::open_snapshot(vault, e.snapshot.clone(), partition).is_ok());
+        if !newer_readable {
+            let clean = t
+                .last_clean()
+                .map(|c| format!("{name}@{}", c.snapshot.id.short()))
+                .unwrap_or_else(|| format!("{name}@<a clean snapshot>"));
+            anyhow::bail!(
+                "the newest snapshot's files cannot be read ({e}), so there is nothing newer to keep: restore the clean point whole instead, `cairn restore {clean} --to …` (or --delta over the disk)"
+            );
+        }
     }
     // What verification flagged, where scans are stored.
     let chain: Vec<_> = t.entries.iter().map(|e| e.snapshot.clone()).collect();
@@ -286,7 +298,7 @@ pub fn rollback(
                 .unwrap_or_default()
         );
     }
-    for s in &r.skipped {
+    for s in r.notes.iter().chain(&r.skipped) {
         eprintln!("warning: {s}");
     }
     crate::util::setid_warning(r.setid_dropped);

@@ -769,3 +769,139 @@ fn rollback_undoes_what_verification_flagged_and_keeps_the_rest() {
     assert_eq!(script["snapshot"], day1_id.as_str(), "{script}");
     assert_eq!(entry("/docs/report.txt")["action"], "kept");
 }
+
+/// Backs up `disk` as vm on day `d` whatever insight says (exit 0 or 3),
+/// and returns the backup's JSON.
+fn backup_any(env: &Env, disk: &Path, d: u32) -> serde_json::Value {
+    let out = env.run(&[
+        "backup",
+        disk.to_str().unwrap(),
+        "--name",
+        "vm",
+        "--time",
+        &day(d),
+        "--json",
+    ]);
+    assert!(
+        matches!(code(&out), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn rollback_works_around_a_broken_folder_and_an_unreadable_newest_snapshot() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    for d in 0..4u32 {
+        if d > 0 {
+            replace_guest_file(&disk, &report(d as usize), &text(21_000, 500 + d as u64));
+        }
+        env.backup(&disk, "vm", &day(d));
+    }
+    // Day 4: five reports encrypted in place. Day 5: work goes on (in the
+    // folder about to break, and on report-1). Day 6: that folder's
+    // directory block is wiped, hiding what it holds.
+    for i in 10..15 {
+        overwrite_file_in_place(
+            &disk,
+            &report(i),
+            &noise(20_000 + i * 3000, 4_000 + i as u64),
+        );
+    }
+    backup_any(&env, &disk, 4);
+    let new_module = text(9_000, 4242);
+    replace_guest_file(&disk, "srv/app/src/mod3.rs", &new_module);
+    let newest_report = text(23_000, 4343);
+    replace_guest_file(&disk, &report(1), &newest_report);
+    backup_any(&env, &disk, 5);
+    let dir_blocks = file_offsets(&disk, "srv/app/src");
+    assert!(!dir_blocks.is_empty());
+    for off in &dir_blocks {
+        write_at(&disk, *off, &[0u8; 4096]);
+    }
+    let b6 = backup_any(&env, &disk, 6);
+
+    // Insight still compares what it can read: the broken folder is named
+    // as a reason, and the encrypted reports are still counted.
+    let out = env.run(&["timeline", "vm", "--json"]);
+    assert_eq!(code(&out), Some(3), "a compromised point exits 3");
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = t["snapshots"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["id"], b6["id"]);
+    assert_ne!(last["verdict"], "clean", "{last}");
+    let reasons = last["reasons"].to_string();
+    assert!(
+        reasons.contains("no longer readable") && reasons.contains("/srv/app/src"),
+        "{reasons}"
+    );
+    assert!(last["filesystem_error"].is_null(), "{last}");
+
+    // The rollback: everything alice did survives, the encrypted reports
+    // come from before the attack, the broken folder from day 5.
+    let check = |out_dir: &Path, rb: &serde_json::Value| {
+        for i in 10..15 {
+            assert_eq!(
+                std::fs::read(out_dir.join(report(i))).unwrap(),
+                std::fs::read(root.join(report(i))).unwrap(),
+                "report-{i}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(out_dir.join(report(1))).unwrap(),
+            newest_report
+        );
+        assert_eq!(
+            std::fs::read(out_dir.join("srv/app/src/mod3.rs")).unwrap(),
+            new_module,
+            "the folder's newest readable version"
+        );
+        for i in [0, 9] {
+            assert_eq!(
+                std::fs::read(out_dir.join(format!("srv/app/src/mod{i}.rs"))).unwrap(),
+                std::fs::read(root.join(format!("srv/app/src/mod{i}.rs"))).unwrap()
+            );
+        }
+        let files = rb["files"].as_array().unwrap();
+        let entry = |p: &str| {
+            files
+                .iter()
+                .find(|f| f["path"] == p)
+                .unwrap_or_else(|| panic!("{p} not in {rb}"))
+        };
+        let m3 = entry("/srv/app/src/mod3.rs");
+        assert_eq!(m3["action"], "restored", "{m3}");
+        assert!(
+            m3["reason"].as_str().unwrap().contains("cannot be read"),
+            "{m3}"
+        );
+        assert_eq!(entry(&format!("/{}", report(12)))["action"], "restored");
+        assert!(
+            rb["notes"].to_string().contains("srv/app/src"),
+            "{}",
+            rb["notes"]
+        );
+    };
+    let out_dir = env.path("rolled");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(rb["latest"], b6["id"]);
+    check(&out_dir, &rb);
+
+    // Day 7: the filesystem's superblock is gone too. The rollback starts
+    // from day 6, the newest snapshot it can read, and says so.
+    write_at(&disk, (1 << 20) + 1024, &[0u8; 1024]);
+    backup_any(&env, &disk, 7);
+    let out_dir = env.path("rolled-again");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(rb["latest"], b6["id"], "{rb}");
+    assert!(
+        rb["notes"].to_string().contains("cannot be read"),
+        "{}",
+        rb["notes"]
+    );
+    check(&out_dir, &rb);
+}
