@@ -13,6 +13,10 @@ pub struct Diff {
     pub deleted: Vec<Added>,
     pub modified: Vec<Modified>,
     pub renamed: Vec<Renamed>,
+    /// Folders one side could not read: what lies below them is left out
+    /// on both sides (neither added nor deleted, just unknown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -241,13 +245,29 @@ pub fn diff(old: &[FileEntry], new: &[FileEntry], check: &mut dyn ContentCheck) 
 /// snapshots check in-place change against the vault's block digests,
 /// directory snapshots against their chunk lists.
 pub fn between(old: &crate::Opened, new: &crate::Opened) -> crate::Result<Diff> {
-    let (ow, nw) = (old.fs.walk()?, new.fs.walk()?);
-    Ok(match (&old.disk, &new.disk) {
+    let (mut ow, ou) = crate::readable_part(old.fs.as_ref())?;
+    let (mut nw, nu) = crate::readable_part(new.fs.as_ref())?;
+    let hidden: std::collections::HashSet<&[u8]> =
+        ou.iter().chain(&nu).map(|u| u.path.as_slice()).collect();
+    if !hidden.is_empty() {
+        ow.retain(|e| !crate::below_any(&hidden, &e.path));
+        nw.retain(|e| !crate::below_any(&hidden, &e.path));
+    }
+    let unread = ou
+        .iter()
+        .map(|u| format!("{} (in the older snapshot)", u.describe()))
+        .chain(
+            nu.iter()
+                .map(|u| format!("{} (in the newer snapshot)", u.describe())),
+        )
+        .collect();
+    let d = match (&old.disk, &new.disk) {
         (Some(od), Some(nd)) => diff(
             &ow,
             &nw,
             &mut crate::check::DiskCheck::new(old.fs.as_ref(), new.fs.as_ref(), od, nd),
         ),
         _ => diff(&ow, &nw, &mut crate::check::TreeCheck),
-    })
+    };
+    Ok(Diff { unread, ..d })
 }

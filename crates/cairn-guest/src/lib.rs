@@ -393,6 +393,24 @@ pub fn walk_readable_marking(fs: &dyn Filesystem) -> Result<Walked> {
     }
 }
 
+/// What of a filesystem can be listed, and the folders that could not be
+/// read; an error when not even that much can be (the root, or a whole
+/// walk that failed for another reason than a folder).
+pub fn readable_part(fs: &dyn Filesystem) -> Result<(Vec<FileEntry>, Vec<Unread>)> {
+    let w = walk_readable_marking(fs)?;
+    match w.whole_walk_error {
+        Some(e) if w.unread.is_empty() => Err(GuestError::Corrupt(e)),
+        _ => Ok((w.entries, w.unread)),
+    }
+}
+
+/// Whether `path` lies below one of `folders` (a set of paths).
+pub fn below_any(folders: &std::collections::HashSet<&[u8]>, path: &[u8]) -> bool {
+    path.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'/' && folders.contains(&path[..i]))
+}
+
 /// Reads a whole file into memory, refusing more than `limit` bytes.
 pub fn read_all(fs: &dyn Filesystem, e: &FileEntry, limit: u64) -> Result<Vec<u8>> {
     if e.size > limit {

@@ -99,19 +99,6 @@ fn lost_filesystems(vault: &Arc<Vault>, parent: &Snapshot, snap: &Snapshot) -> V
         .collect()
 }
 
-/// What of a filesystem can be listed, and the folders that could not be
-/// read; an error when not even that much (the root, or a walk that
-/// failed for another reason than a folder) can be read.
-fn readable_part(
-    fs: &dyn cairn_guest::Filesystem,
-) -> Result<(Vec<cairn_guest::FileEntry>, Vec<cairn_guest::Unread>), String> {
-    let w = cairn_guest::walk_readable_marking(fs).map_err(|e| e.to_string())?;
-    match w.whole_walk_error {
-        Some(e) if w.unread.is_empty() => Err(e),
-        _ => Ok((w.entries, w.unread)),
-    }
-}
-
 /// The folders of `unread` whose files `old` lists: readable before,
 /// not now.
 fn newly_unread(old: &[cairn_guest::FileEntry], unread: &[cairn_guest::Unread]) -> Vec<String> {
@@ -197,7 +184,11 @@ pub fn compute(
         GUEST_CACHE_CHUNKS,
     )
     .map_err(|e| e.to_string())
-    .and_then(|o| readable_part(o.fs.as_ref()).map(|w| (o, w)));
+    .and_then(|o| {
+        cairn_guest::readable_part(o.fs.as_ref())
+            .map(|w| (o, w))
+            .map_err(|e| e.to_string())
+    });
     let (new, (new_entries, unread)) = match opened {
         Ok(x) => x,
         Err(e) => {
@@ -226,7 +217,11 @@ pub fn compute(
         let old_entries = old.as_ref().and_then(|o| {
             parent
                 .and_then(|p| crate::filelist::load(vault, &p.id))
-                .or_else(|| readable_part(o.fs.as_ref()).ok().map(|(e, _)| e))
+                .or_else(|| {
+                    cairn_guest::readable_part(o.fs.as_ref())
+                        .ok()
+                        .map(|(e, _)| e)
+                })
         });
         out.parent_fs_readable = old_entries.is_some();
         if let Some(old_entries) = &old_entries {

@@ -185,6 +185,9 @@ pub fn diff(
         );
     }
     let d = cairn_guest::diff::between(&old, &new)?;
+    for u in &d.unread {
+        eprintln!("warning: folder {u}: what lies below it is not compared");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(0);

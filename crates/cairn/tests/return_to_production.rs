@@ -840,6 +840,15 @@ fn rollback_works_around_a_broken_folder_and_an_unreadable_newest_snapshot() {
         "{reasons}"
     );
     assert!(last["filesystem_error"].is_null(), "{last}");
+    // `cairn diff` compares the rest too, and names the folder it could
+    // not (its files are unknown, not deleted).
+    let d = env.json(&["diff", "vm@-1", "vm@latest"]);
+    assert!(d["unread"].to_string().contains("srv/app/src"), "{d}");
+    assert!(
+        !d["deleted"].to_string().contains("srv/app/src"),
+        "{}",
+        d["deleted"]
+    );
 
     // The rollback: everything alice did survives, the encrypted reports
     // come from before the attack, the broken folder from day 5.
