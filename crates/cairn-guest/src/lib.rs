@@ -264,6 +264,17 @@ pub fn walk_under(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntr
 pub struct Unread {
     pub path: Vec<u8>,
     pub why: String,
+    pub kind: UnreadKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnreadKind {
+    /// Reading it failed (damaged, or crafted to fail).
+    Failed,
+    /// Not read on purpose: it lists what a directory above it or many
+    /// others list (a loop, cross-linked directories), so reading it would
+    /// list the same again.
+    Repeat,
 }
 
 impl Unread {
@@ -295,6 +306,7 @@ pub fn walk_under_marking(
                 skipped.push(Unread {
                     path: dir,
                     why: format!("not read ({e})"),
+                    kind: UnreadKind::Failed,
                 });
                 continue;
             }
@@ -304,12 +316,18 @@ pub fn walk_under_marking(
         // it is known by listing what that one lists.
         let here = std::rc::Rc::new(Listing::of(&dir, &listed, above));
         if let Some(same) = here.repeats() {
+            if skipped.len() >= MAX_WALK_SKIPPED {
+                return Err(GuestError::Corrupt(
+                    "too many directories list what one above them lists (loops)".into(),
+                ));
+            }
             skipped.push(Unread {
                 path: dir,
                 why: format!(
                     "lists what {} lists (a loop), not read again",
                     crate::model::display(&same)
                 ),
+                kind: UnreadKind::Repeat,
             });
             continue;
         }
@@ -326,14 +344,31 @@ pub fn walk_under_marking(
                     "lists what {} and {MAX_SAME_LISTINGS} others list (cross-linked directories?), not read",
                     crate::model::display(first)
                 );
-                skipped.push(Unread { path: dir, why });
+                skipped.push(Unread {
+                    path: dir,
+                    why,
+                    kind: UnreadKind::Repeat,
+                });
                 continue;
             }
         }
         for e in listed {
             if e.kind == FileKind::Dir && !e.unsafe_name {
                 let fresh = e.file_id.is_none_or(|id| seen.insert(id));
-                if depth < MAX_WALK_DEPTH && fresh && walked.insert(e.path.clone()) {
+                if !fresh {
+                    // Named, so that a walk with one loop in it still
+                    // counts as a partial one, not as no walk at all.
+                    if skipped.len() >= MAX_WALK_SKIPPED {
+                        return Err(GuestError::Corrupt(
+                            "too many directories listed twice (loops)".into(),
+                        ));
+                    }
+                    skipped.push(Unread {
+                        path: e.path.clone(),
+                        why: "the same directory as one listed elsewhere (a loop, or a directory hard-linked), not read again".into(),
+                        kind: UnreadKind::Repeat,
+                    });
+                } else if depth < MAX_WALK_DEPTH && walked.insert(e.path.clone()) {
                     stack.push((e.path.clone(), depth + 1, Some(here.clone())));
                 }
             }

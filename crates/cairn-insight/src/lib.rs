@@ -135,6 +135,36 @@ fn parent_of<'a>(
         .or_else(|| i.checked_sub(1).map(|j| ordered[j]))
 }
 
+/// Earlier snapshots looked at for one whose files were read whole.
+const MAX_BASE_LOOKBACK: usize = 8;
+
+/// What snapshot `i` is compared with: its parent, unless the parent's
+/// files could not all be read — then the newest of the few before it that
+/// were read whole. Otherwise a folder broken one day and repaired the
+/// next (or a filesystem unreadable for a day) would hide what was done to
+/// the files in it meanwhile: each day alone compares nothing there.
+fn comparison_base<'a>(
+    all: &'a HashMap<SnapshotId, &'a Snapshot>,
+    ordered: &[&'a Snapshot],
+    computed: &[Entry],
+    i: usize,
+) -> Option<&'a Snapshot> {
+    let parent = parent_of(all, ordered, i)?;
+    let whole = |s: &Signals| s.fs_error.is_none() && !s.partial_walk;
+    let signals_of = |id: &SnapshotId| computed.iter().rev().find(|e| e.snapshot.id == *id);
+    match signals_of(&parent.id) {
+        Some(e) if !whole(&e.signals) => computed
+            .iter()
+            .rev()
+            .filter(|e| e.snapshot.time < parent.time)
+            .take(MAX_BASE_LOOKBACK)
+            .find(|e| whole(&e.signals))
+            .and_then(|e| all.get(&e.snapshot.id).copied())
+            .or(Some(parent)),
+        _ => Some(parent),
+    }
+}
+
 /// The timeline of source `name`: facts for every snapshot (computing and
 /// storing those not yet stored), scores replayed in time order, and the
 /// clean point. `on_compute` is told about each snapshot analysed now.
@@ -178,7 +208,7 @@ fn timeline_with_source(
                     signals::compute(
                         vault,
                         snap,
-                        parent_of(&by_id, &ordered, i),
+                        comparison_base(&by_id, &ordered, &entries, i),
                         latest_source.filter(|_| i + 1 == ordered.len()),
                     ),
                     false,

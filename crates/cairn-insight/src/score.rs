@@ -347,6 +347,26 @@ impl Assessor {
                 ),
             );
         }
+        if !s.unread_new_folders.is_empty() && s.parent_fs_readable {
+            ev.add(
+                0.45,
+                format!(
+                    "{} folder(s) that cannot be read appeared ({}{})",
+                    s.unread_new_folders.len(),
+                    s.unread_new_folders
+                        .iter()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    if s.unread_new_folders.len() > 3 {
+                        "; …"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         if s.fs_error.is_some() && s.parent_fs_readable {
             ev.add(
                 0.75,
@@ -612,6 +632,8 @@ mod tests {
             parent_fs_readable: false,
             lost_filesystems: vec![],
             unread_folders: vec![],
+            unread_new_folders: vec![],
+            partial_walk: false,
             analysis_secs: 0.0,
         }
     }

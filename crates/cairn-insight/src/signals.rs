@@ -6,10 +6,12 @@
 use crate::files::{self, FileSignals, Side};
 use cairn_guest::check::{DiskCheck, TreeCheck};
 use cairn_guest::open::{GUEST_CACHE_CHUNKS, open_snapshot_with_source};
+use cairn_guest::{FileEntry, Unread, UnreadKind};
 use cairn_vault::BLOCK_SIZE;
 use cairn_vault::{Snapshot, SnapshotId, Vault};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -47,11 +49,21 @@ pub struct Signals {
     /// longer show at all: "partition 2: xfs".
     #[serde(default)]
     pub lost_filesystems: Vec<String>,
-    /// Folders whose files the parent listed that cannot be read in this
-    /// snapshot ("/home/alice/docs: not read (…)"): the rest of the
-    /// filesystem is still compared, and their files count as deleted.
+    /// Folders whose files the parent listed (at that path, or before the
+    /// folder was moved) that fail to read in this snapshot
+    /// ("/home/alice/docs: not read (…)"). The rest of the filesystem is
+    /// still compared; what lies below them is left out on both sides.
     #[serde(default)]
     pub unread_folders: Vec<String>,
+    /// Folders that fail to read and that the parent did not list at all.
+    #[serde(default)]
+    pub unread_new_folders: Vec<String>,
+    /// Some folders of this snapshot could not be read (those above, or
+    /// ones that did not read in the parent either): the next snapshot is
+    /// compared with the newest one read whole instead (see
+    /// `crate::comparison_base`).
+    #[serde(default)]
+    pub partial_walk: bool,
     /// Seconds the file-level analysis took.
     pub analysis_secs: f64,
 }
@@ -99,21 +111,61 @@ fn lost_filesystems(vault: &Arc<Vault>, parent: &Snapshot, snap: &Snapshot) -> V
         .collect()
 }
 
-/// The folders of `unread` whose files `old` lists: readable before,
-/// not now.
-fn newly_unread(old: &[cairn_guest::FileEntry], unread: &[cairn_guest::Unread]) -> Vec<String> {
-    unread
-        .iter()
-        .filter(|u| {
-            let mut under = u.path.clone();
-            under.push(b'/');
-            // `old` is sorted by path: the first entry at or after the
-            // folder's prefix tells whether it held anything.
-            let i = old.partition_point(|e| e.path < under);
-            old.get(i).is_some_and(|e| e.path.starts_with(&under))
-        })
-        .map(|u| u.describe())
-        .collect()
+/// Folders of the new snapshot that failed to read, sorted by what the
+/// parent knew of them: (listed with files before — by path, or by file
+/// id when the folder was moved —, not known to the parent). A folder the
+/// parent could not read either is neither: nothing changed.
+fn unread_against_parent(
+    old: &[FileEntry],
+    old_unread: &[Unread],
+    new: &[FileEntry],
+    unread: &[Unread],
+) -> (Vec<String>, Vec<String>) {
+    // The parent's folders that held anything, by file id.
+    let mut held: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    let by_path: std::collections::HashMap<&[u8], &FileEntry> =
+        old.iter().map(|e| (e.path.as_slice(), e)).collect();
+    for e in old {
+        if let Some(slash) = e.path.iter().rposition(|&b| b == b'/')
+            && let Some(id) = by_path.get(&e.path[..slash]).and_then(|d| d.file_id)
+        {
+            held.insert(id);
+        }
+    }
+    let (mut listed, mut unknown) = (Vec::new(), Vec::new());
+    for u in unread.iter().filter(|u| u.kind == UnreadKind::Failed) {
+        let mut under = u.path.clone();
+        under.push(b'/');
+        // `old` is sorted by path: the first entry at or after the
+        // folder's prefix tells whether it held anything there.
+        let i = old.partition_point(|e| e.path < under);
+        let same_path = old.get(i).is_some_and(|e| e.path.starts_with(&under));
+        let id = new
+            .binary_search_by(|e| e.path.as_slice().cmp(&u.path))
+            .ok()
+            .and_then(|k| new[k].file_id);
+        if same_path || id.is_some_and(|id| held.contains(&id)) {
+            listed.push(u.describe());
+        } else if !old_unread.iter().any(|o| o.path == u.path) {
+            unknown.push(u.describe());
+        }
+    }
+    (listed, unknown)
+}
+
+/// `list` without what lies below the folders in `hidden`.
+fn visible<'a>(
+    list: &'a [FileEntry],
+    hidden: &std::collections::HashSet<&[u8]>,
+) -> Cow<'a, [FileEntry]> {
+    if hidden.is_empty() {
+        return Cow::Borrowed(list);
+    }
+    list.iter()
+        .filter(|e| !cairn_guest::below_any(hidden, &e.path))
+        .cloned()
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// Computes the facts about `snap` against `parent` (normally its parent
@@ -160,6 +212,8 @@ pub fn compute(
             .map(|p| lost_filesystems(vault, p, snap))
             .unwrap_or_default(),
         unread_folders: Vec::new(),
+        unread_new_folders: Vec::new(),
+        partial_walk: false,
         analysis_secs: 0.0,
     };
     // The parent is opened first: this snapshot's files are read from the
@@ -198,6 +252,7 @@ pub fn compute(
             return out;
         }
     };
+    out.partial_walk = !unread.is_empty();
     tracing::debug!(
         secs = started.elapsed().as_secs_f64(),
         files = new_entries.len(),
@@ -214,19 +269,31 @@ pub fn compute(
                 tracing::debug!(secs = started.elapsed().as_secs_f64(), "list saved");
             });
         }
-        let old_entries = old.as_ref().and_then(|o| {
+        let old_listed = old.as_ref().and_then(|o| {
             parent
                 .and_then(|p| crate::filelist::load(vault, &p.id))
-                .or_else(|| {
-                    cairn_guest::readable_part(o.fs.as_ref())
-                        .ok()
-                        .map(|(e, _)| e)
-                })
+                .map(|e| (e, Vec::new()))
+                .or_else(|| cairn_guest::readable_part(o.fs.as_ref()).ok())
         });
-        out.parent_fs_readable = old_entries.is_some();
-        if let Some(old_entries) = &old_entries {
-            out.unread_folders = newly_unread(old_entries, &unread);
-        }
+        out.parent_fs_readable = old_listed.is_some();
+        let (old_entries, new_entries) = match &old_listed {
+            Some((old_entries, old_unread)) => {
+                (out.unread_folders, out.unread_new_folders) =
+                    unread_against_parent(old_entries, old_unread, &new_entries, &unread);
+                // What lies below a folder either side could not read is
+                // unknown, not added or deleted: left out of the diff.
+                let hidden: std::collections::HashSet<&[u8]> = old_unread
+                    .iter()
+                    .chain(&unread)
+                    .map(|u| u.path.as_slice())
+                    .collect();
+                (
+                    Some(visible(old_entries, &hidden)),
+                    visible(&new_entries, &hidden),
+                )
+            }
+            None => (None, Cow::Borrowed(new_entries.as_slice())),
+        };
         tracing::debug!(secs = started.elapsed().as_secs_f64(), "parent listed");
         if let (Some(old), Some(old_entries)) = (old, old_entries) {
             let d = match (&old.disk, &new.disk) {

@@ -142,6 +142,9 @@ struct Pick {
 /// replaced.
 struct Hurt {
     index: usize,
+    /// The snapshot it was found against (its parent, or the one before
+    /// it read whole): where its good version is.
+    base: Option<usize>,
     damage: Damage,
     origin: Option<String>,
     detail: String,
@@ -268,9 +271,16 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 && (f.damage != Damage::Protected
                     || protected >= cairn_insight::score::MANY_PROTECTED)
         };
+        let base = e
+            .signals
+            .parent
+            .as_ref()
+            .and_then(|p| t.entries[..i].iter().rposition(|x| x.snapshot.id == *p))
+            .or(i.checked_sub(1));
         for f in findings().filter(undone) {
             hurt.entry(f.path.clone()).or_insert(Hurt {
                 index: i,
+                base,
                 damage: f.damage,
                 origin: f.origin.clone(),
                 detail: f.detail.clone(),
@@ -286,19 +296,27 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         })
         .collect();
 
-    let entries = walked.entries;
-    for u in &walked.unread {
-        notes.push(format!(
-            "{}@{}: folder {}; its files come from the newest snapshot where it reads",
-            t.name,
-            t.entries[latest].snapshot.id.short(),
-            u.describe()
-        ));
-    }
     // The files of the snapshot damage is counted after (the clean point):
     // those gone since come back from it, and a file it lacked is not
     // called untouched when it is kept.
     let clean = from.and_then(|f| f.checked_sub(1));
+    // Every entry to decide on, with the snapshot it is taken from: the
+    // starting snapshot's, then what lies below the folders it could not
+    // read, from the newest earlier snapshot that lists them.
+    let mut entries: Vec<(usize, FileEntry, Option<String>)> = walked
+        .entries
+        .into_iter()
+        .map(|e| (latest, e, None))
+        .collect();
+    let newest_unreadable = latest + 1 < t.entries.len();
+    let floor = clean.unwrap_or(0);
+    entries.extend(unread_folders(
+        snaps,
+        latest,
+        floor,
+        &walked.unread,
+        &mut notes,
+    ));
     let before: BTreeMap<Vec<u8>, FileEntry> = match clean {
         Some(c) => readable_entries(snaps, c)?
             .into_iter()
@@ -310,9 +328,14 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
     let mut in_latest = std::collections::HashSet::new();
     let mut picks = BTreeMap::new();
     let mut provenance = Vec::new();
-    let (latest_id, latest_time) = snaps.label(latest);
-    for e in entries {
-        in_latest.insert(e.path.clone());
+    for (src, e, hidden_why) in entries {
+        if src == latest {
+            in_latest.insert(e.path.clone());
+        }
+        let (latest_id, latest_time) = snaps.label(src);
+        // In place, whatever stands where a file of an unread folder goes
+        // is not known to be the attack's: it is left alone.
+        let absent = src != latest;
         let shown = e.display_path();
         if e.kind == FileKind::File
             && !hurt.contains_key(&shown)
@@ -335,13 +358,13 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 ),
                 None if f.revert => (
                     Action::Dropped,
-                    latest,
+                    src,
                     e.clone(),
                     format!("{found}; it did not exist before"),
                 ),
                 None => (
                     Action::Kept,
-                    latest,
+                    src,
                     e.clone(),
                     format!("{found}; kept, since it holds other data: review it by hand"),
                 ),
@@ -360,7 +383,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     Pick {
                         index,
                         entry,
-                        absent: false,
+                        absent,
                     },
                 );
             }
@@ -368,25 +391,38 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         }
         let Some(h) = hurt.get(&shown).filter(|_| e.kind == FileKind::File) else {
             if e.kind == FileKind::File {
-                let reason = if clean.is_none() || before.contains_key(&e.path) {
-                    "untouched by the attack: newest version"
+                let untouched = if clean.is_none() || before.contains_key(&e.path) {
+                    "untouched by the attack"
                 } else {
-                    "new since the clean point and not found damaged: newest version (review it)"
+                    "new since the clean point and not found damaged (review it)"
+                };
+                let (action, reason) = match &hidden_why {
+                    Some(why) => (
+                        Action::Restored,
+                        format!("{why}; {untouched}: newest version where it reads"),
+                    ),
+                    None if newest_unreadable => (
+                        Action::Kept,
+                        format!(
+                            "{untouched}: newest readable version (newer snapshots cannot be read)"
+                        ),
+                    ),
+                    None => (Action::Kept, format!("{untouched}: newest version")),
                 };
                 provenance.push(Provenance {
                     path: shown,
-                    action: Action::Kept,
+                    action,
                     snapshot: Some(latest_id.clone()),
                     snapshot_time: Some(latest_time.clone()),
-                    reason: reason.into(),
+                    reason,
                 });
             }
             picks.insert(
                 e.path.clone(),
                 Pick {
-                    index: latest,
+                    index: src,
                     entry: e,
-                    absent: false,
+                    absent,
                 },
             );
             continue;
@@ -413,8 +449,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         }
         // Damaged in place: its version from the snapshot before the damage.
         let good = h
-            .index
-            .checked_sub(1)
+            .base
             .and_then(|g| snaps.lookup(g, &e.path).map(|x| (g, x)));
         match good {
             Some((g, old)) if old.kind == FileKind::File => {
@@ -436,7 +471,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     Pick {
                         index: g,
                         entry: old,
-                        absent: false,
+                        absent,
                     },
                 );
             }
@@ -454,18 +489,13 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 picks.insert(
                     e.path.clone(),
                     Pick {
-                        index: latest,
+                        index: src,
                         entry: e,
-                        absent: false,
+                        absent,
                     },
                 );
             }
         }
-    }
-    // Folders the starting snapshot could not read: their files from the
-    // newest earlier snapshot where they read, unless damaged there.
-    for u in &walked.unread {
-        unread_folder(snaps, latest, u, &hurt, &flags, &mut picks, &mut provenance);
     }
     // Originals the attack replaced (encrypted copies, renames) and deleted.
     for (path, h) in &hurt {
@@ -474,7 +504,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         if picks.contains_key(&o) {
             continue;
         }
-        let Some(g) = h.index.checked_sub(1) else {
+        let Some(g) = h.base else {
             continue;
         };
         if let Some(old) = snaps.lookup(g, &o).filter(|x| x.kind == FileKind::File) {
@@ -578,65 +608,94 @@ fn readable_entries(snaps: &mut Snapshots, i: usize) -> Result<Vec<FileEntry>> {
         .map_err(|e| Error::Invalid(e.to_string()))
 }
 
-/// Brings back the entries below `u`, a folder snapshot `latest` could
-/// not read, from the newest earlier snapshot that lists it. A file the
-/// attack damaged by then, created, or that verification flagged is left
-/// to the clean point (see `plan`), as are the folder's files when no
-/// snapshot lists it.
-fn unread_folder(
+/// Earlier snapshots searched for a folder the starting snapshot could
+/// not read.
+const MAX_LOOKBACK: usize = 16;
+/// Most entries brought back from unreadable folders in one rollback.
+const MAX_UNREAD_ENTRIES: usize = 2_000_000;
+
+/// The entries below the folders of `unread` that failed to read in
+/// snapshot `latest`, each from the newest earlier snapshot (not before
+/// `floor`, the clean point) that lists it, with why it is taken from
+/// there. A folder that an earlier, readable snapshot does not have at all
+/// is not looked for further back (a folder made anew and broken must not
+/// revive one deleted long ago); folders skipped on purpose (loops,
+/// cross-links) are not brought back. Bounded: [`MAX_LOOKBACK`] snapshots per folder,
+/// [`MAX_UNREAD_ENTRIES`] entries in all (past them, a note says so).
+fn unread_folders(
     snaps: &mut Snapshots,
     latest: usize,
-    u: &cairn_guest::Unread,
-    hurt: &BTreeMap<String, Hurt>,
-    flags: &HashMap<&str, (usize, &Flagged)>,
-    picks: &mut BTreeMap<Vec<u8>, Pick>,
-    provenance: &mut Vec<Provenance>,
-) {
+    floor: usize,
+    unread: &[cairn_guest::Unread],
+    notes: &mut Vec<String>,
+) -> Vec<(usize, FileEntry, Option<String>)> {
     let t = snaps.timeline;
-    let found = (0..latest).rev().find_map(|j| {
-        let dir = snaps.lookup(j, &u.path)?;
-        if dir.kind != FileKind::Dir {
-            return None;
-        }
-        let fs = snaps.get(j).ok()?.fs.as_ref();
-        let (below, _) = cairn_guest::walk_under_marking(fs, &dir).ok()?;
-        Some((j, below))
-    });
-    let Some((j, below)) = found else {
-        return;
-    };
-    let (id, time) = snaps.label(j);
-    for e in below {
-        let shown = e.display_path();
-        if picks.contains_key(&e.path) {
+    let short = |i: usize| t.entries[i].snapshot.id.short();
+    let mut out = Vec::new();
+    let mut done: std::collections::HashSet<(usize, u64)> = Default::default();
+    for u in unread {
+        if u.kind != cairn_guest::UnreadKind::Failed {
+            notes.push(format!(
+                "{}@{}: folder {}: not brought back",
+                t.name,
+                short(latest),
+                u.describe()
+            ));
             continue;
         }
-        if e.kind == FileKind::File {
-            let damaged_by_then = hurt.get(&shown).is_some_and(|h| h.index <= j);
-            if damaged_by_then || flags.contains_key(shown.as_str()) {
-                continue;
+        let mut found = None;
+        for j in (floor..latest).rev().take(MAX_LOOKBACK) {
+            let Ok(o) = snaps.get(j) else { continue };
+            let dir = match o.fs.lookup(&u.path) {
+                Ok(d) => d,
+                // Not there in a snapshot that reads: made anew since.
+                Err(cairn_guest::GuestError::NotFound(_)) => break,
+                Err(_) => continue,
+            };
+            if dir.kind != FileKind::Dir {
+                break;
             }
-            provenance.push(Provenance {
-                path: shown,
-                action: Action::Restored,
-                snapshot: Some(id.clone()),
-                snapshot_time: Some(time.clone()),
-                reason: format!(
-                    "its folder cannot be read in {} ({}); newest version where it reads",
-                    t.entries[latest].snapshot.id.short(),
-                    u.why
-                ),
-            });
+            if let Some(id) = dir.file_id
+                && !done.insert((j, id))
+            {
+                break;
+            }
+            if let Ok((below, _)) = cairn_guest::walk_under_marking(o.fs.as_ref(), &dir)
+                && o.fs.read_dir(&u.path).is_ok()
+            {
+                found = Some((j, below));
+                break;
+            }
         }
-        picks.insert(
-            e.path.clone(),
-            Pick {
-                index: j,
-                entry: e,
-                absent: true,
-            },
-        );
+        let Some((j, below)) = found else {
+            notes.push(format!(
+                "{}@{}: folder {}; no earlier snapshot since the clean point lists it: its files at the clean point come back",
+                t.name,
+                short(latest),
+                u.describe()
+            ));
+            continue;
+        };
+        if out.len() + below.len() > MAX_UNREAD_ENTRIES {
+            notes.push(format!(
+                "{}@{}: folder {}; more entries below unreadable folders than one rollback brings back from earlier snapshots: not brought back",
+                t.name,
+                short(latest),
+                u.describe()
+            ));
+            continue;
+        }
+        notes.push(format!(
+            "{}@{}: folder {}; what it held comes from {}, the newest snapshot that lists it",
+            t.name,
+            short(latest),
+            u.describe(),
+            short(j)
+        ));
+        let why = format!("its folder cannot be read in {} ({})", short(latest), u.why);
+        out.extend(below.into_iter().map(|e| (j, e, Some(why.clone()))));
     }
+    out
 }
 
 impl RollbackReport {
@@ -650,6 +709,21 @@ impl RollbackReport {
             f.reason = why.clone();
         }
         self.skipped.push(why);
+    }
+
+    /// The plan for `path` was not carried out (`failed`: on an error):
+    /// its provenance, when it has one, says so (the counts follow with
+    /// `recount`).
+    fn not_done(&mut self, path: &str, why: String, failed: bool) {
+        // Provenance is sorted by path (see `plan`).
+        match self.files.binary_search_by(|f| f.path.as_str().cmp(path)) {
+            Ok(k) if failed => self.failed_on(k, why),
+            Ok(k) => self.left_alone(k, why),
+            Err(_) => {
+                self.failed += failed as u64;
+                self.skipped.push(why);
+            }
+        }
     }
 
     /// [`left_alone`](Self::left_alone), because carrying it out failed.
@@ -745,9 +819,8 @@ fn roll_into(
             .then(|| safe_join(to, path))
             .flatten()
         else {
-            report
-                .skipped
-                .push(format!("{}: unsafe name", pick.entry.display_path()));
+            let shown = pick.entry.display_path();
+            report.not_done(&shown, format!("{shown}: unsafe name"), false);
             continue;
         };
         match pick.entry.kind {
@@ -769,10 +842,8 @@ fn roll_into(
                         if e.kind() != std::io::ErrorKind::AlreadyExists {
                             let _ = fs::remove_file(&dest);
                         }
-                        report.failed += 1;
-                        report
-                            .skipped
-                            .push(format!("{}: {e}", pick.entry.display_path()));
+                        let shown = pick.entry.display_path();
+                        report.not_done(&shown, format!("{shown}: {e}"), true);
                     }
                 }
             }
@@ -793,6 +864,7 @@ fn roll_into(
     for (e, dest) in dirs.iter().rev() {
         set_meta(e, dest, keep_setid);
     }
+    report.recount();
     Ok(report)
 }
 

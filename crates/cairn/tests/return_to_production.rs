@@ -914,3 +914,117 @@ fn rollback_works_around_a_broken_folder_and_an_unreadable_newest_snapshot() {
     );
     check(&out_dir, &rb);
 }
+
+/// The rollback's provenance entry for `path`.
+fn provenance_of<'a>(rb: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    rb["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in {rb}"))
+}
+
+#[test]
+fn a_folder_broken_for_a_day_or_a_loop_does_not_hide_encryption() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    populate(&root);
+    std::fs::create_dir_all(root.join("srv/tools")).unwrap();
+    std::fs::write(root.join("srv/tools/old.sh"), b"#!/bin/sh\necho old\n").unwrap();
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    for d in 0..3u32 {
+        if d == 1 {
+            // Removed on purpose: nothing may bring it back.
+            debugfs_w(&disk, "rm /srv/tools/old.sh");
+            debugfs_w(&disk, "rmdir /srv/tools");
+        }
+        env.backup(&disk, "vm", &day(d));
+    }
+    // Day 3: five modules encrypted in place and their folder's directory
+    // block broken; a new folder where the removed one was, broken too.
+    // Day 4: the folder's block put back (the encryption now in plain
+    // view, against the last snapshot read whole).
+    let mut plain = Vec::new();
+    for i in 0..5 {
+        let path = format!("srv/app/src/mod{i}.rs");
+        plain.push(std::fs::read(root.join(&path)).unwrap());
+        overwrite_file_in_place(&disk, &path, &noise(8_000, 60 + i as u64));
+    }
+    debugfs_w(&disk, "mkdir /srv/tools");
+    let dir_block = file_offsets(&disk, "srv/app/src")[0];
+    let saved =
+        std::fs::read(&disk).unwrap()[dir_block as usize..dir_block as usize + 4096].to_vec();
+    write_at(&disk, dir_block, &[0u8; 4096]);
+    write_at(&disk, file_offsets(&disk, "srv/tools")[0], &[0u8; 4096]);
+    let b3 = backup_any(&env, &disk, 3);
+    write_at(&disk, dir_block, &saved);
+    let b4 = backup_any(&env, &disk, 4);
+
+    let out = env.run(&["timeline", "vm", "--json"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snaps = t["snapshots"].as_array().unwrap();
+    let (d3, d4) = (&snaps[3], &snaps[4]);
+    assert_eq!(d3["id"], b3["id"]);
+    assert!(
+        d3["reasons"]
+            .to_string()
+            .contains("folder(s) that cannot be read appeared"),
+        "a new folder that does not read is named: {d3}"
+    );
+    assert_eq!(d4["id"], b4["id"]);
+    assert_eq!(d4["verdict"], "compromised", "{d4}");
+    assert!(d4["reasons"].to_string().contains("encrypted"), "{d4}");
+    assert_eq!(t["last_clean"], snaps[2]["id"], "{}", t["last_clean"]);
+
+    let out_dir = env.path("rolled");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    for (i, want) in plain.iter().enumerate() {
+        let path = format!("srv/app/src/mod{i}.rs");
+        assert_eq!(&std::fs::read(out_dir.join(&path)).unwrap(), want, "{path}");
+        assert_eq!(
+            provenance_of(&rb, &format!("/{path}"))["action"],
+            "restored"
+        );
+    }
+    assert!(
+        !out_dir.join("srv/tools/old.sh").exists(),
+        "a file removed on purpose came back: {}",
+        provenance_of(&rb, "/srv/tools/old.sh")
+    );
+
+    // Day 5: a directory loop (a hard link to a folder above it) and three
+    // reports encrypted in place; day 6: the loop gone again. The loop is
+    // left out, the rest compared: the reports are found and restored.
+    debugfs_w(&disk, "link /home/alice /home/alice/docs/back");
+    for i in 15..18 {
+        overwrite_file_in_place(&disk, &report(i), &noise(20_000 + i * 3000, 80 + i as u64));
+    }
+    let b5 = backup_any(&env, &disk, 5);
+    debugfs_w(&disk, "unlink /home/alice/docs/back");
+    backup_any(&env, &disk, 6);
+    let out = env.run(&["timeline", "vm", "--json"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d5 = &t["snapshots"][5];
+    assert_eq!(d5["id"], b5["id"]);
+    assert!(d5["filesystem_error"].is_null(), "{d5}");
+    assert!(d5["reasons"].to_string().contains("encrypted"), "{d5}");
+    let out_dir = env.path("rolled-again");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    for i in 15..18 {
+        assert_eq!(
+            std::fs::read(out_dir.join(report(i))).unwrap(),
+            std::fs::read(root.join(report(i))).unwrap(),
+            "report-{i}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(out_dir.join("srv/app/src/mod0.rs")).unwrap(),
+        plain[0]
+    );
+    assert_eq!(
+        provenance_of(&rb, &format!("/{}", report(16)))["action"],
+        "restored"
+    );
+}
