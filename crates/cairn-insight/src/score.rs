@@ -17,7 +17,7 @@
 use crate::content;
 use crate::files::{Damage, FileSignals, Finding, path_hash};
 use crate::signals::Signals;
-use chrono::{Datelike, Timelike};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -65,6 +65,11 @@ pub struct Assessor {
     /// Damaged files not repaired since: path hash → (path, index of the
     /// snapshot where found).
     carried: BTreeMap<u64, (String, usize)>,
+    /// Folders that stopped reading and have not read since: path → when
+    /// first. A folder left broken stays a reason for as long as it is,
+    /// however many snapshots later (each compared only with the one
+    /// before would find nothing new).
+    broken: BTreeMap<String, DateTime<Utc>>,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -327,45 +332,51 @@ impl Assessor {
                 ),
             );
         }
-        if !s.unread_folders.is_empty() && s.parent_fs_readable {
+        let listed = |folders: &[&String]| {
+            let more = if folders.len() > 3 { ", …" } else { "" };
+            let some: Vec<&str> = folders.iter().take(3).map(|f| f.as_str()).collect();
+            format!("{} folder(s) ({}{more})", folders.len(), some.join(", "))
+        };
+        if s.parent_fs_readable {
+            if !s.unread_folders.is_empty() {
+                ev.add(
+                    0.75,
+                    format!(
+                        "{} no longer readable, their files gone from view",
+                        listed(&s.unread_folders.iter().collect::<Vec<_>>())
+                    ),
+                );
+            }
+            if !s.unread_new_folders.is_empty() {
+                ev.add(
+                    0.45,
+                    format!(
+                        "{} that cannot be read appeared",
+                        listed(&s.unread_new_folders.iter().collect::<Vec<_>>())
+                    ),
+                );
+            }
+        }
+        self.broken.retain(|p, _| s.unread_paths.contains(p));
+        let still: Vec<&String> = self
+            .broken
+            .keys()
+            .filter(|p| !s.unread_folders.contains(p))
+            .collect();
+        if let Some(since) = self.broken.values().min()
+            && !still.is_empty()
+        {
             ev.add(
                 0.75,
                 format!(
-                    "{} folder(s) no longer readable, their files gone from view ({}{})",
-                    s.unread_folders.len(),
-                    s.unread_folders
-                        .iter()
-                        .take(3)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    if s.unread_folders.len() > 3 {
-                        "; …"
-                    } else {
-                        ""
-                    }
+                    "{} unreadable since {} still",
+                    listed(&still),
+                    since.format("%Y-%m-%d %H:%M")
                 ),
             );
         }
-        if !s.unread_new_folders.is_empty() && s.parent_fs_readable {
-            ev.add(
-                0.45,
-                format!(
-                    "{} folder(s) that cannot be read appeared ({}{})",
-                    s.unread_new_folders.len(),
-                    s.unread_new_folders
-                        .iter()
-                        .take(3)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    if s.unread_new_folders.len() > 3 {
-                        "; …"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+        for p in &s.unread_folders {
+            self.broken.entry(p.clone()).or_insert(s.time);
         }
         if s.fs_error.is_some() && s.parent_fs_readable {
             ev.add(
@@ -633,6 +644,7 @@ mod tests {
             lost_filesystems: vec![],
             unread_folders: vec![],
             unread_new_folders: vec![],
+            unread_paths: vec![],
             partial_walk: false,
             analysis_secs: 0.0,
         }

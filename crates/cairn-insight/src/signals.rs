@@ -50,14 +50,18 @@ pub struct Signals {
     #[serde(default)]
     pub lost_filesystems: Vec<String>,
     /// Folders whose files the parent listed (at that path, or before the
-    /// folder was moved) that fail to read in this snapshot
-    /// ("/home/alice/docs: not read (…)"). The rest of the filesystem is
-    /// still compared; what lies below them is left out on both sides.
+    /// folder was moved) that this snapshot does not list: they fail to
+    /// read, or they are a loop or a hard link to another folder now. The
+    /// rest of the filesystem is still compared; what lies below a folder
+    /// that fails to read is left out on both sides.
     #[serde(default)]
     pub unread_folders: Vec<String>,
     /// Folders that fail to read and that the parent did not list at all.
     #[serde(default)]
     pub unread_new_folders: Vec<String>,
+    /// Every folder of this snapshot not read, for or against the parent.
+    #[serde(default)]
+    pub unread_paths: Vec<String>,
     /// Some folders of this snapshot could not be read (those above, or
     /// ones that did not read in the parent either): the next snapshot is
     /// compared with the newest one read whole instead (see
@@ -111,10 +115,11 @@ fn lost_filesystems(vault: &Arc<Vault>, parent: &Snapshot, snap: &Snapshot) -> V
         .collect()
 }
 
-/// Folders of the new snapshot that failed to read, sorted by what the
-/// parent knew of them: (listed with files before — by path, or by file
-/// id when the folder was moved —, not known to the parent). A folder the
-/// parent could not read either is neither: nothing changed.
+/// Folders the new snapshot does not read, sorted by what the parent knew
+/// of them, as display paths: (listed with files before — by path, or,
+/// for one that fails to read, by file id when it was moved —; failing to
+/// read and not known to the parent). A folder the parent could not read
+/// either is neither: nothing changed.
 fn unread_against_parent(
     old: &[FileEntry],
     old_unread: &[Unread],
@@ -133,7 +138,7 @@ fn unread_against_parent(
         }
     }
     let (mut listed, mut unknown) = (Vec::new(), Vec::new());
-    for u in unread.iter().filter(|u| u.kind == UnreadKind::Failed) {
+    for u in unread {
         let mut under = u.path.clone();
         under.push(b'/');
         // `old` is sorted by path: the first entry at or after the
@@ -144,10 +149,11 @@ fn unread_against_parent(
             .binary_search_by(|e| e.path.as_slice().cmp(&u.path))
             .ok()
             .and_then(|k| new[k].file_id);
-        if same_path || id.is_some_and(|id| held.contains(&id)) {
-            listed.push(u.describe());
-        } else if !old_unread.iter().any(|o| o.path == u.path) {
-            unknown.push(u.describe());
+        let shown = cairn_guest::model::display(&u.path);
+        if same_path || (u.kind == UnreadKind::Failed && id.is_some_and(|id| held.contains(&id))) {
+            listed.push(shown);
+        } else if u.kind == UnreadKind::Failed && !old_unread.iter().any(|o| o.path == u.path) {
+            unknown.push(shown);
         }
     }
     (listed, unknown)
@@ -213,6 +219,7 @@ pub fn compute(
             .unwrap_or_default(),
         unread_folders: Vec::new(),
         unread_new_folders: Vec::new(),
+        unread_paths: Vec::new(),
         partial_walk: false,
         analysis_secs: 0.0,
     };
@@ -253,6 +260,10 @@ pub fn compute(
         }
     };
     out.partial_walk = !unread.is_empty();
+    out.unread_paths = unread
+        .iter()
+        .map(|u| cairn_guest::model::display(&u.path))
+        .collect();
     tracing::debug!(
         secs = started.elapsed().as_secs_f64(),
         files = new_entries.len(),
@@ -282,9 +293,12 @@ pub fn compute(
                     unread_against_parent(old_entries, old_unread, &new_entries, &unread);
                 // What lies below a folder either side could not read is
                 // unknown, not added or deleted: left out of the diff.
+                // (A loop or a hard-linked folder lists what is listed
+                // elsewhere: what it held before shows as deleted.)
                 let hidden: std::collections::HashSet<&[u8]> = old_unread
                     .iter()
                     .chain(&unread)
+                    .filter(|u| u.kind == UnreadKind::Failed)
                     .map(|u| u.path.as_slice())
                     .collect();
                 (

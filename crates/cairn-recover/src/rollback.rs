@@ -636,7 +636,7 @@ fn unread_folders(
     for u in unread {
         if u.kind != cairn_guest::UnreadKind::Failed {
             notes.push(format!(
-                "{}@{}: folder {}: not brought back",
+                "{}@{}: folder {}; files it held at the clean point come back from there, as deleted ones do",
                 t.name,
                 short(latest),
                 u.describe()
@@ -669,7 +669,7 @@ fn unread_folders(
         }
         let Some((j, below)) = found else {
             notes.push(format!(
-                "{}@{}: folder {}; no earlier snapshot since the clean point lists it: its files at the clean point come back",
+                "{}@{}: folder {}; no earlier snapshot since the clean point lists it: files it held at the clean point come back from there, as deleted ones do",
                 t.name,
                 short(latest),
                 u.describe()

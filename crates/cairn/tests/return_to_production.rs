@@ -797,22 +797,11 @@ fn rollback_works_around_a_broken_folder_and_an_unreadable_newest_snapshot() {
     populate(&root);
     let disk = env.path("disk.img");
     gpt_ext4_image(&disk, &root, 64);
-    for d in 0..4u32 {
-        if d > 0 {
-            replace_guest_file(&disk, &report(d as usize), &text(21_000, 500 + d as u64));
-        }
-        env.backup(&disk, "vm", &day(d));
-    }
-    // Day 4: five reports encrypted in place. Day 5: work goes on (in the
-    // folder about to break, and on report-1). Day 6: that folder's
-    // directory block is wiped, hiding what it holds.
-    for i in 10..15 {
-        overwrite_file_in_place(
-            &disk,
-            &report(i),
-            &noise(20_000 + i * 3000, 4_000 + i as u64),
-        );
-    }
+    // Days 0-3 clean, then five reports encrypted in place, backed up on
+    // day 4. Day 5: work goes on (in the folder about to break, and on
+    // report-1). Day 6: that folder's directory block is wiped, hiding
+    // what it holds.
+    four_days_then_encryption(&env, &disk);
     backup_any(&env, &disk, 4);
     let new_module = text(9_000, 4242);
     replace_guest_file(&disk, "srv/app/src/mod3.rs", &new_module);
@@ -970,7 +959,7 @@ fn a_folder_broken_for_a_day_or_a_loop_does_not_hide_encryption() {
     assert!(
         d3["reasons"]
             .to_string()
-            .contains("folder(s) that cannot be read appeared"),
+            .contains("(/srv/tools) that cannot be read appeared"),
         "a new folder that does not read is named: {d3}"
     );
     assert_eq!(d4["id"], b4["id"]);
@@ -1027,4 +1016,61 @@ fn a_folder_broken_for_a_day_or_a_loop_does_not_hide_encryption() {
         provenance_of(&rb, &format!("/{}", report(16)))["action"],
         "restored"
     );
+
+    // Day 7: a folder emptied and made a hard link to another one (two
+    // names, one directory): what it held is gone, whichever name the
+    // walk takes for the copy. Flagged, and the video comes back.
+    debugfs_w(&disk, "rm /home/alice/media/video.mp4");
+    debugfs_w(&disk, "rmdir /home/alice/media");
+    debugfs_w(&disk, "link /srv/app/src /home/alice/media");
+    backup_any(&env, &disk, 7);
+    let out = env.run(&["timeline", "vm", "--json"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d7 = &t["snapshots"][7];
+    assert!(
+        d7["reasons"].to_string().contains("no longer readable"),
+        "{d7}"
+    );
+    let out_dir = env.path("rolled-third");
+    env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(out_dir.join("home/alice/media/video.mp4")).unwrap(),
+        std::fs::read(root.join("home/alice/media/video.mp4")).unwrap()
+    );
+}
+
+#[test]
+fn a_folder_left_broken_stays_flagged_and_comes_back() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    for d in 0..3u32 {
+        env.backup(&disk, "vm", &day(d));
+    }
+    // From day 3 on, /etc does not read, for longer than insight looks
+    // back for a snapshot read whole.
+    write_at(&disk, file_offsets(&disk, "etc")[0], &[0u8; 4096]);
+    for d in 3..14u32 {
+        backup_any(&env, &disk, d);
+    }
+    let out = env.run(&["timeline", "vm", "--json"]);
+    assert_eq!(code(&out), Some(3));
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = t["snapshots"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["verdict"], "compromised", "{last}");
+    let reasons = last["reasons"].to_string();
+    assert!(
+        reasons.contains("/etc") && reasons.contains("still"),
+        "{last}"
+    );
+    assert_eq!(t["last_clean"], t["snapshots"][2]["id"]);
+    let out_dir = env.path("rolled");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(out_dir.join("etc/hostname")).unwrap(),
+        b"guest\n"
+    );
+    assert_eq!(provenance_of(&rb, "/etc/hostname")["action"], "restored");
 }
