@@ -126,6 +126,9 @@ fn unread_against_parent(
     new: &[FileEntry],
     unread: &[Unread],
 ) -> (Vec<String>, Vec<String>) {
+    if unread.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
     // The parent's folders that held anything, by file id.
     let mut held: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let by_path: std::collections::HashMap<&[u8], &FileEntry> =
