@@ -770,6 +770,21 @@ fn rollback_undoes_what_verification_flagged_and_keeps_the_rest() {
     assert_eq!(entry("/docs/report.txt")["action"], "kept");
 }
 
+/// Asserts that `path` holds the same bytes below `a` and below `b`.
+fn same_file(a: &Path, b: &Path, path: &str) {
+    assert_eq!(
+        std::fs::read(a.join(path)).unwrap(),
+        std::fs::read(b.join(path)).unwrap(),
+        "{path}"
+    );
+}
+
+/// `cairn timeline vm --json`: its exit code and what it printed.
+fn timeline(env: &Env) -> (Option<i32>, serde_json::Value) {
+    let out = env.run(&["timeline", "vm", "--json"]);
+    (code(&out), serde_json::from_slice(&out.stdout).unwrap())
+}
+
 /// Backs up `disk` as vm on day `d` whatever insight says (exit 0 or 3),
 /// and returns the backup's JSON.
 fn backup_any(env: &Env, disk: &Path, d: u32) -> serde_json::Value {
@@ -817,9 +832,8 @@ fn rollback_works_around_a_broken_folder_and_an_unreadable_newest_snapshot() {
 
     // Insight still compares what it can read: the broken folder is named
     // as a reason, and the encrypted reports are still counted.
-    let out = env.run(&["timeline", "vm", "--json"]);
-    assert_eq!(code(&out), Some(3), "a compromised point exits 3");
-    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (exit, t) = timeline(&env);
+    assert_eq!(exit, Some(3), "a compromised point exits 3");
     let last = t["snapshots"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["id"], b6["id"]);
     assert_ne!(last["verdict"], "clean", "{last}");
@@ -843,11 +857,7 @@ fn rollback_works_around_a_broken_folder_and_an_unreadable_newest_snapshot() {
     // come from before the attack, the broken folder from day 5.
     let check = |out_dir: &Path, rb: &serde_json::Value| {
         for i in 10..15 {
-            assert_eq!(
-                std::fs::read(out_dir.join(report(i))).unwrap(),
-                std::fs::read(root.join(report(i))).unwrap(),
-                "report-{i}"
-            );
+            same_file(out_dir, &root, &report(i));
         }
         assert_eq!(
             std::fs::read(out_dir.join(report(1))).unwrap(),
@@ -951,8 +961,8 @@ fn a_folder_broken_for_a_day_or_a_loop_does_not_hide_encryption() {
     write_at(&disk, dir_block, &saved);
     let b4 = backup_any(&env, &disk, 4);
 
-    let out = env.run(&["timeline", "vm", "--json"]);
-    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (exit, t) = timeline(&env);
+    assert_eq!(exit, Some(3), "the newest point is not clean");
     let snaps = t["snapshots"].as_array().unwrap();
     let (d3, d4) = (&snaps[3], &snaps[4]);
     assert_eq!(d3["id"], b3["id"]);
@@ -993,8 +1003,8 @@ fn a_folder_broken_for_a_day_or_a_loop_does_not_hide_encryption() {
     let b5 = backup_any(&env, &disk, 5);
     debugfs_w(&disk, "unlink /home/alice/docs/back");
     backup_any(&env, &disk, 6);
-    let out = env.run(&["timeline", "vm", "--json"]);
-    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (exit, t) = timeline(&env);
+    assert_eq!(exit, Some(3), "the newest point is not clean");
     let d5 = &t["snapshots"][5];
     assert_eq!(d5["id"], b5["id"]);
     assert!(d5["filesystem_error"].is_null(), "{d5}");
@@ -1002,11 +1012,7 @@ fn a_folder_broken_for_a_day_or_a_loop_does_not_hide_encryption() {
     let out_dir = env.path("rolled-again");
     let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
     for i in 15..18 {
-        assert_eq!(
-            std::fs::read(out_dir.join(report(i))).unwrap(),
-            std::fs::read(root.join(report(i))).unwrap(),
-            "report-{i}"
-        );
+        same_file(&out_dir, &root, &report(i));
     }
     assert_eq!(
         std::fs::read(out_dir.join("srv/app/src/mod0.rs")).unwrap(),
@@ -1024,8 +1030,8 @@ fn a_folder_broken_for_a_day_or_a_loop_does_not_hide_encryption() {
     debugfs_w(&disk, "rmdir /home/alice/media");
     debugfs_w(&disk, "link /srv/app/src /home/alice/media");
     backup_any(&env, &disk, 7);
-    let out = env.run(&["timeline", "vm", "--json"]);
-    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (exit, t) = timeline(&env);
+    assert_eq!(exit, Some(3), "the newest point is not clean");
     let d7 = &t["snapshots"][7];
     assert!(
         d7["reasons"].to_string().contains("no longer readable"),
@@ -1055,9 +1061,8 @@ fn a_folder_left_broken_stays_flagged_and_comes_back() {
     for d in 3..14u32 {
         backup_any(&env, &disk, d);
     }
-    let out = env.run(&["timeline", "vm", "--json"]);
-    assert_eq!(code(&out), Some(3));
-    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (exit, t) = timeline(&env);
+    assert_eq!(exit, Some(3), "a compromised point exits 3");
     let last = t["snapshots"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["verdict"], "compromised", "{last}");
     let reasons = last["reasons"].to_string();
