@@ -590,6 +590,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             );
         }
     }
+    folders_win(&mut picks, &mut provenance);
     provenance.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Plan {
         picks,
@@ -598,6 +599,54 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         latest,
         notes,
     })
+}
+
+/// A file or a link that stands where the plan fills a folder (an attack
+/// replaced the folder with it, or a symlink out of it) is left out: the
+/// folder and what it held come back, and the provenance says so.
+fn folders_win(picks: &mut BTreeMap<Vec<u8>, Pick>, provenance: &mut Vec<Provenance>) {
+    let blocking: Vec<Vec<u8>> = picks
+        .iter()
+        .filter(|(path, pick)| {
+            let mut under = path.to_vec();
+            under.push(b'/');
+            pick.entry.kind != FileKind::Dir
+                && picks
+                    .range(under.clone()..)
+                    .next()
+                    .is_some_and(|(q, _)| q.starts_with(&under))
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    if blocking.is_empty() {
+        return;
+    }
+    let at: HashMap<String, usize> = provenance
+        .iter()
+        .enumerate()
+        .map(|(k, f)| (f.path.clone(), k))
+        .collect();
+    for path in blocking {
+        let pick = picks.remove(&path).expect("listed above");
+        let shown = pick.entry.display_path();
+        let why = "stands where a folder stood that the rollback brings back: left out";
+        match at.get(&shown) {
+            Some(&k) => {
+                let f = &mut provenance[k];
+                f.action = Action::Dropped;
+                f.snapshot = None;
+                f.snapshot_time = None;
+                f.reason = format!("{}; {why}", f.reason);
+            }
+            None => provenance.push(Provenance {
+                path: shown,
+                action: Action::Dropped,
+                snapshot: None,
+                snapshot_time: None,
+                reason: why.into(),
+            }),
+        }
+    }
 }
 
 /// What can be listed of snapshot `i`'s filesystem.

@@ -1079,3 +1079,46 @@ fn a_folder_left_broken_stays_flagged_and_comes_back() {
     );
     assert_eq!(provenance_of(&rb, "/etc/hostname")["action"], "restored");
 }
+
+#[test]
+fn rollback_brings_back_folders_an_attack_replaced_with_a_file_or_a_link() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    for d in 0..3u32 {
+        env.backup(&disk, "vm", &day(d));
+    }
+    debugfs_w(&disk, "rm /etc/hostname");
+    debugfs_w(&disk, "rmdir /etc");
+    write_guest_file(&disk, "/etc", b"not a folder any more\n");
+    for i in 0..10 {
+        debugfs_w(&disk, &format!("rm /srv/app/src/mod{i}.rs"));
+    }
+    debugfs_w(&disk, "rmdir /srv/app/src");
+    debugfs_w(&disk, "symlink /srv/app/src /tmp");
+    // Removing two folders passes for an ordinary day: the operator names
+    // where the damage began.
+    let b3 = backup_any(&env, &disk, 3);
+    let out_dir = env.path("rolled");
+    let rb = env.json(&[
+        "rollback",
+        "vm",
+        "--to-dir",
+        out_dir.to_str().unwrap(),
+        "--since",
+        b3["id"].as_str().unwrap(),
+    ]);
+    assert_eq!(rb["failed"], 0, "{rb}");
+    same_file(&out_dir, &root, "etc/hostname");
+    same_file(&out_dir, &root, "srv/app/src/mod7.rs");
+    assert!(
+        !std::fs::symlink_metadata(out_dir.join("srv/app/src"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let etc = provenance_of(&rb, "/etc");
+    assert_eq!(etc["action"], "dropped", "{etc}");
+}
