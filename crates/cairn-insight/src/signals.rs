@@ -117,9 +117,10 @@ fn lost_filesystems(vault: &Arc<Vault>, parent: &Snapshot, snap: &Snapshot) -> V
 
 /// Folders the new snapshot does not read, sorted by what the parent knew
 /// of them, as display paths: (listed with files before — by path, or,
-/// for one that fails to read, by file id when it was moved —; failing to
-/// read and not known to the parent). A folder the parent could not read
-/// either is neither: nothing changed.
+/// for one that fails to read, by file id when it was moved, or any new
+/// one that fails to read on the day a folder with files vanished —;
+/// failing to read and not known to the parent). A folder the parent
+/// could not read either is neither: nothing changed.
 fn unread_against_parent(
     old: &[FileEntry],
     old_unread: &[Unread],
@@ -158,6 +159,22 @@ fn unread_against_parent(
         } else if u.kind == UnreadKind::Failed && !old_unread.iter().any(|o| o.path == u.path) {
             unknown.push(shown);
         }
+    }
+    // A folder that held files and is gone the day one that cannot be
+    // read appears was most likely moved into it: the files are out of
+    // sight as surely as in a folder that broke.
+    let in_new = |path: &[u8]| {
+        new.binary_search_by(|e| e.path.as_slice().cmp(path))
+            .is_ok()
+    };
+    let vanished = !unknown.is_empty()
+        && old.iter().any(|e| {
+            e.kind == cairn_guest::FileKind::Dir
+                && e.file_id.is_some_and(|id| held.contains(&id))
+                && !in_new(&e.path)
+        });
+    if vanished {
+        listed.append(&mut unknown);
     }
     (listed, unknown)
 }

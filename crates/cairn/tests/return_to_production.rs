@@ -1121,4 +1121,22 @@ fn rollback_brings_back_folders_an_attack_replaced_with_a_file_or_a_link() {
     );
     let etc = provenance_of(&rb, "/etc");
     assert_eq!(etc["action"], "dropped", "{etc}");
+
+    // Day 4: a folder with files moved into a new folder that does not
+    // read: as out of sight as a folder that broke, and flagged as such.
+    debugfs_w(&disk, "mkdir /archive");
+    debugfs_w(&disk, "link /home/alice/docs /archive/docs");
+    debugfs_w(&disk, "unlink /home/alice/docs");
+    write_at(&disk, file_offsets(&disk, "archive")[0], &[0u8; 4096]);
+    backup_any(&env, &disk, 4);
+    let (exit, t) = timeline(&env);
+    assert_eq!(exit, Some(3));
+    let last = t["snapshots"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["verdict"], "compromised", "{last}");
+    assert!(
+        last["reasons"]
+            .to_string()
+            .contains("(/archive) no longer readable"),
+        "{last}"
+    );
 }
