@@ -869,25 +869,18 @@ fn rollback_works_around_a_broken_folder_and_an_unreadable_newest_snapshot() {
             "the folder's newest readable version"
         );
         for i in [0, 9] {
-            assert_eq!(
-                std::fs::read(out_dir.join(format!("srv/app/src/mod{i}.rs"))).unwrap(),
-                std::fs::read(root.join(format!("srv/app/src/mod{i}.rs"))).unwrap()
-            );
+            same_file(out_dir, &root, &format!("srv/app/src/mod{i}.rs"));
         }
-        let files = rb["files"].as_array().unwrap();
-        let entry = |p: &str| {
-            files
-                .iter()
-                .find(|f| f["path"] == p)
-                .unwrap_or_else(|| panic!("{p} not in {rb}"))
-        };
-        let m3 = entry("/srv/app/src/mod3.rs");
+        let m3 = provenance_of(rb, "/srv/app/src/mod3.rs");
         assert_eq!(m3["action"], "restored", "{m3}");
         assert!(
             m3["reason"].as_str().unwrap().contains("cannot be read"),
             "{m3}"
         );
-        assert_eq!(entry(&format!("/{}", report(12)))["action"], "restored");
+        assert_eq!(
+            provenance_of(rb, &format!("/{}", report(12)))["action"],
+            "restored"
+        );
         assert!(
             rb["notes"].to_string().contains("srv/app/src"),
             "{}",
