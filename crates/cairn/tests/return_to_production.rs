@@ -1032,14 +1032,12 @@ fn a_folder_broken_for_a_day_or_a_loop_does_not_hide_encryption() {
     );
     let out_dir = env.path("rolled-third");
     env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
-    assert_eq!(
-        std::fs::read(out_dir.join("home/alice/media/video.mp4")).unwrap(),
-        std::fs::read(root.join("home/alice/media/video.mp4")).unwrap()
-    );
+    same_file(&out_dir, &root, "home/alice/media/video.mp4");
 }
 
-#[test]
-fn a_folder_left_broken_stays_flagged_and_comes_back() {
+/// A vault with a 64 MiB GPT+ext4 guest made from `populate`, backed up
+/// on three ordinary days: (env, the guest's files, the disk).
+fn three_clean_days() -> (Env, std::path::PathBuf, std::path::PathBuf) {
     let env = Env::new("30d", &[]);
     let root = env.path("root");
     populate(&root);
@@ -1048,6 +1046,12 @@ fn a_folder_left_broken_stays_flagged_and_comes_back() {
     for d in 0..3u32 {
         env.backup(&disk, "vm", &day(d));
     }
+    (env, root, disk)
+}
+
+#[test]
+fn a_folder_left_broken_stays_flagged_and_comes_back() {
+    let (env, root, disk) = three_clean_days();
     // From day 3 on, /etc does not read, for longer than insight looks
     // back for a snapshot read whole.
     write_at(&disk, file_offsets(&disk, "etc")[0], &[0u8; 4096]);
@@ -1066,23 +1070,13 @@ fn a_folder_left_broken_stays_flagged_and_comes_back() {
     assert_eq!(t["last_clean"], t["snapshots"][2]["id"]);
     let out_dir = env.path("rolled");
     let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
-    assert_eq!(
-        std::fs::read(out_dir.join("etc/hostname")).unwrap(),
-        b"guest\n"
-    );
+    same_file(&out_dir, &root, "etc/hostname");
     assert_eq!(provenance_of(&rb, "/etc/hostname")["action"], "restored");
 }
 
 #[test]
 fn rollback_brings_back_folders_an_attack_replaced_with_a_file_or_a_link() {
-    let env = Env::new("30d", &[]);
-    let root = env.path("root");
-    populate(&root);
-    let disk = env.path("disk.img");
-    gpt_ext4_image(&disk, &root, 64);
-    for d in 0..3u32 {
-        env.backup(&disk, "vm", &day(d));
-    }
+    let (env, root, disk) = three_clean_days();
     debugfs_w(&disk, "rm /etc/hostname");
     debugfs_w(&disk, "rmdir /etc");
     write_guest_file(&disk, "/etc", b"not a folder any more\n");
