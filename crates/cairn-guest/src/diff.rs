@@ -245,21 +245,10 @@ pub fn diff(old: &[FileEntry], new: &[FileEntry], check: &mut dyn ContentCheck) 
 /// snapshots check in-place change against the vault's block digests,
 /// directory snapshots against their chunk lists.
 pub fn between(old: &crate::Opened, new: &crate::Opened) -> crate::Result<Diff> {
-    let (mut ow, ou) = crate::readable_part(old.fs.as_ref())?;
-    let (mut nw, nu) = crate::readable_part(new.fs.as_ref())?;
-    // Below a folder that failed to read, nothing is known; a loop or a
-    // hard-linked folder lists what is listed elsewhere, so what it held
-    // before shows as deleted.
-    let hidden: std::collections::HashSet<&[u8]> = ou
-        .iter()
-        .chain(&nu)
-        .filter(|u| u.kind == crate::UnreadKind::Failed)
-        .map(|u| u.path.as_slice())
-        .collect();
-    if !hidden.is_empty() {
-        ow.retain(|e| !crate::below_any(&hidden, &e.path));
-        nw.retain(|e| !crate::below_any(&hidden, &e.path));
-    }
+    let (ow, ou) = crate::readable_part(old.fs.as_ref())?;
+    let (nw, nu) = crate::readable_part(new.fs.as_ref())?;
+    let hidden = crate::failed_folders(ou.iter().chain(&nu));
+    let (ow, nw) = (crate::outside(&ow, &hidden), crate::outside(&nw, &hidden));
     let unread = ou
         .iter()
         .map(|u| format!("{} (in the older snapshot)", u.describe()))

@@ -191,9 +191,6 @@ pub(crate) const MAX_WALK_ENTRIES: usize = 20_000_000;
 /// keeps branching) is not walked on.
 const MAX_WALK_SKIPPED: usize = 1000;
 
-/// What one directory of a walk lists (names, kinds, sizes and times, for
-/// directories whose entries carry no file id), and the directories above
-/// it.
 /// What a directory lists (names, kinds, sizes, times), for filesystems
 /// without file ids (FAT), where it is all that tells one directory from
 /// another: None for an empty listing or one with ids.
@@ -219,6 +216,9 @@ pub(crate) fn listing_key<'a>(
 /// list the same too; beyond this many of one, they are named as well.
 pub(crate) const MAX_SAME_LISTINGS: usize = 16;
 
+/// What one directory of a walk lists (names, kinds, sizes and times, for
+/// directories whose entries carry no file id), and the directories above
+/// it.
 struct Listing {
     key: Option<u64>,
     path: Vec<u8>,
@@ -439,11 +439,40 @@ pub fn readable_part(fs: &dyn Filesystem) -> Result<(Vec<FileEntry>, Vec<Unread>
     }
 }
 
-/// Whether `path` lies below one of `folders` (a set of paths).
-pub fn below_any(folders: &std::collections::HashSet<&[u8]>, path: &[u8]) -> bool {
-    path.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'/' && folders.contains(&path[..i]))
+/// The folders of `unread` that failed to read: below them nothing is
+/// known, so a comparison leaves what lies there out on both sides (a loop
+/// or a hard-linked folder lists what is listed elsewhere, so what it held
+/// before shows as deleted).
+pub fn failed_folders<'a>(
+    unread: impl IntoIterator<Item = &'a Unread>,
+) -> std::collections::HashSet<&'a [u8]> {
+    unread
+        .into_iter()
+        .filter(|u| u.kind == UnreadKind::Failed)
+        .map(|u| u.path.as_slice())
+        .collect()
+}
+
+/// `list` without what lies below the folders in `hidden`.
+pub fn outside<'a>(
+    list: &'a [FileEntry],
+    hidden: &std::collections::HashSet<&[u8]>,
+) -> std::borrow::Cow<'a, [FileEntry]> {
+    if hidden.is_empty() {
+        return std::borrow::Cow::Borrowed(list);
+    }
+    // Whether a path lies below one of `hidden`: each of its ancestors
+    // looked up.
+    let below = |path: &[u8]| {
+        path.iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'/' && hidden.contains(&path[..i]))
+    };
+    list.iter()
+        .filter(|e| !below(&e.path))
+        .cloned()
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// Reads a whole file into memory, refusing more than `limit` bytes.

@@ -72,6 +72,13 @@ pub struct Assessor {
     broken: BTreeMap<String, DateTime<Utc>>,
 }
 
+/// "2 folder(s) (/a, /b)", naming three at most.
+fn folder_list<S: AsRef<str>>(folders: &[S]) -> String {
+    let more = if folders.len() > 3 { ", …" } else { "" };
+    let some: Vec<&str> = folders.iter().take(3).map(|f| f.as_ref()).collect();
+    format!("{} folder(s) ({}{more})", folders.len(), some.join(", "))
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -332,18 +339,13 @@ impl Assessor {
                 ),
             );
         }
-        let listed = |folders: &[&String]| {
-            let more = if folders.len() > 3 { ", …" } else { "" };
-            let some: Vec<&str> = folders.iter().take(3).map(|f| f.as_str()).collect();
-            format!("{} folder(s) ({}{more})", folders.len(), some.join(", "))
-        };
         if s.parent_fs_readable {
             if !s.unread_folders.is_empty() {
                 ev.add(
                     0.75,
                     format!(
                         "{} no longer readable, their files gone from view",
-                        listed(&s.unread_folders.iter().collect::<Vec<_>>())
+                        folder_list(&s.unread_folders)
                     ),
                 );
             }
@@ -352,7 +354,7 @@ impl Assessor {
                     0.45,
                     format!(
                         "{} that cannot be read appeared",
-                        listed(&s.unread_new_folders.iter().collect::<Vec<_>>())
+                        folder_list(&s.unread_new_folders)
                     ),
                 );
             }
@@ -370,7 +372,7 @@ impl Assessor {
                 0.75,
                 format!(
                     "{} unreadable since {} still",
-                    listed(&still),
+                    folder_list(&still),
                     since.format("%Y-%m-%d %H:%M")
                 ),
             );

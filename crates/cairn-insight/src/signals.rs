@@ -179,21 +179,6 @@ fn unread_against_parent(
     (listed, unknown)
 }
 
-/// `list` without what lies below the folders in `hidden`.
-fn visible<'a>(
-    list: &'a [FileEntry],
-    hidden: &std::collections::HashSet<&[u8]>,
-) -> Cow<'a, [FileEntry]> {
-    if hidden.is_empty() {
-        return Cow::Borrowed(list);
-    }
-    list.iter()
-        .filter(|e| !cairn_guest::below_any(hidden, &e.path))
-        .cloned()
-        .collect::<Vec<_>>()
-        .into()
-}
-
 /// Computes the facts about `snap` against `parent` (normally its parent
 /// in the vault; `None` for a first snapshot). `source`: where `snap` was
 /// just read from, if known. Stores `snap`'s file list for the next
@@ -313,17 +298,10 @@ pub fn compute(
                     unread_against_parent(old_entries, old_unread, &new_entries, &unread);
                 // What lies below a folder either side could not read is
                 // unknown, not added or deleted: left out of the diff.
-                // (A loop or a hard-linked folder lists what is listed
-                // elsewhere: what it held before shows as deleted.)
-                let hidden: std::collections::HashSet<&[u8]> = old_unread
-                    .iter()
-                    .chain(&unread)
-                    .filter(|u| u.kind == UnreadKind::Failed)
-                    .map(|u| u.path.as_slice())
-                    .collect();
+                let hidden = cairn_guest::failed_folders(old_unread.iter().chain(&unread));
                 (
-                    Some(visible(old_entries, &hidden)),
-                    visible(&new_entries, &hidden),
+                    Some(cairn_guest::outside(old_entries, &hidden)),
+                    cairn_guest::outside(&new_entries, &hidden),
                 )
             }
             None => (None, Cow::Borrowed(new_entries.as_slice())),

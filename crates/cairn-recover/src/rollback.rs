@@ -227,11 +227,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
     // volume leaves none in the snapshots after it).
     let mut start = None;
     for i in (0..t.entries.len()).rev() {
-        let walked = snaps.get(i).and_then(|o| {
-            cairn_guest::walk_readable_marking(o.fs.as_ref())
-                .map_err(|e| Error::Invalid(e.to_string()))
-        });
-        match walked {
+        match walk(snaps, i) {
             Ok(w) => {
                 start = Some((i, w));
                 break;
@@ -318,7 +314,8 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         &mut notes,
     ));
     let before: BTreeMap<Vec<u8>, FileEntry> = match clean {
-        Some(c) => readable_entries(snaps, c)?
+        Some(c) => walk(snaps, c)?
+            .entries
             .into_iter()
             .filter(|e| e.kind == FileKind::File)
             .map(|e| (e.path.clone(), e))
@@ -649,11 +646,10 @@ fn folders_win(picks: &mut BTreeMap<Vec<u8>, Pick>, provenance: &mut Vec<Provena
     }
 }
 
-/// What can be listed of snapshot `i`'s filesystem.
-fn readable_entries(snaps: &mut Snapshots, i: usize) -> Result<Vec<FileEntry>> {
-    let o = snaps.get(i)?;
-    cairn_guest::walk_readable_marking(o.fs.as_ref())
-        .map(|w| w.entries)
+/// What can be listed of snapshot `i`'s filesystem, and the folders that
+/// could not be read.
+fn walk(snaps: &mut Snapshots, i: usize) -> Result<cairn_guest::Walked> {
+    cairn_guest::walk_readable_marking(snaps.get(i)?.fs.as_ref())
         .map_err(|e| Error::Invalid(e.to_string()))
 }
 
@@ -669,8 +665,9 @@ const MAX_UNREAD_ENTRIES: usize = 2_000_000;
 /// there. A folder that an earlier, readable snapshot does not have at all
 /// is not looked for further back (a folder made anew and broken must not
 /// revive one deleted long ago); folders skipped on purpose (loops,
-/// cross-links) are not brought back. Bounded: [`MAX_LOOKBACK`] snapshots per folder,
-/// [`MAX_UNREAD_ENTRIES`] entries in all (past them, a note says so).
+/// cross-links) are not brought back. Bounded: [`MAX_LOOKBACK`] snapshots
+/// per folder, [`MAX_UNREAD_ENTRIES`] entries in all (past them, a note
+/// says so).
 fn unread_folders(
     snaps: &mut Snapshots,
     latest: usize,
