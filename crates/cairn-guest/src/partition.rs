@@ -11,7 +11,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 const SECTOR: u64 = 512;
-const MAX_GPT_ENTRIES: u32 = 1024;
+/// Most of a GPT's entry array read (8,192 entries of the usual 128
+/// bytes): a table may be made larger than the 128 entries tools create
+/// by default, and entries past this are ignored rather than the whole
+/// table, while a crafted count cannot make Cairn read gigabytes.
+const MAX_GPT_TABLE_BYTES: u64 = 1 << 20;
 const MAX_LOGICAL: usize = 128;
 
 #[derive(Clone, Debug, Serialize)]
@@ -262,13 +266,14 @@ fn gpt(disk: &Arc<dyn BlockSource>, sector: u64) -> Result<Option<Vec<Partition>
     let entries_lba = u64le(&h, 72);
     let count = u32le(&h, 80);
     let entry_size = u32le(&h, 84) as u64;
-    if count > MAX_GPT_ENTRIES || !(128..=4096).contains(&entry_size) {
+    if !(128..=4096).contains(&entry_size) {
         return Ok(None);
     }
+    let count = (count as u64).min(MAX_GPT_TABLE_BYTES / entry_size);
     let table = read(
         disk.as_ref(),
         entries_lba.saturating_mul(sector),
-        (count as u64 * entry_size) as usize,
+        (count * entry_size) as usize,
     )?;
     let disk_sectors = disk.size() / sector;
     let mut parts = Vec::new();

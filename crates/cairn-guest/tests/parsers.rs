@@ -40,3 +40,48 @@ fn garbage_and_truncated_inputs_are_errors_not_panics() {
         cairn_guest::fuzzing::everything(&d);
     }
 }
+
+/// A GPT made with more entries than the 128 tools create by default
+/// (`sgdisk --resize-table`) is read, up to 8,192 entries: a partition in
+/// entry 1,500 is found; a crafted count past that reads no more.
+#[test]
+fn a_gpt_with_a_large_entry_table_is_read() {
+    let dir = std::env::temp_dir().join(format!("cairn-gpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("disk.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    let out = std::process::Command::new("sgdisk")
+        .args([
+            "--resize-table=2048",
+            "-n",
+            "1:2048:4095",
+            "-n",
+            "1500:4096:8191",
+        ])
+        .arg(&img)
+        .output()
+        .expect("sgdisk (Debian's gdisk) runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bytes = std::fs::read(&img).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let numbers = |bytes: &[u8]| -> Vec<u32> {
+        let disk: std::sync::Arc<dyn cairn_vault::BlockSource> =
+            std::sync::Arc::new(cairn_guest::io::MemDisk(bytes.to_vec()));
+        cairn_guest::partition::partitions(&disk)
+            .unwrap()
+            .iter()
+            .map(|p| p.number)
+            .collect()
+    };
+    assert_eq!(numbers(&bytes), vec![1, 1500]);
+    // The header claims four billion entries (its CRC is not what Cairn
+    // goes by): the first 8,192 are read, and the two partitions with them.
+    bytes[512 + 80..512 + 84].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(numbers(&bytes), vec![1, 1500]);
+}

@@ -193,6 +193,7 @@ pub fn rollback(
     provenance: Option<&Path>,
     opts: cairn_recover::rollback::RollbackOptions,
     json: bool,
+    quiet: bool,
 ) -> Result<u8> {
     let dry_run = opts.dry_run;
     let t = cairn_insight::timeline(vault, name, &mut |_| {})?;
@@ -282,10 +283,12 @@ pub fn rollback(
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(code);
     }
+    // A tree of millions of files makes a long list: --quiet keeps the
+    // summary and the warnings (the provenance has every file).
     for f in r
         .files
         .iter()
-        .filter(|f| f.action != cairn_recover::rollback::Action::Kept)
+        .filter(|f| !quiet && f.action != cairn_recover::rollback::Action::Kept)
     {
         println!(
             "{:<9} {}  ({}{})",

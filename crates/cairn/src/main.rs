@@ -43,7 +43,8 @@ struct Cli {
     /// Print JSON for scripts.
     #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
-    /// No progress bars.
+    /// Less output: no progress bars, and a rollback prints only its
+    /// summary (no line per file).
     #[arg(long, short, global = true, help_heading = "Global options")]
     quiet: bool,
     #[command(subcommand)]
@@ -930,6 +931,7 @@ fn run(cli: Cli) -> Result<u8> {
                 keep_setid: *keep_setid,
             },
             cli.json,
+            cli.quiet,
         ),
         Command::Timeline { name, svg } => {
             insight_cmd::timeline(&open(&cli)?, name, svg.as_deref(), cli.json, cli.quiet)

@@ -490,6 +490,29 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     let dry = env.json(&["rollback", "share", "--in-place", src, "--dry-run"]);
     assert!(docs.join("HOW_TO_DECRYPT.txt").exists());
     assert_eq!(dry["restored"], 6, "{dry}");
+    // In words: a line per file repaired, then the summary; --quiet
+    // keeps the summary alone.
+    let lines = |quiet: bool| {
+        let mut args = vec!["rollback", "share", "--in-place", src, "--dry-run"];
+        if quiet {
+            args.push("--quiet");
+        }
+        let out = env.run(&args);
+        assert_eq!(
+            code(&out),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (loud, quiet) = (lines(false), lines(true));
+    assert!(loud.lines().any(|l| l.starts_with("restored")), "{loud}");
+    assert_eq!(quiet.lines().count(), 1, "{quiet}");
+    assert!(
+        quiet.starts_with("dry run: ") && loud.ends_with(&quiet),
+        "{quiet}"
+    );
     // --since moves where damage is looked for: from the newest snapshot
     // on there was none (the attack was the day before).
     let latest = env
