@@ -77,6 +77,43 @@ impl Timeline {
         self.clean_point.as_ref().map(|c| &self.entries[c.index])
     }
 
+    /// Moves the clean point before the first snapshot verification found
+    /// compromised (`compromised`: snapshot → what was found), when that
+    /// snapshot is the clean point or older: a backdoor planted without
+    /// encrypting anything leaves insight nothing to see, and a point a
+    /// scan condemned must not be offered as clean.
+    pub fn heed_verification(&mut self, compromised: &HashMap<SnapshotId, String>) {
+        let Some(first_bad) = self
+            .entries
+            .iter()
+            .position(|e| compromised.contains_key(&e.snapshot.id))
+        else {
+            return;
+        };
+        let Some(c) = &self.clean_point else {
+            return;
+        };
+        if c.index < first_bad {
+            return;
+        }
+        let confidence = c.confidence;
+        let bad = &self.entries[first_bad].snapshot;
+        let why = format!(
+            "verification found {}@{} compromised ({}); the newest snapshot before it that insight calls clean",
+            bad.name,
+            bad.id.short(),
+            compromised[&bad.id]
+        );
+        self.clean_point = self.entries[..first_bad]
+            .iter()
+            .rposition(|e| e.assessment.verdict == Verdict::Clean)
+            .map(|index| CleanPoint {
+                index,
+                reason: why,
+                confidence,
+            });
+    }
+
     /// The JSON scripts read (the shape `cairn timeline --json` prints).
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
@@ -261,16 +298,20 @@ impl Outcome {
 }
 
 /// Scores the newest snapshot of `name` (after a backup of `source`) and,
-/// when it is not clean, pins the clean point so prune can never evict it.
+/// when it or an earlier one is not clean (by insight, or by the scans
+/// that found `compromised`, see [`Timeline::heed_verification`]), pins
+/// the clean point so prune can never evict it.
 pub fn assess_latest(
     vault: &Arc<Vault>,
     name: &str,
     source: Option<&std::path::Path>,
+    compromised: &HashMap<SnapshotId, String>,
 ) -> Result<Outcome> {
-    let timeline = timeline_with_source(vault, name, source, &mut |_| {})?;
+    let mut timeline = timeline_with_source(vault, name, source, &mut |_| {})?;
+    timeline.heed_verification(compromised);
     let mut pinned = None;
-    let latest = timeline.entries.last().expect("entries");
-    if latest.assessment.verdict != Verdict::Clean
+    if let Some(c) = &timeline.clean_point
+        && c.index + 1 < timeline.entries.len()
         && let Some(clean) = timeline.last_clean()
         && !vault.pins()?.contains(&clean.snapshot.id)
     {

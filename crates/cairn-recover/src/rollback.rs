@@ -42,6 +42,11 @@ pub struct Provenance {
     pub snapshot: Option<String>,
     pub snapshot_time: Option<String>,
     pub reason: String,
+    /// Verification flagged this file and it was kept as it is (a
+    /// registry hive holds the whole system's settings): the operator
+    /// must clean it before production.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -368,6 +373,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             };
             let (id, time) = snaps.label(index);
             provenance.push(Provenance {
+                review: action == Action::Kept,
                 path: shown,
                 action,
                 snapshot: (action != Action::Dropped).then_some(id),
@@ -407,6 +413,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     None => (Action::Kept, format!("{untouched}: newest version")),
                 };
                 provenance.push(Provenance {
+                    review: false,
                     path: shown,
                     action,
                     snapshot: Some(latest_id.clone()),
@@ -428,6 +435,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             matches!(h.damage, Damage::RansomNote | Damage::EncryptedNew) || h.origin.is_some();
         if created {
             provenance.push(Provenance {
+                review: false,
                 path: shown,
                 action: Action::Dropped,
                 snapshot: None,
@@ -452,6 +460,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             Some((g, old)) if old.kind == FileKind::File => {
                 let (id, time) = snaps.label(g);
                 provenance.push(Provenance {
+                    review: false,
                     path: shown,
                     action: Action::Restored,
                     snapshot: Some(id),
@@ -474,6 +483,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             }
             _ => {
                 provenance.push(Provenance {
+                    review: false,
                     path: shown,
                     action: Action::Kept,
                     snapshot: Some(latest_id.clone()),
@@ -507,6 +517,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         if let Some(old) = snaps.lookup(g, &o).filter(|x| x.kind == FileKind::File) {
             let (id, time) = snaps.label(g);
             provenance.push(Provenance {
+                review: false,
                 path: origin.clone(),
                 action: Action::Restored,
                 snapshot: Some(id),
@@ -542,6 +553,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 // Verification flagged what was there: it stays gone.
                 let (first, _) = snaps.label(*k);
                 provenance.push(Provenance {
+                    review: false,
                     path: old.display_path(),
                     action: Action::Dropped,
                     snapshot: None,
@@ -571,6 +583,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 ),
             };
             provenance.push(Provenance {
+                review: false,
                 path: old.display_path(),
                 action: Action::Restored,
                 snapshot: Some(id.clone()),
@@ -636,6 +649,7 @@ fn folders_win(picks: &mut BTreeMap<Vec<u8>, Pick>, provenance: &mut Vec<Provena
                 f.reason = format!("{}; {why}", f.reason);
             }
             None => provenance.push(Provenance {
+                review: false,
                 path: shown,
                 action: Action::Dropped,
                 snapshot: None,

@@ -206,18 +206,21 @@ pub struct FlaggedFile {
     pub first: SnapshotId,
     pub path: String,
     pub why: String,
-    /// The file is the foothold itself (malware in it, a planted unit,
-    /// cron entry, key or binary): an earlier version may replace it.
-    /// False for findings inside files that hold other needed data
-    /// (accounts in passwd/shadow, registry hives).
+    /// An earlier version may replace the file: it is the foothold itself
+    /// (malware in it, a planted unit, cron entry, key or binary), or an
+    /// account file an attacker added a login to (passwd, shadow: the
+    /// account changes made since are lost, and the provenance says so).
+    /// False for registry hives, which hold the whole system's settings:
+    /// reported, kept.
     pub revert: bool,
 }
 
 /// Whether a persistence finding of this kind is undone by taking an
-/// earlier version of its file.
+/// earlier version of its file. Account files are: a login the attacker
+/// added (a second uid 0, a password on a system account) must not go
+/// back into production, and accounts made since are few and known.
 fn reverts(kind: &str) -> bool {
-    !matches!(kind, "new_account" | "uid0_account" | "password_set")
-        && (!kind.starts_with("windows_") || matches!(kind, "windows_startup" | "windows_task"))
+    !kind.starts_with("windows_") || matches!(kind, "windows_startup" | "windows_task")
 }
 
 /// The files verification flags in `chain` (time order) as things stand:
@@ -270,6 +273,29 @@ pub fn chain(vault: &Vault, name: &str) -> Result<Vec<Snapshot>> {
         ))));
     }
     Ok(chain)
+}
+
+/// The snapshots whose newest stored scan is compromised, each with what
+/// was found (for [`cairn_insight::Timeline::heed_verification`]: such a
+/// snapshot is no clean point, nor is any before it that insight would
+/// have offered after it).
+pub fn compromised(reports: &HashMap<SnapshotId, ScanReport>) -> HashMap<SnapshotId, String> {
+    reports
+        .iter()
+        .filter(|(_, r)| r.verdict == ScanVerdict::Compromised)
+        .map(|(id, r)| {
+            let found = walkback::describe(r);
+            let first = found
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "see its scan".into());
+            let more = match found.len() {
+                0 | 1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            (id.clone(), format!("{first}{more}"))
+        })
+        .collect()
 }
 
 /// The verdict of each scanned snapshot's newest stored result. Read once

@@ -32,6 +32,9 @@ pub struct WalkReport {
     pub tried: Vec<Tried>,
     /// Known vulnerabilities of the clean point: patch before production.
     pub to_patch: Vec<VulnFinding>,
+    /// The clean point is pinned (now, or it was), so forget and prune
+    /// keep it: set when a newer snapshot failed.
+    pub pinned: bool,
 }
 
 pub enum Event<'a> {
@@ -290,10 +293,22 @@ pub fn find_clean(
         .and_then(|i| w.reports.get(&i))
         .map(|r| r.vulnerabilities.clone())
         .unwrap_or_default();
+    // A point found by walking back past failed ones is what the operator
+    // will restore: pinned like insight's clean point, so no retention
+    // policy removes it meanwhile. A vault that cannot take the pin (read
+    // only) still gets the answer.
+    let pinned = match clean {
+        Some(i) if i + 1 < chain.len() => {
+            let id = &chain[i].id;
+            vault.pins().is_ok_and(|p| p.contains(id)) || vault.pin(id).is_ok()
+        }
+        _ => false,
+    };
     Ok(WalkReport {
         clean: clean.map(|i| chain[i].id.clone()),
         tried: w.tried,
         to_patch,
+        pinned,
     })
 }
 

@@ -59,10 +59,12 @@ pub fn sources_overview(st: &Shared) -> Result<Vec<Value>, ApiError> {
     let mut names: Vec<String> = snaps.iter().map(|s| s.name.clone()).collect();
     names.sort();
     names.dedup();
-    let scans = cairn_scan::latest_verdicts(&st.vault);
+    let reports = cairn_scan::latest_reports(&st.vault);
+    let verified = cairn_scan::compromised(&reports);
     let mut out = Vec::new();
     for name in names {
-        let t = cairn_insight::timeline(&st.vault, &name, &mut |_| {})?;
+        let mut t = cairn_insight::timeline(&st.vault, &name, &mut |_| {})?;
+        t.heed_verification(&verified);
         let latest = t.entries.last().expect("a timeline has entries");
         out.push(json!({
             "name": name,
@@ -73,7 +75,7 @@ pub fn sources_overview(st: &Shared) -> Result<Vec<Value>, ApiError> {
                 "time": latest.snapshot.time,
                 "verdict": latest.assessment.verdict.as_str(),
                 "score": latest.assessment.score,
-                "scan": scans.get(&latest.snapshot.id).map(|v| v.as_str()),
+                "scan": reports.get(&latest.snapshot.id).map(|r| r.verdict.as_str()),
             },
             "last_clean": t.last_clean().map(|e| json!({"id": e.snapshot.id.0, "time": e.snapshot.time})),
         }));

@@ -109,7 +109,8 @@ fn assess(st: &Shared, name: &str, source: Option<&std::path::Path>) {
     // One assessment at a time: insight stores records write-once.
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE.lock().unwrap();
-    let out = match cairn_insight::assess_latest(&st.vault, name, source) {
+    let verified = cairn_scan::compromised(&cairn_scan::latest_reports(&st.vault));
+    let out = match cairn_insight::assess_latest(&st.vault, name, source, &verified) {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("insight on {name} failed: {e}");

@@ -22,18 +22,20 @@ pub fn timeline(
     json: bool,
     quiet: bool,
 ) -> Result<u8> {
-    let t = cairn_insight::timeline(vault, name, &mut |s| {
+    let mut t = cairn_insight::timeline(vault, name, &mut |s| {
         if !quiet && !json {
             eprintln!("analysing {}@{} ...", s.name, s.id.short());
         }
     })?;
+    // Verification results, where a scan has been run (`cairn scan`,
+    // `cairn recover --find-clean`): a snapshot a scan found compromised
+    // is no clean point, whatever insight saw.
+    let scans = cairn_scan::latest_reports(vault);
+    t.heed_verification(&cairn_scan::compromised(&scans));
     if let Some(path) = svg {
         std::fs::write(path, cairn_insight::svg::render(&t))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    // Verification results, where a scan has been run (`cairn scan`,
-    // `cairn recover --find-clean`).
-    let scans = cairn_scan::latest_reports(vault);
     if json {
         let mut v = t.to_json();
         if let Some(snaps) = v["snapshots"].as_array_mut() {
@@ -54,12 +56,13 @@ pub fn timeline(
     } else {
         print_table(&t, &scans)?;
     }
-    let latest = t.entries.last().map(|e| e.assessment.verdict);
-    Ok(if latest == Some(Verdict::Clean) {
-        0
-    } else {
-        FOUND
-    })
+    let latest_ok = t.entries.last().is_some_and(|e| {
+        e.assessment.verdict == Verdict::Clean
+            && scans
+                .get(&e.snapshot.id)
+                .is_none_or(|r| r.verdict != cairn_scan::ScanVerdict::Compromised)
+    });
+    Ok(if latest_ok { 0 } else { FOUND })
 }
 
 fn print_table(
@@ -303,6 +306,11 @@ pub fn rollback(
     }
     for s in r.notes.iter().chain(&r.skipped) {
         eprintln!("warning: {s}");
+    }
+    // A file verification flagged that was kept (a registry hive) is the
+    // operator's to clean before production: said even with -q.
+    for f in r.files.iter().filter(|f| f.review) {
+        eprintln!("warning: {} kept as it is: {}", f.path, f.reason);
     }
     crate::util::setid_warning(r.setid_dropped);
     println!(

@@ -319,7 +319,11 @@ pub fn find_clean(
     } else {
         match &report.clean {
             Some(id) => {
-                println!("clean point: {name}@{}", id.short());
+                println!(
+                    "clean point: {name}@{}{}",
+                    id.short(),
+                    if report.pinned { " (pinned)" } else { "" }
+                );
                 if !report.to_patch.is_empty() {
                     println!("patch before production:");
                     for v in &report.to_patch {

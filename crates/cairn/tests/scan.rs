@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -160,9 +160,12 @@ fn eicar_deep_in_an_ext4_tree_is_found_with_its_path_and_offset() {
     let (_, again) = scan(&env, "vm@latest", &[]);
     assert_eq!(malware_paths(&again), malware_paths(&v));
 
-    // The timeline shows the scan's verdict beside insight's.
-    let t = env.json(&["timeline", "vm"]);
+    // The timeline shows the scan's verdict beside insight's, offers no
+    // clean point, and exits 3 like a backup that found something.
+    let t = env.json_code(&["timeline", "vm"], 3);
     assert_eq!(t["snapshots"][0]["scan"]["verdict"], "compromised");
+    assert_eq!(t["snapshots"][0]["verdict"], "clean", "{t:#}");
+    assert_eq!(t["last_clean"], Value::Null, "{t:#}");
 }
 
 /// Where `offset` of a guest file lies in the image.
@@ -825,6 +828,50 @@ fn a_new_unit_preload_sudo_rule_accounts_profile_hook_temp_binary_and_cleared_lo
         !has("alias ll"),
         "only the added line is quoted: {details:?}"
     );
+
+    // Insight saw an ordinary day (nothing encrypted): the scan's finding
+    // is what moves the clean point back to day 1, in the timeline too,
+    // and the walk back pins that point.
+    let t = env.json_code(&["timeline", "vm"], 3);
+    let day1 = t["snapshots"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(t["snapshots"][1]["verdict"], "clean", "{t:#}");
+    assert_eq!(t["snapshots"][1]["scan"]["verdict"], "compromised", "{t:#}");
+    assert_eq!(t["last_clean"], day1.as_str(), "{t:#}");
+    let why = t["clean_point"]["reason"].as_str().unwrap();
+    assert!(why.contains("verification found vm@"), "{why}");
+    let w = find_clean(&env, "vm");
+    assert_eq!(
+        (&w["clean"], &w["pinned"]),
+        (&json!(day1), &json!(true)),
+        "{w:#}"
+    );
+    let snaps = env.json(&["snapshots", "vm"]);
+    assert_eq!(snaps[0]["pinned"], true, "{snaps:#}");
+
+    // The rollback takes the account files from before the intruder: no
+    // second root login goes back into production.
+    let out_dir = env.path("back");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(out_dir.join("etc/passwd")).unwrap(),
+        std::fs::read(root.join("etc/passwd")).unwrap()
+    );
+    assert!(
+        !std::fs::read_to_string(out_dir.join("etc/shadow"))
+            .unwrap()
+            .contains("$6$"),
+        "the password set by the intruder is gone"
+    );
+    let action = |path: &str| {
+        rb["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .map(|f| f["action"].as_str().unwrap().to_string())
+    };
+    assert_eq!(action("/etc/passwd").as_deref(), Some("restored"), "{rb:#}");
+    assert_eq!(action("/etc/shadow").as_deref(), Some("restored"), "{rb:#}");
 }
 
 fn ordinary_day(img: &Path, day: u64) {
@@ -1356,6 +1403,51 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
         )
         .trim(),
         r"C:\Users\Public\svc.exe"
+    );
+
+    // A rollback drops the planted shortcut and task, but keeps the hives
+    // (they hold the whole system's settings): it says so on stderr, even
+    // with --quiet, and marks them for review in the provenance.
+    let out_dir = env.path("back");
+    let out = env.run(&[
+        "rollback",
+        "win",
+        "--to-dir",
+        out_dir.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for hive in ["SOFTWARE", "SYSTEM"] {
+        assert!(
+            err.contains(&format!(
+                "warning: /Windows/System32/config/{hive} kept as it is"
+            )),
+            "{err}"
+        );
+    }
+    assert!(
+        !out_dir
+            .join("Windows/System32/Tasks/SystemHealthCheck")
+            .exists()
+    );
+    let p: Value =
+        serde_json::from_slice(&std::fs::read(env.path("back.cairn-provenance.json")).unwrap())
+            .unwrap();
+    let review: BTreeSet<&str> = p["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["review"] == true)
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        review,
+        BTreeSet::from([
+            "/Windows/System32/config/SOFTWARE",
+            "/Windows/System32/config/SYSTEM"
+        ]),
+        "{p:#}"
     );
 }
 

@@ -63,6 +63,22 @@ impl Env {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// Runs cairn with `--json`, asserts it exits with `code`, returns
+    /// what it printed.
+    pub fn json_code(&self, args: &[&str], code: i32) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.run(&a);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "cairn {a:?}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn backup(&self, source: &Path, name: &str, time: &str) -> serde_json::Value {
         self.json(&[
             "backup",
