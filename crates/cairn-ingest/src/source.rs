@@ -186,9 +186,45 @@ pub fn open(path: &Path) -> io::Result<Source> {
         ));
     }
     let f = File::open(path)?;
-    let mut magic = [0u8; 4];
-    if md.is_file() && f.read_at(&mut magic, 0)? == 4 && &magic == crate::qcow2::MAGIC {
+    let mut head = [0u8; 72];
+    let n = if md.is_file() {
+        f.read_at(&mut head, 0)?
+    } else {
+        0
+    };
+    if n >= 4 && &head[..4] == crate::qcow2::MAGIC {
         return Ok(Source::Disk(Box::new(crate::qcow2::Qcow2::open(path)?)));
     }
+    if let Some(format) = container_format(&head[..n]) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a {format} image: Cairn reads raw and qcow2 disks (its bytes are not what the guest sees); convert it first, e.g. `qemu-img convert -O qcow2 {} disk.qcow2`",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
     Ok(Source::Disk(Box::new(RawDisk::open(path)?)))
+}
+
+/// Virtual-disk containers other than qcow2, by their magic bytes: backed
+/// up as raw, their guest's filesystem would be unreadable, so insight
+/// and scans would see nothing while every backup reads "clean". (A fixed
+/// VHD is raw data with a footer, and reads right as raw.)
+fn container_format(head: &[u8]) -> Option<&'static str> {
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    if at(0, b"KDMV") || at(0, b"COWD") || at(0, b"# Disk DescriptorFile") {
+        Some("VMDK")
+    } else if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
+        Some("VirtualBox VDI")
+    } else if at(0, b"vhdxfile") {
+        Some("VHDX")
+    } else if at(0, b"conectix") {
+        Some("dynamic VHD")
+    } else if at(0, b"QED\0") {
+        Some("QED")
+    } else {
+        None
+    }
 }

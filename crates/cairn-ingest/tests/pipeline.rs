@@ -244,11 +244,35 @@ fn a_backup_opened_before_a_prune_does_not_reuse_pruned_chunks() {
     )
     .unwrap()
     .snapshot;
-    let report =
-        cairn_vault::verify::verify(&Vault::open(&root, b"pw").unwrap(), true, &|_, _| {}).unwrap();
+    // Progress counts the bytes of packs read, up to all of them.
+    let seen = std::sync::Mutex::new((0u64, 0u64));
+    let report = cairn_vault::verify::verify(&Vault::open(&root, b"pw").unwrap(), true, &|d, t| {
+        let mut s = seen.lock().unwrap();
+        *s = (s.0.max(d), t);
+    })
+    .unwrap();
     assert!(report.ok(), "{report:?}");
+    let pack_bytes: u64 = walk_files(&root.join("packs"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(*seen.lock().unwrap(), (pack_bytes, pack_bytes));
     let disk = SnapshotDisk::open(early.clone(), &again, 2).unwrap();
     let mut back = vec![0u8; 1 << 20];
     disk.read_at(0, &mut back).unwrap();
     assert_eq!(back, std::fs::read(&one).unwrap());
+}
+
+/// Every file below `dir`.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

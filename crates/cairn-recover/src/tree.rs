@@ -350,6 +350,9 @@ fn restore_into(
                 }
             }
             EntryKind::Fifo => mknod(e, p),
+            // A socket is an endpoint its program binds anew when it
+            // starts: there is nothing to restore.
+            EntryKind::Socket => Ok(()),
             // A device node is raw access to a disk or a device of this
             // host for whoever it belongs to: a snapshot cannot grant it.
             EntryKind::CharDevice | EntryKind::BlockDevice => Err(std::io::Error::other(format!(
@@ -376,6 +379,11 @@ fn restore_into(
         }
         if no_link_above(target, p).is_err() {
             continue; // warned about above
+        }
+        // Not made: a socket (its program makes it anew when it starts),
+        // or an entry whose creation failed and was warned about above.
+        if fs::symlink_metadata(p).is_err() {
+            continue;
         }
         let dropped = set_metadata(
             e,

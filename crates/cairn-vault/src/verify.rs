@@ -42,7 +42,8 @@ impl VerifyReport {
     }
 }
 
-/// `progress(done, total)` is called as packs are checked.
+/// `progress(done, total)` is called as packs are checked, in bytes of
+/// packs.
 pub fn verify(
     vault: &Vault,
     read_data: bool,
@@ -87,7 +88,7 @@ pub fn verify(
     }
 
     if read_data {
-        let total = index.packs.len() as u64;
+        let total = index.packs.iter().map(|p| p.size).sum();
         let done = AtomicU64::new(0);
         let checked = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -97,7 +98,7 @@ pub fn verify(
             .filter(|p| !bad_packs.contains(&p.id))
             .map(|p| {
                 let r = check_pack(vault, &p.id, &checked, &bytes);
-                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                progress(done.fetch_add(p.size, Ordering::Relaxed) + p.size, total);
                 r
             })
             .collect();

@@ -149,7 +149,14 @@ pub fn report(o: &Outcome, json: bool) -> u8 {
     let e = o.latest();
     let a = &e.assessment;
     if a.verdict == Verdict::Clean {
-        if !json {
+        // A first snapshot has nothing to be compared with: "clean" would
+        // vouch for a host that may have been attacked before it came.
+        if !json && o.timeline.entries.len() == 1 {
+            println!(
+                "  insight: first snapshot of {name}, nothing to compare with yet (`cairn scan {name}@latest` checks it on its own)",
+                name = e.snapshot.name
+            );
+        } else if !json {
             println!("  insight: clean (score {:.2})", a.score);
         }
         return 0;

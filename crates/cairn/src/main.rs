@@ -1587,6 +1587,13 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
         .iter()
         .filter(|s| name.is_none_or(|n| s.name == n))
         .collect();
+    // A mistyped name is an error, as in every other command: an empty
+    // list would read as "nothing backed up yet" to a monitoring script.
+    if let Some(n) = name
+        && shown.is_empty()
+    {
+        bail!("{n:?}: no snapshots of that name (`cairn snapshots` lists every name)");
+    }
     if cli.json {
         let v: Vec<_> = shown
             .iter()
@@ -1616,6 +1623,13 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
         }
         if let Some(base) = &s.derived_from {
             tags.push(format!("from:{}", base.short()));
+        }
+        // Entries a directory backup could not read (`--json` names them).
+        if s.metrics.unreadable_count > 0 {
+            tags.insert(
+                0,
+                format!("incomplete:{}-unread", s.metrics.unreadable_count),
+            );
         }
         println!(
             "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {}",

@@ -6,7 +6,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// Everything about a tree that a restore must reproduce.
@@ -57,6 +57,33 @@ fn blake3_hex(d: &[u8]) -> String {
         h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
     }
     format!("{h:016x}")
+}
+
+/// A socket is not restored (its program binds it anew when it starts),
+/// and saying nothing of it is right: no warnings about a file that was
+/// never meant to be made. A named pipe is made.
+#[test]
+fn sockets_are_left_out_of_a_restore_without_warnings() {
+    let env = Env::new("30d", &[]);
+    let src = env.path("run");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("app.pid"), "4242\n").unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(src.join("app.sock")).unwrap();
+    sh("mkfifo", &[src.join("app.fifo").to_str().unwrap()]);
+    env.backup(&src, "run", "2026-03-01T00:00:00Z");
+    let out = env.path("back");
+    let r = env.run(&["restore", "run@latest", "--to", out.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(std::fs::symlink_metadata(out.join("app.sock")).is_err());
+    assert!(
+        std::fs::symlink_metadata(out.join("app.fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert_eq!(std::fs::read(out.join("app.pid")).unwrap(), b"4242\n");
 }
 
 #[test]

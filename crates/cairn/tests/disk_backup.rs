@@ -259,6 +259,65 @@ fn a_qcow2_that_lists_an_l2_table_twice_is_refused() {
     assert!(err.contains("listed twice"), "{err}");
 }
 
+/// Other virtual-disk formats are refused with a way forward, not backed
+/// up as raw bytes in which no filesystem can be found.
+#[test]
+fn vmdk_vdi_vhdx_and_vhd_images_are_refused_with_the_conversion_to_make() {
+    let env = Env::new("30d", &[]);
+    for (fmt, opts, named) in [
+        ("vmdk", "", "VMDK"),
+        ("vmdk", "subformat=streamOptimized", "VMDK"),
+        ("vdi", "", "VirtualBox VDI"),
+        ("vhdx", "", "VHDX"),
+        ("vpc", "", "dynamic VHD"),
+        ("qed", "", "QED"),
+    ] {
+        let img = env.path(&format!("disk-{fmt}.img"));
+        let p = img.to_str().unwrap();
+        let mut args = vec!["create", "-q", "-f", fmt];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend([p, "64M"]);
+        sh("qemu-img", &args);
+        let out = env.run(&["backup", p, "--name", fmt]);
+        assert_eq!(out.status.code(), Some(1), "{fmt} {opts}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("is a {named} image")) && err.contains("qemu-img convert"),
+            "{fmt} {opts}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // A fixed VHD is raw data with a footer: backed up as it is.
+    let fixed = env.path("fixed.vhd");
+    let p = fixed.to_str().unwrap();
+    sh(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vpc",
+            "-o",
+            "subformat=fixed",
+            p,
+            "64M",
+        ],
+    );
+    // The first snapshot has nothing to be compared with: not vouched for
+    // as clean; the next one is judged.
+    let first = env.ok(&["backup", p, "--name", "fixed"]);
+    assert!(
+        first.contains("insight: first snapshot of fixed, nothing to compare with yet"),
+        "{first}"
+    );
+    let second = env.ok(&["backup", p, "--name", "fixed"]);
+    assert!(second.contains("insight: clean"), "{second}");
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps:#}");
+}
+
 /// Zeros inside a stored chunk stay holes in the restored file: a disk
 /// with a zeroed 64 KiB block in every 128 KiB chunk (written zeros, so
 /// allocated in the source) restores to about half its size on disk.

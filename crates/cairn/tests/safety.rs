@@ -721,6 +721,21 @@ fn a_backup_that_could_not_read_everything_says_so() {
         named.contains("locked.txt") && named.contains("secret"),
         "{named}"
     );
+    // The table says so too; a mistyped name is an error, not an empty
+    // table.
+    let table = nobody(&["snapshots", "share"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("incomplete:2-unread"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    let typo = nobody(&["snapshots", "shrae"]);
+    assert_eq!(typo.status.code(), Some(1));
+    assert!(
+        stderr(&typo).contains("no snapshots of that name"),
+        "{}",
+        stderr(&typo)
+    );
     // The readable file is there.
     let files = nobody(&["ls", "share@latest:/"]);
     assert!(String::from_utf8_lossy(&files.stdout).contains("open.txt"));
