@@ -847,6 +847,7 @@ fn run(cli: Cli) -> Result<u8> {
             snapshot,
             &boot.options(overlay.clone(), log.clone()),
             cli.json,
+            cli.quiet,
         ),
         Command::Scan {
             snapshots,
@@ -1892,6 +1893,16 @@ fn restore(
                     } else {
                         format!(", {:.2}s", r.duration_secs)
                     }
+                );
+            }
+            // A snapshot holds what the guest saw, not its image file: a
+            // qcow2 source comes back as a raw disk, which a VM defined with
+            // a qcow2 driver would not boot.
+            if snap.source.format == "qcow2" && !r.device && !cli.json {
+                eprintln!(
+                    "note: {} is a raw disk image (the snapshot holds the guest's disk, not its qcow2 file); for qcow2: qemu-img convert -f raw -O qcow2 {} disk.qcow2",
+                    to.display(),
+                    to.display()
                 );
             }
             if let Some(tail) = r.device_tail_bytes {

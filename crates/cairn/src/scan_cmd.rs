@@ -254,11 +254,14 @@ pub fn find_clean(
         }
         None => None,
     };
+    // --quiet leaves out the plan and the stages, not the results: why a
+    // point was turned down is what the operator acts on.
     let mut on = |e: Event| {
-        if !talk {
+        if json {
             return;
         }
         match e {
+            Event::Plan { .. } | Event::Trying(_) | Event::Stage(..) if !talk => {}
             Event::Plan {
                 candidates,
                 start,
@@ -279,6 +282,9 @@ pub fn find_clean(
             Event::Trying(s) => println!("{} ({}):", s.id.short(), s.time.format("%Y-%m-%d %H:%M")),
             Event::Stage(_, st) => println!("  {} ...", st.as_str()),
             Event::Done(t) => {
+                if !talk {
+                    println!("{} ({}):", t.id.short(), t.time.format("%Y-%m-%d %H:%M"));
+                }
                 if t.verdict == "clean" {
                     println!("  => clean (passed every check)");
                 } else {

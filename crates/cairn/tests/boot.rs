@@ -77,6 +77,13 @@ fn a_snapshot_boots_in_isolation_and_the_console_decides() {
         String::from_utf8_lossy(&bad.stdout)
     );
     assert!(String::from_utf8_lossy(&bad.stdout).contains("failed"));
+    // What it waited for was said when it started (it prints nothing
+    // else until the timeout).
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("waiting up to 120 s for \"this never appears\" on the console"),
+        "{said}"
+    );
     // The console log of a failed boot is kept in a file of its own.
     let said = String::from_utf8_lossy(&bad.stdout);
     let kept = said.split("console: ").nth(1).unwrap().trim();

@@ -966,6 +966,23 @@ fn find_clean_returns_the_snapshot_just_before_a_planted_infection() {
     );
     let findings = v["tried"][2]["findings"].to_string();
     assert!(findings.contains("/usr/bin/kworkerd"), "{findings}");
+    // --quiet drops the plan and the stages, not why points failed.
+    let quiet = env.run(&["recover", "vm", "--find-clean", "-q"]);
+    let said = String::from_utf8_lossy(&quiet.stdout);
+    assert!(
+        !said.contains("plan:") && !said.contains("persistence ..."),
+        "{said}"
+    );
+    assert!(
+        said.contains(&ids[3][..8])
+            && said.contains("=> warning (decided by persistence)")
+            && said.contains("/etc/cron.d/kworker"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("clean point: vm@{}", &ids[2][..8])),
+        "{said}"
+    );
     // The clean point's result is stored: scan and timeline show it.
     let t = env.json(&["timeline", "vm"]);
     assert_eq!(t["snapshots"][2]["scan"]["verdict"], "clean", "{t:#}");
