@@ -20,12 +20,12 @@ pub fn export(
     json: bool,
 ) -> Result<u8> {
     if writable != overlay.is_some() {
-        bail!(
+        crate::usage!(
             "--writable needs --overlay PATH (writes go there, never to the vault), and --overlay needs --writable"
         );
     }
     if specs.len() > 1 && (name.is_some() || overlay.is_some()) {
-        bail!("--name and --overlay go with a single snapshot");
+        crate::usage!("--name and --overlay go with a single snapshot");
     }
     let mut exports = Vec::new();
     for spec in specs {
@@ -115,12 +115,12 @@ pub fn export_nfs(
     json: bool,
 ) -> Result<u8> {
     if writable != overlay_dir.is_some() {
-        bail!(
+        crate::usage!(
             "--writable needs --overlay DIR (writes go there, one file per snapshot, never to the vault), and --overlay needs --writable"
         );
     }
     if specs.len() > 1 && name.is_some() {
-        bail!("--name goes with a single snapshot");
+        crate::usage!("--name goes with a single snapshot");
     }
     if let Some(d) = overlay_dir {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

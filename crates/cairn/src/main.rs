@@ -592,7 +592,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            ExitCode::from(1)
+            ExitCode::from(if e.downcast_ref::<util::Usage>().is_some() {
+                2
+            } else {
+                1
+            })
         }
     }
 }
@@ -760,7 +764,7 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             if *delta {
                 if snapshot.contains(':') || partition.is_some() || *overwrite {
-                    bail!(
+                    usage!(
                         "--delta restores a whole disk snapshot over an existing disk (no :/path, --partition or --overwrite)"
                     );
                 }
@@ -773,14 +777,14 @@ fn run(cli: Cli) -> Result<u8> {
             }
             if snapshot.contains(':') {
                 if *overwrite || *verify || *dry_run {
-                    bail!("--overwrite, --verify and --dry-run apply to whole-snapshot restores");
+                    usage!("--overwrite, --verify and --dry-run apply to whole-snapshot restores");
                 }
                 let vault = open(&cli)?;
                 outside_vault(&vault, to)?;
                 guest_cmds::restore_files(&vault, snapshot, to, *partition, *keep_setid, cli.json)
             } else {
                 if partition.is_some() {
-                    bail!("--partition applies to file restores (NAME@SNAP:/path)");
+                    usage!("--partition applies to file restores (NAME@SNAP:/path)");
                 }
                 restore(
                     &cli,
@@ -964,6 +968,11 @@ fn run(cli: Cli) -> Result<u8> {
                 monthly: *keep_monthly,
                 yearly: *keep_yearly,
             };
+            if policy.is_empty() {
+                usage!(
+                    "this policy keeps nothing: give at least one --keep-* option above zero (forgetting everything is not a policy)"
+                );
+            }
             let r = cairn_vault::prune::forget(&vault, names, &policy, *dry_run)?;
             let pr = if *prune && !*dry_run {
                 Some(cairn_vault::prune::prune(&vault, false)?)
@@ -1024,7 +1033,7 @@ fn run(cli: Cli) -> Result<u8> {
                 std::fs::canonicalize(to.local_dir()),
             ) && a == b
             {
-                bail!("--to names the vault being replicated: give another place");
+                usage!("--to names the vault being replicated: give another place");
             }
             let pass = password(false)?;
             let src = Vault::open_at(&from, &pass)?;
@@ -1372,7 +1381,7 @@ fn token(cli: &Cli, action: &TokenAction) -> Result<u8> {
             if role != cairn_server::tokens::Role::Agent && !sources.is_empty() {
                 // Operators and admins see every source; a limit that is
                 // not enforced must not look like one.
-                bail!(
+                usage!(
                     "--source limits agent tokens only; {} tokens reach every source",
                     role.as_str()
                 );
@@ -1920,7 +1929,7 @@ fn restore(
         }
         SourceKind::Directory => {
             if verify {
-                bail!("--verify applies to disk restores");
+                usage!("--verify applies to disk restores");
             }
             let tree = vault.read_tree(&snap)?;
             let r = cairn_recover::restore_tree(

@@ -70,6 +70,29 @@ pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
     Ok(chrono::Duration::seconds(total))
 }
 
+/// A command line that asks for something no run can do (options that do
+/// not go together, or do not apply to this kind of snapshot): exit 2,
+/// like the errors clap finds, so scripts tell a mistake in the command
+/// from a failure of the work.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Returns a [`Usage`] error, formatted like `bail!`.
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::util::Usage(format!($($arg)*))))
+    };
+}
+
 /// Draws a bar for `progress` on a terminal, nothing otherwise.
 pub struct Bar {
     stop: Arc<std::sync::atomic::AtomicBool>,

@@ -293,13 +293,45 @@ fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
         env.backup(&img, "vm", &format!("2026-03-0{day}T00:00:00Z"));
     }
     // Policies that would forget everything, or name no source, are
-    // refused instead of passing silently.
-    for bad in [
-        &["forget", "--keep-last", "0"][..],
-        &["forget", "--keep-last", "1", "vn"],
+    // refused instead of passing silently: the first is a mistake in the
+    // command (exit 2, like any usage error), the second one in the
+    // vault's contents (exit 1).
+    for (bad, code) in [
+        (&["forget", "--keep-last", "0"][..], 2),
+        (&["forget", "--dry-run"], 2),
+        (&["forget", "--keep-last", "1", "vn"], 1),
     ] {
         let out = env.run(bad);
-        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert_eq!(out.status.code(), Some(code), "{bad:?}");
+    }
+    // Options that do not apply to what is asked: usage errors too.
+    let out_dir = env.path("nowhere");
+    for bad in [
+        &[
+            "restore",
+            "vm@latest:/x",
+            "--to",
+            out_dir.to_str().unwrap(),
+            "--delta",
+        ][..],
+        &[
+            "restore",
+            "vm@latest:/x",
+            "--to",
+            out_dir.to_str().unwrap(),
+            "--verify",
+        ],
+        &["export", "vm@latest", "--writable"],
+        &["rollback", "vm"],
+    ] {
+        let out = env.run(bad);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out_dir.exists());
     }
     let f = env.json(&["forget", "--keep-last", "1", "--prune"]);
     assert_eq!(f["forget"]["forgotten"].as_array().unwrap().len(), 0);
@@ -382,7 +414,7 @@ fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
     assert!(same_bytes(&env.path("day4.img"), &out));
     assert_eq!(env.run(&["verify", "--read-data"]).status.code(), Some(0));
     let no_policy = env.run(&["forget"]);
-    assert_eq!(no_policy.status.code(), Some(1));
+    assert_eq!(no_policy.status.code(), Some(2), "a usage error");
 }
 
 #[test]
@@ -642,10 +674,11 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
         .unwrap();
     assert_eq!(stray.status.code(), Some(1), "{}", stderr(&stray));
     assert!(!env.path("no-vault").exists());
+    // (Mistakes in the command line: exit 2.)
     let limited = env.run(&["token", "create", "--role", "operator", "--source", "vm"]);
-    assert_eq!(limited.status.code(), Some(1), "{}", stderr(&limited));
+    assert_eq!(limited.status.code(), Some(2), "{}", stderr(&limited));
     let selfie = env.run(&["replicate", "--to", env.vault.to_str().unwrap()]);
-    assert_eq!(selfie.status.code(), Some(1), "{}", stderr(&selfie));
+    assert_eq!(selfie.status.code(), Some(2), "{}", stderr(&selfie));
     let url = env.run(&["snapshots", "--vault", "http://127.0.0.1:8080"]);
     assert_eq!(url.status.code(), Some(1), "{}", stderr(&url));
     assert!(stderr(&url).contains("--server"), "{}", stderr(&url));
