@@ -166,11 +166,31 @@ impl Profile {
 
 /// Every stored scan result, per snapshot, oldest scan first.
 pub fn stored_reports(vault: &Vault) -> HashMap<SnapshotId, Vec<ScanReport>> {
+    stored_reports_where(vault, |_| true)
+}
+
+/// [`stored_reports`] of the snapshots `wanted` says yes to, reading no
+/// other record (a backup looks at its own source's scans only).
+fn stored_reports_where(
+    vault: &Vault,
+    wanted: impl Fn(&str) -> bool,
+) -> HashMap<SnapshotId, Vec<ScanReport>> {
     let mut out: HashMap<SnapshotId, Vec<ScanReport>> = HashMap::new();
     for name in vault
         .backend()
         .list(&format!("scan/v{REPORT_VERSION}"))
         .unwrap_or_default()
+        .into_iter()
+        .filter(|n| {
+            wanted(
+                n.rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .split('.')
+                    .next()
+                    .unwrap_or(""),
+            )
+        })
     {
         let Some(r) = vault
             .read_object(&name)
@@ -193,8 +213,25 @@ pub fn stored_reports(vault: &Vault) -> HashMap<SnapshotId, Vec<ScanReport>> {
 
 /// The newest stored scan result of each scanned snapshot.
 pub fn latest_reports(vault: &Vault) -> HashMap<SnapshotId, ScanReport> {
-    stored_reports(vault)
-        .into_iter()
+    newest(stored_reports(vault))
+}
+
+/// [`latest_reports`] of the snapshots of source `name` alone.
+pub fn latest_reports_of(vault: &Vault, name: &str) -> HashMap<SnapshotId, ScanReport> {
+    let ids: std::collections::HashSet<String> = vault
+        .snapshots()
+        .map(|(all, _)| {
+            all.into_iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.id.0)
+                .collect()
+        })
+        .unwrap_or_default();
+    newest(stored_reports_where(vault, |id| ids.contains(id)))
+}
+
+fn newest(all: HashMap<SnapshotId, Vec<ScanReport>>) -> HashMap<SnapshotId, ScanReport> {
+    all.into_iter()
         .filter_map(|(k, mut v)| v.pop().map(|r| (k, r)))
         .collect()
 }

@@ -777,11 +777,14 @@ fn check_index_bounds(
     Ok(())
 }
 
-/// An agent's snapshot follows one of its own source's snapshots, or
-/// none: a parent from another source would have insight diff against
-/// (and report on) that source's files, and make its snapshot a clean
-/// point to pin. Derived snapshots (`cairn commit`) are made on the
-/// server's side, not by agents.
+/// An agent's snapshot follows the newest snapshot of its own source
+/// (none, for a source's first): a parent from another source would have
+/// insight diff against (and report on) that source's files, and one
+/// dated before the newest — or of another kind, or hung under an older
+/// one — would let a compromised host slip a snapshot of its choosing in
+/// before its attack, where the timeline, the walk back and their pins
+/// would offer it as the clean point to restore. Derived snapshots
+/// (`cairn commit`) are made on the server's side, not by agents.
 fn check_lineage(vault: &cairn_vault::Vault, snap: &cairn_vault::Snapshot) -> Result<(), ApiError> {
     if snap.derived_from.is_some() {
         return Err(ApiError::bad(format!(
@@ -800,6 +803,36 @@ fn check_lineage(vault: &cairn_vault::Vault, snap: &cairn_vault::Snapshot) -> Re
                 snap.id.0, parent.0, snap.name
             )));
         }
+    }
+    let (all, _) = vault.snapshots()?;
+    let Some(newest) = all
+        .iter()
+        .filter(|s| s.name == snap.name)
+        .max_by_key(|s| s.time)
+    else {
+        return Ok(());
+    };
+    let short = newest.id.short();
+    if snap.time <= newest.time {
+        return Err(ApiError::bad(format!(
+            "snapshot {} is dated {}, not after {}@{short} ({}): a source's snapshots are taken in time order",
+            snap.id.0,
+            snap.time.to_rfc3339(),
+            snap.name,
+            newest.time.to_rfc3339()
+        )));
+    }
+    if snap.source.kind != newest.source.kind {
+        return Err(ApiError::bad(format!(
+            "snapshot {} is of a {:?} source, but {}'s snapshots are of a {:?} one: back it up under another name",
+            snap.id.0, snap.source.kind, snap.name, newest.source.kind
+        )));
+    }
+    if snap.parent.as_ref() != Some(&newest.id) {
+        return Err(ApiError::bad(format!(
+            "snapshot {} must follow {}@{short}, the newest snapshot of its source",
+            snap.id.0, snap.name
+        )));
     }
     Ok(())
 }

@@ -266,6 +266,39 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     orphan.parent = Some(cairn_vault::SnapshotId("ab".repeat(32)));
     let refused = remote.write_snapshot(&orphan).unwrap_err().to_string();
     assert!(refused.contains("is not a snapshot of vm"), "{refused}");
+    // Nor slip one in before the newest (a host under attack choosing
+    // the point the timeline and the walk back would offer as clean),
+    // change its source's kind, or hang one under an older snapshot.
+    let newest = remote.read_snapshot(&manifest).unwrap();
+    let next = |f: &dyn Fn(&mut cairn_vault::Snapshot)| {
+        let mut s = newest.clone();
+        s.id = cairn_vault::SnapshotId::generate().unwrap();
+        s.time = chrono::Utc::now();
+        s.parent = Some(newest.id.clone());
+        f(&mut s);
+        remote.write_snapshot(&s).unwrap_err().to_string()
+    };
+    let backdated = next(&|s| s.time = newest.time - chrono::Duration::hours(1));
+    assert!(
+        backdated.contains("400") && backdated.contains("not after vm@"),
+        "{backdated}"
+    );
+    let kind = next(&|s| s.source.kind = cairn_vault::SourceKind::Directory);
+    assert!(kind.contains("under another name"), "{kind}");
+    let sideways = next(&|s| s.parent = newest.parent.clone());
+    assert!(sideways.contains("must follow vm@"), "{sideways}");
+    let rootless = next(&|s| s.parent = None);
+    assert!(rootless.contains("must follow vm@"), "{rootless}");
+    // Through the command line too, with --time before the newest.
+    let out = remote_backup_with(
+        &env,
+        &server,
+        &agent_token,
+        &disk,
+        "vm",
+        &["--time", "2020-01-01T00:00:00Z"],
+    );
+    assert_eq!(out.status.code(), Some(1));
     let mut forever = remote.read_snapshot(&manifest).unwrap();
     forever.id = cairn_vault::SnapshotId::generate().unwrap();
     forever.retain_until = chrono::Utc::now() + chrono::Duration::days(36_500);
@@ -275,6 +308,8 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     // used to fail on it with a 500).
     let mut miscited = remote.read_snapshot(&manifest).unwrap();
     miscited.id = cairn_vault::SnapshotId::generate().unwrap();
+    miscited.time = chrono::Utc::now();
+    miscited.parent = Some(newest.id.clone());
     miscited.content = remote.write_content(&"no disk map").unwrap();
     let refused = remote.write_snapshot(&miscited).unwrap_err().to_string();
     assert!(
@@ -1405,9 +1440,11 @@ fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
     let their_map = vault.read_snapshot(&theirs).unwrap().content;
     let remote = remote_vault(&url, &evil);
     let (mine, _) = remote.snapshots().unwrap();
-    let mut forged = mine[0].clone();
+    let newest = mine.iter().max_by_key(|s| s.time).unwrap();
+    let mut forged = newest.clone();
     forged.id = cairn_vault::SnapshotId::generate().unwrap();
-    forged.parent = Some(mine[0].id.clone());
+    forged.time = chrono::Utc::now();
+    forged.parent = Some(newest.id.clone());
     forged.content = their_map.clone();
     let refused = remote.write_snapshot(&forged).unwrap_err().to_string();
     assert!(
