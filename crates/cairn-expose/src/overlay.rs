@@ -110,6 +110,22 @@ impl Overlay {
             .create(true)
             .truncate(false)
             .open(path)?;
+        // One user at a time: a commit taken while an export still
+        // writes would capture a half-written disk, and two exports
+        // writing one overlay would interleave their guests' writes.
+        // (Released when the file closes, also when a process dies.)
+        if let Err(e) = file.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "{} is in use (a writable export, a boot or a commit has it open): stop that first",
+                        path.display()
+                    ),
+                ),
+                std::fs::TryLockError::Error(e) => e,
+            });
+        }
         let len = file.metadata()?.len();
         if len == 0 {
             probe_grains(path)?;

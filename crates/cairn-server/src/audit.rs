@@ -5,8 +5,10 @@
 //!
 //! A chain alone cannot show that entries were cut from its end, or that
 //! the whole log was written anew by someone who can write the server's
-//! disk. So the log is anchored in the vault: after every change (and
-//! after reads, at most every few minutes) the newest entry's number and
+//! disk. So the log is anchored in the vault: after every change (after
+//! refused requests at most every 5 seconds, after other reads at most
+//! every 5 minutes: what came after the newest anchor can still be cut
+//! unseen) the newest entry's number and
 //! hash are stored as a write-once object `audit/<seq>`, locked like the
 //! rest on object storage. Verifying compares the log with the newest of
 //! them: every entry up to it must be there, with that hash (which the
@@ -66,6 +68,12 @@ struct Anchor {
 /// Reads (GET, HEAD) are anchored at most this often; changes at once.
 const QUIET_ANCHOR: Duration = Duration::from_secs(300);
 
+/// Refused requests, reads included, are anchored at most this often:
+/// they are what shows a host probing for what is not its own, so whoever
+/// can edit the log must not be able to cut them unseen for minutes; a
+/// host spamming refusals still causes only one checkpoint in this time.
+const REFUSAL_ANCHOR: Duration = Duration::from_secs(5);
+
 /// What `audit/<seq>` holds.
 #[derive(Debug, Serialize, Deserialize)]
 struct Checkpoint {
@@ -104,13 +112,13 @@ impl AuditLog {
         self
     }
 
-    /// Stores the checkpoint of entry `seq` unless `urgent` is false and
-    /// one was stored lately. Failing to is reported, not fatal: the
-    /// action is on record locally.
-    fn anchor(&self, seq: u64, hash: &str, urgent: bool) {
+    /// Stores the checkpoint of entry `seq` unless one was stored less
+    /// than `within` ago. Failing to is reported, not fatal: the action is
+    /// on record locally.
+    fn anchor(&self, seq: u64, hash: &str, within: Duration) {
         let Some(a) = &self.anchor else { return };
         let mut last = a.last.lock().unwrap();
-        if !urgent && last.is_some_and(|t| t.elapsed() < QUIET_ANCHOR) {
+        if last.is_some_and(|t| t.elapsed() < within) {
             return;
         }
         let cp = Checkpoint {
@@ -131,7 +139,7 @@ impl AuditLog {
         let _one = self.appending.lock().unwrap();
         let _guard = crate::FileLock::take(&self.path)?;
         if let Some((next, hash)) = read_tail(&self.path)? {
-            self.anchor(next - 1, &hash, true);
+            self.anchor(next - 1, &hash, Duration::ZERO);
         }
         Ok(())
     }
@@ -178,7 +186,12 @@ impl AuditLog {
             .and_then(|_| f.sync_data())
             .with_context(|| format!("writing {}", self.path.display()))?;
         let read = e.action.starts_with("GET ") || e.action.starts_with("HEAD ");
-        self.anchor(e.seq, &e.hash, !read);
+        let within = match (read, e.outcome == "refused") {
+            (false, _) => Duration::ZERO,
+            (true, true) => REFUSAL_ANCHOR,
+            (true, false) => QUIET_ANCHOR,
+        };
+        self.anchor(e.seq, &e.hash, within);
         Ok(e)
     }
 

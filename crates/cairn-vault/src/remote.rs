@@ -94,6 +94,14 @@ impl RemoteBackend {
                     last = format!("HTTP {}: {}", a.status, message(&a.body))
                 }
                 Ok(a) => return Ok(a),
+                // Asking again cannot change a certificate: say what to
+                // do about it at once.
+                Err(e) if e.contains("certificate") => {
+                    return Err(Error::io(
+                        format!("{method} {url}"),
+                        io::Error::other(format!("{e}: {}", certificate_hint(&e))),
+                    ));
+                }
                 Err(e) => last = e,
             }
         }
@@ -260,5 +268,21 @@ impl Backend for RemoteBackend {
             );
         }
         Ok(Some(missing))
+    }
+}
+
+/// What to do about a TLS certificate the client refused (rustls's reason
+/// names the case).
+fn certificate_hint(e: &str) -> &'static str {
+    if e.contains("CaUsedAsEndEntity") {
+        "the server presents a CA certificate as its own (`openssl req -x509` makes one by default): give it a certificate signed by that CA (basicConstraints=CA:FALSE), and CAIRN_CA_CERT the CA"
+    } else if e.contains("UnknownIssuer") {
+        "set CAIRN_CA_CERT to the CA certificate (PEM) that signed the server's certificate"
+    } else if e.contains("NotValidForName") {
+        "the certificate does not name the host in --server: use a name it was made for (its subjectAltName)"
+    } else if e.contains("Expired") || e.contains("NotValidYet") {
+        "the certificate is outside its validity dates (or a clock is wrong)"
+    } else {
+        "check the server's certificate and CAIRN_CA_CERT"
     }
 }

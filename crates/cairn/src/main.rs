@@ -1377,7 +1377,14 @@ fn token(cli: &Cli, action: &TokenAction) -> Result<u8> {
             sources,
             label,
         } => {
-            let role = cairn_server::tokens::Role::parse(role)?;
+            let Ok(role) = cairn_server::tokens::Role::parse(role) else {
+                usage!("unknown role {role:?}: use agent, operator or admin");
+            };
+            if role == cairn_server::tokens::Role::Agent && sources.is_empty() {
+                usage!(
+                    "an agent token needs the sources it may back up (--source NAME, or '*' for any)"
+                );
+            }
             if role != cairn_server::tokens::Role::Agent && !sources.is_empty() {
                 // Operators and admins see every source; a limit that is
                 // not enforced must not look like one.

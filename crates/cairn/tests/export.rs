@@ -102,6 +102,37 @@ fn writes_go_to_the_overlay_survive_a_restart_and_never_touch_the_vault() {
     }
     // A new export on the same overlay sees the writes.
     let s = export(&env, &["vm@latest", "--writable", "--overlay", o]);
+    // While it serves, no commit takes a half-written disk from the
+    // overlay, and no second export writes into it.
+    let busy = env.run(&["commit", "vm@latest", "--overlay", o]);
+    assert_eq!(busy.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert!(err.contains("is in use"), "{err}");
+    let mut second = env
+        .cmd()
+        .args(["export", "vm@latest", "--writable", "--overlay", o])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        refused,
+        Some(1),
+        "a second writer on the overlay is refused"
+    );
     let r = sh(
         "qemu-io",
         &[

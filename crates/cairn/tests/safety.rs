@@ -675,8 +675,14 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
     assert_eq!(stray.status.code(), Some(1), "{}", stderr(&stray));
     assert!(!env.path("no-vault").exists());
     // (Mistakes in the command line: exit 2.)
-    let limited = env.run(&["token", "create", "--role", "operator", "--source", "vm"]);
-    assert_eq!(limited.status.code(), Some(2), "{}", stderr(&limited));
+    for bad in [
+        &["token", "create", "--role", "operator", "--source", "vm"][..],
+        &["token", "create", "--role", "bogus"],
+        &["token", "create", "--role", "agent"],
+    ] {
+        let out = env.run(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+    }
     let selfie = env.run(&["replicate", "--to", env.vault.to_str().unwrap()]);
     assert_eq!(selfie.status.code(), Some(2), "{}", stderr(&selfie));
     let url = env.run(&["snapshots", "--vault", "http://127.0.0.1:8080"]);

@@ -581,8 +581,28 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     std::fs::write(&path, &full).unwrap();
     env.ok(&["audit", "verify"]);
 
+    // ...and so is a refused read cut from its end (a host probing for
+    // what is not its own): refusals are anchored within seconds, not
+    // at the quiet pace of other reads.
+    std::thread::sleep(std::time::Duration::from_millis(5_200));
+    let (status, _) = call("GET", &format!("{objects}/{pack}"), Some(&agent_token), b"");
+    assert_eq!(status, 403);
+    let probed = std::fs::read_to_string(&path).unwrap();
+    assert!(probed.lines().last().unwrap().contains("\"refused\""));
+    let cut: Vec<&str> = probed.lines().take(probed.lines().count() - 1).collect();
+    std::fs::write(&path, cut.join("\n") + "\n").unwrap();
+    let out = env.run(&["audit", "verify", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(&path, &probed).unwrap();
+    env.ok(&["audit", "verify"]);
+
     // ...and so is an entry edited: the refusal turned into "ok".
-    let text = full;
+    let text = probed;
     let line = text
         .lines()
         .position(|l| l.contains("\"refused\""))
@@ -1086,9 +1106,15 @@ fn tls_with_a_private_certificate() {
     assert!(server.url.starts_with("https://"), "{}", server.url);
     let root = env.path("files");
     populate(&root);
-    // Without the CA the client refuses the server...
+    // Without the CA the client refuses the server, at once, saying what
+    // to do...
     let out = remote_backup(&env, &server, &agent_token, &root, "files");
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("set CAIRN_CA_CERT") && !err.contains("attempts"),
+        "{err}"
+    );
     // ...and with it the backup goes through.
     let out = env
         .cmd()
