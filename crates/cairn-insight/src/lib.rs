@@ -27,6 +27,15 @@ use std::sync::Arc;
 
 pub type Result<T> = std::result::Result<T, cairn_vault::Error>;
 
+/// What the stored scans say, for [`Timeline::heed_verification`]: the
+/// snapshots found compromised (with what was found), and those found
+/// clean.
+#[derive(Clone, Debug, Default)]
+pub struct Verification {
+    pub compromised: HashMap<SnapshotId, String>,
+    pub cleared: std::collections::HashSet<SnapshotId>,
+}
+
 /// What is stored per snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
@@ -77,16 +86,17 @@ impl Timeline {
         self.clean_point.as_ref().map(|c| &self.entries[c.index])
     }
 
-    /// Moves the clean point before the first snapshot verification found
-    /// compromised (`compromised`: snapshot → what was found), when that
-    /// snapshot is the clean point or older: a backdoor planted without
-    /// encrypting anything leaves insight nothing to see, and a point a
-    /// scan condemned must not be offered as clean.
-    pub fn heed_verification(&mut self, compromised: &HashMap<SnapshotId, String>) {
+    /// Moves the clean point back past what verification found: a
+    /// snapshot a scan found compromised is no clean point, and after the
+    /// first one only a snapshot a scan found clean since is (a backdoor
+    /// planted without encrypting anything leaves insight nothing to see,
+    /// and stays until removed). Unchanged when insight's own clean point
+    /// comes before the first compromised snapshot.
+    pub fn heed_verification(&mut self, v: &Verification) {
         let Some(first_bad) = self
             .entries
             .iter()
-            .position(|e| compromised.contains_key(&e.snapshot.id))
+            .position(|e| v.compromised.contains_key(&e.snapshot.id))
         else {
             return;
         };
@@ -98,18 +108,27 @@ impl Timeline {
         }
         let confidence = c.confidence;
         let bad = &self.entries[first_bad].snapshot;
-        let why = format!(
-            "verification found {}@{} compromised ({}); the newest snapshot before it that insight calls clean",
+        let found = format!(
+            "verification found {}@{} compromised ({})",
             bad.name,
             bad.id.short(),
-            compromised[&bad.id]
+            v.compromised[&bad.id]
         );
-        self.clean_point = self.entries[..first_bad]
+        self.clean_point = self.entries[..=c.index]
             .iter()
-            .rposition(|e| e.assessment.verdict == Verdict::Clean)
+            .enumerate()
+            .rposition(|(i, e)| {
+                e.assessment.verdict == Verdict::Clean
+                    && !v.compromised.contains_key(&e.snapshot.id)
+                    && (i < first_bad || v.cleared.contains(&e.snapshot.id))
+            })
             .map(|index| CleanPoint {
                 index,
-                reason: why,
+                reason: if index < first_bad {
+                    format!("{found}; the newest snapshot before it that insight calls clean")
+                } else {
+                    format!("{found}; this one, scanned clean since, is the newest that passes")
+                },
                 confidence,
             });
     }
@@ -299,16 +318,16 @@ impl Outcome {
 
 /// Scores the newest snapshot of `name` (after a backup of `source`) and,
 /// when it or an earlier one is not clean (by insight, or by the scans
-/// that found `compromised`, see [`Timeline::heed_verification`]), pins
+/// in `verified`, see [`Timeline::heed_verification`]), pins
 /// the clean point so prune can never evict it.
 pub fn assess_latest(
     vault: &Arc<Vault>,
     name: &str,
     source: Option<&std::path::Path>,
-    compromised: &HashMap<SnapshotId, String>,
+    verified: &Verification,
 ) -> Result<Outcome> {
     let mut timeline = timeline_with_source(vault, name, source, &mut |_| {})?;
-    timeline.heed_verification(compromised);
+    timeline.heed_verification(verified);
     let mut pinned = None;
     if let Some(c) = &timeline.clean_point
         && c.index + 1 < timeline.entries.len()

@@ -96,6 +96,9 @@ pub struct Flagged {
     /// (or it is dropped); false for a finding inside a file that holds
     /// other needed data (accounts, a registry hive): reported, kept.
     pub revert: bool,
+    /// With no earlier version, the file is left out (false: kept for
+    /// review, as account files are).
+    pub droppable: bool,
 }
 
 /// Files larger than this are not compared byte for byte when looking for
@@ -358,11 +361,17 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     old,
                     format!("{found}; last version before it"),
                 ),
-                None if f.revert => (
+                None if f.droppable => (
                     Action::Dropped,
                     src,
                     e.clone(),
                     format!("{found}; it did not exist before"),
+                ),
+                None if f.revert => (
+                    Action::Kept,
+                    src,
+                    e.clone(),
+                    format!("{found}; no earlier version differs: kept, review it by hand"),
                 ),
                 None => (
                     Action::Kept,

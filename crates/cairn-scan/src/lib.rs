@@ -250,6 +250,10 @@ pub struct FlaggedFile {
     /// False for registry hives, which hold the whole system's settings:
     /// reported, kept.
     pub revert: bool,
+    /// With no earlier version to take, the file may be left out: it is
+    /// the foothold itself. False for account files, which a system
+    /// cannot do without (kept for review instead).
+    pub droppable: bool,
 }
 
 /// Whether a persistence finding of this kind is undone by taking an
@@ -258,6 +262,12 @@ pub struct FlaggedFile {
 /// back into production, and accounts made since are few and known.
 fn reverts(kind: &str) -> bool {
     !kind.starts_with("windows_") || matches!(kind, "windows_startup" | "windows_task")
+}
+
+/// Findings in the account files (passwd, shadow): reverted when there
+/// is an earlier version, never left out.
+fn holds_accounts(kind: &str) -> bool {
+    matches!(kind, "new_account" | "uid0_account" | "password_set")
 }
 
 /// The files verification flags in `chain` (time order) as things stand:
@@ -271,24 +281,28 @@ pub fn flagged_files(vault: &Vault, chain: &[Snapshot]) -> Vec<FlaggedFile> {
         let Some(r) = reports.get(&s.id) else {
             continue;
         };
-        let mut now: BTreeMap<&str, (String, bool)> = BTreeMap::new();
+        let mut now: BTreeMap<&str, (String, bool, bool)> = BTreeMap::new();
         // A file not judged (timed out, clamd failing) is not flagged:
         // rollback would otherwise revert or drop a good file.
         for h in r.malware.iter().filter(|h| !rules::is_transient(&h.rule)) {
             now.entry(&h.path)
-                .or_insert((format!("malware rule {}", h.rule), true));
+                .or_insert((format!("malware rule {}", h.rule), true, true));
         }
         for i in &r.persistence {
-            now.entry(&i.path)
-                .or_insert((i.detail.clone(), reverts(&i.kind)));
+            now.entry(&i.path).or_insert((
+                i.detail.clone(),
+                reverts(&i.kind),
+                !holds_accounts(&i.kind),
+            ));
         }
         open.retain(|p, _| now.contains_key(p.as_str()));
-        for (path, (why, revert)) in now {
+        for (path, (why, revert, droppable)) in now {
             open.entry(path.to_string()).or_insert(FlaggedFile {
                 first: s.id.clone(),
                 path: path.to_string(),
                 why,
                 revert,
+                droppable: revert && droppable,
             });
         }
     }
@@ -312,27 +326,32 @@ pub fn chain(vault: &Vault, name: &str) -> Result<Vec<Snapshot>> {
     Ok(chain)
 }
 
-/// The snapshots whose newest stored scan is compromised, each with what
-/// was found (for [`cairn_insight::Timeline::heed_verification`]: such a
-/// snapshot is no clean point, nor is any before it that insight would
-/// have offered after it).
-pub fn compromised(reports: &HashMap<SnapshotId, ScanReport>) -> HashMap<SnapshotId, String> {
-    reports
-        .iter()
-        .filter(|(_, r)| r.verdict == ScanVerdict::Compromised)
-        .map(|(id, r)| {
-            let found = walkback::describe(r);
-            let first = found
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "see its scan".into());
-            let more = match found.len() {
-                0 | 1 => String::new(),
-                n => format!(" and {} more", n - 1),
-            };
-            (id.clone(), format!("{first}{more}"))
-        })
-        .collect()
+/// What the newest stored scans say (`reports`, from
+/// [`latest_reports`]): the snapshots found compromised, each with what
+/// was found, and those found clean.
+pub fn verification(reports: &HashMap<SnapshotId, ScanReport>) -> cairn_insight::Verification {
+    let mut v = cairn_insight::Verification::default();
+    for (id, r) in reports {
+        match r.verdict {
+            ScanVerdict::Compromised => {
+                let found = walkback::describe(r);
+                let first = found
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "see its scan".into());
+                let more = match found.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" and {} more", n - 1),
+                };
+                v.compromised.insert(id.clone(), format!("{first}{more}"));
+            }
+            ScanVerdict::Clean => {
+                v.cleared.insert(id.clone());
+            }
+            ScanVerdict::Warning => {}
+        }
+    }
+    v
 }
 
 /// The verdict of each scanned snapshot's newest stored result. Read once

@@ -60,7 +60,7 @@ pub fn sources_overview(st: &Shared) -> Result<Vec<Value>, ApiError> {
     names.sort();
     names.dedup();
     let reports = cairn_scan::latest_reports(&st.vault);
-    let verified = cairn_scan::compromised(&reports);
+    let verified = cairn_scan::verification(&reports);
     let mut out = Vec::new();
     for name in names {
         let mut t = cairn_insight::timeline(&st.vault, &name, &mut |_| {})?;

@@ -6,9 +6,10 @@
 //! A chain alone cannot show that entries were cut from its end, or that
 //! the whole log was written anew by someone who can write the server's
 //! disk. So the log is anchored in the vault: after every change (after
-//! refused requests at most every 5 seconds, after other reads at most
-//! every 5 minutes: what came after the newest anchor can still be cut
-//! unseen) the newest entry's number and
+//! refused requests unless an anchor was stored in the 5 seconds before,
+//! after other reads at most every 5 minutes: what came after the newest
+//! anchor can still be cut unseen, until the next entry anchors it) the
+//! newest entry's number and
 //! hash are stored as a write-once object `audit/<seq>`, locked like the
 //! rest on object storage. Verifying compares the log with the newest of
 //! them: every entry up to it must be there, with that hash (which the

@@ -464,6 +464,10 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
     // before is seen (the index is reloaded when packs went away), so a
     // manifest is accepted only while every chunk it needs is stored.
     let mut _accepting = None;
+    // A source's manifests are checked and stored one at a time: two
+    // checked at once would both follow the same newest snapshot (see
+    // `check_lineage`).
+    let mut _manifest_turn = None;
     match top(name) {
         "packs" => {
             let id = name.rsplit('/').next().unwrap_or("");
@@ -523,6 +527,7 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
                 )));
             }
             check_times(vault, &snap)?;
+            _manifest_turn = Some(SourceTurn::take(&snap.name)?);
             check_lineage(vault, &snap)?;
             check_cited_map(st, who, &snap)?;
             _accepting = Some(cairn_vault::lock::VaultLock::shared(vault.root())?);
@@ -546,6 +551,37 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
         st.claims.release(idx.entries.iter().map(|e| e.id));
     }
     Ok((created, snapshot.map(|s| (who.clone(), s))))
+}
+
+/// Sources whose manifest is being checked and stored.
+static IN_FLIGHT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A source's turn to store a manifest, from its lineage check until it
+/// is stored (not a lock held while waiting: a manifest may wait minutes
+/// for chunks another agent claimed, and no other source waits on it).
+struct SourceTurn(String);
+
+impl SourceTurn {
+    fn take(source: &str) -> Result<SourceTurn, ApiError> {
+        let mut busy = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        if busy.iter().any(|s| s == source) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a snapshot of {source} is being stored right now: back it up again after it"
+                ),
+            ));
+        }
+        busy.push(source.to_string());
+        Ok(SourceTurn(source.to_string()))
+    }
+}
+
+impl Drop for SourceTurn {
+    fn drop(&mut self) {
+        let mut busy = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        busy.retain(|s| *s != self.0);
+    }
 }
 
 /// How far an agent's clock may run ahead of the server's.

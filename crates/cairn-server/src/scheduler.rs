@@ -109,7 +109,7 @@ fn assess(st: &Shared, name: &str, source: Option<&std::path::Path>) {
     // One assessment at a time: insight stores records write-once.
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE.lock().unwrap();
-    let verified = cairn_scan::compromised(&cairn_scan::latest_reports_of(&st.vault, name));
+    let verified = cairn_scan::verification(&cairn_scan::latest_reports_of(&st.vault, name));
     let out = match cairn_insight::assess_latest(&st.vault, name, source, &verified) {
         Ok(o) => o,
         Err(e) => {

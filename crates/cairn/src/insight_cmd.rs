@@ -31,7 +31,7 @@ pub fn timeline(
     // `cairn recover --find-clean`): a snapshot a scan found compromised
     // is no clean point, whatever insight saw.
     let scans = cairn_scan::latest_reports_of(vault, name);
-    t.heed_verification(&cairn_scan::compromised(&scans));
+    t.heed_verification(&cairn_scan::verification(&scans));
     if let Some(path) = svg {
         std::fs::write(path, cairn_insight::svg::render(&t))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -56,12 +56,13 @@ pub fn timeline(
     } else {
         print_table(&t, &scans)?;
     }
-    let latest_ok = t.entries.last().is_some_and(|e| {
-        e.assessment.verdict == Verdict::Clean
-            && scans
-                .get(&e.snapshot.id)
-                .is_none_or(|r| r.verdict != cairn_scan::ScanVerdict::Compromised)
-    });
+    // The latest is fine when it is the clean point itself: insight calls
+    // it clean and no compromise found by a scan stands unresolved before
+    // it (or in it).
+    let latest_ok = t
+        .clean_point
+        .as_ref()
+        .is_some_and(|c| c.index + 1 == t.entries.len());
     Ok(if latest_ok { 0 } else { FOUND })
 }
 
@@ -256,6 +257,7 @@ pub fn rollback(
             path: f.path,
             why: f.why,
             revert: f.revert,
+            droppable: f.droppable,
         })
         .collect();
     // Where the provenance goes is checked before anything is written: a

@@ -1154,7 +1154,7 @@ fn backup(
     let out = run_backup(cli, &vault, source, name, time, tags)?;
     // Score the new snapshot; a failure here must not hide that the
     // backup itself succeeded.
-    let verified = cairn_scan::compromised(&cairn_scan::latest_reports_of(&vault, name));
+    let verified = cairn_scan::verification(&cairn_scan::latest_reports_of(&vault, name));
     let insight = cairn_insight::assess_latest(&vault, name, Some(source), &verified);
     match &insight {
         Ok(o) => print_backup(cli, &out, Some(insight_cmd::outcome_json(o))),

@@ -872,6 +872,37 @@ fn a_new_unit_preload_sudo_rule_accounts_profile_hook_temp_binary_and_cleared_lo
     };
     assert_eq!(action("/etc/passwd").as_deref(), Some("restored"), "{rb:#}");
     assert_eq!(action("/etc/shadow").as_deref(), Some("restored"), "{rb:#}");
+
+    // Day 3: the host is cleaned up. Until a scan says so, the timeline
+    // still offers day 1 and exits 3 (the compromise stands); once the
+    // scan finds day 3 clean, day 3 is the clean point.
+    for gone in [
+        "/etc/systemd/system/dbus-helper.service",
+        "/etc/ld.so.preload",
+        "/etc/sudoers.d/zz-maint",
+        "/tmp/.cache-x",
+    ] {
+        debugfs_w(&img, &format!("rm {gone}"));
+    }
+    for back in [
+        "/etc/passwd",
+        "/etc/shadow",
+        "/home/alice/.bashrc",
+        "/var/log/syslog",
+    ] {
+        let local = out_dir.join(back.trim_start_matches('/'));
+        replace_guest_file(&img, back, &std::fs::read(&local).unwrap());
+    }
+    let day3 = env.backup(&img, "vm", "2026-01-03T00:00:00Z")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = env.json_code(&["timeline", "vm"], 3);
+    assert_eq!(t["last_clean"], day1.as_str(), "{t:#}");
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    let t = env.json_code(&["timeline", "vm"], 0);
+    assert_eq!(t["last_clean"], day3.as_str(), "{t:#}");
 }
 
 fn ordinary_day(img: &Path, day: u64) {
