@@ -905,6 +905,42 @@ fn a_new_unit_preload_sudo_rule_accounts_profile_hook_temp_binary_and_cleared_lo
     assert_eq!(t["last_clean"], day3.as_str(), "{t:#}");
 }
 
+/// A host already carrying a second root login at its first backup: the
+/// rollback has no earlier passwd to take, and keeps it for review rather
+/// than leave a system without its account file.
+#[test]
+fn an_account_file_flagged_from_the_first_snapshot_is_kept_for_review() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    let mut passwd = std::fs::read(root.join("etc/passwd")).unwrap();
+    passwd.extend_from_slice(b"toor:x:0:0::/root:/bin/bash\n");
+    std::fs::write(root.join("etc/passwd"), &passwd).unwrap();
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    env.backup(&img, "vm", "2026-01-01T00:00:00Z");
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert!(
+        kinds(&v).contains(&("uid0_account".to_string(), "/etc/passwd".to_string())),
+        "{v:#}"
+    );
+    let out_dir = env.path("back");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out_dir.join("etc/passwd")).unwrap(), passwd);
+    let f = rb["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/passwd")
+        .unwrap();
+    assert_eq!(
+        (f["action"].as_str(), f["review"].as_bool()),
+        (Some("kept"), Some(true)),
+        "{rb:#}"
+    );
+}
+
 fn ordinary_day(img: &Path, day: u64) {
     replace_guest_file(
         img,
