@@ -262,11 +262,9 @@ pub fn rollback(
         .collect();
     // Where the provenance goes is checked before anything is written: a
     // rollback done whose record cannot be kept is half a rollback.
-    let dest = target.to_dir.or(target.in_place).ok_or_else(|| {
-        anyhow::Error::new(crate::util::Usage(
-            "give --to-dir DIR or --in-place PATH".into(),
-        ))
-    })?;
+    let Some(dest) = target.to_dir.or(target.in_place) else {
+        crate::usage!("give --to-dir DIR or --in-place PATH");
+    };
     let manifest = cairn_recover::rollback::provenance_path(dest, provenance)?;
     let r = if target.to_dir.is_some() {
         cairn_recover::rollback::rollback_to_dir(
