@@ -82,6 +82,10 @@ pub struct Timeline {
 }
 
 impl Timeline {
+    pub fn snapshot_ids(&self) -> impl Iterator<Item = &SnapshotId> {
+        self.entries.iter().map(|e| &e.snapshot.id)
+    }
+
     pub fn last_clean(&self) -> Option<&Entry> {
         self.clean_point.as_ref().map(|c| &self.entries[c.index])
     }
@@ -317,17 +321,18 @@ impl Outcome {
 }
 
 /// Scores the newest snapshot of `name` (after a backup of `source`) and,
-/// when it or an earlier one is not clean (by insight, or by the scans
-/// in `verified`, see [`Timeline::heed_verification`]), pins
-/// the clean point so prune can never evict it.
+/// when it or an earlier one is not clean (by insight, or by what
+/// `verified` says the stored scans of the timeline's snapshots found,
+/// see [`Timeline::heed_verification`]), pins the clean point so prune
+/// can never evict it.
 pub fn assess_latest(
     vault: &Arc<Vault>,
     name: &str,
     source: Option<&std::path::Path>,
-    verified: &Verification,
+    verified: impl FnOnce(&Timeline) -> Verification,
 ) -> Result<Outcome> {
     let mut timeline = timeline_with_source(vault, name, source, &mut |_| {})?;
-    timeline.heed_verification(verified);
+    timeline.heed_verification(&verified(&timeline));
     let mut pinned = None;
     if let Some(c) = &timeline.clean_point
         && c.index + 1 < timeline.entries.len()

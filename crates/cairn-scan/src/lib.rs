@@ -216,18 +216,23 @@ pub fn latest_reports(vault: &Vault) -> HashMap<SnapshotId, ScanReport> {
     newest(stored_reports(vault))
 }
 
-/// [`latest_reports`] of the snapshots of source `name` alone.
-pub fn latest_reports_of(vault: &Vault, name: &str) -> HashMap<SnapshotId, ScanReport> {
-    let ids: std::collections::HashSet<String> = vault
-        .snapshots()
-        .map(|(all, _)| {
-            all.into_iter()
-                .filter(|s| s.name == name)
-                .map(|s| s.id.0)
-                .collect()
-        })
-        .unwrap_or_default();
+/// [`latest_reports`] of the snapshots `ids` (a timeline's, which has
+/// listed the vault's snapshots already).
+pub fn latest_reports_for<'a>(
+    vault: &Vault,
+    ids: impl IntoIterator<Item = &'a SnapshotId>,
+) -> HashMap<SnapshotId, ScanReport> {
+    let ids: std::collections::HashSet<&str> = ids.into_iter().map(|id| id.0.as_str()).collect();
     newest(stored_reports_where(vault, |id| ids.contains(id)))
+}
+
+/// What the stored scans of `timeline`'s snapshots say (for
+/// [`cairn_insight::assess_latest`]).
+pub fn verification_of(
+    vault: &Vault,
+    timeline: &cairn_insight::Timeline,
+) -> cairn_insight::Verification {
+    verification(&latest_reports_for(vault, timeline.snapshot_ids()))
 }
 
 fn newest(all: HashMap<SnapshotId, Vec<ScanReport>>) -> HashMap<SnapshotId, ScanReport> {

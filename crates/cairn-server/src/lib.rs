@@ -43,8 +43,8 @@ use tokens::{Role, TokenRecord, Tokens};
 /// Everything a request handler may reach.
 pub struct AppState {
     pub vault: Arc<Vault>,
-    /// The server's own state (tokens, audit log): `local/server` of the
-    /// vault's local directory, never a vault object.
+    /// The server's own state (tokens, audit log), never a vault object
+    /// (see [`state_dir`]).
     pub dir: PathBuf,
     pub tokens: Tokens,
     pub audit: audit::AuditLog,
@@ -73,15 +73,59 @@ const MAX_SESSIONS: usize = 10_000;
 /// Largest request body outside object uploads.
 const MAX_BODY: usize = 64 * 1024;
 
-/// The server's state folder for a vault whose local directory is
-/// `local_dir` (the vault itself when it is a directory).
-pub fn state_dir(local_dir: &Path) -> PathBuf {
-    local_dir.join("local").join("server")
+/// The server's state folder (tokens, audit log) for the vault at `loc`:
+/// `local/server` in a vault folder, or beside a remote vault in its
+/// state folder (see [`Location::state_dir`]). State kept by earlier
+/// versions in the cache folder of a remote vault, which clearing the
+/// cache would have lost with every token, is moved there first.
+pub fn state_dir(loc: &cairn_vault::vault::Location) -> Result<PathBuf> {
+    let dir = loc.state_dir().join("local").join("server");
+    let old = loc.local_dir().join("local").join("server");
+    if old != dir && old.is_dir() && !dir.exists() {
+        let parent = dir.parent().expect("a state folder has a parent");
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        // A rename where both lie on one filesystem, else a copy.
+        if std::fs::rename(&old, &dir).is_err() {
+            copy_folder(&old, &dir).with_context(|| {
+                format!(
+                    "moving the server's state from {} to {}",
+                    old.display(),
+                    dir.display()
+                )
+            })?;
+            std::fs::remove_dir_all(&old).ok();
+        }
+        eprintln!(
+            "moved the server's tokens and audit log from the cache folder {} to {}",
+            old.display(),
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Copies the files of folder `from` into a new folder `to` (the
+/// server's state holds files only), each synced, then the folder.
+fn copy_folder(from: &Path, to: &Path) -> std::io::Result<()> {
+    let tmp = to.with_extension("moving");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            let dest = tmp.join(e.file_name());
+            std::fs::copy(e.path(), &dest)?;
+            std::fs::File::open(&dest)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, to)
 }
 
 impl AppState {
-    pub fn new(vault: Arc<Vault>, config: config::ServerConfig) -> Result<Shared> {
-        let dir = state_dir(vault.root());
+    /// `dir`: the server's state folder (see [`state_dir`]).
+    pub fn new(vault: Arc<Vault>, dir: PathBuf, config: config::ServerConfig) -> Result<Shared> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Arc::new(AppState {
             tokens: Tokens::new(&dir),
@@ -190,17 +234,25 @@ impl Caller {
 #[derive(Clone, Copy)]
 struct RevokedToken;
 
+/// Marks a request that came with a token this server never issued (a
+/// typing mistake, or a token of another server).
+#[derive(Clone, Copy)]
+struct UnknownToken;
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let revoked = parts.extensions.get::<RevokedToken>().is_some();
+        let unknown = parts.extensions.get::<UnknownToken>().is_some();
         parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 if revoked {
                     "this token was revoked: ask an admin for a new one"
+                } else if unknown {
+                    "this server issued no such token: check it for a typing mistake (cairn: --token or CAIRN_TOKEN), or ask an admin for one (cairn token create)"
                 } else {
-                    "no valid token: send `Authorization: Bearer TOKEN`"
+                    "no token was sent: cairn takes it from --token or CAIRN_TOKEN; other clients send `Authorization: Bearer TOKEN`"
                 },
             )
         })
@@ -356,9 +408,12 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
     let mut caller = bearer.as_deref().and_then(|t| st.tokens.check(t));
     if caller.is_none()
         && let Some(t) = &bearer
-        && st.tokens.is_revoked(t)
     {
-        parts.extensions.insert(RevokedToken);
+        if st.tokens.is_revoked(t) {
+            parts.extensions.insert(RevokedToken);
+        } else {
+            parts.extensions.insert(UnknownToken);
+        }
     }
     if caller.is_none()
         && let Some(sid) = cookie_value(&parts, "cairn_session")

@@ -109,8 +109,9 @@ fn assess(st: &Shared, name: &str, source: Option<&std::path::Path>) {
     // One assessment at a time: insight stores records write-once.
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE.lock().unwrap();
-    let verified = cairn_scan::verification(&cairn_scan::latest_reports_of(&st.vault, name));
-    let out = match cairn_insight::assess_latest(&st.vault, name, source, &verified) {
+    let out = match cairn_insight::assess_latest(&st.vault, name, source, |t| {
+        cairn_scan::verification_of(&st.vault, t)
+    }) {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("insight on {name} failed: {e}");

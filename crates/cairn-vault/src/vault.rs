@@ -97,28 +97,53 @@ impl Location {
 
     /// The local directory of the vault: the vault itself, or for a
     /// remote vault the per-machine state beside it (locks, caches), under
-    /// `CAIRN_CACHE_DIR` or `~/.cache/cairn`.
+    /// `CAIRN_CACHE_DIR` or `~/.cache/cairn`: all of it can be rebuilt
+    /// from the vault.
     pub fn local_dir(&self) -> PathBuf {
-        let base = || {
-            std::env::var_os("CAIRN_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("cairn"))
-                })
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn")))
-                .unwrap_or_else(|| PathBuf::from("/var/cache/cairn"))
-        };
+        self.beside(user_dir(
+            "CAIRN_CACHE_DIR",
+            "XDG_CACHE_HOME",
+            ".cache",
+            "/var/cache",
+        ))
+    }
+
+    /// Where what cannot be rebuilt from the vault is kept on this machine
+    /// (a server's tokens and audit log): the vault itself, or for a
+    /// remote vault a folder under `CAIRN_STATE_DIR` or
+    /// `~/.local/state/cairn`, not in a cache anyone may clear.
+    pub fn state_dir(&self) -> PathBuf {
+        self.beside(user_dir(
+            "CAIRN_STATE_DIR",
+            "XDG_STATE_HOME",
+            ".local/state",
+            "/var/lib",
+        ))
+    }
+
+    /// The vault's own folder, or a remote vault's folder under `base`.
+    fn beside(&self, base: PathBuf) -> PathBuf {
         let tag = |s: String| hex::encode(&blake3::hash(s.as_bytes()).as_bytes()[..8]);
         match self {
             Location::Local(p) => p.clone(),
-            Location::S3(l) => base().join(format!(
+            Location::S3(l) => base.join(format!(
                 "s3-{}-{}",
                 l.bucket,
                 tag(format!("{}|{}", l.endpoint, l.url()))
             )),
-            Location::Server(l) => base().join(format!("server-{}", tag(l.url.clone()))),
+            Location::Server(l) => base.join(format!("server-{}", tag(l.url.clone()))),
         }
     }
+}
+
+/// `$VAR`, else `$XDG/cairn`, else `~/HOME_SUB/cairn`, else
+/// `SYSTEM/cairn`.
+fn user_dir(var: &str, xdg: &str, home_sub: &str, system: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os(xdg).map(|c| PathBuf::from(c).join("cairn")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(home_sub).join("cairn")))
+        .unwrap_or_else(|| PathBuf::from(system).join("cairn"))
 }
 
 #[derive(Clone, Debug)]

@@ -30,7 +30,7 @@ pub fn timeline(
     // Verification results, where a scan has been run (`cairn scan`,
     // `cairn recover --find-clean`): a snapshot a scan found compromised
     // is no clean point, whatever insight saw.
-    let scans = cairn_scan::latest_reports_of(vault, name);
+    let scans = cairn_scan::latest_reports_for(vault, t.snapshot_ids());
     t.heed_verification(&cairn_scan::verification(&scans));
     if let Some(path) = svg {
         std::fs::write(path, cairn_insight::svg::render(&t))

@@ -1154,8 +1154,9 @@ fn backup(
     let out = run_backup(cli, &vault, source, name, time, tags)?;
     // Score the new snapshot; a failure here must not hide that the
     // backup itself succeeded.
-    let verified = cairn_scan::verification(&cairn_scan::latest_reports_of(&vault, name));
-    let insight = cairn_insight::assess_latest(&vault, name, Some(source), &verified);
+    let insight = cairn_insight::assess_latest(&vault, name, Some(source), |t| {
+        cairn_scan::verification_of(&vault, t)
+    });
     match &insight {
         Ok(o) => print_backup(cli, &out, Some(insight_cmd::outcome_json(o))),
         Err(_) => print_backup(cli, &out, None),
@@ -1319,7 +1320,7 @@ fn run_backup(
 }
 
 fn server_state_dir(cli: &Cli) -> Result<PathBuf> {
-    Ok(cairn_server::state_dir(&location(cli)?.local_dir()))
+    cairn_server::state_dir(&location(cli)?)
 }
 
 fn serve(cli: &Cli, listen: Option<&str>, config: Option<&Path>) -> Result<u8> {
@@ -1337,7 +1338,7 @@ fn serve(cli: &Cli, listen: Option<&str>, config: Option<&Path>) -> Result<u8> {
     } else {
         "http"
     };
-    let st = cairn_server::AppState::new(vault, config)?;
+    let st = cairn_server::AppState::new(vault, server_state_dir(cli)?, config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

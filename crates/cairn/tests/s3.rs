@@ -86,6 +86,7 @@ impl S3Env {
             .env("CAIRN_VAULT", &self.url)
             .env("CAIRN_PASSWORD", PASSWORD)
             .env("CAIRN_CACHE_DIR", self.path("cache"))
+            .env("CAIRN_STATE_DIR", self.path("state"))
             .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -167,6 +168,44 @@ fn a_bucket_without_object_lock_is_refused_unless_asked() {
     assert!(env.audit().is_empty(), "nothing written");
     let v = env.json(&["init", "--no-lock"]);
     assert_eq!(v["object_lock"], false);
+}
+
+/// The one folder under `dir` (a remote vault's folder in a cache or
+/// state folder).
+fn only_folder(dir: &Path) -> std::path::PathBuf {
+    let mut all: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.remove(0)
+}
+
+#[test]
+fn a_servers_tokens_for_an_s3_vault_are_state_that_clearing_the_cache_keeps() {
+    let env = S3Env::new("tokens");
+    env.json(&["init", "--create-bucket"]);
+    let made = env.json(&["token", "create", "--role", "admin"]);
+    let listed = || env.json(&["token", "list"]);
+    assert_eq!(listed()[0]["id"], made["id"]);
+    // Not in the cache: clearing it loses no token.
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    assert_eq!(listed()[0]["id"], made["id"]);
+    // Where an earlier version kept them (the cache), they are moved to
+    // the state folder, once.
+    let state = only_folder(&env.path("state"));
+    let cache = env.path("cache").join(state.file_name().unwrap());
+    std::fs::create_dir_all(cache.join("local")).unwrap();
+    std::fs::rename(state.join("local/server"), cache.join("local/server")).unwrap();
+    let out = env.ok_with(&["token", "list", "--json"], &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("moved the server's tokens"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cache.join("local/server").exists());
+    assert!(state.join("local/server").is_dir());
+    assert_eq!(listed()[0]["id"], made["id"]);
 }
 
 #[test]

@@ -420,6 +420,24 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     );
     assert_eq!(status, 401, "{v}");
     assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
+    // A mistyped token is told apart from none at all.
+    let mistyped = format!("{}x", made["token"].as_str().unwrap());
+    let (status, v) = call(
+        "GET",
+        &format!("{url}/api/v1/sources"),
+        Some(&mistyped),
+        b"",
+    );
+    assert_eq!(status, 401, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no such token"),
+        "{v}"
+    );
+    let (_, v) = call("GET", &format!("{url}/api/v1/sources"), None, b"");
+    assert!(
+        v["error"].as_str().unwrap().contains("no token was sent"),
+        "{v}"
+    );
     let (status, _) = call("GET", &format!("{url}/healthz"), None, b"");
     assert_eq!(status, 200, "the server survived");
     // Metrics name the sources and their verdicts: not for anyone, nor
