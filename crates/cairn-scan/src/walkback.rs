@@ -1,7 +1,9 @@
 //! The walk back: from just before the first snapshot insight calls
 //! suspicious, try older points until one passes every check, running
 //! the cheap checks first (insight → persistence → malware →
-//! vulnerabilities → an optional boot check). Over a long history the
+//! vulnerabilities → an optional boot check; a point that fails one is
+//! still scanned through, and every scan's result is stored, so that the
+//! timeline and a rollback know all it holds). Over a long history the
 //! steps back double and the boundary is then bisected, assuming that a
 //! point after an infection is infected too.
 
@@ -21,8 +23,11 @@ pub struct Tried {
     /// `clean`, or what the failing stage said (`suspicious`, `warning`,
     /// `compromised`, `failed` for a boot check).
     pub verdict: String,
-    /// The stage that decided (the last one run).
+    /// The stage that decided: the first that failed, or the last run.
     pub stage: Stage,
+    /// Decided by a scan stored earlier (`cairn scan`, an earlier walk).
+    #[serde(default)]
+    pub stored: bool,
     pub findings: Vec<String>,
 }
 
@@ -90,6 +95,7 @@ impl Walker<'_, '_> {
             time: snap.time,
             verdict: "clean".into(),
             stage: Stage::Insight,
+            stored: false,
             findings: vec![],
         };
         let passed = self.run(i, &mut tried)?;
@@ -110,8 +116,12 @@ impl Walker<'_, '_> {
         }
         let baseline = crate::baseline_for(self.chain, &snap.id, &self.verdicts);
         let stored = Scan::stored(self.vault, snap, baseline.as_ref(), self.profile);
+        tried.stored = stored.is_some();
         let report = match stored {
-            Some(r) => r,
+            Some(r) => {
+                tried.stage = Stage::Vulnerabilities;
+                r
+            }
             None => {
                 let started = Scan::start(
                     self.vault,
@@ -136,23 +146,33 @@ impl Walker<'_, '_> {
                         return Ok(self.failed(tried, &r));
                     }
                 };
+                // Every stage runs and the result is stored, also for a
+                // point that fails early: the timeline, the next walk and
+                // a rollback (which takes every file a scan flagged from
+                // before the flag) must know what was found, and a point
+                // that fails on a startup entry may hold the malware the
+                // entry starts, which only the malware stage names.
                 tried.stage = Stage::Persistence;
                 (self.on)(Event::Stage(snap, Stage::Persistence));
                 scan.persistence();
+                let mut failed_at = None;
                 if !self.acceptable(scan.report.verdict) {
-                    return Ok(self.failed(tried, &scan.report));
+                    failed_at = Some(Stage::Persistence);
                 }
                 tried.stage = Stage::Malware;
                 (self.on)(Event::Stage(snap, Stage::Malware));
                 scan.malware(self.profile, self.opts.malware_bytes.unwrap_or(&|_, _| {}));
-                if !self.acceptable(scan.report.verdict) {
-                    return Ok(self.failed(tried, &scan.report));
+                if failed_at.is_none() && !self.acceptable(scan.report.verdict) {
+                    failed_at = Some(Stage::Malware);
                 }
                 tried.stage = Stage::Vulnerabilities;
                 (self.on)(Event::Stage(snap, Stage::Vulnerabilities));
                 scan.vulnerabilities(self.profile);
                 let r = scan.finish()?;
                 self.verdicts.insert(r.snapshot.clone(), r.verdict);
+                if let Some(stage) = failed_at {
+                    tried.stage = stage;
+                }
                 r
             }
         };

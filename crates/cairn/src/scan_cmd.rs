@@ -288,7 +288,11 @@ pub fn find_clean(
                 if t.verdict == "clean" {
                     println!("  => clean (passed every check)");
                 } else {
-                    println!("  => {} (decided by {})", t.verdict, t.stage.as_str());
+                    if t.stored {
+                        println!("  => {} (by its stored scan)", t.verdict);
+                    } else {
+                        println!("  => {} (decided by {})", t.verdict, t.stage.as_str());
+                    }
                 }
                 for f in t.findings.iter().take(8) {
                     println!("     {f}");

@@ -1008,7 +1008,9 @@ fn find_clean_returns_the_snapshot_just_before_a_planted_infection() {
     let v = find_clean(&env, "vm");
     assert_eq!(v["clean"], ids[2].as_str(), "{v:#}");
     // Newest first; the cheap persistence check already fails the
-    // infected points (the new cron job), so malware is not even run.
+    // infected points (the new cron job), and the malware stage still
+    // runs on them: what it finds (the dropper the job starts) is
+    // stored, said and weighed.
     let tried: Vec<(&str, &str, &str)> = v["tried"]
         .as_array()
         .unwrap()
@@ -1024,15 +1026,33 @@ fn find_clean_returns_the_snapshot_just_before_a_planted_infection() {
     assert_eq!(
         tried,
         vec![
-            (ids[5].as_str(), "warning", "persistence"),
-            (ids[4].as_str(), "warning", "persistence"),
-            (ids[3].as_str(), "warning", "persistence"),
+            (ids[5].as_str(), "compromised", "persistence"),
+            (ids[4].as_str(), "compromised", "persistence"),
+            (ids[3].as_str(), "compromised", "persistence"),
             (ids[2].as_str(), "clean", "vulnerabilities"),
         ],
         "{v:#}"
     );
     let findings = v["tried"][2]["findings"].to_string();
-    assert!(findings.contains("/usr/bin/kworkerd"), "{findings}");
+    assert!(
+        findings.contains("/usr/bin/kworkerd") && findings.contains("malware"),
+        "{findings}"
+    );
+    // The timeline and a rollback know what the walk found, with no
+    // `cairn scan` run: the rollback leaves the dropper and its job out.
+    let t = env.json_code(&["timeline", "vm"], 3);
+    assert_eq!(t["last_clean"], ids[2].as_str(), "{t:#}");
+    for day in 3..6 {
+        assert_eq!(
+            t["snapshots"][day]["scan"]["verdict"], "compromised",
+            "{t:#}"
+        );
+    }
+    let out_dir = env.path("rolled-back");
+    env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert!(out_dir.join("home/alice/notes.txt").exists());
+    assert!(!out_dir.join("usr/bin/kworkerd").exists());
+    assert!(!out_dir.join("etc/cron.d/kworker").exists());
     // --quiet drops the plan and the stages, not why points failed.
     let quiet = env.run(&["recover", "vm", "--find-clean", "-q"]);
     let said = String::from_utf8_lossy(&quiet.stdout);
@@ -1042,7 +1062,7 @@ fn find_clean_returns_the_snapshot_just_before_a_planted_infection() {
     );
     assert!(
         said.contains(&ids[3][..8])
-            && said.contains("=> warning (decided by persistence)")
+            && said.contains("=> compromised (decided by persistence)")
             && said.contains("/etc/cron.d/kworker"),
         "{said}"
     );
@@ -1050,8 +1070,18 @@ fn find_clean_returns_the_snapshot_just_before_a_planted_infection() {
         said.contains(&format!("clean point: vm@{}", &ids[2][..8])),
         "{said}"
     );
+    // (The second walk compared the infected points with the clean one
+    // it now knows, not with the first snapshot: scanned again. A third
+    // finds those results stored and says so.)
+    let third = env.run(&["recover", "vm", "--find-clean", "-q"]);
+    let said = String::from_utf8_lossy(&third.stdout);
+    assert!(
+        said.contains("=> compromised (by its stored scan)")
+            && said.contains("/etc/cron.d/kworker"),
+        "{said}"
+    );
     // The clean point's result is stored: scan and timeline show it.
-    let t = env.json(&["timeline", "vm"]);
+    let t = env.json_code(&["timeline", "vm"], 3);
     assert_eq!(t["snapshots"][2]["scan"]["verdict"], "clean", "{t:#}");
 }
 
