@@ -250,6 +250,18 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             ),
         }
     }
+    // A chunk a snapshot needs that no index lists: an index object lost
+    // or damaged, whose pack would then look unindexed — unused — and be
+    // deleted below with the only copy of that data.
+    let missing = {
+        let index = vault.index();
+        used.iter().filter(|c| !index.contains(c)).count()
+    };
+    if missing > 0 {
+        return Err(Error::Invalid(format!(
+            "prune stopped: snapshots refer to {missing} chunk(s) that no index lists (an index object lost or damaged?), which packs without an index may still hold; run `cairn verify` to see which snapshots miss them, and forget those before pruning"
+        )));
+    }
     let now = Utc::now().timestamp();
     let mut report = PruneReport::default();
     let index_names = vault.backend().list("index")?;

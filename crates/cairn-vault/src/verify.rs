@@ -32,7 +32,8 @@ pub struct VerifyReport {
     /// Objects that could not be read or failed their check.
     pub damaged_objects: Vec<(String, String)>,
     /// Packs without an index: left by an interrupted backup, unused,
-    /// removed by prune once their retention ends.
+    /// removed by prune once their retention ends — or, where snapshots
+    /// miss chunks, what a lost index object pointed at (prune then stops).
     pub unindexed_packs: usize,
 }
 

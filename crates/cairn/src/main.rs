@@ -2027,9 +2027,14 @@ fn verify(cli: &Cli, read_data: bool) -> Result<u8> {
                 "DAMAGE FOUND"
             }
         );
-        if r.unindexed_packs > 0 {
+        if r.unindexed_packs > 0 && r.damaged_snapshots.is_empty() {
             println!(
                 "{} unindexed pack(s) from interrupted backups (unused; prune removes them)",
+                r.unindexed_packs
+            );
+        } else if r.unindexed_packs > 0 {
+            println!(
+                "{} unindexed pack(s): they may hold what the damaged snapshots miss (an index object lost?); prune keeps them while any snapshot misses chunks",
                 r.unindexed_packs
             );
         }
