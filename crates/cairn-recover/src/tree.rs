@@ -288,6 +288,28 @@ fn restore_into(
         }
         return Ok(report);
     }
+    // A folder in the target where the snapshot has something else would
+    // stop the restore half-way (a folder is never deleted to make room):
+    // said before anything is written.
+    let blocked: Vec<String> = plan
+        .iter()
+        .filter(|(e, p)| {
+            e.kind != EntryKind::Dir && fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+        })
+        .map(|(e, _)| shown(&e.path))
+        .take(5)
+        .collect();
+    if !blocked.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} in {} where the snapshot has a file, a link or a special file: move it away or restore into an empty folder (nothing was written)",
+            if blocked.len() == 1 {
+                format!("{} is a folder", blocked[0])
+            } else {
+                format!("{} are folders", blocked.join(", "))
+            },
+            target.display()
+        )));
+    }
     fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
 
     // 1. Directories, parents first (the tree is sorted by path). What
@@ -300,9 +322,9 @@ fn restore_into(
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 fs::remove_file(p).ctx(|| format!("replacing {}", p.display()))?;
-                fs::create_dir(p).ctx(|| format!("creating {}", p.display()))?;
+                new_dir(p)?;
             }
-            Err(_) => fs::create_dir(p).ctx(|| format!("creating {}", p.display()))?,
+            Err(_) => new_dir(p)?,
         }
         report.dirs += 1;
     }
@@ -425,6 +447,16 @@ fn no_link_above(target: &Path, p: &Path) -> Result<()> {
     )))
 }
 
+/// A folder made for the restore: open to its owner alone until the
+/// metadata step gives it its mode (a folder that was 0700 must not show
+/// what it holds meanwhile, nor after a restore that stops half-way).
+fn new_dir(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(p)
+        .ctx(|| format!("creating {}", p.display()))
+}
+
 fn remove_existing(p: &Path) {
     if fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()) {
         let _ = fs::remove_file(p);
@@ -433,10 +465,14 @@ fn remove_existing(p: &Path) {
 
 fn write_file(vault: &Vault, e: &Entry, p: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {
     remove_existing(p);
-    // A new file, never one reached through a symlink planted meanwhile.
+    // A new file, never one reached through a symlink planted meanwhile,
+    // readable by its owner alone until the metadata step gives it its
+    // mode (a secret restored over a live folder is never readable by
+    // others in between, nor after a restore that stops half-way).
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(p)
         .ctx(|| format!("creating {}", p.display()))?;

@@ -86,6 +86,59 @@ fn sockets_are_left_out_of_a_restore_without_warnings() {
     assert_eq!(std::fs::read(out.join("app.pid")).unwrap(), b"4242\n");
 }
 
+/// A restore over a live folder: a folder where the snapshot has a file
+/// is said before anything is written (it used to stop half-way, with the
+/// files written so far readable by anyone and their owners, modes and
+/// times never set); a restore that goes through gives every file its
+/// snapshot's mode.
+#[test]
+fn a_restore_over_a_live_folder_stops_before_writing_at_a_folder_in_a_files_place() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new("30d", &[]);
+    let src = env.path("m");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("secret.txt"), "topsecret\n").unwrap();
+    std::fs::set_permissions(
+        src.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(src.join("zz"), "data\n").unwrap();
+    env.backup(&src, "m", "2026-03-01T00:00:00Z");
+    let live = env.path("live");
+    std::fs::create_dir_all(live.join("zz")).unwrap();
+    std::fs::write(live.join("secret.txt"), "old\n").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let args = [
+        "restore",
+        "m@latest",
+        "--to",
+        live.to_str().unwrap(),
+        "--overwrite",
+    ];
+    let out = env.run(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("zz is a folder") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(live.join("secret.txt")).unwrap(), b"old\n");
+    std::fs::remove_dir(live.join("zz")).unwrap();
+    std::fs::set_permissions(
+        live.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    env.ok(&args);
+    assert_eq!(
+        std::fs::read(live.join("secret.txt")).unwrap(),
+        b"topsecret\n"
+    );
+    assert_eq!(mode(&live.join("secret.txt")), 0o600);
+    assert_eq!(std::fs::read(live.join("zz")).unwrap(), b"data\n");
+}
+
 #[test]
 fn directory_tree_with_links_odd_names_and_metadata_round_trips() {
     let env = Env::new("30d", &[]);
