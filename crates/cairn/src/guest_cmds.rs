@@ -260,9 +260,14 @@ pub fn restore_files(
             if r.skipped.is_empty() {
                 String::new()
             } else {
-                format!("; {} skipped (listed above)", r.skipped.len())
+                format!("; INCOMPLETE: {} skipped (listed above)", r.skipped.len())
             }
         );
     }
-    Ok(0)
+    // A script must not take a partial restore for the whole tree.
+    Ok(if r.skipped.is_empty() {
+        0
+    } else {
+        crate::FOUND
+    })
 }
