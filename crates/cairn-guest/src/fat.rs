@@ -2,7 +2,7 @@
 //! owner, permissions or stable file id; renames are found by content.
 
 use crate::error::{GuestError, Result, corrupt};
-use crate::io::{ReadBudget, Slice, SliceReader};
+use crate::io::{ReadBudget, ReadLog, Slice, SliceReader};
 use crate::model::{FileEntry, FileKind, Filesystem, join};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Mutex;
@@ -40,6 +40,44 @@ pub struct Fat {
     /// chain to themselves, full of deleted entries, is read without end
     /// inside its iterator.
     budget: ReadBudget,
+    /// Where a file's read went (see `read_at`).
+    log: ReadLog,
+    geometry: Geometry,
+}
+
+/// Where the clusters lie, from the boot sector.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    /// Volume offset of cluster 2, the first of the data region.
+    data_start: u64,
+    cluster_size: u64,
+}
+
+impl Geometry {
+    fn of(b: &[u8]) -> Geometry {
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as u64;
+        let bps = u16_at(11);
+        let fat_sectors = match u16_at(22) {
+            0 => u32::from_le_bytes([b[36], b[37], b[38], b[39]]) as u64,
+            n => n,
+        };
+        let root_sectors = (u16_at(17) * 32).div_ceil(bps);
+        Geometry {
+            data_start: (u16_at(14) + b[16] as u64 * fat_sectors + root_sectors) * bps,
+            cluster_size: bps * b[13] as u64,
+        }
+    }
+
+    /// The first data cluster read twice among reads starting at
+    /// `offsets` (a chain that loops), if any.
+    fn repeated_cluster(&self, offsets: &[u64]) -> Option<u64> {
+        let mut seen = std::collections::HashSet::new();
+        offsets
+            .iter()
+            .filter(|&&o| o >= self.data_start)
+            .map(|&o| (o - self.data_start) / self.cluster_size + 2)
+            .find(|&c| !seen.insert(c))
+    }
 }
 
 /// A sane FAT boot sector: 55 AA, plausible BPB and a FAT type string.
@@ -101,7 +139,10 @@ impl Fat {
         let size = slice.len;
         let budget = ReadBudget::default();
         budget.allow(u64::MAX);
-        let reader = SliceReader::new(slice).with_budget(budget.clone());
+        let log = ReadLog::default();
+        let reader = SliceReader::new(slice)
+            .with_budget(budget.clone())
+            .with_log(log.clone());
         let fs = fatfs::FileSystem::new(reader, fatfs::FsOptions::new())
             .map_err(|e| io_err("mounting", e))?;
         Ok(Fat {
@@ -109,6 +150,8 @@ impl Fat {
             variant,
             size,
             budget,
+            log,
+            geometry: Geometry::of(&head),
         })
     }
 
@@ -285,6 +328,34 @@ impl Filesystem for Fat {
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| io_err("seeking in a file", e))?;
         let want = (buf.len() as u64).min(entry.size - offset) as usize;
+        // A chain that loops back within the file's size reads its first
+        // clusters over and over: every cluster this read goes through is
+        // noted (the reader holds the lock, so the notes are its own), and
+        // one read twice is damage, not data.
+        self.log.arm();
+        let read = self.read_all(&mut f, entry, offset, &mut buf[..want]);
+        let went = self.log.disarm();
+        let done = read?;
+        if let Some(c) = self.geometry.repeated_cluster(&went) {
+            return corrupt(format!(
+                "fat: the clusters of {} loop (cluster {c} comes round again)",
+                entry.display_path()
+            ));
+        }
+        Ok(done)
+    }
+}
+
+impl Fat {
+    /// Fills `buf` from `f` (at `offset` of `entry`).
+    fn read_all(
+        &self,
+        f: &mut fatfs::File<SliceReader>,
+        entry: &FileEntry,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let want = buf.len();
         let mut done = 0;
         while done < want {
             match f

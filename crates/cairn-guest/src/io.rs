@@ -57,6 +57,37 @@ pub struct SliceReader {
     /// Bytes left to read, shared with the reader's owner (see
     /// [`ReadBudget`]); None: no limit.
     budget: Option<ReadBudget>,
+    /// Where reads start, for the reader's owner (see [`ReadLog`]).
+    log: Option<ReadLog>,
+}
+
+/// The offsets a third-party filesystem reader's reads start at, recorded
+/// while armed: its owner then sees which clusters a file's read went
+/// through (a FAT chain that loops back reads one of them twice, where
+/// the reader itself would return the same bytes over and over).
+#[derive(Clone, Default)]
+pub struct ReadLog(std::sync::Arc<std::sync::Mutex<Option<Vec<u64>>>>);
+
+impl ReadLog {
+    /// Starts recording, forgetting what an earlier recording left.
+    pub fn arm(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    /// Stops recording; the offsets read since [`ReadLog::arm`].
+    pub fn disarm(&self) -> Vec<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+
+    fn note(&self, at: u64) {
+        if let Some(v) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            v.push(at);
+        }
+    }
 }
 
 /// A limit on what a third-party filesystem reader may read for one
@@ -110,12 +141,19 @@ impl SliceReader {
             zero_padded: false,
             strict: false,
             budget: None,
+            log: None,
         }
     }
 
     /// Reads count against `budget`.
     pub fn with_budget(mut self, budget: ReadBudget) -> Self {
         self.budget = Some(budget);
+        self
+    }
+
+    /// Reads are noted in `log` while it is armed.
+    pub fn with_log(mut self, log: ReadLog) -> Self {
+        self.log = Some(log);
         self
     }
 
@@ -139,6 +177,7 @@ impl SliceReader {
             zero_padded: true,
             strict: false,
             budget: None,
+            log: None,
         }
     }
 }
@@ -156,6 +195,9 @@ impl Read for SliceReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(b) = &self.budget {
             b.take(buf.len() as u64)?;
+        }
+        if let Some(l) = &self.log {
+            l.note(self.pos);
         }
         if self.pos >= self.slice.len {
             if self.zero_padded && !buf.is_empty() {

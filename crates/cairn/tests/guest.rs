@@ -568,6 +568,52 @@ fn a_fat_directory_loop_and_a_looping_cluster_chain_are_skipped_by_restore() {
     );
 }
 
+/// A file whose cluster chain loops back within its size (its fourth
+/// cluster chained to its first) reads its first clusters over and over:
+/// that is damage to name, not content to restore or scan as the file.
+#[test]
+fn a_fat_file_whose_chain_loops_within_its_size_is_refused_not_repeated() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("fat.img");
+    sh("mkfs.vfat", &["-C", img.to_str().unwrap(), "32768"]);
+    let i = img.to_str().unwrap();
+    let (big, ok) = (env.path("big.bin"), env.path("ok.txt"));
+    std::fs::write(&big, noise(300_000, 9)).unwrap();
+    std::fs::write(&ok, "kept\n").unwrap();
+    sh("mcopy", &["-i", i, big.to_str().unwrap(), "::/BIG.BIN"]);
+    sh("mcopy", &["-i", i, ok.to_str().unwrap(), "::/OK.TXT"]);
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import struct, sys\n\
+             d = bytearray(open(sys.argv[1], 'rb').read())\n\
+             bps, rsv, nf = struct.unpack_from('<H', d, 11)[0], struct.unpack_from('<H', d, 14)[0], d[16]\n\
+             fsz = struct.unpack_from('<H', d, 22)[0]\n\
+             c = struct.unpack_from('<H', d, d.find(b'BIG     BIN') + 26)[0]\n\
+             for k in range(nf):\n\
+             \x20   struct.pack_into('<H', d, rsv * bps + k * fsz * bps + 2 * (c + 3), c)\n\
+             open(sys.argv[1], 'wb').write(d)",
+            i,
+        ],
+    );
+    env.backup(&img, "fat", "2026-03-01T00:00:00Z");
+    let cat = env.run(&["cat", "fat@latest:/BIG.BIN"]);
+    assert_ne!(cat.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&cat.stderr).contains("loop"),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    let out_dir = env.path("out");
+    let out = restore_within_a_minute(&env, "fat@latest:/", &out_dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("BIG.BIN") && err.contains("loop"), "{err}");
+    assert!(!out_dir.join("BIG.BIN").exists());
+    assert_eq!(std::fs::read(out_dir.join("OK.TXT")).unwrap(), b"kept\n");
+}
+
 fn walk_sizes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .unwrap()
