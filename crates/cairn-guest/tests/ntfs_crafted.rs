@@ -151,3 +151,81 @@ fn an_index_node_that_is_its_own_child_ends_in_an_error_not_a_hang() {
     assert!(err.contains("read too much"), "{err}");
     eprintln!("refused after {:?}: {err}", started.elapsed());
 }
+
+/// One file record destroyed (its signature overwritten, as a wiper or a
+/// bad sector leaves it) hides that file alone: its folder still lists
+/// every name from its index, the damaged file fails to read, and its
+/// siblings read as ever.
+#[test]
+fn a_damaged_file_record_hides_only_its_own_file() {
+    let dir = std::env::temp_dir().join(format!("cairn-ntfs-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("ntfs.img");
+    let p = img.to_str().unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    run("mkntfs", &["-F", "-Q", "-q", p]);
+    for i in 0..12 {
+        let src = dir.join(format!("doc{i:03}.txt"));
+        std::fs::write(&src, format!("document {i}\n")).unwrap();
+        run(
+            "ntfscp",
+            &["-q", p, src.to_str().unwrap(), &format!("/doc{i:03}.txt")],
+        );
+    }
+    let mut data = std::fs::read(&img).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // The record whose $FILE_NAME is doc007.txt loses its signature.
+    let name: Vec<u8> = "doc007.txt"
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    let sector = u16le(&data, 0x0B);
+    let cluster = sector * data[0x0D] as usize;
+    let mft = u64::from_le_bytes(data[0x30..0x38].try_into().unwrap()) as usize * cluster;
+    let record_size = match data[0x40] as i8 {
+        n if n < 0 => 1usize << (-n),
+        n => n as usize * cluster,
+    };
+    let at = (0..256)
+        .map(|n| mft + n * record_size)
+        .find(|&at| {
+            data[at..at + 4] == *b"FILE"
+                && data[at..at + record_size]
+                    .windows(name.len())
+                    .any(|w| w == name)
+        })
+        .expect("doc007.txt's record");
+    data[at..at + 4].copy_from_slice(b"BAAD");
+    let part = Partition {
+        number: 0,
+        start: 0,
+        size: data.len() as u64,
+        scheme: "none",
+        type_name: String::new(),
+        label: String::new(),
+        filesystem: "ntfs".into(),
+        readable: true,
+    };
+    let fs = open_fs(Arc::new(MemDisk(data)), &part).unwrap();
+    let list = fs.read_dir(b"").unwrap();
+    let docs: Vec<_> = list.iter().filter(|e| e.path.starts_with(b"doc")).collect();
+    assert_eq!(docs.len(), 12, "every name is listed");
+    let read = |e: &cairn_guest::FileEntry| {
+        let mut buf = vec![0u8; e.size as usize];
+        fs.read_at(e, 0, &mut buf).map(|n| buf[..n].to_vec())
+    };
+    for e in docs {
+        let got = read(e);
+        if e.path == b"doc007.txt" {
+            assert!(got.is_err(), "the damaged record is not read as a file");
+        } else {
+            let i = String::from_utf8_lossy(&e.path[3..6])
+                .parse::<u32>()
+                .unwrap();
+            assert_eq!(got.unwrap(), format!("document {i}\n").into_bytes());
+        }
+    }
+}
