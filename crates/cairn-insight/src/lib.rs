@@ -79,6 +79,9 @@ pub struct Timeline {
     pub name: String,
     pub entries: Vec<Entry>,
     pub clean_point: Option<CleanPoint>,
+    /// Snapshot manifests of the vault that could not be read (name,
+    /// why): any of them may be a newer snapshot of this source, left out.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl Timeline {
@@ -244,7 +247,7 @@ fn timeline_with_source(
     latest_source: Option<&std::path::Path>,
     on_compute: &mut dyn FnMut(&Snapshot),
 ) -> Result<Timeline> {
-    let (all, _) = vault.snapshots()?;
+    let (all, unreadable) = vault.snapshots()?;
     let ordered: Vec<&Snapshot> = all.iter().filter(|s| s.name == name).collect();
     if ordered.is_empty() {
         return Err(cairn_vault::Error::SnapshotNotFound(format!(
@@ -297,6 +300,7 @@ fn timeline_with_source(
         .collect();
     let clean_point = score::clean_point(&seq);
     Ok(Timeline {
+        unreadable,
         name: name.to_string(),
         entries,
         clean_point,

@@ -1009,8 +1009,26 @@ impl Vault {
         Ok((good, bad))
     }
 
+    /// The snapshot `spec` names. Where manifests cannot be read and the
+    /// spec counts from the newest (`@latest`, `@-N`), says once on
+    /// stderr that the count leaves them out: one of them may be the
+    /// newest (a damaged manifest must not quietly make `@latest` mean
+    /// the one before).
     pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
-        let (all, _) = self.snapshots()?;
+        let (all, bad) = self.snapshots()?;
+        let relative = spec
+            .split_once('@')
+            .is_some_and(|(_, r)| r == "latest" || r.starts_with('-'));
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if relative
+            && let Some((name, why)) = bad.first()
+            && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            eprintln!(
+                "warning: {} snapshot manifest(s) cannot be read ({name}: {why}): {spec} counts without them, and one may be newer; `cairn verify` says more",
+                bad.len()
+            );
+        }
         crate::snapshot::resolve(&all, spec).cloned()
     }
 

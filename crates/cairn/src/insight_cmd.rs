@@ -32,12 +32,14 @@ pub fn timeline(
     // is no clean point, whatever insight saw.
     let scans = cairn_scan::latest_reports_for(vault, t.snapshot_ids());
     t.heed_verification(&cairn_scan::verification(&scans));
+    warn_unreadable(&t);
     if let Some(path) = svg {
         std::fs::write(path, cairn_insight::svg::render(&t))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if json {
         let mut v = t.to_json();
+        v["unreadable_manifests"] = t.unreadable.iter().map(|(n, _)| n.clone()).collect();
         if let Some(snaps) = v["snapshots"].as_array_mut() {
             for s in snaps {
                 let id = cairn_vault::SnapshotId(s["id"].as_str().unwrap_or("").to_string());
@@ -63,7 +65,12 @@ pub fn timeline(
         .clean_point
         .as_ref()
         .is_some_and(|c| c.index + 1 == t.entries.len());
-    Ok(if latest_ok { 0 } else { FOUND })
+    // A manifest that cannot be read is damage, and may hide the newest.
+    Ok(if latest_ok && t.unreadable.is_empty() {
+        0
+    } else {
+        FOUND
+    })
 }
 
 fn print_table(
@@ -194,6 +201,18 @@ pub struct RollbackTarget<'a> {
     pub in_place: Option<&'a Path>,
 }
 
+/// Says that manifests the timeline had to leave out may hide the
+/// newest snapshot of its source.
+fn warn_unreadable(t: &Timeline) {
+    if let Some((first, why)) = t.unreadable.first() {
+        eprintln!(
+            "warning: {} snapshot manifest(s) of this vault cannot be read ({first}: {why}): a newer snapshot of {} may be among them, so the newest here may not be the newest; `cairn verify` says more",
+            t.unreadable.len(),
+            t.name
+        );
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn rollback(
     vault: &Arc<Vault>,
@@ -208,6 +227,7 @@ pub fn rollback(
 ) -> Result<u8> {
     let dry_run = opts.dry_run;
     let t = cairn_insight::timeline(vault, name, &mut |_| {})?;
+    warn_unreadable(&t);
     let since = match since {
         Some(spec) => {
             let spec = if spec.contains('@') {

@@ -330,6 +330,57 @@ fn a_lost_index_stops_prune_from_deleting_the_pack_it_described() {
     assert_eq!(env.run(&["verify", "--read-data"]).status.code(), Some(0));
 }
 
+/// A damaged manifest of the newest snapshot must not quietly make
+/// `NAME@latest` the one before, nor the timeline call that one the
+/// clean newest.
+#[test]
+fn a_damaged_newest_manifest_is_said_where_latest_is_counted() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("a.img");
+    std::fs::write(&img, text(1 << 20, 1)).unwrap();
+    env.backup(&img, "alpha", "2026-03-01T00:00:00Z");
+    std::fs::write(&img, text(1 << 20, 2)).unwrap();
+    let newest = env.backup(&img, "alpha", "2026-03-02T00:00:00Z");
+    let manifest = env
+        .vault
+        .join("snapshots")
+        .join(newest["id"].as_str().unwrap());
+    std::fs::set_permissions(
+        &manifest,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let mut data = std::fs::read(&manifest).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 1;
+    std::fs::write(&manifest, &data).unwrap();
+    let out = env.run(&[
+        "restore",
+        "alpha@latest",
+        "--to",
+        env.path("out.img").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("cannot be read")
+            && stderr(&out).contains("alpha@latest counts without them"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["timeline", "alpha", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("may not be the newest"),
+        "{}",
+        stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["unreadable_manifests"].as_array().unwrap().len(),
+        1,
+        "{v}"
+    );
+}
+
 #[test]
 fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
     // Under retention: forget and prune delete nothing.
