@@ -174,6 +174,20 @@ impl SnapshotFs {
 }
 
 impl Filesystem for SnapshotFs {
+    /// Every `close` of a file sends a flush; a read-only view has
+    /// nothing to write back (fuser's default logs each one as a
+    /// warning).
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(Inode {
             node: Node::Dir { children },

@@ -1166,7 +1166,9 @@ pub fn provenance_path(target: &Path, given: Option<&Path>) -> Result<PathBuf> {
 /// Writes the provenance manifest whole or not at all: a new file of its
 /// own (never opened through a link or over another file), synced, then
 /// renamed over the name, which replaces a link there instead of
-/// following it.
+/// following it. A manifest an earlier rollback left under the name (a
+/// regular file) is kept, renamed after the time it was written: it is
+/// the record of what that rollback changed.
 pub fn write_provenance(manifest: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
@@ -1180,10 +1182,22 @@ pub fn write_provenance(manifest: &Path, data: &[u8]) -> Result<()> {
     tmp.extend_from_slice(format!(".tmp-{}", std::process::id()).as_bytes());
     let tmp = [b".", &tmp[..]].concat();
     let _ = dir.unlink(&tmp);
+    let earlier = std::fs::symlink_metadata(manifest)
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .and_then(|m| m.modified().ok());
     let write = || -> std::io::Result<()> {
         let mut f = dir.create_new(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        if let Some(when) = earlier {
+            let stamp = chrono::DateTime::<chrono::Utc>::from(when).format("%Y%m%dT%H%M%SZ");
+            let kept = match name.strip_suffix(b".json") {
+                Some(stem) => [stem, format!(".{stamp}.json").as_bytes()].concat(),
+                None => [name, format!(".{stamp}").as_bytes()].concat(),
+            };
+            dir.rename(name, &kept)?;
+        }
         dir.rename(&tmp, name)?;
         dir.sync()
     };

@@ -2021,10 +2021,12 @@ fn verify(cli: &Cli, read_data: bool) -> Result<u8> {
             } else {
                 String::new()
             },
-            if r.ok() {
-                "no damage found"
-            } else {
-                "DAMAGE FOUND"
+            match (r.ok(), read_data) {
+                (true, true) => "no damage found",
+                (true, false) => {
+                    "no damage found in the structure (the data was not read: --read-data decrypts and checks every chunk)"
+                }
+                (false, _) => "DAMAGE FOUND",
             }
         );
         if r.unindexed_packs > 0 && r.damaged_snapshots.is_empty() {
