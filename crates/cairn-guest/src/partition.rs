@@ -183,9 +183,15 @@ pub fn partitions(disk: &Arc<dyn BlockSource>) -> Result<Vec<Partition>> {
     }
     let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + i * 16..462 + i * 16]).collect();
     if entries.iter().any(|e| e[4] == 0xEE) {
+        // The primary header at LBA 1, else the backup GPT keeps at the
+        // disk's last LBA (a damaged primary header — a bad entry size,
+        // an overwritten sector — leaves the partitions readable there).
         for sector in [512u64, 4096] {
-            if let Some(parts) = gpt(disk, sector)? {
-                return Ok(finish(disk, parts));
+            let last = (size / sector).saturating_sub(1);
+            for lba in [1, last] {
+                if let Some(parts) = gpt(disk, sector, lba)? {
+                    return Ok(finish(disk, parts));
+                }
             }
         }
     }
@@ -258,8 +264,9 @@ fn logical(
     Ok(())
 }
 
-fn gpt(disk: &Arc<dyn BlockSource>, sector: u64) -> Result<Option<Vec<Partition>>> {
-    let h = read(disk.as_ref(), sector, 92)?;
+/// The partitions of the GPT whose header is at `lba` (of `sector` bytes).
+fn gpt(disk: &Arc<dyn BlockSource>, sector: u64, lba: u64) -> Result<Option<Vec<Partition>>> {
+    let h = read(disk.as_ref(), lba.saturating_mul(sector), 92)?;
     if h.len() < 92 || &h[..8] != b"EFI PART" {
         return Ok(None);
     }

@@ -84,4 +84,11 @@ fn a_gpt_with_a_large_entry_table_is_read() {
     // goes by): the first 8,192 are read, and the two partitions with them.
     bytes[512 + 80..512 + 84].copy_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(numbers(&bytes), vec![1, 1500]);
+    // A primary header no reader can use (an entry size of four billion,
+    // or the sector overwritten): the backup GPT at the disk's last
+    // sector still gives the partitions.
+    bytes[512 + 84..512 + 88].copy_from_slice(&0xFFFF_FF00u32.to_le_bytes());
+    assert_eq!(numbers(&bytes), vec![1, 1500]);
+    bytes[512..1024].fill(0);
+    assert_eq!(numbers(&bytes), vec![1, 1500]);
 }
