@@ -318,7 +318,7 @@ fn vault_error(e: &cairn_vault::Error) -> ApiError {
     use cairn_vault::Error as E;
     let status = match e {
         E::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
-        E::Invalid(_) => StatusCode::BAD_REQUEST,
+        E::Invalid(_) | E::BadSpec(_) => StatusCode::BAD_REQUEST,
         E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             StatusCode::NOT_FOUND
         }

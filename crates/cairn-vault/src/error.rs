@@ -23,6 +23,9 @@ pub enum Error {
     SnapshotNotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// A snapshot spec that is not one (a command-line mistake).
+    #[error("{0}")]
+    BadSpec(String),
 }
 
 impl Error {

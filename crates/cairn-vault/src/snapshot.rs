@@ -132,7 +132,7 @@ impl Snapshot {
 pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
     let not_found = || Error::SnapshotNotFound(format!("{spec:?}"));
     if spec.contains(':') {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadSpec(format!(
             "{spec}: a path cannot be given here; name the snapshot alone (NAME@SNAP)"
         )));
     }
@@ -163,7 +163,7 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
     if let Some(back) = sel.strip_prefix('-') {
         let back: usize = back
             .parse()
-            .map_err(|_| Error::Invalid(format!("{spec}: expected NAME@-N with N a number")))?;
+            .map_err(|_| Error::BadSpec(format!("{spec}: expected NAME@-N with N a number")))?;
         return of_name
             .len()
             .checked_sub(1 + back)
@@ -172,6 +172,8 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
                 let n = of_name.len();
                 let oldest = match (n, name) {
                     (0, _) => String::new(),
+                    (1, Some(x)) => format!(" (only {x}@latest)"),
+                    (1, None) => " (only the latest)".to_string(),
                     (_, Some(x)) => format!(" (the oldest is {x}@-{})", n - 1),
                     (_, None) => format!(" (the oldest is -{})", n - 1),
                 };
@@ -183,7 +185,7 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
             });
     }
     if sel.is_empty() || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadSpec(format!(
             "{spec}: expected NAME@latest, NAME@-N or NAME@<id prefix>"
         )));
     }

@@ -592,11 +592,12 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            ExitCode::from(if e.downcast_ref::<util::Usage>().is_some() {
-                2
-            } else {
-                1
-            })
+            let usage = e.downcast_ref::<util::Usage>().is_some()
+                || matches!(
+                    e.downcast_ref::<cairn_vault::Error>(),
+                    Some(cairn_vault::Error::BadSpec(_))
+                );
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

@@ -661,7 +661,7 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
     let far = env.run(&["restore", "vm@-5", "--to", env.path("x").to_str().unwrap()]);
     assert_eq!(far.status.code(), Some(1));
     assert!(
-        stderr(&far).contains("vm has 1 snapshot (the oldest is vm@-0)"),
+        stderr(&far).contains("vm has 1 snapshot (only vm@latest)"),
         "{}",
         stderr(&far)
     );
@@ -783,6 +783,19 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
     }
     let selfie = env.run(&["replicate", "--to", env.vault.to_str().unwrap()]);
     assert_eq!(selfie.status.code(), Some(2), "{}", stderr(&selfie));
+    // A snapshot reference that is none is a mistake in the command line
+    // too; one that names nothing there is not.
+    let out = env.path("spec-out");
+    for (spec, want) in [
+        ("odd@bogus", 2),
+        ("odd@-x", 2),
+        ("odd@", 2),
+        ("odd@abcdef12", 1),
+        ("odd@-5", 1),
+    ] {
+        let r = env.run(&["restore", spec, "--to", out.to_str().unwrap()]);
+        assert_eq!(r.status.code(), Some(want), "{spec}: {}", stderr(&r));
+    }
     let url = env.run(&["snapshots", "--vault", "http://127.0.0.1:8080"]);
     assert_eq!(url.status.code(), Some(1), "{}", stderr(&url));
     assert!(stderr(&url).contains("--server"), "{}", stderr(&url));
