@@ -191,6 +191,17 @@ pub trait Filesystem: Send + Sync {
     fn max_entries(&self) -> usize {
         crate::MAX_WALK_ENTRIES
     }
+    /// The extended attributes of `entry` (name, value), where the
+    /// snapshot keeps them (directory snapshots).
+    fn xattrs(&self, _entry: &FileEntry) -> Vec<(Vec<u8>, Vec<u8>)> {
+        Vec::new()
+    }
+    /// For a later name of a hard-linked file, its first name (the path
+    /// the content is kept under), where the snapshot records links
+    /// (directory snapshots).
+    fn first_name(&self, _entry: &FileEntry) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A name no real filesystem allows: it would escape or confuse a path.

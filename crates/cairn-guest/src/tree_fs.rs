@@ -101,6 +101,17 @@ impl Filesystem for TreeFs {
             .collect())
     }
 
+    fn xattrs(&self, entry: &FileEntry) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.tree
+            .find(&entry.path)
+            .map(|e| e.xattrs.clone())
+            .unwrap_or_default()
+    }
+
+    fn first_name(&self, entry: &FileEntry) -> Option<Vec<u8>> {
+        self.tree.find(&entry.path)?.hardlink_to.clone()
+    }
+
     fn read_at(&self, entry: &FileEntry, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let e = self
             .tree

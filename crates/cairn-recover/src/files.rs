@@ -277,6 +277,30 @@ pub(crate) fn set_meta_fd(e: &FileEntry, f: &fs::File, keep_setid: bool) -> bool
     dropped
 }
 
+/// Gives the file `f` the extended attributes `xattrs` (best effort, as
+/// owners are), all but file capabilities unless `keep_setid`: they make
+/// a privileged program as setuid does.
+pub(crate) fn set_xattrs_fd(xattrs: &[(Vec<u8>, Vec<u8>)], f: &fs::File, keep_setid: bool) {
+    use std::os::unix::ffi::OsStrExt;
+    use xattr::FileExt;
+    for (k, v) in xattrs {
+        if keep_setid || k.as_slice() != b"security.capability" {
+            let _ = f.set_xattr(std::ffi::OsStr::from_bytes(k), v);
+        }
+    }
+}
+
+/// [`set_xattrs_fd`] on `dest` by name (a file or folder this process
+/// made, never a link).
+pub(crate) fn set_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)], dest: &Path, keep_setid: bool) {
+    use std::os::unix::ffi::OsStrExt;
+    for (k, v) in xattrs {
+        if keep_setid || k.as_slice() != b"security.capability" {
+            let _ = xattr::set(dest, std::ffi::OsStr::from_bytes(k), v);
+        }
+    }
+}
+
 /// Gives `dest` the owner, mode and time of `e`; true when setuid or
 /// setgid bits were left out (see [`SETID`]).
 pub(crate) fn set_meta(e: &FileEntry, dest: &Path, keep_setid: bool) -> bool {

@@ -330,6 +330,29 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             .collect(),
         None => BTreeMap::new(),
     };
+    // The extensions the attack gave files it renamed or copied (insight's
+    // extension churn on the days damage counts from, given to several
+    // files at once): a new file named as a file of the clean point plus
+    // one of them is the attack's copy, even one too small for its bytes
+    // to tell.
+    let attack_exts: std::collections::HashSet<&str> = match from {
+        Some(f) => t.entries[f.min(t.entries.len())..]
+            .iter()
+            .flat_map(|x| x.signals.files.iter().flat_map(|s| &s.extension_churn))
+            .filter(|c| c.files >= 2)
+            .map(|c| c.extension.as_str())
+            .collect(),
+        None => Default::default(),
+    };
+    let copy_of = |path: &[u8]| -> Option<(Vec<u8>, String)> {
+        let dot = path.iter().rposition(|&b| b == b'.')?;
+        let ext = std::str::from_utf8(&path[dot + 1..])
+            .ok()?
+            .to_ascii_lowercase();
+        let original = &path[..dot];
+        (attack_exts.contains(ext.as_str()) && before.contains_key(original))
+            .then(|| (original.to_vec(), ext))
+    };
     let mut in_latest = std::collections::HashSet::new();
     let mut picks = BTreeMap::new();
     let mut provenance = Vec::new();
@@ -402,6 +425,24 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             continue;
         }
         let Some(h) = hurt.get(&shown).filter(|_| e.kind == FileKind::File) else {
+            if e.kind == FileKind::File
+                && clean.is_some()
+                && !before.contains_key(&e.path)
+                && let Some((original, ext)) = copy_of(&e.path)
+            {
+                provenance.push(Provenance {
+                    review: false,
+                    path: shown,
+                    action: Action::Dropped,
+                    snapshot: None,
+                    snapshot_time: None,
+                    reason: format!(
+                        "new since the clean point, named as {} plus .{ext}, the extension the attack gave the files it encrypted",
+                        String::from_utf8_lossy(&original)
+                    ),
+                });
+                continue;
+            }
             if e.kind == FileKind::File {
                 let untouched = if clean.is_none() || before.contains_key(&e.path) {
                     "untouched by the attack"
@@ -883,6 +924,10 @@ fn roll_into(
 ) -> Result<RollbackReport> {
     let mut dirs = Vec::new();
     let mut links = Vec::new();
+    // Files written here, by (snapshot, path): a later name of a
+    // hard-linked file whose first name was written from the same
+    // snapshot becomes a link to it again, not a copy.
+    let mut written: HashMap<(usize, Vec<u8>), PathBuf> = HashMap::new();
     for (path, pick) in &plan.picks {
         let Some(dest) = (!pick.entry.unsafe_name)
             .then(|| safe_join(to, path))
@@ -895,17 +940,26 @@ fn roll_into(
         match pick.entry.kind {
             FileKind::Dir => {
                 fs::create_dir_all(&dest).ctx(|| format!("creating {}", dest.display()))?;
-                dirs.push((pick.entry.clone(), dest));
+                let xattrs = snaps.get(pick.index)?.fs.xattrs(&pick.entry);
+                dirs.push((pick.entry.clone(), dest, xattrs));
             }
             FileKind::File => {
                 if let Some(parent) = dest.parent() {
                     fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
                 }
                 let fs_ = snaps.get(pick.index)?;
+                if let Some(first) = fs_.fs.first_name(&pick.entry)
+                    && let Some(at) = written.get(&(pick.index, first))
+                    && fs::hard_link(at, &dest).is_ok()
+                {
+                    continue;
+                }
                 match write_file(fs_.fs.as_ref(), &pick.entry, &dest, &|_| {}) {
                     Ok(n) => {
                         report.bytes_written += n;
+                        crate::files::set_xattrs(&fs_.fs.xattrs(&pick.entry), &dest, keep_setid);
                         report.setid_dropped += set_meta(&pick.entry, &dest, keep_setid) as u64;
+                        written.insert((pick.index, pick.entry.path.clone()), dest.clone());
                     }
                     Err(e) => {
                         if e.kind() != std::io::ErrorKind::AlreadyExists {
@@ -930,7 +984,8 @@ fn roll_into(
             report.skipped.push(format!("{}: {err}", e.display_path()));
         }
     }
-    for (e, dest) in dirs.iter().rev() {
+    for (e, dest, xattrs) in dirs.iter().rev() {
+        crate::files::set_xattrs(xattrs, dest, keep_setid);
         set_meta(e, dest, keep_setid);
     }
     report.recount();
@@ -1050,6 +1105,8 @@ pub fn rollback_in_place(
                 let written = d.create_new(&tmp).and_then(|f| {
                     let n = write_into(fs_.fs.as_ref(), &pick.entry, &f, &|_| {})?;
                     // Metadata through the file itself, never by name.
+                    let xattrs = fs_.fs.xattrs(&pick.entry);
+                    crate::files::set_xattrs_fd(&xattrs, &f, opts.keep_setid);
                     let dropped = set_meta_fd(&pick.entry, &f, opts.keep_setid);
                     f.sync_all()?;
                     d.rename(&tmp, name)?;

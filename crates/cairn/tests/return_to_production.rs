@@ -1162,3 +1162,101 @@ fn rollback_brings_back_folders_an_attack_replaced_with_a_file_or_a_link() {
         "{last}"
     );
 }
+
+/// What a restore keeps, a rollback of a directory source keeps too: a
+/// document's extended attributes (and its folder's), and two names of
+/// one file stay one file.
+#[test]
+fn a_rollback_of_a_directory_keeps_extended_attributes_and_hard_links() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new("30d", &[]);
+    let dir = env.path("share");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..10 {
+        std::fs::write(
+            docs.join(format!("doc{i}.txt")),
+            text(15_000 + i * 500, i as u64),
+        )
+        .unwrap();
+    }
+    let memo = text(900, 77);
+    std::fs::write(docs.join("memo.txt"), &memo).unwrap();
+    let attr = |p: &Path| {
+        sh(
+            "getfattr",
+            &["--only-values", "-n", "user.tag", p.to_str().unwrap()],
+        )
+    };
+    sh(
+        "setfattr",
+        &[
+            "-n",
+            "user.tag",
+            "-v",
+            "important",
+            docs.join("doc3.txt").to_str().unwrap(),
+        ],
+    );
+    sh(
+        "setfattr",
+        &["-n", "user.tag", "-v", "folder", docs.to_str().unwrap()],
+    );
+    std::fs::hard_link(docs.join("doc4.txt"), docs.join("doc4-link.txt")).unwrap();
+    for d in 0..3u32 {
+        env.backup(&dir, "share", &day(d));
+    }
+    let clean: Vec<Vec<u8>> = (0..10)
+        .map(|i| std::fs::read(docs.join(format!("doc{i}.txt"))).unwrap())
+        .collect();
+    // Encrypted where they are (doc4 through either of its names), three
+    // more into copies named .locked (the originals deleted; one of them
+    // too small for its bytes to tell), and a note.
+    for name in ["doc8.txt", "doc9.txt", "memo.txt"] {
+        let len = std::fs::metadata(docs.join(name)).unwrap().len() as usize;
+        std::fs::write(docs.join(format!("{name}.locked")), noise(len + 16, 31)).unwrap();
+        std::fs::remove_file(docs.join(name)).unwrap();
+    }
+    for (i, was) in clean.iter().enumerate().take(8).skip(3) {
+        std::fs::write(
+            docs.join(format!("doc{i}.txt")),
+            noise(was.len(), 900 + i as u64),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        docs.join("HOW_TO_DECRYPT.txt"),
+        "Your files are encrypted. Pay 0.1 bitcoin to get them back; write to our .onion site.",
+    )
+    .unwrap();
+    let src = dir.to_str().unwrap();
+    let out = env.run(&["backup", src, "--name", "share", "--time", &day(3)]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let to = env.path("rolled");
+    env.json(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
+    let rd = to.join("docs");
+    assert_eq!(std::fs::read(rd.join("doc3.txt")).unwrap(), clean[3]);
+    assert_eq!(attr(&rd.join("doc3.txt")), "important");
+    assert_eq!(attr(&rd), "folder");
+    let (a, b) = (
+        std::fs::metadata(rd.join("doc4.txt")).unwrap(),
+        std::fs::metadata(rd.join("doc4-link.txt")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one file, two names");
+    assert_eq!(std::fs::read(rd.join("doc4-link.txt")).unwrap(), clean[4]);
+    assert_eq!(std::fs::read(rd.join("memo.txt")).unwrap(), memo);
+    assert!(
+        !rd.join("memo.txt.locked").exists(),
+        "the attack's copy is left out"
+    );
+
+    env.json(&["rollback", "share", "--in-place", src]);
+    assert_eq!(std::fs::read(docs.join("doc3.txt")).unwrap(), clean[3]);
+    assert_eq!(attr(&docs.join("doc3.txt")), "important");
+}
