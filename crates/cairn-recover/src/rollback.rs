@@ -32,6 +32,9 @@ pub enum Action {
     Restored,
     /// Created by the attack; left out.
     Dropped,
+    /// Could not be written into the new folder (its data unreadable):
+    /// not there; the reason says why.
+    Missing,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -836,6 +839,20 @@ impl RollbackReport {
         }
     }
 
+    /// A file the rollback into a new folder could not write: absent
+    /// there, which its provenance says (not "kept").
+    fn missing(&mut self, path: &str, why: String) {
+        self.failed += 1;
+        if let Ok(k) = self.files.binary_search_by(|f| f.path.as_str().cmp(path)) {
+            let f = &mut self.files[k];
+            f.action = Action::Missing;
+            f.snapshot = None;
+            f.snapshot_time = None;
+            f.reason = why.clone();
+        }
+        self.skipped.push(why);
+    }
+
     /// [`left_alone`](Self::left_alone), because carrying it out failed.
     fn failed_on(&mut self, k: usize, why: String) {
         self.failed += 1;
@@ -966,7 +983,7 @@ fn roll_into(
                             let _ = fs::remove_file(&dest);
                         }
                         let shown = pick.entry.display_path();
-                        report.not_done(&shown, format!("{shown}: {e}"), true);
+                        report.missing(&shown, format!("{shown}: not written: {e}"));
                     }
                 }
             }
@@ -1038,7 +1055,8 @@ pub fn rollback_in_place(
             None => (&path[..0], &path[..]),
         };
         match p.action {
-            Action::Kept => {}
+            // (Missing is only ever set while writing into a new folder.)
+            Action::Kept | Action::Missing => {}
             Action::Dropped => {
                 let backed_up = snaps.lookup(latest, &path);
                 let removed = root.beneath(parent, false).and_then(|d| {

@@ -356,7 +356,7 @@ pub fn rollback(
     );
     if r.failed > 0 {
         eprintln!(
-            "error: {} planned repair(s) failed (listed above as warnings); the provenance marks them kept as they are",
+            "error: {} planned repair(s) failed (listed above as warnings); the provenance marks each: kept as it is (in place) or missing (into a new folder)",
             r.failed
         );
     }

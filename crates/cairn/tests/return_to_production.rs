@@ -1260,3 +1260,80 @@ fn a_rollback_of_a_directory_keeps_extended_attributes_and_hard_links() {
     assert_eq!(std::fs::read(docs.join("doc3.txt")).unwrap(), clean[3]);
     assert_eq!(attr(&docs.join("doc3.txt")), "important");
 }
+
+/// A file a rollback into a new folder cannot write (its data damaged in
+/// the vault) is said to be missing there, not "kept": exit 1, the rest
+/// written.
+#[test]
+fn a_file_a_rollback_cannot_write_is_missing_not_kept() {
+    let env = Env::new("30d", &[]);
+    let dir = env.path("share");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..8 {
+        std::fs::write(docs.join(format!("doc{i}.txt")), text(12_000, i as u64)).unwrap();
+    }
+    std::fs::write(dir.join("big.bin"), noise(4 << 20, 5)).unwrap();
+    for d in 0..3u32 {
+        env.backup(&dir, "share", &day(d));
+    }
+    for i in 2..7 {
+        std::fs::write(
+            docs.join(format!("doc{i}.txt")),
+            noise(12_000, 70 + i as u64),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        docs.join("HOW_TO_DECRYPT.txt"),
+        "Your files are encrypted. Pay 0.1 bitcoin to get them back; write to our .onion site.",
+    )
+    .unwrap();
+    let src = dir.to_str().unwrap();
+    let out = env.run(&["backup", src, "--name", "share", "--time", &day(3)]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One byte flipped in the middle of the largest pack: big.bin's data.
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(env.vault.join("packs")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            packs.push(f.unwrap().path());
+        }
+    }
+    let target = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut data = std::fs::read(target).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 1;
+    std::fs::set_permissions(target, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(target, &data).unwrap();
+
+    let to = env.path("rolled");
+    let out = env.run(&[
+        "rollback",
+        "share",
+        "--to-dir",
+        to.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        code(&out),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(provenance_of(&r, "/big.bin")["action"], "missing", "{r:#}");
+    assert!(!to.join("big.bin").exists());
+    assert_eq!(
+        std::fs::read(to.join("docs/doc3.txt")).unwrap(),
+        text(12_000, 3),
+        "the rest is written"
+    );
+}
