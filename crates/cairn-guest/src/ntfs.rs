@@ -116,39 +116,6 @@ impl NtfsFs {
         })
     }
 
-    /// An entry as its folder's index describes it (the copy of its
-    /// $FILE_NAME there), for a file whose own record cannot be read.
-    fn indexed_entry(
-        path: Vec<u8>,
-        key: &ntfs::structured_values::NtfsFileName,
-        rec: u64,
-    ) -> FileEntry {
-        let kind = if key.is_directory() {
-            FileKind::Dir
-        } else {
-            FileKind::File
-        };
-        let ticks = key.modification_time().nt_timestamp() as i64;
-        FileEntry {
-            path,
-            kind,
-            size: if kind == FileKind::File {
-                key.data_size()
-            } else {
-                0
-            },
-            mode: None,
-            uid: None,
-            gid: None,
-            mtime_ns: ticks.saturating_sub(NT_EPOCH_OFFSET).saturating_mul(100),
-            file_id: Some(rec),
-            link_target: None,
-            extents: None,
-            content_key: None,
-            unsafe_name: false,
-        }
-    }
-
     /// Where a file's data lies on the disk, from its data runs: with
     /// them, a change in place is seen in the disk's block digests even
     /// when an attacker restored the size and the timestamps (else those
@@ -255,19 +222,10 @@ impl NtfsFs {
             if out.len() > MAX_ENTRIES {
                 return corrupt("ntfs: more directory entries than any real volume");
             }
-            let child_path = join(path, name.as_bytes());
-            // One damaged file record hides only its own file: it is
-            // listed from the copy of its name, size and time the folder's
-            // index keeps, and reading it fails (a restore names it, a
-            // scan counts it unread), while its siblings are read as ever.
-            let mut entry = match e
+            let child = e
                 .to_file(&self.ntfs, r)
-                .map_err(|e| err("file record", e))
-                .and_then(|child| self.entry(r, child_path.clone(), &child))
-            {
-                Ok(entry) => entry,
-                Err(_) => Self::indexed_entry(child_path, &key, rec),
-            };
+                .map_err(|e| err("file record", e))?;
+            let mut entry = self.entry(r, join(path, name.as_bytes()), &child)?;
             entry.unsafe_name = crate::model::is_unsafe_name(name.as_bytes());
             out.push((entry, rec));
         }
