@@ -51,6 +51,18 @@ fn kind_of(md: &Metadata) -> EntryKind {
     }
 }
 
+/// The source folder's own owner, mode, time and extended attributes.
+pub fn root_meta(root: &Path) -> Option<cairn_vault::snapshot::RootMeta> {
+    let md = fs::metadata(root).ok()?;
+    Some(cairn_vault::snapshot::RootMeta {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        xattrs: read_xattrs(root),
+    })
+}
+
 fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else {
         return vec![];

@@ -198,6 +198,7 @@ fn store(
     }
     let mut warnings = Vec::new();
 
+    let mut root_meta = None;
     let (content, mut metrics, format, size, until) = match src {
         source::Source::Disk(reader) => {
             let parent_map = match &parent {
@@ -253,6 +254,7 @@ fn store(
                     .unwrap_or(i64::MIN)
                     .saturating_sub(d)
             });
+            root_meta = dir::root_meta(&root);
             let (tree, metrics) = dir::ingest(
                 vault,
                 &root,
@@ -289,6 +291,7 @@ fn store(
             format: format.to_string(),
             path: label.to_string(),
             host: hostname(),
+            root: root_meta,
         },
         content,
         metrics,

@@ -925,7 +925,7 @@ pub fn rollback_to_dir(
     if to.exists() || to.file_name().is_none() {
         roll_into(&mut snaps, &plan, to, opts.keep_setid, report)
     } else {
-        crate::tree::built_then_renamed(to, |work| {
+        crate::tree::built_then_renamed(to, false, |work| {
             roll_into(&mut snaps, &plan, work, opts.keep_setid, report)
         })
     }

@@ -26,6 +26,9 @@ pub struct TreeRestoreOptions {
     /// Give files back their setuid and setgid bits and file capabilities
     /// (see [`crate::files::SETID`]).
     pub keep_setid: bool,
+    /// The source folder's own metadata, given to the folder restored
+    /// into (a whole tree's restore; None: a folder made now's).
+    pub root: Option<cairn_vault::snapshot::RootMeta>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -151,7 +154,7 @@ pub fn restore_tree(
     if opts.dry_run || target.file_name().is_none() {
         return restore_into(vault, tree, target, opts, progress);
     }
-    built_then_renamed(target, |work| {
+    built_then_renamed(target, opts.root.is_some(), |work| {
         restore_into(vault, tree, work, opts, progress)
     })
 }
@@ -160,8 +163,11 @@ pub fn restore_tree(
 /// into place once whole: a build that fails half-way, or a process
 /// killed meanwhile, leaves no plausible-looking tree under the target's
 /// name (a leftover `.NAME.cairn-partial` is cleared by the next run).
+/// `moded`: the build gives the folder its mode itself; else it gets the
+/// mode a folder made now would have.
 pub(crate) fn built_then_renamed<T>(
     target: &Path,
+    moded: bool,
     build: impl FnOnce(&Path) -> Result<T>,
 ) -> Result<T> {
     let name = target
@@ -182,8 +188,10 @@ pub(crate) fn built_then_renamed<T>(
         .ctx(|| format!("creating {}", work.display()))?;
     let built = build(&work).and_then(|r| {
         // Then the mode a folder made now would have had.
-        fs::set_permissions(&work, fs::Permissions::from_mode(0o777 & !umask()))
-            .ctx(|| format!("opening {} to its readers", work.display()))?;
+        if !moded {
+            fs::set_permissions(&work, fs::Permissions::from_mode(0o777 & !umask()))
+                .ctx(|| format!("opening {} to its readers", work.display()))?;
+        }
         // Everything on disk before the tree takes its name: after a crash
         // a tree under the target's name is whole, not files left empty.
         sync_filesystem(&work).ctx(|| format!("syncing {}", work.display()))?;
@@ -415,6 +423,33 @@ fn restore_into(
             &mut chown_denied,
         );
         report.setid_dropped += dropped as u64;
+    }
+    // 5. The folder restored into, last: its time is set after every
+    //    entry in it was made.
+    if let Some(r) = &opts.root {
+        let root = Entry {
+            path: Vec::new(),
+            kind: EntryKind::Dir,
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+            mtime_ns: r.mtime_ns,
+            size: 0,
+            inode: 0,
+            rdev: 0,
+            link_target: None,
+            hardlink_to: None,
+            xattrs: r.xattrs.clone(),
+            chunks: Vec::new(),
+            blocks: Vec::new(),
+        };
+        set_metadata(
+            &root,
+            target,
+            opts.keep_setid,
+            &mut report.warnings,
+            &mut chown_denied,
+        );
     }
     Ok(report)
 }

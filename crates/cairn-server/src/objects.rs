@@ -1014,6 +1014,7 @@ mod tests {
                 format: "raw".into(),
                 path: "/x".into(),
                 host: "h".into(),
+                root: None,
             },
             content: String::new(),
             metrics: Metrics::default(),

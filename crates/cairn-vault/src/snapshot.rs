@@ -49,6 +49,21 @@ pub struct SourceInfo {
     pub format: String,
     pub path: String,
     pub host: String,
+    /// A directory source's own folder (its tree lists what is inside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootMeta>,
+}
+
+/// The owner, mode, time and extended attributes of a directory source's
+/// own folder: a folder kept private (0700) comes back private.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    #[serde(default)]
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What ingest measured while the data was in memory.
@@ -217,6 +232,7 @@ pub(crate) fn test_snapshot(name: &str, id: &str, time: &str) -> Snapshot {
             format: "raw".into(),
             path: "x".into(),
             host: "h".into(),
+            root: None,
         },
         content: String::new(),
         metrics: Metrics::default(),

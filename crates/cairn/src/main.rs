@@ -1949,6 +1949,7 @@ fn restore(
                     overwrite,
                     dry_run,
                     keep_setid,
+                    root: snap.source.root.clone(),
                 },
                 &tick,
             );

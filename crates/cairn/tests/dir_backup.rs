@@ -139,6 +139,43 @@ fn a_restore_over_a_live_folder_stops_before_writing_at_a_folder_in_a_files_plac
     assert_eq!(std::fs::read(live.join("zz")).unwrap(), b"data\n");
 }
 
+/// The backed-up folder itself comes back as it was: a private folder
+/// (0700, its owner, its attributes, its time) is not restored 0755.
+#[test]
+fn the_source_folder_s_own_metadata_is_restored() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new("30d", &[]);
+    let src = env.path("private");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("diary.txt"), "dear diary\n").unwrap();
+    sh(
+        "setfattr",
+        &["-n", "user.owner", "-v", "alice", src.to_str().unwrap()],
+    );
+    std::os::unix::fs::chown(&src, Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let when = filetime::FileTime::from_unix_time(1_600_000_000, 123_000_000);
+    filetime::set_file_mtime(&src, when).unwrap();
+    env.backup(&src, "private", "2026-03-01T00:00:00Z");
+    let out = env.path("back");
+    env.ok(&["restore", "private@latest", "--to", out.to_str().unwrap()]);
+    let md = std::fs::metadata(&out).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o700);
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_000, 123_000_000));
+    assert_eq!(
+        sh(
+            "getfattr",
+            &["--only-values", "-n", "user.owner", out.to_str().unwrap()]
+        ),
+        "alice"
+    );
+    assert_eq!(
+        std::fs::read(out.join("diary.txt")).unwrap(),
+        b"dear diary\n"
+    );
+}
+
 #[test]
 fn directory_tree_with_links_odd_names_and_metadata_round_trips() {
     let env = Env::new("30d", &[]);
