@@ -113,6 +113,15 @@ impl Dir {
         check(unsafe { libc::renameat(fd, f.as_ptr(), fd, t.as_ptr()) }).map(|_| ())
     }
 
+    /// Renames `from` to `to`, both in this directory, failing with
+    /// `AlreadyExists` where `to` is taken (nothing is replaced).
+    pub fn rename_new(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        let (f, t) = (component(from)?, component(to)?);
+        let fd = self.0.as_raw_fd();
+        check(unsafe { libc::renameat2(fd, f.as_ptr(), fd, t.as_ptr(), libc::RENAME_NOREPLACE) })
+            .map(|_| ())
+    }
+
     /// Makes the entries made here durable.
     pub fn sync(&self) -> io::Result<()> {
         check(unsafe { libc::fsync(self.0.as_raw_fd()) }).map(|_| ())

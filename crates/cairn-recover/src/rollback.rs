@@ -333,18 +333,28 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             .collect(),
         None => BTreeMap::new(),
     };
-    // The extensions the attack gave files it renamed or copied (insight's
-    // extension churn on the days damage counts from, given to several
-    // files at once): a new file named as a file of the clean point plus
-    // one of them is the attack's copy, even one too small for its bytes
-    // to tell.
-    let attack_exts: std::collections::HashSet<&str> = match from {
-        Some(f) => t.entries[f.min(t.entries.len())..]
-            .iter()
-            .flat_map(|x| x.signals.files.iter().flat_map(|s| &s.extension_churn))
-            .filter(|c| c.files >= 2)
-            .map(|c| c.extension.as_str())
-            .collect(),
+    // The extensions the attack gave the files it encrypted: insight's
+    // extension churn on the days damage counts from (given to several
+    // files at once) where a file of that extension was found encrypted
+    // from an original (a `sed -i.bak` or a log rotation names files so
+    // too, and encrypts nothing). A new file named as a file of the clean
+    // point plus one of them is the attack's copy, even one too small for
+    // its bytes to tell.
+    let attack_exts: std::collections::HashSet<String> = match from {
+        Some(f) => {
+            let days = &t.entries[f.min(t.entries.len())..];
+            let encrypted: std::collections::HashSet<String> = days
+                .iter()
+                .flat_map(|x| x.signals.files.iter().flat_map(|s| &s.findings))
+                .filter(|f| f.origin.is_some() && f.damage != Damage::RansomNote)
+                .map(|f| cairn_insight::content::extension(&f.path))
+                .collect();
+            days.iter()
+                .flat_map(|x| x.signals.files.iter().flat_map(|s| &s.extension_churn))
+                .filter(|c| c.files >= 2 && encrypted.contains(&c.extension))
+                .map(|c| c.extension.clone())
+                .collect()
+        }
         None => Default::default(),
     };
     let copy_of = |path: &[u8]| -> Option<(Vec<u8>, String)> {
@@ -974,8 +984,9 @@ fn roll_into(
                 match write_file(fs_.fs.as_ref(), &pick.entry, &dest, &|_| {}) {
                     Ok(n) => {
                         report.bytes_written += n;
-                        crate::files::set_xattrs(&fs_.fs.xattrs(&pick.entry), &dest, keep_setid);
+                        // After the owner: a chown clears file capabilities.
                         report.setid_dropped += set_meta(&pick.entry, &dest, keep_setid) as u64;
+                        crate::files::set_xattrs(&fs_.fs.xattrs(&pick.entry), &dest, keep_setid);
                         written.insert((pick.index, pick.entry.path.clone()), dest.clone());
                     }
                     Err(e) => {
@@ -1002,8 +1013,8 @@ fn roll_into(
         }
     }
     for (e, dest, xattrs) in dirs.iter().rev() {
-        crate::files::set_xattrs(xattrs, dest, keep_setid);
         set_meta(e, dest, keep_setid);
+        crate::files::set_xattrs(xattrs, dest, keep_setid);
     }
     report.recount();
     Ok(report)
@@ -1123,9 +1134,10 @@ pub fn rollback_in_place(
                 let written = d.create_new(&tmp).and_then(|f| {
                     let n = write_into(fs_.fs.as_ref(), &pick.entry, &f, &|_| {})?;
                     // Metadata through the file itself, never by name.
+                    let dropped = set_meta_fd(&pick.entry, &f, opts.keep_setid);
+                    // After the owner: a chown clears file capabilities.
                     let xattrs = fs_.fs.xattrs(&pick.entry);
                     crate::files::set_xattrs_fd(&xattrs, &f, opts.keep_setid);
-                    let dropped = set_meta_fd(&pick.entry, &f, opts.keep_setid);
                     f.sync_all()?;
                     d.rename(&tmp, name)?;
                     d.sync()?;
@@ -1266,12 +1278,25 @@ pub fn write_provenance(manifest: &Path, data: &[u8]) -> Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
         if let Some(when) = earlier {
+            // Never over another kept manifest (two rollbacks in one
+            // second): the next free name.
             let stamp = chrono::DateTime::<chrono::Utc>::from(when).format("%Y%m%dT%H%M%SZ");
-            let kept = match name.strip_suffix(b".json") {
-                Some(stem) => [stem, format!(".{stamp}.json").as_bytes()].concat(),
-                None => [name, format!(".{stamp}").as_bytes()].concat(),
-            };
-            dir.rename(name, &kept)?;
+            let mut n = 0;
+            loop {
+                let tag = if n == 0 {
+                    format!(".{stamp}")
+                } else {
+                    format!(".{stamp}-{n}")
+                };
+                let kept = match name.strip_suffix(b".json") {
+                    Some(stem) => [stem, format!("{tag}.json").as_bytes()].concat(),
+                    None => [name, tag.as_bytes()].concat(),
+                };
+                match dir.rename_new(name, &kept) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                    r => break r?,
+                }
+            }
         }
         dir.rename(&tmp, name)?;
         dir.sync()

@@ -119,7 +119,8 @@ impl Walker<'_, '_> {
         tried.stored = stored.is_some();
         let report = match stored {
             Some(r) => {
-                tried.stage = Stage::Vulnerabilities;
+                // The stage that would have decided, from what it found.
+                tried.stage = self.deciding_stage(&r);
                 r
             }
             None => {
@@ -193,6 +194,21 @@ impl Walker<'_, '_> {
         tried.verdict = report.verdict.as_str().into();
         self.reports.insert(i, report);
         Ok(true)
+    }
+
+    /// The first stage whose findings alone fail `r` (the vulnerability
+    /// stage, which fails nothing, when none does).
+    fn deciding_stage(&self, r: &ScanReport) -> Stage {
+        let worst = |sev: &mut dyn Iterator<Item = crate::Severity>| {
+            sev.map(ScanVerdict::of).max().unwrap_or(ScanVerdict::Clean)
+        };
+        if !self.acceptable(worst(&mut r.persistence.iter().map(|i| i.severity))) {
+            Stage::Persistence
+        } else if !self.acceptable(r.verdict) {
+            Stage::Malware
+        } else {
+            Stage::Vulnerabilities
+        }
     }
 
     fn failed(&self, tried: &mut Tried, report: &ScanReport) -> bool {

@@ -184,6 +184,12 @@ pub struct PruneReport {
     pub packs_in_use: usize,
     /// On S3: objects still in use whose Object Lock was extended.
     pub locks_renewed: usize,
+    /// Chunks snapshots refer to that no index lists (an index object
+    /// lost or damaged): packs without an index, which may hold them, are
+    /// kept while there are any.
+    pub chunks_missing: usize,
+    /// Packs without an index kept for that reason.
+    pub unindexed_kept: usize,
 }
 
 /// Deletes `name`; false when the store refuses because the object is
@@ -252,18 +258,23 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     }
     // A chunk a snapshot needs that no index lists: an index object lost
     // or damaged, whose pack would then look unindexed — unused — and be
-    // deleted below with the only copy of that data.
-    let missing = {
+    // deleted below with the only copy of that data. (On S3 a backup on
+    // another host may have stored its index since the indexes were
+    // loaded: they are loaded again before anything counts as missing.)
+    let count_missing = || {
         let index = vault.index();
         used.iter().filter(|c| !index.contains(c)).count()
     };
+    let mut missing = count_missing();
     if missing > 0 {
-        return Err(Error::Invalid(format!(
-            "prune stopped: snapshots refer to {missing} chunk(s) that no index lists (an index object lost or damaged?), which packs without an index may still hold; run `cairn verify` to see which snapshots miss them, and forget those before pruning"
-        )));
+        vault.load_index()?;
+        missing = count_missing();
     }
     let now = Utc::now().timestamp();
-    let mut report = PruneReport::default();
+    let mut report = PruneReport {
+        chunks_missing: missing,
+        ..Default::default()
+    };
     let index_names = vault.backend().list("index")?;
     let mut indexed_packs = HashSet::new();
     for name in index_names {
@@ -295,6 +306,12 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     let retention = std::time::Duration::from_secs(vault.config().retention_secs);
     for name in vault.backend().list("packs")? {
         if indexed_packs.contains(&name) {
+            continue;
+        }
+        if missing > 0 {
+            report.unindexed_kept += 1;
+            report.packs_retained += 1;
+            report.bytes_retained += vault.backend().size(&name).unwrap_or(0);
             continue;
         }
         let written = vault.backend().modified(&name)?;
