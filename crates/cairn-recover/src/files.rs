@@ -22,6 +22,9 @@ pub struct FilesRestoreReport {
     pub bytes_written: u64,
     /// Entries not restored, with why (unsafe names, unreadable content).
     pub skipped: Vec<String>,
+    /// Special files (devices, FIFOs, sockets) left out on purpose: a
+    /// guest's are nothing to restore onto this host.
+    pub special: Vec<String>,
     /// Files whose setuid or setgid bits were left out (see [`SETID`]).
     pub setid_dropped: u64,
 }
@@ -167,7 +170,7 @@ pub fn restore_files(
             },
             FileKind::Symlink => links.push((e, dest)),
             FileKind::Other => report
-                .skipped
+                .special
                 .push(format!("{}: special file, not restored", e.display_path())),
         }
     }

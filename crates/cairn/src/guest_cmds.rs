@@ -241,7 +241,7 @@ pub fn restore_files(
     let o = open_snapshot(vault, snap, partition)?;
     let root = o.fs.lookup(&cairn_guest::model::normalize(path)?)?;
     let r = cairn_recover::restore_files(o.fs.as_ref(), &root, to, keep_setid, &|_| {})?;
-    for s in &r.skipped {
+    for s in r.special.iter().chain(&r.skipped) {
         eprintln!("skipped: {s}");
     }
     crate::util::setid_warning(r.setid_dropped);

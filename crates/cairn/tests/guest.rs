@@ -1516,3 +1516,27 @@ fn crafted_ext_and_fat_structures_that_repeat_blocks_end_in_errors_not_terabytes
     let cat = env.run(&["cat", "fat@latest:/BIG.BIN"]);
     assert_eq!(cat.status.code(), Some(1));
 }
+
+/// A guest's special files (a mail system's FIFO) are left out of a file
+/// restore on purpose: named, and no reason for exit 3, which says the
+/// restore could not read something.
+#[test]
+fn special_files_left_out_on_purpose_do_not_make_a_restore_incomplete() {
+    let env = Env::new("30d", &[]);
+    let t = env.path("t");
+    plain_tree(&t, false);
+    std::fs::create_dir_all(t.join("spool")).unwrap();
+    sh("mkfifo", &[t.join("spool/pickup").to_str().unwrap()]);
+    let img = env.path("g.img");
+    mkfs("ext4", &t, &img, 16);
+    env.backup(&img, "g", "2026-03-01T00:00:00Z");
+    let out_dir = env.path("out");
+    let out = restore_within_a_minute(&env, "g@latest:/", &out_dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("/spool/pickup: special file, not restored"),
+        "{err}"
+    );
+    assert!(out_dir.join("tiny.txt").exists());
+}
