@@ -178,22 +178,33 @@ pub fn partitions(disk: &Arc<dyn BlockSource>) -> Result<Vec<Partition>> {
     if fs != "unknown" && fs != "iso9660" {
         return Ok(whole());
     }
-    if mbr.len() < 512 || mbr[510..512] != [0x55, 0xAA] {
-        return Ok(whole());
-    }
-    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + i * 16..462 + i * 16]).collect();
-    if entries.iter().any(|e| e[4] == 0xEE) {
-        // The primary header at LBA 1, else the backup GPT keeps at the
-        // disk's last LBA (a damaged primary header — a bad entry size,
-        // an overwritten sector — leaves the partitions readable there).
+    // The primary header at LBA 1, else the backup GPT keeps at the
+    // disk's last LBA (a damaged primary header — a bad entry size, an
+    // overwritten sector — leaves the partitions readable there).
+    let any_gpt = || -> Result<Option<Vec<Partition>>> {
         for sector in [512u64, 4096] {
             let last = (size / sector).saturating_sub(1);
             for lba in [1, last] {
                 if let Some(parts) = gpt(disk, sector, lba)? {
-                    return Ok(finish(disk, parts));
+                    return Ok(Some(parts));
                 }
             }
         }
+        Ok(None)
+    };
+    if mbr.len() < 512 || mbr[510..512] != [0x55, 0xAA] {
+        // No MBR (a wiper's first write is to sector 0): a GPT may
+        // still be there behind it.
+        return Ok(match any_gpt()? {
+            Some(parts) => finish(disk, parts),
+            None => whole(),
+        });
+    }
+    let entries: Vec<&[u8]> = (0..4).map(|i| &mbr[446 + i * 16..462 + i * 16]).collect();
+    if entries.iter().any(|e| e[4] == 0xEE)
+        && let Some(parts) = any_gpt()?
+    {
+        return Ok(finish(disk, parts));
     }
     let mut parts = Vec::new();
     let disk_sectors = size / SECTOR;

@@ -91,4 +91,7 @@ fn a_gpt_with_a_large_entry_table_is_read() {
     assert_eq!(numbers(&bytes), vec![1, 1500]);
     bytes[512..1024].fill(0);
     assert_eq!(numbers(&bytes), vec![1, 1500]);
+    // And with the protective MBR in sector 0 wiped too.
+    bytes[..512].fill(0);
+    assert_eq!(numbers(&bytes), vec![1, 1500]);
 }

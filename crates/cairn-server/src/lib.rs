@@ -85,7 +85,8 @@ pub fn state_dir(loc: &cairn_vault::vault::Location) -> Result<PathBuf> {
         let parent = dir.parent().expect("a state folder has a parent");
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
-        // A rename where both lie on one filesystem, else a copy.
+        // A rename where both lie on one filesystem, else a copy (the
+        // old folder then stays, renamed aside: nothing is deleted).
         if std::fs::rename(&old, &dir).is_err() {
             copy_folder(&old, &dir).with_context(|| {
                 format!(
@@ -94,7 +95,7 @@ pub fn state_dir(loc: &cairn_vault::vault::Location) -> Result<PathBuf> {
                     dir.display()
                 )
             })?;
-            std::fs::remove_dir_all(&old).ok();
+            std::fs::rename(&old, old.with_extension("moved")).ok();
         }
         eprintln!(
             "moved the server's tokens and audit log from the cache folder {} to {}",
@@ -105,21 +106,26 @@ pub fn state_dir(loc: &cairn_vault::vault::Location) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Copies the files of folder `from` into a new folder `to` (the
-/// server's state holds files only), each synced, then the folder.
+/// Copies folder `from` into a new folder `to`, every file synced, then
+/// renames it into place whole.
 fn copy_folder(from: &Path, to: &Path) -> std::io::Result<()> {
-    let tmp = to.with_extension("moving");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        if e.file_type()?.is_file() {
-            let dest = tmp.join(e.file_name());
-            std::fs::copy(e.path(), &dest)?;
-            std::fs::File::open(&dest)?.sync_all()?;
+    fn copy_into(from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            let (kind, dest) = (e.file_type()?, to.join(e.file_name()));
+            if kind.is_dir() {
+                copy_into(&e.path(), &dest)?;
+            } else if kind.is_file() {
+                std::fs::copy(e.path(), &dest)?;
+                std::fs::File::open(&dest)?.sync_all()?;
+            }
         }
+        std::fs::File::open(to)?.sync_all()
     }
-    std::fs::File::open(&tmp)?.sync_all()?;
+    let tmp = to.with_extension(format!("moving-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    copy_into(from, &tmp)?;
     std::fs::rename(&tmp, to)
 }
 

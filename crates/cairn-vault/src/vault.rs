@@ -1016,9 +1016,11 @@ impl Vault {
     /// the one before).
     pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
         let (all, bad) = self.snapshots()?;
-        let relative = spec
-            .split_once('@')
-            .is_some_and(|(_, r)| r == "latest" || r.starts_with('-'));
+        // Counted from the newest: NAME@latest, NAME@-N, or a bare NAME.
+        let relative = match spec.rsplit_once('@') {
+            Some((_, r)) => r == "latest" || r.starts_with('-'),
+            None => all.iter().any(|s| s.name == spec),
+        };
         static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if relative
             && let Some((name, why)) = bad.first()
