@@ -52,6 +52,20 @@ pub struct Provenance {
     pub review: bool,
 }
 
+impl Provenance {
+    /// A file left out, and why.
+    fn dropped(path: String, reason: String) -> Provenance {
+        Provenance {
+            review: false,
+            path,
+            action: Action::Dropped,
+            snapshot: None,
+            snapshot_time: None,
+            reason,
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct RollbackReport {
     pub name: String,
@@ -443,17 +457,13 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 && !before.contains_key(&e.path)
                 && let Some((original, ext)) = copy_of(&e.path)
             {
-                provenance.push(Provenance {
-                    review: false,
-                    path: shown,
-                    action: Action::Dropped,
-                    snapshot: None,
-                    snapshot_time: None,
-                    reason: format!(
+                provenance.push(Provenance::dropped(
+                    shown,
+                    format!(
                         "new since the clean point, named as {} plus .{ext}, the extension the attack gave the files it encrypted",
                         String::from_utf8_lossy(&original)
                     ),
-                });
+                ));
                 continue;
             }
             if e.kind == FileKind::File {
@@ -497,13 +507,9 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         let created =
             matches!(h.damage, Damage::RansomNote | Damage::EncryptedNew) || h.origin.is_some();
         if created {
-            provenance.push(Provenance {
-                review: false,
-                path: shown,
-                action: Action::Dropped,
-                snapshot: None,
-                snapshot_time: None,
-                reason: format!(
+            provenance.push(Provenance::dropped(
+                shown,
+                format!(
                     "{} ({}){}",
                     h.damage.describe(),
                     h.detail,
@@ -512,7 +518,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                         .map(|o| format!("; replaced {o}"))
                         .unwrap_or_default()
                 ),
-            });
+            ));
             continue;
         }
         // Damaged in place: its version from the snapshot before the damage.
@@ -615,18 +621,14 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             if let Some((k, f)) = flags.get(old.display_path().as_str()) {
                 // Verification flagged what was there: it stays gone.
                 let (first, _) = snaps.label(*k);
-                provenance.push(Provenance {
-                    review: false,
-                    path: old.display_path(),
-                    action: Action::Dropped,
-                    snapshot: None,
-                    snapshot_time: None,
-                    reason: format!(
+                provenance.push(Provenance::dropped(
+                    old.display_path(),
+                    format!(
                         "deleted since the clean point; flagged by verification in {} ({}): not brought back",
                         &first[..first.len().min(8)],
                         f.why
                     ),
-                });
+                ));
                 continue;
             }
             let hidden = walked
@@ -711,14 +713,7 @@ fn folders_win(picks: &mut BTreeMap<Vec<u8>, Pick>, provenance: &mut Vec<Provena
                 f.snapshot_time = None;
                 f.reason = format!("{}; {why}", f.reason);
             }
-            None => provenance.push(Provenance {
-                review: false,
-                path: shown,
-                action: Action::Dropped,
-                snapshot: None,
-                snapshot_time: None,
-                reason: why.into(),
-            }),
+            None => provenance.push(Provenance::dropped(shown, why.into())),
         }
     }
 }

@@ -1302,21 +1302,7 @@ fn a_file_a_rollback_cannot_write_is_missing_not_kept() {
         String::from_utf8_lossy(&out.stderr)
     );
     // One byte flipped in the middle of the largest pack: big.bin's data.
-    let mut packs = Vec::new();
-    for d in std::fs::read_dir(env.vault.join("packs")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            packs.push(f.unwrap().path());
-        }
-    }
-    let target = packs
-        .iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut data = std::fs::read(target).unwrap();
-    let mid = data.len() / 2;
-    data[mid] ^= 1;
-    std::fs::set_permissions(target, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    std::fs::write(target, &data).unwrap();
+    flip_byte_in_largest_pack(&env.vault);
 
     let to = env.path("rolled");
     let out = env.run(&[

@@ -250,24 +250,10 @@ fn a_flipped_byte_in_a_pack_is_found_and_the_snapshot_named() {
     let sb = env.backup(&b, "beta", "2026-03-01T00:00:00Z");
     assert_eq!(env.run(&["verify", "--read-data"]).status.code(), Some(0));
 
-    // Flip one byte in the middle of beta's pack (the one with noise).
-    let mut packs = Vec::new();
-    for d in std::fs::read_dir(env.vault.join("packs")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            packs.push(f.unwrap().path());
-        }
-    }
-    // Noise does not compress, so beta's pack is the largest.
-    let target = packs
-        .iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    assert!(std::fs::metadata(target).unwrap().len() >= 4 << 20);
-    let mut data = std::fs::read(target).unwrap();
-    let mid = data.len() / 2;
-    data[mid] ^= 0x01;
-    std::fs::set_permissions(target, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    std::fs::write(target, &data).unwrap();
+    // Flip one byte in the middle of beta's pack (the one with noise:
+    // noise does not compress, so beta's pack is the largest).
+    let target = flip_byte_in_largest_pack(&env.vault);
+    assert!(std::fs::metadata(&target).unwrap().len() >= 4 << 20);
 
     // The structure check cannot see inside chunks...
     assert_eq!(env.run(&["verify"]).status.code(), Some(0));

@@ -398,3 +398,25 @@ pub fn rpmbuild(top: &Path, spec: &str) {
         ],
     );
 }
+
+/// Flips one byte in the middle of the vault's largest pack (made
+/// writable first: vault objects are read-only) and returns its path.
+#[allow(dead_code)]
+pub fn flip_byte_in_largest_pack(vault: &Path) -> PathBuf {
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(vault.join("packs")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            packs.push(f.unwrap().path());
+        }
+    }
+    let target = packs
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut data = std::fs::read(&target).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 1;
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&target, &data).unwrap();
+    target
+}
