@@ -1228,19 +1228,7 @@ fn a_rollback_of_a_directory_keeps_extended_attributes_and_hard_links() {
         )
         .unwrap();
     }
-    std::fs::write(
-        docs.join("HOW_TO_DECRYPT.txt"),
-        "Your files are encrypted. Pay 0.1 bitcoin to get them back; write to our .onion site.",
-    )
-    .unwrap();
-    let src = dir.to_str().unwrap();
-    let out = env.run(&["backup", src, "--name", "share", "--time", &day(3)]);
-    assert_eq!(
-        code(&out),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let src = noted_and_backed_up(&env, &dir);
 
     let to = env.path("rolled");
     env.json(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
@@ -1288,19 +1276,7 @@ fn a_file_a_rollback_cannot_write_is_missing_not_kept() {
         )
         .unwrap();
     }
-    std::fs::write(
-        docs.join("HOW_TO_DECRYPT.txt"),
-        "Your files are encrypted. Pay 0.1 bitcoin to get them back; write to our .onion site.",
-    )
-    .unwrap();
-    let src = dir.to_str().unwrap();
-    let out = env.run(&["backup", src, "--name", "share", "--time", &day(3)]);
-    assert_eq!(
-        code(&out),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    noted_and_backed_up(&env, &dir);
     // One byte flipped in the middle of the largest pack: big.bin's data.
     flip_byte_in_largest_pack(&env.vault);
 
@@ -1326,4 +1302,24 @@ fn a_file_a_rollback_cannot_write_is_missing_not_kept() {
         text(12_000, 3),
         "the rest is written"
     );
+}
+
+/// The attack's last step on the tree `dir` of source "share": a ransom
+/// note in `docs`, then the day's backup, which insight flags (exit 3).
+/// The tree's path, as the command line takes it.
+fn noted_and_backed_up<'a>(env: &Env, dir: &'a Path) -> &'a str {
+    std::fs::write(
+        dir.join("docs/HOW_TO_DECRYPT.txt"),
+        "Your files are encrypted. Pay 0.1 bitcoin to get them back; write to our .onion site.",
+    )
+    .unwrap();
+    let src = dir.to_str().unwrap();
+    let out = env.run(&["backup", src, "--name", "share", "--time", &day(3)]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    src
 }
