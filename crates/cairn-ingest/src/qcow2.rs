@@ -209,12 +209,30 @@ impl Qcow2 {
         1 << self.cluster_bits
     }
 
+    /// Reads image bytes at `at`; one the image is too short for (cut off
+    /// in a copy, or tables pointing past its end) says so, instead of
+    /// a bare "failed to fill whole buffer".
+    fn read_host(&self, buf: &mut [u8], at: u64, what: &str) -> io::Result<()> {
+        self.file.read_exact_at(buf, at).map_err(|e| {
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                return e;
+            }
+            let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the qcow2 image is {len} bytes, and its tables put a {what} at byte {at}: truncated (a copy cut short?) or damaged"
+                ),
+            )
+        })
+    }
+
     fn l2_table(&self, l2_offset: u64) -> io::Result<Arc<Vec<u64>>> {
         if let Some(t) = self.l2_cache.lock().unwrap().get(&l2_offset) {
             return Ok(t.clone());
         }
         let mut raw = vec![0u8; self.cluster_size() as usize];
-        self.file.read_exact_at(&mut raw, l2_offset)?;
+        self.read_host(&mut raw, l2_offset, "L2 table")?;
         let t = Arc::new(
             raw.chunks_exact(8)
                 .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
@@ -343,7 +361,7 @@ impl DiskReader for Qcow2 {
                     }
                     _ => out.fill(0),
                 },
-                Cluster::Data(host) => self.file.read_exact_at(out, host + within)?,
+                Cluster::Data(host) => self.read_host(out, host + within, "data cluster")?,
                 Cluster::Compressed { offset, len } => {
                     let mut whole = vec![0u8; cs as usize];
                     self.read_compressed(offset, len, &mut whole)?;

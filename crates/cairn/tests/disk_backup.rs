@@ -197,6 +197,43 @@ fn qcow2_restores_to_the_same_bytes_as_its_raw_twin() {
     }
 }
 
+/// A qcow2 image cut short (a copy that did not finish) says so, not
+/// "failed to fill whole buffer", and no snapshot is saved.
+#[test]
+fn a_truncated_qcow2_says_it_is_truncated() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    populate(&content);
+    let raw = env.path("vm.img");
+    gpt_ext4_image(&raw, &content, 48);
+    let q = env.path("vm.qcow2");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ],
+    );
+    let len = std::fs::metadata(&q).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&q)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let out = env.run(&["backup", q.to_str().unwrap(), "--name", "q"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("truncated") && err.contains("qcow2 image is"),
+        "{err}"
+    );
+    assert!(env.json(&["snapshots"]).as_array().unwrap().is_empty());
+}
+
 #[test]
 fn qcow2_with_a_backing_file_is_read_through_the_chain() {
     let env = Env::new("30d", &[]);
