@@ -280,27 +280,34 @@ pub(crate) fn set_meta_fd(e: &FileEntry, f: &fs::File, keep_setid: bool) -> bool
     dropped
 }
 
-/// Gives the file `f` the extended attributes `xattrs` (best effort, as
-/// owners are), all but file capabilities unless `keep_setid`: they make
-/// a privileged program as setuid does.
-pub(crate) fn set_xattrs_fd(xattrs: &[(Vec<u8>, Vec<u8>)], f: &fs::File, keep_setid: bool) {
+/// The extended attributes of `xattrs` a restore gives back: all but
+/// file capabilities unless `keep_setid` (they make a privileged program
+/// as setuid does).
+pub(crate) fn restorable_xattrs(
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+    keep_setid: bool,
+) -> impl Iterator<Item = (&std::ffi::OsStr, &[u8])> {
     use std::os::unix::ffi::OsStrExt;
+    xattrs
+        .iter()
+        .filter(move |(k, _)| keep_setid || k.as_slice() != b"security.capability")
+        .map(|(k, v)| (std::ffi::OsStr::from_bytes(k), v.as_slice()))
+}
+
+/// Gives the file `f` its [`restorable_xattrs`] (best effort, as owners
+/// are).
+pub(crate) fn set_xattrs_fd(xattrs: &[(Vec<u8>, Vec<u8>)], f: &fs::File, keep_setid: bool) {
     use xattr::FileExt;
-    for (k, v) in xattrs {
-        if keep_setid || k.as_slice() != b"security.capability" {
-            let _ = f.set_xattr(std::ffi::OsStr::from_bytes(k), v);
-        }
+    for (k, v) in restorable_xattrs(xattrs, keep_setid) {
+        let _ = f.set_xattr(k, v);
     }
 }
 
 /// [`set_xattrs_fd`] on `dest` by name (a file or folder this process
 /// made, never a link).
 pub(crate) fn set_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)], dest: &Path, keep_setid: bool) {
-    use std::os::unix::ffi::OsStrExt;
-    for (k, v) in xattrs {
-        if keep_setid || k.as_slice() != b"security.capability" {
-            let _ = xattr::set(dest, std::ffi::OsStr::from_bytes(k), v);
-        }
+    for (k, v) in restorable_xattrs(xattrs, keep_setid) {
+        let _ = xattr::set(dest, k, v);
     }
 }
 

@@ -568,21 +568,19 @@ fn set_metadata(
             warnings.push(format!("{}: chown: {err}", shown(&e.path)));
         }
     }
-    let mut capability_dropped = false;
-    for (k, v) in &e.xattrs {
-        // File capabilities make a privileged program as setuid does.
-        if !keep_setid && k.as_slice() == b"security.capability" {
-            capability_dropped = true;
-            continue;
-        }
-        if let Err(err) = xattr::set(p, OsStr::from_bytes(k), v) {
+    let restorable = crate::files::restorable_xattrs(&e.xattrs, keep_setid);
+    let mut set = 0;
+    for (k, v) in restorable {
+        set += 1;
+        if let Err(err) = xattr::set(p, k, v) {
             warnings.push(format!(
                 "{}: xattr {}: {err}",
                 shown(&e.path),
-                String::from_utf8_lossy(k)
+                k.to_string_lossy()
             ));
         }
     }
+    let capability_dropped = set < e.xattrs.len();
     // chmod follows symlinks: only what is not one on disk is changed.
     let is_link = fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
     let (mode, dropped) = crate::files::restored_mode(e.mode, e.kind == EntryKind::Dir, keep_setid);
