@@ -700,18 +700,9 @@ fn vault_free(st: &Shared) -> Result<(), ApiError> {
     }
 }
 
-/// `30d`, `12h`, `90m`.
+/// `30d`, `12h`, `6mo` (see [`cairn_vault::units::duration`]).
 fn parse_days(s: &str) -> Result<chrono::Duration, ApiError> {
-    let (n, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = n
-        .parse()
-        .map_err(|_| ApiError::bad(format!("{s:?}: use a number and d, h or m")))?;
-    match unit {
-        "d" => Ok(chrono::Duration::days(n)),
-        "h" => Ok(chrono::Duration::hours(n)),
-        "m" => Ok(chrono::Duration::minutes(n)),
-        _ => Err(ApiError::bad(format!("{s:?}: use a number and d, h or m"))),
-    }
+    cairn_vault::units::duration(s).map_err(ApiError::bad)
 }
 
 #[derive(Deserialize, Default)]

@@ -55,7 +55,8 @@ struct Cli {
 enum Command {
     /// Create a new vault.
     Init {
-        /// Minimum time every object is kept, e.g. 30d (nothing is deleted sooner).
+        /// Minimum time every object is kept, e.g. 30d or 6mo (nothing is deleted
+        /// sooner; units s, min, h, d, w, mo, y).
         #[arg(long, default_value = "30d")]
         retention: String,
         /// Fixed chunk size for disks, in KiB (a multiple of 64, up to 4096).
@@ -192,7 +193,8 @@ enum Command {
         /// Keep the newest N snapshots.
         #[arg(long)]
         keep_last: Option<usize>,
-        /// Keep everything this close to the newest snapshot, e.g. 7d.
+        /// Keep everything this close to the newest snapshot, e.g. 7d or 3mo
+        /// (units s, min, h, d, w, mo, y).
         #[arg(long)]
         keep_within: Option<String>,
         /// Keep the newest snapshot of each of the last N hours that have one.
@@ -701,8 +703,7 @@ fn run(cli: Cli) -> Result<u8> {
                     .checked_mul(1 << 20)
                     .context("pack size too large")?,
                 compression_level: *compression_level,
-                retention_secs: parse_duration(retention)
-                    .context("--retention")?
+                retention_secs: parse_duration("--retention", retention)?
                     .num_seconds()
                     .max(0) as u64,
             };
@@ -960,9 +961,8 @@ fn run(cli: Cli) -> Result<u8> {
                 last: *keep_last,
                 within: keep_within
                     .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .context("--keep-within")?,
+                    .map(|w| parse_duration("--keep-within", w))
+                    .transpose()?,
                 hourly: *keep_hourly,
                 daily: *keep_daily,
                 weekly: *keep_weekly,

@@ -32,42 +32,10 @@ pub fn password(confirm: bool) -> Result<Vec<u8>> {
 
 pub use cairn_vault::units::bytes;
 
-/// `30d`, `12h`, `2w`, `1y6m`… (s, m = minutes, h, d, w, y = 365 days).
-pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
-    let mut total = 0i64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        if num.is_empty() {
-            bail!(
-                "{s:?} is not a duration: expected a number before {c:?} (for example 30d, 12h or 2w)"
-            );
-        }
-        let n: i64 = num.parse().context("duration too long")?;
-        num.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            'w' => 7 * 86400,
-            'y' => 365 * 86400,
-            _ => bail!("{s:?}: unknown unit {c:?} (use s, m, h, d, w or y)"),
-        };
-        total = total
-            .checked_add(n.checked_mul(unit).context("duration too long")?)
-            .context("duration too long")?;
-    }
-    if !num.is_empty() {
-        bail!("{s:?}: give a unit after {num} (for example {num}d)");
-    }
-    if s.is_empty() {
-        bail!("empty duration");
-    }
-    Ok(chrono::Duration::seconds(total))
+/// The value of option `flag`, a duration as `30d` or `1y6mo` (see
+/// [`cairn_vault::units::duration`]); a bad one is a usage error.
+pub fn parse_duration(flag: &str, s: &str) -> Result<chrono::Duration> {
+    cairn_vault::units::duration(s).map_err(|e| anyhow::Error::new(Usage(format!("{flag}: {e}"))))
 }
 
 /// A command line that asks for something no run can do (options that do
@@ -156,16 +124,6 @@ pub fn setid_warning(dropped: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30d").unwrap().num_seconds(), 30 * 86400);
-        assert_eq!(parse_duration("1d12h").unwrap().num_seconds(), 36 * 3600);
-        assert_eq!(parse_duration("0s").unwrap().num_seconds(), 0);
-        assert!(parse_duration("12").is_err());
-        assert!(parse_duration("3q").is_err());
-        assert!(parse_duration("").is_err());
-    }
 
     #[test]
     fn sizes() {

@@ -384,6 +384,10 @@ fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
     for (bad, code) in [
         (&["forget", "--keep-last", "0"][..], 2),
         (&["forget", "--dry-run"], 2),
+        // "m" is refused: restic and borg read it as months, Cairn once
+        // as minutes (a keep-within that kept next to nothing).
+        (&["forget", "--keep-within", "6m"], 2),
+        (&["forget", "--keep-within", "6mo", "vn"], 1),
         (&["forget", "--keep-last", "1", "vn"], 1),
     ] {
         let out = env.run(bad);
