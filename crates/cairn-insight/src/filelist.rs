@@ -1,6 +1,7 @@
-//! Each analysed snapshot's file list, stored beside its insight record
-//! (`insight/v<N>/<id>.list`), so the next snapshot is compared with it
-//! without walking the parent's filesystem again.
+//! Each analysed snapshot's file list, stored beside its first insight
+//! record (`insight/v1/<id>.list`: a list does not change when the facts
+//! computed from it do), so the next snapshot is compared with it without
+//! walking the parent's filesystem again.
 
 use cairn_guest::{FileEntry, FileKind};
 use cairn_vault::{SnapshotId, Vault};
@@ -28,11 +29,11 @@ struct Stored {
 
 /// The list in its first format (one record per entry); still read.
 fn legacy_name(id: &SnapshotId) -> String {
-    format!("{}.files", crate::record_name(id))
+    format!("insight/v1/{}.files", id.0)
 }
 
 pub fn object_name(id: &SnapshotId) -> String {
-    format!("{}.list", crate::record_name(id))
+    format!("insight/v1/{}.list", id.0)
 }
 
 /// The list as stored: column by column, so that like values sit together

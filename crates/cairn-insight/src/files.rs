@@ -35,6 +35,8 @@ const TAIL_BYTES: u64 = 64 << 10;
 const BUDGET_BYTES: u64 = 2 << 30;
 /// Fewer changed bytes than this say nothing about their entropy.
 const MIN_CHANGED: u64 = 256;
+/// Bits per byte over which a head that claims no type looks random.
+const RANDOM_HEAD: f64 = 7.5;
 /// Entropy is measured in windows of this size.
 const WINDOW: usize = 4096;
 
@@ -140,6 +142,11 @@ pub struct FileSignals {
     /// Hashes of paths that changed or went away, so damage found earlier
     /// can be seen as repaired.
     pub touched: Vec<u64>,
+    /// Hashes of the changed files whose new version still does not check
+    /// out as what it claims to be (or, claiming nothing, looks random):
+    /// damage found in them earlier stays.
+    #[serde(default)]
+    pub unsound: Vec<u64>,
 }
 
 impl FileSignals {
@@ -329,6 +336,9 @@ struct Looked {
     finding: Option<Finding>,
     /// Its high entropy is explained by a type that checks out.
     dense_ok: bool,
+    /// Its new version does not check out as the type its name or
+    /// content claims (or, claiming none, looks random).
+    unsound: bool,
     /// A ransom note: its text's hash and its folder.
     note: Option<([u8; 32], String)>,
 }
@@ -556,6 +566,10 @@ impl Analysis<'_> {
         if claimed.is_some_and(valid_as) {
             return looked;
         }
+        // Damage found in it before is not repaired by this change: a
+        // locker run twice rewrites ciphertext with ciphertext, which
+        // shows no jump in entropy and no type lost.
+        looked.unsound = claimed.is_some() || shannon_entropy(&nh) as f64 >= RANDOM_HEAD;
         let Some((oh, ot)) = self.reader.sample(old_fs, o, SAMPLE_BYTES) else {
             return looked;
         };
@@ -759,7 +773,10 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     looked.reverse();
     // Ransom note texts: hash → folders they were found in.
     let mut note_dirs: HashMap<[u8; 32], HashSet<String>> = HashMap::new();
-    for l in looked {
+    for (j, l) in jobs.iter().zip(looked) {
+        if let (Job::Modified { path, .. }, true) = (j, l.unsound) {
+            out.unsound.push(path_hash(path));
+        }
         match l.analysed {
             Some(bytes) => {
                 out.analysed_files += 1;

@@ -491,8 +491,11 @@ impl Assessor {
         if let Some(f) = diffed {
             let found: std::collections::HashSet<u64> =
                 f.findings.iter().map(|x| path_hash(&x.path)).collect();
+            // Changed again and now sound (restored, or saved anew by its
+            // owner): repaired. Changed again and still unsound: not.
+            let unsound: std::collections::HashSet<u64> = f.unsound.iter().copied().collect();
             for t in &f.touched {
-                if !found.contains(t) {
+                if !found.contains(t) && !unsound.contains(t) {
                     self.carried.remove(t);
                 }
             }

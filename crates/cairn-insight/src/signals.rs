@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// Bumped when the facts computed change meaning; records of another
 /// version are computed again.
-pub const SIGNALS_VERSION: u32 = 1;
+pub const SIGNALS_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Signals {

@@ -626,6 +626,48 @@ fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     ]);
 }
 
+/// A locker run twice over the same files rewrites ciphertext with
+/// ciphertext: no entropy jumps and no type is lost that day, but the
+/// damage of the day before is not repaired. The day stays compromised,
+/// the clean point stays before the attack, and a rollback brings the
+/// files back.
+#[test]
+fn files_encrypted_again_stay_damaged_and_roll_back() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    four_days_then_encryption(&env, &disk);
+    let clean_id = env.json(&["snapshots", "vm"]).as_array().unwrap()[3]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = flagged_backup(&env, &disk, 4);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v}");
+    for i in 10..15 {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        overwrite_file_in_place(&disk, &path, &noise(20_000 + i * 3000, 7_000 + i as u64));
+    }
+    let v = flagged_backup(&env, &disk, 5);
+    assert_ne!(v["insight"]["verdict"], "clean", "{v}");
+    assert_eq!(v["insight"]["last_clean"], clean_id.as_str(), "{v}");
+    let reasons = v["insight"]["reasons"].to_string();
+    assert!(reasons.contains("still present"), "{reasons}");
+
+    let out_dir = env.path("rolled");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(rb["restored"], 5, "{rb}");
+    for i in 10..15 {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        assert_eq!(
+            std::fs::read(out_dir.join(&path)).unwrap(),
+            std::fs::read(root.join(&path)).unwrap(),
+            "{path}"
+        );
+    }
+}
+
 #[test]
 fn insight_evaluation_meets_its_targets() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../eval/insight.py");
