@@ -110,22 +110,8 @@ pub fn commit(
     )
 }
 
-/// Longest snapshot name: it is typed in `NAME@SNAP` and shown in tables.
-const NAME_MAX: usize = 100;
-
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.trim() != name
-        || name.chars().count() > NAME_MAX
-        || name
-            .chars()
-            .any(|c| c.is_control() || matches!(c, '@' | ':' | '/'))
-    {
-        return Err(Error::Invalid(format!(
-            "snapshot name {name:?} must be 1 to {NAME_MAX} characters, without '@', ':', '/', control characters or spaces at either end"
-        )));
-    }
-    Ok(())
+    cairn_vault::snapshot::check_name(name).map_err(Error::Invalid)
 }
 
 fn store(

@@ -213,8 +213,13 @@ pub fn compute(
         entropy,
         high_entropy_share: m.entropy_histogram.high_entropy_share(),
         compression_ratio: m.compression_ratio,
+        // Bytes zeroed where data was: a disk grown (the new space reads
+        // as zeros) zeroed nothing.
         zero_delta: parent
-            .map(|p| m.zero_bytes as i64 - p.metrics.zero_bytes as i64)
+            .map(|p| {
+                let grown = m.logical_size.saturating_sub(p.metrics.logical_size);
+                m.zero_bytes as i64 - p.metrics.zero_bytes as i64 - grown as i64
+            })
             .unwrap_or(0),
         files: None,
         fs_error: None,

@@ -361,6 +361,7 @@ async fn scan(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct FindCleanBody {
     #[serde(default)]
     accept_warnings: bool,
@@ -442,6 +443,7 @@ const MAX_RESTORES: usize = 2;
 const MAX_BOOTS: usize = 2;
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RestoreBody {
     /// The name of a new file in the config's `restore_dir`.
     to: String,
@@ -481,9 +483,28 @@ async fn restore(
                 let r = cairn_recover_disk(&disk, &to)?;
                 Ok(r)
             }
-            cairn_vault::SourceKind::Directory => anyhow::bail!(
-                "directory snapshots are restored with `cairn restore` on the server for now"
-            ),
+            // A new folder (never into one that exists), with the files'
+            // metadata; setuid/setgid bits and file capabilities are left
+            // off, as `cairn restore` does unless asked.
+            cairn_vault::SourceKind::Directory => {
+                if std::fs::symlink_metadata(&to).is_ok() {
+                    anyhow::bail!("{} exists (the target must not exist)", to.display());
+                }
+                let tree = s.vault.read_tree(&snap)?;
+                let r = cairn_recover::restore_tree(
+                    &s.vault,
+                    &tree,
+                    &to,
+                    &cairn_recover::TreeRestoreOptions {
+                        overwrite: false,
+                        dry_run: false,
+                        keep_setid: false,
+                        root: snap.source.root.clone(),
+                    },
+                    &|_| {},
+                )?;
+                Ok(serde_json::to_value(r)?)
+            }
         }
     });
     Ok(job_started(&job))
@@ -644,14 +665,17 @@ async fn job_events(
 // ---- admin ----
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ForgetBody {
     #[serde(default)]
     names: Vec<String>,
     keep_last: Option<usize>,
     keep_within: Option<String>,
+    keep_hourly: Option<usize>,
     keep_daily: Option<usize>,
     keep_weekly: Option<usize>,
     keep_monthly: Option<usize>,
+    keep_yearly: Option<usize>,
     #[serde(default)]
     dry_run: bool,
 }
@@ -666,11 +690,11 @@ async fn forget(State(st): State<Shared>, caller: Caller, b: Bytes) -> Result<Re
     let policy = cairn_vault::prune::KeepPolicy {
         last: f.keep_last,
         within,
-        hourly: None,
+        hourly: f.keep_hourly,
         daily: f.keep_daily,
         weekly: f.keep_weekly,
         monthly: f.keep_monthly,
-        yearly: None,
+        yearly: f.keep_yearly,
     };
     if policy.is_empty() {
         return Err(ApiError::bad(
@@ -706,6 +730,7 @@ fn parse_days(s: &str) -> Result<chrono::Duration, ApiError> {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct PruneBody {
     #[serde(default)]
     dry_run: bool,
@@ -764,6 +789,7 @@ async fn tokens(State(st): State<Shared>, caller: Caller) -> Result<Response, Ap
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct TokenBody {
     role: String,
     #[serde(default)]

@@ -514,8 +514,17 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
     if let Some(sid) = new_session
         && let Ok(v) = HeaderValue::from_str(&st.cookie(&sid))
     {
+        // The session is open: the token leaves the address bar (and so
+        // the history, and the Referer of what the page loads) at once.
+        if resp.status().is_success() {
+            resp = axum::response::Redirect::to("/").into_response();
+        }
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     json_errors(resp).await
 }
 

@@ -230,18 +230,29 @@ async fn get_object(
                 // A large length is checked before anything is allocated
                 // for it (it is the client's to choose); chunk reads are
                 // small and spared the extra call (a HEAD on S3).
-                let size = if l > 16 << 20 {
-                    b.size(&name)?
-                } else {
-                    u64::MAX
-                };
-                if o > size || l as u64 > size - o {
-                    return Err(ApiError::new(
+                let past_end = |size: u64| {
+                    ApiError::new(
                         StatusCode::RANGE_NOT_SATISFIABLE,
                         format!("{name} holds {size} bytes: {l} from {o} is past its end"),
-                    ));
+                    )
+                };
+                if l > 16 << 20 {
+                    let size = b.size(&name)?;
+                    if o > size || l as u64 > size - o {
+                        return Err(past_end(size));
+                    }
                 }
-                b.get_range(&name, o, l)?
+                match b.get_range(&name, o, l) {
+                    Ok(data) => data,
+                    // A small range is read without asking the size first:
+                    // when the read comes up short, it is asked now.
+                    Err(e) => match b.size(&name) {
+                        Ok(size) if o.saturating_add(l as u64) > size => {
+                            return Err(past_end(size));
+                        }
+                        _ => return Err(e.into()),
+                    },
+                }
             }
             (None, None) => b.get(&name)?,
             _ => return Err(ApiError::bad("a range needs both offset and len")),

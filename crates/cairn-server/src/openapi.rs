@@ -159,7 +159,7 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str, Option<&str>)] = &[
         "post",
         "/api/v1/forget",
         "admin",
-        "Forget snapshots a keep policy does not keep; body {names, keep_last, keep_within, keep_daily, keep_weekly, keep_monthly, dry_run}.",
+        "Forget snapshots a keep policy does not keep; body {names, keep_last, keep_within (e.g. 30d, 6mo), keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, dry_run}; unknown keys are refused.",
         Some("application/json"),
     ),
     (

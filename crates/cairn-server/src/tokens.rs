@@ -118,6 +118,10 @@ impl Tokens {
                 "an agent token needs the sources it may back up (--source NAME, or '*' for any)"
             );
         }
+        for name in sources.iter().filter(|s| *s != "*") {
+            cairn_vault::snapshot::check_name(name)
+                .map_err(|e| anyhow::anyhow!("--source: {e}"))?;
+        }
         let _guard = crate::FileLock::take(&self.path)?;
         let mut records = self.load()?;
         let mut raw = [0u8; 24];

@@ -244,6 +244,29 @@ pub(crate) fn test_snapshot(name: &str, id: &str, time: &str) -> Snapshot {
     }
 }
 
+/// Longest snapshot name: it is typed in `NAME@SNAP` and shown in tables.
+const NAME_MAX: usize = 100;
+
+/// Whether `name` may name a source's snapshots: every client that
+/// writes a manifest (a backup, an agent through the server) and every
+/// reader of one holds it to this, so no name a terminal would act on
+/// (control characters) or that `NAME@SNAP` could not address reaches a
+/// listing.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.trim() != name
+        || name.chars().count() > NAME_MAX
+        || name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '@' | ':' | '/'))
+    {
+        return Err(format!(
+            "snapshot name {name:?} must be 1 to {NAME_MAX} characters, without '@', ':', '/', control characters or spaces at either end"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

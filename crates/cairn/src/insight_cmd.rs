@@ -240,6 +240,9 @@ pub fn rollback(
         None => None,
     };
     let kind = t.entries.last().map(|e| e.snapshot.source.kind);
+    if kind == Some(cairn_vault::SourceKind::Directory) && partition.is_some() {
+        crate::usage!("--partition applies to disk snapshots; {name} is a directory source");
+    }
     // A rollback starts from the newest snapshot whose files can be read.
     // When none after the clean point can (a disk encrypted whole the day
     // the attack began), nothing newer is there to keep: the way back is a

@@ -1393,6 +1393,14 @@ fn token(cli: &Cli, action: &TokenAction) -> Result<u8> {
                     "an agent token needs the sources it may back up (--source NAME, or '*' for any)"
                 );
             }
+            if let Some(Err(e)) = sources
+                .iter()
+                .filter(|s| *s != "*")
+                .map(|s| cairn_vault::snapshot::check_name(s))
+                .find(Result::is_err)
+            {
+                usage!("--source: {e}");
+            }
             if role != cairn_server::tokens::Role::Agent && !sources.is_empty() {
                 // Operators and admins see every source; a limit that is
                 // not enforced must not look like one.
@@ -1776,7 +1784,7 @@ fn restore_delta(
     outside_vault(&vault, to)?;
     let snap = vault.resolve(spec)?;
     if snap.source.kind != SourceKind::Disk {
-        bail!(
+        usage!(
             "{spec} is a directory snapshot; --delta restores disks (for directories see `cairn rollback --in-place`)"
         );
     }

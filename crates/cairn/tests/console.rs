@@ -93,6 +93,9 @@ async fn an_operator_finds_the_attack_in_the_console_and_watches_a_scan_report_i
     // Signing in by link opens a session; the sources page shows the
     // compromised snapshot.
     c.goto(&format!("{url}/?token={operator}")).await.unwrap();
+    // ...and takes the token out of the address at once (history, Referer).
+    let now = c.current_url().await.unwrap();
+    assert!(!now.as_str().contains("token"), "{now}");
     let row = c
         .find(Locator::XPath("//tr[td/a[text()='vm']]"))
         .await

@@ -495,6 +495,16 @@ fn a_filesystem_cairn_does_not_read_wiped_is_found() {
     );
 }
 
+/// A VM disk grown (the new space reads as zeros) zeroed nothing: the
+/// day is clean, not "newly zeroed".
+#[test]
+fn a_disk_grown_is_no_wiper() {
+    let (env, _root, disk) = three_clean_days();
+    sh("truncate", &["-s", "256M", disk.to_str().unwrap()]);
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "{out}");
+}
+
 #[test]
 fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     let env = Env::new("0s", &[]);

@@ -752,6 +752,29 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
     let v: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
     let recorded = v["source"]["path"].as_str().unwrap();
     assert!(recorded.ends_with("/share-\\xff"), "{recorded}");
+    // Options for disks on a directory source: mistakes in the command.
+    let there = env.path("odd-out");
+    for bad in [
+        &[
+            "restore",
+            "odd@latest",
+            "--to",
+            there.to_str().unwrap(),
+            "--delta",
+        ][..],
+        &[
+            "rollback",
+            "odd",
+            "--to-dir",
+            there.to_str().unwrap(),
+            "--partition",
+            "1",
+        ],
+    ] {
+        let out = env.run(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+        assert!(!there.exists());
+    }
 
     // Tokens belong to a vault, and only an agent's can be limited to
     // sources; a vault is not replicated onto itself.
@@ -768,6 +791,8 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
         &["token", "create", "--role", "operator", "--source", "vm"][..],
         &["token", "create", "--role", "bogus"],
         &["token", "create", "--role", "agent"],
+        &["token", "create", "--role", "agent", "--source", "a/../b"],
+        &["token", "create", "--role", "agent", "--source", ""],
     ] {
         let out = env.run(bad);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));

@@ -304,6 +304,21 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     forever.retain_until = chrono::Utc::now() + chrono::Duration::days(36_500);
     let refused = remote.write_snapshot(&forever).unwrap_err().to_string();
     assert!(refused.contains("past the vault's retention"), "{refused}");
+    // Nor name it what no command could address, or what a terminal
+    // would act on: not even an admin (or an agent for any source).
+    let mut named = newest.clone();
+    named.id = cairn_vault::SnapshotId::generate().unwrap();
+    named.time = chrono::Utc::now();
+    named.parent = Some(newest.id.clone());
+    named.name = "\u{1b}[31mvm".into();
+    let refused = remote_vault(&url, &admin)
+        .write_snapshot(&named)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("400") && refused.contains("snapshot name"),
+        "{refused}"
+    );
     // Nor cite, for its disk, an object that is no disk map (the server
     // used to fail on it with a 500).
     let mut miscited = remote.read_snapshot(&manifest).unwrap();
@@ -379,6 +394,22 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
             400,
         ),
         ("POST", "/api/v1/forget", Some(&admin), b"{not json", 400),
+        // A misspelt key is refused, not skipped: "dry-run" taken for
+        // nothing made this a real forget.
+        (
+            "POST",
+            "/api/v1/forget",
+            Some(&admin),
+            br#"{"keep_last":1,"dry-run":true}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/forget",
+            Some(&admin),
+            br#"{"keep_last":1,"keep_within":"6m"}"#,
+            400,
+        ),
         ("GET", "/api/v1/no-such-thing", Some(&admin), b"", 404),
         ("GET", "/api/v1/sources", None, b"", 401),
         (
@@ -981,6 +1012,62 @@ fn read_events(url: &str, token: &str) -> Vec<(String, Value)> {
     out
 }
 
+/// An operator restores a disk and a folder through the API, into the
+/// config's restore_dir only, never over something there.
+#[test]
+fn the_api_restores_disks_and_folders_into_restore_dir() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("vm.img");
+    gpt_ext4_image(&disk, &root, 64);
+    env.backup(&disk, "vm", "2026-04-01T02:00:00Z");
+    env.backup(&root, "share", "2026-04-01T02:00:00Z");
+    let restores = env.path("restores");
+    std::fs::create_dir(&restores).unwrap();
+    let config = env.path("server.toml");
+    std::fs::write(
+        &config,
+        format!("restore_dir = {:?}\n", restores.to_str().unwrap()),
+    )
+    .unwrap();
+    let server = serve(&env, &["--config", config.to_str().unwrap()]);
+    let operator = token(&env, &["--role", "operator"]);
+    let restore = |spec: &str, to: &str| {
+        let (status, v) = call(
+            "POST",
+            &format!("{}/api/v1/snapshots/{spec}/restore", server.url),
+            Some(&operator),
+            format!("{{\"to\": \"{to}\"}}").as_bytes(),
+        );
+        assert_eq!(status, 202, "{v}");
+        let events = read_events(
+            &format!("{}{}", server.url, v["events"].as_str().unwrap()),
+            &operator,
+        );
+        events.last().unwrap().clone()
+    };
+    let (last, data) = restore("vm@latest", "vm.img");
+    assert_eq!(last, "done", "{data}");
+    assert!(same_bytes(&disk, &restores.join("vm.img")));
+    let (last, data) = restore("share@latest", "share");
+    assert_eq!(last, "done", "{data}");
+    sh(
+        "diff",
+        &[
+            "-r",
+            root.to_str().unwrap(),
+            restores.join("share").to_str().unwrap(),
+        ],
+    );
+    // Never over what is there.
+    for (spec, to) in [("share@latest", "share"), ("share@latest", "vm.img")] {
+        let (last, data) = restore(spec, to);
+        assert_eq!(last, "error", "{spec} to {to}: {data}");
+    }
+    assert!(same_bytes(&disk, &restores.join("vm.img")));
+}
+
 #[test]
 fn a_scan_streams_its_stages_and_findings_as_server_sent_events() {
     let env = Env::new("0s", &[]);
@@ -1401,6 +1488,14 @@ fn a_compromised_agent_cannot_stall_exhaust_crash_or_read_through_the_server() {
     let (status, v) = call(
         "GET",
         &format!("{objects}/config?offset=0&len=1000000000000"),
+        Some(&evil),
+        b"",
+    );
+    assert_eq!(status, 416, "{v}");
+    // So is a small one that starts past the end (it was a 500).
+    let (status, v) = call(
+        "GET",
+        &format!("{objects}/config?offset=99999999999999&len=1"),
         Some(&evil),
         b"",
     );
