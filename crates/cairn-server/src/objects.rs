@@ -58,6 +58,12 @@ struct ClaimState {
     owner: HashMap<ChunkId, String>,
     /// Token id → when it last sent anything.
     seen: HashMap<String, Instant>,
+    /// Chunks taken over from an agent that claimed them and did not send
+    /// them, with the agents that may not claim them again: one that
+    /// claims chunks it expects another host to send, over and over, would
+    /// otherwise win them back each time that host is idle between
+    /// backups, and fail its every backup, not just one.
+    forfeited: HashMap<ChunkId, HashSet<String>>,
 }
 
 impl ClaimState {
@@ -90,6 +96,11 @@ impl Claims {
         let mut out = Vec::with_capacity(lacking.len());
         for id in lacking {
             let theirs = g.owner.get(&id).is_some_and(|o| o != token && g.alive(o));
+            if !theirs && g.forfeited.get(&id).is_some_and(|f| f.contains(token)) {
+                // It may send it, but holds no one up with it.
+                out.push(id);
+                continue;
+            }
             if !theirs {
                 if g.owner.len() < MAX_CLAIMS || g.owner.contains_key(&id) {
                     g.owner.insert(id, token.to_string());
@@ -106,8 +117,12 @@ impl Claims {
     fn take_over(&self, token: &str, ids: &[ChunkId]) {
         let mut g = self.inner.lock().unwrap();
         for id in ids {
-            if let Some(o) = g.owner.get_mut(id) {
-                *o = token.to_string();
+            let Some(o) = g.owner.insert(*id, token.to_string()) else {
+                g.owner.remove(id);
+                continue;
+            };
+            if o != token && (g.forfeited.len() < MAX_CLAIMS || g.forfeited.contains_key(id)) {
+                g.forfeited.entry(*id).or_default().insert(o);
             }
         }
     }
@@ -116,6 +131,7 @@ impl Claims {
         let mut g = self.inner.lock().unwrap();
         for id in ids {
             g.owner.remove(&id);
+            g.forfeited.remove(&id);
         }
     }
 
@@ -1009,6 +1025,15 @@ mod tests {
         assert!(!c.pending_elsewhere("waiter", &[x]));
         assert_eq!(c.claim("waiter", vec![x]), vec![x]);
         assert!(c.claim("holder", vec![x]).is_empty());
+        // The holder cannot win it back while the waiter is idle between
+        // backups (it may send it, but no one waits for it).
+        c.inner.lock().unwrap().seen.remove("waiter");
+        assert_eq!(c.claim("holder", vec![x]), vec![x]);
+        assert!(!c.pending_elsewhere("waiter", &[x]));
+        assert_eq!(c.claim("waiter", vec![x]), vec![x]);
+        // Once it arrives, the slate is clean.
+        c.release([x].into_iter());
+        assert!(c.inner.lock().unwrap().forfeited.is_empty());
     }
 
     fn snapshot(
