@@ -555,6 +555,14 @@ impl Assessor {
             Verdict::Clean
         };
         let mut reasons: Vec<String> = ev.0.into_iter().map(|(_, r)| r).collect();
+        // Files never read say nothing: a clean verdict rests on the
+        // disk's change alone (which a slow or in-place encryption need
+        // not raise), and says so.
+        if let (Some(e), false) = (&s.fs_error, s.parent_fs_readable) {
+            reasons.push(format!(
+                "its files could not be read ({e}): judged by the disk's change alone"
+            ));
+        }
         if s.parent.is_none() {
             reasons.push("first snapshot: nothing to compare with yet".into());
         } else if self.typical_rate(s).is_none() {
@@ -585,11 +593,18 @@ pub struct CleanPoint {
 /// compromised ones (the latest, when it is clean).
 pub fn clean_point(seq: &[(&Signals, &Assessment)]) -> Option<CleanPoint> {
     let last = seq.len().checked_sub(1)?;
+    // A point whose files could not be read is vouched for by the disk's
+    // change alone: half as sure.
+    let blind = |i: usize| seq[i].0.fs_error.is_some();
     if seq[last].1.verdict == Verdict::Clean {
         return Some(CleanPoint {
             index: last,
-            reason: "the latest snapshot is clean".into(),
-            confidence: round2(1.0 - seq[last].1.score),
+            reason: if blind(last) {
+                "the latest snapshot is clean by the disk's change alone (its files could not be read)".into()
+            } else {
+                "the latest snapshot is clean".into()
+            },
+            confidence: round2((1.0 - seq[last].1.score) * if blind(last) { 0.5 } else { 1.0 }),
         });
     }
     let first_bad = (0..=last)
@@ -604,7 +619,8 @@ pub fn clean_point(seq: &[(&Signals, &Assessment)]) -> Option<CleanPoint> {
         .count();
     let confidence = (1.0 - seq[index].1.score)
         * (0.7 + 0.3 * (history as f64 / 5.0).min(1.0))
-        * (0.5 + 0.5 * bad_a.score);
+        * (0.5 + 0.5 * bad_a.score)
+        * if blind(index) { 0.5 } else { 1.0 };
     Some(CleanPoint {
         index,
         reason: format!(

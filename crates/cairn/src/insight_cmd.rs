@@ -166,6 +166,14 @@ pub fn report(o: &Outcome, json: bool) -> u8 {
             );
         } else if !json {
             println!("  insight: clean (score {:.2})", a.score);
+            // What the verdict rests on when the files could not be read.
+            for r in a
+                .reasons
+                .iter()
+                .filter(|r| r.starts_with("its files could not be read"))
+            {
+                println!("    ({r})");
+            }
         }
         return 0;
     }

@@ -65,8 +65,11 @@ pub fn scan(
         crate::print_json(&reports);
     } else {
         for r in &reports {
-            print_report(r, profile.rules.rule_count());
-            insight_note(r, cairn_insight::load(vault, &r.snapshot).as_ref());
+            print_report(
+                r,
+                profile.rules.rule_count(),
+                cairn_insight::load(vault, &r.snapshot).as_ref(),
+            );
         }
     }
     let found: usize = reports
@@ -81,9 +84,11 @@ pub fn scan(
     Ok(if found > 0 || unclean { FOUND } else { 0 })
 }
 
-fn print_report(r: &ScanReport, rule_count: usize) {
+fn print_report(r: &ScanReport, rule_count: usize, insight: Option<&cairn_insight::Record>) {
+    // The scans' verdict, named as theirs: a snapshot whose files were
+    // encrypted holds no malware, and "clean" alone would read as safe.
     println!(
-        "{}@{} ({}): {}{}",
+        "{}@{} ({}): scans {}{}",
         r.name,
         r.snapshot.short(),
         r.time.format("%Y-%m-%d %H:%M"),
@@ -94,6 +99,7 @@ fn print_report(r: &ScanReport, rule_count: usize) {
             n => format!(", {n} vulnerable package(s) to patch"),
         }
     );
+    insight_note(r, insight);
     println!(
         "  malware: {} files, {} ({} files, {} scanned now; {rule_count} rules, set {})",
         r.stats.files,

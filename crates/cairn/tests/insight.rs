@@ -495,6 +495,34 @@ fn a_filesystem_cairn_does_not_read_wiped_is_found() {
     );
 }
 
+/// A disk whose files Cairn cannot read is judged by its change alone,
+/// and says so: after a backup, in the timeline, and in the clean point's
+/// confidence (a slow encryption in place need not raise the change).
+#[test]
+fn a_verdict_without_the_files_says_it_rests_on_the_change_alone() {
+    let env = Env::new("0s", &[]);
+    let disk = env.path("raw.img");
+    std::fs::write(&disk, text(4 << 20, 1)).unwrap();
+    for d in 0..3u32 {
+        write_at(&disk, d as u64 * 4096, &text(4096, 50 + d as u64));
+        let d = day(d);
+        let disk = disk.to_str().unwrap();
+        let out = env.ok(&["backup", disk, "--name", "raw", "--time", &d]);
+        assert!(
+            d == day(0) || out.contains("its files could not be read"),
+            "{out}"
+        );
+    }
+    let t = env.json(&["timeline", "raw"]);
+    assert_eq!(t["snapshots"][2]["verdict"], "clean", "{t}");
+    let c = &t["clean_point"];
+    assert!(c["confidence"].as_f64().unwrap() <= 0.5, "{c}");
+    assert!(
+        c["reason"].as_str().unwrap().contains("change alone"),
+        "{c}"
+    );
+}
+
 /// A VM disk grown (the new space reads as zeros) zeroed nothing: the
 /// day is clean, not "newly zeroed".
 #[test]
@@ -612,6 +640,13 @@ fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     let said = String::from_utf8_lossy(&scan.stdout);
     assert!(
         said.contains("insight: COMPROMISED") && said.contains("encrypted in place"),
+        "{said}"
+    );
+    // The headline names the verdict as the scans', insight's right under it.
+    let mut lines = said.lines();
+    assert!(lines.next().unwrap().ends_with("scans clean"), "{said}");
+    assert!(
+        lines.next().unwrap().contains("insight: COMPROMISED"),
         "{said}"
     );
     let earlier = env.ok(&["scan", &format!("vm@{}", &clean_id[..8])]);
