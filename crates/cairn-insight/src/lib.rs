@@ -49,20 +49,29 @@ pub fn record_name(id: &SnapshotId) -> String {
     format!("insight/v{}/{}", signals::SIGNALS_VERSION, id.0)
 }
 
+/// The record of snapshot `id` compared with `base` in place of its
+/// recorded parent, which was forgotten since.
+fn rebased_name(id: &SnapshotId, base: &SnapshotId) -> String {
+    format!("{}.vs-{}", record_name(id), base.0)
+}
+
 /// The stored record of a snapshot, if there is a readable one.
 pub fn load(vault: &Vault, id: &SnapshotId) -> Option<Record> {
-    let name = record_name(id);
-    if !vault.backend().exists(&name).ok()? {
+    load_at(vault, &record_name(id), id)
+}
+
+fn load_at(vault: &Vault, name: &str, id: &SnapshotId) -> Option<Record> {
+    if !vault.backend().exists(name).ok()? {
         return None;
     }
-    let bytes = vault.read_object(&name).ok()?;
+    let bytes = vault.read_object(name).ok()?;
     let r: Record = serde_json::from_slice(&bytes).ok()?;
     (r.signals.snapshot == *id && r.signals.version == signals::SIGNALS_VERSION).then_some(r)
 }
 
-fn store(vault: &Vault, r: &Record) -> Result<()> {
+fn store(vault: &Vault, name: &str, r: &Record) -> Result<()> {
     let json = serde_json::to_vec(r).expect("json");
-    vault.put_sealed(&record_name(&r.signals.snapshot), &json)?;
+    vault.put_sealed(name, &json)?;
     Ok(())
 }
 
@@ -263,7 +272,25 @@ fn timeline_with_source(
     let mut assessor = score::Assessor::new();
     let mut entries = Vec::with_capacity(ordered.len());
     for (i, snap) in ordered.iter().enumerate() {
-        let (signals, stored) = match load(vault, &snap.id) {
+        let base = comparison_base(&by_id, &ordered, &entries, i);
+        let mut name = record_name(&snap.id);
+        let mut record = load_at(vault, &name, &snap.id);
+        // A record compared with a parent forgotten since describes a
+        // change the timeline no longer holds, and what the forgotten
+        // snapshots found went with them (a slow encryption's earlier
+        // days): the snapshot is compared again with the one before it
+        // that is left, once, and that record kept beside the first.
+        if let (Some(r), Some(b)) = (&record, base)
+            && r.signals
+                .parent
+                .as_ref()
+                .is_some_and(|p| !by_id.contains_key(p))
+        {
+            name = rebased_name(&snap.id, &b.id);
+            record = load_at(vault, &name, &snap.id)
+                .filter(|r| r.signals.parent.as_ref() == Some(&b.id));
+        }
+        let (signals, stored) = match record {
             Some(r) => (r.signals, true),
             None => {
                 on_compute(snap);
@@ -271,7 +298,7 @@ fn timeline_with_source(
                     signals::compute(
                         vault,
                         snap,
-                        comparison_base(&by_id, &ordered, &entries, i),
+                        base,
                         latest_source.filter(|_| i + 1 == ordered.len()),
                     ),
                     false,
@@ -282,6 +309,7 @@ fn timeline_with_source(
         if !stored {
             store(
                 vault,
+                &name,
                 &Record {
                     signals: signals.clone(),
                     assessment: assessment.clone(),

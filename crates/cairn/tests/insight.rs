@@ -495,6 +495,46 @@ fn a_filesystem_cairn_does_not_read_wiped_is_found() {
     );
 }
 
+/// A slow encryption, then a forget that keeps the pinned clean point
+/// and the newest snapshot only: the snapshots in between, and what
+/// insight found in them, are gone, and a rollback still undoes all of it.
+#[test]
+fn a_rollback_after_forget_undoes_what_the_forgotten_snapshots_found() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    four_days_then_encryption(&env, &disk);
+    flagged_backup(&env, &disk, 4);
+    for i in 15..18 {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        overwrite_file_in_place(&disk, &path, &noise(20_000 + i * 3000, 8_000 + i as u64));
+    }
+    flagged_backup(&env, &disk, 5);
+    replace_guest_file(&disk, "home/alice/docs/report-1.txt", &text(9_000, 77));
+    flagged_backup(&env, &disk, 6);
+    env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(env.json(&["snapshots", "vm"]).as_array().unwrap().len(), 2);
+
+    let out_dir = env.path("rolled");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(rb["restored"], 8, "{rb}");
+    for i in 10..18 {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        assert_eq!(
+            std::fs::read(out_dir.join(&path)).unwrap(),
+            std::fs::read(root.join(&path)).unwrap(),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(out_dir.join("home/alice/docs/report-1.txt")).unwrap(),
+        text(9_000, 77),
+        "the newest work is kept"
+    );
+}
+
 /// A disk whose files Cairn cannot read is judged by its change alone,
 /// and says so: after a backup, in the timeline, and in the clean point's
 /// confidence (a slow encryption in place need not raise the change).
