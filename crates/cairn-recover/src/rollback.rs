@@ -858,6 +858,18 @@ impl RollbackReport {
         self.skipped.push(why);
     }
 
+    /// A file that could not be read where the plan took it from, written
+    /// from snapshot `id` (taken at `time`) instead.
+    fn taken_from_earlier(&mut self, path: &str, id: String, time: String, why: String) {
+        if let Ok(k) = self.files.binary_search_by(|f| f.path.as_str().cmp(path)) {
+            let f = &mut self.files[k];
+            f.action = Action::Restored;
+            f.snapshot = Some(id);
+            f.snapshot_time = Some(time);
+            f.reason = why;
+        }
+    }
+
     /// [`left_alone`](Self::left_alone), because carrying it out failed.
     fn failed_on(&mut self, k: usize, why: String) {
         self.failed += 1;
@@ -936,6 +948,40 @@ pub fn rollback_to_dir(
     }
 }
 
+/// Writes file `path` into `dest` from the newest snapshot before
+/// `index` where it is a file that reads whole: that snapshot, the bytes
+/// written and whether setuid/setgid bits were left off.
+fn earlier_readable(
+    snaps: &mut Snapshots,
+    index: usize,
+    path: &[u8],
+    dest: &Path,
+    keep_setid: bool,
+) -> Option<(usize, u64, bool)> {
+    for j in (0..index).rev() {
+        let Ok(o) = snaps.get(j) else {
+            continue;
+        };
+        let Ok(e) = o.fs.lookup(path) else {
+            continue;
+        };
+        if e.kind != FileKind::File {
+            continue;
+        }
+        match write_file(o.fs.as_ref(), &e, dest, &|_| {}) {
+            Ok(n) => {
+                let dropped = set_meta(&e, dest, keep_setid);
+                crate::files::set_xattrs(&o.fs.xattrs(&e), dest, keep_setid);
+                return Some((j, n, dropped));
+            }
+            Err(_) => {
+                let _ = fs::remove_file(dest);
+            }
+        }
+    }
+    None
+}
+
 /// Writes the plan's picks into the folder `to`.
 fn roll_into(
     snaps: &mut Snapshots,
@@ -984,12 +1030,39 @@ fn roll_into(
                         crate::files::set_xattrs(&fs_.fs.xattrs(&pick.entry), &dest, keep_setid);
                         written.insert((pick.index, pick.entry.path.clone()), dest.clone());
                     }
-                    Err(e) => {
-                        if e.kind() != std::io::ErrorKind::AlreadyExists {
-                            let _ = fs::remove_file(&dest);
-                        }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         let shown = pick.entry.display_path();
                         report.missing(&shown, format!("{shown}: not written: {e}"));
+                    }
+                    Err(e) => {
+                        let _ = fs::remove_file(&dest);
+                        let shown = pick.entry.display_path();
+                        // Unreadable there (a damaged extent map, a block
+                        // past the disk's end): the newest earlier version
+                        // that reads comes back in its place.
+                        match earlier_readable(
+                            snaps,
+                            pick.index,
+                            &pick.entry.path,
+                            &dest,
+                            keep_setid,
+                        ) {
+                            Some((j, n, dropped)) => {
+                                report.bytes_written += n;
+                                report.setid_dropped += dropped as u64;
+                                let (id, time) = snaps.label(j);
+                                report.taken_from_earlier(
+                                    &shown,
+                                    id,
+                                    time,
+                                    format!(
+                                        "unreadable in {} ({e}): the newest earlier version that reads",
+                                        snaps.label(pick.index).0.get(..8).unwrap_or_default()
+                                    ),
+                                );
+                            }
+                            None => report.missing(&shown, format!("{shown}: not written: {e}")),
+                        }
                     }
                 }
             }

@@ -844,6 +844,53 @@ fn backup_any(env: &Env, disk: &Path, d: u32) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A file the newest snapshot cannot read (its extent points past the
+/// disk) comes into a rollback's new folder from the newest snapshot
+/// where it reads, instead of being left out.
+#[test]
+fn rollback_takes_a_file_unreadable_in_the_newest_snapshot_from_an_earlier_one() {
+    let env = Env::new("30d", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    four_days_then_encryption(&env, &disk);
+    debugfs_w(&disk, &format!("sif /{} block[5] 0xfffffff0", report(3)));
+    backup_any(&env, &disk, 4);
+    assert!(
+        !env.run(&["cat", &format!("vm@latest:/{}", report(3))])
+            .status
+            .success()
+    );
+
+    let out_dir = env.path("rolled");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(rb["failed"], 0, "{rb}");
+    for i in 10..15 {
+        assert_eq!(
+            std::fs::read(out_dir.join(report(i))).unwrap(),
+            std::fs::read(root.join(report(i))).unwrap(),
+            "report-{i}"
+        );
+    }
+    // As alice left it on day 3 (see `four_days_then_encryption`).
+    assert_eq!(
+        std::fs::read(out_dir.join(report(3))).unwrap(),
+        text(21_000, 503)
+    );
+    let three = rb["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == format!("/{}", report(3)))
+        .unwrap();
+    assert_eq!(three["action"], "restored", "{three}");
+    assert!(
+        three["reason"].as_str().unwrap().contains("unreadable in"),
+        "{three}"
+    );
+}
+
 #[test]
 fn rollback_works_around_a_broken_folder_and_an_unreadable_newest_snapshot() {
     let env = Env::new("30d", &[]);
