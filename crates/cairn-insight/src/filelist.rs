@@ -1,7 +1,8 @@
-//! Each analysed snapshot's file list, stored beside its first insight
-//! record (`insight/v1/<id>.list`: a list does not change when the facts
-//! computed from it do), so the next snapshot is compared with it without
-//! walking the parent's filesystem again.
+//! Each analysed snapshot's file list, stored as `insight/v1/<id>.list`
+//! (under the first version of the insight records, whatever theirs is
+//! now: a list does not change when the facts computed from it do), so
+//! the next snapshot is compared with it without walking the parent's
+//! filesystem again.
 
 use cairn_guest::{FileEntry, FileKind};
 use cairn_vault::{SnapshotId, Vault};

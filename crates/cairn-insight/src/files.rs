@@ -35,8 +35,6 @@ const TAIL_BYTES: u64 = 64 << 10;
 const BUDGET_BYTES: u64 = 2 << 30;
 /// Fewer changed bytes than this say nothing about their entropy.
 const MIN_CHANGED: u64 = 256;
-/// Bits per byte over which a head that claims no type looks random.
-const RANDOM_HEAD: f64 = 7.5;
 /// Entropy is measured in windows of this size.
 const WINDOW: usize = 4096;
 
@@ -143,8 +141,9 @@ pub struct FileSignals {
     /// can be seen as repaired.
     pub touched: Vec<u64>,
     /// Hashes of the changed files whose new version still does not check
-    /// out as what it claims to be (or, claiming nothing, looks random):
-    /// damage found in them earlier stays.
+    /// out as what it claims to be (or was not analysed, or was only
+    /// renamed; under their old names too): damage found in them earlier
+    /// stays.
     #[serde(default)]
     pub unsound: Vec<u64>,
 }
@@ -337,7 +336,7 @@ struct Looked {
     /// Its high entropy is explained by a type that checks out.
     dense_ok: bool,
     /// Its new version does not check out as the type its name or
-    /// content claims (or, claiming none, looks random).
+    /// content claims (nor as any other).
     unsound: bool,
     /// A ransom note: its text's hash and its folder.
     note: Option<([u8; 32], String)>,
@@ -568,8 +567,10 @@ impl Analysis<'_> {
         }
         // Damage found in it before is not repaired by this change: a
         // locker run twice rewrites ciphertext with ciphertext, which
-        // shows no jump in entropy and no type lost.
-        looked.unsound = claimed.is_some() || shannon_entropy(&nh) as f64 >= RANDOM_HEAD;
+        // shows no jump in entropy and no type lost. (A file that claims
+        // no type cannot be told unsound: an encrypted database of an
+        // application writes random bytes every day.)
+        looked.unsound = claimed.is_some() && new_valid.is_none();
         let Some((oh, ot)) = self.reader.sample(old_fs, o, SAMPLE_BYTES) else {
             return looked;
         };
@@ -774,8 +775,13 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     // Ransom note texts: hash → folders they were found in.
     let mut note_dirs: HashMap<[u8; 32], HashSet<String>> = HashMap::new();
     for (j, l) in jobs.iter().zip(looked) {
-        if let (Job::Modified { path, .. }, true) = (j, l.unsound) {
+        // Not judged sound (or not judged at all, the read budget spent):
+        // damage found in it earlier stays, under its old name too.
+        if let Job::Modified { path, origin, .. } = j
+            && (l.unsound || l.analysed.is_none())
+        {
             out.unsound.push(path_hash(path));
+            out.unsound.extend(origin.as_deref().map(path_hash));
         }
         match l.analysed {
             Some(bytes) => {
@@ -979,6 +985,13 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
     touched.sort_unstable();
     touched.dedup();
     out.touched = touched;
+    // A file renamed as it was is what it was.
+    out.unsound.extend(
+        d.renamed
+            .iter()
+            .filter(|r| !r.modified)
+            .map(|r| path_hash(&r.from)),
+    );
     out
 }
 

@@ -4,9 +4,11 @@
 //!
 //! Facts per snapshot (`signals`) are computed once and stored beside the
 //! snapshot as `insight/v<N>/<snapshot id>` (write-once, like everything
-//! in the vault; the manifest itself never changes). Scores depend on
-//! history, so they are replayed in time order whenever a timeline is
-//! asked for — cheap, as the facts are stored.
+//! in the vault; the manifest itself never changes), and once more as
+//! `….vs-<other id>` when the snapshot they compared it with is forgotten
+//! (see `timeline`). Scores depend on history, so they are replayed in
+//! time order whenever a timeline is asked for — cheap, as the facts are
+//! stored. ([`load`] gives the first record: what the backup saw.)
 
 pub mod content;
 pub mod filelist;
@@ -269,22 +271,30 @@ fn timeline_with_source(
         )));
     }
     let by_id: HashMap<SnapshotId, &Snapshot> = all.iter().map(|s| (s.id.clone(), s)).collect();
+    // Gone from the vault (forgotten), not merely unreadable for now.
+    let forgotten = |id: &SnapshotId| {
+        !by_id.contains_key(id)
+            && !unreadable
+                .iter()
+                .any(|(n, _)| *n == Snapshot::object_name(id))
+    };
     let mut assessor = score::Assessor::new();
     let mut entries = Vec::with_capacity(ordered.len());
     for (i, snap) in ordered.iter().enumerate() {
         let base = comparison_base(&by_id, &ordered, &entries, i);
         let mut name = record_name(&snap.id);
         let mut record = load_at(vault, &name, &snap.id);
-        // A record compared with a parent forgotten since describes a
-        // change the timeline no longer holds, and what the forgotten
-        // snapshots found went with them (a slow encryption's earlier
-        // days): the snapshot is compared again with the one before it
-        // that is left, once, and that record kept beside the first.
+        // A record compared with a snapshot forgotten since (its parent,
+        // or the one before it read whole) describes a change the
+        // timeline no longer holds, and what the forgotten snapshots found
+        // went with them (a slow encryption's earlier days): when its
+        // parent is gone too, the snapshot is compared again with the one
+        // before it that is left, once, and that record kept beside the
+        // first. (After a forget that thins a history: once for each
+        // snapshot kept.)
         if let (Some(r), Some(b)) = (&record, base)
-            && r.signals
-                .parent
-                .as_ref()
-                .is_some_and(|p| !by_id.contains_key(p))
+            && r.signals.parent.as_ref().is_some_and(forgotten)
+            && snap.parent.as_ref().is_some_and(forgotten)
         {
             name = rebased_name(&snap.id, &b.id);
             record = load_at(vault, &name, &snap.id)

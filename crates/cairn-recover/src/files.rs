@@ -215,6 +215,13 @@ pub(crate) fn write_file(
     write_into(fs, e, &f, progress)
 }
 
+/// Whether an error of [`write_file`] came from reading the guest's
+/// filesystem (not from writing on this host: a full disk, a quota).
+pub(crate) fn read_failed(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<cairn_guest::GuestError>())
+}
+
 /// Writes the content of `e` into the new, empty file `f`; zero runs stay
 /// holes.
 pub(crate) fn write_into(

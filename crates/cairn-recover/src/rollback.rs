@@ -726,7 +726,7 @@ fn walk(snaps: &mut Snapshots, i: usize) -> Result<cairn_guest::Walked> {
 }
 
 /// Earlier snapshots searched for a folder the starting snapshot could
-/// not read.
+/// not read, or for a version of a file it could not read.
 const MAX_LOOKBACK: usize = 16;
 /// Most entries brought back from unreadable folders in one rollback.
 const MAX_UNREAD_ENTRIES: usize = 2_000_000;
@@ -948,9 +948,11 @@ pub fn rollback_to_dir(
     }
 }
 
-/// Writes file `path` into `dest` from the newest snapshot before
-/// `index` where it is a file that reads whole: that snapshot, the bytes
-/// written and whether setuid/setgid bits were left off.
+
+/// Writes file `path` into `dest` from the newest of the few snapshots
+/// before `index` where it is a file that reads whole (back to where it
+/// was not one): that snapshot, the bytes written and whether
+/// setuid/setgid bits were left off.
 fn earlier_readable(
     snaps: &mut Snapshots,
     index: usize,
@@ -958,16 +960,16 @@ fn earlier_readable(
     dest: &Path,
     keep_setid: bool,
 ) -> Option<(usize, u64, bool)> {
-    for j in (0..index).rev() {
+    for j in (index.saturating_sub(MAX_LOOKBACK)..index).rev() {
         let Ok(o) = snaps.get(j) else {
             continue;
         };
-        let Ok(e) = o.fs.lookup(path) else {
-            continue;
+        let e = match o.fs.lookup(path) {
+            Ok(e) if e.kind == FileKind::File => e,
+            // Before it was created (or while it was something else):
+            // nothing older is this file.
+            _ => return None,
         };
-        if e.kind != FileKind::File {
-            continue;
-        }
         match write_file(o.fs.as_ref(), &e, dest, &|_| {}) {
             Ok(n) => {
                 let dropped = set_meta(&e, dest, keep_setid);
@@ -1030,7 +1032,10 @@ fn roll_into(
                         crate::files::set_xattrs(&fs_.fs.xattrs(&pick.entry), &dest, keep_setid);
                         written.insert((pick.index, pick.entry.path.clone()), dest.clone());
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(e) if !crate::files::read_failed(&e) => {
+                        if e.kind() != std::io::ErrorKind::AlreadyExists {
+                            let _ = fs::remove_file(&dest);
+                        }
                         let shown = pick.entry.display_path();
                         report.missing(&shown, format!("{shown}: not written: {e}"));
                     }
@@ -1048,6 +1053,8 @@ fn roll_into(
                             keep_setid,
                         ) {
                             Some((j, n, dropped)) => {
+                                // Its other names become links to it.
+                                written.insert((pick.index, pick.entry.path.clone()), dest.clone());
                                 report.bytes_written += n;
                                 report.setid_dropped += dropped as u64;
                                 let (id, time) = snaps.label(j);

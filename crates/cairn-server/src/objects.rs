@@ -93,6 +93,13 @@ impl Claims {
             let dead: HashSet<String> = g.seen.keys().filter(|t| !g.alive(t)).cloned().collect();
             g.owner.retain(|_, t| !dead.contains(t));
         }
+        if g.forfeited.len() >= MAX_CLAIMS {
+            // A forfeit matters only while someone holds the chunk.
+            let ClaimState {
+                owner, forfeited, ..
+            } = &mut *g;
+            forfeited.retain(|id, _| owner.contains_key(id));
+        }
         let mut out = Vec::with_capacity(lacking.len());
         for id in lacking {
             let theirs = g.owner.get(&id).is_some_and(|o| o != token && g.alive(o));
@@ -117,6 +124,11 @@ impl Claims {
     fn take_over(&self, token: &str, ids: &[ChunkId]) {
         let mut g = self.inner.lock().unwrap();
         for id in ids {
+            // One that forfeited a chunk does not win it back this way
+            // either (citing it in a manifest while its owner is idle).
+            if g.forfeited.get(id).is_some_and(|f| f.contains(token)) {
+                continue;
+            }
             let Some(o) = g.owner.insert(*id, token.to_string()) else {
                 g.owner.remove(id);
                 continue;
@@ -539,6 +551,9 @@ fn store(st: &Shared, who: &TokenRecord, name: &str, body: &[u8]) -> Result<Stor
             let snap = vault
                 .parse_snapshot(name, body)
                 .map_err(|e| ApiError::bad(e.to_string()))?;
+            // The name every command can address, and a terminal will
+            // not act on (what `cairn backup` holds its own to).
+            cairn_vault::snapshot::check_name(&snap.name).map_err(ApiError::bad)?;
             // Every command names snapshots by id prefix, and an id is a
             // file name under several folders.
             if !cairn_vault::hash::is_object_id(&snap.id.0) {
@@ -1031,6 +1046,13 @@ mod tests {
         assert_eq!(c.claim("holder", vec![x]), vec![x]);
         assert!(!c.pending_elsewhere("waiter", &[x]));
         assert_eq!(c.claim("waiter", vec![x]), vec![x]);
+        // Nor by citing it in a manifest while the waiter is idle.
+        c.take_over("holder", &[x]);
+        assert!(!c.pending_elsewhere("waiter", &[x]));
+        assert_eq!(
+            c.inner.lock().unwrap().owner.get(&x).map(String::as_str),
+            Some("waiter")
+        );
         // Once it arrives, the slate is clean.
         c.release([x].into_iter());
         assert!(c.inner.lock().unwrap().forfeited.is_empty());

@@ -219,6 +219,15 @@ fn locked_now(vault: &Vault, name: &str) -> bool {
     })
 }
 
+/// Whether derived record `name` (see `prune`) belongs to snapshots that
+/// are all still there.
+fn record_live(name: &str, ids: &HashSet<&str>) -> bool {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    let id = file.split('.').next().unwrap_or(file);
+    let other = file.split_once(".vs-").map(|(_, o)| o);
+    ids.contains(id) && other.is_none_or(|o| ids.contains(o))
+}
+
 /// Deletes packs and maps that no snapshot refers to and whose retention
 /// has ended. Refuses to run when any manifest is unreadable, since it may
 /// refer to anything.
@@ -357,8 +366,10 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             report.maps_deleted += 1;
         }
     }
-    // Derived records are named after their snapshot (`insight/v1/<id>`,
-    // `insight/v1/<id>.files`, `scan/v1/<id>.<profile>`) and go when it goes.
+    // Derived records are named after their snapshot (`insight/v2/<id>`,
+    // `insight/v1/<id>.list`, `scan/v1/<id>.<profile>`) and go when it
+    // goes; a record comparing it with another snapshot
+    // (`insight/v2/<id>.vs-<other id>`) goes when either does.
     let ids: HashSet<&str> = snapshots.iter().map(|s| s.id.0.as_str()).collect();
     let derived = [
         vault.backend().list("insight")?,
@@ -366,9 +377,7 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     ]
     .concat();
     for name in derived {
-        let file = name.rsplit('/').next().unwrap_or(&name);
-        let id = file.split('.').next().unwrap_or(file);
-        if !ids.contains(id) && aged(&name)? {
+        if !record_live(&name, &ids) && aged(&name)? {
             // A record written later than its snapshot (a scan run weeks
             // after) may still be under its own lock: a later prune.
             if !dry_run && !try_delete(vault, &name)? {
@@ -408,10 +417,7 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             ]
             .concat()
             .into_iter()
-            .filter(|n| {
-                let file = n.rsplit('/').next().unwrap_or(n);
-                ids.contains(file.split('.').next().unwrap_or(file))
-            }),
+            .filter(|n| record_live(n, &ids)),
         );
         let full = vault.config().retention_secs as i64 + crate::s3::lock_margin_secs();
         let now = Utc::now();

@@ -247,11 +247,11 @@ pub(crate) fn test_snapshot(name: &str, id: &str, time: &str) -> Snapshot {
 /// Longest snapshot name: it is typed in `NAME@SNAP` and shown in tables.
 const NAME_MAX: usize = 100;
 
-/// Whether `name` may name a source's snapshots: every client that
-/// writes a manifest (a backup, an agent through the server) and every
-/// reader of one holds it to this, so no name a terminal would act on
-/// (control characters) or that `NAME@SNAP` could not address reaches a
-/// listing.
+/// Whether `name` may name a source's snapshots: a backup and the vault
+/// server (for its agents' manifests) hold new snapshots to it, so no
+/// name a terminal would act on (control characters) or that `NAME@SNAP`
+/// could not address is written. (Manifests already written under other
+/// names still read: refusing them would hide their data and stop prune.)
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.trim() != name

@@ -76,6 +76,12 @@ pub fn duration(s: &str) -> Result<chrono::Duration, String> {
             .ok_or_else(|| format!("{s:?}: duration too long"))?;
         rest = after;
     }
+    // Past this, times computed from it overflow (and no retention or
+    // keep rule needs more).
+    const MOST: i64 = 1000 * 365 * 86400;
+    if total > MOST {
+        return Err(format!("{s:?}: duration too long (at most 1000y)"));
+    }
     Ok(chrono::Duration::seconds(total))
 }
 
@@ -91,6 +97,7 @@ mod tests {
         assert_eq!(secs("0s"), 0);
         assert_eq!(secs("90min"), 5400);
         assert_eq!(duration("1y6mo").unwrap().num_days(), 365 + 6 * 31);
+        assert_eq!(duration("1000y").unwrap().num_days(), 365_000);
         for bad in [
             "12",
             "3q",
@@ -100,6 +107,8 @@ mod tests {
             "1 d",
             "-1d",
             "99999999999999999999d",
+            "9999999999999999s",
+            "1001y",
         ] {
             assert!(duration(bad).is_err(), "{bad:?}");
         }

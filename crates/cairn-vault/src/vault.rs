@@ -952,7 +952,6 @@ impl Vault {
         if Snapshot::object_name(&snap.id) != name {
             return Err(Error::damaged(name, "manifest names another snapshot"));
         }
-        crate::snapshot::check_name(&snap.name).map_err(|e| Error::damaged(name, e))?;
         if !is_content_name(&snap.content) {
             return Err(Error::damaged(
                 name,
