@@ -275,6 +275,9 @@ pub enum UnreadKind {
     /// others list (a loop, cross-linked directories), so reading it would
     /// list the same again.
     Repeat,
+    /// Nested deeper than the walk goes (any user can make such a tree):
+    /// what it holds is not listed.
+    TooDeep,
 }
 
 impl Unread {
@@ -411,21 +414,60 @@ pub struct Walked {
 
 /// [`walk_readable`], naming the directories it could not read by path.
 pub fn walk_readable_marking(fs: &dyn Filesystem) -> Result<Walked> {
-    match fs.walk() {
-        Ok(all) => Ok(Walked {
+    let mut w = match fs.walk() {
+        Ok(all) => Walked {
             entries: all,
             unread: Vec::new(),
             whole_walk_error: None,
-        }),
+        },
         Err(e) => {
             let (entries, unread) = walk_under_marking(fs, &fs.lookup(b"")?)?;
-            Ok(Walked {
+            Walked {
                 entries,
                 unread,
                 whole_walk_error: Some(e.to_string()),
-            })
+            }
         }
-    }
+    };
+    let deep = too_deep(fs, &w.entries);
+    w.unread.extend(deep);
+    Ok(w)
+}
+
+/// Depth past which a folder listed without anything in it is read to see
+/// whether the walk stopped there (every filesystem's walk goes at least
+/// this deep).
+const DEEP: usize = 200;
+
+/// The folders of `entries` (a walk of `fs`) that hold entries the walk
+/// did not list, because it goes only so deep: a place to hide files from
+/// a scan, so they are named, never passed over in silence.
+pub fn too_deep(fs: &dyn Filesystem, entries: &[FileEntry]) -> Vec<Unread> {
+    let depth = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count() + 1;
+    let parents: std::collections::HashSet<&[u8]> = entries
+        .iter()
+        .filter(|e| depth(&e.path) > DEEP)
+        .filter_map(|e| {
+            e.path
+                .iter()
+                .rposition(|&b| b == b'/')
+                .map(|i| &e.path[..i])
+        })
+        .collect();
+    entries
+        .iter()
+        .filter(|e| e.kind == FileKind::Dir && depth(&e.path) >= DEEP)
+        .filter(|e| !parents.contains(e.path.as_slice()))
+        .filter(|e| fs.read_dir(&e.path).is_ok_and(|l| !l.is_empty()))
+        .map(|e| Unread {
+            path: e.path.clone(),
+            why: format!(
+                "nested {} folders deep, deeper than Cairn lists: what it holds is not listed",
+                depth(&e.path)
+            ),
+            kind: UnreadKind::TooDeep,
+        })
+        .collect()
 }
 
 /// What of a filesystem can be listed, and the folders that could not be
@@ -434,7 +476,9 @@ pub fn walk_readable_marking(fs: &dyn Filesystem) -> Result<Walked> {
 pub fn readable_part(fs: &dyn Filesystem) -> Result<(Vec<FileEntry>, Vec<Unread>)> {
     let w = walk_readable_marking(fs)?;
     match w.whole_walk_error {
-        Some(e) if w.unread.is_empty() => Err(GuestError::Corrupt(e)),
+        Some(e) if w.unread.iter().all(|u| u.kind == UnreadKind::TooDeep) => {
+            Err(GuestError::Corrupt(e))
+        }
         _ => Ok((w.entries, w.unread)),
     }
 }

@@ -260,7 +260,7 @@ pub fn compute(
             .map(|w| (o, w))
             .map_err(|e| e.to_string())
     });
-    let (new, (new_entries, unread)) = match opened {
+    let (new, (new_entries, mut unread)) = match opened {
         Ok(x) => x,
         Err(e) => {
             out.fs_error = Some(e);
@@ -269,6 +269,9 @@ pub fn compute(
             return out;
         }
     };
+    // Folders deeper than any walk goes are cut the same way in every
+    // snapshot: the comparison is whole without them (a scan names them).
+    unread.retain(|u| u.kind != cairn_guest::UnreadKind::TooDeep);
     out.partial_walk = !unread.is_empty();
     out.unread_paths = unread
         .iter()

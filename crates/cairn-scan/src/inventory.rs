@@ -221,43 +221,86 @@ pub fn read(fs: &dyn Filesystem) -> Inventory {
         }
     }
     inv.os = os;
-    if let Some(d) = read_resolved(fs, "var/lib/dpkg/status", MAX_DB) {
-        inv.packages = parse_dpkg_status(&d);
-    } else if let Some(d) = read_resolved(fs, "lib/apk/db/installed", MAX_DB) {
-        inv.packages = parse_apk_installed(&d);
+    // The database of the OS's own package manager first (an Alpine guest
+    // may carry a dpkg status file of its own `dpkg` package); another
+    // only when that one is absent, and any other there is named.
+    let mut order = vec![Scheme::Dpkg, Scheme::Apk, Scheme::Rpm];
+    if let Some(mine) = inv.scheme {
+        order.retain(|s| *s != mine);
+        order.insert(0, mine);
     }
-    if inv.packages.is_empty() {
-        for dir in ["var/lib/rpm", "usr/lib/sysimage/rpm"] {
-            let db = format!("{dir}/rpmdb.sqlite");
-            if let Some(d) = read_resolved(fs, &db, MAX_DB) {
-                let wal = read_resolved(fs, &format!("{db}-wal"), MAX_DB);
-                match crate::rpm::parse_sqlite(&d, wal.as_deref()) {
-                    Ok(p) => inv.packages = p,
-                    Err(e) => inv
-                        .notes
-                        .push(format!("/{db}: unreadable RPM database ({e})")),
-                }
-                break;
+    let mut read_from: Option<Scheme> = None;
+    for scheme in order {
+        let found = match scheme {
+            Scheme::Dpkg => {
+                read_resolved(fs, "var/lib/dpkg/status", MAX_DB).map(|d| parse_dpkg_status(&d))
             }
-            let bdb = format!("{dir}/Packages");
-            if let Some(d) = read_resolved(fs, &bdb, MAX_DB) {
-                // Before rpm 4.16: a Berkeley DB hash of package headers.
-                match crate::bdb::values(&d, crate::rpm::MAX_PACKAGES) {
-                    Ok(headers) => {
-                        inv.packages = headers
-                            .iter()
-                            .filter_map(|h| crate::rpm::parse_header(h))
-                            .collect()
-                    }
-                    Err(e) => inv
-                        .notes
-                        .push(format!("/{bdb}: unreadable RPM database ({e})")),
-                }
-                break;
+            Scheme::Apk => {
+                read_resolved(fs, "lib/apk/db/installed", MAX_DB).map(|d| parse_apk_installed(&d))
             }
+            Scheme::Rpm => read_rpm(fs, &mut inv),
+        };
+        let Some(packages) = found else { continue };
+        match read_from {
+            None => {
+                inv.packages = packages;
+                read_from = Some(scheme);
+            }
+            Some(used) if !packages.is_empty() => inv.notes.push(format!(
+                "a {} package database is there too ({} packages), not checked: this system's packages were read from its {} database",
+                manager(scheme),
+                packages.len(),
+                manager(used)
+            )),
+            Some(_) => {}
         }
     }
     inv
+}
+
+fn manager(s: Scheme) -> &'static str {
+    match s {
+        Scheme::Dpkg => "dpkg",
+        Scheme::Apk => "apk",
+        Scheme::Rpm => "RPM",
+    }
+}
+
+/// The packages of an RPM database (SQLite since rpm 4.16, Berkeley DB
+/// before), if there is one; one that cannot be read is noted.
+fn read_rpm(fs: &dyn Filesystem, inv: &mut Inventory) -> Option<Vec<Package>> {
+    for dir in ["var/lib/rpm", "usr/lib/sysimage/rpm"] {
+        let db = format!("{dir}/rpmdb.sqlite");
+        if let Some(d) = read_resolved(fs, &db, MAX_DB) {
+            let wal = read_resolved(fs, &format!("{db}-wal"), MAX_DB);
+            return match crate::rpm::parse_sqlite(&d, wal.as_deref()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    inv.notes
+                        .push(format!("/{db}: unreadable RPM database ({e})"));
+                    Some(Vec::new())
+                }
+            };
+        }
+        let bdb = format!("{dir}/Packages");
+        if let Some(d) = read_resolved(fs, &bdb, MAX_DB) {
+            // Before rpm 4.16: a Berkeley DB hash of package headers.
+            return match crate::bdb::values(&d, crate::rpm::MAX_PACKAGES) {
+                Ok(headers) => Some(
+                    headers
+                        .iter()
+                        .filter_map(|h| crate::rpm::parse_header(h))
+                        .collect(),
+                ),
+                Err(e) => {
+                    inv.notes
+                        .push(format!("/{bdb}: unreadable RPM database ({e})"));
+                    Some(Vec::new())
+                }
+            };
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -370,7 +370,8 @@ pub fn latest_verdicts(vault: &Vault) -> HashMap<SnapshotId, ScanVerdict> {
 
 /// The baseline persistence is compared with: the newest earlier
 /// snapshot whose stored scan was clean (`verdicts` from
-/// [`latest_verdicts`]), else the oldest of the chain.
+/// [`latest_verdicts`]), else the oldest of the chain unless its scan
+/// found something (what a compromised baseline holds is not new).
 pub fn baseline_for(
     chain: &[Snapshot],
     snap: &SnapshotId,
@@ -381,7 +382,11 @@ pub fn baseline_for(
         .iter()
         .rev()
         .find(|s| verdicts.get(&s.id) == Some(&ScanVerdict::Clean))
-        .or_else(|| chain[..i].first())
+        .or_else(|| {
+            chain[..i]
+                .first()
+                .filter(|s| verdicts.get(&s.id).is_none_or(|v| *v == ScanVerdict::Clean))
+        })
         .cloned()
 }
 
@@ -398,8 +403,13 @@ impl Target {
     pub fn open(vault: &Arc<Vault>, snap: &Snapshot, partition: Option<u32>) -> Result<Target> {
         let opened = cairn_guest::open_snapshot(vault, snap.clone(), partition)?;
         // Insight stores each analysed snapshot's list; reuse it.
+        // (Stored only when every folder read; folders nested deeper than
+        // the walk goes are looked for again.)
         let (entries, unread) = match cairn_insight::filelist::load(vault, &snap.id) {
-            Some(e) if partition.is_none() => (e, Vec::new()),
+            Some(e) if partition.is_none() => {
+                let deep = cairn_guest::too_deep(opened.fs.as_ref(), &e);
+                (e, deep.iter().map(cairn_guest::Unread::describe).collect())
+            }
             _ => cairn_guest::walk_readable(opened.fs.as_ref())?,
         };
         Ok(Target {
@@ -651,10 +661,19 @@ impl<'a> Scan<'a> {
 
     /// Persistence and tampering against the baseline; true when clean.
     pub fn persistence(&mut self) -> bool {
-        let found = persistence::indicators(
-            self.baseline.as_ref().map(|b| b.side()).as_ref(),
-            &self.target.side(),
-        );
+        let side = self.target.side();
+        let mut found =
+            persistence::indicators(self.baseline.as_ref().map(|b| b.side()).as_ref(), &side);
+        // What is suspicious on its own (a preload, a second root, a
+        // program in a temp folder) is reported whatever the baseline
+        // holds: one never scanned may carry the same infection.
+        if self.baseline.is_some() {
+            for i in persistence::indicators(None, &side) {
+                if !found.iter().any(|f| f.path == i.path && f.kind == i.kind) {
+                    found.push(i);
+                }
+            }
+        }
         for i in &found {
             self.raise(ScanVerdict::of(i.severity));
         }

@@ -358,6 +358,18 @@ fn read_record(p: &Path) -> Result<Option<Vec<u8>>> {
     Ok((bytes.len() as u64 <= MAX_RECORD).then_some(bytes))
 }
 
+/// What an import took.
+#[derive(Debug)]
+pub struct Imported {
+    /// Records added (or replacing earlier ones, or withdrawing them).
+    pub used: usize,
+    /// Files not used: withdrawn records not held, records for no
+    /// package, files too large, and the damaged ones below.
+    pub skipped: usize,
+    /// Files that are no OSV record at all, with why.
+    pub damaged: Vec<String>,
+}
+
 impl VulnDb {
     pub fn len(&self) -> usize {
         self.advisories.len()
@@ -374,9 +386,17 @@ impl VulnDb {
 
     /// Adds one OSV JSON record; false when it is not one we can use.
     pub fn add_json(&mut self, bytes: &[u8]) -> bool {
-        let Ok(r) = serde_json::from_slice::<OsvRecord>(bytes) else {
-            return false;
-        };
+        self.add_record(bytes).unwrap_or(false)
+    }
+
+    /// [`add_json`](Self::add_json), saying why bytes that are no OSV
+    /// record are not one.
+    fn add_record(&mut self, bytes: &[u8]) -> std::result::Result<bool, String> {
+        let r = serde_json::from_slice::<OsvRecord>(bytes).map_err(|e| e.to_string())?;
+        Ok(self.add_parsed(r))
+    }
+
+    fn add_parsed(&mut self, r: OsvRecord) -> bool {
         // A record withdrawn since an earlier import (a false report)
         // takes the earlier one out.
         if r.withdrawn.is_some() {
@@ -391,26 +411,33 @@ impl VulnDb {
         }
     }
 
-    /// Imports a zip of records or a folder of `.json` files; returns
-    /// (records used, files skipped).
-    pub fn import(&mut self, path: &Path) -> Result<(usize, usize)> {
+    /// Imports a zip of records or a folder of `.json` files.
+    pub fn import(&mut self, path: &Path) -> Result<Imported> {
         let (mut used, mut skipped) = (0usize, 0usize);
+        let mut damaged: Vec<String> = Vec::new();
         let mut total = 0u64;
-        let mut take = |db: &mut VulnDb, bytes: &[u8], used: &mut usize, skipped: &mut usize| {
-            total += bytes.len() as u64;
-            if total > MAX_IMPORT_BYTES {
-                return Err(Error::VulnDb(format!(
-                    "more than {} GiB of records in one import",
-                    MAX_IMPORT_BYTES >> 30
-                )));
-            }
-            if db.add_json(bytes) {
-                *used += 1
-            } else {
-                *skipped += 1
-            }
-            Ok(())
-        };
+        let mut take =
+            |db: &mut VulnDb, name: &str, bytes: &[u8], used: &mut usize, skipped: &mut usize| {
+                total += bytes.len() as u64;
+                if total > MAX_IMPORT_BYTES {
+                    return Err(Error::VulnDb(format!(
+                        "more than {} GiB of records in one import",
+                        MAX_IMPORT_BYTES >> 30
+                    )));
+                }
+                match db.add_record(bytes) {
+                    Ok(true) => *used += 1,
+                    // Withdrawn, or for no package: nothing to match.
+                    Ok(false) => *skipped += 1,
+                    // Not an OSV record at all (a truncated download, say):
+                    // named, so it is not taken for one of those.
+                    Err(why) => {
+                        *skipped += 1;
+                        damaged.push(format!("{name}: {why}"));
+                    }
+                }
+                Ok(())
+            };
         if path.is_dir() {
             let mut stack = vec![path.to_path_buf()];
             while let Some(d) = stack.pop() {
@@ -427,8 +454,9 @@ impl VulnDb {
                     if md.is_dir() {
                         stack.push(p);
                     } else if md.is_file() && p.extension().is_some_and(|x| x == "json") {
+                        let name = p.display().to_string();
                         match read_record(&p)? {
-                            Some(bytes) => take(self, &bytes, &mut used, &mut skipped)?,
+                            Some(bytes) => take(self, &name, &bytes, &mut used, &mut skipped)?,
                             None => skipped += 1,
                         }
                     }
@@ -439,8 +467,9 @@ impl VulnDb {
             }
         } else if path.extension().is_some_and(|x| x == "json") {
             // One record, as OSV serves them one by one.
+            let name = path.display().to_string();
             match read_record(path)? {
-                Some(bytes) => take(self, &bytes, &mut used, &mut skipped)?,
+                Some(bytes) => take(self, &name, &bytes, &mut used, &mut skipped)?,
                 None => skipped += 1,
             }
         } else {
@@ -466,7 +495,8 @@ impl VulnDb {
                     .take(MAX_RECORD)
                     .read_to_end(&mut bytes)
                     .map_err(|e| Error::VulnDb(format!("{}: {e}", path.display())))?;
-                take(self, &bytes, &mut used, &mut skipped)?;
+                let name = format!("{}:{}", path.display(), entry.name().unwrap_or("?".into()));
+                take(self, &name, &bytes, &mut used, &mut skipped)?;
                 if used + skipped > MAX_RECORDS {
                     return Err(Error::VulnDb(format!("more than {MAX_RECORDS} records")));
                 }
@@ -480,7 +510,11 @@ impl VulnDb {
                 path.display()
             )));
         }
-        Ok((used, skipped))
+        Ok(Imported {
+            used,
+            skipped,
+            damaged,
+        })
     }
 
     /// Loads the database at `path`; an empty one when there is none.
@@ -701,7 +735,7 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", dir.path().join("b.json")).unwrap();
         std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
         let mut db = VulnDb::default();
-        let (used, _) = db.import(dir.path()).unwrap();
+        let used = db.import(dir.path()).unwrap().used;
         assert_eq!(used, 1);
         assert!(db.advisories.contains_key("DSA-1"));
     }

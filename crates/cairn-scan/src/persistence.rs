@@ -584,11 +584,34 @@ fn values_at(h: &crate::registry::Hive, key: &[&str]) -> Vec<(String, String)> {
     }
 }
 
-/// Services: name → (ImagePath, Start) in every ControlSet00N.
+/// The control sets a SYSTEM hive boots from: the ones `Select` names
+/// (Current, Default, LastKnownGood), the one in use first, then 001 and
+/// 002 (where `Select` is missing or damaged).
+fn control_sets(h: &crate::registry::Hive) -> Vec<String> {
+    let select = values_at(h, &["Select"]);
+    let mut sets: Vec<String> = ["Current", "Default", "LastKnownGood"]
+        .iter()
+        .filter_map(|want| {
+            select
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(want))
+                .and_then(|(_, v)| v.parse::<u32>().ok())
+                .filter(|n| (1..=999).contains(n))
+                .map(|n| format!("ControlSet{n:03}"))
+        })
+        .collect();
+    sets.extend(["ControlSet001".to_string(), "ControlSet002".to_string()]);
+    let mut seen = HashSet::new();
+    sets.retain(|s| seen.insert(s.clone()));
+    sets
+}
+
+/// Services: name → (ImagePath, Start), from the control sets the system
+/// boots from (the one in use first).
 fn services(h: &crate::registry::Hive) -> HashMap<String, (String, String)> {
     let mut out = HashMap::new();
-    for set in ["ControlSet001", "ControlSet002"] {
-        let Ok(Some(k)) = h.find(&[set, "Services"]) else {
+    for set in control_sets(h) {
+        let Ok(Some(k)) = h.find(&[set.as_str(), "Services"]) else {
             continue;
         };
         for (name, off) in h.subkeys(k).unwrap_or_default() {
@@ -681,6 +704,18 @@ fn registry_changes(kind: Hive, old: Option<&[u8]>, new: &[u8]) -> Vec<(&'static
                     "windows_service",
                     format!("service {name} now runs {image} (was {old_image})"),
                 )),
+                // A disabled or on-demand service made to start by itself
+                // (RemoteRegistry turned on, say).
+                Some((_, old_start))
+                    if autostart && !matches!(old_start.as_str(), "0" | "1" | "2") =>
+                {
+                    out.push((
+                        "windows_service",
+                        format!(
+                            "service {name} now starts automatically (start {start}, was {old_start}): {image}"
+                        ),
+                    ))
+                }
                 _ => {}
             }
         }
@@ -791,6 +826,69 @@ mod tests {
             Some(Hive::Software)
         );
         assert_eq!(hive_kind("Users/alice/Documents/NTUSER.DAT"), None);
+    }
+
+    /// Windows boots from the control set `Select\Current` names, not
+    /// always 001: a service added there is found, and so is a disabled
+    /// one turned on.
+    #[test]
+    fn services_of_the_control_set_in_use_and_ones_turned_on_are_reported() {
+        use crate::registry::testhive::{Key, sz, write};
+        use crate::registry::{REG_DWORD, REG_EXPAND_SZ};
+        let k = |name: &str, values: Vec<(String, u32, Vec<u8>)>, subkeys: Vec<Key>| Key {
+            name: name.into(),
+            values,
+            subkeys,
+        };
+        let dword = |n: u32| n.to_le_bytes().to_vec();
+        let service = |name: &str, image: &str, start: u32| {
+            k(
+                name,
+                vec![
+                    ("ImagePath".into(), REG_EXPAND_SZ, sz(image)),
+                    ("Start".into(), REG_DWORD, dword(start)),
+                ],
+                vec![],
+            )
+        };
+        let system = |remote_start: u32, evil: bool| {
+            let mut services = vec![service(
+                "RemoteRegistry",
+                r"%SystemRoot%\system32\svchost.exe -k localService",
+                remote_start,
+            )];
+            if evil {
+                services.push(service("EvilSvc", r"C:\ProgramData\evil.exe", 2));
+            }
+            write(&k(
+                "ROOT",
+                vec![],
+                vec![
+                    k(
+                        "Select",
+                        vec![("Current".into(), REG_DWORD, dword(3))],
+                        vec![],
+                    ),
+                    k(
+                        "ControlSet003",
+                        vec![],
+                        vec![k("Services", vec![], services)],
+                    ),
+                ],
+            ))
+        };
+        let found = registry_changes(Hive::System, Some(&system(4, false)), &system(2, true));
+        let text: Vec<&str> = found.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(found.len(), 2, "{text:?}");
+        assert!(
+            text.iter().any(|t| t.contains("new service evilsvc")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("remoteregistry now starts automatically (start 2, was 4)")),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -142,13 +142,17 @@ fn print_report(r: &ScanReport, rule_count: usize, insight: Option<&cairn_insigh
     );
     for v in &r.vulnerabilities {
         println!(
-            "    {} {} {} (source {} {}): {}; fixed in {}{}",
+            "    {} {} {} (source {} {}): {}fixed in {}{}",
             v.severity,
             v.id,
             v.package,
             v.source,
             v.source_version,
-            v.aliases.join(", "),
+            if v.aliases.is_empty() {
+                String::new()
+            } else {
+                format!("{}; ", v.aliases.join(", "))
+            },
             v.fixed.as_deref().unwrap_or("no fixed version yet"),
             if v.summary.is_empty() {
                 String::new()
@@ -191,14 +195,24 @@ pub fn vulndb_import(vault: &Arc<Vault>, path: &Path, json: bool) -> Result<u8> 
     let db_path = cairn_scan::vulndb_path(vault);
     let mut db = VulnDb::load(&db_path)?;
     let before = db.len();
-    let (used, skipped) = db
+    let got = db
         .import(path)
         .with_context(|| format!("importing {}", path.display()))?;
+    let (used, skipped) = (got.used, got.skipped);
     db.save(&db_path)?;
+    // Damaged files are said (a download cut short looks like this), and
+    // make the exit 3: what they held is not in the database.
+    for d in got.damaged.iter().take(20) {
+        eprintln!("warning: not an OSV record: {d}");
+    }
+    if got.damaged.len() > 20 {
+        eprintln!("warning: … and {} more", got.damaged.len() - 20);
+    }
     if json {
         crate::print_json(&json!({
             "imported": used,
             "skipped": skipped,
+            "damaged": got.damaged,
             "advisories": db.len(),
             "new": db.len() - before,
             "ecosystems": db.ecosystems(),
@@ -213,7 +227,11 @@ pub fn vulndb_import(vault: &Arc<Vault>, path: &Path, json: bool) -> Result<u8> 
             println!("  {eco}: {n}");
         }
     }
-    Ok(0)
+    Ok(if got.damaged.is_empty() {
+        0
+    } else {
+        crate::FOUND
+    })
 }
 
 pub fn vulndb_status(vault: &Arc<Vault>, json: bool) -> Result<u8> {

@@ -972,6 +972,10 @@ fn folders_nested_thousands_deep_are_no_unreadable_filesystem() {
     for _ in 0..2100 {
         script.push_str("mkdir d\ncd d\n");
     }
+    // At the bottom, a file no walk lists.
+    let hidden = env.path("hidden.txt");
+    std::fs::write(&hidden, b"out of sight\n").unwrap();
+    script.push_str(&format!("write {} hidden.txt\n", hidden.display()));
     let cmds = env.path("deep.cmds");
     std::fs::write(&cmds, script).unwrap();
     sh(
@@ -997,6 +1001,16 @@ fn folders_nested_thousands_deep_are_no_unreadable_filesystem() {
         "{listed:.300}"
     );
     assert!(listed.lines().any(|l| l.matches("/d").count() >= 2000));
+    // A scan cannot pass what it did not see: the point is a warning, and
+    // says where.
+    let out = env.run(&["scan", "vm@latest", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "warning", "{v}");
+    assert!(
+        v["notes"].to_string().contains("deeper than Cairn lists"),
+        "{v}"
+    );
 }
 
 /// New files that look encrypted or broken but replaced nothing (a

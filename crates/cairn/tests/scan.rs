@@ -477,6 +477,22 @@ fn import_fixtures(env: &Env) {
     let r = env.json(&["vulndb", "import", fixtures().to_str().unwrap()]);
     assert_eq!(r["imported"], 5, "{r:#}");
     assert_eq!(r["ecosystems"]["Debian:12"], 3);
+    // A file that is no record at all beside good ones (a download cut
+    // short) is named and makes the exit 3; the good ones still count.
+    let mixed = env.path("mixed-osv");
+    std::fs::create_dir_all(&mixed).unwrap();
+    std::fs::copy(
+        fixtures().join("DSA-5514-1.json"),
+        mixed.join("DSA-5514-1.json"),
+    )
+    .unwrap();
+    std::fs::write(mixed.join("cut.json"), b"{\"id\": \"DSA-1\", \"affe").unwrap();
+    let r = env.json_code(&["vulndb", "import", mixed.to_str().unwrap()], 3);
+    assert_eq!(r["imported"], 1, "{r:#}");
+    assert!(
+        r["damaged"][0].as_str().unwrap().contains("cut.json"),
+        "{r:#}"
+    );
 }
 
 fn vuln_ids(v: &Value) -> BTreeSet<(String, String)> {
@@ -583,6 +599,14 @@ fn an_alpine_guest_is_matched_by_origin_with_apk_version_order() {
     for (name, version, vulnerable) in [("old", "3.1.3-r0", true), ("new", "3.1.4-r0", false)] {
         let root = env.path(&format!("{name}-root"));
         alpine_root(&root, version);
+        // Alpine ships a `dpkg` package too, with its status file: the
+        // apk database is still the one read.
+        std::fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+        std::fs::write(
+            root.join("var/lib/dpkg/status"),
+            "Package: dpkg\nStatus: install ok installed\nVersion: 1.21.22\n\n",
+        )
+        .unwrap();
         let img = env.path(&format!("{name}.img"));
         gpt_ext4_image(&img, &root, 16);
         env.backup(&img, name, "2026-01-01T00:00:00Z");
@@ -596,6 +620,11 @@ fn an_alpine_guest_is_matched_by_origin_with_apk_version_order() {
             BTreeSet::new()
         };
         assert_eq!(vuln_ids(&v), want, "{name}: {v:#}");
+        assert!(
+            v.to_string()
+                .contains("a dpkg package database is there too"),
+            "{v:#}"
+        );
         if vulnerable {
             let f = &v["vulnerabilities"][0];
             assert_eq!(f["installed"], "3.1.3-r0", "{f:#}");
@@ -939,6 +968,47 @@ fn an_account_file_flagged_from_the_first_snapshot_is_kept_for_review() {
         (Some("kept"), Some(true)),
         "{rb:#}"
     );
+}
+
+/// An infection already there at the first backup stays found in every
+/// later snapshot, whether or not that first one was scanned: what a
+/// baseline never found clean holds is no excuse.
+#[test]
+fn an_infection_from_the_first_snapshot_on_is_found_in_every_later_one() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    let mut passwd = std::fs::read(root.join("etc/passwd")).unwrap();
+    passwd.extend_from_slice(b"toor:x:0:0::/root:/bin/bash\n");
+    std::fs::write(root.join("etc/passwd"), &passwd).unwrap();
+    std::fs::write(root.join("etc/ld.so.preload"), "/usr/lib/libkw.so\n").unwrap();
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    for day in 1..=3u64 {
+        if day > 1 {
+            ordinary_day(&img, day);
+        }
+        env.backup(&img, "vm", &format!("2026-01-0{day}T00:00:00Z"));
+    }
+    // The newest alone, nothing scanned before (its baseline, the oldest,
+    // never was)...
+    let (code, v) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    let want = |v: &Value| {
+        let k = kinds(v);
+        k.contains(&("uid0_account".into(), "/etc/passwd".into()))
+            && k.contains(&("ld_preload".into(), "/etc/ld.so.preload".into()))
+    };
+    assert!(want(&v), "{v:#}");
+    // ...and the whole history, each against the one before.
+    let out = env.run(&["scan", "vm", "--json"]);
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for r in all.as_array().unwrap() {
+        assert_eq!(r["verdict"], "compromised", "{r:#}");
+        assert!(want(r), "{r:#}");
+    }
+    let walk = find_clean(&env, "vm");
+    assert!(walk["clean"].is_null(), "{walk:#}");
 }
 
 fn ordinary_day(img: &Path, day: u64) {
