@@ -47,6 +47,11 @@ struct Cli {
     /// summary (no line per file).
     #[arg(long, short, global = true, help_heading = "Global options")]
     quiet: bool,
+    /// --vault was given on the command line (not only through
+    /// CAIRN_VAULT, which may well be set on a host that also backs up
+    /// through a server).
+    #[arg(skip)]
+    vault_given: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -563,7 +568,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,fatfs=error".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.vault_given = given_on_command_line(&matches, "vault");
     // Commands that only print die quietly when their reader goes away
     // (`cairn snapshots | head`), like other tools, instead of panicking
     // on a broken pipe. Every other command keeps SIGPIPE ignored: a
@@ -602,6 +610,15 @@ fn main() -> ExitCode {
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// Whether option `id` was typed on the command line, at the top or in
+/// the subcommand (a global option can be in either).
+fn given_on_command_line(m: &clap::ArgMatches, id: &str) -> bool {
+    use clap::parser::ValueSource;
+    m.value_source(id) == Some(ValueSource::CommandLine)
+        || m.subcommand()
+            .is_some_and(|(_, sub)| given_on_command_line(sub, id))
 }
 
 /// The error and its causes on one line, leaving out a cause whose text
@@ -745,6 +762,9 @@ fn run(cli: Cli) -> Result<u8> {
             server,
             token,
         } => match server {
+            Some(_) if cli.vault_given => {
+                usage!("--server and --vault do not go together: a backup goes to one vault")
+            }
             Some(url) => remote_backup(&cli, source, name, *time, tags, url, token.as_deref()),
             None => backup(&cli, source, name, *time, tags),
         },
@@ -1667,7 +1687,8 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
         println!(
             "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {}",
             s.id.short(),
-            s.name,
+            // (Names written before they were checked may hold anything.)
+            cairn_vault::text::escape(s.name.as_bytes()),
             s.time.format("%Y-%m-%d %H:%M:%S"),
             match s.source.kind {
                 SourceKind::Disk => s.source.format.as_str(),

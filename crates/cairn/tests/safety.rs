@@ -815,6 +815,39 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
     let url = env.run(&["snapshots", "--vault", "http://127.0.0.1:8080"]);
     assert_eq!(url.status.code(), Some(1), "{}", stderr(&url));
     assert!(stderr(&url).contains("--server"), "{}", stderr(&url));
+    // A backup goes to one vault: --vault typed beside --server is a
+    // mistake (CAIRN_VAULT in the environment is not: the server wins).
+    let img = env.path("one.img");
+    std::fs::write(&img, noise(1 << 20, 3)).unwrap();
+    let two = env.run(&[
+        "backup",
+        img.to_str().unwrap(),
+        "--name",
+        "one",
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+        "--vault",
+        env.vault.to_str().unwrap(),
+    ]);
+    assert_eq!(two.status.code(), Some(2), "{}", stderr(&two));
+    assert!(
+        stderr(&two).contains("do not go together"),
+        "{}",
+        stderr(&two)
+    );
+    let env_only = env.run(&[
+        "backup",
+        img.to_str().unwrap(),
+        "--name",
+        "one",
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+    ]);
+    assert_eq!(env_only.status.code(), Some(1), "{}", stderr(&env_only));
 
     // Output that cannot be written is an error, not a crash, whether
     // printed line by line or buffered.
