@@ -948,7 +948,6 @@ pub fn rollback_to_dir(
     }
 }
 
-
 /// Writes file `path` into `dest` from the newest of the few snapshots
 /// before `index` where it is a file that reads whole (back to where it
 /// was not one): that snapshot, the bytes written and whether
