@@ -434,19 +434,27 @@ pub fn walk_readable_marking(fs: &dyn Filesystem) -> Result<Walked> {
     Ok(w)
 }
 
-/// Depth past which a folder listed without anything in it is read to see
-/// whether the walk stopped there (every filesystem's walk goes at least
-/// this deep).
-const DEEP: usize = 200;
+/// Depth at which the deepest-going walk (ext4's) stops listing: a folder
+/// there is listed, what it holds is not (NTFS and FAT walks fail at
+/// their limits instead).
+const DEEPEST: usize = 2048;
+/// Folders named by [`too_deep`] at most (the rest are counted).
+const MOST_TOO_DEEP: usize = 64;
 
-/// The folders of `entries` (a walk of `fs`) that hold entries the walk
-/// did not list, because it goes only so deep: a place to hide files from
-/// a scan, so they are named, never passed over in silence.
+/// The folders of `entries` (a walk of `fs`) the walk did not look into
+/// because they lie deeper than it goes: a place to hide files from a
+/// scan, so they are named, never passed over in silence. (Not read to see
+/// whether they hold anything: any user can make a million of them.)
 pub fn too_deep(fs: &dyn Filesystem, entries: &[FileEntry]) -> Vec<Unread> {
+    // Only ext's walk stops there without failing.
+    if !fs.kind().starts_with("ext") {
+        return Vec::new();
+    }
     let depth = |p: &[u8]| p.iter().filter(|&&b| b == b'/').count() + 1;
+    // (A walk without that limit, a directory source's, lists below.)
     let parents: std::collections::HashSet<&[u8]> = entries
         .iter()
-        .filter(|e| depth(&e.path) > DEEP)
+        .filter(|e| depth(&e.path) > DEEPEST + 1)
         .filter_map(|e| {
             e.path
                 .iter()
@@ -454,20 +462,34 @@ pub fn too_deep(fs: &dyn Filesystem, entries: &[FileEntry]) -> Vec<Unread> {
                 .map(|i| &e.path[..i])
         })
         .collect();
-    entries
+    let deep: Vec<&FileEntry> = entries
         .iter()
-        .filter(|e| e.kind == FileKind::Dir && depth(&e.path) >= DEEP)
+        .filter(|e| e.kind == FileKind::Dir && depth(&e.path) > DEEPEST)
         .filter(|e| !parents.contains(e.path.as_slice()))
-        .filter(|e| fs.read_dir(&e.path).is_ok_and(|l| !l.is_empty()))
+        .collect();
+    let why = |e: &FileEntry| {
+        format!(
+            "nested {} folders deep, deeper than Cairn lists: what it holds is not listed",
+            depth(&e.path)
+        )
+    };
+    let mut out: Vec<Unread> = deep
+        .iter()
+        .take(MOST_TOO_DEEP)
         .map(|e| Unread {
             path: e.path.clone(),
-            why: format!(
-                "nested {} folders deep, deeper than Cairn lists: what it holds is not listed",
-                depth(&e.path)
-            ),
+            why: why(e),
             kind: UnreadKind::TooDeep,
         })
-        .collect()
+        .collect();
+    if let (Some(last), true) = (out.last_mut(), deep.len() > MOST_TOO_DEEP) {
+        last.why = format!(
+            "{} (and {} more folders that deep)",
+            last.why,
+            deep.len() - MOST_TOO_DEEP
+        );
+    }
+    out
 }
 
 /// What of a filesystem can be listed, and the folders that could not be

@@ -316,6 +316,23 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             Some((f.path.as_str(), (i, f)))
         })
         .collect();
+    // Windows names a file in any case (a Run value's `c:\users\…`): on
+    // its filesystems a flag matches whatever the case.
+    let any_case = matches!(
+        walked_kind(snaps, latest).as_deref(),
+        Some("ntfs" | "fat12" | "fat16" | "fat32")
+    );
+    let folded: HashMap<String, (usize, &Flagged)> = if any_case {
+        flags.iter().map(|(p, v)| (p.to_lowercase(), *v)).collect()
+    } else {
+        HashMap::new()
+    };
+    let flag_of = |p: &str| {
+        flags
+            .get(p)
+            .or_else(|| folded.get(&p.to_lowercase()))
+            .copied()
+    };
 
     // The files of the snapshot damage is counted after (the clean point):
     // those gone since come back from it, and a file it lacked is not
@@ -394,7 +411,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         let shown = e.display_path();
         if e.kind == FileKind::File
             && !hurt.contains_key(&shown)
-            && let Some(&(k, f)) = flags.get(shown.as_str())
+            && let Some((k, f)) = flag_of(shown.as_str())
         {
             let (first, _) = snaps.label(k);
             let short = &first[..first.len().min(8)];
@@ -618,9 +635,9 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             if in_latest.contains(&path) || picks.contains_key(&path) {
                 continue;
             }
-            if let Some((k, f)) = flags.get(old.display_path().as_str()) {
+            if let Some((k, f)) = flag_of(old.display_path().as_str()) {
                 // Verification flagged what was there: it stays gone.
-                let (first, _) = snaps.label(*k);
+                let (first, _) = snaps.label(k);
                 provenance.push(Provenance::dropped(
                     old.display_path(),
                     format!(
@@ -752,6 +769,16 @@ fn unread_folders(
     let mut out = Vec::new();
     let mut done: std::collections::HashSet<(usize, u64)> = Default::default();
     for u in unread {
+        if u.kind == cairn_guest::UnreadKind::TooDeep {
+            // No walk goes deeper, at the clean point either.
+            notes.push(format!(
+                "{}@{}: folder {}; what it holds is not in this rollback: copy it from `cairn mount` or a restore of the disk",
+                t.name,
+                short(latest),
+                u.describe()
+            ));
+            continue;
+        }
         if u.kind != cairn_guest::UnreadKind::Failed {
             notes.push(format!(
                 "{}@{}: folder {}; files it held at the clean point come back from there, as deleted ones do",
@@ -948,6 +975,11 @@ pub fn rollback_to_dir(
     }
 }
 
+/// The kind of filesystem snapshot `i` holds (`ntfs`, `fat32`, `ext4`…).
+fn walked_kind(snaps: &mut Snapshots, i: usize) -> Option<String> {
+    snaps.get(i).ok().map(|o| o.fs.kind())
+}
+
 /// Writes file `path` into `dest` from the newest of the few snapshots
 /// before `index` where it is a file that reads whole (back to where it
 /// was not one): that snapshot, the bytes written and whether
@@ -967,7 +999,9 @@ fn earlier_readable(
             Ok(e) if e.kind == FileKind::File => e,
             // Before it was created (or while it was something else):
             // nothing older is this file.
-            _ => return None,
+            Ok(_) | Err(cairn_guest::GuestError::NotFound(_)) => return None,
+            // Its folder damaged there: an earlier one may read.
+            Err(_) => continue,
         };
         match write_file(o.fs.as_ref(), &e, dest, &|_| {}) {
             Ok(n) => {

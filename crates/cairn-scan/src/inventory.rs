@@ -222,82 +222,86 @@ pub fn read(fs: &dyn Filesystem) -> Inventory {
     }
     inv.os = os;
     // The database of the OS's own package manager first (an Alpine guest
-    // may carry a dpkg status file of its own `dpkg` package); another
-    // only when that one is absent, and any other there is named.
+    // may carry a dpkg status file of its own `dpkg` package); the first
+    // that lists packages is read, and any other that does is named.
     let mut order = vec![Scheme::Dpkg, Scheme::Apk, Scheme::Rpm];
     if let Some(mine) = inv.scheme {
         order.retain(|s| *s != mine);
         order.insert(0, mine);
     }
     let mut read_from: Option<Scheme> = None;
+    let mut unreadable = Vec::new();
     for scheme in order {
         let found = match scheme {
             Scheme::Dpkg => {
-                read_resolved(fs, "var/lib/dpkg/status", MAX_DB).map(|d| parse_dpkg_status(&d))
+                read_resolved(fs, "var/lib/dpkg/status", MAX_DB).map(|d| Ok(parse_dpkg_status(&d)))
             }
-            Scheme::Apk => {
-                read_resolved(fs, "lib/apk/db/installed", MAX_DB).map(|d| parse_apk_installed(&d))
-            }
-            Scheme::Rpm => read_rpm(fs, &mut inv),
+            Scheme::Apk => read_resolved(fs, "lib/apk/db/installed", MAX_DB)
+                .map(|d| Ok(parse_apk_installed(&d))),
+            Scheme::Rpm => read_rpm(fs),
         };
-        let Some(packages) = found else { continue };
+        let packages = match found {
+            None => continue,
+            Some(Err(why)) => {
+                unreadable.push(why);
+                continue;
+            }
+            Some(Ok(p)) if p.is_empty() => continue,
+            Some(Ok(p)) => p,
+        };
         match read_from {
             None => {
                 inv.packages = packages;
                 read_from = Some(scheme);
             }
-            Some(used) if !packages.is_empty() => inv.notes.push(format!(
-                "a {} package database is there too ({} packages), not checked: this system's packages were read from its {} database",
+            Some(used) => inv.notes.push(format!(
+                "{} package database is there too ({} packages), not checked: this system's packages were read from its {} database",
                 manager(scheme),
                 packages.len(),
                 manager(used)
             )),
-            Some(_) => {}
         }
+    }
+    // A database that could not be read matters when none could.
+    if read_from.is_none() {
+        inv.notes.extend(unreadable);
     }
     inv
 }
 
 fn manager(s: Scheme) -> &'static str {
     match s {
-        Scheme::Dpkg => "dpkg",
-        Scheme::Apk => "apk",
-        Scheme::Rpm => "RPM",
+        Scheme::Dpkg => "a dpkg",
+        Scheme::Apk => "an apk",
+        Scheme::Rpm => "an RPM",
     }
 }
 
 /// The packages of an RPM database (SQLite since rpm 4.16, Berkeley DB
-/// before), if there is one; one that cannot be read is noted.
-fn read_rpm(fs: &dyn Filesystem, inv: &mut Inventory) -> Option<Vec<Package>> {
+/// before), if there is one, or why it cannot be read.
+fn read_rpm(fs: &dyn Filesystem) -> Option<std::result::Result<Vec<Package>, String>> {
     for dir in ["var/lib/rpm", "usr/lib/sysimage/rpm"] {
         let db = format!("{dir}/rpmdb.sqlite");
         if let Some(d) = read_resolved(fs, &db, MAX_DB) {
             let wal = read_resolved(fs, &format!("{db}-wal"), MAX_DB);
-            return match crate::rpm::parse_sqlite(&d, wal.as_deref()) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    inv.notes
-                        .push(format!("/{db}: unreadable RPM database ({e})"));
-                    Some(Vec::new())
-                }
-            };
+            return Some(
+                crate::rpm::parse_sqlite(&d, wal.as_deref())
+                    .map_err(|e| format!("/{db}: unreadable RPM database ({e})")),
+            );
         }
         let bdb = format!("{dir}/Packages");
         if let Some(d) = read_resolved(fs, &bdb, MAX_DB) {
             // Before rpm 4.16: a Berkeley DB hash of package headers.
-            return match crate::bdb::values(&d, crate::rpm::MAX_PACKAGES) {
-                Ok(headers) => Some(
-                    headers
-                        .iter()
-                        .filter_map(|h| crate::rpm::parse_header(h))
-                        .collect(),
-                ),
-                Err(e) => {
-                    inv.notes
-                        .push(format!("/{bdb}: unreadable RPM database ({e})"));
-                    Some(Vec::new())
-                }
-            };
+            return Some(
+                crate::bdb::values(&d, crate::rpm::MAX_PACKAGES)
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .filter_map(|h| crate::rpm::parse_header(h))
+                            .collect()
+                    })
+                    .map_err(|e| format!("/{bdb}: unreadable RPM database ({e})")),
+            );
         }
     }
     None

@@ -5,7 +5,7 @@
 //! clean snapshot), and the walk back to the newest point that passes.
 //!
 //! A snapshot's scan result is stored beside it, write-once, as
-//! `scan/v1/<snapshot id>.<profile>` where the profile names the rule
+//! `scan/v2/<snapshot id>.<profile>` where the profile names the rule
 //! set, the advisory database and the baseline it was made with; the
 //! snapshot itself is never touched.
 
@@ -42,7 +42,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const REPORT_VERSION: u32 = 1;
+/// Bumped when what a scan finds changes (v2: what is suspicious on its
+/// own is reported whatever the baseline holds); results of another
+/// version are scanned again.
+pub const REPORT_VERSION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -300,6 +303,18 @@ pub fn flagged_files(vault: &Vault, chain: &[Snapshot]) -> Vec<FlaggedFile> {
                 !holds_accounts(&i.kind),
             ));
         }
+        // The program a flagged foothold starts (a Run value's, a
+        // shortcut's, a cron job's): left out with it, or brought back
+        // as it was before, or the rolled-back system starts it again.
+        for i in &r.persistence {
+            if let Some(t) = &i.target {
+                now.entry(t).or_insert((
+                    format!("started by {}: {}", i.path, i.detail),
+                    true,
+                    true,
+                ));
+            }
+        }
         open.retain(|p, _| now.contains_key(p.as_str()));
         for (path, (why, revert, droppable)) in now {
             open.entry(path.to_string()).or_insert(FlaggedFile {
@@ -370,8 +385,9 @@ pub fn latest_verdicts(vault: &Vault) -> HashMap<SnapshotId, ScanVerdict> {
 
 /// The baseline persistence is compared with: the newest earlier
 /// snapshot whose stored scan was clean (`verdicts` from
-/// [`latest_verdicts`]), else the oldest of the chain unless its scan
-/// found something (what a compromised baseline holds is not new).
+/// [`latest_verdicts`]), else the oldest of the chain (what is
+/// suspicious on its own is looked for whatever the baseline holds: see
+/// `Scan::persistence`).
 pub fn baseline_for(
     chain: &[Snapshot],
     snap: &SnapshotId,
@@ -382,11 +398,7 @@ pub fn baseline_for(
         .iter()
         .rev()
         .find(|s| verdicts.get(&s.id) == Some(&ScanVerdict::Clean))
-        .or_else(|| {
-            chain[..i]
-                .first()
-                .filter(|s| verdicts.get(&s.id).is_none_or(|v| *v == ScanVerdict::Clean))
-        })
+        .or_else(|| chain[..i].first())
         .cloned()
 }
 
@@ -579,6 +591,7 @@ fn unreadable_filesystem(
     report.persistence.push(Indicator {
         path: "/".into(),
         kind: "filesystem_unreadable".into(),
+        target: None,
         severity: rules::Severity::Compromised,
         detail: format!(
             "the filesystem {}@{} had cannot be read here ({why}): encrypted or wiped whole?",
@@ -666,10 +679,18 @@ impl<'a> Scan<'a> {
             persistence::indicators(self.baseline.as_ref().map(|b| b.side()).as_ref(), &side);
         // What is suspicious on its own (a preload, a second root, a
         // program in a temp folder) is reported whatever the baseline
-        // holds: one never scanned may carry the same infection.
+        // holds: one never scanned may carry the same infection. Present
+        // in the baseline too, it may also be the system's own (an
+        // endpoint agent's preload): a warning then, so the point is no
+        // pass, but not compromised for ever.
         if self.baseline.is_some() {
-            for i in persistence::indicators(None, &side) {
-                if !found.iter().any(|f| f.path == i.path && f.kind == i.kind) {
+            let against_baseline = found.clone();
+            for mut i in persistence::indicators(None, &side) {
+                let same =
+                    |f: &Indicator| f.path == i.path && f.kind == i.kind && f.detail == i.detail;
+                if !against_baseline.iter().any(same) {
+                    i.severity = rules::Severity::Warning;
+                    i.detail = format!("{} (there in the baseline too)", i.detail);
                     found.push(i);
                 }
             }

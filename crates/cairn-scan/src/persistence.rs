@@ -15,6 +15,88 @@ pub struct Indicator {
     pub kind: String,
     pub severity: Severity,
     pub detail: String,
+    /// The program it starts, when it names one by a path inside the
+    /// guest (`/Users/Public/x.exe`, `/var/tmp/.x/run`): a rollback leaves
+    /// it out with the foothold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Indicators as they are found.
+#[derive(Default)]
+struct Found {
+    out: Vec<Indicator>,
+}
+
+impl Found {
+    fn push(&mut self, path: &str, kind: &str, severity: Severity, detail: String) {
+        self.out.push(Indicator {
+            path: format!("/{path}"),
+            kind: kind.to_string(),
+            severity,
+            detail,
+            target: None,
+        })
+    }
+
+    /// The last indicator pushed starts `command` (a command line, a
+    /// shortcut's target): its program, when that is a guest path.
+    fn starts(&mut self, command: Option<&str>) {
+        if let Some(last) = self.out.last_mut() {
+            last.target = command.and_then(program_path);
+        }
+    }
+}
+
+/// The guest path of the program a command line starts, when it names
+/// one by an absolute path: `"C:\Users\Public\x.exe" -a` →
+/// `/Users/Public/x.exe`, `%ProgramData%\u.exe` → `/ProgramData/u.exe`,
+/// `* * * * * root /var/tmp/.x/run --now` → `/var/tmp/.x/run`.
+pub fn program_path(command: &str) -> Option<String> {
+    let c = command.trim().trim_start_matches(['"', '\'']);
+    // Windows: a drive letter or a known folder variable, then the path
+    // up to its program's extension (paths hold spaces), else to a space.
+    let lower = c.to_ascii_lowercase();
+    let folders = [
+        ("%systemroot%", "Windows"),
+        ("%windir%", "Windows"),
+        ("%programdata%", "ProgramData"),
+        ("%allusersprofile%", "ProgramData"),
+        ("%public%", "Users/Public"),
+        ("%programfiles%", "Program Files"),
+    ];
+    let windows =
+        if c.len() > 3 && c.as_bytes()[1] == b':' && matches!(c.as_bytes()[2], b'\\' | b'/') {
+            Some(("", &c[3..]))
+        } else {
+            folders
+                .iter()
+                .find(|(v, _)| lower.starts_with(v))
+                .map(|(v, to)| (*to, &c[v.len()..]))
+        };
+    if let Some((root, rest)) = windows {
+        let rest = rest.trim_start_matches(['\\', '/']);
+        let lower = rest.to_ascii_lowercase();
+        let end = [
+            ".exe", ".dll", ".bat", ".cmd", ".ps1", ".vbs", ".js", ".scr", ".com",
+        ]
+        .iter()
+        .filter_map(|x| lower.find(x).map(|i| i + x.len()))
+        .min()
+        .unwrap_or_else(|| rest.find([' ', '"']).unwrap_or(rest.len()));
+        let path = rest[..end].replace('\\', "/");
+        let joined = if root.is_empty() {
+            path
+        } else {
+            format!("{root}/{path}")
+        };
+        return (!joined.is_empty()).then(|| format!("/{joined}"));
+    }
+    // Unix: the first word that is an absolute path (after `ExecStart=`,
+    // a cron line's times and user, `sh -c '…`).
+    c.split(|ch: char| ch.is_whitespace() || matches!(ch, '=' | '\'' | '"' | ';' | '(' | '`'))
+        .find(|w| w.starts_with('/') && w.len() > 1 && !w.starts_with("//"))
+        .map(|w| w.trim_end_matches(['&', '|', ')']).to_string())
 }
 
 impl Indicator {
@@ -240,18 +322,10 @@ pub(crate) fn fuzz_text(old: &[u8], new: &[u8]) {
 
 /// The indicators in `new`, against `old` when there is a baseline.
 pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
-    let mut out = Vec::new();
+    let mut found = Found::default();
     let old_by_path: HashMap<&[u8], &FileEntry> = old
         .map(|o| o.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
         .unwrap_or_default();
-    let mut push = |path: &str, kind: &str, severity, detail: String| {
-        out.push(Indicator {
-            path: format!("/{path}"),
-            kind: kind.to_string(),
-            severity,
-            detail,
-        })
-    };
     let paths_added: HashSet<&[u8]> = new
         .entries
         .iter()
@@ -272,7 +346,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
 
         // Executables dropped where anyone can write.
         if in_temp(&path) && (old.is_none() || is_new || is_changed) && executable(new, e) {
-            push(
+            found.push(
                 &shown(),
                 "temp_executable",
                 Severity::Compromised,
@@ -291,7 +365,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
         if e.kind == FileKind::File && privileged(e.mode) && old.is_some() {
             let was = before.is_some_and(|b| privileged(b.mode));
             if !was || is_changed {
-                push(
+                found.push(
                     &shown(),
                     "setuid",
                     Severity::Warning,
@@ -331,7 +405,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                     })
             });
             if !rotated {
-                push(
+                found.push(
                     &shown(),
                     "log_cleared",
                     Severity::Warning,
@@ -351,14 +425,14 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             let prior = then.as_deref().map(accounts).unwrap_or_default();
             for (name, acc) in accounts(&now) {
                 if acc.uid == 0 && name != "root" && prior.get(&name).is_none_or(|p| p.uid != 0) {
-                    push(
+                    found.push(
                         &shown(),
                         "uid0_account",
                         Severity::Compromised,
                         format!("account {name} has uid 0 (root's powers)"),
                     );
                 } else if old.is_some() && before.is_some() && !prior.contains_key(&name) {
-                    push(
+                    found.push(
                         &shown(),
                         "new_account",
                         Severity::Warning,
@@ -372,7 +446,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             let Some(now) = text(new, e) else { continue };
             let then = before.zip(old).and_then(|(b, o)| text(o, b));
             for name in passwords_set(then.as_deref(), &now) {
-                push(
+                found.push(
                     &shown(),
                     "password_set",
                     Severity::Warning,
@@ -388,11 +462,12 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             let then = before.zip(old).and_then(|(b, o)| read_hive(o, b));
             match read_hive(new, e) {
                 Some(now) => {
-                    for (kind, detail) in registry_changes(hive, then.as_deref(), &now) {
-                        push(&shown(), kind, Severity::Warning, detail);
+                    for (kind, detail, command) in registry_changes(hive, then.as_deref(), &now) {
+                        found.push(&shown(), kind, Severity::Warning, detail);
+                        found.starts(command.as_deref());
                     }
                 }
-                None => push(
+                None => found.push(
                     &shown(),
                     "windows_registry",
                     Severity::Warning,
@@ -406,7 +481,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             // Suspicious on its own: almost no system has one.
             if e.size > 0 && (old.is_none() || is_new || is_changed) {
                 let quoted = text(new, e).map(|t| quote(&lines(&t))).unwrap_or_default();
-                push(
+                found.push(
                     &shown(),
                     kind,
                     Severity::Compromised,
@@ -441,13 +516,15 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 continue;
             }
             let state = if is_new { "new" } else { "changed" };
-            let detail = match now {
-                Some(s) => format!("{state} {what}: shortcut to {}", describe_shortcut(&s)),
+            let detail = match &now {
+                Some(s) => format!("{state} {what}: shortcut to {}", describe_shortcut(s)),
                 None => format!("{state} {what}: a shortcut that could not be read"),
             };
-            push(&shown(), kind, Severity::Warning, detail);
+            found.push(&shown(), kind, Severity::Warning, detail);
+            found.starts(now.as_ref().and_then(|s| s.target.as_deref()));
             continue;
         }
+        let mut started = None;
         let detail = if e.kind == FileKind::Symlink {
             format!(
                 "{} {what}: link to {}",
@@ -465,6 +542,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 // Only lines removed or reordered: not a new foothold.
                 continue;
             }
+            started = added.iter().find_map(|l| program_path(l));
             if added.is_empty() {
                 format!("new {what} file")
             } else {
@@ -476,9 +554,12 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 )
             }
         };
-        push(&shown(), kind, Severity::Warning, detail);
+        found.push(&shown(), kind, Severity::Warning, detail);
+        if let Some(p) = started {
+            found.starts(Some(&p));
+        }
     }
-    out
+    found.out
 }
 
 /// "PROGRAM ARGUMENTS (in FOLDER)", as far as the shortcut says.
@@ -631,11 +712,16 @@ fn services(h: &crate::registry::Hive) -> HashMap<String, (String, String)> {
 
 /// What a hive gained since the baseline: Run values, Winlogon's Shell
 /// and Userinit, services that start by themselves.
-fn registry_changes(kind: Hive, old: Option<&[u8]>, new: &[u8]) -> Vec<(&'static str, String)> {
+/// Each change: its kind, what it is, and the command it starts (a Run
+/// value's data, a service's image path).
+type Change = (&'static str, String, Option<String>);
+
+fn registry_changes(kind: Hive, old: Option<&[u8]>, new: &[u8]) -> Vec<Change> {
     let Ok(now) = crate::registry::Hive::parse(new) else {
         return vec![(
             "windows_registry",
             "registry hive changed and is damaged (not a readable hive)".into(),
+            None,
         )];
     };
     let then = old.and_then(|o| crate::registry::Hive::parse(o).ok());
@@ -665,6 +751,7 @@ fn registry_changes(kind: Hive, old: Option<&[u8]>, new: &[u8]) -> Vec<(&'static
                             },
                             key.join("\\")
                         ),
+                        Some(data.clone()),
                     ));
                 }
             }
@@ -683,6 +770,7 @@ fn registry_changes(kind: Hive, old: Option<&[u8]>, new: &[u8]) -> Vec<(&'static
                 out.push((
                     "windows_winlogon",
                     format!("Winlogon {name} changed to {data}"),
+                    Some(data.clone()),
                 ));
             }
         }
@@ -699,21 +787,24 @@ fn registry_changes(kind: Hive, old: Option<&[u8]>, new: &[u8]) -> Vec<(&'static
                 None if autostart => out.push((
                     "windows_service",
                     format!("new service {name} started automatically (start {start}): {image}"),
+                    Some(image.clone()),
                 )),
                 Some((old_image, _)) if *old_image != image && !image.is_empty() => out.push((
                     "windows_service",
                     format!("service {name} now runs {image} (was {old_image})"),
+                    Some(image.clone()),
                 )),
-                // A disabled or on-demand service made to start by itself
-                // (RemoteRegistry turned on, say).
-                Some((_, old_start))
-                    if autostart && !matches!(old_start.as_str(), "0" | "1" | "2") =>
-                {
+                // A disabled service made to start by itself (RemoteRegistry
+                // turned on, say). Not one started on demand: Windows moves
+                // its own (TrustedInstaller, BITS) between demand and
+                // automatic while updates wait.
+                Some((_, old_start)) if autostart && old_start == "4" => {
                     out.push((
                         "windows_service",
                         format!(
                             "service {name} now starts automatically (start {start}, was {old_start}): {image}"
                         ),
+                        Some(image.clone()),
                     ))
                 }
                 _ => {}
@@ -878,7 +969,7 @@ mod tests {
             ))
         };
         let found = registry_changes(Hive::System, Some(&system(4, false)), &system(2, true));
-        let text: Vec<&str> = found.iter().map(|(_, d)| d.as_str()).collect();
+        let text: Vec<&str> = found.iter().map(|(_, d, _)| d.as_str()).collect();
         assert_eq!(found.len(), 2, "{text:?}");
         assert!(
             text.iter().any(|t| t.contains("new service evilsvc")),
@@ -904,6 +995,41 @@ mod tests {
                 added_lines(Some(b"<Task>\n</Task>\n"), &data),
                 ["<Exec><Command>C:\\Users\\Public\\svc.exe</Command></Exec>"]
             );
+        }
+    }
+
+    #[test]
+    fn the_program_a_command_starts_is_found() {
+        for (command, want) in [
+            (
+                r#""C:\Users\Public\svchost.exe" -k run"#,
+                Some("/Users/Public/svchost.exe"),
+            ),
+            (
+                r"c:\Program Files\Tool\t.exe /s",
+                Some("/Program Files/Tool/t.exe"),
+            ),
+            (r"%ProgramData%\u.exe", Some("/ProgramData/u.exe")),
+            (
+                r"%SystemRoot%\system32\svchost.exe -k netsvcs",
+                Some("/Windows/system32/svchost.exe"),
+            ),
+            (
+                "*/5 * * * * root /usr/local/bin/.upd --quiet",
+                Some("/usr/local/bin/.upd"),
+            ),
+            ("ExecStart=/tmp/.dbus-helper", Some("/tmp/.dbus-helper")),
+            ("@reboot root sh -c '/var/tmp/x &'", Some("/var/tmp/x")),
+            // (The first absolute path, an argument here: a rollback only
+            // leaves out a file new since the clean point.)
+            (
+                "17 * * * * root cd / && run-parts --report /etc/cron.hourly",
+                Some("/etc/cron.hourly"),
+            ),
+            ("%APPDATA%\\x.exe", None),
+            ("run-parts", None),
+        ] {
+            assert_eq!(program_path(command).as_deref(), want, "{command}");
         }
     }
 

@@ -80,6 +80,27 @@ table{border-collapse:collapse;width:100%;background:#fff}td,th{border-bottom:1p
 #events li{margin:.2em 0}.finding{color:#a32}button{padding:.35em .9em;cursor:pointer}svg{max-width:100%;height:auto;background:#fff}\
 code{font-size:.9em}";
 
+/// An error on a console page: the page layout saying what went wrong,
+/// with the error's status (a person reads it, not a script).
+pub struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let title = self.0.status.canonical_reason().unwrap_or("Error");
+        let body = format!(
+            "<p>{}</p><p><a href=\"/\">Back to the sources</a></p>",
+            esc(&self.0.message)
+        );
+        (self.0.status, page(title, &body)).into_response()
+    }
+}
+
 pub fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><title>{t} · Cairn</title>\
@@ -162,7 +183,7 @@ async fn logout(State(st): State<Shared>, headers: axum::http::HeaderMap) -> Res
     r
 }
 
-async fn home(State(st): State<Shared>, _v: Viewer) -> Result<Html<String>, ApiError> {
+async fn home(State(st): State<Shared>, _v: Viewer) -> Result<Html<String>, PageError> {
     let rows = blocking(move || crate::api::sources_overview(&st)).await?;
     let mut body = String::from(
         "<table><tr><th>Source</th><th>Kind</th><th>Snapshots</th><th>Latest</th>\
@@ -203,7 +224,7 @@ async fn source_page(
     State(st): State<Shared>,
     _v: Viewer,
     Path(name): Path<String>,
-) -> Result<Html<String>, ApiError> {
+) -> Result<Html<String>, PageError> {
     let n = name.clone();
     let (t, svg) = blocking(move || {
         let t = cairn_insight::timeline(&st.vault, &n, &mut |_| {})?;
@@ -253,7 +274,7 @@ async fn snapshot_page(
     State(st): State<Shared>,
     _v: Viewer,
     Path(spec): Path<String>,
-) -> Result<Html<String>, ApiError> {
+) -> Result<Html<String>, PageError> {
     let sp = spec.clone();
     let d = blocking(move || crate::api::snapshot_detail(&st, &sp)).await?;
     let snap = &d["snapshot"];
@@ -354,7 +375,7 @@ async fn diff_page(
     State(st): State<Shared>,
     _v: Viewer,
     Path(spec): Path<String>,
-) -> Result<Html<String>, ApiError> {
+) -> Result<Html<String>, PageError> {
     let sp = spec.clone();
     let d = blocking(move || crate::api::snapshot_diff(&st, &sp, None)).await?;
     let c = &d["counts"];
@@ -420,7 +441,7 @@ async fn recover_page(
     State(st): State<Shared>,
     _v: Viewer,
     Path(name): Path<String>,
-) -> Result<Html<String>, ApiError> {
+) -> Result<Html<String>, PageError> {
     let n = name.clone();
     let t = blocking(move || crate::api::timeline_json(&st, &n)).await?;
     let mut body = String::from(
@@ -451,7 +472,7 @@ or pick a point to scan or restore.</p>",
     Ok(page(&format!("Recover {name}"), &body))
 }
 
-async fn audit_page(State(st): State<Shared>, _v: Viewer) -> Result<Html<String>, ApiError> {
+async fn audit_page(State(st): State<Shared>, _v: Viewer) -> Result<Html<String>, PageError> {
     let (entries, verdict) =
         blocking(move || Ok((st.audit.entries()?, st.audit.verify()?))).await?;
     let mut body = match verdict {

@@ -367,7 +367,7 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         }
     }
     // Derived records are named after their snapshot (`insight/v2/<id>`,
-    // `insight/v1/<id>.list`, `scan/v1/<id>.<profile>`) and go when it
+    // `insight/v1/<id>.list`, `scan/v2/<id>.<profile>`) and go when it
     // goes; a record comparing it with another snapshot
     // (`insight/v2/<id>.vs-<other id>`) goes when either does.
     let ids: HashSet<&str> = snapshots.iter().map(|s| s.id.0.as_str()).collect();

@@ -1003,12 +1003,64 @@ fn an_infection_from_the_first_snapshot_on_is_found_in_every_later_one() {
     // ...and the whole history, each against the one before.
     let out = env.run(&["scan", "vm", "--json"]);
     let all: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for r in all.as_array().unwrap() {
-        assert_eq!(r["verdict"], "compromised", "{r:#}");
+    // (The first compromised; after it, found again but there in the
+    // baseline too: a warning, no pass.)
+    for (k, r) in all.as_array().unwrap().iter().enumerate() {
+        let want_verdict = if k == 0 { "compromised" } else { "warning" };
+        assert_eq!(r["verdict"], want_verdict, "{r:#}");
         assert!(want(r), "{r:#}");
     }
     let walk = find_clean(&env, "vm");
     assert!(walk["clean"].is_null(), "{walk:#}");
+}
+
+/// The program a new cron job starts is left out of a rollback with the
+/// job, though no rule knows its bytes (the system would start it again).
+#[test]
+fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    linux_root(&root, "2.36-9+deb12u3");
+    let img = env.path("disk.img");
+    gpt_ext4_image(&img, &root, 48);
+    for day in 1..=3u64 {
+        if day > 1 {
+            ordinary_day(&img, day);
+        }
+        if day == 3 {
+            write_guest_file(&img, "/usr/local/bin/.upd", &noise(6000, 77));
+            write_guest_file(
+                &img,
+                "/etc/cron.d/updater",
+                b"*/5 * * * * root /usr/local/bin/.upd --quiet\n",
+            );
+        }
+        env.backup(&img, "vm", &format!("2026-01-0{day}T00:00:00Z"));
+    }
+    let (code, v) = scan(&env, "vm", &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    let out_dir = env.path("back");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    let action = |p: &str| {
+        rb["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == p)
+            .map(|f| f["action"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        action("/etc/cron.d/updater").as_deref(),
+        Some("dropped"),
+        "{rb:#}"
+    );
+    assert_eq!(
+        action("/usr/local/bin/.upd").as_deref(),
+        Some("dropped"),
+        "{rb:#}"
+    );
+    assert!(!out_dir.join("usr/local/bin/.upd").exists());
+    assert!(out_dir.join("etc/crontab").exists());
 }
 
 fn ordinary_day(img: &Path, day: u64) {

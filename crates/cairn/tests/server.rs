@@ -365,6 +365,19 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     assert_eq!(status, 200);
     assert_eq!(v[0]["name"], "vm");
     assert_eq!(v[0]["snapshots"], 2);
+    // The console answers a person: a page that says what is wrong.
+    let (status, v) = call(
+        "GET",
+        &format!("{url}/sources/nosuch"),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(status, 404, "{v}");
+    let page = v.as_str().unwrap_or_default();
+    assert!(
+        page.starts_with("<!doctype html>") && page.contains("nosuch"),
+        "{v}"
+    );
     for (method, path, body) in [
         ("POST", "/api/v1/prune", &b""[..]),
         ("POST", "/api/v1/forget", br#"{"keep_last":1}"#),
