@@ -99,7 +99,7 @@ pub fn ls(
 ) -> Result<u8> {
     let (snap, path) = split_spec(spec);
     let o = open_snapshot(vault, snap, partition)?;
-    let path = cairn_guest::model::normalize(path)?;
+    let path = guest_path(&o, path)?;
     let top = o.fs.lookup(&path)?;
     let entries: Vec<FileEntry> = if top.kind != FileKind::Dir {
         vec![top]
@@ -141,10 +141,25 @@ pub fn ls(
     Ok(0)
 }
 
+/// A path as typed, in the snapshot's terms. On a Windows filesystem a
+/// path pasted from Windows (`C:\Users\…`, `\Users\…`: how a scan
+/// prints what a Run value starts) has `\` between its folders, and its
+/// drive letter is left out.
+fn guest_path(o: &cairn_guest::Opened, path: &str) -> Result<Vec<u8>> {
+    let windows = matches!(o.fs.kind().as_str(), "ntfs" | "fat12" | "fat16" | "fat32");
+    let b = path.as_bytes();
+    let drive = b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':';
+    if windows && (drive || (path.contains('\\') && !path.contains('/'))) {
+        let rest = if drive { &path[2..] } else { path };
+        return Ok(cairn_guest::model::normalize(&rest.replace('\\', "/"))?);
+    }
+    Ok(cairn_guest::model::normalize(path)?)
+}
+
 pub fn cat(vault: &Arc<Vault>, spec: &str, partition: Option<u32>) -> Result<u8> {
     let (snap, path) = split_spec(spec);
     let o = open_snapshot(vault, snap, partition)?;
-    let e = o.fs.lookup(&cairn_guest::model::normalize(path)?)?;
+    let e = o.fs.lookup(&guest_path(&o, path)?)?;
     if e.kind != FileKind::File {
         bail!("{} is not a regular file", e.display_path());
     }
@@ -239,7 +254,7 @@ pub fn restore_files(
 ) -> Result<u8> {
     let (snap, path) = split_spec(spec);
     let o = open_snapshot(vault, snap, partition)?;
-    let root = o.fs.lookup(&cairn_guest::model::normalize(path)?)?;
+    let root = o.fs.lookup(&guest_path(&o, path)?)?;
     let r = cairn_recover::restore_files(o.fs.as_ref(), &root, to, keep_setid, &|_| {})?;
     for s in r.special.iter().chain(&r.skipped) {
         eprintln!("skipped: {s}");

@@ -412,6 +412,16 @@ fn ntfs_ext2_and_fat16_in_mbr_logical_partitions() {
             .all(|e| e["file_id"].as_u64().unwrap() >= 16),
         "MFT record numbers as ids"
     );
+    // A path as Windows writes it (as a scan prints a Run value's).
+    for windows in [r"win@latest:C:\big.bin", r"win@latest:\big.bin"] {
+        let out = env.run(&["cat", windows, "--partition", "1"]);
+        assert!(out.status.success(), "{windows}");
+        assert_eq!(
+            out.stdout,
+            std::fs::read(nt.join("big.bin")).unwrap(),
+            "{windows}"
+        );
+    }
 
     let mut want = truth(&e2);
     want.insert("/lost+found".into(), ("dir".into(), 0, None));

@@ -517,17 +517,7 @@ fn a_rollback_after_forget_undoes_what_the_forgotten_snapshots_found() {
     env.ok(&["forget", "--keep-last", "1", "--prune"]);
     assert_eq!(env.json(&["snapshots", "vm"]).as_array().unwrap().len(), 2);
 
-    let out_dir = env.path("rolled");
-    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
-    assert_eq!(rb["restored"], 8, "{rb}");
-    for i in 10..18 {
-        let path = format!("home/alice/docs/report-{i}.txt");
-        assert_eq!(
-            std::fs::read(out_dir.join(&path)).unwrap(),
-            std::fs::read(root.join(&path)).unwrap(),
-            "{path}"
-        );
-    }
+    let out_dir = rolled_back_reports(&env, &root, 10..18);
     assert_eq!(
         std::fs::read(out_dir.join("home/alice/docs/report-1.txt")).unwrap(),
         text(9_000, 77),
@@ -711,6 +701,27 @@ fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     ]);
 }
 
+/// Rolls vm back into a new folder, checks that exactly reports `which`
+/// were restored, as `root` held them, and returns the folder.
+fn rolled_back_reports(
+    env: &Env,
+    root: &std::path::Path,
+    which: std::ops::Range<usize>,
+) -> std::path::PathBuf {
+    let out_dir = env.path("rolled");
+    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(rb["restored"], which.len(), "{rb}");
+    for i in which {
+        let path = format!("home/alice/docs/report-{i}.txt");
+        assert_eq!(
+            std::fs::read(out_dir.join(&path)).unwrap(),
+            std::fs::read(root.join(&path)).unwrap(),
+            "{path}"
+        );
+    }
+    out_dir
+}
+
 /// A locker run twice over the same files rewrites ciphertext with
 /// ciphertext: no entropy jumps and no type is lost that day, but the
 /// damage of the day before is not repaired. The day stays compromised,
@@ -740,17 +751,7 @@ fn files_encrypted_again_stay_damaged_and_roll_back() {
     let reasons = v["insight"]["reasons"].to_string();
     assert!(reasons.contains("still present"), "{reasons}");
 
-    let out_dir = env.path("rolled");
-    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
-    assert_eq!(rb["restored"], 5, "{rb}");
-    for i in 10..15 {
-        let path = format!("home/alice/docs/report-{i}.txt");
-        assert_eq!(
-            std::fs::read(out_dir.join(&path)).unwrap(),
-            std::fs::read(root.join(&path)).unwrap(),
-            "{path}"
-        );
-    }
+    rolled_back_reports(&env, &root, 10..15);
 }
 
 #[test]
