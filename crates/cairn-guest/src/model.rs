@@ -220,6 +220,12 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Whether a filesystem of this kind (`Filesystem::kind`) is Windows's:
+/// its names match in any case, and Windows writes its paths with `\`.
+pub fn windows_kind(kind: &str) -> bool {
+    matches!(kind, "ntfs" | "fat12" | "fat16" | "fat32")
+}
+
 /// Normalises a user-given guest path: strips slashes at both ends,
 /// refuses `.` and `..` components.
 /// Escapes as [`escape`] prints them are read back, so any name a listing

@@ -318,10 +318,9 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         .collect();
     // Windows names a file in any case (a Run value's `c:\users\…`): on
     // its filesystems a flag matches whatever the case.
-    let any_case = matches!(
-        walked_kind(snaps, latest).as_deref(),
-        Some("ntfs" | "fat12" | "fat16" | "fat32")
-    );
+    let any_case = snaps
+        .get(latest)
+        .is_ok_and(|o| cairn_guest::model::windows_kind(&o.fs.kind()));
     let folded: HashMap<String, (usize, &Flagged)> = if any_case {
         flags.iter().map(|(p, v)| (p.to_lowercase(), *v)).collect()
     } else {
@@ -973,11 +972,6 @@ pub fn rollback_to_dir(
             roll_into(&mut snaps, &plan, work, opts.keep_setid, report)
         })
     }
-}
-
-/// The kind of filesystem snapshot `i` holds (`ntfs`, `fat32`, `ext4`…).
-fn walked_kind(snaps: &mut Snapshots, i: usize) -> Option<String> {
-    snaps.get(i).ok().map(|o| o.fs.kind())
 }
 
 /// Writes file `path` into `dest` from the newest of the few snapshots

@@ -146,7 +146,7 @@ pub fn ls(
 /// prints what a Run value starts) has `\` between its folders, and its
 /// drive letter is left out.
 fn guest_path(o: &cairn_guest::Opened, path: &str) -> Result<Vec<u8>> {
-    let windows = matches!(o.fs.kind().as_str(), "ntfs" | "fat12" | "fat16" | "fat32");
+    let windows = cairn_guest::model::windows_kind(&o.fs.kind());
     let b = path.as_bytes();
     let drive = b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':';
     if windows && (drive || (path.contains('\\') && !path.contains('/'))) {
