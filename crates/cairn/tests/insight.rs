@@ -500,12 +500,7 @@ fn a_filesystem_cairn_does_not_read_wiped_is_found() {
 /// insight found in them, are gone, and a rollback still undoes all of it.
 #[test]
 fn a_rollback_after_forget_undoes_what_the_forgotten_snapshots_found() {
-    let env = Env::new("0s", &[]);
-    let root = env.path("root");
-    populate(&root);
-    let disk = env.path("disk.img");
-    gpt_ext4_image(&disk, &root, 64);
-    four_days_then_encryption(&env, &disk);
+    let (env, root, disk) = four_clean_days_then_encryption();
     flagged_backup(&env, &disk, 4);
     for i in 15..18 {
         let path = format!("home/alice/docs/report-{i}.txt");
@@ -701,6 +696,19 @@ fn an_attack_is_flagged_its_clean_point_pinned_and_kept_by_prune() {
     ]);
 }
 
+/// A vault, a guest tree made by `populate` and its disk, through
+/// [`four_days_then_encryption`] (four clean days backed up, five reports
+/// then encrypted in place, not backed up yet).
+fn four_clean_days_then_encryption() -> (Env, std::path::PathBuf, std::path::PathBuf) {
+    let env = Env::new("0s", &[]);
+    let root = env.path("root");
+    populate(&root);
+    let disk = env.path("disk.img");
+    gpt_ext4_image(&disk, &root, 64);
+    four_days_then_encryption(&env, &disk);
+    (env, root, disk)
+}
+
 /// Rolls vm back into a new folder, checks that exactly reports `which`
 /// were restored, as `root` held them, and returns the folder.
 fn rolled_back_reports(
@@ -729,12 +737,7 @@ fn rolled_back_reports(
 /// files back.
 #[test]
 fn files_encrypted_again_stay_damaged_and_roll_back() {
-    let env = Env::new("0s", &[]);
-    let root = env.path("root");
-    populate(&root);
-    let disk = env.path("disk.img");
-    gpt_ext4_image(&disk, &root, 64);
-    four_days_then_encryption(&env, &disk);
+    let (env, root, disk) = four_clean_days_then_encryption();
     let clean_id = env.json(&["snapshots", "vm"]).as_array().unwrap()[3]["id"]
         .as_str()
         .unwrap()

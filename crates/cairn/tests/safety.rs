@@ -368,6 +368,14 @@ fn a_damaged_newest_manifest_is_said_where_latest_is_counted() {
     );
 }
 
+/// `args` is a mistake in the command line (exit 2) and `target` is not
+/// written.
+fn usage_error_writing_nothing(env: &Env, args: &[&str], target: &std::path::Path) {
+    let out = env.run(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    assert!(!target.exists(), "{args:?}");
+}
+
 #[test]
 fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
     // Under retention: forget and prune delete nothing.
@@ -413,14 +421,7 @@ fn nothing_is_deleted_before_retention_ends_and_pins_are_never_forgotten() {
         &["export", "vm@latest", "--writable"],
         &["rollback", "vm"],
     ] {
-        let out = env.run(bad);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{bad:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!out_dir.exists());
+        usage_error_writing_nothing(&env, bad, &out_dir);
     }
     let f = env.json(&["forget", "--keep-last", "1", "--prune"]);
     assert_eq!(f["forget"]["forgotten"].as_array().unwrap().len(), 0);
@@ -771,9 +772,7 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
             "1",
         ],
     ] {
-        let out = env.run(bad);
-        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
-        assert!(!there.exists());
+        usage_error_writing_nothing(&env, bad, &there);
     }
 
     // Tokens belong to a vault, and only an agent's can be limited to
