@@ -307,7 +307,7 @@ pub fn flagged_files(vault: &Vault, chain: &[Snapshot]) -> Vec<FlaggedFile> {
         // shortcut's, a cron job's): left out with it, or brought back
         // as it was before, or the rolled-back system starts it again.
         for i in &r.persistence {
-            if let Some(t) = &i.target {
+            for t in i.started() {
                 now.entry(t).or_insert((
                     format!("started by {}: {}", i.path, i.detail),
                     true,
@@ -592,6 +592,7 @@ fn unreadable_filesystem(
         path: "/".into(),
         kind: "filesystem_unreadable".into(),
         target: None,
+        also: Vec::new(),
         severity: rules::Severity::Compromised,
         detail: format!(
             "the filesystem {}@{} had cannot be read here ({why}): encrypted or wiped whole?",

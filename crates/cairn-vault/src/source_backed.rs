@@ -23,6 +23,17 @@ pub struct SourceBackedDisk {
     snapshot: Arc<SnapshotDisk>,
     /// Checked blocks: index → bytes (`None`: the source differs there).
     blocks: Mutex<LruCache<usize, Option<Arc<Vec<u8>>>>>,
+    /// Blocks read from the source and hashed (for the debug log).
+    checked: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for SourceBackedDisk {
+    fn drop(&mut self) {
+        tracing::debug!(
+            blocks = self.checked.load(std::sync::atomic::Ordering::Relaxed),
+            "source-backed disk closed"
+        );
+    }
 }
 
 impl SourceBackedDisk {
@@ -34,6 +45,7 @@ impl SourceBackedDisk {
             blocks: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_blocks.max(1)).expect("nonzero"),
             )),
+            checked: Default::default(),
         }
     }
 
@@ -47,6 +59,8 @@ impl SourceBackedDisk {
         let start = i as u64 * BLOCK_SIZE as u64;
         let len = (BLOCK_SIZE as u64).min(map.size - start) as usize;
         let mut buf = vec![0u8; len];
+        self.checked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = self.source.read_exact_at(&mut buf, start).is_ok() && {
             let mut got = Vec::with_capacity(1);
             self.snapshot.vault().hasher().block_digests(&buf, &mut got);

