@@ -181,6 +181,44 @@ fn rel(display: &str) -> Vec<u8> {
     cairn_guest::model::unescape(display.trim_start_matches('/'))
 }
 
+/// Where the version from before the attack of a file made again since
+/// (`now`: the pick at its path) goes, beside it: `report.docx` →
+/// `report (before the attack, 3f2a1b2c).docx`, keeping the extension so
+/// it opens as what it is. `None` when there is nothing to bring back
+/// (no such file then, or the same bytes as now) or the name is taken.
+fn beside_the_new_one(
+    snaps: &mut Snapshots,
+    g: usize,
+    path: &[u8],
+    now: (usize, FileEntry),
+    picks: &BTreeMap<Vec<u8>, Pick>,
+    in_latest: &std::collections::HashSet<Vec<u8>>,
+) -> Option<(Vec<u8>, FileEntry)> {
+    let old = snaps.lookup(g, path).filter(|x| x.kind == FileKind::File)?;
+    if now.1.kind == FileKind::File {
+        snaps.get(g).ok()?;
+        snaps.get(now.0).ok()?;
+        let (a, b) = (&snaps.open[&g], &snaps.open[&now.0]);
+        if same_content(a.fs.as_ref(), &old, b.fs.as_ref(), &now.1) {
+            return None;
+        }
+    }
+    let (id, _) = snaps.label(g);
+    let short = &id[..id.len().min(8)];
+    let slash = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    let name = &path[slash..];
+    // A leading dot is a hidden file's, not an extension.
+    let dot = name
+        .iter()
+        .rposition(|&b| b == b'.')
+        .filter(|&d| d > 0)
+        .unwrap_or(name.len());
+    let mut side = path[..slash + dot].to_vec();
+    side.extend_from_slice(format!(" (before the attack, {short})").as_bytes());
+    side.extend_from_slice(&name[dot..]);
+    (!picks.contains_key(&side) && !in_latest.contains(&side)).then_some((side, old))
+}
+
 /// The plan: for every path of the result, which version and why.
 struct Plan {
     picks: BTreeMap<Vec<u8>, Pick>,
@@ -593,12 +631,44 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
     for (path, h) in &hurt {
         let Some(origin) = &h.origin else { continue };
         let o = rel(origin);
-        if picks.contains_key(&o) {
-            continue;
-        }
         let Some(g) = h.base else {
             continue;
         };
+        if let Some(now) = picks.get(&o) {
+            // Made again at its old place since the attack (by a user, a
+            // copy from a colleague's mail): that newest file stays, and
+            // the version the attack took comes back beside it, unless
+            // it holds the same bytes. Neither is lost.
+            let now = (now.index, now.entry.clone());
+            if let Some((side, old)) = beside_the_new_one(snaps, g, &o, now, &picks, &in_latest) {
+                let (id, time) = snaps.label(g);
+                provenance.push(Provenance {
+                    review: false,
+                    path: FileEntry {
+                        path: side.clone(),
+                        ..old.clone()
+                    }
+                    .display_path(),
+                    action: Action::Restored,
+                    snapshot: Some(id),
+                    snapshot_time: Some(time),
+                    reason: format!(
+                        "{origin} as it was before the attack replaced it by {path} ({}) in {}; a newer {origin} was made since and keeps its place",
+                        h.damage.describe(),
+                        t.entries[h.index].snapshot.id.short()
+                    ),
+                });
+                picks.insert(
+                    side,
+                    Pick {
+                        index: g,
+                        entry: old,
+                        absent: true,
+                    },
+                );
+            }
+            continue;
+        }
         if let Some(old) = snaps.lookup(g, &o).filter(|x| x.kind == FileKind::File) {
             let (id, time) = snaps.label(g);
             provenance.push(Provenance {

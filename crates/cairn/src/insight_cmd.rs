@@ -319,8 +319,17 @@ pub fn rollback(
         cairn_recover::rollback::write_provenance(&manifest, &serde_json::to_vec_pretty(&r)?)?;
     }
     // A rollback that could not carry out its plan is no success, however
-    // much of it was done: the operator has to look.
-    let code = if r.failed > 0 { 1 } else { 0 };
+    // much of it was done: the operator has to look. One that kept a file
+    // verification flagged (a registry hive holding a planted Run value)
+    // is done, but not ready for production: a script has to branch.
+    let review = r.files.iter().filter(|f| f.review).count();
+    let code = if r.failed > 0 {
+        1
+    } else if review > 0 {
+        3
+    } else {
+        0
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(code);
@@ -365,6 +374,11 @@ pub fn rollback(
             format!("; provenance in {}", manifest.display())
         }
     );
+    if review > 0 && r.failed == 0 {
+        eprintln!(
+            "{review} file(s) verification flagged were kept as they are (named above): clean them by hand before production (exit 3)"
+        );
+    }
     if r.failed > 0 {
         eprintln!(
             "error: {} planned repair(s) failed (listed above as warnings); the provenance marks each: kept as it is (in place) or missing (into a new folder)",

@@ -1370,3 +1370,90 @@ fn noted_and_backed_up<'a>(env: &Env, dir: &'a Path) -> &'a str {
     );
     src
 }
+
+/// A document the attack took (encrypted into a copy, the original
+/// deleted) and a user then made again at its old place: the rollback
+/// keeps the new one and brings the one from before the attack back
+/// beside it; one made again with the same bytes gets no copy.
+#[test]
+fn a_file_made_again_after_the_attack_keeps_its_place_and_the_old_one_comes_back_beside_it() {
+    let env = Env::new("30d", &[]);
+    let dir = env.path("share");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..8 {
+        std::fs::write(
+            docs.join(format!("doc{i}.txt")),
+            text(12_000 + i * 300, i as u64),
+        )
+        .unwrap();
+    }
+    for d in 0..3u32 {
+        env.backup(&dir, "share", &day(d));
+    }
+    let clean: Vec<Vec<u8>> = (0..8)
+        .map(|i| std::fs::read(docs.join(format!("doc{i}.txt"))).unwrap())
+        .collect();
+    for (i, was) in clean.iter().enumerate().take(6).skip(2) {
+        let name = format!("doc{i}.txt");
+        let len = was.len();
+        std::fs::write(
+            docs.join(format!("{name}.locked")),
+            noise(len + 16, 40 + i as u64),
+        )
+        .unwrap();
+        std::fs::remove_file(docs.join(&name)).unwrap();
+    }
+    let src = noted_and_backed_up(&env, &dir);
+    // The next day: doc2 written anew from memory, doc3 copied back from
+    // a colleague's mail (the same bytes).
+    let redone = text(9_000, 777);
+    std::fs::write(docs.join("doc2.txt"), &redone).unwrap();
+    std::fs::write(docs.join("doc3.txt"), &clean[3]).unwrap();
+    let out = env.run(&["backup", src, "--name", "share", "--time", &day(4)]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let to = env.path("rolled");
+    let rb = env.json(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
+    let rd = to.join("docs");
+    assert_eq!(std::fs::read(rd.join("doc2.txt")).unwrap(), redone);
+    let beside: Vec<String> = std::fs::read_dir(&rd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("before the attack"))
+        .collect();
+    assert_eq!(beside.len(), 1, "{beside:?}\n{rb:#}");
+    assert!(
+        beside[0].starts_with("doc2 (before the attack, ") && beside[0].ends_with(").txt"),
+        "{beside:?}"
+    );
+    assert_eq!(std::fs::read(rd.join(&beside[0])).unwrap(), clean[2]);
+    assert_eq!(std::fs::read(rd.join("doc3.txt")).unwrap(), clean[3]);
+    for i in [4, 5] {
+        assert_eq!(
+            std::fs::read(rd.join(format!("doc{i}.txt"))).unwrap(),
+            clean[i]
+        );
+    }
+    assert!(!rd.join("doc2.txt.locked").exists());
+    let p = provenance_of(&rb, &format!("/docs/{}", beside[0]));
+    assert_eq!(p["action"], "restored", "{p:#}");
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("a newer /docs/doc2.txt was made since"),
+        "{p:#}"
+    );
+
+    // In place, the same: the copy appears beside the newer file.
+    env.json(&["rollback", "share", "--in-place", src]);
+    assert_eq!(std::fs::read(docs.join("doc2.txt")).unwrap(), redone);
+    assert_eq!(std::fs::read(docs.join(&beside[0])).unwrap(), clean[2]);
+    assert_eq!(std::fs::read(docs.join("doc5.txt")).unwrap(), clean[5]);
+}
