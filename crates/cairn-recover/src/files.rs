@@ -77,10 +77,15 @@ pub fn restore_files(
     keep_setid: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FilesRestoreReport> {
-    if root.kind == FileKind::File && fs::symlink_metadata(target).is_err() {
+    // `--to new/` (a trailing slash) asks for a folder.
+    let folder_asked = target.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if root.kind == FileKind::File && fs::symlink_metadata(target).is_err() && !folder_asked {
         // One file to a new name is that file, as `cp` makes it; a
         // folder (new or empty) gets it under its own name, below.
         let mut report = FilesRestoreReport::default();
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
         if root.unsafe_name {
             return Err(Error::Invalid(format!(
                 "{}: unsafe name, not restored",
@@ -96,6 +101,7 @@ pub fn restore_files(
             Error::io(format!("writing {}", target.display()), e)
         })?;
         report.setid_dropped = set_meta(root, target, keep_setid) as u64;
+        set_xattrs(&fs.xattrs(root), target, keep_setid);
         report.files = 1;
         report.bytes_written = n;
         return Ok(report);
@@ -132,6 +138,9 @@ pub fn restore_files(
     };
     let mut links = Vec::new();
     let mut dirs = Vec::new();
+    // Files written, by the name their content was first listed under: a
+    // later name of the same file (a hard link) becomes a link again.
+    let mut written: std::collections::HashMap<Vec<u8>, std::path::PathBuf> = Default::default();
     for e in &entries {
         let rel = &e.path[base_len.min(e.path.len())..];
         let dest = if e.unsafe_name {
@@ -153,11 +162,22 @@ pub fn restore_files(
                 }
                 Err(err) => report.skipped.push(format!("{}: {err}", e.display_path())),
             },
+            FileKind::File
+                if fs
+                    .first_name(e)
+                    .and_then(|first| written.get(&first))
+                    .is_some_and(|at| fs::hard_link(at, &dest).is_ok()) =>
+            {
+                report.files += 1;
+            }
             FileKind::File => match write_file(fs, e, &dest, progress) {
                 Ok(n) => {
                     report.files += 1;
                     report.bytes_written += n;
+                    // After the owner: a chown clears file capabilities.
                     report.setid_dropped += set_meta(e, &dest, keep_setid) as u64;
+                    set_xattrs(&fs.xattrs(e), &dest, keep_setid);
+                    written.insert(e.path.clone(), dest.clone());
                 }
                 Err(err) => {
                     // Made new by this run: no empty or half-written file
@@ -176,12 +196,17 @@ pub fn restore_files(
     }
     for (e, dest) in links {
         match make_symlink(e.link_target.as_deref().unwrap_or_default(), &dest) {
-            Ok(()) => report.symlinks += 1,
+            Ok(()) => {
+                report.symlinks += 1;
+                link_meta(e, &dest);
+            }
             Err(err) => report.skipped.push(format!("{}: {err}", e.display_path())),
         }
     }
+    // Last, deepest first: writing into a folder moves its mtime.
     for (e, dest) in dirs.iter().rev() {
         set_meta(e, dest, keep_setid);
+        set_xattrs(&fs.xattrs(e), dest, keep_setid);
     }
     Ok(report)
 }
@@ -337,6 +362,18 @@ pub(crate) fn set_meta(e: &FileEntry, dest: &Path, keep_setid: bool) -> bool {
     );
     let _ = filetime::set_file_mtime(dest, t);
     dropped
+}
+
+/// A symlink's own owner and time (its mode means nothing on Linux).
+pub(crate) fn link_meta(e: &FileEntry, dest: &Path) {
+    if let (Some(uid), Some(gid)) = (e.uid, e.gid) {
+        let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
+    }
+    let t = filetime::FileTime::from_unix_time(
+        e.mtime_ns.div_euclid(1_000_000_000),
+        e.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    let _ = filetime::set_symlink_file_times(dest, t, t);
 }
 
 #[cfg(test)]

@@ -1179,9 +1179,12 @@ fn roll_into(
     }
     for (e, dest) in links {
         let t = e.link_target.as_deref().unwrap_or_default();
-        if let Err(err) = crate::files::make_symlink(t, &dest) {
-            report.failed += 1;
-            report.skipped.push(format!("{}: {err}", e.display_path()));
+        match crate::files::make_symlink(t, &dest) {
+            Ok(()) => crate::files::link_meta(&e, &dest),
+            Err(err) => {
+                report.failed += 1;
+                report.skipped.push(format!("{}: {err}", e.display_path()));
+            }
         }
     }
     for (e, dest, xattrs) in dirs.iter().rev() {

@@ -1254,9 +1254,51 @@ fn a_rollback_of_a_directory_keeps_extended_attributes_and_hard_links() {
         &["-n", "user.tag", "-v", "folder", docs.to_str().unwrap()],
     );
     std::fs::hard_link(docs.join("doc4.txt"), docs.join("doc4-link.txt")).unwrap();
+    std::os::unix::fs::symlink("doc0.txt", docs.join("latest.txt")).unwrap();
+    filetime::set_symlink_file_times(
+        docs.join("latest.txt"),
+        filetime::FileTime::from_unix_time(1_700_000_000, 5),
+        filetime::FileTime::from_unix_time(1_700_000_000, 5),
+    )
+    .unwrap();
     for d in 0..3u32 {
         env.backup(&dir, "share", &day(d));
     }
+    // One folder of the clean point restored on its own keeps the same:
+    // attributes, links, the link's own time.
+    let one = env.path("one");
+    env.ok(&[
+        "restore",
+        "share@latest:/docs",
+        "--to",
+        one.to_str().unwrap(),
+    ]);
+    assert_eq!(attr(&one.join("docs/doc3.txt")), "important");
+    assert_eq!(attr(&one.join("docs")), "folder");
+    let (a, b) = (
+        std::fs::metadata(one.join("docs/doc4.txt")).unwrap(),
+        std::fs::metadata(one.join("docs/doc4-link.txt")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one file, two names");
+    let l = std::fs::symlink_metadata(one.join("docs/latest.txt")).unwrap();
+    assert_eq!((l.mtime(), l.mtime_nsec()), (1_700_000_000, 5));
+    // One file to a new name, in a folder made for it; to a new folder.
+    let single = env.path("new/folder/single.txt");
+    env.ok(&[
+        "restore",
+        "share@latest:/docs/doc3.txt",
+        "--to",
+        single.to_str().unwrap(),
+    ]);
+    assert_eq!(attr(&single), "important");
+    let into = env.path("into");
+    env.ok(&[
+        "restore",
+        "share@latest:/docs/doc3.txt",
+        "--to",
+        &format!("{}/", into.display()),
+    ]);
+    assert_eq!(attr(&into.join("doc3.txt")), "important");
     let clean: Vec<Vec<u8>> = (0..10)
         .map(|i| std::fs::read(docs.join(format!("doc{i}.txt"))).unwrap())
         .collect();
