@@ -36,13 +36,13 @@ fn bind_base(path: &Path, base: &str) -> io::Result<()> {
         return write_synced(&side, base);
     }
     match std::fs::read_to_string(&side) {
-        Ok(s) if s.trim() == base => Ok(()),
+        Ok(s) if first_line(&s) == base => Ok(()),
         Ok(s) => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "{} holds writes made over snapshot {}, not over {base}",
                 path.display(),
-                s.trim()
+                first_line(&s)
             ),
         )),
         // Bytes without the record of what they were written over: not an
@@ -99,6 +99,59 @@ fn write_synced(path: &Path, base: &str) -> io::Result<()> {
     f.sync_all()
 }
 
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default().trim()
+}
+
+/// Which file the overlay is: its inode and, where the filesystem keeps
+/// it, its birth time (a device number can change across reboots).
+fn identity(file: &File) -> io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("file {} {born}", m.ino()))
+}
+
+/// The overlay's record of what was written is the file's own allocation,
+/// which a copy does not keep: `cp` and `rsync -S` make holes of written
+/// zeros (the snapshot's bytes show through again), `cp --sparse=never`
+/// or `tar` allocate everything (the whole disk reads as zeros). So the
+/// file is tied to the one the writes went to, in the record beside it,
+/// and a copy is refused instead of silently read wrong. (A rename keeps
+/// the file, and the record goes with it.)
+fn tie_to_file(path: &Path, file: &File) -> io::Result<()> {
+    let mut side = path.as_os_str().to_owned();
+    side.push(".base");
+    let side = std::path::PathBuf::from(side);
+    let record = std::fs::read_to_string(&side)?;
+    let now = identity(file)?;
+    match record.lines().nth(1).map(str::trim) {
+        Some(was) if was == now => Ok(()),
+        Some(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a copy of the overlay the writes went to, not that file: an overlay keeps which blocks were written in its own allocation, which copies (cp, rsync, tar, a move to another filesystem) do not keep, so it would read wrong. Use the original file; to keep what was written elsewhere, `cairn commit` it into the vault",
+                path.display()
+            ),
+        )),
+        // Made before this record existed, or just now: tied from here on.
+        None => {
+            let tmp = side.with_extension("base.tmp");
+            let mut f = File::create(&tmp)?;
+            std::io::Write::write_all(
+                &mut f,
+                format!("{}\n{now}\n", first_line(&record)).as_bytes(),
+            )?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &side)
+        }
+    }
+}
+
 impl Overlay {
     /// Opens (or creates) the overlay of a disk of `size` bytes, written
     /// over snapshot `base` (recorded beside it; see `bind_base`).
@@ -126,6 +179,7 @@ impl Overlay {
                 std::fs::TryLockError::Error(e) => e,
             });
         }
+        tie_to_file(path, &file)?;
         let len = file.metadata()?.len();
         if len == 0 {
             probe_grains(path)?;
@@ -329,5 +383,40 @@ mod tests {
         o.read_at(&base, GRAIN, &mut buf).unwrap();
         assert_eq!(buf, [7, b'x', b'y', 7]);
         assert_eq!(o.written_bytes(), GRAIN);
+    }
+
+    /// A copy of an overlay (holes where zeros were written, or nothing
+    /// left a hole) is refused; the file itself, renamed with its record,
+    /// opens and reads what was written.
+    #[test]
+    fn a_copied_overlay_is_refused_and_a_renamed_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = MemDisk(vec![7u8; 8 * GRAIN as usize]);
+        let path = dir.path().join("o");
+        let o = Overlay::open(&path, base.size(), "snap").unwrap();
+        o.write_at(&base, GRAIN, &[0u8; GRAIN as usize]).unwrap();
+        o.flush().unwrap();
+        drop(o);
+        let side = |p: &Path| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".base");
+            std::path::PathBuf::from(s)
+        };
+        let copy = dir.path().join("copy");
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::copy(side(&path), side(&copy)).unwrap();
+        let err = Overlay::open(&copy, base.size(), "snap").err().unwrap();
+        assert!(
+            err.to_string().contains("is a copy of the overlay"),
+            "{err}"
+        );
+        let moved = dir.path().join("moved");
+        std::fs::rename(&path, &moved).unwrap();
+        std::fs::rename(side(&path), side(&moved)).unwrap();
+        let o = Overlay::open(&moved, base.size(), "snap").unwrap();
+        let mut buf = vec![9u8; 2 * GRAIN as usize];
+        o.read_at(&base, 0, &mut buf).unwrap();
+        assert!(buf[..GRAIN as usize].iter().all(|&b| b == 7));
+        assert!(buf[GRAIN as usize..].iter().all(|&b| b == 0));
     }
 }
