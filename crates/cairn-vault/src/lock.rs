@@ -65,10 +65,122 @@ impl VaultLock {
         }
     }
 
-    /// Held by forget and prune.
+    /// Held by forget and prune. When something else holds the vault (an
+    /// export runs until stopped), says what before waiting for it: a
+    /// `forget --prune` from cron must not hang without a word.
     pub fn exclusive(root: &Path) -> Result<Self> {
         let f = Self::open(root)?;
-        f.lock().ctx(|| "waiting for the vault lock".into())?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let held = holders(&f);
+                tracing::warn!(
+                    "waiting for the vault: {} {} it; forget and prune start when {} done",
+                    if held.is_empty() {
+                        "another process (a backup, restore, export or mount)".to_string()
+                    } else {
+                        held.join(", ")
+                    },
+                    if held.len() > 1 { "use" } else { "uses" },
+                    if held.len() > 1 { "they are" } else { "it is" },
+                );
+                f.lock().ctx(|| "waiting for the vault lock".into())?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(crate::Error::io("taking the vault lock", e));
+            }
+        }
         Ok(VaultLock { _file: Some(f) })
+    }
+}
+
+/// The processes holding a lock on `f`, as `pid 123 (cairn export web@-1)`,
+/// from the kernel's table of locks (empty where it cannot be read).
+fn holders(f: &File) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = f.metadata() else {
+        return Vec::new();
+    };
+    let dev = m.dev();
+    // /proc/locks names a file as MAJOR:MINOR:INODE (hex major and minor).
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let me = format!("{major:02x}:{minor:02x}:{}", m.ino());
+    let table = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let mut pids: Vec<u32> = table
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            // "1: FLOCK ADVISORY READ 1234 08:01:5678 0 EOF" (a waiter's
+            // line has "->" after its number).
+            let w: Vec<&str> = w.into_iter().filter(|x| *x != "->").collect();
+            (w.get(5) == Some(&me.as_str())).then(|| w.get(4)?.parse().ok())?
+        })
+        .filter(|&p| p != std::process::id())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.iter()
+        .take(5)
+        .map(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let words: Vec<String> = cmd
+                .split(|&b| b == 0)
+                .filter(|w| !w.is_empty())
+                .take(4)
+                .enumerate()
+                .map(|(i, w)| {
+                    let w = String::from_utf8_lossy(w).into_owned();
+                    // The program by its name, not its whole path.
+                    match i {
+                        0 => w.rsplit('/').next().unwrap_or(&w).to_string(),
+                        _ => w,
+                    }
+                })
+                .collect();
+            if words.is_empty() {
+                format!("pid {p}")
+            } else {
+                format!("pid {p} ({})", words.join(" "))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whoever holds the vault is named (here `flock`, util-linux's, which
+    /// takes the same kind of lock a backup or an export does).
+    #[test]
+    fn the_process_holding_the_vault_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("locks")).unwrap();
+        let f = VaultLock::open(dir.path()).unwrap();
+        assert!(holders(&f).is_empty());
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("flock")
+            .process_group(0)
+            .arg("-s")
+            .arg(VaultLock::path(dir.path()))
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        let mut named = Vec::new();
+        for _ in 0..100 {
+            named = holders(&f);
+            if !named.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // flock and the sleep it starts.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert!(
+            named[0].starts_with(&format!("pid {} (flock -s ", child.id())),
+            "{named:?}"
+        );
     }
 }
