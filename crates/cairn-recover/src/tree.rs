@@ -41,6 +41,10 @@ pub struct TreeRestoreReport {
     pub bytes_written: u64,
     /// Entries not restored or restored without some metadata, with why.
     pub warnings: Vec<String>,
+    /// Files whose data could not be read from the vault (a damaged or
+    /// missing pack): not restored, the rest is. Named, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
     /// Files restored without their setuid or setgid bits or file
     /// capabilities (`security.capability`).
     pub setid_dropped: u64,
@@ -341,16 +345,29 @@ fn restore_into(
         .iter()
         .filter(|(e, _)| e.kind == EntryKind::File && e.hardlink_to.is_none())
         .collect();
-    let written: Vec<Result<u64>> = files
+    let written: Vec<std::result::Result<u64, Failed>> = files
         .par_iter()
         .map(|(e, p)| {
-            no_link_above(target, p)?;
+            no_link_above(target, p).map_err(Failed::Target)?;
             write_file(vault, e, p, progress)
         })
         .collect();
-    for w in written {
-        report.bytes_written += w?;
-        report.files += 1;
+    for (w, (e, p)) in written.into_iter().zip(&files) {
+        match w {
+            Ok(n) => {
+                report.bytes_written += n;
+                report.files += 1;
+            }
+            // One damaged chunk costs its files, not the whole restore:
+            // the rest of the tree is written, and they are named.
+            Err(Failed::Vault(err)) => {
+                let _ = fs::remove_file(p);
+                report
+                    .missing
+                    .push(format!("{}: not restored: {err}", shown(&e.path)));
+            }
+            Err(Failed::Target(err)) => return Err(err),
+        }
     }
     // 3. Links and special files.
     for (e, p) in &plan {
@@ -498,7 +515,21 @@ fn remove_existing(p: &Path) {
     }
 }
 
-fn write_file(vault: &Vault, e: &Entry, p: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {
+/// Why a file was not written: its data could not be read from the
+/// vault (the restore goes on without it), or the target refused it (the
+/// restore stops: the next file would fare no better).
+enum Failed {
+    Vault(Error),
+    Target(Error),
+}
+
+fn write_file(
+    vault: &Vault,
+    e: &Entry,
+    p: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::result::Result<u64, Failed> {
+    use Failed::Target;
     remove_existing(p);
     // A new file, never one reached through a symlink planted meanwhile,
     // readable by its owner alone until the metadata step gives it its
@@ -510,25 +541,31 @@ fn write_file(vault: &Vault, e: &Entry, p: &Path, progress: &(dyn Fn(u64) + Sync
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(p)
-        .ctx(|| format!("creating {}", p.display()))?;
+        .ctx(|| format!("creating {}", p.display()))
+        .map_err(Target)?;
     let mut offset = 0u64;
     for c in &e.chunks {
-        let data = vault.read_chunk(&c.id)?;
+        let data = vault.read_chunk(&c.id).map_err(Failed::Vault)?;
         if data.len() != c.len as usize {
-            return Err(Error::damaged(format!("chunk {}", c.id), "wrong length"));
+            return Err(Failed::Vault(Error::damaged(
+                format!("chunk {}", c.id),
+                "wrong length",
+            )));
         }
         // Zero blocks stay holes (the file is sized at the end).
         for (i, block) in data.chunks(BLOCK_SIZE).enumerate() {
             if !is_zero(block) {
                 f.write_all_at(block, offset + (i * BLOCK_SIZE) as u64)
-                    .ctx(|| format!("writing {}", p.display()))?;
+                    .ctx(|| format!("writing {}", p.display()))
+                    .map_err(Target)?;
             }
         }
         offset += data.len() as u64;
         progress(data.len() as u64);
     }
     f.set_len(offset)
-        .ctx(|| format!("sizing {}", p.display()))?;
+        .ctx(|| format!("sizing {}", p.display()))
+        .map_err(Target)?;
     Ok(offset)
 }
 

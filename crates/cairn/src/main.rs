@@ -1993,6 +1993,9 @@ fn restore(
             for w in &r.warnings {
                 eprintln!("warning: {w}");
             }
+            for m in &r.missing {
+                eprintln!("error: {m}");
+            }
             util::setid_warning(r.setid_dropped);
             if cli.json {
                 print_json(&r);
@@ -2009,6 +2012,15 @@ fn restore(
                     r.hardlinks,
                     bytes(r.bytes_written)
                 );
+            }
+            if !r.missing.is_empty() {
+                // Restored, but not whole: a script has to branch.
+                eprintln!(
+                    "{} file(s) could not be read from the vault (named above) and are not in {}; the rest is. `cairn verify --read-data` names the damage; an earlier snapshot may hold them",
+                    r.missing.len(),
+                    to.display()
+                );
+                return Ok(3);
             }
         }
     }

@@ -298,3 +298,35 @@ fn directory_tree_with_links_odd_names_and_metadata_round_trips() {
         std::fs::read(&victim).unwrap()
     );
 }
+
+/// One damaged chunk costs the files it holds, not the whole restore:
+/// the rest of the tree is written, the lost files are named, exit 3.
+#[test]
+fn a_damaged_chunk_costs_its_files_not_the_whole_restore() {
+    let env = Env::new("30d", &[]);
+    let src = env.path("share");
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    for i in 0..16u64 {
+        std::fs::write(src.join(format!("docs/f{i:02}.bin")), noise(96_000, i)).unwrap();
+    }
+    env.backup(&src, "share", "2026-03-01T00:00:00Z");
+    flip_byte_in_largest_pack(&env.vault);
+    let to = env.path("back");
+    let out = env.run(&["restore", "share@latest", "--to", to.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let lost: Vec<u64> = (0..16)
+        .filter(|i| !to.join(format!("docs/f{i:02}.bin")).exists())
+        .collect();
+    assert_eq!(lost.len(), 1, "one chunk, one file: {lost:?}\n{err}");
+    assert!(
+        err.contains(&format!("docs/f{:02}.bin: not restored", lost[0])),
+        "{err}"
+    );
+    for i in (0..16).filter(|i| *i != lost[0]) {
+        assert_eq!(
+            std::fs::read(to.join(format!("docs/f{i:02}.bin"))).unwrap(),
+            noise(96_000, i)
+        );
+    }
+}
