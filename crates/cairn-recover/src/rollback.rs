@@ -181,6 +181,27 @@ fn rel(display: &str) -> Vec<u8> {
     cairn_guest::model::unescape(display.trim_start_matches('/'))
 }
 
+/// What a file keeps when it is renamed or moved: the digest of its
+/// content (directory sources), or its file id with its size and time (a
+/// rename in a guest keeps the inode and the mtime). Empty files have no
+/// identity to follow.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum MovedKey {
+    Content([u8; 32], u64),
+    Id(u64, u64, i64),
+}
+
+fn moved_key(e: &FileEntry) -> Option<MovedKey> {
+    if e.size == 0 {
+        return None;
+    }
+    match (e.content_key, e.file_id) {
+        (Some(k), _) => Some(MovedKey::Content(k, e.size)),
+        (None, Some(id)) => Some(MovedKey::Id(id, e.size, e.mtime_ns)),
+        _ => None,
+    }
+}
+
 /// Where the version from before the attack of a file made again since
 /// (`now`: the pick at its path) goes, beside it: `report.docx` →
 /// `report (before the attack, 3f2a1b2c).docx`, keeping the extension so
@@ -434,6 +455,15 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         (attack_exts.contains(ext.as_str()) && before.contains_key(original))
             .then(|| (original.to_vec(), ext))
     };
+    // Where each file of the starting snapshot is, by what stays with a
+    // file that moves: its content (directory sources) or its file id,
+    // size and time (a guest's rename keeps them). A file the clean point
+    // had that is now elsewhere was moved, not lost.
+    let now_at: HashMap<MovedKey, Vec<u8>> = entries
+        .iter()
+        .filter(|(src, e, _)| *src == latest && e.kind == FileKind::File)
+        .filter_map(|(_, e, _)| Some((moved_key(e)?, e.path.clone())))
+        .collect();
     let mut in_latest = std::collections::HashSet::new();
     let mut picks = BTreeMap::new();
     let mut provenance = Vec::new();
@@ -713,6 +743,18 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                         "deleted since the clean point; flagged by verification in {} ({}): not brought back",
                         &first[..first.len().min(8)],
                         f.why
+                    ),
+                ));
+                continue;
+            }
+            if let Some(to) = moved_key(&old).and_then(|k| now_at.get(&k)) {
+                // Renamed or moved since (a user's tidying): it is there
+                // under its new name; its old one is not made again.
+                provenance.push(Provenance::dropped(
+                    old.display_path(),
+                    format!(
+                        "moved to {} since the clean point (the same file): not brought back under its old name",
+                        cairn_guest::model::display(to)
                     ),
                 ));
                 continue;

@@ -674,6 +674,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vault = Vault::init(&dir.path().join("v"), b"pw", &Default::default()).unwrap();
         let target = dir.path().join("t");
+        // A name the target's filesystem refuses (longer than 255 bytes).
+        let long = "n".repeat(300);
+        let tree = Tree {
+            entries: vec![entry("a", EntryKind::File), entry(&long, EntryKind::File)],
+        };
+        assert!(restore_tree(&vault, &tree, &target, &Default::default(), &|_| {}).is_err());
+        assert!(!target.exists());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the vault"
+        );
+        // Data the vault cannot give back costs its file, not the rest.
         let tree = Tree {
             entries: vec![
                 entry("a", EntryKind::File),
@@ -687,13 +700,15 @@ mod tests {
                 },
             ],
         };
-        assert!(restore_tree(&vault, &tree, &target, &Default::default(), &|_| {}).is_err());
-        assert!(!target.exists());
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "only the vault"
+        let r = restore_tree(&vault, &tree, &target, &Default::default(), &|_| {}).unwrap();
+        assert!(target.join("a").exists() && !target.join("b").exists());
+        assert_eq!(r.missing.len(), 1, "{:?}", r.missing);
+        assert!(
+            r.missing[0].starts_with("b: not restored: "),
+            "{:?}",
+            r.missing
         );
+        fs::remove_dir_all(&target).unwrap();
 
         fs::create_dir(&target).unwrap();
         fs::write(target.join("ransom.txt"), b"pay").unwrap();

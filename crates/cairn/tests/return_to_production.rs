@@ -1499,3 +1499,66 @@ fn a_file_made_again_after_the_attack_keeps_its_place_and_the_old_one_comes_back
     assert_eq!(std::fs::read(docs.join(&beside[0])).unwrap(), clean[2]);
     assert_eq!(std::fs::read(docs.join("doc5.txt")).unwrap(), clean[5]);
 }
+
+/// A file a user renamed or moved after the clean point is there under
+/// its new name: a rollback does not make it again under its old one (a
+/// file deleted outright does come back: nothing is lost that way).
+#[test]
+fn a_file_moved_since_the_clean_point_is_not_brought_back_twice() {
+    let env = Env::new("30d", &[]);
+    let dir = env.path("share");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..8 {
+        std::fs::write(
+            docs.join(format!("doc{i}.txt")),
+            text(12_000 + i * 300, i as u64),
+        )
+        .unwrap();
+    }
+    let plan = text(7_000, 99);
+    std::fs::write(docs.join("plan.md"), &plan).unwrap();
+    std::fs::write(docs.join("old.txt"), text(3_000, 98)).unwrap();
+    for d in 0..3u32 {
+        env.backup(&dir, "share", &day(d));
+    }
+    let clean3 = std::fs::read(docs.join("doc3.txt")).unwrap();
+    for i in 2..6 {
+        let p = docs.join(format!("doc{i}.txt"));
+        let len = std::fs::metadata(&p).unwrap().len() as usize;
+        std::fs::write(&p, noise(len, 60 + i as u64)).unwrap();
+    }
+    let src = noted_and_backed_up(&env, &dir);
+    // The next day a user tidies up: the plan moves to an archive
+    // folder under a new name, an old note is deleted.
+    std::fs::create_dir_all(docs.join("archive")).unwrap();
+    std::fs::rename(docs.join("plan.md"), docs.join("archive/plan-2025.md")).unwrap();
+    std::fs::remove_file(docs.join("old.txt")).unwrap();
+    let out = env.run(&["backup", src, "--name", "share", "--time", &day(4)]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let to = env.path("rolled");
+    let rb = env.json(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
+    let rd = to.join("docs");
+    assert_eq!(std::fs::read(rd.join("doc3.txt")).unwrap(), clean3);
+    assert_eq!(
+        std::fs::read(rd.join("archive/plan-2025.md")).unwrap(),
+        plan
+    );
+    assert!(!rd.join("plan.md").exists(), "{rb:#}");
+    assert!(rd.join("old.txt").exists(), "a deleted file comes back");
+    let p = provenance_of(&rb, "/docs/plan.md");
+    assert_eq!(p["action"], "dropped", "{p:#}");
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("moved to /docs/archive/plan-2025.md"),
+        "{p:#}"
+    );
+}
