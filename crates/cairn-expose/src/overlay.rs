@@ -129,8 +129,21 @@ fn tie_to_file(path: &Path, file: &File) -> io::Result<()> {
     let side = std::path::PathBuf::from(side);
     let record = std::fs::read_to_string(&side)?;
     let now = identity(file)?;
+    // The same inode, and the same birth time where both sides know it
+    // (a sandbox that blocks statx, an old kernel, reads none).
+    let same = |was: &str| {
+        let parts = |s: &str| {
+            let mut w = s.split_whitespace().skip(1);
+            (
+                w.next().map(str::to_string),
+                w.next().unwrap_or("0").to_string(),
+            )
+        };
+        let ((a_ino, a_born), (b_ino, b_born)) = (parts(was), parts(&now));
+        a_ino.is_some() && a_ino == b_ino && (a_born == "0" || b_born == "0" || a_born == b_born)
+    };
     match record.lines().nth(1).map(str::trim) {
-        Some(was) if was == now => Ok(()),
+        Some(was) if same(was) => Ok(()),
         Some(_) => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(

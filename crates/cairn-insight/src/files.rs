@@ -821,7 +821,11 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
         }
     }
     for r in &d.renamed {
-        if r.to.len() > r.from.len()
+        // A file renamed with its bytes unchanged (`x.docx` → `x.docx.old`
+        // by a user's script, a tool's backup copy) was not encrypted:
+        // a new extension alone is no attack.
+        if r.modified
+            && r.to.len() > r.from.len()
             && r.to.starts_with(&r.from)
             && r.to.as_bytes()[r.from.len()] == b'.'
         {

@@ -83,14 +83,14 @@ pub fn restore_files(
         // One file to a new name is that file, as `cp` makes it; a
         // folder (new or empty) gets it under its own name, below.
         let mut report = FilesRestoreReport::default();
-        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
-        }
         if root.unsafe_name {
             return Err(Error::Invalid(format!(
                 "{}: unsafe name, not restored",
                 root.display_path()
             )));
+        }
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
         }
         let n = write_file(fs, root, target, progress).map_err(|e| {
             // Made new by this run (create_new): nothing half-written

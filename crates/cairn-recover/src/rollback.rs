@@ -116,6 +116,9 @@ pub struct Flagged {
     /// With no earlier version, the file is left out (false: kept for
     /// review, as account files are).
     pub droppable: bool,
+    /// Not flagged itself: a flagged job starts it. Left out only when it
+    /// is as new as the job; one there the same before is kept.
+    pub started: bool,
 }
 
 /// Files larger than this are not compared byte for byte when looking for
@@ -234,9 +237,25 @@ fn beside_the_new_one(
         .rposition(|&b| b == b'.')
         .filter(|&d| d > 0)
         .unwrap_or(name.len());
-    let mut side = path[..slash + dot].to_vec();
-    side.extend_from_slice(format!(" (before the attack, {short})").as_bytes());
-    side.extend_from_slice(&name[dot..]);
+    // Within the 255 bytes a name may have: a long stem is cut (at a
+    // character's edge), never the extension.
+    let suffix = format!(" (before the attack, {short})");
+    let ext = &name[dot..];
+    let room = 255usize.checked_sub(suffix.len() + ext.len())?;
+    let mut stem = &name[..dot];
+    if stem.len() > room {
+        let mut cut = room;
+        if let Ok(text) = std::str::from_utf8(stem) {
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+        }
+        stem = &stem[..cut];
+    }
+    let mut side = path[..slash].to_vec();
+    side.extend_from_slice(stem);
+    side.extend_from_slice(suffix.as_bytes());
+    side.extend_from_slice(ext);
     (!picks.contains_key(&side) && !in_latest.contains(&side)).then_some((side, old))
 }
 
@@ -455,15 +474,6 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         (attack_exts.contains(ext.as_str()) && before.contains_key(original))
             .then(|| (original.to_vec(), ext))
     };
-    // Where each file of the starting snapshot is, by what stays with a
-    // file that moves: its content (directory sources) or its file id,
-    // size and time (a guest's rename keeps them). A file the clean point
-    // had that is now elsewhere was moved, not lost.
-    let now_at: HashMap<MovedKey, Vec<u8>> = entries
-        .iter()
-        .filter(|(src, e, _)| *src == latest && e.kind == FileKind::File)
-        .filter_map(|(_, e, _)| Some((moved_key(e)?, e.path.clone())))
-        .collect();
     let mut in_latest = std::collections::HashSet::new();
     let mut picks = BTreeMap::new();
     let mut provenance = Vec::new();
@@ -488,12 +498,28 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             } else {
                 None
             };
+            // A file a flagged job starts that was there, the same, before
+            // the job was (a system program, an application's script) is
+            // the system's own, not the attack's: kept. (A guest must not
+            // get a rollback to drop any file by naming it in a job.)
+            let there_before = f.started
+                && good.is_none()
+                && k > 0
+                && snaps
+                    .lookup(k - 1, &e.path)
+                    .is_some_and(|o| o.kind == FileKind::File);
             let (action, index, entry, reason) = match good {
                 Some((g, old)) => (
                     Action::Restored,
                     g,
                     old,
                     format!("{found}; last version before it"),
+                ),
+                None if there_before => (
+                    Action::Kept,
+                    src,
+                    e.clone(),
+                    format!("{found}; there the same before that job: kept"),
                 ),
                 None if f.droppable => (
                     Action::Dropped,
@@ -516,7 +542,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             };
             let (id, time) = snaps.label(index);
             provenance.push(Provenance {
-                review: action == Action::Kept,
+                review: action == Action::Kept && !there_before,
                 path: shown,
                 action,
                 snapshot: (action != Action::Dropped).then_some(id),
@@ -726,6 +752,33 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             );
         }
     }
+    // Where each file the result keeps from the starting snapshot is, by
+    // what stays with a file that moves: its content (directory sources)
+    // or its file id, size and time (a guest's rename keeps them). A file
+    // the clean point had that is now elsewhere was moved, not lost —
+    // when that identity is one file's alone on both sides (two copies of
+    // one PDF, two names of one inode, tell nothing of a move), and the
+    // file is kept (an attack's `.locked` copy, dropped, is no new place).
+    let unique = |keys: &mut dyn Iterator<Item = MovedKey>| {
+        let mut n: HashMap<MovedKey, usize> = HashMap::new();
+        for k in keys {
+            *n.entry(k).or_default() += 1;
+        }
+        n
+    };
+    let before_keys = unique(&mut before.values().filter_map(moved_key));
+    let kept_keys = unique(
+        &mut picks
+            .values()
+            .filter(|p| p.index == latest && p.entry.kind == FileKind::File)
+            .filter_map(|p| moved_key(&p.entry)),
+    );
+    let now_at: HashMap<MovedKey, Vec<u8>> = picks
+        .iter()
+        .filter(|(_, p)| p.index == latest && p.entry.kind == FileKind::File)
+        .filter_map(|(path, p)| Some((moved_key(&p.entry)?, path.clone())))
+        .filter(|(k, _)| before_keys.get(k) == Some(&1) && kept_keys.get(k) == Some(&1))
+        .collect();
     // Files deleted since the clean point (a wiper's or an attacker's
     // `rm`, or ordinary work: nothing is lost by bringing them back).
     if let Some(c) = clean {

@@ -352,7 +352,7 @@ fn restore_into(
             write_file(vault, e, p, progress)
         })
         .collect();
-    for (w, (e, p)) in written.into_iter().zip(&files) {
+    for (w, (e, _)) in written.into_iter().zip(&files) {
         match w {
             Ok(n) => {
                 report.bytes_written += n;
@@ -360,8 +360,9 @@ fn restore_into(
             }
             // One damaged chunk costs its files, not the whole restore:
             // the rest of the tree is written, and they are named.
+            // (What the target held at that name, with --overwrite, is
+            // left as it was.)
             Err(Failed::Vault(err)) => {
-                let _ = fs::remove_file(p);
                 report
                     .missing
                     .push(format!("{}: not restored: {err}", shown(&e.path)));
@@ -530,7 +531,16 @@ fn write_file(
     progress: &(dyn Fn(u64) + Sync),
 ) -> std::result::Result<u64, Failed> {
     use Failed::Target;
-    remove_existing(p);
+    // Written under a name of its own beside `p`, then renamed over it:
+    // with --overwrite, a file whose data the vault cannot give back
+    // leaves the target's own version in place, not nothing.
+    static PART: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let part = p.with_file_name(format!(
+        ".cairn-part-{}-{}",
+        std::process::id(),
+        PART.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    remove_existing(&part);
     // A new file, never one reached through a symlink planted meanwhile,
     // readable by its owner alone until the metadata step gives it its
     // mode (a secret restored over a live folder is never readable by
@@ -540,9 +550,34 @@ fn write_file(
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(p)
+        .open(&part)
         .ctx(|| format!("creating {}", p.display()))
         .map_err(Target)?;
+    let written = fill(vault, e, &f, p, progress);
+    // (A rename replaces a file or a symlink at `p`, never follows it.)
+    match written.and_then(|n| {
+        fs::rename(&part, p)
+            .ctx(|| format!("moving {} into place", p.display()))
+            .map_err(Target)?;
+        Ok(n)
+    }) {
+        Ok(n) => Ok(n),
+        Err(err) => {
+            let _ = fs::remove_file(&part);
+            Err(err)
+        }
+    }
+}
+
+/// Writes `e`'s content into `f` (the file for `p`).
+fn fill(
+    vault: &Vault,
+    e: &Entry,
+    f: &fs::File,
+    p: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> std::result::Result<u64, Failed> {
+    use Failed::Target;
     let mut offset = 0u64;
     for c in &e.chunks {
         let data = vault.read_chunk(&c.id).map_err(Failed::Vault)?;

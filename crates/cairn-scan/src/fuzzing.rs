@@ -41,6 +41,8 @@ pub fn scan_parsers(data: &[u8]) {
     }
     let _ = osv::cvss3(&String::from_utf8_lossy(a));
     crate::persistence::fuzz_text(a, b);
+    // A job's command line (a cron line, a Run value, a task's XML).
+    let _ = crate::persistence::started_files(&String::from_utf8_lossy(a));
 }
 
 /// A registry hive (`fuzz/fuzz_targets/registry.rs`): parsed, its Run

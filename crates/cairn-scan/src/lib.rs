@@ -262,6 +262,9 @@ pub struct FlaggedFile {
     /// the foothold itself. False for account files, which a system
     /// cannot do without (kept for review instead).
     pub droppable: bool,
+    /// Not flagged itself: a flagged foothold starts it (see
+    /// `persistence::Indicator::started`).
+    pub started: bool,
 }
 
 /// Whether a persistence finding of this kind is undone by taking an
@@ -289,18 +292,19 @@ pub fn flagged_files(vault: &Vault, chain: &[Snapshot]) -> Vec<FlaggedFile> {
         let Some(r) = reports.get(&s.id) else {
             continue;
         };
-        let mut now: BTreeMap<&str, (String, bool, bool)> = BTreeMap::new();
+        let mut now: BTreeMap<&str, (String, bool, bool, bool)> = BTreeMap::new();
         // A file not judged (timed out, clamd failing) is not flagged:
         // rollback would otherwise revert or drop a good file.
         for h in r.malware.iter().filter(|h| !rules::is_transient(&h.rule)) {
             now.entry(&h.path)
-                .or_insert((format!("malware rule {}", h.rule), true, true));
+                .or_insert((format!("malware rule {}", h.rule), true, true, false));
         }
         for i in &r.persistence {
             now.entry(&i.path).or_insert((
                 i.detail.clone(),
                 reverts(&i.kind),
                 !holds_accounts(&i.kind),
+                false,
             ));
         }
         // The program a flagged foothold starts (a Run value's, a
@@ -312,17 +316,19 @@ pub fn flagged_files(vault: &Vault, chain: &[Snapshot]) -> Vec<FlaggedFile> {
                     format!("started by {}: {}", i.path, i.detail),
                     true,
                     true,
+                    true,
                 ));
             }
         }
         open.retain(|p, _| now.contains_key(p.as_str()));
-        for (path, (why, revert, droppable)) in now {
+        for (path, (why, revert, droppable, started)) in now {
             open.entry(path.to_string()).or_insert(FlaggedFile {
                 first: s.id.clone(),
                 path: path.to_string(),
                 why,
                 revert,
                 droppable: revert && droppable,
+                started,
             });
         }
     }

@@ -110,15 +110,33 @@ const LAUNCHERS: [&str; 33] = [
     "schtasks",
 ];
 
-/// Whether a word (a bare name or a path, in either kind of slashes)
-/// names a launcher: `sh`, `/usr/bin/python3.11`, `C:\…\powershell.exe`.
+/// Whether a word names a launcher: a bare name (`sh`, `python3.11`,
+/// `powershell.exe`) or one in a system folder (`/usr/bin/python3`,
+/// `C:\\Windows\\System32\\rundll32.exe`). A "python3" in `/var/tmp` is
+/// a planted program, not the system's interpreter.
 fn is_launcher(word: &str) -> bool {
-    let base = word.rsplit(['/', '\\']).next().unwrap_or(word);
+    let (dir, base) = match word.rfind(['/', '\\']) {
+        Some(i) => (&word[..i + 1], &word[i + 1..]),
+        None => ("", word),
+    };
+    let system = dir.is_empty()
+        || [
+            "/bin/",
+            "/sbin/",
+            "/usr/bin/",
+            "/usr/sbin/",
+            "/usr/libexec/",
+        ]
+        .contains(&dir)
+        || dir.to_ascii_lowercase().starts_with("/windows/")
+        || dir.to_ascii_lowercase().starts_with("c:\\windows\\")
+        || dir.to_ascii_lowercase().starts_with("%systemroot%\\")
+        || dir.to_ascii_lowercase().starts_with("%windir%\\");
     let base = base.to_ascii_lowercase();
     let base = base.strip_suffix(".exe").unwrap_or(&base);
     // Versioned names: python3, python3.11, perl5.36.
     let name = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
-    LAUNCHERS.contains(&name) || LAUNCHERS.contains(&base)
+    system && (LAUNCHERS.contains(&name) || LAUNCHERS.contains(&base))
 }
 
 /// Places no file of a guest's disk lives: a command's `>/dev/null` is
@@ -146,38 +164,47 @@ const RUNNABLE: [&str; 9] = [
 ];
 
 /// The Windows path that starts at byte `i` of `c` (a drive letter or a
-/// known folder variable), as a guest path, and where it ends.
-fn windows_path_at(c: &str, i: usize) -> Option<(String, usize)> {
+/// known folder variable), as a guest path, and where it ends. `lower` is
+/// `c` in ASCII lower case (the same byte offsets).
+fn windows_path_at(c: &str, lower: &str, i: usize) -> Option<(String, usize)> {
     let b = c.as_bytes();
     // (`>`: a scheduled task's `<Command>C:\…</Command>`.)
     let boundary = i == 0 || matches!(b[i - 1], b' ' | b'"' | b'\'' | b'=' | b',' | b'(' | b'>');
     if !boundary {
         return None;
     }
-    let lower = c[i..].to_ascii_lowercase();
-    let (root, body) = if b.len() > i + 3
-        && b[i].is_ascii_alphabetic()
-        && b[i + 1] == b':'
-        && matches!(b[i + 2], b'\\' | b'/')
-    {
-        ("", i + 3)
-    } else {
-        let (v, to) = WINDOWS_FOLDERS.iter().find(|(v, _)| lower.starts_with(v))?;
-        (*to, i + v.len())
-    };
+    // A drive letter with a backslash (`a:/b` is as likely a Unix
+    // argument), or a folder variable.
+    let (root, body) =
+        if b.len() > i + 3 && b[i].is_ascii_alphabetic() && b[i + 1] == b':' && b[i + 2] == b'\\' {
+            ("", i + 3)
+        } else {
+            let (v, to) = WINDOWS_FOLDERS
+                .iter()
+                .find(|(v, _)| lower[i..].starts_with(v))?;
+            (*to, i + v.len())
+        };
     let rest = &c[body..];
     let skip = rest.len() - rest.trim_start_matches(['\\', '/']).len();
     let rest = &rest[skip..];
-    let lower = rest.to_ascii_lowercase();
+    let lower = &lower[body + skip..];
     let quoted = i > 0 && b[i - 1] == b'"';
+    // Where the path can end at the latest: a quote, or (unquoted) the end
+    // of a runnable file's extension, else the next space.
     let end = if quoted {
         rest.find('"').unwrap_or(rest.len())
     } else {
+        let limit = rest.find(['"', ',', '<']).unwrap_or(rest.len());
         RUNNABLE
             .iter()
-            .filter_map(|x| lower.find(x).map(|k| k + x.len()))
+            .filter_map(|x| {
+                let k = lower[..limit].find(x)? + x.len();
+                // The whole extension, not a prefix (`.json` is no `.js`).
+                let next = lower.as_bytes().get(k);
+                next.is_none_or(|n| !n.is_ascii_alphanumeric()).then_some(k)
+            })
             .min()
-            .unwrap_or_else(|| rest.find([' ', '"', ',', '<']).unwrap_or(rest.len()))
+            .unwrap_or_else(|| rest[..limit].find(' ').unwrap_or(limit))
     };
     let path = rest[..end].replace('\\', "/");
     let joined = if root.is_empty() {
@@ -188,61 +215,134 @@ fn windows_path_at(c: &str, i: usize) -> Option<(String, usize)> {
     (!joined.is_empty()).then(|| (format!("/{joined}"), body + skip + end))
 }
 
+/// Command lines longer than this are read only this far (a crafted
+/// one-line file of megabytes must not stall a scan).
+const MAX_COMMAND: usize = 64 << 10;
+/// Files named per command line at most.
+const MAX_STARTED: usize = 16;
+
+/// One word of a command line, as [`started_files`] reads it.
+enum Word {
+    Path(String),
+    Launcher,
+    /// A switch (`-c`, `--quiet`, `/b`): says nothing of what runs.
+    Switch,
+    Other,
+}
+
 /// The guest files a command line runs, in order: its program when that
 /// is named by a path (the first path, as far as can be told: a cron
-/// line's times and user come before it), and every path given to an
+/// line's times and user come before it), and the file given to an
 /// interpreter or launcher (`/bin/sh /var/tmp/run.sh`, `powershell.exe
-/// -File "C:\Users\Public\a b.ps1"`, `rundll32 C:\x.dll,Start`), which
-/// is what really runs. The system's own interpreters are not listed.
+/// -File "C:\\Users\\Public\\a b.ps1"`, `rundll32 C:\\x.dll,Start`), which
+/// is what really runs — its first operand only: what that program is
+/// given in turn (`--db /var/lib/app.db`) is its data. The system's own
+/// interpreters are not listed, nor, on Windows, files that cannot run.
 pub fn started_files(command: &str) -> Vec<String> {
-    let c = command.trim();
-    // Paths and launcher names in the order they appear.
-    let mut tokens: Vec<(usize, Option<String>)> = Vec::new();
-    let mut covered = Vec::new();
+    let mut c = command.trim();
+    if c.len() > MAX_COMMAND {
+        let mut cut = MAX_COMMAND;
+        while !c.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        c = &c[..cut];
+    }
+    let lower = c.to_ascii_lowercase();
+    let mut words: Vec<(usize, Word)> = Vec::new();
+    // Windows paths first (they hold spaces), then the words around them.
+    let mut covered: Vec<std::ops::Range<usize>> = Vec::new();
     let mut i = 0;
-    while i < c.len() {
+    while i < c.len() && words.len() < 4 * MAX_STARTED {
         if c.is_char_boundary(i)
-            && let Some((path, end)) = windows_path_at(c, i)
+            && let Some((path, end)) = windows_path_at(c, &lower, i)
         {
-            tokens.push((i, (!is_launcher(&path)).then_some(path)));
+            let runnable = RUNNABLE
+                .iter()
+                .any(|x| path.to_ascii_lowercase().ends_with(x));
+            let w = if is_launcher(&c[i..end]) {
+                Word::Launcher
+            } else if runnable {
+                Word::Path(path)
+            } else {
+                Word::Other
+            };
+            words.push((i, w));
             covered.push(i..end);
             i = end.max(i + 1);
             continue;
         }
         i += 1;
     }
-    let windows = !tokens.is_empty()
-        || c.split_whitespace()
-            .any(|w| w.to_ascii_lowercase().ends_with(".exe"));
-    let mut at = 0;
-    for word in c.split(|ch: char| {
+    let windows = !words.is_empty() || lower.split_whitespace().any(|w| w.ends_with(".exe"));
+    let separator = |ch: char| {
         ch.is_whitespace()
             || matches!(
                 ch,
                 '=' | '\'' | '"' | ';' | '(' | '`' | '|' | '&' | '<' | '>'
             )
-    }) {
-        let start = at;
-        at += word.len() + 1;
-        if word.is_empty() || covered.iter().any(|r| r.contains(&start)) {
-            continue;
+    };
+    let mut start = None;
+    let mut spans = Vec::new();
+    for (at, ch) in c.char_indices().chain([(c.len(), ' ')]) {
+        match (separator(ch), start) {
+            (true, Some(s)) => {
+                spans.push(s..at);
+                start = None;
+            }
+            (false, None) => start = Some(at),
+            _ => {}
         }
-        let word = word.trim_end_matches(['&', '|', ')']);
-        if is_launcher(word) {
-            tokens.push((start, None));
-        } else if !windows && word.starts_with('/') && word.len() > 1 && !word.starts_with("//") {
-            tokens.push((start, Some(word.to_string())));
+        if spans.len() > 4096 {
+            break;
         }
     }
-    tokens.sort_by_key(|t| t.0);
+    let mut next_cover = 0;
+    for span in spans {
+        while next_cover < covered.len() && covered[next_cover].end <= span.start {
+            next_cover += 1;
+        }
+        if covered
+            .get(next_cover)
+            .is_some_and(|r| r.contains(&span.start))
+        {
+            continue;
+        }
+        let word = c[span.clone()].trim_end_matches(['&', '|', ')']);
+        let w = if is_launcher(word) {
+            Word::Launcher
+        } else if word.starts_with('/')
+            && word.len() > 1
+            && !word.starts_with("//")
+            // On a Windows line `/c`, `/quiet` are switches; a path with
+            // folders in it is a path whatever else the line holds.
+            && (!windows || word[1..].contains('/'))
+        {
+            Word::Path(word.to_string())
+        } else if word.starts_with('-') || word.starts_with('/') {
+            Word::Switch
+        } else {
+            Word::Other
+        };
+        words.push((span.start, w));
+    }
+    words.sort_by_key(|w| w.0);
     let mut out: Vec<String> = Vec::new();
     let mut launched = false;
-    for (_, t) in tokens {
-        match t {
-            None => launched = true,
-            Some(p) if is_pseudo(&p) || out.contains(&p) => {}
-            Some(p) if out.is_empty() || launched => out.push(p),
-            Some(_) => {}
+    for (_, w) in words {
+        match w {
+            Word::Launcher => launched = true,
+            Word::Switch => {}
+            Word::Other => launched = false,
+            Word::Path(p) if is_pseudo(&p) => {}
+            Word::Path(p) => {
+                if (out.is_empty() || launched) && !out.contains(&p) {
+                    out.push(p);
+                }
+                launched = false;
+            }
+        }
+        if out.len() >= MAX_STARTED {
+            break;
         }
     }
     out
@@ -397,6 +497,18 @@ fn place(path: &str) -> Option<&'static str> {
         return Some("windows_task");
     }
     None
+}
+
+/// Whether a line of a persistence place names what runs: a unit's
+/// `Exec…=` lines (not its `EnvironmentFile=` or `WorkingDirectory=`),
+/// every line of a crontab, script or profile; none of sudoers (the
+/// programs a user may run, not ones that run).
+fn runs_what_it_names(kind: &str, line: &str) -> bool {
+    match kind {
+        "sudoers" => false,
+        "systemd" => line.trim_start().starts_with("Exec"),
+        _ => true,
+    }
 }
 
 /// A file that runs without anyone starting it (a persistence place) or
@@ -702,7 +814,11 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 // Only lines removed or reordered: not a new foothold.
                 continue;
             }
-            started = added.clone();
+            started = added
+                .iter()
+                .filter(|l| runs_what_it_names(kind, l))
+                .cloned()
+                .collect();
             if added.is_empty() {
                 format!("new {what} file")
             } else {
@@ -1191,6 +1307,31 @@ mod tests {
         }
     }
 
+    /// Crafted command lines: megabytes on one line, separators of
+    /// several bytes, names in any script. Bounded, and no panic.
+    #[test]
+    fn crafted_command_lines_are_read_within_bounds() {
+        let long = "C:\\a.exe ".repeat(200_000);
+        assert!(started_files(&long).len() <= MAX_STARTED);
+        let words = "a ".repeat(500_000);
+        assert!(started_files(&words).is_empty());
+        assert_eq!(
+            started_files("é\u{3000}/bin/sh\u{a0}/tmp/ü.sh\u{3000}x"),
+            vec!["/tmp/ü.sh"]
+        );
+        for c in [
+            "C:\\",
+            "%windir%",
+            "\"C:\\é",
+            "a:\\",
+            "/",
+            "//",
+            "ü:\\x.exe",
+        ] {
+            let _ = started_files(c);
+        }
+    }
+
     /// What an interpreter or launcher is given is what runs: the script,
     /// the library, not the system's shell or PowerShell.
     #[test]
@@ -1238,9 +1379,34 @@ mod tests {
                 vec!["/ProgramData/t.ps1"],
             ),
             (
-                r"<Exec><Command>C:\ProgramData\upd\run</Command></Exec>",
-                vec!["/ProgramData/upd/run"],
+                r"<Exec><Command>C:\ProgramData\upd\run.exe</Command></Exec>",
+                vec!["/ProgramData/upd/run.exe"],
             ),
+            // A launcher's first operand is what runs; what that is given
+            // in turn is its data.
+            (
+                "ExecStart=/usr/bin/python3 /opt/app/main.py --db /var/lib/app/app.db",
+                vec!["/opt/app/main.py"],
+            ),
+            // A planted "python3" is no system interpreter.
+            (
+                "* * * * * root /var/tmp/python3 -q",
+                vec!["/var/tmp/python3"],
+            ),
+            (
+                r"C:\Users\Public\cmd.exe /c x",
+                vec!["/Users/Public/cmd.exe"],
+            ),
+            // A Windows name elsewhere on the line hides no Unix program.
+            (
+                "@reboot root /var/tmp/.x/run x.exe",
+                vec!["/var/tmp/.x/run"],
+            ),
+            // Files that cannot run are not what a Windows command runs.
+            (r"rundll32 C:\Windows\System32\config\SOFTWARE,x", vec![]),
+            // An argument of a Unix program is not a drive path.
+            ("/usr/local/bin/t --u=a:/b", vec!["/usr/local/bin/t"]),
+            (r"C:\x\update.json.exe", vec!["/x/update.json.exe"]),
         ] {
             assert_eq!(started_files(command), want, "{command}");
         }

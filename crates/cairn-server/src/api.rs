@@ -503,6 +503,16 @@ async fn restore(
                     },
                     &|_| {},
                 )?;
+                // Not whole: the job failed, naming what is missing (the
+                // rest stays written where it was asked).
+                if !r.missing.is_empty() {
+                    anyhow::bail!(
+                        "{} file(s) could not be read from the vault and are not in {}: {}",
+                        r.missing.len(),
+                        to.display(),
+                        r.missing.join("; ")
+                    );
+                }
                 Ok(serde_json::to_value(r)?)
             }
         }

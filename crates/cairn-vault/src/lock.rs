@@ -110,9 +110,11 @@ fn holders(f: &File) -> Vec<String> {
         .lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            // "1: FLOCK ADVISORY READ 1234 08:01:5678 0 EOF" (a waiter's
-            // line has "->" after its number).
-            let w: Vec<&str> = w.into_iter().filter(|x| *x != "->").collect();
+            // "1: FLOCK ADVISORY READ 1234 08:01:5678 0 EOF"; a waiter's
+            // line ("1: -> FLOCK …") names one waiting, not a holder.
+            if w.get(1) == Some(&"->") {
+                return None;
+            }
             (w.get(5) == Some(&me.as_str())).then(|| w.get(4)?.parse().ok())?
         })
         .filter(|&p| p != std::process::id())

@@ -289,6 +289,7 @@ pub fn rollback(
             why: f.why,
             revert: f.revert,
             droppable: f.droppable,
+            started: f.started,
         })
         .collect();
     // Where the provenance goes is checked before anything is written: a

@@ -75,11 +75,51 @@ pub fn mount(
         mountpoint.display(),
         mountpoint.display()
     );
-    while !STOP.load(Ordering::Relaxed) && !session.guard.is_finished() {
-        std::thread::sleep(Duration::from_millis(100));
+    // Stopped while a program still uses the mount (a shell in it, a
+    // copy going on), the unmount is refused: going away then would leave
+    // a dead mount that fails every reader. So it says so and goes on;
+    // asked again, it detaches the mount (gone from view, still served to
+    // those using it) and stops when the last of them is done.
+    let mut detach = false;
+    loop {
+        while !STOP.load(Ordering::Relaxed) && !session.guard.is_finished() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if session.guard.is_finished() {
+            return Ok(0);
+        }
+        STOP.store(false, Ordering::Relaxed);
+        let mut cmd = std::process::Command::new("fusermount3");
+        cmd.arg("-u");
+        if detach {
+            cmd.arg("-z");
+        }
+        let out = match cmd.arg(mountpoint).output() {
+            Ok(out) => out,
+            // Without fusermount3 (it mounted, so rarely): the session's
+            // own unmount.
+            Err(_) => {
+                session.umount_and_join().context("unmounting")?;
+                return Ok(0);
+            }
+        };
+        if out.status.success() {
+            if detach {
+                eprintln!(
+                    "{} detached: still served to the programs using it; Cairn stops when they are done",
+                    mountpoint.display()
+                );
+            }
+            // The session ends once the kernel lets the filesystem go.
+            continue;
+        }
+        let why = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "{} is in use ({}): close what uses it (`fuser -vm {}` names it), or stop again to detach it",
+            mountpoint.display(),
+            why.trim().rsplit(": ").next().unwrap_or("busy"),
+            mountpoint.display()
+        );
+        detach = true;
     }
-    if !session.guard.is_finished() {
-        session.umount_and_join().context("unmounting")?;
-    }
-    Ok(0)
 }

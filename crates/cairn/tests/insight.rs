@@ -1475,3 +1475,32 @@ fn a_password_protected_document_is_no_attack_and_hollowed_or_dressed_zips_are()
         assert!(findings.contains(&p), "{p}: {findings}");
     }
 }
+
+/// Files renamed with a new extension and their bytes unchanged (a user's
+/// clean-up script: `report-3.txt` → `report-3.txt.old`) are no attack;
+/// the same names given to encrypted copies are.
+#[test]
+fn a_new_extension_on_files_left_as_they_were_is_no_attack() {
+    let (env, _, disk) = three_clean_days();
+    for i in 0..10 {
+        let from = format!("/home/alice/docs/report-{i}.txt");
+        debugfs_w(&disk, &format!("ln {from} {from}.old"));
+        debugfs_w(&disk, &format!("unlink {from}"));
+    }
+    let out = env.backup(&disk, "vm", &day(3));
+    assert_eq!(out["insight"]["verdict"], "clean", "{out:#}");
+    // Encrypted, then given a new extension: an attack.
+    for i in 10..20 {
+        let from = format!("/home/alice/docs/report-{i}.txt");
+        write_guest_file(&disk, &format!("{from}.old"), &noise(20_000, 40 + i));
+        debugfs_w(&disk, &format!("rm {from}"));
+    }
+    let v = flagged_backup(&env, &disk, 4);
+    assert_eq!(v["insight"]["verdict"], "compromised", "{v:#}");
+    assert!(
+        v["insight"]["reasons"]
+            .to_string()
+            .contains("given the new extension .old"),
+        "{v:#}"
+    );
+}

@@ -118,3 +118,59 @@ fn the_guest_files_and_the_raw_disk_mount_read_only() {
         "unmounted when stopped"
     );
 }
+
+/// Stopped while a program still reads from it, a mount says it is in
+/// use and goes on serving; stopped again, it detaches and ends when that
+/// program is done. No dead mount is left for readers to fail on.
+#[test]
+fn a_mount_in_use_is_not_left_dead_when_stopped() {
+    use std::io::Read;
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    populate(&content);
+    let img = env.path("vm.img");
+    gpt_ext4_image(&img, &content, 48);
+    env.backup(&img, "vm", "2026-03-01T00:00:00Z");
+    let mut m = mount(&env, &["vm@latest"], &env.path("files"));
+    let rel = "home/alice/docs/report-7.txt";
+    let mut open = std::fs::File::open(m.at.join(rel)).unwrap();
+    let pid = m.child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let mut said = String::new();
+    for _ in 0..100 {
+        said = m.said();
+        if said.contains("is in use") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(said.contains("is in use"), "{said}");
+    assert!(m.child.try_wait().unwrap().is_none(), "still serving");
+    let mut got = Vec::new();
+    open.read_to_end(&mut got).unwrap();
+    assert_eq!(got, std::fs::read(content.join(rel)).unwrap());
+    // Again: detached, gone from view, the open file still served.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    for _ in 0..100 {
+        if m.said().contains("detached") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(m.said().contains("detached"), "{}", m.said());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.split(' ').nth(4) == m.at.to_str()),
+        "no longer mounted"
+    );
+    drop(open);
+    let mut status = None;
+    for _ in 0..100 {
+        status = m.child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", m.said());
+}

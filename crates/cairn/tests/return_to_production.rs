@@ -1519,6 +1519,9 @@ fn a_file_moved_since_the_clean_point_is_not_brought_back_twice() {
     let plan = text(7_000, 99);
     std::fs::write(docs.join("plan.md"), &plan).unwrap();
     std::fs::write(docs.join("old.txt"), text(3_000, 98)).unwrap();
+    // Two copies of one file: one deleted says nothing of a move.
+    std::fs::write(docs.join("dup-a.txt"), text(2_000, 97)).unwrap();
+    std::fs::write(docs.join("dup-b.txt"), text(2_000, 97)).unwrap();
     for d in 0..3u32 {
         env.backup(&dir, "share", &day(d));
     }
@@ -1534,6 +1537,7 @@ fn a_file_moved_since_the_clean_point_is_not_brought_back_twice() {
     std::fs::create_dir_all(docs.join("archive")).unwrap();
     std::fs::rename(docs.join("plan.md"), docs.join("archive/plan-2025.md")).unwrap();
     std::fs::remove_file(docs.join("old.txt")).unwrap();
+    std::fs::remove_file(docs.join("dup-a.txt")).unwrap();
     let out = env.run(&["backup", src, "--name", "share", "--time", &day(4)]);
     assert_eq!(
         code(&out),
@@ -1552,6 +1556,7 @@ fn a_file_moved_since_the_clean_point_is_not_brought_back_twice() {
     );
     assert!(!rd.join("plan.md").exists(), "{rb:#}");
     assert!(rd.join("old.txt").exists(), "a deleted file comes back");
+    assert!(rd.join("dup-a.txt").exists(), "{rb:#}");
     let p = provenance_of(&rb, "/docs/plan.md");
     assert_eq!(p["action"], "dropped", "{p:#}");
     assert!(

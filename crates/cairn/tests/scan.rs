@@ -60,6 +60,11 @@ fn linux_root(root: &Path, glibc: &str) {
     .unwrap();
     std::fs::write(root.join("var/log/syslog"), text(20_000, 3)).unwrap();
     std::fs::write(root.join("usr/bin/tool"), noise(50_000, 4)).unwrap();
+    std::fs::write(
+        root.join("usr/local/bin/backup.sh"),
+        "#!/bin/sh\ntar czf /var/backups/etc.tgz /etc\n",
+    )
+    .unwrap();
     std::fs::write(root.join("home/alice/notes.txt"), text(30_000, 5)).unwrap();
     std::fs::write(
         root.join("home/alice/projects/site/assets/img/logo.png"),
@@ -1042,7 +1047,7 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
             write_guest_file(
                 &img,
                 "/etc/cron.d/updater",
-                b"*/5 * * * * root /usr/local/bin/.upd --quiet\n@reboot root /bin/sh /home/alice/.local.sh\n",
+                b"*/5 * * * * root /usr/local/bin/.upd --quiet\n@reboot root /bin/sh /home/alice/.local.sh\n0 1 * * * root /bin/sh /usr/local/bin/backup.sh\n",
             );
         }
         env.backup(&img, "vm", &format!("2026-01-0{day}T00:00:00Z"));
@@ -1076,6 +1081,14 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
     );
     assert!(!out_dir.join("usr/local/bin/.upd").exists());
     assert!(!out_dir.join("home/alice/.local.sh").exists());
+    // A script the job starts that was there the same before it: the
+    // system's own, kept.
+    assert_eq!(
+        action("/usr/local/bin/backup.sh").as_deref(),
+        Some("kept"),
+        "{rb:#}"
+    );
+    assert!(out_dir.join("usr/local/bin/backup.sh").exists());
     assert!(out_dir.join("home/alice/notes.txt").exists());
     assert!(out_dir.join("etc/crontab").exists());
 }
