@@ -79,9 +79,10 @@ pub fn restore_files(
 ) -> Result<FilesRestoreReport> {
     // `--to new/` (a trailing slash) asks for a folder.
     let folder_asked = target.as_os_str().as_encoded_bytes().ends_with(b"/");
-    if root.kind == FileKind::File && fs::symlink_metadata(target).is_err() && !folder_asked {
-        // One file to a new name is that file, as `cp` makes it; a
-        // folder (new or empty) gets it under its own name, below.
+    let single = matches!(root.kind, FileKind::File | FileKind::Symlink);
+    if single && fs::symlink_metadata(target).is_err() && !folder_asked {
+        // One file (or link) to a new name is that file, as `cp` makes
+        // it; a folder (new or empty) gets it under its own name, below.
         let mut report = FilesRestoreReport::default();
         if root.unsafe_name {
             return Err(Error::Invalid(format!(
@@ -91,6 +92,13 @@ pub fn restore_files(
         }
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
+        if root.kind == FileKind::Symlink {
+            make_symlink(root.link_target.as_deref().unwrap_or_default(), target)
+                .ctx(|| format!("making the link {}", target.display()))?;
+            link_meta(root, target);
+            report.symlinks = 1;
+            return Ok(report);
         }
         let n = write_file(fs, root, target, progress).map_err(|e| {
             // Made new by this run (create_new): nothing half-written

@@ -125,10 +125,11 @@ fn holders(f: &File) -> Vec<String> {
         .take(5)
         .map(|p| {
             let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let all = cmd.split(|&b| b == 0).filter(|w| !w.is_empty()).count();
             let words: Vec<String> = cmd
                 .split(|&b| b == 0)
                 .filter(|w| !w.is_empty())
-                .take(4)
+                .take(6)
                 .enumerate()
                 .map(|(i, w)| {
                     let w = String::from_utf8_lossy(w).into_owned();
@@ -139,10 +140,11 @@ fn holders(f: &File) -> Vec<String> {
                     }
                 })
                 .collect();
+            let more = if all > words.len() { " …" } else { "" };
             if words.is_empty() {
                 format!("pid {p}")
             } else {
-                format!("pid {p} ({})", words.join(" "))
+                format!("pid {p} ({}{more})", words.join(" "))
             }
         })
         .collect()

@@ -563,9 +563,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             // The FAT reader warns about legal but unusual boot sectors
-            // (mkfs.vfat's own defaults): not the operator's concern.
+            // (mkfs.vfat's own defaults), the FUSE library about requests
+            // a read-only mount does not serve (xattrs, ioctls) and about
+            // an unmount already done: not the operator's concern.
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| "warn,fatfs=error".into()),
+                .unwrap_or_else(|_| "warn,fatfs=error,fuser=error".into()),
         )
         .init();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
@@ -2016,9 +2018,14 @@ fn restore(
             if !r.missing.is_empty() {
                 // Restored, but not whole: a script has to branch.
                 eprintln!(
-                    "{} file(s) could not be read from the vault (named above) and are not in {}; the rest is. `cairn verify --read-data` names the damage; an earlier snapshot may hold them",
+                    "{} file(s) could not be read from the vault (named above) and are not restored in {}{}; the rest is. `cairn verify --read-data` names the damage; an earlier snapshot may hold them",
                     r.missing.len(),
-                    to.display()
+                    to.display(),
+                    if overwrite {
+                        " (what it held under those names is left as it was)"
+                    } else {
+                        ""
+                    }
                 );
                 return Ok(3);
             }

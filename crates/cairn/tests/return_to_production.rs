@@ -1221,16 +1221,7 @@ fn rollback_brings_back_folders_an_attack_replaced_with_a_file_or_a_link() {
 fn a_rollback_of_a_directory_keeps_extended_attributes_and_hard_links() {
     use std::os::unix::fs::MetadataExt;
     let env = Env::new("30d", &[]);
-    let dir = env.path("share");
-    let docs = dir.join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    for i in 0..10 {
-        std::fs::write(
-            docs.join(format!("doc{i}.txt")),
-            text(15_000 + i * 500, i as u64),
-        )
-        .unwrap();
-    }
+    let (dir, docs) = share_of_docs(&env, 10, 15_000, 500);
     let memo = text(900, 77);
     std::fs::write(docs.join("memo.txt"), &memo).unwrap();
     let attr = |p: &Path| {
@@ -1299,6 +1290,18 @@ fn a_rollback_of_a_directory_keeps_extended_attributes_and_hard_links() {
         &format!("{}/", into.display()),
     ]);
     assert_eq!(attr(&into.join("doc3.txt")), "important");
+    // A link to a new name is that link.
+    let renamed = env.path("links/newest");
+    env.ok(&[
+        "restore",
+        "share@latest:/docs/latest.txt",
+        "--to",
+        renamed.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_link(&renamed).unwrap(),
+        std::path::Path::new("doc0.txt")
+    );
     let clean: Vec<Vec<u8>> = (0..10)
         .map(|i| std::fs::read(docs.join(format!("doc{i}.txt"))).unwrap())
         .collect();
@@ -1420,16 +1423,7 @@ fn noted_and_backed_up<'a>(env: &Env, dir: &'a Path) -> &'a str {
 #[test]
 fn a_file_made_again_after_the_attack_keeps_its_place_and_the_old_one_comes_back_beside_it() {
     let env = Env::new("30d", &[]);
-    let dir = env.path("share");
-    let docs = dir.join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    for i in 0..8 {
-        std::fs::write(
-            docs.join(format!("doc{i}.txt")),
-            text(12_000 + i * 300, i as u64),
-        )
-        .unwrap();
-    }
+    let (dir, docs) = share_of_docs(&env, 8, 12_000, 300);
     for d in 0..3u32 {
         env.backup(&dir, "share", &day(d));
     }
@@ -1506,16 +1500,7 @@ fn a_file_made_again_after_the_attack_keeps_its_place_and_the_old_one_comes_back
 #[test]
 fn a_file_moved_since_the_clean_point_is_not_brought_back_twice() {
     let env = Env::new("30d", &[]);
-    let dir = env.path("share");
-    let docs = dir.join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    for i in 0..8 {
-        std::fs::write(
-            docs.join(format!("doc{i}.txt")),
-            text(12_000 + i * 300, i as u64),
-        )
-        .unwrap();
-    }
+    let (dir, docs) = share_of_docs(&env, 8, 12_000, 300);
     let plan = text(7_000, 99);
     std::fs::write(docs.join("plan.md"), &plan).unwrap();
     std::fs::write(docs.join("old.txt"), text(3_000, 98)).unwrap();
@@ -1566,4 +1551,25 @@ fn a_file_moved_since_the_clean_point_is_not_brought_back_twice() {
             .contains("moved to /docs/archive/plan-2025.md"),
         "{p:#}"
     );
+}
+
+/// A directory source `share` with `n` documents `docs/doc{i}.txt` of
+/// text, the i-th `len + i * step` bytes long.
+fn share_of_docs(
+    env: &Env,
+    n: usize,
+    len: usize,
+    step: usize,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = env.path("share");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..n {
+        std::fs::write(
+            docs.join(format!("doc{i}.txt")),
+            text(len + i * step, i as u64),
+        )
+        .unwrap();
+    }
+    (dir, docs)
 }
