@@ -1446,17 +1446,8 @@ fn a_file_made_again_after_the_attack_keeps_its_place_and_the_old_one_comes_back
     let redone = text(9_000, 777);
     std::fs::write(docs.join("doc2.txt"), &redone).unwrap();
     std::fs::write(docs.join("doc3.txt"), &clean[3]).unwrap();
-    let out = env.run(&["backup", src, "--name", "share", "--time", &day(4)]);
-    assert_eq!(
-        code(&out),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let to = env.path("rolled");
-    let rb = env.json(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
-    let rd = to.join("docs");
+    backed_up_still_damaged(&env, src, 4);
+    let (rb, rd) = rolled_into_folder(&env);
     assert_eq!(std::fs::read(rd.join("doc2.txt")).unwrap(), redone);
     let beside: Vec<String> = std::fs::read_dir(&rd)
         .unwrap()
@@ -1523,17 +1514,8 @@ fn a_file_moved_since_the_clean_point_is_not_brought_back_twice() {
     std::fs::rename(docs.join("plan.md"), docs.join("archive/plan-2025.md")).unwrap();
     std::fs::remove_file(docs.join("old.txt")).unwrap();
     std::fs::remove_file(docs.join("dup-a.txt")).unwrap();
-    let out = env.run(&["backup", src, "--name", "share", "--time", &day(4)]);
-    assert_eq!(
-        code(&out),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let to = env.path("rolled");
-    let rb = env.json(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
-    let rd = to.join("docs");
+    backed_up_still_damaged(&env, src, 4);
+    let (rb, rd) = rolled_into_folder(&env);
     assert_eq!(std::fs::read(rd.join("doc3.txt")).unwrap(), clean3);
     assert_eq!(
         std::fs::read(rd.join("archive/plan-2025.md")).unwrap(),
@@ -1572,4 +1554,23 @@ fn share_of_docs(
         .unwrap();
     }
     (dir, docs)
+}
+
+/// Backs the share up on day `d` with the damage still there: exit 3.
+fn backed_up_still_damaged(env: &Env, src: &str, d: u32) {
+    let out = env.run(&["backup", src, "--name", "share", "--time", &day(d)]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Rolls the share back into a new folder: the report, and where its
+/// `docs` are.
+fn rolled_into_folder(env: &Env) -> (serde_json::Value, std::path::PathBuf) {
+    let to = env.path("rolled");
+    let rb = env.json(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
+    (rb, to.join("docs"))
 }
