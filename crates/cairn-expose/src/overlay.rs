@@ -27,13 +27,11 @@ pub struct Overlay {
 /// an overlay already tied to another snapshot is refused. An overlay made
 /// before this record existed is tied on first use.
 fn bind_base(path: &Path, base: &str) -> io::Result<()> {
-    let mut side = path.as_os_str().to_owned();
-    side.push(".base");
-    let side = std::path::PathBuf::from(side);
+    let side = record_of(path);
     // A record left beside an overlay that was deleted (or never written)
     // binds nothing.
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
-        return write_synced(&side, base);
+        return write_synced(&side, &format!("{base}\n"));
     }
     match std::fs::read_to_string(&side) {
         Ok(s) if first_line(&s) == base => Ok(()),
@@ -93,10 +91,20 @@ fn probe_grains(path: &Path) -> io::Result<()> {
     }
 }
 
-fn write_synced(path: &Path, base: &str) -> io::Result<()> {
-    let mut f = File::create(path)?;
-    std::io::Write::write_all(&mut f, format!("{base}\n").as_bytes())?;
-    f.sync_all()
+/// The record beside an overlay: `<overlay>.base`.
+fn record_of(path: &Path) -> std::path::PathBuf {
+    let mut side = path.as_os_str().to_owned();
+    side.push(".base");
+    std::path::PathBuf::from(side)
+}
+
+/// Writes `text` to `path` whole: a temporary file, synced, renamed.
+fn write_synced(path: &Path, text: &str) -> io::Result<()> {
+    let tmp = path.with_extension("base.tmp");
+    let mut f = File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn first_line(s: &str) -> &str {
@@ -124,9 +132,7 @@ fn identity(file: &File) -> io::Result<String> {
 /// and a copy is refused instead of silently read wrong. (A rename keeps
 /// the file, and the record goes with it.)
 fn tie_to_file(path: &Path, file: &File) -> io::Result<()> {
-    let mut side = path.as_os_str().to_owned();
-    side.push(".base");
-    let side = std::path::PathBuf::from(side);
+    let side = record_of(path);
     let record = std::fs::read_to_string(&side)?;
     let now = identity(file)?;
     // The same inode, and the same birth time where both sides know it
@@ -152,16 +158,7 @@ fn tie_to_file(path: &Path, file: &File) -> io::Result<()> {
             ),
         )),
         // Made before this record existed, or just now: tied from here on.
-        None => {
-            let tmp = side.with_extension("base.tmp");
-            let mut f = File::create(&tmp)?;
-            std::io::Write::write_all(
-                &mut f,
-                format!("{}\n{now}\n", first_line(&record)).as_bytes(),
-            )?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &side)
-        }
+        None => write_synced(&side, &format!("{}\n{now}\n", first_line(&record))),
     }
 }
 
@@ -410,14 +407,9 @@ mod tests {
         o.write_at(&base, GRAIN, &[0u8; GRAIN as usize]).unwrap();
         o.flush().unwrap();
         drop(o);
-        let side = |p: &Path| {
-            let mut s = p.as_os_str().to_owned();
-            s.push(".base");
-            std::path::PathBuf::from(s)
-        };
         let copy = dir.path().join("copy");
         std::fs::copy(&path, &copy).unwrap();
-        std::fs::copy(side(&path), side(&copy)).unwrap();
+        std::fs::copy(record_of(&path), record_of(&copy)).unwrap();
         let err = Overlay::open(&copy, base.size(), "snap").err().unwrap();
         assert!(
             err.to_string().contains("is a copy of the overlay"),
@@ -425,7 +417,7 @@ mod tests {
         );
         let moved = dir.path().join("moved");
         std::fs::rename(&path, &moved).unwrap();
-        std::fs::rename(side(&path), side(&moved)).unwrap();
+        std::fs::rename(record_of(&path), record_of(&moved)).unwrap();
         let o = Overlay::open(&moved, base.size(), "snap").unwrap();
         let mut buf = vec![9u8; 2 * GRAIN as usize];
         o.read_at(&base, 0, &mut buf).unwrap();

@@ -364,12 +364,16 @@ pub(crate) fn set_meta(e: &FileEntry, dest: &Path, keep_setid: bool) -> bool {
         keep_setid,
     );
     let _ = fs::set_permissions(dest, fs::Permissions::from_mode(mode));
-    let t = filetime::FileTime::from_unix_time(
+    let _ = filetime::set_file_mtime(dest, mtime(e));
+    dropped
+}
+
+/// `e`'s modification time, as the filesystem takes it.
+fn mtime(e: &FileEntry) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(
         e.mtime_ns.div_euclid(1_000_000_000),
         e.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    let _ = filetime::set_file_mtime(dest, t);
-    dropped
+    )
 }
 
 /// A symlink's own owner and time (its mode means nothing on Linux).
@@ -377,11 +381,7 @@ pub(crate) fn link_meta(e: &FileEntry, dest: &Path) {
     if let (Some(uid), Some(gid)) = (e.uid, e.gid) {
         let _ = std::os::unix::fs::lchown(dest, Some(uid), Some(gid));
     }
-    let t = filetime::FileTime::from_unix_time(
-        e.mtime_ns.div_euclid(1_000_000_000),
-        e.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    let _ = filetime::set_symlink_file_times(dest, t, t);
+    let _ = filetime::set_symlink_file_times(dest, mtime(e), mtime(e));
 }
 
 #[cfg(test)]

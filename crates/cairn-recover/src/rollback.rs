@@ -205,6 +205,15 @@ fn moved_key(e: &FileEntry) -> Option<MovedKey> {
     }
 }
 
+/// How many times each key comes.
+fn counted(keys: impl Iterator<Item = MovedKey>) -> HashMap<MovedKey, usize> {
+    let mut n = HashMap::new();
+    for k in keys {
+        *n.entry(k).or_default() += 1;
+    }
+    n
+}
+
 /// Where the version from before the attack of a file made again since
 /// (`now`: the pick at its path) goes, beside it: `report.docx` →
 /// `report (before the attack, 3f2a1b2c).docx`, keeping the extension so
@@ -219,13 +228,8 @@ fn beside_the_new_one(
     in_latest: &std::collections::HashSet<Vec<u8>>,
 ) -> Option<(Vec<u8>, FileEntry)> {
     let old = snaps.lookup(g, path).filter(|x| x.kind == FileKind::File)?;
-    if now.1.kind == FileKind::File {
-        snaps.get(g).ok()?;
-        snaps.get(now.0).ok()?;
-        let (a, b) = (&snaps.open[&g], &snaps.open[&now.0]);
-        if same_content(a.fs.as_ref(), &old, b.fs.as_ref(), &now.1) {
-            return None;
-        }
+    if now.1.kind == FileKind::File && same_in(snaps, (g, &old), (now.0, &now.1))? {
+        return None;
     }
     let (id, _) = snaps.label(g);
     let short = &id[..id.len().min(8)];
@@ -313,14 +317,24 @@ fn before_flagged(snaps: &mut Snapshots, first: usize, path: &[u8]) -> Option<(u
         if old.kind != FileKind::File {
             return None;
         }
-        snaps.get(g).ok()?;
-        snaps.get(first).ok()?;
-        let (a, b) = (&snaps.open[&g], &snaps.open[&first]);
-        if !same_content(a.fs.as_ref(), &old, b.fs.as_ref(), &flagged) {
+        if !same_in(snaps, (g, &old), (first, &flagged))? {
             return Some((g, old));
         }
     }
     None
+}
+
+/// Whether file `a` of snapshot `i` and file `b` of snapshot `j` hold the
+/// same bytes (`None` when either snapshot cannot be opened).
+fn same_in(
+    snaps: &mut Snapshots,
+    (i, a): (usize, &FileEntry),
+    (j, b): (usize, &FileEntry),
+) -> Option<bool> {
+    snaps.get(i).ok()?;
+    snaps.get(j).ok()?;
+    let (x, y) = (&snaps.open[&i], &snaps.open[&j]);
+    Some(same_content(x.fs.as_ref(), a, y.fs.as_ref(), b))
 }
 
 fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) -> Result<Plan> {
@@ -700,11 +714,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 let (id, time) = snaps.label(g);
                 provenance.push(Provenance {
                     review: false,
-                    path: FileEntry {
-                        path: side.clone(),
-                        ..old.clone()
-                    }
-                    .display_path(),
+                    path: cairn_guest::model::display(&side),
                     action: Action::Restored,
                     snapshot: Some(id),
                     snapshot_time: Some(time),
@@ -759,24 +769,15 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
     // when that identity is one file's alone on both sides (two copies of
     // one PDF, two names of one inode, tell nothing of a move), and the
     // file is kept (an attack's `.locked` copy, dropped, is no new place).
-    let unique = |keys: &mut dyn Iterator<Item = MovedKey>| {
-        let mut n: HashMap<MovedKey, usize> = HashMap::new();
-        for k in keys {
-            *n.entry(k).or_default() += 1;
-        }
-        n
-    };
-    let before_keys = unique(&mut before.values().filter_map(moved_key));
-    let kept_keys = unique(
-        &mut picks
-            .values()
-            .filter(|p| p.index == latest && p.entry.kind == FileKind::File)
-            .filter_map(|p| moved_key(&p.entry)),
-    );
-    let now_at: HashMap<MovedKey, Vec<u8>> = picks
+    let kept: Vec<(MovedKey, Vec<u8>)> = picks
         .iter()
         .filter(|(_, p)| p.index == latest && p.entry.kind == FileKind::File)
         .filter_map(|(path, p)| Some((moved_key(&p.entry)?, path.clone())))
+        .collect();
+    let before_keys = counted(before.values().filter_map(moved_key));
+    let kept_keys = counted(kept.iter().map(|(k, _)| k.clone()));
+    let now_at: HashMap<MovedKey, Vec<u8>> = kept
+        .into_iter()
         .filter(|(k, _)| before_keys.get(k) == Some(&1) && kept_keys.get(k) == Some(&1))
         .collect();
     // Files deleted since the clean point (a wiper's or an attacker's

@@ -112,13 +112,14 @@ const LAUNCHERS: [&str; 33] = [
 
 /// Whether a word names a launcher: a bare name (`sh`, `python3.11`,
 /// `powershell.exe`) or one in a system folder (`/usr/bin/python3`,
-/// `C:\\Windows\\System32\\rundll32.exe`). A "python3" in `/var/tmp` is
+/// `C:\Windows\System32\rundll32.exe`). A "python3" in `/var/tmp` is
 /// a planted program, not the system's interpreter.
 fn is_launcher(word: &str) -> bool {
     let (dir, base) = match word.rfind(['/', '\\']) {
         Some(i) => (&word[..i + 1], &word[i + 1..]),
         None => ("", word),
     };
+    let folder = dir.to_ascii_lowercase();
     let system = dir.is_empty()
         || [
             "/bin/",
@@ -128,10 +129,9 @@ fn is_launcher(word: &str) -> bool {
             "/usr/libexec/",
         ]
         .contains(&dir)
-        || dir.to_ascii_lowercase().starts_with("/windows/")
-        || dir.to_ascii_lowercase().starts_with("c:\\windows\\")
-        || dir.to_ascii_lowercase().starts_with("%systemroot%\\")
-        || dir.to_ascii_lowercase().starts_with("%windir%\\");
+        || ["/windows/", "c:\\windows\\", "%systemroot%\\", "%windir%\\"]
+            .iter()
+            .any(|w| folder.starts_with(w));
     let base = base.to_ascii_lowercase();
     let base = base.strip_suffix(".exe").unwrap_or(&base);
     // Versioned names: python3, python3.11, perl5.36.
@@ -234,7 +234,7 @@ enum Word {
 /// is named by a path (the first path, as far as can be told: a cron
 /// line's times and user come before it), and the file given to an
 /// interpreter or launcher (`/bin/sh /var/tmp/run.sh`, `powershell.exe
-/// -File "C:\\Users\\Public\\a b.ps1"`, `rundll32 C:\\x.dll,Start`), which
+/// -File "C:\Users\Public\a b.ps1"`, `rundll32 C:\x.dll,Start`), which
 /// is what really runs — its first operand only: what that program is
 /// given in turn (`--db /var/lib/app.db`) is its data. The system's own
 /// interpreters are not listed, nor, on Windows, files that cannot run.
@@ -346,11 +346,6 @@ pub fn started_files(command: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// The first guest file a command line runs (see [`started_files`]).
-pub fn program_path(command: &str) -> Option<String> {
-    started_files(command).into_iter().next()
 }
 
 impl Indicator {
@@ -1303,7 +1298,11 @@ mod tests {
             ("%APPDATA%\\x.exe", None),
             ("run-parts", None),
         ] {
-            assert_eq!(program_path(command).as_deref(), want, "{command}");
+            assert_eq!(
+                started_files(command).first().map(String::as_str),
+                want,
+                "{command}"
+            );
         }
     }
 

@@ -125,10 +125,9 @@ fn holders(f: &File) -> Vec<String> {
         .take(5)
         .map(|p| {
             let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            let all = cmd.split(|&b| b == 0).filter(|w| !w.is_empty()).count();
-            let words: Vec<String> = cmd
-                .split(|&b| b == 0)
-                .filter(|w| !w.is_empty())
+            let all: Vec<&[u8]> = cmd.split(|&b| b == 0).filter(|w| !w.is_empty()).collect();
+            let words: Vec<String> = all
+                .iter()
                 .take(6)
                 .enumerate()
                 .map(|(i, w)| {
@@ -140,7 +139,7 @@ fn holders(f: &File) -> Vec<String> {
                     }
                 })
                 .collect();
-            let more = if all > words.len() { " …" } else { "" };
+            let more = if all.len() > words.len() { " …" } else { "" };
             if words.is_empty() {
                 format!("pid {p}")
             } else {
