@@ -13,7 +13,6 @@ use cairn_vault::{Metrics, Vault};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, Metadata};
-use std::io::BufReader;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -221,6 +220,9 @@ fn walk(
 struct FileResult {
     chunks: Vec<FileChunk>,
     blocks: Vec<[u8; 16]>,
+    /// The file's length as chunked.
+    size: u64,
+    /// Bytes read from its data (the rest were holes).
     read: u64,
     changed: u64,
     new_entropy: cairn_vault::entropy::EntropyHistogram,
@@ -249,17 +251,27 @@ fn read_file(
             "replaced by another file since the walk",
         ));
     }
-    let cdc = fastcdc::v2020::StreamCDC::new(
-        BufReader::with_capacity(1 << 20, f),
+    let mut cdc = crate::sparse_cdc::SparseCdc::new(
+        f,
+        md.len(),
         c.cdc_min as usize,
         c.cdc_avg as usize,
         c.cdc_max as usize,
     );
     let mut r = FileResult::default();
-    for chunk in cdc {
-        let chunk = chunk.map_err(std::io::Error::from)?;
-        let data = &chunk.data;
-        let (id, digests) = vault.hasher().digest_chunk(data);
+    // Chunks of a hole are all alike: hashed once per length.
+    let mut hole_chunks: HashMap<usize, (cairn_vault::ChunkId, Vec<cairn_vault::BlockDigest>)> =
+        HashMap::new();
+    while let Some(chunk) = cdc.next_chunk()? {
+        let data = chunk.data;
+        let (id, digests) = if chunk.hole {
+            hole_chunks
+                .entry(data.len())
+                .or_insert_with(|| vault.hasher().digest_chunk(data))
+                .clone()
+        } else {
+            vault.hasher().digest_chunk(data)
+        };
         let mut esum = 0.0f32;
         let mut measured = 0;
         for (block, d) in data.chunks(BLOCK_SIZE).zip(&digests) {
@@ -275,7 +287,8 @@ fn read_file(
         writer
             .add(id, data, entropy)
             .map_err(std::io::Error::other)?;
-        r.read += data.len() as u64;
+        r.size += data.len() as u64;
+        r.read += chunk.read;
         progress.add(data.len() as u64);
         r.chunks.push(FileChunk {
             id,
@@ -370,15 +383,16 @@ pub fn ingest(
         let e = &mut found[i].entry;
         match r {
             Ok(r) => {
-                if r.read != e.size {
+                if r.size != e.size {
                     warnings.push(format!(
                         "{}: changed size while being read ({} → {} bytes); stored as read",
-                        shown, e.size, r.read
+                        shown, e.size, r.size
                     ));
-                    m.logical_size = m.logical_size - e.size + r.read;
-                    e.size = r.read;
+                    m.logical_size = m.logical_size - e.size + r.size;
+                    e.size = r.size;
                 }
                 m.bytes_read += r.read;
+                m.zero_bytes += r.size.saturating_sub(r.read);
                 m.changed_bytes += r.changed;
                 m.entropy_histogram.merge(&r.new_entropy);
                 e.chunks = r.chunks;

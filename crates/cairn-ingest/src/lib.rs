@@ -7,6 +7,7 @@ pub mod disk;
 pub mod fuzzing;
 pub mod qcow2;
 pub mod source;
+mod sparse_cdc;
 
 use cairn_vault::error::{Error, Result};
 use cairn_vault::lock::VaultLock;

@@ -7,10 +7,7 @@ use common::*;
 
 /// The kernel and initramfs `scripts/boot-assets` builds (cached).
 fn boot_assets() -> (String, String) {
-    let assets = sh(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/boot-assets"),
-        &[],
-    );
+    let assets = sh(&in_package("../../scripts/boot-assets"), &[]);
     let mut it = assets.split_whitespace();
     (
         it.next().unwrap().to_string(),

@@ -330,3 +330,53 @@ fn a_damaged_chunk_costs_its_files_not_the_whole_restore() {
         );
     }
 }
+
+/// A folder of virtual machines' disk images: a sparse image's holes are
+/// not read (the backup reads its data, counts the rest as zeros), its
+/// chunks are those of the same bytes written out whole (a dense copy adds
+/// nothing to the vault), and it restores identical and sparse.
+#[test]
+fn a_sparse_file_in_a_folder_is_backed_up_without_reading_its_holes() {
+    let env = Env::new("30d", &[]);
+    let src = env.path("images");
+    std::fs::create_dir_all(&src).unwrap();
+    let img = src.join("vm.raw");
+    let size: u64 = 256 << 20;
+    std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+    let data = noise(3 << 20, 11);
+    write_at(&img, 5 << 20, &data[..1 << 20]);
+    write_at(&img, 100 << 20, &data[1 << 20..]);
+    assert!(allocated(&img) < 8 << 20, "the filesystem keeps holes");
+
+    let first = env.backup(&src, "images", "2026-03-01T00:00:00Z");
+    let m = &first["metrics"];
+    let read = m["bytes_read"].as_u64().unwrap();
+    assert!(
+        (3 << 20..8 << 20).contains(&read),
+        "read {read} bytes of a file with 3 MiB of data"
+    );
+    assert!(m["zero_bytes"].as_u64().unwrap() >= size - (8 << 20), "{m}");
+
+    // The same bytes with no holes: every chunk is one the vault has.
+    sh(
+        "cp",
+        &[
+            "--sparse=never",
+            img.to_str().unwrap(),
+            src.join("copy.raw").to_str().unwrap(),
+        ],
+    );
+    let second = env.backup(&src, "images", "2026-03-02T00:00:00Z");
+    assert_eq!(second["metrics"]["new_bytes"].as_u64(), Some(0), "{second}");
+    assert!(second["metrics"]["bytes_read"].as_u64().unwrap() >= size);
+
+    let out = env.path("back");
+    env.ok(&["restore", "images@latest", "--to", out.to_str().unwrap()]);
+    for name in ["vm.raw", "copy.raw"] {
+        assert!(same_bytes(&img, &out.join(name)), "{name}");
+        assert!(
+            allocated(&out.join(name)) < 8 << 20,
+            "{name} restored sparse"
+        );
+    }
+}

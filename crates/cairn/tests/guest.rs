@@ -1202,8 +1202,8 @@ fn crafted_ntfs_runs_and_index_nodes_end_in_errors_not_gigabytes_or_endless_read
     sh("umount", &[mnt.to_str().unwrap()]);
     made.unwrap();
     let craft = |args: &[&str]| {
-        let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/ntfs_craft.py");
-        let mut a = vec![tool, vol.to_str().unwrap()];
+        let tool = in_package("tests/tools/ntfs_craft.py");
+        let mut a = vec![tool.as_str(), vol.to_str().unwrap()];
         a.extend_from_slice(args);
         sh("python3", &a);
     };
@@ -1303,8 +1303,8 @@ fn crafted_ntfs_runs_and_index_nodes_end_in_errors_not_gigabytes_or_endless_read
 
 /// Runs tests/tools/extfat_craft.py on `img`.
 fn extfat_craft(img: &Path, args: &[&str]) {
-    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/extfat_craft.py");
-    let mut a = vec![tool, img.to_str().unwrap()];
+    let tool = in_package("tests/tools/extfat_craft.py");
+    let mut a = vec![tool.as_str(), img.to_str().unwrap()];
     a.extend_from_slice(args);
     sh("python3", &a);
 }

@@ -759,9 +759,9 @@ fn files_encrypted_again_stay_damaged_and_roll_back() {
 
 #[test]
 fn insight_evaluation_meets_its_targets() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../eval/insight.py");
+    let script = in_package("../../eval/insight.py");
     let out = Command::new("python3")
-        .args([script, "--cairn", env!("CARGO_BIN_EXE_cairn")])
+        .args([script.as_str(), "--cairn", env!("CARGO_BIN_EXE_cairn")])
         .output()
         .expect("python3");
     let table = String::from_utf8_lossy(&out.stdout);

@@ -60,7 +60,7 @@ fn copy_out(server: &Server, path: &str, to: &Path) {
 
 fn pwrite(server: &Server, path: &str, offset: u64, data: &[u8], scratch: &Path) -> bool {
     std::fs::write(scratch, data).unwrap();
-    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/nfs_pwrite.py");
+    let tool = in_package("tests/tools/nfs_pwrite.py");
     Command::new("python3")
         .arg(tool)
         .arg(server.url(path))

@@ -136,10 +136,10 @@ impl S3Env {
     }
 
     fn tool_on(&self, bucket: &str, args: &[&str]) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/s3.py");
+        let script = in_package("tests/tools/s3.py");
         let mut all = vec![self.moto.endpoint.as_str(), args[0], bucket];
         all.extend_from_slice(&args[1..]);
-        sh("python3", &[&[script.to_str().unwrap()][..], &all].concat())
+        sh("python3", &[&[script.as_str()][..], &all].concat())
     }
 
     fn audit(&self) -> serde_json::Map<String, Value> {

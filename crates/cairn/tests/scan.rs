@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../cairn-scan/tests/fixtures/osv")
+    std::path::PathBuf::from(in_package("../cairn-scan/tests/fixtures/osv"))
 }
 
 /// A small Debian-like root: accounts, cron, ssh keys, packages, files.
@@ -1506,7 +1506,7 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
         sh(
             "python3",
             &[
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/empty_hive.py"),
+                &in_package("tests/tools/empty_hive.py"),
                 hive.to_str().unwrap(),
             ],
         );

@@ -1357,10 +1357,7 @@ fn twenty_agents_back_up_at_once() {
 
 #[test]
 fn the_console_api_boots_a_point_in_isolation() {
-    let assets = sh(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/boot-assets"),
-        &[],
-    );
+    let assets = sh(&in_package("../../scripts/boot-assets"), &[]);
     let mut it = assets.split_whitespace();
     let (kernel, initrd) = (it.next().unwrap(), it.next().unwrap());
     let env = Env::new("0s", &[]);

@@ -91,6 +91,15 @@ impl Env {
     }
 }
 
+/// `rel` below this package's folder, as the test runner says it is now
+/// (the path compiled in names wherever the binary was built, which a
+/// shared target folder may have kept from another checkout).
+pub fn in_package(rel: &str) -> String {
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    format!("{dir}/{rel}")
+}
+
 /// Runs a tool and asserts it succeeded.
 pub fn sh(prog: &str, args: &[&str]) -> String {
     let out = Command::new(prog).args(args).output().unwrap_or_else(|e| {
