@@ -24,13 +24,21 @@ impl fmt::Display for GuestError {
             GuestError::Unsupported(s) => write!(f, "not supported yet: {s}"),
             GuestError::NotFound(s) => write!(f, "no such file or directory: {s}"),
             GuestError::Invalid(s) => f.write_str(s),
-            GuestError::Io(e) => write!(f, "reading the disk: {e}"),
+            GuestError::Io(e) => write!(f, "reading the snapshot: {e}"),
             GuestError::Vault(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl std::error::Error for GuestError {}
+impl std::error::Error for GuestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GuestError::Io(e) => Some(e),
+            GuestError::Vault(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<std::io::Error> for GuestError {
     fn from(e: std::io::Error) -> Self {

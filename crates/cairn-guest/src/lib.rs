@@ -114,8 +114,34 @@ fn labeled(label: &str, e: GuestError) -> GuestError {
     match e {
         GuestError::Corrupt(m) => GuestError::Corrupt(format!("{label}: {m}")),
         GuestError::Unsupported(m) => GuestError::Unsupported(format!("{label}: {m}")),
-        GuestError::Io(e) => GuestError::Io(std::io::Error::new(e.kind(), format!("{label}: {e}"))),
+        GuestError::Io(e) => GuestError::Io(std::io::Error::new(
+            e.kind(),
+            LabeledIo {
+                label: label.to_string(),
+                source: e,
+            },
+        )),
         other => other,
+    }
+}
+
+/// An I/O error with the partition it came from, keeping the error itself
+/// (a damaged vault object behind it is still told apart by its type).
+#[derive(Debug)]
+struct LabeledIo {
+    label: String,
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for LabeledIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.label, self.source)
+    }
+}
+
+impl std::error::Error for LabeledIo {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 

@@ -180,17 +180,22 @@ pub fn partitions(disk: &Arc<dyn BlockSource>) -> Result<Vec<Partition>> {
     }
     // The primary header at LBA 1, else the backup GPT keeps at the
     // disk's last LBA (a damaged primary header — a bad entry size, an
-    // overwritten sector — leaves the partitions readable there).
+    // overwritten sector, entries that no longer match its CRC — leaves
+    // the partitions readable there). A table whose CRCs match comes
+    // first; with none, the first one found.
     let any_gpt = || -> Result<Option<Vec<Partition>>> {
+        let mut found = None;
         for sector in [512u64, 4096] {
             let last = (size / sector).saturating_sub(1);
             for lba in [1, last] {
-                if let Some(parts) = gpt(disk, sector, lba)? {
-                    return Ok(Some(parts));
+                match gpt(disk, sector, lba)? {
+                    Some(t) if t.intact => return Ok(Some(t.parts)),
+                    Some(t) if found.is_none() => found = Some(t.parts),
+                    _ => {}
                 }
             }
         }
-        Ok(None)
+        Ok(found)
     };
     if mbr.len() < 512 || mbr[510..512] != [0x55, 0xAA] {
         // No MBR (a wiper's first write is to sector 0): a GPT may
@@ -275,24 +280,47 @@ fn logical(
     Ok(())
 }
 
-/// The partitions of the GPT whose header is at `lba` (of `sector` bytes).
-fn gpt(disk: &Arc<dyn BlockSource>, sector: u64, lba: u64) -> Result<Option<Vec<Partition>>> {
-    let h = read(disk.as_ref(), lba.saturating_mul(sector), 92)?;
+/// A GPT as one of its headers gives it.
+struct Gpt {
+    parts: Vec<Partition>,
+    /// The header and the entry array match the CRC32s the header holds.
+    intact: bool,
+}
+
+/// The GPT whose header is at `lba` (of `sector` bytes).
+fn gpt(disk: &Arc<dyn BlockSource>, sector: u64, lba: u64) -> Result<Option<Gpt>> {
+    let h = read(disk.as_ref(), lba.saturating_mul(sector), 512)?;
     if h.len() < 92 || &h[..8] != b"EFI PART" {
         return Ok(None);
     }
+    // The header's CRC covers its own length of bytes with the CRC field
+    // read as zeros.
+    let header_len = u32le(&h, 12) as usize;
+    let header_intact = (92..=h.len()).contains(&header_len) && {
+        let mut c = crc32fast::Hasher::new();
+        c.update(&h[..16]);
+        c.update(&[0; 4]);
+        c.update(&h[20..header_len]);
+        c.finalize() == u32le(&h, 16)
+    };
     let entries_lba = u64le(&h, 72);
     let count = u32le(&h, 80);
     let entry_size = u32le(&h, 84) as u64;
     if !(128..=4096).contains(&entry_size) {
         return Ok(None);
     }
+    let whole = (count as u64).saturating_mul(entry_size) <= MAX_GPT_TABLE_BYTES;
     let count = (count as u64).min(MAX_GPT_TABLE_BYTES / entry_size);
     let table = read(
         disk.as_ref(),
         entries_lba.saturating_mul(sector),
         (count * entry_size) as usize,
     )?;
+    // A table cut short to what Cairn reads cannot be checked.
+    let intact = header_intact
+        && whole
+        && table.len() as u64 == count * entry_size
+        && crc32fast::hash(&table) == u32le(&h, 88);
     let disk_sectors = disk.size() / sector;
     let mut parts = Vec::new();
     for (i, e) in table.chunks_exact(entry_size as usize).enumerate() {
@@ -319,5 +347,5 @@ fn gpt(disk: &Arc<dyn BlockSource>, sector: u64, lba: u64) -> Result<Option<Vec<
             readable: false,
         });
     }
-    Ok(Some(parts))
+    Ok(Some(Gpt { parts, intact }))
 }

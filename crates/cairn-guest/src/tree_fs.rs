@@ -127,10 +127,7 @@ impl Filesystem for TreeFs {
                 break;
             }
             if pos < end && pos >= start {
-                let data = self
-                    .vault
-                    .read_chunk(&c.id)
-                    .map_err(|err| GuestError::Io(std::io::Error::other(err.to_string())))?;
+                let data = self.vault.read_chunk(&c.id).map_err(GuestError::Vault)?;
                 // A tree claiming a chunk longer than it is reads as short.
                 let within = ((pos - start) as usize).min(data.len());
                 let n = (data.len() - within.min(data.len())).min(buf.len() - done);

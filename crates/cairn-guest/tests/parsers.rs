@@ -74,6 +74,7 @@ fn a_gpt_with_a_large_entry_table_is_read() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut bytes = std::fs::read(&img).unwrap();
+    let pristine = bytes.clone();
     std::fs::remove_dir_all(&dir).unwrap();
     let numbers = |bytes: &[u8]| -> Vec<u32> {
         let disk: std::sync::Arc<dyn cairn_vault::BlockSource> =
@@ -85,8 +86,24 @@ fn a_gpt_with_a_large_entry_table_is_read() {
             .collect()
     };
     assert_eq!(numbers(&bytes), vec![1, 1500]);
-    // The header claims four billion entries (its CRC is not what Cairn
-    // goes by): the first 8,192 are read, and the two partitions with them.
+    // The primary header intact but its entries overwritten (zeros, as a
+    // wiper or a partial encryption leaves them): the entries' CRC32 in
+    // the header says so, and the backup's are read.
+    let mut wiped = pristine.clone();
+    wiped[1024..1024 + 2048 * 128].fill(0);
+    assert_eq!(numbers(&wiped), vec![1, 1500]);
+    // An entry changed (a partition moved by one sector): no longer what
+    // the header's CRC covers, so the backup's entries count.
+    let mut moved = pristine.clone();
+    let first = 1024 + 32;
+    moved[first..first + 8].copy_from_slice(&2050u64.to_le_bytes());
+    let disk: std::sync::Arc<dyn cairn_vault::BlockSource> =
+        std::sync::Arc::new(cairn_guest::io::MemDisk(moved));
+    let parts = cairn_guest::partition::partitions(&disk).unwrap();
+    assert_eq!(parts[0].start, 2048 * 512, "{parts:?}");
+    // The header claims four billion entries (its CRC no longer matches,
+    // and the backup's is taken; without one, the first 8,192 entries
+    // would be read): the two partitions.
     bytes[512 + 80..512 + 84].copy_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(numbers(&bytes), vec![1, 1500]);
     // A primary header no reader can use (an entry size of four billion,

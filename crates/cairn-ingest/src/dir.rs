@@ -391,8 +391,10 @@ pub fn ingest(
                     m.logical_size = m.logical_size - e.size + r.size;
                     e.size = r.size;
                 }
+                // Holes are not read, and not counted as zeros either: only
+                // files read again would count, and insight reads a jump
+                // in zeros between snapshots as a wiper's work.
                 m.bytes_read += r.read;
-                m.zero_bytes += r.size.saturating_sub(r.read);
                 m.changed_bytes += r.changed;
                 m.entropy_histogram.merge(&r.new_entropy);
                 e.chunks = r.chunks;

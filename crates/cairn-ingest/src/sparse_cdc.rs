@@ -49,6 +49,10 @@ impl Cuts {
     }
 }
 
+/// Holes shorter than this are read like data: finding each costs two
+/// system calls, more than reading its zeros.
+const SMALL_HOLE: u64 = 256 * 1024;
+
 /// What lies at an offset of the file: data or a hole, up to `end`.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Region {
@@ -93,22 +97,31 @@ impl SparseFile {
         let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
         if data < 0 {
             return match io::Error::last_os_error().raw_os_error() {
-                // No data after `pos` (below the size when opened).
-                Some(libc::ENXIO) => Region::Hole { end: self.size },
+                // No data after `pos`: a hole to the end, or `pos` is past
+                // the end of a file cut shorter since it was opened (then
+                // reading ends there, and the backup says the size moved).
+                Some(libc::ENXIO) => match self.file.metadata() {
+                    Ok(m) if m.len() > pos => Region::Hole {
+                        end: self.size.min(m.len()),
+                    },
+                    _ => ALL,
+                },
                 // A filesystem that cannot tell: everything is data.
                 _ => ALL,
             };
         }
         let data = data as u64;
-        if data > pos {
+        // A hole too small to be worth a call of its own (a database's
+        // free pages) is read through, as data.
+        if data > pos && data - pos >= SMALL_HOLE {
             return Region::Hole {
                 end: data.min(self.size),
             };
         }
         // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_HOLE) };
+        let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
         match hole {
-            h if h > pos as i64 => Region::Data { end: h as u64 },
+            h if h > data as i64 => Region::Data { end: h as u64 },
             _ => ALL,
         }
     }
@@ -128,7 +141,7 @@ impl SparseFile {
             let left = buf.len() - done;
             match self.region(at) {
                 Region::Hole { end } => {
-                    let n = ((end - at) as usize).min(left);
+                    let n = (end - at).min(left as u64) as usize;
                     buf[done..done + n].fill(0);
                     done += n;
                 }

@@ -19,6 +19,9 @@ pub struct FilesRestoreReport {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// Further names of files restored (made hard links again), not
+    /// counted in `files`.
+    pub hardlinks: u64,
     pub bytes_written: u64,
     /// Entries not restored, with why (unsafe names, unreadable content).
     pub skipped: Vec<String>,
@@ -131,6 +134,7 @@ pub fn restore_files(
             target.display()
         )));
     }
+    let made_target = !target.exists();
     fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
     let (entries, unread) = collect(fs, root)?;
     // Paths relative to the parent of `root`, so restoring /home/alice
@@ -176,7 +180,7 @@ pub fn restore_files(
                     .and_then(|first| written.get(&first))
                     .is_some_and(|at| fs::hard_link(at, &dest).is_ok()) =>
             {
-                report.files += 1;
+                report.hardlinks += 1;
             }
             FileKind::File => match write_file(fs, e, &dest, progress) {
                 Ok(n) => {
@@ -215,6 +219,11 @@ pub fn restore_files(
     for (e, dest) in dirs.iter().rev() {
         set_meta(e, dest, keep_setid);
         set_xattrs(&fs.xattrs(e), dest, keep_setid);
+    }
+    // Nothing came back (one damaged file asked for): no empty folder is
+    // left for a restore that made nothing.
+    if made_target && report.files + report.dirs + report.symlinks + report.hardlinks == 0 {
+        let _ = fs::remove_dir(target);
     }
     Ok(report)
 }

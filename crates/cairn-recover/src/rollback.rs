@@ -117,7 +117,8 @@ pub struct Flagged {
     /// review, as account files are).
     pub droppable: bool,
     /// Not flagged itself: a flagged job starts it. Left out only when it
-    /// is as new as the job; one there the same before is kept.
+    /// is as new as the job; one there the same before is kept (for review
+    /// when it is newer than the oldest snapshot).
     pub started: bool,
 }
 
@@ -514,14 +515,19 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             };
             // A file a flagged job starts that was there, the same, before
             // the job was (a system program, an application's script) is
-            // the system's own, not the attack's: kept. (A guest must not
-            // get a rollback to drop any file by naming it in a job.)
+            // most likely the system's own: kept (a guest must not get a
+            // rollback to drop any file by naming it in a job); named for
+            // review when it came after the oldest snapshot: a dropper
+            // planted a day before the job that starts it looks the same.
             let there_before = f.started
                 && good.is_none()
                 && k > 0
                 && snaps
                     .lookup(k - 1, &e.path)
                     .is_some_and(|o| o.kind == FileKind::File);
+            // One there since the oldest snapshot kept is the system's; one
+            // that came later, maybe a dropper, is named for review.
+            let since_oldest = there_before && snaps.lookup(0, &e.path).is_some();
             let (action, index, entry, reason) = match good {
                 Some((g, old)) => (
                     Action::Restored,
@@ -529,11 +535,19 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     old,
                     format!("{found}; last version before it"),
                 ),
+                None if since_oldest => (
+                    Action::Kept,
+                    src,
+                    e.clone(),
+                    format!("{found}; there the same since the oldest snapshot: kept"),
+                ),
                 None if there_before => (
                     Action::Kept,
                     src,
                     e.clone(),
-                    format!("{found}; there the same before that job: kept"),
+                    format!(
+                        "{found}; there the same before that job, but new since the oldest snapshot: kept, review it (a planted job's program may have been planted first)"
+                    ),
                 ),
                 None if f.droppable => (
                     Action::Dropped,
@@ -556,7 +570,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
             };
             let (id, time) = snaps.label(index);
             provenance.push(Provenance {
-                review: action == Action::Kept && !there_before,
+                review: action == Action::Kept && !since_oldest,
                 path: shown,
                 action,
                 snapshot: (action != Action::Dropped).then_some(id),

@@ -264,13 +264,14 @@ pub fn restore_files(
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "restored {}:{} to {}: {} files, {} dirs, {} symlinks, {}{}",
+            "restored {}:{} to {}: {} files, {} dirs, {} symlinks, {} hard links, {}{}",
             snap,
             path,
             to.display(),
             r.files,
             r.dirs,
             r.symlinks,
+            r.hardlinks,
             bytes(r.bytes_written),
             if r.skipped.is_empty() {
                 String::new()

@@ -594,6 +594,12 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // Commands that give a snapshot's data back: when the vault cannot,
+    // because an object is damaged, that is damage found (exit 3, as
+    // `verify` says it). Elsewhere 3 means a result with findings (a
+    // backup made but incomplete, a scan that found something), which a
+    // command that failed is not.
+    let gives_data_back = matches!(cli.command, Command::Restore { .. } | Command::Cat { .. });
     let result = run(cli).and_then(|code| {
         // Output still buffered is written now, and failing to is an error.
         std::io::Write::flush(&mut std::io::stdout())
@@ -609,9 +615,33 @@ fn main() -> ExitCode {
                     e.downcast_ref::<cairn_vault::Error>(),
                     Some(cairn_vault::Error::BadSpec(_))
                 );
-            ExitCode::from(if usage { 2 } else { 1 })
+            ExitCode::from(if usage {
+                2
+            } else if gives_data_back && caused_by_damage(&e) {
+                FOUND
+            } else {
+                1
+            })
         }
     }
+}
+
+/// Whether a damaged object in the vault is behind `e` (however deep: I/O
+/// errors carry the vault's error inside them through readers).
+fn caused_by_damage(e: &anyhow::Error) -> bool {
+    fn damaged(e: &(dyn std::error::Error + 'static)) -> bool {
+        if let Some(v) = e.downcast_ref::<cairn_vault::Error>() {
+            return matches!(v, cairn_vault::Error::Damaged { .. });
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            return damaged(inner);
+        }
+        e.source().is_some_and(damaged)
+    }
+    e.chain().any(damaged)
 }
 
 /// Whether option `id` was typed on the command line, at the top or in

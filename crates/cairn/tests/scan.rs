@@ -1036,6 +1036,11 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
         if day > 1 {
             ordinary_day(&img, day);
         }
+        // A dropper planted a day before the job that starts it: no rule
+        // knows it, and that day looks like any other.
+        if day == 2 {
+            write_guest_file(&img, "/home/alice/.helper", &noise(5000, 78));
+        }
         if day == 3 {
             write_guest_file(&img, "/usr/local/bin/.upd", &noise(6000, 77));
             write_guest_file(
@@ -1047,7 +1052,7 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
             write_guest_file(
                 &img,
                 "/etc/cron.d/updater",
-                b"*/5 * * * * root /usr/local/bin/.upd --quiet\n@reboot root /bin/sh /home/alice/.local.sh\n0 1 * * * root /bin/sh /usr/local/bin/backup.sh\n",
+                b"*/5 * * * * root /usr/local/bin/.upd --quiet\n@reboot root /bin/sh /home/alice/.local.sh\n0 1 * * * root /bin/sh /usr/local/bin/backup.sh\n@hourly root /home/alice/.helper\n",
             );
         }
         env.backup(&img, "vm", &format!("2026-01-0{day}T00:00:00Z"));
@@ -1055,40 +1060,51 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
     let (code, v) = scan(&env, "vm", &[]);
     assert_eq!(code, Some(3), "{v:#}");
     let out_dir = env.path("back");
-    let rb = env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    // Files kept for review: exit 3.
+    let rb = env.json_code(
+        &["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()],
+        3,
+    );
     let action = |p: &str| {
         rb["files"]
             .as_array()
             .unwrap()
             .iter()
             .find(|f| f["path"] == p)
-            .map(|f| f["action"].as_str().unwrap().to_string())
+            .map(|f| {
+                let review = f["review"].as_bool().unwrap_or(false);
+                format!("{} review={review}", f["action"].as_str().unwrap())
+            })
     };
     assert_eq!(
         action("/etc/cron.d/updater").as_deref(),
-        Some("dropped"),
+        Some("dropped review=false"),
         "{rb:#}"
     );
     assert_eq!(
         action("/usr/local/bin/.upd").as_deref(),
-        Some("dropped"),
+        Some("dropped review=false"),
         "{rb:#}"
     );
     assert_eq!(
         action("/home/alice/.local.sh").as_deref(),
-        Some("dropped"),
+        Some("dropped review=false"),
         "{rb:#}"
     );
     assert!(!out_dir.join("usr/local/bin/.upd").exists());
     assert!(!out_dir.join("home/alice/.local.sh").exists());
-    // A script the job starts that was there the same before it: the
-    // system's own, kept.
-    assert_eq!(
-        action("/usr/local/bin/backup.sh").as_deref(),
-        Some("kept"),
-        "{rb:#}"
-    );
-    assert!(out_dir.join("usr/local/bin/backup.sh").exists());
+    // What the job starts that was there the same before it is kept: a
+    // script there since the first snapshot is the system's own; one that
+    // came a day before the job, maybe a dropper planted first, is named
+    // for review.
+    for (p, review) in [
+        ("/usr/local/bin/backup.sh", false),
+        ("/home/alice/.helper", true),
+    ] {
+        let want = format!("kept review={review}");
+        assert_eq!(action(p), Some(want), "{p}: {rb:#}");
+        assert!(out_dir.join(&p[1..]).exists(), "{p}");
+    }
     assert!(out_dir.join("home/alice/notes.txt").exists());
     assert!(out_dir.join("etc/crontab").exists());
 }
