@@ -41,6 +41,12 @@ impl MasterKey {
     /// the config records it, so that a key file that opens with the
     /// password but wraps another master key (one an interrupted `init`
     /// left behind) is not taken for the vault's.
+    /// A keyed digest of `data` with this key (what a config's binding is).
+    pub fn mac(&self, context: &str, data: &[u8]) -> [u8; 32] {
+        let key = blake3::derive_key(context, &self.to_bytes());
+        *blake3::keyed_hash(&key, data).as_bytes()
+    }
+
     pub fn check(&self) -> String {
         let d = blake3::derive_key("cairn 2026 vault master key check", &self.to_bytes());
         hex::encode(&d[..16])
@@ -198,13 +204,28 @@ impl KeyFile {
     /// guesses side by side anyway). Key files keep their own settings,
     /// so older ones open as before.
     pub fn wrap(password: &[u8], master: &MasterKey) -> Result<Self> {
-        Self::wrap_with(password, master, (19 * 1024, 2, 2))
+        Self::wrap_with(password, master, None, (19 * 1024, 2, 2))
     }
 
-    fn wrap_with(password: &[u8], master: &MasterKey, (m, t, p): (u32, u32, u32)) -> Result<Self> {
+    /// A key that also holds `binding` (see [`crate::vault::Config::binding`])
+    /// under the same seal: whoever changes the settings it stands for
+    /// cannot make a key that agrees without the password, nor turn this
+    /// one into a key without it.
+    pub fn wrap_bound(password: &[u8], master: &MasterKey, binding: [u8; 32]) -> Result<Self> {
+        Self::wrap_with(password, master, Some(binding), (19 * 1024, 2, 2))
+    }
+
+    fn wrap_with(
+        password: &[u8],
+        master: &MasterKey,
+        binding: Option<[u8; 32]>,
+        (m, t, p): (u32, u32, u32),
+    ) -> Result<Self> {
         let salt: [u8; 16] = random_array()?;
         let kek = derive_kek(password, &salt, m, t, p)?;
-        let wrapped = Cipher::new(&kek).seal(&master.to_bytes())?;
+        let mut plain = master.to_bytes();
+        plain.extend_from_slice(binding.as_ref().map_or(&[][..], |b| b.as_slice()));
+        let wrapped = Cipher::new(&kek).seal(&plain)?;
         Ok(KeyFile {
             kdf: "argon2id".into(),
             memory_kib: m,
@@ -218,6 +239,12 @@ impl KeyFile {
 
     /// `Ok(None)` when the password does not open this key.
     pub fn unwrap_key(&self, password: &[u8]) -> Result<Option<MasterKey>> {
+        Ok(self.unwrap_bound(password)?.map(|(m, _)| m))
+    }
+
+    /// The master key, and the settings' binding when the key holds one
+    /// (keys made before bindings hold none).
+    pub fn unwrap_bound(&self, password: &[u8]) -> Result<Option<(MasterKey, Option<[u8; 32]>)>> {
         if self.kdf != "argon2id"
             || self.memory_kib > 4 * 1024 * 1024
             || self.iterations > 100
@@ -238,10 +265,14 @@ impl KeyFile {
             self.iterations,
             self.parallelism,
         )?;
-        Ok(Cipher::new(&kek)
-            .open(&wrapped)
-            .ok()
-            .and_then(|b| MasterKey::from_bytes(&b)))
+        let Ok(plain) = Cipher::new(&kek).open(&wrapped) else {
+            return Ok(None);
+        };
+        Ok(match plain.len() {
+            64 => MasterKey::from_bytes(&plain).map(|m| (m, None)),
+            96 => MasterKey::from_bytes(&plain[..64]).map(|m| (m, plain[64..].try_into().ok())),
+            _ => None,
+        })
     }
 }
 
@@ -389,7 +420,7 @@ mod tests {
     #[test]
     fn a_one_lane_key_file_still_opens() {
         let mk = MasterKey::generate().unwrap();
-        let one = KeyFile::wrap_with(b"pw", &mk, (19 * 1024, 2, 1)).unwrap();
+        let one = KeyFile::wrap_with(b"pw", &mk, None, (19 * 1024, 2, 1)).unwrap();
         assert_eq!(one.parallelism, 1);
         assert_eq!(one.unwrap_key(b"pw").unwrap().unwrap().id, mk.id);
         let mut relabelled = one.clone();

@@ -58,6 +58,32 @@ pub struct Config {
     pub key_check: Option<String>,
 }
 
+impl Config {
+    /// What a vault's keys hold of its config (from `init` on): a digest,
+    /// keyed with the master key, of every setting but `object_lock`
+    /// (which a replica sets for its own storage, sharing the keys; on S3
+    /// the bucket itself says whether objects are locked). A config whose
+    /// retention or chunking was changed behind Cairn's back no longer
+    /// matches, and opening the vault refuses it.
+    pub fn binding(&self, master: &MasterKey) -> [u8; 32] {
+        let settings = serde_json::to_vec(&(
+            self.version,
+            &self.id,
+            self.created,
+            (
+                self.disk_chunk_size,
+                self.cdc_min,
+                self.cdc_avg,
+                self.cdc_max,
+            ),
+            (self.pack_size, self.compression_level, self.retention_secs),
+            &self.key_check,
+        ))
+        .expect("json");
+        master.mac("cairn 2026 vault config binding", &settings)
+    }
+}
+
 /// S3 options for `init`.
 #[derive(Clone, Debug, Default)]
 pub struct S3InitOptions {
@@ -281,12 +307,6 @@ impl Vault {
         }
         let (backend, object_lock) = Self::prepare(loc, root, opts.retention_secs, s3)?;
         let master = MasterKey::generate()?;
-        let key = KeyFile::wrap(password, &master)?;
-        let key_id = hex::encode(random_array::<16>()?);
-        backend.put(
-            &format!("keys/{key_id}"),
-            &serde_json::to_vec_pretty(&key).expect("json"),
-        )?;
         let config = Config {
             version: FORMAT_VERSION,
             id: hex::encode(random_array::<16>()?),
@@ -301,6 +321,12 @@ impl Vault {
             object_lock,
             key_check: Some(master.check()),
         };
+        let key = KeyFile::wrap_bound(password, &master, config.binding(&master))?;
+        let key_id = hex::encode(random_array::<16>()?);
+        backend.put(
+            &format!("keys/{key_id}"),
+            &serde_json::to_vec_pretty(&key).expect("json"),
+        )?;
         // The config goes last: a directory without it is not a vault, so a
         // failed init leaves nothing that looks like one.
         backend.put("config", &serde_json::to_vec_pretty(&config).expect("json"))?;
@@ -467,22 +493,32 @@ impl Vault {
         for name in keys {
             let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?)
                 .map_err(|e| Error::damaged(&name, e.to_string()))?;
-            if let Some(m) = kf.unwrap_key(password)? {
+            if let Some((m, binding)) = kf.unwrap_bound(password)? {
                 // A key of another master (left by an init that was
                 // stopped before it wrote its config) opens nothing here.
                 if config.key_check.as_ref().is_some_and(|c| *c != m.check()) {
                     tracing::warn!(key = name, "a key that is not this vault's was skipped");
                     continue;
                 }
+                if binding.is_some_and(|b| b != config.binding(&m)) {
+                    return Err(Error::damaged(
+                        "config",
+                        "its settings are not the ones this vault was made with (changed outside Cairn: retention shortened, chunking altered?). Nothing was read or written; put the original config back (on S3: its oldest version, kept locked)",
+                    ));
+                }
                 master = Some(m);
                 break;
             }
         }
         let master = master.ok_or(Error::WrongPassword)?;
-        if config.object_lock
-            && let Some(s3) = backend.as_s3()
-        {
-            s3.set_retention(config.retention_secs as i64 + crate::s3::lock_margin_secs());
+        if let Some(s3) = backend.as_s3() {
+            // Whether objects are locked is the bucket's to say, not the
+            // config's alone: a config edited to say "no lock" on a bucket
+            // with Object Lock must not get unlocked objects written.
+            let lock = config.object_lock || s3.client.lock_status()? == (true, true);
+            if lock {
+                s3.set_retention(config.retention_secs as i64 + crate::s3::lock_margin_secs());
+            }
         }
         let vault = Self::assemble(root, backend, config, master);
         vault.load_index()?;

@@ -300,6 +300,48 @@ fn backup_restore_verify_on_s3_with_every_object_locked() {
     );
 }
 
+/// Someone holding the bucket's keys but not the password edits the
+/// config: "no Object Lock" still gets every new object locked (the bucket
+/// says whether objects are locked), and a shorter retention makes the
+/// vault refuse to open (its key holds what the settings were).
+#[test]
+fn a_config_edited_in_the_bucket_unlocks_nothing() {
+    let env = S3Env::new("cairn-edited");
+    env.ok(&["init", "--create-bucket"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(2 << 20, 8)).unwrap();
+    env.ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    env.tool_on(
+        "cairn-edited",
+        &["edit-json", "vault/config", "object_lock", "false"],
+    );
+    // A new machine (no cache) reads the edited config.
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    std::fs::write(&img, noise(2 << 20, 9)).unwrap();
+    env.ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    let objects = env.audit();
+    let snapshots: Vec<_> = objects
+        .iter()
+        .filter(|(k, _)| k.contains("/snapshots/"))
+        .collect();
+    assert_eq!(snapshots.len(), 2, "{objects:?}");
+    for (k, o) in objects.iter().filter(|(k, _)| !k.ends_with("/config")) {
+        assert_eq!(o["mode"], "COMPLIANCE", "{k} written unlocked");
+    }
+    env.tool_on(
+        "cairn-edited",
+        &["edit-json", "vault/config", "retention_secs", "1"],
+    );
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    let out = env.run(&["snapshots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not the ones this vault was made with"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_backup_killed_mid_upload_leaves_a_vault_that_verifies_and_resumes() {
     let env = S3Env::new("cairn-kill");

@@ -65,6 +65,50 @@ fn a_key_left_by_an_interrupted_init_opens_nothing() {
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
 
+/// A config edited behind Cairn's back (an attacker holding the storage
+/// but not the password shortens retention so that prune, or the store,
+/// lets old snapshots go): the vault's key holds what the settings were,
+/// so every command refuses it and nothing is read or written; the
+/// original config put back, all is as before.
+#[test]
+fn a_config_changed_outside_cairn_is_refused() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("d.img");
+    std::fs::write(&img, text(1 << 20, 4)).unwrap();
+    env.ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    let config = env.vault.join("config");
+    let original = std::fs::read(&config).unwrap();
+    let mut edited: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    assert!(edited["retention_secs"].as_u64().unwrap() > 86_400);
+    edited["retention_secs"] = 1.into();
+    let mut perms = std::fs::metadata(&config).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&config, perms).unwrap();
+    std::fs::write(&config, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    for args in [
+        &["snapshots"][..],
+        &["prune"][..],
+        &["backup", "-q", img.to_str().unwrap(), "--name", "d"][..],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not the ones this vault was made with"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    std::fs::write(&config, &original).unwrap();
+    let listed = env.ok(&["snapshots"]);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(" d ")).count(),
+        1,
+        "{listed}"
+    );
+    env.ok(&["verify", "--read-data"]);
+}
+
 /// A vault on read-only storage (a copy on write-blocked media, a
 /// snapshot of the vault's disk) can still be listed, verified and
 /// restored from; what would write says so.

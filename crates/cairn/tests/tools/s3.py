@@ -7,6 +7,8 @@ Usage: s3.py ENDPOINT COMMAND BUCKET [KEY]
   audit          JSON: every key with its lock mode, retain-until and version count
   delete-locked  try to delete the (only) version of KEY; print the error code
   overwrite      put garbage under KEY; print the number of versions after
+  edit-json      set FIELD to the JSON VALUE in the JSON object under KEY
+                 (args: KEY FIELD VALUE), as a new version
 """
 import json, sys, boto3, botocore
 
@@ -41,3 +43,8 @@ elif cmd == "overwrite":
     key = sys.argv[4]
     s3.put_object(Bucket=bucket, Key=key, Body=b"garbage from an attacker")
     print(len([x for x in s3.list_object_versions(Bucket=bucket, Prefix=key)["Versions"] if x["Key"] == key]))
+elif cmd == "edit-json":
+    key, field, value = sys.argv[4:7]
+    doc = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    doc[field] = json.loads(value)
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc).encode())
