@@ -155,7 +155,10 @@ pub fn forget(
         } else if s.retain_until > now {
             report.retained.push(decision(
                 &s,
-                vec![format!("retained until {}", s.retain_until.to_rfc3339())],
+                vec![format!(
+                    "retained until {}",
+                    s.retain_until.format("%Y-%m-%dT%H:%M:%SZ")
+                )],
             ));
         } else {
             // On S3 the store's own lock may outlast the retention: the

@@ -54,6 +54,25 @@ pub struct S3Location {
     pub session_token: Option<String>,
 }
 
+/// S3's rules for bucket names (general purpose buckets), checked before
+/// any request so that a typo is said at once, not as the store's 400.
+fn valid_bucket_name(b: &str) -> bool {
+    let bytes = b.as_bytes();
+    let edge = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (3..=63).contains(&b.len())
+        && bytes.iter().all(|&c| edge(c) || c == b'-' || c == b'.')
+        && edge(bytes[0])
+        && edge(bytes[b.len() - 1])
+        && !b.contains("..")
+        && !b.contains(".-")
+        && !b.contains("-.")
+        && b.parse::<std::net::Ipv4Addr>().is_err()
+        && !b.starts_with("xn--")
+        && !b.starts_with("sthree-")
+        && !b.ends_with("-s3alias")
+        && !b.ends_with("--ol-s3")
+}
+
 impl S3Location {
     /// `s3://BUCKET/PREFIX`, with endpoint, region and credentials from
     /// the standard AWS environment variables, then `~/.aws/credentials`
@@ -63,13 +82,9 @@ impl S3Location {
             .strip_prefix("s3://")
             .ok_or_else(|| Error::Invalid(format!("{url}: an S3 vault is s3://BUCKET/PREFIX")))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.len() < 3
-            || !bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        {
+        if !valid_bucket_name(bucket) {
             return Err(Error::Invalid(format!(
-                "{bucket:?} is not a valid bucket name (3-63 lower-case letters, digits, dots, hyphens)"
+                "{bucket:?} is not a valid bucket name (3-63 lower-case letters, digits, dots and hyphens, beginning and ending with a letter or digit, no two dots in a row, not an IP address)"
             )));
         }
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -229,6 +244,10 @@ impl S3Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(300)))
+            // An endpoint that never answers (a wrong address, a firewall
+            // dropping packets) is said in a minute, not after five
+            // requests' global timeouts.
+            .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .into();
         Ok(S3Client {
@@ -258,19 +277,35 @@ impl S3Client {
         body: &[u8],
     ) -> Result<Response> {
         let mut last = String::new();
+        let mut unreached = false;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(100 << attempt));
             }
             match self.send_once(method, key, query, headers, body) {
-                Ok(r) if r.status >= 500 => last = format!("HTTP {} {}", r.status, r.code()),
+                Ok(r) if r.status >= 500 => {
+                    last = format!("HTTP {} {}", r.status, r.code());
+                    unreached = false;
+                }
                 Ok(r) => return Ok(r),
-                Err(e) => last = e.to_string(),
+                Err(e) => {
+                    last = e.to_string();
+                    unreached = true;
+                }
             }
         }
+        let hint = if unreached {
+            "; is the endpoint right? AWS_ENDPOINT_URL, or the region, sets it"
+        } else {
+            ""
+        };
         Err(Error::io(
-            format!("S3 {method} {} on {}", key.unwrap_or(""), self.loc.endpoint),
-            io::Error::other(format!("{last} (after {ATTEMPTS} attempts)")),
+            format!(
+                "S3 {method} {} on {}",
+                key.unwrap_or(&self.loc.bucket),
+                self.loc.endpoint
+            ),
+            io::Error::other(format!("{last} (after {ATTEMPTS} attempts{hint})")),
         ))
     }
 
@@ -369,9 +404,23 @@ impl S3Client {
             403 => io::ErrorKind::PermissionDenied,
             _ => io::ErrorKind::Other,
         };
+        let code = r.code();
+        // What the operator can do about the usual refusals.
+        let hint = match code.as_str() {
+            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken" => {
+                ": the store does not accept these credentials (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or ~/.aws/credentials)"
+            }
+            "AccessDenied" if r.status == 403 => {
+                ": these credentials may not do this (check the key's bucket policy)"
+            }
+            "NoSuchBucket" => {
+                ": the bucket does not exist (a typo? `cairn init --create-bucket` makes it)"
+            }
+            _ => "",
+        };
         Error::io(
             format!("S3 {what} in {}", self.loc.url()),
-            io::Error::new(kind, format!("HTTP {} {}", r.status, r.code())),
+            io::Error::new(kind, format!("HTTP {} {code}{hint}", r.status)),
         )
     }
 
@@ -417,6 +466,77 @@ impl S3Client {
             409 if r.code() == "BucketAlreadyOwnedByYou" => Ok(()),
             _ => Err(self.fail("CreateBucket", &r)),
         }
+    }
+
+    /// Whether `name` has versions though none is current: deleted with a
+    /// delete marker on top, its content kept (locked) below.
+    pub fn hidden(&self, name: &str) -> Result<bool> {
+        Ok(!self.versions(&self.key(name))?.is_empty())
+    }
+
+    /// Takes away the delete markers that stand on top of the vault's
+    /// objects (an `aws s3 rm --recursive` by whoever held the keys): each
+    /// object's newest version becomes current again. Markers are not
+    /// locked, so the store allows this whatever the retention. Returns
+    /// the names brought back.
+    pub fn undelete(&self) -> Result<Vec<String>> {
+        let prefix = if self.loc.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.loc.prefix)
+        };
+        let mut markers = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        for _ in 0..1_000_000 {
+            let mut query = vec![("versions", ""), ("prefix", prefix.as_str())];
+            if let Some((k, v)) = &marker {
+                query.push(("key-marker", k.as_str()));
+                query.push(("version-id-marker", v.as_str()));
+            }
+            let r = self.send("GET", None, &query, &[], b"")?;
+            if r.status != 200 {
+                return Err(self.fail("ListObjectVersions", &r));
+            }
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            let doc = roxmltree::Document::parse(&text)
+                .map_err(|e| Error::Invalid(format!("S3 ListObjectVersions answer: {e}")))?;
+            markers.extend(
+                doc.descendants()
+                    .filter(|n| n.has_tag_name("DeleteMarker"))
+                    .filter(|n| child_text(n, "IsLatest").as_deref() == Some("true"))
+                    .filter_map(|n| Some((child_text(&n, "Key")?, child_text(&n, "VersionId")?))),
+            );
+            let root = doc.root_element();
+            let next = (
+                child_text(&root, "NextKeyMarker"),
+                child_text(&root, "NextVersionIdMarker"),
+            );
+            match (child_text(&root, "IsTruncated").as_deref(), next) {
+                (Some("true"), (Some(k), v)) => {
+                    let v = v.unwrap_or_default();
+                    if marker.as_ref() == Some(&(k.clone(), v.clone())) {
+                        break;
+                    }
+                    marker = Some((k, v));
+                }
+                _ => break,
+            }
+        }
+        let mut back = Vec::new();
+        for (key, version) in markers {
+            let r = self.send(
+                "DELETE",
+                Some(&key),
+                &[("versionId", version.as_str())],
+                &[],
+                b"",
+            )?;
+            if r.status != 204 && r.status != 200 {
+                return Err(self.fail(&format!("DELETE {key} (delete marker {version})"), &r));
+            }
+            back.push(key[prefix.len().min(key.len())..].to_string());
+        }
+        Ok(back)
     }
 
     /// Every version id of `key` (objects and delete markers).
@@ -923,6 +1043,27 @@ mod tests {
             hex_sha256(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn bucket_names_follow_s3s_rules() {
+        for good in ["abc", "my-vault", "cairn.backups-01", &"a".repeat(63)] {
+            assert!(valid_bucket_name(good), "{good}");
+        }
+        for bad in [
+            "ab",
+            &"a".repeat(64),
+            "My-Vault",
+            "my..vault",
+            "-vault",
+            "vault-",
+            "my.-vault",
+            "192.168.1.1",
+            "xn--vault",
+            "my_vault",
+        ] {
+            assert!(!valid_bucket_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -84,6 +84,22 @@ impl Config {
     }
 }
 
+/// Why there is no vault at `l`: none was made there, or one was deleted
+/// and the store keeps its versions (Object Lock: a delete only puts a
+/// marker on top).
+fn deleted_or_none(l: &crate::s3::S3Location) -> Result<String> {
+    let url = l.url();
+    Ok(if crate::s3::S3Client::new(l.clone())?.hidden("config")? {
+        format!(
+            "{url}: the vault was deleted (its objects are behind delete markers) but the store kept them: `cairn undelete --vault {url}` brings it back (do not init a new vault there)"
+        )
+    } else {
+        format!(
+            "{url}: not a Cairn vault (no config found); create one with `cairn init --vault {url}`"
+        )
+    })
+}
+
 /// S3 options for `init`.
 #[derive(Clone, Debug, Default)]
 pub struct S3InitOptions {
@@ -106,6 +122,10 @@ impl Location {
     pub fn parse(s: &str) -> Result<Location> {
         if s.starts_with("s3://") {
             Ok(Location::S3(crate::s3::S3Location::from_url(s)?))
+        } else if s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("s3://")) {
+            Err(Error::Invalid(format!(
+                "{s}: an S3 vault is written s3://BUCKET/PREFIX, in lower case"
+            )))
         } else if let Some((scheme, _)) = s.split_once("://")
             && !scheme.is_empty()
             && scheme
@@ -373,6 +393,13 @@ impl Vault {
                     )));
                 }
                 object_lock = versioning && lock;
+                if client.hidden("config")? {
+                    return Err(Error::Invalid(format!(
+                        "{}: a vault is there, deleted (its objects behind delete markers) but kept by the store: `cairn undelete --vault {}` brings it back; a new vault is not made over it",
+                        l.url(),
+                        l.url()
+                    )));
+                }
                 let b = crate::s3::S3Backend::new(client);
                 if b.exists("config")? {
                     return Err(Error::Invalid(format!(
@@ -459,11 +486,7 @@ impl Vault {
                     root.join("cache"),
                 );
                 if !b.exists("config")? {
-                    return Err(Error::Invalid(format!(
-                        "{}: not a Cairn vault (no config found); create one with `cairn init --vault {}`",
-                        l.url(),
-                        l.url()
-                    )));
+                    return Err(Error::Invalid(deleted_or_none(l)?));
                 }
                 Box::new(b)
             }

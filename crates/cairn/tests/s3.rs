@@ -342,6 +342,36 @@ fn a_config_edited_in_the_bucket_unlocks_nothing() {
     );
 }
 
+/// `aws s3 rm --recursive` by whoever holds the bucket's keys: the vault
+/// is said to be deleted (not "no vault here, init one"), init refuses to
+/// make a new one over it, and `cairn undelete` (with no password) takes
+/// the delete markers away: every snapshot restores as before.
+#[test]
+fn a_vault_deleted_from_the_bucket_is_brought_back() {
+    let env = S3Env::new("cairn-deleted");
+    env.ok(&["init", "--create-bucket"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(3 << 20, 10)).unwrap();
+    env.ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    let removed = env.tool_on("cairn-deleted", &["delete-all"]);
+    assert!(removed.trim().parse::<u32>().unwrap() > 3, "{removed}");
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    for args in [&["snapshots"][..], &["init"][..]] {
+        let out = env.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("cairn undelete"), "{args:?}: {err}");
+    }
+    let back = env.ok(&["undelete"]);
+    assert!(back.contains("objects brought back"), "{back}");
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    let out = env.path("back.img");
+    env.ok(&["restore", "d@latest", "--to", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+    env.ok(&["verify", "--read-data"]);
+    assert!(env.ok(&["undelete"]).contains("nothing was deleted"));
+}
+
 #[test]
 fn a_backup_killed_mid_upload_leaves_a_vault_that_verifies_and_resumes() {
     let env = S3Env::new("cairn-kill");

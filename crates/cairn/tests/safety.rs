@@ -410,6 +410,10 @@ fn a_damaged_newest_manifest_is_said_where_latest_is_counted() {
         1,
         "{v}"
     );
+    // The list says it is not all there is: damage found.
+    let out = env.run(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unreadable"), "{}", stderr(&out));
 }
 
 /// `args` is a mistake in the command line (exit 2) and `target` is not
@@ -692,6 +696,36 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
         assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", stderr(&out));
     }
     assert_eq!(count(&env), 1);
+
+    // S3's options for a local vault, an S3 URL in capitals, undelete of
+    // a local vault: mistakes said as such, nothing made.
+    let local = env.path("v2");
+    for (args, code, says) in [
+        (
+            vec!["init", "--create-bucket"],
+            2,
+            "--create-bucket is for a vault on S3",
+        ),
+        (
+            vec!["init", "--no-lock"],
+            2,
+            "--no-lock is for a vault on S3",
+        ),
+        (vec!["undelete"], 2, "undelete is for a vault on S3"),
+    ] {
+        let out = env
+            .cmd()
+            .args(&args)
+            .env("CAIRN_VAULT", &local)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+        assert!(!local.join("config").exists());
+    }
+    let caps = env.run(&["snapshots", "--vault", "S3://my-bucket/cairn"]);
+    assert_eq!(caps.status.code(), Some(1), "{}", stderr(&caps));
+    assert!(stderr(&caps).contains("in lower case"), "{}", stderr(&caps));
 
     // Too far back names the snapshot name, not the number.
     let far = env.run(&["restore", "vm@-5", "--to", env.path("x").to_str().unwrap()]);
