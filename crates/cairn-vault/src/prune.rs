@@ -243,6 +243,26 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             "prune stopped: {name} is unreadable ({why}); run `cairn verify` first"
         )));
     }
+    // Manifests someone deleted on the store (delete markers on top,
+    // versions kept): the data they name looks unused, and deleting it
+    // would make the deletion final. Nothing is pruned until they are
+    // back. (Hidden indexes and maps stop prune by themselves: chunks no
+    // index lists keep every unindexed pack, a map that cannot be read
+    // stops it.) A store that will not list versions (a key without
+    // s3:ListBucketVersions) is said, and prune goes on as before.
+    if let Some(s3) = vault.backend().as_s3() {
+        match s3.client.hidden_objects("snapshots/") {
+            Ok(hidden) => {
+                if let Some(first) = hidden.first() {
+                    return Err(Error::Invalid(format!(
+                        "prune stopped: {} snapshot manifest(s) were deleted on the store behind Cairn's back (delete markers on top, e.g. {first}); `cairn undelete` brings them back, then prune",
+                        hidden.len()
+                    )));
+                }
+            }
+            Err(e) => tracing::warn!("could not look for manifests deleted on the store: {e}"),
+        }
+    }
     // Forgotten snapshots whose manifests were locked: deleted now if
     // their lock has ended, and their notes with them.
     if !dry_run {

@@ -416,6 +416,10 @@ impl S3Client {
             "NoSuchBucket" => {
                 ": the bucket does not exist (a typo? `cairn init --create-bucket` makes it)"
             }
+            // A HEAD's refusal has no body to name it.
+            "" if r.status == 403 => {
+                ": refused (credentials not accepted, or not allowed by the bucket's policy: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            }
             _ => "",
         };
         Error::io(
@@ -485,44 +489,11 @@ impl S3Client {
         } else {
             format!("{}/", self.loc.prefix)
         };
-        let mut markers = Vec::new();
-        let mut marker: Option<(String, String)> = None;
-        for _ in 0..1_000_000 {
-            let mut query = vec![("versions", ""), ("prefix", prefix.as_str())];
-            if let Some((k, v)) = &marker {
-                query.push(("key-marker", k.as_str()));
-                query.push(("version-id-marker", v.as_str()));
-            }
-            let r = self.send("GET", None, &query, &[], b"")?;
-            if r.status != 200 {
-                return Err(self.fail("ListObjectVersions", &r));
-            }
-            let text = String::from_utf8_lossy(&r.body).into_owned();
-            let doc = roxmltree::Document::parse(&text)
-                .map_err(|e| Error::Invalid(format!("S3 ListObjectVersions answer: {e}")))?;
-            markers.extend(
-                doc.descendants()
-                    .filter(|n| n.has_tag_name("DeleteMarker"))
-                    .filter(|n| child_text(n, "IsLatest").as_deref() == Some("true"))
-                    .filter_map(|n| Some((child_text(&n, "Key")?, child_text(&n, "VersionId")?))),
-            );
-            let root = doc.root_element();
-            let next = (
-                child_text(&root, "NextKeyMarker"),
-                child_text(&root, "NextVersionIdMarker"),
-            );
-            match (child_text(&root, "IsTruncated").as_deref(), next) {
-                (Some("true"), (Some(k), v)) => {
-                    let v = v.unwrap_or_default();
-                    if marker.as_ref() == Some(&(k.clone(), v.clone())) {
-                        break;
-                    }
-                    marker = Some((k, v));
-                }
-                _ => break,
-            }
-        }
-        let mut back = Vec::new();
+        // Every marker, not only the newest: a wipe run twice stacks them.
+        // Cairn never makes one (its deletes remove versions), so each is
+        // someone else's.
+        let markers = self.delete_markers(&prefix)?;
+        let mut back = std::collections::BTreeSet::new();
         for (key, version) in markers {
             let r = self.send(
                 "DELETE",
@@ -534,21 +505,93 @@ impl S3Client {
             if r.status != 204 && r.status != 200 {
                 return Err(self.fail(&format!("DELETE {key} (delete marker {version})"), &r));
             }
-            back.push(key[prefix.len().min(key.len())..].to_string());
+            back.insert(key[prefix.len()..].to_string());
         }
-        Ok(back)
+        Ok(back.into_iter().collect())
+    }
+
+    /// Names of the vault's objects that have a delete marker on top
+    /// (someone deleted them; the store keeps their versions).
+    pub fn hidden_objects(&self, dir: &str) -> Result<Vec<String>> {
+        let prefix = self.key(dir);
+        let mut latest = std::collections::BTreeSet::new();
+        self.each_versions_page(&prefix, |doc| {
+            latest.extend(
+                doc.descendants()
+                    .filter(|n| n.has_tag_name("DeleteMarker"))
+                    .filter(|n| child_text(n, "IsLatest").as_deref() == Some("true"))
+                    .filter_map(|n| child_text(&n, "Key")),
+            );
+            true
+        })?;
+        Ok(latest.into_iter().collect())
+    }
+
+    /// (key, version id) of every delete marker on the vault's own names
+    /// under `prefix` (a vault at a bucket's root shares it with whatever
+    /// else the bucket holds: only names Cairn writes count).
+    fn delete_markers(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        const OWN: &[&str] = &[
+            "config",
+            "keys/",
+            "packs/",
+            "index/",
+            "maps/",
+            "snapshots/",
+            "pins/",
+            "insight/",
+            "scan/",
+            "forgotten/",
+            "audit/",
+        ];
+        let mut out = Vec::new();
+        self.each_versions_page(prefix, |doc| {
+            out.extend(
+                doc.descendants()
+                    .filter(|n| n.has_tag_name("DeleteMarker"))
+                    .filter_map(|n| Some((child_text(&n, "Key")?, child_text(&n, "VersionId")?)))
+                    .filter(|(k, _)| {
+                        k.strip_prefix(prefix).is_some_and(|rel| {
+                            OWN.iter()
+                                .any(|o| rel == *o || (o.ends_with('/') && rel.starts_with(o)))
+                        })
+                    }),
+            );
+            true
+        })?;
+        Ok(out)
     }
 
     /// Every version id of `key` (objects and delete markers).
     fn versions(&self, key: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let mut marker: Option<(String, String)> = None;
         // A page holds at most 1,000 versions; a key overwritten more often
         // (or sharing its prefix with many keys) runs over several, and
         // versions left out would survive a delete: the oldest, the
         // original, would become the current one again.
-        for _ in 0..100_000 {
-            let mut query = vec![("versions", ""), ("prefix", key)];
+        self.each_versions_page(key, |doc| {
+            out.extend(
+                doc.descendants()
+                    .filter(|n| n.has_tag_name("Version") || n.has_tag_name("DeleteMarker"))
+                    .filter(|n| child_text(n, "Key").as_deref() == Some(key))
+                    .filter_map(|n| child_text(&n, "VersionId")),
+            );
+            // Past our key: nothing more of it follows.
+            child_text(&doc.root_element(), "NextKeyMarker").is_none_or(|k| k.as_str() <= key)
+        })?;
+        Ok(out)
+    }
+
+    /// ListObjectVersions under `prefix`, page by page, each handed to
+    /// `page` until it says to stop or the listing ends.
+    fn each_versions_page(
+        &self,
+        prefix: &str,
+        mut page: impl FnMut(&roxmltree::Document) -> bool,
+    ) -> Result<()> {
+        let mut marker: Option<(String, String)> = None;
+        for _ in 0..1_000_000 {
+            let mut query = vec![("versions", ""), ("prefix", prefix)];
             if let Some((k, v)) = &marker {
                 query.push(("key-marker", k.as_str()));
                 query.push(("version-id-marker", v.as_str()));
@@ -560,31 +603,24 @@ impl S3Client {
             let text = String::from_utf8_lossy(&r.body).into_owned();
             let doc = roxmltree::Document::parse(&text)
                 .map_err(|e| Error::Invalid(format!("S3 ListObjectVersions answer: {e}")))?;
-            out.extend(
-                doc.descendants()
-                    .filter(|n| n.has_tag_name("Version") || n.has_tag_name("DeleteMarker"))
-                    .filter(|n| child_text(n, "Key").as_deref() == Some(key))
-                    .filter_map(|n| child_text(&n, "VersionId")),
-            );
+            if !page(&doc) {
+                break;
+            }
             let root = doc.root_element();
             let next = (
                 child_text(&root, "NextKeyMarker"),
-                child_text(&root, "NextVersionIdMarker"),
+                child_text(&root, "NextVersionIdMarker").unwrap_or_default(),
             );
             match (child_text(&root, "IsTruncated").as_deref(), next) {
-                (Some("true"), (Some(k), Some(v)))
+                (Some("true"), (Some(k), v))
                     if marker.as_ref() != Some(&(k.clone(), v.clone())) =>
                 {
-                    // Past our key: nothing more of it follows.
-                    if k.as_str() > key {
-                        break;
-                    }
                     marker = Some((k, v));
                 }
                 _ => break,
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -393,17 +393,18 @@ impl Vault {
                     )));
                 }
                 object_lock = versioning && lock;
-                if client.hidden("config")? {
-                    return Err(Error::Invalid(format!(
-                        "{}: a vault is there, deleted (its objects behind delete markers) but kept by the store: `cairn undelete --vault {}` brings it back; a new vault is not made over it",
-                        l.url(),
-                        l.url()
-                    )));
-                }
+                let hidden = client.hidden("config")?;
                 let b = crate::s3::S3Backend::new(client);
                 if b.exists("config")? {
                     return Err(Error::Invalid(format!(
                         "{}: a vault already exists there",
+                        l.url()
+                    )));
+                }
+                if hidden {
+                    return Err(Error::Invalid(format!(
+                        "{}: a vault is there, deleted (its objects behind delete markers) but kept by the store: `cairn undelete --vault {}` brings it back; a new vault is not made over it",
+                        l.url(),
                         l.url()
                     )));
                 }

@@ -353,8 +353,25 @@ fn a_vault_deleted_from_the_bucket_is_brought_back() {
     let img = env.path("d.img");
     std::fs::write(&img, noise(3 << 20, 10)).unwrap();
     env.ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    // A live vault is one, not a deleted one.
+    let again = env.run(&["init"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    // Only the manifests deleted: the vault looks empty, but verify says
+    // what happened and prune deletes nothing (the packs would look unused).
+    env.tool_on("cairn-deleted", &["delete-all", "vault/snapshots/"]);
+    let v = env.run(&["verify"]);
+    let said = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(3), "{said}");
+    assert!(said.contains("cairn undelete"), "{said}");
+    let p = env.run(&["prune"]);
+    let err = String::from_utf8_lossy(&p.stderr);
+    assert_eq!(p.status.code(), Some(1), "{err}");
+    assert!(err.contains("prune stopped"), "{err}");
+    // Everything deleted, twice over (markers stacked on markers).
     let removed = env.tool_on("cairn-deleted", &["delete-all"]);
     assert!(removed.trim().parse::<u32>().unwrap() > 3, "{removed}");
+    env.tool_on("cairn-deleted", &["delete-all"]);
     std::fs::remove_dir_all(env.path("cache")).unwrap();
     for args in [&["snapshots"][..], &["init"][..]] {
         let out = env.run(args);

@@ -7,8 +7,9 @@ Usage: s3.py ENDPOINT COMMAND BUCKET [KEY]
   audit          JSON: every key with its lock mode, retain-until and version count
   delete-locked  try to delete the (only) version of KEY; print the error code
   overwrite      put garbage under KEY; print the number of versions after
-  delete-all     delete every key as `aws s3 rm --recursive` does (a delete
-                 marker on top of each; locked versions stay)
+  delete-all     delete every key (under PREFIX, if given) as `aws s3 rm
+                 --recursive` does (a delete marker on top of each; locked
+                 versions stay)
   edit-json      set FIELD to the JSON VALUE in the JSON object under KEY
                  (args: KEY FIELD VALUE), as a new version
 """
@@ -51,9 +52,12 @@ elif cmd == "edit-json":
     doc[field] = json.loads(value)
     s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc).encode())
 elif cmd == "delete-all":
-    n = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for o in page.get("Contents", []):
-            s3.delete_object(Bucket=bucket, Key=o["Key"])
-            n += 1
-    print(n)
+    # Every key ever written (a key deleted already gets one more marker,
+    # as a wipe run twice leaves them).
+    prefix = sys.argv[4] if len(sys.argv) > 4 else ""
+    keys = set()
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        keys.update(v["Key"] for v in page.get("Versions", []))
+    for k in sorted(keys):
+        s3.delete_object(Bucket=bucket, Key=k)
+    print(len(keys))
