@@ -41,15 +41,15 @@ impl MasterKey {
     /// the config records it, so that a key file that opens with the
     /// password but wraps another master key (one an interrupted `init`
     /// left behind) is not taken for the vault's.
+    pub fn check(&self) -> String {
+        let d = blake3::derive_key("cairn 2026 vault master key check", &self.to_bytes());
+        hex::encode(&d[..16])
+    }
+
     /// A keyed digest of `data` with this key (what a config's binding is).
     pub fn mac(&self, context: &str, data: &[u8]) -> [u8; 32] {
         let key = blake3::derive_key(context, &self.to_bytes());
         *blake3::keyed_hash(&key, data).as_bytes()
-    }
-
-    pub fn check(&self) -> String {
-        let d = blake3::derive_key("cairn 2026 vault master key check", &self.to_bytes());
-        hex::encode(&d[..16])
     }
 
     fn from_bytes(b: &[u8]) -> Option<Self> {
