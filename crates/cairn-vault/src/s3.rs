@@ -472,8 +472,9 @@ impl S3Client {
         }
     }
 
-    /// Whether `name` has versions though none is current: deleted with a
-    /// delete marker on top, its content kept (locked) below.
+    /// Whether `name` has any version, current or not. Asked where the store
+    /// serves no current one: then it was deleted, a delete marker on top
+    /// and its content kept (locked) below.
     pub fn hidden(&self, name: &str) -> Result<bool> {
         Ok(!self.versions(&self.key(name))?.is_empty())
     }
@@ -484,11 +485,7 @@ impl S3Client {
     /// locked, so the store allows this whatever the retention. Returns
     /// the names brought back.
     pub fn undelete(&self) -> Result<Vec<String>> {
-        let prefix = if self.loc.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.loc.prefix)
-        };
+        let prefix = self.key("");
         // Every marker, not only the newest: a wipe run twice stacks them.
         // Cairn never makes one (its deletes remove versions), so each is
         // someone else's.
