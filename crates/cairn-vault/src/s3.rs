@@ -507,6 +507,94 @@ impl S3Client {
         Ok(back.into_iter().collect())
     }
 
+    /// The versions of `name` below its current one that hold data (not
+    /// delete markers), oldest first: what Cairn wrote there, if someone
+    /// overwrote it since (Cairn writes each of these names once, and
+    /// Object Lock keeps the version it wrote).
+    pub fn older_versions(&self, name: &str) -> Result<Vec<Version>> {
+        let key = self.key(name);
+        let mut out = Vec::new();
+        self.each_versions_page(&key, |doc| {
+            out.extend(versions_in(doc).filter(|v| v.key == key && !v.latest));
+            child_text(&doc.root_element(), "NextKeyMarker").is_none_or(|k| k <= key)
+        })?;
+        // Listings give each key's versions newest first.
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Puts back on top what Cairn wrote under each of its write-once
+    /// names that someone overwrote since (a new version on top, Object
+    /// Lock keeping Cairn's below): its oldest version, copied on the
+    /// store, locked as it was. Returns the names put back.
+    pub fn restore_overwritten(&self) -> Result<Vec<String>> {
+        const ONCE: &[&str] = &["config", "keys/", "packs/", "index/", "maps/", "snapshots/"];
+        let prefix = self.key("");
+        let mut by_key: std::collections::BTreeMap<String, Vec<Version>> = Default::default();
+        self.each_versions_page(&prefix, |doc| {
+            for v in versions_in(doc) {
+                by_key.entry(v.key.clone()).or_default().push(v);
+            }
+            true
+        })?;
+        let mut back = Vec::new();
+        for (key, versions) in by_key {
+            let Some(rel) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let own = ONCE
+                .iter()
+                .any(|o| rel == *o || (o.ends_with('/') && rel.starts_with(o)));
+            let (Some(current), Some(original)) = (versions.first(), versions.last()) else {
+                continue;
+            };
+            if !own || !current.latest || current.etag == original.etag {
+                continue;
+            }
+            // Put back before (the copy's ETag is not a multipart original's).
+            let now = self.send("HEAD", Some(&key), &[], &[], b"")?;
+            if now.header("x-amz-meta-cairn-original") == Some(original.id.as_str()) {
+                continue;
+            }
+            let source = format!(
+                "/{}/{}?versionId={}",
+                self.loc.bucket,
+                uri_encode(&key, true),
+                uri_encode(&original.id, false)
+            );
+            let mut headers = vec![
+                ("x-amz-copy-source", source),
+                ("x-amz-metadata-directive", "REPLACE".to_string()),
+                ("x-amz-meta-cairn-original", original.id.clone()),
+                // Some stores want a digest with every write to a locked
+                // bucket; a copy's request body is empty.
+                ("content-md5", base64(&md5::Md5::digest(b""))),
+            ];
+            let head = self.send(
+                "HEAD",
+                Some(&key),
+                &[("versionId", original.id.as_str())],
+                &[],
+                b"",
+            )?;
+            if let (Some(mode), Some(until)) = (
+                head.header("x-amz-object-lock-mode"),
+                head.header("x-amz-object-lock-retain-until-date"),
+            ) && DateTime::parse_from_rfc3339(until).is_ok_and(|u| u > Utc::now())
+            {
+                headers.push(("x-amz-object-lock-mode", mode.to_string()));
+                headers.push(("x-amz-object-lock-retain-until-date", until.to_string()));
+            }
+            let r = self.send("PUT", Some(&key), &[], &headers, b"")?;
+            // A copy can fail inside a 200 answer.
+            if r.status != 200 || String::from_utf8_lossy(&r.body).contains("<Error>") {
+                return Err(self.fail(&format!("CopyObject {key} (version {})", original.id), &r));
+            }
+            back.push(rel.to_string());
+        }
+        Ok(back)
+    }
+
     /// Names of the vault's objects that have a delete marker on top
     /// (someone deleted them; the store keeps their versions).
     pub fn hidden_objects(&self, dir: &str) -> Result<Vec<String>> {
@@ -619,6 +707,33 @@ impl S3Client {
         }
         Ok(())
     }
+}
+
+/// One version of an object that holds data.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub key: String,
+    pub id: String,
+    pub etag: String,
+    pub size: u64,
+    /// The current version (served to a plain GET).
+    pub latest: bool,
+}
+
+/// The data versions (not delete markers) of a ListObjectVersions page,
+/// in its order.
+fn versions_in<'a>(doc: &'a roxmltree::Document) -> impl Iterator<Item = Version> + 'a {
+    doc.descendants()
+        .filter(|n| n.has_tag_name("Version"))
+        .filter_map(|n| {
+            Some(Version {
+                key: child_text(&n, "Key")?,
+                id: child_text(&n, "VersionId")?,
+                etag: child_text(&n, "ETag").unwrap_or_default(),
+                size: child_text(&n, "Size")?.parse().ok()?,
+                latest: child_text(&n, "IsLatest").as_deref() == Some("true"),
+            })
+        })
 }
 
 fn child_text(n: &roxmltree::Node, tag: &str) -> Option<String> {
@@ -857,6 +972,25 @@ impl S3Backend {
             self.extend_lock(name, Utc::now() + chrono::Duration::seconds(secs))?;
         }
         Ok(true)
+    }
+}
+
+impl S3Backend {
+    /// One version of `name` (see [`S3Client::older_versions`]).
+    pub fn get_version(&self, name: &str, version: &str) -> Result<Vec<u8>> {
+        let r = self.client.send(
+            "GET",
+            Some(&self.client.key(name)),
+            &[("versionId", version)],
+            &[],
+            b"",
+        )?;
+        if r.status != 200 {
+            return Err(self
+                .client
+                .fail(&format!("GET {name} (version {version})"), &r));
+        }
+        Ok(r.body)
     }
 }
 

@@ -239,12 +239,30 @@ pub struct Vault {
     /// instead of one per chunk). Each slot is filled by the first reader;
     /// others wanting the same pack wait for it.
     packs: std::sync::Mutex<lru::LruCache<String, PackSlot>>,
+    /// On S3: write-once objects whose current version was not what Cairn
+    /// wrote, read from the version below (see `original_version`).
+    overwritten: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 type PackSlot = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Vec<u8>>>>>;
 
 /// Packs kept in memory for a remote vault (~16 MiB each).
 const REMOTE_PACKS: usize = 6;
+
+/// An object the vault refers to that the store does not have, or has
+/// cut short, is damage (said by `verify`, exit 3), not a failure to reach
+/// the store.
+fn as_damage(name: &str, e: Error) -> Error {
+    match &e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::damaged(name, "missing from the store")
+        }
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::damaged(name, format!("cut short ({source})"))
+        }
+        _ => e,
+    }
+}
 
 const DIRS: &[&str] = &[
     "keys",
@@ -527,7 +545,7 @@ impl Vault {
                 if binding.is_some_and(|b| b != config.binding(&m)) {
                     return Err(Error::damaged(
                         "config",
-                        "its settings are not the ones this vault was made with (changed outside Cairn: retention shortened, chunking altered?). Nothing was read or written; put the original config back (on S3: its oldest version, kept locked)",
+                        "its settings are not the ones this vault was made with (changed outside Cairn: retention shortened, chunking altered?). Nothing was read or written; put the original config back (on S3, `cairn undelete` copies its oldest version, kept locked, back on top)",
                     ));
                 }
                 master = Some(m);
@@ -567,6 +585,7 @@ impl Vault {
             packs: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(REMOTE_PACKS).unwrap(),
             )),
+            overwritten: Default::default(),
         }
     }
 
@@ -639,15 +658,70 @@ impl Vault {
     /// answered with) is dropped and the store asked once more, so a bad
     /// copy costs a fetch instead of reading as damage for ever.
     fn read_checked<T>(&self, name: &str, parse: impl Fn(&[u8]) -> Result<T>) -> Result<T> {
-        match parse(&self.backend.get(name)?) {
+        let current = || match parse(&self.backend.get(name)?) {
             Err(e) if self.backend.evict(name) => {
-                tracing::warn!(
-                    "the cached copy of {name} was bad ({e}); read again from the store"
-                );
-                parse(&self.backend.get(name)?)
+                let again = parse(&self.backend.get(name)?);
+                // (When the store's copy is as bad, the cache was not to blame.)
+                if again.is_ok() {
+                    tracing::warn!(
+                        "the cached copy of {name} was bad ({e}); read again from the store"
+                    );
+                }
+                again
             }
             r => r,
+        };
+        current().or_else(|e| match self.original_version(name, &parse) {
+            Some((t, _)) => Ok(t),
+            // (A name that is not there may be asked for: a snapshot id a
+            // client gave. Not found stays not found.)
+            None => Err(e),
+        })
+    }
+
+    /// On S3, someone holding the bucket's keys can put a version of their
+    /// own over one of Cairn's write-once objects (garbage, or the same
+    /// bytes re-encrypted with a key only they have), or a delete marker:
+    /// Object Lock keeps Cairn's version below. When what the store serves
+    /// fails `check`, the oldest versions below are tried (Cairn's was
+    /// the first written, however many were stacked on it); the one that
+    /// passes is used, and the name noted for `verify` and said once.
+    pub(crate) fn original_version<T>(
+        &self,
+        name: &str,
+        check: impl Fn(&[u8]) -> Result<T>,
+    ) -> Option<(T, Vec<u8>)> {
+        const WRITTEN_ONCE: &[&str] = &["keys/", "packs/", "index/", "maps/", "snapshots/"];
+        let s3 = self.backend.as_s3()?;
+        if !WRITTEN_ONCE.iter().any(|p| name.starts_with(p)) {
+            return None;
         }
+        let older = s3.client.older_versions(name).ok()?;
+        for v in older.iter().take(4) {
+            let Ok(bytes) = s3.get_version(name, &v.id) else {
+                continue;
+            };
+            if let Ok(t) = check(&bytes) {
+                self.note_overwritten(name);
+                return Some((t, bytes));
+            }
+        }
+        None
+    }
+
+    /// Notes (once) that `name`'s current version on the store is not the
+    /// one Cairn wrote.
+    pub(crate) fn note_overwritten(&self, name: &str) {
+        if self.overwritten.lock().unwrap().insert(name.to_string()) {
+            tracing::warn!(
+                "{name}: the store serves a version Cairn did not write (overwritten or deleted behind its back); the one it wrote, kept below by Object Lock, is read instead. `cairn undelete` puts it back on top"
+            );
+        }
+    }
+
+    /// Write-once objects read from below someone else's version.
+    pub fn overwritten(&self) -> Vec<String> {
+        self.overwritten.lock().unwrap().iter().cloned().collect()
     }
 
     /// A pack index from its sealed bytes (checked before it is stored).
@@ -751,33 +825,40 @@ impl Vault {
     /// in blocks, only those are decompressed (the whole chunk is still
     /// read and authenticated).
     pub fn read_chunk_blocks(&self, id: &ChunkId, first: usize, last: usize) -> Result<Vec<u8>> {
-        let (sealed, loc, name) = self.sealed_chunk(id)?;
-        codec::open_blocks(
-            &self.cipher,
-            &name,
-            sealed,
-            loc.raw_len as usize,
-            (first, last),
-        )
+        self.open_chunk(id, |sealed, loc, name| {
+            codec::open_blocks(
+                &self.cipher,
+                name,
+                sealed,
+                loc.raw_len as usize,
+                (first, last),
+            )
+        })
     }
 
     /// Reads and decrypts one chunk.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let (sealed, loc, name) = self.sealed_chunk(id)?;
-        let data = codec::open_owned(&self.cipher, &name, sealed, loc.raw_len as usize)?;
-        if data.len() != loc.raw_len as usize {
-            return Err(Error::damaged(
-                &name,
-                format!("chunk {} has the wrong length", id.hex()),
-            ));
-        }
-        Ok(data)
+        self.open_chunk(id, |sealed, loc, name| {
+            let data = codec::open_owned(&self.cipher, name, sealed, loc.raw_len as usize)?;
+            if data.len() != loc.raw_len as usize {
+                return Err(Error::damaged(
+                    name,
+                    format!("chunk {} has the wrong length", id.hex()),
+                ));
+            }
+            Ok(data)
+        })
     }
 
-    /// A chunk as stored (sealed), its index entry and its pack's name: a
-    /// ranged read of a local pack, or a slice of a remote pack fetched
-    /// whole once.
-    fn sealed_chunk(&self, id: &ChunkId) -> Result<(Vec<u8>, crate::index::Location, String)> {
+    /// Opens chunk `id` with `open`, given it as stored (sealed), its index
+    /// entry and its pack's name: a ranged read of a local pack, or a
+    /// slice of a remote pack fetched whole once. On S3, a pack that does
+    /// not give the chunk back is looked for below someone else's version.
+    fn open_chunk<T>(
+        &self,
+        id: &ChunkId,
+        open: impl Fn(Vec<u8>, &crate::index::Location, &str) -> Result<T>,
+    ) -> Result<T> {
         let (loc, pack) = {
             let idx = self.index.read().unwrap();
             let (loc, pack) = idx.get(id).ok_or_else(|| {
@@ -786,16 +867,41 @@ impl Vault {
             (loc, pack.id.clone())
         };
         let name = pack_object(&pack);
-        let sealed = if self.backend.as_s3().is_some() {
-            self.remote_pack(&name)?
-                .get(loc.offset as usize..loc.offset as usize + loc.len as usize)
-                .ok_or_else(|| Error::damaged(&name, "a chunk lies past the end of its pack"))?
-                .to_vec()
+        let range = loc.offset as usize..loc.offset as usize + loc.len as usize;
+        let slice = |pack: &[u8]| {
+            pack.get(range.clone())
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::damaged(&name, "a chunk lies past the end of its pack"))
+        };
+        let current = if self.backend.as_s3().is_some() {
+            self.remote_pack(&name).and_then(|p| slice(&p))
         } else {
             self.backend
-                .get_range(&name, loc.offset as u64, loc.len as usize)?
+                .get_range(&name, loc.offset as u64, loc.len as usize)
         };
-        Ok((sealed, loc, name))
+        current
+            .and_then(|sealed| open(sealed, &loc, &name))
+            .or_else(
+                |e| match self.original_version(&name, |p| open(slice(p)?, &loc, &name)) {
+                    Some((t, original)) => {
+                        self.keep_pack(&name, original);
+                        Ok(t)
+                    }
+                    None => Err(as_damage(&name, e)),
+                },
+            )
+    }
+
+    /// Keeps `data` as remote pack `name` in memory (its original version,
+    /// in place of what the store serves now).
+    fn keep_pack(&self, name: &str, data: Vec<u8>) {
+        let slot = self
+            .packs
+            .lock()
+            .unwrap()
+            .get_or_insert(name.to_string(), Default::default)
+            .clone();
+        *slot.lock().unwrap() = Some(std::sync::Arc::new(data));
     }
 
     /// A whole pack of a remote vault, from memory or fetched once.

@@ -385,9 +385,11 @@ enum Command {
         name: Option<String>,
     },
     /// Bring back an S3 vault whose objects were deleted (`aws s3 rm
-    /// --recursive` by someone holding the keys): Object Lock kept every
-    /// version, and only the delete markers on top are taken away. Needs
-    /// the bucket's credentials, not the vault's password.
+    /// --recursive` by someone holding the keys) or overwritten (garbage or
+    /// a re-encrypted copy put over them): Object Lock kept every version;
+    /// the delete markers on top are taken away and Cairn's original
+    /// versions copied back on top. Needs the bucket's credentials, not the
+    /// vault's password.
     Undelete,
     /// Copy snapshots to another vault (local or s3://) that lacks them:
     /// only the missing objects, each verified, manifests last (an
@@ -1100,20 +1102,37 @@ fn run(cli: Cli) -> Result<u8> {
                 )
                 .into());
             };
-            let back = cairn_vault::s3::S3Client::new(l.clone())?.undelete()?;
+            let client = cairn_vault::s3::S3Client::new(l.clone())?;
+            let back = client.undelete()?;
+            // Markers first: an object deleted and overwritten has its
+            // newest version current again before the originals are looked for.
+            let restored = client.restore_overwritten()?;
             if cli.json {
-                println!("{}", serde_json::json!({ "undeleted": back }));
-            } else if back.is_empty() {
                 println!(
-                    "{}: nothing was deleted (no delete markers on top of any object)",
+                    "{}",
+                    serde_json::json!({ "undeleted": back, "overwritten_restored": restored })
+                );
+            } else if back.is_empty() && restored.is_empty() {
+                println!(
+                    "{}: nothing was deleted or overwritten (no delete markers on top of any object, no write-once object with a newer version)",
                     l.url()
                 );
             } else {
-                println!(
-                    "{}: {} objects brought back (their delete markers taken away); `cairn verify` checks the vault",
-                    l.url(),
-                    back.len()
-                );
+                if !back.is_empty() {
+                    println!(
+                        "{}: {} objects brought back (their delete markers taken away)",
+                        l.url(),
+                        back.len()
+                    );
+                }
+                if !restored.is_empty() {
+                    println!(
+                        "{}: {} overwritten objects put back as Cairn wrote them (their original version copied on top)",
+                        l.url(),
+                        restored.len()
+                    );
+                }
+                println!("`cairn verify --read-data` checks the vault");
             }
             Ok(0)
         }

@@ -389,6 +389,85 @@ fn a_vault_deleted_from_the_bucket_is_brought_back() {
     assert!(env.ok(&["undelete"]).contains("nothing was deleted"));
 }
 
+/// Someone holding the bucket's keys puts versions of their own over the
+/// vault's objects (random bytes of each one's size, as ransomware that
+/// re-encrypts a bucket in place leaves): Object Lock kept Cairn's below,
+/// so the snapshot still restores from them (said), verify names every
+/// object overwritten, and undelete copies Cairn's versions back on top.
+#[test]
+fn objects_overwritten_in_the_bucket_are_read_from_below_and_put_back() {
+    let env = S3Env::new("cairn-overwritten");
+    env.ok(&["init", "--create-bucket"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(3 << 20, 12)).unwrap();
+    env.ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    let mut overwritten = 0;
+    for dir in ["packs/", "index/", "maps/", "snapshots/", "packs/"] {
+        let n = env.tool(&["overwrite-all", &format!("vault/{dir}")]);
+        overwritten += n.trim().parse::<usize>().unwrap();
+    }
+    assert!(overwritten >= 5, "{overwritten}");
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+
+    let out = env.path("out.img");
+    let r = env.run(&["restore", "d@latest", "--to", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(same_bytes(&out, &img));
+    assert!(err.contains("cairn undelete"), "{err}");
+
+    let v = env.run(&["verify", "--read-data", "--json"]);
+    assert_eq!(v.status.code(), Some(3));
+    let report: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(
+        report["damaged_snapshots"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
+    let named = report["damaged_objects"].as_array().unwrap();
+    for dir in ["packs/", "index/", "maps/", "snapshots/"] {
+        assert!(
+            named
+                .iter()
+                .any(|o| o.to_string().contains(dir) && o.to_string().contains("cairn undelete")),
+            "{dir}: {report:#}"
+        );
+    }
+
+    // The config too: the vault refuses to open and says how to get it back.
+    env.tool(&["overwrite-all", "vault/config"]);
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    let r = env.run(&["snapshots"]);
+    assert_eq!(r.status.code(), Some(1));
+
+    let said = env.ok(&["undelete"]);
+    assert!(said.contains("overwritten objects put back"), "{said}");
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    let v = env.run(&["verify", "--read-data"]);
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let r = env.run(&[
+        "restore",
+        "d@latest",
+        "--to",
+        env.path("again.img").to_str().unwrap(),
+    ]);
+    assert!(
+        r.status.success() && r.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(same_bytes(&env.path("again.img"), &img));
+    assert!(
+        env.ok(&["undelete"])
+            .contains("nothing was deleted or overwritten")
+    );
+}
+
 #[test]
 fn a_backup_killed_mid_upload_leaves_a_vault_that_verifies_and_resumes() {
     let env = S3Env::new("cairn-kill");

@@ -311,6 +311,25 @@ fn a_flipped_byte_in_a_pack_is_found_and_the_snapshot_named() {
         "names the damaged snapshot:\n{text_out}"
     );
     assert!(!text_out.contains("alpha@"), "alpha is intact:\n{text_out}");
+
+    // The pack gone altogether: the data cannot be given back, which is
+    // damage found (exit 3), as with the flipped byte.
+    std::fs::remove_file(&target).unwrap();
+    let out = env.run(&[
+        "restore",
+        "beta@latest",
+        "--to",
+        env.path("b2.img").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("missing from the store"), "{err}");
+    env.ok(&[
+        "restore",
+        "alpha@latest",
+        "--to",
+        env.path("a2.img").to_str().unwrap(),
+    ]);
 }
 
 /// An index object lost (deleted, or unreadable) leaves its pack looking

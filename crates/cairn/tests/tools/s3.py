@@ -10,6 +10,9 @@ Usage: s3.py ENDPOINT COMMAND BUCKET [KEY]
   delete-all     delete every key (under PREFIX, if given) as `aws s3 rm
                  --recursive` does (a delete marker on top of each; locked
                  versions stay)
+  overwrite-all  put random bytes of each object's size over every key under
+                 PREFIX (as a ransomware re-encrypting the bucket in place
+                 does); print how many
   edit-json      set FIELD to the JSON VALUE in the JSON object under KEY
                  (args: KEY FIELD VALUE), as a new version
 """
@@ -46,6 +49,14 @@ elif cmd == "overwrite":
     key = sys.argv[4]
     s3.put_object(Bucket=bucket, Key=key, Body=b"garbage from an attacker")
     print(len([x for x in s3.list_object_versions(Bucket=bucket, Prefix=key)["Versions"] if x["Key"] == key]))
+elif cmd == "overwrite-all":
+    import os
+    n = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=sys.argv[4]):
+        for o in page.get("Contents", []):
+            s3.put_object(Bucket=bucket, Key=o["Key"], Body=os.urandom(o["Size"]))
+            n += 1
+    print(n)
 elif cmd == "edit-json":
     key, field, value = sys.argv[4:7]
     doc = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
