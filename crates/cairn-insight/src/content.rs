@@ -845,6 +845,80 @@ fn check_sqlite(s: &Sample) -> Result<(), String> {
     Ok(())
 }
 
+/// Of a SQLite database's pages that changed (`was` → `now`, its bytes
+/// from file offset `at`), how many there are and how many still read as
+/// SQLite pages. A database's own writes leave every page it touched a
+/// page (a b-tree page with its cell pointers in place, an overflow or
+/// freelist page chaining to a page that exists, a pointer map), however
+/// random the new values in it look (floating-point numbers do); a page
+/// encrypted in place reads as none of them. `page` is the page size,
+/// `pages` the database's page count.
+pub fn sqlite_changed_pages(
+    page: usize,
+    pages: u64,
+    at: u64,
+    was: &[u8],
+    now: &[u8],
+) -> (u64, u64) {
+    if page < 512 || !page.is_power_of_two() {
+        return (0, 0);
+    }
+    let n = was.len().min(now.len());
+    // The first page boundary at or after `at`, as an index into the bytes.
+    let mut i = ((page as u64 - at % page as u64) % page as u64) as usize;
+    let (mut changed, mut intact) = (0, 0);
+    while i + page <= n {
+        if was[i..i + page] != now[i..i + page] {
+            changed += 1;
+            let number = (at + i as u64) / page as u64 + 1;
+            intact += sqlite_page_plausible(&now[i..i + page], number, pages) as u64;
+        }
+        i += page;
+    }
+    (changed, intact)
+}
+
+fn sqlite_page_plausible(p: &[u8], number: u64, pages: u64) -> bool {
+    if p.iter().all(|&b| b == 0) {
+        return true;
+    }
+    if number == 1 {
+        return p.starts_with(b"SQLite format 3\0") && btree_page(p, 100);
+    }
+    // An overflow page or a freelist trunk: the next page's number first
+    // (0 ends the chain).
+    btree_page(p, 0)
+        || be32(p, 0) <= pages
+        // A pointer map (auto-vacuum): 5-byte entries, a type and a page.
+        || p.chunks_exact(5)
+            .all(|e| e[0] <= 5 && (e[0] == 0 || be32(e, 1) <= pages))
+}
+
+/// A b-tree page header at `h` whose cell pointers lie in the page.
+fn btree_page(p: &[u8], h: usize) -> bool {
+    let Some(&kind) = p.get(h) else {
+        return false;
+    };
+    let header = match kind {
+        0x0a | 0x0d => 8,
+        0x02 | 0x05 => 12,
+        _ => return false,
+    };
+    if p.len() < h + header {
+        return false;
+    }
+    let cells = be16(p, h + 3);
+    let content = match be16(p, h + 5) {
+        0 => 65536,
+        c => c,
+    };
+    let pointers = h + header + 2 * cells;
+    pointers <= content
+        && content <= p.len()
+        && p[h + 7] <= 60
+        && (0..cells).all(|c| (content..p.len()).contains(&be16(p, h + header + 2 * c)))
+}
+
 /// Everything insight parses from a file's bytes, on arbitrary input (the
 /// fuzz target runs this): no panic, no unbounded allocation.
 pub fn fuzz_one(data: &[u8]) {
@@ -881,6 +955,15 @@ pub fn fuzz_one(data: &[u8]) {
         let _ = check_structure(k, &sample, &mut read_at);
     }
     let _ = crate::notes::looks_like_note("README.txt", data);
+    for page in [512, 4096] {
+        let _ = sqlite_changed_pages(
+            page,
+            1 << 20,
+            data.len() as u64 % 5000,
+            &data[..half],
+            &data[half..],
+        );
+    }
 }
 
 #[cfg(test)]

@@ -233,6 +233,35 @@ fn differing_bytes(was: &[u8], now: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (a_out, b_out)
 }
 
+/// Whether every page of a valid SQLite database that changed in the
+/// compared `ranges` (file offset, length; their bytes one after the other
+/// in `was` and `now`) is still a SQLite page: a database's own writes,
+/// however random the values they store look. `head`: the new version's
+/// first bytes (its header).
+fn sqlite_pages_intact(
+    ranges: &[(u64, u64)],
+    was: &[u8],
+    now: &[u8],
+    head: &[u8],
+    size: u64,
+) -> bool {
+    let page = match head.get(16..18).map(|b| u16::from_be_bytes([b[0], b[1]])) {
+        Some(1) => 65536,
+        Some(p) => p as usize,
+        None => return false,
+    };
+    let pages = size / page.max(1) as u64;
+    let (mut changed, mut intact, mut at) = (0, 0, 0usize);
+    for &(off, len) in ranges {
+        let end = (at + len as usize).min(was.len()).min(now.len());
+        let (c, i) = content::sqlite_changed_pages(page, pages, off, &was[at..end], &now[at..end]);
+        changed += c;
+        intact += i;
+        at = end;
+    }
+    changed > 0 && intact == changed
+}
+
 fn window_entropy(data: &[u8]) -> Vec<f64> {
     data.chunks(WINDOW)
         .filter(|w| w.len() >= 512)
@@ -399,7 +428,8 @@ impl Analysis<'_> {
         };
         let mut was_bytes = Vec::new();
         let mut now_bytes = Vec::new();
-        for (off, len) in self.compare_ranges(o, n) {
+        let ranges = self.compare_ranges(o, n);
+        for &(off, len) in &ranges {
             match (
                 self.reader.read(old_fs, o, off, len),
                 self.reader.read(new_fs, n, off, len),
@@ -538,7 +568,9 @@ impl Analysis<'_> {
         // random: ciphertext behind a kept header, or behind the magic of
         // a compressed type, does that; a re-save with compression does
         // not keep the size.
-        let kept_format = dense_ok && !(o.size == n.size && e_now - e_was >= 2.0);
+        let kept_format = (dense_ok && !(o.size == n.size && e_now - e_was >= 2.0))
+            || (new_valid == Some(Kind::Sqlite)
+                && sqlite_pages_intact(&ranges, &was_bytes, &now_bytes, &nh, n.size));
         if changed >= MIN_CHANGED
             && e_now >= encrypted_threshold(changed)
             && e_now - e_was >= 1.0
