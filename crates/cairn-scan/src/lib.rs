@@ -214,19 +214,27 @@ fn stored_reports_where(
     out
 }
 
-/// The newest stored scan result of each scanned snapshot.
+/// The standing scan result of each scanned snapshot (see [`standing`]).
 pub fn latest_reports(vault: &Vault) -> HashMap<SnapshotId, ScanReport> {
-    newest(stored_reports(vault))
+    standing_of(&stored_reports(vault))
 }
 
-/// [`latest_reports`] of the snapshots `ids` (a timeline's, which has
-/// listed the vault's snapshots already).
+/// Every stored result of the snapshots `ids` (a timeline's, which has
+/// listed the vault's snapshots already), oldest scan first.
+pub fn stored_reports_for<'a>(
+    vault: &Vault,
+    ids: impl IntoIterator<Item = &'a SnapshotId>,
+) -> HashMap<SnapshotId, Vec<ScanReport>> {
+    let ids: std::collections::HashSet<&str> = ids.into_iter().map(|id| id.0.as_str()).collect();
+    stored_reports_where(vault, |id| ids.contains(id))
+}
+
+/// [`latest_reports`] of the snapshots `ids`.
 pub fn latest_reports_for<'a>(
     vault: &Vault,
     ids: impl IntoIterator<Item = &'a SnapshotId>,
 ) -> HashMap<SnapshotId, ScanReport> {
-    let ids: std::collections::HashSet<&str> = ids.into_iter().map(|id| id.0.as_str()).collect();
-    newest(stored_reports_where(vault, |id| ids.contains(id)))
+    standing_of(&stored_reports_for(vault, ids))
 }
 
 /// What the stored scans of `timeline`'s snapshots say (for
@@ -235,12 +243,33 @@ pub fn verification_of(
     vault: &Vault,
     timeline: &cairn_insight::Timeline,
 ) -> cairn_insight::Verification {
-    verification(&latest_reports_for(vault, timeline.snapshot_ids()))
+    verification(&stored_reports_for(vault, timeline.snapshot_ids()))
 }
 
-fn newest(all: HashMap<SnapshotId, Vec<ScanReport>>) -> HashMap<SnapshotId, ScanReport> {
-    all.into_iter()
-        .filter_map(|(k, mut v)| v.pop().map(|r| (k, r)))
+/// The result that stands for a snapshot, of its stored ones (oldest
+/// first): each rule set's newest, and of those the worst (the newest of
+/// equals). A scan with other rules does not undo what one set found —
+/// the built-in rules know nothing of the operator's indicator that
+/// matched — while a newer scan with the same rules supersedes an older.
+pub fn standing(reports: &[ScanReport]) -> Option<&ScanReport> {
+    standing_apart_from(reports, "")
+}
+
+/// [`standing`] of the results made with other rules than `rules` (what
+/// a scan with `rules` does not supersede).
+pub fn standing_apart_from<'a>(reports: &'a [ScanReport], rules: &str) -> Option<&'a ScanReport> {
+    let mut newest: HashMap<&str, &ScanReport> = HashMap::new();
+    for r in reports.iter().filter(|r| r.rules != rules) {
+        newest.insert(r.rules.as_str(), r);
+    }
+    newest
+        .into_values()
+        .max_by_key(|r| (r.verdict, r.scanned_at))
+}
+
+fn standing_of(all: &HashMap<SnapshotId, Vec<ScanReport>>) -> HashMap<SnapshotId, ScanReport> {
+    all.iter()
+        .filter_map(|(k, v)| standing(v).map(|r| (k.clone(), r.clone())))
         .collect()
 }
 
@@ -352,12 +381,21 @@ pub fn chain(vault: &Vault, name: &str) -> Result<Vec<Snapshot>> {
     Ok(chain)
 }
 
-/// What the newest stored scans say (`reports`, from
-/// [`latest_reports`]): the snapshots found compromised, each with what
-/// was found, and those found clean.
-pub fn verification(reports: &HashMap<SnapshotId, ScanReport>) -> cairn_insight::Verification {
+/// What the stored scans say (`all`, every stored result per snapshot,
+/// oldest first): the snapshots whose standing result is compromised,
+/// each with what was found, and those cleared — standing clean, and
+/// scanned clean with the rules of every compromised snapshot of their
+/// source after that finding (a clean scan with other rules, or from
+/// before the finding, says nothing of what those rules found: the
+/// indicator may be in this snapshot too).
+pub fn verification(all: &HashMap<SnapshotId, Vec<ScanReport>>) -> cairn_insight::Verification {
     let mut v = cairn_insight::Verification::default();
-    for (id, r) in reports {
+    let stand = standing_of(all);
+    let findings: Vec<&ScanReport> = stand
+        .values()
+        .filter(|r| r.verdict == ScanVerdict::Compromised)
+        .collect();
+    for (id, r) in &stand {
         match r.verdict {
             ScanVerdict::Compromised => {
                 let found = walkback::describe(r);
@@ -372,7 +410,18 @@ pub fn verification(reports: &HashMap<SnapshotId, ScanReport>) -> cairn_insight:
                 v.compromised.insert(id.clone(), format!("{first}{more}"));
             }
             ScanVerdict::Clean => {
-                v.cleared.insert(id.clone());
+                let own = &all[id];
+                let answers = |bad: &&ScanReport| {
+                    bad.name != r.name
+                        || own.iter().any(|c| {
+                            c.verdict == ScanVerdict::Clean
+                                && c.rules == bad.rules
+                                && c.scanned_at > bad.scanned_at
+                        })
+                };
+                if findings.iter().all(answers) {
+                    v.cleared.insert(id.clone());
+                }
             }
             ScanVerdict::Warning => {}
         }

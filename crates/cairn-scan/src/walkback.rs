@@ -79,6 +79,9 @@ struct Walker<'a, 'b> {
     targets: crate::Targets,
     /// Newest stored verdict per snapshot (for baselines), kept current.
     verdicts: HashMap<SnapshotId, crate::ScanVerdict>,
+    /// Every stored result, per snapshot: what scans with other rules
+    /// found stands beside this walk's (see `crate::standing`).
+    stored: HashMap<SnapshotId, Vec<ScanReport>>,
 }
 
 impl Walker<'_, '_> {
@@ -179,6 +182,18 @@ impl Walker<'_, '_> {
         };
         if !self.acceptable(report.verdict) {
             return Ok(self.failed(tried, &report));
+        }
+        // Found compromised by a scan with other rules (an operator's
+        // indicator these rules do not hold): that stands.
+        let elsewhere = self
+            .stored
+            .get(&snap.id)
+            .and_then(|v| crate::standing_apart_from(v, &report.rules))
+            .filter(|s| !self.acceptable(s.verdict))
+            .cloned();
+        if let Some(s) = elsewhere {
+            self.verdicts.insert(s.snapshot.clone(), s.verdict);
+            return Ok(self.failed(tried, &s));
         }
         tried.stage = Stage::Vulnerabilities;
         tried.findings = describe(&report);
@@ -298,6 +313,7 @@ pub fn find_clean(
         reports: HashMap::new(),
         targets: crate::Targets::default(),
         verdicts: crate::latest_verdicts(vault),
+        stored: crate::stored_reports(vault),
     };
     let mut clean = None;
     if let Some(start) = start {

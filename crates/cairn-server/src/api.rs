@@ -59,8 +59,12 @@ pub fn sources_overview(st: &Shared) -> Result<Vec<Value>, ApiError> {
     let mut names: Vec<String> = snaps.iter().map(|s| s.name.clone()).collect();
     names.sort();
     names.dedup();
-    let reports = cairn_scan::latest_reports(&st.vault);
-    let verified = cairn_scan::verification(&reports);
+    let all = cairn_scan::stored_reports(&st.vault);
+    let verified = cairn_scan::verification(&all);
+    let reports: std::collections::HashMap<_, _> = all
+        .iter()
+        .filter_map(|(id, v)| cairn_scan::standing(v).map(|r| (id.clone(), r)))
+        .collect();
     let mut out = Vec::new();
     for name in names {
         let mut t = cairn_insight::timeline(&st.vault, &name, &mut |_| {})?;

@@ -30,8 +30,12 @@ pub fn timeline(
     // Verification results, where a scan has been run (`cairn scan`,
     // `cairn recover --find-clean`): a snapshot a scan found compromised
     // is no clean point, whatever insight saw.
-    let scans = cairn_scan::latest_reports_for(vault, t.snapshot_ids());
-    t.heed_verification(&cairn_scan::verification(&scans));
+    let all = cairn_scan::stored_reports_for(vault, t.snapshot_ids());
+    t.heed_verification(&cairn_scan::verification(&all));
+    let scans: std::collections::HashMap<_, _> = all
+        .iter()
+        .filter_map(|(id, v)| cairn_scan::standing(v).map(|r| (id.clone(), r.clone())))
+        .collect();
     warn_unreadable(&t);
     if let Some(path) = svg {
         std::fs::write(path, cairn_insight::svg::render(&t))

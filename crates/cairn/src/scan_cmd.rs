@@ -59,16 +59,37 @@ pub fn scan(
     };
     let reports = cairn_scan::scan_many(vault, &snaps, &mut profile, &mut progress)?;
     drop(drawn);
+    // What else is known of each point: a scan with other rules that
+    // found it compromised (this one's rules may not hold that
+    // indicator), insight's verdict. Either keeps it from passing.
+    let stored = cairn_scan::stored_reports_for(vault, reports.iter().map(|r| &r.snapshot));
+    let standing = |r: &ScanReport| {
+        stored
+            .get(&r.snapshot)
+            .and_then(|v| cairn_scan::standing_apart_from(v, &r.rules))
+            .filter(|s| s.verdict > r.verdict)
+            .cloned()
+    };
+    let insight: Vec<Option<cairn_insight::Record>> = reports
+        .iter()
+        .map(|r| cairn_insight::load(vault, &r.snapshot))
+        .collect();
+    let flagged_elsewhere = reports.iter().zip(&insight).any(|(r, i)| {
+        standing(r).is_some()
+            || i.as_ref()
+                .is_some_and(|i| i.assessment.verdict != cairn_insight::Verdict::Clean)
+    });
     if json && one {
         crate::print_json(&reports[0]);
     } else if json {
         crate::print_json(&reports);
     } else {
-        for r in &reports {
+        for (r, i) in reports.iter().zip(&insight) {
             print_report(
                 r,
                 profile.rules.rule_count(),
-                cairn_insight::load(vault, &r.snapshot).as_ref(),
+                i.as_ref(),
+                standing(r).as_ref(),
             );
         }
     }
@@ -81,10 +102,19 @@ pub fn scan(
     let unclean = reports
         .iter()
         .any(|r| r.verdict != cairn_scan::ScanVerdict::Clean);
-    Ok(if found > 0 || unclean { FOUND } else { 0 })
+    Ok(if found > 0 || unclean || flagged_elsewhere {
+        FOUND
+    } else {
+        0
+    })
 }
 
-fn print_report(r: &ScanReport, rule_count: usize, insight: Option<&cairn_insight::Record>) {
+fn print_report(
+    r: &ScanReport,
+    rule_count: usize,
+    insight: Option<&cairn_insight::Record>,
+    standing: Option<&ScanReport>,
+) {
     // The scans' verdict, named as theirs: a snapshot whose files were
     // encrypted holds no malware, and "clean" alone would read as safe.
     println!(
@@ -100,6 +130,17 @@ fn print_report(r: &ScanReport, rule_count: usize, insight: Option<&cairn_insigh
         }
     );
     insight_note(r, insight);
+    if let Some(s) = standing {
+        println!(
+            "  still {}: a scan with other rules (set {}, {}) found {}; only a scan with those rules clears it",
+            s.verdict.as_str().to_uppercase(),
+            s.rules,
+            s.scanned_at.format("%Y-%m-%d %H:%M"),
+            cairn_scan::walkback::describe(s)
+                .first()
+                .map_or("something", String::as_str)
+        );
+    }
     println!(
         "  malware: {} files, {} ({} files, {} scanned now; {rule_count} rules, set {})",
         r.stats.files,

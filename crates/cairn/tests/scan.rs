@@ -1809,3 +1809,73 @@ fn a_filesystem_encrypted_whole_is_a_finding_not_an_error() {
     assert!(err.contains(&format!("cairn restore vm@{first}")), "{err}");
     assert!(!env.path("back").exists());
 }
+
+/// What a scan with the operator's rules found stays found: a later scan
+/// with the built-in rules alone (which know nothing of that indicator)
+/// does not make the point clean for the timeline, `recover` or the scan
+/// itself; and a snapshot scanned clean with other rules, or before the
+/// finding, is no clean point after a compromised one.
+#[test]
+fn an_operators_finding_is_not_undone_by_a_scan_without_its_rules() {
+    let env = Env::new("30d", &[]);
+    let tree = env.path("tree");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::write(tree.join("notes.txt"), text(20_000, 1)).unwrap();
+    std::fs::write(
+        tree.join("bin/tool"),
+        b"a tool everyone has, TOOL-EVERYWHERE-42\n",
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for d in 0..3 {
+        if d == 2 {
+            std::fs::write(
+                tree.join("bin/helper"),
+                b"#!/bin/sh\n# QA-IMPLANT-MARKER-123\n",
+            )
+            .unwrap();
+        }
+        let out = env.backup(&tree, "share", &format!("2026-03-0{}T00:00:00Z", d + 1));
+        assert_eq!(out["insight"]["verdict"], "clean", "{out}");
+        ids.push(out["id"].as_str().unwrap().to_string());
+    }
+    let rules = env.path("implant.yar");
+    std::fs::write(
+        &rules,
+        "rule QA_Implant { meta: severity = \"compromised\" strings: $m = \"QA-IMPLANT-MARKER-123\" condition: $m }\n",
+    )
+    .unwrap();
+    let (code, v) = scan(&env, "share@latest", &["--rules", rules.to_str().unwrap()]);
+    assert_eq!(
+        (code, v["verdict"].as_str()),
+        (Some(3), Some("compromised")),
+        "{v:#}"
+    );
+    let last_clean = |env: &Env| {
+        let out = env.run(&["timeline", "share", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["last_clean"].clone()
+    };
+    assert_eq!(last_clean(&env), ids[1].as_str());
+
+    // The built-in rules find nothing there, and say the point still is not clean.
+    let out = env.run(&["scan", "share@latest"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("still COMPROMISED"), "{said}");
+    let w = find_clean(&env, "share");
+    assert_eq!(w["clean"], ids[1].as_str(), "{w:#}");
+    assert_eq!(last_clean(&env), ids[1].as_str());
+
+    // A rule that matches a file every snapshot holds, run on the middle
+    // one: the newest, scanned clean only with other rules, is no clean
+    // point; the one before the finding is.
+    let everywhere = env.path("everywhere.yar");
+    std::fs::write(
+        &everywhere,
+        "rule Everywhere { meta: severity = \"compromised\" strings: $m = \"TOOL-EVERYWHERE-42\" condition: $m }\n",
+    )
+    .unwrap();
+    let (code, _) = scan(&env, "share@-1", &["--rules", everywhere.to_str().unwrap()]);
+    assert_eq!(code, Some(3));
+    assert_eq!(last_clean(&env), ids[0].as_str());
+}
