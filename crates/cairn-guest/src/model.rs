@@ -19,7 +19,7 @@ pub enum FileKind {
 pub struct FileEntry {
     /// Path from the root, `/`-separated, no leading slash (root is empty).
     /// Raw bytes: names need not be UTF-8.
-    #[serde(serialize_with = "lossy")]
+    #[serde(serialize_with = "rooted")]
     pub path: Vec<u8>,
     pub kind: FileKind,
     pub size: u64,
@@ -31,7 +31,7 @@ pub struct FileEntry {
     pub mtime_ns: i64,
     /// Stable id within one filesystem (inode, MFT record number), if any.
     pub file_id: Option<u64>,
-    #[serde(serialize_with = "lossy_opt")]
+    #[serde(serialize_with = "escaped_opt")]
     pub link_target: Option<Vec<u8>>,
     /// Where the content lies on the disk, as (disk offset, length) runs,
     /// when the reader knows; lets diff see in-place changes from the
@@ -48,13 +48,16 @@ pub struct FileEntry {
     pub unsafe_name: bool,
 }
 
-fn lossy<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&String::from_utf8_lossy(v))
+/// A path as JSON shows it: as `ls` and `diff` print it (rooted, and
+/// escaped where it is not UTF-8, so that two names stay two and either
+/// can be given back to `restore`).
+fn rooted<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&display(v))
 }
 
-fn lossy_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+fn escaped_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(v) => s.serialize_some(&String::from_utf8_lossy(v)),
+        Some(v) => s.serialize_some(&escape(v)),
         None => s.serialize_none(),
     }
 }

@@ -70,11 +70,20 @@ pub fn open_snapshot_with_source(
         }
         SourceKind::Disk => {
             let disk = Arc::new(SnapshotDisk::open(vault.clone(), &snapshot, cache_chunks)?);
+            let backing_up = source.is_some();
             let as_source: Arc<dyn BlockSource> = match source {
                 Some(f) => Arc::new(SourceBackedDisk::new(f, disk.clone(), SOURCE_CACHE_BLOCKS)),
                 None => disk.clone(),
             };
-            let parts = crate::partition::partitions(&as_source)?;
+            let table = crate::partition::table(&as_source)?;
+            // Said when the disk is backed up (its source read), where the
+            // operator can still look at it; not at every later open.
+            if backing_up {
+                for w in &table.warnings {
+                    tracing::warn!("{w}");
+                }
+            }
+            let parts = table.parts;
             let p = crate::choose(&parts, partition)?;
             let fs = crate::open_fs(as_source.clone(), p)?;
             Ok(Opened {

@@ -153,9 +153,42 @@ fn finish(disk: &Arc<dyn BlockSource>, mut parts: Vec<Partition>) -> Vec<Partiti
     parts
 }
 
+/// A disk's partitions and what is wrong with its table.
+pub struct Table {
+    pub parts: Vec<Partition>,
+    /// Partitions the table places past the disk's end (a disk cut short:
+    /// they are left out), a GPT whose checksums do not match.
+    pub warnings: Vec<String>,
+}
+
 /// Reads the partition table; a disk without one that holds a filesystem
 /// is one partition numbered 0.
 pub fn partitions(disk: &Arc<dyn BlockSource>) -> Result<Vec<Partition>> {
+    Ok(table(disk)?.parts)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// A partition the table says ends past the disk's end, and what became
+/// of it.
+fn past_end(number: usize, end: u64, disk: u64, kept: &str) -> String {
+    format!(
+        "the partition table says partition {number} ends at {}, past the end of the {} disk: {kept} (the disk was cut short, or the table damaged)",
+        mib(end),
+        mib(disk)
+    )
+}
+
+/// [`partitions`], with what is wrong with the table.
+pub fn table(disk: &Arc<dyn BlockSource>) -> Result<Table> {
+    let mut warnings = Vec::new();
+    let parts = read_table(disk, &mut warnings)?;
+    Ok(Table { parts, warnings })
+}
+
+fn read_table(disk: &Arc<dyn BlockSource>, warnings: &mut Vec<String>) -> Result<Vec<Partition>> {
     let size = disk.size();
     let mbr = read(disk.as_ref(), 0, 512)?;
     let whole = || {
@@ -183,19 +216,33 @@ pub fn partitions(disk: &Arc<dyn BlockSource>) -> Result<Vec<Partition>> {
     // overwritten sector, entries that no longer match its CRC — leaves
     // the partitions readable there). A table whose CRCs match comes
     // first; with none, the first one found.
-    let any_gpt = || -> Result<Option<Vec<Partition>>> {
-        let mut found = None;
+    let mut any_gpt = || -> Result<Option<Vec<Partition>>> {
+        let mut found: Option<Gpt> = None;
+        let mut primary_damaged = false;
         for sector in [512u64, 4096] {
             let last = (size / sector).saturating_sub(1);
             for lba in [1, last] {
                 match gpt(disk, sector, lba)? {
-                    Some(t) if t.intact => return Ok(Some(t.parts)),
-                    Some(t) if found.is_none() => found = Some(t.parts),
+                    Some(t) if t.intact => {
+                        if primary_damaged {
+                            warnings.push("the primary GPT (at the disk's start) does not match its checksums; the backup GPT at the disk's end was read".into());
+                        }
+                        warnings.extend(t.warnings);
+                        return Ok(Some(t.parts));
+                    }
+                    Some(t) => {
+                        primary_damaged |= lba == 1 && sector == 512;
+                        found.get_or_insert(t);
+                    }
                     _ => {}
                 }
             }
         }
-        Ok(found)
+        Ok(found.map(|t| {
+            warnings.push("the GPT does not match its checksums (changed outside a partitioning tool, or damaged); its entries are read as they stand".into());
+            warnings.extend(t.warnings);
+            t.parts
+        }))
     };
     if mbr.len() < 512 || mbr[510..512] != [0x55, 0xAA] {
         // No MBR (a wiper's first write is to sector 0): a GPT may
@@ -215,7 +262,19 @@ pub fn partitions(disk: &Arc<dyn BlockSource>) -> Result<Vec<Partition>> {
     let disk_sectors = size / SECTOR;
     for (i, e) in entries.iter().enumerate() {
         let (ty, start, count) = (e[4], u32le(e, 8) as u64, u32le(e, 12) as u64);
-        if ty == 0 || count == 0 || start >= disk_sectors || (e[0] != 0 && e[0] != 0x80) {
+        if ty == 0 || count == 0 || (e[0] != 0 && e[0] != 0x80) {
+            continue;
+        }
+        // (A protective entry for a GPT spans the whole disk, or more.)
+        if ty != 0xEE && start.saturating_add(count) > disk_sectors {
+            let kept = if start < disk_sectors {
+                "read up to the disk's end"
+            } else {
+                "left out"
+            };
+            warnings.push(past_end(i + 1, (start + count) * SECTOR, size, kept));
+        }
+        if start >= disk_sectors {
             continue;
         }
         let count = count.min(disk_sectors - start);
@@ -285,6 +344,7 @@ struct Gpt {
     parts: Vec<Partition>,
     /// The header and the entry array match the CRC32s the header holds.
     intact: bool,
+    warnings: Vec<String>,
 }
 
 /// The GPT whose header is at `lba` (of `sector` bytes).
@@ -323,11 +383,20 @@ fn gpt(disk: &Arc<dyn BlockSource>, sector: u64, lba: u64) -> Result<Option<Gpt>
         && crc32fast::hash(&table) == u32le(&h, 88);
     let disk_sectors = disk.size() / sector;
     let mut parts = Vec::new();
+    let mut warnings = Vec::new();
     for (i, e) in table.chunks_exact(entry_size as usize).enumerate() {
         if e[..16].iter().all(|&b| b == 0) {
             continue;
         }
         let (first, last) = (u64le(e, 32), u64le(e, 40));
+        if first <= last && last >= disk_sectors {
+            warnings.push(past_end(
+                i + 1,
+                last.saturating_add(1).saturating_mul(sector),
+                disk.size(),
+                "left out",
+            ));
+        }
         if first > last || last >= disk_sectors {
             continue;
         }
@@ -347,5 +416,9 @@ fn gpt(disk: &Arc<dyn BlockSource>, sector: u64, lba: u64) -> Result<Option<Gpt>
             readable: false,
         });
     }
-    Ok(Some(Gpt { parts, intact }))
+    Ok(Some(Gpt {
+        parts,
+        intact,
+        warnings,
+    }))
 }

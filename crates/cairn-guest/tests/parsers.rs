@@ -86,12 +86,35 @@ fn a_gpt_with_a_large_entry_table_is_read() {
             .collect()
     };
     assert_eq!(numbers(&bytes), vec![1, 1500]);
+    let warnings = |bytes: &[u8]| -> String {
+        let disk: std::sync::Arc<dyn cairn_vault::BlockSource> =
+            std::sync::Arc::new(cairn_guest::io::MemDisk(bytes.to_vec()));
+        cairn_guest::partition::table(&disk)
+            .unwrap()
+            .warnings
+            .join("\n")
+    };
+    assert_eq!(warnings(&bytes), "");
+    // The disk cut short (a copy stopped early): the partition past the
+    // new end is left out, and said to be.
+    let cut = &pristine[..3 << 20];
+    assert_eq!(numbers(cut), vec![1]);
+    assert!(
+        warnings(cut).contains("partition 1500 ends at 4.0 MiB"),
+        "{}",
+        warnings(cut)
+    );
     // The primary header intact but its entries overwritten (zeros, as a
     // wiper or a partial encryption leaves them): the entries' CRC32 in
     // the header says so, and the backup's are read.
     let mut wiped = pristine.clone();
     wiped[1024..1024 + 2048 * 128].fill(0);
     assert_eq!(numbers(&wiped), vec![1, 1500]);
+    assert!(
+        warnings(&wiped).contains("primary GPT"),
+        "{}",
+        warnings(&wiped)
+    );
     // An entry changed (a partition moved by one sector): no longer what
     // the header's CRC covers, so the backup's entries count.
     let mut moved = pristine.clone();

@@ -226,6 +226,15 @@ struct FileResult {
     read: u64,
     changed: u64,
     new_entropy: cairn_vault::entropy::EntropyHistogram,
+    /// Written to while it was read (its mtime or ctime moved): what was
+    /// stored may mix the old content and the new.
+    torn: bool,
+}
+
+/// When a file's content or inode last changed, as far as its metadata
+/// says.
+fn change_stamp(md: &std::fs::Metadata) -> (i64, i64, i64, i64) {
+    (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
 }
 
 fn read_file(
@@ -296,6 +305,10 @@ fn read_file(
         });
         r.blocks.extend_from_slice(&digests);
     }
+    r.torn = cdc
+        .file()
+        .metadata()
+        .is_ok_and(|now| change_stamp(&now) != change_stamp(&md));
     Ok(r)
 }
 
@@ -390,6 +403,13 @@ pub fn ingest(
                     ));
                     m.logical_size = m.logical_size - e.size + r.size;
                     e.size = r.size;
+                } else if r.torn {
+                    // A database or a VM image in use: the copy may not
+                    // be one its program would open. (Snapshot the
+                    // filesystem, or stop the writer, for one that is.)
+                    warnings.push(format!(
+                        "{shown}: written to while being read; stored as read, which may mix its old and new content"
+                    ));
                 }
                 // Holes are not read, and not counted as zeros either: only
                 // files read again would count, and insight reads a jump

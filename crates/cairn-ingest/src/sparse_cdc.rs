@@ -218,6 +218,11 @@ impl SparseCdc {
         }
     }
 
+    /// The file being chunked.
+    pub fn file(&self) -> &File {
+        &self.src.file
+    }
+
     /// The next chunk; None at the end of the file.
     pub fn next_chunk(&mut self) -> io::Result<Option<Chunk<'_>>> {
         if self.given > 0 {
@@ -263,14 +268,23 @@ impl SparseCdc {
             }));
         }
         let mut read = 0;
-        if !self.eof && self.len < self.buf.len() {
-            let pos = self.at + self.len as u64;
-            let (filled, r) = self.src.fill(pos, &mut self.buf[self.len..])?;
-            if self.len + filled < self.buf.len() {
-                self.eof = true;
+        loop {
+            if !self.eof && self.len < self.buf.len() {
+                let pos = self.at + self.len as u64;
+                let (filled, r) = self.src.fill(pos, &mut self.buf[self.len..])?;
+                if self.len + filled < self.buf.len() {
+                    self.eof = true;
+                }
+                self.len += filled;
+                read += r;
             }
-            self.len += filled;
-            read = r;
+            // A file that grew past its size at open has filled the window
+            // made for that size: it gets a largest one, and cuts as any
+            // file of its new size does.
+            if self.eof || self.len < self.buf.len() || self.buf.len() >= self.cuts.max {
+                break;
+            }
+            self.buf.resize(self.cuts.max, 0);
         }
         if self.len == 0 {
             return Ok(None);
@@ -421,5 +435,18 @@ mod tests {
         }
         assert!(cdc.zeros.is_empty() && cdc.zero_cut.is_none());
         assert!(got == streamed(&small));
+
+        // One that grows while it is read (empty when opened, a download
+        // landing in the share) cuts as its grown self, not in bytes.
+        let grown = dir.path().join("grown");
+        File::create(&grown).unwrap();
+        let f = File::open(&grown).unwrap();
+        let mut cdc = SparseCdc::new(f, 0, MIN, AVG, MAX);
+        std::fs::write(&grown, noise(3 * MAX + 777, 5)).unwrap();
+        let mut got = Vec::new();
+        while let Some(c) = cdc.next_chunk().unwrap() {
+            got.push(c.data.to_vec());
+        }
+        assert!(got == streamed(&grown), "{} chunks", got.len());
     }
 }

@@ -1332,10 +1332,10 @@ pub fn rollback_in_place(
     refuse_another_tree(timeline, dir)?;
     let plan = plan(&mut snaps, since, flagged)?;
     let mut report = report_for(timeline, &plan, opts.dry_run);
-    if opts.dry_run {
-        return Ok(report);
-    }
+    let dry = opts.dry_run;
     let latest = timeline.entries.len() - 1;
+    // A dry run looks at the tree as the real run does (what changed
+    // since the last backup is left alone either way) and changes nothing.
     // Everything below happens inside directories opened from `dir`
     // without following links (see `beneath`): the attacker may still
     // be at work in the tree.
@@ -1361,7 +1361,9 @@ pub fn rollback_in_place(
                         Some(st) if st.st_mode & libc::S_IFMT != libc::S_IFREG => Gone::NotAFile,
                         Some(st) if !as_backed_up(&st, backed_up.as_ref()) => Gone::Changed,
                         Some(_) => {
-                            d.unlink(name)?;
+                            if !dry {
+                                d.unlink(name)?;
+                            }
                             Gone::Removed
                         }
                     })
@@ -1379,8 +1381,10 @@ pub fn rollback_in_place(
                     continue;
                 };
                 // A path that cannot be handled safely is skipped and
-                // reported; the rest of the rollback goes on.
-                let d = match root.beneath(parent, true) {
+                // reported; the rest of the rollback goes on. (A dry run
+                // makes no folder: one missing holds nothing to look at.)
+                let d = match root.beneath(parent, !dry) {
+                    Err(e) if dry && e.kind() == std::io::ErrorKind::NotFound => continue,
                     Ok(d) => d,
                     Err(e) => {
                         report.failed_on(k, format!("{}: {e}", p.path));
@@ -1393,6 +1397,18 @@ pub fn rollback_in_place(
                             k,
                             format!("{}: a directory is there now; left alone", p.path),
                         );
+                        continue;
+                    }
+                    // Already what the rollback writes (a run before this
+                    // one restored it): nothing to do, nothing to say. (Not
+                    // when it also looks like the damaged version backed
+                    // up: ransomware may keep the size and set the time
+                    // back, and then the content decides — rewritten.)
+                    Ok(Some(st))
+                        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                            && as_backed_up(&st, Some(&pick.entry))
+                            && !as_backed_up(&st, snaps.lookup(latest, &path).as_ref()) =>
+                    {
                         continue;
                     }
                     Ok(Some(_)) if pick.absent => {
@@ -1410,6 +1426,9 @@ pub fn rollback_in_place(
                         continue;
                     }
                     _ => {}
+                }
+                if dry {
+                    continue;
                 }
                 let mut tmp = b".".to_vec();
                 tmp.extend_from_slice(name);
@@ -1433,9 +1452,11 @@ pub fn rollback_in_place(
                         report.bytes_written += n;
                         report.setid_dropped += dropped as u64;
                     }
+                    // (Disk full, say): this file stays as it is, the
+                    // rest is tried, and the provenance records which.
                     Err(e) => {
                         let _ = d.unlink(&tmp);
-                        return Err(Error::io(format!("restoring {}", p.path), e));
+                        report.failed_on(k, format!("{}: restoring failed: {e}", p.path));
                     }
                 }
             }

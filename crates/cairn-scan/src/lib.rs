@@ -84,6 +84,10 @@ pub struct ScanReport {
     /// The snapshot persistence was compared with (None: nothing older).
     pub baseline: Option<SnapshotId>,
     pub rules: String,
+    /// The rule set's family (see `RuleSet::family`); empty in results
+    /// stored before it was recorded, whose `rules` stands for it.
+    #[serde(default)]
+    pub rule_family: String,
     pub advisories: usize,
     pub malware: Vec<MalwareHit>,
     pub persistence: Vec<Indicator>,
@@ -97,6 +101,15 @@ pub struct ScanReport {
 }
 
 impl ScanReport {
+    /// What a newer result must have been made with to supersede this one.
+    pub fn family(&self) -> &str {
+        if self.rule_family.is_empty() {
+            &self.rules
+        } else {
+            &self.rule_family
+        }
+    }
+
     /// Whether a file went unjudged (see [`rules::is_transient`]).
     pub fn incomplete(&self) -> bool {
         self.malware.iter().any(|h| rules::is_transient(&h.rule))
@@ -247,20 +260,21 @@ pub fn verification_of(
 }
 
 /// The result that stands for a snapshot, of its stored ones (oldest
-/// first): each rule set's newest, and of those the worst (the newest of
-/// equals). A scan with other rules does not undo what one set found —
+/// first): each rule family's newest, and of those the worst (the newest
+/// of equals). A scan with other rules does not undo what one set found —
 /// the built-in rules know nothing of the operator's indicator that
-/// matched — while a newer scan with the same rules supersedes an older.
+/// matched — while a newer scan with the same rule files (edited, or with
+/// a newer signature database) supersedes an older.
 pub fn standing(reports: &[ScanReport]) -> Option<&ScanReport> {
     standing_apart_from(reports, "")
 }
 
-/// [`standing`] of the results made with other rules than `rules` (what
-/// a scan with `rules` does not supersede).
-pub fn standing_apart_from<'a>(reports: &'a [ScanReport], rules: &str) -> Option<&'a ScanReport> {
+/// [`standing`] of the results of another rule family than `family`
+/// (what a scan of that family does not supersede).
+pub fn standing_apart_from<'a>(reports: &'a [ScanReport], family: &str) -> Option<&'a ScanReport> {
     let mut newest: HashMap<&str, &ScanReport> = HashMap::new();
-    for r in reports.iter().filter(|r| r.rules != rules) {
-        newest.insert(r.rules.as_str(), r);
+    for r in reports.iter().filter(|r| r.family() != family) {
+        newest.insert(r.family(), r);
     }
     newest
         .into_values()
@@ -384,10 +398,11 @@ pub fn chain(vault: &Vault, name: &str) -> Result<Vec<Snapshot>> {
 /// What the stored scans say (`all`, every stored result per snapshot,
 /// oldest first): the snapshots whose standing result is compromised,
 /// each with what was found, and those cleared — standing clean, and
-/// scanned clean with the rules of every compromised snapshot of their
-/// source after that finding (a clean scan with other rules, or from
-/// before the finding, says nothing of what those rules found: the
-/// indicator may be in this snapshot too).
+/// scanned clean with the rule family of every compromised snapshot of
+/// their source, against a baseline not found compromised (a clean scan
+/// with other rules says nothing of what those rules found: the indicator
+/// may be in this snapshot too; one against a compromised baseline may
+/// have taken its foothold for the normal state).
 pub fn verification(all: &HashMap<SnapshotId, Vec<ScanReport>>) -> cairn_insight::Verification {
     let mut v = cairn_insight::Verification::default();
     let stand = standing_of(all);
@@ -415,8 +430,12 @@ pub fn verification(all: &HashMap<SnapshotId, Vec<ScanReport>>) -> cairn_insight
                     bad.name != r.name
                         || own.iter().any(|c| {
                             c.verdict == ScanVerdict::Clean
-                                && c.rules == bad.rules
-                                && c.scanned_at > bad.scanned_at
+                                && c.family() == bad.family()
+                                && c.baseline.as_ref().is_none_or(|b| {
+                                    stand
+                                        .get(b)
+                                        .is_none_or(|s| s.verdict != ScanVerdict::Compromised)
+                                })
                         })
                 };
                 if findings.iter().all(answers) {
@@ -600,6 +619,7 @@ impl ScanReport {
             verdict: ScanVerdict::Clean,
             baseline: baseline.map(|b| b.id.clone()),
             rules: profile.rules.hash_hex(),
+            rule_family: profile.rules.family_hex(),
             advisories: profile.vulndb.len(),
             malware: vec![],
             persistence: vec![],

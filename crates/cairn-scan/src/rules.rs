@@ -75,6 +75,11 @@ pub struct RuleSet {
     clamd: Option<crate::clamd::Clamd>,
     /// BLAKE3 over the engine version and every rule file's name and text.
     pub hash: [u8; 32],
+    /// Which rule files (by namespace) and whether ClamAV, without their
+    /// versions: a newer scan of the same family supersedes an older one's
+    /// findings (an edited rule, a new signature database, another Cairn);
+    /// one of another family does not (see `crate::standing`).
+    pub family: [u8; 32],
     /// Where the rules came from: `builtin` and the operator's files.
     pub sources: Vec<String>,
     /// Rescanning changed files only around their changes, when the rule
@@ -191,10 +196,19 @@ impl RuleSet {
         if let Err(why) = &windows {
             tracing::debug!("changed files are scanned whole: {why}");
         }
+        let mut family = blake3::Hasher::new();
+        family.update(b"builtin");
+        let mut namespaces: Vec<&str> = operator.iter().map(|(ns, _, _)| ns.as_str()).collect();
+        namespaces.sort_unstable();
+        for ns in namespaces {
+            family.update(b"\0");
+            family.update(ns.as_bytes());
+        }
         Ok(RuleSet {
             scanner,
             clamd: None,
             hash: *hash.finalize().as_bytes(),
+            family: *family.finalize().as_bytes(),
             sources,
             windows,
         })
@@ -202,6 +216,10 @@ impl RuleSet {
 
     pub fn hash_hex(&self) -> String {
         hex::encode(&self.hash[..8])
+    }
+
+    pub fn family_hex(&self) -> String {
+        hex::encode(&self.family[..8])
     }
 
     /// Number of rules compiled.
@@ -218,6 +236,11 @@ impl RuleSet {
         h.update(b"clamd\0");
         h.update(clamd.version.as_bytes());
         self.hash = *h.finalize().as_bytes();
+        self.family = *blake3::Hasher::new()
+            .update(&self.family)
+            .update(b"\0clamd")
+            .finalize()
+            .as_bytes();
         self.sources.push(format!("clamd ({})", clamd.version));
         self.clamd = Some(clamd);
         self.windows = Err("ClamAV sees files whole".into());

@@ -59,6 +59,26 @@ fn needs(src: &Vault, snap: &Snapshot) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// `served` if it passes `check`, else the original version that does.
+fn checked_or_original(
+    src: &Vault,
+    name: &str,
+    served: Result<Vec<u8>>,
+    check: impl Fn(&[u8]) -> Result<()>,
+) -> Result<Vec<u8>> {
+    let failed = match served {
+        Ok(data) => match check(&data) {
+            Ok(()) => return Ok(data),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    match src.original_version(name, &check) {
+        Some(((), original)) => Ok(original),
+        None => Err(failed),
+    }
+}
+
 fn copy(
     src: &Vault,
     dst: &Vault,
@@ -73,27 +93,35 @@ fn copy(
         report.objects_present += 1;
         return Ok(());
     }
-    let data = src.backend().get(name)?;
-    if let Some(pack) = name
+    let served = src.backend().get(name);
+    // The bytes copied are the bytes checked: what the store serves, or
+    // (someone's version on top of it) Cairn's own below.
+    let data = if let Some(pack) = name
         .strip_prefix("packs/")
         .and_then(|p| p.split('/').nth(1))
     {
         let idx = src.read_pack_index(&index_object(pack))?;
-        let bad = crate::verify::check_pack_bytes(
-            src,
-            name,
-            &idx,
-            &data,
-            &AtomicU64::new(0),
-            &AtomicU64::new(0),
-        );
-        if let Some((_, why)) = bad.first() {
-            return Err(Error::damaged(name, format!("not replicated: {why}")));
-        }
+        let check = |data: &[u8]| -> Result<()> {
+            let bad = crate::verify::check_pack_bytes(
+                src,
+                name,
+                &idx,
+                data,
+                &AtomicU64::new(0),
+                &AtomicU64::new(0),
+            );
+            match bad.first() {
+                Some((_, why)) => Err(Error::damaged(name, format!("not replicated: {why}"))),
+                None => Ok(()),
+            }
+        };
+        checked_or_original(src, name, served, check)?
     } else if !name.starts_with("pins/") {
         // Sealed: opening it authenticates every byte.
-        src.read_object(name)?;
-    }
+        checked_or_original(src, name, served, |b| src.open_object(name, b).map(drop))?
+    } else {
+        served?
+    };
     if name.starts_with("pins/") {
         dst.backend().put_marker(name)?;
     } else {

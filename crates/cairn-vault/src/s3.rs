@@ -514,9 +514,12 @@ impl S3Client {
     pub fn older_versions(&self, name: &str) -> Result<Vec<Version>> {
         let key = self.key(name);
         let mut out = Vec::new();
+        // Bounded: 100 pages hold 100,000 versions stacked on one name.
+        let mut pages = 0;
         self.each_versions_page(&key, |doc| {
+            pages += 1;
             out.extend(versions_in(doc).filter(|v| v.key == key && !v.latest));
-            child_text(&doc.root_element(), "NextKeyMarker").is_none_or(|k| k <= key)
+            pages < 100 && child_text(&doc.root_element(), "NextKeyMarker").is_none_or(|k| k <= key)
         })?;
         // Listings give each key's versions newest first.
         out.reverse();
@@ -528,7 +531,15 @@ impl S3Client {
     /// Lock keeping Cairn's below): its oldest version, copied on the
     /// store, locked as it was. Returns the names put back.
     pub fn restore_overwritten(&self) -> Result<Vec<String>> {
-        const ONCE: &[&str] = &["config", "keys/", "packs/", "index/", "maps/", "snapshots/"];
+        const ONCE: &[&str] = &[
+            "config",
+            "keys/",
+            "packs/",
+            "index/",
+            "maps/",
+            "snapshots/",
+            "scan/",
+        ];
         let prefix = self.key("");
         let mut by_key: std::collections::BTreeMap<String, Vec<Version>> = Default::default();
         self.each_versions_page(&prefix, |doc| {
@@ -551,10 +562,15 @@ impl S3Client {
             if !own || !current.latest || current.etag == original.etag {
                 continue;
             }
-            // Put back before (the copy's ETag is not a multipart original's).
-            let now = self.send("HEAD", Some(&key), &[], &[], b"")?;
-            if now.header("x-amz-meta-cairn-original") == Some(original.id.as_str()) {
-                continue;
+            // Put back before: a copy of a single-part original has its
+            // ETag (above); of a multipart one (a large pack) it has not,
+            // and the tag a copy carries says so — with the size, since
+            // anyone listing versions could write that tag on their own.
+            if original.etag.contains('-') && current.size == original.size {
+                let now = self.send("HEAD", Some(&key), &[], &[], b"")?;
+                if now.header("x-amz-meta-cairn-original") == Some(original.id.as_str()) {
+                    continue;
+                }
             }
             let source = format!(
                 "/{}/{}?versionId={}",

@@ -204,6 +204,13 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
             "{spec}: expected NAME@latest, NAME@-N or NAME@<id prefix>"
         )));
     }
+    // One digit or three would name whichever id happens to start so:
+    // `vm@0` read as a prefix is the oldest snapshot, not the latest.
+    if sel.len() < 4 {
+        return Err(Error::BadSpec(format!(
+            "{spec}: an id prefix needs at least 4 hex digits (`cairn snapshots` lists them); NAME@latest is the newest, NAME@-1 the one before"
+        )));
+    }
     let sel = sel.to_ascii_lowercase();
     let hits: Vec<&Snapshot> = of_name
         .into_iter()
@@ -278,24 +285,26 @@ mod tests {
     #[test]
     fn specs_resolve_like_the_docs_say() {
         let s = vec![
-            snap("vm", "aa11", 1),
-            snap("web", "aa22", 2),
-            snap("vm", "bb33", 3),
-            snap("vm", "cc44", 4),
+            snap("vm", "aaaa11", 1),
+            snap("web", "aaaa22", 2),
+            snap("vm", "bbbb33", 3),
+            snap("vm", "cccc44", 4),
         ];
-        assert_eq!(resolve(&s, "vm@latest").unwrap().id.0, "cc44");
-        assert_eq!(resolve(&s, "vm").unwrap().id.0, "cc44");
-        assert_eq!(resolve(&s, "vm@-1").unwrap().id.0, "bb33");
-        assert_eq!(resolve(&s, "vm@-2").unwrap().id.0, "aa11");
+        assert_eq!(resolve(&s, "vm@latest").unwrap().id.0, "cccc44");
+        assert_eq!(resolve(&s, "vm").unwrap().id.0, "cccc44");
+        assert_eq!(resolve(&s, "vm@-1").unwrap().id.0, "bbbb33");
+        assert_eq!(resolve(&s, "vm@-2").unwrap().id.0, "aaaa11");
         let past = resolve(&s, "vm@-3").unwrap_err().to_string();
         assert!(
             past.contains("vm has 3 snapshots (the oldest is vm@-2)"),
             "{past}"
         );
-        assert_eq!(resolve(&s, "vm@bb").unwrap().id.0, "bb33");
-        assert_eq!(resolve(&s, "aa2").unwrap().id.0, "aa22");
-        assert!(resolve(&s, "aa").is_err(), "ambiguous prefix");
-        assert!(resolve(&s, "vm@aa2").is_err(), "id of another name");
+        assert_eq!(resolve(&s, "vm@BBBB").unwrap().id.0, "bbbb33");
+        assert_eq!(resolve(&s, "aaaa22").unwrap().id.0, "aaaa22");
+        assert!(resolve(&s, "aa").is_err(), "too short a prefix");
+        assert!(resolve(&s, "aaaa").is_err(), "ambiguous prefix");
+        assert!(resolve(&s, "vm@0").is_err(), "a digit is no prefix");
+        assert!(resolve(&s, "vm@aaaa2").is_err(), "id of another name");
         assert!(resolve(&s, "nope@latest").is_err());
         assert!(resolve(&s, "vm@zz").is_err());
     }

@@ -242,6 +242,9 @@ pub struct Vault {
     /// On S3: write-once objects whose current version was not what Cairn
     /// wrote, read from the version below (see `original_version`).
     overwritten: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Names looked for below and not found there: not asked again (each
+    /// chunk of a pack would ask).
+    no_original: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 type PackSlot = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Vec<u8>>>>>;
@@ -533,8 +536,14 @@ impl Vault {
             ));
         }
         for name in keys {
-            let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?)
-                .map_err(|e| Error::damaged(&name, e.to_string()))?;
+            let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?).map_err(|e| {
+                let hint = if backend.as_s3().is_some() {
+                    " (overwritten in the bucket? `cairn undelete` puts back what Cairn wrote)"
+                } else {
+                    ""
+                };
+                Error::damaged(&name, format!("{e}{hint}"))
+            })?;
             if let Some((m, binding)) = kf.unwrap_bound(password)? {
                 // A key of another master (left by an init that was
                 // stopped before it wrote its config) opens nothing here.
@@ -586,6 +595,7 @@ impl Vault {
                 std::num::NonZeroUsize::new(REMOTE_PACKS).unwrap(),
             )),
             overwritten: Default::default(),
+            no_original: Default::default(),
         }
     }
 
@@ -691,13 +701,29 @@ impl Vault {
         name: &str,
         check: impl Fn(&[u8]) -> Result<T>,
     ) -> Option<(T, Vec<u8>)> {
-        const WRITTEN_ONCE: &[&str] = &["keys/", "packs/", "index/", "maps/", "snapshots/"];
+        const WRITTEN_ONCE: &[&str] =
+            &["keys/", "packs/", "index/", "maps/", "snapshots/", "scan/"];
         let s3 = self.backend.as_s3()?;
-        if !WRITTEN_ONCE.iter().any(|p| name.starts_with(p)) {
+        if !WRITTEN_ONCE.iter().any(|p| name.starts_with(p))
+            || self.no_original.lock().unwrap().contains(name)
+        {
             return None;
         }
         let older = s3.client.older_versions(name).ok()?;
-        for v in older.iter().take(4) {
+        // A pack's size is in the index: versions of another size are not
+        // fetched (someone may have stacked large ones).
+        let size = name
+            .strip_prefix("packs/")
+            .and_then(|p| p.rsplit('/').next())
+            .and_then(|id| {
+                let idx = self.index.read().unwrap();
+                idx.packs.iter().find(|p| p.id == id).map(|p| p.size)
+            });
+        for v in older
+            .iter()
+            .filter(|v| size.is_none_or(|s| v.size == s))
+            .take(4)
+        {
             let Ok(bytes) = s3.get_version(name, &v.id) else {
                 continue;
             };
@@ -706,6 +732,7 @@ impl Vault {
                 return Some((t, bytes));
             }
         }
+        self.no_original.lock().unwrap().insert(name.to_string());
         None
     }
 

@@ -30,7 +30,10 @@ pub fn partitions(vault: &Arc<Vault>, spec: &str, json: bool) -> Result<u8> {
         &snap,
         GUEST_CACHE_CHUNKS,
     )?);
-    let parts = cairn_guest::partition::partitions(&disk)?;
+    let cairn_guest::partition::Table { parts, warnings } = cairn_guest::partition::table(&disk)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&parts)?);
         return Ok(0);

@@ -66,7 +66,7 @@ pub fn scan(
     let standing = |r: &ScanReport| {
         stored
             .get(&r.snapshot)
-            .and_then(|v| cairn_scan::standing_apart_from(v, &r.rules))
+            .and_then(|v| cairn_scan::standing_apart_from(v, r.family()))
             .filter(|s| s.verdict > r.verdict)
             .cloned()
     };
@@ -79,10 +79,32 @@ pub fn scan(
             || i.as_ref()
                 .is_some_and(|i| i.assessment.verdict != cairn_insight::Verdict::Clean)
     });
-    if json && one {
-        crate::print_json(&reports[0]);
-    } else if json {
-        crate::print_json(&reports);
+    if json {
+        // What keeps a point from passing besides this scan's own verdict,
+        // for scripts as for people.
+        let with_context: Vec<serde_json::Value> = reports
+            .iter()
+            .zip(&insight)
+            .map(|(r, i)| {
+                let mut v = serde_json::to_value(r).expect("a report is JSON");
+                v["still"] = match standing(r) {
+                    Some(s) => json!({
+                        "verdict": s.verdict.as_str(),
+                        "rules": s.rules,
+                        "scanned_at": s.scanned_at,
+                        "found": cairn_scan::walkback::describe(&s),
+                    }),
+                    None => serde_json::Value::Null,
+                };
+                v["insight_verdict"] = json!(i.as_ref().map(|i| i.assessment.verdict.as_str()));
+                v
+            })
+            .collect();
+        if one {
+            crate::print_json(&with_context[0]);
+        } else {
+            crate::print_json(&with_context);
+        }
     } else {
         for (r, i) in reports.iter().zip(&insight) {
             print_report(
@@ -132,7 +154,7 @@ fn print_report(
     insight_note(r, insight);
     if let Some(s) = standing {
         println!(
-            "  still {}: a scan with other rules (set {}, {}) found {}; only a scan with those rules clears it",
+            "  still {}: a scan with other rules (set {}, {}) found {}; only a newer scan with those rule files clears it",
             s.verdict.as_str().to_uppercase(),
             s.rules,
             s.scanned_at.format("%Y-%m-%d %H:%M"),

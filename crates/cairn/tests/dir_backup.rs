@@ -437,3 +437,41 @@ fn a_sparse_file_in_a_folder_is_backed_up_without_reading_its_holes() {
         );
     }
 }
+
+/// A file written to while the backup reads it (a database in use) keeps
+/// its size, so only its times show it: the backup says the copy may mix
+/// old and new content. A file left alone gets no such word.
+#[test]
+fn a_file_written_while_being_read_is_said_to_be() {
+    use std::os::unix::fs::FileExt;
+    let env = Env::new("30d", &[]);
+    let src = env.path("share");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("quiet.bin"), noise(4 << 20, 1)).unwrap();
+    let busy = src.join("busy.db");
+    std::fs::write(&busy, noise(96 << 20, 2)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, busy) = (stop.clone(), busy.clone());
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&busy).unwrap();
+            let mut k = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all_at(&[k as u8; 4096], (k * 7919 % 24_000) * 4096)
+                    .unwrap();
+                k += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let out = env.json(&["backup", src.to_str().unwrap(), "--name", "share"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let warnings = out["warnings"].to_string();
+    assert!(
+        warnings.contains("busy.db: written to while being read"),
+        "{out:#}"
+    );
+    assert!(!warnings.contains("quiet.bin"), "{out:#}");
+}

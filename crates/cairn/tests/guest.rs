@@ -49,7 +49,7 @@ fn listing(v: &Value) -> Truth {
         .iter()
         .map(|e| {
             (
-                format!("/{}", e["path"].as_str().unwrap()),
+                e["path"].as_str().unwrap().to_string(),
                 (
                     e["kind"].as_str().unwrap().to_string(),
                     e["size"].as_u64().unwrap(),
@@ -320,7 +320,7 @@ fn ext4_and_fat32_in_gpt_read_like_the_trees_they_were_made_from() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["path"] == "etc/hostname")
+        .find(|e| e["path"] == "/etc/hostname")
         .unwrap();
     assert_eq!(hostname["mode"].as_u64().unwrap() & 0o7777, 0o640);
     let md = std::fs::metadata(lt.join("etc/hostname")).unwrap();
@@ -332,7 +332,7 @@ fn ext4_and_fat32_in_gpt_read_like_the_trees_they_were_made_from() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["path"] == "etc/hostname.hardlink")
+        .find(|e| e["path"] == "/etc/hostname.hardlink")
         .unwrap();
     assert_eq!(
         link["file_id"], hostname["file_id"],
@@ -986,7 +986,7 @@ fn a_crafted_name_that_would_escape_is_listed_and_never_restored() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["path"] == "docs/../escaped")
+        .find(|e| e["path"] == "/docs/../escaped")
         .expect("listed");
     assert_eq!(bad["unsafe_name"], true);
     // Listed whole, not cut at its `/` (as `escaped`, another name).

@@ -626,7 +626,12 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     std::fs::remove_file(env.path("share.cairn-provenance.json")).unwrap();
     std::os::unix::fs::symlink(&canary, env.path("share.cairn-provenance.json")).unwrap();
 
+    // A dry run says what the run will do, files changed since included.
+    let dry = env.json(&["rollback", "share", "--in-place", src, "--dry-run"]);
     let r = env.json(&["rollback", "share", "--in-place", src]);
+    for k in ["restored", "dropped", "kept", "skipped"] {
+        assert_eq!(dry[k], r[k], "{k}: {dry:#}\n{r:#}");
+    }
     assert_eq!(std::fs::read(&canary).unwrap(), b"not yours");
     assert!(
         !std::fs::symlink_metadata(env.path("share.cairn-provenance.json"))
@@ -720,7 +725,10 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     // (renamed after the time it was written) beside its own.
     // (Two within one second keep both.)
     let first = std::fs::read(env.path("share.cairn-provenance.json")).unwrap();
-    env.json(&["rollback", "share", "--in-place", src]);
+    // It finds the files the first restored as it wrote them: nothing to
+    // say of them (only of what was left alone before).
+    let again = env.json(&["rollback", "share", "--in-place", src]);
+    assert_eq!(again["skipped"], r["skipped"], "{again:#}");
     let second = std::fs::read(env.path("share.cairn-provenance.json")).unwrap();
     env.json(&["rollback", "share", "--in-place", src]);
     let kept: Vec<Vec<u8>> = std::fs::read_dir(env.path(""))

@@ -434,6 +434,21 @@ fn objects_overwritten_in_the_bucket_are_read_from_below_and_put_back() {
         );
     }
 
+    // A replica made now gets Cairn's versions, not the ones on top.
+    let replica = env.path("replica");
+    env.ok(&["replicate", "--to", replica.to_str().unwrap()]);
+    let from_replica = env.path("from-replica.img");
+    let r = env.run(&[
+        "restore",
+        "d@latest",
+        "--vault",
+        replica.to_str().unwrap(),
+        "--to",
+        from_replica.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(same_bytes(&from_replica, &img));
+
     // The config too: the vault refuses to open and says how to get it back.
     env.tool(&["overwrite-all", "vault/config"]);
     std::fs::remove_dir_all(env.path("cache")).unwrap();

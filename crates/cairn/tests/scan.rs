@@ -1878,4 +1878,18 @@ fn an_operators_finding_is_not_undone_by_a_scan_without_its_rules() {
     let (code, _) = scan(&env, "share@-1", &["--rules", everywhere.to_str().unwrap()]);
     assert_eq!(code, Some(3));
     assert_eq!(last_clean(&env), ids[0].as_str());
+    // The operator corrects that rule (the same file, edited): its newer
+    // scan supersedes the false alarm, and the clean point comes back.
+    std::fs::write(
+        &everywhere,
+        "rule Everywhere { meta: severity = \"compromised\" strings: $m = \"TOOL-NOWHERE-42\" condition: $m }\n",
+    )
+    .unwrap();
+    let (code, v) = scan(&env, "share@-1", &["--rules", everywhere.to_str().unwrap()]);
+    assert_eq!(
+        (code, v["verdict"].as_str()),
+        (Some(0), Some("clean")),
+        "{v:#}"
+    );
+    assert_eq!(last_clean(&env), ids[1].as_str());
 }
