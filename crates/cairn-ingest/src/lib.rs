@@ -197,6 +197,11 @@ fn store(
                 // vault still has, so unchanged ones are not offered again.
                 vault.learn_present(m.chunks.iter().flatten().copied())?;
             }
+            if reader.in_use() {
+                warnings.push(format!(
+                    "{label} is in use: another program (a running VM, qemu-nbd) holds a lock on it, so the snapshot is what a power cut would leave (crash-consistent); back up a VM or LVM snapshot for a consistent one"
+                ));
+            }
             let before = reader.changed_at();
             let (map, metrics) =
                 disk::ingest(vault, reader.as_ref(), parent_map.as_ref(), progress)?;

@@ -323,6 +323,10 @@ fn open_backing(path: &Path, depth: usize) -> io::Result<Box<dyn DiskReader>> {
 }
 
 impl DiskReader for Qcow2 {
+    fn in_use(&self) -> bool {
+        cairn_vault::lock::held_elsewhere(&self.file)
+    }
+
     fn changed_at(&self) -> Option<i64> {
         use std::os::unix::fs::MetadataExt;
         let md = self.file.metadata().ok()?;

@@ -32,6 +32,11 @@ pub trait DiskReader: Send + Sync {
     fn changed_at(&self) -> Option<i64> {
         None
     }
+    /// Whether another program holds a lock on the source (a running VM,
+    /// qemu-nbd): what is read is what a power cut would leave.
+    fn in_use(&self) -> bool {
+        false
+    }
 }
 
 pub struct RawDisk {
@@ -120,6 +125,9 @@ impl DiskReader for RawDisk {
 
     fn current_size(&self) -> io::Result<u64> {
         device_or_file_size(&self.file)
+    }
+    fn in_use(&self) -> bool {
+        cairn_vault::lock::held_elsewhere(&self.file)
     }
     fn changed_at(&self) -> Option<i64> {
         use std::os::unix::fs::MetadataExt;

@@ -74,15 +74,10 @@ fn whole_file_write_lock() -> libc::flock {
     fl
 }
 
-/// Whether another program holds a lock on `file`: QEMU locks the image
-/// of a running guest (so does qemu-nbd) with open-file-description locks,
-/// and a restore must never write under a running VM.
+/// Whether another program holds a lock on `file` (a restore must never
+/// write under a running VM).
 fn in_use(file: &File) -> bool {
-    let mut fl = whole_file_write_lock();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
-    // F_OFD_GETLK turns `fl` into the first conflicting lock, or F_UNLCK.
-    let r = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
-    r == 0 && fl.l_type != libc::F_UNLCK as i16
+    cairn_vault::lock::held_elsewhere(file)
 }
 
 /// Refuses an image file another program has open and locked; while a

@@ -73,49 +73,110 @@ fn collect(fs: &dyn Filesystem, root: &FileEntry) -> Result<(Vec<FileEntry>, Vec
     Ok((out, skipped))
 }
 
+/// One file or link restored as `dest`: made new, or with `overwrite` put
+/// in place of what is there (written beside it, then renamed over it, so
+/// the name never holds half a file).
+fn restore_one(
+    fs: &dyn Filesystem,
+    root: &FileEntry,
+    dest: &Path,
+    keep_setid: bool,
+    overwrite: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<FilesRestoreReport> {
+    let mut report = FilesRestoreReport::default();
+    if root.unsafe_name {
+        return Err(Error::Invalid(format!(
+            "{}: unsafe name, not restored",
+            root.display_path()
+        )));
+    }
+    let there = fs::symlink_metadata(dest).ok();
+    match &there {
+        Some(m) if m.is_dir() => {
+            return Err(Error::Invalid(format!(
+                "{} is a folder: give a file's name, or restore into a new or empty folder",
+                dest.display()
+            )));
+        }
+        Some(_) if !overwrite => {
+            return Err(Error::Invalid(format!(
+                "{} exists: give another name, or --overwrite to replace it",
+                dest.display()
+            )));
+        }
+        _ => {}
+    }
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+    }
+    // Written under a name of its own when something is to be replaced.
+    let staged = match &there {
+        Some(_) => {
+            let mut name = std::ffi::OsString::from(".");
+            name.push(dest.file_name().unwrap_or_default());
+            name.push(".cairn-restore");
+            let tmp = dest.with_file_name(name);
+            let _ = fs::remove_file(&tmp);
+            tmp
+        }
+        None => dest.to_path_buf(),
+    };
+    if root.kind == FileKind::Symlink {
+        make_symlink(root.link_target.as_deref().unwrap_or_default(), &staged)
+            .ctx(|| format!("making the link {}", dest.display()))?;
+        link_meta(root, &staged);
+        report.symlinks = 1;
+    } else {
+        let n = write_file(fs, root, &staged, progress).map_err(|e| {
+            // Made new by this run (create_new): nothing half-written
+            // stays under the name asked for.
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                let _ = fs::remove_file(&staged);
+            }
+            Error::io(format!("writing {}", dest.display()), e)
+        })?;
+        report.setid_dropped = set_meta(root, &staged, keep_setid) as u64;
+        set_xattrs(&fs.xattrs(root), &staged, keep_setid);
+        report.files = 1;
+        report.bytes_written = n;
+    }
+    if staged != dest {
+        fs::rename(&staged, dest).map_err(|e| {
+            let _ = fs::remove_file(&staged);
+            Error::io(format!("replacing {}", dest.display()), e)
+        })?;
+    }
+    Ok(report)
+}
+
 pub fn restore_files(
     fs: &dyn Filesystem,
     root: &FileEntry,
     target: &Path,
     keep_setid: bool,
+    overwrite: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FilesRestoreReport> {
     // `--to new/` (a trailing slash) asks for a folder.
     let folder_asked = target.as_os_str().as_encoded_bytes().ends_with(b"/");
     let single = matches!(root.kind, FileKind::File | FileKind::Symlink);
-    if single && fs::symlink_metadata(target).is_err() && !folder_asked {
+    let existing_folder = fs::symlink_metadata(target).is_ok_and(|m| m.is_dir());
+    if single && (existing_folder || !folder_asked) {
         // One file (or link) to a new name is that file, as `cp` makes
-        // it; a folder (new or empty) gets it under its own name, below.
-        let mut report = FilesRestoreReport::default();
-        if root.unsafe_name {
-            return Err(Error::Invalid(format!(
-                "{}: unsafe name, not restored",
-                root.display_path()
-            )));
-        }
-        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
-        }
-        if root.kind == FileKind::Symlink {
-            make_symlink(root.link_target.as_deref().unwrap_or_default(), target)
-                .ctx(|| format!("making the link {}", target.display()))?;
-            link_meta(root, target);
-            report.symlinks = 1;
-            return Ok(report);
-        }
-        let n = write_file(fs, root, target, progress).map_err(|e| {
-            // Made new by this run (create_new): nothing half-written
-            // stays under the name asked for.
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                let _ = fs::remove_file(target);
-            }
-            Error::io(format!("writing {}", target.display()), e)
-        })?;
-        report.setid_dropped = set_meta(root, target, keep_setid) as u64;
-        set_xattrs(&fs.xattrs(root), target, keep_setid);
-        report.files = 1;
-        report.bytes_written = n;
-        return Ok(report);
+        // it; into a folder that is there, it goes in under its own name.
+        let dest = if existing_folder {
+            let name = root.path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+            target.join(std::ffi::OsStr::from_bytes(name))
+        } else {
+            target.to_path_buf()
+        };
+        return restore_one(fs, root, &dest, keep_setid, overwrite, progress);
+    }
+    if overwrite {
+        return Err(Error::Invalid(
+            "--overwrite replaces one file; a folder is restored into a new or empty folder".into(),
+        ));
     }
     if target.exists() && !target.is_dir() {
         return Err(Error::Invalid(format!(

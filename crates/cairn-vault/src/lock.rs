@@ -5,6 +5,18 @@ use crate::error::{IoContext, Result};
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
+/// Whether another program holds a lock on `file`: QEMU locks the image
+/// of a running guest (so does qemu-nbd) with open-file-description locks.
+pub fn held_elsewhere(file: &File) -> bool {
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    // F_OFD_GETLK turns `fl` into the first conflicting lock, or F_UNLCK.
+    let r = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
+    r == 0 && fl.l_type != libc::F_UNLCK as i16
+}
+
 pub struct VaultLock {
     /// None: a vault on read-only storage, where nothing can be removed
     /// and so nothing needs keeping out.

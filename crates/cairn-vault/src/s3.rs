@@ -531,15 +531,6 @@ impl S3Client {
     /// Lock keeping Cairn's below): its oldest version, copied on the
     /// store, locked as it was. Returns the names put back.
     pub fn restore_overwritten(&self) -> Result<Vec<String>> {
-        const ONCE: &[&str] = &[
-            "config",
-            "keys/",
-            "packs/",
-            "index/",
-            "maps/",
-            "snapshots/",
-            "scan/",
-        ];
         let prefix = self.key("");
         let mut by_key: std::collections::BTreeMap<String, Vec<Version>> = Default::default();
         self.each_versions_page(&prefix, |doc| {
@@ -553,9 +544,7 @@ impl S3Client {
             let Some(rel) = key.strip_prefix(&prefix) else {
                 continue;
             };
-            let own = ONCE
-                .iter()
-                .any(|o| rel == *o || (o.ends_with('/') && rel.starts_with(o)));
+            let own = among(rel, WRITTEN_ONCE);
             let (Some(current), Some(original)) = (versions.first(), versions.last()) else {
                 continue;
             };
@@ -586,20 +575,23 @@ impl S3Client {
                 // bucket; a copy's request body is empty.
                 ("content-md5", base64(&md5::Md5::digest(b""))),
             ];
-            let head = self.send(
-                "HEAD",
-                Some(&key),
-                &[("versionId", original.id.as_str())],
-                &[],
-                b"",
-            )?;
-            if let (Some(mode), Some(until)) = (
-                head.header("x-amz-object-lock-mode"),
-                head.header("x-amz-object-lock-retain-until-date"),
-            ) && DateTime::parse_from_rfc3339(until).is_ok_and(|u| u > Utc::now())
-            {
-                headers.push(("x-amz-object-lock-mode", mode.to_string()));
-                headers.push(("x-amz-object-lock-retain-until-date", until.to_string()));
+            // Locked as long as the longer of the original's lock and the
+            // current version's (which Cairn's renewals reached meanwhile).
+            let lock_of = |version: Option<&str>| -> Result<Option<DateTime<Utc>>> {
+                let q: Vec<(&str, &str)> = version.map(|v| ("versionId", v)).into_iter().collect();
+                let head = self.send("HEAD", Some(&key), &q, &[], b"")?;
+                Ok(head
+                    .header("x-amz-object-lock-retain-until-date")
+                    .and_then(|u| DateTime::parse_from_rfc3339(u).ok())
+                    .map(|u| u.with_timezone(&Utc)))
+            };
+            let until = lock_of(Some(&original.id))?.max(lock_of(None)?);
+            if let Some(until) = until.filter(|u| *u > Utc::now()) {
+                headers.push(("x-amz-object-lock-mode", "COMPLIANCE".to_string()));
+                headers.push((
+                    "x-amz-object-lock-retain-until-date",
+                    until.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                ));
             }
             let r = self.send("PUT", Some(&key), &[], &headers, b"")?;
             // A copy can fail inside a 200 answer.
@@ -632,19 +624,6 @@ impl S3Client {
     /// under `prefix` (a vault at a bucket's root shares it with whatever
     /// else the bucket holds: only names Cairn writes count).
     fn delete_markers(&self, prefix: &str) -> Result<Vec<(String, String)>> {
-        const OWN: &[&str] = &[
-            "config",
-            "keys/",
-            "packs/",
-            "index/",
-            "maps/",
-            "snapshots/",
-            "pins/",
-            "insight/",
-            "scan/",
-            "forgotten/",
-            "audit/",
-        ];
         let mut out = Vec::new();
         self.each_versions_page(prefix, |doc| {
             out.extend(
@@ -652,10 +631,8 @@ impl S3Client {
                     .filter(|n| n.has_tag_name("DeleteMarker"))
                     .filter_map(|n| Some((child_text(&n, "Key")?, child_text(&n, "VersionId")?)))
                     .filter(|(k, _)| {
-                        k.strip_prefix(prefix).is_some_and(|rel| {
-                            OWN.iter()
-                                .any(|o| rel == *o || (o.ends_with('/') && rel.starts_with(o)))
-                        })
+                        k.strip_prefix(prefix)
+                            .is_some_and(|rel| among(rel, WRITTEN_ONCE) || among(rel, REWRITTEN))
                     }),
             );
             true
@@ -723,6 +700,33 @@ impl S3Client {
         }
         Ok(())
     }
+}
+
+/// The vault's names Cairn writes once (put-if-absent): a version on top
+/// of one is someone else's.
+const WRITTEN_ONCE: &[&str] = &[
+    "config",
+    "keys/",
+    "packs/",
+    "index/",
+    "maps/",
+    "snapshots/",
+    "scan/",
+];
+
+/// The vault's other names (replaced or removed by Cairn itself).
+const REWRITTEN: &[&str] = &["pins/", "insight/", "forgotten/", "audit/"];
+
+/// Whether Cairn writes vault name `rel` once (see [`WRITTEN_ONCE`]).
+pub(crate) fn written_once(rel: &str) -> bool {
+    among(rel, WRITTEN_ONCE)
+}
+
+/// Whether `rel` (a name in the vault) is one of `names` or below one.
+fn among(rel: &str, names: &[&str]) -> bool {
+    names
+        .iter()
+        .any(|o| rel == *o || (o.ends_with('/') && rel.starts_with(o)))
 }
 
 /// One version of an object that holds data.

@@ -701,12 +701,8 @@ impl Vault {
         name: &str,
         check: impl Fn(&[u8]) -> Result<T>,
     ) -> Option<(T, Vec<u8>)> {
-        const WRITTEN_ONCE: &[&str] =
-            &["keys/", "packs/", "index/", "maps/", "snapshots/", "scan/"];
         let s3 = self.backend.as_s3()?;
-        if !WRITTEN_ONCE.iter().any(|p| name.starts_with(p))
-            || self.no_original.lock().unwrap().contains(name)
-        {
+        if !crate::s3::written_once(name) || self.no_original.lock().unwrap().contains(name) {
             return None;
         }
         let older = s3.client.older_versions(name).ok()?;
@@ -922,23 +918,20 @@ impl Vault {
     /// Keeps `data` as remote pack `name` in memory (its original version,
     /// in place of what the store serves now).
     fn keep_pack(&self, name: &str, data: Vec<u8>) {
-        let slot = self
-            .packs
+        *self.pack_slot(name).lock().unwrap() = Some(std::sync::Arc::new(data));
+    }
+
+    fn pack_slot(&self, name: &str) -> PackSlot {
+        self.packs
             .lock()
             .unwrap()
             .get_or_insert(name.to_string(), Default::default)
-            .clone();
-        *slot.lock().unwrap() = Some(std::sync::Arc::new(data));
+            .clone()
     }
 
     /// A whole pack of a remote vault, from memory or fetched once.
     fn remote_pack(&self, name: &str) -> Result<std::sync::Arc<Vec<u8>>> {
-        let slot = self
-            .packs
-            .lock()
-            .unwrap()
-            .get_or_insert(name.to_string(), Default::default)
-            .clone();
+        let slot = self.pack_slot(name);
         let mut filled = slot.lock().unwrap();
         if let Some(d) = filled.as_ref() {
             return Ok(d.clone());

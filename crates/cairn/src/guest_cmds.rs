@@ -253,12 +253,13 @@ pub fn restore_files(
     to: &std::path::Path,
     partition: Option<u32>,
     keep_setid: bool,
+    overwrite: bool,
     json: bool,
 ) -> Result<u8> {
     let (snap, path) = split_spec(spec);
     let o = open_snapshot(vault, snap, partition)?;
     let root = o.fs.lookup(&guest_path(&o, path)?)?;
-    let r = cairn_recover::restore_files(o.fs.as_ref(), &root, to, keep_setid, &|_| {})?;
+    let r = cairn_recover::restore_files(o.fs.as_ref(), &root, to, keep_setid, overwrite, &|_| {})?;
     for s in r.special.iter().chain(&r.skipped) {
         eprintln!("skipped: {s}");
     }

@@ -117,12 +117,13 @@ enum Command {
         partition: Option<u32>,
         /// Where to: a new image file or a block device for disks (an existing
         /// disk with --delta), a new or empty folder for directories and paths
-        /// (a single file given a new name is written under that name).
+        /// (a single file given a new name is written under that name; into a
+        /// folder that exists, under its own).
         #[arg(long)]
         to: PathBuf,
-        /// Replace an existing image file (or write over a block device), or
-        /// restore a directory snapshot into a non-empty folder. Whole
-        /// snapshots only: NAME@SNAP:/path restores into a new or empty folder.
+        /// Replace an existing image file (or write over a block device),
+        /// restore a directory snapshot into a non-empty folder, or put one
+        /// file (NAME@SNAP:/path/file) in place of the one there.
         #[arg(long)]
         overwrite: bool,
         /// Read a restored disk back and compare it with the snapshot.
@@ -856,12 +857,20 @@ fn run(cli: Cli) -> Result<u8> {
                 return restore_delta(&cli, snapshot, to, opts, since.as_deref());
             }
             if snapshot.contains(':') {
-                if *overwrite || *verify || *dry_run {
-                    usage!("--overwrite, --verify and --dry-run apply to whole-snapshot restores");
+                if *verify || *dry_run {
+                    usage!("--verify and --dry-run apply to whole-snapshot restores");
                 }
                 let vault = open(&cli)?;
                 outside_vault(&vault, to)?;
-                guest_cmds::restore_files(&vault, snapshot, to, *partition, *keep_setid, cli.json)
+                guest_cmds::restore_files(
+                    &vault,
+                    snapshot,
+                    to,
+                    *partition,
+                    *keep_setid,
+                    *overwrite,
+                    cli.json,
+                )
             } else {
                 if partition.is_some() {
                     usage!("--partition applies to file restores (NAME@SNAP:/path)");

@@ -475,3 +475,56 @@ fn a_file_written_while_being_read_is_said_to_be() {
     );
     assert!(!warnings.contains("quiet.bin"), "{out:#}");
 }
+
+/// One file put back where it belongs: into the folder it lives in (which
+/// holds other files), and over the encrypted copy with --overwrite, as
+/// one rename; never over a file without it.
+#[test]
+fn one_file_goes_back_into_its_folder_and_over_a_damaged_copy() {
+    let env = Env::new("30d", &[]);
+    let src = env.path("share");
+    std::fs::create_dir_all(src.join("HR")).unwrap();
+    std::fs::write(src.join("HR/report.docx"), text(30_000, 1)).unwrap();
+    std::fs::write(src.join("HR/other.txt"), text(3_000, 2)).unwrap();
+    env.backup(&src, "share", "2026-03-01T00:00:00Z");
+    let hr = src.join("HR");
+    std::fs::write(hr.join("report.docx"), noise(30_000, 3)).unwrap();
+    let spec = "share@latest:/HR/report.docx";
+    let out = env.run(&["restore", spec, "--to", hr.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--overwrite to replace it"), "{err}");
+    assert_eq!(
+        std::fs::read(hr.join("report.docx")).unwrap(),
+        noise(30_000, 3)
+    );
+    std::fs::remove_file(hr.join("other.txt")).unwrap();
+    std::fs::write(hr.join("new.txt"), b"written since").unwrap();
+    env.ok(&[
+        "restore",
+        "share@latest:/HR/other.txt",
+        "--to",
+        hr.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(hr.join("other.txt")).unwrap(), text(3_000, 2));
+    env.ok(&["restore", spec, "--to", hr.to_str().unwrap(), "--overwrite"]);
+    assert_eq!(
+        std::fs::read(hr.join("report.docx")).unwrap(),
+        text(30_000, 1)
+    );
+    assert_eq!(std::fs::read(hr.join("new.txt")).unwrap(), b"written since");
+    let names: Vec<_> = std::fs::read_dir(&hr)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "nothing left beside them: {names:?}");
+    // --overwrite does not empty a folder for a folder's restore.
+    let out = env.run(&[
+        "restore",
+        "share@latest:/HR",
+        "--to",
+        hr.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}

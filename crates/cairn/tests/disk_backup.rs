@@ -474,3 +474,42 @@ fn attach_loop(file: &std::path::Path, read_only: bool) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// An image another program holds a lock on (QEMU running the guest,
+/// qemu-nbd serving it) is backed up, and said to be in use: the copy is
+/// what a power cut would leave. Unlocked, nothing is said.
+#[test]
+fn an_image_in_use_is_backed_up_and_said_to_be() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("vm.img");
+    std::fs::write(&img, noise(2 << 20, 9)).unwrap();
+    let calm = env.json(&["backup", img.to_str().unwrap(), "--name", "vm"]);
+    assert_eq!(calm["warnings"], serde_json::json!([]), "{calm:#}");
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, sys, time\n\
+             f = open(sys.argv[1], 'rb')\n\
+             fcntl.lockf(f, fcntl.LOCK_SH)\n\
+             print('locked', flush=True)\n\
+             time.sleep(60)",
+            img.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let busy = env.json(&["backup", img.to_str().unwrap(), "--name", "vm"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(
+        busy["warnings"].to_string().contains("is in use"),
+        "{busy:#}"
+    );
+}
