@@ -859,6 +859,13 @@ impl<'a> Scan<'a> {
                 "no advisories imported (cairn vulndb import): packages were not checked".into(),
             );
         }
+        // A system whose package database is gone (or never read) passes
+        // this check by default: said, so nothing reads it as checked.
+        if inv.os.is_some() && inv.packages.is_empty() {
+            self.report.notes.push(
+                "no installed packages found (package database missing or unreadable): vulnerabilities were not checked".into(),
+            );
+        }
         self.report.vulnerabilities = profile.vulndb.matches(&inv);
         if self.report.vulnerabilities.len() >= osv::MAX_FINDINGS {
             self.report.notes.push(format!(

@@ -1694,9 +1694,19 @@ fn commit(cli: &Cli, spec: &str, overlay: &Path, name: Option<&str>) -> Result<u
     Ok(0)
 }
 
+/// Warnings printed one by one; past these, a count (a share of thousands
+/// of unreadable entries would bury the summary). `--json` has them all.
+const WARNINGS_SHOWN: usize = 20;
+
 fn print_backup(cli: &Cli, out: &cairn_ingest::BackupOutcome, insight: Option<serde_json::Value>) {
-    for w in &out.warnings {
+    for w in out.warnings.iter().take(WARNINGS_SHOWN) {
         eprintln!("warning: {w}");
+    }
+    if out.warnings.len() > WARNINGS_SHOWN {
+        eprintln!(
+            "warning: … and {} more (every one in `cairn backup --json`; unreadable entries are listed in the snapshot too)",
+            out.warnings.len() - WARNINGS_SHOWN
+        );
     }
     let s = &out.snapshot;
     let m = &s.metrics;
