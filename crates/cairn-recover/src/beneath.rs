@@ -122,6 +122,22 @@ impl Dir {
             .map(|_| ())
     }
 
+    /// Makes `to` (in this directory) another name of `from` in `dir`
+    /// (a link there is linked itself, not followed).
+    pub fn link_from(&self, dir: &Dir, from: &[u8], to: &[u8]) -> io::Result<()> {
+        let (f, t) = (component(from)?, component(to)?);
+        check(unsafe {
+            libc::linkat(
+                dir.0.as_raw_fd(),
+                f.as_ptr(),
+                self.0.as_raw_fd(),
+                t.as_ptr(),
+                0,
+            )
+        })
+        .map(|_| ())
+    }
+
     /// Makes the entries made here durable.
     pub fn sync(&self) -> io::Result<()> {
         check(unsafe { libc::fsync(self.0.as_raw_fd()) }).map(|_| ())

@@ -1340,6 +1340,10 @@ pub fn rollback_in_place(
     // without following links (see `beneath`): the attacker may still
     // be at work in the tree.
     let root = Dir::open(dir).ctx(|| format!("opening {}", dir.display()))?;
+    // Files written here, by (snapshot, path), as (folder, name): a later
+    // name of a hard-linked file whose first name was written from the
+    // same snapshot becomes a link to it again, not a copy of its own.
+    let mut written: HashMap<(usize, Vec<u8>), FolderAndName> = HashMap::new();
     for (k, p) in plan.provenance.iter().enumerate() {
         let path = rel(&p.path);
         if safe_join(dir, &path).is_none() {
@@ -1435,7 +1439,20 @@ pub fn rollback_in_place(
                 tmp.extend_from_slice(b".cairn-rollback");
                 let _ = d.unlink(&tmp);
                 let fs_ = snaps.get(pick.index)?;
-                let written = d.create_new(&tmp).and_then(|f| {
+                if let Some(first) = fs_.fs.first_name(&pick.entry)
+                    && let Some((at, first_leaf)) = written.get(&(pick.index, first))
+                {
+                    let linked = root.beneath(at, false).and_then(|from| {
+                        d.link_from(&from, first_leaf, &tmp)?;
+                        d.rename(&tmp, name)?;
+                        d.sync()
+                    });
+                    if linked.is_ok() {
+                        continue;
+                    }
+                    let _ = d.unlink(&tmp);
+                }
+                let outcome = d.create_new(&tmp).and_then(|f| {
                     let n = write_into(fs_.fs.as_ref(), &pick.entry, &f, &|_| {})?;
                     // Metadata through the file itself, never by name.
                     let dropped = set_meta_fd(&pick.entry, &f, opts.keep_setid);
@@ -1447,10 +1464,14 @@ pub fn rollback_in_place(
                     d.sync()?;
                     Ok((n, dropped))
                 });
-                match written {
+                match outcome {
                     Ok((n, dropped)) => {
                         report.bytes_written += n;
                         report.setid_dropped += dropped as u64;
+                        written.insert(
+                            (pick.index, pick.entry.path.clone()),
+                            (parent.to_vec(), name.to_vec()),
+                        );
                     }
                     // (Disk full, say): this file stays as it is, the
                     // rest is tried, and the provenance records which.
@@ -1465,6 +1486,9 @@ pub fn rollback_in_place(
     report.recount();
     Ok(report)
 }
+
+/// Where a file was written in the tree: its folder (relative) and name.
+type FolderAndName = (Vec<u8>, Vec<u8>);
 
 /// What became of a file the rollback drops.
 enum Gone {

@@ -1351,6 +1351,13 @@ fn a_rollback_of_a_directory_keeps_extended_attributes_and_hard_links() {
     env.json(&["rollback", "share", "--in-place", src]);
     assert_eq!(std::fs::read(docs.join("doc3.txt")).unwrap(), clean[3]);
     assert_eq!(attr(&docs.join("doc3.txt")), "important");
+    // In place too, the file with two names comes back as one file.
+    let (a, b) = (
+        std::fs::metadata(docs.join("doc4.txt")).unwrap(),
+        std::fs::metadata(docs.join("doc4-link.txt")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one file, two names");
+    assert_eq!(std::fs::read(docs.join("doc4-link.txt")).unwrap(), clean[4]);
 }
 
 /// A file a rollback into a new folder cannot write (its data damaged in
