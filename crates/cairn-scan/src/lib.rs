@@ -281,7 +281,9 @@ pub fn standing_apart_from<'a>(reports: &'a [ScanReport], family: &str) -> Optio
         .max_by_key(|r| (r.verdict, r.scanned_at))
 }
 
-fn standing_of(all: &HashMap<SnapshotId, Vec<ScanReport>>) -> HashMap<SnapshotId, ScanReport> {
+/// [`standing`] of each snapshot of `all` (every stored result per
+/// snapshot, oldest first).
+pub fn standing_of(all: &HashMap<SnapshotId, Vec<ScanReport>>) -> HashMap<SnapshotId, ScanReport> {
     all.iter()
         .filter_map(|(k, v)| standing(v).map(|r| (k.clone(), r.clone())))
         .collect()

@@ -302,6 +302,13 @@ pub fn find_clean(
         start: start.map(|s| &chain[s]),
         reason,
     });
+    // Every stored result read once: the verdicts that choose baselines
+    // stand from them too.
+    let stored = crate::stored_reports(vault);
+    let verdicts = crate::standing_of(&stored)
+        .into_iter()
+        .map(|(id, r)| (id, r.verdict))
+        .collect();
     let mut w = Walker {
         vault,
         chain: &chain,
@@ -312,8 +319,8 @@ pub fn find_clean(
         tried: vec![],
         reports: HashMap::new(),
         targets: crate::Targets::default(),
-        verdicts: crate::latest_verdicts(vault),
-        stored: crate::stored_reports(vault),
+        verdicts,
+        stored,
     };
     let mut clean = None;
     if let Some(start) = start {

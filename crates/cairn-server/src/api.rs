@@ -61,10 +61,7 @@ pub fn sources_overview(st: &Shared) -> Result<Vec<Value>, ApiError> {
     names.dedup();
     let all = cairn_scan::stored_reports(&st.vault);
     let verified = cairn_scan::verification(&all);
-    let reports: std::collections::HashMap<_, _> = all
-        .iter()
-        .filter_map(|(id, v)| cairn_scan::standing(v).map(|r| (id.clone(), r)))
-        .collect();
+    let reports = cairn_scan::standing_of(&all);
     let mut out = Vec::new();
     for name in names {
         let mut t = cairn_insight::timeline(&st.vault, &name, &mut |_| {})?;

@@ -32,10 +32,7 @@ pub fn timeline(
     // is no clean point, whatever insight saw.
     let all = cairn_scan::stored_reports_for(vault, t.snapshot_ids());
     t.heed_verification(&cairn_scan::verification(&all));
-    let scans: std::collections::HashMap<_, _> = all
-        .iter()
-        .filter_map(|(id, v)| cairn_scan::standing(v).map(|r| (id.clone(), r.clone())))
-        .collect();
+    let scans = cairn_scan::standing_of(&all);
     warn_unreadable(&t);
     if let Some(path) = svg {
         std::fs::write(path, cairn_insight::svg::render(&t))
