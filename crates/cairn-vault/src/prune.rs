@@ -444,10 +444,15 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         );
         let full = vault.config().retention_secs as i64 + crate::s3::lock_margin_secs();
         let now = Utc::now();
+        // Where someone stacked a version (or a delete marker) on one of
+        // Cairn's objects, Cairn reads the one it wrote, below: that is the
+        // one kept locked.
+        let originals = s3.client.originals("")?;
         for name in keep {
-            let renewed = s3.retain_until(&name).and_then(|until| {
+            let version = originals.get(&name).map(String::as_str);
+            let renewed = s3.retain_until_of(&name, version).and_then(|until| {
                 if until.is_none_or(|u| (u - now).num_seconds() < full / 2) {
-                    s3.extend_lock(&name, now + chrono::Duration::seconds(full))?;
+                    s3.extend_lock_of(&name, version, now + chrono::Duration::seconds(full))?;
                     return Ok(true);
                 }
                 Ok(false)

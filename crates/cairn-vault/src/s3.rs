@@ -526,6 +526,63 @@ impl S3Client {
         Ok(out)
     }
 
+    /// The version Cairn wrote of each of its write-once names under
+    /// `dir` that has anything stacked on it (someone's version or a
+    /// delete marker): its oldest. Renewing a lock must reach that
+    /// version — extending the one on top would keep the attacker's bytes
+    /// and let Cairn's expire. One listing for the whole vault.
+    pub fn originals(&self, dir: &str) -> Result<std::collections::HashMap<String, String>> {
+        let prefix = self.key("");
+        let mut entries: std::collections::HashMap<String, usize> = Default::default();
+        let mut oldest: std::collections::HashMap<String, String> = Default::default();
+        self.each_versions_page(&self.key(dir), |doc| {
+            for n in doc.descendants().filter(|n| n.has_tag_name("DeleteMarker")) {
+                if let Some(k) = child_text(&n, "Key") {
+                    *entries.entry(k).or_default() += 1;
+                }
+            }
+            // Each key's versions come newest first: the last seen is the
+            // oldest.
+            for v in versions_in(doc) {
+                *entries.entry(v.key.clone()).or_default() += 1;
+                oldest.insert(v.key, v.id);
+            }
+            true
+        })?;
+        Ok(oldest
+            .into_iter()
+            .filter(|(key, _)| entries.get(key).is_some_and(|&n| n > 1))
+            .filter_map(|(key, id)| Some((key.strip_prefix(&prefix)?.to_string(), id)))
+            .filter(|(rel, _)| among(rel, WRITTEN_ONCE))
+            .collect())
+    }
+
+    /// [`Self::originals`] of one name: `None` when nothing is stacked on
+    /// it (its current version is Cairn's).
+    pub fn original_of(&self, name: &str) -> Result<Option<String>> {
+        if !among(name, WRITTEN_ONCE) {
+            return Ok(None);
+        }
+        let key = self.key(name);
+        let mut entries = 0;
+        let mut oldest = None;
+        let mut pages = 0;
+        self.each_versions_page(&key, |doc| {
+            pages += 1;
+            entries += doc
+                .descendants()
+                .filter(|n| n.has_tag_name("DeleteMarker"))
+                .filter(|n| child_text(n, "Key").as_deref() == Some(key.as_str()))
+                .count();
+            for v in versions_in(doc).filter(|v| v.key == key) {
+                entries += 1;
+                oldest = Some(v.id);
+            }
+            pages < 100 && child_text(&doc.root_element(), "NextKeyMarker").is_none_or(|k| k <= key)
+        })?;
+        Ok(oldest.filter(|_| entries > 1))
+    }
+
     /// Puts back on top what Cairn wrote under each of its write-once
     /// names that someone overwrote since (a new version on top, Object
     /// Lock keeping Cairn's below): its oldest version, copied on the
@@ -785,9 +842,15 @@ impl S3Backend {
     }
 
     fn head(&self, name: &str) -> Result<Option<Response>> {
+        self.head_of(name, None)
+    }
+
+    /// HEAD of `name`'s current version, or of `version`.
+    fn head_of(&self, name: &str, version: Option<&str>) -> Result<Option<Response>> {
+        let query: Vec<(&str, &str)> = version.map(|v| ("versionId", v)).into_iter().collect();
         let r = self
             .client
-            .send("HEAD", Some(&self.client.key(name)), &[], &[], b"")?;
+            .send("HEAD", Some(&self.client.key(name)), &query, &[], b"")?;
         match r.status {
             200 => Ok(Some(r)),
             404 => Ok(None),
@@ -798,15 +861,28 @@ impl S3Backend {
     /// Moves the compliance lock of `name` to `until` (S3 only lets it
     /// grow).
     pub fn extend_lock(&self, name: &str, until: DateTime<Utc>) -> Result<()> {
+        self.extend_lock_of(name, None, until)
+    }
+
+    /// [`Self::extend_lock`] of one `version` of `name` (the current one
+    /// when `None`).
+    pub fn extend_lock_of(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        until: DateTime<Utc>,
+    ) -> Result<()> {
         let body = format!(
             "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>COMPLIANCE</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
             until.format("%Y-%m-%dT%H:%M:%S%.3fZ")
         );
         let md5 = base64(&md5::Md5::digest(body.as_bytes()));
+        let mut query = vec![("retention", "")];
+        query.extend(version.map(|v| ("versionId", v)));
         let r = self.client.send(
             "PUT",
             Some(&self.client.key(name)),
-            &[("retention", "")],
+            &query,
             &[("content-md5", md5)],
             body.as_bytes(),
         )?;
@@ -828,7 +904,16 @@ impl S3Backend {
 
     /// When the lock of `name` ends, if it has one.
     pub fn retain_until(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
-        Ok(self.head(name)?.and_then(|r| {
+        self.retain_until_of(name, None)
+    }
+
+    /// [`Self::retain_until`] of one `version` of `name`.
+    pub fn retain_until_of(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.head_of(name, version)?.and_then(|r| {
             r.header("x-amz-object-lock-retain-until-date")
                 .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
                 .map(|d| d.with_timezone(&Utc))

@@ -1076,10 +1076,14 @@ impl Vault {
                             let Some(name) = names.get(i) else {
                                 return Ok(());
                             };
-                            let now_until = match s3.retain_until(name)? {
+                            // The version Cairn wrote, if someone stacked
+                            // theirs on it (see `S3Client::originals`).
+                            let version = s3.client.original_of(name)?;
+                            let version = version.as_deref();
+                            let now_until = match s3.retain_until_of(name, version)? {
                                 Some(u) if u >= until => u,
                                 _ => {
-                                    s3.extend_lock(name, want).map_err(|e| {
+                                    s3.extend_lock_of(name, version, want).map_err(|e| {
                                         // Another host's prune can delete what this
                                         // backup reuses (no lock spans hosts): then
                                         // no snapshot may refer to it.

@@ -609,6 +609,56 @@ fn prune_extends_the_locks_of_what_is_still_in_use_and_the_cache_rebuilds() {
     );
 }
 
+#[test]
+fn prune_keeps_locked_the_versions_cairn_wrote_not_the_ones_stacked_on_them() {
+    let env = S3Env::new("cairn-renew-originals");
+    let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "10")];
+    let ok = |args: &[&str]| env.ok_with(args, &short);
+    ok(&["init", "--create-bucket", "--retention", "2s"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(3 << 20, 4)).unwrap();
+    ok(&["backup", img.to_str().unwrap(), "--name", "d"]);
+    let originals = |env: &S3Env| -> serde_json::Map<String, Value> {
+        serde_json::from_str::<Value>(&env.tool(&["originals"]))
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let first = originals(&env);
+    // Someone holding the bucket's keys re-encrypts every object in place.
+    for dir in ["packs/", "index/", "maps/", "snapshots/"] {
+        env.tool(&["overwrite-all", &format!("vault/{dir}")]);
+    }
+    std::thread::sleep(Duration::from_millis(7000));
+    let r: Value = serde_json::from_slice(&ok(&["prune", "--json"]).stdout).unwrap();
+    assert_eq!(r["packs_deleted"], 0, "{r:#}");
+    assert!(r["locks_renewed"].as_u64().unwrap() >= 4, "{r:#}");
+    let after = originals(&env);
+    let until = |o: &serde_json::Map<String, Value>, k: &str| -> chrono::DateTime<chrono::Utc> {
+        o[k]["until"].as_str().unwrap().parse().unwrap()
+    };
+    let mut stacked = 0;
+    for k in first
+        .keys()
+        .filter(|k| !k.contains("/pins/") && !k.ends_with("/config"))
+    {
+        if after[k]["versions"].as_u64().unwrap() > 1 {
+            stacked += 1;
+            assert!(
+                until(&after, k) > until(&first, k),
+                "{k}: the version Cairn wrote was not kept locked"
+            );
+        }
+    }
+    assert!(stacked >= 4, "{stacked}");
+    // What Cairn wrote is still what it reads.
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    let out = env.path("out.img");
+    ok(&["restore", "d@latest", "--to", out.to_str().unwrap()]);
+    assert!(same_bytes(&out, &img));
+}
+
 fn walk_count(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;

@@ -5,6 +5,8 @@ moto), the way an auditor or an attacker holding the keys would.
 Usage: s3.py ENDPOINT COMMAND BUCKET [KEY]
   plain-bucket   create a bucket without versioning or Object Lock
   audit          JSON: every key with its lock mode, retain-until and version count
+  originals      JSON: every key with the retain-until of its oldest version
+                 (the one Cairn wrote) and its version count
   delete-locked  try to delete the (only) version of KEY; print the error code
   overwrite      put garbage under KEY; print the number of versions after
   delete-all     delete every key (under PREFIX, if given) as `aws s3 rm
@@ -36,6 +38,20 @@ elif cmd == "audit":
                 "until": h["ObjectLockRetainUntilDate"].isoformat() if "ObjectLockRetainUntilDate" in h else None,
                 "versions": len([v for v in versions if v["Key"] == o["Key"]]),
             }
+    print(json.dumps(out))
+elif cmd == "originals":
+    versions = {}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for v in page.get("Versions", []):
+            versions.setdefault(v["Key"], []).append(v)
+    out = {}
+    for key, vs in versions.items():
+        oldest = min(vs, key=lambda v: v["LastModified"])
+        h = s3.head_object(Bucket=bucket, Key=key, VersionId=oldest["VersionId"])
+        out[key] = {
+            "until": h["ObjectLockRetainUntilDate"].isoformat() if "ObjectLockRetainUntilDate" in h else None,
+            "versions": len(vs),
+        }
     print(json.dumps(out))
 elif cmd == "delete-locked":
     key = sys.argv[4]
