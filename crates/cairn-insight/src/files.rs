@@ -122,6 +122,9 @@ pub struct FileSignals {
     pub user_files_before: u64,
     #[serde(default)]
     pub user_files_deleted: u64,
+    /// Path hashes (see [`path_hash`]) of those deleted users' files.
+    #[serde(default)]
+    pub user_deleted: Vec<u64>,
     pub analysed_files: u64,
     pub analysed_bytes: u64,
     /// Changed files left out because the read budget ran out.
@@ -740,18 +743,20 @@ pub fn analyse<'a>(old: &Side<'a>, new: &Side<'a>, d: &Diff) -> FileSignals {
                 e.kind == FileKind::File && content::is_user_data(&String::from_utf8_lossy(&e.path))
             })
             .count() as u64,
-        user_files_deleted: d
-            .deleted
-            .iter()
-            .filter(|x| content::is_user_data(&x.path))
-            .filter(|x| {
-                old_by
-                    .shown(&x.path)
-                    .is_some_and(|e| e.kind == FileKind::File)
-            })
-            .count() as u64,
         ..Default::default()
     };
+    out.user_deleted = d
+        .deleted
+        .iter()
+        .filter(|x| content::is_user_data(&x.path))
+        .filter(|x| {
+            old_by
+                .shown(&x.path)
+                .is_some_and(|e| e.kind == FileKind::File)
+        })
+        .map(|x| path_hash(&x.path))
+        .collect();
+    out.user_files_deleted = out.user_deleted.len() as u64;
 
     let mut jobs: Vec<Job> = Vec::new();
     for m in &d.modified {

@@ -280,10 +280,26 @@ fn timeline_with_source(
     };
     let mut assessor = score::Assessor::new();
     let mut entries = Vec::with_capacity(ordered.len());
+    // Snapshots with a forgotten snapshot among their ancestors: what
+    // those found went with them.
+    let mut thinned: std::collections::HashSet<SnapshotId> = Default::default();
     for (i, snap) in ordered.iter().enumerate() {
         let base = comparison_base(&by_id, &ordered, &entries, i);
+        if snap
+            .parent
+            .as_ref()
+            .is_some_and(|p| forgotten(p) || thinned.contains(p))
+        {
+            thinned.insert(snap.id.clone());
+        }
         let mut name = record_name(&snap.id);
         let mut record = load_at(vault, &name, &snap.id);
+        // The assessment made when the snapshot was backed up, with every
+        // snapshot before it still there.
+        let first_judged = record
+            .as_ref()
+            .map(|r| r.assessment.clone())
+            .filter(|_| thinned.contains(&snap.id));
         // A record compared with a snapshot forgotten since (its parent,
         // or the one before it read whole) describes a change the
         // timeline no longer holds, and what the forgotten snapshots found
@@ -315,7 +331,22 @@ fn timeline_with_source(
                 )
             }
         };
-        let assessment = assessor.assess(&signals);
+        let mut assessment = assessor.assess(&signals);
+        // Replayed without the snapshots forgotten since, a history loses
+        // what they found (the encryption that began three snapshots
+        // back): the verdict never gets better for it. A snapshot whose
+        // backup said compromised stays so, whatever was forgotten.
+        if let Some(then) = first_judged
+            && then.verdict.rank() > assessment.verdict.rank()
+        {
+            let mut reasons = then.reasons.clone();
+            reasons.push(format!(
+                "judged {} when backed up, against snapshots forgotten since",
+                then.verdict.as_str()
+            ));
+            assessor.overrule(then.verdict);
+            assessment = score::Assessment { reasons, ..then };
+        }
         if !stored {
             store(
                 vault,

@@ -38,6 +38,15 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Clean < suspicious < compromised.
+    pub fn rank(self) -> u8 {
+        match self {
+            Verdict::Clean => 0,
+            Verdict::Suspicious => 1,
+            Verdict::Compromised => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Clean => "clean",
@@ -65,11 +74,28 @@ pub struct Assessor {
     /// Damaged files not repaired since: path hash → (path, index of the
     /// snapshot where found).
     carried: BTreeMap<u64, (String, usize)>,
+    /// How `carried` changed at each snapshot assessed, against the state
+    /// after the snapshot it was compared with: the state after any of
+    /// them can be rebuilt. A snapshot's parent is not always the one
+    /// assessed before it — a remediated state committed on an older
+    /// point descends from that point, not from the attack after it.
+    steps: Vec<Step>,
+    /// The snapshot (index) after which `carried` is the state.
+    carried_at: Option<usize>,
     /// Folders that stopped reading and have not read since: path → when
     /// first. A folder left broken stays a reason for as long as it is,
     /// however many snapshots later (each compared only with the one
     /// before would find nothing new).
     broken: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// What one snapshot did to the damage carried (see `Assessor::steps`).
+#[derive(Default)]
+struct Step {
+    /// The snapshot whose state it started from.
+    base: Option<usize>,
+    repaired: Vec<u64>,
+    found: Vec<(u64, String, usize)>,
 }
 
 /// "2 folder(s) (/a, /b)", naming three at most.
@@ -131,7 +157,9 @@ fn strays(f: &FileSignals, d: Damage) -> u64 {
         .count() as u64
 }
 
-fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
+/// `repaired`: how many of the users' files deleted had been found
+/// damaged earlier (an operator clearing away what the attack left).
+fn file_evidence(f: &FileSignals, repaired: u64, ev: &mut Evidence) {
     let notes = f.count(Damage::RansomNote);
     if notes > 0 {
         let spread = if f.note_copies >= 3 {
@@ -255,7 +283,10 @@ fn file_evidence(f: &FileSignals, ev: &mut Evidence) {
     // A wiper deletes: much of the users' files gone at once. (A user
     // clearing out a folder can look the same, hence no more than
     // suspicious.)
-    let (gone, before) = (f.user_files_deleted, f.user_files_before);
+    let (gone, before) = (
+        f.user_files_deleted.saturating_sub(repaired),
+        f.user_files_before.saturating_sub(repaired),
+    );
     if gone >= 20 && gone * 10 >= before * 3 {
         ev.add(
             0.45,
@@ -322,13 +353,66 @@ impl Assessor {
             .flatten()
     }
 
+    /// The snapshot `s` was compared with, among those assessed: its
+    /// parent, or (parent unknown or forgotten) the one before it.
+    fn base_of(&self, s: &Signals) -> Option<usize> {
+        s.parent
+            .as_ref()
+            .and_then(|p| self.history.iter().rposition(|(h, _)| h.snapshot == *p))
+            .or_else(|| self.history.len().checked_sub(1))
+    }
+
+    /// The damage carried after snapshot `at`, rebuilt from the steps
+    /// along its line of parents.
+    fn carried_after(&self, at: Option<usize>) -> BTreeMap<u64, (String, usize)> {
+        let mut line = Vec::new();
+        let mut next = at;
+        // Each step's base is an earlier snapshot: the walk ends.
+        while let Some(i) = next {
+            line.push(i);
+            next = self.steps[i].base.filter(|&b| b < i);
+        }
+        let mut carried = BTreeMap::new();
+        for i in line.into_iter().rev() {
+            for h in &self.steps[i].repaired {
+                carried.remove(h);
+            }
+            for (h, path, found) in &self.steps[i].found {
+                carried.entry(*h).or_insert((path.clone(), *found));
+            }
+        }
+        carried
+    }
+
+    /// Replaces the verdict remembered for the snapshot assessed last
+    /// (a better-informed one was known; see `timeline`).
+    pub fn overrule(&mut self, verdict: Verdict) {
+        if let Some(last) = self.history.last_mut() {
+            last.1 = verdict;
+        }
+    }
+
     /// Scores `s` (the next snapshot in time order) and remembers it.
     pub fn assess(&mut self, s: &Signals) -> Assessment {
         let mut ev = Evidence(Vec::new());
         let idx = self.history.len();
+        let base = self.base_of(s);
+        if base != self.carried_at {
+            self.carried = self.carried_after(base);
+        }
+        let mut step = Step {
+            base,
+            ..Default::default()
+        };
         let diffed = s.files.as_ref().filter(|_| s.parent_fs_readable);
         if let Some(f) = diffed {
-            file_evidence(f, &mut ev);
+            // Deleting files found damaged before is repair, not a wiper.
+            let repaired = f
+                .user_deleted
+                .iter()
+                .filter(|h| self.carried.contains_key(h))
+                .count() as u64;
+            file_evidence(f, repaired, &mut ev);
         }
         if !s.lost_filesystems.is_empty() {
             ev.add(
@@ -495,8 +579,8 @@ impl Assessor {
             // owner): repaired. Changed again and still unsound: not.
             let unsound: std::collections::HashSet<u64> = f.unsound.iter().copied().collect();
             for t in &f.touched {
-                if !found.contains(t) && !unsound.contains(t) {
-                    self.carried.remove(t);
+                if !found.contains(t) && !unsound.contains(t) && self.carried.remove(t).is_some() {
+                    step.repaired.push(*t);
                 }
             }
             // A stray new file destroyed nothing: it is not damage that
@@ -505,11 +589,15 @@ impl Assessor {
             let stays =
                 |x: &&crate::files::Finding| !x.replaced_nothing() && x.damage != Damage::Protected;
             for x in f.findings.iter().filter(stays) {
-                self.carried
-                    .entry(path_hash(&x.path))
-                    .or_insert((x.path.clone(), idx));
+                let h = path_hash(&x.path);
+                if let std::collections::btree_map::Entry::Vacant(e) = self.carried.entry(h) {
+                    e.insert((x.path.clone(), idx));
+                    step.found.push((h, x.path.clone(), idx));
+                }
             }
         }
+        self.steps.push(step);
+        self.carried_at = Some(idx);
         let spans: std::collections::BTreeSet<usize> = self.carried.values().map(|v| v.1).collect();
         let accumulated = self.carried.len() as u64;
         let earlier = self.carried.values().filter(|v| v.1 < idx).count() as u64;

@@ -1224,7 +1224,24 @@ fn run(cli: Cli) -> Result<u8> {
             if pin {
                 vault.pin(&s.id)?;
             } else {
+                if !vault.pins()?.contains(&s.id) {
+                    eprintln!("note: {}@{} was not pinned", s.name, s.id.short());
+                }
                 vault.unpin(&s.id)?;
+                // Pinned by insight for a reason: said, so an operator
+                // thinning the history does not lose the way back by mistake.
+                if let Ok(t) = cairn_insight::timeline(&vault, &s.name, &mut |_| {})
+                    && let Some(c) = &t.clean_point
+                    && c.index + 1 < t.entries.len()
+                    && t.entries[c.index].snapshot.id == s.id
+                {
+                    eprintln!(
+                        "warning: {}@{} is the clean point of {} (the newest clean snapshot before the ones found suspicious or compromised): `forget` can now remove it, and with it the way back",
+                        s.name,
+                        s.id.short(),
+                        s.name
+                    );
+                }
             }
             if cli.json {
                 print_json(&json!({"id": s.id, "name": s.name, "pinned": pin}));

@@ -1574,3 +1574,127 @@ fn a_databases_own_writes_are_no_attack_and_pages_encrypted_behind_its_header_ar
         "{said}"
     );
 }
+
+/// An attack that encrypts 22 of the users' files into `.locked` copies
+/// (originals deleted) and drops a note in three folders, as a fresh
+/// disk built from `root`'s tree.
+fn locked_disk(env: &Env, root: &std::path::Path) -> std::path::PathBuf {
+    let attacked = env.path("attacked");
+    sh(
+        "cp",
+        &["-a", root.to_str().unwrap(), attacked.to_str().unwrap()],
+    );
+    let victims = (0..20)
+        .map(|i| format!("home/alice/docs/report-{i}.txt"))
+        .chain((0..2).map(|i| format!("srv/app/src/mod{i}.rs")));
+    for (k, v) in victims.enumerate() {
+        let len = std::fs::metadata(attacked.join(&v)).unwrap().len() as usize;
+        std::fs::write(
+            attacked.join(format!("{v}.locked")),
+            noise(len, 900 + k as u64),
+        )
+        .unwrap();
+        std::fs::remove_file(attacked.join(&v)).unwrap();
+    }
+    for dir in ["home/alice/docs", "home/alice/media", "srv/app/src"] {
+        std::fs::write(
+            attacked.join(dir).join("HOW_TO_DECRYPT.txt"),
+            "All your files are encrypted. Send 0.5 bitcoin to recover them. Contact us at http://decryptorxyzabcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrst.onion\n",
+        )
+        .unwrap();
+    }
+    let disk = env.path("attacked.img");
+    gpt_ext4_image(&disk, &attacked, 64);
+    disk
+}
+
+/// What an operator does after an attack is no attack itself. A disk put
+/// back as it was and backed up next deletes what the attack left: repair,
+/// not a wiper. A remediated state committed on the clean point descends
+/// from that point, not from the attack after it: it is clean, and so is
+/// the next backup of it (the damage the attacked snapshot held is not
+/// carried into it).
+#[test]
+fn a_disk_put_back_after_an_attack_and_a_state_committed_on_the_clean_point_are_clean() {
+    let (env, root, disk) = three_clean_days();
+    let attacked = locked_disk(&env, &root);
+    let clean = env.json(&["snapshots", "vm"]).as_array().unwrap()[2]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Restored and backed up right after the attacked snapshot.
+    for d in 0..3 {
+        env.backup(&disk, "vm2", &day(d));
+    }
+    let hit = env.run(&[
+        "backup",
+        attacked.to_str().unwrap(),
+        "--name",
+        "vm2",
+        "--time",
+        &day(3),
+        "--json",
+    ]);
+    assert_eq!(hit.status.code(), Some(3));
+    let back = env.backup(&disk, "vm2", &day(4));
+    assert_eq!(back["insight"]["verdict"], "clean", "{back}");
+
+    // Committed on the clean point (nothing changed in its overlay).
+    flagged_backup(&env, &attacked, 3);
+    let overlay = env.path("fix.ovl");
+    {
+        let _export = Running::start(
+            env.cmd()
+                .arg("export")
+                .arg(format!("vm@{clean}"))
+                .args(["--writable", "--overlay", overlay.to_str().unwrap()])
+                .args(["--listen", "127.0.0.1:0"])
+                .stderr(std::process::Stdio::null()),
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let c = env.json(&[
+        "commit",
+        &format!("vm@{clean}"),
+        "--overlay",
+        overlay.to_str().unwrap(),
+    ]);
+    let committed = c["id"].as_str().unwrap().to_string();
+    let t = env.json(&["timeline", "vm"]);
+    let last = t["snapshots"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["id"], committed.as_str(), "{t:#}");
+    assert_eq!(last["verdict"], "clean", "{t:#}");
+    assert_eq!(t["last_clean"], committed.as_str(), "{t:#}");
+    let next = env.json(&["backup", disk.to_str().unwrap(), "--name", "vm"]);
+    assert_eq!(next["insight"]["verdict"], "clean", "{next}");
+}
+
+/// A snapshot found compromised when it was backed up stays so after the
+/// snapshots before it are forgotten (replayed alone, the damage an
+/// earlier snapshot found is gone with it, and its own day was quiet):
+/// the timeline and `recover --find-clean` never call it the clean point.
+#[test]
+fn a_compromised_snapshot_stays_so_when_the_history_before_it_is_forgotten() {
+    let (env, root, _disk) = three_clean_days();
+    let attacked = locked_disk(&env, &root);
+    flagged_backup(&env, &attacked, 3);
+    // A quiet day on the attacked disk: one document added.
+    let tree = env.path("attacked");
+    std::fs::write(tree.join("home/alice/docs/minutes.txt"), text(5_000, 3)).unwrap();
+    let later = env.path("later.img");
+    gpt_ext4_image(&later, &tree, 64);
+    let v = flagged_backup(&env, &later, 4);
+    let pinned = v["insight"]["last_clean"].as_str().unwrap().to_string();
+    let unpinned = env.run(&["unpin", &format!("vm@{pinned}")]);
+    assert!(unpinned.status.success());
+    let said = String::from_utf8_lossy(&unpinned.stderr);
+    assert!(said.contains("clean point"), "{said}");
+    env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(env.json(&["snapshots", "vm"]).as_array().unwrap().len(), 1);
+    let t = env.json_code(&["timeline", "vm"], 3);
+    assert_eq!(t["snapshots"][0]["verdict"], "compromised", "{t:#}");
+    assert_eq!(t["last_clean"], serde_json::Value::Null, "{t:#}");
+    let r = env.run(&["recover", "vm", "--find-clean", "--json"]);
+    let found: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(found["clean"], serde_json::Value::Null, "{found:#}");
+}
