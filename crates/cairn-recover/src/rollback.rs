@@ -480,6 +480,18 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         }
         None => Default::default(),
     };
+    // The file names of the ransom notes found on those days: a new file
+    // named so that insight did not judge a note (its text too short to
+    // tell) is kept — it may be someone's — but said.
+    let note_names: std::collections::HashSet<String> = match from {
+        Some(f) => t.entries[f.min(t.entries.len())..]
+            .iter()
+            .flat_map(|x| x.signals.files.iter().flat_map(|s| &s.findings))
+            .filter(|f| f.damage == Damage::RansomNote)
+            .filter_map(|f| f.path.rsplit('/').next().map(str::to_lowercase))
+            .collect(),
+        None => Default::default(),
+    };
     let copy_of = |path: &[u8]| -> Option<(Vec<u8>, String)> {
         let dot = path.iter().rposition(|&b| b == b'.')?;
         let ext = std::str::from_utf8(&path[dot + 1..])
@@ -610,6 +622,12 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 } else {
                     "new since the clean point and not found damaged (review it)"
                 };
+                let base = shown.rsplit('/').next().unwrap_or(&shown).to_lowercase();
+                if untouched.starts_with("new") && note_names.contains(&base) {
+                    notes.push(format!(
+                        "{shown} is new since the clean point and named as the ransom notes the attack left: kept (its text did not read as one), review it"
+                    ));
+                }
                 let (action, reason) = match &hidden_why {
                     Some(why) => (
                         Action::Restored,
