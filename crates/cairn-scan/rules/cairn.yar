@@ -35,8 +35,14 @@ rule Cairn_Ransom_Note
         $pay1 = "bitcoin" nocase ascii wide
         $pay2 = "monero" nocase ascii wide
         $pay3 = "tor browser" nocase ascii wide
-        $pay4 = /[a-z2-7]{56}\.onion/ ascii
+        // Any address that looks like a hidden service, even one cut
+        // short or mistyped: beside the claim, it is a way to reach them.
+        $pay4 = /[a-z2-7]{16,56}\.onion/ nocase ascii
         $pay5 = "decryptor" nocase ascii wide
+        $pay6 = /[^a-z]btc[^a-z]/ nocase ascii
+        // A bech32 Bitcoin address (a base58 one has no fixed part to
+        // look for cheaply: slow; its notes say bitcoin or BTC anyway).
+        $pay7 = /bc1[02-9ac-hj-np-z]{25,87}/ ascii
     condition:
         filesize < 1MB and any of ($claim*) and any of ($pay*)
 }

@@ -416,6 +416,26 @@ mod tests {
     }
 
     #[test]
+    fn a_note_naming_a_bitcoin_address_or_a_short_onion_is_a_ransom_note() {
+        let rules = RuleSet::load(None).unwrap();
+        let note = |pay: &str| {
+            rules
+                .scan(format!("YOUR FILES HAVE BEEN ENCRYPTED!\n{pay}\n").as_bytes())
+                .iter()
+                .any(|h| h.rule == "cairn:Cairn_Ransom_Note")
+        };
+        assert!(note("pay 2 BTC to bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"));
+        assert!(note("send to bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq now"));
+        assert!(note("Contact us at http://lockbitsupp4x7qzk2a3bnqz6.onion"));
+        assert!(!note("call the help desk on monday"));
+        assert!(
+            rules
+                .scan(b"the invoice 13 was paid, order 3 of 1000 items, ref bc1 ok")
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn a_scan_tells_when_no_string_matched_anywhere() {
         let rules = RuleSet::load(None).unwrap();
         assert_eq!(rules.scan_telling(b"an ordinary letter"), (vec![], true));
