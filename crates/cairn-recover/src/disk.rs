@@ -260,6 +260,14 @@ fn check_target(path: &Path, size: u64, opts: &DiskRestoreOptions, write: bool) 
             folder.display()
         )));
     }
+    // "out/" names a folder: the image would be written and then fail
+    // to take that name.
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") && !path.exists() {
+        return Err(Error::Invalid(format!(
+            "cannot restore to {}: no such folder, and a disk restores to a file or block device (name the file)",
+            path.display()
+        )));
+    }
     match fs::metadata(path) {
         Ok(md) if md.file_type().is_block_device() && !opts.overwrite => {
             Err(Error::Invalid(format!(

@@ -424,8 +424,12 @@ mod tests {
                 .iter()
                 .any(|h| h.rule == "cairn:Cairn_Ransom_Note")
         };
-        assert!(note("pay 2 BTC to bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"));
-        assert!(note("send to bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq now"));
+        assert!(note(
+            "pay 2 BTC to bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"
+        ));
+        assert!(note(
+            "send to bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq now"
+        ));
         assert!(note("Contact us at http://lockbitsupp4x7qzk2a3bnqz6.onion"));
         assert!(!note("call the help desk on monday"));
         assert!(

@@ -92,7 +92,7 @@ enum Command {
         #[arg(long)]
         name: String,
         /// When the data is from (RFC 3339); default now.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_time)]
         time: Option<chrono::DateTime<chrono::Utc>>,
         /// A label kept with the snapshot (repeatable).
         #[arg(long = "tag")]
@@ -608,6 +608,7 @@ fn main() -> ExitCode {
     // backup made but incomplete, a scan that found something), which a
     // command that failed is not.
     let gives_data_back = matches!(cli.command, Command::Restore { .. } | Command::Cat { .. });
+    let json = cli.json;
     let result = run(cli).and_then(|code| {
         // Output still buffered is written now, and failing to is an error.
         std::io::Write::flush(&mut std::io::stdout())
@@ -623,15 +624,35 @@ fn main() -> ExitCode {
                     e.downcast_ref::<cairn_vault::Error>(),
                     Some(cairn_vault::Error::BadSpec(_))
                 );
-            ExitCode::from(if usage {
+            let code = if usage {
                 2
             } else if gives_data_back && caused_by_damage(&e) {
                 FOUND
             } else {
                 1
-            })
+            };
+            // A script asking for JSON gets its answer as JSON, failures
+            // too (stderr keeps the line for a person).
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": error_chain(&e), "exit_code": code})
+                );
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// `--time`: RFC 3339, with a clear word for the usual slip (no zone).
+fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!(
+                "{s:?} is not an RFC 3339 time with its zone ({e}); for example 2026-11-20T18:00:00Z or 2026-11-20T19:00:00+01:00"
+            )
+        })
 }
 
 /// Whether a damaged object in the vault is behind `e` (however deep: I/O

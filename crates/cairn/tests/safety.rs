@@ -213,6 +213,39 @@ fn bad_input_gets_a_one_line_error_and_exit_1() {
 
     let usage = env.run(&["backup"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
+    let no_zone = env.run(&[
+        "backup",
+        img.to_str().unwrap(),
+        "--name",
+        "x",
+        "--time",
+        "2026-11-20",
+    ]);
+    assert_eq!(no_zone.status.code(), Some(2));
+    assert!(
+        stderr(&no_zone).contains("2026-11-20T18:00:00Z"),
+        "{}",
+        stderr(&no_zone)
+    );
+
+    // Asked for JSON, a failure is JSON too.
+    let as_json = env.run(&[
+        "backup",
+        env.path("missing.img").to_str().unwrap(),
+        "--name",
+        "x",
+        "--json",
+    ]);
+    assert_eq!(as_json.status.code(), Some(1));
+    let said: serde_json::Value = serde_json::from_slice(&as_json.stdout).unwrap();
+    assert!(
+        said["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read source"),
+        "{said}"
+    );
+    assert_eq!(said["exit_code"], 1);
 
     let pwfile = env.path("pw");
     std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
@@ -1034,4 +1067,22 @@ fn a_backup_that_could_not_read_everything_says_so() {
     // The readable file is there.
     let files = nobody(&["ls", "share@latest:/"]);
     assert!(String::from_utf8_lossy(&files.stdout).contains("open.txt"));
+}
+
+#[test]
+fn a_disk_restore_to_a_folder_name_that_does_not_exist_writes_nothing() {
+    let env = Env::new("30d", &[]);
+    let img = env.path("d.img");
+    std::fs::write(&img, text(1 << 20, 2)).unwrap();
+    env.backup(&img, "d", "2026-01-01T00:00:00Z");
+    let slash = format!("{}/", env.path("nodir").display());
+    let r = env.run(&["restore", "d@latest", "--to", &slash]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("no such folder"), "{}", stderr(&r));
+    let left: Vec<_> = std::fs::read_dir(env.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("nodir"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
