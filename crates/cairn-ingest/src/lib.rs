@@ -79,6 +79,16 @@ pub fn backup(
     }
     let src = source::open(source)
         .map_err(|e| Error::io(format!("cannot read source {}", source.display()), e))?;
+    // An empty file is no disk (an export that failed, a copy not made
+    // yet): a snapshot of it would read as a wiper's work.
+    if let source::Source::Disk(d) = &src
+        && d.size() == 0
+    {
+        return Err(Error::Invalid(format!(
+            "{} is empty (0 bytes): no disk to back up",
+            source.display()
+        )));
+    }
     let label = cairn_vault::text::path_text(
         &std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf()),
     );

@@ -654,7 +654,9 @@ impl Assessor {
         if s.parent.is_none() {
             reasons.push("first snapshot: nothing to compare with yet".into());
         } else if self.typical_rate(s).is_none() {
-            reasons.push("baseline still learning (fewer than 3 clean snapshots)".into());
+            reasons.push(
+                "baseline still learning (fewer than 3 clean snapshots after the first)".into(),
+            );
         }
         self.history.push((s.clone(), verdict));
         Assessment {

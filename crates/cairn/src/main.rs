@@ -1807,14 +1807,17 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
     {
         bail!("{n:?}: no snapshots of that name (`cairn snapshots` lists every name)");
     }
+    // Insight's verdict when each was backed up (`timeline` replays the
+    // whole history); none for a snapshot not assessed yet.
+    let verdict = |s: &Snapshot| cairn_insight::load(&vault, &s.id).map(|r| r.assessment.verdict);
     if cli.json {
         let v: Vec<_> = shown
             .iter()
             .map(|s| {
                 let mut v = snapshot_json(s, s.parent.as_ref().and_then(|p| times.get(p).copied()));
-                v.as_object_mut()
-                    .expect("object")
-                    .insert("pinned".into(), json!(pins.contains(&s.id)));
+                let o = v.as_object_mut().expect("object");
+                o.insert("pinned".into(), json!(pins.contains(&s.id)));
+                o.insert("verdict".into(), json!(verdict(s).map(|v| v.as_str())));
                 v
             })
             .collect();
@@ -1822,8 +1825,8 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
         return Ok(found);
     }
     println!(
-        "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  tags",
-        "id", "name", "time (UTC)", "kind", "size", "changed", "rate/h", "new stored"
+        "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {:<11}  tags",
+        "id", "name", "time (UTC)", "kind", "size", "changed", "rate/h", "new stored", "verdict"
     );
     for s in shown {
         let rate = s
@@ -1845,7 +1848,7 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
             );
         }
         println!(
-            "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {}",
+            "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {:<11}  {}",
             s.id.short(),
             // (Names written before they were checked may hold anything.)
             cairn_vault::text::escape(s.name.as_bytes()),
@@ -1858,6 +1861,7 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
             bytes(s.metrics.changed_bytes),
             rate,
             bytes(s.metrics.new_bytes_stored),
+            verdict(s).map_or("-", |v| v.as_str()),
             tags.join(",")
         );
     }

@@ -1638,6 +1638,19 @@ fn a_disk_put_back_after_an_attack_and_a_state_committed_on_the_clean_point_are_
     assert_eq!(hit.status.code(), Some(3));
     let back = env.backup(&disk, "vm2", &day(4));
     assert_eq!(back["insight"]["verdict"], "clean", "{back}");
+    // `snapshots` shows each one's verdict from its backup.
+    let listed = env.json(&["snapshots", "vm2"]);
+    let verdicts: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["clean", "clean", "clean", "compromised", "clean"]
+    );
+    assert!(env.ok(&["snapshots", "vm2"]).contains(" compromised "));
 
     // Committed on the clean point (nothing changed in its overlay).
     flagged_backup(&env, &attacked, 3);

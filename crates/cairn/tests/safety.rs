@@ -211,6 +211,12 @@ fn bad_input_gets_a_one_line_error_and_exit_1() {
         stderr(&bad_ref)
     );
 
+    let empty = env.path("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let r = env.run(&["backup", empty.to_str().unwrap(), "--name", "e"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("empty (0 bytes)"), "{}", stderr(&r));
+
     let usage = env.run(&["backup"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
     let no_zone = env.run(&[
