@@ -193,7 +193,13 @@ pub struct PruneReport {
     pub chunks_missing: usize,
     /// Packs without an index kept for that reason.
     pub unindexed_kept: usize,
+    /// On S3: uploads of killed backups (parts stored, no object) aborted.
+    pub uploads_aborted: usize,
 }
+
+/// A multipart upload started this long ago and not completed belongs to
+/// a backup that died (a pack goes up in seconds).
+const STALE_UPLOAD_HOURS: i64 = 12;
 
 /// Deletes `name`; false when the store refuses because the object is
 /// still under its own lock (S3 Object Lock outlives the vault's retention
@@ -408,6 +414,12 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             }
             report.records_deleted += 1;
         }
+    }
+    // Parts of uploads a killed backup left: billed, and nobody's.
+    if !dry_run && let Some(s3) = vault.backend().as_s3() {
+        report.uploads_aborted = s3
+            .client
+            .abort_stale_uploads(Utc::now() - chrono::Duration::hours(STALE_UPLOAD_HOURS))?;
     }
     // Object Lock on what stays: extended before it runs out, so a
     // snapshot kept longer than the retention (pinned, or kept by policy)

@@ -583,6 +583,68 @@ impl S3Client {
         Ok(oldest.filter(|_| entries > 1))
     }
 
+    /// Aborts the multipart uploads under the vault's prefix started
+    /// before `before` and never completed (a backup killed mid-upload):
+    /// their parts are stored and billed but belong to no object. Returns
+    /// how many. (No pack upload runs for hours: an old one is dead.)
+    pub fn abort_stale_uploads(&self, before: DateTime<Utc>) -> Result<usize> {
+        let prefix = self.key("");
+        let mut stale = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        for _ in 0..1_000 {
+            let mut query = vec![("uploads", ""), ("prefix", prefix.as_str())];
+            if let Some((k, u)) = &marker {
+                query.push(("key-marker", k.as_str()));
+                query.push(("upload-id-marker", u.as_str()));
+            }
+            let r = self.send("GET", None, &query, &[], b"")?;
+            if r.status != 200 {
+                return Err(self.fail("ListMultipartUploads", &r));
+            }
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            let doc = roxmltree::Document::parse(&text)
+                .map_err(|e| Error::Invalid(format!("S3 ListMultipartUploads answer: {e}")))?;
+            for u in doc.descendants().filter(|n| n.has_tag_name("Upload")) {
+                let (Some(key), Some(id), Some(at)) = (
+                    child_text(&u, "Key"),
+                    child_text(&u, "UploadId"),
+                    child_text(&u, "Initiated"),
+                ) else {
+                    continue;
+                };
+                let old = DateTime::parse_from_rfc3339(&at).is_ok_and(|t| t < before);
+                if old
+                    && key
+                        .strip_prefix(&prefix)
+                        .is_some_and(|rel| among(rel, WRITTEN_ONCE))
+                {
+                    stale.push((key, id));
+                }
+            }
+            let root = doc.root_element();
+            let next = (
+                child_text(&root, "NextKeyMarker"),
+                child_text(&root, "NextUploadIdMarker").unwrap_or_default(),
+            );
+            match (child_text(&root, "IsTruncated").as_deref(), next) {
+                (Some("true"), (Some(k), u))
+                    if marker.as_ref() != Some(&(k.clone(), u.clone())) =>
+                {
+                    marker = Some((k, u));
+                }
+                _ => break,
+            }
+        }
+        for (key, id) in &stale {
+            let r = self.send("DELETE", Some(key), &[("uploadId", id.as_str())], &[], b"")?;
+            // Gone already (completed or aborted meanwhile) is as good.
+            if !matches!(r.status, 200 | 204 | 404) {
+                return Err(self.fail(&format!("AbortMultipartUpload {key}"), &r));
+            }
+        }
+        Ok(stale.len())
+    }
+
     /// Puts back on top what Cairn wrote under each of its write-once
     /// names that someone overwrote since (a new version on top, Object
     /// Lock keeping Cairn's below): its oldest version, copied on the

@@ -1291,6 +1291,12 @@ fn print_prune(r: &cairn_vault::prune::PruneReport, dry_run: bool) {
         bytes(r.bytes_retained),
         r.packs_in_use
     );
+    if r.uploads_aborted > 0 {
+        println!(
+            "aborted {} upload(s) that killed backups left unfinished",
+            r.uploads_aborted
+        );
+    }
     if r.chunks_missing > 0 {
         eprintln!(
             "warning: snapshots refer to {} chunk(s) that no index lists (an index object lost or damaged?): the {} pack(s) without an index, which may hold them, were kept; `cairn verify` names the snapshots that miss them",

@@ -659,6 +659,23 @@ fn prune_keeps_locked_the_versions_cairn_wrote_not_the_ones_stacked_on_them() {
     assert!(same_bytes(&out, &img));
 }
 
+#[test]
+fn prune_aborts_the_uploads_killed_backups_left() {
+    let env = S3Env::new("cairn-uploads");
+    env.ok(&["init", "--create-bucket"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(1 << 20, 5)).unwrap();
+    env.ok(&["backup", img.to_str().unwrap(), "--name", "d"]);
+    // (moto dates every upload 2010: old enough.)
+    env.tool(&["start-upload", "vault/packs/ab/abandoned"]);
+    env.tool(&["start-upload", "elsewhere/not-ours"]);
+    assert_eq!(env.tool(&["uploads"]).trim(), "2");
+    let r = env.json(&["prune"]);
+    assert_eq!(r["uploads_aborted"], 1, "{r:#}");
+    assert_eq!(env.tool(&["uploads"]).trim(), "1", "only the vault's");
+    env.ok(&["verify"]);
+}
+
 fn walk_count(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;

@@ -7,6 +7,9 @@ Usage: s3.py ENDPOINT COMMAND BUCKET [KEY]
   audit          JSON: every key with its lock mode, retain-until and version count
   originals      JSON: every key with the retain-until of its oldest version
                  (the one Cairn wrote) and its version count
+  start-upload   start a multipart upload of KEY and send one part, never
+                 completed (as a backup killed mid-upload leaves it)
+  uploads        how many multipart uploads are open
   delete-locked  try to delete the (only) version of KEY; print the error code
   overwrite      put garbage under KEY; print the number of versions after
   delete-all     delete every key (under PREFIX, if given) as `aws s3 rm
@@ -18,7 +21,7 @@ Usage: s3.py ENDPOINT COMMAND BUCKET [KEY]
   edit-json      set FIELD to the JSON VALUE in the JSON object under KEY
                  (args: KEY FIELD VALUE), as a new version
 """
-import json, sys, boto3, botocore
+import json, os, sys, boto3, botocore
 
 endpoint, cmd, bucket = sys.argv[1:4]
 s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
@@ -53,6 +56,12 @@ elif cmd == "originals":
             "versions": len(vs),
         }
     print(json.dumps(out))
+elif cmd == "start-upload":
+    key = sys.argv[4]
+    u = s3.create_multipart_upload(Bucket=bucket, Key=key)
+    s3.upload_part(Bucket=bucket, Key=key, UploadId=u["UploadId"], PartNumber=1, Body=os.urandom(5 << 20))
+elif cmd == "uploads":
+    print(len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])))
 elif cmd == "delete-locked":
     key = sys.argv[4]
     v = [x for x in s3.list_object_versions(Bucket=bucket, Prefix=key)["Versions"] if x["Key"] == key][0]
