@@ -170,6 +170,23 @@ pub fn diff(old: &[FileEntry], new: &[FileEntry], check: &mut dyn ContentCheck) 
                 .push(i);
         }
     }
+    // A new file named as a deleted one plus an extension (`a.jpg` gone,
+    // `a.jpg.enc` come) is that file's copy, whatever inode it took: a
+    // locker writes each copy and deletes its original, so the next copy
+    // often takes the inode just freed — of another file, of the same
+    // size when the originals are — and pairing by id would shift every
+    // pair by one.
+    let gone_files: std::collections::HashSet<&[u8]> = gone
+        .iter()
+        .filter(|o| o.kind == FileKind::File)
+        .map(|o| o.path.as_slice())
+        .collect();
+    fn copy_of<'p>(n: &'p FileEntry, gone: &std::collections::HashSet<&[u8]>) -> Option<&'p [u8]> {
+        let name_at = n.path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+        let dot = n.path[name_at..].iter().rposition(|&b| b == b'.')? + name_at;
+        let stem = &n.path[..dot];
+        gone.contains(stem).then_some(stem)
+    }
     for (j, n) in came.iter().enumerate() {
         let Some(id) = n.file_id else { continue };
         let Some(cands) = by_id.get_mut(&(id, n.kind == FileKind::Dir)) else {
@@ -181,7 +198,13 @@ pub fn diff(old: &[FileEntry], new: &[FileEntry], check: &mut dyn ContentCheck) 
             // An inode freed and reused by an unrelated new file would
             // match by id: require the same size or unchanged content.
             let modified = differs(o, n, check);
-            if o.kind == FileKind::Dir || !modified || o.size == n.size || o.name() == n.name() {
+            let anothers_copy =
+                copy_of(n, &gone_files).is_some_and(|stem| stem != o.path.as_slice());
+            if o.kind == FileKind::Dir
+                || !modified
+                || (o.size == n.size && !anothers_copy)
+                || o.name() == n.name()
+            {
                 matched_old[i] = true;
                 matched_new[j] = true;
                 d.renamed.push(Renamed {
@@ -266,4 +289,68 @@ pub fn between(old: &crate::Opened, new: &crate::Opened) -> crate::Result<Diff> 
         _ => diff(&ow, &nw, &mut crate::check::TreeCheck),
     };
     Ok(Diff { unread, ..d })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Unreadable;
+    impl ContentCheck for Unreadable {
+        fn changed(&mut self, _: &FileEntry, _: &FileEntry) -> bool {
+            true
+        }
+        fn digest(&mut self, _: &FileEntry, _: bool) -> Option<[u8; 32]> {
+            None
+        }
+    }
+
+    fn file(path: &str, id: u64, size: u64) -> FileEntry {
+        FileEntry {
+            path: path.as_bytes().to_vec(),
+            kind: FileKind::File,
+            size,
+            mode: None,
+            uid: None,
+            gid: None,
+            mtime_ns: id as i64,
+            file_id: Some(id),
+            link_target: None,
+            extents: None,
+            content_key: None,
+            unsafe_name: false,
+        }
+    }
+
+    #[test]
+    fn copies_that_took_the_inodes_of_other_originals_pair_with_their_own() {
+        // img0..img3 of one size; each encrypted copy took the inode its
+        // predecessor's original freed (the first a fresh one).
+        let old: Vec<FileEntry> = (0..4)
+            .map(|i| file(&format!("p/img{i}.jpg"), 10 + i, 500))
+            .collect();
+        let new: Vec<FileEntry> = (0..4)
+            .map(|i| {
+                file(
+                    &format!("p/img{i}.jpg.enc"),
+                    if i == 0 { 99 } else { 9 + i },
+                    500,
+                )
+            })
+            .collect();
+        let d = diff(&old, &new, &mut Unreadable);
+        let shifted: Vec<_> = d
+            .renamed
+            .iter()
+            .filter(|r| format!("{}.enc", r.from) != r.to)
+            .collect();
+        assert!(shifted.is_empty(), "{:?}", d.renamed);
+        // A plain rename that kept its inode still pairs.
+        let d = diff(
+            &[file("a/x.txt", 5, 100)],
+            &[file("b/y.txt", 5, 100)],
+            &mut Unreadable,
+        );
+        assert_eq!(d.renamed.len(), 1);
+    }
 }

@@ -1743,3 +1743,67 @@ fn a_rollback_says_which_kept_files_are_named_as_the_attacks_notes() {
         std::fs::read(root.join("home/alice/docs/report-3.txt")).unwrap()
     );
 }
+
+/// A locker that writes each encrypted copy and then deletes its original
+/// hands the next copy the inode just freed; with originals all of one
+/// size, pairing by inode shifted every copy onto the wrong original and
+/// a rollback left nine of ten copies behind. Each copy pairs with the
+/// original it is named after, and all of them go.
+#[test]
+fn copies_of_same_size_originals_that_took_their_inodes_are_all_rolled_back() {
+    let env = Env::new("0s", &[]);
+    let share = env.path("share");
+    std::fs::create_dir_all(share.join("Photos")).unwrap();
+    std::fs::create_dir_all(share.join("Docs")).unwrap();
+    let photo = |i: u64| {
+        [
+            &b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"[..],
+            &noise(60_000, 40 + i),
+            b"\xff\xd9",
+        ]
+        .concat()
+    };
+    for i in 0..10 {
+        std::fs::write(share.join(format!("Photos/img{i:03}.jpg")), photo(i)).unwrap();
+    }
+    std::fs::write(share.join("Docs/memo.txt"), text(9_000, 1)).unwrap();
+    for d in 0..3 {
+        std::fs::write(share.join("Docs/memo.txt"), text(9_000 + d * 10, 1)).unwrap();
+        env.backup(&share, "share", &day(d as u32));
+    }
+    for i in 0..10 {
+        let p = share.join(format!("Photos/img{i:03}.jpg"));
+        std::fs::write(p.with_extension("jpg.enc"), noise(60_013, 70 + i)).unwrap();
+        std::fs::remove_file(&p).unwrap();
+    }
+    let r = env.run(&[
+        "backup",
+        share.to_str().unwrap(),
+        "--name",
+        "share",
+        "--time",
+        &day(3),
+    ]);
+    assert_eq!(r.status.code(), Some(3));
+    let diff = env.ok(&["diff", "share@-1", "share@latest"]);
+    assert!(!diff.contains("jpg ->"), "{diff}");
+    env.ok(&[
+        "rollback",
+        "-q",
+        "share",
+        "--in-place",
+        share.to_str().unwrap(),
+    ]);
+    let left: Vec<String> = std::fs::read_dir(share.join("Photos"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".enc"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    for i in 0..10 {
+        assert_eq!(
+            std::fs::read(share.join(format!("Photos/img{i:03}.jpg"))).unwrap(),
+            photo(i)
+        );
+    }
+}
