@@ -650,36 +650,8 @@ impl S3Client {
     /// Lock keeping Cairn's below): its oldest version, copied on the
     /// store, locked as it was. Returns the names put back.
     pub fn restore_overwritten(&self) -> Result<Vec<String>> {
-        let prefix = self.key("");
-        let mut by_key: std::collections::BTreeMap<String, Vec<Version>> = Default::default();
-        self.each_versions_page(&prefix, |doc| {
-            for v in versions_in(doc) {
-                by_key.entry(v.key.clone()).or_default().push(v);
-            }
-            true
-        })?;
         let mut back = Vec::new();
-        for (key, versions) in by_key {
-            let Some(rel) = key.strip_prefix(&prefix) else {
-                continue;
-            };
-            let own = among(rel, WRITTEN_ONCE);
-            let (Some(current), Some(original)) = (versions.first(), versions.last()) else {
-                continue;
-            };
-            if !own || !current.latest || current.etag == original.etag {
-                continue;
-            }
-            // Put back before: a copy of a single-part original has its
-            // ETag (above); of a multipart one (a large pack) it has not,
-            // and the tag a copy carries says so — with the size, since
-            // anyone listing versions could write that tag on their own.
-            if original.etag.contains('-') && current.size == original.size {
-                let now = self.send("HEAD", Some(&key), &[], &[], b"")?;
-                if now.header("x-amz-meta-cairn-original") == Some(original.id.as_str()) {
-                    continue;
-                }
-            }
+        for (rel, key, original) in self.overwritten()? {
             let source = format!(
                 "/{}/{}?versionId={}",
                 self.loc.bucket,
@@ -717,22 +689,65 @@ impl S3Client {
             if r.status != 200 || String::from_utf8_lossy(&r.body).contains("<Error>") {
                 return Err(self.fail(&format!("CopyObject {key} (version {})", original.id), &r));
             }
-            back.push(rel.to_string());
+            back.push(rel);
         }
         Ok(back)
+    }
+
+    /// The vault's write-once names whose current version is someone
+    /// else's, stacked on the one Cairn wrote and not put back since:
+    /// (name in the vault, key, Cairn's version — the oldest). One
+    /// listing of every version under the vault's prefix.
+    pub fn overwritten(&self) -> Result<Vec<(String, String, Version)>> {
+        let prefix = self.key("");
+        let mut by_key: std::collections::BTreeMap<String, Vec<Version>> = Default::default();
+        self.each_versions_page(&prefix, |doc| {
+            for v in versions_in(doc) {
+                by_key.entry(v.key.clone()).or_default().push(v);
+            }
+            true
+        })?;
+        let mut out = Vec::new();
+        for (key, mut versions) in by_key {
+            let Some(rel) = key.strip_prefix(&prefix).map(str::to_string) else {
+                continue;
+            };
+            let own = among(&rel, WRITTEN_ONCE);
+            let (Some(current), Some(original)) = (versions.first(), versions.last()) else {
+                continue;
+            };
+            if !own || !current.latest || current.etag == original.etag {
+                continue;
+            }
+            // Put back before: a copy of a single-part original has its
+            // ETag (above); of a multipart one (a large pack) it has not,
+            // and the tag a copy carries says so — with the size, since
+            // anyone listing versions could write that tag on their own.
+            if original.etag.contains('-') && current.size == original.size {
+                let now = self.send("HEAD", Some(&key), &[], &[], b"")?;
+                if now.header("x-amz-meta-cairn-original") == Some(original.id.as_str()) {
+                    continue;
+                }
+            }
+            let original = versions.pop().expect("checked above");
+            out.push((rel, key, original));
+        }
+        Ok(out)
     }
 
     /// Names of the vault's objects that have a delete marker on top
     /// (someone deleted them; the store keeps their versions).
     pub fn hidden_objects(&self, dir: &str) -> Result<Vec<String>> {
-        let prefix = self.key(dir);
+        let root = self.key("");
         let mut latest = std::collections::BTreeSet::new();
-        self.each_versions_page(&prefix, |doc| {
+        self.each_versions_page(&self.key(dir), |doc| {
             latest.extend(
                 doc.descendants()
                     .filter(|n| n.has_tag_name("DeleteMarker"))
                     .filter(|n| child_text(n, "IsLatest").as_deref() == Some("true"))
-                    .filter_map(|n| child_text(&n, "Key")),
+                    .filter_map(|n| child_text(&n, "Key"))
+                    // Named as in the vault, as everything else is.
+                    .filter_map(|k| k.strip_prefix(&root).map(str::to_string)),
             );
             true
         })?;

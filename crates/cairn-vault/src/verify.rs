@@ -169,7 +169,19 @@ pub fn verify(
     // Objects read from below someone else's version: the data is whole,
     // but the store no longer serves it (any other reader of the bucket
     // gets the other version) until they are put back.
-    for name in vault.overwritten() {
+    // And every write-once name the store serves someone else's version
+    // of, read or not (the config and keys are read from this machine's
+    // cache, when it has them).
+    let mut overwritten = vault.overwritten();
+    if let Some(s3) = vault.backend().as_s3() {
+        match s3.client.overwritten() {
+            Ok(found) => overwritten.extend(found.into_iter().map(|(name, _, _)| name)),
+            Err(e) => tracing::warn!("could not look for objects overwritten on the store: {e}"),
+        }
+    }
+    overwritten.sort();
+    overwritten.dedup();
+    for name in overwritten {
         if !report.damaged_objects.iter().any(|(n, _)| *n == name) {
             report.damaged_objects.push((
                 name,

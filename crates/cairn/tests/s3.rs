@@ -660,6 +660,41 @@ fn prune_keeps_locked_the_versions_cairn_wrote_not_the_ones_stacked_on_them() {
 }
 
 #[test]
+fn verify_names_the_config_and_keys_someone_overwrote_even_from_a_warm_cache() {
+    let env = S3Env::new("cairn-overwritten-keys");
+    env.ok(&["init", "--create-bucket"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(1 << 20, 6)).unwrap();
+    env.ok(&["backup", img.to_str().unwrap(), "--name", "d"]);
+    env.tool(&["overwrite-all", "vault/keys/"]);
+    env.tool(&["overwrite-all", "vault/config"]);
+    env.tool(&["delete-all", "vault/maps/"]);
+    let v = env.run(&["verify", "--json"]);
+    assert_eq!(
+        v.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let report: Value = serde_json::from_slice(&v.stdout).unwrap();
+    let named: Vec<String> = report["damaged_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.to_string())
+        .collect();
+    for want in ["\"config\"", "\"keys/", "\"maps/"] {
+        assert!(named.iter().any(|n| n.contains(want)), "{want}: {named:#?}");
+    }
+    assert!(
+        !named.iter().any(|n| n.contains("vault/")),
+        "named as in the vault: {named:#?}"
+    );
+    env.ok(&["undelete"]);
+    env.ok(&["verify"]);
+}
+
+#[test]
 fn prune_aborts_the_uploads_killed_backups_left() {
     let env = S3Env::new("cairn-uploads");
     env.ok(&["init", "--create-bucket"]);
