@@ -1195,6 +1195,20 @@ impl Vault {
                 Err(e) => bad.push((n, e.to_string())),
             }
         }
+        // On S3, manifests someone deleted behind Cairn's back (a delete
+        // marker on top, the version kept below) are gone from the listing:
+        // said like manifests that cannot be read, not left out unseen.
+        if let Some(s3) = self.backend.as_s3() {
+            match s3.client.hidden_objects("snapshots/") {
+                Ok(hidden) => bad.extend(hidden.into_iter().map(|n| {
+                    (
+                        n,
+                        "deleted on the store behind Cairn's back (a delete marker on top, the data kept): `cairn undelete` brings it back".to_string(),
+                    )
+                })),
+                Err(e) => tracing::warn!("could not look for manifests deleted on the store: {e}"),
+            }
+        }
         good.sort_by(|a, b| a.time.cmp(&b.time).then(a.written.cmp(&b.written)));
         Ok((good, bad))
     }
@@ -1221,7 +1235,17 @@ impl Vault {
                 bad.len()
             );
         }
-        crate::snapshot::resolve(&all, spec).cloned()
+        crate::snapshot::resolve(&all, spec).cloned().map_err(|e| {
+            // An id whose manifest cannot be read (deleted on the store)
+            // is said as that, not as no such snapshot.
+            let id = spec.rsplit_once('@').map_or(spec, |(_, r)| r);
+            match bad.iter().find(|(n, _)| {
+                id.len() >= 4 && n.rsplit('/').next().is_some_and(|f| f.starts_with(id))
+            }) {
+                Some((n, why)) => Error::Invalid(format!("{spec}: {n} {why}")),
+                None => e,
+            }
+        })
     }
 
     pub fn pins(&self) -> Result<BTreeSet<SnapshotId>> {

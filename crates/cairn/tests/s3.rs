@@ -359,7 +359,24 @@ fn a_vault_deleted_from_the_bucket_is_brought_back() {
     assert!(err.contains("already exists"), "{err}");
     // Only the manifests deleted: the vault looks empty, but verify says
     // what happened and prune deletes nothing (the packs would look unused).
+    let id = env.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     env.tool_on("cairn-deleted", &["delete-all", "vault/snapshots/"]);
+    // Listing and restoring say where the snapshot went.
+    let listed = env.run(&["snapshots"]);
+    assert_eq!(listed.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&listed.stderr).contains("cairn undelete"));
+    let r = env.run(&[
+        "restore",
+        &format!("d@{}", &id[..8]),
+        "--to",
+        env.path("gone.img").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("cairn undelete"), "{err}");
     let v = env.run(&["verify"]);
     let said = String::from_utf8_lossy(&v.stdout);
     assert_eq!(v.status.code(), Some(3), "{said}");
