@@ -772,8 +772,12 @@ fn check_jpeg(s: &Sample) -> Result<(), String> {
             }
         }
     }
-    let tail = &s.tail[s.tail.len().saturating_sub(4096)..];
-    if !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
+    // Tools pad images with zeros after the marker (to a block size, or
+    // a fixed file size): looked for before the padding. A tail of zeros
+    // alone tells nothing (zeroing is judged on its own).
+    let padded = s.tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let tail = &s.tail[padded.saturating_sub(4096)..padded];
+    if padded > 0 && !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
         return Err("no JPEG end-of-image marker".into());
     }
     Ok(())
@@ -1046,6 +1050,24 @@ mod tests {
             true
         };
         check_structure(kind, &s, &mut read)
+    }
+
+    #[test]
+    fn a_jpeg_padded_with_zeros_after_its_end_is_whole_and_one_cut_short_is_not() {
+        let mut jpeg =
+            b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xda\x00\x08"
+                .to_vec();
+        jpeg.extend((0..20_000u32).map(|i| (i * 7 % 251) as u8 | 1));
+        jpeg.extend_from_slice(b"\xff\xd9");
+        assert_eq!(check(Kind::Jpeg, &jpeg), Ok(()));
+        let mut padded = jpeg.clone();
+        padded.resize(60_000, 0);
+        assert_eq!(check(Kind::Jpeg, &padded), Ok(()));
+        let cut = &jpeg[..jpeg.len() - 2];
+        assert!(check(Kind::Jpeg, cut).is_err());
+        let mut cut_then_padded = cut.to_vec();
+        cut_then_padded.resize(60_000, 0);
+        assert!(check(Kind::Jpeg, &cut_then_padded).is_err());
     }
 
     fn png() -> Vec<u8> {
