@@ -197,9 +197,30 @@ pub struct PruneReport {
     pub uploads_aborted: usize,
 }
 
-/// A multipart upload started this long ago and not completed belongs to
-/// a backup that died (a pack goes up in seconds).
+/// A multipart upload a prune saw this long before and still open belongs
+/// to a backup that died (a pack goes up in seconds).
 const STALE_UPLOAD_HOURS: i64 = 12;
+
+/// Adds what snapshot `s` refers to: its chunks and its map or tree.
+fn count_used(
+    vault: &Vault,
+    s: &Snapshot,
+    used: &mut HashSet<ChunkId>,
+    used_maps: &mut HashSet<String>,
+) -> Result<()> {
+    used_maps.insert(s.content.clone());
+    match s.source.kind {
+        SourceKind::Disk => used.extend(vault.read_disk_map(s)?.chunks.into_iter().flatten()),
+        SourceKind::Directory => used.extend(
+            vault
+                .read_tree(s)?
+                .entries
+                .into_iter()
+                .flat_map(|e| e.chunks.into_iter().map(|c| c.id)),
+        ),
+    }
+    Ok(())
+}
 
 /// Deletes `name`; false when the store refuses because the object is
 /// still under its own lock (S3 Object Lock outlives the vault's retention
@@ -281,19 +302,36 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     }
     let mut used: HashSet<ChunkId> = HashSet::new();
     let mut used_maps: HashSet<String> = HashSet::new();
+    let mut counted: HashSet<crate::SnapshotId> = HashSet::new();
     for s in &snapshots {
-        used_maps.insert(s.content.clone());
-        match s.source.kind {
-            SourceKind::Disk => used.extend(vault.read_disk_map(s)?.chunks.into_iter().flatten()),
-            SourceKind::Directory => used.extend(
-                vault
-                    .read_tree(s)?
-                    .entries
-                    .into_iter()
-                    .flat_map(|e| e.chunks.into_iter().map(|c| c.id)),
-            ),
-        }
+        count_used(vault, s, &mut used, &mut used_maps)?;
+        counted.insert(s.id.clone());
     }
+    // What a backup on another host finished while the above was read
+    // counts too (on S3 no lock spans hosts; Object Lock's margin is the
+    // backstop): the manifests are listed again before anything goes.
+    let forgotten = vault.forgotten();
+    let mut recount = |used: &mut HashSet<ChunkId>,
+                       used_maps: &mut HashSet<String>|
+     -> Result<()> {
+        if dry_run {
+            return Ok(());
+        }
+        // (Names only, and only new manifests read: this runs before
+        // every deletion.)
+        for name in vault.backend().list("snapshots")? {
+            let id = crate::SnapshotId(name.rsplit('/').next().unwrap_or(&name).to_string());
+            if !forgotten.contains(&id.0) && counted.insert(id) {
+                let s = vault.read_snapshot(&name).map_err(|e| {
+                    Error::Invalid(format!(
+                        "{name}, written during this prune, cannot be read ({e}): nothing more was deleted; run prune again"
+                    ))
+                })?;
+                count_used(vault, &s, used, used_maps)?;
+            }
+        }
+        Ok(())
+    };
     // A chunk a snapshot needs that no index lists: an index object lost
     // or damaged, whose pack would then look unindexed — unused — and be
     // deleted below with the only copy of that data. (On S3 a backup on
@@ -319,7 +357,14 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
         let idx = vault.read_pack_index(&name)?;
         indexed_packs.insert(pack_object(&idx.pack));
         let size = vault.backend().size(&pack_object(&idx.pack)).unwrap_or(0);
-        if idx.entries.iter().any(|e| used.contains(&e.id)) {
+        let in_use = |used: &HashSet<ChunkId>| idx.entries.iter().any(|e| used.contains(&e.id));
+        // About to go: counted again against the manifests there now.
+        let in_use = in_use(&used)
+            || (idx.retain_until <= now && {
+                recount(&mut used, &mut used_maps)?;
+                in_use(&used)
+            });
+        if in_use {
             report.packs_in_use += 1;
         } else if idx.retain_until > now {
             report.packs_retained += 1;
@@ -388,7 +433,10 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
             >= retention)
     };
     for name in vault.backend().list("maps")? {
-        if !used_maps.contains(&name) && aged(&name)? {
+        if !used_maps.contains(&name) && aged(&name)? && {
+            recount(&mut used, &mut used_maps)?;
+            !used_maps.contains(&name)
+        } {
             if !dry_run && !try_delete(vault, &name)? {
                 continue;
             }
@@ -417,9 +465,13 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     }
     // Parts of uploads a killed backup left: billed, and nobody's.
     if !dry_run && let Some(s3) = vault.backend().as_s3() {
+        let age = std::env::var("CAIRN_S3_STALE_UPLOAD_SECS")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(STALE_UPLOAD_HOURS * 3600);
         report.uploads_aborted = s3
             .client
-            .abort_stale_uploads(Utc::now() - chrono::Duration::hours(STALE_UPLOAD_HOURS))?;
+            .abort_stale_uploads(&vault.root().join("uploads-seen"), age)?;
     }
     // Object Lock on what stays: extended before it runs out, so a
     // snapshot kept longer than the retention (pinned, or kept by policy)

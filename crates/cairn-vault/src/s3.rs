@@ -583,13 +583,17 @@ impl S3Client {
         Ok(oldest.filter(|_| entries > 1))
     }
 
-    /// Aborts the multipart uploads under the vault's prefix started
-    /// before `before` and never completed (a backup killed mid-upload):
-    /// their parts are stored and billed but belong to no object. Returns
-    /// how many. (No pack upload runs for hours: an old one is dead.)
-    pub fn abort_stale_uploads(&self, before: DateTime<Utc>) -> Result<usize> {
+    /// Aborts the multipart uploads under the vault's names that a backup
+    /// killed mid-upload left: their parts are stored and billed but
+    /// belong to no object. An upload is aborted only when an earlier
+    /// call, `age_secs` or more before, saw it too (recorded in `seen`, a
+    /// file of this machine's): a pack goes up in seconds, so one still
+    /// there hours later is dead — and the store's own start date is not
+    /// relied on (some stores report none, or a wrong one). Returns how
+    /// many were aborted.
+    pub fn abort_stale_uploads(&self, seen: &std::path::Path, age_secs: i64) -> Result<usize> {
         let prefix = self.key("");
-        let mut stale = Vec::new();
+        let mut open = Vec::new();
         let mut marker: Option<(String, String)> = None;
         for _ in 0..1_000 {
             let mut query = vec![("uploads", ""), ("prefix", prefix.as_str())];
@@ -605,20 +609,12 @@ impl S3Client {
             let doc = roxmltree::Document::parse(&text)
                 .map_err(|e| Error::Invalid(format!("S3 ListMultipartUploads answer: {e}")))?;
             for u in doc.descendants().filter(|n| n.has_tag_name("Upload")) {
-                let (Some(key), Some(id), Some(at)) = (
-                    child_text(&u, "Key"),
-                    child_text(&u, "UploadId"),
-                    child_text(&u, "Initiated"),
-                ) else {
-                    continue;
-                };
-                let old = DateTime::parse_from_rfc3339(&at).is_ok_and(|t| t < before);
-                if old
+                if let (Some(key), Some(id)) = (child_text(&u, "Key"), child_text(&u, "UploadId"))
                     && key
                         .strip_prefix(&prefix)
                         .is_some_and(|rel| among(rel, WRITTEN_ONCE))
                 {
-                    stale.push((key, id));
+                    open.push((key, id));
                 }
             }
             let root = doc.root_element();
@@ -635,14 +631,39 @@ impl S3Client {
                 _ => break,
             }
         }
-        for (key, id) in &stale {
-            let r = self.send("DELETE", Some(key), &[("uploadId", id.as_str())], &[], b"")?;
-            // Gone already (completed or aborted meanwhile) is as good.
-            if !matches!(r.status, 200 | 204 | 404) {
-                return Err(self.fail(&format!("AbortMultipartUpload {key}"), &r));
+        // upload id → Unix second this machine first saw it.
+        let before: std::collections::HashMap<String, i64> = std::fs::read_to_string(seen)
+            .ok()
+            .filter(|t| t.len() < 16 << 20)
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .filter_map(|(at, id)| Some((id.to_string(), at.parse().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = Utc::now().timestamp();
+        let mut aborted = 0;
+        let mut still = String::new();
+        for (key, id) in &open {
+            match before.get(id) {
+                Some(&first) if now - first >= age_secs => {
+                    let r =
+                        self.send("DELETE", Some(key), &[("uploadId", id.as_str())], &[], b"")?;
+                    // Gone already (completed or aborted meanwhile) is as good.
+                    if !matches!(r.status, 200 | 204 | 404) {
+                        return Err(self.fail(&format!("AbortMultipartUpload {key}"), &r));
+                    }
+                    aborted += 1;
+                }
+                first => still.push_str(&format!("{} {id}\n", first.copied().unwrap_or(now))),
             }
         }
-        Ok(stale.len())
+        let tmp = seen.with_extension("tmp");
+        std::fs::write(&tmp, still)
+            .and_then(|()| std::fs::rename(&tmp, seen))
+            .map_err(|e| Error::io(format!("writing {}", seen.display()), e))?;
+        Ok(aborted)
     }
 
     /// Puts back on top what Cairn wrote under each of its write-once

@@ -718,11 +718,19 @@ fn prune_aborts_the_uploads_killed_backups_left() {
     let img = env.path("d.img");
     std::fs::write(&img, noise(1 << 20, 5)).unwrap();
     env.ok(&["backup", img.to_str().unwrap(), "--name", "d"]);
-    // (moto dates every upload 2010: old enough.)
     env.tool(&["start-upload", "vault/packs/ab/abandoned"]);
     env.tool(&["start-upload", "elsewhere/not-ours"]);
     assert_eq!(env.tool(&["uploads"]).trim(), "2");
+    // The first prune to see an upload only notes it (it may be a running
+    // backup's); one a given time later aborts it if it is still there.
     let r = env.json(&["prune"]);
+    assert_eq!(r["uploads_aborted"], 0, "{r:#}");
+    assert_eq!(env.tool(&["uploads"]).trim(), "2");
+    let r: Value = serde_json::from_slice(
+        &env.ok_with(&["prune", "--json"], &[("CAIRN_S3_STALE_UPLOAD_SECS", "0")])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(r["uploads_aborted"], 1, "{r:#}");
     assert_eq!(env.tool(&["uploads"]).trim(), "1", "only the vault's");
     env.ok(&["verify"]);
