@@ -179,13 +179,13 @@ fn store(
     };
     if let (Some(t), Some(p)) = (opts.time, &parent)
         && derived_from.is_none()
-        && t < p.time
+        && t <= p.time
     {
         // A snapshot's parent is the one before it in time, and insight
         // reads a name's snapshots in time order: one dated before the
         // newest would be compared with a later snapshot as its parent.
         return Err(Error::Invalid(format!(
-            "--time {} is before {}@{} ({}), the newest snapshot of {:?}: snapshots of a name are taken in time order",
+            "--time {} is not after {}@{} ({}), the newest snapshot of {:?}: snapshots of a name are taken in time order",
             t.to_rfc3339(),
             p.name,
             p.id.short(),

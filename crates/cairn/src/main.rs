@@ -578,7 +578,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,fatfs=error,fuser=error".into()),
         )
         .init();
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = <Cli as clap::CommandFactory>::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| usage_exit(e));
     let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli.vault_given = given_on_command_line(&matches, "vault");
@@ -642,6 +644,27 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// A command line clap refused: said as clap says it, and, when the
+/// line asks for `--json`, as JSON on stdout too (a script's parser
+/// would otherwise meet an empty answer).
+fn usage_exit(e: clap::Error) -> ! {
+    use clap::error::ErrorKind::*;
+    let informational = matches!(
+        e.kind(),
+        DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !informational && std::env::args_os().any(|a| a == "--json") {
+        let text = e.render().to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("error: ");
+        println!("{}", json!({"error": first, "exit_code": 2}));
+    }
+    e.exit()
 }
 
 /// `--time`: RFC 3339, with a clear word for the usual slip (no zone).

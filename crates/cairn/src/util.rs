@@ -11,7 +11,10 @@ use std::time::Duration;
 /// The vault secret: `CAIRN_PASSWORD_FILE`, then `CAIRN_PASSWORD`, then a
 /// prompt on the terminal.
 pub fn password(confirm: bool) -> Result<Vec<u8>> {
-    if let Ok(path) = std::env::var("CAIRN_PASSWORD_FILE") {
+    // (Set but empty counts as not set, as shells leave them.)
+    if let Ok(path) = std::env::var("CAIRN_PASSWORD_FILE")
+        && !path.is_empty()
+    {
         let s =
             std::fs::read(&path).with_context(|| format!("reading CAIRN_PASSWORD_FILE {path}"))?;
         let s = s.strip_suffix(b"\n").unwrap_or(&s);

@@ -219,6 +219,11 @@ fn bad_input_gets_a_one_line_error_and_exit_1() {
 
     let usage = env.run(&["backup"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
+    let bogus = env.run(&["bogus", "--json"]);
+    assert_eq!(bogus.status.code(), Some(2));
+    let said: serde_json::Value = serde_json::from_slice(&bogus.stdout).unwrap();
+    assert_eq!(said["exit_code"], 2, "{said}");
+    assert!(said["error"].as_str().unwrap().contains("bogus"), "{said}");
     let no_zone = env.run(&[
         "backup",
         img.to_str().unwrap(),
@@ -263,6 +268,14 @@ fn bad_input_gets_a_one_line_error_and_exit_1() {
         .output()
         .unwrap();
     assert!(via_file.status.success(), "{}", stderr(&via_file));
+    // Set but empty is not set.
+    let empty_file = env
+        .cmd()
+        .env("CAIRN_PASSWORD_FILE", "")
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert!(empty_file.status.success(), "{}", stderr(&empty_file));
 
     // Nothing above changed the vault.
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
@@ -745,7 +758,7 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
         "2026-03-01T00:00:00Z",
     ]);
     assert_eq!(back.status.code(), Some(1), "{}", stderr(&back));
-    assert!(stderr(&back).contains("before vm@"), "{}", stderr(&back));
+    assert!(stderr(&back).contains("not after vm@"), "{}", stderr(&back));
     assert_eq!(count(&env), 1);
 
     // Names that break tables and NAME@SNAP.
@@ -1081,6 +1094,18 @@ fn a_disk_restore_to_a_folder_name_that_does_not_exist_writes_nothing() {
     let img = env.path("d.img");
     std::fs::write(&img, text(1 << 20, 2)).unwrap();
     env.backup(&img, "d", "2026-01-01T00:00:00Z");
+    // Dated as the newest snapshot is not after it (the server says the
+    // same, after the upload).
+    let same = env.run(&[
+        "backup",
+        img.to_str().unwrap(),
+        "--name",
+        "d",
+        "--time",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(same.status.code(), Some(1));
+    assert!(stderr(&same).contains("not after"), "{}", stderr(&same));
     let slash = format!("{}/", env.path("nodir").display());
     let r = env.run(&["restore", "d@latest", "--to", &slash]);
     assert_eq!(r.status.code(), Some(1));
