@@ -56,7 +56,13 @@ pub struct TokenRecord {
 
 impl TokenRecord {
     pub fn may_write(&self, source: &str) -> bool {
-        self.role > Role::Agent || self.sources.iter().any(|s| s == "*" || s == source)
+        match self.role {
+            Role::Agent => self.sources.iter().any(|s| s == "*" || s == source),
+            // Operators add nothing through the object protocol (see
+            // `objects::store`): told so before a backup uploads.
+            Role::Operator => false,
+            Role::Admin => true,
+        }
     }
 }
 

@@ -1415,7 +1415,7 @@ fn remote_backup(
     {
         // Said before anything is uploaded, not when the manifest is.
         bail!(
-            "this agent token may not back up {name:?} on {url}: ask for a token with --source {name}"
+            "this token may not back up {name:?} on {url}: back up with an agent token made with --source {name}"
         );
     }
     let vault = Vault::open_at(&loc, &password(false)?)?;

@@ -350,6 +350,15 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     );
     assert_eq!(status, 403, "{v}");
     assert!(v.to_string().contains("operator token cannot write"), "{v}");
+    // And is told so before a backup uploads anything.
+    let (status, v) = call(
+        "GET",
+        &format!("{url}/api/v1/whoami?source=vm"),
+        Some(&operator),
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(v["may_back_up"], false, "{v}");
     // The manifest is still the agent's original.
     let (status, _) = call("HEAD", &format!("{objects}/{manifest}"), Some(&admin), b"");
     assert_eq!(status, 200);
