@@ -558,29 +558,13 @@ impl S3Client {
     }
 
     /// [`Self::originals`] of one name: `None` when nothing is stacked on
-    /// it (its current version is Cairn's).
+    /// it (its current version is Cairn's). Below someone's version or a
+    /// delete marker, Cairn's is the oldest of [`Self::older_versions`].
     pub fn original_of(&self, name: &str) -> Result<Option<String>> {
         if !among(name, WRITTEN_ONCE) {
             return Ok(None);
         }
-        let key = self.key(name);
-        let mut entries = 0;
-        let mut oldest = None;
-        let mut pages = 0;
-        self.each_versions_page(&key, |doc| {
-            pages += 1;
-            entries += doc
-                .descendants()
-                .filter(|n| n.has_tag_name("DeleteMarker"))
-                .filter(|n| child_text(n, "Key").as_deref() == Some(key.as_str()))
-                .count();
-            for v in versions_in(doc).filter(|v| v.key == key) {
-                entries += 1;
-                oldest = Some(v.id);
-            }
-            pages < 100 && child_text(&doc.root_element(), "NextKeyMarker").is_none_or(|k| k <= key)
-        })?;
-        Ok(oldest.filter(|_| entries > 1))
+        Ok(self.older_versions(name)?.into_iter().next().map(|v| v.id))
     }
 
     /// Aborts the multipart uploads under the vault's names that a backup
