@@ -98,15 +98,25 @@ pub struct ScanReport {
     pub notes: Vec<String>,
     pub stats: MalwareStats,
     pub seconds: f64,
+    /// The one partition scanned (`scan --partition`); None: the disk's
+    /// filesystem a scan reads by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
 }
 
 impl ScanReport {
     /// What a newer result must have been made with to supersede this one.
-    pub fn family(&self) -> &str {
-        if self.rule_family.is_empty() {
+    /// A scan of one partition is a family of its own: it neither
+    /// supersedes what a scan of the disk found nor is superseded by it.
+    pub fn family(&self) -> std::borrow::Cow<'_, str> {
+        let rules = if self.rule_family.is_empty() {
             &self.rules
         } else {
             &self.rule_family
+        };
+        match self.partition {
+            None => rules.into(),
+            Some(p) => format!("{rules}/partition {p}").into(),
         }
     }
 
@@ -272,12 +282,15 @@ pub fn standing(reports: &[ScanReport]) -> Option<&ScanReport> {
 /// [`standing`] of the results of another rule family than `family`
 /// (what a scan of that family does not supersede).
 pub fn standing_apart_from<'a>(reports: &'a [ScanReport], family: &str) -> Option<&'a ScanReport> {
-    let mut newest: HashMap<&str, &ScanReport> = HashMap::new();
+    let mut newest: HashMap<std::borrow::Cow<'_, str>, &ScanReport> = HashMap::new();
     for r in reports.iter().filter(|r| r.family() != family) {
         newest.insert(r.family(), r);
     }
     newest
         .into_values()
+        // One partition found clean says nothing of the rest of the disk:
+        // it does not vouch for the snapshot (what it found still counts).
+        .filter(|r| r.partition.is_none() || r.verdict != ScanVerdict::Clean)
         .max_by_key(|r| (r.verdict, r.scanned_at))
 }
 
@@ -631,6 +644,7 @@ impl ScanReport {
             notes: vec![],
             stats: MalwareStats::default(),
             seconds: 0.0,
+            partition: profile.partition,
         }
     }
 }

@@ -188,7 +188,7 @@ impl Walker<'_, '_> {
         let elsewhere = self
             .stored
             .get(&snap.id)
-            .and_then(|v| crate::standing_apart_from(v, report.family()))
+            .and_then(|v| crate::standing_apart_from(v, &report.family()))
             .filter(|s| !self.acceptable(s.verdict))
             .cloned();
         if let Some(s) = elsewhere {

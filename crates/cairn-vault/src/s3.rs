@@ -526,34 +526,41 @@ impl S3Client {
         Ok(out)
     }
 
+    /// Every version and delete marker of the vault's write-once names
+    /// under `dir`, by name relative to the vault, versions newest first
+    /// (as listings give them). One listing for the whole vault.
+    fn stacks(&self, dir: &str) -> Result<std::collections::BTreeMap<String, Stack>> {
+        let prefix = self.key("");
+        let mut by_key: std::collections::BTreeMap<String, Stack> = Default::default();
+        self.each_versions_page(&self.key(dir), |doc| {
+            for n in doc.descendants().filter(|n| n.has_tag_name("DeleteMarker")) {
+                if let Some(k) = child_text(&n, "Key") {
+                    by_key.entry(k).or_default().markers += 1;
+                }
+            }
+            for v in versions_in(doc) {
+                by_key.entry(v.key.clone()).or_default().versions.push(v);
+            }
+            true
+        })?;
+        Ok(by_key
+            .into_iter()
+            .filter_map(|(key, stack)| Some((key.strip_prefix(&prefix)?.to_string(), stack)))
+            .filter(|(rel, _)| among(rel, WRITTEN_ONCE))
+            .collect())
+    }
+
     /// The version Cairn wrote of each of its write-once names under
     /// `dir` that has anything stacked on it (someone's version or a
     /// delete marker): its oldest. Renewing a lock must reach that
     /// version — extending the one on top would keep the attacker's bytes
-    /// and let Cairn's expire. One listing for the whole vault.
+    /// and let Cairn's expire.
     pub fn originals(&self, dir: &str) -> Result<std::collections::HashMap<String, String>> {
-        let prefix = self.key("");
-        let mut entries: std::collections::HashMap<String, usize> = Default::default();
-        let mut oldest: std::collections::HashMap<String, String> = Default::default();
-        self.each_versions_page(&self.key(dir), |doc| {
-            for n in doc.descendants().filter(|n| n.has_tag_name("DeleteMarker")) {
-                if let Some(k) = child_text(&n, "Key") {
-                    *entries.entry(k).or_default() += 1;
-                }
-            }
-            // Each key's versions come newest first: the last seen is the
-            // oldest.
-            for v in versions_in(doc) {
-                *entries.entry(v.key.clone()).or_default() += 1;
-                oldest.insert(v.key, v.id);
-            }
-            true
-        })?;
-        Ok(oldest
+        Ok(self
+            .stacks(dir)?
             .into_iter()
-            .filter(|(key, _)| entries.get(key).is_some_and(|&n| n > 1))
-            .filter_map(|(key, id)| Some((key.strip_prefix(&prefix)?.to_string(), id)))
-            .filter(|(rel, _)| among(rel, WRITTEN_ONCE))
+            .filter(|(_, s)| s.versions.len() + s.markers > 1)
+            .filter_map(|(rel, mut s)| Some((rel, s.versions.pop()?.id)))
             .collect())
     }
 
@@ -578,20 +585,7 @@ impl S3Client {
     pub fn abort_stale_uploads(&self, seen: &std::path::Path, age_secs: i64) -> Result<usize> {
         let prefix = self.key("");
         let mut open = Vec::new();
-        let mut marker: Option<(String, String)> = None;
-        for _ in 0..1_000 {
-            let mut query = vec![("uploads", ""), ("prefix", prefix.as_str())];
-            if let Some((k, u)) = &marker {
-                query.push(("key-marker", k.as_str()));
-                query.push(("upload-id-marker", u.as_str()));
-            }
-            let r = self.send("GET", None, &query, &[], b"")?;
-            if r.status != 200 {
-                return Err(self.fail("ListMultipartUploads", &r));
-            }
-            let text = String::from_utf8_lossy(&r.body).into_owned();
-            let doc = roxmltree::Document::parse(&text)
-                .map_err(|e| Error::Invalid(format!("S3 ListMultipartUploads answer: {e}")))?;
+        self.each_page(Listing::Uploads, &prefix, |doc| {
             for u in doc.descendants().filter(|n| n.has_tag_name("Upload")) {
                 if let (Some(key), Some(id)) = (child_text(&u, "Key"), child_text(&u, "UploadId"))
                     && key
@@ -601,20 +595,8 @@ impl S3Client {
                     open.push((key, id));
                 }
             }
-            let root = doc.root_element();
-            let next = (
-                child_text(&root, "NextKeyMarker"),
-                child_text(&root, "NextUploadIdMarker").unwrap_or_default(),
-            );
-            match (child_text(&root, "IsTruncated").as_deref(), next) {
-                (Some("true"), (Some(k), u))
-                    if marker.as_ref() != Some(&(k.clone(), u.clone())) =>
-                {
-                    marker = Some((k, u));
-                }
-                _ => break,
-            }
-        }
+            true
+        })?;
         // upload id → Unix second this machine first saw it.
         let before: std::collections::HashMap<String, i64> = std::fs::read_to_string(seen)
             .ok()
@@ -704,24 +686,12 @@ impl S3Client {
     /// (name in the vault, key, Cairn's version — the oldest). One
     /// listing of every version under the vault's prefix.
     pub fn overwritten(&self) -> Result<Vec<(String, String, Version)>> {
-        let prefix = self.key("");
-        let mut by_key: std::collections::BTreeMap<String, Vec<Version>> = Default::default();
-        self.each_versions_page(&prefix, |doc| {
-            for v in versions_in(doc) {
-                by_key.entry(v.key.clone()).or_default().push(v);
-            }
-            true
-        })?;
         let mut out = Vec::new();
-        for (key, mut versions) in by_key {
-            let Some(rel) = key.strip_prefix(&prefix).map(str::to_string) else {
-                continue;
-            };
-            let own = among(&rel, WRITTEN_ONCE);
+        for (rel, Stack { mut versions, .. }) in self.stacks("")? {
             let (Some(current), Some(original)) = (versions.first(), versions.last()) else {
                 continue;
             };
-            if !own || !current.latest || current.etag == original.etag {
+            if !current.latest || current.etag == original.etag {
                 continue;
             }
             // Put back before: a copy of a single-part original has its
@@ -729,13 +699,13 @@ impl S3Client {
             // and the tag a copy carries says so — with the size, since
             // anyone listing versions could write that tag on their own.
             if original.etag.contains('-') && current.size == original.size {
-                let now = self.send("HEAD", Some(&key), &[], &[], b"")?;
+                let now = self.send("HEAD", Some(&current.key), &[], &[], b"")?;
                 if now.header("x-amz-meta-cairn-original") == Some(original.id.as_str()) {
                     continue;
                 }
             }
             let original = versions.pop().expect("checked above");
-            out.push((rel, key, original));
+            out.push((rel, original.key.clone(), original));
         }
         Ok(out)
     }
@@ -804,29 +774,55 @@ impl S3Client {
     fn each_versions_page(
         &self,
         prefix: &str,
+        page: impl FnMut(&roxmltree::Document) -> bool,
+    ) -> Result<()> {
+        self.each_page(Listing::Versions, prefix, page)
+    }
+
+    /// A paged listing under `prefix`, each page handed to `page` until it
+    /// says to stop or the listing ends. A page that names the marker it
+    /// was asked from (a store looping) ends it too.
+    fn each_page(
+        &self,
+        listing: Listing,
+        prefix: &str,
         mut page: impl FnMut(&roxmltree::Document) -> bool,
     ) -> Result<()> {
+        let (what, op, second_param, second_tag) = match listing {
+            Listing::Versions => (
+                "versions",
+                "ListObjectVersions",
+                "version-id-marker",
+                "NextVersionIdMarker",
+            ),
+            Listing::Uploads => (
+                "uploads",
+                "ListMultipartUploads",
+                "upload-id-marker",
+                "NextUploadIdMarker",
+            ),
+        };
         let mut marker: Option<(String, String)> = None;
         for _ in 0..1_000_000 {
-            let mut query = vec![("versions", ""), ("prefix", prefix)];
+            let mut query = vec![(what, ""), ("prefix", prefix)];
             if let Some((k, v)) = &marker {
                 query.push(("key-marker", k.as_str()));
-                query.push(("version-id-marker", v.as_str()));
+                query.push((second_param, v.as_str()));
             }
             let r = self.send("GET", None, &query, &[], b"")?;
             if r.status != 200 {
-                return Err(self.fail("ListObjectVersions", &r));
+                return Err(self.fail(op, &r));
             }
             let text = String::from_utf8_lossy(&r.body).into_owned();
             let doc = roxmltree::Document::parse(&text)
-                .map_err(|e| Error::Invalid(format!("S3 ListObjectVersions answer: {e}")))?;
+                .map_err(|e| Error::Invalid(format!("S3 {op} answer: {e}")))?;
             if !page(&doc) {
                 break;
             }
             let root = doc.root_element();
             let next = (
                 child_text(&root, "NextKeyMarker"),
-                child_text(&root, "NextVersionIdMarker").unwrap_or_default(),
+                child_text(&root, second_tag).unwrap_or_default(),
             );
             match (child_text(&root, "IsTruncated").as_deref(), next) {
                 (Some("true"), (Some(k), v))
@@ -839,6 +835,13 @@ impl S3Client {
         }
         Ok(())
     }
+}
+
+/// The two paged listings Cairn reads.
+#[derive(Clone, Copy)]
+enum Listing {
+    Versions,
+    Uploads,
 }
 
 /// The vault's names Cairn writes once (put-if-absent): a version on top
@@ -866,6 +869,13 @@ fn among(rel: &str, names: &[&str]) -> bool {
     names
         .iter()
         .any(|o| rel == *o || (o.ends_with('/') && rel.starts_with(o)))
+}
+
+/// What a listing holds of one name.
+#[derive(Default)]
+struct Stack {
+    versions: Vec<Version>,
+    markers: usize,
 }
 
 /// One version of an object that holds data.

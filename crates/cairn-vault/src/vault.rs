@@ -531,9 +531,17 @@ impl Vault {
         let mut master = None;
         let keys = backend.list("keys")?;
         if keys.is_empty() {
-            return Err(Error::Invalid(
-                "the vault has no keys (its keys/ folder is empty), so no password can open it: restore keys/ from a backup of the vault or its replica".into(),
-            ));
+            // On S3 the keys may only be hidden: deleted by someone holding
+            // the bucket's keys, kept by Object Lock.
+            let deleted = backend
+                .as_s3()
+                .and_then(|s3| s3.client.hidden_objects("keys/").ok())
+                .is_some_and(|hidden| !hidden.is_empty());
+            return Err(Error::Invalid(if deleted {
+                "the vault's keys were deleted (they are behind delete markers) but the store kept them: `cairn undelete` brings them back".into()
+            } else {
+                "the vault has no keys (its keys/ folder is empty), so no password can open it: restore keys/ from a backup of the vault or its replica".into()
+            }));
         }
         for name in keys {
             let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?).map_err(|e| {

@@ -66,7 +66,7 @@ pub fn scan(
     let standing = |r: &ScanReport| {
         stored
             .get(&r.snapshot)
-            .and_then(|v| cairn_scan::standing_apart_from(v, r.family()))
+            .and_then(|v| cairn_scan::standing_apart_from(v, &r.family()))
             .filter(|s| s.verdict > r.verdict)
             .cloned()
     };
@@ -140,10 +140,16 @@ fn print_report(
     // The scans' verdict, named as theirs: a snapshot whose files were
     // encrypted holds no malware, and "clean" alone would read as safe.
     println!(
-        "{}@{} ({}): scans {}{}",
+        "{}@{} ({}): {}scans {}{}",
         r.name,
         r.snapshot.short(),
         r.time.format("%Y-%m-%d %H:%M"),
+        // One partition's result is not the snapshot's (see
+        // `ScanReport::family`): said where it is read.
+        match r.partition {
+            Some(p) => format!("partition {p} only: "),
+            None => String::new(),
+        },
         r.verdict.as_str(),
         match r.vulnerabilities.len() {
             0 => String::new(),
@@ -153,8 +159,22 @@ fn print_report(
     );
     insight_note(r, insight);
     if let Some(s) = standing {
+        let (by, clears) = if s.partition != r.partition {
+            (
+                match s.partition {
+                    None => "a scan of the disk's filesystem".to_string(),
+                    Some(p) => format!("a scan of partition {p}"),
+                },
+                "only a newer scan of the same with those rules clears it",
+            )
+        } else {
+            (
+                "a scan with other rules".to_string(),
+                "only a newer scan with those rule files clears it",
+            )
+        };
         println!(
-            "  still {}: a scan with other rules (set {}, {}) found {}; only a newer scan with those rule files clears it",
+            "  still {}: {by} (set {}, {}) found {}; {clears}",
             s.verdict.as_str().to_uppercase(),
             s.rules,
             s.scanned_at.format("%Y-%m-%d %H:%M"),

@@ -385,6 +385,17 @@ fn a_vault_deleted_from_the_bucket_is_brought_back() {
     let err = String::from_utf8_lossy(&p.stderr);
     assert_eq!(p.status.code(), Some(1), "{err}");
     assert!(err.contains("prune stopped"), "{err}");
+    // Only the keys deleted: no password opens the vault, and the error
+    // says the store kept them.
+    env.tool_on("cairn-deleted", &["delete-all", "vault/keys/"]);
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    let out = env.run(&["snapshots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("keys were deleted") && err.contains("cairn undelete"),
+        "{err}"
+    );
     // Everything deleted, twice over (markers stacked on markers).
     let removed = env.tool_on("cairn-deleted", &["delete-all"]);
     assert!(removed.trim().parse::<u32>().unwrap() > 3, "{removed}");

@@ -1136,10 +1136,16 @@ fn find_clean(env: &Env, name: &str) -> Value {
 /// Backs up `days` snapshots; from day `k` on, the guest carries a
 /// planted infection (a dropper and a cron job that starts it).
 fn history(env: &Env, days: u64, k: u64) -> Vec<String> {
+    history_on(env, days, k, |img, root| gpt_ext4_image(img, root, 48))
+}
+
+/// [`history`] on a disk `make_disk(image, root tree)` builds, its root
+/// filesystem an ext4 at 1 MiB (where `debugfs_w` writes).
+fn history_on(env: &Env, days: u64, k: u64, make_disk: impl Fn(&Path, &Path)) -> Vec<String> {
     let root = env.path("root");
     linux_root(&root, "2.36-9+deb12u3");
     let img = env.path("disk.img");
-    gpt_ext4_image(&img, &root, 48);
+    make_disk(&img, &root);
     let mut ids = vec![];
     for day in 0..days {
         if day > 0 {
@@ -1251,6 +1257,84 @@ fn find_clean_returns_the_snapshot_just_before_a_planted_infection() {
     // The clean point's result is stored: scan and timeline show it.
     let t = env.json_code(&["timeline", "vm"], 3);
     assert_eq!(t["snapshots"][2]["scan"]["verdict"], "clean", "{t:#}");
+}
+
+/// The root filesystem as partition 1 (an ext4 at 1 MiB) and a small
+/// EFI system partition (FAT) after it, as installers lay out disks.
+fn disk_with_efi(img: &Path, root: &Path) {
+    let i = img.to_str().unwrap();
+    sh("truncate", &["-s", "56M", i]);
+    sh(
+        "sgdisk",
+        &[
+            "-n",
+            "1:2048:+46M",
+            "-t",
+            "1:8300",
+            "-n",
+            "2:0:0",
+            "-t",
+            "2:ef00",
+            i,
+        ],
+    );
+    ext4_at(img, root, 1 << 20, 46);
+    let efi = img.with_extension("efi");
+    let e = efi.to_str().unwrap();
+    sh("mkfs.vfat", &["-C", e, "8192"]);
+    let loader = img.with_extension("loader");
+    std::fs::write(&loader, noise(20_000, 9)).unwrap();
+    sh("mmd", &["-i", e, "::/EFI", "::/EFI/debian"]);
+    sh(
+        "mcopy",
+        &[
+            "-i",
+            e,
+            loader.to_str().unwrap(),
+            "::/EFI/debian/grubx64.efi",
+        ],
+    );
+    write_at(img, 47 << 20, &std::fs::read(&efi).unwrap());
+}
+
+/// A scan of one partition (here the EFI partition, with nothing in it
+/// to find) says so, and its clean result neither clears the snapshot
+/// the disk's scans found compromised nor becomes the baseline later
+/// scans compare with.
+#[test]
+fn a_clean_scan_of_one_partition_does_not_clear_a_compromised_snapshot() {
+    let env = Env::new("30d", &[]);
+    let ids = history_on(&env, 5, 3, disk_with_efi);
+    let v = find_clean(&env, "vm");
+    assert_eq!(v["clean"], ids[2].as_str(), "{v:#}");
+    let spec = format!("vm@{}", &ids[3][..8]);
+    let out = env.run(&["scan", &spec, "--partition", "2"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("partition 2 only: scans clean")
+            && said.contains("still COMPROMISED: a scan of the disk's filesystem"),
+        "{said}"
+    );
+    let t = env.json_code(&["timeline", "vm"], 3);
+    assert_eq!(t["last_clean"], ids[2].as_str(), "{t:#}");
+    assert_eq!(t["snapshots"][3]["scan"]["verdict"], "compromised", "{t:#}");
+    assert_eq!(find_clean(&env, "vm")["clean"], ids[2].as_str());
+    // The next scan of the disk still compares with the clean point: the
+    // cron job is new to it.
+    let (code, latest) = scan(&env, "vm@latest", &[]);
+    assert_eq!(code, Some(3), "{latest:#}");
+    assert_eq!(latest["baseline"], ids[2].as_str(), "{latest:#}");
+    assert!(
+        kinds(&latest)
+            .iter()
+            .any(|(_, p)| p == "/etc/cron.d/kworker"),
+        "{latest:#}"
+    );
+    let out_dir = env.path("rolled-back");
+    env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
+    assert!(!out_dir.join("usr/bin/kworkerd").exists());
+    assert!(!out_dir.join("etc/cron.d/kworker").exists());
 }
 
 #[test]
