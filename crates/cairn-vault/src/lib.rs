@@ -19,6 +19,7 @@ pub mod http;
 pub mod index;
 pub mod lock;
 pub mod lock_record;
+pub mod missing;
 pub mod pack;
 pub mod prune;
 pub mod remote;

@@ -164,8 +164,14 @@ pub fn forget(
             // On S3 the store's own lock may outlast the retention: the
             // snapshot is then forgotten by a note, and its manifest
             // deleted by a prune once the lock ends.
-            if !dry_run && !try_delete(vault, &Snapshot::object_name(&s.id))? {
-                vault.mark_forgotten(&s.id)?;
+            // The note that forget removed it first: a manifest gone
+            // without one was deleted behind Cairn's back (see
+            // `missing`).
+            if !dry_run {
+                vault.mark_gone(&s.id)?;
+                if !try_delete(vault, &Snapshot::object_name(&s.id))? {
+                    vault.mark_forgotten(&s.id)?;
+                }
             }
             report.forgotten.push(decision(&s, vec![]));
         }
@@ -229,24 +235,28 @@ fn try_delete(vault: &Vault, name: &str) -> Result<bool> {
     match vault.backend().delete(name) {
         Ok(()) => Ok(true),
         Err(Error::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::PermissionDenied && locked_now(vault, name) =>
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && let Some(until) = lock_of(vault, name) =>
         {
-            Ok(false)
+            if until > Utc::now() {
+                return Ok(false);
+            }
+            // The lock ended between the refusal and the look at it.
+            vault.backend().delete(name)?;
+            Ok(true)
         }
         Err(e) => Err(e),
     }
 }
 
-/// Whether the store holds `name` under a lock that has not ended: only
-/// then is a refused delete "retained"; a refusal for any other reason
+/// When the store's lock on `name` ends: only an object under a lock is
+/// "retained" when its delete is refused; a refusal for any other reason
 /// (credentials without delete rights) is an error the operator sees.
-fn locked_now(vault: &Vault, name: &str) -> bool {
-    vault.backend().as_s3().is_some_and(|s3| {
-        s3.retain_until(name)
-            .ok()
-            .flatten()
-            .is_some_and(|u| u > Utc::now())
-    })
+fn lock_of(vault: &Vault, name: &str) -> Option<chrono::DateTime<Utc>> {
+    vault
+        .backend()
+        .as_s3()
+        .and_then(|s3| s3.retain_until(name).ok().flatten())
 }
 
 /// Whether derived record `name` (see `prune`) belongs to snapshots that
@@ -268,6 +278,16 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     if let Some((name, why)) = unreadable.first() {
         return Err(Error::Invalid(format!(
             "prune stopped: {name} is unreadable ({why}); run `cairn verify` first"
+        )));
+    }
+    // Manifests deleted outside Cairn (named still by a pin, a child or
+    // a record): the data only they used looks unused, and deleting it
+    // would make the loss final.
+    if let Some(m) = vault.missing_snapshots(&snapshots)?.first() {
+        return Err(Error::Invalid(format!(
+            "prune stopped: the manifest of snapshot {} is missing, though nothing forgot it (named by {}): deleted outside Cairn? Put it back from a copy of the vault or a replica; if it is lost, `cairn forget --missing` accepts that, then prune",
+            &m.id[..8],
+            m.named_by
         )));
     }
     // Manifests someone deleted on the store (delete markers on top,

@@ -186,6 +186,14 @@ pub fn replicate(
         }) {
             copy(src, dst, name, &mut done, &mut report)?;
         }
+        // A parent forgotten here is forgotten there too (else the
+        // replica would show it as deleted behind Cairn's back).
+        if let Some(parent) = &snap.parent {
+            let note = crate::missing::gone_object(parent);
+            if src.backend().exists(&note)? {
+                copy(src, dst, &note, &mut done, &mut report)?;
+            }
+        }
         if pins.contains(&snap.id) {
             copy(
                 src,

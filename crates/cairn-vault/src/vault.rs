@@ -1159,8 +1159,6 @@ impl Vault {
         Ok(snap)
     }
 
-    /// All readable snapshots sorted by time, and the manifests that could
-    /// not be read.
     /// Snapshots forgotten whose manifests the store would not delete yet
     /// (on S3, Object Lock outlives the vault's retention by a margin):
     /// `forget` leaves a sealed note for each, so only a holder of the
@@ -1188,6 +1186,8 @@ impl Vault {
         Ok(())
     }
 
+    /// All readable snapshots sorted by time, and the manifests that could
+    /// not be read.
     pub fn snapshots(&self) -> Result<(Vec<Snapshot>, Vec<Problem>)> {
         let names = self.backend.list("snapshots")?;
         let forgotten = self.forgotten();

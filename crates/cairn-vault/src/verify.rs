@@ -155,6 +155,17 @@ pub fn verify(
             reasons: vec![format!("manifest unreadable: {why}")],
         });
     }
+    for m in vault.missing_snapshots(&snapshots)? {
+        report.damaged_snapshots.push(DamagedSnapshot {
+            id: m.id,
+            name: "?".into(),
+            time: "?".into(),
+            reasons: vec![format!(
+                "manifest missing, though nothing forgot it (named by {}): deleted outside Cairn? Put it back from a copy of the vault or a replica; prune deletes nothing meanwhile",
+                m.named_by
+            )],
+        });
+    }
     for s in &snapshots {
         let reasons = check_snapshot(vault, s, &bad);
         if !reasons.is_empty() {

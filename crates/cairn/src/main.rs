@@ -224,6 +224,11 @@ enum Command {
         /// Prune right after.
         #[arg(long)]
         prune: bool,
+        /// Accept as lost the snapshots whose manifests were deleted
+        /// outside Cairn (those `verify` names as missing; prune stops
+        /// while there are any): prune may then delete what only they used.
+        #[arg(long)]
+        missing: bool,
     },
     /// Delete data no snapshot uses, once its retention has ended.
     Prune {
@@ -1086,6 +1091,7 @@ fn run(cli: Cli) -> Result<u8> {
             keep_yearly,
             dry_run,
             prune,
+            missing,
         } => {
             let vault = open(&cli)?;
             let policy = KeepPolicy {
@@ -1100,6 +1106,39 @@ fn run(cli: Cli) -> Result<u8> {
                 monthly: *keep_monthly,
                 yearly: *keep_yearly,
             };
+            if *missing {
+                if *dry_run || !names.is_empty() || !policy.is_empty() {
+                    usage!(
+                        "--missing takes no names, policy or --dry-run: `cairn verify` names what it would accept as lost"
+                    );
+                }
+                let lost = vault.accept_missing()?;
+                let pr = if *prune {
+                    Some(cairn_vault::prune::prune(&vault, false)?)
+                } else {
+                    None
+                };
+                if cli.json {
+                    print_json(&json!({"accepted_missing": lost, "prune": pr}));
+                } else {
+                    for m in &lost {
+                        println!("lost    {} (named by {})", &m.id[..8], m.named_by);
+                    }
+                    println!(
+                        "accepted {} missing snapshot(s) as lost{}",
+                        lost.len(),
+                        if lost.is_empty() || pr.is_some() {
+                            ""
+                        } else {
+                            "; prune may now delete what only they used"
+                        }
+                    );
+                    if let Some(p) = pr {
+                        print_prune(&p, false);
+                    }
+                }
+                return Ok(0);
+            }
             if policy.is_empty() {
                 usage!(
                     "this policy keeps nothing: give at least one --keep-* option above zero (forgetting everything is not a policy)"

@@ -487,6 +487,57 @@ fn a_damaged_newest_manifest_is_said_where_latest_is_counted() {
     assert!(stderr(&out).contains("unreadable"), "{}", stderr(&out));
 }
 
+/// Manifests deleted by hand (a pinned snapshot's, the newest one's):
+/// the snapshots do not just vanish. Verify names them (exit 3), prune
+/// stops before deleting the data only they used, and goes on only once
+/// the operator accepts the loss; snapshots `forget` removed are not
+/// taken for deleted ones.
+#[test]
+fn a_manifest_deleted_outside_cairn_is_named_and_prune_keeps_its_data() {
+    let env = Env::new("1s", &[]);
+    let img = env.path("a.img");
+    let mut ids = Vec::new();
+    for day in 0..4u64 {
+        std::fs::write(&img, text(1 << 20, day)).unwrap();
+        let v = env.backup(&img, "alpha", &format!("2026-03-0{}T00:00:00Z", day + 1));
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    env.ok(&["pin", &format!("alpha@{}", &ids[1][..8])]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // Forgotten by forget: nothing missing (two snapshots' parents gone).
+    let f = env.json(&["forget", "alpha", "--keep-last", "1"]);
+    assert_eq!(f["forget"]["forgotten"].as_array().unwrap().len(), 2, "{f}");
+    env.ok(&["verify"]);
+    for id in [&ids[1], &ids[3]] {
+        std::fs::remove_file(env.vault.join("snapshots").join(id)).unwrap();
+    }
+    let out = env.run(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = v["damaged_snapshots"].to_string();
+    for id in [&ids[1], &ids[3]] {
+        assert!(damaged.contains(id.as_str()), "{id}: {v:#}");
+    }
+    assert!(damaged.contains("manifest missing"), "{v:#}");
+    let packs = || {
+        std::fs::read_dir(env.vault.join("packs"))
+            .unwrap()
+            .map(|d| walk_count(&d.unwrap().path()))
+            .sum::<usize>()
+    };
+    let before = packs();
+    let out = env.run(&["prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("prune stopped"), "{}", stderr(&out));
+    assert_eq!(packs(), before);
+    // The loss accepted: prune deletes what only they used, verify passes.
+    let a = env.json(&["forget", "--missing"]);
+    assert_eq!(a["accepted_missing"].as_array().unwrap().len(), 2, "{a}");
+    env.ok(&["prune"]);
+    assert!(packs() < before);
+    env.ok(&["verify", "--read-data"]);
+}
+
 /// `args` is a mistake in the command line (exit 2) and `target` is not
 /// written.
 fn usage_error_writing_nothing(env: &Env, args: &[&str], target: &std::path::Path) {
