@@ -513,6 +513,64 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         // is not known to be the attack's: it is left alone.
         let absent = src != latest;
         let shown = e.display_path();
+        // A link verification flagged (a timer enabled through
+        // `timers.target.wants/`): as it was before, or left out when it
+        // was not there.
+        if e.kind == FileKind::Symlink
+            && let Some((k, f)) = flag_of(shown.as_str())
+        {
+            let (first, _) = snaps.label(k);
+            let found = format!(
+                "flagged by verification in {} ({})",
+                &first[..first.len().min(8)],
+                f.why
+            );
+            let earlier = k.checked_sub(1).map(|b| (b, snaps.lookup(b, &e.path)));
+            let (action, index, entry, reason) = match earlier {
+                Some((_, None)) => (
+                    Action::Dropped,
+                    src,
+                    e.clone(),
+                    format!("{found}; it did not exist before"),
+                ),
+                Some((b, Some(old)))
+                    if old.kind != FileKind::Symlink || old.link_target != e.link_target =>
+                {
+                    (
+                        Action::Restored,
+                        b,
+                        old,
+                        format!("{found}; last version before it"),
+                    )
+                }
+                _ => (
+                    Action::Kept,
+                    src,
+                    e.clone(),
+                    format!("{found}; the same before: kept, review it by hand"),
+                ),
+            };
+            let (id, time) = snaps.label(index);
+            provenance.push(Provenance {
+                review: action == Action::Kept,
+                path: shown,
+                action,
+                snapshot: (action != Action::Dropped).then_some(id),
+                snapshot_time: (action != Action::Dropped).then_some(time),
+                reason,
+            });
+            if action != Action::Dropped {
+                picks.insert(
+                    e.path.clone(),
+                    Pick {
+                        index,
+                        entry,
+                        absent,
+                    },
+                );
+            }
+            continue;
+        }
         if e.kind == FileKind::File
             && !hurt.contains_key(&shown)
             && let Some((k, f)) = flag_of(shown.as_str())
@@ -615,6 +673,16 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     ),
                 ));
                 continue;
+            }
+            if e.kind == FileKind::Symlink {
+                provenance.push(Provenance {
+                    review: false,
+                    path: shown.clone(),
+                    action: Action::Kept,
+                    snapshot: Some(latest_id.clone()),
+                    snapshot_time: Some(latest_time.clone()),
+                    reason: "a link: newest version".into(),
+                });
             }
             if e.kind == FileKind::File {
                 let untouched = if clean.is_none() || before.contains_key(&e.path) {
@@ -1145,11 +1213,7 @@ pub fn rollback_to_dir(
         partition,
         open: HashMap::new(),
     };
-    let plan = plan(&mut snaps, since, flagged)?;
-    let report = report_for(timeline, &plan, opts.dry_run);
-    if opts.dry_run {
-        return Ok(report);
-    }
+    // (Before planning: a dry run says so too.)
     if to.exists()
         && fs::read_dir(to)
             .ctx(|| format!("reading {}", to.display()))?
@@ -1160,6 +1224,11 @@ pub fn rollback_to_dir(
             "{} is not empty; roll back into a new or empty directory",
             to.display()
         )));
+    }
+    let plan = plan(&mut snaps, since, flagged)?;
+    let report = report_for(timeline, &plan, opts.dry_run);
+    if opts.dry_run {
+        return Ok(report);
     }
     // A new folder is built beside it and takes its name once whole; an
     // existing empty one (a mount point, say) is filled where it is.
@@ -1209,6 +1278,13 @@ fn earlier_readable(
     None
 }
 
+/// A write that failed for want of room or of write access on the
+/// target, which every later write would hit too.
+fn target_gave_out(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), StorageFull | QuotaExceeded | ReadOnlyFilesystem)
+}
+
 /// Writes the plan's picks into the folder `to`.
 fn roll_into(
     snaps: &mut Snapshots,
@@ -1256,6 +1332,13 @@ fn roll_into(
                         report.setid_dropped += set_meta(&pick.entry, &dest, keep_setid) as u64;
                         crate::files::set_xattrs(&fs_.fs.xattrs(&pick.entry), &dest, keep_setid);
                         written.insert((pick.index, pick.entry.path.clone()), dest.clone());
+                    }
+                    // The target full or read-only: nothing after this
+                    // would be written either, and a tree with files
+                    // missing must not take the name (as a restore stops).
+                    Err(e) if target_gave_out(&e) => {
+                        let _ = fs::remove_file(&dest);
+                        return Err(e).ctx(|| format!("writing {}", dest.display()));
                     }
                     Err(e) if !crate::files::read_failed(&e) => {
                         if e.kind() != std::io::ErrorKind::AlreadyExists {

@@ -741,13 +741,22 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
         if kind == "ld_preload" {
             // Suspicious on its own: almost no system has one.
             if e.size > 0 && (old.is_none() || is_new || is_changed) {
-                let quoted = text(new, e).map(|t| quote(&lines(&t))).unwrap_or_default();
+                let listed = text(new, e).map(|t| lines(&t)).unwrap_or_default();
                 found.push(
                     &shown(),
                     kind,
                     Severity::Compromised,
-                    format!("libraries preloaded into every program: {quoted}"),
+                    format!("libraries preloaded into every program: {}", quote(&listed)),
                 );
+                // The libraries are what it starts (a rollback leaves a
+                // planted one out with the file): separated by spaces or
+                // colons, as the loader reads them.
+                let libraries: Vec<&str> = listed
+                    .iter()
+                    .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == ':'))
+                    .filter(|l| l.starts_with('/'))
+                    .collect();
+                found.starts(libraries);
             }
             continue;
         }
@@ -816,6 +825,14 @@ pub fn indicators(old: Option<&Side>, new: &Side) -> Vec<Indicator> {
                 .collect();
             if added.is_empty() {
                 format!("new {what} file")
+            } else if matches!(kind, "systemd" | "init_script") {
+                // One file is one unit or script: its lines are not units.
+                // What it runs says most.
+                format!(
+                    "{} {what}: {}",
+                    if is_new { "new" } else { "changed" },
+                    quote(if started.is_empty() { &added } else { &started })
+                )
             } else {
                 format!(
                     "{} {what}{}: {}",

@@ -30,6 +30,7 @@ pub fn export(
     let mut exports = Vec::new();
     for spec in specs {
         let snap = vault.resolve(spec)?;
+        crate::warn_if_flagged(vault, &snap);
         // NBD clients keep several reads in flight: no read-ahead.
         let disk: Arc<dyn BlockSource> = Arc::new(
             SnapshotDisk::open(vault.clone(), &snap, EXPORT_CACHE_CHUNKS)?.without_read_ahead(),

@@ -614,7 +614,12 @@ fn main() -> ExitCode {
     // `verify` says it). Elsewhere 3 means a result with findings (a
     // backup made but incomplete, a scan that found something), which a
     // command that failed is not.
-    let gives_data_back = matches!(cli.command, Command::Restore { .. } | Command::Cat { .. });
+    // Damage found is exit 3 where data is given back, and for verify,
+    // whose finding it is (a damaged config or key stops it early).
+    let gives_data_back = matches!(
+        cli.command,
+        Command::Restore { .. } | Command::Cat { .. } | Command::Verify { .. }
+    );
     let json = cli.json;
     let result = run(cli).and_then(|code| {
         // Output still buffered is written now, and failing to is an error.
@@ -1313,7 +1318,7 @@ fn run(cli: Cli) -> Result<u8> {
                 vault.unpin(&s.id)?;
                 // Pinned by insight for a reason: said, so an operator
                 // thinning the history does not lose the way back by mistake.
-                if let Ok(t) = cairn_insight::timeline(&vault, &s.name, &mut |_| {})
+                if let Ok(t) = insight_cmd::verified_timeline(&vault, &s.name)
                     && let Some(c) = &t.clean_point
                     && c.index + 1 < t.entries.len()
                     && t.entries[c.index].snapshot.id == s.id
@@ -1876,8 +1881,17 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
         bail!("{n:?}: no snapshots of that name (`cairn snapshots` lists every name)");
     }
     // Insight's verdict when each was backed up (`timeline` replays the
-    // whole history); none for a snapshot not assessed yet.
-    let verdict = |s: &Snapshot| cairn_insight::load(&vault, &s.id).map(|r| r.assessment.verdict);
+    // whole history); none for a snapshot not assessed yet. A scan that
+    // found a snapshot compromised says so over it: the list must not
+    // call a point with a planted web shell clean.
+    let scans = cairn_scan::latest_reports_for(&vault, shown.iter().map(|s| &s.id));
+    let scanned = |s: &Snapshot| scans.get(&s.id).map(|r| r.verdict);
+    let verdict = |s: &Snapshot| -> Option<String> {
+        if scanned(s) == Some(cairn_scan::ScanVerdict::Compromised) {
+            return Some("compromised (scan)".into());
+        }
+        cairn_insight::load(&vault, &s.id).map(|r| r.assessment.verdict.as_str().to_string())
+    };
     if cli.json {
         let v: Vec<_> = shown
             .iter()
@@ -1885,7 +1899,13 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
                 let mut v = snapshot_json(s, s.parent.as_ref().and_then(|p| times.get(p).copied()));
                 let o = v.as_object_mut().expect("object");
                 o.insert("pinned".into(), json!(pins.contains(&s.id)));
-                o.insert("verdict".into(), json!(verdict(s).map(|v| v.as_str())));
+                o.insert(
+                    "verdict".into(),
+                    json!(
+                        cairn_insight::load(&vault, &s.id).map(|r| r.assessment.verdict.as_str())
+                    ),
+                );
+                o.insert("scan_verdict".into(), json!(scanned(s).map(|v| v.as_str())));
                 v
             })
             .collect();
@@ -1893,7 +1913,7 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
         return Ok(found);
     }
     println!(
-        "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {:<11}  tags",
+        "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {:<18}  tags",
         "id", "name", "time (UTC)", "kind", "size", "changed", "rate/h", "new stored", "verdict"
     );
     for s in shown {
@@ -1916,7 +1936,7 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
             );
         }
         println!(
-            "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {:<11}  {}",
+            "{:<8}  {:<16} {:<20} {:<9} {:>10} {:>10} {:>12} {:>10}  {:<18}  {}",
             s.id.short(),
             // (Names written before they were checked may hold anything.)
             cairn_vault::text::escape(s.name.as_bytes()),
@@ -1929,7 +1949,7 @@ fn snapshots(cli: &Cli, name: Option<&str>) -> Result<u8> {
             bytes(s.metrics.changed_bytes),
             rate,
             bytes(s.metrics.new_bytes_stored),
-            verdict(s).map_or("-", |v| v.as_str()),
+            verdict(s).as_deref().unwrap_or("-"),
             tags.join(",")
         );
     }
@@ -2021,6 +2041,27 @@ fn outside_vault(vault: &Vault, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Says so when insight or a scan found `snap` compromised: restoring or
+/// serving it is allowed (to look at the damage, to take files from it),
+/// but should not be done by mistake for the way back.
+pub(crate) fn warn_if_flagged(vault: &Arc<Vault>, snap: &Snapshot) {
+    let insight = cairn_insight::load(vault, &snap.id)
+        .filter(|r| r.assessment.verdict == cairn_insight::Verdict::Compromised)
+        .map(|_| "insight");
+    let scan = cairn_scan::latest_reports_for(vault, [&snap.id])
+        .get(&snap.id)
+        .filter(|r| r.verdict == cairn_scan::ScanVerdict::Compromised)
+        .map(|_| "a scan");
+    if let Some(by) = insight.or(scan) {
+        eprintln!(
+            "warning: {by} found {}@{} COMPROMISED; `cairn recover {} --find-clean` names the point to return to",
+            snap.name,
+            snap.id.short(),
+            snap.name
+        );
+    }
+}
+
 fn restore_delta(
     cli: &Cli,
     spec: &str,
@@ -2036,6 +2077,7 @@ fn restore_delta(
     let vault = open(cli)?;
     outside_vault(&vault, to)?;
     let snap = vault.resolve(spec)?;
+    warn_if_flagged(&vault, &snap);
     if snap.source.kind != SourceKind::Disk {
         usage!(
             "{spec} is a directory snapshot; --delta restores disks (for directories see `cairn rollback --in-place`)"
@@ -2134,6 +2176,7 @@ fn restore(
     let vault = open(cli)?;
     outside_vault(&vault, to)?;
     let snap = vault.resolve(spec)?;
+    warn_if_flagged(&vault, &snap);
     let progress = Arc::new(Progress::default());
     progress.set_total(snap.metrics.logical_size);
     let bar = Bar::start(

@@ -1589,3 +1589,63 @@ fn rolled_into_folder(env: &Env) -> (serde_json::Value, std::path::PathBuf) {
     let rb = env.json(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
     (rb, to.join("docs"))
 }
+
+/// A rollback into a folder on a filesystem too small for the tree stops
+/// at the first write that finds no room, with one line, and leaves no
+/// folder behind (neither under its name nor half built beside it); a
+/// dry run into a folder that is not empty is refused as the real run is.
+#[test]
+fn a_rollback_onto_a_full_filesystem_stops_and_leaves_nothing() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to mount a small tmpfs");
+        return;
+    }
+    let env = Env::new("30d", &[]);
+    let share = env.path("share");
+    std::fs::create_dir_all(&share).unwrap();
+    for i in 0..12u64 {
+        std::fs::write(share.join(format!("f{i:02}.bin")), noise(1 << 20, i)).unwrap();
+    }
+    env.backup(&share, "share", "2026-03-01T00:00:00Z");
+    let mnt = env.path("small");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=5m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ],
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let to = mnt.join("rb");
+    let out = env.run(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(code(&out), Some(1), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Not empty: refused, dry run or not.
+    std::fs::create_dir(&to).unwrap();
+    std::fs::write(to.join("x"), b"x").unwrap();
+    for dry in [true, false] {
+        let mut args = vec!["rollback", "share", "--to-dir", to.to_str().unwrap()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(code(&out), Some(1), "{args:?}: {err}");
+        assert!(err.contains("is not empty"), "{args:?}: {err}");
+    }
+}

@@ -99,6 +99,9 @@ fn a_config_changed_outside_cairn_is_refused() {
             stderr(&out)
         );
     }
+    // Verify's own finding: damage, exit 3.
+    let out = env.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     std::fs::write(&config, &original).unwrap();
     let listed = env.ok(&["snapshots"]);
     assert_eq!(

@@ -1032,6 +1032,7 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
     linux_root(&root, "2.36-9+deb12u3");
     let img = env.path("disk.img");
     gpt_ext4_image(&img, &root, 48);
+    debugfs_w(&img, "symlink /bin usr/bin");
     for day in 1..=3u64 {
         if day > 1 {
             ordinary_day(&img, day);
@@ -1053,6 +1054,21 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
                 &img,
                 "/etc/cron.d/updater",
                 b"*/5 * * * * root /usr/local/bin/.upd --quiet\n@reboot root /bin/sh /home/alice/.local.sh\n0 1 * * * root /bin/sh /usr/local/bin/backup.sh\n@hourly root /home/alice/.helper\n",
+            );
+            // A library preloaded into every program, and a timer
+            // enabled through a link.
+            debugfs_w(&img, "mkdir /usr/lib");
+            write_guest_file(&img, "/usr/lib/libsysupd.so", &noise(7000, 79));
+            write_guest_file(&img, "/etc/ld.so.preload", b"/usr/lib/libsysupd.so\n");
+            write_guest_file(
+                &img,
+                "/etc/systemd/system/upd.timer",
+                b"[Unit]\nDescription=updates\n[Timer]\nOnBootSec=1min\n[Install]\nWantedBy=timers.target\n",
+            );
+            debugfs_w(&img, "mkdir /etc/systemd/system/timers.target.wants");
+            debugfs_w(
+                &img,
+                "symlink /etc/systemd/system/timers.target.wants/upd.timer /etc/systemd/system/upd.timer",
             );
         }
         env.backup(&img, "vm", &format!("2026-01-0{day}T00:00:00Z"));
@@ -1093,6 +1109,27 @@ fn a_rollback_leaves_out_the_program_a_flagged_job_starts() {
     );
     assert!(!out_dir.join("usr/local/bin/.upd").exists());
     assert!(!out_dir.join("home/alice/.local.sh").exists());
+    for p in [
+        "/etc/ld.so.preload",
+        "/usr/lib/libsysupd.so",
+        "/etc/systemd/system/timers.target.wants/upd.timer",
+    ] {
+        assert_eq!(
+            action(p).as_deref(),
+            Some("dropped review=false"),
+            "{p}: {rb:#}"
+        );
+        assert!(
+            std::fs::symlink_metadata(out_dir.join(&p[1..])).is_err(),
+            "{p}"
+        );
+    }
+    // A link nothing flagged is kept, and said.
+    assert_eq!(
+        action("/bin").as_deref(),
+        Some("kept review=false"),
+        "{rb:#}"
+    );
     // What the job starts that was there the same before it is kept: a
     // script there since the first snapshot is the system's own; one that
     // came a day before the job, maybe a dropper planted first, is named
@@ -1335,6 +1372,30 @@ fn a_clean_scan_of_one_partition_does_not_clear_a_compromised_snapshot() {
     env.json(&["rollback", "vm", "--to-dir", out_dir.to_str().unwrap()]);
     assert!(!out_dir.join("usr/bin/kworkerd").exists());
     assert!(!out_dir.join("etc/cron.d/kworker").exists());
+    // The list shows what the scans found over insight's clean days.
+    let listed = env.json(&["snapshots", "vm"]);
+    let scan_verdicts: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scan_verdict"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        &scan_verdicts[2..],
+        &["clean", "compromised", "compromised"],
+        "{listed:#}"
+    );
+    assert!(env.ok(&["snapshots", "vm"]).contains("compromised (scan)"));
+    // Unpinning warns of the clean point the scans left, not of a
+    // snapshot they found compromised.
+    let unpin = |spec: &str| {
+        env.ok(&["pin", spec]);
+        let out = env.run(&["unpin", spec]);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).contains("is the clean point")
+    };
+    assert!(!unpin(&spec));
+    assert!(unpin(&format!("vm@{}", &ids[2][..8])));
 }
 
 #[test]
