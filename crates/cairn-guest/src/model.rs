@@ -250,6 +250,68 @@ pub fn normalize(path: &str) -> Result<Vec<u8>> {
     Ok(out.join(&b'/'))
 }
 
+/// Most links followed while resolving one path (Linux's own bound).
+const MAX_LINKS: usize = 40;
+
+/// `path` (normalized) with the links among its folders followed inside
+/// the snapshot — `bin/ls` where `bin` links to `usr/bin` is
+/// `usr/bin/ls`, as current Debian lays out `/bin`, `/sbin` and `/lib` —
+/// and, when `last` is set, a link at the end too. An absolute target
+/// starts at the snapshot's root and `..` never climbs above it (the
+/// guest's links name the guest's files, never this machine's); more than
+/// 40 links is a loop. Where a folder is not found the path is given
+/// back as it stands, for the lookup to say so. Windows filesystems are
+/// left alone (their reparse points name drives).
+pub fn follow_links(fs: &dyn Filesystem, path: &[u8], last: bool) -> Result<Vec<u8>> {
+    if windows_kind(&fs.kind()) {
+        return Ok(path.to_vec());
+    }
+    let mut todo: std::collections::VecDeque<Vec<u8>> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut done: Vec<Vec<u8>> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop_front() {
+        match c.as_slice() {
+            b"." => continue,
+            b".." => {
+                done.pop();
+                continue;
+            }
+            _ => done.push(c),
+        }
+        if todo.is_empty() && !last {
+            break;
+        }
+        let here = done.join(&b'/');
+        let Ok(e) = fs.lookup(&here) else {
+            done.extend(todo.drain(..));
+            break;
+        };
+        if e.kind != FileKind::Symlink {
+            continue;
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(crate::error::GuestError::NotFound(format!(
+                "/{} (more than {MAX_LINKS} links: a loop)",
+                escape(path)
+            )));
+        }
+        let target = e.link_target.unwrap_or_default();
+        done.pop();
+        if target.starts_with(b"/") {
+            done.clear();
+        }
+        for c in target.split(|&b| b == b'/').rev().filter(|c| !c.is_empty()) {
+            todo.push_front(c.to_vec());
+        }
+    }
+    Ok(done.join(&b'/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

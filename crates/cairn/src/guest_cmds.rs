@@ -148,6 +148,10 @@ pub fn ls(
 /// path pasted from Windows (`C:\Users\…`, `\Users\…`: how a scan
 /// prints what a Run value starts) has `\` between its folders, and its
 /// drive letter is left out.
+///
+/// Links among its folders are followed inside the snapshot (`/bin/ls`
+/// on a guest whose `/bin` links to `usr/bin`), and the last one too when
+/// the path ends in `/` (the folder a link names, as a shell reads it).
 fn guest_path(o: &cairn_guest::Opened, path: &str) -> Result<Vec<u8>> {
     let windows = cairn_guest::model::windows_kind(&o.fs.kind());
     let b = path.as_bytes();
@@ -156,7 +160,13 @@ fn guest_path(o: &cairn_guest::Opened, path: &str) -> Result<Vec<u8>> {
         let rest = if drive { &path[2..] } else { path };
         return Ok(cairn_guest::model::normalize(&rest.replace('\\', "/"))?);
     }
-    Ok(cairn_guest::model::normalize(path)?)
+    let normal = cairn_guest::model::normalize(path)?;
+    let last = path.ends_with('/') && !normal.is_empty();
+    Ok(cairn_guest::model::follow_links(
+        o.fs.as_ref(),
+        &normal,
+        last,
+    )?)
 }
 
 pub fn cat(vault: &Arc<Vault>, spec: &str, partition: Option<u32>) -> Result<u8> {

@@ -517,6 +517,55 @@ fn a_directory_linked_into_itself_is_named_not_walked_forever() {
     assert!(names.iter().any(|n| n.ends_with("/up")), "{names:?}");
 }
 
+/// Paths through linked folders read as in the guest (`/bin/ls` on a
+/// Debian whose `/bin` links to `usr/bin`); a link listed is the link, a
+/// trailing `/` follows it; links never climb out of the snapshot, and a
+/// loop of links is an error, not a hang.
+#[test]
+fn paths_through_linked_folders_are_followed_inside_the_snapshot() {
+    let env = Env::new("30d", &[]);
+    let t = env.path("t");
+    std::fs::create_dir_all(t.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(t.join("etc")).unwrap();
+    std::fs::write(t.join("usr/bin/tool"), b"the guest's tool\n").unwrap();
+    std::fs::write(t.join("etc/hostname"), b"guest-host\n").unwrap();
+    std::os::unix::fs::symlink("usr/bin", t.join("bin")).unwrap();
+    std::os::unix::fs::symlink("../../../../..", t.join("usr/up")).unwrap();
+    std::os::unix::fs::symlink("/loop2", t.join("loop1")).unwrap();
+    std::os::unix::fs::symlink("loop1", t.join("loop2")).unwrap();
+    let img = env.path("links.img");
+    mkfs("ext4", &t, &img, 16);
+    env.backup(&img, "links", "2026-03-01T00:00:00Z");
+    assert_eq!(
+        env.ok(&["cat", "links@latest:/bin/tool"]),
+        "the guest's tool\n"
+    );
+    assert_eq!(
+        env.ok(&["cat", "links@latest:/usr/up/etc/hostname"]),
+        "guest-host\n"
+    );
+    assert_eq!(env.ok(&["ls", "links@latest:/bin/"]).trim(), "tool");
+    assert!(
+        env.ok(&["ls", "-l", "links@latest:/bin"])
+            .contains("-> usr/bin")
+    );
+    let out = env.path("tool");
+    env.ok(&[
+        "restore",
+        "links@latest:/bin/tool",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"the guest's tool\n");
+    let looped = within_a_minute(&env, &["cat", "links@latest:/loop1/x"]);
+    assert_eq!(looped.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&looped.stderr).contains("a loop"),
+        "{}",
+        String::from_utf8_lossy(&looped.stderr)
+    );
+}
+
 /// A crafted FAT: two directories chained to their parent's cluster (a
 /// loop that branches) and a file whose cluster chain points to itself,
 /// claiming 4 GiB. A restore of the whole filesystem ends, writes the good
