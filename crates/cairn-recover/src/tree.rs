@@ -54,6 +54,9 @@ pub struct TreeRestoreReport {
     pub extra: Vec<String>,
 }
 
+/// The longest path the kernel takes, with its terminating NUL.
+const PATH_MAX: usize = libc::PATH_MAX as usize;
+
 /// How many of a target's extra entries are listed.
 const MAX_EXTRA: usize = 10_000;
 
@@ -275,6 +278,30 @@ fn restore_into(
     let mut plan: Vec<(&Entry, PathBuf)> = Vec::new();
     for e in &tree.entries {
         match safe_join(target, &e.path) {
+            // Deeper than this system's paths reach once under the target
+            // (the source's own limit, counted from the source folder, is
+            // passed by the target's longer name): left out, not a reason
+            // to abandon the whole tree.
+            Some(p) if p.as_os_str().len() >= PATH_MAX => {
+                let whole = shown(&e.path);
+                let cut = if whole.len() > 120 {
+                    let (mut a, mut b) = (60, whole.len() - 60);
+                    while !whole.is_char_boundary(a) {
+                        a -= 1;
+                    }
+                    while !whole.is_char_boundary(b) {
+                        b += 1;
+                    }
+                    format!("{}…{}", &whole[..a], &whole[b..])
+                } else {
+                    whole
+                };
+                report.warnings.push(format!(
+                    "{cut}: too deep for this system's paths under {} ({} bytes), not restored: restore it alone (NAME@SNAP:/path) into a shorter target",
+                    target.display(),
+                    p.as_os_str().len()
+                ));
+            }
             Some(p) if under_dirs(&e.path) => plan.push((e, p)),
             Some(_) => report.warnings.push(format!(
                 "{}: below an entry that is not a directory in the snapshot, not restored",

@@ -528,3 +528,32 @@ fn one_file_goes_back_into_its_folder_and_over_a_damaged_copy() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A folder nested as deep as paths go under the source goes deeper
+/// than that under a restore's target (its name is longer): that entry
+/// is left out and named, the rest of the tree is restored — not the
+/// whole restore abandoned.
+#[test]
+fn an_entry_too_deep_for_the_target_is_left_out_and_the_rest_restored() {
+    let env = Env::new("30d", &[]);
+    let src = env.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"kept\n").unwrap();
+    // Folders of 200-byte names down to 4090 bytes of absolute path.
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import os,sys\nroot=sys.argv[1]\nos.chdir(root)\nleft=4090-len(root)-len('/deep')\nwhile left>1:\n  n=min(200,left-1)\n  os.mkdir('d'*n); os.chdir('d'*n); left-=n+1\nopen('deep','w').write('x')\n",
+            src.to_str().unwrap(),
+        ],
+    );
+    env.backup(&src, "deep", "2026-03-01T00:00:00Z");
+    let to = env.path("restored-tree");
+    let out = env.run(&["restore", "deep@latest", "--to", to.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("too deep for this system's paths"), "{err}");
+    assert!(err.lines().all(|l| l.len() < 600), "{err}");
+    assert_eq!(std::fs::read(to.join("f")).unwrap(), b"kept\n");
+}
