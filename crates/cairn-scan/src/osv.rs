@@ -551,10 +551,14 @@ impl VulnDb {
     }
 
     /// Ecosystems present, with their record counts.
+    /// Advisories per ecosystem: one naming several packages of an
+    /// ecosystem counts once there.
     pub fn ecosystems(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for a in self.advisories.values() {
-            for e in a.affected.iter().map(|x| &x.ecosystem) {
+            let named: std::collections::BTreeSet<&String> =
+                a.affected.iter().map(|x| &x.ecosystem).collect();
+            for e in named {
                 *m.entry(e.clone()).or_insert(0) += 1;
             }
         }

@@ -482,6 +482,10 @@ fn import_fixtures(env: &Env) {
     let r = env.json(&["vulndb", "import", fixtures().to_str().unwrap()]);
     assert_eq!(r["imported"], 5, "{r:#}");
     assert_eq!(r["ecosystems"]["Debian:12"], 3);
+    // Per ecosystem, advisories: ALSA-2023-5249 names two of its
+    // packages and counts once.
+    let status = env.json(&["vulndb", "status"]);
+    assert_eq!(status["ecosystems"]["AlmaLinux:9"], 1, "{status:#}");
     // A file that is no record at all beside good ones (a download cut
     // short) is named and makes the exit 3; the good ones still count.
     let mixed = env.path("mixed-osv");
