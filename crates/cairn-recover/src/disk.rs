@@ -111,6 +111,7 @@ fn claim(file: &File, path: &Path, write: bool) -> Result<()> {
 /// from it (or a VM given the loop device) is using the file, although
 /// the file itself carries no lock.
 fn loop_device_of(file: &File) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::MetadataExt;
     let md = file.metadata().ok()?;
     for dev in fs::read_dir("/sys/block").ok()?.flatten() {
@@ -124,6 +125,17 @@ fn loop_device_of(file: &File) -> Option<String> {
                 .ok()
                 .map(|s| s.trim().to_string())
         };
+        // A block device (a loop device stacked on a loop device): the
+        // same device, by whatever node it was named.
+        if md.file_type().is_block_device() {
+            if let Some(backing) = read("backing_file")
+                && fs::metadata(&backing)
+                    .is_ok_and(|b| b.file_type().is_block_device() && b.rdev() == md.rdev())
+            {
+                return Some(format!("/dev/{name}"));
+            }
+            continue;
+        }
         let (Some(inode), Some(device)) = (read("backing_inode"), read("backing_dev")) else {
             // Older kernels: compare by path.
             let Some(backing) = read("backing_file") else {
@@ -186,6 +198,7 @@ fn open_device(path: &Path, size: u64, write: bool) -> Result<File> {
             path.display()
         )));
     }
+    not_looped(&file, path)?;
     claim(&file, path, write)?;
     Ok(file)
 }

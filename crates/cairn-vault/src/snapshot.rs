@@ -161,6 +161,11 @@ pub fn resolve<'a>(snapshots: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot
             }
         }
     };
+    if name == Some("") {
+        return Err(Error::BadSpec(format!(
+            "{spec}: the name before @ is missing (NAME@SNAP; `cairn snapshots` lists the names)"
+        )));
+    }
     let of_name: Vec<&Snapshot> = snapshots
         .iter()
         .filter(|s| name.is_none_or(|n| s.name == n))
@@ -307,5 +312,10 @@ mod tests {
         assert!(resolve(&s, "vm@aaaa2").is_err(), "id of another name");
         assert!(resolve(&s, "nope@latest").is_err());
         assert!(resolve(&s, "vm@zz").is_err());
+        let nameless = resolve(&s, "@latest").unwrap_err();
+        assert!(
+            matches!(nameless, Error::BadSpec(_)) && nameless.to_string().contains("name before @"),
+            "{nameless}"
+        );
     }
 }

@@ -85,6 +85,10 @@ enum Command {
         no_lock: bool,
     },
     /// Back up a disk image, block device, qcow2 image or directory.
+    ///
+    /// Exit 0: saved, and insight found nothing. Exit 3: saved, but the
+    /// snapshot looks suspicious or compromised, or some files could not
+    /// be read (the warning says which). Exit 1: nothing saved.
     Backup {
         /// A raw disk image, block device, qcow2 image or directory.
         source: PathBuf,
@@ -262,6 +266,8 @@ enum Command {
     },
     /// Change rate, entropy, file signals, score and verdict of every
     /// snapshot of a source, and the last clean point.
+    ///
+    /// Exit 3 when a snapshot is suspicious or compromised.
     Timeline {
         /// The source name.
         name: String,
@@ -1180,10 +1186,20 @@ fn run(cli: Cli) -> Result<u8> {
                 for d in &r.forgotten {
                     println!("forget  {} {} {}", &d.id[..8], d.name, d.time);
                 }
+                let pinned = r
+                    .kept
+                    .iter()
+                    .filter(|d| d.reasons.iter().any(|w| w.contains("pinned")))
+                    .count();
                 println!(
-                    "{verb} {} snapshot(s); kept {}; {} still under retention",
+                    "{verb} {} snapshot(s); kept {}{}; {} still under retention",
                     r.forgotten.len(),
                     r.kept.len(),
+                    if pinned > 0 {
+                        format!(" ({pinned} of them pinned)")
+                    } else {
+                        String::new()
+                    },
                     r.retained.len()
                 );
                 if let Some(p) = pr {
@@ -1349,7 +1365,7 @@ fn run(cli: Cli) -> Result<u8> {
 fn print_prune(r: &cairn_vault::prune::PruneReport, dry_run: bool) {
     let verb = if dry_run { "would delete" } else { "deleted" };
     println!(
-        "{verb} {} pack(s) ({}), {} map(s) and {} record(s) of forgotten snapshots; {} unused pack(s) ({}) kept until their retention ends; {} pack(s) in use",
+        "{verb} {} unused pack(s) ({}; of forgotten snapshots or of backups that did not finish), {} map(s) and {} record(s); {} unused pack(s) ({}) kept until their retention ends; {} pack(s) in use",
         r.packs_deleted,
         bytes(r.bytes_deleted),
         r.maps_deleted,

@@ -361,12 +361,27 @@ fn delta_restore_writes_only_what_the_attack_changed_and_rollback_keeps_new_work
             img.to_str().unwrap(),
             "--delta",
         ]);
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &dev])
-            .status();
+        // A loop device on the loop device (a partition of it set up
+        // with an offset, say, and mounted): the first is in use too.
+        let stacked = std::process::Command::new("losetup")
+            .args(["-f", "--show", &dev])
+            .output()
+            .unwrap();
+        let upper = String::from_utf8_lossy(&stacked.stdout).trim().to_string();
+        let onto_dev = env.run(&["restore", "vm@latest", "--to", &dev, "--overwrite"]);
+        for d in [&upper, &dev] {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", d])
+                .status();
+        }
         assert_eq!(code(&out), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("in use") && err.contains(&dev), "{err}");
+        if stacked.status.success() {
+            let err = String::from_utf8_lossy(&onto_dev.stderr);
+            assert_eq!(code(&onto_dev), Some(1), "{err}");
+            assert!(err.contains("in use") && err.contains(&upper), "{err}");
+        }
         assert!(same_bytes(&img, &clean));
     } else {
         eprintln!("no loop devices here: the loop check was not exercised");
