@@ -194,6 +194,12 @@ pub struct KeyFile {
     pub salt: String,
     pub wrapped: String,
     pub created: chrono::DateTime<chrono::Utc>,
+    /// A digest of the fields above as written: a key file damaged on
+    /// disk is then said to be damaged, not taken for a wrong password
+    /// (which is all a seal that fails to open can say). None in key
+    /// files written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 impl KeyFile {
@@ -226,7 +232,7 @@ impl KeyFile {
         let mut plain = master.to_bytes();
         plain.extend_from_slice(binding.as_ref().map_or(&[][..], |b| b.as_slice()));
         let wrapped = Cipher::new(&kek).seal(&plain)?;
-        Ok(KeyFile {
+        let mut key = KeyFile {
             kdf: "argon2id".into(),
             memory_kib: m,
             iterations: t,
@@ -234,7 +240,25 @@ impl KeyFile {
             salt: hex::encode(salt),
             wrapped: hex::encode(wrapped),
             created: chrono::Utc::now(),
-        })
+            checksum: None,
+        };
+        key.checksum = Some(key.digest());
+        Ok(key)
+    }
+
+    /// See `checksum`.
+    fn digest(&self) -> String {
+        let text = format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            self.kdf,
+            self.memory_kib,
+            self.iterations,
+            self.parallelism,
+            self.salt,
+            self.wrapped,
+            self.created.to_rfc3339()
+        );
+        hex::encode(&blake3::hash(text.as_bytes()).as_bytes()[..16])
     }
 
     /// `Ok(None)` when the password does not open this key.
@@ -254,6 +278,12 @@ impl KeyFile {
                 "key file uses unsupported KDF settings ({})",
                 self.kdf
             )));
+        }
+        if self.checksum.as_ref().is_some_and(|c| *c != self.digest()) {
+            return Err(Error::damaged(
+                "key file",
+                "its content changed since it was written (checksum mismatch): put it back from a copy of the vault or a replica",
+            ));
         }
         let bad = |_| Error::damaged("key file", "not hex");
         let salt = hex::decode(&self.salt).map_err(bad)?;
@@ -425,6 +455,13 @@ mod tests {
         assert_eq!(one.unwrap_key(b"pw").unwrap().unwrap().id, mk.id);
         let mut relabelled = one.clone();
         relabelled.parallelism = 2;
+        // Caught as damage by its checksum, and in a key file from before
+        // checksums by the seal alone.
+        assert!(matches!(
+            relabelled.unwrap_key(b"pw"),
+            Err(Error::Damaged { .. })
+        ));
+        relabelled.checksum = None;
         assert!(relabelled.unwrap_key(b"pw").unwrap().is_none());
     }
 }

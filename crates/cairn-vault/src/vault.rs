@@ -543,6 +543,7 @@ impl Vault {
                 "the vault has no keys (its keys/ folder is empty), so no password can open it: restore keys/ from a backup of the vault or its replica".into()
             }));
         }
+        let mut damaged = None;
         for name in keys {
             let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?).map_err(|e| {
                 let hint = if backend.as_s3().is_some() {
@@ -552,7 +553,16 @@ impl Vault {
                 };
                 Error::damaged(&name, format!("{e}{hint}"))
             })?;
-            if let Some((m, binding)) = kf.unwrap_bound(password)? {
+            // A damaged key file is said once no other key opened.
+            let opened = match kf.unwrap_bound(password) {
+                Ok(o) => o,
+                Err(Error::Damaged { reason, .. }) => {
+                    damaged.get_or_insert(Error::damaged(&name, reason));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some((m, binding)) = opened {
                 // A key of another master (left by an init that was
                 // stopped before it wrote its config) opens nothing here.
                 if config.key_check.as_ref().is_some_and(|c| *c != m.check()) {
@@ -569,7 +579,11 @@ impl Vault {
                 break;
             }
         }
-        let master = master.ok_or(Error::WrongPassword)?;
+        let master = match (master, damaged) {
+            (Some(m), _) => m,
+            (None, Some(e)) => return Err(e),
+            (None, None) => return Err(Error::WrongPassword),
+        };
         if let Some(s3) = backend.as_s3() {
             // Whether objects are locked is the bucket's to say, not the
             // config's alone: a config edited to say "no lock" on a bucket

@@ -62,6 +62,24 @@ pub fn partitions(vault: &Arc<Vault>, spec: &str, json: bool) -> Result<u8> {
     Ok(0)
 }
 
+/// `rwxr-xr-x`, with `s`/`S` for setuid and setgid and `t`/`T` for the
+/// sticky bit, as `ls -l` shows them.
+fn symbolic(mode: u32) -> String {
+    let mut out = String::with_capacity(9);
+    for (shift, special, letter) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
+        let bits = (mode >> shift) & 7;
+        out.push(if bits & 4 != 0 { 'r' } else { '-' });
+        out.push(if bits & 2 != 0 { 'w' } else { '-' });
+        out.push(match (bits & 1 != 0, mode & special != 0) {
+            (true, true) => letter,
+            (false, true) => letter.to_ascii_uppercase(),
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    out
+}
+
 fn long_line(e: &FileEntry) -> String {
     let kind = match e.kind {
         FileKind::Dir => 'd',
@@ -69,10 +87,7 @@ fn long_line(e: &FileEntry) -> String {
         FileKind::File => '-',
         FileKind::Other => '?',
     };
-    let mode = e
-        .mode
-        .map(|m| format!("{:04o}", m & 0o7777))
-        .unwrap_or_else(|| "----".into());
+    let mode = e.mode.map(symbolic).unwrap_or_else(|| "?????????".into());
     let owner = match (e.uid, e.gid) {
         (Some(u), Some(g)) => format!("{u}:{g}"),
         _ => "-".into(),
@@ -300,4 +315,15 @@ pub fn restore_files(
     } else {
         crate::FOUND
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn modes_read_as_ls_shows_them() {
+        assert_eq!(super::symbolic(0o644), "rw-r--r--");
+        assert_eq!(super::symbolic(0o4755), "rwsr-xr-x");
+        assert_eq!(super::symbolic(0o2644), "rw-r-Sr--");
+        assert_eq!(super::symbolic(0o1777), "rwxrwxrwt");
+    }
 }

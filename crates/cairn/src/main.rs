@@ -955,7 +955,14 @@ fn run(cli: Cli) -> Result<u8> {
             recursive,
             partition,
         } => guest_cmds::ls(&open(&cli)?, path, *long, *recursive, *partition, cli.json),
-        Command::Cat { path, partition } => guest_cmds::cat(&open(&cli)?, path, *partition),
+        Command::Cat { path, partition } => {
+            if cli.json {
+                usage!(
+                    "cat writes the file's bytes as they are: --json does not apply (`cairn ls --json` describes the file)"
+                );
+            }
+            guest_cmds::cat(&open(&cli)?, path, *partition)
+        }
         Command::Export {
             snapshots,
             listen,
@@ -1326,6 +1333,9 @@ fn run(cli: Cli) -> Result<u8> {
             let s = vault.resolve(snapshot)?;
             let pin = matches!(cli.command, Command::Pin { .. });
             if pin {
+                if vault.pins()?.contains(&s.id) {
+                    eprintln!("note: {}@{} was pinned already", s.name, s.id.short());
+                }
                 vault.pin(&s.id)?;
             } else {
                 if !vault.pins()?.contains(&s.id) {

@@ -490,6 +490,35 @@ fn a_damaged_newest_manifest_is_said_where_latest_is_counted() {
     assert!(stderr(&out).contains("unreadable"), "{}", stderr(&out));
 }
 
+/// A key file damaged on disk (one hex digit of its sealed key changed)
+/// is said to be damaged — verify exits 3 — not taken for a wrong
+/// password.
+#[test]
+fn a_damaged_key_file_is_not_taken_for_a_wrong_password() {
+    let env = Env::new("30d", &[]);
+    let keys: Vec<_> = std::fs::read_dir(env.vault.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(keys.len(), 1);
+    let key = &keys[0];
+    let mut kf: serde_json::Value = serde_json::from_slice(&std::fs::read(key).unwrap()).unwrap();
+    let wrapped = kf["wrapped"].as_str().unwrap().to_string();
+    let flipped = if wrapped.starts_with('0') { "1" } else { "0" };
+    kf["wrapped"] = format!("{flipped}{}", &wrapped[1..]).into();
+    std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(key, serde_json::to_vec(&kf).unwrap()).unwrap();
+    let out = env.run(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("damaged") && !stderr(&out).contains("wrong password"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
 /// Manifests deleted by hand (a pinned snapshot's, the newest one's):
 /// the snapshots do not just vanish. Verify names them (exit 3), prune
 /// stops before deleting the data only they used, and goes on only once
