@@ -513,6 +513,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         // is not known to be the attack's: it is left alone.
         let absent = src != latest;
         let shown = e.display_path();
+        let mut decided = None;
         // A link verification flagged (a timer enabled through
         // `timers.target.wants/`): as it was before, or left out when it
         // was not there.
@@ -550,28 +551,8 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     format!("{found}; the same before: kept, review it by hand"),
                 ),
             };
-            let (id, time) = snaps.label(index);
-            provenance.push(Provenance {
-                review: action == Action::Kept,
-                path: shown,
-                action,
-                snapshot: (action != Action::Dropped).then_some(id),
-                snapshot_time: (action != Action::Dropped).then_some(time),
-                reason,
-            });
-            if action != Action::Dropped {
-                picks.insert(
-                    e.path.clone(),
-                    Pick {
-                        index,
-                        entry,
-                        absent,
-                    },
-                );
-            }
-            continue;
-        }
-        if e.kind == FileKind::File
+            decided = Some((action, index, entry, reason, action == Action::Kept));
+        } else if e.kind == FileKind::File
             && !hurt.contains_key(&shown)
             && let Some((k, f)) = flag_of(shown.as_str())
         {
@@ -638,9 +619,20 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                     format!("{found}; kept, since it holds other data: review it by hand"),
                 ),
             };
+            decided = Some((
+                action,
+                index,
+                entry,
+                reason,
+                action == Action::Kept && !since_oldest,
+            ));
+        }
+        // What verification flagged, decided above: said, and written
+        // unless left out.
+        if let Some((action, index, entry, reason, review)) = decided {
             let (id, time) = snaps.label(index);
             provenance.push(Provenance {
-                review: action == Action::Kept && !since_oldest,
+                review,
                 path: shown,
                 action,
                 snapshot: (action != Action::Dropped).then_some(id),

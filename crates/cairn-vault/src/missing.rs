@@ -40,22 +40,6 @@ impl Vault {
         Ok(())
     }
 
-    /// Snapshots forgotten by `forget` (sealed notes: only a holder of the
-    /// vault key leaves one).
-    fn gone(&self) -> HashSet<String> {
-        let Ok(names) = self.backend().list("gone") else {
-            return HashSet::new();
-        };
-        names
-            .into_iter()
-            .filter_map(|n| {
-                let id = n.strip_prefix("gone/")?.to_string();
-                let plain = self.read_object(&n).ok()?;
-                (plain == id.as_bytes()).then_some(id)
-            })
-            .collect()
-    }
-
     /// The snapshots named by a pin, by a manifest of `snapshots` (the
     /// vault's, as listed) as its parent, or by an insight or scan
     /// record, whose manifest is not there and which no `forget` removed.
@@ -97,7 +81,8 @@ impl Vault {
         if signs.is_empty() {
             return Ok(Vec::new());
         }
-        let (gone, forgotten) = (self.gone(), self.forgotten());
+        // (Sealed notes: only a holder of the vault key leaves one.)
+        let (gone, forgotten) = (self.sealed_notes("gone"), self.forgotten());
         Ok(signs
             .into_iter()
             .filter(|(id, _)| !gone.contains(id) && !forgotten.contains(id))

@@ -1181,13 +1181,19 @@ impl Vault {
     /// will not list the notes (an agent's token) shows them as present,
     /// the safe side: their data is kept and their locks renewed.
     pub fn forgotten(&self) -> HashSet<String> {
-        let Ok(names) = self.backend.list("forgotten") else {
+        self.sealed_notes("forgotten")
+    }
+
+    /// The snapshot ids of the notes under `dir` (`dir/<id>`, each sealed
+    /// over its own id: one that does not open to it is no note).
+    pub(crate) fn sealed_notes(&self, dir: &str) -> HashSet<String> {
+        let Ok(names) = self.backend.list(dir) else {
             return HashSet::new();
         };
         names
             .into_iter()
             .filter_map(|n| {
-                let id = n.strip_prefix("forgotten/")?.to_string();
+                let id = n.strip_prefix(dir)?.strip_prefix('/')?.to_string();
                 let plain = self.read_object(&n).ok()?;
                 (plain == id.as_bytes()).then_some(id)
             })

@@ -1611,10 +1611,6 @@ fn rolled_into_folder(env: &Env) -> (serde_json::Value, std::path::PathBuf) {
 /// dry run into a folder that is not empty is refused as the real run is.
 #[test]
 fn a_rollback_onto_a_full_filesystem_stops_and_leaves_nothing() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: needs root to mount a small tmpfs");
-        return;
-    }
     let env = Env::new("30d", &[]);
     let share = env.path("share");
     std::fs::create_dir_all(&share).unwrap();
@@ -1623,25 +1619,9 @@ fn a_rollback_onto_a_full_filesystem_stops_and_leaves_nothing() {
     }
     env.backup(&share, "share", "2026-03-01T00:00:00Z");
     let mnt = env.path("small");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(
-        "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=5m",
-            "tmpfs",
-            mnt.to_str().unwrap(),
-        ],
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let Some(_mounted) = small_tmpfs(&mnt, "5m") else {
+        return;
+    };
     let to = mnt.join("rb");
     let out = env.run(&["rollback", "share", "--to-dir", to.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr).to_string();

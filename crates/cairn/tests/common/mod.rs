@@ -429,3 +429,34 @@ pub fn flip_byte_in_largest_pack(vault: &Path) -> PathBuf {
     std::fs::write(&target, &data).unwrap();
     target
 }
+
+/// A tmpfs mounted for as long as it lives (see [`small_tmpfs`]).
+pub struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A tmpfs of `size` (e.g. "5m") mounted at `at`, made here: a small disk
+/// to fill. None, said, where mounting is not allowed (it needs root).
+pub fn small_tmpfs(at: &Path, size: &str) -> Option<Mounted> {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to mount a small tmpfs");
+        return None;
+    }
+    std::fs::create_dir_all(at).unwrap();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            at.to_str().unwrap(),
+        ],
+    );
+    Some(Mounted(at.to_path_buf()))
+}
