@@ -513,123 +513,113 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         // is not known to be the attack's: it is left alone.
         let absent = src != latest;
         let shown = e.display_path();
-        let mut decided = None;
-        // A link verification flagged (a timer enabled through
-        // `timers.target.wants/`): as it was before, or left out when it
-        // was not there.
-        if e.kind == FileKind::Symlink
-            && let Some((k, f)) = flag_of(shown.as_str())
-        {
-            let (first, _) = snaps.label(k);
-            let found = format!(
-                "flagged by verification in {} ({})",
-                &first[..first.len().min(8)],
-                f.why
-            );
-            let earlier = k.checked_sub(1).map(|b| (b, snaps.lookup(b, &e.path)));
-            let (action, index, entry, reason) = match earlier {
-                Some((_, None)) => (
-                    Action::Dropped,
-                    src,
-                    e.clone(),
-                    format!("{found}; it did not exist before"),
-                ),
-                Some((b, Some(old)))
-                    if old.kind != FileKind::Symlink || old.link_target != e.link_target =>
-                {
-                    (
-                        Action::Restored,
-                        b,
-                        old,
-                        format!("{found}; last version before it"),
-                    )
-                }
-                _ => (
-                    Action::Kept,
-                    src,
-                    e.clone(),
-                    format!("{found}; the same before: kept, review it by hand"),
-                ),
-            };
-            decided = Some((action, index, entry, reason, action == Action::Kept));
-        } else if e.kind == FileKind::File
-            && !hurt.contains_key(&shown)
-            && let Some((k, f)) = flag_of(shown.as_str())
-        {
+        // What verification flagged: a file (one insight found damaged is
+        // decided below) or a link (a timer enabled through
+        // `timers.target.wants/`).
+        let flag = flag_of(shown.as_str()).filter(|_| {
+            e.kind == FileKind::Symlink || (e.kind == FileKind::File && !hurt.contains_key(&shown))
+        });
+        if let Some((k, f)) = flag {
             let (first, _) = snaps.label(k);
             let short = &first[..first.len().min(8)];
             let found = format!("flagged by verification in {short} ({})", f.why);
-            let good = if f.revert {
-                before_flagged(snaps, k, &e.path)
-            } else {
-                None
-            };
-            // A file a flagged job starts that was there, the same, before
-            // the job was (a system program, an application's script) is
-            // most likely the system's own: kept (a guest must not get a
-            // rollback to drop any file by naming it in a job); named for
-            // review when it came after the oldest snapshot: a dropper
-            // planted a day before the job that starts it looks the same.
-            let there_before = f.started
-                && good.is_none()
-                && k > 0
-                && snaps
-                    .lookup(k - 1, &e.path)
-                    .is_some_and(|o| o.kind == FileKind::File);
-            // One there since the oldest snapshot kept is the system's; one
-            // that came later, maybe a dropper, is named for review.
-            let since_oldest = there_before && snaps.lookup(0, &e.path).is_some();
-            let (action, index, entry, reason) = match good {
-                Some((g, old)) => (
-                    Action::Restored,
-                    g,
-                    old,
-                    format!("{found}; last version before it"),
-                ),
-                None if since_oldest => (
-                    Action::Kept,
-                    src,
-                    e.clone(),
-                    format!("{found}; there the same since the oldest snapshot: kept"),
-                ),
-                None if there_before => (
-                    Action::Kept,
-                    src,
-                    e.clone(),
-                    format!(
-                        "{found}; there the same before that job, but new since the oldest snapshot: kept, review it (a planted job's program may have been planted first)"
+            let (action, index, entry, reason, review) = if e.kind == FileKind::Symlink {
+                // A link: as it was before, or left out when it was not there.
+                let earlier = k.checked_sub(1).map(|b| (b, snaps.lookup(b, &e.path)));
+                let (action, index, entry, reason) = match earlier {
+                    Some((_, None)) => (
+                        Action::Dropped,
+                        src,
+                        e.clone(),
+                        format!("{found}; it did not exist before"),
                     ),
-                ),
-                None if f.droppable => (
-                    Action::Dropped,
-                    src,
-                    e.clone(),
-                    format!("{found}; it did not exist before"),
-                ),
-                None if f.revert => (
-                    Action::Kept,
-                    src,
-                    e.clone(),
-                    format!("{found}; no earlier version differs: kept, review it by hand"),
-                ),
-                None => (
-                    Action::Kept,
-                    src,
-                    e.clone(),
-                    format!("{found}; kept, since it holds other data: review it by hand"),
-                ),
+                    Some((b, Some(old)))
+                        if old.kind != FileKind::Symlink || old.link_target != e.link_target =>
+                    {
+                        (
+                            Action::Restored,
+                            b,
+                            old,
+                            format!("{found}; last version before it"),
+                        )
+                    }
+                    _ => (
+                        Action::Kept,
+                        src,
+                        e.clone(),
+                        format!("{found}; the same before: kept, review it by hand"),
+                    ),
+                };
+                (action, index, entry, reason, action == Action::Kept)
+            } else {
+                let good = if f.revert {
+                    before_flagged(snaps, k, &e.path)
+                } else {
+                    None
+                };
+                // A file a flagged job starts that was there, the same, before
+                // the job was (a system program, an application's script) is
+                // most likely the system's own: kept (a guest must not get a
+                // rollback to drop any file by naming it in a job); named for
+                // review when it came after the oldest snapshot: a dropper
+                // planted a day before the job that starts it looks the same.
+                let there_before = f.started
+                    && good.is_none()
+                    && k > 0
+                    && snaps
+                        .lookup(k - 1, &e.path)
+                        .is_some_and(|o| o.kind == FileKind::File);
+                // One there since the oldest snapshot kept is the system's; one
+                // that came later, maybe a dropper, is named for review.
+                let since_oldest = there_before && snaps.lookup(0, &e.path).is_some();
+                let (action, index, entry, reason) = match good {
+                    Some((g, old)) => (
+                        Action::Restored,
+                        g,
+                        old,
+                        format!("{found}; last version before it"),
+                    ),
+                    None if since_oldest => (
+                        Action::Kept,
+                        src,
+                        e.clone(),
+                        format!("{found}; there the same since the oldest snapshot: kept"),
+                    ),
+                    None if there_before => (
+                        Action::Kept,
+                        src,
+                        e.clone(),
+                        format!(
+                            "{found}; there the same before that job, but new since the oldest snapshot: kept, review it (a planted job's program may have been planted first)"
+                        ),
+                    ),
+                    None if f.droppable => (
+                        Action::Dropped,
+                        src,
+                        e.clone(),
+                        format!("{found}; it did not exist before"),
+                    ),
+                    None if f.revert => (
+                        Action::Kept,
+                        src,
+                        e.clone(),
+                        format!("{found}; no earlier version differs: kept, review it by hand"),
+                    ),
+                    None => (
+                        Action::Kept,
+                        src,
+                        e.clone(),
+                        format!("{found}; kept, since it holds other data: review it by hand"),
+                    ),
+                };
+                (
+                    action,
+                    index,
+                    entry,
+                    reason,
+                    action == Action::Kept && !since_oldest,
+                )
             };
-            decided = Some((
-                action,
-                index,
-                entry,
-                reason,
-                action == Action::Kept && !since_oldest,
-            ));
-        }
-        // What verification flagged, decided above: said, and written
-        // unless left out.
-        if let Some((action, index, entry, reason, review)) = decided {
             let (id, time) = snaps.label(index);
             provenance.push(Provenance {
                 review,

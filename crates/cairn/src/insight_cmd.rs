@@ -27,7 +27,11 @@ pub fn timeline(
             eprintln!("analysing {}@{} ...", s.name, s.id.short());
         }
     })?;
-    let all = heed_scans(vault, &mut t);
+    // Verification results, where a scan has been run (`cairn scan`,
+    // `cairn recover --find-clean`): a snapshot a scan found compromised
+    // is no clean point, whatever insight saw.
+    let all = cairn_scan::stored_reports_for(vault, t.snapshot_ids());
+    t.heed_verification(&cairn_scan::verification(&all));
     let scans = cairn_scan::standing_of(&all);
     warn_unreadable(&t);
     if let Some(path) = svg {
@@ -386,22 +390,10 @@ pub fn rollback(
     Ok(code)
 }
 
-/// Verification results, where a scan has been run (`cairn scan`,
-/// `cairn recover --find-clean`): a snapshot a scan found compromised is
-/// no clean point, whatever insight saw. Returns the stored results.
-fn heed_scans(
-    vault: &Arc<Vault>,
-    t: &mut cairn_insight::Timeline,
-) -> std::collections::HashMap<cairn_vault::SnapshotId, Vec<cairn_scan::ScanReport>> {
-    let all = cairn_scan::stored_reports_for(vault, t.snapshot_ids());
-    t.heed_verification(&cairn_scan::verification(&all));
-    all
-}
-
 /// The timeline of `name` with what scans found heeded (its clean point
 /// the one `timeline` names).
 pub fn verified_timeline(vault: &Arc<Vault>, name: &str) -> Result<cairn_insight::Timeline> {
     let mut t = cairn_insight::timeline(vault, name, &mut |_| {})?;
-    heed_scans(vault, &mut t);
+    t.heed_verification(&cairn_scan::verification_of(vault, &t));
     Ok(t)
 }

@@ -2071,14 +2071,17 @@ fn outside_vault(vault: &Vault, to: &Path) -> Result<()> {
 /// serving it is allowed (to look at the damage, to take files from it),
 /// but should not be done by mistake for the way back.
 pub(crate) fn warn_if_flagged(vault: &Arc<Vault>, snap: &Snapshot) {
-    let insight = cairn_insight::load(vault, &snap.id)
+    // (The scans are listed only when insight did not say so already.)
+    let by = cairn_insight::load(vault, &snap.id)
         .filter(|r| r.assessment.verdict == cairn_insight::Verdict::Compromised)
-        .map(|_| "insight");
-    let scan = cairn_scan::latest_reports_for(vault, [&snap.id])
-        .get(&snap.id)
-        .filter(|r| r.verdict == cairn_scan::ScanVerdict::Compromised)
-        .map(|_| "a scan");
-    if let Some(by) = insight.or(scan) {
+        .map(|_| "insight")
+        .or_else(|| {
+            cairn_scan::latest_reports_for(vault, [&snap.id])
+                .get(&snap.id)
+                .filter(|r| r.verdict == cairn_scan::ScanVerdict::Compromised)
+                .map(|_| "a scan")
+        });
+    if let Some(by) = by {
         eprintln!(
             "warning: {by} found {}@{} COMPROMISED; `cairn recover {} --find-clean` names the point to return to",
             snap.name,
