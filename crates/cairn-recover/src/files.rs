@@ -30,6 +30,9 @@ pub struct FilesRestoreReport {
     pub special: Vec<String>,
     /// Files whose setuid or setgid bits were left out (see [`SETID`]).
     pub setid_dropped: u64,
+    /// The first of them by name (see [`note_setid`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub setid_dropped_paths: Vec<String>,
 }
 
 /// The setuid and setgid bits. A restored file gets them only when asked
@@ -39,6 +42,26 @@ pub struct FilesRestoreReport {
 /// the folder. On directories the setgid bit only passes the group on to
 /// new files, and is kept.
 pub const SETID: u32 = 0o6000;
+
+/// How many files restored without their setid bits are named: the
+/// operator gives back by hand those a system needs (`sudo`, `passwd`).
+pub const MAX_SETID_NAMED: usize = 100;
+
+/// Counts file `path` as restored without its setid bits when `dropped`,
+/// naming it while fewer than [`MAX_SETID_NAMED`] are named.
+pub fn note_setid(
+    count: &mut u64,
+    paths: &mut Vec<String>,
+    path: impl Into<String>,
+    dropped: bool,
+) {
+    if dropped {
+        *count += 1;
+        if paths.len() < MAX_SETID_NAMED {
+            paths.push(path.into());
+        }
+    }
+}
 
 /// The permission bits to give a restored entry of `kind`, and whether
 /// setuid or setgid bits were left out of them.
@@ -136,7 +159,12 @@ fn restore_one(
             }
             Error::io(format!("writing {}", dest.display()), e)
         })?;
-        report.setid_dropped = set_meta(root, &staged, keep_setid) as u64;
+        note_setid(
+            &mut report.setid_dropped,
+            &mut report.setid_dropped_paths,
+            root.display_path(),
+            set_meta(root, &staged, keep_setid),
+        );
         set_xattrs(&fs.xattrs(root), &staged, keep_setid);
         report.files = 1;
         report.bytes_written = n;
@@ -248,7 +276,12 @@ pub fn restore_files(
                     report.files += 1;
                     report.bytes_written += n;
                     // After the owner: a chown clears file capabilities.
-                    report.setid_dropped += set_meta(e, &dest, keep_setid) as u64;
+                    note_setid(
+                        &mut report.setid_dropped,
+                        &mut report.setid_dropped_paths,
+                        e.display_path(),
+                        set_meta(e, &dest, keep_setid),
+                    );
                     set_xattrs(&fs.xattrs(e), &dest, keep_setid);
                     written.insert(e.path.clone(), dest.clone());
                 }

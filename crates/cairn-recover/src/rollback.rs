@@ -89,6 +89,9 @@ pub struct RollbackReport {
     /// Files written without their setuid or setgid bits (see
     /// [`crate::files::SETID`]).
     pub setid_dropped: u64,
+    /// The first of them by name (see [`crate::files::note_setid`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub setid_dropped_paths: Vec<String>,
     pub files: Vec<Provenance>,
 }
 
@@ -1091,6 +1094,16 @@ fn unread_folders(
 }
 
 impl RollbackReport {
+    /// File `path` written without its setid bits when `dropped`.
+    fn setid(&mut self, path: String, dropped: bool) {
+        crate::files::note_setid(
+            &mut self.setid_dropped,
+            &mut self.setid_dropped_paths,
+            path,
+            dropped,
+        );
+    }
+
     /// Entry `k` of the plan was not carried out: it stays as it is now,
     /// and its provenance says so (the counts follow with `recount`).
     fn left_alone(&mut self, k: usize, why: String) {
@@ -1311,7 +1324,10 @@ fn roll_into(
                     Ok(n) => {
                         report.bytes_written += n;
                         // After the owner: a chown clears file capabilities.
-                        report.setid_dropped += set_meta(&pick.entry, &dest, keep_setid) as u64;
+                        report.setid(
+                            pick.entry.display_path(),
+                            set_meta(&pick.entry, &dest, keep_setid),
+                        );
                         crate::files::set_xattrs(&fs_.fs.xattrs(&pick.entry), &dest, keep_setid);
                         written.insert((pick.index, pick.entry.path.clone()), dest.clone());
                     }
@@ -1346,7 +1362,7 @@ fn roll_into(
                                 // Its other names become links to it.
                                 written.insert((pick.index, pick.entry.path.clone()), dest.clone());
                                 report.bytes_written += n;
-                                report.setid_dropped += dropped as u64;
+                                report.setid(shown.clone(), dropped);
                                 let (id, time) = snaps.label(j);
                                 report.taken_from_earlier(
                                     &shown,
@@ -1550,7 +1566,7 @@ pub fn rollback_in_place(
                 match outcome {
                     Ok((n, dropped)) => {
                         report.bytes_written += n;
-                        report.setid_dropped += dropped as u64;
+                        report.setid(pick.entry.display_path(), dropped);
                         written.insert(
                             (pick.index, pick.entry.path.clone()),
                             (parent.to_vec(), name.to_vec()),

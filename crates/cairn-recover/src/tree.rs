@@ -48,6 +48,9 @@ pub struct TreeRestoreReport {
     /// Files restored without their setuid or setgid bits or file
     /// capabilities (`security.capability`).
     pub setid_dropped: u64,
+    /// The first of them by name (see [`crate::files::note_setid`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub setid_dropped_paths: Vec<String>,
     /// With --overwrite: what the target held that the snapshot does not
     /// (left in place), relative paths; at most `MAX_EXTRA`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -467,7 +470,12 @@ fn restore_into(
             &mut report.warnings,
             &mut chown_denied,
         );
-        report.setid_dropped += dropped as u64;
+        crate::files::note_setid(
+            &mut report.setid_dropped,
+            &mut report.setid_dropped_paths,
+            shown(&e.path),
+            dropped,
+        );
     }
     // 5. The folder restored into, last: its time is set after every
     //    entry in it was made.

@@ -269,6 +269,18 @@ pub fn verification_of(
     verification(&stored_reports_for(vault, timeline.snapshot_ids()))
 }
 
+/// The timeline of `name` with what the stored scans found heeded: a
+/// snapshot a scan found compromised is no clean point, whatever insight
+/// saw (the clean point `cairn timeline` names).
+pub fn verified_timeline(
+    vault: &Arc<Vault>,
+    name: &str,
+) -> cairn_insight::Result<cairn_insight::Timeline> {
+    let mut t = cairn_insight::timeline(vault, name, &mut |_| {})?;
+    t.heed_verification(&verification_of(vault, &t));
+    Ok(t)
+}
+
 /// The result that stands for a snapshot, of its stored ones (oldest
 /// first): each rule family's newest, and of those the worst (the newest
 /// of equals). A scan with other rules does not undo what one set found —

@@ -110,7 +110,9 @@ async fn sources(State(st): State<Shared>, caller: Caller) -> Result<Response, A
 
 /// The timeline as `cairn timeline --json` prints it, plus scan verdicts.
 pub fn timeline_json(st: &Shared, name: &str) -> Result<Value, ApiError> {
-    let t = cairn_insight::timeline(&st.vault, name, &mut |_| {})?;
+    // Its clean point the one `cairn timeline` names: a snapshot a scan
+    // found compromised is none.
+    let t = cairn_scan::verified_timeline(&st.vault, name)?;
     let scans = cairn_scan::latest_verdicts(&st.vault);
     let mut v = t.to_json();
     if let Some(list) = v["snapshots"].as_array_mut() {
@@ -139,7 +141,7 @@ async fn timeline_svg(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
     let svg = blocking(move || {
-        let t = cairn_insight::timeline(&st.vault, &name, &mut |_| {})?;
+        let t = cairn_scan::verified_timeline(&st.vault, &name)?;
         Ok(cairn_insight::svg::render(&t))
     })
     .await?;

@@ -227,7 +227,7 @@ async fn source_page(
 ) -> Result<Html<String>, PageError> {
     let n = name.clone();
     let (t, svg) = blocking(move || {
-        let t = cairn_insight::timeline(&st.vault, &n, &mut |_| {})?;
+        let t = cairn_scan::verified_timeline(&st.vault, &n)?;
         let svg = cairn_insight::svg::render(&t);
         Ok((crate::api::timeline_json(&st, &n)?, svg))
     })

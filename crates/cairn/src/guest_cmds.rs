@@ -288,7 +288,7 @@ pub fn restore_files(
     for s in r.special.iter().chain(&r.skipped) {
         eprintln!("skipped: {s}");
     }
-    crate::util::setid_warning(r.setid_dropped);
+    crate::util::setid_warning(r.setid_dropped, &r.setid_dropped_paths);
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

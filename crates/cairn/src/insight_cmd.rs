@@ -235,7 +235,9 @@ pub fn rollback(
     quiet: bool,
 ) -> Result<u8> {
     let dry_run = opts.dry_run;
-    let t = cairn_insight::timeline(vault, name, &mut |_| {})?;
+    // Damage counts from after the clean point `timeline` names: one a
+    // scan found compromised is none, whatever insight saw.
+    let t = cairn_scan::verified_timeline(vault, name)?;
     warn_unreadable(&t);
     let since = match since {
         Some(spec) => {
@@ -362,7 +364,7 @@ pub fn rollback(
     for f in r.files.iter().filter(|f| f.review) {
         eprintln!("warning: {} kept as it is: {}", f.path, f.reason);
     }
-    crate::util::setid_warning(r.setid_dropped);
+    crate::util::setid_warning(r.setid_dropped, &r.setid_dropped_paths);
     println!(
         "{}{} kept with their newest content, {} restored from before the damage, {} dropped; {} written{}",
         if dry_run { "dry run: " } else { "" },
@@ -388,12 +390,4 @@ pub fn rollback(
         );
     }
     Ok(code)
-}
-
-/// The timeline of `name` with what scans found heeded (its clean point
-/// the one `timeline` names).
-pub fn verified_timeline(vault: &Arc<Vault>, name: &str) -> Result<cairn_insight::Timeline> {
-    let mut t = cairn_insight::timeline(vault, name, &mut |_| {})?;
-    t.heed_verification(&cairn_scan::verification_of(vault, &t));
-    Ok(t)
 }

@@ -1344,7 +1344,7 @@ fn run(cli: Cli) -> Result<u8> {
                 vault.unpin(&s.id)?;
                 // Pinned by insight for a reason: said, so an operator
                 // thinning the history does not lose the way back by mistake.
-                if let Ok(t) = insight_cmd::verified_timeline(&vault, &s.name)
+                if let Ok(t) = cairn_scan::verified_timeline(&vault, &s.name)
                     && let Some(c) = &t.clean_point
                     && c.index + 1 < t.entries.len()
                     && t.entries[c.index].snapshot.id == s.id
@@ -2300,7 +2300,7 @@ fn restore(
             for m in &r.missing {
                 eprintln!("error: {m}");
             }
-            util::setid_warning(r.setid_dropped);
+            util::setid_warning(r.setid_dropped, &r.setid_dropped_paths);
             if cli.json {
                 print_json(&r);
             } else {

@@ -116,12 +116,31 @@ impl Drop for Bar {
 
 /// Says how many restored files were left without their setuid or setgid
 /// bits (see `cairn_recover::files::SETID`).
-pub fn setid_warning(dropped: u64) {
-    if dropped > 0 {
-        eprintln!(
-            "warning: {dropped} file(s) restored without their setuid/setgid bits or file capabilities (a snapshot's program does not become a privileged one here; --keep-setid restores them)"
-        );
+pub fn setid_warning(dropped: u64, named: &[String]) {
+    if dropped == 0 {
+        return;
     }
+    const SHOWN: usize = 5;
+    let mut list = named
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if dropped > SHOWN.min(named.len()) as u64 {
+        list.push_str(&format!(
+            " and {} more{}",
+            dropped - SHOWN.min(named.len()) as u64,
+            if named.len() > SHOWN {
+                " (--json names them)"
+            } else {
+                ""
+            }
+        ));
+    }
+    eprintln!(
+        "warning: {dropped} file(s) restored without their setuid/setgid bits or file capabilities: {list} (a snapshot's program does not become a privileged one here; --keep-setid restores them)"
+    );
 }
 
 #[cfg(test)]

@@ -1168,6 +1168,11 @@ fn setuid_programs_come_back_plain_unless_asked() {
         err.contains("2 file(s) restored without their setuid/setgid"),
         "{err}"
     );
+    // Named, so that the operator can give back those a system needs.
+    assert!(
+        err.contains("/usr/bin/rootshell") && err.contains("/usr/bin/grouptool"),
+        "{err}"
+    );
     assert_eq!(mode_of(&plain.join("usr/bin/rootshell")), 0o755);
     assert_eq!(mode_of(&plain.join("usr/bin/grouptool")), 0o755);
     assert_eq!(mode_of(&plain.join("usr/bin/plain")), 0o755);
@@ -1196,6 +1201,21 @@ fn setuid_programs_come_back_plain_unless_asked() {
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("3 file(s) restored without"), "{err}");
+    assert!(err.contains("usr/bin/capable"), "{err}");
+    let again = env.path("tree-json");
+    let r = env.json(&["restore", "share@latest", "--to", again.to_str().unwrap()]);
+    let mut named: Vec<&str> = r["setid_dropped_paths"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r:#}"))
+        .iter()
+        .map(|p| p.as_str().unwrap().trim_start_matches('/'))
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        ["usr/bin/capable", "usr/bin/grouptool", "usr/bin/rootshell"],
+        "{r:#}"
+    );
     assert_eq!(mode_of(&tree.join("usr/bin/rootshell")), 0o755);
     assert_eq!(mode_of(&tree.join("usr/bin/grouptool")), 0o755);
     assert!(!has_cap(&tree.join("usr/bin/capable")));

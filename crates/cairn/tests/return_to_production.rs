@@ -1644,3 +1644,50 @@ fn a_rollback_onto_a_full_filesystem_stops_and_leaves_nothing() {
         assert!(err.contains("is not empty"), "{args:?}: {err}");
     }
 }
+
+/// A day insight found ordinary but a scan found compromised is no clean
+/// point for a rollback either: damage counts from before it, so a
+/// document the intruder deleted that day comes back with the rest.
+#[test]
+fn a_rollback_counts_damage_from_the_clean_point_the_scans_leave() {
+    let env = Env::new("30d", &[]);
+    let (dir, docs) = share_of_docs(&env, 8, 12_000, 300);
+    let plan = text(7_000, 99);
+    std::fs::write(docs.join("plan.md"), &plan).unwrap();
+    for d in 0..2u32 {
+        env.backup(&dir, "share", &day(d));
+    }
+    // Day 2: an intruder drops a web shell and deletes the plan; to
+    // insight it is an ordinary day.
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/upload.php"), EICAR).unwrap();
+    std::fs::remove_file(docs.join("plan.md")).unwrap();
+    env.backup(&dir, "share", &day(2));
+    let t = env.json(&["timeline", "share"]);
+    let day2 = t["snapshots"][2]["id"].as_str().unwrap().to_string();
+    assert_eq!(t["snapshots"][2]["verdict"], "clean", "{t:#}");
+    // Day 3: encryption.
+    for i in 2..6 {
+        let p = docs.join(format!("doc{i}.txt"));
+        let len = std::fs::metadata(&p).unwrap().len() as usize;
+        std::fs::write(&p, noise(len, 70 + i as u64)).unwrap();
+    }
+    noted_and_backed_up(&env, &dir);
+    let out = env.run(&["scan", &format!("share@{day2}")]);
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let (rb, rd) = rolled_into_folder(&env);
+    assert_eq!(
+        std::fs::read(rd.join("plan.md")).unwrap(),
+        plan,
+        "deleted on the compromised day: back\n{rb:#}"
+    );
+    let p = provenance_of(&rb, "/docs/plan.md");
+    assert_eq!(p["action"], "restored", "{p:#}");
+    assert!(!env.path("rolled/www/upload.php").exists(), "{rb:#}");
+}
