@@ -229,6 +229,10 @@ impl Walker<'_, '_> {
     fn failed(&self, tried: &mut Tried, report: &ScanReport) -> bool {
         tried.verdict = report.verdict.as_str().into();
         tried.findings = describe(report);
+        // What the deciding stage found first, as "decided by" says.
+        if tried.stage == Stage::Persistence {
+            tried.findings.rotate_left(report.malware.len());
+        }
         false
     }
 }

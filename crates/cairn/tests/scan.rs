@@ -1281,6 +1281,13 @@ fn find_clean_returns_the_snapshot_just_before_a_planted_infection() {
             && said.contains("/etc/cron.d/kworker"),
         "{said}"
     );
+    // The finding that decided comes first under the verdict.
+    let decided = said
+        .lines()
+        .skip_while(|l| !l.contains("(decided by persistence)"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(!decided.trim_start().starts_with("malware"), "{said}");
     assert!(
         said.contains(&format!("clean point: vm@{}", &ids[2][..8])),
         "{said}"
