@@ -1087,7 +1087,10 @@ fn a_prune_on_another_host_never_deletes_what_a_running_backup_reuses() {
 #[test]
 fn forget_on_a_locked_bucket_forgets_now_and_prune_deletes_when_the_lock_ends() {
     let env = S3Env::new("cairn-forget-locked");
-    let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "4")];
+    // Long enough that three backups and a forget end before the first
+    // manifest's lock does, on a loaded machine too.
+    const MARGIN: u64 = 15;
+    let short = [("CAIRN_S3_LOCK_MARGIN_SECS", "15")];
     let ok = |args: &[&str]| env.ok_with(args, &short);
     ok(&["init", "--create-bucket", "--retention", "1s"]);
     let img = env.path("d.img");
@@ -1095,6 +1098,7 @@ fn forget_on_a_locked_bucket_forgets_now_and_prune_deletes_when_the_lock_ends() 
         std::fs::write(&img, noise(1 << 20, i)).unwrap();
         ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
     }
+    let all_written = std::time::Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     let r: Value =
         serde_json::from_slice(&ok(&["forget", "d", "--keep-last", "1", "--json"]).stdout).unwrap();
@@ -1112,7 +1116,8 @@ fn forget_on_a_locked_bucket_forgets_now_and_prune_deletes_when_the_lock_ends() 
     // Prune while locked: nothing of the kept snapshot goes, no lock of a
     // forgotten one is renewed, and the run succeeds.
     ok(&["prune"]);
-    std::thread::sleep(Duration::from_millis(5000));
+    let locks_end = all_written + Duration::from_secs(1 + MARGIN + 1);
+    std::thread::sleep(locks_end.saturating_duration_since(std::time::Instant::now()));
     ok(&["prune"]);
     let after = env.audit();
     assert_eq!(manifests(&after), 1, "{after:#?}");
