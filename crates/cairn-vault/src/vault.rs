@@ -520,7 +520,37 @@ impl Vault {
                 Box::new(crate::remote::RemoteBackend::new(l.clone())?)
             }
         };
-        let config: Config = serde_json::from_slice(&backend.get("config")?)
+        let (config, master) = match Self::unlock(backend.as_ref(), password, &|n| backend.get(n)) {
+            Ok(opened) => opened,
+            Err(e @ (Error::WrongPassword | Error::Damaged { .. }))
+                if backend.as_s3().is_some() =>
+            {
+                Self::unlock_originals(backend.as_ref(), password, e)?
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(s3) = backend.as_s3() {
+            // Whether objects are locked is the bucket's to say, not the
+            // config's alone: a config edited to say "no lock" on a bucket
+            // with Object Lock must not get unlocked objects written.
+            let lock = config.object_lock || s3.client.lock_status()? == (true, true);
+            if lock {
+                s3.set_retention(config.retention_secs as i64 + crate::s3::lock_margin_secs());
+            }
+        }
+        let vault = Self::assemble(root, backend, config, master);
+        vault.load_index()?;
+        Ok(vault)
+    }
+
+    /// The config and the master key its keys unwrap with `password`,
+    /// each object read with `read`.
+    fn unlock(
+        backend: &dyn Backend,
+        password: &[u8],
+        read: &dyn Fn(&str) -> Result<Vec<u8>>,
+    ) -> Result<(Config, MasterKey)> {
+        let config: Config = serde_json::from_slice(&read("config")?)
             .map_err(|e| Error::damaged("config", e.to_string()))?;
         if config.version != FORMAT_VERSION {
             return Err(Error::Invalid(format!(
@@ -545,7 +575,7 @@ impl Vault {
         }
         let mut damaged = None;
         for name in keys {
-            let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?).map_err(|e| {
+            let kf: KeyFile = serde_json::from_slice(&read(&name)?).map_err(|e| {
                 let hint = if backend.as_s3().is_some() {
                     " (overwritten in the bucket? `cairn undelete` puts back what Cairn wrote)"
                 } else {
@@ -579,23 +609,59 @@ impl Vault {
                 break;
             }
         }
-        let master = match (master, damaged) {
-            (Some(m), _) => m,
-            (None, Some(e)) => return Err(e),
-            (None, None) => return Err(Error::WrongPassword),
-        };
-        if let Some(s3) = backend.as_s3() {
-            // Whether objects are locked is the bucket's to say, not the
-            // config's alone: a config edited to say "no lock" on a bucket
-            // with Object Lock must not get unlocked objects written.
-            let lock = config.object_lock || s3.client.lock_status()? == (true, true);
-            if lock {
-                s3.set_retention(config.retention_secs as i64 + crate::s3::lock_margin_secs());
-            }
+        match (master, damaged) {
+            (Some(m), _) => Ok((config, m)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(Error::WrongPassword),
         }
-        let vault = Self::assemble(root, backend, config, master);
-        vault.load_index()?;
-        Ok(vault)
+    }
+
+    /// [`Self::unlock`] again after it failed with `failed` on S3: someone
+    /// holding the bucket's keys may have put versions of their own over
+    /// the config or the keys (Object Lock keeps Cairn's below), and this
+    /// machine's cache may hold such a copy. Each is read again from the
+    /// store — Cairn's own version where anything is stacked on it — and
+    /// no cached copy is kept of what did not open.
+    fn unlock_originals(
+        backend: &dyn Backend,
+        password: &[u8],
+        failed: Error,
+    ) -> Result<(Config, MasterKey)> {
+        let s3 = backend.as_s3().expect("called on S3");
+        let stacked = std::sync::Mutex::new(Vec::new());
+        let read = |name: &str| -> Result<Vec<u8>> {
+            backend.evict(name);
+            match s3.client.original_of(name)? {
+                Some(version) => {
+                    stacked.lock().unwrap().push(name.to_string());
+                    s3.get_version(name, &version)
+                }
+                None => backend.get(name),
+            }
+        };
+        let opened = Self::unlock(backend, password, &read);
+        let stacked = stacked.into_inner().unwrap();
+        match opened {
+            Ok(opened) if !stacked.is_empty() => {
+                for name in &stacked {
+                    tracing::warn!(
+                        "{name}: the store serves a version Cairn did not write (overwritten behind its back); the one it wrote, kept below by Object Lock, opened the vault instead. `cairn undelete` puts it back on top"
+                    );
+                }
+                Ok(opened)
+            }
+            Ok(opened) => {
+                tracing::warn!(
+                    "this machine's cached config or keys did not open the vault ({failed}); read again from the store"
+                );
+                Ok(opened)
+            }
+            Err(_) if !stacked.is_empty() => Err(Error::Invalid(format!(
+                "{failed}. Also, the store serves versions of {} that Cairn did not write (someone put theirs on top), and the versions Cairn wrote below them did not open the vault either: check the password; `cairn undelete` puts Cairn's versions back on top",
+                stacked.join(", ")
+            ))),
+            Err(_) => Err(failed),
+        }
     }
 
     fn assemble(

@@ -302,8 +302,9 @@ fn backup_restore_verify_on_s3_with_every_object_locked() {
 
 /// Someone holding the bucket's keys but not the password edits the
 /// config: "no Object Lock" still gets every new object locked (the bucket
-/// says whether objects are locked), and a shorter retention makes the
-/// vault refuse to open (its key holds what the settings were).
+/// says whether objects are locked), and a config with a shorter
+/// retention is not the one the vault's key was made with (the key holds
+/// what the settings were): the config Cairn wrote is read from below it.
 #[test]
 fn a_config_edited_in_the_bucket_unlocks_nothing() {
     let env = S3Env::new("cairn-edited");
@@ -333,13 +334,64 @@ fn a_config_edited_in_the_bucket_unlocks_nothing() {
         &["edit-json", "vault/config", "retention_secs", "1"],
     );
     std::fs::remove_dir_all(env.path("cache")).unwrap();
-    let out = env.run(&["snapshots"]);
+    // The edited config opens nothing: the one Cairn wrote, kept below it
+    // by Object Lock, is read instead, and said.
+    let out = env.run(&["snapshots", "--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("not the ones this vault was made with"),
+        err.contains("config: the store serves a version Cairn did not write")
+            && err.contains("cairn undelete"),
         "{err}"
     );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed:#}");
+}
+
+/// Someone holding the bucket's keys puts another vault's config and keys
+/// (made with a password of theirs) over the vault's. A new machine
+/// (no cache) opens the vault with the versions Cairn wrote, kept below
+/// by Object Lock, and says so — not "wrong password"; it keeps no copy
+/// of theirs, and once `cairn undelete` put Cairn's back on top it opens
+/// without a word.
+#[test]
+fn a_config_and_keys_put_over_the_vaults_are_passed_over_for_cairns_own() {
+    let env = S3Env::new("cairn-config-over");
+    env.ok(&["init", "--create-bucket"]);
+    let img = env.path("d.img");
+    std::fs::write(&img, noise(1 << 20, 12)).unwrap();
+    env.ok(&["backup", "-q", img.to_str().unwrap(), "--name", "d"]);
+    let theirs = env.run_with(
+        &["init", "-q", "--vault", "s3://cairn-config-over/evil"],
+        &[
+            ("CAIRN_PASSWORD", "theirs"),
+            ("CAIRN_CACHE_DIR", env.path("their-cache").to_str().unwrap()),
+        ],
+    );
+    assert!(theirs.status.success(), "{theirs:?}");
+    env.tool(&["copy-over", "evil/", "vault/"]);
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    for _ in 0..2 {
+        let out = env.run(&["snapshots", "--json"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("config: the store serves a version Cairn did not write")
+                && err.contains("keys/")
+                && err.contains("cairn undelete"),
+            "{err}"
+        );
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    }
+    let out = env.path("out.img");
+    env.ok(&["restore", "d@latest", "--to", out.to_str().unwrap()]);
+    assert!(same_bytes(&out, &img));
+    env.ok(&["undelete"]);
+    let again = env.run(&["snapshots"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(!err.contains("did not write"), "{err}");
 }
 
 /// `aws s3 rm --recursive` by whoever holds the bucket's keys: the vault

@@ -82,6 +82,14 @@ elif cmd == "overwrite-all":
             s3.put_object(Bucket=bucket, Key=o["Key"], Body=os.urandom(o["Size"]))
             n += 1
     print(n)
+elif cmd == "copy-over":
+    # Every object under one prefix put again under another (a version on
+    # top of what is there).
+    src, dst = sys.argv[4:6]
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=src):
+        for o in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            s3.put_object(Bucket=bucket, Key=dst + o["Key"][len(src):], Body=body)
 elif cmd == "edit-json":
     key, field, value = sys.argv[4:7]
     doc = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
