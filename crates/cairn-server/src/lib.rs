@@ -80,8 +80,20 @@ const MAX_BODY: usize = 64 * 1024;
 /// cache would have lost with every token, is moved there first.
 pub fn state_dir(loc: &cairn_vault::vault::Location) -> Result<PathBuf> {
     let dir = loc.state_dir().join("local").join("server");
-    let old = loc.local_dir().join("local").join("server");
-    if old != dir && old.is_dir() && !dir.exists() {
+    // Kept before under a name of the endpoint too, or in the cache folder.
+    let older = [
+        loc.endpoint_state_dir()
+            .map(|d| d.join("local").join("server")),
+        Some(loc.local_dir().join("local").join("server")),
+    ];
+    let Some(old) = older
+        .into_iter()
+        .flatten()
+        .find(|old| *old != dir && old.is_dir())
+    else {
+        return Ok(dir);
+    };
+    if !dir.exists() {
         let parent = dir.parent().expect("a state folder has a parent");
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -98,7 +110,7 @@ pub fn state_dir(loc: &cairn_vault::vault::Location) -> Result<PathBuf> {
             std::fs::rename(&old, old.with_extension("moved")).ok();
         }
         eprintln!(
-            "moved the server's tokens and audit log from the cache folder {} to {}",
+            "moved the server's tokens and audit log from {} to {}",
             old.display(),
             dir.display()
         );

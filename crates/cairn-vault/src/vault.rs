@@ -158,28 +158,50 @@ impl Location {
     /// (a server's tokens and audit log): the vault itself, or for a
     /// remote vault a folder under `CAIRN_STATE_DIR` or
     /// `~/.local/state/cairn`, not in a cache anyone may clear.
+    ///
+    /// An S3 vault's is named by its bucket and prefix alone: the same
+    /// store reached by another name (an address for a host name, a proxy
+    /// in front) keeps its server's tokens and audit log.
     pub fn state_dir(&self) -> PathBuf {
-        self.beside(user_dir(
+        let base = Self::state_base();
+        match self {
+            Location::S3(l) => base.join(format!("s3-{}-{}", l.bucket, tag(&l.url()))),
+            _ => self.beside(base),
+        }
+    }
+
+    /// Where earlier versions kept an S3 vault's state: named by the
+    /// endpoint too (see [`Self::state_dir`]).
+    pub fn endpoint_state_dir(&self) -> Option<PathBuf> {
+        matches!(self, Location::S3(_)).then(|| self.beside(Self::state_base()))
+    }
+
+    fn state_base() -> PathBuf {
+        user_dir(
             "CAIRN_STATE_DIR",
             "XDG_STATE_HOME",
             ".local/state",
             "/var/lib",
-        ))
+        )
     }
 
     /// The vault's own folder, or a remote vault's folder under `base`.
     fn beside(&self, base: PathBuf) -> PathBuf {
-        let tag = |s: String| hex::encode(&blake3::hash(s.as_bytes()).as_bytes()[..8]);
         match self {
             Location::Local(p) => p.clone(),
             Location::S3(l) => base.join(format!(
                 "s3-{}-{}",
                 l.bucket,
-                tag(format!("{}|{}", l.endpoint, l.url()))
+                tag(&format!("{}|{}", l.endpoint, l.url()))
             )),
-            Location::Server(l) => base.join(format!("server-{}", tag(l.url.clone()))),
+            Location::Server(l) => base.join(format!("server-{}", tag(&l.url))),
         }
     }
+}
+
+/// A short name for `s` in a folder name.
+fn tag(s: &str) -> String {
+    hex::encode(&blake3::hash(s.as_bytes()).as_bytes()[..8])
 }
 
 /// `$VAR`, else `$XDG/cairn`, else `~/HOME_SUB/cairn`, else

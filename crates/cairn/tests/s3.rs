@@ -191,21 +191,35 @@ fn a_servers_tokens_for_an_s3_vault_are_state_that_clearing_the_cache_keeps() {
     // Not in the cache: clearing it loses no token.
     std::fs::remove_dir_all(env.path("cache")).unwrap();
     assert_eq!(listed()[0]["id"], made["id"]);
-    // Where an earlier version kept them (the cache), they are moved to
-    // the state folder, once.
-    let state = only_folder(&env.path("state"));
-    let cache = env.path("cache").join(state.file_name().unwrap());
-    std::fs::create_dir_all(cache.join("local")).unwrap();
-    std::fs::rename(state.join("local/server"), cache.join("local/server")).unwrap();
-    let out = env.ok_with(&["token", "list", "--json"], &[]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("moved the server's tokens"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // The same store by another name (a host name for its address, a
+    // proxy in front): the same tokens.
+    let by_name = env.moto.endpoint.replace("127.0.0.1", "localhost");
+    let out = env.ok_with(
+        &["token", "list", "--json"],
+        &[("AWS_ENDPOINT_URL", by_name.as_str())],
     );
-    assert!(!cache.join("local/server").exists());
-    assert!(state.join("local/server").is_dir());
-    assert_eq!(listed()[0]["id"], made["id"]);
+    let other: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(other[0]["id"], made["id"], "{other:#}");
+    // Where earlier versions kept them (the cache folder, then a state
+    // folder named by the endpoint too), they are moved to the state
+    // folder, once.
+    let state = only_folder(&env.path("state"));
+    env.ok(&["snapshots"]);
+    let cache = only_folder(&env.path("cache"));
+    let by_endpoint = env.path("state").join(cache.file_name().unwrap());
+    for old in [cache, by_endpoint] {
+        std::fs::create_dir_all(old.join("local")).unwrap();
+        std::fs::rename(state.join("local/server"), old.join("local/server")).unwrap();
+        let out = env.ok_with(&["token", "list", "--json"], &[]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("moved the server's tokens"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!old.join("local/server").exists());
+        assert!(state.join("local/server").is_dir());
+        assert_eq!(listed()[0]["id"], made["id"]);
+    }
 }
 
 #[test]
