@@ -62,6 +62,9 @@ pub struct AppState {
     sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// Scans share the scan cache: one at a time.
     pub scan_lock: Mutex<()>,
+    /// Refusals of unknown or revoked tokens audited this minute: (minute,
+    /// count), so that a flood of them cannot fill the disk.
+    stranger_refusals: Mutex<(u64, u32)>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -72,6 +75,8 @@ const SESSION_LIFE: std::time::Duration = std::time::Duration::from_secs(12 * 36
 const MAX_SESSIONS: usize = 10_000;
 /// Largest request body outside object uploads.
 const MAX_BODY: usize = 64 * 1024;
+/// Most refusals of unknown or revoked tokens audited a minute.
+const STRANGERS_PER_MINUTE: u32 = 60;
 
 /// The server's state folder (tokens, audit log) for the vault at `loc`:
 /// `local/server` in a vault folder, or beside a remote vault in its
@@ -158,6 +163,7 @@ impl AppState {
             verifying: Arc::new(tokio::sync::Semaphore::new(2)),
             sessions: Mutex::new(HashMap::new()),
             scan_lock: Mutex::new(()),
+            stranger_refusals: Mutex::new((0, 0)),
             vault,
             dir,
             config,
@@ -171,6 +177,37 @@ impl AppState {
             .audit
             .append(&who.id, who.role.as_str(), action, target, outcome)
         {
+            tracing::error!("audit log not written: {e:#}");
+        }
+    }
+
+    /// Audits a request refused to a token no valid record holds (revoked,
+    /// or never issued): a decommissioned or compromised host still trying
+    /// is what an operator must see. At most [`STRANGERS_PER_MINUTE`] a
+    /// minute are written (all are counted in the metrics).
+    fn audit_stranger(&self, who: &str, role: &str, action: &str, status: StatusCode) {
+        self.metrics
+            .add("cairn_requests_refused_total", &[("role", role)], 1.0);
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60);
+        {
+            let mut seen = self.stranger_refusals.lock().unwrap();
+            if seen.0 != minute {
+                *seen = (minute, 0);
+            }
+            seen.1 += 1;
+            if seen.1 > STRANGERS_PER_MINUTE {
+                return;
+            }
+        }
+        if let Err(e) = self.audit.append(
+            who,
+            role,
+            action,
+            &format!("HTTP {}", status.as_u16()),
+            "refused",
+        ) {
             tracing::error!("audit log not written: {e:#}");
         }
     }
@@ -424,13 +461,17 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|s| s.trim().to_string());
     let mut caller = bearer.as_deref().and_then(|t| st.tokens.check(t));
+    // Who presented a token no valid record holds, for the audit log.
+    let mut stranger = None;
     if caller.is_none()
         && let Some(t) = &bearer
     {
-        if st.tokens.is_revoked(t) {
+        if let Some(r) = st.tokens.revoked(t) {
             parts.extensions.insert(RevokedToken);
+            stranger = Some((r.id, format!("{} (revoked)", r.role.as_str())));
         } else {
             parts.extensions.insert(UnknownToken);
+            stranger = Some((tokens::Tokens::unknown_name(t), "none".to_string()));
         }
     }
     if caller.is_none()
@@ -522,6 +563,12 @@ async fn authenticate(State(st): State<Shared>, req: Request, next: Next) -> Res
         } else if c.role > Role::Agent && !quiet {
             st.audit(c, &format!("{method} {path}"), "", status.as_str());
         }
+    }
+    if caller.is_none()
+        && let Some((who, role)) = &stranger
+        && status.is_client_error()
+    {
+        st.audit_stranger(who, role, &format!("{method} {path}"), status);
     }
     if let Some(sid) = new_session
         && let Ok(v) = HeaderValue::from_str(&st.cookie(&sid))

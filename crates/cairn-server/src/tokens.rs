@@ -157,12 +157,20 @@ impl Tokens {
             .find(|r| !r.revoked && r.hash == h)
     }
 
-    /// Whether `secret` is a token that was revoked (so the refusal can
-    /// say why, instead of calling it unknown).
-    pub fn is_revoked(&self, secret: &str) -> bool {
+    /// The record of `secret` when it is a token that was revoked (so the
+    /// refusal can say why, and the audit log whose it was).
+    pub fn revoked(&self, secret: &str) -> Option<TokenRecord> {
         let h = hash(secret);
         self.load()
-            .is_ok_and(|all| all.iter().any(|r| r.revoked && r.hash == h))
+            .ok()?
+            .into_iter()
+            .find(|r| r.revoked && r.hash == h)
+    }
+
+    /// How a token no record holds is named in the audit log: by the
+    /// start of its hash (the secret itself is never written down).
+    pub fn unknown_name(secret: &str) -> String {
+        format!("unknown:{}", &hash(secret)[..12])
     }
 
     pub fn by_id(&self, id: &str) -> Option<TokenRecord> {

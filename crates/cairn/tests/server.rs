@@ -486,6 +486,23 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
         v["error"].as_str().unwrap().contains("no such token"),
         "{v}"
     );
+    // Both refusals are on record: whose the revoked token was, and the
+    // unknown one by the start of its hash (never the secret itself).
+    let log: Vec<Value> = serde_json::from_str(&env.ok(&["audit", "--json"])).unwrap();
+    assert!(
+        log.iter().any(|e| e["actor"] == made["id"]
+            && e["action"] == "GET /api/v1/sources"
+            && e["outcome"] == "refused"),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(
+            |e| e["actor"].as_str().unwrap_or("").starts_with("unknown:")
+                && e["outcome"] == "refused"
+        ),
+        "{log:#?}"
+    );
+    assert!(!serde_json::to_string(&log).unwrap().contains(&mistyped));
     let (_, v) = call("GET", &format!("{url}/api/v1/sources"), None, b"");
     assert!(
         v["error"].as_str().unwrap().contains("no token was sent"),
