@@ -225,6 +225,9 @@ fn stored_reports_where(
         else {
             continue;
         };
+        // (Stored before findings were made printable when found.)
+        let mut r = r;
+        r.make_printable();
         // The record's name must agree with its content.
         let file = name.rsplit('/').next().unwrap_or("");
         if file.split('.').next() == Some(r.snapshot.0.as_str()) {
@@ -635,6 +638,27 @@ pub struct Scan<'a> {
 }
 
 impl ScanReport {
+    /// What the findings quote from the guest's files (a cron line, a
+    /// startup script's words), with control characters escaped: a planted
+    /// file must not hide its own line on the operator's terminal.
+    fn make_printable(&mut self) {
+        use cairn_vault::text::printable;
+        for p in &mut self.persistence {
+            p.detail = printable(&p.detail);
+            p.path = printable(&p.path);
+            if let Some(t) = &mut p.target {
+                *t = printable(t);
+            }
+            for a in &mut p.also {
+                *a = printable(a);
+            }
+        }
+        for h in &mut self.malware {
+            h.path = printable(&h.path);
+            h.description = printable(&h.description);
+        }
+    }
+
     /// A report with nothing found yet.
     fn empty(snap: &Snapshot, baseline: Option<&Snapshot>, profile: &Profile) -> ScanReport {
         ScanReport {
@@ -756,7 +780,8 @@ impl<'a> Scan<'a> {
     ) -> Option<ScanReport> {
         let name = profile.record_name(&snap.id, baseline.map(|b| &b.id));
         let bytes = vault.read_object(&name).ok()?;
-        let report: ScanReport = serde_json::from_slice(&bytes).ok()?;
+        let mut report: ScanReport = serde_json::from_slice(&bytes).ok()?;
+        report.make_printable();
         // A result with a file not judged (a timeout, clamd failing) is
         // not the last word: such a point is scanned again.
         (!report.incomplete()).then_some(report)
@@ -908,6 +933,7 @@ impl<'a> Scan<'a> {
     /// the next scan of the point judges it again).
     pub fn finish(mut self) -> Result<ScanReport> {
         self.report.seconds = self.started.elapsed().as_secs_f64();
+        self.report.make_printable();
         if !self.report.incomplete() {
             let json = serde_json::to_vec(&self.report).expect("json");
             self.vault.put_sealed(&self.record, &json)?;

