@@ -86,6 +86,13 @@ pub struct RollbackReport {
     /// Of those, planned repairs that failed on an error (as against files
     /// left alone on purpose: changed since the last backup, special).
     pub failed: u64,
+    /// Entries the rollback could not bring back for what they are, not
+    /// for an error: unsafe names, paths longer than this system takes,
+    /// folders too deep to walk or with too much below them to take from
+    /// an earlier snapshot (named in `skipped` and `notes`). A rollback
+    /// with any is incomplete (exit 3).
+    #[serde(default)]
+    pub incomplete: u64,
     /// Files written without their setuid or setgid bits (see
     /// [`crate::files::SETID`]).
     pub setid_dropped: u64,
@@ -94,6 +101,9 @@ pub struct RollbackReport {
     pub setid_dropped_paths: Vec<String>,
     pub files: Vec<Provenance>,
 }
+
+/// Longest name a folder entry may have here (Linux filesystems).
+const NAME_MAX: usize = 255;
 
 /// How a rollback writes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -276,6 +286,9 @@ struct Plan {
     /// can be read.
     latest: usize,
     notes: Vec<String>,
+    /// Folders whose content the plan cannot bring back (see
+    /// [`RollbackReport::incomplete`]).
+    incomplete: u64,
 }
 
 struct Snapshots<'a> {
@@ -443,12 +456,14 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         .collect();
     let newest_unreadable = latest + 1 < t.entries.len();
     let floor = clean.unwrap_or(0);
+    let mut incomplete = 0;
     entries.extend(unread_folders(
         snaps,
         latest,
         floor,
         &walked.unread,
         &mut notes,
+        &mut incomplete,
     ));
     let before: BTreeMap<Vec<u8>, FileEntry> = match clean {
         Some(c) => walk(snaps, c)?
@@ -940,6 +955,7 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
         since: from,
         latest,
         notes,
+        incomplete,
     })
 }
 
@@ -1013,6 +1029,7 @@ fn unread_folders(
     floor: usize,
     unread: &[cairn_guest::Unread],
     notes: &mut Vec<String>,
+    incomplete: &mut u64,
 ) -> Vec<(usize, FileEntry, Option<String>)> {
     let t = snaps.timeline;
     let short = |i: usize| t.entries[i].snapshot.id.short();
@@ -1021,6 +1038,7 @@ fn unread_folders(
     for u in unread {
         if u.kind == cairn_guest::UnreadKind::TooDeep {
             // No walk goes deeper, at the clean point either.
+            *incomplete += 1;
             notes.push(format!(
                 "{}@{}: folder {}; what it holds is not in this rollback: copy it from `cairn mount` or a restore of the disk",
                 t.name,
@@ -1072,6 +1090,7 @@ fn unread_folders(
             continue;
         };
         if out.len() + below.len() > MAX_UNREAD_ENTRIES {
+            *incomplete += 1;
             notes.push(format!(
                 "{}@{}: folder {}; more entries below unreadable folders than one rollback brings back from earlier snapshots: not brought back",
                 t.name,
@@ -1180,6 +1199,7 @@ fn report_for(t: &Timeline, plan: &Plan, dry_run: bool) -> RollbackReport {
             .map(|e| e.snapshot.id.0.clone())
             .unwrap_or_default(),
         notes: plan.notes.clone(),
+        incomplete: plan.incomplete,
         since: plan
             .since
             .and_then(|i| t.entries.get(i))
@@ -1300,9 +1320,29 @@ fn roll_into(
             .flatten()
         else {
             let shown = pick.entry.display_path();
+            report.incomplete += 1;
             report.not_done(&shown, format!("{shown}: unsafe name"), false);
             continue;
         };
+        // A guest's path may be longer than this system takes whole: left
+        // out (and said), not the end of the rollback.
+        // So may one of its names (an NTFS name of 255 characters is up to
+        // 765 bytes of UTF-8).
+        if dest.as_os_str().len() >= crate::tree::PATH_MAX
+            || path.split(|&b| b == b'/').any(|n| n.len() > NAME_MAX)
+        {
+            let shown = pick.entry.display_path();
+            report.incomplete += 1;
+            report.not_done(
+                &shown,
+                format!(
+                    "{shown}: its path or a name in it is longer than this system takes ({} bytes a path, {NAME_MAX} a name): not brought back; copy it from `cairn mount`",
+                    crate::tree::PATH_MAX
+                ),
+                false,
+            );
+            continue;
+        }
         match pick.entry.kind {
             FileKind::Dir => {
                 fs::create_dir_all(&dest).ctx(|| format!("creating {}", dest.display()))?;
@@ -1446,6 +1486,7 @@ pub fn rollback_in_place(
     for (k, p) in plan.provenance.iter().enumerate() {
         let path = rel(&p.path);
         if safe_join(dir, &path).is_none() {
+            report.incomplete += 1;
             report.left_alone(k, format!("{}: unsafe name", p.path));
             continue;
         }

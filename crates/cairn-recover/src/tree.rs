@@ -58,7 +58,7 @@ pub struct TreeRestoreReport {
 }
 
 /// The longest path the kernel takes, with its terminating NUL.
-const PATH_MAX: usize = libc::PATH_MAX as usize;
+pub(crate) const PATH_MAX: usize = libc::PATH_MAX as usize;
 
 /// How many of a target's extra entries are listed.
 const MAX_EXTRA: usize = 10_000;

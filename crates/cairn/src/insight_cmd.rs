@@ -329,7 +329,7 @@ pub fn rollback(
     let review = r.files.iter().filter(|f| f.review).count();
     let code = if r.failed > 0 {
         1
-    } else if review > 0 {
+    } else if review > 0 || r.incomplete > 0 {
         3
     } else {
         0
@@ -378,6 +378,13 @@ pub fn rollback(
             format!("; provenance in {}", manifest.display())
         }
     );
+    if r.incomplete > 0 && r.failed == 0 {
+        eprintln!(
+            "INCOMPLETE: {} entr{} could not be brought back (named above as warnings; the provenance has them): exit 3",
+            r.incomplete,
+            if r.incomplete == 1 { "y" } else { "ies" }
+        );
+    }
     if review > 0 && r.failed == 0 {
         eprintln!(
             "{review} file(s) verification flagged were kept as they are (named above): clean them by hand before production (exit 3)"

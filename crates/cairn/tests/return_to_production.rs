@@ -1691,3 +1691,47 @@ fn a_rollback_counts_damage_from_the_clean_point_the_scans_leave() {
     assert_eq!(p["action"], "restored", "{p:#}");
     assert!(!env.path("rolled/www/upload.php").exists(), "{rb:#}");
 }
+
+/// A guest path longer than this system takes whole (ext4 allows any
+/// depth) is left out of a rollback with a warning and the rest comes
+/// back: exit 3, incomplete — not an abort with nothing written.
+#[test]
+fn a_rollback_leaves_out_a_path_too_long_for_this_system_and_brings_back_the_rest() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    std::fs::create_dir_all(content.join("u")).unwrap();
+    std::fs::write(content.join("u/f.txt"), b"important\n").unwrap();
+    // Twenty folders of 240 bytes: 4,800 bytes of path, made one folder
+    // at a time (no path that long is ever given to the kernel).
+    let deep: Vec<String> = (0..20)
+        .map(|i| format!("d{i:02}{}", "x".repeat(237)))
+        .collect();
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import os, sys\nos.chdir(sys.argv[1])\nfor n in sys.argv[2:]:\n    os.mkdir(n)\n    os.chdir(n)\nopen('bottom.txt', 'w').write('deep')",
+            content.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(deep.iter().map(String::as_str))
+        .collect::<Vec<_>>(),
+    );
+    let img = env.path("deep.img");
+    gpt_ext4_image(&img, &content, 16);
+    env.backup(&img, "deep", &day(0));
+    let to = env.path("out");
+    let out = env.run(&["rollback", "deep", "--to-dir", to.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), Some(3), "{err}");
+    assert!(
+        err.contains("longer than this system takes") && err.contains("INCOMPLETE"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(to.join("u/f.txt")).unwrap(),
+        b"important\n",
+        "{err}"
+    );
+    assert!(to.join(&deep[0]).is_dir(), "the folders that fit come back");
+}
