@@ -77,7 +77,7 @@ impl SnapshotFs {
     pub fn files(fs: Box<dyn GuestFs>, mtime: SystemTime) -> cairn_guest::Result<Self> {
         let (entries, unread) = cairn_guest::walk_readable(fs.as_ref())?;
         for s in unread {
-            tracing::warn!("not mounted: {s}");
+            tracing::warn!("the mount shows what can be read: {s}");
         }
         let root_ns = mtime
             .duration_since(UNIX_EPOCH)

@@ -119,24 +119,50 @@ pub fn ls(
     let o = open_snapshot(vault, snap, partition)?;
     let path = guest_path(&o, path)?;
     let top = o.fs.lookup(&path)?;
+    // Folders that could not be read make the listing partial: said, and
+    // exit 3 (a script must not take it for the whole tree).
+    let mut partial = 0;
     let entries: Vec<FileEntry> = if top.kind != FileKind::Dir {
         vec![top]
     } else if recursive {
-        let (entries, unread) = if path.is_empty() {
-            cairn_guest::walk_readable(o.fs.as_ref())?
+        let w = if path.is_empty() {
+            cairn_guest::walk_readable_marking(o.fs.as_ref())?
         } else {
-            cairn_guest::walk_under(o.fs.as_ref(), &top)?
+            let (entries, unread) = cairn_guest::walk_under_marking(o.fs.as_ref(), &top)?;
+            cairn_guest::Walked {
+                entries,
+                unread,
+                whole_walk_error: None,
+            }
         };
-        for s in unread {
-            eprintln!("warning: {s}");
+        if let Some(e) = &w.whole_walk_error {
+            eprintln!(
+                "warning: the filesystem could not be walked whole ({e}); listing what can be read"
+            );
         }
-        entries
+        // (A folder left unread because it lists what is listed already,
+        // a loop, loses nothing.)
+        partial = w
+            .unread
+            .iter()
+            .filter(|u| u.kind != cairn_guest::UnreadKind::Repeat)
+            .count();
+        for u in &w.unread {
+            eprintln!("warning: {}", u.describe());
+        }
+        w.entries
     } else {
         o.fs.read_dir(&path)?
     };
+    let code = if partial == 0 {
+        0
+    } else {
+        eprintln!("INCOMPLETE: {partial} folder(s) could not be read (named above): exit 3");
+        crate::FOUND
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(0);
+        return Ok(code);
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for e in &entries {
@@ -156,7 +182,7 @@ pub fn ls(
     }
     // Dropping a BufWriter swallows its last write's error.
     out.flush()?;
-    Ok(0)
+    Ok(code)
 }
 
 /// A path as typed, in the snapshot's terms. On a Windows filesystem a
