@@ -39,6 +39,10 @@ pub fn filesystem(kind: &str, data: &[u8]) {
         let _ = fs.lookup(&e.path);
         let _ = fs.read_at(e, 0, &mut buf);
         let _ = fs.read_at(e, e.size.saturating_sub(10), &mut buf);
+        // Named streams (NTFS): listed and read as a scan does.
+        for (name, _) in fs.streams(e).unwrap_or_default().iter().take(4) {
+            let _ = fs.read_stream(e, name, 64 * 1024);
+        }
     }
 }
 

@@ -191,6 +191,9 @@ impl Filesystem for Labeled {
     fn kind(&self) -> String {
         self.inner.kind()
     }
+    fn max_entries(&self) -> usize {
+        self.inner.max_entries()
+    }
     fn walk(&self) -> Result<Vec<FileEntry>> {
         self.guard(|| self.inner.walk())
     }
@@ -205,6 +208,12 @@ impl Filesystem for Labeled {
     }
     fn data_ranges(&self, entry: &FileEntry) -> Result<Option<Vec<(u64, u64)>>> {
         self.guard(|| self.inner.data_ranges(entry))
+    }
+    fn streams(&self, entry: &FileEntry) -> Result<Vec<(String, u64)>> {
+        self.guard(|| self.inner.streams(entry))
+    }
+    fn read_stream(&self, entry: &FileEntry, name: &str, max: usize) -> Result<Vec<u8>> {
+        self.guard(|| self.inner.read_stream(entry, name, max))
     }
 }
 

@@ -205,6 +205,20 @@ pub trait Filesystem: Send + Sync {
     fn first_name(&self, _entry: &FileEntry) -> Option<Vec<u8>> {
         None
     }
+    /// The named data streams of `entry` (NTFS's alternate data streams,
+    /// on files and folders), by name with their sizes: content beside a
+    /// file's own that Windows can run (`wscript report.txt:run.js`), so
+    /// a scan reads them too. Most filesystems have none.
+    fn streams(&self, _entry: &FileEntry) -> Result<Vec<(String, u64)>> {
+        Ok(Vec::new())
+    }
+    /// Up to `max` bytes of stream `name` of `entry`, from its start.
+    fn read_stream(&self, entry: &FileEntry, name: &str, _max: usize) -> Result<Vec<u8>> {
+        Err(crate::GuestError::NotFound(format!(
+            "{}:{name}",
+            entry.display_path()
+        )))
+    }
 }
 
 /// A name no real filesystem allows: it would escape or confuse a path.

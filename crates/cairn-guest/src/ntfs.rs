@@ -7,7 +7,7 @@ use crate::model::{FileEntry, FileKind, Filesystem, join};
 use ntfs::NtfsAttributeFlags;
 use ntfs::attribute_value::NtfsAttributeValue;
 use ntfs::structured_values::NtfsFileNamespace;
-use ntfs::{Ntfs, NtfsFile, NtfsReadSeek};
+use ntfs::{Ntfs, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 use std::collections::HashSet;
 use std::io::SeekFrom;
 use std::sync::Mutex;
@@ -41,6 +41,9 @@ const INDEX_STEP: u64 = 4 << 20;
 /// Data runs a file's data ranges list at most (past that its data is
 /// read whole).
 const MAX_DATA_RUNS: usize = 1 << 20;
+/// Named data streams listed per file at most (a real file has a few: a
+/// download's `Zone.Identifier`).
+const MAX_STREAMS: usize = 64;
 
 fn err(what: &str, e: ntfs::NtfsError) -> GuestError {
     match e {
@@ -349,6 +352,14 @@ impl Filesystem for NtfsFs {
         Ok(read.unwrap_or(0))
     }
 
+    fn streams(&self, entry: &FileEntry) -> Result<Vec<(String, u64)>> {
+        self.named_streams(entry)
+    }
+
+    fn read_stream(&self, entry: &FileEntry, name: &str, max: usize) -> Result<Vec<u8>> {
+        self.stream_bytes(entry, name, max)
+    }
+
     fn data_ranges(&self, entry: &FileEntry) -> Result<Option<Vec<(u64, u64)>>> {
         let (Some(rec), FileKind::File) = (entry.file_id, entry.kind) else {
             return Ok(None);
@@ -392,6 +403,71 @@ impl Filesystem for NtfsFs {
 }
 
 impl NtfsFs {
+    /// Lists the named $DATA attributes of `entry`'s record.
+    fn named_streams(&self, entry: &FileEntry) -> Result<Vec<(String, u64)>> {
+        let Some(rec) = entry.file_id else {
+            return Ok(Vec::new());
+        };
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let file = self
+            .ntfs
+            .file(&mut *r, rec)
+            .map_err(|e| err("file record", e))?;
+        let mut out = Vec::new();
+        let mut attrs = file.attributes();
+        while let Some(item) = attrs.next(&mut *r) {
+            let item = item.map_err(|e| err("attributes", e))?;
+            let attr = item.to_attribute().map_err(|e| err("attributes", e))?;
+            if attr.ty().map_err(|e| err("attributes", e))? != NtfsAttributeType::Data {
+                continue;
+            }
+            let name = attr.name().map_err(|e| err("$DATA name", e))?;
+            if name.is_empty() {
+                continue;
+            }
+            if out.len() == MAX_STREAMS {
+                return corrupt(format!(
+                    "ntfs: {}: more than {MAX_STREAMS} named data streams",
+                    entry.display_path()
+                ));
+            }
+            out.push((name.to_string_lossy(), attr.value_length()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` bytes of `entry`'s named stream `name`.
+    fn stream_bytes(&self, entry: &FileEntry, name: &str, max: usize) -> Result<Vec<u8>> {
+        let missing = || GuestError::NotFound(format!("{}:{name}", entry.display_path()));
+        let rec = entry.file_id.ok_or_else(missing)?;
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let file = self
+            .ntfs
+            .file(&mut *r, rec)
+            .map_err(|e| err("file record", e))?;
+        let item = file
+            .data(&mut *r, name)
+            .ok_or_else(missing)?
+            .map_err(|e| err("$DATA", e))?;
+        let attr = item.to_attribute().map_err(|e| err("$DATA", e))?;
+        let mut value = attr.value(&mut *r).map_err(|e| err("$DATA", e))?;
+        let mut buf = vec![0u8; value.len().min(max as u64) as usize];
+        // Past the volume's end is an error, as for a file's own data.
+        let mut data = SliceReader::strict(self.slice.clone());
+        let mut done = 0;
+        while done < buf.len() {
+            match value
+                .read(&mut data, &mut buf[done..])
+                .map_err(|e| err("reading $DATA", e))?
+            {
+                0 => break,
+                n => done += n,
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
     /// Runs `f` on the unnamed $DATA attribute of record `rec` and its
     /// value, with the records' reader; None when the file has none.
     fn on_data<T>(

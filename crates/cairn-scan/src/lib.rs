@@ -847,7 +847,7 @@ impl<'a> Scan<'a> {
             .filter(|e| e.kind == cairn_guest::FileKind::File)
             .map(|e| e.size)
             .sum();
-        let (hits, stats) = malware::scan_files(
+        let (mut hits, mut stats) = malware::scan_files(
             self.target.opened.fs.as_ref(),
             &self.target.entries,
             &keyer,
@@ -855,6 +855,12 @@ impl<'a> Scan<'a> {
             &mut profile.cache,
             &|done| bytes(done, total),
         );
+        hits.extend(malware::scan_streams(
+            self.target.opened.fs.as_ref(),
+            &self.target.entries,
+            &profile.rules,
+            &mut stats,
+        ));
         if let Err(e) = profile.cache.flush() {
             self.report.notes.push(format!("scan cache not saved: {e}"));
         }

@@ -2076,3 +2076,43 @@ fn a_finding_quoting_terminal_escapes_is_printed_escaped() {
     assert!(line.contains("\\x1b[2K"), "{line}");
     assert!(!said.contains('\x1b') && !said.contains('\r'), "{said:?}");
 }
+
+/// Malware in an NTFS alternate data stream (`report.txt:x`) is found:
+/// Windows runs what a stream holds, so a scan reads the named streams
+/// of every file and folder and names a hit `path:stream`; a download's
+/// `Zone.Identifier` stream is read and passes.
+#[test]
+fn malware_in_an_ntfs_alternate_data_stream_is_found() {
+    let env = Env::new("30d", &[]);
+    let vol = env.path("ntfs.img");
+    let v = vol.to_str().unwrap();
+    sh("truncate", &["-s", "16M", v]);
+    sh("mkntfs", &["-F", "-f", "-q", v]);
+    let put = |content: &[u8], stream: Option<&str>| {
+        let src = env.path("src");
+        std::fs::write(&src, content).unwrap();
+        let mut args = vec!["-q"];
+        if let Some(s) = stream {
+            args.extend(["-N", s]);
+        }
+        args.extend([v, src.to_str().unwrap(), "/report.txt"]);
+        sh("ntfscp", &args);
+    };
+    put(b"quarterly report\n", None);
+    put(b"[ZoneTransfer]\r\nZoneId=3\r\n", Some("Zone.Identifier"));
+    env.backup(&vol, "ads", "2026-05-01T00:00:00Z");
+    let (code, v1) = scan(&env, "ads@latest", &[]);
+    assert_eq!(code, Some(0), "{v1:#}");
+    assert!(v1["stats"]["streams_scanned"].as_u64() >= Some(1), "{v1:#}");
+    put(EICAR, Some("x"));
+    env.backup(&vol, "ads", "2026-05-02T00:00:00Z");
+    let (code, v2) = scan(&env, "ads@latest", &[]);
+    assert_eq!(code, Some(3), "{v2:#}");
+    let paths: Vec<&str> = v2["malware"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/report.txt:x"], "{v2:#}");
+}
