@@ -231,10 +231,25 @@ pub fn rollback(
     partition: Option<u32>,
     provenance: Option<&Path>,
     opts: cairn_recover::rollback::RollbackOptions,
+    scan_first: bool,
     json: bool,
     quiet: bool,
 ) -> Result<u8> {
     let dry_run = opts.dry_run;
+    // What only a scan recognises as planted (a startup script, a cron
+    // job, a web shell) is left out only when a scan flagged it: the
+    // newest snapshot is scanned first when no scan of it is stored.
+    if scan_first
+        && let Some(newest) = cairn_scan::chain(vault, name)?.pop()
+        && let Err(e) =
+            crate::scan_cmd::scan_unless_stored(vault, &newest, partition, quiet || json)
+    {
+        eprintln!(
+            "warning: {}@{} could not be scanned ({e:#}): what only a scan would flag is kept",
+            newest.name,
+            newest.id.short()
+        );
+    }
     // Damage counts from after the clean point `timeline` names: one a
     // scan found compromised is none, whatever insight saw.
     let t = cairn_scan::verified_timeline(vault, name)?;

@@ -188,6 +188,11 @@ enum Command {
         /// default, as by restore).
         #[arg(long)]
         keep_setid: bool,
+        /// Do not scan the newest snapshot first when no scan of it is
+        /// stored (files only a scan recognises as planted, a startup
+        /// script, are then kept).
+        #[arg(long)]
+        no_scan: bool,
     },
     /// Check the vault; with --read-data decrypt and re-hash every chunk.
     Verify {
@@ -1071,6 +1076,7 @@ fn run(cli: Cli) -> Result<u8> {
             provenance,
             dry_run,
             keep_setid,
+            no_scan,
         } => insight_cmd::rollback(
             &{
                 let vault = open(&cli)?;
@@ -1091,6 +1097,7 @@ fn run(cli: Cli) -> Result<u8> {
                 dry_run: *dry_run,
                 keep_setid: *keep_setid,
             },
+            !*no_scan,
             cli.json,
             cli.quiet,
         ),

@@ -28,6 +28,35 @@ impl cairn_scan::Progress for CliProgress {
     }
 }
 
+/// Scans `snap` with the vault's rules (stored like `cairn scan`'s
+/// result) unless a result of it is stored already; says so unless
+/// `quiet`. True when it scanned.
+pub fn scan_unless_stored(
+    vault: &Arc<Vault>,
+    snap: &Snapshot,
+    partition: Option<u32>,
+    quiet: bool,
+) -> Result<bool> {
+    if !cairn_scan::stored_reports_for(vault, [&snap.id]).is_empty() {
+        return Ok(false);
+    }
+    if !quiet {
+        eprintln!(
+            "scanning {}@{} first: no scan of it is stored, and a rollback leaves out what scans flag (--no-scan skips this) ...",
+            snap.name,
+            snap.id.short()
+        );
+    }
+    let mut profile = Profile::load(vault, None)?;
+    profile.partition = partition;
+    let mut progress = CliProgress {
+        quiet: true,
+        on_bytes: Box::new(|_, _| {}),
+    };
+    cairn_scan::scan_snapshot(vault, snap, &mut profile, &mut progress)?;
+    Ok(true)
+}
+
 pub fn scan(
     vault: &Arc<Vault>,
     specs: &[String],

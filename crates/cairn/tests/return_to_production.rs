@@ -529,7 +529,8 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
         "{quiet}"
     );
     // --since moves where damage is looked for: from the newest snapshot
-    // on there was none (the attack was the day before).
+    // on there was none (the attack was the day before); only what the
+    // scan rollback ran first flagged (the ransom notes) still goes.
     let latest = env
         .json(&["snapshots", "share"])
         .as_array()
@@ -551,9 +552,21 @@ fn rollback_in_place_repairs_a_directory_source_and_keeps_newer_edits() {
     assert_eq!(later["since"], latest.as_str(), "{later}");
     assert_eq!(
         (later["restored"].as_u64(), later["dropped"].as_u64()),
-        (Some(0), Some(0)),
+        (Some(0), Some(2)),
         "{later}"
     );
+    for f in later["files"].as_array().unwrap() {
+        if f["action"] == "dropped" {
+            assert!(
+                f["path"].as_str().unwrap().ends_with("HOW_TO_DECRYPT.txt")
+                    && f["reason"]
+                        .as_str()
+                        .unwrap()
+                        .contains("flagged by verification"),
+                "{f}"
+            );
+        }
+    }
     let out = env.run(&[
         "rollback",
         "share",
@@ -1627,7 +1640,13 @@ fn a_rollback_onto_a_full_filesystem_stops_and_leaves_nothing() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(code(&out), Some(1), "{err}");
     assert!(err.contains("No space left"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    // One line for the error (after the line saying the snapshot is
+    // scanned first).
+    assert_eq!(
+        err.lines().filter(|l| !l.starts_with("scanning ")).count(),
+        1,
+        "{err}"
+    );
     let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
     // Not empty: refused, dry run or not.
@@ -1734,4 +1753,54 @@ fn a_rollback_leaves_out_a_path_too_long_for_this_system_and_brings_back_the_res
         "{err}"
     );
     assert!(to.join(&deep[0]).is_dir(), "the folders that fit come back");
+}
+
+/// A rollback with no scan stored scans the newest snapshot first: a
+/// startup script the attack planted, which only a scan recognises, is
+/// left out as if the operator had scanned (and kept with --no-scan).
+#[test]
+fn a_rollback_scans_the_newest_snapshot_first_when_no_scan_is_stored() {
+    let env = Env::new("30d", &[]);
+    let (dir, docs) = share_of_docs(&env, 6, 12_000, 300);
+    let startup =
+        dir.join("Users/ann/AppData/Roaming/Microsoft/Windows/Start Menu/Programs/Startup");
+    std::fs::create_dir_all(&startup).unwrap();
+    for d in 0..2u32 {
+        env.backup(&dir, "share", &day(d));
+    }
+    for i in 1..5 {
+        let p = docs.join(format!("doc{i}.txt"));
+        let len = std::fs::metadata(&p).unwrap().len() as usize;
+        std::fs::write(&p, noise(len, 80 + i as u64)).unwrap();
+    }
+    std::fs::write(
+        startup.join("evil.bat"),
+        "@echo off\r\npowershell -w hidden -enc SQBFAFgA\r\n",
+    )
+    .unwrap();
+    noted_and_backed_up(&env, &dir);
+    let bat = "Users/ann/AppData/Roaming/Microsoft/Windows/Start Menu/Programs/Startup/evil.bat";
+    let kept = env.path("kept");
+    let out = env.run(&[
+        "rollback",
+        "share",
+        "--to-dir",
+        kept.to_str().unwrap(),
+        "--no-scan",
+    ]);
+    assert_eq!(
+        code(&out),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(kept.join(bat).exists(), "--no-scan: only insight decides");
+    let (rb, _) = rolled_into_folder(&env);
+    assert!(!env.path("rolled").join(bat).exists(), "{rb:#}");
+    let p = provenance_of(&rb, &format!("/{bat}"));
+    assert_eq!(p["action"], "dropped", "{p:#}");
+    assert!(
+        std::fs::read(env.path("rolled/docs/doc2.txt")).unwrap() == text(12_000 + 2 * 300, 2),
+        "the encrypted documents come back"
+    );
 }
