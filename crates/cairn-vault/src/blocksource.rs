@@ -92,7 +92,7 @@ impl SnapshotDisk {
     /// parts of chunks).
     pub fn open(vault: Arc<Vault>, snap: &Snapshot, cache_chunks: usize) -> Result<Self> {
         if snap.source.kind != SourceKind::Disk {
-            return Err(Error::Invalid(format!(
+            return Err(Error::WrongKind(format!(
                 "{}@{} is a directory snapshot, not a disk",
                 snap.name,
                 snap.id.short()

@@ -26,6 +26,10 @@ pub enum Error {
     /// A snapshot spec that is not one (a command-line mistake).
     #[error("{0}")]
     BadSpec(String),
+    /// A request that does not fit the snapshot's kind (a disk's view of
+    /// a directory snapshot): a command-line mistake too.
+    #[error("{0}")]
+    WrongKind(String),
 }
 
 impl Error {

@@ -642,11 +642,22 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
+            // (A request that does not fit the snapshot — a partition of
+            // a directory snapshot, one the disk lacks, a disk's view of
+            // files — is a mistake in the command line too.)
             let usage = e.downcast_ref::<util::Usage>().is_some()
-                || matches!(
-                    e.downcast_ref::<cairn_vault::Error>(),
-                    Some(cairn_vault::Error::BadSpec(_))
-                );
+                || e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<cairn_vault::Error>(),
+                        Some(cairn_vault::Error::BadSpec(_) | cairn_vault::Error::WrongKind(_))
+                    ) || matches!(
+                        c.downcast_ref::<cairn_guest::GuestError>(),
+                        Some(
+                            cairn_guest::GuestError::Invalid(_)
+                                | cairn_guest::GuestError::Vault(cairn_vault::Error::WrongKind(_))
+                        )
+                    )
+                });
             let code = if usage {
                 2
             } else if gives_data_back && caused_by_damage(&e) {

@@ -23,6 +23,11 @@ pub fn mount(
     disk: bool,
     partition: Option<u32>,
 ) -> Result<u8> {
+    // What the command asks is checked before where it would go.
+    let snap = vault.resolve(spec)?;
+    if disk && snap.source.kind != SourceKind::Disk {
+        crate::usage!("{spec} is a directory snapshot; --disk applies to disk snapshots");
+    }
     match std::fs::read_dir(mountpoint) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -41,12 +46,8 @@ pub fn mount(
         ),
         Err(e) => bail!("{}: not a folder to mount on ({e})", mountpoint.display()),
     }
-    let snap = vault.resolve(spec)?;
     let mtime = std::time::SystemTime::from(snap.time);
     let fs = if disk {
-        if snap.source.kind != SourceKind::Disk {
-            bail!("{spec} is a directory snapshot; --disk applies to disk snapshots");
-        }
         let d: Arc<dyn BlockSource> = Arc::new(SnapshotDisk::open(vault.clone(), &snap, 256)?);
         SnapshotFs::disk(d, mtime)
     } else {

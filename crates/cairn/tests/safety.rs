@@ -983,6 +983,10 @@ fn operator_mistakes_are_refused_and_nothing_is_written() {
             "--partition",
             "1",
         ],
+        &["ls", "odd@latest", "--partition", "2"],
+        &["mount", "odd@latest", there.to_str().unwrap(), "--disk"],
+        &["export", "odd@latest"],
+        &["partitions", "odd@latest"],
     ] {
         usage_error_writing_nothing(&env, bad, &there);
     }
