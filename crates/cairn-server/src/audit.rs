@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -178,9 +179,12 @@ impl AuditLog {
         e.hash = e.digest();
         let mut line = serde_json::to_vec(&e).expect("json");
         line.push(b'\n');
+        // Who called what, and from where: for the server's owner alone,
+        // as the tokens are.
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
         f.write_all(&line)

@@ -656,6 +656,11 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     // A log cut short is caught by the vault's checkpoint of its newest
     // change (the chain alone cannot tell)...
     let path = env.vault.join("local/server/audit.log");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the audit log is its owner's alone");
+    }
     let full = std::fs::read_to_string(&path).unwrap();
     let half: Vec<&str> = full.lines().take(full.lines().count() / 2).collect();
     std::fs::write(&path, half.join("\n") + "\n").unwrap();
