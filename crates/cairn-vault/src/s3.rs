@@ -32,6 +32,15 @@ pub fn lock_margin_secs() -> i64 {
         .map(|v| v.max(0))
         .unwrap_or(SAFETY_MARGIN_SECS)
 }
+/// How long a store may take to start answering a request
+/// (`CAIRN_S3_ANSWER_SECS`, default a minute).
+fn answer_secs() -> u64 {
+    std::env::var("CAIRN_S3_ANSWER_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|v| v.max(1))
+        .unwrap_or(60)
+}
 /// Largest object read into memory (packs are tens of MiB).
 const MAX_BODY: u64 = 1 << 30;
 const ATTEMPTS: u32 = 5;
@@ -248,6 +257,11 @@ impl S3Client {
             // dropping packets) is said in a minute, not after five
             // requests' global timeouts.
             .timeout_connect(Some(Duration::from_secs(10)))
+            // A store that takes a request and then stalls (overloaded,
+            // paused, a proxy holding the connection) is given a minute
+            // to start its answer, not the whole global timeout on every
+            // try.
+            .timeout_recv_response(Some(Duration::from_secs(answer_secs())))
             .build()
             .into();
         Ok(S3Client {
@@ -292,6 +306,14 @@ impl S3Client {
                     last = e.to_string();
                     unreached = true;
                 }
+            }
+            // A long wait is said as it happens, not only at the end.
+            if attempt + 1 < ATTEMPTS {
+                tracing::warn!(
+                    "S3 {method} {}: {last}; trying again ({}/{ATTEMPTS})",
+                    key.unwrap_or("/"),
+                    attempt + 2
+                );
             }
         }
         let hint = if unreached {
