@@ -47,6 +47,11 @@ const MAX_STREAMS: usize = 64;
 
 fn err(what: &str, e: ntfs::NtfsError) -> GuestError {
     match e {
+        // The vault's damage, not the volume's: kept as it is, so that it
+        // is told apart (`cairn verify`), not taken for a crafted volume.
+        ntfs::NtfsError::Io(io) if cairn_vault::error::damage_in(&io).is_some() => {
+            GuestError::Io(io)
+        }
         // The crate shows an I/O error in its debug form.
         ntfs::NtfsError::Io(io) => GuestError::Corrupt(format!("ntfs: {what}: {io}")),
         e => GuestError::Corrupt(format!("ntfs: {what}: {e}")),

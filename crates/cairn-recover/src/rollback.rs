@@ -303,7 +303,7 @@ impl Snapshots<'_> {
         if !self.open.contains_key(&i) {
             let snap = self.timeline.entries[i].snapshot.clone();
             let o = cairn_guest::open_snapshot(self.vault, snap, self.partition)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+                .map_err(guest_error)?;
             self.open.insert(i, o);
         }
         Ok(&self.open[&i])
@@ -366,6 +366,9 @@ fn plan(snaps: &mut Snapshots, since: Option<&SnapshotId>, flagged: &[Flagged]) 
                 start = Some((i, w));
                 break;
             }
+            // Not the guest's doing: no rollback from older snapshots
+            // while the newer ones are only damaged in the vault.
+            Err(e @ Error::Damaged { .. }) => return Err(e),
             Err(e) => notes.push(format!(
                 "{}@{}: its filesystem cannot be read ({e}); starting from an earlier snapshot",
                 t.name,
@@ -1004,8 +1007,20 @@ fn folders_win(picks: &mut BTreeMap<Vec<u8>, Pick>, provenance: &mut Vec<Provena
 /// What can be listed of snapshot `i`'s filesystem, and the folders that
 /// could not be read.
 fn walk(snaps: &mut Snapshots, i: usize) -> Result<cairn_guest::Walked> {
-    cairn_guest::walk_readable_marking(snaps.get(i)?.fs.as_ref())
-        .map_err(|e| Error::Invalid(e.to_string()))
+    cairn_guest::walk_readable_marking(snaps.get(i)?.fs.as_ref()).map_err(guest_error)
+}
+
+/// A guest's error as the rollback's: the vault's damage behind it is
+/// said as damage (the rollback stops: `cairn verify` names it), not
+/// taken for a filesystem that cannot be read.
+fn guest_error(e: cairn_guest::GuestError) -> Error {
+    match cairn_vault::error::damage_in(&e) {
+        Some((name, reason)) => Error::damaged(
+            name,
+            format!("{reason} (the vault is damaged: `cairn verify --read-data` names what)"),
+        ),
+        None => Error::Invalid(e.to_string()),
+    }
 }
 
 /// Earlier snapshots searched for a folder the starting snapshot could

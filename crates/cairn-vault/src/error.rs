@@ -32,6 +32,27 @@ pub enum Error {
     WrongKind(String),
 }
 
+/// The damaged vault object behind `e` (name, why), however deep: an I/O
+/// error a reader made of it, a guest filesystem's error around that. A
+/// snapshot that cannot be read for that is the vault's damage, not its
+/// guest's: `cairn verify` names it.
+pub fn damage_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<(&'a str, &'a str)> {
+    let mut at = Some(e);
+    while let Some(x) = at {
+        if let Some(Error::Damaged { name, reason }) = x.downcast_ref::<Error>() {
+            return Some((name, reason));
+        }
+        if let Some(inner) = x.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if let Some(d) = damage_in(inner) {
+                return Some(d);
+            }
+        }
+        at = x.source();
+    }
+    None
+}
+
 impl Error {
     /// Wraps an I/O error with the thing that was being done, so a message
     /// such as "disk full" says where.

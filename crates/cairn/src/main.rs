@@ -629,7 +629,10 @@ fn main() -> ExitCode {
     // whose finding it is (a damaged config or key stops it early).
     let gives_data_back = matches!(
         cli.command,
-        Command::Restore { .. } | Command::Cat { .. } | Command::Verify { .. }
+        Command::Restore { .. }
+            | Command::Cat { .. }
+            | Command::Verify { .. }
+            | Command::Rollback { .. }
     );
     let json = cli.json;
     let result = run(cli).and_then(|code| {
@@ -713,19 +716,8 @@ fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, Str
 /// Whether a damaged object in the vault is behind `e` (however deep: I/O
 /// errors carry the vault's error inside them through readers).
 fn caused_by_damage(e: &anyhow::Error) -> bool {
-    fn damaged(e: &(dyn std::error::Error + 'static)) -> bool {
-        if let Some(v) = e.downcast_ref::<cairn_vault::Error>() {
-            return matches!(v, cairn_vault::Error::Damaged { .. });
-        }
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            return damaged(inner);
-        }
-        e.source().is_some_and(damaged)
-    }
-    e.chain().any(damaged)
+    e.chain()
+        .any(|c| cairn_vault::error::damage_in(c).is_some())
 }
 
 /// `--create-bucket` and `--no-lock` say something only of a bucket: given

@@ -1804,3 +1804,60 @@ fn a_rollback_scans_the_newest_snapshot_first_when_no_scan_is_stored() {
         "the encrypted documents come back"
     );
 }
+
+/// A newest snapshot the vault cannot give back whole (the blocks of an
+/// NTFS disk's MFT damaged in the vault) stops a rollback with the damage
+/// named (exit 3): it is not taken for a filesystem the attack left
+/// unreadable and rolled back from an older snapshot, the newer days'
+/// work silently lost.
+#[test]
+fn vault_damage_stops_a_rollback_instead_of_an_older_start() {
+    let env = Env::new("30d", &[]);
+    let vol = env.path("ntfs.img");
+    let v = vol.to_str().unwrap();
+    sh("truncate", &["-s", "16M", v]);
+    sh("mkntfs", &["-F", "-f", "-q", v]);
+    let put = |name: &str, content: &[u8]| {
+        let src = env.path("src");
+        std::fs::write(&src, content).unwrap();
+        sh("ntfscp", &["-q", v, src.to_str().unwrap(), name]);
+    };
+    put("/report.txt", &text(20_000, 1));
+    env.backup(&vol, "fs", &day(0));
+    put("/plan.txt", &text(30_000, 2));
+    put("/report.txt", &text(21_000, 3));
+    env.backup(&vol, "fs", &day(1));
+    // What the second backup stored: its packs, damaged in the vault.
+    let mut packs: Vec<(std::time::SystemTime, std::path::PathBuf)> = Vec::new();
+    for shard in std::fs::read_dir(env.vault.join("packs")).unwrap() {
+        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            packs.push((f.metadata().unwrap().modified().unwrap(), f.path()));
+        }
+    }
+    packs.sort();
+    let newest = packs.last().unwrap().0;
+    for (_, p) in packs.iter().filter(|(t, _)| *t == newest) {
+        let mut b = std::fs::read(p).unwrap();
+        for i in (0..b.len()).step_by(512) {
+            b[i] ^= 0xff;
+        }
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::write(p, b).unwrap();
+    }
+    let to = env.path("rolled");
+    let out = env.run(&[
+        "rollback",
+        "fs",
+        "--to-dir",
+        to.to_str().unwrap(),
+        "--no-scan",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), Some(3), "{err}");
+    assert!(
+        err.contains("damaged object packs/") && err.contains("cairn verify"),
+        "{err}"
+    );
+    assert!(!to.exists(), "nothing rolled back from the older snapshot");
+}
