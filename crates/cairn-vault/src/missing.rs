@@ -95,10 +95,28 @@ impl Vault {
     /// leaves, so prune may delete what only they used.
     pub fn accept_missing(&self) -> Result<Vec<Missing>> {
         let _lock = crate::lock::VaultLock::exclusive(self.root())?;
-        let (snapshots, _) = self.snapshots()?;
-        let missing = self.missing_snapshots(&snapshots)?;
+        let (snapshots, unreadable) = self.snapshots()?;
+        let mut missing = self.missing_snapshots(&snapshots)?;
         for m in &missing {
             self.mark_gone(&SnapshotId(m.id.clone()))?;
+        }
+        // Manifests that are there but cannot be read (damaged, or junk
+        // someone put under a manifest's name, locked for years): prune
+        // stops on them too, and accepting their loss is forgetting them
+        // (prune deletes them once their lock ends). Ones deleted on the
+        // store (a delete marker on top) are not there: `cairn undelete`
+        // brings those back instead.
+        for (name, why) in unreadable {
+            let file = name.rsplit('/').next().unwrap_or(&name);
+            let id = file.split('.').next().unwrap_or(file);
+            if !looks_like_id(id) || !self.backend().exists(&name)? {
+                continue;
+            }
+            self.mark_forgotten(&SnapshotId(id.to_string()))?;
+            missing.push(Missing {
+                id: id.to_string(),
+                named_by: format!("its manifest, which cannot be read: {why}"),
+            });
         }
         Ok(missing)
     }

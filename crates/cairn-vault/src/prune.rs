@@ -277,7 +277,7 @@ pub fn prune(vault: &Vault, dry_run: bool) -> Result<PruneReport> {
     let (snapshots, unreadable) = vault.snapshots()?;
     if let Some((name, why)) = unreadable.first() {
         return Err(Error::Invalid(format!(
-            "prune stopped: {name} is unreadable ({why}); run `cairn verify` first"
+            "prune stopped: {name} is unreadable ({why}); run `cairn verify` first (a manifest that is lost for good: `cairn forget --missing` accepts that, then prune)"
         )));
     }
     // Manifests deleted outside Cairn (named still by a pin, a child or

@@ -234,8 +234,9 @@ enum Command {
         #[arg(long)]
         prune: bool,
         /// Accept as lost the snapshots whose manifests were deleted
-        /// outside Cairn (those `verify` names as missing; prune stops
-        /// while there are any): prune may then delete what only they used.
+        /// outside Cairn or cannot be read (those `verify` names; prune
+        /// stops while there are any): prune may then delete what only
+        /// they used.
         #[arg(long)]
         missing: bool,
     },
@@ -1150,10 +1151,14 @@ fn run(cli: Cli) -> Result<u8> {
                     print_json(&json!({"accepted_missing": lost, "prune": pr}));
                 } else {
                     for m in &lost {
-                        println!("lost    {} (named by {})", &m.id[..8], m.named_by);
+                        println!(
+                            "lost    {} (named by {})",
+                            m.id.get(..8).unwrap_or(&m.id),
+                            m.named_by
+                        );
                     }
                     println!(
-                        "accepted {} missing snapshot(s) as lost{}",
+                        "accepted {} missing or unreadable snapshot(s) as lost{}",
                         lost.len(),
                         if lost.is_empty() || pr.is_some() {
                             ""

@@ -1184,3 +1184,36 @@ fn a_disk_restore_to_a_folder_name_that_does_not_exist_writes_nothing() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Junk someone put under a manifest's name (or a manifest damaged for
+/// good) stops prune, which cannot know what it named; `forget --missing`
+/// accepts its loss as it does a deleted one's, and prune runs again.
+#[test]
+fn an_unreadable_manifest_accepted_as_lost_lets_prune_run() {
+    let env = Env::new("0s", &[]);
+    let img = env.path("d.img");
+    for day in 1..=2 {
+        std::fs::write(&img, noise(1 << 20, day)).unwrap();
+        env.backup(&img, "vm", &format!("2026-03-0{day}T00:00:00Z"));
+    }
+    let junk_id = "ab".repeat(32);
+    std::fs::write(env.vault.join("snapshots").join(&junk_id), b"junk").unwrap();
+    let out = env.run(&["prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("forget --missing"),
+        "{}",
+        stderr(&out)
+    );
+    let a = env.json(&["forget", "--missing"]);
+    let lost: Vec<&str> = a["accepted_missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(lost, [junk_id.as_str()], "{a}");
+    env.ok(&["prune"]);
+    env.ok(&["verify"]);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
+}
