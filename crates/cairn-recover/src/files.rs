@@ -212,16 +212,33 @@ pub fn restore_files(
             target.display()
         )));
     }
+    // A folder comes back under its own name inside the target: into a
+    // folder that holds other things (a live share, its parent) as long
+    // as nothing there has that name yet. The whole filesystem only into
+    // a new or empty folder.
+    let own_name = (!root.path.is_empty()).then(|| root.name());
+    let taken = |name: &[u8]| {
+        use std::os::unix::ffi::OsStrExt;
+        fs::symlink_metadata(target.join(std::ffi::OsStr::from_bytes(name))).is_ok()
+    };
     if target.exists()
         && fs::read_dir(target)
             .ctx(|| format!("reading {}", target.display()))?
             .next()
             .is_some()
+        && own_name.is_none_or(taken)
     {
-        return Err(Error::Invalid(format!(
-            "{} is not empty; restore into a new or empty directory",
-            target.display()
-        )));
+        return Err(Error::Invalid(match own_name {
+            Some(name) => format!(
+                "{} already holds {}; restore into a folder where it is not yet (or a new one)",
+                target.display(),
+                String::from_utf8_lossy(name)
+            ),
+            None => format!(
+                "{} is not empty; restore into a new or empty directory",
+                target.display()
+            ),
+        }));
     }
     let made_target = !target.exists();
     fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;

@@ -1629,3 +1629,46 @@ fn special_files_left_out_on_purpose_do_not_make_a_restore_incomplete() {
     );
     assert!(out_dir.join("tiny.txt").exists());
 }
+
+/// A folder deleted from a live share comes back into the folder that
+/// held it (which holds other things): under its own name, the rest left
+/// alone; never over a folder of that name, and a whole filesystem only
+/// into a new or empty folder.
+#[test]
+fn a_folder_comes_back_into_the_folder_that_held_it() {
+    let env = Env::new("30d", &[]);
+    let content = env.path("content");
+    std::fs::create_dir_all(content.join("Users/bob/Documents")).unwrap();
+    std::fs::write(content.join("Users/bob/Documents/plan.txt"), b"plan\n").unwrap();
+    std::fs::write(content.join("Users/bob/notes.txt"), b"notes\n").unwrap();
+    let img = env.path("vm.img");
+    gpt_ext4_image(&img, &content, 16);
+    env.backup(&img, "vm", "2026-03-01T00:00:00Z");
+    let share = env.path("share/Users/bob");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("newer.txt"), b"made since\n").unwrap();
+    env.ok(&[
+        "restore",
+        "vm@latest:/Users/bob/Documents",
+        "--to",
+        share.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(share.join("Documents/plan.txt")).unwrap(),
+        b"plan\n"
+    );
+    assert_eq!(
+        std::fs::read(share.join("newer.txt")).unwrap(),
+        b"made since\n"
+    );
+    // Not over a folder of that name, nor a whole filesystem into it.
+    for (spec, said) in [
+        ("vm@latest:/Users/bob/Documents", "already holds Documents"),
+        ("vm@latest:/", "is not empty"),
+    ] {
+        let out = env.run(&["restore", spec, "--to", share.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(said), "{err}");
+    }
+}
