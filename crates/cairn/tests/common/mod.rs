@@ -253,13 +253,9 @@ pub fn debugfs_w(image: &Path, cmd: &str) {
 /// `files` as (path in the volume, bytes).
 pub fn ntfs_disk(disk: &Path, files: &[(String, Vec<u8>)]) {
     let part = disk.with_extension("ntfs-part");
-    let p = part.to_str().unwrap();
-    sh("truncate", &["-s", "24M", p]);
-    sh("mkntfs", &["-F", "-Q", "-q", p]);
-    let local = disk.with_extension("ntfs-upload");
+    ntfs_volume(&part, "24M");
     for (name, data) in files {
-        std::fs::write(&local, data).unwrap();
-        sh("ntfscp", &["-q", p, local.to_str().unwrap(), name]);
+        ntfs_put(&part, name, data, None);
     }
     sh("truncate", &["-s", "28M", disk.to_str().unwrap()]);
     sh(
@@ -268,7 +264,27 @@ pub fn ntfs_disk(disk: &Path, files: &[(String, Vec<u8>)]) {
     );
     write_at(disk, 1 << 20, &std::fs::read(&part).unwrap());
     std::fs::remove_file(&part).unwrap();
-    let _ = std::fs::remove_file(&local);
+}
+
+/// An empty NTFS volume of `size` (`16M`) in the file `vol` (mkntfs).
+pub fn ntfs_volume(vol: &Path, size: &str) {
+    let v = vol.to_str().unwrap();
+    sh("truncate", &["-s", size, v]);
+    sh("mkntfs", &["-F", "-Q", "-q", v]);
+}
+
+/// Puts `data` at `name` in the NTFS volume `vol` with ntfscp (no
+/// mount), as its named data stream `stream` when one is given.
+pub fn ntfs_put(vol: &Path, name: &str, data: &[u8], stream: Option<&str>) {
+    let local = vol.with_extension("ntfs-upload");
+    std::fs::write(&local, data).unwrap();
+    let mut args = vec!["-q"];
+    if let Some(s) = stream {
+        args.extend(["-N", s]);
+    }
+    args.extend([vol.to_str().unwrap(), local.to_str().unwrap(), name]);
+    sh("ntfscp", &args);
+    std::fs::remove_file(&local).unwrap();
 }
 
 pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
