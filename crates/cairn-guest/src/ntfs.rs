@@ -456,20 +456,23 @@ impl NtfsFs {
             .map_err(|e| err("$DATA", e))?;
         let attr = item.to_attribute().map_err(|e| err("$DATA", e))?;
         let mut value = attr.value(&mut *r).map_err(|e| err("$DATA", e))?;
-        let mut buf = vec![0u8; value.len().min(max as u64) as usize];
+        let want = value.len().min(max as u64) as usize;
+        // Grown as bytes arrive: a size claimed by a crafted record costs
+        // nothing until it is read.
+        let mut buf = Vec::new();
+        let mut piece = vec![0u8; want.min(1 << 20)];
         // Past the volume's end is an error, as for a file's own data.
         let mut data = SliceReader::strict(self.slice.clone());
-        let mut done = 0;
-        while done < buf.len() {
+        while buf.len() < want {
+            let room = (want - buf.len()).min(piece.len());
             match value
-                .read(&mut data, &mut buf[done..])
+                .read(&mut data, &mut piece[..room])
                 .map_err(|e| err("reading $DATA", e))?
             {
                 0 => break,
-                n => done += n,
+                n => buf.extend_from_slice(&piece[..n]),
             }
         }
-        buf.truncate(done);
         Ok(buf)
     }
 
