@@ -187,6 +187,15 @@ impl AuditLog {
             .mode(0o600)
             .open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
+        // A log an earlier version made readable by all is made its
+        // owner's alone.
+        if f.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o077 != 0
+        }) {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
         f.write_all(&line)
             .and_then(|_| f.sync_data())
             .with_context(|| format!("writing {}", self.path.display()))?;

@@ -658,8 +658,12 @@ fn an_agent_can_only_add_an_operator_cannot_prune_and_the_audit_chain_catches_ta
     let path = env.vault.join("local/server/audit.log");
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "the audit log is its owner's alone");
+        let mode = || std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode() & 0o077, 0, "the audit log is its owner's alone");
+        // One an earlier version left readable by all is made so too.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        env.ok(&["token", "create", "--role", "operator"]);
+        assert_eq!(mode() & 0o077, 0, "made its owner's alone again");
     }
     let full = std::fs::read_to_string(&path).unwrap();
     let half: Vec<&str> = full.lines().take(full.lines().count() / 2).collect();
