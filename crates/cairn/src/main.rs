@@ -625,9 +625,8 @@ fn main() -> ExitCode {
     // because an object is damaged, that is damage found (exit 3, as
     // `verify` says it). Elsewhere 3 means a result with findings (a
     // backup made but incomplete, a scan that found something), which a
-    // command that failed is not.
-    // Damage found is exit 3 where data is given back, and for verify,
-    // whose finding it is (a damaged config or key stops it early).
+    // command that failed is not. (Verify too: damage is its finding,
+    // and a damaged config or key stops it early.)
     let gives_data_back = matches!(
         cli.command,
         Command::Restore { .. }

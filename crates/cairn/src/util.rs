@@ -127,10 +127,11 @@ pub fn setid_warning(dropped: u64, named: &[String]) {
         .cloned()
         .collect::<Vec<_>>()
         .join(", ");
-    if dropped > SHOWN.min(named.len()) as u64 {
+    let shown = named.len().min(SHOWN) as u64;
+    if dropped > shown {
         list.push_str(&format!(
             " and {} more{}",
-            dropped - SHOWN.min(named.len()) as u64,
+            dropped - shown,
             if named.len() > SHOWN {
                 " (--json names them)"
             } else {
